@@ -1,0 +1,91 @@
+# nbsphere — build, test, bench, demo, deps.
+#   make deps      install the Debian packages the build needs (root or sudo)
+#   make           build ./nbsphere and libnbsphere.a
+#   make test      build and run every test; ends with "N passed, N failed"
+#   make test SANITIZE=address,undefined   the same under sanitizers (separate build folder)
+#   make bench     speed and memory against the PyTorch reference (make bench-deps first)
+#   make fuzz      libFuzzer harnesses, each for FUZZ_SECONDS (clang)
+#   make demo      run pipelines/default.yaml on example_data/
+
+CC ?= cc
+PKGS := hdf5 openblas yaml-0.1 zlib
+DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-dev libyaml-dev \
+                zlib1g-dev libcmocka-dev hdf5-tools clang libomp-14-dev
+
+SANITIZE ?=
+BUILD := build$(if $(SANITIZE),-san)
+
+# GSL's own pkg-config pulls in gslcblas; OpenBLAS provides the CBLAS symbols instead.
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) gsl 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lgsl
+
+OPT ?= -O2
+# gcc warns that error messages may be cut at their buffer size; that is intended.
+NOTRUNC := $(if $(findstring clang,$(shell $(CC) --version 2>/dev/null)),,-Wno-format-truncation)
+CFLAGS ?= $(OPT) -g
+CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(NOTRUNC) -fopenmp -Iinclude $(PKG_CFLAGS)
+LDLIBS += $(PKG_LIBS) -fopenmp -lm
+ifneq ($(SANITIZE),)
+CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
+
+ifeq ($(SANITIZE),)
+BIN := nbsphere
+LIB := libnbsphere.a
+else
+BIN := $(BUILD)/nbsphere
+LIB := $(BUILD)/libnbsphere.a
+endif
+
+.PHONY: all deps test bench bench-deps fuzz demo clean check-deps
+all: $(BIN) $(LIB)
+
+check-deps:
+	@for p in $(PKGS) gsl cmocka; do pkg-config --exists $$p || \
+	  { echo "missing library '$$p': run 'make deps' (installs: $(DEB_PACKAGES))" >&2; exit 1; }; done
+
+deps:
+	@SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	missing=; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	else echo "all build dependencies are installed"; fi
+
+$(BUILD)/%.o: src/%.c $(wildcard include/nbsphere/*.h) | $(BUILD)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD):
+	mkdir -p $(BUILD)/tests
+
+$(LIB): $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BIN): $(BUILD)/main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(LIB) | $(BUILD)
+	$(CC) $(CFLAGS) $(LDFLAGS) -Itests -o $@ $< $(TEST_SUPPORT) $(LIB) $(LDLIBS) -lcmocka
+
+test: check-deps $(BIN) $(TEST_BIN)
+	@NBS_BIN=$(abspath $(BIN)) NBS_BUILD=$(abspath $(BUILD)) tests/run_tests.sh $(TEST_BIN)
+
+bench-deps:
+	@SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	dpkg -s python3-torch >/dev/null 2>&1 || { $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-torch python3-numpy python3-scipy; }
+
+bench: $(BIN)
+	bench/run_bench.sh
+
+demo: $(BIN)
+	./$(BIN) run pipelines/default.yaml
+
+clean:
+	rm -rf build build-san nbsphere libnbsphere.a

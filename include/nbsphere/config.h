@@ -1,0 +1,127 @@
+/* The resolved configuration of one run: every option a pipeline file (pipelines/ folder)
+ * or a --set override can name. nbs_config_defaults() gives the documented defaults;
+ * pipeline.c fills the rest from YAML. Modules read only their own section. */
+#ifndef NBSPHERE_CONFIG_H
+#define NBSPHERE_CONFIG_H
+
+#include <stdint.h>
+
+#include "nbsphere/matrix.h"
+
+#define NBS_PATH_MAX 4096
+#define NBS_NAME_MAX 256
+#define NBS_MAX_LAYERS 8
+
+typedef enum {
+    NBS_FMT_AUTO = 0,
+    NBS_FMT_10X_H5,   /* Cell Ranger HDF5, v2 (genome groups) or v3 (matrix/features) */
+    NBS_FMT_H5AD,     /* AnnData */
+    NBS_FMT_10X_MTX,  /* a 10x folder: matrix.mtx[.gz], features.tsv[.gz]|genes.tsv, barcodes */
+    NBS_FMT_MTX,      /* a bare Matrix Market file */
+    NBS_FMT_TSV,      /* dense, tab-separated, header row and row names */
+    NBS_FMT_CSV       /* dense, comma-separated */
+} nbs_format;
+
+/* Orientation of bare MTX and dense tables. */
+typedef enum { NBS_ORIENT_AUTO = 0, NBS_ORIENT_CELLS_ROWS, NBS_ORIENT_GENES_ROWS } nbs_orientation;
+
+typedef struct {
+    char path[NBS_PATH_MAX];
+    nbs_format format;
+    char layer[NBS_NAME_MAX];  /* h5ad: "" = X, "raw" = raw/X, otherwise layers/<layer> */
+    char genome[NBS_NAME_MAX]; /* 10x v2: genome group to read; "" = the only one */
+    nbs_orientation orientation;
+    nbs_nonint_policy non_integer;
+    char labels_path[NBS_PATH_MAX]; /* optional TSV with a barcode column (else labels from h5ad obs) */
+    char label_column[NBS_NAME_MAX];/* obs / labels column used to colour plots and score kNN */
+} nbs_input_config;
+
+typedef struct {
+    double min_counts;      /* cells: minimum total count */
+    int64_t min_genes;      /* cells: minimum number of detected genes */
+    int64_t min_cells;      /* genes: minimum number of cells expressing it */
+    int64_t n_top_genes;    /* highly variable genes (Seurat v3); 0 = keep all genes */
+    double hvg_span;        /* loess span of the Seurat v3 variance fit (scanpy: 0.3) */
+} nbs_preprocess_config;
+
+typedef enum { NBS_LATENT_GAUSSIAN = 0, NBS_LATENT_VMF, NBS_LATENT_POWER_SPHERICAL } nbs_latent_kind;
+typedef enum { NBS_LIK_NB = 0, NBS_LIK_ZINB, NBS_LIK_POISSON } nbs_likelihood_kind;
+typedef enum { NBS_DISP_GENE = 0, NBS_DISP_GENE_CELL } nbs_dispersion_kind;
+typedef enum { NBS_NORM_NONE = 0, NBS_NORM_LAYER, NBS_NORM_BATCH } nbs_norm_kind;
+typedef enum { NBS_INPUT_LOG1P = 0, NBS_INPUT_LOG1P_CP10K } nbs_input_transform;
+
+typedef struct {
+    nbs_latent_kind latent;
+    int latent_dim;
+    int n_encoder_layers;
+    int encoder_layers[NBS_MAX_LAYERS]; /* hidden widths, input side first */
+    int n_decoder_layers;
+    int decoder_layers[NBS_MAX_LAYERS]; /* hidden widths, latent side first */
+    double dropout;
+    nbs_norm_kind norm;
+    nbs_likelihood_kind likelihood;
+    nbs_dispersion_kind dispersion;
+    nbs_input_transform input_transform;
+    double kappa_floor;         /* spherical latents: kappa = softplus(.) + floor */
+    double decoder_init_scale;  /* scale of the decoder's last layer at initialisation (1 = default init) */
+} nbs_model_config;
+
+typedef enum {
+    NBS_SCHED_CONSTANT = 0,
+    NBS_SCHED_LINEAR,   /* linear warm-up from 0 to beta */
+    NBS_SCHED_SIGMOID,
+    NBS_SCHED_CYCLICAL  /* Fu et al. 2019: cycles, ramp fraction */
+} nbs_schedule_kind;
+
+typedef struct {
+    int epochs;
+    int batch_size;
+    double learning_rate;
+    double weight_decay;
+    uint64_t seed;
+    int threads;
+    double validation_fraction;
+    int patience;               /* early stopping, epochs without improvement; 0 = off */
+    nbs_schedule_kind schedule;
+    double beta;                /* target KL weight */
+    int warmup_epochs;          /* linear/sigmoid: epochs to reach beta (ignored if warmup_steps > 0) */
+    int64_t warmup_steps;       /* linear/sigmoid: minibatch steps to reach beta */
+    int cycles;                 /* cyclical: M */
+    double ramp_fraction;       /* cyclical: R */
+    double free_bits;           /* lambda, nats per dimension (Gaussian) or in total (sphere); 0 = off */
+    double grad_clip;           /* global gradient-norm clip; 0 = off */
+    int checkpoint_every;       /* epochs between checkpoints; 0 = only at the end */
+} nbs_train_config;
+
+typedef struct {
+    double tau_kl;          /* nats: KL_j below this counts as "no information" */
+    double tau_sensitivity; /* decoder sensitivity below this counts as "ignored" */
+    double tau_activity;    /* Var_x E[z_j|x] below this counts as inactive (Burda et al.: 0.01) */
+    int interval;           /* epochs between tracked diagnostics; 0 = only at the end */
+    int64_t subsample;      /* cells used for tracking during training */
+    int mi_batch;           /* minibatch size of the I(x;z) estimator */
+} nbs_diagnose_config;
+
+typedef struct {
+    char dir[NBS_PATH_MAX];
+    int write_h5ad;         /* embedding into .h5ad obsm['X_nbsphere'] */
+    int write_variances;    /* posterior variances (Gaussian) / kappa (sphere) in the TSV */
+    int write_report;       /* collapse_report.json, per-dimension TSV, report.html */
+    char embedding_key[NBS_NAME_MAX]; /* obsm key, default X_nbsphere */
+} nbs_output_config;
+
+typedef struct {
+    char source[NBS_PATH_MAX]; /* the pipeline file, for the manifest */
+    char preset[NBS_NAME_MAX]; /* "", "scvi" or "scphere" */
+    nbs_input_config input;
+    nbs_preprocess_config preprocess;
+    nbs_model_config model;
+    nbs_train_config train;
+    nbs_diagnose_config diagnose;
+    nbs_output_config output;
+} nbs_config;
+
+/* Fills every field with its documented default (pipelines/reference.yaml lists them). */
+void nbs_config_defaults(nbs_config *c);
+
+#endif

@@ -1,0 +1,329 @@
+#include "nbsphere/matrix.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+nbs_matrix *nbs_matrix_new(int64_t n_cells, int64_t n_genes, int64_t nnz, nbs_error *err) {
+    if (n_cells < 0 || n_genes < 0 || nnz < 0 || n_genes > INT32_MAX) {
+        nbs_error_set(err, NBS_ERR_INPUT, "invalid matrix shape %lld x %lld with %lld entries",
+                      (long long)n_cells, (long long)n_genes, (long long)nnz);
+        return NULL;
+    }
+    nbs_matrix *m = nbs_calloc(1, sizeof *m, err);
+    if (!m) return NULL;
+    m->n_cells = n_cells;
+    m->n_genes = n_genes;
+    m->nnz = nnz;
+    m->values_are_integer = 1;
+    m->indptr = nbs_calloc((size_t)n_cells + 1, sizeof *m->indptr, err);
+    m->indices = nbs_malloc((size_t)nnz * sizeof *m->indices, err);
+    m->data = nbs_malloc((size_t)nnz * sizeof *m->data, err);
+    m->barcodes = nbs_calloc((size_t)n_cells, sizeof(char *), err);
+    m->gene_ids = nbs_calloc((size_t)n_genes, sizeof(char *), err);
+    m->gene_names = nbs_calloc((size_t)n_genes, sizeof(char *), err);
+    if (!m->indptr || !m->indices || !m->data || !m->barcodes || !m->gene_ids || !m->gene_names) {
+        nbs_matrix_free(m);
+        nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for a %lld x %lld matrix with %lld entries",
+                      (long long)n_cells, (long long)n_genes, (long long)nnz);
+        return NULL;
+    }
+    return m;
+}
+
+static void free_names(char **names, int64_t n) {
+    if (!names) return;
+    for (int64_t i = 0; i < n; i++) free(names[i]);
+    free(names);
+}
+
+void nbs_matrix_free(nbs_matrix *m) {
+    if (!m) return;
+    free(m->indptr);
+    free(m->indices);
+    free(m->data);
+    free_names(m->barcodes, m->n_cells);
+    /* gene_ids may alias gene_names entry by entry when a source has no ids */
+    if (m->gene_ids && m->gene_names)
+        for (int64_t g = 0; g < m->n_genes; g++)
+            if (m->gene_ids[g] == m->gene_names[g]) m->gene_ids[g] = NULL;
+    free_names(m->gene_ids, m->n_genes);
+    free_names(m->gene_names, m->n_genes);
+    free(m);
+}
+
+nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_is_cells,
+                                       const char *what, nbs_error *err) {
+    if (v->n_major < 0 || v->n_minor < 0 || v->nnz < 0) {
+        nbs_error_set(err, NBS_ERR_INPUT, "%s: negative shape or entry count", what);
+        return NULL;
+    }
+    if (v->indptr[0] != 0 || v->indptr[v->n_major] != v->nnz) {
+        nbs_error_set(err, NBS_ERR_INPUT,
+                      "%s: indptr must start at 0 and end at the number of entries (%lld), "
+                      "found %lld and %lld",
+                      what, (long long)v->nnz, (long long)v->indptr[0],
+                      (long long)v->indptr[v->n_major]);
+        return NULL;
+    }
+    for (int64_t i = 0; i < v->n_major; i++) {
+        if (v->indptr[i + 1] < v->indptr[i]) {
+            nbs_error_set(err, NBS_ERR_INPUT, "%s: indptr decreases at position %lld (%lld > %lld)",
+                          what, (long long)i, (long long)v->indptr[i], (long long)v->indptr[i + 1]);
+            return NULL;
+        }
+        for (int64_t k = v->indptr[i]; k < v->indptr[i + 1]; k++) {
+            if (v->indices[k] < 0 || v->indices[k] >= v->n_minor) {
+                nbs_error_set(err, NBS_ERR_INPUT,
+                              "%s: index %lld at entry %lld is out of range [0, %lld)", what,
+                              (long long)v->indices[k], (long long)k, (long long)v->n_minor);
+                return NULL;
+            }
+            if (k > v->indptr[i] && v->indices[k] <= v->indices[k - 1]) {
+                nbs_error_set(err, NBS_ERR_INPUT,
+                              "%s: indices of %s %lld are not strictly increasing at entry %lld "
+                              "(duplicate or unsorted)",
+                              what, major_is_cells ? "cell" : "gene", (long long)i, (long long)k);
+                return NULL;
+            }
+        }
+    }
+    int64_t n_cells = major_is_cells ? v->n_major : v->n_minor;
+    int64_t n_genes = major_is_cells ? v->n_minor : v->n_major;
+    nbs_matrix *m = nbs_matrix_new(n_cells, n_genes, v->nnz, err);
+    if (!m) return NULL;
+    if (major_is_cells) {
+        memcpy(m->indptr, v->indptr, (size_t)(n_cells + 1) * sizeof *m->indptr);
+        for (int64_t k = 0; k < v->nnz; k++) {
+            m->indices[k] = (int32_t)v->indices[k];
+            m->data[k] = (float)v->data[k];
+        }
+    } else {
+        /* transpose: count entries per cell, then scatter gene by gene (keeps genes sorted) */
+        for (int64_t k = 0; k < v->nnz; k++) m->indptr[v->indices[k] + 1]++;
+        for (int64_t c = 0; c < n_cells; c++) m->indptr[c + 1] += m->indptr[c];
+        int64_t *next = nbs_malloc((size_t)(n_cells + 1) * sizeof *next, err);
+        if (!next) {
+            nbs_matrix_free(m);
+            return NULL;
+        }
+        memcpy(next, m->indptr, (size_t)(n_cells + 1) * sizeof *next);
+        for (int64_t g = 0; g < n_genes; g++)
+            for (int64_t k = v->indptr[g]; k < v->indptr[g + 1]; k++) {
+                int64_t pos = next[v->indices[k]]++;
+                m->indices[pos] = (int32_t)g;
+                m->data[pos] = (float)v->data[k];
+            }
+        free(next);
+    }
+    return m;
+}
+
+typedef struct {
+    int64_t cell, gene, src;
+    double value;
+} triplet;
+
+static int cmp_triplet(const void *a, const void *b) {
+    const triplet *x = a, *y = b;
+    if (x->cell != y->cell) return x->cell < y->cell ? -1 : 1;
+    if (x->gene != y->gene) return x->gene < y->gene ? -1 : 1;
+    return (x->src > y->src) - (x->src < y->src);
+}
+
+nbs_matrix *nbs_matrix_from_triplets(int64_t n_cells, int64_t n_genes, int64_t n,
+                                     const int64_t *cell, const int64_t *gene, const double *value,
+                                     const char *what, nbs_error *err) {
+    triplet *t = nbs_malloc((size_t)n * sizeof *t, err);
+    if (!t) return NULL;
+    int64_t kept = 0;
+    for (int64_t k = 0; k < n; k++) {
+        if (cell[k] < 0 || cell[k] >= n_cells || gene[k] < 0 || gene[k] >= n_genes) {
+            nbs_error_set(err, NBS_ERR_INPUT,
+                          "%s: entry %lld at (cell %lld, gene %lld) is outside the %lld x %lld matrix",
+                          what, (long long)(k + 1), (long long)cell[k] + 1, (long long)gene[k] + 1,
+                          (long long)n_cells, (long long)n_genes);
+            free(t);
+            return NULL;
+        }
+        if (value[k] != 0.0) t[kept++] = (triplet){cell[k], gene[k], k, value[k]};
+    }
+    qsort(t, (size_t)kept, sizeof *t, cmp_triplet);
+    for (int64_t k = 1; k < kept; k++)
+        if (t[k].cell == t[k - 1].cell && t[k].gene == t[k - 1].gene) {
+            nbs_error_set(err, NBS_ERR_INPUT,
+                          "%s: entries %lld and %lld both give (cell %lld, gene %lld); each entry "
+                          "may appear once",
+                          what, (long long)t[k - 1].src + 1, (long long)t[k].src + 1,
+                          (long long)t[k].cell + 1, (long long)t[k].gene + 1);
+            free(t);
+            return NULL;
+        }
+    nbs_matrix *m = nbs_matrix_new(n_cells, n_genes, kept, err);
+    if (!m) {
+        free(t);
+        return NULL;
+    }
+    for (int64_t k = 0; k < kept; k++) {
+        m->indptr[t[k].cell + 1]++;
+        m->indices[k] = (int32_t)t[k].gene;
+        m->data[k] = (float)t[k].value;
+    }
+    for (int64_t c = 0; c < n_cells; c++) m->indptr[c + 1] += m->indptr[c];
+    free(t);
+    return m;
+}
+
+int nbs_matrix_validate_values(nbs_matrix *m, nbs_nonint_policy policy, const char *what,
+                               nbs_error *err) {
+    int all_integer = 1;
+    for (int64_t c = 0; c < m->n_cells; c++)
+        for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++) {
+            float x = m->data[k];
+            const char *cell = m->barcodes[c] ? m->barcodes[c] : "?";
+            const char *gene = m->gene_names[m->indices[k]] ? m->gene_names[m->indices[k]] : "?";
+            if (!isfinite(x))
+                return nbs_error_set(err, NBS_ERR_INPUT,
+                                     "%s: non-finite value %g at cell %lld (%s), gene %d (%s); "
+                                     "counts must be finite",
+                                     what, x, (long long)c + 1, cell, m->indices[k] + 1, gene);
+            if (x < 0)
+                return nbs_error_set(err, NBS_ERR_INPUT,
+                                     "%s: negative value %g at cell %lld (%s), gene %d (%s); "
+                                     "counts cannot be negative — is this a scaled or "
+                                     "log-normalised matrix? Give raw counts (e.g. an h5ad layer "
+                                     "'counts' or raw/X)",
+                                     what, x, (long long)c + 1, cell, m->indices[k] + 1, gene);
+            if (x != floorf(x)) {
+                if (policy == NBS_NONINT_ERROR)
+                    return nbs_error_set(
+                        err, NBS_ERR_INPUT,
+                        "%s: non-integer value %g at cell %lld (%s), gene %d (%s); nbsphere models "
+                        "raw counts — give raw counts, or set input.non_integer to 'round' or "
+                        "'accept'",
+                        what, x, (long long)c + 1, cell, m->indices[k] + 1, gene);
+                if (policy == NBS_NONINT_ROUND) m->data[k] = roundf(x);
+                else all_integer = 0;
+            }
+        }
+    m->values_are_integer = all_integer;
+    return NBS_OK;
+}
+
+static int cmp_str_idx(const void *a, const void *b, void *names) {
+    const int64_t *x = a, *y = b;
+    char **n = names;
+    int c = strcmp(n[*x], n[*y]);
+    return c ? c : (*x > *y) - (*x < *y);
+}
+
+int64_t nbs_matrix_make_names_unique(char **names, int64_t n, nbs_error *err) {
+    /* anndata's rule: for each duplicated name, in order of appearance, every occurrence after
+     * the first gets "-1", "-2", ... skipping suffixes that collide with an existing name. */
+    int64_t *order = nbs_malloc((size_t)n * sizeof *order, err);
+    if (!order) return -1;
+    for (int64_t i = 0; i < n; i++) order[i] = i;
+    qsort_r(order, (size_t)n, sizeof *order, cmp_str_idx, names);
+    int64_t changed = 0;
+    for (int64_t i = 0; i < n;) {
+        int64_t j = i + 1;
+        while (j < n && strcmp(names[order[i]], names[order[j]]) == 0) j++;
+        int64_t suffix = 1;
+        for (int64_t k = i + 1; k < j; k++) {
+            const char *base = names[order[i]];
+            char *cand = NULL;
+            for (;; suffix++) {
+                size_t len = strlen(base) + 24;
+                free(cand);
+                cand = nbs_malloc(len, err);
+                if (!cand) {
+                    free(order);
+                    return -1;
+                }
+                snprintf(cand, len, "%s-%lld", base, (long long)suffix);
+                int clash = 0;
+                for (int64_t q = 0; q < n && !clash; q++) clash = strcmp(names[q], cand) == 0;
+                if (!clash) break;
+            }
+            suffix++;
+            free(names[order[k]]);
+            names[order[k]] = cand;
+            changed++;
+        }
+        i = j;
+    }
+    free(order);
+    return changed;
+}
+
+static int copy_names(char **dst, char *const *src, const int64_t *idx, int64_t n, nbs_error *err) {
+    for (int64_t i = 0; i < n; i++)
+        if (src[idx ? idx[i] : i] && !(dst[i] = nbs_strdup(src[idx ? idx[i] : i], err))) return -1;
+    return 0;
+}
+
+nbs_matrix *nbs_matrix_subset(const nbs_matrix *m, const int64_t *cells, int64_t n_cells,
+                              const int64_t *genes, int64_t n_genes, nbs_error *err) {
+    int64_t *newcol = nbs_malloc((size_t)(m->n_genes ? m->n_genes : 1) * sizeof *newcol, err);
+    if (!newcol) return NULL;
+    for (int64_t g = 0; g < m->n_genes; g++) newcol[g] = genes ? -1 : g;
+    if (genes)
+        for (int64_t i = 0; i < n_genes; i++) newcol[genes[i]] = i;
+    if (!genes) n_genes = m->n_genes;
+    if (!cells) n_cells = m->n_cells;
+    int64_t nnz = 0;
+    for (int64_t i = 0; i < n_cells; i++) {
+        int64_t c = cells ? cells[i] : i;
+        for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++) nnz += newcol[m->indices[k]] >= 0;
+    }
+    nbs_matrix *s = nbs_matrix_new(n_cells, n_genes, nnz, err);
+    if (!s) {
+        free(newcol);
+        return NULL;
+    }
+    int64_t pos = 0;
+    for (int64_t i = 0; i < n_cells; i++) {
+        int64_t c = cells ? cells[i] : i;
+        for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++) {
+            int64_t g = newcol[m->indices[k]];
+            if (g < 0) continue;
+            s->indices[pos] = (int32_t)g;
+            s->data[pos++] = m->data[k];
+        }
+        s->indptr[i + 1] = pos;
+    }
+    free(newcol);
+    s->values_are_integer = m->values_are_integer;
+    if (copy_names(s->barcodes, m->barcodes, cells, n_cells, err) ||
+        copy_names(s->gene_ids, m->gene_ids, genes, n_genes, err) ||
+        copy_names(s->gene_names, m->gene_names, genes, n_genes, err)) {
+        nbs_matrix_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void nbs_matrix_row_sums(const nbs_matrix *m, double *out) {
+    for (int64_t c = 0; c < m->n_cells; c++) {
+        double s = 0;
+        for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++) s += m->data[k];
+        out[c] = s;
+    }
+}
+
+int nbs_matrix_default_names(char ***names, int64_t n, const char *prefix, nbs_error *err) {
+    char **out = nbs_calloc((size_t)n, sizeof *out, err);
+    if (!out) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++) {
+        char buf[64];
+        snprintf(buf, sizeof buf, "%s%lld", prefix, (long long)i + 1);
+        if (!(out[i] = nbs_strdup(buf, err))) {
+            free_names(out, i);
+            return NBS_ERR_NOMEM;
+        }
+    }
+    free_names(*names, n);
+    *names = out;
+    return NBS_OK;
+}

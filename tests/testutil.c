@@ -1,0 +1,114 @@
+#include "testutil.h"
+
+#include <dirent.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+const char *tu_data(const char *relative) {
+    static char buf[4][4096];
+    static int slot = 0;
+    char *out = buf[slot++ % 4];
+    const char *dir = getenv("NBS_DATA_DIR");
+    if (dir && *dir) {
+        snprintf(out, 4096, "%s/%s", dir, relative);
+    } else {
+        /* tests run from the repository root (make test) */
+        char cwd[3000];
+        if (!getcwd(cwd, sizeof cwd)) cwd[0] = '\0';
+        snprintf(out, 4096, "%s/../shared/data/%s", cwd, relative);
+    }
+    return out;
+}
+
+int tu_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+char *tu_tmpdir(void) {
+    const char *base = getenv("TMPDIR");
+    char tmpl[4096];
+    snprintf(tmpl, sizeof tmpl, "%s/nbs_test_XXXXXX", base && *base ? base : "/tmp");
+    char *d = mkdtemp(tmpl);
+    return d ? strdup(d) : NULL;
+}
+
+static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb; (void)flag; (void)ftw;
+    return remove(p);
+}
+
+void tu_rmtree(const char *path) {
+    if (path) nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const char *tu_path(const char *dir, const char *name) {
+    static char buf[8][4096];
+    static int slot = 0;
+    char *out = buf[slot++ % 8];
+    snprintf(out, 4096, "%s/%s", dir, name);
+    return out;
+}
+
+int tu_write_bytes(const char *path, const void *bytes, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(bytes, 1, n, f);
+    return (fclose(f) == 0 && w == n) ? 0 : -1;
+}
+
+int tu_write_file(const char *path, const char *text) {
+    return tu_write_bytes(path, text, strlen(text));
+}
+
+char *tu_read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+        len += r;
+        if (cap - len < 2) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb) { free(buf); buf = NULL; }
+            else buf = nb;
+        }
+    }
+    fclose(f);
+    if (!buf) return NULL;
+    buf[len] = '\0';
+    if (n) *n = len;
+    return buf;
+}
+
+int tu_run_cli(const char *args, char **out, char **errout) {
+    const char *bin = getenv("NBS_BIN");
+    if (!bin || !*bin) bin = "./nbsphere";
+    char *dir = tu_tmpdir();
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "%s %s >'%s/out' 2>'%s/err' </dev/null", bin, args, dir, dir);
+    int st = system(cmd);
+    if (out) *out = tu_read_file(tu_path(dir, "out"), NULL);
+    if (errout) *errout = tu_read_file(tu_path(dir, "err"), NULL);
+    tu_rmtree(dir);
+    free(dir);
+    if (st == -1 || !WIFEXITED(st)) return -1;
+    return WEXITSTATUS(st);
+}
+
+int tu_count_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
+    closedir(d);
+    return n;
+}
