@@ -13,7 +13,7 @@ DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-de
                 zlib1g-dev libcmocka-dev hdf5-tools clang libomp-14-dev
 
 SANITIZE ?=
-BUILD := build$(if $(SANITIZE),-san)
+BUILD ?= build$(if $(SANITIZE),-san)
 
 # GSL's own pkg-config pulls in gslcblas; OpenBLAS provides the CBLAS symbols instead.
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) gsl 2>/dev/null)
@@ -36,7 +36,9 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
 
-ifeq ($(SANITIZE),)
+# The default build puts nbsphere and libnbsphere.a at the top; other build folders
+# (SANITIZE=..., BUILD=...) keep theirs inside the folder.
+ifeq ($(BUILD),build)
 BIN := nbsphere
 LIB := libnbsphere.a
 else

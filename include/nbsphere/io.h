@@ -1,0 +1,80 @@
+/* Readers and writers of count matrices, labels and embeddings.
+ * Reading: nbs_io_read() detects the format from path and content (or takes a forced one),
+ * reads, validates (values, names vs. shape) and makes gene names unique, so every caller gets
+ * a clean nbs_matrix or an error naming the file, the dataset or line, and what to do.
+ * Writing: always to a temporary name in the same folder, then rename(), so a failed write
+ * never leaves half a file and never replaces a good one. */
+#ifndef NBSPHERE_IO_H
+#define NBSPHERE_IO_H
+
+#include <stdint.h>
+
+#include "nbsphere/config.h"
+#include "nbsphere/matrix.h"
+
+/* ---- reading (io.c dispatches; io_h5.c and io_text.c implement) ---- */
+
+const char *nbs_format_name(nbs_format f); /* "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv" */
+int nbs_format_parse(const char *name, nbs_format *out); /* inverse; "auto" -> NBS_FMT_AUTO */
+
+/* Format from the path (folder, extension, .gz) and the first bytes (HDF5 signature, MTX
+ * banner, delimiter); an HDF5 file is told apart as 10x or h5ad by its groups. */
+int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err);
+
+/* Reads any supported format with the input section's options (format, layer, genome,
+ * orientation, non-integer policy). On success *out owns a validated matrix. */
+int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err);
+
+/* Format-specific readers (used by nbs_io_read; values not yet validated). */
+int nbs_io_read_10x_h5(const char *path, const char *genome, nbs_matrix **out, nbs_error *err);
+int nbs_io_read_h5ad(const char *path, const char *layer, nbs_matrix **out, nbs_error *err);
+int nbs_io_read_10x_mtx_dir(const char *dir, nbs_matrix **out, nbs_error *err);
+int nbs_io_read_mtx(const char *path, nbs_orientation orient, nbs_matrix **out, nbs_error *err);
+int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_matrix **out,
+                      nbs_error *err);
+
+/* Per-cell labels for a matrix's cells, in the matrix's cell order: from an h5ad obs column
+ * (categorical or strings), or from a delimited text file with a header whose first column
+ * (or a column named "barcode"/"cell") holds barcodes. labels[i] is malloc'd, NULL where a
+ * cell has no label. Free with nbs_io_free_labels. */
+int nbs_io_read_h5ad_obs(const char *path, const char *column, const nbs_matrix *m,
+                         char ***labels, nbs_error *err);
+int nbs_io_read_labels_table(const char *path, const char *column, const nbs_matrix *m,
+                             char ***labels, nbs_error *err);
+void nbs_io_free_labels(char **labels, int64_t n);
+
+/* ---- writing ---- */
+
+/* Embedding as TSV: header "barcode<TAB>dim1..dimd[<TAB>extra...]", one row per cell. Extra
+ * columns (e.g. kappa, variances) are optional: n_extra columns named extra_names, values
+ * row-major [n x n_extra]. */
+int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t n, int d,
+                               const float *embedding, int n_extra, const char *const *extra_names,
+                               const float *extra, nbs_error *err);
+
+/* Metadata stored with an embedding in h5ad uns/nbsphere (latent type, metric, ...). */
+typedef struct {
+    const char *key;            /* obsm key, e.g. "X_nbsphere" */
+    const char *latent;         /* "gaussian", "vmf", "power_spherical" */
+    const char *metric;         /* "euclidean" or "cosine" */
+    const char *version;        /* nbsphere version */
+    const float *obs_kappa;     /* optional per-cell concentration, written to obs/nbsphere_kappa */
+} nbs_embedding_meta;
+
+/* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad, the output is a copy of
+ * it (never modified in place) with obsm[key] added/replaced; its cells must match m's barcodes
+ * (the subset kept after filtering is written as a subset copy of obs). Otherwise a new file
+ * with X = the counts of m (CSR), obs/var names, obsm[key] and uns. */
+int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix *m, int d,
+                      const float *embedding, const nbs_embedding_meta *meta, nbs_error *err);
+
+/* Writers used by `nbsphere simulate` (and tests): Cell Ranger v3 HDF5 and a 10x MTX folder. */
+int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err);
+int nbs_io_write_10x_mtx_dir(const char *dir, const nbs_matrix *m, int gzip, nbs_error *err);
+
+/* ---- temporary-file-then-rename discipline ---- */
+/* Makes "<path>.tmp.<pid>" in tmp (size >= NBS_PATH_MAX); commit renames it over path. */
+void nbs_io_tmp_name(const char *path, char *tmp);
+int nbs_io_commit(const char *tmp, const char *path, nbs_error *err);
+
+#endif
