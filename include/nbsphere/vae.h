@@ -34,6 +34,15 @@ int nbs_model_decode_logits(const nbs_model *m, const float *z, int n, float *lo
 int nbs_model_loglik(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t row0,
                      int n, const float *z, double *loglik, nbs_error *err);
 
+/* Named parameter blocks, for diagnostics, tests and checkpoints. Names:
+ *   "encoder.<i>.W" [in x out], "encoder.<i>.b" [out]   hidden layers i = 0..
+ *   "encoder.head.W", "encoder.head.b"                   latent head (see latent.h)
+ *   "decoder.<i>.W", "decoder.<i>.b"                     decoder.0 takes z
+ *   "decoder.out.W", "decoder.out.b"                     gene logits
+ *   "dispersion"                                         log theta per gene
+ * Returns NULL for an unknown name; rows/cols may be NULL. */
+float *nbs_model_param(nbs_model *m, const char *name, int *rows, int *cols);
+
 /* Weights of the decoder's first layer, [d x width] row-major (row j = what z_j feeds). */
 const float *nbs_model_decoder_first_weights(const nbs_model *m, int *d, int *width);
 float *nbs_model_decoder_first_weights_mut(nbs_model *m);
