@@ -1,11 +1,9 @@
-# nbsphere — build, test, bench, demo, deps.
+# nbsphere — build, test, bench, deps.
 #   make deps      install the Debian packages the build needs (root or sudo)
 #   make           build ./nbsphere and libnbsphere.a
 #   make test      build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=address,undefined   the same under sanitizers (separate build folder)
 #   make bench     speed and memory against the PyTorch reference (make bench-deps first)
-#   make fuzz      libFuzzer harnesses, each for FUZZ_SECONDS (clang)
-#   make demo      run pipelines/default.yaml on example_data/
 
 CC ?= cc
 PKGS := hdf5 openblas yaml-0.1 zlib
@@ -46,7 +44,7 @@ BIN := $(BUILD)/nbsphere
 LIB := $(BUILD)/libnbsphere.a
 endif
 
-.PHONY: all deps test bench bench-deps fuzz demo clean check-deps
+.PHONY: all deps test bench bench-deps clean check-deps
 all: $(BIN) $(LIB)
 
 check-deps:
@@ -84,10 +82,7 @@ bench-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-torch python3-numpy python3-scipy; }
 
 bench: $(BIN)
-	bench/run_bench.sh
-
-demo: $(BIN)
-	./$(BIN) run pipelines/default.yaml
+	BIN=$(abspath $(BIN)) bench/run_bench.sh
 
 clean:
 	rm -rf build build-san nbsphere libnbsphere.a

@@ -21,6 +21,10 @@ int nbs_format_parse(const char *name, nbs_format *out); /* inverse; "auto" -> N
  * banner, delimiter); an HDF5 file is told apart as 10x or h5ad by its groups. */
 int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err);
 
+/* For an HDF5 file: NBS_FMT_10X_H5 (/matrix group, or v2 genome groups holding indptr/data)
+ * or NBS_FMT_H5AD (X plus obs or var at the root); an error naming the file otherwise. */
+int nbs_io_h5_kind(const char *path, nbs_format *out, nbs_error *err);
+
 /* Reads any supported format with the input section's options (format, layer, genome,
  * orientation, non-integer policy). On success *out owns a validated matrix. */
 int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err);
