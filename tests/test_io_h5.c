@@ -27,8 +27,9 @@ static void test_kind_real_files(void **state) {
 
 static void test_kind_garbage_is_error(void **state) {
     (void)state;
+    char *dir = tu_tmpdir();
     char path[4096];
-    snprintf(path, sizeof path, "%s/garbage.h5", tu_tmpdir());
+    snprintf(path, sizeof path, "%s/garbage.h5", dir);
     FILE *fp = fopen(path, "wb");
     assert_non_null(fp);
     fputs("\x89HDF\r\n\x1a\n this is not really hdf5", fp);
@@ -37,13 +38,16 @@ static void test_kind_garbage_is_error(void **state) {
     nbs_format f = NBS_FMT_AUTO;
     assert_int_not_equal(nbs_io_h5_kind(path, &f, &err), NBS_OK);
     assert_non_null(strstr(err.msg, "garbage.h5"));
+    tu_rmtree(dir);
+    free(dir);
 }
 
 /* A valid HDF5 file with neither 10x nor AnnData groups must be refused, naming the file. */
 static void test_kind_other_hdf5_is_error(void **state) {
     (void)state;
+    char *dir = tu_tmpdir();
     char path[4096];
-    snprintf(path, sizeof path, "%s/other.h5", tu_tmpdir());
+    snprintf(path, sizeof path, "%s/other.h5", dir);
     hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     assert_true(f >= 0);
     hid_t g = H5Gcreate2(f, "genome_without_matrix", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -55,6 +59,8 @@ static void test_kind_other_hdf5_is_error(void **state) {
     assert_int_equal(nbs_io_h5_kind(path, &fmt, &err), NBS_ERR_INPUT);
     assert_non_null(strstr(err.msg, "other.h5"));
     assert_non_null(strstr(err.msg, "neither"));
+    tu_rmtree(dir);
+    free(dir);
 }
 
 int main(void) {
