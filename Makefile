@@ -71,7 +71,7 @@ $(BIN): $(BUILD)/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(LIB) | $(BUILD)
-	$(CC) $(CFLAGS) $(LDFLAGS) -Itests -o $@ $< $(TEST_SUPPORT) $(LIB) $(LDLIBS) -lcmocka
+	$(CC) $(CFLAGS) $(LDFLAGS) -Itests -o $@ $< $(TEST_SUPPORT) $(LIB) $(LDLIBS) -lhdf5_hl -lcmocka
 
 test: check-deps $(BIN) $(TEST_BIN)
 	@NBS_BIN=$(abspath $(BIN)) NBS_BUILD=$(abspath $(BUILD)) tests/run_tests.sh $(TEST_BIN)

@@ -67,24 +67,19 @@ nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_i
                       (long long)v->indptr[v->n_major]);
         return NULL;
     }
-    for (int64_t i = 0; i < v->n_major; i++) {
+    /* all offsets first: entries are only touched once every row is known to lie inside them */
+    for (int64_t i = 0; i < v->n_major; i++)
         if (v->indptr[i + 1] < v->indptr[i]) {
             nbs_error_set(err, NBS_ERR_INPUT, "%s: indptr decreases at position %lld (%lld > %lld)",
                           what, (long long)i, (long long)v->indptr[i], (long long)v->indptr[i + 1]);
             return NULL;
         }
+    for (int64_t i = 0; i < v->n_major; i++) {
         for (int64_t k = v->indptr[i]; k < v->indptr[i + 1]; k++) {
             if (v->indices[k] < 0 || v->indices[k] >= v->n_minor) {
                 nbs_error_set(err, NBS_ERR_INPUT,
                               "%s: index %lld at entry %lld is out of range [0, %lld)", what,
                               (long long)v->indices[k], (long long)k, (long long)v->n_minor);
-                return NULL;
-            }
-            if (k > v->indptr[i] && v->indices[k] <= v->indices[k - 1]) {
-                nbs_error_set(err, NBS_ERR_INPUT,
-                              "%s: indices of %s %lld are not strictly increasing at entry %lld "
-                              "(duplicate or unsorted)",
-                              what, major_is_cells ? "cell" : "gene", (long long)i, (long long)k);
                 return NULL;
             }
         }
@@ -116,6 +111,29 @@ nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_i
                 m->data[pos] = (float)v->data[k];
             }
         free(next);
+    }
+    /* Cell Ranger does not promise sorted indices within a column: sort each row (insertion
+     * sort: rows are short and nearly always sorted already), then refuse duplicates. */
+    for (int64_t c = 0; c < n_cells; c++) {
+        for (int64_t k = m->indptr[c] + 1; k < m->indptr[c + 1]; k++) {
+            int32_t g = m->indices[k];
+            float x = m->data[k];
+            int64_t j = k;
+            for (; j > m->indptr[c] && m->indices[j - 1] > g; j--) {
+                m->indices[j] = m->indices[j - 1];
+                m->data[j] = m->data[j - 1];
+            }
+            m->indices[j] = g;
+            m->data[j] = x;
+        }
+        for (int64_t k = m->indptr[c] + 1; k < m->indptr[c + 1]; k++)
+            if (m->indices[k] == m->indices[k - 1]) {
+                nbs_error_set(err, NBS_ERR_INPUT,
+                              "%s: cell %lld has two entries for gene %d; each entry may appear once",
+                              what, (long long)c + 1, m->indices[k] + 1);
+                nbs_matrix_free(m);
+                return NULL;
+            }
     }
     return m;
 }

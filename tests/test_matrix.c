@@ -36,6 +36,25 @@ static void test_bad_indptr_rejected(void **state) {
     assert_non_null(strstr(err.msg, "f.h5"));
 }
 
+/* Cell Ranger files may hold a column's entries out of order: they are sorted, duplicates refused. */
+static void test_unsorted_rows_sorted_duplicates_rejected(void **state) {
+    (void)state;
+    int64_t indptr[] = {0, 3};
+    int64_t indices[] = {2, 0, 1};
+    double data[] = {5, 7, 9};
+    nbs_compressed_view v = {1, 3, 3, indptr, indices, data};
+    nbs_error err = {0};
+    nbs_matrix *m = nbs_matrix_from_compressed(&v, 1, "t", &err);
+    assert_non_null(m);
+    assert_int_equal(m->indices[0], 0);
+    assert_int_equal(m->indices[2], 2);
+    assert_true(m->data[0] == 7.0f && m->data[1] == 9.0f && m->data[2] == 5.0f);
+    nbs_matrix_free(m);
+    indices[1] = 2;
+    assert_null(nbs_matrix_from_compressed(&v, 1, "dup.h5", &err));
+    assert_non_null(strstr(err.msg, "two entries for gene 3"));
+}
+
 static void test_triplet_duplicates_rejected(void **state) {
     (void)state;
     int64_t c[] = {0, 1, 0}, g[] = {1, 0, 1};
@@ -81,6 +100,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_from_csc_transposes),
         cmocka_unit_test(test_bad_indptr_rejected),
+        cmocka_unit_test(test_unsorted_rows_sorted_duplicates_rejected),
         cmocka_unit_test(test_triplet_duplicates_rejected),
         cmocka_unit_test(test_names_unique_like_anndata),
         cmocka_unit_test(test_validate_values),

@@ -25,8 +25,8 @@ nbs_matrix *nbs_matrix_new(int64_t n_cells, int64_t n_genes, int64_t nnz, nbs_er
 void nbs_matrix_free(nbs_matrix *m);
 
 /* Builds a CSR matrix from a compressed layout whose major axis may be genes (CSC of cells x
- * genes, as 10x HDF5 and h5ad CSC store it). Indices are validated (range, order) and
- * duplicates rejected; `what` names the source for messages. Takes no ownership. */
+ * genes, as 10x HDF5 and h5ad CSC store it). Indices are validated (range), sorted within
+ * each row, and duplicates rejected; `what` names the source for messages. Takes no ownership. */
 typedef struct {
     int64_t n_major, n_minor, nnz;
     const int64_t *indptr;  /* n_major + 1 */
