@@ -190,31 +190,41 @@ int nbs_io_read_mtx(const char *path, nbs_orientation orient, nbs_matrix **out, 
     return NBS_OK;
 }
 
-/* Reads column `col` (0-based) of a tab-separated names file into names[0..expected). */
-static int read_names(const char *path, int col, char **names, int64_t expected, const char *what,
-                      nbs_error *err) {
+/* Copies tab-separated field `col` of line (the first field if the line has fewer). */
+static char *field_dup(const char *line, int col, nbs_error *err) {
+    const char *p = line;
+    for (int k = 0; k < col && p; k++) p = strchr(p, '\t') ? strchr(p, '\t') + 1 : NULL;
+    if (!p) p = line; /* a one-column file: ids double as names */
+    size_t len = strcspn(p, "\t");
+    char *out = nbs_malloc(len + 1, err);
+    if (out) {
+        memcpy(out, p, len);
+        out[len] = '\0';
+    }
+    return out;
+}
+
+/* Reads a names file in one pass: field 0 into first[], and field 1 (or 0) into second[] when
+ * second is not NULL; exactly `expected` lines. */
+static int read_names(const char *path, char **first, char **second, int64_t expected,
+                      const char *what, nbs_error *err) {
     gzFile f = gzopen(path, "rb");
     if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    char *line = malloc(LINE_MAX_LEN);
+    char *line = nbs_malloc(LINE_MAX_LEN, err);
     int64_t n = 0;
-    int got, rc = NBS_OK;
-    while (line && (got = read_line(f, line, LINE_MAX_LEN)) == 1) {
+    int got = 0, rc = line ? NBS_OK : NBS_ERR_NOMEM;
+    while (!rc && (got = read_line(f, line, LINE_MAX_LEN)) == 1) {
         if (n >= expected) {
             rc = nbs_error_set(err, NBS_ERR_INPUT,
                                "%s: more lines than the %lld %s of the matrix; do the names belong to this matrix?",
                                path, (long long)expected, what);
-            break;
+        } else if (!(first[n] = field_dup(line, 0, err)) || (second && !(second[n] = field_dup(line, 1, err)))) {
+            rc = NBS_ERR_NOMEM;
+        } else {
+            n++;
         }
-        char *p = line;
-        for (int k = 0; k < col && p; k++) p = strchr(p, '\t') ? strchr(p, '\t') + 1 : NULL;
-        if (!p) p = line; /* a one-column file: ids double as names */
-        size_t len = strcspn(p, "\t");
-        if (!(names[n] = malloc(len + 1))) break;
-        memcpy(names[n], p, len);
-        names[n++][len] = '\0';
     }
-    if (!line) rc = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
-    else if (!rc && got < 0) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%lld: line too long", path, (long long)n + 1);
+    if (!rc && got < 0) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%lld: line too long", path, (long long)n + 1);
     else if (!rc && n != expected)
         rc = nbs_error_set(err, NBS_ERR_INPUT,
                            "%s: %lld names but the matrix has %lld %s; do the files belong together?",
@@ -255,9 +265,8 @@ int nbs_io_read_10x_mtx_dir(const char *dir, nbs_matrix **out, nbs_error *err) {
         free(m->barcodes[c]);
         m->barcodes[c] = NULL;
     }
-    if ((rc = read_names(genes, 0, m->gene_ids, m->n_genes, "genes (rows)", err)) ||
-        (rc = read_names(genes, 1, m->gene_names, m->n_genes, "genes (rows)", err)) ||
-        (rc = read_names(bcs, 0, m->barcodes, m->n_cells, "cells (columns)", err))) {
+    if ((rc = read_names(genes, m->gene_ids, m->gene_names, m->n_genes, "genes (rows)", err)) ||
+        (rc = read_names(bcs, m->barcodes, NULL, m->n_cells, "cells (columns)", err))) {
         nbs_matrix_free(m);
         return rc;
     }
