@@ -3,6 +3,7 @@
 #   make           build ./nbsphere and libnbsphere.a
 #   make test      build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=address,undefined   the same under sanitizers (separate build folder)
+#   make test SKIP_SLOW=1                   without the long training tests (tests/*slow*.c)
 #   make bench     speed and memory against the PyTorch reference (make bench-deps first)
 
 CC ?= cc
@@ -73,8 +74,11 @@ $(BIN): $(BUILD)/main.o $(LIB)
 $(BUILD)/tests/%: tests/%.c $(TEST_SUPPORT) tests/testutil.h $(LIB) | $(BUILD)
 	$(CC) $(CFLAGS) $(LDFLAGS) -Itests -o $@ $< $(TEST_SUPPORT) $(LIB) $(LDLIBS) -lhdf5_hl -lcmocka
 
-test: check-deps $(BIN) $(TEST_BIN)
-	@NBS_BIN=$(abspath $(BIN)) NBS_BUILD=$(abspath $(BUILD)) tests/run_tests.sh $(TEST_BIN)
+# SKIP_SLOW=1 leaves out the test binaries named *slow* (long training runs), e.g. under sanitizers.
+TEST_RUN := $(if $(SKIP_SLOW),$(filter-out %slow,$(TEST_BIN)),$(TEST_BIN))
+
+test: check-deps $(BIN) $(TEST_RUN)
+	@NBS_BIN=$(abspath $(BIN)) NBS_BUILD=$(abspath $(BUILD)) tests/run_tests.sh $(TEST_RUN)
 
 bench-deps:
 	@SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
