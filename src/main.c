@@ -1,14 +1,568 @@
-/* nbsphere command line: parses arguments, loads the pipeline, calls the modules in order. */
+/* nbsphere command line: parses arguments, loads the pipeline and calls the modules in order.
+ * Only this file prints to stdout and chooses exit codes; the exit code is the nbs_status of
+ * the failure (error.h): 0 ok, 1 internal, 2 usage, 3 bad input, 4 numerical, 5 I/O, 6 memory. */
+#include <errno.h>
+#include <gsl/gsl_rng.h>
+#include <gsl/gsl_statistics_double.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "nbsphere/error.h"
+#include "nbsphere/manifest.h"
+#include "nbsphere/pipeline.h"
+#include "nbsphere/progress.h"
+#include "nbsphere/run.h"
+#include "nbsphere/simulate.h"
+
+/* Shared state of one invocation. */
+typedef struct {
+    int verbosity; /* 0 quiet, 1 normal, 2 verbose */
+    nbs_progress *progress;
+    char command_line[8192];
+} cli;
+
+typedef struct {
+    const char *name;
+    int (*fn)(cli *c, int argc, char **argv, nbs_error *err);
+    const char *summary;
+    const char *usage;
+} command;
+
+static const char EXIT_CODES[] =
+    "Exit codes: 0 success, 1 internal error, 2 bad usage or pipeline, 3 bad input data,\n"
+    "4 numerical failure in training, 5 file could not be read or written, 6 out of memory.\n";
+
+static int usage_error(nbs_error *err, const char *cmd, const char *what) {
+    return nbs_error_set(err, NBS_ERR_USAGE, "%s: %s (see 'nbsphere %s --help')", cmd, what, cmd);
+}
+
+/* "--name value" or "--name=value"; advances *i past what it consumed. */
+static const char *opt_value(int argc, char **argv, int *i, const char *name, int *missing) {
+    size_t n = strlen(name);
+    const char *a = argv[*i];
+    *missing = 0;
+    if (strncmp(a, name, n)) return NULL;
+    if (a[n] == '=') return a + n + 1;
+    if (a[n] != '\0') return NULL;
+    if (*i + 1 >= argc) {
+        *missing = 1;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+static int is_help(const char *a) { return !strcmp(a, "--help") || !strcmp(a, "-h"); }
+
+static int parse_long(const char *s, long long lo, long long hi, long long *out) {
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+static const char *format_word(nbs_format f) {
+    static const char *const words[] = {"auto", "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv"};
+    return (int)f >= 0 && (int)f < 7 ? words[f] : "?";
+}
+
+/* ---- run ---- */
+
+static const char RUN_USAGE[] =
+    "usage: nbsphere run PIPELINE [--set section.key=value]... [--out DIR]\n"
+    "\n"
+    "Runs a pipeline file (YAML; see pipelines/reference.yaml for every key): loads the input,\n"
+    "preprocesses, trains the VAE, diagnoses collapse and writes the outputs into output.dir.\n"
+    "\n"
+    "  --set section.key=value  override one key (repeatable), e.g. --set train.epochs=50\n"
+    "                           or --set model.encoder_layers=[256,128]\n"
+    "  --out DIR                output folder (same as --set output.dir=DIR)\n";
+
+typedef struct {
+    const char *sets[256];
+    int n_sets;
+    char out_set[NBS_PATH_MAX + 16];
+} run_args;
+
+/* Options shared by run and train; returns 1 if argv[*i] was one of them, <0 on error. */
+static int common_run_opt(int argc, char **argv, int *i, run_args *r, const char *cmd, nbs_error *err) {
+    int missing;
+    const char *v;
+    if ((v = opt_value(argc, argv, i, "--set", &missing)) || missing) {
+        if (missing) return -usage_error(err, cmd, "--set needs section.key=value");
+        if (r->n_sets >= 200) return -usage_error(err, cmd, "too many --set options");
+        r->sets[r->n_sets++] = v;
+        return 1;
+    }
+    if ((v = opt_value(argc, argv, i, "--out", &missing)) || missing) {
+        if (missing) return -usage_error(err, cmd, "--out needs a folder");
+        snprintf(r->out_set, sizeof r->out_set, "output.dir=%s", v);
+        return 1;
+    }
+    return 0;
+}
+
+static int do_run(cli *c, const char *pipeline_path, run_args *r, int flags, nbs_error *err) {
+    if (r->out_set[0]) r->sets[r->n_sets++] = r->out_set; /* --out wins over --set output.dir */
+    nbs_pipeline *p = malloc(sizeof *p);
+    if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    int st = nbs_pipeline_load(pipeline_path, r->sets, r->n_sets, flags, p, err);
+    if (!st) {
+        nbs_run_options o = {c->command_line, c->progress};
+        st = nbs_run(p, &o, err);
+        char shown[NBS_PATH_MAX];
+        if (!st && c->verbosity >= 1)
+            fprintf(stderr, "nbsphere: outputs in %s\n",
+                    realpath(p->config.output.dir, shown) ? shown : p->config.output.dir);
+    }
+    free(p);
+    return st;
+}
+
+static int cmd_run(cli *c, int argc, char **argv, nbs_error *err) {
+    run_args r = {0};
+    const char *pipeline = NULL;
+    for (int i = 0; i < argc; i++) {
+        int k = common_run_opt(argc, argv, &i, &r, "run", err);
+        if (k < 0) return -k;
+        if (k) continue;
+        if (argv[i][0] == '-' && argv[i][1]) return usage_error(err, "run", "unknown option");
+        if (pipeline) return usage_error(err, "run", "more than one pipeline file given");
+        pipeline = argv[i];
+    }
+    if (!pipeline) return usage_error(err, "run", "no pipeline file given");
+    return do_run(c, pipeline, &r, NBS_PIPELINE_REQUIRE_INPUT, err);
+}
+
+/* ---- train ---- */
+
+static const char TRAIN_USAGE[] =
+    "usage: nbsphere train DATA [--pipeline FILE] [options] [--set section.key=value]...\n"
+    "                     [--out DIR]\n"
+    "\n"
+    "Trains on a count matrix without writing a pipeline file; every pipeline key is available\n"
+    "through --set, and a pipeline file can supply the rest.\n"
+    "\n"
+    "  --pipeline FILE     start from this pipeline's configuration (its input is replaced)\n"
+    "  --format F          auto | 10x-h5 | h5ad | 10x-mtx | mtx | tsv | csv\n"
+    "  --latent K          gaussian | vmf | power_spherical\n"
+    "  --latent-dim D      latent dimension\n"
+    "  --epochs N          training epochs\n"
+    "  --batch-size N      cells per minibatch\n"
+    "  --lr X              learning rate\n"
+    "  --seed S            random seed\n"
+    "  --threads T         threads\n"
+    "  --preset NAME       scvi | scphere\n"
+    "  --set section.key=value, --out DIR   as for 'nbsphere run'\n";
+
+static int cmd_train(cli *c, int argc, char **argv, nbs_error *err) {
+    static const char *const sugar[][2] = {
+        {"--format", "input.format"},        {"--latent", "model.latent"},
+        {"--latent-dim", "model.latent_dim"}, {"--epochs", "train.epochs"},
+        {"--batch-size", "train.batch_size"}, {"--lr", "train.learning_rate"},
+        {"--seed", "train.seed"},            {"--threads", "train.threads"},
+        {"--preset", "preset"}};
+    static char buf[16][NBS_PATH_MAX + 64];
+    int nbuf = 0;
+    run_args r = {0};
+    const char *data = NULL, *pipeline = NULL;
+    const char *first[16];
+    int n_first = 0;
+    for (int i = 0; i < argc; i++) {
+        int k = common_run_opt(argc, argv, &i, &r, "train", err);
+        if (k < 0) return -k;
+        if (k) continue;
+        int missing, hit = 0;
+        const char *v = opt_value(argc, argv, &i, "--pipeline", &missing);
+        if (v || missing) {
+            if (missing) return usage_error(err, "train", "--pipeline needs a file");
+            pipeline = v;
+            continue;
+        }
+        for (size_t s = 0; s < sizeof sugar / sizeof sugar[0] && !hit; s++) {
+            v = opt_value(argc, argv, &i, sugar[s][0], &missing);
+            if (missing) {
+                char m[128];
+                snprintf(m, sizeof m, "%s needs a value", sugar[s][0]);
+                return usage_error(err, "train", m);
+            }
+            if (v) {
+                if (nbuf >= 16) return usage_error(err, "train", "too many options");
+                snprintf(buf[nbuf], sizeof buf[0], "%s=%s", sugar[s][1], v);
+                first[n_first++] = buf[nbuf++];
+                hit = 1;
+            }
+        }
+        if (hit) continue;
+        if (argv[i][0] == '-' && argv[i][1]) return usage_error(err, "train", "unknown option");
+        if (data) return usage_error(err, "train", "more than one data file given");
+        data = argv[i];
+    }
+    if (!data) return usage_error(err, "train", "no data file given");
+    /* data and the short options come before the --set ones, so --set has the last word */
+    static char in[NBS_PATH_MAX + 16];
+    snprintf(in, sizeof in, "input.path=%s", data);
+    run_args all = r;
+    all.n_sets = 0;
+    all.sets[all.n_sets++] = in;
+    for (int i = 0; i < n_first; i++) all.sets[all.n_sets++] = first[i];
+    for (int i = 0; i < r.n_sets; i++) all.sets[all.n_sets++] = r.sets[i];
+    return do_run(c, pipeline, &all, NBS_PIPELINE_REQUIRE_INPUT, err);
+}
+
+/* ---- simulate ---- */
+
+static const char SIMULATE_USAGE[] =
+    "usage: nbsphere simulate --out DIR [--cells N] [--genes G] [--branches B] [--seed S]\n"
+    "                         [--depth D] [--format mtx]\n"
+    "\n"
+    "Writes a synthetic count dataset along a branching trajectory (a root segment and B\n"
+    "branches; negative-binomial noise; log-normal library sizes) into DIR:\n"
+    "  sim_mtx/ (10x MTX folder: matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz) and\n"
+    "  cell_labels.tsv (barcode, branch, pseudotime).\n"
+    "\n"
+    "  --cells N      cells (default 2000)        --genes G     genes (default 1000)\n"
+    "  --branches B   branches (default 3)        --seed S      random seed (default 0)\n"
+    "  --depth D      median UMIs per cell (default 600)\n"
+    "  --format LIST  comma-separated list of output formats; this build writes mtx\n"
+    "The same seed and sizes give byte-identical files.\n";
+
+enum { SIM_MTX = 4 };
+
+static int parse_sim_formats(const char *list, int *out, nbs_error *err) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    *out = 0;
+    for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (!strcmp(t, "mtx") || !strcmp(t, "10x-mtx")) *out |= SIM_MTX;
+        else
+            return nbs_error_set(err, NBS_ERR_USAGE,
+                                 "simulate: --format: unknown format '%s'; expected a comma-separated "
+                                 "list of: mtx", t);
+    }
+    if (!*out) return nbs_error_set(err, NBS_ERR_USAGE, "simulate: --format is empty; expected mtx");
+    return NBS_OK;
+}
+
+static int sim_write(const nbs_sim_data *d, const char *dir, int formats, nbs_error *err) {
+    char path[NBS_PATH_MAX + 32];
+    int st = nbs_sim_write_labels(d, dir, err);
+    if (!st && (formats & SIM_MTX)) {
+        snprintf(path, sizeof path, "%s/sim_mtx", dir);
+        st = nbs_sim_write_mtx_dir(d, path, err);
+    }
+    return st;
+}
+
+static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
+    nbs_sim_config sc;
+    nbs_sim_defaults(&sc);
+    const char *out = NULL;
+    unsigned long long seed = 0;
+    int formats = SIM_MTX;
+    for (int i = 0; i < argc; i++) {
+        int missing;
+        const char *v;
+        long long n;
+        const char *name = argv[i];
+        if ((v = opt_value(argc, argv, &i, "--out", &missing))) out = v;
+        else if ((v = opt_value(argc, argv, &i, "--cells", &missing))) {
+            if (parse_long(v, 1, 10000000, &n)) return usage_error(err, "simulate", "--cells: expected an integer from 1 to 10000000");
+            sc.n_cells = n;
+        } else if ((v = opt_value(argc, argv, &i, "--genes", &missing))) {
+            if (parse_long(v, 2, 1000000, &n)) return usage_error(err, "simulate", "--genes: expected an integer from 2 to 1000000");
+            sc.n_genes = n;
+        } else if ((v = opt_value(argc, argv, &i, "--branches", &missing))) {
+            if (parse_long(v, 1, 100, &n)) return usage_error(err, "simulate", "--branches: expected an integer from 1 to 100");
+            sc.n_branches = (int)n;
+        } else if ((v = opt_value(argc, argv, &i, "--seed", &missing))) {
+            if (parse_long(v, 0, (long long)1 << 62, &n)) return usage_error(err, "simulate", "--seed: expected a non-negative integer");
+            seed = (unsigned long long)n;
+        } else if ((v = opt_value(argc, argv, &i, "--depth", &missing))) {
+            if (parse_long(v, 1, 100000000, &n)) return usage_error(err, "simulate", "--depth: expected a positive integer");
+            sc.depth = (double)n;
+        } else if ((v = opt_value(argc, argv, &i, "--format", &missing))) {
+            int st = parse_sim_formats(v, &formats, err);
+            if (st) return st;
+        } else if (missing) {
+            char m[128];
+            snprintf(m, sizeof m, "%s needs a value", name);
+            return usage_error(err, "simulate", m);
+        } else {
+            return usage_error(err, "simulate", "unknown argument");
+        }
+    }
+    if (!out) return usage_error(err, "simulate", "--out DIR is required");
+    nbs_pipeline probe;
+    memset(&probe, 0, sizeof probe);
+    snprintf(probe.config.output.dir, sizeof probe.config.output.dir, "%s", out);
+    snprintf(probe.output_origin, sizeof probe.output_origin, "--out %s", out);
+    int st = nbs_pipeline_prepare_output(&probe, err);
+    if (st) return st;
+    gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!rng) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    gsl_rng_set(rng, (unsigned long)seed);
+    nbs_progress_stage(c->progress, "simulate");
+    nbs_sim_data d;
+    st = nbs_simulate(&sc, rng, &d, err);
+    gsl_rng_free(rng);
+    if (st) return st;
+    st = sim_write(&d, out, formats, err);
+    if (!st) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "%lld cells x %lld genes, %lld nonzeros, %d branches, seed %llu",
+                 (long long)d.counts->n_cells, (long long)d.counts->n_genes,
+                 (long long)d.counts->nnz, sc.n_branches, seed);
+        nbs_progress_done(c->progress, msg);
+    }
+    nbs_sim_data_free(&d);
+    return st;
+}
+
+/* ---- inspect ---- */
+
+static const char INSPECT_USAGE[] =
+    "usage: nbsphere inspect FILE [--json] [--format F] [--layer L] [--genome G]\n"
+    "                       [--orientation cells_rows|genes_rows]\n"
+    "\n"
+    "Reads a count matrix and prints what it holds: format, cells, genes, nonzeros, density,\n"
+    "count range, whether counts are integers, library-size quantiles and how the file is\n"
+    "oriented. --json prints the same as one JSON object for scripts.\n"
+    "\n"
+    "  --format F       auto | 10x-h5 | h5ad | 10x-mtx | mtx | tsv | csv (default auto)\n"
+    "  --layer L        h5ad: \"\" = X, raw = raw/X, otherwise layers/L\n"
+    "  --genome G       10x v2 HDF5: the genome group to read\n"
+    "  --orientation O  bare .mtx: cells_rows or genes_rows (default: the 10x layout)\n";
+
+typedef struct {
+    double min, max;
+    double q[7]; /* library size: min, 5 %, 25 %, median, 75 %, 95 %, max */
+    int64_t empty_cells, empty_genes;
+} matrix_stats;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int compute_stats(const nbs_matrix *m, matrix_stats *s, nbs_error *err) {
+    static const double probs[7] = {0, 0.05, 0.25, 0.5, 0.75, 0.95, 1};
+    double *lib = nbs_malloc(sizeof(double) * (size_t)(m->n_cells ? m->n_cells : 1), err);
+    char *seen = nbs_calloc((size_t)(m->n_genes ? m->n_genes : 1), 1, err);
+    if (!lib || !seen) {
+        free(lib);
+        free(seen);
+        return NBS_ERR_NOMEM;
+    }
+    memset(s, 0, sizeof *s);
+    s->min = m->nnz ? m->data[0] : 0;
+    s->max = s->min;
+    for (int64_t k = 0; k < m->nnz; k++) {
+        if (m->data[k] < s->min) s->min = m->data[k];
+        if (m->data[k] > s->max) s->max = m->data[k];
+        seen[m->indices[k]] = 1;
+    }
+    nbs_matrix_row_sums(m, lib);
+    for (int64_t i = 0; i < m->n_cells; i++) s->empty_cells += m->indptr[i + 1] == m->indptr[i];
+    for (int64_t g = 0; g < m->n_genes; g++) s->empty_genes += !seen[g];
+    qsort(lib, (size_t)m->n_cells, sizeof *lib, cmp_double);
+    for (int j = 0; j < 7 && m->n_cells; j++)
+        s->q[j] = gsl_stats_quantile_from_sorted_data(lib, 1, (size_t)m->n_cells, probs[j]);
+    free(lib);
+    free(seen);
+    return NBS_OK;
+}
+
+static const char *orientation_text(nbs_format f, nbs_orientation o) {
+    switch (f) {
+    case NBS_FMT_10X_H5: return "genes x cells in the file (10x CSC), read as cells x genes";
+    case NBS_FMT_10X_MTX: return "genes x cells in the file (10x layout), read as cells x genes";
+    case NBS_FMT_MTX:
+        return o == NBS_ORIENT_CELLS_ROWS ? "cells x genes in the file (as asked)"
+                                          : "genes x cells in the file (10x layout), read as cells x genes";
+    default: return "cells x genes";
+    }
+}
+
+static void print_stats_text(const char *path, nbs_format f, nbs_orientation o, const nbs_matrix *m,
+                             const matrix_stats *s) {
+    double cells = (double)m->n_cells, genes = (double)m->n_genes;
+    printf("file          %s\n", path);
+    printf("format        %s\n", format_word(f));
+    printf("shape         %lld cells x %lld genes, %lld nonzeros\n", (long long)m->n_cells,
+           (long long)m->n_genes, (long long)m->nnz);
+    printf("density       %.4f (%.1f %% zeros)\n", (double)m->nnz / (cells * genes),
+           100.0 * (1 - (double)m->nnz / (cells * genes)));
+    printf("counts        %g to %g (nonzero entries), %s\n", s->min, s->max,
+           m->values_are_integer ? "all integers" : "not all integers");
+    printf("library size  min %g, 5%% %g, 25%% %g, median %g, 75%% %g, 95%% %g, max %g\n", s->q[0],
+           s->q[1], s->q[2], s->q[3], s->q[4], s->q[5], s->q[6]);
+    printf("empty         %lld cell%s, %lld gene%s without any count\n", (long long)s->empty_cells,
+           s->empty_cells == 1 ? "" : "s", (long long)s->empty_genes, s->empty_genes == 1 ? "" : "s");
+    printf("orientation   %s\n", orientation_text(f, o));
+    printf("first names   cell %s, gene %s (%s)\n", m->n_cells ? m->barcodes[0] : "-",
+           m->n_genes ? m->gene_names[0] : "-", m->n_genes ? m->gene_ids[0] : "-");
+}
+
+static void json_text(const char *s) {
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') printf("\\%c", ch);
+        else if (ch < 0x20) printf("\\u%04x", ch);
+        else putchar(ch);
+    }
+    putchar('"');
+}
+
+static void print_stats_json(const char *path, nbs_format f, nbs_orientation o, const nbs_matrix *m,
+                             const matrix_stats *s) {
+    printf("{\n  \"file\": ");
+    json_text(path);
+    printf(",\n  \"format\": \"%s\",\n  \"cells\": %lld,\n  \"genes\": %lld,\n  \"nonzeros\": %lld,\n",
+           format_word(f), (long long)m->n_cells, (long long)m->n_genes, (long long)m->nnz);
+    printf("  \"density\": %.6g,\n  \"count_min\": %g,\n  \"count_max\": %g,\n  \"integer\": %s,\n",
+           (double)m->nnz / ((double)m->n_cells * (double)m->n_genes), s->min, s->max,
+           m->values_are_integer ? "true" : "false");
+    printf("  \"library_size\": {\"min\": %g, \"q05\": %g, \"q25\": %g, \"median\": %g, \"q75\": %g, "
+           "\"q95\": %g, \"max\": %g},\n", s->q[0], s->q[1], s->q[2], s->q[3], s->q[4], s->q[5], s->q[6]);
+    printf("  \"empty_cells\": %lld,\n  \"empty_genes\": %lld,\n  \"orientation\": ",
+           (long long)s->empty_cells, (long long)s->empty_genes);
+    json_text(orientation_text(f, o));
+    printf("\n}\n");
+}
+
+static int cmd_inspect(cli *c, int argc, char **argv, nbs_error *err) {
+    (void)c;
+    run_args r = {0};
+    static char buf[5][NBS_PATH_MAX + 32];
+    int json = 0, nb = 0;
+    const char *file = NULL;
+    static const char *const opts[][2] = {{"--format", "input.format"},
+                                          {"--layer", "input.layer"},
+                                          {"--genome", "input.genome"},
+                                          {"--orientation", "input.orientation"}};
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            json = 1;
+            continue;
+        }
+        int hit = 0, missing;
+        for (size_t k = 0; k < sizeof opts / sizeof opts[0] && !hit; k++) {
+            const char *v = opt_value(argc, argv, &i, opts[k][0], &missing);
+            if (missing) {
+                char m[96];
+                snprintf(m, sizeof m, "%s needs a value", opts[k][0]);
+                return usage_error(err, "inspect", m);
+            }
+            if (v) {
+                snprintf(buf[nb], sizeof buf[0], "%s=%s", opts[k][1], v);
+                r.sets[r.n_sets++] = buf[nb++];
+                hit = 1;
+            }
+        }
+        if (hit) continue;
+        if (argv[i][0] == '-' && argv[i][1]) return usage_error(err, "inspect", "unknown option");
+        if (file) return usage_error(err, "inspect", "more than one file given");
+        file = argv[i];
+    }
+    if (!file) return usage_error(err, "inspect", "no file given");
+    snprintf(buf[nb], sizeof buf[0], "input.path=%s", file);
+    r.sets[r.n_sets++] = buf[nb];
+    nbs_pipeline *p = malloc(sizeof *p);
+    if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    int st = nbs_pipeline_load(NULL, r.sets, r.n_sets, NBS_PIPELINE_REQUIRE_INPUT, p, err);
+    nbs_matrix *m = NULL;
+    nbs_format f = NBS_FMT_AUTO;
+    if (!st) {
+        /* inspect describes what is there: non-integer values are reported, not refused */
+        if (p->config.input.non_integer == NBS_NONINT_ERROR) p->config.input.non_integer = NBS_NONINT_ACCEPT;
+        st = nbs_run_read_input(&p->config.input, &f, &m, err);
+    }
+    matrix_stats s;
+    if (!st) st = compute_stats(m, &s, err);
+    if (!st) {
+        if (json) print_stats_json(file, f, p->config.input.orientation, m, &s);
+        else print_stats_text(file, f, p->config.input.orientation, m, &s);
+    }
+    nbs_matrix_free(m);
+    free(p);
+    return st;
+}
+
+/* ---- dispatch ---- */
+
+static const command COMMANDS[] = {
+    {"run", cmd_run, "run a pipeline file end to end", RUN_USAGE},
+    {"train", cmd_train, "train on a data file with options instead of a pipeline", TRAIN_USAGE},
+    {"inspect", cmd_inspect, "describe a count matrix file (shape, sparsity, counts, library sizes)",
+     INSPECT_USAGE},
+    {"simulate", cmd_simulate, "write a synthetic branching-trajectory dataset", SIMULATE_USAGE},
+};
+#define N_COMMANDS ((int)(sizeof COMMANDS / sizeof COMMANDS[0]))
+
+static void print_usage(FILE *f) {
+    fprintf(f,
+            "usage: nbsphere [--quiet | --verbose] COMMAND [options]\n"
+            "       nbsphere --version | --help | COMMAND --help\n\n"
+            "Negative-binomial VAEs with Gaussian or hyperspherical latents for single-cell counts,\n"
+            "with a per-dimension report of posterior collapse.\n\nCommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-10s %s\n", COMMANDS[i].name, COMMANDS[i].summary);
+    fprintf(f, "\nOptions:\n  --quiet    only errors and warnings\n  --verbose  more detail\n"
+               "  --version  versions of nbsphere and its libraries\n\n%s", EXIT_CODES);
+}
 
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "--version") == 0) {
-        printf("nbsphere 0.1.0\n");
-        return 0;
+    cli c = {.verbosity = 1};
+    size_t used = 0;
+    for (int i = 0; i < argc && used < sizeof c.command_line; i++)
+        used += (size_t)snprintf(c.command_line + used, sizeof c.command_line - used, "%s%s",
+                                 i ? " " : "", argv[i]);
+    /* --quiet/--verbose may stand anywhere; the rest goes to the command */
+    char **rest = malloc(sizeof(char *) * (size_t)(argc + 1));
+    if (!rest) return NBS_ERR_NOMEM;
+    int n = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quiet") || !strcmp(argv[i], "-q")) c.verbosity = 0;
+        else if (!strcmp(argv[i], "--verbose") || !strcmp(argv[i], "-v")) c.verbosity = 2;
+        else rest[n++] = argv[i];
     }
-    fprintf(stderr, "usage: nbsphere COMMAND [options]\n");
-    return NBS_ERR_USAGE;
+    int st = NBS_OK;
+    nbs_error err = {0};
+    if (n == 0) {
+        print_usage(stderr);
+        st = NBS_ERR_USAGE;
+    } else if (!strcmp(rest[0], "--version")) {
+        nbs_versions_print(stdout);
+    } else if (is_help(rest[0]) || !strcmp(rest[0], "help")) {
+        const command *cmd = NULL;
+        for (int i = 0; n > 1 && i < N_COMMANDS; i++)
+            if (!strcmp(rest[1], COMMANDS[i].name)) cmd = &COMMANDS[i];
+        if (cmd) printf("%s\n%s", cmd->usage, EXIT_CODES);
+        else print_usage(stdout);
+    } else {
+        const command *cmd = NULL;
+        for (int i = 0; i < N_COMMANDS; i++)
+            if (!strcmp(rest[0], COMMANDS[i].name)) cmd = &COMMANDS[i];
+        int help = 0;
+        for (int i = 1; i < n; i++) help |= is_help(rest[i]);
+        if (!cmd) {
+            st = nbs_error_set(&err, NBS_ERR_USAGE, "unknown command '%s' (see 'nbsphere --help')", rest[0]);
+        } else if (help) {
+            printf("%s\n%s", cmd->usage, EXIT_CODES);
+        } else {
+            c.progress = nbs_progress_new(stderr, c.verbosity, -1);
+            st = cmd->fn(&c, n - 1, rest + 1, &err);
+            nbs_progress_free(c.progress);
+        }
+    }
+    if (st) {
+        if (!err.msg[0]) snprintf(err.msg, sizeof err.msg, "failed with status %d", st);
+        fprintf(stderr, "nbsphere: error: %s\n", err.msg);
+    }
+    free(rest);
+    return st;
 }

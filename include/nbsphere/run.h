@@ -1,0 +1,29 @@
+/* One run of nbsphere, as `nbsphere run` and `nbsphere train` perform it: check that the
+ * output folder is writable, load -> preprocess -> train -> diagnose -> write, and record
+ * everything in manifest.json. Each stage's failure is returned with its status; files are
+ * written through temporary names, so a failed run leaves no half-written output. */
+#ifndef NBSPHERE_RUN_H
+#define NBSPHERE_RUN_H
+
+#include "nbsphere/error.h"
+#include "nbsphere/pipeline.h"
+#include "nbsphere/progress.h"
+
+typedef struct {
+    const char *command_line; /* recorded in the manifest */
+    nbs_progress *progress;   /* may be NULL */
+} nbs_run_options;
+
+int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
+
+/* The load stage on its own (also used by `inspect`): reads the input section's file with the
+ * format it names or detects (*format_used, may be NULL), validates the values and makes gene
+ * names unique. Reads 10x HDF5, 10x MTX folders and bare .mtx[.gz]. */
+int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_matrix **out,
+                       nbs_error *err);
+
+/* Names of the files a run writes into output.dir. */
+#define NBS_OUT_MANIFEST "manifest.json"
+#define NBS_OUT_CONFIG "config.yaml"
+
+#endif

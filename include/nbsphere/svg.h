@@ -1,0 +1,55 @@
+/* A small helper for writing text (HTML, SVG, JSON) into a growing buffer, and for drawing
+ * plot axes with readable ticks in inline SVG. Used by report.c; no I/O here. */
+#ifndef NBSPHERE_SVG_H
+#define NBSPHERE_SVG_H
+
+#include <stddef.h>
+
+/* Growing text buffer. An allocation failure sets failed and later writes are dropped, so
+ * callers check once at the end instead of after every write. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+    int failed;
+} nbs_svg_buf;
+
+void nbs_svg_buf_init(nbs_svg_buf *b);
+void nbs_svg_buf_free(nbs_svg_buf *b);
+void nbs_svg_buf_printf(nbs_svg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Text escaped for HTML/SVG (& < > " '). */
+void nbs_svg_buf_text(nbs_svg_buf *b, const char *s);
+/* A JSON string literal with quotes; NULL gives null. */
+void nbs_svg_buf_json_string(nbs_svg_buf *b, const char *s);
+/* A JSON number; non-finite values give null (JSON has no NaN/Inf). */
+void nbs_svg_buf_json_number(nbs_svg_buf *b, double v);
+
+/* Data range [x0,x1] x [y0,y1] mapped onto the plot rectangle (pixels) inside an SVG. */
+typedef struct {
+    double x0, x1, y0, y1;
+    double left, top, width, height;
+} nbs_svg_axes;
+
+double nbs_svg_x(const nbs_svg_axes *a, double x);
+double nbs_svg_y(const nbs_svg_axes *a, double y);
+
+/* Ticks at 1, 2 or 5 times a power of ten covering [lo, hi]; returns how many (<= max). */
+int nbs_svg_nice_ticks(double lo, double hi, int target, double *ticks, int max);
+/* Widens [*lo, *hi] to tick boundaries (and to a non-empty range). */
+void nbs_svg_nice_range(double *lo, double *hi);
+
+/* Opens <svg> of the given size with a title (accessible name) and a heading line. */
+void nbs_svg_begin(nbs_svg_buf *b, int width, int height, const char *title);
+void nbs_svg_end(nbs_svg_buf *b);
+/* Frame, ticks with labels on both axes, axis titles. integer_x: only whole-number x ticks. */
+void nbs_svg_draw_axes(nbs_svg_buf *b, const nbs_svg_axes *a, const char *xlabel,
+                       const char *ylabel, int integer_x);
+/* A dashed horizontal reference line at y with a label at its right end. */
+void nbs_svg_hline(nbs_svg_buf *b, const nbs_svg_axes *a, double y, const char *colour,
+                   const char *label);
+
+/* Sequential colour map (viridis, t in [0,1]) as "#rrggbb" into out[8]. */
+void nbs_svg_colormap(double t, char out[8]);
+/* Distinct colours for categories (cycles after 20). */
+const char *nbs_svg_category_colour(int i);
+
+#endif

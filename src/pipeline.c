@@ -1,0 +1,941 @@
+/* YAML pipeline -> nbs_config. One table describes every key (section, name, type, range,
+ * enum words); loading, overrides, validation, the JSON dump and the tests all read it, so a
+ * key cannot be parsed one way and documented another. libyaml's document API gives each node
+ * its line and column for messages. */
+#include "nbsphere/pipeline.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdalign.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+typedef enum { K_INT, K_INT64, K_UINT64, K_DOUBLE, K_STRING, K_PATH, K_BOOL, K_ENUM, K_LAYERS } ktype;
+
+typedef struct {
+    const char *word;
+    int value;
+} enum_word;
+
+typedef struct {
+    const char *section; /* "" for top-level keys */
+    const char *key;
+    ktype type;
+    size_t off;    /* K_LAYERS: offset of the count, the array follows it */
+    size_t size;   /* bytes of the field (K_LAYERS: count and array) */
+    size_t align;
+    double lo, hi; /* inclusive range of numbers (K_LAYERS: of each width) */
+    int lo_open;   /* 1: lo itself is excluded */
+    const enum_word *words;
+    const char *expect; /* the expected form, for messages */
+} key_desc;
+
+/* Enums are stored through an int: the compiler must agree. */
+_Static_assert(sizeof(nbs_format) == sizeof(int), "enum size");
+_Static_assert(offsetof(nbs_model_config, encoder_layers) ==
+                   offsetof(nbs_model_config, n_encoder_layers) + sizeof(int),
+               "layer widths follow their count");
+_Static_assert(offsetof(nbs_model_config, decoder_layers) ==
+                   offsetof(nbs_model_config, n_decoder_layers) + sizeof(int),
+               "layer widths follow their count");
+
+static const enum_word W_FORMAT[] = {{"auto", NBS_FMT_AUTO}, {"10x-h5", NBS_FMT_10X_H5},
+                                     {"h5ad", NBS_FMT_H5AD},  {"10x-mtx", NBS_FMT_10X_MTX},
+                                     {"mtx", NBS_FMT_MTX},    {"tsv", NBS_FMT_TSV},
+                                     {"csv", NBS_FMT_CSV},    {NULL, 0}};
+static const enum_word W_ORIENT[] = {{"auto", NBS_ORIENT_AUTO},
+                                     {"cells_rows", NBS_ORIENT_CELLS_ROWS},
+                                     {"genes_rows", NBS_ORIENT_GENES_ROWS},
+                                     {NULL, 0}};
+static const enum_word W_NONINT[] = {
+    {"error", NBS_NONINT_ERROR}, {"round", NBS_NONINT_ROUND}, {"accept", NBS_NONINT_ACCEPT}, {NULL, 0}};
+static const enum_word W_LATENT[] = {{"gaussian", NBS_LATENT_GAUSSIAN},
+                                     {"vmf", NBS_LATENT_VMF},
+                                     {"power_spherical", NBS_LATENT_POWER_SPHERICAL},
+                                     {NULL, 0}};
+static const enum_word W_LIK[] = {
+    {"nb", NBS_LIK_NB}, {"zinb", NBS_LIK_ZINB}, {"poisson", NBS_LIK_POISSON}, {NULL, 0}};
+static const enum_word W_DISP[] = {{"gene", NBS_DISP_GENE}, {"gene_cell", NBS_DISP_GENE_CELL}, {NULL, 0}};
+static const enum_word W_NORM[] = {
+    {"none", NBS_NORM_NONE}, {"layer", NBS_NORM_LAYER}, {"batch", NBS_NORM_BATCH}, {NULL, 0}};
+static const enum_word W_TRANSFORM[] = {
+    {"log1p", NBS_INPUT_LOG1P}, {"log1p_cp10k", NBS_INPUT_LOG1P_CP10K}, {NULL, 0}};
+static const enum_word W_SCHED[] = {{"constant", NBS_SCHED_CONSTANT},
+                                    {"linear", NBS_SCHED_LINEAR},
+                                    {"sigmoid", NBS_SCHED_SIGMOID},
+                                    {"cyclical", NBS_SCHED_CYCLICAL},
+                                    {NULL, 0}};
+static const enum_word W_PRESET[] = {{"", 0}, {"scvi", 1}, {"scphere", 2}, {NULL, 0}};
+
+#define F(sec, field) offsetof(nbs_config, sec.field), sizeof(((nbs_config *)0)->sec.field), \
+                      alignof(__typeof__(((nbs_config *)0)->sec.field))
+#define LAYERS(n, arr)                                                                          \
+    offsetof(nbs_config, model.n), sizeof(int) + sizeof(((nbs_config *)0)->model.arr), alignof(int)
+#define BIG 1e300
+
+static const key_desc KEYS[] = {
+    {"", "preset", K_STRING, offsetof(nbs_config, preset), sizeof(((nbs_config *)0)->preset), 1,
+     0, 0, 0, W_PRESET, "one of scvi, scphere (applied before the file's own keys)"},
+
+    {"input", "path", K_PATH, F(input, path), 0, 0, 0, NULL,
+     "the path of a count matrix file or 10x folder"},
+    {"input", "format", K_ENUM, F(input, format), 0, 0, 0, W_FORMAT, NULL},
+    {"input", "layer", K_STRING, F(input, layer), 0, 0, 0, NULL,
+     "an h5ad layer name (\"\" = X, raw = raw/X)"},
+    {"input", "genome", K_STRING, F(input, genome), 0, 0, 0, NULL, "a genome group name"},
+    {"input", "orientation", K_ENUM, F(input, orientation), 0, 0, 0, W_ORIENT, NULL},
+    {"input", "non_integer", K_ENUM, F(input, non_integer), 0, 0, 0, W_NONINT, NULL},
+    {"input", "labels_path", K_PATH, F(input, labels_path), 0, 0, 0, NULL,
+     "the path of a labels table, or \"\""},
+    {"input", "label_column", K_STRING, F(input, label_column), 0, 0, 0, NULL, "a column name"},
+
+    {"preprocess", "min_counts", K_DOUBLE, F(preprocess, min_counts), 0, BIG, 0, NULL,
+     "a number >= 0"},
+    {"preprocess", "min_genes", K_INT64, F(preprocess, min_genes), 0, 1e12, 0, NULL,
+     "an integer >= 0"},
+    {"preprocess", "min_cells", K_INT64, F(preprocess, min_cells), 0, 1e12, 0, NULL,
+     "an integer >= 0"},
+    {"preprocess", "n_top_genes", K_INT64, F(preprocess, n_top_genes), 0, 1e9, 0, NULL,
+     "an integer >= 0 (0 = all genes)"},
+    {"preprocess", "hvg_span", K_DOUBLE, F(preprocess, hvg_span), 0, 1, 1, NULL,
+     "a number in (0, 1]"},
+
+    {"model", "latent", K_ENUM, F(model, latent), 0, 0, 0, W_LATENT, NULL},
+    {"model", "latent_dim", K_INT, F(model, latent_dim), 1, 1024, 0, NULL,
+     "an integer from 1 to 1024 (2 or more for spherical latents)"},
+    {"model", "encoder_layers", K_LAYERS, LAYERS(n_encoder_layers, encoder_layers), 1, 65536, 0,
+     NULL, "a list of 1 to 8 layer widths from 1 to 65536, e.g. [128, 64]"},
+    {"model", "decoder_layers", K_LAYERS, LAYERS(n_decoder_layers, decoder_layers), 1, 65536, 0,
+     NULL, "a list of 1 to 8 layer widths from 1 to 65536, e.g. [128]"},
+    {"model", "dropout", K_DOUBLE, F(model, dropout), 0, 0.99, 0, NULL,
+     "a number from 0 to 0.99"},
+    {"model", "norm", K_ENUM, F(model, norm), 0, 0, 0, W_NORM, NULL},
+    {"model", "likelihood", K_ENUM, F(model, likelihood), 0, 0, 0, W_LIK, NULL},
+    {"model", "dispersion", K_ENUM, F(model, dispersion), 0, 0, 0, W_DISP, NULL},
+    {"model", "input_transform", K_ENUM, F(model, input_transform), 0, 0, 0, W_TRANSFORM, NULL},
+    {"model", "kappa_floor", K_DOUBLE, F(model, kappa_floor), 0, 1e5, 0, NULL,
+     "a number from 0 to 1e5"},
+    {"model", "decoder_init_scale", K_DOUBLE, F(model, decoder_init_scale), 0, 1e3, 1, NULL,
+     "a number in (0, 1000]"},
+
+    {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, NULL, "an integer from 1 to 1000000"},
+    {"train", "batch_size", K_INT, F(train, batch_size), 1, 1e6, 0, NULL,
+     "an integer from 1 to 1000000"},
+    {"train", "learning_rate", K_DOUBLE, F(train, learning_rate), 0, 10, 1, NULL,
+     "a number in (0, 10]"},
+    {"train", "weight_decay", K_DOUBLE, F(train, weight_decay), 0, 10, 0, NULL,
+     "a number from 0 to 10"},
+    {"train", "seed", K_UINT64, F(train, seed), 0, 0, 0, NULL,
+     "an integer from 0 to 18446744073709551615"},
+    {"train", "threads", K_INT, F(train, threads), 1, 1024, 0, NULL, "an integer from 1 to 1024"},
+    {"train", "validation_fraction", K_DOUBLE, F(train, validation_fraction), 0, 0.9, 0, NULL,
+     "a number from 0 to 0.9"},
+    {"train", "patience", K_INT, F(train, patience), 0, 1e6, 0, NULL,
+     "an integer >= 0 (0 = no early stopping)"},
+    {"train", "schedule", K_ENUM, F(train, schedule), 0, 0, 0, W_SCHED, NULL},
+    {"train", "beta", K_DOUBLE, F(train, beta), 0, 1e6, 0, NULL, "a number >= 0"},
+    {"train", "warmup_epochs", K_INT, F(train, warmup_epochs), 0, 1e6, 0, NULL,
+     "an integer >= 0"},
+    {"train", "warmup_steps", K_INT64, F(train, warmup_steps), 0, 1e15, 0, NULL,
+     "an integer >= 0 (0 = use warmup_epochs)"},
+    {"train", "cycles", K_INT, F(train, cycles), 1, 1e6, 0, NULL, "an integer >= 1"},
+    {"train", "ramp_fraction", K_DOUBLE, F(train, ramp_fraction), 0, 1, 1, NULL,
+     "a number in (0, 1]"},
+    {"train", "free_bits", K_DOUBLE, F(train, free_bits), 0, 1e6, 0, NULL,
+     "a number >= 0 (nats; 0 = off)"},
+    {"train", "grad_clip", K_DOUBLE, F(train, grad_clip), 0, BIG, 0, NULL,
+     "a number >= 0 (0 = off)"},
+    {"train", "checkpoint_every", K_INT, F(train, checkpoint_every), 0, 1e6, 0, NULL,
+     "an integer >= 0 (0 = only at the end)"},
+
+    {"diagnose", "tau_kl", K_DOUBLE, F(diagnose, tau_kl), 0, BIG, 0, NULL, "a number >= 0 (nats)"},
+    {"diagnose", "tau_sensitivity", K_DOUBLE, F(diagnose, tau_sensitivity), 0, BIG, 0, NULL,
+     "a number >= 0"},
+    {"diagnose", "tau_activity", K_DOUBLE, F(diagnose, tau_activity), 0, BIG, 0, NULL,
+     "a number >= 0"},
+    {"diagnose", "interval", K_INT, F(diagnose, interval), 0, 1e6, 0, NULL,
+     "an integer >= 0 (0 = only at the end)"},
+    {"diagnose", "subsample", K_INT64, F(diagnose, subsample), 1, 1e12, 0, NULL,
+     "an integer >= 1"},
+    {"diagnose", "mi_batch", K_INT, F(diagnose, mi_batch), 1, 1e6, 0, NULL, "an integer >= 1"},
+
+    {"output", "dir", K_PATH, F(output, dir), 0, 0, 0, NULL, "a folder path"},
+    {"output", "write_h5ad", K_BOOL, F(output, write_h5ad), 0, 0, 0, NULL, NULL},
+    {"output", "write_variances", K_BOOL, F(output, write_variances), 0, 0, 0, NULL, NULL},
+    {"output", "write_report", K_BOOL, F(output, write_report), 0, 0, 0, NULL, NULL},
+    {"output", "embedding_key", K_STRING, F(output, embedding_key), 0, 0, 0, NULL,
+     "a non-empty obsm key, e.g. X_nbsphere"},
+};
+#define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
+static const char *const SECTIONS[] = {"input", "preprocess", "model", "train", "diagnose", "output"};
+#define N_SECTIONS 6
+
+/* Where a value came from, for messages. */
+typedef struct {
+    const char *file; /* NULL: an override */
+    size_t line, col;
+    const char *set;  /* the override text */
+} loc;
+
+typedef struct {
+    nbs_pipeline *p;
+    const char *name;     /* the pipeline file, for messages */
+    const char *base_dir; /* relative paths in the file resolve against it */
+    yaml_document_t *doc;
+    loc where[sizeof KEYS / sizeof KEYS[0]];
+    int given[sizeof KEYS / sizeof KEYS[0]];
+    loc input_section;
+    int have_input_section;
+    nbs_error *err;
+} ctx;
+
+static void fmt_loc(char *buf, size_t n, const loc *l) {
+    if (l->file)
+        snprintf(buf, n, "%s:%zu:%zu", l->file, l->line, l->col);
+    else
+        snprintf(buf, n, "--set %s", l->set);
+}
+
+static loc node_loc(const ctx *c, const yaml_node_t *node) {
+    loc l = {c->name, node->start_mark.line + 1, node->start_mark.column + 1, NULL};
+    return l;
+}
+
+static const char *type_expect(const key_desc *k, char *buf, size_t n) {
+    if (k->words) {
+        size_t used = (size_t)snprintf(buf, n, "one of ");
+        for (const enum_word *w = k->words; w->word && used < n; w++) {
+            if (!*w->word) continue;
+            used += (size_t)snprintf(buf + used, n - used, "%s%s", w == k->words ? "" : ", ", w->word);
+        }
+        if (k->type == K_STRING && k->expect) snprintf(buf, n, "%s", k->expect);
+        return buf;
+    }
+    if (k->type == K_BOOL) return "true or false";
+    return k->expect ? k->expect : "a value";
+}
+
+
+static int reject(ctx *c, const loc *l, nbs_status code, const key_desc *k, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+static int reject(ctx *c, const loc *l, nbs_status code, const key_desc *k, const char *fmt, ...) {
+    char where[NBS_ORIGIN_MAX], what[1024], exp[512];
+    fmt_loc(where, sizeof where, l);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (!k) return nbs_error_set(c->err, code, "%s: %s", where, what);
+    return nbs_error_set(c->err, code, "%s: %s%s%s: %s; expected %s", where, k->section,
+                         *k->section ? "." : "", k->key, what, type_expect(k, exp, sizeof exp));
+}
+
+static int find_key(const char *section, const char *key) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (!strcmp(KEYS[i].section, section) && !strcmp(KEYS[i].key, key)) return i;
+    return -1;
+}
+
+static int parse_i64(const char *s, long long *out) {
+    if (!*s) return -1;
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (*end || errno) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_double(const char *s, double *out) {
+    if (!*s) return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (*end || errno == ERANGE || !isfinite(v)) return -1;
+    *out = v;
+    return 0;
+}
+
+static int parse_bool(const char *s, int *out) {
+    static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
+    for (int i = 0; i < 4; i++) {
+        if (!strcasecmp(s, yes[i])) return *out = 1, 0;
+        if (!strcasecmp(s, no[i])) return *out = 0, 0;
+    }
+    return -1;
+}
+
+static int in_range(const key_desc *k, double v) {
+    return (k->lo_open ? v > k->lo : v >= k->lo) && v <= k->hi;
+}
+
+static void *field(nbs_config *cfg, const key_desc *k) { return (char *)cfg + k->off; }
+
+static int resolve_path(ctx *c, const key_desc *k, const loc *l, const char *text, char *out) {
+    int n;
+    if (*text && text[0] != '/' && l->file && c->base_dir && *c->base_dir)
+        n = snprintf(out, NBS_PATH_MAX, "%s/%s", c->base_dir, text);
+    else
+        n = snprintf(out, NBS_PATH_MAX, "%s", text);
+    if (n >= NBS_PATH_MAX)
+        return reject(c, l, NBS_ERR_USAGE, k, "path longer than %d characters", NBS_PATH_MAX - 1);
+    struct stat st;
+    int must_exist = k->off == offsetof(nbs_config, input.path) ||
+                     k->off == offsetof(nbs_config, input.labels_path);
+    if (must_exist && *out && stat(out, &st) != 0)
+        return reject(c, l, NBS_ERR_IO, k, "'%s' cannot be opened (%s)%s", out, strerror(errno),
+                      l->file ? " (relative paths are resolved against the pipeline's folder)" : "");
+    return NBS_OK;
+}
+
+static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
+    const key_desc *k = &KEYS[ki];
+    nbs_config *cfg = &c->p->config;
+    long long iv;
+    double dv;
+    int bv;
+    switch (k->type) {
+    case K_INT:
+    case K_INT64:
+        if (parse_i64(text, &iv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not an integer", text);
+        if (!in_range(k, (double)iv)) return reject(c, l, NBS_ERR_USAGE, k, "%s is out of range", text);
+        if (k->type == K_INT) *(int *)field(cfg, k) = (int)iv;
+        else *(int64_t *)field(cfg, k) = (int64_t)iv;
+        break;
+    case K_UINT64: {
+        char *end;
+        errno = 0;
+        unsigned long long u = strtoull(text, &end, 10);
+        if (!*text || *end || text[0] == '-' || text[0] == '+')
+            return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not a non-negative integer", text);
+        if (errno) return reject(c, l, NBS_ERR_USAGE, k, "%s is out of range", text);
+        *(uint64_t *)field(cfg, k) = (uint64_t)u;
+        break;
+    }
+    case K_DOUBLE:
+        if (parse_double(text, &dv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not a number", text);
+        if (!in_range(k, dv)) return reject(c, l, NBS_ERR_USAGE, k, "%s is out of range", text);
+        *(double *)field(cfg, k) = dv;
+        break;
+    case K_BOOL:
+        if (parse_bool(text, &bv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not a boolean", text);
+        *(int *)field(cfg, k) = bv;
+        break;
+    case K_ENUM:
+        for (const enum_word *w = k->words; w->word; w++)
+            if (!strcmp(w->word, text)) {
+                *(int *)field(cfg, k) = w->value;
+                return NBS_OK;
+            }
+        return reject(c, l, NBS_ERR_USAGE, k, "unknown value '%s'", text);
+    case K_STRING:
+        if (strlen(text) >= k->size)
+            return reject(c, l, NBS_ERR_USAGE, k, "longer than %zu characters", k->size - 1);
+        if (k->off == offsetof(nbs_config, output.embedding_key) && !*text)
+            return reject(c, l, NBS_ERR_USAGE, k, "empty");
+        if (k->words) { /* the preset: applied now, so the file's keys land on top of it */
+            int st = nbs_pipeline_apply_preset(cfg, text, NULL);
+            if (st) return reject(c, l, NBS_ERR_USAGE, k, "unknown preset '%s'", text);
+        }
+        strcpy((char *)field(cfg, k), text);
+        break;
+    case K_PATH: {
+        char tmp[NBS_PATH_MAX];
+        int st = resolve_path(c, k, l, text, tmp);
+        if (st) return st;
+        strcpy((char *)field(cfg, k), tmp);
+        break;
+    }
+    case K_LAYERS:
+        return reject(c, l, NBS_ERR_USAGE, k, "got a single value");
+    }
+    return NBS_OK;
+}
+
+static int set_layers(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, const loc *l) {
+    const key_desc *k = &KEYS[ki];
+    if (node->type != YAML_SEQUENCE_NODE) return reject(c, l, NBS_ERR_USAGE, k, "not a list");
+    int n = (int)(node->data.sequence.items.top - node->data.sequence.items.start);
+    if (n < 1 || n > NBS_MAX_LAYERS)
+        return reject(c, l, NBS_ERR_USAGE, k, "a list of %d widths", n);
+    int widths[NBS_MAX_LAYERS];
+    for (int i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(doc, node->data.sequence.items.start[i]);
+        loc il = l->file ? node_loc(c, item) : *l;
+        if (item->type != YAML_SCALAR_NODE)
+            return reject(c, &il, NBS_ERR_USAGE, k, "item %d is not a number", i + 1);
+        const char *s = (const char *)item->data.scalar.value;
+        long long v;
+        if (parse_i64(s, &v)) return reject(c, &il, NBS_ERR_USAGE, k, "'%s' is not an integer", s);
+        if (!in_range(k, (double)v))
+            return reject(c, &il, NBS_ERR_USAGE, k, "width %s is out of range", s);
+        widths[i] = (int)v;
+    }
+    int *count = (int *)field(&c->p->config, k);
+    *count = n;
+    memset(count + 1, 0, sizeof(int) * NBS_MAX_LAYERS);
+    memcpy(count + 1, widths, sizeof(int) * (size_t)n);
+    return NBS_OK;
+}
+
+/* One key's node from the file. */
+static int apply_node(ctx *c, int ki, yaml_node_t *node) {
+    loc l = node_loc(c, node);
+    c->where[ki] = l;
+    c->given[ki] = 1;
+    if (KEYS[ki].type == K_LAYERS) return set_layers(c, ki, c->doc, node, &l);
+    if (node->type != YAML_SCALAR_NODE)
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "got a %s",
+                      node->type == YAML_MAPPING_NODE ? "mapping" : "list");
+    return set_scalar(c, ki, (const char *)node->data.scalar.value, &l);
+}
+
+static const char *scalar(yaml_node_t *n) {
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static int section_keys_list(const char *section, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int i = 0; i < N_KEYS && used < n; i++)
+        if (!strcmp(KEYS[i].section, section))
+            used += (size_t)snprintf(buf + used, n - used, "%s%s", used ? ", " : "", KEYS[i].key);
+    return 0;
+}
+
+static int walk_section(ctx *c, const char *section, yaml_node_t *map) {
+    char keys[1024];
+    if (map->type == YAML_SCALAR_NODE && !*scalar(map)) return NBS_OK; /* "train:" with nothing */
+    if (map->type != YAML_MAPPING_NODE) {
+        loc l = node_loc(c, map);
+        section_keys_list(section, keys, sizeof keys);
+        return reject(c, &l, NBS_ERR_USAGE, NULL,
+                      "section '%s' is not a mapping; expected indented 'key: value' lines (%s)",
+                      section, keys);
+    }
+    for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
+        yaml_node_t *kn = yaml_document_get_node(c->doc, pr->key);
+        yaml_node_t *vn = yaml_document_get_node(c->doc, pr->value);
+        loc kl = node_loc(c, kn);
+        const char *name = scalar(kn);
+        int ki = name ? find_key(section, name) : -1;
+        if (ki < 0) {
+            section_keys_list(section, keys, sizeof keys);
+            return reject(c, &kl, NBS_ERR_USAGE, NULL,
+                          "unknown key '%s' in section '%s'; expected one of: %s", name ? name : "?",
+                          section, keys);
+        }
+        if (c->given[ki])
+            return reject(c, &kl, NBS_ERR_USAGE, NULL, "%s.%s is given twice (first at line %zu)",
+                          section, name, c->where[ki].line);
+        int st = apply_node(c, ki, vn);
+        if (st) return st;
+    }
+    return NBS_OK;
+}
+
+static int walk_root(ctx *c, yaml_node_t *root) {
+    if (!root) return NBS_OK; /* an empty file: defaults */
+    if (root->type != YAML_MAPPING_NODE) {
+        loc l = node_loc(c, root);
+        return reject(c, &l, NBS_ERR_USAGE, NULL,
+                      "expected a mapping of sections (preset, input, preprocess, model, train, "
+                      "diagnose, output)");
+    }
+    yaml_node_pair_t *start = root->data.mapping.pairs.start, *top = root->data.mapping.pairs.top;
+    int preset = find_key("", "preset");
+    for (yaml_node_pair_t *pr = start; pr < top; pr++) { /* the preset first, wherever it is */
+        const char *name = scalar(yaml_document_get_node(c->doc, pr->key));
+        if (name && !strcmp(name, "preset")) {
+            if (c->given[preset]) {
+                loc l = node_loc(c, yaml_document_get_node(c->doc, pr->key));
+                return reject(c, &l, NBS_ERR_USAGE, NULL, "preset is given twice");
+            }
+            int st = apply_node(c, preset, yaml_document_get_node(c->doc, pr->value));
+            if (st) return st;
+        }
+    }
+    int seen[N_SECTIONS] = {0};
+    for (yaml_node_pair_t *pr = start; pr < top; pr++) {
+        yaml_node_t *kn = yaml_document_get_node(c->doc, pr->key);
+        const char *name = scalar(kn);
+        loc l = node_loc(c, kn);
+        if (name && !strcmp(name, "preset")) continue;
+        int s = -1;
+        for (int i = 0; name && i < N_SECTIONS; i++)
+            if (!strcmp(name, SECTIONS[i])) s = i;
+        if (s < 0)
+            return reject(c, &l, NBS_ERR_USAGE, NULL,
+                          "unknown section '%s'; expected one of: preset, input, preprocess, model, "
+                          "train, diagnose, output",
+                          name ? name : "?");
+        if (seen[s]) return reject(c, &l, NBS_ERR_USAGE, NULL, "section '%s' is given twice", name);
+        seen[s] = 1;
+        if (s == 0) {
+            c->input_section = l;
+            c->have_input_section = 1;
+        }
+        int st = walk_section(c, name, yaml_document_get_node(c->doc, pr->value));
+        if (st) return st;
+    }
+    return NBS_OK;
+}
+
+static int parse_error(ctx *c, yaml_parser_t *ps) {
+    loc l = {c->name, ps->problem_mark.line + 1, ps->problem_mark.column + 1, NULL};
+    if (ps->error == YAML_MEMORY_ERROR) return nbs_error_set(c->err, NBS_ERR_NOMEM, "%s: out of memory", c->name);
+    if (ps->error == YAML_READER_ERROR)
+        l.line = 1, l.col = ps->problem_offset + 1;
+    return reject(c, &l, NBS_ERR_USAGE, NULL,
+                  "malformed YAML: %s%s%s; expected 'section:' lines with indented 'key: value' "
+                  "pairs (see pipelines/reference.yaml)",
+                  ps->problem ? ps->problem : "parse error", ps->context ? " " : "",
+                  ps->context ? ps->context : "");
+}
+
+/* An override: "section.key=value". Lists are read as YAML, everything else verbatim. */
+static int apply_set(ctx *c, const char *assignment) {
+    loc l = {NULL, 0, 0, assignment};
+    const char *eq = strchr(assignment, '=');
+    char key[NBS_NAME_MAX];
+    size_t klen = eq ? (size_t)(eq - assignment) : 0;
+    if (!eq || klen == 0 || klen >= sizeof key)
+        return reject(c, &l, NBS_ERR_USAGE, NULL, "expected section.key=value, e.g. train.epochs=50");
+    memcpy(key, assignment, klen);
+    key[klen] = '\0';
+    char *dot = strchr(key, '.');
+    int ki = dot ? (*dot = '\0', find_key(key, dot + 1)) : find_key("", key);
+    if (ki < 0) {
+        char keys[1024];
+        int known_section = 0;
+        for (int i = 0; i < N_SECTIONS; i++) known_section |= dot && !strcmp(key, SECTIONS[i]);
+        if (known_section) {
+            section_keys_list(key, keys, sizeof keys);
+            return reject(c, &l, NBS_ERR_USAGE, NULL,
+                          "unknown key '%s' in section '%s'; expected one of: %s", dot + 1, key, keys);
+        }
+        return reject(c, &l, NBS_ERR_USAGE, NULL,
+                      "unknown key; expected section.key with section one of input, preprocess, "
+                      "model, train, diagnose, output (or preset=NAME)");
+    }
+    c->where[ki] = l;
+    c->given[ki] = 1;
+    const char *value = eq + 1;
+    if (KEYS[ki].type != K_LAYERS) return set_scalar(c, ki, value, &l);
+    yaml_parser_t ps;
+    yaml_document_t doc;
+    yaml_parser_initialize(&ps);
+    yaml_parser_set_input_string(&ps, (const unsigned char *)value, strlen(value));
+    if (!yaml_parser_load(&ps, &doc)) {
+        yaml_parser_delete(&ps);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "malformed list");
+    }
+    yaml_node_t *root = yaml_document_get_root_node(&doc);
+    int st = root ? set_layers(c, ki, &doc, root, &l) : reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "empty");
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&ps);
+    return st;
+}
+
+static int finish(ctx *c, int flags) {
+    nbs_config *cfg = &c->p->config;
+    int kd = find_key("model", "latent_dim"), kl = find_key("model", "latent");
+    if (cfg->model.latent != NBS_LATENT_GAUSSIAN && cfg->model.latent_dim < 2) {
+        int k = c->given[kd] ? kd : kl;
+        loc l = c->given[k] ? c->where[k] : (loc){c->name ? c->name : "(defaults)", 1, 1, NULL};
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kd], "%d is too small for a spherical latent",
+                      cfg->model.latent_dim);
+    }
+    int ki = find_key("input", "path"), ko = find_key("output", "dir");
+    if ((flags & NBS_PIPELINE_REQUIRE_INPUT) && !cfg->input.path[0]) {
+        if (c->given[ki] || !c->name)
+            return reject(c, c->given[ki] ? &c->where[ki] : &(loc){"(command line)", 1, 1, NULL},
+                          NBS_ERR_USAGE, &KEYS[ki], "missing");
+        loc l = c->have_input_section ? c->input_section : (loc){c->name, 1, 1, NULL};
+        return reject(c, &l, NBS_ERR_USAGE, NULL,
+                      "input.path is missing; expected an input section naming the data, e.g.\n"
+                      "  input:\n    path: ../example_data/sim.h5");
+    }
+    char buf[NBS_ORIGIN_MAX];
+    const loc *li = &c->where[ki], *lo = &c->where[ko];
+    if (c->given[ki]) fmt_loc(buf, sizeof buf, li);
+    snprintf(c->p->input_origin, sizeof c->p->input_origin, "%s", c->given[ki] ? buf : "default");
+    if (c->given[ko]) fmt_loc(buf, sizeof buf, lo);
+    snprintf(c->p->output_origin, sizeof c->p->output_origin, "%s", c->given[ko] ? buf : "default");
+    return NBS_OK;
+}
+
+static int load(ctx *c, yaml_parser_t *ps, const char *const *sets, int n_sets, int flags) {
+    yaml_document_t doc;
+    if (!yaml_parser_load(ps, &doc)) return parse_error(c, ps);
+    c->doc = &doc;
+    int st = walk_root(c, yaml_document_get_root_node(&doc));
+    yaml_document_delete(&doc);
+    c->doc = NULL;
+    if (st) return st;
+    /* A second document in the same file would be silently ignored: refuse it. */
+    yaml_document_t extra;
+    if (!yaml_parser_load(ps, &extra)) return parse_error(c, ps);
+    yaml_node_t *r = yaml_document_get_root_node(&extra);
+    if (r) {
+        loc l = node_loc(c, r);
+        yaml_document_delete(&extra);
+        return reject(c, &l, NBS_ERR_USAGE, NULL, "a second YAML document; expected one pipeline per file");
+    }
+    yaml_document_delete(&extra);
+    for (int i = 0; i < n_sets; i++)
+        if ((st = apply_set(c, sets[i]))) return st;
+    return finish(c, flags);
+}
+
+static void ctx_init(ctx *c, nbs_pipeline *p, const char *name, const char *base, nbs_error *err) {
+    memset(c, 0, sizeof *c);
+    memset(p, 0, sizeof *p);
+    nbs_config_defaults(&p->config);
+    c->p = p;
+    c->name = name;
+    c->base_dir = base;
+    c->err = err;
+}
+
+int nbs_pipeline_load_string(const char *text, const char *name, const char *base_dir,
+                             const char *const *sets, int n_sets, int flags, nbs_pipeline *p,
+                             nbs_error *err) {
+    ctx c;
+    ctx_init(&c, p, name ? name : "(pipeline)", base_dir, err);
+    snprintf(p->config.source, sizeof p->config.source, "%s", c.name);
+    yaml_parser_t ps;
+    if (!yaml_parser_initialize(&ps)) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    yaml_parser_set_input_string(&ps, (const unsigned char *)text, strlen(text));
+    int st = load(&c, &ps, sets, n_sets, flags);
+    yaml_parser_delete(&ps);
+    return st;
+}
+
+int nbs_pipeline_load(const char *path, const char *const *sets, int n_sets, int flags,
+                      nbs_pipeline *p, nbs_error *err) {
+    ctx c;
+    if (!path) {
+        ctx_init(&c, p, NULL, NULL, err);
+        snprintf(p->config.source, sizeof p->config.source, "(command line)");
+        for (int i = 0; i < n_sets; i++) {
+            int st = apply_set(&c, sets[i]);
+            if (st) return st;
+        }
+        return finish(&c, flags);
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return nbs_error_set(err, NBS_ERR_IO, "%s: cannot open the pipeline file: %s", path,
+                             strerror(errno));
+    char base[NBS_PATH_MAX];
+    snprintf(base, sizeof base, "%s", path);
+    char *slash = strrchr(base, '/');
+    if (slash) *slash = '\0';
+    else strcpy(base, ".");
+    if (slash == base) strcpy(base, "/");
+    ctx_init(&c, p, path, base, err);
+    snprintf(p->config.source, sizeof p->config.source, "%s", path);
+    yaml_parser_t ps;
+    if (!yaml_parser_initialize(&ps)) {
+        fclose(f);
+        return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    }
+    yaml_parser_set_input_file(&ps, f);
+    int st = load(&c, &ps, sets, n_sets, flags);
+    yaml_parser_delete(&ps);
+    fclose(f);
+    return st;
+}
+
+int nbs_pipeline_set(nbs_pipeline *p, const char *assignment, nbs_error *err) {
+    ctx c;
+    memset(&c, 0, sizeof c);
+    c.p = p;
+    c.err = err;
+    int st = apply_set(&c, assignment);
+    if (st) return st;
+    int ki = find_key("input", "path"), ko = find_key("output", "dir");
+    if (c.given[ki]) fmt_loc(p->input_origin, sizeof p->input_origin, &c.where[ki]);
+    if (c.given[ko]) fmt_loc(p->output_origin, sizeof p->output_origin, &c.where[ko]);
+    return NBS_OK;
+}
+
+static void set_layers_of(int *count, const int *w, int n) {
+    *count = n;
+    memset(count + 1, 0, sizeof(int) * NBS_MAX_LAYERS);
+    memcpy(count + 1, w, sizeof(int) * (size_t)n);
+}
+
+int nbs_pipeline_apply_preset(nbs_config *c, const char *name, nbs_error *err) {
+    nbs_model_config *m = &c->model;
+    nbs_train_config *t = &c->train;
+    if (!strcmp(name, "scvi")) {
+        /* scvi-tools 1.x SCVI/TrainingPlan defaults: n_hidden 128, n_layers 1, n_latent 10,
+         * dropout 0.1, batch norm, gene dispersion, NB, log1p input, Adam lr 1e-3 with weight
+         * decay 1e-6, batch 128, KL warm-up over n_epochs_kl_warmup = 400, max 400 epochs. */
+        m->latent = NBS_LATENT_GAUSSIAN;
+        m->latent_dim = 10;
+        set_layers_of(&m->n_encoder_layers, (const int[]){128}, 1);
+        set_layers_of(&m->n_decoder_layers, (const int[]){128}, 1);
+        m->dropout = 0.1;
+        m->norm = NBS_NORM_BATCH;
+        m->likelihood = NBS_LIK_NB;
+        m->dispersion = NBS_DISP_GENE;
+        m->input_transform = NBS_INPUT_LOG1P;
+        t->batch_size = 128;
+        t->learning_rate = 1e-3;
+        t->weight_decay = 1e-6;
+        t->schedule = NBS_SCHED_LINEAR;
+        t->beta = 1.0;
+        t->epochs = 400;
+        t->warmup_epochs = 400;
+        t->warmup_steps = 0;
+        t->validation_fraction = 0.1;
+    } else if (!strcmp(name, "scphere")) {
+        /* scPhere (Ding & Regev 2021) demo: vMF latent with z_dim = 2, i.e. S^2 in R^3,
+         * encoder [128, 64, 32], decoder [32, 128], NB, minibatch 128, lr 1e-3, 250 epochs,
+         * no KL annealing. */
+        m->latent = NBS_LATENT_VMF;
+        m->latent_dim = 3;
+        set_layers_of(&m->n_encoder_layers, (const int[]){128, 64, 32}, 3);
+        set_layers_of(&m->n_decoder_layers, (const int[]){32, 128}, 2);
+        m->dropout = 0;
+        m->norm = NBS_NORM_NONE;
+        m->likelihood = NBS_LIK_NB;
+        m->dispersion = NBS_DISP_GENE;
+        t->batch_size = 128;
+        t->learning_rate = 1e-3;
+        t->epochs = 250;
+        t->schedule = NBS_SCHED_CONSTANT;
+        t->beta = 1.0;
+    } else if (*name) {
+        return nbs_error_set(err, NBS_ERR_USAGE, "unknown preset '%s'; expected scvi or scphere", name);
+    }
+    snprintf(c->preset, sizeof c->preset, "%s", name);
+    return NBS_OK;
+}
+
+static int mkdir_p(const char *dir, char *failed) {
+    char buf[NBS_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *s = buf + 1;; s++) {
+        if (*s == '/' || *s == '\0') {
+            char keep = *s;
+            *s = '\0';
+            if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
+                strcpy(failed, buf);
+                return -1;
+            }
+            struct stat st;
+            if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
+                if (errno == 0 || !S_ISDIR(st.st_mode)) errno = ENOTDIR;
+                strcpy(failed, buf);
+                return -1;
+            }
+            *s = keep;
+            if (!keep) break;
+        }
+    }
+    return 0;
+}
+
+int nbs_pipeline_prepare_output(const nbs_pipeline *p, nbs_error *err) {
+    const char *dir = p->config.output.dir;
+    const char *origin = p->output_origin[0] ? p->output_origin : "default";
+    char failed[NBS_PATH_MAX];
+    if (!*dir)
+        return nbs_error_set(err, NBS_ERR_USAGE, "%s: output.dir is empty; expected a folder path", origin);
+    if (mkdir_p(dir, failed) != 0)
+        return nbs_error_set(err, NBS_ERR_IO,
+                             "%s: output.dir '%s': cannot create '%s' (%s); expected a folder you "
+                             "can write to (change output.dir or pass --out DIR)",
+                             origin, dir, failed, strerror(errno));
+    char probe[NBS_PATH_MAX + 64];
+    snprintf(probe, sizeof probe, "%s/.nbsphere_probe.%ld", dir, (long)getpid());
+    FILE *f = fopen(probe, "wb");
+    int ok = f && fputs("probe\n", f) >= 0;
+    int e = errno;
+    if (f && fclose(f) != 0) ok = 0, e = errno;
+    remove(probe);
+    if (!ok)
+        return nbs_error_set(err, NBS_ERR_IO,
+                             "%s: output.dir '%s' is not writable (%s); expected a folder you can "
+                             "write to (change output.dir or pass --out DIR)",
+                             origin, dir, strerror(e));
+    return NBS_OK;
+}
+
+int nbs_pipeline_n_keys(void) { return N_KEYS; }
+
+static char name_buf[N_KEYS][NBS_NAME_MAX];
+const char *nbs_pipeline_key_name(int i) {
+    if (i < 0 || i >= N_KEYS) return NULL;
+    if (!name_buf[i][0])
+        snprintf(name_buf[i], NBS_NAME_MAX, "%s%s%s", KEYS[i].section, *KEYS[i].section ? "." : "",
+                 KEYS[i].key);
+    return name_buf[i];
+}
+
+void nbs_pipeline_key_span(int i, size_t *offset, size_t *size, size_t *align) {
+    *offset = KEYS[i].off;
+    *size = KEYS[i].size;
+    *align = KEYS[i].align;
+}
+
+static const char *word_of(const enum_word *w, int v) {
+    for (; w->word; w++)
+        if (w->value == v) return w->word;
+    return "?";
+}
+
+const char *nbs_latent_word(nbs_latent_kind k) { return word_of(W_LATENT, (int)k); }
+
+static int format_key(const nbs_config *cfg, const key_desc *k, char *buf, size_t n) {
+    const void *f = (const char *)cfg + k->off;
+    switch (k->type) {
+    case K_INT: return snprintf(buf, n, "%d", *(const int *)f);
+    case K_INT64: return snprintf(buf, n, "%lld", (long long)*(const int64_t *)f);
+    case K_UINT64: return snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)f);
+    case K_DOUBLE: { /* the shortest form that reads back exactly: 0.3, not 0.29999999999999999 */
+        double v = *(const double *)f;
+        for (int prec = 6; prec < 17; prec++) {
+            int r = snprintf(buf, n, "%.*g", prec, v);
+            if (strtod(buf, NULL) == v) return r;
+        }
+        return snprintf(buf, n, "%.17g", v);
+    }
+    case K_BOOL: return snprintf(buf, n, "%s", *(const int *)f ? "true" : "false");
+    case K_ENUM: return snprintf(buf, n, "%s", word_of(k->words, *(const int *)f));
+    case K_STRING:
+    case K_PATH: return snprintf(buf, n, "%s", (const char *)f);
+    case K_LAYERS: {
+        const int *c = f;
+        size_t used = (size_t)snprintf(buf, n, "[");
+        for (int i = 0; i < *c && used < n; i++)
+            used += (size_t)snprintf(buf + used, n - used, "%s%d", i ? ", " : "", c[1 + i]);
+        if (used < n) used += (size_t)snprintf(buf + used, n - used, "]");
+        return (int)used;
+    }
+    }
+    return -1;
+}
+
+int nbs_pipeline_format_value(const nbs_config *c, const char *key, char *buf, size_t n) {
+    for (int i = 0; i < N_KEYS; i++)
+        if (!strcmp(nbs_pipeline_key_name(i), key)) return format_key(c, &KEYS[i], buf, n) < 0 ? -1 : 0;
+    return -1;
+}
+
+static void json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent) {
+    char buf[NBS_PATH_MAX + 64];
+    fprintf(f, "{\n%*s\"source\": ", indent + 2, "");
+    json_string(f, c->source);
+    fprintf(f, ",\n%*s\"preset\": ", indent + 2, "");
+    json_string(f, c->preset);
+    for (int s = 0; s < N_SECTIONS; s++) {
+        fprintf(f, ",\n%*s\"%s\": {", indent + 2, "", SECTIONS[s]);
+        int first = 1;
+        for (int i = 0; i < N_KEYS; i++) {
+            const key_desc *k = &KEYS[i];
+            if (strcmp(k->section, SECTIONS[s])) continue;
+            fprintf(f, "%s\n%*s\"%s\": ", first ? "" : ",", indent + 4, "", k->key);
+            first = 0;
+            format_key(c, k, buf, sizeof buf);
+            if (k->type == K_STRING || k->type == K_PATH || k->type == K_ENUM || k->type == K_UINT64)
+                json_string(f, buf); /* uint64 seeds exceed a double's exact range */
+            else
+                fputs(buf, f);
+        }
+        fprintf(f, "\n%*s}", indent + 2, "");
+    }
+    fprintf(f, "\n%*s}", indent, "");
+}
+
+/* YAML scalar that reads back as the same string: quoted unless plainly safe. */
+static void yaml_scalar(FILE *f, const char *s) {
+    int plain = *s && !strchr("-?:,[]{}#&*!|>'\"%@` ", s[0]);
+    for (const char *p = s; *p && plain; p++)
+        if (strchr(":#\"'\\\t\n", *p) || (unsigned char)*p < 0x20) plain = 0;
+    if (plain && s[strlen(s) - 1] == ' ') plain = 0;
+    if (plain) {
+        double d;
+        int b;
+        /* a string that YAML or our parser would read as a number, bool or null stays quoted */
+        if (!parse_double(s, &d) || !parse_bool(s, &b) || !strcmp(s, "null") || !strcmp(s, "~")) plain = 0;
+    }
+    if (plain) {
+        fputs(s, f);
+        return;
+    }
+    fputc('"', f);
+    for (; *s; s++) {
+        if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
+        else if ((unsigned char)*s < 0x20) fprintf(f, "\\x%02x", (unsigned char)*s);
+        else fputc(*s, f);
+    }
+    fputc('"', f);
+}
+
+int nbs_pipeline_write_yaml(const nbs_config *c, const char *path, nbs_error *err) {
+    char tmp[NBS_PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    char buf[NBS_PATH_MAX + 64];
+    fprintf(f, "# The resolved configuration of an nbsphere run; `nbsphere run` on this file repeats it.\n");
+    fprintf(f, "# Source pipeline: %s\npreset: \"\"  # already applied below\n", c->source);
+    for (int s = 0; s < N_SECTIONS; s++) {
+        fprintf(f, "\n%s:\n", SECTIONS[s]);
+        for (int i = 0; i < N_KEYS; i++) {
+            const key_desc *k = &KEYS[i];
+            if (strcmp(k->section, SECTIONS[s])) continue;
+            fprintf(f, "  %s: ", k->key);
+            if (k->type == K_PATH) {
+                const char *v = (const char *)c + k->off;
+                char abs[NBS_PATH_MAX];
+                if (*v && v[0] != '/' && realpath(v, abs)) v = abs;
+                else if (*v && v[0] != '/' && getcwd(abs, sizeof abs) &&
+                         strlen(abs) + strlen(v) + 2 < sizeof buf) {
+                    snprintf(buf, sizeof buf, "%s/%s", abs, v);
+                    v = buf;
+                }
+                yaml_scalar(f, v);
+            } else if (k->type == K_STRING) {
+                yaml_scalar(f, (const char *)c + k->off);
+            } else {
+                format_key(c, k, buf, sizeof buf);
+                fputs(buf, f);
+            }
+            fputc('\n', f);
+        }
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        remove(tmp);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
+    }
+    if (rename(tmp, path) != 0) {
+        int e = errno;
+        remove(tmp);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: cannot move into place: %s", path, strerror(e));
+    }
+    return NBS_OK;
+}

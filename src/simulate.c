@@ -1,0 +1,451 @@
+/* The simulator behind `nbsphere simulate` (see simulate.h for the model). Gene programmes:
+ * each gene has a base log-share drawn wide (so most genes are rare and ~90 % zeros at a
+ * depth of ~1500 UMIs), a fraction follows a shared sigmoid trend in pseudotime, and on each
+ * branch a different random fraction rises or falls with a smooth ramp that starts at zero at
+ * the split, so the trajectory is continuous at the branch point. */
+#include "nbsphere/simulate.h"
+
+#include <errno.h>
+#include <gsl/gsl_randist.h>
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include "nbsphere/io.h"
+
+void nbs_sim_defaults(nbs_sim_config *c) {
+    c->n_cells = 2000;
+    c->n_genes = 1000;
+    c->n_branches = 3;
+    c->split_time = 0.3;
+    c->depth = 600;
+    c->depth_sdlog = 0.35;
+    c->theta = 2.0;
+    c->trend_fraction = 0.3;
+    c->branch_fraction = 0.2;
+}
+
+unsigned int nbs_sim_nb(gsl_rng *rng, double mean, double theta) {
+    if (mean <= 0) return 0;
+    double lambda = gsl_ran_gamma(rng, theta, mean / theta);
+    return gsl_ran_poisson(rng, lambda);
+}
+
+void nbs_sim_branch_name(int branch, char *buf, size_t n) {
+    if (branch == 0) snprintf(buf, n, "root");
+    else snprintf(buf, n, "branch%d", branch);
+}
+
+static double smoothstep(double x) {
+    if (x <= 0) return 0;
+    if (x >= 1) return 1;
+    return x * x * (3 - 2 * x);
+}
+
+static int check_config(const nbs_sim_config *c, nbs_error *err) {
+    if (c->n_cells < 1 || c->n_cells > 10000000 || c->n_genes < 2 || c->n_genes > 1000000)
+        return nbs_error_set(err, NBS_ERR_USAGE,
+                             "simulate: %lld cells x %lld genes; expected 1 to 10^7 cells and 2 to "
+                             "10^6 genes", (long long)c->n_cells, (long long)c->n_genes);
+    if ((double)c->n_cells * (double)c->n_genes > 4e9)
+        return nbs_error_set(err, NBS_ERR_USAGE,
+                             "simulate: %lld x %lld entries is too many; expected at most 4e9",
+                             (long long)c->n_cells, (long long)c->n_genes);
+    if (c->n_branches < 1 || c->n_branches > 100)
+        return nbs_error_set(err, NBS_ERR_USAGE, "simulate: %d branches; expected 1 to 100", c->n_branches);
+    if (!(c->split_time > 0 && c->split_time < 1) || !(c->depth > 0) || !(c->theta > 0) ||
+        !(c->depth_sdlog >= 0))
+        return nbs_error_set(err, NBS_ERR_USAGE,
+                             "simulate: expected 0 < split_time < 1, depth > 0, theta > 0, sdlog >= 0");
+    return NBS_OK;
+}
+
+/* Per-gene programme parameters. */
+typedef struct nbs_sim_programme {
+    double *base, *trend_amp, *trend_mid, *branch_amp, *branch_mid;
+} programme;
+
+static void programme_free(programme *p) {
+    if (!p) return;
+    free(p->base);
+    free(p->trend_amp);
+    free(p->trend_mid);
+    free(p->branch_amp);
+    free(p->branch_mid);
+    free(p);
+}
+
+void nbs_sim_data_free(nbs_sim_data *d) {
+    if (!d) return;
+    nbs_matrix_free(d->counts);
+    free(d->branch);
+    free(d->pseudotime);
+    free(d->library);
+    free(d->theta);
+    programme_free(d->programme);
+    memset(d, 0, sizeof *d);
+}
+
+static void draw_programme(const nbs_sim_config *c, gsl_rng *rng, programme *p, double *theta) {
+    int64_t G = c->n_genes;
+    int B = c->n_branches;
+    for (int64_t g = 0; g < G; g++) {
+        p->base[g] = gsl_ran_gaussian(rng, 2.0);
+        theta[g] = c->theta * exp(gsl_ran_gaussian(rng, 0.5));
+        int trend = gsl_rng_uniform(rng) < c->trend_fraction;
+        p->trend_amp[g] = trend ? gsl_ran_gaussian(rng, 1.5) : 0;
+        p->trend_mid[g] = gsl_rng_uniform(rng);
+        for (int b = 0; b < B; b++) {
+            int on = gsl_rng_uniform(rng) < c->branch_fraction;
+            /* mostly up-regulated: branch markers, as in real lineage commitment */
+            double a = on ? (1.0 + 1.5 * gsl_rng_uniform(rng)) * (gsl_rng_uniform(rng) < 0.75 ? 1 : -1) : 0;
+            p->branch_amp[b * G + g] = a;
+            p->branch_mid[b * G + g] = 0.2 + 0.6 * gsl_rng_uniform(rng);
+        }
+    }
+}
+
+/* log rho of one cell (normalised so the shares sum to 1). */
+static void cell_log_rho(const nbs_sim_config *c, const programme *p, int branch, double t,
+                         double *out) {
+    int64_t G = c->n_genes;
+    double s = (t - c->split_time) / (1 - c->split_time);
+    double maxv = -INFINITY;
+    for (int64_t g = 0; g < G; g++) {
+        double v = p->base[g] + p->trend_amp[g] / (1 + exp(-(t - p->trend_mid[g]) / 0.1));
+        if (branch > 0) {
+            int64_t k = (int64_t)(branch - 1) * G + g;
+            v += p->branch_amp[k] * smoothstep(s / p->branch_mid[k]);
+        }
+        out[g] = v;
+        if (v > maxv) maxv = v;
+    }
+    double sum = 0;
+    for (int64_t g = 0; g < G; g++) sum += exp(out[g] - maxv);
+    double lz = maxv + log(sum);
+    for (int64_t g = 0; g < G; g++) out[g] -= lz;
+}
+
+static int fill_names(nbs_matrix *m, nbs_error *err) {
+    for (int64_t i = 0; i < m->n_cells; i++) {
+        char b[32];
+        snprintf(b, sizeof b, "SIM%07lld-1", (long long)(i + 1));
+        if (!(m->barcodes[i] = nbs_strdup(b, err))) return err->code;
+    }
+    for (int64_t g = 0; g < m->n_genes; g++) {
+        char id[32], name[32];
+        snprintf(id, sizeof id, "SIMG%06lld", (long long)(g + 1));
+        snprintf(name, sizeof name, "Gene%lld", (long long)(g + 1));
+        if (!(m->gene_ids[g] = nbs_strdup(id, err)) || !(m->gene_names[g] = nbs_strdup(name, err)))
+            return err->code;
+    }
+    return NBS_OK;
+}
+
+/* Counts of all cells as CSR: rows are drawn one at a time and appended. */
+static int draw_counts(const nbs_sim_config *c, gsl_rng *rng, nbs_sim_data *d, nbs_error *err) {
+    int64_t N = c->n_cells, G = c->n_genes, cap = N * 16 + 1024, nnz = 0;
+    int32_t *idx = nbs_malloc((size_t)cap * sizeof *idx, err);
+    float *val = nbs_malloc((size_t)cap * sizeof *val, err);
+    int64_t *indptr = nbs_calloc((size_t)N + 1, sizeof *indptr, err);
+    double *lr = nbs_malloc((size_t)G * sizeof *lr, err);
+    int st = (idx && val && indptr && lr) ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < N && !st; i++) {
+        nbs_sim_cell_log_rho(d, i, lr);
+        for (int64_t g = 0; g < G; g++) {
+            unsigned x = nbs_sim_nb(rng, d->library[i] * exp(lr[g]), d->theta[g]);
+            if (!x) continue;
+            if (nnz == cap) {
+                cap *= 2;
+                int32_t *ni = realloc(idx, (size_t)cap * sizeof *idx);
+                if (ni) idx = ni;
+                float *nv = ni ? realloc(val, (size_t)cap * sizeof *val) : NULL;
+                if (nv) val = nv;
+                if (!ni || !nv) {
+                    st = nbs_error_set(err, NBS_ERR_NOMEM, "simulate: out of memory at cell %lld",
+                                       (long long)i + 1);
+                    break;
+                }
+            }
+            idx[nnz] = (int32_t)g;
+            val[nnz++] = (float)x;
+        }
+        indptr[i + 1] = nnz;
+    }
+    if (!st && !(d->counts = nbs_matrix_new(N, G, nnz, err))) st = err->code;
+    if (!st) {
+        memcpy(d->counts->indptr, indptr, (size_t)(N + 1) * sizeof *indptr);
+        memcpy(d->counts->indices, idx, (size_t)nnz * sizeof *idx);
+        memcpy(d->counts->data, val, (size_t)nnz * sizeof *val);
+        d->counts->values_are_integer = 1;
+        st = fill_names(d->counts, err);
+    }
+    free(idx);
+    free(val);
+    free(indptr);
+    free(lr);
+    return st;
+}
+
+void nbs_sim_cell_log_rho(const nbs_sim_data *d, int64_t cell, double *out) {
+    cell_log_rho(&d->config, d->programme, d->branch[cell], d->pseudotime[cell], out);
+}
+
+int nbs_simulate(const nbs_sim_config *c, gsl_rng *rng, nbs_sim_data *d, nbs_error *err) {
+    memset(d, 0, sizeof *d);
+    int st = check_config(c, err);
+    if (st) return st;
+    d->config = *c;
+    int64_t N = c->n_cells, G = c->n_genes;
+    int B = c->n_branches;
+    programme *p = d->programme = nbs_calloc(1, sizeof *p, err);
+    if (!p) return NBS_ERR_NOMEM;
+    p->base = nbs_malloc((size_t)G * sizeof(double), err);
+    p->trend_amp = nbs_malloc((size_t)G * sizeof(double), err);
+    p->trend_mid = nbs_malloc((size_t)G * sizeof(double), err);
+    p->branch_amp = nbs_malloc((size_t)(G * B) * sizeof(double), err);
+    p->branch_mid = nbs_malloc((size_t)(G * B) * sizeof(double), err);
+    d->branch = nbs_malloc((size_t)N * sizeof *d->branch, err);
+    d->pseudotime = nbs_malloc((size_t)N * sizeof(double), err);
+    d->library = nbs_malloc((size_t)N * sizeof(double), err);
+    d->theta = nbs_malloc((size_t)G * sizeof(double), err);
+    if (!p->base || !p->trend_amp || !p->trend_mid || !p->branch_amp || !p->branch_mid ||
+        !d->branch || !d->pseudotime || !d->library || !d->theta)
+        st = NBS_ERR_NOMEM;
+    if (!st) {
+        draw_programme(c, rng, p, d->theta);
+        for (int64_t i = 0; i < N; i++) {
+            /* pseudotime uniform on [0, 1]; past the split a cell picks a branch uniformly */
+            double t = gsl_rng_uniform(rng);
+            int b = t < c->split_time ? 0 : 1 + (int)gsl_rng_uniform_int(rng, (unsigned long)B);
+            d->pseudotime[i] = t;
+            d->branch[i] = b;
+            d->library[i] = c->depth * exp(gsl_ran_gaussian(rng, c->depth_sdlog));
+        }
+        st = draw_counts(c, rng, d, err);
+    }
+    if (st) nbs_sim_data_free(d);
+    return st;
+}
+
+int nbs_sim_write_labels(const nbs_sim_data *d, const char *dir, nbs_error *err) {
+    char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
+    snprintf(path, sizeof path, "%s/cell_labels.tsv", dir);
+    nbs_io_tmp_name(path, tmp);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    fprintf(f, "barcode\tbranch\tpseudotime\n");
+    for (int64_t i = 0; i < d->counts->n_cells; i++) {
+        char b[32];
+        nbs_sim_branch_name(d->branch[i], b, sizeof b);
+        fprintf(f, "%s\t%s\t%.6f\n", d->counts->barcodes[i], b, d->pseudotime[i]);
+    }
+    int bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        remove(tmp);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
+    }
+    return nbs_io_commit(tmp, path, err);
+}
+
+/* ---- h5ad obs columns ---- */
+
+static int attr_str(hid_t obj, const char *name, const char *value) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    hid_t sp = H5Screate(H5S_SCALAR);
+    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
+    hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t r = a < 0 ? -1 : H5Awrite(a, t, &value);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    return r < 0 ? -1 : 0;
+}
+
+static hid_t vlen_str_type(void) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    return t;
+}
+
+static int write_array(hid_t loc, const char *name, hid_t mem_type, hid_t file_type, hsize_t n,
+                       const void *data) {
+    hid_t sp = H5Screate_simple(1, &n, NULL);
+    hid_t ds = H5Dcreate2(loc, name, file_type, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = ds < 0 || H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0;
+    if (!bad) bad = attr_str(ds, "encoding-type", mem_type == H5T_NATIVE_DOUBLE || mem_type == H5T_NATIVE_SCHAR ? "array" : "string-array") ||
+                    attr_str(ds, "encoding-version", "0.2.0");
+    if (ds >= 0) H5Dclose(ds);
+    H5Sclose(sp);
+    return bad ? -1 : 0;
+}
+
+/* obs's column-order: the existing names (if any) plus ours. */
+static int extend_column_order(hid_t obs, const char *const *add, int n_add) {
+    char **names = NULL;
+    hssize_t n_old = 0;
+    hid_t st = vlen_str_type();
+    if (H5Aexists(obs, "column-order") > 0) {
+        hid_t a = H5Aopen(obs, "column-order", H5P_DEFAULT);
+        hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
+        n_old = H5Sget_simple_extent_npoints(sp);
+        if (n_old > 0 && H5Tget_class(t) == H5T_STRING) {
+            names = calloc((size_t)n_old, sizeof *names);
+            if (!names || H5Aread(a, st, names) < 0) n_old = -1;
+        } else {
+            n_old = 0;
+        }
+        H5Sclose(sp);
+        H5Tclose(t);
+        H5Aclose(a);
+        H5Adelete(obs, "column-order");
+    }
+    int rc = -1;
+    if (n_old >= 0) {
+        const char **all = calloc((size_t)n_old + (size_t)n_add, sizeof *all);
+        if (all) {
+            for (hssize_t i = 0; i < n_old; i++) all[i] = names[i];
+            for (int i = 0; i < n_add; i++) all[n_old + i] = add[i];
+            hsize_t n = (hsize_t)n_old + (hsize_t)n_add;
+            hid_t sp = H5Screate_simple(1, &n, NULL);
+            hid_t a = H5Acreate2(obs, "column-order", st, sp, H5P_DEFAULT, H5P_DEFAULT);
+            rc = (a < 0 || H5Awrite(a, st, all) < 0) ? -1 : 0;
+            if (a >= 0) H5Aclose(a);
+            H5Sclose(sp);
+            free(all);
+        }
+    }
+    if (names && n_old > 0) {
+        hsize_t n = (hsize_t)n_old;
+        hid_t sp = H5Screate_simple(1, &n, NULL);
+        H5Dvlen_reclaim(st, sp, H5P_DEFAULT, names);
+        H5Sclose(sp);
+    }
+    free(names);
+    H5Tclose(st);
+    return rc;
+}
+
+static int add_branch_column(hid_t obs, const nbs_sim_data *d) {
+    int B = d->config.n_branches;
+    hsize_t n = (hsize_t)d->counts->n_cells, nc = (hsize_t)B + 1;
+    hid_t g = H5Gcreate2(obs, "branch", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    if (g < 0) return -1;
+    char (*cat)[32] = calloc(nc, sizeof *cat);
+    const char **cats = calloc(nc, sizeof *cats);
+    signed char *codes = malloc(n);
+    int rc = (cat && cats && codes && B < 127) ? 0 : -1;
+    if (!rc) {
+        for (hsize_t b = 0; b < nc; b++) {
+            nbs_sim_branch_name((int)b, cat[b], sizeof cat[b]);
+            cats[b] = cat[b];
+        }
+        for (hsize_t i = 0; i < n; i++) codes[i] = (signed char)d->branch[i];
+        hid_t st = vlen_str_type();
+        rc = write_array(g, "categories", st, st, nc, cats) ||
+             write_array(g, "codes", H5T_NATIVE_SCHAR, H5T_STD_I8LE, n, codes);
+        H5Tclose(st);
+    }
+    if (!rc) {
+        /* h5py's numpy bool: an int8 enum {FALSE, TRUE}; pandas refuses a plain integer */
+        signed char no = 0, yes = 1;
+        hid_t bt = H5Tenum_create(H5T_NATIVE_SCHAR);
+        H5Tenum_insert(bt, "FALSE", &no);
+        H5Tenum_insert(bt, "TRUE", &yes);
+        hid_t sp = H5Screate(H5S_SCALAR);
+        hid_t a = H5Acreate2(g, "ordered", bt, sp, H5P_DEFAULT, H5P_DEFAULT);
+        rc = (a < 0 || H5Awrite(a, bt, &no) < 0) ? -1 : 0;
+        if (a >= 0) H5Aclose(a);
+        H5Sclose(sp);
+        H5Tclose(bt);
+        rc = rc || attr_str(g, "encoding-type", "categorical") || attr_str(g, "encoding-version", "0.2.0");
+    }
+    free(cat);
+    free(cats);
+    free(codes);
+    H5Gclose(g);
+    return rc;
+}
+
+int nbs_sim_add_h5ad_obs(const nbs_sim_data *d, const char *path, nbs_error *err) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (f < 0) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot open to add obs columns", path);
+    hid_t obs = H5Gopen2(f, "obs", H5P_DEFAULT);
+    int rc = obs < 0;
+    if (!rc && (H5Lexists(obs, "branch", H5P_DEFAULT) > 0 || H5Lexists(obs, "pseudotime", H5P_DEFAULT) > 0)) {
+        H5Gclose(obs);
+        H5Fclose(f);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: obs/branch or obs/pseudotime exists already", path);
+    }
+    if (!rc) {
+        static const char *const cols[] = {"branch", "pseudotime"};
+        rc = add_branch_column(obs, d) ||
+             write_array(obs, "pseudotime", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE,
+                         (hsize_t)d->counts->n_cells, d->pseudotime) ||
+             extend_column_order(obs, cols, 2);
+        H5Gclose(obs);
+    }
+    if (H5Fclose(f) < 0) rc = 1;
+    if (rc)
+        return nbs_error_set(err, NBS_ERR_IO,
+                             "%s: cannot add obs/branch and obs/pseudotime (expected an h5ad with an "
+                             "obs group and no such columns yet)", path);
+    return NBS_OK;
+}
+
+/* ---- 10x MTX folder ---- */
+
+typedef int (*gz_body)(gzFile f, const nbs_matrix *m);
+
+static int body_matrix(gzFile f, const nbs_matrix *m) {
+    int ok = gzprintf(f, "%%%%MatrixMarket matrix coordinate integer general\n%lld %lld %lld\n",
+                      (long long)m->n_genes, (long long)m->n_cells, (long long)m->nnz) > 0;
+    for (int64_t i = 0; i < m->n_cells && ok; i++)
+        for (int64_t k = m->indptr[i]; k < m->indptr[i + 1] && ok; k++)
+            ok = gzprintf(f, "%d %lld %.0f\n", m->indices[k] + 1, (long long)i + 1, (double)m->data[k]) > 0;
+    return ok ? 0 : -1;
+}
+
+static int body_features(gzFile f, const nbs_matrix *m) {
+    int ok = 1;
+    for (int64_t g = 0; g < m->n_genes && ok; g++)
+        ok = gzprintf(f, "%s\t%s\tGene Expression\n", m->gene_ids[g], m->gene_names[g]) > 0;
+    return ok ? 0 : -1;
+}
+
+static int body_barcodes(gzFile f, const nbs_matrix *m) {
+    int ok = 1;
+    for (int64_t i = 0; i < m->n_cells && ok; i++) ok = gzprintf(f, "%s\n", m->barcodes[i]) > 0;
+    return ok ? 0 : -1;
+}
+
+static int write_gz(const char *dir, const char *name, gz_body body, const nbs_matrix *m, nbs_error *err) {
+    char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    nbs_io_tmp_name(path, tmp);
+    gzFile f = gzopen(tmp, "wb6");
+    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    int bad = body(f, m);
+    if (gzclose(f) != Z_OK) bad = 1;
+    if (bad) {
+        remove(tmp);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
+    }
+    return nbs_io_commit(tmp, path, err);
+}
+
+int nbs_sim_write_mtx_dir(const nbs_sim_data *d, const char *dir, nbs_error *err) {
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+        return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create the folder: %s", dir, strerror(errno));
+    int st = write_gz(dir, "features.tsv.gz", body_features, d->counts, err);
+    if (!st) st = write_gz(dir, "barcodes.tsv.gz", body_barcodes, d->counts, err);
+    if (!st) st = write_gz(dir, "matrix.mtx.gz", body_matrix, d->counts, err);
+    return st;
+}

@@ -1,0 +1,392 @@
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/pipeline.h"
+
+/* Path of the repository's pipelines folder (tests run from the repository root). */
+static const char *pipelines(const char *name) {
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "pipelines/%s", name);
+    return buf;
+}
+
+/* Loads text from a real file in a temp folder, so messages carry the file name. */
+static int load_text(const char *text, const char *const *sets, int n_sets, int flags,
+                     nbs_pipeline *p, nbs_error *err, char **dir_out) {
+    char *dir = tu_tmpdir();
+    const char *path = tu_path(dir, "p.yaml");
+    char keep[4096];
+    snprintf(keep, sizeof keep, "%s", path);
+    assert_int_equal(tu_write_file(keep, text), 0);
+    tu_write_file(tu_path(dir, "data.tsv"), "cell\tg1\nc1\t1\n");
+    int st = nbs_pipeline_load(keep, sets, n_sets, flags, p, err);
+    if (dir_out) *dir_out = dir;
+    else {
+        tu_rmtree(dir);
+        free(dir);
+    }
+    return st;
+}
+
+/* The message of a rejected file starts with "<file>:<line>:<column>: " and names the issue. */
+static void expect_reject(const char *text, nbs_status code, int line, int col, const char *needle) {
+    nbs_pipeline p;
+    nbs_error err = {0};
+    char *dir;
+    int st = load_text(text, NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &p, &err, &dir);
+    char where[4200];
+    snprintf(where, sizeof where, "%s:%d:%d: ", tu_path(dir, "p.yaml"), line, col);
+    if (st != (int)code || !strstr(err.msg, where) || !strstr(err.msg, needle))
+        print_message("status %d, message: %s\n(wanted %s ... %s)\n", st, err.msg, where, needle);
+    assert_int_equal(st, code);
+    assert_int_equal(err.code, code);
+    assert_non_null(strstr(err.msg, where));
+    assert_non_null(strstr(err.msg, needle));
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_unknown_key(void **state) {
+    (void)state;
+    expect_reject("input:\n  path: data.tsv\ntrain:\n  epochs: 5\n  epoch: 7\n", NBS_ERR_USAGE, 5, 3,
+                  "unknown key 'epoch' in section 'train'; expected one of: epochs, batch_size");
+    expect_reject("input:\n  path: data.tsv\ntrian:\n  epochs: 5\n", NBS_ERR_USAGE, 3, 1,
+                  "unknown section 'trian'");
+}
+
+static void test_wrong_type(void **state) {
+    (void)state;
+    expect_reject("input:\n  path: data.tsv\ntrain:\n  epochs: many\n", NBS_ERR_USAGE, 4, 11,
+                  "train.epochs: 'many' is not an integer; expected an integer from 1 to 1000000");
+    expect_reject("input:\n  path: data.tsv\nmodel:\n  encoder_layers: 128\n", NBS_ERR_USAGE, 4, 19,
+                  "model.encoder_layers: not a list; expected a list of 1 to 8");
+    expect_reject("input:\n  path: data.tsv\nmodel:\n  encoder_layers: [128, x]\n", NBS_ERR_USAGE, 4,
+                  25, "'x' is not an integer");
+    expect_reject("input:\n  path: data.tsv\ntrain:\n  epochs: [1, 2]\n", NBS_ERR_USAGE, 4, 11,
+                  "train.epochs: got a list");
+    expect_reject("input:\n  path: data.tsv\noutput:\n  write_h5ad: maybe\n", NBS_ERR_USAGE, 4, 15,
+                  "expected true or false");
+    expect_reject("input:\n  path: data.tsv\ntrain: 5\n", NBS_ERR_USAGE, 3, 8,
+                  "section 'train' is not a mapping");
+}
+
+static void test_out_of_range(void **state) {
+    (void)state;
+    expect_reject("input:\n  path: data.tsv\ntrain:\n  learning_rate: 0\n", NBS_ERR_USAGE, 4, 18,
+                  "train.learning_rate: 0 is out of range; expected a number in (0, 10]");
+    expect_reject("input:\n  path: data.tsv\nmodel:\n  dropout: 1.5\n", NBS_ERR_USAGE, 4, 12,
+                  "model.dropout: 1.5 is out of range");
+    expect_reject("input:\n  path: data.tsv\nmodel:\n  latent: vmf\n  latent_dim: 1\n", NBS_ERR_USAGE, 5,
+                  15, "too small for a spherical latent");
+    expect_reject("input:\n  path: data.tsv\nmodel:\n  decoder_layers: [1,2,3,4,5,6,7,8,9]\n",
+                  NBS_ERR_USAGE, 4, 19, "a list of 9 widths");
+    expect_reject("input:\n  path: data.tsv\ntrain:\n  seed: -1\n", NBS_ERR_USAGE, 4, 9,
+                  "not a non-negative integer");
+}
+
+static void test_bad_enum_word(void **state) {
+    (void)state;
+    expect_reject("input:\n  path: data.tsv\nmodel:\n  latent: sphere\n", NBS_ERR_USAGE, 4, 11,
+                  "model.latent: unknown value 'sphere'; expected one of gaussian, vmf, power_spherical");
+    expect_reject("input:\n  path: data.tsv\n  format: h5\n", NBS_ERR_USAGE, 3, 11,
+                  "expected one of auto, 10x-h5, h5ad, 10x-mtx, mtx, tsv, csv");
+    expect_reject("preset: seurat\ninput:\n  path: data.tsv\n", NBS_ERR_USAGE, 1, 9,
+                  "unknown preset 'seurat'");
+}
+
+static void test_missing_input(void **state) {
+    (void)state;
+    expect_reject("input:\n  path: nowhere.h5\n", NBS_ERR_IO, 2, 9, "nowhere.h5' cannot be opened");
+    expect_reject("train:\n  epochs: 3\ninput:\n  format: auto\n", NBS_ERR_USAGE, 3, 1,
+                  "input.path is missing");
+    expect_reject("train:\n  epochs: 3\n", NBS_ERR_USAGE, 1, 1, "input.path is missing");
+}
+
+static void test_malformed_yaml(void **state) {
+    (void)state;
+    expect_reject("input:\n  path: data.tsv\ntrain:\n  epochs: [1, 2\n", NBS_ERR_USAGE, 5, 1,
+                  "malformed YAML");
+    expect_reject("input:\n  path: data.tsv\n train: x\n", NBS_ERR_USAGE, 3, 2, "malformed YAML");
+    expect_reject("input:\n  path: data.tsv\ntrain:\n  epochs: 3\n  epochs: 4\n", NBS_ERR_USAGE, 5,
+                  3, "train.epochs is given twice (first at line 4)");
+}
+
+static void test_unwritable_output(void **state) {
+    (void)state;
+    /* A folder below a regular file cannot be created, even by root. */
+    nbs_pipeline p;
+    nbs_error err = {0};
+    char *dir;
+    int st = load_text("input:\n  path: data.tsv\noutput:\n  dir: data.tsv/out\n", NULL, 0,
+                       NBS_PIPELINE_REQUIRE_INPUT, &p, &err, &dir);
+    assert_int_equal(st, NBS_OK);
+    char where[4200];
+    snprintf(where, sizeof where, "%s:4:8: output.dir", tu_path(dir, "p.yaml"));
+    assert_string_equal(p.config.output.dir, tu_path(dir, "data.tsv/out"));
+    st = nbs_pipeline_prepare_output(&p, &err);
+    assert_int_equal(st, NBS_ERR_IO);
+    assert_non_null(strstr(err.msg, where));
+    assert_non_null(strstr(err.msg, "Not a directory"));
+    /* A good folder is created and the probe file leaves nothing behind. */
+    const char *sets[] = {"output.dir=ignored"};
+    char good[4200];
+    snprintf(good, sizeof good, "output.dir=%s", tu_path(dir, "a/b/c"));
+    sets[0] = good;
+    st = nbs_pipeline_set(&p, sets[0], &err);
+    assert_int_equal(st, NBS_OK);
+    assert_int_equal(nbs_pipeline_prepare_output(&p, &err), NBS_OK);
+    assert_int_equal(tu_count_files(tu_path(dir, "a/b/c")), 0);
+    /* the same failure through an override names the override */
+    char bad[4200];
+    snprintf(bad, sizeof bad, "output.dir=%s", tu_path(dir, "data.tsv/x"));
+    assert_int_equal(nbs_pipeline_set(&p, bad, &err), NBS_OK);
+    assert_int_equal(nbs_pipeline_prepare_output(&p, &err), NBS_ERR_IO);
+    assert_non_null(strstr(err.msg, "--set output.dir="));
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_overrides(void **state) {
+    (void)state;
+    nbs_pipeline p;
+    nbs_error err = {0};
+    const char *sets[] = {"train.epochs=50", "model.encoder_layers=[256, 64]", "model.latent=vmf",
+                          "output.write_h5ad=false", "train.seed=18446744073709551615"};
+    char *dir;
+    assert_int_equal(load_text("input:\n  path: data.tsv\ntrain:\n  epochs: 5\n", sets, 5, 0, &p,
+                               &err, &dir), NBS_OK);
+    assert_int_equal(p.config.train.epochs, 50);
+    assert_int_equal(p.config.model.n_encoder_layers, 2);
+    assert_int_equal(p.config.model.encoder_layers[0], 256);
+    assert_int_equal(p.config.model.encoder_layers[1], 64);
+    assert_int_equal(p.config.model.latent, NBS_LATENT_VMF);
+    assert_int_equal(p.config.output.write_h5ad, 0);
+    assert_true(p.config.train.seed == UINT64_MAX);
+    /* relative input path resolved against the pipeline's folder */
+    assert_string_equal(p.config.input.path, tu_path(dir, "data.tsv"));
+    assert_non_null(strstr(p.input_origin, "p.yaml:2:9"));
+    tu_rmtree(dir);
+    free(dir);
+
+    const char *bad[] = {"train.epochs=0"};
+    assert_int_equal(load_text("input:\n  path: data.tsv\n", bad, 1, 0, &p, &err, NULL), NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "--set train.epochs=0: train.epochs: 0 is out of range"));
+    const char *bad2[] = {"train.epoch=3"};
+    assert_int_equal(load_text("", bad2, 1, 0, &p, &err, NULL), NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "--set train.epoch=3: unknown key 'epoch' in section 'train'"));
+    const char *bad3[] = {"epochs"};
+    assert_int_equal(load_text("", bad3, 1, 0, &p, &err, NULL), NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "expected section.key=value"));
+    const char *bad4[] = {"model.decoder_layers=[32, -1]"};
+    assert_int_equal(load_text("", bad4, 1, 0, &p, &err, NULL), NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "width -1 is out of range"));
+    /* an override can supply a required input */
+    char *d2 = tu_tmpdir();
+    char in[4200];
+    tu_write_file(tu_path(d2, "x.tsv"), "cell\tg\nc\t1\n");
+    snprintf(in, sizeof in, "input.path=%s", tu_path(d2, "x.tsv"));
+    const char *s2[] = {in};
+    assert_int_equal(nbs_pipeline_load(NULL, s2, 1, NBS_PIPELINE_REQUIRE_INPUT, &p, &err), NBS_OK);
+    assert_int_equal(strncmp(p.input_origin, "--set input.path=", 17), 0);
+    tu_rmtree(d2);
+    free(d2);
+}
+
+static void test_presets(void **state) {
+    (void)state;
+    nbs_pipeline p;
+    nbs_error err = {0};
+    /* the preset applies first even when it comes last; the file's keys win */
+    assert_int_equal(load_text("model:\n  latent_dim: 5\npreset: scvi\n", NULL, 0, 0, &p, &err, NULL),
+                     NBS_OK);
+    assert_string_equal(p.config.preset, "scvi");
+    assert_int_equal(p.config.model.latent_dim, 5);
+    assert_int_equal(p.config.model.latent, NBS_LATENT_GAUSSIAN);
+    assert_int_equal(p.config.model.n_encoder_layers, 1);
+    assert_int_equal(p.config.model.encoder_layers[0], 128);
+    assert_int_equal(p.config.train.batch_size, 128);
+    assert_true(p.config.train.learning_rate == 1e-3);
+    assert_int_equal(p.config.train.schedule, NBS_SCHED_LINEAR);
+    assert_int_equal(p.config.model.likelihood, NBS_LIK_NB);
+
+    assert_int_equal(load_text("preset: scphere\n", NULL, 0, 0, &p, &err, NULL), NBS_OK);
+    assert_int_equal(p.config.model.latent, NBS_LATENT_VMF);
+    assert_int_equal(p.config.model.n_encoder_layers, 3);
+    int enc[] = {128, 64, 32}, dec[] = {32, 128};
+    for (int i = 0; i < 3; i++) assert_int_equal(p.config.model.encoder_layers[i], enc[i]);
+    assert_int_equal(p.config.model.n_decoder_layers, 2);
+    for (int i = 0; i < 2; i++) assert_int_equal(p.config.model.decoder_layers[i], dec[i]);
+    assert_int_equal(p.config.model.likelihood, NBS_LIK_NB);
+}
+
+/* reference.yaml must reproduce nbs_config_defaults exactly and name every key. */
+static void test_reference_yaml(void **state) {
+    (void)state;
+    nbs_pipeline p;
+    nbs_error err = {0};
+    int st = nbs_pipeline_load(pipelines("reference.yaml"), NULL, 0, 0, &p, &err);
+    if (st) print_message("%s\n", err.msg);
+    assert_int_equal(st, NBS_OK);
+    nbs_config def;
+    nbs_config_defaults(&def);
+    /* output.dir is a relative path, so it resolves against pipelines/ */
+    assert_string_equal(p.config.output.dir, "pipelines/nbsphere_out");
+    memcpy(p.config.output.dir, def.output.dir, sizeof def.output.dir);
+    memcpy(p.config.source, def.source, sizeof def.source);
+    assert_memory_equal(&p.config, &def, sizeof def);
+
+    char *text = tu_read_file(pipelines("reference.yaml"), NULL);
+    assert_non_null(text);
+    for (int i = 0; i < nbs_pipeline_n_keys(); i++) {
+        const char *name = nbs_pipeline_key_name(i);
+        const char *dot = strchr(name, '.');
+        char want[512];
+        if (!dot) {
+            snprintf(want, sizeof want, "\n%s:", name);
+        } else {
+            char sec[128];
+            snprintf(sec, sizeof sec, "\n%.*s:\n", (int)(dot - name), name);
+            const char *s = strstr(text, sec);
+            assert_non_null(s);
+            /* the key must be in that section: before the next unindented line */
+            snprintf(want, sizeof want, "\n  %s:", dot + 1);
+            const char *k = strstr(s, want);
+            if (!k) print_message("reference.yaml lacks %s\n", name);
+            assert_non_null(k);
+            for (const char *q = s + strlen(sec); q < k; q++)
+                if (q[0] == '\n' && q[1] != ' ' && q[1] != '#' && q[1] != '\n') fail_msg("%s out of place", name);
+            continue;
+        }
+        assert_non_null(strstr(text, want));
+    }
+    free(text);
+}
+
+/* The keys tile nbs_config: a field added to config.h without a key leaves a hole here. */
+static void test_keys_cover_every_field(void **state) {
+    (void)state;
+    int n = nbs_pipeline_n_keys();
+    size_t off[144], size[144], align[144];
+    assert_true(n < 127);
+    for (int i = 0; i < n; i++) nbs_pipeline_key_span(i, &off[i], &size[i], &align[i]);
+    off[n] = offsetof(nbs_config, source); /* the pipeline's own path: set by the loader */
+    size[n] = sizeof(((nbs_config *)0)->source);
+    align[n] = 1;
+    n++;
+    /* Sections start at their struct's alignment, which may exceed their first field's. */
+    size_t sec_off[] = {offsetof(nbs_config, input), offsetof(nbs_config, preprocess),
+                        offsetof(nbs_config, model), offsetof(nbs_config, train),
+                        offsetof(nbs_config, diagnose), offsetof(nbs_config, output)};
+    size_t sec_align[] = {_Alignof(nbs_input_config), _Alignof(nbs_preprocess_config),
+                          _Alignof(nbs_model_config), _Alignof(nbs_train_config),
+                          _Alignof(nbs_diagnose_config), _Alignof(nbs_output_config)};
+    size_t sec_size[] = {sizeof(nbs_input_config), sizeof(nbs_preprocess_config),
+                         sizeof(nbs_model_config), sizeof(nbs_train_config),
+                         sizeof(nbs_diagnose_config), sizeof(nbs_output_config)};
+    for (int s = 0; s < 6; s++) { /* start and end (after tail padding) of each section */
+        off[n] = sec_off[s], size[n] = 0, align[n] = sec_align[s], n++;
+        off[n] = sec_off[s] + sec_size[s], size[n] = 0, align[n] = sec_align[s], n++;
+    }
+    for (int i = 1; i < n; i++) /* sort by offset */
+        for (int j = i; j > 0 && (off[j] < off[j - 1] || (off[j] == off[j - 1] && size[j] < size[j - 1])); j--) {
+            size_t t;
+            t = off[j], off[j] = off[j - 1], off[j - 1] = t;
+            t = size[j], size[j] = size[j - 1], size[j - 1] = t;
+            t = align[j], align[j] = align[j - 1], align[j - 1] = t;
+        }
+    size_t end = 0;
+    for (int i = 0; i < n; i++) {
+        size_t want = (end + align[i] - 1) / align[i] * align[i];
+        if (off[i] != want) fail_msg("a field at bytes %zu..%zu of nbs_config has no pipeline key", end, off[i]);
+        end = off[i] + size[i];
+    }
+    assert_true(sizeof(nbs_config) - end < 8);
+}
+
+static void test_every_pipeline_loads(void **state) {
+    (void)state;
+    const char *files[] = {"default.yaml", "sphere.yaml", "pbmc3k.yaml", "kang.yaml", "paul15.yaml"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        nbs_pipeline p;
+        nbs_error err = {0};
+        int real = i >= 2;
+        if (real && !tu_exists(tu_data("pbmc3k/barcodes.tsv"))) {
+            print_message("SKIP: %s needs the real data\n", files[i]);
+            continue;
+        }
+        int st = nbs_pipeline_load(pipelines(files[i]), NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &p, &err);
+        if (st) print_message("%s: %s\n", files[i], err.msg);
+        assert_int_equal(st, NBS_OK);
+    }
+}
+
+static void test_json_dump(void **state) {
+    (void)state;
+    nbs_config c;
+    nbs_config_defaults(&c);
+    c.train.seed = 7;
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    nbs_pipeline_write_json(&c, f, 0);
+    fclose(f);
+    assert_non_null(strstr(buf, "\"encoder_layers\": [128]"));
+    assert_non_null(strstr(buf, "\"latent\": \"gaussian\""));
+    assert_non_null(strstr(buf, "\"seed\": \"7\""));
+    assert_non_null(strstr(buf, "\"learning_rate\": 0.001"));
+    free(buf);
+    char v[64];
+    assert_int_equal(nbs_pipeline_format_value(&c, "model.encoder_layers", v, sizeof v), 0);
+    assert_string_equal(v, "[128]");
+    assert_int_equal(nbs_pipeline_format_value(&c, "model.nothing", v, sizeof v), -1);
+}
+
+/* The resolved configuration written as YAML loads back to the same configuration. */
+static void test_yaml_round_trip(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    nbs_pipeline p, q;
+    nbs_error err = {0};
+    char in[4200];
+    snprintf(in, sizeof in, "input.path=%s", dir);
+    const char *sets[] = {in, "preset=scphere", "input.layer=counts: raw #1", "input.genome=true",
+                          "train.seed=12345678901234", "train.learning_rate=0.000123",
+                          "output.embedding_key=X_sphere", "input.label_column= padded ",
+                          "model.decoder_layers=[7, 8, 9]", "output.write_variances=yes"};
+    assert_int_equal(nbs_pipeline_load(NULL, sets, 10, 0, &p, &err), NBS_OK);
+    char out[4200];
+    snprintf(out, sizeof out, "%s", tu_path(dir, "config.yaml"));
+    int st = nbs_pipeline_write_yaml(&p.config, out, &err);
+    assert_int_equal(st, NBS_OK);
+    st = nbs_pipeline_load(out, NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &q, &err);
+    if (st) print_message("%s\n", err.msg);
+    assert_int_equal(st, NBS_OK);
+    memset(q.config.source, 0, sizeof q.config.source);
+    memset(p.config.source, 0, sizeof p.config.source);
+    memset(q.config.preset, 0, sizeof q.config.preset);
+    memset(p.config.preset, 0, sizeof p.config.preset);
+    /* output.dir was relative ("nbsphere_out"): it is written as an absolute path */
+    assert_true(q.config.output.dir[0] == '/');
+    memcpy(q.config.output.dir, p.config.output.dir, sizeof p.config.output.dir);
+    assert_string_equal(q.config.input.layer, "counts: raw #1");
+    assert_string_equal(q.config.input.label_column, " padded ");
+    assert_memory_equal(&p.config, &q.config, sizeof p.config);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_unknown_key),       cmocka_unit_test(test_wrong_type),
+        cmocka_unit_test(test_out_of_range),      cmocka_unit_test(test_bad_enum_word),
+        cmocka_unit_test(test_missing_input),     cmocka_unit_test(test_malformed_yaml),
+        cmocka_unit_test(test_unwritable_output), cmocka_unit_test(test_overrides),
+        cmocka_unit_test(test_presets),           cmocka_unit_test(test_reference_yaml),
+        cmocka_unit_test(test_keys_cover_every_field), cmocka_unit_test(test_every_pipeline_loads),
+        cmocka_unit_test(test_json_dump),         cmocka_unit_test(test_yaml_round_trip),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
