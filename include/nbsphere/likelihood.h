@@ -1,0 +1,31 @@
+/* Count likelihoods of the decoder's output: NB (default), ZINB and Poisson, with the mean
+ * mu_g = l * softmax(logits)_g and the cell's observed library size l. One fused pass per cell
+ * computes the log-likelihood and its gradients; lgamma/digamma run only on nonzero counts,
+ * since for x = 0 those terms cancel (DESIGN §4). */
+#ifndef NBSPHERE_LIKELIHOOD_H
+#define NBSPHERE_LIKELIHOOD_H
+
+#include <stdint.h>
+
+#include "nbsphere/config.h"
+#include "nbsphere/matrix.h"
+
+typedef struct {
+    nbs_likelihood_kind kind;
+    int n, G;
+    const nbs_matrix *X;      /* counts; batch cell i is row rows[i] of X */
+    const int64_t *rows;
+    const double *library;    /* [n] observed library size of each batch cell */
+    const float *logits;      /* [n x G] */
+    const float *log_theta;   /* NB/ZINB: [G] per gene, or [n x G] when theta_per_cell */
+    int theta_per_cell;
+    const float *zi_logits;   /* ZINB: [n x G] logit of the zero-inflation probability */
+} nbs_lik_batch;
+
+/* Writes loglik[i] (required) = sum_g log p(x_ig). Gradient outputs (each may be NULL) receive
+ * scale * d loglik_i / d(.), per entry [n x G], overwritten: dlogits, dlog_theta (per entry
+ * even when theta is per gene: the caller sums the columns), dzi_logits. Returns the total. */
+double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,
+                    float *dlog_theta, float *dzi_logits);
+
+#endif

@@ -1,0 +1,90 @@
+#include "nbsphere/likelihood.h"
+
+#include <gsl/gsl_sf_psi.h>
+#include <math.h>
+
+/* log(1 + exp(x)) without overflow. */
+static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+
+/* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. */
+static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, float *dlt,
+                        float *dzi) {
+    const int G = b->G;
+    const float *a = b->logits + (int64_t)i * G;
+    const float *lt_row = b->log_theta ? b->log_theta + (b->theta_per_cell ? (int64_t)i * G : 0) : NULL;
+    const float *zl = b->zi_logits ? b->zi_logits + (int64_t)i * G : NULL;
+    const nbs_matrix *X = b->X;
+    const int64_t r = b->rows ? b->rows[i] : i;
+    int64_t p = X->indptr[r];
+    const int64_t pe = X->indptr[r + 1];
+    const double l = b->library[i];
+    const double log_l = l > 0 ? log(l) : 0;
+
+    double amax = -INFINITY;
+    for (int g = 0; g < G; g++) amax = a[g] > amax ? a[g] : amax;
+    double z = 0;
+    for (int g = 0; g < G; g++) z += exp(a[g] - amax);
+    const double lse = amax + log(z);
+
+    double ll = 0, ssum = 0;
+    for (int g = 0; g < G; g++) {
+        double x = 0;
+        if (p < pe && X->indices[p] == g) x = X->data[p++];
+        const double log_rho = a[g] - lse, mu = l * exp(log_rho);
+        double s, ll_g; /* s = d ll_g / d log mu */
+        if (b->kind == NBS_LIK_POISSON) {
+            ll_g = -mu;
+            if (x > 0) ll_g += x * (log_l + log_rho) - lgamma(x + 1);
+            s = x - mu;
+        } else {
+            const double lt = lt_row[g], th = exp(lt), log_thmu = log(th + mu);
+            const double nb0 = th * (lt - log_thmu); /* log NB(0) and the dense part of every entry */
+            double dnb_dlt = th * (lt - log_thmu + 1 - (x + th) / (th + mu));
+            s = th * (x - mu) / (th + mu);
+            double nb = nb0;
+            if (x > 0) {
+                nb += lgamma(x + th) - lgamma(th) - lgamma(x + 1) + x * (log_l + log_rho - log_thmu);
+                dnb_dlt += th * (gsl_sf_psi(x + th) - gsl_sf_psi(th));
+            }
+            if (b->kind == NBS_LIK_ZINB) {
+                const double q = zl[g];
+                if (x > 0) {
+                    ll_g = nb - softplus(q); /* log(1 - pi) + log NB(x) */
+                    if (dzi) dzi[g] = (float)(scale * -(1 / (1 + exp(-q))));
+                } else {
+                    /* log(pi + (1 - pi) NB(0)), pi = sigmoid(q), in log space */
+                    const double lp = -softplus(-q), lnp = -softplus(q) + nb0;
+                    const double m = lp > lnp ? lp : lnp;
+                    ll_g = m + log(exp(lp - m) + exp(lnp - m));
+                    const double w = exp(lnp - ll_g); /* share of the zero the NB explains */
+                    const double pi = exp(lp);
+                    if (dzi) dzi[g] = (float)(scale * pi * (1 - pi) * (1 - exp(nb0)) / exp(ll_g));
+                    s *= w;
+                    dnb_dlt *= w;
+                }
+            } else {
+                ll_g = nb;
+            }
+            if (dlt) dlt[g] = (float)(scale * dnb_dlt);
+        }
+        ll += ll_g;
+        ssum += s;
+        if (da) da[g] = (float)s;
+    }
+    if (da) /* d ll / d a_g = s_g - rho_g * sum_h s_h */
+        for (int g = 0; g < G; g++) da[g] = (float)(scale * (da[g] - exp(a[g] - lse) * ssum));
+    return ll;
+}
+
+double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,
+                    float *dlog_theta, float *dzi_logits) {
+    const int64_t G = b->G;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < b->n; i++)
+        loglik[i] = cell_eval(b, i, scale, dlogits ? dlogits + i * G : NULL,
+                              dlog_theta ? dlog_theta + i * G : NULL,
+                              dzi_logits ? dzi_logits + i * G : NULL);
+    double total = 0; /* summed in order, so a seed reproduces the logged loss bit for bit */
+    for (int i = 0; i < b->n; i++) total += loglik[i];
+    return total;
+}

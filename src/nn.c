@@ -1,0 +1,179 @@
+#include "nbsphere/nn.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+void nbs_dense_forward(const nbs_dense *L, const float *x, int n, float *y) {
+    for (int i = 0; i < n; i++) memcpy(y + (int64_t)i * L->out, L->b, sizeof(float) * L->out);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, L->out, L->in, 1.0f, x, L->in, L->W,
+                L->out, 1.0f, y, L->out);
+}
+
+static void add_colsum(float *db, const float *dy, int n, int width) {
+    for (int i = 0; i < n; i++) {
+        const float *r = dy + (int64_t)i * width;
+        for (int j = 0; j < width; j++) db[j] += r[j];
+    }
+}
+
+void nbs_dense_backward(const nbs_dense *L, const float *x, const float *dy, int n, float *dx) {
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->in, L->out, n, 1.0f, x, L->in, dy,
+                L->out, 1.0f, L->dW, L->out);
+    add_colsum(L->db, dy, n, L->out);
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L->in, L->out, 1.0f, dy, L->out,
+                    L->W, L->out, 0.0f, dx, L->in);
+}
+
+void nbs_dense_forward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, float *y) {
+    const int out = L->out;
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < x->n; i++) {
+        float *yi = y + (int64_t)i * out;
+        memcpy(yi, L->b, sizeof(float) * out);
+        for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++)
+            cblas_saxpy(out, x->values[p], L->W + (int64_t)x->indices[p] * out, 1, yi, 1);
+    }
+}
+
+void nbs_dense_backward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, const float *dy) {
+    const int out = L->out;
+    /* Serial over cells: rows of dW are shared between cells, and a fixed order keeps a seed's
+     * run bit-identical. Cost is nnz x out, small next to the decoder's products. */
+    for (int i = 0; i < x->n; i++)
+        for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++)
+            cblas_saxpy(out, x->values[p], dy + (int64_t)i * out, 1,
+                        L->dW + (int64_t)x->indices[p] * out, 1);
+    add_colsum(L->db, dy, x->n, out);
+}
+
+void nbs_relu_forward(float *y, int64_t n) {
+    for (int64_t k = 0; k < n; k++) y[k] = y[k] > 0 ? y[k] : 0;
+}
+
+void nbs_relu_backward(const float *y, float *dy, int64_t n) {
+    for (int64_t k = 0; k < n; k++)
+        if (!(y[k] > 0)) dy[k] = 0;
+}
+
+void nbs_dropout_mask(gsl_rng *rng, double p, float *mask, int64_t n) {
+    const float keep = (float)(1.0 / (1.0 - p));
+    for (int64_t k = 0; k < n; k++) mask[k] = (p > 0 && gsl_rng_uniform(rng) < p) ? 0.0f : (p > 0 ? keep : 1.0f);
+}
+
+void nbs_mul_inplace(float *y, const float *mask, int64_t n) {
+    for (int64_t k = 0; k < n; k++) y[k] *= mask[k];
+}
+
+#define NORM_EPS 1e-5
+#define BN_MOMENTUM 0.1
+
+int nbs_norm_uses_batch(const nbs_norm *N, int n, int training) {
+    return N->batch ? (training && n > 1) : 1;
+}
+
+void nbs_norm_forward(const nbs_norm *N, float *y, int n, int training, float *xhat, float *inv_std) {
+    const int w = N->width;
+    if (!N->batch) {
+        for (int i = 0; i < n; i++) {
+            float *r = y + (int64_t)i * w;
+            double mean = 0, var = 0;
+            for (int j = 0; j < w; j++) mean += r[j];
+            mean /= w;
+            for (int j = 0; j < w; j++) var += (r[j] - mean) * (r[j] - mean);
+            const double is = 1.0 / sqrt(var / w + NORM_EPS);
+            inv_std[i] = (float)is;
+            for (int j = 0; j < w; j++) {
+                xhat[(int64_t)i * w + j] = (float)((r[j] - mean) * is);
+                r[j] = N->gain[j] * xhat[(int64_t)i * w + j] + N->bias[j];
+            }
+        }
+        return;
+    }
+    const int use_batch = nbs_norm_uses_batch(N, n, training);
+    for (int j = 0; j < w; j++) {
+        double mean, var;
+        if (use_batch) {
+            mean = 0;
+            var = 0;
+            for (int i = 0; i < n; i++) mean += y[(int64_t)i * w + j];
+            mean /= n;
+            for (int i = 0; i < n; i++) {
+                const double d = y[(int64_t)i * w + j] - mean;
+                var += d * d;
+            }
+            var /= n;
+            N->run_mean[j] = (float)((1 - BN_MOMENTUM) * N->run_mean[j] + BN_MOMENTUM * mean);
+            N->run_var[j] = (float)((1 - BN_MOMENTUM) * N->run_var[j] + BN_MOMENTUM * var * n / (n - 1));
+        } else {
+            mean = N->run_mean[j];
+            var = N->run_var[j];
+        }
+        const double is = 1.0 / sqrt(var + NORM_EPS);
+        inv_std[j] = (float)is;
+        for (int i = 0; i < n; i++) {
+            float *v = y + (int64_t)i * w + j;
+            xhat[(int64_t)i * w + j] = (float)((*v - mean) * is);
+            *v = N->gain[j] * xhat[(int64_t)i * w + j] + N->bias[j];
+        }
+    }
+}
+
+void nbs_norm_backward(const nbs_norm *N, float *dy, int n, const float *xhat, const float *inv_std,
+                       int used_batch_stats) {
+    const int w = N->width;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < w; j++) {
+            N->dgain[j] += dy[(int64_t)i * w + j] * xhat[(int64_t)i * w + j];
+            N->dbias[j] += dy[(int64_t)i * w + j];
+        }
+    if (!N->batch) { /* dx = is * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gain */
+        for (int i = 0; i < n; i++) {
+            float *d = dy + (int64_t)i * w;
+            const float *xh = xhat + (int64_t)i * w;
+            double m1 = 0, m2 = 0;
+            for (int j = 0; j < w; j++) {
+                const double g = d[j] * N->gain[j];
+                m1 += g;
+                m2 += g * xh[j];
+            }
+            m1 /= w;
+            m2 /= w;
+            for (int j = 0; j < w; j++) d[j] = (float)(inv_std[i] * (d[j] * N->gain[j] - m1 - xh[j] * m2));
+        }
+        return;
+    }
+    for (int j = 0; j < w; j++) {
+        if (!used_batch_stats) { /* running statistics are constants */
+            for (int i = 0; i < n; i++) dy[(int64_t)i * w + j] *= N->gain[j] * inv_std[j];
+            continue;
+        }
+        double m1 = 0, m2 = 0;
+        for (int i = 0; i < n; i++) {
+            const double g = dy[(int64_t)i * w + j] * N->gain[j];
+            m1 += g;
+            m2 += g * xhat[(int64_t)i * w + j];
+        }
+        m1 /= n;
+        m2 /= n;
+        for (int i = 0; i < n; i++) {
+            float *d = dy + (int64_t)i * w + j;
+            *d = (float)(inv_std[j] * (*d * N->gain[j] - m1 - xhat[(int64_t)i * w + j] * m2));
+        }
+    }
+}
+
+void nbs_adam_step(float *param, const float *grad, float *m, float *v, int64_t n, double lr,
+                   double beta1, double beta2, double eps, double weight_decay, int64_t t) {
+    const double c1 = 1 - pow(beta1, (double)t), c2 = 1 - pow(beta2, (double)t);
+    const double step = lr * sqrt(c2) / c1; /* bias correction folded into the step size */
+    const double eps_hat = eps * sqrt(c2);
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < n; k++) {
+        const float g = grad[k] + (float)weight_decay * param[k];
+        m[k] = (float)(beta1 * m[k] + (1 - beta1) * g);
+        v[k] = (float)(beta2 * v[k] + (1 - beta2) * g * g);
+        param[k] -= (float)(step * m[k] / (sqrt(v[k]) + eps_hat));
+    }
+}

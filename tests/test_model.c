@@ -1,0 +1,311 @@
+/* The model's maths: likelihoods against a straightforward dense evaluation, and every
+ * backward (likelihood, layers, norms, latent, whole ELBO per parameter block) against
+ * central finite differences. */
+#include "testutil.h"
+
+#include <gsl/gsl_randist.h>
+#include <gsl/gsl_rng.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/likelihood.h"
+#include "nbsphere/vae.h"
+
+/* A small count matrix with NB-like counts, one all-zero cell and a large count. */
+static int big = 1;
+static nbs_matrix *toy_counts(int n, int G, uint64_t seed) {
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, seed);
+    int64_t cap = (int64_t)n * G, k = 0;
+    int64_t *ci = malloc(sizeof(int64_t) * cap), *gi = malloc(sizeof(int64_t) * cap);
+    double *v = malloc(sizeof(double) * cap);
+    for (int i = 0; i < n; i++)
+        for (int g = 0; g < G; g++) {
+            if (i == 1) continue; /* an empty cell */
+            unsigned x = gsl_ran_negative_binomial(r, 0.5, 0.3 + 0.1 * (g % 5));
+            if (i == 2 && g == 3 && big) x = 5000;
+            if (x) ci[k] = i, gi[k] = g, v[k++] = x;
+        }
+    nbs_error err = {0};
+    nbs_matrix *m = nbs_matrix_from_triplets(n, G, k, ci, gi, v, "toy", &err);
+    assert_non_null(m);
+    free(ci), free(gi), free(v);
+    gsl_rng_free(r);
+    return m;
+}
+
+static double dense_nb(double x, double mu, double th) {
+    return lgamma(x + th) - lgamma(th) - lgamma(x + 1) + th * log(th / (th + mu)) +
+           (x > 0 ? x * log(mu / (th + mu)) : 0);
+}
+
+/* The straightforward evaluation: lgamma on every entry, probabilities in double. */
+static double dense_loglik(const nbs_lik_batch *b, int i) {
+    const float *a = b->logits + (int64_t)i * b->G;
+    double mx = -INFINITY, z = 0, ll = 0;
+    for (int g = 0; g < b->G; g++) mx = fmax(mx, a[g]);
+    for (int g = 0; g < b->G; g++) z += exp(a[g] - mx);
+    const nbs_matrix *X = b->X;
+    for (int g = 0; g < b->G; g++) {
+        double x = 0;
+        for (int64_t p = X->indptr[i]; p < X->indptr[i + 1]; p++)
+            if (X->indices[p] == g) x = X->data[p];
+        const double mu = b->library[i] * exp(a[g] - mx) / z;
+        const double th = b->log_theta ? exp(b->log_theta[(b->theta_per_cell ? (int64_t)i * b->G : 0) + g]) : 0;
+        if (b->kind == NBS_LIK_POISSON) {
+            ll += (x > 0 ? x * log(mu) : 0) - mu - lgamma(x + 1);
+        } else if (b->kind == NBS_LIK_NB) {
+            ll += dense_nb(x, mu, th);
+        } else {
+            const double pi = 1 / (1 + exp(-b->zi_logits[(int64_t)i * b->G + g]));
+            ll += x > 0 ? log(1 - pi) + dense_nb(x, mu, th) : log(pi + (1 - pi) * exp(dense_nb(0, mu, th)));
+        }
+    }
+    return ll;
+}
+
+typedef struct {
+    nbs_matrix *X;
+    int n, G;
+    double *lib;
+    float *logits, *lt, *zi;
+} lik_fixture;
+
+static lik_fixture make_lik(int per_cell) {
+    lik_fixture f = {0};
+    f.n = 5;
+    f.G = 23;
+    f.X = toy_counts(f.n, f.G, 7);
+    f.lib = calloc(f.n, sizeof(double));
+    nbs_matrix_row_sums(f.X, f.lib);
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 3);
+    int64_t nG = (int64_t)f.n * f.G;
+    f.logits = malloc(sizeof(float) * nG);
+    f.lt = malloc(sizeof(float) * nG);
+    f.zi = malloc(sizeof(float) * nG);
+    for (int64_t k = 0; k < nG; k++) {
+        f.logits[k] = (float)gsl_ran_gaussian(r, 1.0);
+        f.lt[k] = (float)gsl_ran_gaussian(r, 1.0);
+        f.zi[k] = (float)gsl_ran_gaussian(r, 1.5);
+    }
+    (void)per_cell;
+    gsl_rng_free(r);
+    return f;
+}
+
+static void free_lik(lik_fixture *f) {
+    nbs_matrix_free(f->X);
+    free(f->lib), free(f->logits), free(f->lt), free(f->zi);
+}
+
+static double total(const nbs_lik_batch *b) {
+    double *ll = malloc(sizeof(double) * b->n);
+    double t = nbs_lik_eval(b, ll, 1.0f, NULL, NULL, NULL);
+    free(ll);
+    return t;
+}
+
+/* Sparse-aware evaluation equals the dense one; gradients equal central differences. */
+static void check_likelihood(nbs_likelihood_kind kind, int per_cell) {
+    lik_fixture f = make_lik(per_cell);
+    nbs_lik_batch b = {kind, f.n, f.G, f.X, NULL, f.lib, f.logits, kind == NBS_LIK_POISSON ? NULL : f.lt,
+                       per_cell, kind == NBS_LIK_ZINB ? f.zi : NULL};
+    double *ll = malloc(sizeof(double) * f.n);
+    int64_t nG = (int64_t)f.n * f.G;
+    float *da = malloc(sizeof(float) * nG), *dlt = malloc(sizeof(float) * nG), *dzi = malloc(sizeof(float) * nG);
+    nbs_lik_eval(&b, ll, 1.0f, da, kind == NBS_LIK_POISSON ? NULL : dlt, kind == NBS_LIK_ZINB ? dzi : NULL);
+    double worst_dense = 0, worst_grad = 0;
+    for (int i = 0; i < f.n; i++) {
+        double d = dense_loglik(&b, i);
+        worst_dense = fmax(worst_dense, fabs(d - ll[i]) / fmax(1.0, fabs(d)));
+    }
+    assert_true(worst_dense < 1e-9);
+    /* finite differences on every logit, (per-cell) log theta and zero-inflation logit */
+    float *arrays[3] = {f.logits, kind == NBS_LIK_POISSON ? NULL : f.lt, kind == NBS_LIK_ZINB ? f.zi : NULL};
+    float *grads[3] = {da, dlt, dzi};
+    for (int a = 0; a < 3; a++) {
+        if (!arrays[a]) continue;
+        int64_t count = (a == 1 && !per_cell) ? f.G : nG;
+        for (int64_t k = 0; k < count; k++) {
+            const float h = 1e-2f, keep = arrays[a][k];
+            arrays[a][k] = keep + h;
+            double up = total(&b);
+            arrays[a][k] = keep - h;
+            double down = total(&b);
+            arrays[a][k] = keep;
+            double fd = (up - down) / (2 * h), an = 0;
+            if (a == 1 && !per_cell)
+                for (int i = 0; i < f.n; i++) an += grads[a][(int64_t)i * f.G + k];
+            else
+                an = grads[a][k];
+            double e = fabs(fd - an) / fmax(1.0, fabs(fd));
+            worst_grad = fmax(worst_grad, e);
+        }
+    }
+    print_message("likelihood %d per_cell %d: dense rel err %.2e, worst gradient rel err %.2e\n", kind,
+                  per_cell, worst_dense, worst_grad);
+    assert_true(worst_grad < 2e-3);
+    free(ll), free(da), free(dlt), free(dzi);
+    free_lik(&f);
+}
+
+static void test_nb_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_NB, 0); check_likelihood(NBS_LIK_NB, 1); }
+static void test_zinb_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_ZINB, 0); }
+static void test_poisson_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_POISSON, 0); }
+
+/* ---- whole model ---- */
+
+static nbs_model_config small_config(void) {
+    nbs_config c;
+    nbs_config_defaults(&c);
+    nbs_model_config mc = c.model;
+    mc.latent_dim = 3;
+    mc.encoder_layers[0] = 7;
+    mc.decoder_layers[0] = 6;
+    mc.dropout = 0;
+    return mc;
+}
+
+static double model_loss(nbs_model *m, const nbs_matrix *X, const int64_t *rows, int n,
+                         const float *klw, uint64_t seed, int grad) {
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, seed);
+    double recon, kl[16];
+    nbs_error err = {0};
+    if (grad) nbs_model_zero_grad(m);
+    assert_int_equal(nbs_model_forward(m, X, rows, n, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
+    if (grad) nbs_model_backward(m, klw);
+    gsl_rng_free(r);
+    double loss = recon / n;
+    for (int t = 0; t < nbs_latent_kl_terms(nbs_model_latent(m)); t++) loss += klw[t] * kl[t];
+    return loss;
+}
+
+/* Every parameter block: analytic gradient of the whole loss against central differences on
+ * a few entries of each block (the same noise and dropout masks for every evaluation). */
+static void check_model(nbs_model_config mc, const char *label) {
+    const int n = 5, G = 23;
+    big = 0; /* a moderate loss keeps float rounding below the differences measured */
+    nbs_matrix *X = toy_counts(n, G, 11);
+    big = 1;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 5);
+    nbs_error err = {0};
+    nbs_model *m = nbs_model_new(&mc, G, r, &err);
+    assert_non_null(m);
+    /* move off the initial zero log theta and give the dispersion some spread */
+    float *lt = nbs_model_param(m, "dispersion", NULL, NULL);
+    if (lt)
+        for (int g = 0; g < G; g++) lt[g] = (float)gsl_ran_gaussian(r, 0.5);
+    int64_t rows[] = {4, 0, 2, 1, 3};
+    float klw[16];
+    for (int t = 0; t < 16; t++) klw[t] = 0.7f / n * (1 + 0.1f * t);
+    model_loss(m, X, rows, n, klw, 99, 1);
+    double worst = 0;
+    char worst_name[64] = "";
+    int checked = 0;
+    for (int b = 0; b < nbs_model_n_blocks(m); b++) {
+        const char *name = nbs_model_block_name(m, b);
+        float *g = nbs_model_grad(m, name);
+        if (!g) continue; /* running statistics are not parameters */
+        int rr, cc;
+        float *p = nbs_model_param(m, name, &rr, &cc);
+        int64_t size = (int64_t)rr * cc;
+        for (int k = 0; k < 6; k++) {
+            int64_t idx = (int64_t)gsl_rng_uniform_int(r, (unsigned long)size);
+            /* Three step sizes: a ReLU kink within a step spoils the larger differences only, while a
+             * wrong gradient disagrees with both. */
+            double e = INFINITY, fd = 0;
+            for (int hs = 0; hs < 3; hs++) {
+                const float h = (const float[]){2e-3f, 4e-4f, 1e-4f}[hs], keep = p[idx];
+                p[idx] = keep + h;
+                double up = model_loss(m, X, rows, n, klw, 99, 0);
+                p[idx] = keep - h;
+                double down = model_loss(m, X, rows, n, klw, 99, 0);
+                p[idx] = keep;
+                double f = (up - down) / (2 * h), ef = fabs(f - g[idx]) / fmax(0.05, fabs(f));
+                if (ef < e) e = ef, fd = f;
+            }
+            if (getenv("NBS_DEBUG_FD"))
+                print_message("  %s[%lld] fd %.6g an %.6g\n", name, (long long)idx, fd, g[idx]);
+            if (e > worst) {
+                worst = e;
+                snprintf(worst_name, sizeof worst_name, "%s[%lld] fd %.5g analytic %.5g", name,
+                         (long long)idx, fd, g[idx]);
+            }
+            checked++;
+        }
+    }
+    print_message("%s: %d entries checked, worst relative error %.2e (%s)\n", label, checked, worst,
+                  worst_name);
+    assert_true(worst < 2e-2);
+    nbs_model_free(m);
+    nbs_matrix_free(X);
+    gsl_rng_free(r);
+}
+
+static void test_model_gradients_nb(void **s) {
+    (void)s;
+    check_model(small_config(), "NB, gene dispersion");
+}
+
+static void test_model_gradients_variants(void **s) {
+    (void)s;
+    nbs_model_config mc = small_config();
+    mc.likelihood = NBS_LIK_ZINB;
+    check_model(mc, "ZINB");
+    mc = small_config();
+    mc.likelihood = NBS_LIK_POISSON;
+    check_model(mc, "Poisson");
+    mc = small_config();
+    mc.dispersion = NBS_DISP_GENE_CELL;
+    check_model(mc, "NB, gene-cell dispersion");
+    mc = small_config();
+    mc.norm = NBS_NORM_LAYER;
+    mc.n_encoder_layers = 2;
+    mc.encoder_layers[1] = 5;
+    check_model(mc, "layer norm, two encoder layers");
+    mc = small_config();
+    mc.norm = NBS_NORM_BATCH;
+    mc.n_decoder_layers = 2;
+    mc.decoder_layers[1] = 4;
+    check_model(mc, "batch norm, two decoder layers");
+    mc = small_config();
+    mc.dropout = 0.3;
+    mc.input_transform = NBS_INPUT_LOG1P_CP10K;
+    check_model(mc, "dropout, log1p CP10k input");
+}
+
+/* A minibatch of one cell goes through batch norm (running statistics) without NaN. */
+static void test_single_cell_batch(void **s) {
+    (void)s;
+    nbs_model_config mc = small_config();
+    mc.norm = NBS_NORM_BATCH;
+    nbs_matrix *X = toy_counts(4, 23, 2);
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    nbs_error err = {0};
+    nbs_model *m = nbs_model_new(&mc, 23, r, &err);
+    int64_t row = 2;
+    float klw[3] = {1, 1, 1};
+    double loss = model_loss(m, X, &row, 1, klw, 1, 1);
+    assert_true(isfinite(loss));
+    assert_null(nbs_model_nonfinite_grad(m));
+    nbs_model_free(m);
+    nbs_matrix_free(X);
+    gsl_rng_free(r);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_nb_likelihood),
+        cmocka_unit_test(test_zinb_likelihood),
+        cmocka_unit_test(test_poisson_likelihood),
+        cmocka_unit_test(test_model_gradients_nb),
+        cmocka_unit_test(test_model_gradients_variants),
+        cmocka_unit_test(test_single_cell_batch),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
