@@ -2,12 +2,28 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
+/* One thread pool: OpenBLAS runs single-threaded inside OpenMP regions that split each product
+ * into fixed blocks, so there is no second pool to oversubscribe the cores and a given thread
+ * count always computes the same blocks (bit-identical reruns). */
+static void block_range(int64_t n, int64_t *lo, int64_t *hi) {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    *lo = n * t / T;
+    *hi = n * (t + 1) / T;
+}
+
 void nbs_dense_forward(const nbs_dense *L, const float *x, int n, float *y) {
-    for (int i = 0; i < n; i++) memcpy(y + (int64_t)i * L->out, L->b, sizeof(float) * L->out);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, L->out, L->in, 1.0f, x, L->in, L->W,
-                L->out, 1.0f, y, L->out);
+#pragma omp parallel
+    {
+        int64_t lo, hi;
+        block_range(n, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) memcpy(y + i * L->out, L->b, sizeof(float) * L->out);
+        if (hi > lo)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), L->out, L->in, 1.0f,
+                        x + lo * L->in, L->in, L->W, L->out, 1.0f, y + lo * L->out, L->out);
+    }
 }
 
 static void add_colsum(float *db, const float *dy, int n, int width) {
@@ -18,12 +34,30 @@ static void add_colsum(float *db, const float *dy, int n, int width) {
 }
 
 void nbs_dense_backward(const nbs_dense *L, const float *x, const float *dy, int n, float *dx) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, L->in, L->out, n, 1.0f, x, L->in, dy,
-                L->out, 1.0f, L->dW, L->out);
-    add_colsum(L->db, dy, n, L->out);
-    if (dx)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, L->in, L->out, 1.0f, dy, L->out,
-                    L->W, L->out, 0.0f, dx, L->in);
+    const int in = L->in, out = L->out;
+#pragma omp parallel
+    {
+        int64_t lo, hi;
+        /* dW += x^T dy, split along the longer side of dW */
+        if (out >= in) {
+            block_range(out, &lo, &hi);
+            if (hi > lo)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, (int)(hi - lo), n, 1.0f, x, in,
+                            dy + lo, out, 1.0f, L->dW + lo, out);
+        } else {
+            block_range(in, &lo, &hi);
+            if (hi > lo)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(hi - lo), out, n, 1.0f, x + lo,
+                            in, dy, out, 1.0f, L->dW + lo * out, out);
+        }
+        if (dx) {
+            block_range(n, &lo, &hi);
+            if (hi > lo)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(hi - lo), in, out, 1.0f,
+                            dy + lo * out, out, L->W, out, 0.0f, dx + lo * in, in);
+        }
+    }
+    add_colsum(L->db, dy, n, out);
 }
 
 void nbs_dense_forward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, float *y) {
@@ -176,4 +210,10 @@ void nbs_adam_step(float *param, const float *grad, float *m, float *v, int64_t 
         v[k] = (float)(beta2 * v[k] + (1 - beta2) * g * g);
         param[k] -= (float)(step * m[k] / (sqrt(v[k]) + eps_hat));
     }
+}
+
+void nbs_nn_set_threads(int threads) {
+    /* OpenMP is the only pool; OpenBLAS's own threads would compete with it for the cores. */
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(1);
 }

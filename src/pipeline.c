@@ -894,11 +894,7 @@ static void yaml_scalar(FILE *f, const char *s) {
     fputc('"', f);
 }
 
-int nbs_pipeline_write_yaml(const nbs_config *c, const char *path, nbs_error *err) {
-    char tmp[NBS_PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+void nbs_pipeline_print_yaml(const nbs_config *c, FILE *f) {
     char buf[NBS_PATH_MAX + 64];
     fprintf(f, "# The resolved configuration of an nbsphere run; `nbsphere run` on this file repeats it.\n");
     fprintf(f, "# Source pipeline: %s\npreset: \"\"  # already applied below\n", c->source);
@@ -927,6 +923,14 @@ int nbs_pipeline_write_yaml(const nbs_config *c, const char *path, nbs_error *er
             fputc('\n', f);
         }
     }
+}
+
+int nbs_pipeline_write_yaml(const nbs_config *c, const char *path, nbs_error *err) {
+    char tmp[NBS_PATH_MAX + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    nbs_pipeline_print_yaml(c, f);
     int bad = ferror(f);
     if (fclose(f) != 0 || bad) {
         remove(tmp);

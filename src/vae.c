@@ -219,19 +219,17 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     return m;
 }
 
+#define FREE(p) (free(p), (p) = NULL)
+
 static void free_workspace(nbs_model *m) {
-    for (int i = 0; i < m->n_enc; i++) {
-        hidden *h = &m->enc[i];
-        free(h->relu_out), free(h->act), free(h->mask), free(h->xhat), free(h->inv_std);
+    for (int i = 0; i < m->n_enc + m->n_dec; i++) {
+        hidden *h = i < m->n_enc ? &m->enc[i] : &m->dec[i - m->n_enc];
+        FREE(h->relu_out), FREE(h->act), FREE(h->mask), FREE(h->xhat), FREE(h->inv_std);
     }
-    for (int i = 0; i < m->n_dec; i++) {
-        hidden *h = &m->dec[i];
-        free(h->relu_out), free(h->act), free(h->mask), free(h->xhat), free(h->inv_std);
-    }
-    free(m->bptr), free(m->bidx), free(m->bval), free(m->lib), free(m->loglik), free(m->kl);
-    free(m->head_out), free(m->dhead), free(m->z), free(m->dz), free(m->logits), free(m->dlogits);
-    free(m->zi), free(m->dzi), free(m->disp), free(m->ddisp), free(m->dlt);
-    free(m->dbuf[0]), free(m->dbuf[1]), free(m->dtmp);
+    FREE(m->bptr), FREE(m->lib), FREE(m->loglik), FREE(m->kl);
+    FREE(m->head_out), FREE(m->dhead), FREE(m->z), FREE(m->dz), FREE(m->logits), FREE(m->dlogits);
+    FREE(m->zi), FREE(m->dzi), FREE(m->disp), FREE(m->ddisp), FREE(m->dlt);
+    FREE(m->dbuf[0]), FREE(m->dbuf[1]), FREE(m->dtmp);
     nbs_latent_cache_free(m->lcache);
     m->lcache = NULL;
     m->cap = 0;
@@ -240,6 +238,7 @@ static void free_workspace(nbs_model *m) {
 void nbs_model_free(nbs_model *m) {
     if (!m) return;
     free_workspace(m);
+    free(m->bidx), free(m->bval);
     free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->state);
     free(m);
 }

@@ -10,6 +10,9 @@
 #include "nbsphere/config.h"
 #include "nbsphere/error.h"
 
+/* Largest latent dimension (the pipeline accepts 1..1024). */
+#define NBS_MAX_KL_TERMS 1024
+
 typedef struct {
     nbs_latent_kind kind;
     int dim;            /* d: latent dimension (sphere: S^{d-1} in R^d) */

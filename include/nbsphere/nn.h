@@ -60,4 +60,7 @@ int nbs_norm_uses_batch(const nbs_norm *N, int n, int training);
 void nbs_adam_step(float *param, const float *grad, float *m, float *v, int64_t n, double lr,
                    double beta1, double beta2, double eps, double weight_decay, int64_t t);
 
+/* Threads of the one OpenMP pool that runs everything (OpenBLAS is kept single-threaded). */
+void nbs_nn_set_threads(int threads);
+
 #endif

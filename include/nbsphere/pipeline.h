@@ -71,6 +71,8 @@ void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent);
 /* Writes the whole configuration as a pipeline file that reproduces it when loaded (paths made
  * absolute, so the file works from any folder); NBS_ERR_IO if the file cannot be written. */
 int nbs_pipeline_write_yaml(const nbs_config *c, const char *path, nbs_error *err);
+/* The same text to an open stream (e.g. into a model file). */
+void nbs_pipeline_print_yaml(const nbs_config *c, FILE *f);
 
 /* Enum words, e.g. for messages and the manifest. */
 const char *nbs_latent_word(nbs_latent_kind k);

@@ -1,0 +1,71 @@
+/* Training: Adam over shuffled minibatches, a seeded train/validation split, KL-weight
+ * schedules (constant, linear or sigmoid warm-up, cyclical), free bits, gradient clipping,
+ * early stopping on the validation ELBO, and a stop with a diagnosis on non-finite values.
+ * Everything a resumed run needs is in nbs_train_state (saved by the checkpoint hook). */
+#ifndef NBSPHERE_TRAIN_H
+#define NBSPHERE_TRAIN_H
+
+#include <gsl/gsl_rng.h>
+#include <stdint.h>
+
+#include "nbsphere/config.h"
+#include "nbsphere/progress.h"
+#include "nbsphere/vae.h"
+
+/* One row of the per-epoch log (values per cell). */
+typedef struct {
+    int epoch;
+    double loss, recon, kl;         /* training: objective, -log p(x|z), KL (means over the epoch) */
+    double val_elbo, val_recon, val_kl; /* validation, beta = 1; NaN without validation cells */
+    double beta;                    /* KL weight at the end of the epoch */
+    double seconds;
+} nbs_epoch_record;
+
+typedef struct {
+    int n, cap, kl_terms;
+    nbs_epoch_record *rec;
+    double *kl_dims; /* [n x kl_terms] mean training KL per term (per latent dimension for Gaussian) */
+} nbs_train_log;
+
+typedef struct {
+    int epochs_done;
+    int64_t step;
+    double best_val;    /* best validation ELBO so far */
+    int best_epoch, bad_epochs;
+    float *best_params; /* parameters at best_epoch (early stopping), n_params floats */
+    gsl_rng *rng;       /* training stream: shuffles, dropout masks, latent noise */
+} nbs_train_state;
+
+int nbs_train_state_init(nbs_train_state *s, const nbs_model *m, uint64_t seed, nbs_error *err);
+void nbs_train_state_free(nbs_train_state *s);
+void nbs_train_log_free(nbs_train_log *l);
+int nbs_train_log_append(nbs_train_log *l, const nbs_epoch_record *r, const double *kl_dims,
+                         nbs_error *err);
+/* The log as TSV (epoch, train_loss, train_recon, train_kl, val_elbo, val_recon, val_kl, beta,
+ * seconds, kl_1..kl_K), through a temporary file. */
+int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err);
+
+typedef struct {
+    nbs_progress *progress; /* may be NULL */
+    const char *log_path;   /* per-epoch TSV rewritten after each epoch; NULL = none */
+    /* Called after epochs that are multiples of checkpoint_every (and never with a bad state). */
+    int (*save_checkpoint)(void *user, nbs_model *m, const nbs_train_state *s,
+                           const nbs_train_log *l, nbs_error *err);
+    const char *checkpoint_path; /* named in the message when training stops on NaN */
+    /* Called after every epoch (diagnostics tracking); a non-zero return stops training. */
+    int (*on_epoch)(void *user, nbs_model *m, int epoch, nbs_error *err);
+    void *user;
+} nbs_train_hooks;
+
+/* KL weight at a minibatch step (0-based) under the schedule. */
+double nbs_train_beta(const nbs_train_config *tc, int64_t step, int64_t steps_per_epoch);
+
+/* The seeded split: validation cells are the first n_val of a permutation of 0..n-1. */
+int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int64_t *n_val,
+                    nbs_error *err);
+
+/* Trains m on every row of X from s->epochs_done + 1 to tc->epochs. */
+int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs_train_state *s,
+              nbs_train_log *log, const nbs_train_hooks *hooks, nbs_error *err);
+
+#endif

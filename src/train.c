@@ -1,0 +1,297 @@
+#include "nbsphere/train.h"
+
+#include <math.h>
+#include <gsl/gsl_randist.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/io.h"
+#include "nbsphere/nn.h"
+
+/* The split has its own stream, so a resumed run (which restores only the training stream)
+ * sees the same validation cells. */
+#define SPLIT_STREAM 0x5b1175eedULL
+#define VALID_STREAM 0x7a11dULL
+
+int nbs_train_state_init(nbs_train_state *s, const nbs_model *m, uint64_t seed, nbs_error *err) {
+    memset(s, 0, sizeof *s);
+    s->best_val = -INFINITY;
+    s->rng = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!s->rng) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
+    gsl_rng_set(s->rng, seed);
+    s->best_params = nbs_calloc((size_t)nbs_model_n_params(m), sizeof(float), err);
+    return s->best_params ? NBS_OK : err->code;
+}
+
+void nbs_train_state_free(nbs_train_state *s) {
+    if (s->rng) gsl_rng_free(s->rng);
+    free(s->best_params);
+    memset(s, 0, sizeof *s);
+}
+
+void nbs_train_log_free(nbs_train_log *l) {
+    free(l->rec);
+    free(l->kl_dims);
+    memset(l, 0, sizeof *l);
+}
+
+int nbs_train_log_append(nbs_train_log *l, const nbs_epoch_record *r, const double *kl_dims,
+                         nbs_error *err) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 64;
+        nbs_epoch_record *nr = realloc(l->rec, sizeof *nr * cap);
+        if (nr) l->rec = nr;
+        double *nk = nr ? realloc(l->kl_dims, sizeof(double) * cap * (l->kl_terms ? l->kl_terms : 1)) : NULL;
+        if (nk) l->kl_dims = nk;
+        if (!nr || !nk) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the training log");
+        l->cap = cap;
+    }
+    l->rec[l->n] = *r;
+    memcpy(l->kl_dims + (int64_t)l->n * l->kl_terms, kl_dims, sizeof(double) * l->kl_terms);
+    l->n++;
+    return NBS_OK;
+}
+
+int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err) {
+    char tmp[NBS_PATH_MAX + 32];
+    nbs_io_tmp_name(path, tmp);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write the training log", tmp);
+    fprintf(f, "epoch\ttrain_loss\ttrain_recon\ttrain_kl\tval_elbo\tval_recon\tval_kl\tbeta\tseconds");
+    for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\tkl_%d", t + 1);
+    fputc('\n', f);
+    for (int i = 0; i < l->n; i++) {
+        const nbs_epoch_record *r = &l->rec[i];
+        fprintf(f, "%d\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.3f", r->epoch, r->loss, r->recon,
+                r->kl, r->val_elbo, r->val_recon, r->val_kl, r->beta, r->seconds);
+        for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\t%.6g", l->kl_dims[(int64_t)i * l->kl_terms + t]);
+        fputc('\n', f);
+    }
+    if (ferror(f) | (fclose(f) != 0)) {
+        remove(tmp);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
+    }
+    return nbs_io_commit(tmp, path, err);
+}
+
+double nbs_train_beta(const nbs_train_config *tc, int64_t step, int64_t steps_per_epoch) {
+    const double total = (double)tc->epochs * steps_per_epoch;
+    double warm = tc->warmup_steps > 0 ? (double)tc->warmup_steps : (double)tc->warmup_epochs * steps_per_epoch;
+    double t = warm > 0 ? (step + 1) / warm : 1;
+    switch (tc->schedule) {
+    case NBS_SCHED_CONSTANT: return tc->beta;
+    case NBS_SCHED_LINEAR: return tc->beta * (t < 1 ? t : 1);
+    case NBS_SCHED_SIGMOID: return t >= 1 ? tc->beta : tc->beta / (1 + exp(-12 * (t - 0.5)));
+    case NBS_SCHED_CYCLICAL: { /* Fu et al. 2019: M cycles, each ramping over a fraction R */
+        double period = total / (tc->cycles > 0 ? tc->cycles : 1);
+        double tau = fmod((double)step, period) / period;
+        double r = tc->ramp_fraction > 0 ? tau / tc->ramp_fraction : 1;
+        return tc->beta * (r < 1 ? r : 1);
+    }
+    }
+    return tc->beta;
+}
+
+int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int64_t *n_val,
+                    nbs_error *err) {
+    *order = nbs_malloc(sizeof(int64_t) * (n ? n : 1), err);
+    if (!*order) return err->code;
+    for (int64_t i = 0; i < n; i++) (*order)[i] = i;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!r) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
+    gsl_rng_set(r, tc->seed ^ SPLIT_STREAM);
+    gsl_ran_shuffle(r, *order, (size_t)n, sizeof(int64_t));
+    gsl_rng_free(r);
+    *n_val = (int64_t)floor(tc->validation_fraction * (double)n + 0.5);
+    if (*n_val >= n) *n_val = n - 1; /* at least one training cell */
+    if (*n_val < 0) *n_val = 0;
+    return NBS_OK;
+}
+
+/* Validation ELBO (beta = 1) with its own seeded noise, so it is comparable across epochs
+ * and identical in a resumed run. */
+static int validate(nbs_model *m, const nbs_matrix *X, const int64_t *val, int64_t n_val,
+                    int batch, uint64_t seed, int epoch, double *recon, double *kl, nbs_error *err) {
+    const int K = nbs_latent_kl_terms(nbs_model_latent(m));
+    double klb[NBS_MAX_KL_TERMS];
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!r) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
+    gsl_rng_set(r, seed ^ (VALID_STREAM * (uint64_t)(epoch + 1)));
+    *recon = *kl = 0;
+    int st = NBS_OK;
+    for (int64_t s = 0; s < n_val && !st; s += batch) {
+        int n = (int)(n_val - s < batch ? n_val - s : batch);
+        double rc;
+        st = nbs_model_forward(m, X, val + s, n, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
+        *recon += rc;
+        for (int t = 0; t < K; t++) *kl += klb[t];
+    }
+    gsl_rng_free(r);
+    *recon /= (double)n_val;
+    *kl /= (double)n_val;
+    return st;
+}
+
+static int numeric_failure(nbs_error *err, const char *what, int epoch, int64_t step, int64_t batch,
+                           int64_t n_batches, const nbs_train_hooks *h, const nbs_train_state *s,
+                           int last_ckpt_epoch) {
+    char where[NBS_PATH_MAX + 128];
+    if (h && h->checkpoint_path && last_ckpt_epoch > 0)
+        snprintf(where, sizeof where, "the last good checkpoint is %s (epoch %d); resume from it with "
+                 "a lower train.learning_rate or with train.grad_clip set", h->checkpoint_path, last_ckpt_epoch);
+    else
+        snprintf(where, sizeof where, "no checkpoint was written before it; lower train.learning_rate "
+                 "or set train.grad_clip (e.g. 10)");
+    (void)s;
+    return nbs_error_set(err, NBS_ERR_NUMERIC,
+                         "training stopped at epoch %d, step %lld (minibatch %lld of %lld): %s became "
+                         "non-finite; %s", epoch, (long long)step + 1, (long long)batch + 1,
+                         (long long)n_batches, what, where);
+}
+
+int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs_train_state *s,
+              nbs_train_log *log, const nbs_train_hooks *h, nbs_error *err) {
+    const nbs_latent *L = nbs_model_latent(m);
+    const int K = nbs_latent_kl_terms(L);
+    if (K > NBS_MAX_KL_TERMS)
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: at most %d dimensions", NBS_MAX_KL_TERMS);
+    if (X->n_cells < 2)
+        return nbs_error_set(err, NBS_ERR_INPUT, "training needs at least 2 cells, the data have %lld",
+                             (long long)X->n_cells);
+    log->kl_terms = K;
+    nbs_nn_set_threads(tc->threads);
+
+    int64_t *order, n_val;
+    int st = nbs_train_split(X->n_cells, tc, &order, &n_val, err);
+    if (st) return st;
+    int64_t *val = order, *train = order + n_val, n_train = X->n_cells - n_val;
+    const int batch = tc->batch_size;
+    const int64_t n_batches = (n_train + batch - 1) / batch;
+    if (s->epochs_done == 0) {
+        double end_beta = nbs_train_beta(tc, (int64_t)tc->epochs * n_batches - 1, n_batches);
+        if (end_beta < tc->beta * (1 - 1e-9))
+            nbs_warn("the KL weight schedule will end at beta = %.3g, below its target %.3g "
+                     "(warm-up longer than training): raise train.epochs or shorten the warm-up",
+                     end_beta, tc->beta);
+    }
+    int last_ckpt = s->epochs_done;
+    double kl_batch[NBS_MAX_KL_TERMS], kl_epoch[NBS_MAX_KL_TERMS];
+    float klw[NBS_MAX_KL_TERMS];
+    const int patience = n_val > 0 ? tc->patience : 0;
+    if (tc->patience > 0 && n_val == 0)
+        nbs_warn("early stopping needs validation cells (train.validation_fraction > 0); it is off");
+
+    for (int epoch = s->epochs_done + 1; epoch <= tc->epochs && !st; epoch++) {
+        const double t0 = nbs_progress_now();
+        gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
+        double sum_recon = 0, sum_loss = 0, beta = 0;
+        memset(kl_epoch, 0, sizeof kl_epoch);
+        for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
+            const int64_t off = b * batch;
+            const int n = (int)(n_train - off < batch ? n_train - off : batch);
+            double recon;
+            nbs_model_zero_grad(m);
+            st = nbs_model_forward(m, X, train + off, n, NBS_PASS_TRAIN, s->rng, &recon, kl_batch, err);
+            if (st) break;
+            if (!isfinite(recon)) {
+                st = numeric_failure(err, "the reconstruction term (NB log-likelihood)", epoch, s->step, b,
+                                     n_batches, h, s, last_ckpt);
+                break;
+            }
+            beta = nbs_train_beta(tc, s->step, n_batches);
+            double loss = recon;
+            for (int t = 0; t < K; t++) {
+                if (!isfinite(kl_batch[t])) {
+                    char what[64];
+                    snprintf(what, sizeof what, "the KL term of latent dimension %d", t + 1);
+                    st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, s, last_ckpt);
+                    break;
+                }
+                /* Free bits: below lambda nats (batch mean) a term costs lambda and has no gradient. */
+                const double mean_kl = kl_batch[t] / n;
+                const int free = tc->free_bits > 0 && mean_kl < tc->free_bits;
+                klw[t] = free ? 0.0f : (float)(beta / n);
+                loss += beta * (free ? tc->free_bits * n : kl_batch[t]);
+                kl_epoch[t] += kl_batch[t];
+            }
+            if (st) break;
+            nbs_model_backward(m, klw);
+            const char *bad = nbs_model_nonfinite_grad(m);
+            if (bad) {
+                char what[96];
+                snprintf(what, sizeof what, "the gradient of %s", bad);
+                st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, s, last_ckpt);
+                break;
+            }
+            if (tc->grad_clip > 0) {
+                const double norm = nbs_model_grad_norm(m);
+                if (norm > tc->grad_clip) nbs_model_scale_grad(m, tc->grad_clip / norm);
+            }
+            nbs_model_adam(m, tc->learning_rate, tc->weight_decay);
+            sum_recon += recon;
+            sum_loss += loss;
+            if (h && h->progress) {
+                double kl_now = 0;
+                for (int t = 0; t < K; t++) kl_now += kl_batch[t] / n;
+                nbs_progress_train pt = {epoch, tc->epochs, b + 1, n_batches, -(recon / n + kl_now),
+                                         kl_now, NAN, beta, -1, L->dim};
+                nbs_progress_batch(h->progress, &pt);
+            }
+        }
+        if (st) break;
+        nbs_epoch_record r = {epoch, sum_loss / n_train, sum_recon / n_train, 0, NAN, NAN, NAN, beta, 0};
+        for (int t = 0; t < K; t++) {
+            kl_epoch[t] /= (double)n_train;
+            r.kl += kl_epoch[t];
+        }
+        if (n_val > 0) {
+            st = validate(m, X, val, n_val, batch, tc->seed, epoch, &r.val_recon, &r.val_kl, err);
+            if (st) break;
+            r.val_elbo = -(r.val_recon + r.val_kl);
+            if (!isfinite(r.val_elbo)) {
+                st = numeric_failure(err, "the validation ELBO", epoch, s->step - 1, n_batches - 1, n_batches,
+                                     h, s, last_ckpt);
+                break;
+            }
+        }
+        r.seconds = nbs_progress_now() - t0;
+        if ((st = nbs_train_log_append(log, &r, kl_epoch, err))) break;
+        s->epochs_done = epoch;
+        int stop = 0;
+        if (patience > 0) {
+            if (r.val_elbo > s->best_val) {
+                s->best_val = r.val_elbo;
+                s->best_epoch = epoch;
+                s->bad_epochs = 0;
+                float *p;
+                nbs_model_flat(m, &p, NULL, NULL, NULL, NULL, NULL, NULL);
+                memcpy(s->best_params, p, sizeof(float) * nbs_model_n_params(m));
+            } else if (++s->bad_epochs >= patience) {
+                stop = 1;
+            }
+        }
+        if (h && h->progress) {
+            nbs_progress_train pt = {epoch, tc->epochs, n_batches, n_batches, -(r.recon + r.kl), r.kl,
+                                     r.val_elbo, beta, -1, L->dim};
+            nbs_progress_epoch(h->progress, &pt);
+        }
+        if (h && h->log_path && (st = nbs_train_log_write(log, h->log_path, err))) break;
+        if (h && h->on_epoch && (st = h->on_epoch(h->user, m, epoch, err))) break;
+        if (h && h->save_checkpoint && tc->checkpoint_every > 0 && epoch % tc->checkpoint_every == 0 &&
+            epoch < tc->epochs && !stop) {
+            if ((st = h->save_checkpoint(h->user, m, s, log, err))) break;
+            last_ckpt = epoch;
+        }
+        if (stop) {
+            nbs_info("early stopping at epoch %d: no better validation ELBO for %d epochs; keeping "
+                     "epoch %d (%.4g)", epoch, patience, s->best_epoch, s->best_val);
+            float *p;
+            nbs_model_flat(m, &p, NULL, NULL, NULL, NULL, NULL, NULL);
+            memcpy(p, s->best_params, sizeof(float) * nbs_model_n_params(m));
+            break;
+        }
+    }
+    free(order);
+    return st;
+}
