@@ -2,6 +2,39 @@
 
 #include <gsl/gsl_sf_psi.h>
 #include <math.h>
+#include <pthread.h>
+
+/* Most counts are small integers: for those, lgamma(x + t) - lgamma(t) and psi(x + t) - psi(t)
+ * are a short product and sum (Gamma's recurrence), and lgamma(x + 1) is a table. This keeps
+ * the special functions, the costliest part of the likelihood, off the common path. */
+#define SMALL_COUNT 16
+static double LGAMMA_X1[SMALL_COUNT + 1];
+static pthread_once_t table_once = PTHREAD_ONCE_INIT;
+static void fill_table(void) {
+    for (int x = 0; x <= SMALL_COUNT; x++) LGAMMA_X1[x] = lgamma(x + 1.0);
+}
+
+static double lgamma_x1(double x) {
+    return (x <= SMALL_COUNT && x == (int)x) ? LGAMMA_X1[(int)x] : lgamma(x + 1);
+}
+
+/* lgamma(x + t) - lgamma(t) and psi(x + t) - psi(t); lg_t, psi_t: lgamma(t), psi(t) if known (NAN otherwise). */
+static void gamma_diffs(double x, double t, double lg_t, double psi_t, double *dlg, double *dpsi) {
+    if (x <= SMALL_COUNT && x == (int)x && t < 1e15) { /* the product stays finite */
+        double prod = 1, sum = 0;
+        for (int k = 0; k < (int)x; k++) {
+            prod *= t + k;
+            sum += 1 / (t + k);
+        }
+        *dlg = log(prod);
+        *dpsi = sum;
+        return;
+    }
+    if (isnan(lg_t)) lg_t = lgamma(t);
+    if (isnan(psi_t)) psi_t = gsl_sf_psi(t);
+    *dlg = lgamma(x + t) - lg_t;
+    *dpsi = gsl_sf_psi(x + t) - psi_t;
+}
 
 /* log(1 + exp(x)) without overflow. */
 static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
@@ -34,7 +67,7 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
         double s, ll_g; /* s = d ll_g / d log mu */
         if (b->kind == NBS_LIK_POISSON) {
             ll_g = -mu;
-            if (x > 0) ll_g += x * (log_l + log_rho) - lgamma(x + 1);
+            if (x > 0) ll_g += x * (log_l + log_rho) - lgamma_x1(x);
             s = x - mu;
         } else {
             const double lt = lt_row[g], th = exp(lt), log_thmu = log(th + mu);
@@ -43,8 +76,11 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
             s = th * (x - mu) / (th + mu);
             double nb = nb0;
             if (x > 0) {
-                nb += lgamma(x + th) - lgamma(th) - lgamma(x + 1) + x * (log_l + log_rho - log_thmu);
-                dnb_dlt += th * (gsl_sf_psi(x + th) - gsl_sf_psi(th));
+                double dlg, dpsi;
+                gamma_diffs(x, th, b->theta_per_cell ? NAN : b->work[g], b->theta_per_cell ? NAN : b->work[G + g],
+                            &dlg, &dpsi);
+                nb += dlg - lgamma_x1(x) + x * (log_l + log_rho - log_thmu);
+                dnb_dlt += th * dpsi;
             }
             if (b->kind == NBS_LIK_ZINB) {
                 const double q = zl[g];
@@ -79,6 +115,13 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
 double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,
                     float *dlog_theta, float *dzi_logits) {
     const int64_t G = b->G;
+    pthread_once(&table_once, fill_table);
+    if (b->kind != NBS_LIK_POISSON && !b->theta_per_cell)
+        for (int64_t g = 0; g < G; g++) { /* per-gene lgamma and psi of theta, for large counts */
+            const double th = exp(b->log_theta[g]);
+            b->work[g] = lgamma(th);
+            b->work[G + g] = gsl_sf_psi(th);
+        }
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < b->n; i++)
         loglik[i] = cell_eval(b, i, scale, dlogits ? dlogits + i * G : NULL,

@@ -165,7 +165,14 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
     int64_t *order, n_val;
     int st = nbs_train_split(X->n_cells, tc, &order, &n_val, err);
     if (st) return st;
-    int64_t *val = order, *train = order + n_val, n_train = X->n_cells - n_val;
+    int64_t *val = order, n_train = X->n_cells - n_val;
+    /* Each epoch shuffles a fresh copy of the split's order, so an epoch's minibatches depend
+     * only on the generator's state: what a checkpoint saves. */
+    int64_t *train = nbs_malloc(sizeof(int64_t) * (size_t)n_train, err);
+    if (!train) {
+        free(order);
+        return err->code;
+    }
     const int batch = tc->batch_size;
     const int64_t n_batches = (n_train + batch - 1) / batch;
     if (s->epochs_done == 0) {
@@ -184,6 +191,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
 
     for (int epoch = s->epochs_done + 1; epoch <= tc->epochs && !st; epoch++) {
         const double t0 = nbs_progress_now();
+        memcpy(train, order + n_val, sizeof(int64_t) * (size_t)n_train);
         gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
         double sum_recon = 0, sum_loss = 0, beta = 0;
         memset(kl_epoch, 0, sizeof kl_epoch);
@@ -293,5 +301,6 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
         }
     }
     free(order);
+    free(train);
     return st;
 }

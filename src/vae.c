@@ -51,6 +51,7 @@ struct nbs_model {
     int32_t *bidx;
     float *bval;
     double *lib, *loglik, *kl;
+    double *likwork; /* 2G: per-gene lgamma/psi of theta */
     float *head_out, *dhead, *z, *dz, *logits, *dlogits, *zi, *dzi, *disp, *ddisp, *dlt;
     float *dbuf[2], *dtmp; /* backward scratch [cap x widest layer] */
     nbs_latent_cache *lcache;
@@ -193,7 +194,8 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     m->adam_m = m->grads ? nbs_calloc(np, sizeof(float), err) : NULL;
     m->adam_v = m->adam_m ? nbs_calloc(np, sizeof(float), err) : NULL;
     m->state = m->adam_v ? nbs_calloc((size_t)m->n_state + 1, sizeof(float), err) : NULL;
-    if (!m->state) {
+    m->likwork = m->state ? nbs_calloc(2 * (size_t)n_genes, sizeof(double), err) : NULL;
+    if (!m->likwork) {
         nbs_model_free(m);
         return NULL;
     }
@@ -239,7 +241,7 @@ void nbs_model_free(nbs_model *m) {
     if (!m) return;
     free_workspace(m);
     free(m->bidx), free(m->bval);
-    free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->state);
+    free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->state), free(m->likwork);
     free(m);
 }
 
@@ -372,7 +374,7 @@ static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_matrix *X, const in
                                int64_t row0, int n) {
     (void)row0;
     return (nbs_lik_batch){m->cfg.likelihood, n, m->G, X, rows, m->lib, m->logits,
-                           m->has_disp ? m->disp : m->log_theta, m->has_disp, m->zi};
+                           m->has_disp ? m->disp : m->log_theta, m->has_disp, m->zi, m->likwork};
 }
 
 /* rows == NULL: consecutive rows from row0; the likelihood reads rows through an index. */

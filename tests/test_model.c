@@ -71,6 +71,7 @@ typedef struct {
     int n, G;
     double *lib;
     float *logits, *lt, *zi;
+    double *work;
 } lik_fixture;
 
 static lik_fixture make_lik(int per_cell) {
@@ -86,6 +87,7 @@ static lik_fixture make_lik(int per_cell) {
     f.logits = malloc(sizeof(float) * nG);
     f.lt = malloc(sizeof(float) * nG);
     f.zi = malloc(sizeof(float) * nG);
+    f.work = malloc(sizeof(double) * 2 * f.G);
     for (int64_t k = 0; k < nG; k++) {
         f.logits[k] = (float)gsl_ran_gaussian(r, 1.0);
         f.lt[k] = (float)gsl_ran_gaussian(r, 1.0);
@@ -98,7 +100,7 @@ static lik_fixture make_lik(int per_cell) {
 
 static void free_lik(lik_fixture *f) {
     nbs_matrix_free(f->X);
-    free(f->lib), free(f->logits), free(f->lt), free(f->zi);
+    free(f->lib), free(f->logits), free(f->lt), free(f->zi), free(f->work);
 }
 
 static double total(const nbs_lik_batch *b) {
@@ -112,7 +114,7 @@ static double total(const nbs_lik_batch *b) {
 static void check_likelihood(nbs_likelihood_kind kind, int per_cell) {
     lik_fixture f = make_lik(per_cell);
     nbs_lik_batch b = {kind, f.n, f.G, f.X, NULL, f.lib, f.logits, kind == NBS_LIK_POISSON ? NULL : f.lt,
-                       per_cell, kind == NBS_LIK_ZINB ? f.zi : NULL};
+                       per_cell, kind == NBS_LIK_ZINB ? f.zi : NULL, f.work};
     double *ll = malloc(sizeof(double) * f.n);
     int64_t nG = (int64_t)f.n * f.G;
     float *da = malloc(sizeof(float) * nG), *dlt = malloc(sizeof(float) * nG), *dzi = malloc(sizeof(float) * nG);

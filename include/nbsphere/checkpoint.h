@@ -1,0 +1,39 @@
+/* Model files and checkpoints: one HDF5 layout for both, so a model can be resumed, embedded
+ * with or diagnosed. Written to a temporary name and renamed; modification times are not
+ * stored, so the same state gives the same bytes.
+ *
+ *   /                 attrs format = "nbsphere-model", format_version, nbsphere_version
+ *   /config_yaml      the resolved configuration (a pipeline file that reproduces the run)
+ *   /genes/names, /genes/ids                  the model's genes, in its input order
+ *   /params/<block>   every parameter and state block by name (see vae.h), [rows x cols]
+ *   /optimizer/m, /optimizer/v                Adam moments (flat); attr step
+ *   /train            attrs epochs_done, step, best_val, best_epoch, bad_epochs;
+ *                     rng (the generator's state), best_params (flat, early stopping)
+ *   /log/records      [epochs x 9] epoch, loss, recon, kl, val_elbo, val_recon, val_kl, beta, seconds
+ *   /log/kl           [epochs x K] mean KL per term */
+#ifndef NBSPHERE_CHECKPOINT_H
+#define NBSPHERE_CHECKPOINT_H
+
+#include "nbsphere/config.h"
+#include "nbsphere/train.h"
+#include "nbsphere/vae.h"
+
+typedef struct {
+    nbs_config config;
+    nbs_model *model;
+    int64_t n_genes;
+    char **gene_names, **gene_ids;
+    nbs_train_state state; /* state.rng restored */
+    nbs_train_log log;
+} nbs_checkpoint;
+
+int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, char *const *gene_names,
+                        char *const *gene_ids, const nbs_train_state *s, const nbs_train_log *l,
+                        nbs_error *err);
+
+/* Reads a model file; every dataset's presence, type and shape is checked against the model
+ * its configuration describes, and a mismatch names the dataset. */
+int nbs_checkpoint_load(const char *path, nbs_checkpoint *out, nbs_error *err);
+void nbs_checkpoint_free(nbs_checkpoint *c);
+
+#endif

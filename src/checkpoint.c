@@ -1,0 +1,398 @@
+#include "nbsphere/checkpoint.h"
+
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/io.h"
+#include "nbsphere/manifest.h"
+#include "nbsphere/pipeline.h"
+
+#define FORMAT_NAME "nbsphere-model"
+#define FORMAT_VERSION 1
+#define LOG_COLS 9
+
+/* ---- writing ---- */
+
+static hid_t dcpl_untimed(void) {
+    hid_t p = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_obj_track_times(p, 0);
+    return p;
+}
+
+static hid_t group_untimed(hid_t loc, const char *name) {
+    hid_t p = H5Pcreate(H5P_GROUP_CREATE);
+    H5Pset_obj_track_times(p, 0);
+    hid_t g = H5Gcreate2(loc, name, H5P_DEFAULT, p, H5P_DEFAULT);
+    H5Pclose(p);
+    return g;
+}
+
+static int write_array(hid_t loc, const char *name, hid_t memtype, hid_t filetype, int rank,
+                       const hsize_t *dims, const void *data) {
+    hid_t sp = H5Screate_simple(rank, dims, NULL), p = dcpl_untimed();
+    hid_t d = H5Dcreate2(loc, name, filetype, sp, H5P_DEFAULT, p, H5P_DEFAULT);
+    herr_t st = d < 0 ? -1 : H5Dwrite(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+    if (d >= 0) H5Dclose(d);
+    H5Pclose(p);
+    H5Sclose(sp);
+    return st < 0 ? -1 : 0;
+}
+
+static int write_strings(hid_t loc, const char *name, char *const *s, int64_t n) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    hsize_t dims[1] = {(hsize_t)n};
+    int st = write_array(loc, name, t, t, 1, dims, s);
+    H5Tclose(t);
+    return st;
+}
+
+static int write_string(hid_t loc, const char *name, const char *s) {
+    char *one[1] = {(char *)s};
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    H5Tset_cset(t, H5T_CSET_UTF8);
+    hid_t sp = H5Screate(H5S_SCALAR), p = dcpl_untimed();
+    hid_t d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, p, H5P_DEFAULT);
+    herr_t st = d < 0 ? -1 : H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, one);
+    if (d >= 0) H5Dclose(d);
+    H5Pclose(p), H5Sclose(sp), H5Tclose(t);
+    return st < 0 ? -1 : 0;
+}
+
+static int attr_write(hid_t loc, const char *name, hid_t type, const void *v) {
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t st = a < 0 ? -1 : H5Awrite(a, type, v);
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    return st < 0 ? -1 : 0;
+}
+
+static int attr_string(hid_t loc, const char *name, const char *v) {
+    hid_t t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, strlen(v) + 1);
+    int st = attr_write(loc, name, t, v);
+    H5Tclose(t);
+    return st;
+}
+
+static char *config_text(const nbs_config *c) {
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    if (!f) return NULL;
+    nbs_pipeline_print_yaml(c, f);
+    fclose(f);
+    return buf;
+}
+
+static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *names, char *const *ids,
+                     const nbs_train_state *s, const nbs_train_log *l) {
+    int bad = 0, version = FORMAT_VERSION;
+    bad |= attr_string(f, "format", FORMAT_NAME);
+    bad |= attr_write(f, "format_version", H5T_NATIVE_INT, &version);
+    bad |= attr_string(f, "nbsphere_version", NBS_VERSION);
+    char *yaml = config_text(c);
+    bad |= !yaml || write_string(f, "config_yaml", yaml);
+    free(yaml);
+
+    const int64_t G = nbs_model_n_genes(m);
+    hid_t g = group_untimed(f, "genes");
+    bad |= g < 0 || write_strings(g, "names", names, G) || write_strings(g, "ids", ids ? ids : names, G);
+    if (g >= 0) H5Gclose(g);
+
+    g = group_untimed(f, "params");
+    bad |= g < 0;
+    for (int b = 0; !bad && b < nbs_model_n_blocks(m); b++) {
+        int r, cc;
+        const char *name = nbs_model_block_name(m, b);
+        float *p = nbs_model_param(m, name, &r, &cc);
+        hsize_t dims[2] = {(hsize_t)r, (hsize_t)cc};
+        bad |= write_array(g, name, H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 2, dims, p);
+    }
+    if (g >= 0) H5Gclose(g);
+
+    float *pm, *pv;
+    int64_t np, *t;
+    nbs_model_flat(m, NULL, &pm, &pv, NULL, &np, NULL, &t);
+    hsize_t dn[1] = {(hsize_t)np};
+    g = group_untimed(f, "optimizer");
+    bad |= g < 0 || write_array(g, "m", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, dn, pm) ||
+           write_array(g, "v", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, dn, pv) ||
+           attr_write(g, "step", H5T_NATIVE_INT64, t);
+    if (g >= 0) H5Gclose(g);
+
+    g = group_untimed(f, "train");
+    bad |= g < 0;
+    if (!bad) {
+        bad |= attr_write(g, "epochs_done", H5T_NATIVE_INT, &s->epochs_done);
+        bad |= attr_write(g, "step", H5T_NATIVE_INT64, &s->step);
+        bad |= attr_write(g, "best_val", H5T_NATIVE_DOUBLE, &s->best_val);
+        bad |= attr_write(g, "best_epoch", H5T_NATIVE_INT, &s->best_epoch);
+        bad |= attr_write(g, "bad_epochs", H5T_NATIVE_INT, &s->bad_epochs);
+        hsize_t rn[1] = {gsl_rng_size(s->rng)};
+        bad |= write_array(g, "rng", H5T_NATIVE_UCHAR, H5T_STD_U8LE, 1, rn, gsl_rng_state(s->rng));
+        bad |= write_array(g, "best_params", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, dn, s->best_params);
+    }
+    if (g >= 0) H5Gclose(g);
+
+    g = group_untimed(f, "log");
+    bad |= g < 0;
+    if (!bad) {
+        double *rows = calloc((size_t)l->n * LOG_COLS + 1, sizeof(double));
+        bad |= !rows;
+        for (int i = 0; rows && i < l->n; i++) {
+            const nbs_epoch_record *r = &l->rec[i];
+            double v[LOG_COLS] = {r->epoch, r->loss, r->recon, r->kl, r->val_elbo, r->val_recon,
+                                  r->val_kl, r->beta, r->seconds};
+            memcpy(rows + (int64_t)i * LOG_COLS, v, sizeof v);
+        }
+        hsize_t d1[2] = {(hsize_t)l->n, LOG_COLS}, d2[2] = {(hsize_t)l->n, (hsize_t)l->kl_terms};
+        double dummy = 0;
+        bad |= !rows || write_array(g, "records", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d1, rows) ||
+               write_array(g, "kl", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, l->n ? l->kl_dims : &dummy);
+        free(rows);
+    }
+    if (g >= 0) H5Gclose(g);
+    return bad;
+}
+
+int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, char *const *gene_names,
+                        char *const *gene_ids, const nbs_train_state *s, const nbs_train_log *l,
+                        nbs_error *err) {
+    char tmp[NBS_PATH_MAX];
+    nbs_io_tmp_name(path, tmp);
+    hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+    H5Pset_obj_track_times(fcpl, 0);
+    hid_t f;
+    H5E_BEGIN_TRY { f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT); }
+    H5E_END_TRY;
+    H5Pclose(fcpl);
+    if (f < 0) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create the model file", tmp);
+    int bad;
+    H5E_BEGIN_TRY { bad = write_all(f, m, c, gene_names, gene_ids, s, l); }
+    H5E_END_TRY;
+    if (H5Fclose(f) < 0) bad = 1;
+    if (bad) {
+        remove(tmp);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: writing the model failed (disk full?); the "
+                             "previous file, if any, is unchanged", path);
+    }
+    return nbs_io_commit(tmp, path, err);
+}
+
+/* ---- reading ---- */
+
+/* Variable-length string memory type in the dataset's own character set (HDF5 does not
+ * convert between ASCII and UTF-8). */
+static hid_t vlen_string_type(hid_t d) {
+    hid_t ft = H5Dget_type(d), t = H5Tcopy(H5T_C_S1);
+    H5Tset_size(t, H5T_VARIABLE);
+    if (ft >= 0) {
+        H5Tset_cset(t, H5Tget_cset(ft));
+        H5Tclose(ft);
+    }
+    return t;
+}
+
+static int read_array(hid_t loc, const char *name, hid_t memtype, int rank, const hsize_t *want,
+                      void *out, const char *path, nbs_error *err) {
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset '%s' is missing; is this an "
+                                    "nbsphere model file?", path, name);
+    hid_t sp = H5Dget_space(d);
+    hsize_t dims[4] = {0};
+    int r = H5Sget_simple_extent_ndims(sp);
+    int ok = r == rank && r <= 4;
+    if (ok) H5Sget_simple_extent_dims(sp, dims, NULL);
+    for (int i = 0; ok && i < rank; i++) ok = dims[i] == want[i];
+    H5Sclose(sp);
+    if (!ok) {
+        H5Dclose(d);
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset '%s' has a shape that does not match "
+                             "the model its configuration describes (file damaged or edited?)", path, name);
+    }
+    herr_t st = H5Dread(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
+    H5Dclose(d);
+    return st < 0 ? nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read dataset '%s'", path, name) : NBS_OK;
+}
+
+static int read_attr(hid_t loc, const char *name, hid_t memtype, void *out, const char *path,
+                     const char *grp, nbs_error *err) {
+    hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
+    herr_t st = a < 0 ? -1 : H5Aread(a, memtype, out);
+    if (a >= 0) H5Aclose(a);
+    return st < 0 ? nbs_error_set(err, NBS_ERR_INPUT, "%s: attribute '%s' of '%s' is missing or unreadable",
+                                  path, name, grp) : NBS_OK;
+}
+
+static int read_strings(hid_t loc, const char *name, int64_t *n, char ***out, const char *path,
+                        nbs_error *err) {
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
+    if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset 'genes/%s' is missing", path, name);
+    hid_t sp = H5Dget_space(d);
+    hsize_t dims[1] = {0};
+    int rank = H5Sget_simple_extent_ndims(sp);
+    if (rank == 1) H5Sget_simple_extent_dims(sp, dims, NULL);
+    H5Sclose(sp);
+    hid_t t = vlen_string_type(d);
+    char **s = rank == 1 ? nbs_calloc(dims[0] + 1, sizeof(char *), err) : NULL;
+    int st = NBS_OK;
+    if (rank != 1) st = nbs_error_set(err, NBS_ERR_INPUT, "%s: 'genes/%s' is not a list", path, name);
+    else if (!s) st = (int)err->code;
+    else if (H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, s) < 0)
+        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read 'genes/%s' as strings", path, name);
+    H5Tclose(t);
+    H5Dclose(d);
+    if (st) {
+        free(s);
+        return st;
+    }
+    /* HDF5 allocated the strings with its own allocator; copy them into ours */
+    for (hsize_t i = 0; i < dims[0]; i++) {
+        char *own = strdup(s[i] ? s[i] : "");
+        H5free_memory(s[i]);
+        s[i] = own;
+    }
+    *n = (int64_t)dims[0];
+    *out = s;
+    return NBS_OK;
+}
+
+static int read_config(hid_t f, const char *path, nbs_config *c, nbs_error *err) {
+    hid_t d = H5Dopen2(f, "config_yaml", H5P_DEFAULT);
+    if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: 'config_yaml' is missing", path);
+    hid_t t = vlen_string_type(d);
+    char *text = NULL;
+    herr_t st = H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text);
+    H5Tclose(t);
+    H5Dclose(d);
+    if (st < 0 || !text) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read 'config_yaml'", path);
+    char name[NBS_PATH_MAX + 32];
+    snprintf(name, sizeof name, "%s:config_yaml", path);
+    nbs_pipeline p;
+    int rc = nbs_pipeline_load_string(text, name, NULL, NULL, 0, 0, &p, err);
+    H5free_memory(text);
+    if (!rc) *c = p.config;
+    return rc;
+}
+
+static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err) {
+    char fmt[64] = "";
+    hid_t ft = H5Tcopy(H5T_C_S1);
+    H5Tset_size(ft, sizeof fmt);
+    int st = read_attr(f, "format", ft, fmt, path, "/", err);
+    H5Tclose(ft);
+    if (st || strcmp(fmt, FORMAT_NAME))
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: not an nbsphere model file (no format attribute "
+                             "'%s'); pass the model.h5 a run wrote", path, FORMAT_NAME);
+    int version = 0;
+    if ((st = read_attr(f, "format_version", H5T_NATIVE_INT, &version, path, "/", err))) return st;
+    if (version > FORMAT_VERSION)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: model format version %d is newer than this "
+                             "nbsphere reads (%d); upgrade nbsphere", path, version, FORMAT_VERSION);
+    if ((st = read_config(f, path, &c->config, err))) return st;
+    hid_t g = H5Gopen2(f, "genes", H5P_DEFAULT);
+    if (g < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'genes' is missing", path);
+    int64_t n_ids = 0;
+    st = read_strings(g, "names", &c->n_genes, &c->gene_names, path, err);
+    if (!st) st = read_strings(g, "ids", &n_ids, &c->gene_ids, path, err);
+    H5Gclose(g);
+    if (!st && n_ids != c->n_genes)
+        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: genes/ids and genes/names differ in length", path);
+    if (!st && (c->n_genes < 1 || c->n_genes > INT32_MAX))
+        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: the model has %lld genes", path, (long long)c->n_genes);
+    if (st) return st;
+    if (!(c->model = nbs_model_new(&c->config.model, (int)c->n_genes, NULL, err))) return err->code;
+    nbs_model *m = c->model;
+
+    if ((g = H5Gopen2(f, "params", H5P_DEFAULT)) < 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'params' is missing", path);
+    for (int b = 0; !st && b < nbs_model_n_blocks(m); b++) {
+        int r, cc;
+        const char *name = nbs_model_block_name(m, b);
+        float *p = nbs_model_param(m, name, &r, &cc);
+        hsize_t dims[2] = {(hsize_t)r, (hsize_t)cc};
+        st = read_array(g, name, H5T_NATIVE_FLOAT, 2, dims, p, path, err);
+    }
+    H5Gclose(g);
+    if (st) return st;
+
+    float *pm, *pv;
+    int64_t np, *t;
+    nbs_model_flat(m, NULL, &pm, &pv, NULL, &np, NULL, &t);
+    hsize_t dn[1] = {(hsize_t)np};
+    if ((g = H5Gopen2(f, "optimizer", H5P_DEFAULT)) < 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'optimizer' is missing", path);
+    st = read_array(g, "m", H5T_NATIVE_FLOAT, 1, dn, pm, path, err);
+    if (!st) st = read_array(g, "v", H5T_NATIVE_FLOAT, 1, dn, pv, path, err);
+    if (!st) st = read_attr(g, "step", H5T_NATIVE_INT64, t, path, "optimizer", err);
+    H5Gclose(g);
+    if (st) return st;
+
+    if ((st = nbs_train_state_init(&c->state, m, c->config.train.seed, err))) return st;
+    nbs_train_state *s = &c->state;
+    if ((g = H5Gopen2(f, "train", H5P_DEFAULT)) < 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'train' is missing", path);
+    st = read_attr(g, "epochs_done", H5T_NATIVE_INT, &s->epochs_done, path, "train", err);
+    if (!st) st = read_attr(g, "step", H5T_NATIVE_INT64, &s->step, path, "train", err);
+    if (!st) st = read_attr(g, "best_val", H5T_NATIVE_DOUBLE, &s->best_val, path, "train", err);
+    if (!st) st = read_attr(g, "best_epoch", H5T_NATIVE_INT, &s->best_epoch, path, "train", err);
+    if (!st) st = read_attr(g, "bad_epochs", H5T_NATIVE_INT, &s->bad_epochs, path, "train", err);
+    hsize_t rn[1] = {gsl_rng_size(s->rng)};
+    if (!st) st = read_array(g, "rng", H5T_NATIVE_UCHAR, 1, rn, gsl_rng_state(s->rng), path, err);
+    if (!st) st = read_array(g, "best_params", H5T_NATIVE_FLOAT, 1, dn, s->best_params, path, err);
+    H5Gclose(g);
+    if (st) return st;
+
+    if ((g = H5Gopen2(f, "log", H5P_DEFAULT)) < 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'log' is missing", path);
+    const int K = nbs_latent_kl_terms(nbs_model_latent(m));
+    c->log.kl_terms = K;
+    const int n = s->epochs_done > 0 ? s->epochs_done : 0;
+    double *rows = nbs_calloc((size_t)n * LOG_COLS + 1, sizeof(double), err);
+    double *kl = rows ? nbs_calloc((size_t)n * K + 1, sizeof(double), err) : NULL;
+    hsize_t d1[2] = {(hsize_t)n, LOG_COLS}, d2[2] = {(hsize_t)n, (hsize_t)K};
+    st = !kl ? (int)err->code : read_array(g, "records", H5T_NATIVE_DOUBLE, 2, d1, rows, path, err);
+    if (!st) st = read_array(g, "kl", H5T_NATIVE_DOUBLE, 2, d2, kl, path, err);
+    for (int i = 0; !st && i < n; i++) {
+        const double *v = rows + (int64_t)i * LOG_COLS;
+        nbs_epoch_record r = {(int)v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8]};
+        st = nbs_train_log_append(&c->log, &r, kl + (int64_t)i * K, err);
+    }
+    free(rows);
+    free(kl);
+    H5Gclose(g);
+    return st;
+}
+
+int nbs_checkpoint_load(const char *path, nbs_checkpoint *out, nbs_error *err) {
+    memset(out, 0, sizeof *out);
+    hid_t f;
+    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
+    H5E_END_TRY;
+    if (f < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (missing, truncated "
+                                    "or not a model file)", path);
+    int st;
+    H5E_BEGIN_TRY { st = read_all(f, path, out, err); }
+    H5E_END_TRY;
+    H5Fclose(f);
+    if (st) nbs_checkpoint_free(out);
+    return st;
+}
+
+void nbs_checkpoint_free(nbs_checkpoint *c) {
+    nbs_model_free(c->model);
+    for (int64_t i = 0; c->gene_names && i < c->n_genes; i++) free(c->gene_names[i]);
+    for (int64_t i = 0; c->gene_ids && i < c->n_genes; i++) free(c->gene_ids[i]);
+    free(c->gene_names);
+    free(c->gene_ids);
+    if (c->state.rng || c->state.best_params) nbs_train_state_free(&c->state);
+    nbs_train_log_free(&c->log);
+    memset(c, 0, sizeof *c);
+}

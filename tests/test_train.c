@@ -1,0 +1,233 @@
+/* Training: schedules, seeded reproducibility, checkpoint/resume equivalence, free bits, and
+ * the stop on non-finite values — on the project's own example data. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/checkpoint.h"
+#include "nbsphere/io.h"
+#include "nbsphere/train.h"
+
+static nbs_matrix *example(void) {
+    static nbs_matrix *X;
+    if (!X) {
+        nbs_error err = {0};
+        assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
+    }
+    return X;
+}
+
+static nbs_config small(void) {
+    nbs_config c;
+    nbs_config_defaults(&c);
+    c.model.encoder_layers[0] = 32;
+    c.model.decoder_layers[0] = 32;
+    c.model.latent_dim = 4;
+    c.train.epochs = 3;
+    c.train.warmup_epochs = 2;
+    c.train.seed = 42;
+    c.train.checkpoint_every = 0;
+    return c;
+}
+
+typedef struct {
+    nbs_model *m;
+    nbs_train_state s;
+    nbs_train_log log;
+} trained;
+
+static int train_for(const nbs_config *c, trained *t, nbs_error *err) {
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, c->train.seed);
+    t->m = nbs_model_new(&c->model, (int)example()->n_genes, r, err);
+    gsl_rng_free(r);
+    assert_non_null(t->m);
+    memset(&t->log, 0, sizeof t->log);
+    assert_int_equal(nbs_train_state_init(&t->s, t->m, c->train.seed, err), 0);
+    return nbs_train(t->m, example(), &c->train, &t->s, &t->log, NULL, err);
+}
+
+static void release(trained *t) {
+    nbs_model_free(t->m);
+    nbs_train_state_free(&t->s);
+    nbs_train_log_free(&t->log);
+}
+
+static const float *params(nbs_model *m, int64_t *n) {
+    float *p;
+    nbs_model_flat(m, &p, NULL, NULL, NULL, n, NULL, NULL);
+    return p;
+}
+
+static void test_schedules(void **s) {
+    (void)s;
+    nbs_train_config tc = small().train;
+    tc.epochs = 10;
+    tc.beta = 2;
+    tc.warmup_epochs = 4;
+    const int64_t spe = 5; /* steps per epoch */
+    tc.schedule = NBS_SCHED_CONSTANT;
+    assert_true(nbs_train_beta(&tc, 0, spe) == 2);
+    tc.schedule = NBS_SCHED_LINEAR;
+    assert_true(fabs(nbs_train_beta(&tc, 9, spe) - 1.0) < 1e-12); /* half way through 20 steps */
+    assert_true(nbs_train_beta(&tc, 19, spe) == 2 && nbs_train_beta(&tc, 40, spe) == 2);
+    tc.schedule = NBS_SCHED_SIGMOID;
+    assert_true(fabs(nbs_train_beta(&tc, 9, spe) - 1.0) < 1e-12);
+    assert_true(nbs_train_beta(&tc, 0, spe) < 0.02);
+    tc.warmup_steps = 10; /* steps take precedence over epochs */
+    tc.schedule = NBS_SCHED_LINEAR;
+    assert_true(fabs(nbs_train_beta(&tc, 4, spe) - 1.0) < 1e-12);
+    tc.schedule = NBS_SCHED_CYCLICAL; /* 50 steps, 4 cycles of 12.5, ramp over half of each */
+    tc.cycles = 4;
+    tc.ramp_fraction = 0.5;
+    assert_true(nbs_train_beta(&tc, 0, spe) == 0);
+    assert_true(fabs(nbs_train_beta(&tc, 3, spe) - 2 * (3 / 12.5) / 0.5) < 1e-12);
+    assert_true(nbs_train_beta(&tc, 10, spe) == 2);
+    assert_true(nbs_train_beta(&tc, 13, spe) < 0.2); /* the second cycle starts again near 0 */
+}
+
+/* The same seed, data and thread count give bit-identical parameters; another seed does not. */
+static void test_seed_reproduces(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    trained a, b, d;
+    assert_int_equal(train_for(&c, &a, &err), 0);
+    assert_int_equal(train_for(&c, &b, &err), 0);
+    c.train.seed = 43;
+    assert_int_equal(train_for(&c, &d, &err), 0);
+    int64_t n;
+    const float *pa = params(a.m, &n), *pb = params(b.m, NULL), *pd = params(d.m, NULL);
+    assert_memory_equal(pa, pb, sizeof(float) * n);
+    assert_true(memcmp(pa, pd, sizeof(float) * n) != 0);
+    assert_int_equal(a.log.n, 3);
+    assert_true(a.log.rec[2].val_elbo == b.log.rec[2].val_elbo);
+    release(&a), release(&b), release(&d);
+}
+
+typedef struct {
+    const nbs_config *c;
+    const char *path;
+    int saved;
+} ckpt_ctx;
+
+static int save_hook(void *user, nbs_model *m, const nbs_train_state *s, const nbs_train_log *l,
+                     nbs_error *err) {
+    ckpt_ctx *x = user;
+    const nbs_matrix *X = example();
+    x->saved++;
+    return nbs_checkpoint_save(x->path, m, x->c, X->gene_names, X->gene_ids, s, l, err);
+}
+
+/* Training 4 epochs straight equals training 2, saving, loading and training 2 more. */
+static void test_resume_matches(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    c.train.epochs = 4;
+    c.model.dropout = 0.2; /* masks come from the saved generator too */
+    c.model.norm = NBS_NORM_BATCH; /* running statistics are state that must be saved */
+    trained full;
+    assert_int_equal(train_for(&c, &full, &err), 0);
+
+    char *dir = tu_tmpdir();
+    const char *path = tu_path(dir, "ckpt.h5");
+    c.train.checkpoint_every = 2;
+    ckpt_ctx ctx = {&c, path, 0};
+    nbs_train_hooks h = {NULL, NULL, save_hook, path, NULL, &ctx};
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, c.train.seed);
+    trained part = {0};
+    part.m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    gsl_rng_free(r);
+    assert_int_equal(nbs_train_state_init(&part.s, part.m, c.train.seed, &err), 0);
+    nbs_train_config stop_at_2 = c.train; /* an interrupted run: it got as far as epoch 2 */
+    stop_at_2.epochs = 2;
+    c.train.epochs = 4;
+    assert_int_equal(nbs_train(part.m, example(), &stop_at_2, &part.s, &part.log, NULL, &err), 0);
+    assert_int_equal(save_hook(&ctx, part.m, &part.s, &part.log, &err), 0);
+
+    nbs_checkpoint ck;
+    if (nbs_checkpoint_load(path, &ck, &err)) fail_msg("%s", err.msg);
+    { /* the file holds exactly the interrupted run's state */
+        int64_t n;
+        float *a, *b, *am, *bm, *st_a, *st_b;
+        int64_t ns, *ta, *tb;
+        nbs_model_flat(part.m, &a, &am, NULL, &st_a, &n, &ns, &ta);
+        nbs_model_flat(ck.model, &b, &bm, NULL, &st_b, NULL, NULL, &tb);
+        assert_memory_equal(a, b, sizeof(float) * n);
+        assert_memory_equal(am, bm, sizeof(float) * n);
+        assert_memory_equal(st_a, st_b, sizeof(float) * ns);
+        assert_int_equal(*ta, *tb);
+        assert_memory_equal(gsl_rng_state(part.s.rng), gsl_rng_state(ck.state.rng), gsl_rng_size(ck.state.rng));
+        assert_memory_equal(&ck.config.train, &c.train, sizeof c.train);
+        assert_memory_equal(&ck.config.model, &c.model, sizeof c.model);
+    }
+    release(&part);
+    assert_int_equal(ck.state.epochs_done, 2);
+    assert_int_equal(ck.log.n, 2);
+    assert_int_equal(ck.n_genes, example()->n_genes);
+    assert_string_equal(ck.gene_names[5], example()->gene_names[5]);
+    assert_int_equal(nbs_train(ck.model, example(), &ck.config.train, &ck.state, &ck.log, &h, &err), 0);
+    int64_t n;
+    const float *pf = params(full.m, &n), *pr = params(ck.model, NULL);
+    assert_memory_equal(pf, pr, sizeof(float) * n);
+    assert_true(full.log.rec[3].val_elbo == ck.log.rec[3].val_elbo);
+    nbs_checkpoint_free(&ck);
+    release(&full);
+
+    /* a damaged model file is refused with the dataset named */
+    assert_int_equal(tu_write_file(path, "not hdf5"), 0);
+    assert_int_not_equal(nbs_checkpoint_load(path, &ck, &err), 0);
+    assert_non_null(strstr(err.msg, path));
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* With free bits far above what the KL reaches, the KL has no gradient and grows. */
+static void test_free_bits(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    c.train.schedule = NBS_SCHED_CONSTANT;
+    trained plain, fb;
+    assert_int_equal(train_for(&c, &plain, &err), 0);
+    c.train.free_bits = 1e6;
+    assert_int_equal(train_for(&c, &fb, &err), 0);
+    print_message("KL after 3 epochs: %.3f without free bits, %.3f with\n", plain.log.rec[2].kl, fb.log.rec[2].kl);
+    assert_true(fb.log.rec[2].kl > 1.5 * plain.log.rec[2].kl);
+    release(&plain), release(&fb);
+}
+
+/* A poisoned parameter stops training with a message naming the step and the term. */
+static void test_nan_stops_with_diagnosis(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    trained t = {0};
+    t.m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    gsl_rng_free(r);
+    assert_int_equal(nbs_train_state_init(&t.s, t.m, 1, &err), 0);
+    nbs_model_param(t.m, "decoder.out.b", NULL, NULL)[7] = NAN;
+    int st = nbs_train(t.m, example(), &c.train, &t.s, &t.log, NULL, &err);
+    assert_int_equal(st, NBS_ERR_NUMERIC);
+    print_message("%s\n", err.msg);
+    assert_non_null(strstr(err.msg, "epoch 1, step 1"));
+    assert_non_null(strstr(err.msg, "reconstruction"));
+    release(&t);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_schedules),
+        cmocka_unit_test(test_seed_reproduces),
+        cmocka_unit_test(test_resume_matches),
+        cmocka_unit_test(test_free_bits),
+        cmocka_unit_test(test_nan_stops_with_diagnosis),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
