@@ -13,16 +13,21 @@
 /* Weighted least squares of y on (1, t, t^2) from the moment sums, t the distance scaled by the
  * neighbourhood radius. Near-singular directions (a neighbourhood with fewer than three distinct
  * x) are dropped through the pseudoinverse, as netlib loess does, so a flat or linear local fit
- * results instead of a blow-up. Returns the intercept, i.e. the fit at the centre. */
-static double local_quadratic(const double s[5], const double ty[3]) {
+ * results instead of a blow-up. Gives the intercept (the fit at the centre) and the linear
+ * coefficient (the slope there, in units of t). */
+static void local_quadratic(const double s[5], const double ty[3], double *value, double *slope) {
     double a[9] = {s[0], s[1], s[2], s[1], s[2], s[3], s[2], s[3], s[4]};
     double v[9], sv[3], work[3], coef[3] = {0, 0, 0};
     gsl_matrix_view A = gsl_matrix_view_array(a, 3, 3);
     gsl_matrix_view V = gsl_matrix_view_array(v, 3, 3);
     gsl_vector_view S = gsl_vector_view_array(sv, 3);
     gsl_vector_view W = gsl_vector_view_array(work, 3);
-    if (gsl_linalg_SV_decomp(&A.matrix, &V.matrix, &S.vector, &W.vector) != 0) return NAN;
-    /* the normal matrix squares the design's condition number, hence the squared tolerance */
+    if (gsl_linalg_SV_decomp(&A.matrix, &V.matrix, &S.vector, &W.vector) != 0) {
+        *value = *slope = NAN;
+        return;
+    }
+    /* the normal matrix squares the design's condition number, so the cut-off sits near the
+     * square root of netlib's 100 * machine epsilon on the design itself */
     double tol = sv[0] * 1e-13;
     for (int j = 0; j < 3; j++) {
         if (!(sv[j] > tol)) continue;
@@ -30,11 +35,115 @@ static double local_quadratic(const double s[5], const double ty[3]) {
         for (int i = 0; i < 3; i++) uy += a[i * 3 + j] * ty[i];
         for (int i = 0; i < 3; i++) coef[i] += v[i * 3 + j] * uy / sv[j];
     }
-    return coef[0];
+    *value = coef[0];
+    *slope = coef[1];
+}
+
+/* The local fit at x0 over the q nearest of the sorted xs (ys in the same order), with tricube
+ * weights on the distance to the q-th nearest: value and slope at x0. */
+static void local_fit(const double *xs, const double *ys, int64_t n, int64_t q, double x0,
+                      double *value, double *slope) {
+    /* The q nearest points on a line are a run of q sorted points; its start is the first lo at
+     * which moving right would not bring a nearer point in. */
+    int64_t lo = 0, hi = n - q;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (xs[mid + q] - x0 < x0 - xs[mid]) lo = mid + 1;
+        else hi = mid;
+    }
+    double rho = fmax(fabs(x0 - xs[lo]), fabs(xs[lo + q - 1] - x0));
+    double s[5] = {0, 0, 0, 0, 0}, ty[3] = {0, 0, 0};
+    if (!(rho > 0)) {
+        /* q or more points share this x: the local fit is their mean, flat */
+        double sum = 0;
+        for (int64_t j = lo; j < lo + q; j++) sum += ys[j];
+        *value = sum / (double)q;
+        *slope = 0;
+        return;
+    }
+    for (int64_t j = lo; j < lo + q; j++) {
+        double t = (xs[j] - x0) / rho, u = fabs(t);
+        if (u >= 1) continue;
+        double c = 1 - u * u * u, w = c * c * c;
+        s[0] += w;
+        s[1] += w * t;
+        s[2] += w * t * t;
+        s[3] += w * t * t * t;
+        s[4] += w * t * t * t * t;
+        ty[0] += w * ys[j];
+        ty[1] += w * t * ys[j];
+        ty[2] += w * t * t * ys[j];
+    }
+    local_quadratic(s, ty, value, slope);
+    *slope /= rho;
+}
+
+/* Vertices of netlib loess's k-d tree in one dimension: the data range widened by 0.5 % on
+ * each side, then cells split at their median point until a cell holds at most fc points.
+ * Cells are visited breadth first, as netlib does, so its cell/vertex limits (n, at least 200)
+ * cut the same tree. Ties at the median move the split to the nearest position, alternating
+ * above and below, where neighbouring sorted values differ; a split that would fall on a cell
+ * boundary makes the cell a leaf. Returns the number of vertices (unsorted) in v. */
+static int64_t kd_vertices(const double *xs, int64_t n, int64_t fc, double *v, int64_t nvmax) {
+    double alpha = xs[0], beta = xs[n - 1];
+    double margin = 0.005 * fmax(beta - alpha, 1e-10 * fmax(fabs(alpha), fabs(beta)) + 1e-30);
+    int64_t ncmax = nvmax, nv = 2, nc = 1;
+    /* per cell: point range [l, u] (1-based, as in netlib) and its two vertex values */
+    int64_t *cl = malloc((size_t)(ncmax + 1) * sizeof *cl), *cu = malloc((size_t)(ncmax + 1) * sizeof *cu);
+    double *c0 = malloc((size_t)(ncmax + 1) * sizeof *c0), *c1 = malloc((size_t)(ncmax + 1) * sizeof *c1);
+    if (!cl || !cu || !c0 || !c1) {
+        nv = -1;
+        goto done;
+    }
+    v[0] = alpha - margin;
+    v[1] = beta + margin;
+    cl[1] = 1;
+    cu[1] = n;
+    c0[1] = v[0];
+    c1[1] = v[1];
+#define X1(i) xs[(i) - 1]
+    for (int64_t p = 1; p <= nc; p++) {
+        int64_t l = cl[p], u = cu[p];
+        int leaf = (u - l) + 1 <= fc || !(c1[p] - c0[p] > 0) || ncmax < nc + 2 || nvmax < nv + 1;
+        int64_t m = (l + u) / 2;
+        if (!leaf) {
+            for (int64_t off = 0; m + off < u && m + off >= l;) {
+                if (X1(m + off) != X1(m + off + 1)) {
+                    m += off;
+                    break;
+                }
+                off = off > 0 ? -off : -off + 1;
+            }
+            leaf = c0[p] == X1(m) || c1[p] == X1(m);
+        }
+        if (leaf) continue;
+        v[nv++] = X1(m);
+        cl[nc + 1] = l;
+        cu[nc + 1] = m;
+        c0[nc + 1] = c0[p];
+        c1[nc + 1] = X1(m);
+        cl[nc + 2] = m + 1;
+        cu[nc + 2] = u;
+        c0[nc + 2] = X1(m);
+        c1[nc + 2] = c1[p];
+        nc += 2;
+    }
+#undef X1
+done:
+    free(cl);
+    free(cu);
+    free(c0);
+    free(c1);
+    return nv;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
 }
 
 int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double span,
-                         double *fitted, nbs_error *err) {
+                         nbs_loess_surface surface, double *fitted, nbs_error *err) {
     if (n < 1)
         return nbs_error_set(err, NBS_ERR_INPUT, "loess: no points to fit");
     if (!(span > 0 && span <= 1))
@@ -47,60 +156,60 @@ int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double spa
     int64_t q = (int64_t)floor((double)n * span);
     if (q < 4) q = 4;
     if (q > n) q = n;
+    int64_t nvmax = n > 200 ? n : 200;
     size_t *order = nbs_malloc((size_t)n * sizeof *order, err);
     double *xs = nbs_malloc((size_t)n * sizeof *xs, err);
-    if (!order || !xs) {
-        free(order);
-        free(xs);
-        return NBS_ERR_NOMEM;
-    }
+    double *ys = nbs_malloc((size_t)n * sizeof *ys, err);
+    double *vx = nbs_malloc((size_t)(nvmax + 2) * sizeof *vx, err);
+    double *vval = nbs_malloc((size_t)(nvmax + 2) * 2 * sizeof *vval, err);
+    int rc = NBS_ERR_NOMEM;
+    if (!order || !xs || !ys || !vx || !vval) goto done;
     gsl_sort_index(order, x, 1, (size_t)n);
-    for (int64_t i = 0; i < n; i++) xs[i] = x[order[i]];
-
-#pragma omp parallel for schedule(static)
-    for (int64_t p = 0; p < n; p++) {
-        double x0 = xs[p];
-        /* The q nearest neighbours of a point on a line are a run of q sorted points; its start
-         * is the first lo at which moving right would not bring a nearer point in. */
-        int64_t lo = p - q + 1 > 0 ? p - q + 1 : 0, hi = p < n - q ? p : n - q;
-        while (lo < hi) {
-            int64_t mid = lo + (hi - lo) / 2;
-            if (xs[mid + q] - x0 < x0 - xs[mid]) lo = mid + 1;
-            else hi = mid;
-        }
-        double rho = fmax(x0 - xs[lo], xs[lo + q - 1] - x0);
-        double s[5] = {0, 0, 0, 0, 0}, ty[3] = {0, 0, 0}, f;
-        if (rho > 0) {
-            for (int64_t j = lo; j < lo + q; j++) {
-                double t = (xs[j] - x0) / rho, u = fabs(t);
-                if (u >= 1) continue;
-                double c = 1 - u * u * u, w = c * c * c, yj = y[order[j]];
-                s[0] += w;
-                s[1] += w * t;
-                s[2] += w * t * t;
-                s[3] += w * t * t * t;
-                s[4] += w * t * t * t * t;
-                ty[0] += w * yj;
-                ty[1] += w * t * yj;
-                ty[2] += w * t * t * yj;
-            }
-            f = local_quadratic(s, ty);
-        } else {
-            /* q or more points share this x: the local fit is their mean */
-            double sum = 0;
-            for (int64_t j = lo; j < lo + q; j++) sum += y[order[j]];
-            f = sum / (double)q;
-        }
-        fitted[order[p]] = f;
+    for (int64_t i = 0; i < n; i++) {
+        xs[i] = x[order[i]];
+        ys[i] = y[order[i]];
     }
+    if (surface == NBS_LOESS_DIRECT) {
+#pragma omp parallel for schedule(static)
+        for (int64_t p = 0; p < n; p++) {
+            double slope;
+            local_fit(xs, ys, n, q, xs[p], &fitted[order[p]], &slope);
+        }
+    } else {
+        /* scanpy (skmisc) and R fit exactly only at the k-d tree's vertices, then interpolate
+         * each cell by the cubic Hermite polynomial through its two vertices' values and
+         * slopes. Cells hold at most floor(n * span * cell) points, cell = 0.2 by default. */
+        int64_t fc = (int64_t)floor((double)n * span * 0.2);
+        int64_t nv = kd_vertices(xs, n, fc, vx, nvmax);
+        if (nv < 0) {
+            rc = nbs_error_set(err, NBS_ERR_NOMEM, "loess: out of memory for the k-d tree");
+            goto done;
+        }
+        qsort(vx, (size_t)nv, sizeof *vx, cmp_double);
+        for (int64_t j = 0; j < nv; j++) local_fit(xs, ys, n, q, vx[j], &vval[2 * j], &vval[2 * j + 1]);
+        int64_t cell = 0;
+        for (int64_t p = 0; p < n; p++) {
+            while (cell < nv - 2 && xs[p] > vx[cell + 1]) cell++;
+            double v0 = vx[cell], v1 = vx[cell + 1], w = v1 - v0, h = (xs[p] - v0) / w;
+            double phi0 = (1 - h) * (1 - h) * (1 + 2 * h), phi1 = h * h * (3 - 2 * h);
+            double psi0 = h * (1 - h) * (1 - h), psi1 = h * h * (h - 1);
+            fitted[order[p]] = phi0 * vval[2 * cell] + phi1 * vval[2 * cell + 2] +
+                               (psi0 * vval[2 * cell + 1] + psi1 * vval[2 * cell + 3]) * w;
+        }
+    }
+    rc = NBS_OK;
+    for (int64_t i = 0; i < n && rc == NBS_OK; i++)
+        if (!isfinite(fitted[i]))
+            rc = nbs_error_set(err, NBS_ERR_NUMERIC,
+                               "loess: the local fit at point %lld (x = %g) is not finite",
+                               (long long)i + 1, x[i]);
+done:
     free(order);
     free(xs);
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite(fitted[i]))
-            return nbs_error_set(err, NBS_ERR_NUMERIC,
-                                 "loess: the local fit at point %lld (x = %g) is not finite",
-                                 (long long)i + 1, x[i]);
-    return NBS_OK;
+    free(ys);
+    free(vx);
+    free(vval);
+    return rc;
 }
 
 /* ---- Seurat v3 highly variable genes ---- */
@@ -140,7 +249,7 @@ int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean_out,
             idx[nfit++] = g;
         }
     if (nfit > 0) {
-        if ((rc = nbs_preprocess_loess(lx, ly, nfit, span, lf, err)) != NBS_OK) {
+        if ((rc = nbs_preprocess_loess(lx, ly, nfit, span, NBS_LOESS_INTERPOLATE, lf, err)) != NBS_OK) {
             nbs_error_prefix(err, "highly variable genes (Seurat v3 trend of %lld genes): ",
                              (long long)nfit);
             goto done;

@@ -42,15 +42,20 @@ void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess
 
 /* ---- the pieces, public so they can be tested and reused ---- */
 
-/* Local quadratic regression (loess, degree 2, tricube weights, no robustness iterations):
- * each fitted[i] is the weighted least-squares quadratic around x[i] over its floor(n*span)
- * nearest neighbours, evaluated at x[i] (the "direct" surface). 0 < span <= 1, n >= 1. */
+/* Local quadratic regression (loess, degree 2, tricube weights, no robustness iterations), in
+ * one dimension, with netlib loess's conventions (as in R's loess and scanpy's skmisc): each
+ * local fit uses the floor(n*span) nearest points, weighted by the tricube of the distance
+ * over the distance to the farthest of them. DIRECT evaluates the local fit at every x;
+ * INTERPOLATE (the default of R and skmisc, hence of Seurat and scanpy) evaluates it only at
+ * the vertices of netlib's k-d tree (cell = 0.2) and interpolates between them with cubic
+ * Hermite polynomials. 0 < span <= 1, n >= 1. */
+typedef enum { NBS_LOESS_INTERPOLATE = 0, NBS_LOESS_DIRECT } nbs_loess_surface;
 int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double span,
-                         double *fitted, nbs_error *err);
+                         nbs_loess_surface surface, double *fitted, nbs_error *err);
 
 /* Seurat v3 per-gene statistics on raw counts, as scanpy computes them for one batch:
- * mean, variance (ddof 1), the loess fit of log10(var) on log10(mean) over non-constant
- * genes (0 for constant genes), and the variance of the counts standardised by that fit and
+ * mean, variance (ddof 1), the loess fit (interpolated surface) of log10(var) on
+ * log10(mean) over non-constant genes (0 for constant genes), and the variance of the counts standardised by that fit and
  * clipped at mean + sqrt(n_cells) * fitted sd. Each output array has n_genes entries; any of
  * them may be NULL except norm_var. */
 int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean, double *var,
