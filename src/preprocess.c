@@ -89,8 +89,9 @@ static int64_t kd_vertices(const double *xs, int64_t n, int64_t fc, double *v, i
     double margin = 0.005 * fmax(beta - alpha, 1e-10 * fmax(fabs(alpha), fabs(beta)) + 1e-30);
     int64_t ncmax = nvmax, nv = 2, nc = 1;
     /* per cell: point range [l, u] (1-based, as in netlib) and its two vertex values */
-    int64_t *cl = malloc((size_t)(ncmax + 1) * sizeof *cl), *cu = malloc((size_t)(ncmax + 1) * sizeof *cu);
-    double *c0 = malloc((size_t)(ncmax + 1) * sizeof *c0), *c1 = malloc((size_t)(ncmax + 1) * sizeof *c1);
+    size_t cells = (size_t)ncmax + 1;
+    int64_t *cl = malloc(cells * sizeof *cl), *cu = malloc(cells * sizeof *cu);
+    double *c0 = malloc(cells * sizeof *c0), *c1 = malloc(cells * sizeof *c1);
     if (!cl || !cu || !c0 || !c1) {
         nv = -1;
         goto done;

@@ -1,7 +1,7 @@
-/* Preprocessing: loess against its defining properties, a brute-force fit and R's loess, the Seurat v3
- * statistic against a dense recomputation, filters on a hand-made matrix, and pbmc3k (whose
- * top variable genes the Seurat PBMC 3k tutorial lists, from the same method on the same
- * 2638 cells x 13714 genes). */
+/* Preprocessing: loess against its defining properties, a brute-force fit and R's loess; the
+ * Seurat v3 statistic against a dense recomputation; filters on a hand-made matrix; pbmc3k,
+ * whose top variable genes the Seurat PBMC 3k tutorial lists (same method, same 2638 cells x
+ * 13714 genes). */
 #include "testutil.h"
 
 #include <math.h>
@@ -248,6 +248,14 @@ static void test_filters_hand_example(void **state) {
     nbs_preprocess_summary(r, &cfg, line, sizeof line);
     assert_non_null(strstr(line, "kept 3 of 6 cells"));
     assert_non_null(strstr(line, "2 below min_counts=3"));
+    nbs_preprocess_result_free(r);
+    /* HVGs among three genes with a handful of cells: the trend degenerates but stays finite.
+     * g0 (5, 2, 0 over the kept cells) is the most dispersed. */
+    cfg.n_top_genes = 1;
+    assert_int_equal(nbs_preprocess_run(m, &cfg, &r, &err), NBS_OK);
+    assert_int_equal(r->n_genes, 1);
+    assert_int_equal(r->genes[0], 0);
+    assert_int_equal(r->removed_genes_hvg, 2);
     nbs_preprocess_result_free(r);
     nbs_matrix_free(m);
 }

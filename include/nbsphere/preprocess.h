@@ -54,10 +54,10 @@ int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double spa
                          nbs_loess_surface surface, double *fitted, nbs_error *err);
 
 /* Seurat v3 per-gene statistics on raw counts, as scanpy computes them for one batch:
- * mean, variance (ddof 1), the loess fit (interpolated surface) of log10(var) on
- * log10(mean) over non-constant genes (0 for constant genes), and the variance of the counts standardised by that fit and
- * clipped at mean + sqrt(n_cells) * fitted sd. Each output array has n_genes entries; any of
- * them may be NULL except norm_var. */
+ * mean, variance (ddof 1), the loess fit (interpolated surface) of log10(var) on log10(mean)
+ * over non-constant genes (0 for constant genes), and the variance of the counts standardised
+ * by that fit and clipped at mean + sqrt(n_cells) * fitted sd. Each output array has n_genes
+ * entries; any of them may be NULL except norm_var. */
 int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean, double *var,
                              double *log10_var_fitted, double *norm_var, nbs_error *err);
 
