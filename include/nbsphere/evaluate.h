@@ -1,0 +1,45 @@
+/* Quality measures for embeddings: a PCA baseline of the same cells, and how well an
+ * embedding's neighbourhoods predict known cell labels (cross-validated kNN accuracy).
+ * Both are what an embedding is compared against in benchmarks: a VAE embedding that loses
+ * to PCA on kNN accuracy has not learned the cell types. */
+#ifndef NBSPHERE_EVALUATE_H
+#define NBSPHERE_EVALUATE_H
+
+#include <stdint.h>
+
+#include <gsl/gsl_rng.h>
+
+#include "nbsphere/error.h"
+#include "nbsphere/matrix.h"
+
+/* Top-k principal components of log1p(CP10k) of m (every column is used; cells are rows),
+ * each gene centred. Randomized SVD (Halko, Martinsson & Tropp 2011): a Gaussian test matrix
+ * with k + 10 columns drawn from rng, power_iters rounds of power iteration with QR
+ * re-orthonormalisation, then an exact SVD of the small projected matrix. The centring is
+ * never materialised: products with the centred matrix are sparse products minus a rank-one
+ * correction. scores is [n_cells x k] row-major (cell i's coordinates at scores[i*k]);
+ * variance (may be NULL) gets the k explained variances (squared singular value / (n-1)).
+ * Signs are fixed so each component's largest-magnitude score is positive. 4 power
+ * iterations are plenty for single-cell data. */
+int nbs_eval_pca(const nbs_matrix *m, int k, int power_iters, gsl_rng *rng, float *scores,
+                 double *variance, nbs_error *err);
+
+typedef enum { NBS_METRIC_EUCLIDEAN = 0, NBS_METRIC_COSINE } nbs_metric;
+
+/* Label strings to integer codes 0..n_classes-1 in order of first appearance; a NULL or empty
+ * label gets code -1 (such cells take no part in kNN scoring). */
+int nbs_eval_label_codes(char *const *labels, int64_t n, int32_t *codes, int *n_classes,
+                         nbs_error *err);
+
+/* Cross-validated kNN accuracy of an embedding [n x d] (row-major float) for labels (codes;
+ * negative = unlabelled, skipped). The labelled cells are shuffled with rng and split into
+ * `folds` folds; each fold's cells are predicted by the majority label of their k nearest
+ * cells in the other folds (a tie goes to the tied label held by the nearest of those
+ * neighbours). *accuracy = mean over folds of the fraction predicted correctly; fold_accuracy
+ * (may be NULL) gets each fold's. Cosine distance is Euclidean distance after scaling rows to
+ * unit length. Brute force (BLAS for the distances), fine up to a few 10^4 cells. */
+int nbs_eval_knn_accuracy(const float *embedding, int64_t n, int d, const int32_t *labels, int k,
+                          int folds, nbs_metric metric, gsl_rng *rng, double *accuracy,
+                          double *fold_accuracy, nbs_error *err);
+
+#endif

@@ -1,0 +1,68 @@
+/* Preprocessing: cell and gene filters, then highly variable genes (Seurat v3 / scanpy's
+ * flavor='seurat_v3' on raw counts), then per-cell library sizes for the NB decoder.
+ * Order matters and follows scanpy's usual recipe: cells are filtered first, genes are then
+ * judged on the kept cells, and HVGs are chosen among the kept genes. */
+#ifndef NBSPHERE_PREPROCESS_H
+#define NBSPHERE_PREPROCESS_H
+
+#include <stdint.h>
+
+#include "nbsphere/config.h"
+#include "nbsphere/error.h"
+#include "nbsphere/matrix.h"
+
+typedef struct {
+    nbs_matrix *matrix;     /* kept cells x kept genes, counts unchanged (owned) */
+    int64_t n_cells, n_genes;
+    int64_t *cells;         /* n_cells row indices into the input matrix, ascending */
+    int64_t *genes;         /* n_genes column indices into the input matrix, ascending */
+    /* Sum of each kept cell's counts over the kept genes: the l in the decoder's mean l*rho,
+     * since rho is a softmax over exactly these genes. */
+    double *library_size;
+    double *total_counts;   /* the same over all input genes (what min_counts judged) */
+    /* What each step removed, in order, for the log line. */
+    int64_t n_cells_in, n_genes_in;
+    int64_t removed_cells_min_counts; /* total count < min_counts */
+    int64_t removed_cells_min_genes;  /* passed min_counts, but fewer than min_genes genes */
+    int64_t removed_genes_min_cells;  /* expressed in fewer than min_cells kept cells */
+    int64_t removed_genes_hvg;        /* passed min_cells but not among the n_top_genes */
+    int64_t cells_zero_library;       /* kept cells with no count in any kept gene */
+} nbs_preprocess_result;
+
+/* Runs the filters and HVG selection on a validated matrix. On success *out owns the result.
+ * An empty result (no cell or no gene left) is an NBS_ERR_INPUT naming the filter that
+ * emptied it and the option to lower. */
+int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
+                       nbs_preprocess_result **out, nbs_error *err);
+void nbs_preprocess_result_free(nbs_preprocess_result *r);
+
+/* One line such as "kept 2638 of 2700 cells (62 below min_counts=..., ...), ..." */
+void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess_config *cfg,
+                            char *buf, size_t size);
+
+/* ---- the pieces, public so they can be tested and reused ---- */
+
+/* Local quadratic regression (loess, degree 2, tricube weights, no robustness iterations), in
+ * one dimension, with netlib loess's conventions (as in R's loess and scanpy's skmisc): each
+ * local fit uses the floor(n*span) nearest points, weighted by the tricube of the distance
+ * over the distance to the farthest of them. DIRECT evaluates the local fit at every x;
+ * INTERPOLATE (the default of R and skmisc, hence of Seurat and scanpy) evaluates it only at
+ * the vertices of netlib's k-d tree (cell = 0.2) and interpolates between them with cubic
+ * Hermite polynomials. 0 < span <= 1, n >= 1. */
+typedef enum { NBS_LOESS_INTERPOLATE = 0, NBS_LOESS_DIRECT } nbs_loess_surface;
+int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double span,
+                         nbs_loess_surface surface, double *fitted, nbs_error *err);
+
+/* Seurat v3 per-gene statistics on raw counts, as scanpy computes them for one batch:
+ * mean, variance (ddof 1), the loess fit (interpolated surface) of log10(var) on log10(mean)
+ * over non-constant genes (0 for constant genes), and the variance of the counts standardised
+ * by that fit and clipped at mean + sqrt(n_cells) * fitted sd. Each output array has n_genes
+ * entries; any of them may be NULL except norm_var. */
+int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean, double *var,
+                             double *log10_var_fitted, double *norm_var, nbs_error *err);
+
+/* Indices of the k largest scores in ascending index order (ties: lower index first).
+ * k is clipped to n; returns the number written to out. */
+int64_t nbs_preprocess_top_k(const double *score, int64_t n, int64_t k, int64_t *out);
+
+#endif

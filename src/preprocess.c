@@ -1,0 +1,485 @@
+#include "nbsphere/preprocess.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <gsl/gsl_linalg.h>
+#include <gsl/gsl_sort.h>
+
+/* ---- loess ---- */
+
+/* Weighted least squares of y on (1, t, t^2) from the moment sums, t the distance scaled by the
+ * neighbourhood radius. Near-singular directions (a neighbourhood with fewer than three distinct
+ * x) are dropped through the pseudoinverse, as netlib loess does, so a flat or linear local fit
+ * results instead of a blow-up. Gives the intercept (the fit at the centre) and the linear
+ * coefficient (the slope there, in units of t). */
+static void local_quadratic(const double s[5], const double ty[3], double *value, double *slope) {
+    double a[9] = {s[0], s[1], s[2], s[1], s[2], s[3], s[2], s[3], s[4]};
+    double v[9], sv[3], work[3], coef[3] = {0, 0, 0};
+    gsl_matrix_view A = gsl_matrix_view_array(a, 3, 3);
+    gsl_matrix_view V = gsl_matrix_view_array(v, 3, 3);
+    gsl_vector_view S = gsl_vector_view_array(sv, 3);
+    gsl_vector_view W = gsl_vector_view_array(work, 3);
+    if (gsl_linalg_SV_decomp(&A.matrix, &V.matrix, &S.vector, &W.vector) != 0) {
+        *value = *slope = NAN;
+        return;
+    }
+    /* the normal matrix squares the design's condition number, so the cut-off sits near the
+     * square root of netlib's 100 * machine epsilon on the design itself */
+    double tol = sv[0] * 1e-13;
+    for (int j = 0; j < 3; j++) {
+        if (!(sv[j] > tol)) continue;
+        double uy = 0;
+        for (int i = 0; i < 3; i++) uy += a[i * 3 + j] * ty[i];
+        for (int i = 0; i < 3; i++) coef[i] += v[i * 3 + j] * uy / sv[j];
+    }
+    *value = coef[0];
+    *slope = coef[1];
+}
+
+/* The local fit at x0 over the q nearest of the sorted xs (ys in the same order), with tricube
+ * weights on the distance to the q-th nearest: value and slope at x0. */
+static void local_fit(const double *xs, const double *ys, int64_t n, int64_t q, double x0,
+                      double *value, double *slope) {
+    /* The q nearest points on a line are a run of q sorted points; its start is the first lo at
+     * which moving right would not bring a nearer point in. */
+    int64_t lo = 0, hi = n - q;
+    while (lo < hi) {
+        int64_t mid = lo + (hi - lo) / 2;
+        if (xs[mid + q] - x0 < x0 - xs[mid]) lo = mid + 1;
+        else hi = mid;
+    }
+    double rho = fmax(fabs(x0 - xs[lo]), fabs(xs[lo + q - 1] - x0));
+    double s[5] = {0, 0, 0, 0, 0}, ty[3] = {0, 0, 0};
+    if (!(rho > 0)) {
+        /* q or more points share this x: the local fit is their mean, flat */
+        double sum = 0;
+        for (int64_t j = lo; j < lo + q; j++) sum += ys[j];
+        *value = sum / (double)q;
+        *slope = 0;
+        return;
+    }
+    for (int64_t j = lo; j < lo + q; j++) {
+        double t = (xs[j] - x0) / rho, u = fabs(t);
+        if (u >= 1) continue;
+        double c = 1 - u * u * u, w = c * c * c;
+        s[0] += w;
+        s[1] += w * t;
+        s[2] += w * t * t;
+        s[3] += w * t * t * t;
+        s[4] += w * t * t * t * t;
+        ty[0] += w * ys[j];
+        ty[1] += w * t * ys[j];
+        ty[2] += w * t * t * ys[j];
+    }
+    local_quadratic(s, ty, value, slope);
+    *slope /= rho;
+}
+
+/* Vertices of netlib loess's k-d tree in one dimension: the data range widened by 0.5 % on
+ * each side, then cells split at their median point until a cell holds at most fc points.
+ * Cells are visited breadth first, as netlib does, so its cell/vertex limits (n, at least 200)
+ * cut the same tree. Ties at the median move the split to the nearest position, alternating
+ * above and below, where neighbouring sorted values differ; a split that would fall on a cell
+ * boundary makes the cell a leaf. Returns the number of vertices (unsorted) in v. */
+static int64_t kd_vertices(const double *xs, int64_t n, int64_t fc, double *v, int64_t nvmax) {
+    double alpha = xs[0], beta = xs[n - 1];
+    double margin = 0.005 * fmax(beta - alpha, 1e-10 * fmax(fabs(alpha), fabs(beta)) + 1e-30);
+    int64_t ncmax = nvmax, nv = 2, nc = 1;
+    /* per cell: point range [l, u] (1-based, as in netlib) and its two vertex values */
+    size_t cells = (size_t)ncmax + 1;
+    int64_t *cl = malloc(cells * sizeof *cl), *cu = malloc(cells * sizeof *cu);
+    double *c0 = malloc(cells * sizeof *c0), *c1 = malloc(cells * sizeof *c1);
+    if (!cl || !cu || !c0 || !c1) {
+        nv = -1;
+        goto done;
+    }
+    v[0] = alpha - margin;
+    v[1] = beta + margin;
+    cl[1] = 1;
+    cu[1] = n;
+    c0[1] = v[0];
+    c1[1] = v[1];
+#define X1(i) xs[(i) - 1]
+    for (int64_t p = 1; p <= nc; p++) {
+        int64_t l = cl[p], u = cu[p];
+        int leaf = (u - l) + 1 <= fc || !(c1[p] - c0[p] > 0) || ncmax < nc + 2 || nvmax < nv + 1;
+        int64_t m = (l + u) / 2;
+        if (!leaf) {
+            for (int64_t off = 0; m + off < u && m + off >= l;) {
+                if (X1(m + off) != X1(m + off + 1)) {
+                    m += off;
+                    break;
+                }
+                off = off > 0 ? -off : -off + 1;
+            }
+            leaf = c0[p] == X1(m) || c1[p] == X1(m);
+        }
+        if (leaf) continue;
+        v[nv++] = X1(m);
+        cl[nc + 1] = l;
+        cu[nc + 1] = m;
+        c0[nc + 1] = c0[p];
+        c1[nc + 1] = X1(m);
+        cl[nc + 2] = m + 1;
+        cu[nc + 2] = u;
+        c0[nc + 2] = X1(m);
+        c1[nc + 2] = c1[p];
+        nc += 2;
+    }
+#undef X1
+done:
+    free(cl);
+    free(cu);
+    free(c0);
+    free(c1);
+    return nv;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double span,
+                         nbs_loess_surface surface, double *fitted, nbs_error *err) {
+    if (n < 1)
+        return nbs_error_set(err, NBS_ERR_INPUT, "loess: no points to fit");
+    if (!(span > 0 && span <= 1))
+        return nbs_error_set(err, NBS_ERR_USAGE,
+                             "loess: span %g is outside (0, 1]; set preprocess.hvg_span to a "
+                             "fraction such as 0.3",
+                             span);
+    /* netlib loess: q = floor(n * span) neighbours; a quadratic needs three of them with
+     * positive weight, so tiny inputs get the smallest usable neighbourhood */
+    int64_t q = (int64_t)floor((double)n * span);
+    if (q < 4) q = 4;
+    if (q > n) q = n;
+    int64_t nvmax = n > 200 ? n : 200;
+    size_t *order = nbs_malloc((size_t)n * sizeof *order, err);
+    double *xs = nbs_malloc((size_t)n * sizeof *xs, err);
+    double *ys = nbs_malloc((size_t)n * sizeof *ys, err);
+    double *vx = nbs_malloc((size_t)(nvmax + 2) * sizeof *vx, err);
+    double *vval = nbs_malloc((size_t)(nvmax + 2) * 2 * sizeof *vval, err);
+    int rc = NBS_ERR_NOMEM;
+    if (!order || !xs || !ys || !vx || !vval) goto done;
+    gsl_sort_index(order, x, 1, (size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        xs[i] = x[order[i]];
+        ys[i] = y[order[i]];
+    }
+    if (surface == NBS_LOESS_DIRECT) {
+#pragma omp parallel for schedule(static)
+        for (int64_t p = 0; p < n; p++) {
+            double slope;
+            local_fit(xs, ys, n, q, xs[p], &fitted[order[p]], &slope);
+        }
+    } else {
+        /* scanpy (skmisc) and R fit exactly only at the k-d tree's vertices, then interpolate
+         * each cell by the cubic Hermite polynomial through its two vertices' values and
+         * slopes. Cells hold at most floor(n * span * cell) points, cell = 0.2 by default. */
+        int64_t fc = (int64_t)floor((double)n * span * 0.2);
+        int64_t nv = kd_vertices(xs, n, fc, vx, nvmax);
+        if (nv < 0) {
+            rc = nbs_error_set(err, NBS_ERR_NOMEM, "loess: out of memory for the k-d tree");
+            goto done;
+        }
+        qsort(vx, (size_t)nv, sizeof *vx, cmp_double);
+        for (int64_t j = 0; j < nv; j++) local_fit(xs, ys, n, q, vx[j], &vval[2 * j], &vval[2 * j + 1]);
+        int64_t cell = 0;
+        for (int64_t p = 0; p < n; p++) {
+            while (cell < nv - 2 && xs[p] > vx[cell + 1]) cell++;
+            double v0 = vx[cell], v1 = vx[cell + 1], w = v1 - v0, h = (xs[p] - v0) / w;
+            double phi0 = (1 - h) * (1 - h) * (1 + 2 * h), phi1 = h * h * (3 - 2 * h);
+            double psi0 = h * (1 - h) * (1 - h), psi1 = h * h * (h - 1);
+            fitted[order[p]] = phi0 * vval[2 * cell] + phi1 * vval[2 * cell + 2] +
+                               (psi0 * vval[2 * cell + 1] + psi1 * vval[2 * cell + 3]) * w;
+        }
+    }
+    rc = NBS_OK;
+    for (int64_t i = 0; i < n && rc == NBS_OK; i++)
+        if (!isfinite(fitted[i]))
+            rc = nbs_error_set(err, NBS_ERR_NUMERIC,
+                               "loess: the local fit at point %lld (x = %g) is not finite",
+                               (long long)i + 1, x[i]);
+done:
+    free(order);
+    free(xs);
+    free(ys);
+    free(vx);
+    free(vval);
+    return rc;
+}
+
+/* ---- Seurat v3 highly variable genes ---- */
+
+int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean_out, double *var_out,
+                             double *fit_out, double *norm_var, nbs_error *err) {
+    int64_t G = m->n_genes, N = m->n_cells;
+    double *mean = nbs_calloc((size_t)G + 1, sizeof *mean, err);
+    double *var = nbs_calloc((size_t)G + 1, sizeof *var, err);
+    double *fit = nbs_calloc((size_t)G + 1, sizeof *fit, err);
+    double *lx = nbs_malloc(((size_t)G + 1) * sizeof *lx, err);
+    double *ly = nbs_malloc(((size_t)G + 1) * sizeof *ly, err);
+    double *lf = nbs_malloc(((size_t)G + 1) * sizeof *lf, err);
+    int64_t *idx = nbs_malloc(((size_t)G + 1) * sizeof *idx, err);
+    int rc = NBS_OK;
+    if (!mean || !var || !fit || !lx || !ly || !lf || !idx) {
+        rc = NBS_ERR_NOMEM;
+        goto done;
+    }
+    /* scanpy: float64 mean and mean of squares, variance with the n/(n-1) correction */
+    for (int64_t k = 0; k < m->nnz; k++) {
+        double v = m->data[k];
+        mean[m->indices[k]] += v;
+        var[m->indices[k]] += v * v;
+    }
+    for (int64_t g = 0; g < G; g++) {
+        mean[g] /= (double)N;
+        var[g] = N > 1 ? (var[g] / (double)N - mean[g] * mean[g]) * ((double)N / (double)(N - 1))
+                       : 0.0;
+    }
+    /* the trend is fitted on non-constant genes only; constant ones keep fit 0 (sd 1) */
+    int64_t nfit = 0;
+    for (int64_t g = 0; g < G; g++)
+        if (var[g] > 0) {
+            lx[nfit] = log10(mean[g]);
+            ly[nfit] = log10(var[g]);
+            idx[nfit++] = g;
+        }
+    if (nfit > 0) {
+        if ((rc = nbs_preprocess_loess(lx, ly, nfit, span, NBS_LOESS_INTERPOLATE, lf, err)) != NBS_OK) {
+            nbs_error_prefix(err, "highly variable genes (Seurat v3 trend of %lld genes): ",
+                             (long long)nfit);
+            goto done;
+        }
+        for (int64_t i = 0; i < nfit; i++) fit[idx[i]] = lf[i];
+    }
+    /* Standardise each count by the fitted sd, clipping outliers at sqrt(N) sd above the mean
+     * so that one huge count cannot make a gene "variable". Zeros are never clipped (the clip
+     * value is at least the mean), so only stored entries are visited. */
+    double *s1 = lx, *s2 = ly, vmax = sqrt((double)N);
+    for (int64_t g = 0; g < G; g++) {
+        s1[g] = 0;
+        s2[g] = 0;
+        lf[g] = sqrt(pow(10.0, fit[g])) * vmax + mean[g];
+    }
+    for (int64_t k = 0; k < m->nnz; k++) {
+        int32_t g = m->indices[k];
+        double v = fmin((double)m->data[k], lf[g]);
+        s1[g] += v;
+        s2[g] += v * v;
+    }
+    for (int64_t g = 0; g < G; g++) {
+        double sd2 = pow(10.0, fit[g]);
+        norm_var[g] = N > 1 ? ((double)N * mean[g] * mean[g] + s2[g] - 2 * s1[g] * mean[g]) /
+                                  ((double)(N - 1) * sd2)
+                            : 0.0;
+    }
+    if (mean_out) memcpy(mean_out, mean, (size_t)G * sizeof *mean);
+    if (var_out) memcpy(var_out, var, (size_t)G * sizeof *var);
+    if (fit_out) memcpy(fit_out, fit, (size_t)G * sizeof *fit);
+done:
+    free(mean);
+    free(var);
+    free(fit);
+    free(lx);
+    free(ly);
+    free(lf);
+    free(idx);
+    return rc;
+}
+
+static int cmp_score_desc(const void *a, const void *b, void *ctx) {
+    const double *s = ctx;
+    int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
+    double x = isnan(s[i]) ? -INFINITY : s[i], y = isnan(s[j]) ? -INFINITY : s[j];
+    if (x != y) return x > y ? -1 : 1;
+    return (i > j) - (i < j);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+int64_t nbs_preprocess_top_k(const double *score, int64_t n, int64_t k, int64_t *out) {
+    if (k > n) k = n;
+    if (k <= 0) return 0;
+    int64_t *all = malloc((size_t)n * sizeof *all);
+    if (!all) return -1;
+    for (int64_t i = 0; i < n; i++) all[i] = i;
+    qsort_r(all, (size_t)n, sizeof *all, cmp_score_desc, (void *)score);
+    memcpy(out, all, (size_t)k * sizeof *out);
+    free(all);
+    qsort(out, (size_t)k, sizeof *out, cmp_i64);
+    return k;
+}
+
+/* ---- the whole step ---- */
+
+void nbs_preprocess_result_free(nbs_preprocess_result *r) {
+    if (!r) return;
+    nbs_matrix_free(r->matrix);
+    free(r->cells);
+    free(r->genes);
+    free(r->library_size);
+    free(r->total_counts);
+    free(r);
+}
+
+/* Cells: total count and detected genes over all genes; keeps those passing both filters. */
+static int filter_cells(const nbs_matrix *m, const nbs_preprocess_config *cfg,
+                        nbs_preprocess_result *r, double *totals, nbs_error *err) {
+    double max_total = 0;
+    int64_t max_detected = 0;
+    for (int64_t c = 0; c < m->n_cells; c++) {
+        double t = 0;
+        int64_t detected = 0;
+        for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++) {
+            t += m->data[k];
+            detected += m->data[k] > 0;
+        }
+        max_total = fmax(max_total, t);
+        if (t < cfg->min_counts) {
+            r->removed_cells_min_counts++;
+            continue;
+        }
+        if (detected > max_detected) max_detected = detected;
+        if (detected < cfg->min_genes) {
+            r->removed_cells_min_genes++;
+            continue;
+        }
+        totals[r->n_cells] = t;
+        r->cells[r->n_cells++] = c;
+    }
+    if (r->n_cells > 0) return NBS_OK;
+    if (r->removed_cells_min_counts == m->n_cells)
+        return nbs_error_set(err, NBS_ERR_INPUT,
+                             "preprocess: the cell filter preprocess.min_counts = %g removed all "
+                             "%lld cells (the largest cell total is %g); lower min_counts",
+                             cfg->min_counts, (long long)m->n_cells, max_total);
+    return nbs_error_set(err, NBS_ERR_INPUT,
+                         "preprocess: the cell filters removed all %lld cells (%lld below "
+                         "min_counts = %g, %lld below min_genes = %lld; the most genes detected "
+                         "in a remaining cell is %lld); lower preprocess.min_genes",
+                         (long long)m->n_cells, (long long)r->removed_cells_min_counts,
+                         cfg->min_counts, (long long)r->removed_cells_min_genes,
+                         (long long)cfg->min_genes, (long long)max_detected);
+}
+
+/* Genes: number of kept cells expressing each gene. */
+static int filter_genes(const nbs_matrix *m, const nbs_preprocess_config *cfg,
+                        nbs_preprocess_result *r, nbs_error *err) {
+    int64_t *expressing = nbs_calloc((size_t)m->n_genes + 1, sizeof *expressing, err);
+    if (!expressing) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < r->n_cells; i++) {
+        int64_t c = r->cells[i];
+        for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++)
+            expressing[m->indices[k]] += m->data[k] > 0;
+    }
+    int64_t most = 0;
+    for (int64_t g = 0; g < m->n_genes; g++) {
+        if (expressing[g] > most) most = expressing[g];
+        if (expressing[g] >= cfg->min_cells) r->genes[r->n_genes++] = g;
+        else r->removed_genes_min_cells++;
+    }
+    free(expressing);
+    if (r->n_genes > 0) return NBS_OK;
+    return nbs_error_set(err, NBS_ERR_INPUT,
+                         "preprocess: the gene filter preprocess.min_cells = %lld removed all %lld "
+                         "genes (the most cells expressing one gene, among the %lld kept cells, "
+                         "is %lld); lower min_cells",
+                         (long long)cfg->min_cells, (long long)m->n_genes, (long long)r->n_cells,
+                         (long long)most);
+}
+
+/* Seurat v3 on the filtered cells and genes; narrows r->genes to the chosen ones. */
+static int select_hvg(const nbs_matrix *m, const nbs_preprocess_config *cfg,
+                      nbs_preprocess_result *r, nbs_error *err) {
+    nbs_matrix *sub = nbs_matrix_subset(m, r->cells, r->n_cells, r->genes, r->n_genes, err);
+    if (!sub) return err ? err->code : NBS_ERR_NOMEM;
+    double *score = nbs_malloc((size_t)r->n_genes * sizeof *score, err);
+    int64_t *top = nbs_malloc((size_t)cfg->n_top_genes * sizeof *top, err);
+    int rc = NBS_OK;
+    if (!score || !top) rc = NBS_ERR_NOMEM;
+    else if ((rc = nbs_preprocess_seurat_v3(sub, cfg->hvg_span, NULL, NULL, NULL, score, err)))
+        ;
+    else {
+        int64_t k = nbs_preprocess_top_k(score, r->n_genes, cfg->n_top_genes, top);
+        if (k < 0) rc = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory ranking genes");
+        else {
+            for (int64_t i = 0; i < k; i++) top[i] = r->genes[top[i]];
+            memcpy(r->genes, top, (size_t)k * sizeof *top);
+            r->removed_genes_hvg = r->n_genes - k;
+            r->n_genes = k;
+        }
+    }
+    free(score);
+    free(top);
+    nbs_matrix_free(sub);
+    return rc;
+}
+
+int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
+                       nbs_preprocess_result **out, nbs_error *err) {
+    *out = NULL;
+    if (cfg->n_top_genes < 0)
+        return nbs_error_set(err, NBS_ERR_USAGE,
+                             "preprocess.n_top_genes = %lld; give a positive number of highly "
+                             "variable genes, or 0 to keep all genes",
+                             (long long)cfg->n_top_genes);
+    if (cfg->n_top_genes > 0 && !(cfg->hvg_span > 0 && cfg->hvg_span <= 1))
+        return nbs_error_set(err, NBS_ERR_USAGE,
+                             "preprocess.hvg_span = %g; the loess span is a fraction of the genes "
+                             "in (0, 1] (scanpy uses 0.3)",
+                             cfg->hvg_span);
+    if (m->n_cells == 0 || m->n_genes == 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "preprocess: the matrix is empty (%lld x %lld)",
+                             (long long)m->n_cells, (long long)m->n_genes);
+    nbs_preprocess_result *r = nbs_calloc(1, sizeof *r, err);
+    if (!r) return NBS_ERR_NOMEM;
+    r->n_cells_in = m->n_cells;
+    r->n_genes_in = m->n_genes;
+    r->cells = nbs_malloc((size_t)m->n_cells * sizeof *r->cells, err);
+    r->genes = nbs_malloc((size_t)m->n_genes * sizeof *r->genes, err);
+    r->total_counts = nbs_malloc((size_t)m->n_cells * sizeof *r->total_counts, err);
+    int rc = NBS_ERR_NOMEM;
+    if (!r->cells || !r->genes || !r->total_counts) goto fail;
+    if ((rc = filter_cells(m, cfg, r, r->total_counts, err))) goto fail;
+    if ((rc = filter_genes(m, cfg, r, err))) goto fail;
+    if (cfg->n_top_genes > 0 && cfg->n_top_genes < r->n_genes &&
+        (rc = select_hvg(m, cfg, r, err)))
+        goto fail;
+    rc = NBS_ERR_NOMEM;
+    if (!(r->matrix = nbs_matrix_subset(m, r->cells, r->n_cells, r->genes, r->n_genes, err)))
+        goto fail;
+    if (!(r->library_size = nbs_malloc((size_t)r->n_cells * sizeof *r->library_size, err)))
+        goto fail;
+    nbs_matrix_row_sums(r->matrix, r->library_size);
+    for (int64_t i = 0; i < r->n_cells; i++) r->cells_zero_library += r->library_size[i] == 0;
+    *out = r;
+    return NBS_OK;
+fail:
+    nbs_preprocess_result_free(r);
+    return rc;
+}
+
+void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess_config *cfg,
+                            char *buf, size_t size) {
+    int n = snprintf(buf, size,
+                     "kept %lld of %lld cells (%lld below min_counts=%g, %lld below "
+                     "min_genes=%lld) and %lld of %lld genes (%lld below min_cells=%lld, %lld "
+                     "not among the %lld most variable)",
+                     (long long)r->n_cells, (long long)r->n_cells_in,
+                     (long long)r->removed_cells_min_counts, cfg->min_counts,
+                     (long long)r->removed_cells_min_genes, (long long)cfg->min_genes,
+                     (long long)r->n_genes, (long long)r->n_genes_in,
+                     (long long)r->removed_genes_min_cells, (long long)cfg->min_cells,
+                     (long long)r->removed_genes_hvg, (long long)cfg->n_top_genes);
+    if (r->cells_zero_library > 0 && n > 0 && (size_t)n < size)
+        snprintf(buf + n, size - (size_t)n,
+                 "; %lld kept cells have no count in the kept genes", (long long)r->cells_zero_library);
+}
