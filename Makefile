@@ -59,7 +59,7 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	else echo "all build dependencies are installed"; fi
 
-$(BUILD)/%.o: src/%.c $(wildcard include/nbsphere/*.h) | $(BUILD)
+$(BUILD)/%.o: src/%.c $(wildcard include/nbsphere/*.h) $(wildcard src/*.h) | $(BUILD)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD):

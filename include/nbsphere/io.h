@@ -12,7 +12,7 @@
 #include "nbsphere/config.h"
 #include "nbsphere/matrix.h"
 
-/* ---- reading (io.c dispatches; io_h5.c and io_text.c implement) ---- */
+/* ---- reading (io.c dispatches; io_h5.c, io_h5ad.c, io_text.c and io_table.c implement) ---- */
 
 const char *nbs_format_name(nbs_format f); /* "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv" */
 int nbs_format_parse(const char *name, nbs_format *out); /* inverse; "auto" -> NBS_FMT_AUTO */
@@ -34,6 +34,10 @@ int nbs_io_read_10x_h5(const char *path, const char *genome, nbs_matrix **out, n
 int nbs_io_read_h5ad(const char *path, const char *layer, nbs_matrix **out, nbs_error *err);
 int nbs_io_read_10x_mtx_dir(const char *dir, nbs_matrix **out, nbs_error *err);
 int nbs_io_read_mtx(const char *path, nbs_orientation orient, nbs_matrix **out, nbs_error *err);
+/* Dense table: a header row of column names (with or without a name over the row-name column),
+ * then one row per cell or gene: a name and one number per column; plain or gzip. With
+ * NBS_ORIENT_AUTO, rows are genes when there are more data columns than rows (a filtered table
+ * usually keeps more cells than genes), cells otherwise, and a warning says which. */
 int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_matrix **out,
                       nbs_error *err);
 
