@@ -355,7 +355,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
     } else if (!rc) {
         bad = attr_enc(f, "anndata", "0.1.0") || write_new_h5ad(f, m);
     }
-    if (!rc && !bad) bad = add_embedding(f, m->n_cells, d, embedding, meta);
+    if (!rc && !bad && embedding && d > 0) bad = add_embedding(f, m->n_cells, d, embedding, meta);
     if (f >= 0 && H5Fclose(f) < 0) bad = 1;
     if (src >= 0) H5Fclose(src);
     if (gz[0]) remove(gz);

@@ -306,6 +306,59 @@ static void test_10x_mtx_round_trip(void **state) {
     free(dir);
 }
 
+/* `nbsphere simulate --format mtx,10x-h5,h5ad`: the three files hold the same counts, the h5ad's
+ * obs carries the truth of cell_labels.tsv, and a second run gives the same bytes. */
+static void test_simulate_every_format(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    for (int run = 0; run < 2; run++) {
+        char args[4300];
+        snprintf(args, sizeof args, "simulate --out '%s' --cells 300 --genes 120 --seed 5 --format mtx,10x-h5,h5ad",
+                 tu_path(dir, run ? "b" : "a"));
+        char *out = NULL, *errout = NULL;
+        int rc = tu_run_cli(args, &out, &errout);
+        if (rc) print_message("%s\n", errout ? errout : "");
+        assert_int_equal(rc, 0);
+        free(out);
+        free(errout);
+    }
+    char a[4200];
+    snprintf(a, sizeof a, "%s", tu_path(dir, "a"));
+    char p1[4300], p2[4300];
+    static const char *const files[] = {"sim_10x.h5", "sim.h5ad", "sim_mtx/matrix.mtx.gz"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p1, sizeof p1, "%s/a/%s", dir, files[i]);
+        snprintf(p2, sizeof p2, "%s/b/%s", dir, files[i]);
+        if (!same_bytes(p1, p2)) print_message("%s differs between two runs\n", files[i]);
+        assert_true(same_bytes(p1, p2));
+    }
+    nbs_matrix *mtx = NULL, *h5 = NULL, *ad = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_10x_mtx_dir(tu_path(a, "sim_mtx"), &mtx, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_10x_h5(tu_path(a, "sim_10x.h5"), NULL, &h5, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_h5ad(tu_path(a, "sim.h5ad"), "", &ad, &err), NBS_OK);
+    assert_int_equal(mtx->n_cells, 300);
+    expect_same_matrix(mtx, h5);
+    expect_same_matrix(mtx, ad);
+    char **l1 = NULL, **l2 = NULL;
+    assert_int_equal(nbs_io_read_h5ad_obs(tu_path(a, "sim.h5ad"), "branch", ad, &l1, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_labels_table(tu_path(a, "cell_labels.tsv"), "branch", ad, &l2, &err), NBS_OK);
+    int roots = 0;
+    for (int64_t c = 0; c < ad->n_cells; c++) {
+        assert_non_null(l1[c]);
+        assert_string_equal(l1[c], l2[c]);
+        roots += !strcmp(l1[c], "root");
+    }
+    assert_true(roots > 0 && roots < 300);
+    nbs_io_free_labels(l1, ad->n_cells);
+    nbs_io_free_labels(l2, ad->n_cells);
+    nbs_matrix_free(mtx);
+    nbs_matrix_free(h5);
+    nbs_matrix_free(ad);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embedding_tsv),
@@ -313,6 +366,7 @@ int main(void) {
         cmocka_unit_test(test_copy_h5ad),
         cmocka_unit_test(test_10x_h5_round_trip),
         cmocka_unit_test(test_10x_mtx_round_trip),
+        cmocka_unit_test(test_simulate_every_format),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -69,10 +69,13 @@ typedef struct {
     const float *obs_kappa;     /* optional per-cell concentration, written to obs/nbsphere_kappa */
 } nbs_embedding_meta;
 
-/* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad, the output is a copy of
- * it (never modified in place) with obsm[key] added/replaced; its cells must match m's barcodes
- * (the subset kept after filtering is written as a subset copy of obs). Otherwise a new file
- * with X = the counts of m (CSR), obs/var names, obsm[key] and uns. */
+/* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad (or .h5ad.gz), the output
+ * is a copy of it (never modified in place; copy_from may equal path) with obsm[key], uns/nbsphere
+ * and obs/nbsphere_kappa added or replaced; its cells must be m's barcodes in the same order, else
+ * an error says so (a copy of a filtered subset is not written). Otherwise a new file with X = the
+ * counts of m (CSR float32, gzip), obs/var names (var also gene_ids), obsm[key] and uns. With
+ * embedding NULL or d == 0, no obsm/uns entries are written (counts only). Objects carry no
+ * time stamps: the same inputs give the same bytes. */
 int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix *m, int d,
                       const float *embedding, const nbs_embedding_meta *meta, nbs_error *err);
 
