@@ -65,11 +65,6 @@ static int parse_long(const char *s, long long lo, long long hi, long long *out)
     return 0;
 }
 
-static const char *format_word(nbs_format f) {
-    static const char *const words[] = {"auto", "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv"};
-    return (int)f >= 0 && (int)f < 7 ? words[f] : "?";
-}
-
 /* ---- run ---- */
 
 static const char RUN_USAGE[] =
@@ -409,7 +404,7 @@ static void print_stats_text(const char *path, nbs_format f, nbs_orientation o, 
                              const matrix_stats *s) {
     double cells = (double)m->n_cells, genes = (double)m->n_genes;
     printf("file          %s\n", path);
-    printf("format        %s\n", format_word(f));
+    printf("format        %s\n", nbs_format_name(f));
     printf("shape         %lld cells x %lld genes, %lld nonzeros\n", (long long)m->n_cells,
            (long long)m->n_genes, (long long)m->nnz);
     printf("density       %.4f (%.1f %% zeros)\n", (double)m->nnz / (cells * genes),
@@ -441,7 +436,7 @@ static void print_stats_json(const char *path, nbs_format f, nbs_orientation o, 
     printf("{\n  \"file\": ");
     json_text(path);
     printf(",\n  \"format\": \"%s\",\n  \"cells\": %lld,\n  \"genes\": %lld,\n  \"nonzeros\": %lld,\n",
-           format_word(f), (long long)m->n_cells, (long long)m->n_genes, (long long)m->nnz);
+           nbs_format_name(f), (long long)m->n_cells, (long long)m->n_genes, (long long)m->nnz);
     printf("  \"density\": %.6g,\n  \"count_min\": %g,\n  \"count_max\": %g,\n  \"integer\": %s,\n",
            (double)m->nnz / ((double)m->n_cells * (double)m->n_genes), s->min, s->max,
            m->values_are_integer ? "true" : "false");
