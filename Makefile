@@ -1,5 +1,6 @@
 # nbsphere — build, test, bench, deps.
-#   make deps      install the Debian packages the build needs (root or sudo)
+#   make deps      install the Debian packages the build needs (root or sudo); python3-anndata
+#                  lets the writer tests check written .h5ad files with anndata itself
 #   make           build ./nbsphere and libnbsphere.a
 #   make test      build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=address,undefined   the same under sanitizers (separate build folder)
@@ -9,7 +10,7 @@
 CC ?= cc
 PKGS := hdf5 openblas yaml-0.1 zlib
 DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-dev libyaml-dev \
-                zlib1g-dev libcmocka-dev hdf5-tools clang libomp-14-dev
+                zlib1g-dev libcmocka-dev hdf5-tools clang libomp-14-dev python3-anndata
 
 SANITIZE ?=
 BUILD ?= build$(if $(SANITIZE),-san)
@@ -59,7 +60,7 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	else echo "all build dependencies are installed"; fi
 
-$(BUILD)/%.o: src/%.c $(wildcard include/nbsphere/*.h) | $(BUILD)
+$(BUILD)/%.o: src/%.c $(wildcard include/nbsphere/*.h) $(wildcard src/*.h) | $(BUILD)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 $(BUILD):

@@ -1,5 +1,5 @@
 /* HDF5 input/output: 10x Cell Ranger HDF5 and AnnData .h5ad (DESIGN.md §6).
- * Implemented: kind detection and the 10x reader (v3 and v2). */
+ * Here: kind detection, the 10x reader (v3 and v2) and the helpers io_h5_internal.h lists. */
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,10 +7,76 @@
 
 #include "nbsphere/error.h"
 #include "nbsphere/io.h"
+#include "io_h5_internal.h"
 
 /* H5Lexists on a missing intermediate group is an error, not "no"; check one level at a time. */
-static int h5_has(hid_t loc, const char *name) {
+int nbs_h5_has(hid_t loc, const char *name) {
     return H5Lexists(loc, name, H5P_DEFAULT) > 0;
+}
+
+H5O_type_t nbs_h5_type(hid_t loc, const char *name) {
+    H5O_info_t oi;
+    if (!nbs_h5_has(loc, name) || H5Oget_info_by_name(loc, name, &oi, H5P_DEFAULT) < 0)
+        return H5O_TYPE_UNKNOWN;
+    return oi.type;
+}
+
+int nbs_h5_check_filters(hid_t dset, const char *file, const char *dpath, nbs_error *err) {
+    hid_t dcpl = H5Dget_create_plist(dset);
+    if (dcpl < 0) return NBS_OK;
+    int n = H5Pget_nfilters(dcpl), rc = NBS_OK;
+    for (int i = 0; i < n && !rc; i++) {
+        unsigned flags = 0, conf = 0;
+        size_t nelem = 0;
+        char name[128] = "";
+        H5Z_filter_t id = H5Pget_filter2(dcpl, (unsigned)i, &flags, &nelem, NULL, sizeof name, name, &conf);
+        if (id < 0 || H5Zfilter_avail(id) > 0) continue;
+        /* the optional flag lets HDF5 skip a filter on write; on read the data are still encoded */
+        const char *known = id == 32000 ? "LZF (h5py's own filter)" : id == 32001 ? "Blosc"
+                          : id == 32004 ? "LZ4" : id == 32008 ? "bitshuffle" : id == 32015 ? "Zstandard" : NULL;
+        rc = nbs_error_set(err, NBS_ERR_INPUT,
+                           "%s: dataset %s is compressed with %s (HDF5 filter id %d), which this HDF5 "
+                           "library cannot decode; re-save the file with gzip compression (in Python: "
+                           "adata.write_h5ad(path, compression='gzip')) or none",
+                           file, dpath, known ? known : (name[0] ? name : "an unknown filter"), (int)id);
+    }
+    H5Pclose(dcpl);
+    return rc;
+}
+
+int nbs_h5_attr_string(hid_t obj, const char *name, char *buf, size_t n) {
+    if (H5Aexists(obj, name) <= 0) return -1;
+    hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
+    hid_t t = a >= 0 ? H5Aget_type(a) : -1, sp = a >= 0 ? H5Aget_space(a) : -1;
+    int rc = -1;
+    if (t >= 0 && H5Tget_class(t) == H5T_STRING && H5Sget_simple_extent_npoints(sp) == 1) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_cset(mt, H5Tget_cset(t)); /* HDF5 does not convert between ASCII and UTF-8 */
+        if (H5Tis_variable_str(t) > 0) {
+            char *s = NULL;
+            H5Tset_size(mt, H5T_VARIABLE);
+            if (H5Aread(a, mt, &s) >= 0 && s) {
+                snprintf(buf, n, "%s", s);
+                rc = 0;
+            }
+            if (s) H5free_memory(s);
+        } else {
+            size_t w = H5Tget_size(t);
+            char *s = calloc(w + 1, 1);
+            H5Tset_size(mt, w);
+            H5Tset_strpad(mt, H5T_STR_NULLPAD);
+            if (s && H5Aread(a, mt, s) >= 0) {
+                snprintf(buf, n, "%s", s);
+                rc = 0;
+            }
+            free(s);
+        }
+        H5Tclose(mt);
+    }
+    if (sp >= 0) H5Sclose(sp);
+    if (t >= 0) H5Tclose(t);
+    if (a >= 0) H5Aclose(a);
+    return rc;
 }
 
 /* v2 layout: one group per genome holding indptr and data. */
@@ -21,7 +87,7 @@ static herr_t v2_visit(hid_t g, const char *name, const H5L_info_t *info, void *
     if (oi.type != H5O_TYPE_GROUP) return 0;
     hid_t sub = H5Gopen2(g, name, H5P_DEFAULT);
     if (sub < 0) return 0;
-    int ok = h5_has(sub, "indptr") && h5_has(sub, "data");
+    int ok = nbs_h5_has(sub, "indptr") && nbs_h5_has(sub, "data");
     H5Gclose(sub);
     if (ok) *(int *)op = 1;
     return ok; /* a positive value stops the iteration */
@@ -37,9 +103,9 @@ int nbs_io_h5_kind(const char *path, nbs_format *out, nbs_error *err) {
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (truncated or corrupt?)",
                              path);
     int rc = NBS_OK;
-    if (h5_has(f, "matrix")) {
+    if (nbs_h5_has(f, "matrix")) {
         *out = NBS_FMT_10X_H5;
-    } else if (h5_has(f, "X") && (h5_has(f, "obs") || h5_has(f, "var"))) {
+    } else if (nbs_h5_has(f, "X") && (nbs_h5_has(f, "obs") || nbs_h5_has(f, "var"))) {
         *out = NBS_FMT_H5AD;
     } else {
         int v2 = 0;
@@ -60,9 +126,9 @@ int nbs_io_h5_kind(const char *path, nbs_format *out, nbs_error *err) {
 
 /* Opens a 1-D numeric dataset and returns its length, checking rank and class so that a string
  * or 2-D dataset where numbers are expected is an error naming the dataset. */
-static hid_t open_1d(hid_t loc, const char *name, const char *file, const char *grp, int64_t *len,
+hid_t nbs_h5_open_1d(hid_t loc, const char *name, const char *file, const char *grp, int64_t *len,
                      nbs_error *err) {
-    if (!h5_has(loc, name)) {
+    if (!nbs_h5_has(loc, name)) {
         nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset %s/%s is missing", file, grp, name);
         return -1;
     }
@@ -86,14 +152,20 @@ static hid_t open_1d(hid_t loc, const char *name, const char *file, const char *
 
 /* Reads a whole 1-D numeric dataset converted to memtype; its length must be `expect` (or any
  * when expect < 0). */
-static void *read_1d(hid_t loc, const char *name, const char *file, const char *grp, hid_t memtype,
+void *nbs_h5_read_1d(hid_t loc, const char *name, const char *file, const char *grp, hid_t memtype,
                      size_t elsize, int64_t expect, int64_t *len, nbs_error *err) {
-    hid_t d = open_1d(loc, name, file, grp, len, err);
+    hid_t d = nbs_h5_open_1d(loc, name, file, grp, len, err);
     if (d < 0) return NULL;
     if (expect >= 0 && *len != expect) {
         H5Dclose(d);
         nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset %s/%s has %lld values, expected %lld", file, grp,
                       name, (long long)*len, (long long)expect);
+        return NULL;
+    }
+    char dpath[600];
+    snprintf(dpath, sizeof dpath, "%s/%s", grp, name);
+    if (nbs_h5_check_filters(d, file, dpath, err)) {
+        H5Dclose(d);
         return NULL;
     }
     void *buf = nbs_malloc((size_t)*len * elsize, err);
@@ -110,9 +182,9 @@ static void *read_1d(hid_t loc, const char *name, const char *file, const char *
 }
 
 /* Reads a 1-D string dataset (fixed or variable length) of exactly n entries into names. */
-static int read_strings(hid_t loc, const char *name, const char *file, const char *grp, char **names,
+int nbs_h5_read_strings(hid_t loc, const char *name, const char *file, const char *grp, char **names,
                         int64_t n, nbs_error *err) {
-    if (!h5_has(loc, name))
+    if (!nbs_h5_has(loc, name))
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset %s/%s is missing", file, grp, name);
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
     hid_t ty = d >= 0 ? H5Dget_type(d) : -1, sp = d >= 0 ? H5Dget_space(d) : -1;
@@ -124,9 +196,12 @@ static int read_strings(hid_t loc, const char *name, const char *file, const cha
     } else if ((int64_t)dims[0] != n) {
         rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset %s/%s has %lld names, but the matrix has %lld",
                            file, grp, name, (long long)dims[0], (long long)n);
+    } else if (nbs_h5_check_filters(d, file, name, err)) {
+        rc = err->code;
     } else if (H5Tis_variable_str(ty) > 0) {
         char **tmp = nbs_calloc((size_t)n, sizeof *tmp, err);
         hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_cset(mt, H5Tget_cset(ty)); /* HDF5 does not convert between ASCII and UTF-8 */
         H5Tset_size(mt, H5T_VARIABLE);
         if (!tmp || H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, tmp) < 0) {
             rc = tmp ? nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read %s/%s", file, grp, name) : NBS_ERR_NOMEM;
@@ -141,6 +216,7 @@ static int read_strings(hid_t loc, const char *name, const char *file, const cha
         size_t w = H5Tget_size(ty);
         char *buf = nbs_malloc((size_t)n * w + 1, err);
         hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_cset(mt, H5Tget_cset(ty));
         H5Tset_size(mt, w);
         H5Tset_strpad(mt, H5T_STR_NULLPAD);
         if (!buf || H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0) {
@@ -177,7 +253,7 @@ static herr_t list_genomes(hid_t g, const char *name, const H5L_info_t *info, vo
 
 static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nbs_matrix **out, nbs_error *err) {
     int64_t n, len;
-    int64_t *shape = read_1d(g, "shape", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), 2, &n, err);
+    int64_t *shape = nbs_h5_read_1d(g, "shape", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), 2, &n, err);
     if (!shape) return err->code;
     int64_t n_genes = shape[0], n_cells = shape[1];
     free(shape);
@@ -185,7 +261,7 @@ static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nb
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: %s/shape gives %lld genes x %lld cells; expected positive sizes",
                              path, grp, (long long)n_genes, (long long)n_cells);
     /* lengths are checked against shape before anything of that size is allocated */
-    int64_t *indptr = read_1d(g, "indptr", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), n_cells + 1, &len, err);
+    int64_t *indptr = nbs_h5_read_1d(g, "indptr", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), n_cells + 1, &len, err);
     if (!indptr) return err->code;
     int64_t nnz = indptr[n_cells];
     int64_t *indices = NULL;
@@ -194,8 +270,8 @@ static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nb
     if (nnz < 0 || indptr[0] != 0) {
         rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: %s/indptr must start at 0 and end at the entry count, found %lld and %lld",
                            path, grp, (long long)indptr[0], (long long)nnz);
-    } else if (!(indices = read_1d(g, "indices", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), nnz, &len, err)) ||
-               !(data = read_1d(g, "data", path, grp, H5T_NATIVE_DOUBLE, sizeof(double), nnz, &len, err))) {
+    } else if (!(indices = nbs_h5_read_1d(g, "indices", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), nnz, &len, err)) ||
+               !(data = nbs_h5_read_1d(g, "data", path, grp, H5T_NATIVE_DOUBLE, sizeof(double), nnz, &len, err))) {
         rc = err->code;
     }
     nbs_matrix *m = NULL;
@@ -214,9 +290,9 @@ static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nb
     char fgrp[300];
     snprintf(fgrp, sizeof fgrp, "%s%s", grp, v3 ? "/features" : "");
     if (feat < 0) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: group %s/features is missing", path, grp);
-    if (!rc) rc = read_strings(g, "barcodes", path, grp, m->barcodes, n_cells, err);
-    if (!rc) rc = read_strings(feat, v3 ? "id" : "genes", path, fgrp, m->gene_ids, n_genes, err);
-    if (!rc) rc = read_strings(feat, v3 ? "name" : "gene_names", path, fgrp, m->gene_names, n_genes, err);
+    if (!rc) rc = nbs_h5_read_strings(g, "barcodes", path, grp, m->barcodes, n_cells, err);
+    if (!rc) rc = nbs_h5_read_strings(feat, v3 ? "id" : "genes", path, fgrp, m->gene_ids, n_genes, err);
+    if (!rc) rc = nbs_h5_read_strings(feat, v3 ? "name" : "gene_names", path, fgrp, m->gene_names, n_genes, err);
     if (v3 && feat >= 0) H5Gclose(feat);
     if (rc) {
         nbs_matrix_free(m);
@@ -236,14 +312,14 @@ int nbs_io_read_10x_h5(const char *path, const char *genome, nbs_matrix **out, n
     hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (f < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5", path);
     char grp[300] = "matrix";
-    int v3 = h5_has(f, "matrix");
+    int v3 = nbs_h5_has(f, "matrix");
     if (!v3) {
         char list[1024] = "";
         hsize_t idx = 0;
         H5Literate(f, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, list_genomes, list);
         if (genome && *genome) {
-            hid_t probe = h5_has(f, genome) ? H5Gopen2(f, genome, H5P_DEFAULT) : -1;
-            int ok = probe >= 0 && h5_has(probe, "indptr");
+            hid_t probe = nbs_h5_has(f, genome) ? H5Gopen2(f, genome, H5P_DEFAULT) : -1;
+            int ok = probe >= 0 && nbs_h5_has(probe, "indptr");
             if (probe >= 0) H5Gclose(probe);
             if (!ok) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: no genome '%s'; the file has: %s", path, genome, list);
             snprintf(grp, sizeof grp, "%s", genome);

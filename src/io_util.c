@@ -1,10 +1,13 @@
 /* Temporary-name-then-rename: a failed or interrupted write never leaves half a file and never
- * replaces a good one. */
+ * replaces a good one. Also the inflating of gzip-compressed inputs into a temporary file. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
+#include "io_h5_internal.h"
 #include "nbsphere/io.h"
 
 void nbs_io_tmp_name(const char *path, char *tmp) {
@@ -19,4 +22,44 @@ int nbs_io_commit(const char *tmp, const char *path, nbs_error *err) {
                              path, strerror(e));
     }
     return NBS_OK;
+}
+
+int nbs_io_is_gzip(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    unsigned char b[2] = {0, 0};
+    size_t n = fread(b, 1, 2, f);
+    fclose(f);
+    return n == 2 && b[0] == 0x1f && b[1] == 0x8b;
+}
+
+int nbs_io_gunzip_temp(const char *path, char *tmp, nbs_error *err) {
+    if (!nbs_io_is_gzip(path)) return 0;
+    const char *dir = getenv("TMPDIR");
+    snprintf(tmp, NBS_PATH_MAX, "%s/nbsphere-gunzip-XXXXXX", dir && *dir ? dir : "/tmp");
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        nbs_error_set(err, NBS_ERR_IO, "%s: cannot make a temporary file %s to decompress into: %s",
+                      path, tmp, strerror(errno));
+        return -1;
+    }
+    FILE *out = fdopen(fd, "wb");
+    gzFile in = gzopen(path, "rb");
+    char *buf = malloc(1 << 20);
+    int rc = (!out || !in || !buf) ? -1 : 0, n = 0;
+    while (!rc && (n = gzread(in, buf, 1 << 20)) > 0)
+        if (fwrite(buf, 1, (size_t)n, out) != (size_t)n) rc = -2;
+    if (!rc && n < 0) rc = -3;
+    free(buf);
+    if (in) gzclose(in);
+    if (out ? fclose(out) != 0 : close(fd) != 0) rc = rc ? rc : -2;
+    if (rc) {
+        remove(tmp);
+        nbs_error_set(err, rc == -3 ? NBS_ERR_INPUT : NBS_ERR_IO,
+                      rc == -3 ? "%s: the gzip stream is corrupt or truncated; re-download the file"
+                      : rc == -2 ? "%s: cannot write the decompressed copy (disk full? set TMPDIR)"
+                                 : "%s: cannot open for decompression", path);
+        return -1;
+    }
+    return 1;
 }

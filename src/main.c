@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "nbsphere/error.h"
+#include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
 #include "nbsphere/pipeline.h"
 #include "nbsphere/progress.h"
@@ -62,11 +63,6 @@ static int parse_long(const char *s, long long lo, long long hi, long long *out)
     if (!*s || *end || errno || v < lo || v > hi) return -1;
     *out = v;
     return 0;
-}
-
-static const char *format_word(nbs_format f) {
-    static const char *const words[] = {"auto", "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv"};
-    return (int)f >= 0 && (int)f < 7 ? words[f] : "?";
 }
 
 /* ---- run ---- */
@@ -217,20 +213,21 @@ static int cmd_train(cli *c, int argc, char **argv, nbs_error *err) {
 
 static const char SIMULATE_USAGE[] =
     "usage: nbsphere simulate --out DIR [--cells N] [--genes G] [--branches B] [--seed S]\n"
-    "                         [--depth D] [--format mtx]\n"
+    "                         [--depth D] [--format mtx,10x-h5,h5ad]\n"
     "\n"
     "Writes a synthetic count dataset along a branching trajectory (a root segment and B\n"
     "branches; negative-binomial noise; log-normal library sizes) into DIR:\n"
-    "  sim_mtx/ (10x MTX folder: matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz) and\n"
-    "  cell_labels.tsv (barcode, branch, pseudotime).\n"
+    "  sim_mtx/ (10x MTX folder: matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz),\n"
+    "  sim_10x.h5 (Cell Ranger v3 HDF5) and sim.h5ad (AnnData, with obs branch and pseudotime),\n"
+    "  as --format asks, and cell_labels.tsv (barcode, branch, pseudotime).\n"
     "\n"
     "  --cells N      cells (default 2000)        --genes G     genes (default 1000)\n"
     "  --branches B   branches (default 3)        --seed S      random seed (default 0)\n"
     "  --depth D      median UMIs per cell (default 600)\n"
-    "  --format LIST  comma-separated list of output formats; this build writes mtx\n"
+    "  --format LIST  comma-separated output formats: mtx (default), 10x-h5, h5ad\n"
     "The same seed and sizes give byte-identical files.\n";
 
-enum { SIM_MTX = 4 };
+enum { SIM_H5 = 1, SIM_H5AD = 2, SIM_MTX = 4 };
 
 static int parse_sim_formats(const char *list, int *out, nbs_error *err) {
     char buf[256];
@@ -238,12 +235,14 @@ static int parse_sim_formats(const char *list, int *out, nbs_error *err) {
     *out = 0;
     for (char *save = NULL, *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
         if (!strcmp(t, "mtx") || !strcmp(t, "10x-mtx")) *out |= SIM_MTX;
+        else if (!strcmp(t, "10x-h5") || !strcmp(t, "h5")) *out |= SIM_H5;
+        else if (!strcmp(t, "h5ad")) *out |= SIM_H5AD;
         else
             return nbs_error_set(err, NBS_ERR_USAGE,
                                  "simulate: --format: unknown format '%s'; expected a comma-separated "
-                                 "list of: mtx", t);
+                                 "list of: mtx, 10x-h5, h5ad", t);
     }
-    if (!*out) return nbs_error_set(err, NBS_ERR_USAGE, "simulate: --format is empty; expected mtx");
+    if (!*out) return nbs_error_set(err, NBS_ERR_USAGE, "simulate: --format is empty; expected mtx, 10x-h5 or h5ad");
     return NBS_OK;
 }
 
@@ -253,6 +252,20 @@ static int sim_write(const nbs_sim_data *d, const char *dir, int formats, nbs_er
     if (!st && (formats & SIM_MTX)) {
         snprintf(path, sizeof path, "%s/sim_mtx", dir);
         st = nbs_sim_write_mtx_dir(d, path, err);
+    }
+    if (!st && (formats & SIM_H5)) {
+        snprintf(path, sizeof path, "%s/sim_10x.h5", dir);
+        st = nbs_io_write_10x_h5(path, d->counts, err);
+    }
+    if (!st && (formats & SIM_H5AD)) {
+        /* the truth goes into obs of a temporary file, which is then renamed into place */
+        char tmp[NBS_PATH_MAX + 64];
+        snprintf(path, sizeof path, "%s/sim.h5ad", dir);
+        nbs_io_tmp_name(path, tmp);
+        st = nbs_io_write_h5ad(tmp, NULL, d->counts, 0, NULL, NULL, err);
+        if (!st) st = nbs_sim_add_h5ad_obs(d, tmp, err);
+        if (!st) st = nbs_io_commit(tmp, path, err);
+        else remove(tmp);
     }
     return st;
 }
@@ -391,7 +404,7 @@ static void print_stats_text(const char *path, nbs_format f, nbs_orientation o, 
                              const matrix_stats *s) {
     double cells = (double)m->n_cells, genes = (double)m->n_genes;
     printf("file          %s\n", path);
-    printf("format        %s\n", format_word(f));
+    printf("format        %s\n", nbs_format_name(f));
     printf("shape         %lld cells x %lld genes, %lld nonzeros\n", (long long)m->n_cells,
            (long long)m->n_genes, (long long)m->nnz);
     printf("density       %.4f (%.1f %% zeros)\n", (double)m->nnz / (cells * genes),
@@ -423,7 +436,7 @@ static void print_stats_json(const char *path, nbs_format f, nbs_orientation o, 
     printf("{\n  \"file\": ");
     json_text(path);
     printf(",\n  \"format\": \"%s\",\n  \"cells\": %lld,\n  \"genes\": %lld,\n  \"nonzeros\": %lld,\n",
-           format_word(f), (long long)m->n_cells, (long long)m->n_genes, (long long)m->nnz);
+           nbs_format_name(f), (long long)m->n_cells, (long long)m->n_genes, (long long)m->nnz);
     printf("  \"density\": %.6g,\n  \"count_min\": %g,\n  \"count_max\": %g,\n  \"integer\": %s,\n",
            (double)m->nnz / ((double)m->n_cells * (double)m->n_genes), s->min, s->max,
            m->values_are_integer ? "true" : "false");

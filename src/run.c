@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
@@ -34,54 +33,14 @@ static int out_path(const run_state *s, const char *name, char *buf) {
     return n < NBS_PATH_MAX ? 0 : -1;
 }
 
-static int has_suffix(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && !strcmp(s + a - b, suf);
-}
-
-/* Format dispatch over the readers io_h5.c and io_text.c provide, then the validation every
- * reader's output needs (values, unique gene names). */
+/* The load stage is nbs_io_read; the detected format is reported to inspect and the log. */
 int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_matrix **out,
                        nbs_error *err) {
-    nbs_format f = in->format;
-    struct stat st;
-    if (f == NBS_FMT_AUTO) {
-        if (stat(in->path, &st) == 0 && S_ISDIR(st.st_mode)) f = NBS_FMT_10X_MTX;
-        else if (has_suffix(in->path, ".mtx") || has_suffix(in->path, ".mtx.gz")) f = NBS_FMT_MTX;
-        else if (has_suffix(in->path, ".h5") || has_suffix(in->path, ".hdf5") || has_suffix(in->path, ".h5ad")) {
-            int rc = nbs_io_h5_kind(in->path, &f, err);
-            if (rc) return rc;
-        } else {
-            return nbs_error_set(err, NBS_ERR_INPUT,
-                                 "%s: cannot tell the format from the name; expected a 10x folder, "
-                                 ".h5, .mtx or .mtx.gz, or set input.format", in->path);
-        }
-    }
-    int rc;
-    if (format_used) *format_used = f;
-    switch (f) {
-    case NBS_FMT_10X_H5: rc = nbs_io_read_10x_h5(in->path, in->genome, out, err); break;
-    case NBS_FMT_10X_MTX: rc = nbs_io_read_10x_mtx_dir(in->path, out, err); break;
-    case NBS_FMT_MTX: rc = nbs_io_read_mtx(in->path, in->orientation, out, err); break;
-    default:
-        return nbs_error_set(err, NBS_ERR_INPUT,
-                             "%s: this build reads 10x HDF5, 10x MTX folders and .mtx files; "
-                             "expected one of those (input.format)", in->path);
-    }
+    nbs_input_config resolved = *in;
+    int rc = resolved.format == NBS_FMT_AUTO ? nbs_io_detect_format(in->path, &resolved.format, err) : NBS_OK;
     if (rc) return rc;
-    rc = nbs_matrix_validate_values(*out, in->non_integer, in->path, err);
-    if (!rc) {
-        int64_t changed = nbs_matrix_make_names_unique((*out)->gene_names, (*out)->n_genes, err);
-        if (changed < 0) rc = err->code;
-        else if (changed > 0)
-            nbs_warn("%s: %lld duplicate gene names made unique (X, X-1, X-2, ...)", in->path,
-                     (long long)changed);
-    }
-    if (rc) {
-        nbs_matrix_free(*out);
-        *out = NULL;
-    }
-    return rc;
+    if (format_used) *format_used = resolved.format;
+    return nbs_io_read(&resolved, out, err);
 }
 
 static int stage_load(run_state *s, nbs_error *err) {

@@ -400,52 +400,6 @@ int nbs_sim_add_h5ad_obs(const nbs_sim_data *d, const char *path, nbs_error *err
     return NBS_OK;
 }
 
-/* ---- 10x MTX folder ---- */
-
-typedef int (*gz_body)(gzFile f, const nbs_matrix *m);
-
-static int body_matrix(gzFile f, const nbs_matrix *m) {
-    int ok = gzprintf(f, "%%%%MatrixMarket matrix coordinate integer general\n%lld %lld %lld\n",
-                      (long long)m->n_genes, (long long)m->n_cells, (long long)m->nnz) > 0;
-    for (int64_t i = 0; i < m->n_cells && ok; i++)
-        for (int64_t k = m->indptr[i]; k < m->indptr[i + 1] && ok; k++)
-            ok = gzprintf(f, "%d %lld %.0f\n", m->indices[k] + 1, (long long)i + 1, (double)m->data[k]) > 0;
-    return ok ? 0 : -1;
-}
-
-static int body_features(gzFile f, const nbs_matrix *m) {
-    int ok = 1;
-    for (int64_t g = 0; g < m->n_genes && ok; g++)
-        ok = gzprintf(f, "%s\t%s\tGene Expression\n", m->gene_ids[g], m->gene_names[g]) > 0;
-    return ok ? 0 : -1;
-}
-
-static int body_barcodes(gzFile f, const nbs_matrix *m) {
-    int ok = 1;
-    for (int64_t i = 0; i < m->n_cells && ok; i++) ok = gzprintf(f, "%s\n", m->barcodes[i]) > 0;
-    return ok ? 0 : -1;
-}
-
-static int write_gz(const char *dir, const char *name, gz_body body, const nbs_matrix *m, nbs_error *err) {
-    char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    nbs_io_tmp_name(path, tmp);
-    gzFile f = gzopen(tmp, "wb6");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
-    int bad = body(f, m);
-    if (gzclose(f) != Z_OK) bad = 1;
-    if (bad) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
-}
-
 int nbs_sim_write_mtx_dir(const nbs_sim_data *d, const char *dir, nbs_error *err) {
-    if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-        return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create the folder: %s", dir, strerror(errno));
-    int st = write_gz(dir, "features.tsv.gz", body_features, d->counts, err);
-    if (!st) st = write_gz(dir, "barcodes.tsv.gz", body_barcodes, d->counts, err);
-    if (!st) st = write_gz(dir, "matrix.mtx.gz", body_matrix, d->counts, err);
-    return st;
+    return nbs_io_write_10x_mtx_dir(dir, d->counts, 1, err);
 }

@@ -12,7 +12,7 @@
 #include "nbsphere/config.h"
 #include "nbsphere/matrix.h"
 
-/* ---- reading (io.c dispatches; io_h5.c and io_text.c implement) ---- */
+/* ---- reading (io.c dispatches; io_h5.c, io_h5ad.c, io_text.c and io_table.c implement) ---- */
 
 const char *nbs_format_name(nbs_format f); /* "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv" */
 int nbs_format_parse(const char *name, nbs_format *out); /* inverse; "auto" -> NBS_FMT_AUTO */
@@ -34,6 +34,10 @@ int nbs_io_read_10x_h5(const char *path, const char *genome, nbs_matrix **out, n
 int nbs_io_read_h5ad(const char *path, const char *layer, nbs_matrix **out, nbs_error *err);
 int nbs_io_read_10x_mtx_dir(const char *dir, nbs_matrix **out, nbs_error *err);
 int nbs_io_read_mtx(const char *path, nbs_orientation orient, nbs_matrix **out, nbs_error *err);
+/* Dense table: a header row of column names (with or without a name over the row-name column),
+ * then one row per cell or gene: a name and one number per column; plain or gzip. With
+ * NBS_ORIENT_AUTO, rows are genes when there are more data columns than rows (a filtered table
+ * usually keeps more cells than genes), cells otherwise, and a warning says which. */
 int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_matrix **out,
                       nbs_error *err);
 
@@ -65,10 +69,13 @@ typedef struct {
     const float *obs_kappa;     /* optional per-cell concentration, written to obs/nbsphere_kappa */
 } nbs_embedding_meta;
 
-/* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad, the output is a copy of
- * it (never modified in place) with obsm[key] added/replaced; its cells must match m's barcodes
- * (the subset kept after filtering is written as a subset copy of obs). Otherwise a new file
- * with X = the counts of m (CSR), obs/var names, obsm[key] and uns. */
+/* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad (or .h5ad.gz), the output
+ * is a copy of it (never modified in place; copy_from may equal path) with obsm[key], uns/nbsphere
+ * and obs/nbsphere_kappa added or replaced; its cells must be m's barcodes in the same order, else
+ * an error says so (a copy of a filtered subset is not written). Otherwise a new file with X = the
+ * counts of m (CSR float32, gzip), obs/var names (var also gene_ids), obsm[key] and uns. With
+ * embedding NULL or d == 0, no obsm/uns entries are written (counts only). Objects carry no
+ * time stamps: the same inputs give the same bytes. */
 int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix *m, int d,
                       const float *embedding, const nbs_embedding_meta *meta, nbs_error *err);
 

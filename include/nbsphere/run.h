@@ -18,7 +18,7 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
 
 /* The load stage on its own (also used by `inspect`): reads the input section's file with the
  * format it names or detects (*format_used, may be NULL), validates the values and makes gene
- * names unique. Reads 10x HDF5, 10x MTX folders and bare .mtx[.gz]. */
+ * names unique: nbs_io_read, which reads every format io.h lists. */
 int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_matrix **out,
                        nbs_error *err);
 

@@ -1,0 +1,196 @@
+/* Dense count tables (TSV/CSV, plain or gzip) and per-cell label tables. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "nbsphere/io.h"
+
+static float entry(const nbs_matrix *m, int64_t c, int64_t g) {
+    for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++)
+        if (m->indices[k] == g) return m->data[k];
+    return 0;
+}
+
+static nbs_matrix *read_ok(const char *path, char delim, nbs_orientation o) {
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    int rc = nbs_io_read_table(path, delim, o, &m, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    return m;
+}
+
+static void test_cells_in_rows_and_genes_in_rows(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *p = tu_path(dir, "cells.tsv");
+    assert_int_equal(tu_write_file(p, "cell\tA\tB\tC\nc1\t1\t0\t2\nc2\t0\t0\t7\n"), 0);
+    nbs_matrix *m = read_ok(p, '\t', NBS_ORIENT_CELLS_ROWS);
+    assert_int_equal(m->n_cells, 2);
+    assert_int_equal(m->n_genes, 3);
+    assert_int_equal(m->nnz, 3);
+    assert_string_equal(m->barcodes[1], "c2");
+    assert_string_equal(m->gene_names[2], "C");
+    assert_true(entry(m, 1, 2) == 7.0f);
+    nbs_matrix_free(m);
+
+    /* R's write.csv: quoted names, no name over the row names; genes in rows */
+    p = tu_path(dir, "genes.csv");
+    assert_int_equal(tu_write_file(p, "\"c1\",\"c2\"\r\n\"A\",1,0\r\n\"B\",0,0\r\n\"C\",2,7\r\n"), 0);
+    m = read_ok(p, ',', NBS_ORIENT_GENES_ROWS);
+    assert_int_equal(m->n_cells, 2);
+    assert_int_equal(m->n_genes, 3);
+    assert_string_equal(m->barcodes[0], "c1");
+    assert_string_equal(m->gene_names[0], "A");
+    assert_true(entry(m, 1, 2) == 7.0f);
+    assert_true(entry(m, 0, 0) == 1.0f);
+    nbs_matrix_free(m);
+
+    /* auto: more columns than rows means genes in rows */
+    m = read_ok(tu_path(dir, "cells.tsv"), '\t', NBS_ORIENT_AUTO); /* 2 rows, 3 columns */
+    assert_int_equal(m->n_cells, 3);
+    assert_int_equal(m->n_genes, 2);
+    nbs_matrix_free(m);
+    m = read_ok(p, ',', NBS_ORIENT_AUTO); /* 3 rows, 2 columns */
+    assert_int_equal(m->n_cells, 3);
+    assert_string_equal(m->barcodes[0], "A");
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_gzip_table(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *p = tu_path(dir, "t.tsv.gz");
+    gzFile f = gzopen(p, "wb");
+    assert_non_null(f);
+    gzputs(f, "gene");
+    for (int c = 0; c < 30000; c++) gzprintf(f, "\tcell%d", c);
+    gzputs(f, "\n");
+    for (int g = 0; g < 40; g++) {
+        gzprintf(f, "g%d", g);
+        for (int c = 0; c < 30000; c++) gzprintf(f, "\t%d", (c + g) % 7 == 0 ? c % 5 + 1 : 0);
+        gzputs(f, "\n");
+    }
+    gzclose(f);
+    nbs_matrix *m = read_ok(p, '\t', NBS_ORIENT_GENES_ROWS);
+    assert_int_equal(m->n_cells, 30000); /* lines longer than the first buffer */
+    assert_int_equal(m->n_genes, 40);
+    assert_true(entry(m, 7, 0) == 3.0f);
+    assert_true(entry(m, 8, 0) == 0.0f);
+    assert_string_equal(m->barcodes[29999], "cell29999");
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void expect_table_error(const char *dir, const char *text, const char *needle1, const char *needle2) {
+    const char *p = tu_path(dir, "bad.tsv");
+    assert_int_equal(tu_write_file(p, text), 0);
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_table(p, '\t', NBS_ORIENT_CELLS_ROWS, &m, &err), NBS_ERR_INPUT);
+    assert_null(m);
+    if (!strstr(err.msg, needle1) || !strstr(err.msg, needle2))
+        print_message("wanted '%s' and '%s' in: %s\n", needle1, needle2, err.msg);
+    assert_non_null(strstr(err.msg, needle1));
+    assert_non_null(strstr(err.msg, needle2));
+    assert_non_null(strstr(err.msg, "bad.tsv"));
+}
+
+static void test_table_errors(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    expect_table_error(dir, "", ":1:", "empty");
+    expect_table_error(dir, "cell\tA\tB\n", "no data rows", "header");
+    expect_table_error(dir, "cell\tA\tB\nc1\t1\t2\nc2\t1\n", ":3:", "same number of fields");
+    expect_table_error(dir, "cell\tA\tB\nc1\t1\t2\t3\t4\n", ":2:", "the header has 3");
+    expect_table_error(dir, "cell\tA\tB\nc1\t1\tNA\n", ":2:", "'NA' is not a number");
+    expect_table_error(dir, "cell\tA\tB\nc1\t1\t\n", "column 3 ('B')", "not a number");
+    expect_table_error(dir, "cell\tA\tB\nc1\t1\t2x\n", ":2:", "'2x'");
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_labels_pbmc3k_and_kang(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("pbmc3k/cell_labels.tsv");
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_10x_mtx_dir(tu_data("pbmc3k"), &m, &err), NBS_OK);
+    char **l = NULL;
+    assert_int_equal(nbs_io_read_labels_table(tu_data("pbmc3k/cell_labels.tsv"), "cell_type", m, &l, &err), NBS_OK);
+    int b = 0, dc = 0;
+    for (int64_t c = 0; c < m->n_cells; c++) {
+        assert_non_null(l[c]);
+        b += !strcmp(l[c], "B");
+        dc += !strcmp(l[c], "DC");
+    }
+    assert_int_equal(b, 344);
+    assert_int_equal(dc, 32);
+    nbs_io_free_labels(l, m->n_cells);
+    nbs_matrix_free(m);
+
+    NBS_REQUIRE_DATA("kang_muscat/cell_labels.tsv");
+    assert_int_equal(nbs_io_read_10x_mtx_dir(tu_data("kang_muscat"), &m, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_labels_table(tu_data("kang_muscat/cell_labels.tsv"), "group_id", m, &l, &err), NBS_OK);
+    int stim = 0;
+    for (int64_t c = 0; c < m->n_cells; c++) stim += l[c] && !strcmp(l[c], "stim");
+    assert_int_equal(stim, 806);
+    nbs_io_free_labels(l, m->n_cells);
+    /* no column named: the first one besides the barcodes (cell_type) */
+    assert_int_equal(nbs_io_read_labels_table(tu_data("kang_muscat/cell_labels.tsv"), NULL, m, &l, &err), NBS_OK);
+    int mono = 0;
+    for (int64_t c = 0; c < m->n_cells; c++) mono += l[c] && !strcmp(l[c], "CD14+ Monocytes");
+    assert_int_equal(mono, 400);
+    nbs_io_free_labels(l, m->n_cells);
+    l = NULL;
+    assert_int_equal(nbs_io_read_labels_table(tu_data("kang_muscat/cell_labels.tsv"), "louvain", m, &l, &err),
+                     NBS_ERR_INPUT);
+    assert_null(l);
+    assert_non_null(strstr(err.msg, "sample_id")); /* the columns there are listed */
+    nbs_matrix_free(m);
+}
+
+static void test_labels_matching(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *mat = tu_path(dir, "m.tsv");
+    assert_int_equal(tu_write_file(mat, "cell\tA\nx\t1\ny\t2\nz\t3\n"), 0);
+    nbs_matrix *m = read_ok(mat, '\t', NBS_ORIENT_CELLS_ROWS);
+    /* another order, a barcode column that is not first, an unknown cell, one cell missing */
+    const char *lab = tu_path(dir, "l.csv");
+    assert_int_equal(tu_write_file(lab, "type,cell\nT,z\nB,x\nNK,w\n"), 0);
+    char **l = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_labels_table(lab, "type", m, &l, &err), NBS_OK);
+    assert_string_equal(l[0], "B");
+    assert_null(l[1]);
+    assert_string_equal(l[2], "T");
+    nbs_io_free_labels(l, 3);
+    l = NULL;
+    assert_int_equal(tu_write_file(lab, "cell,type\nq,T\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, "type", m, &l, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "none of the 3 cells"));
+    assert_int_equal(tu_write_file(lab, "cell,type\nx,T,extra,more\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, "type", m, &l, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, ":2:"));
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cells_in_rows_and_genes_in_rows),
+        cmocka_unit_test(test_gzip_table),
+        cmocka_unit_test(test_table_errors),
+        cmocka_unit_test(test_labels_pbmc3k_and_kang),
+        cmocka_unit_test(test_labels_matching),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

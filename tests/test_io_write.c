@@ -1,0 +1,372 @@
+/* Writers: round trips through our readers, byte-identical output for the same data, refusal
+ * of a copy whose cells differ, and (where /usr/bin/python3 has anndata and h5py) a check that
+ * anndata reads the h5ad and that the 10x file has the layout scanpy.read_10x_h5 reads. */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/io.h"
+
+static nbs_matrix *small_real(void) {
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    int rc = nbs_io_read_10x_h5(tu_data("tenx_h5/scanpy_tests/3.0.0/filtered_feature_bc_matrix.h5"), NULL, &m, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    return m;
+}
+
+static void expect_same_matrix(const nbs_matrix *a, const nbs_matrix *b) {
+    assert_int_equal(a->n_cells, b->n_cells);
+    assert_int_equal(a->n_genes, b->n_genes);
+    assert_int_equal(a->nnz, b->nnz);
+    assert_memory_equal(a->indptr, b->indptr, (size_t)(a->n_cells + 1) * sizeof *a->indptr);
+    assert_memory_equal(a->indices, b->indices, (size_t)a->nnz * sizeof *a->indices);
+    assert_memory_equal(a->data, b->data, (size_t)a->nnz * sizeof *a->data);
+    for (int64_t c = 0; c < a->n_cells; c++) assert_string_equal(a->barcodes[c], b->barcodes[c]);
+    for (int64_t g = 0; g < a->n_genes; g++) {
+        assert_string_equal(a->gene_names[g], b->gene_names[g]);
+        assert_string_equal(a->gene_ids[g], b->gene_ids[g]);
+    }
+}
+
+static int same_bytes(const char *p, const char *q) {
+    size_t n1 = 0, n2 = 0;
+    char *a = tu_read_file(p, &n1), *b = tu_read_file(q, &n2);
+    int same = a && b && n1 == n2 && !memcmp(a, b, n1);
+    free(a);
+    free(b);
+    return same;
+}
+
+static float *make_embedding(int64_t n, int d) {
+    float *e = malloc((size_t)n * (size_t)d * sizeof *e);
+    for (int64_t i = 0; i < n * d; i++) e[i] = (float)((i * 37) % 101) / 7.0f - 3.0f;
+    return e;
+}
+
+/* 1 when /usr/bin/python3 can import the modules (the checks below are skipped visibly
+ * otherwise: `apt-get install python3-anndata`). */
+static int have_python(const char *modules) {
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c 'import %s' >/dev/null 2>&1", modules);
+    return system(cmd) == 0;
+}
+
+/* Runs a Python snippet (written to a file) and returns its stdout (malloc'd). */
+static char *python(const char *dir, const char *script) {
+    const char *py = tu_path(dir, "check.py");
+    assert_int_equal(tu_write_file(py, script), 0);
+    char cmd[8400];
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s' > '%s/py.out' 2>&1", py, dir);
+    int rc = system(cmd);
+    char *out = tu_read_file(tu_path(dir, "py.out"), NULL);
+    if (rc) print_message("python failed:\n%s\n", out ? out : "");
+    assert_int_equal(rc, 0);
+    return out;
+}
+
+static void test_embedding_tsv(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char *bc[2] = {"AAAC-1", "AAAG-1"};
+    float emb[6] = {0.5f, -1.25f, 3, 1.0f / 3.0f, 0, 2};
+    float kappa[2] = {10, 250.5f};
+    const char *names[1] = {"kappa"};
+    nbs_error err = {0};
+    const char *p = tu_path(dir, "embedding.tsv");
+    assert_int_equal(nbs_io_write_embedding_tsv(p, bc, 2, 3, emb, 1, names, kappa, &err), NBS_OK);
+    char *text = tu_read_file(p, NULL);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "barcode\tdim1\tdim2\tdim3\tkappa\n"));
+    assert_non_null(strstr(text, "AAAC-1\t0.5\t-1.25\t3\t10\n"));
+    assert_non_null(strstr(text, "AAAG-1\t0.333333343\t0\t2\t250.5\n")); /* float32 exactly */
+    free(text);
+    assert_int_equal(tu_count_files(dir), 1); /* no temporary left */
+    /* a folder that does not exist: an error naming the file, nothing written */
+    assert_int_equal(nbs_io_write_embedding_tsv(tu_path(dir, "no/such/e.tsv"), bc, 2, 3, emb, 0, NULL, NULL, &err),
+                     NBS_ERR_IO);
+    assert_non_null(strstr(err.msg, "e.tsv"));
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_new_h5ad_round_trip(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("tenx_h5/scanpy_tests/3.0.0/filtered_feature_bc_matrix.h5");
+    nbs_matrix *m = small_real();
+    char *dir = tu_tmpdir();
+    float *emb = make_embedding(m->n_cells, 5);
+    float *kappa = make_embedding(m->n_cells, 1);
+    nbs_embedding_meta meta = {"X_nbsphere", "vmf", "cosine", "0.1.0", kappa};
+    nbs_error err = {0};
+    char a[4200], b[4200];
+    snprintf(a, sizeof a, "%s", tu_path(dir, "a.h5ad"));
+    snprintf(b, sizeof b, "%s", tu_path(dir, "b.h5ad"));
+    assert_int_equal(nbs_io_write_h5ad(a, NULL, m, 5, emb, &meta, &err), NBS_OK);
+    assert_int_equal(nbs_io_write_h5ad(b, NULL, m, 5, emb, &meta, &err), NBS_OK);
+    assert_true(same_bytes(a, b));
+    nbs_matrix *back = NULL;
+    int rc = nbs_io_read_h5ad(a, "", &back, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    expect_same_matrix(m, back);
+    char **l = NULL;
+    assert_int_equal(nbs_io_read_h5ad_obs(a, "nbsphere_kappa", back, &l, &err), NBS_OK);
+    char want[64];
+    snprintf(want, sizeof want, "%.10g", (double)kappa[7]);
+    assert_string_equal(l[7], want);
+    nbs_io_free_labels(l, back->n_cells);
+    nbs_matrix_free(back);
+
+    if (!have_python("anndata")) {
+        print_message("SKIP (part): /usr/bin/python3 has no anndata; install python3-anndata to check the file "
+                      "with anndata\n");
+    } else {
+        char script[9000];
+        snprintf(script, sizeof script,
+                 "import anndata, numpy as np\n"
+                 "a = anndata.read_h5ad('%s')\n"
+                 "e = a.obsm['X_nbsphere']\n"
+                 "print('shape', a.shape, e.shape, e.dtype)\n"
+                 "print('e01', '%%.9g' %% float(e[0, 1]))\n"
+                 "print('sum', int(a.X.sum()))\n"
+                 "print('metric', a.uns['nbsphere']['metric'], a.uns['nbsphere']['latent'])\n"
+                 "print('kappa', a.obs['nbsphere_kappa'].shape[0])\n"
+                 "print('bc0', a.obs_names[0], a.var_names[0], a.var['gene_ids'][0])\n",
+                 a);
+        char *out = python(dir, script);
+        double sum = 0;
+        for (int64_t k = 0; k < m->nnz; k++) sum += m->data[k];
+        char line[256];
+        snprintf(line, sizeof line, "shape (%lld, %lld) (%lld, 5) float32", (long long)m->n_cells, (long long)m->n_genes,
+                 (long long)m->n_cells);
+        if (!strstr(out, line)) print_message("%s\nwanted %s\n", out, line);
+        assert_non_null(strstr(out, line));
+        snprintf(line, sizeof line, "sum %.0f\n", sum);
+        assert_non_null(strstr(out, line));
+        assert_non_null(strstr(out, "metric cosine vmf"));
+        snprintf(line, sizeof line, "kappa %lld", (long long)m->n_cells);
+        assert_non_null(strstr(out, line));
+        snprintf(line, sizeof line, "bc0 %s %s %s", m->barcodes[0], m->gene_names[0], m->gene_ids[0]);
+        assert_non_null(strstr(out, line));
+        snprintf(line, sizeof line, "e01 %.9g\n", (double)emb[1]);
+        if (!strstr(out, line)) print_message("%s\nwanted %s\n", out, line);
+        assert_non_null(strstr(out, line));
+        free(out);
+    }
+    free(emb);
+    free(kappa);
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_copy_h5ad(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("pbmc3k/pbmc3k_counts.h5ad");
+    const char *src = tu_data("pbmc3k/pbmc3k_counts.h5ad");
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_h5ad(src, "", &m, &err), NBS_OK);
+    char *dir = tu_tmpdir();
+    float *emb = make_embedding(m->n_cells, 4);
+    nbs_embedding_meta meta = {"X_nbsphere", "gaussian", "euclidean", "0.1.0", NULL};
+    char out[4200];
+    snprintf(out, sizeof out, "%s", tu_path(dir, "copy.h5ad"));
+    int rc = nbs_io_write_h5ad(out, src, m, 4, emb, &meta, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    /* everything of the source is still there: counts, names, obs columns */
+    nbs_matrix *back = NULL;
+    assert_int_equal(nbs_io_read_h5ad(out, "", &back, &err), NBS_OK);
+    expect_same_matrix(m, back);
+    char **l = NULL;
+    assert_int_equal(nbs_io_read_h5ad_obs(out, "cell_type", back, &l, &err), NBS_OK);
+    assert_non_null(l[0]);
+    nbs_io_free_labels(l, back->n_cells);
+    nbs_matrix_free(back);
+    /* writing again over the copy replaces obsm[key] */
+    meta.key = "X_other";
+    assert_int_equal(nbs_io_write_h5ad(out, out, m, 4, emb, &meta, &err), NBS_OK);
+
+    if (have_python("anndata")) {
+        char script[9000];
+        snprintf(script, sizeof script,
+                 "import anndata\n"
+                 "a = anndata.read_h5ad('%s')\n"
+                 "print('keys', sorted(a.obsm.keys()), a.obsm['X_nbsphere'].shape)\n"
+                 "print('types', a.obs['cell_type'].value_counts()['B'])\n",
+                 out);
+        char *o = python(dir, script);
+        if (!strstr(o, "keys ['X_nbsphere', 'X_other'] (2638, 4)")) print_message("%s\n", o);
+        assert_non_null(strstr(o, "keys ['X_nbsphere', 'X_other'] (2638, 4)"));
+        assert_non_null(strstr(o, "types 344"));
+        free(o);
+    } else {
+        print_message("SKIP (part): /usr/bin/python3 has no anndata\n");
+    }
+
+    /* a filtered subset of the cells cannot be a copy: a clear error, no file */
+    int64_t keep[3] = {0, 5, 9};
+    nbs_matrix *sub = nbs_matrix_subset(m, keep, 3, NULL, 0, &err);
+    assert_non_null(sub);
+    const char *bad = tu_path(dir, "subset.h5ad");
+    assert_int_equal(nbs_io_write_h5ad(bad, src, sub, 4, emb, &meta, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "2638 cells but the embedding has 3"));
+    assert_false(tu_exists(bad));
+    /* same count, other order */
+    char *t = m->barcodes[0];
+    m->barcodes[0] = m->barcodes[1];
+    m->barcodes[1] = t;
+    assert_int_equal(nbs_io_write_h5ad(bad, src, m, 4, emb, &meta, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "cell 1 is"));
+    assert_false(tu_exists(bad));
+    nbs_matrix_free(sub);
+    free(emb);
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_10x_h5_round_trip(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("tenx_h5/scanpy_tests/3.0.0/filtered_feature_bc_matrix.h5");
+    nbs_matrix *m = small_real();
+    char *dir = tu_tmpdir();
+    char a[4200], b[4200];
+    snprintf(a, sizeof a, "%s", tu_path(dir, "a.h5"));
+    snprintf(b, sizeof b, "%s", tu_path(dir, "b.h5"));
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_write_10x_h5(a, m, &err), NBS_OK);
+    assert_int_equal(nbs_io_write_10x_h5(b, m, &err), NBS_OK);
+    assert_true(same_bytes(a, b));
+    nbs_format f;
+    assert_int_equal(nbs_io_detect_format(a, &f, &err), NBS_OK);
+    assert_int_equal(f, NBS_FMT_10X_H5);
+    nbs_matrix *back = NULL;
+    assert_int_equal(nbs_io_read_10x_h5(a, NULL, &back, &err), NBS_OK);
+    expect_same_matrix(m, back);
+    nbs_matrix_free(back);
+    if (have_python("h5py, scipy.sparse")) {
+        /* the steps of scanpy's read_10x_h5 for the v3 layout */
+        char script[9000];
+        snprintf(script, sizeof script,
+                 "import h5py, scipy.sparse as sp\n"
+                 "f = h5py.File('%s', 'r')\n"
+                 "d = {}\n"
+                 "f['matrix'].visititems(lambda k, v: d.__setitem__(k.split('/')[-1], v[()]) if isinstance(v, h5py.Dataset) else None)\n"
+                 "M, N = d['shape']\n"
+                 "X = sp.csr_matrix((d['data'].astype('float32'), d['indices'], d['indptr']), shape=(N, M))\n"
+                 "print('X', X.shape, int(X.sum()))\n"
+                 "print('names', d['barcodes'].astype(str)[0], d['name'].astype(str)[0], d['id'].astype(str)[0],\n"
+                 "      d['feature_type'].astype(str)[0], d['genome'].astype(str)[0])\n",
+                 a);
+        char *out = python(dir, script);
+        double sum = 0;
+        for (int64_t k = 0; k < m->nnz; k++) sum += m->data[k];
+        char line[512];
+        snprintf(line, sizeof line, "X (%lld, %lld) %.0f", (long long)m->n_cells, (long long)m->n_genes, sum);
+        if (!strstr(out, line)) print_message("%s\nwanted %s\n", out, line);
+        assert_non_null(strstr(out, line));
+        snprintf(line, sizeof line, "names %s %s %s Gene Expression unknown", m->barcodes[0], m->gene_names[0],
+                 m->gene_ids[0]);
+        assert_non_null(strstr(out, line));
+        free(out);
+    } else {
+        print_message("SKIP (part): /usr/bin/python3 has no h5py/scipy\n");
+    }
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_10x_mtx_round_trip(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("kang_muscat/matrix.mtx.gz");
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_10x_mtx_dir(tu_data("kang_muscat"), &m, &err), NBS_OK);
+    char *dir = tu_tmpdir();
+    for (int gz = 0; gz <= 1; gz++) {
+        char sub[4200];
+        snprintf(sub, sizeof sub, "%s", tu_path(dir, gz ? "gz" : "plain"));
+        assert_int_equal(nbs_io_write_10x_mtx_dir(sub, m, gz, &err), NBS_OK);
+        assert_int_equal(tu_count_files(sub), 3);
+        assert_true(tu_exists(tu_path(sub, gz ? "matrix.mtx.gz" : "matrix.mtx")));
+        nbs_matrix *back = NULL;
+        assert_int_equal(nbs_io_read_10x_mtx_dir(sub, &back, &err), NBS_OK);
+        expect_same_matrix(m, back);
+        nbs_matrix_free(back);
+    }
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* `nbsphere simulate --format mtx,10x-h5,h5ad`: the three files hold the same counts, the h5ad's
+ * obs carries the truth of cell_labels.tsv, and a second run gives the same bytes. */
+static void test_simulate_every_format(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    for (int run = 0; run < 2; run++) {
+        char args[4300];
+        snprintf(args, sizeof args, "simulate --out '%s' --cells 300 --genes 120 --seed 5 --format mtx,10x-h5,h5ad",
+                 tu_path(dir, run ? "b" : "a"));
+        char *out = NULL, *errout = NULL;
+        int rc = tu_run_cli(args, &out, &errout);
+        if (rc) print_message("%s\n", errout ? errout : "");
+        assert_int_equal(rc, 0);
+        free(out);
+        free(errout);
+    }
+    char a[4200];
+    snprintf(a, sizeof a, "%s", tu_path(dir, "a"));
+    char p1[4300], p2[4300];
+    static const char *const files[] = {"sim_10x.h5", "sim.h5ad", "sim_mtx/matrix.mtx.gz"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(p1, sizeof p1, "%s/a/%s", dir, files[i]);
+        snprintf(p2, sizeof p2, "%s/b/%s", dir, files[i]);
+        if (!same_bytes(p1, p2)) print_message("%s differs between two runs\n", files[i]);
+        assert_true(same_bytes(p1, p2));
+    }
+    nbs_matrix *mtx = NULL, *h5 = NULL, *ad = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_10x_mtx_dir(tu_path(a, "sim_mtx"), &mtx, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_10x_h5(tu_path(a, "sim_10x.h5"), NULL, &h5, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_h5ad(tu_path(a, "sim.h5ad"), "", &ad, &err), NBS_OK);
+    assert_int_equal(mtx->n_cells, 300);
+    expect_same_matrix(mtx, h5);
+    expect_same_matrix(mtx, ad);
+    char **l1 = NULL, **l2 = NULL;
+    assert_int_equal(nbs_io_read_h5ad_obs(tu_path(a, "sim.h5ad"), "branch", ad, &l1, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_labels_table(tu_path(a, "cell_labels.tsv"), "branch", ad, &l2, &err), NBS_OK);
+    int roots = 0;
+    for (int64_t c = 0; c < ad->n_cells; c++) {
+        assert_non_null(l1[c]);
+        assert_string_equal(l1[c], l2[c]);
+        roots += !strcmp(l1[c], "root");
+    }
+    assert_true(roots > 0 && roots < 300);
+    nbs_io_free_labels(l1, ad->n_cells);
+    nbs_io_free_labels(l2, ad->n_cells);
+    nbs_matrix_free(mtx);
+    nbs_matrix_free(h5);
+    nbs_matrix_free(ad);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_embedding_tsv),
+        cmocka_unit_test(test_new_h5ad_round_trip),
+        cmocka_unit_test(test_copy_h5ad),
+        cmocka_unit_test(test_10x_h5_round_trip),
+        cmocka_unit_test(test_10x_mtx_round_trip),
+        cmocka_unit_test(test_simulate_every_format),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
