@@ -264,6 +264,34 @@ static int read_strings(hid_t loc, const char *name, int64_t *n, char ***out, co
     return NBS_OK;
 }
 
+static int read_config_text(hid_t f, const char *path, char **out, nbs_error *err) {
+    hid_t d = H5Dopen2(f, "config_yaml", H5P_DEFAULT);
+    if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: 'config_yaml' is missing; is this an "
+                                    "nbsphere model file?", path);
+    hid_t t = vlen_string_type(d);
+    char *text = NULL;
+    herr_t st = H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text);
+    H5Tclose(t);
+    H5Dclose(d);
+    if (st < 0 || !text) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read 'config_yaml'", path);
+    *out = strdup(text);
+    H5free_memory(text);
+    return *out ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+}
+
+int nbs_checkpoint_config_text(const char *path, char **yaml, nbs_error *err) {
+    hid_t f;
+    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
+    H5E_END_TRY;
+    if (f < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (missing, truncated "
+                                    "or not a model file)", path);
+    int st;
+    H5E_BEGIN_TRY { st = read_config_text(f, path, yaml, err); }
+    H5E_END_TRY;
+    H5Fclose(f);
+    return st;
+}
+
 static int read_config(hid_t f, const char *path, nbs_config *c, nbs_error *err) {
     hid_t d = H5Dopen2(f, "config_yaml", H5P_DEFAULT);
     if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: 'config_yaml' is missing", path);

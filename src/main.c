@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "nbsphere/checkpoint.h"
 #include "nbsphere/error.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
@@ -101,13 +102,23 @@ static int common_run_opt(int argc, char **argv, int *i, run_args *r, const char
     return 0;
 }
 
-static int do_run(cli *c, const char *pipeline_path, run_args *r, int flags, nbs_error *err) {
+/* resume: a model file whose stored configuration is the starting point instead of a pipeline. */
+static int do_run(cli *c, const char *pipeline_path, const char *resume, run_args *r, int flags,
+                  nbs_error *err) {
     if (r->out_set[0]) r->sets[r->n_sets++] = r->out_set; /* --out wins over --set output.dir */
     nbs_pipeline *p = malloc(sizeof *p);
     if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
-    int st = nbs_pipeline_load(pipeline_path, r->sets, r->n_sets, flags, p, err);
+    int st;
+    if (resume) {
+        char *yaml = NULL;
+        st = nbs_checkpoint_config_text(resume, &yaml, err);
+        if (!st) st = nbs_pipeline_load_string(yaml, resume, NULL, r->sets, r->n_sets, flags, p, err);
+        free(yaml);
+    } else {
+        st = nbs_pipeline_load(pipeline_path, r->sets, r->n_sets, flags, p, err);
+    }
     if (!st) {
-        nbs_run_options o = {c->command_line, c->progress};
+        nbs_run_options o = {c->command_line, c->progress, resume};
         st = nbs_run(p, &o, err);
         char shown[NBS_PATH_MAX];
         if (!st && c->verbosity >= 1)
@@ -130,7 +141,7 @@ static int cmd_run(cli *c, int argc, char **argv, nbs_error *err) {
         pipeline = argv[i];
     }
     if (!pipeline) return usage_error(err, "run", "no pipeline file given");
-    return do_run(c, pipeline, &r, NBS_PIPELINE_REQUIRE_INPUT, err);
+    return do_run(c, pipeline, NULL, &r, NBS_PIPELINE_REQUIRE_INPUT, err);
 }
 
 /* ---- train ---- */
@@ -138,10 +149,14 @@ static int cmd_run(cli *c, int argc, char **argv, nbs_error *err) {
 static const char TRAIN_USAGE[] =
     "usage: nbsphere train DATA [--pipeline FILE] [options] [--set section.key=value]...\n"
     "                     [--out DIR]\n"
+    "       nbsphere train --resume MODEL [DATA] [--epochs N] [--set ...] [--out DIR]\n"
     "\n"
     "Trains on a count matrix without writing a pipeline file; every pipeline key is available\n"
     "through --set, and a pipeline file can supply the rest.\n"
     "\n"
+    "  --resume MODEL      continue from a checkpoint.h5 or model.h5 with the configuration\n"
+    "                      stored in it (same input and preprocessing; raise --epochs to go on\n"
+    "                      after a finished run); outputs go to its output folder unless --out\n"
     "  --pipeline FILE     start from this pipeline's configuration (its input is replaced)\n"
     "  --format F          auto | 10x-h5 | h5ad | 10x-mtx | mtx | tsv | csv\n"
     "  --latent K          gaussian | vmf | power_spherical\n"
@@ -164,7 +179,7 @@ static int cmd_train(cli *c, int argc, char **argv, nbs_error *err) {
     static char buf[16][NBS_PATH_MAX + 64];
     int nbuf = 0;
     run_args r = {0};
-    const char *data = NULL, *pipeline = NULL;
+    const char *data = NULL, *pipeline = NULL, *resume = NULL;
     const char *first[16];
     int n_first = 0;
     for (int i = 0; i < argc; i++) {
@@ -176,6 +191,12 @@ static int cmd_train(cli *c, int argc, char **argv, nbs_error *err) {
         if (v || missing) {
             if (missing) return usage_error(err, "train", "--pipeline needs a file");
             pipeline = v;
+            continue;
+        }
+        v = opt_value(argc, argv, &i, "--resume", &missing);
+        if (v || missing) {
+            if (missing) return usage_error(err, "train", "--resume needs a checkpoint or model file");
+            resume = v;
             continue;
         }
         for (size_t s = 0; s < sizeof sugar / sizeof sugar[0] && !hit; s++) {
@@ -197,16 +218,17 @@ static int cmd_train(cli *c, int argc, char **argv, nbs_error *err) {
         if (data) return usage_error(err, "train", "more than one data file given");
         data = argv[i];
     }
-    if (!data) return usage_error(err, "train", "no data file given");
+    if (!data && !resume) return usage_error(err, "train", "no data file given");
+    if (resume && pipeline) return usage_error(err, "train", "--resume and --pipeline exclude each other");
     /* data and the short options come before the --set ones, so --set has the last word */
     static char in[NBS_PATH_MAX + 16];
-    snprintf(in, sizeof in, "input.path=%s", data);
+    snprintf(in, sizeof in, "input.path=%s", data ? data : "");
     run_args all = r;
     all.n_sets = 0;
-    all.sets[all.n_sets++] = in;
+    if (data) all.sets[all.n_sets++] = in;
     for (int i = 0; i < n_first; i++) all.sets[all.n_sets++] = first[i];
     for (int i = 0; i < r.n_sets; i++) all.sets[all.n_sets++] = r.sets[i];
-    return do_run(c, pipeline, &all, NBS_PIPELINE_REQUIRE_INPUT, err);
+    return do_run(c, pipeline, resume, &all, NBS_PIPELINE_REQUIRE_INPUT, err);
 }
 
 /* ---- simulate ---- */

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdio.h>
+#include <search.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -344,4 +345,69 @@ int nbs_matrix_default_names(char ***names, int64_t n, const char *prefix, nbs_e
     free_names(*names, n);
     *names = out;
     return NBS_OK;
+}
+
+nbs_matrix *nbs_matrix_align_genes(const nbs_matrix *m, char *const *names, int64_t n,
+                                   int64_t *missing, nbs_error *err) {
+    /* target[g]: the list position of m's gene g (or -1), through a hash of m's names */
+    int64_t *target = nbs_malloc(sizeof(int64_t) * (m->n_genes ? m->n_genes : 1), err);
+    struct hsearch_data h = {0};
+    if (!target) return NULL;
+    if (!hcreate_r((size_t)(m->n_genes * 2 + 16), &h)) {
+        free(target);
+        nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for a gene index");
+        return NULL;
+    }
+    for (int64_t g = 0; g < m->n_genes; g++) {
+        target[g] = -1;
+        ENTRY e = {m->gene_names[g], (void *)(intptr_t)g}, *r;
+        hsearch_r(e, ENTER, &r, &h); /* names are unique, so the first entry is the only one */
+    }
+    *missing = 0;
+    for (int64_t j = 0; j < n; j++) {
+        ENTRY e = {names[j], NULL}, *r = NULL;
+        if (hsearch_r(e, FIND, &r, &h) && r && target[(intptr_t)r->data] < 0) target[(intptr_t)r->data] = j;
+        else (*missing)++;
+    }
+    hdestroy_r(&h);
+    int64_t nnz = 0;
+    for (int64_t p = 0; p < m->nnz; p++) nnz += target[m->indices[p]] >= 0;
+    nbs_matrix *out = nbs_matrix_new(m->n_cells, n, nnz, err);
+    if (!out) {
+        free(target);
+        return NULL;
+    }
+    int64_t q = 0;
+    for (int64_t i = 0; i < m->n_cells; i++) {
+        const int64_t start = q;
+        for (int64_t p = m->indptr[i]; p < m->indptr[i + 1]; p++)
+            if (target[m->indices[p]] >= 0) {
+                out->indices[q] = (int32_t)target[m->indices[p]];
+                out->data[q++] = m->data[p];
+            }
+        /* the new order of genes is not the old one: sort the row by its new indices */
+        for (int64_t a = start + 1; a < q; a++)
+            for (int64_t b = a; b > start && out->indices[b - 1] > out->indices[b]; b--) {
+                int32_t ti = out->indices[b];
+                out->indices[b] = out->indices[b - 1];
+                out->indices[b - 1] = ti;
+                float tv = out->data[b];
+                out->data[b] = out->data[b - 1];
+                out->data[b - 1] = tv;
+            }
+        out->indptr[i + 1] = q;
+    }
+    free(target);
+    out->values_are_integer = m->values_are_integer;
+    int st = NBS_OK;
+    for (int64_t i = 0; i < m->n_cells && !st; i++)
+        if (!(out->barcodes[i] = nbs_strdup(m->barcodes[i], err))) st = err->code;
+    for (int64_t j = 0; j < n && !st; j++)
+        if (!(out->gene_names[j] = nbs_strdup(names[j], err)) || !(out->gene_ids[j] = nbs_strdup(names[j], err)))
+            st = err->code;
+    if (st) {
+        nbs_matrix_free(out);
+        return NULL;
+    }
+    return out;
 }

@@ -7,14 +7,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nbsphere/checkpoint.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
+#include "nbsphere/preprocess.h"
+#include "nbsphere/train.h"
 
 typedef struct {
     const nbs_pipeline *p;
     const nbs_run_options *o;
     nbs_manifest *manifest;
-    nbs_matrix *counts;
+    nbs_format format;          /* of the input, as read */
+    nbs_matrix *counts;         /* as loaded */
+    nbs_preprocess_result *pre; /* filtered cells, selected genes */
+    nbs_checkpoint ck;          /* model, training state and log */
     double t_stage;
 } run_state;
 
@@ -49,13 +55,146 @@ static int stage_load(run_state *s, nbs_error *err) {
     nbs_progress_fraction(s->o->progress, 0, in->path); /* on a terminal: what is being read */
     int st = nbs_manifest_add_input(s->manifest, in->path, err);
     if (!st && in->labels_path[0]) st = nbs_manifest_add_input(s->manifest, in->labels_path, err);
-    if (!st) st = nbs_run_read_input(in, NULL, &s->counts, err);
+    if (!st) st = nbs_run_read_input(in, &s->format, &s->counts, err);
     if (st) return st;
     char msg[256];
     snprintf(msg, sizeof msg, "%lld cells x %lld genes, %lld nonzeros",
              (long long)s->counts->n_cells, (long long)s->counts->n_genes,
              (long long)s->counts->nnz);
     return stage_end(s, "load", msg, err);
+}
+
+/* ---- preprocess ---- */
+
+static int stage_preprocess(run_state *s, nbs_error *err) {
+    const nbs_preprocess_config *pc = &s->p->config.preprocess;
+    stage_begin(s, "preprocess");
+    int st = nbs_preprocess_run(s->counts, pc, &s->pre, err);
+    if (st) return st;
+    char msg[512];
+    nbs_preprocess_summary(s->pre, pc, msg, sizeof msg);
+    if (s->pre->cells_zero_library)
+        nbs_warn("%lld cells have no counts in the selected genes; they are kept and embedded from "
+                 "an empty profile", (long long)s->pre->cells_zero_library);
+    return stage_end(s, "preprocess", msg, err);
+}
+
+/* ---- train ---- */
+
+static int save_checkpoint(void *user, nbs_model *m, const nbs_train_state *ts, const nbs_train_log *l,
+                           nbs_error *err) {
+    run_state *s = user;
+    char path[NBS_PATH_MAX];
+    if (out_path(s, NBS_OUT_CHECKPOINT, path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    const nbs_matrix *X = s->pre->matrix;
+    return nbs_checkpoint_save(path, m, &s->p->config, X->gene_names, X->gene_ids, ts, l, err);
+}
+
+/* A resumed run must see the genes its checkpoint was trained on, in the same order. */
+static int check_resume_genes(const nbs_checkpoint *ck, const nbs_matrix *X, const char *path,
+                              nbs_error *err) {
+    int same = ck->n_genes == X->n_genes;
+    for (int64_t g = 0; same && g < X->n_genes; g++) same = !strcmp(ck->gene_names[g], X->gene_names[g]);
+    if (!same)
+        return nbs_error_set(err, NBS_ERR_INPUT,
+                             "%s: the checkpoint was trained on %lld genes, but this input and "
+                             "preprocessing give %lld other ones; resume with the same input and "
+                             "preprocess section (they are in the checkpoint's configuration)",
+                             path, (long long)ck->n_genes, (long long)X->n_genes);
+    return NBS_OK;
+}
+
+static int stage_train(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const nbs_matrix *X = s->pre->matrix;
+    stage_begin(s, "train");
+    int st = NBS_OK;
+    if (s->o->resume) {
+        st = nbs_checkpoint_load(s->o->resume, &s->ck, err);
+        if (!st) st = check_resume_genes(&s->ck, X, s->o->resume, err);
+        if (st) return st;
+        nbs_info("resuming from %s after epoch %d", s->o->resume, s->ck.state.epochs_done);
+    } else {
+        if (X->n_genes > INT32_MAX) return nbs_error_set(err, NBS_ERR_INPUT, "too many genes");
+        gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+        if (!r) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+        gsl_rng_set(r, c->train.seed);
+        s->ck.model = nbs_model_new(&c->model, (int)X->n_genes, r, err);
+        gsl_rng_free(r);
+        if (!s->ck.model) return err->code;
+        if ((st = nbs_train_state_init(&s->ck.state, s->ck.model, c->train.seed, err))) return st;
+    }
+    char log_path[NBS_PATH_MAX], ckpt_path[NBS_PATH_MAX];
+    if (out_path(s, NBS_OUT_LOG, log_path) || out_path(s, NBS_OUT_CHECKPOINT, ckpt_path))
+        return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, NULL, s};
+    st = nbs_train(s->ck.model, X, &c->train, &s->ck.state, &s->ck.log, &h, err);
+    if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_LOG, err);
+    if (st) return st;
+    char model_path[NBS_PATH_MAX];
+    if (out_path(s, NBS_OUT_MODEL, model_path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    st = nbs_checkpoint_save(model_path, s->ck.model, c, X->gene_names, X->gene_ids, &s->ck.state, &s->ck.log, err);
+    if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_MODEL, err);
+    if (st) return st;
+    remove(ckpt_path); /* model.h5 holds everything the periodic checkpoint did, and more */
+    const nbs_train_log *l = &s->ck.log;
+    char msg[256] = "no epochs to train";
+    if (l->n > 0) {
+        const nbs_epoch_record *r = &l->rec[l->n - 1];
+        snprintf(msg, sizeof msg, "%d epochs, ELBO %.4g (validation %.4g), KL %.3g", r->epoch,
+                 -(r->recon + r->kl), r->val_elbo, r->kl);
+    }
+    return stage_end(s, "train", msg, err);
+}
+
+/* ---- write ---- */
+
+static int stage_write(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const nbs_matrix *X = s->pre->matrix;
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int d = L->dim, gauss = L->kind == NBS_LATENT_GAUSSIAN;
+    stage_begin(s, "write");
+    int st = NBS_OK;
+    const int64_t n = X->n_cells;
+    float *z = nbs_malloc(sizeof(float) * (size_t)(n * d + 1), err);
+    float *spread = z ? nbs_malloc(sizeof(float) * (size_t)(n * (gauss ? d : 1) + 1), err) : NULL;
+    if (!spread) {
+        free(z);
+        return err->code;
+    }
+    st = nbs_model_embed(s->ck.model, X, z, spread, err);
+    char path[NBS_PATH_MAX];
+    /* extra TSV columns: variances (Gaussian, on request) or kappa (spheres, always) */
+    char names_buf[NBS_MAX_KL_TERMS][16];
+    const char *names[NBS_MAX_KL_TERMS];
+    int n_extra = gauss ? (c->output.write_variances ? d : 0) : 1;
+    for (int j = 0; j < n_extra; j++) {
+        if (gauss) snprintf(names_buf[j], sizeof names_buf[j], "var%d", j + 1);
+        else snprintf(names_buf[j], sizeof names_buf[j], "kappa");
+        names[j] = names_buf[j];
+    }
+    if (!st && out_path(s, NBS_OUT_EMBEDDING, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    if (!st) st = nbs_io_write_embedding_tsv(path, X->barcodes, n, d, z, n_extra, names, spread, err);
+    if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
+    if (!st && c->output.write_h5ad) {
+        /* A copy of the user's h5ad keeps all of its obs and layers; when filtering removed
+         * cells, a new file with the cells and genes the model saw is written instead. */
+        const char *copy = s->format == NBS_FMT_H5AD && s->pre->n_cells == s->counts->n_cells ? c->input.path : NULL;
+        if (s->format == NBS_FMT_H5AD && !copy)
+            nbs_info("preprocessing removed cells, so %s holds the %lld kept cells and the model's "
+                     "genes rather than a copy of the input", NBS_OUT_H5AD, (long long)n);
+        nbs_embedding_meta meta = {c->output.embedding_key, nbs_latent_word(L->kind),
+                                   gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread};
+        if (out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+        if (!st) st = nbs_io_write_h5ad(path, copy, copy ? s->counts : X, d, z, &meta, err);
+        if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
+    }
+    char msg[256];
+    snprintf(msg, sizeof msg, "%lld cells embedded in %d dimensions", (long long)n, d);
+    free(z);
+    free(spread);
+    return st ? st : stage_end(s, "write", msg, err);
 }
 
 static int finish_manifest(run_state *s, int status, const nbs_error *failure, nbs_error *err) {
@@ -69,7 +208,10 @@ static int finish_manifest(run_state *s, int status, const nbs_error *failure, n
 }
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
-    run_state s = {p, o, NULL, NULL, 0};
+    run_state s;
+    memset(&s, 0, sizeof s);
+    s.p = p;
+    s.o = o;
     int st = nbs_pipeline_prepare_output(p, err);
     if (st) return st;
     if (!(s.manifest = nbs_manifest_new(o->command_line, err))) return err->code;
@@ -78,6 +220,9 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     if (!st) st = nbs_pipeline_write_yaml(&p->config, cfg_path, err);
     if (!st) st = nbs_manifest_add_output(s.manifest, NBS_OUT_CONFIG, err);
     if (!st) st = stage_load(&s, err);
+    if (!st) st = stage_preprocess(&s, err);
+    if (!st) st = stage_train(&s, err);
+    if (!st) st = stage_write(&s, err);
     /* The manifest is written for failed runs too: it says how far the run got and why. */
     nbs_error merr = {0};
     int mst = finish_manifest(&s, st, err, &merr);
@@ -86,6 +231,8 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
         st = mst;
     }
     nbs_matrix_free(s.counts);
+    nbs_preprocess_result_free(s.pre);
+    nbs_checkpoint_free(&s.ck);
     nbs_manifest_free(s.manifest);
     return st;
 }

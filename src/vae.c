@@ -551,6 +551,23 @@ int nbs_model_loglik(const nbs_model *cm, const nbs_matrix *X, const int64_t *ro
     return NBS_OK;
 }
 
+int nbs_model_embed(const nbs_model *m, const nbs_matrix *X, float *location, float *spread,
+                    nbs_error *err) {
+    const int hd = m->head_dim, d = m->lat.dim;
+    float *head = nbs_malloc(sizeof(float) * EVAL_CHUNK * hd, err);
+    if (!head) return err->code;
+    int st = NBS_OK;
+    for (int64_t s = 0; s < X->n_cells && !st; s += EVAL_CHUNK) {
+        int c = (int)(X->n_cells - s < EVAL_CHUNK ? X->n_cells - s : EVAL_CHUNK);
+        st = nbs_model_encode(m, X, NULL, s, c, head, err);
+        if (!st)
+            nbs_latent_posterior(&m->lat, head, c, location + s * d,
+                                 !spread ? NULL : spread + s * (m->lat.kind == NBS_LATENT_GAUSSIAN ? d : 1));
+    }
+    free(head);
+    return st;
+}
+
 /* ---- accessors ---- */
 
 int nbs_model_n_genes(const nbs_model *m) { return m->G; }

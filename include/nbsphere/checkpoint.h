@@ -36,4 +36,7 @@ int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, cha
 int nbs_checkpoint_load(const char *path, nbs_checkpoint *out, nbs_error *err);
 void nbs_checkpoint_free(nbs_checkpoint *c);
 
+/* Only the configuration, as the YAML text stored in the file (malloc'd), for `train --resume`. */
+int nbs_checkpoint_config_text(const char *path, char **yaml, nbs_error *err);
+
 #endif

@@ -62,4 +62,9 @@ void nbs_matrix_row_sums(const nbs_matrix *m, double *out);
 /* Fills names with "prefix1", "prefix2", ... when a source has none. */
 int nbs_matrix_default_names(char ***names, int64_t n, const char *prefix, nbs_error *err);
 
+/* The columns of m rearranged to the gene list names[0..n) (matched by name): a model's genes
+ * in its order. Genes of the list that m lacks become all-zero columns, counted in *missing. */
+nbs_matrix *nbs_matrix_align_genes(const nbs_matrix *m, char *const *names, int64_t n,
+                                   int64_t *missing, nbs_error *err);
+
 #endif

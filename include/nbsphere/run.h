@@ -12,6 +12,7 @@
 typedef struct {
     const char *command_line; /* recorded in the manifest */
     nbs_progress *progress;   /* may be NULL */
+    const char *resume;       /* a checkpoint or model file to continue training from, or NULL */
 } nbs_run_options;
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
@@ -25,5 +26,10 @@ int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_
 /* Names of the files a run writes into output.dir. */
 #define NBS_OUT_MANIFEST "manifest.json"
 #define NBS_OUT_CONFIG "config.yaml"
+#define NBS_OUT_LOG "training_log.tsv"
+#define NBS_OUT_CHECKPOINT "checkpoint.h5" /* periodic, removed once model.h5 is written */
+#define NBS_OUT_MODEL "model.h5"
+#define NBS_OUT_EMBEDDING "embedding.tsv"
+#define NBS_OUT_H5AD "embedding.h5ad"
 
 #endif

@@ -50,6 +50,11 @@ void nbs_model_adam(nbs_model *m, double lr, double weight_decay);
 int nbs_model_encode(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t row0,
                      int n, float *head, nbs_error *err);
 
+/* The embedding of every cell of X: posterior location [n_cells x d] and, if spread is not
+ * NULL, the Gaussian variances [n_cells x d] or the sphere's concentration [n_cells]. */
+int nbs_model_embed(const nbs_model *m, const nbs_matrix *X, float *location, float *spread,
+                    nbs_error *err);
+
 /* Decoder in evaluation mode: z [n x d] -> gene logits [n x G]; log rho = log_softmax(logits). */
 int nbs_model_decode_logits(const nbs_model *m, const float *z, int n, float *logits,
                             nbs_error *err);
