@@ -357,6 +357,78 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
     return st;
 }
 
+/* ---- embed ---- */
+
+static const char EMBED_USAGE[] =
+    "usage: nbsphere embed MODEL DATA [--out DIR] [--format F] [--layer L] [--genome G]\n"
+    "                     [--orientation O] [--set section.key=value]...\n"
+    "\n"
+    "Embeds the cells of DATA with a trained model (the model.h5 a run wrote). Genes are matched\n"
+    "to the model's by name and put in its order; genes the data lack count as zero (a warning\n"
+    "says how many). No cell is filtered. Writes embedding.tsv, embedding.h5ad (for an .h5ad\n"
+    "input: a copy of it with obsm['X_nbsphere'] added) and manifest.json into DIR.\n"
+    "\n"
+    "  --out DIR        output folder (default nbsphere_embed)\n"
+    "  --format F       auto | 10x-h5 | h5ad | 10x-mtx | mtx | tsv | csv (default auto)\n"
+    "  --layer L        h5ad: \"\" = X, raw = raw/X, otherwise layers/L\n"
+    "  --genome G       10x v2 HDF5: the genome group to read\n"
+    "  --orientation O  bare .mtx and tables: cells_rows or genes_rows\n"
+    "  --set output.write_variances=true   posterior variances as extra TSV columns\n";
+
+static int cmd_embed(cli *c, int argc, char **argv, nbs_error *err) {
+    run_args r = {0};
+    static char buf[6][NBS_PATH_MAX + 32];
+    int nb = 0;
+    const char *files[2] = {NULL, NULL};
+    int n_files = 0;
+    static const char *const opts[][2] = {{"--format", "input.format"},
+                                          {"--layer", "input.layer"},
+                                          {"--genome", "input.genome"},
+                                          {"--orientation", "input.orientation"}};
+    for (int i = 0; i < argc; i++) {
+        int k = common_run_opt(argc, argv, &i, &r, "embed", err);
+        if (k < 0) return -k;
+        if (k) continue;
+        int hit = 0, missing;
+        for (size_t o = 0; o < sizeof opts / sizeof opts[0] && !hit; o++) {
+            const char *v = opt_value(argc, argv, &i, opts[o][0], &missing);
+            if (missing) {
+                char m[96];
+                snprintf(m, sizeof m, "%s needs a value", opts[o][0]);
+                return usage_error(err, "embed", m);
+            }
+            if (v) {
+                snprintf(buf[nb], sizeof buf[0], "%s=%s", opts[o][1], v);
+                r.sets[r.n_sets++] = buf[nb++];
+                hit = 1;
+            }
+        }
+        if (hit) continue;
+        if (argv[i][0] == '-' && argv[i][1]) return usage_error(err, "embed", "unknown option");
+        if (n_files == 2) return usage_error(err, "embed", "expected two files, MODEL and DATA");
+        files[n_files++] = argv[i];
+    }
+    if (n_files < 2) return usage_error(err, "embed", "expected two files, MODEL and DATA");
+    snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1]);
+    /* the data come first so that --set input.* can still refine them */
+    run_args all = {0};
+    all.sets[all.n_sets++] = buf[nb];
+    snprintf(buf[nb + 1], sizeof buf[0], "output.dir=nbsphere_embed");
+    all.sets[all.n_sets++] = buf[nb + 1];
+    for (int i = 0; i < r.n_sets; i++) all.sets[all.n_sets++] = r.sets[i];
+    if (r.out_set[0]) all.sets[all.n_sets++] = r.out_set;
+    nbs_pipeline *p = malloc(sizeof *p);
+    if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    int st = nbs_pipeline_load(NULL, all.sets, all.n_sets, NBS_PIPELINE_REQUIRE_INPUT, p, err);
+    if (!st) {
+        nbs_run_options o = {c->command_line, c->progress, NULL};
+        st = nbs_run_embed(files[0], p, &o, err);
+        if (!st && c->verbosity >= 1) fprintf(stderr, "nbsphere: outputs in %s\n", p->config.output.dir);
+    }
+    free(p);
+    return st;
+}
+
 /* ---- inspect ---- */
 
 static const char INSPECT_USAGE[] =
@@ -533,6 +605,7 @@ static int cmd_inspect(cli *c, int argc, char **argv, nbs_error *err) {
 static const command COMMANDS[] = {
     {"run", cmd_run, "run a pipeline file end to end", RUN_USAGE},
     {"train", cmd_train, "train on a data file with options instead of a pipeline", TRAIN_USAGE},
+    {"embed", cmd_embed, "embed the cells of a data file with a trained model", EMBED_USAGE},
     {"inspect", cmd_inspect, "describe a count matrix file (shape, sparsity, counts, library sizes)",
      INSPECT_USAGE},
     {"simulate", cmd_simulate, "write a synthetic branching-trajectory dataset", SIMULATE_USAGE},

@@ -17,6 +17,12 @@ typedef struct {
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
 
+/* `nbsphere embed`: the model file's encoder on the cells of p's input (genes matched to the
+ * model's by name; absent genes count zero, with a warning saying how many), written as
+ * embedding.tsv (+ embedding.h5ad) and manifest.json into p's output.dir. */
+int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
+                  nbs_error *err);
+
 /* The load stage on its own (also used by `inspect`): reads the input section's file with the
  * format it names or detects (*format_used, may be NULL), validates the values and makes gene
  * names unique: nbs_io_read, which reads every format io.h lists. */
