@@ -3,7 +3,9 @@
 
 #include <gsl/gsl_randist.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* One minibatch [b x d]: mean over its cells of log q(z_i|x_i) - log q(z_i). */
 static double mi_batch(const float *mean, const float *var, int b, int d, const double *z) {
@@ -65,4 +67,274 @@ int nbs_diagnose_mi_gaussian(const float *mean, const float *var, int64_t n, int
     free(z);
     *mi = fmax(0.0, total / used);
     return NBS_OK;
+}
+
+/* ---- the collapse report ---- */
+
+#define JAC_STEP 1e-2 /* central differences of the decoder, in units of z */
+
+const char *nbs_dim_verdict_word(nbs_dim_verdict v) {
+    return v == NBS_DIM_ACTIVE ? "active" : v == NBS_DIM_COLLAPSED ? "collapsed" : "inconsistent";
+}
+
+const char *nbs_model_verdict_word(nbs_model_verdict v) {
+    return v == NBS_MODEL_HEALTHY ? "healthy" : v == NBS_MODEL_PARTIAL ? "partially collapsed" : "collapsed";
+}
+
+void nbs_collapse_report_free(nbs_collapse_report *r) {
+    if (!r) return;
+    free(r->kl), free(r->activity), free(r->sens_weight), free(r->sens_jacobian), free(r->verdict);
+    memset(r, 0, sizeof *r);
+}
+
+/* log softmax of each row, in place */
+static void log_softmax_rows(float *a, int64_t n, int G) {
+    for (int64_t i = 0; i < n; i++) {
+        float *r = a + i * G;
+        double mx = -INFINITY, s = 0;
+        for (int g = 0; g < G; g++) mx = r[g] > mx ? r[g] : mx;
+        for (int g = 0; g < G; g++) s += exp(r[g] - mx);
+        const double lse = mx + log(s);
+        for (int g = 0; g < G; g++) r[g] = (float)(r[g] - lse);
+    }
+}
+
+/* E_x RMS_g |d log mu_g / d z_j| by central differences along dir_j (e_j, or its tangent
+ * projection at z on the sphere). log mu = log l + log softmax(logits): l cancels. */
+static int jacobian_sensitivity(const nbs_model *m, const float *loc, int64_t n, int d, int sphere,
+                                double *sens, nbs_error *err) {
+    const int G = nbs_model_n_genes(m);
+    float *zp = malloc(sizeof(float) * n * d), *zm = malloc(sizeof(float) * n * d);
+    float *lp = malloc(sizeof(float) * n * G), *lm = malloc(sizeof(float) * n * G);
+    int st = NBS_OK;
+    if (!zp || !zm || !lp || !lm) st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the Jacobian");
+    for (int j = 0; j < d && !st; j++) {
+        memcpy(zp, loc, sizeof(float) * n * d);
+        memcpy(zm, loc, sizeof(float) * n * d);
+        for (int64_t i = 0; i < n; i++) {
+            /* direction: e_j, minus its component along z on the sphere (tangent space) */
+            const float *z = loc + i * d;
+            double proj = sphere ? z[j] : 0;
+            for (int k = 0; k < d; k++) {
+                double dir = (k == j) - proj * (sphere ? z[k] : 0);
+                zp[i * d + k] += (float)(JAC_STEP * dir);
+                zm[i * d + k] -= (float)(JAC_STEP * dir);
+            }
+        }
+        if ((st = nbs_model_decode_logits(m, zp, (int)n, lp, err))) break;
+        if ((st = nbs_model_decode_logits(m, zm, (int)n, lm, err))) break;
+        log_softmax_rows(lp, n, G);
+        log_softmax_rows(lm, n, G);
+        double total = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double ss = 0;
+            for (int g = 0; g < G; g++) {
+                double dd = ((double)lp[i * G + g] - lm[i * G + g]) / (2 * JAC_STEP);
+                ss += dd * dd;
+            }
+            total += sqrt(ss / G);
+        }
+        sens[j] = total / (double)n;
+    }
+    free(zp), free(zm), free(lp), free(lm);
+    return st;
+}
+
+static void model_verdict(nbs_collapse_report *r) {
+    const char *remedy_list =
+        "KL warm-up (train.schedule: linear, train.warmup_epochs: 50) or cyclical annealing "
+        "(train.schedule: cyclical); free bits (train.free_bits: 0.2); a weak decoder at the start "
+        "(model.decoder_init_scale: 0.1); a smaller train.beta";
+    if (r->n_active == 0 && r->n_inconsistent == 0) {
+        r->model = NBS_MODEL_COLLAPSED;
+        snprintf(r->summary, sizeof r->summary,
+                 "collapsed: none of the %d latent dimensions carries information the decoder uses "
+                 "(reconstruction gain over a constant z: %.3g nats per cell)", r->d, r->recon_gain);
+    } else if (r->n_collapsed > 0 || r->n_inconsistent > 0) {
+        r->model = NBS_MODEL_PARTIAL;
+        snprintf(r->summary, sizeof r->summary,
+                 "partially collapsed: %d of %d dimensions active, %d collapsed, %d inconsistent "
+                 "(reconstruction gain over a constant z: %.3g nats per cell)", r->n_active, r->d,
+                 r->n_collapsed, r->n_inconsistent, r->recon_gain);
+    } else {
+        r->model = NBS_MODEL_HEALTHY;
+        snprintf(r->summary, sizeof r->summary,
+                 "healthy: all %d dimensions active (reconstruction gain over a constant z: %.3g nats "
+                 "per cell)", r->d, r->recon_gain);
+    }
+    if (r->model == NBS_MODEL_HEALTHY) snprintf(r->remedies, sizeof r->remedies, "none needed");
+    else if (r->model == NBS_MODEL_PARTIAL)
+        snprintf(r->remedies, sizeof r->remedies, "if the data need more dimensions: %s; otherwise a "
+                 "smaller model.latent_dim gives the same embedding without the dead ones", remedy_list);
+    else snprintf(r->remedies, sizeof r->remedies, "%s", remedy_list);
+}
+
+static double quantile_sorted(const double *v, int64_t n, double p) {
+    if (n == 0) return NAN;
+    double h = p * (double)(n - 1);
+    int64_t lo = (int64_t)floor(h);
+    int64_t hi = lo + 1 < n ? lo + 1 : lo;
+    return v[lo] + (h - (double)lo) * (v[hi] - v[lo]);
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t n,
+                 const nbs_diagnose_config *dc, gsl_rng *rng, nbs_collapse_report *r,
+                 nbs_error *err) {
+    memset(r, 0, sizeof *r);
+    const nbs_latent *L = nbs_model_latent(m);
+    const int d = L->dim, hd = nbs_latent_head_dim(L), K = nbs_latent_kl_terms(L);
+    const int sphere = L->kind != NBS_LATENT_GAUSSIAN;
+    if (n < 2) return nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)n);
+    r->d = d;
+    r->latent = L->kind;
+    r->n_cells = n;
+    r->tau_kl = dc->tau_kl;
+    r->tau_sensitivity = dc->tau_sensitivity;
+    r->tau_activity = dc->tau_activity;
+    r->mi_batch = dc->mi_batch;
+    r->kl = nbs_calloc((size_t)d, sizeof(double), err);
+    r->activity = nbs_calloc((size_t)d, sizeof(double), err);
+    r->sens_weight = nbs_calloc((size_t)d, sizeof(double), err);
+    r->sens_jacobian = nbs_calloc((size_t)d, sizeof(double), err);
+    r->verdict = nbs_calloc((size_t)d, sizeof(nbs_dim_verdict), err);
+    float *head = nbs_malloc(sizeof(float) * n * hd, err);
+    float *loc = nbs_malloc(sizeof(float) * n * d, err);
+    float *spread = nbs_malloc(sizeof(float) * n * (sphere ? 1 : d), err);
+    float *ez = nbs_malloc(sizeof(float) * n * d, err);
+    double *kl = nbs_malloc(sizeof(double) * n * K, err);
+    double *ll = nbs_malloc(sizeof(double) * n, err), *ll0 = nbs_malloc(sizeof(double) * n, err);
+    float *zc = nbs_malloc(sizeof(float) * n * d, err);
+    nbs_latent_cache *cache = nbs_latent_cache_new(L, (int)n, err);
+    int st = NBS_OK;
+    if (!r->kl || !r->activity || !r->sens_weight || !r->sens_jacobian || !r->verdict || !head ||
+        !loc || !spread || !ez || !kl || !ll || !ll0 || !zc || !cache)
+        st = NBS_ERR_NOMEM;
+    if (!st) st = nbs_model_encode(m, X, rows, 0, (int)n, head, err);
+    if (!st) {
+        nbs_latent_posterior(L, head, (int)n, loc, spread);
+        nbs_latent_expectation(L, head, (int)n, ez);
+        st = nbs_latent_forward(L, head, (int)n, NULL, zc, kl, cache, err); /* KL needs no sample */
+    }
+    if (!st) {
+        for (int t = 0; t < K; t++) {
+            double s = 0;
+            for (int64_t i = 0; i < n; i++) s += kl[i * K + t];
+            if (!sphere) r->kl[t] = s / (double)n;
+            r->kl_total += s / (double)n;
+        }
+        for (int j = 0; j < d; j++) {
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < n; i++) mean += ez[i * d + j];
+            mean /= (double)n;
+            for (int64_t i = 0; i < n; i++) var += (ez[i * d + j] - mean) * (ez[i * d + j] - mean);
+            r->activity[j] = var / (double)(n - 1);
+            if (sphere) r->kl[j] = NAN;
+        }
+        int dd, width;
+        const float *W = nbs_model_decoder_first_weights(m, &dd, &width);
+        for (int j = 0; j < d; j++) {
+            double s = 0;
+            for (int k = 0; k < width; k++) s += (double)W[(int64_t)j * width + k] * W[(int64_t)j * width + k];
+            r->sens_weight[j] = sqrt(s / width);
+        }
+        st = jacobian_sensitivity(m, loc, n, d, sphere, r->sens_jacobian, err);
+    }
+    if (!st) { /* how much the decoder uses z at all: z at the posterior vs one constant z */
+        st = nbs_model_loglik(m, X, rows, 0, (int)n, loc, ll, err);
+        double c[NBS_MAX_KL_TERMS] = {0}, norm = 0;
+        for (int j = 0; j < d; j++) {
+            for (int64_t i = 0; i < n; i++) c[j] += loc[i * d + j];
+            c[j] /= (double)n;
+            norm += c[j] * c[j];
+        }
+        for (int64_t i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) /* on the sphere the constant is the normalised mean direction */
+                zc[i * d + j] = (float)(sphere ? (norm > 0 ? c[j] / sqrt(norm) : (j == 0)) : c[j]);
+        if (!st) st = nbs_model_loglik(m, X, rows, 0, (int)n, zc, ll0, err);
+        double g = 0;
+        for (int64_t i = 0; i < n; i++) g += ll[i] - ll0[i];
+        r->recon_gain = g / (double)n;
+    }
+    if (!st) {
+        if (!sphere) {
+            st = nbs_diagnose_mi_gaussian(loc, spread, n, d, dc->mi_batch, rng, &r->mi, err);
+        } else {
+            r->mi = NAN;
+            double *kap = nbs_malloc(sizeof(double) * n, err);
+            if (!kap) st = NBS_ERR_NOMEM;
+            for (int64_t i = 0; kap && i < n; i++) kap[i] = spread[i];
+            if (kap) {
+                qsort(kap, (size_t)n, sizeof(double), cmp_d);
+                const double ps[5] = {0.05, 0.25, 0.5, 0.75, 0.95};
+                for (int q = 0; q < 5; q++) r->kappa_q[q] = quantile_sorted(kap, n, ps[q]);
+                free(kap);
+            }
+        }
+    }
+    if (!st) {
+        for (int j = 0; j < d; j++) {
+            /* the encoder's side: KL (Gaussian) or activity (sphere, where KL does not split) */
+            const int sends = sphere ? r->activity[j] >= dc->tau_activity : r->kl[j] >= dc->tau_kl;
+            const int listens = r->sens_jacobian[j] >= dc->tau_sensitivity;
+            r->verdict[j] = sends && listens ? NBS_DIM_ACTIVE : (!sends && !listens ? NBS_DIM_COLLAPSED : NBS_DIM_INCONSISTENT);
+            r->n_active += r->verdict[j] == NBS_DIM_ACTIVE;
+            r->n_collapsed += r->verdict[j] == NBS_DIM_COLLAPSED;
+            r->n_inconsistent += r->verdict[j] == NBS_DIM_INCONSISTENT;
+            r->n_inactive_units += r->activity[j] < dc->tau_activity;
+        }
+        model_verdict(r);
+    }
+    free(head), free(loc), free(spread), free(ez), free(kl), free(ll), free(ll0), free(zc);
+    nbs_latent_cache_free(cache);
+    if (st) {
+        if (st == NBS_ERR_NOMEM && !err->msg[0]) nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics");
+        nbs_collapse_report_free(r);
+    }
+    return st;
+}
+
+int nbs_diagnose_track_add(nbs_diagnose_track *t, int epoch, const nbs_collapse_report *r, nbs_error *err) {
+    if (t->n == t->cap) {
+        int cap = t->cap ? 2 * t->cap : 32, d = r->d;
+        t->d = d;
+        int *e = realloc(t->epoch, sizeof(int) * cap);
+        if (e) t->epoch = e;
+        double *a = e ? realloc(t->kl, sizeof(double) * cap * d) : NULL;
+        if (a) t->kl = a;
+        double *b = a ? realloc(t->activity, sizeof(double) * cap * d) : NULL;
+        if (b) t->activity = b;
+        double *c = b ? realloc(t->sens_jacobian, sizeof(double) * cap * d) : NULL;
+        if (c) t->sens_jacobian = c;
+        double *mi = c ? realloc(t->mi, sizeof(double) * cap) : NULL;
+        if (mi) t->mi = mi;
+        double *rg = mi ? realloc(t->recon_gain, sizeof(double) * cap) : NULL;
+        if (rg) t->recon_gain = rg;
+        int *na = rg ? realloc(t->n_active, sizeof(int) * cap) : NULL;
+        if (na) t->n_active = na;
+        int *nc = na ? realloc(t->n_collapsed, sizeof(int) * cap) : NULL;
+        if (nc) t->n_collapsed = nc;
+        if (!nc) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics tracking");
+        t->cap = cap;
+    }
+    const int d = t->d, i = t->n++;
+    t->epoch[i] = epoch;
+    memcpy(t->kl + (int64_t)i * d, r->kl, sizeof(double) * d);
+    memcpy(t->activity + (int64_t)i * d, r->activity, sizeof(double) * d);
+    memcpy(t->sens_jacobian + (int64_t)i * d, r->sens_jacobian, sizeof(double) * d);
+    t->mi[i] = r->mi;
+    t->recon_gain[i] = r->recon_gain;
+    t->n_active[i] = r->n_active;
+    t->n_collapsed[i] = r->n_collapsed;
+    return NBS_OK;
+}
+
+void nbs_diagnose_track_free(nbs_diagnose_track *t) {
+    free(t->epoch), free(t->kl), free(t->activity), free(t->sens_jacobian), free(t->mi);
+    free(t->recon_gain), free(t->n_active), free(t->n_collapsed);
+    memset(t, 0, sizeof *t);
 }

@@ -1,12 +1,61 @@
-/* Posterior-collapse diagnostics (DESIGN.md section 5). So far: the mutual-information
- * estimator of He et al. 2019 on Gaussian posteriors. */
+/* Posterior-collapse diagnostics (DESIGN.md section 5): per latent dimension the KL, the
+ * activity of the encoder and the sensitivity of the decoder, a verdict per dimension and for
+ * the model, and I(x;z); computed on a fixed subsample of cells, during training and after. */
 #ifndef NBSPHERE_DIAGNOSE_H
 #define NBSPHERE_DIAGNOSE_H
 
 #include <gsl/gsl_rng.h>
 #include <stdint.h>
 
+#include "nbsphere/config.h"
 #include "nbsphere/error.h"
+#include "nbsphere/matrix.h"
+#include "nbsphere/vae.h"
+
+typedef enum { NBS_DIM_ACTIVE = 0, NBS_DIM_COLLAPSED, NBS_DIM_INCONSISTENT } nbs_dim_verdict;
+typedef enum { NBS_MODEL_HEALTHY = 0, NBS_MODEL_PARTIAL, NBS_MODEL_COLLAPSED } nbs_model_verdict;
+
+typedef struct {
+    int d;
+    nbs_latent_kind latent;
+    int64_t n_cells;      /* cells the measures were computed on */
+    double *kl;           /* [d] mean KL_j over cells (Gaussian); NaN on the sphere */
+    double kl_total;      /* mean total KL per cell */
+    double *activity;     /* [d] Var_x E[z_j | x] */
+    double *sens_weight;  /* [d] RMS of the first decoder layer's weights from z_j */
+    double *sens_jacobian;/* [d] E_x RMS_g |d log mu_g / d z_j| at the posterior location
+                             (sphere: along the tangent direction of e_j at mu) */
+    nbs_dim_verdict *verdict; /* [d] */
+    int n_active, n_collapsed, n_inconsistent, n_inactive_units; /* inactive: activity < tau_activity */
+    double mi;            /* I(x;z) in nats, He et al. 2019; NaN on the sphere */
+    int mi_batch;
+    double recon_gain;    /* mean log p(x|z at the posterior location) - log p(x|z = a constant) */
+    double kappa_q[5];    /* sphere: kappa at 5, 25, 50, 75, 95 % */
+    nbs_model_verdict model;
+    char summary[512];    /* one line: the verdict and why */
+    char remedies[512];   /* what to try, naming the options */
+    double tau_kl, tau_sensitivity, tau_activity;
+} nbs_collapse_report;
+
+/* Measures on the cells rows[0..n) of X (the genes of the model, in its order). */
+int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t n,
+                 const nbs_diagnose_config *dc, gsl_rng *rng, nbs_collapse_report *out,
+                 nbs_error *err);
+void nbs_collapse_report_free(nbs_collapse_report *r);
+
+const char *nbs_dim_verdict_word(nbs_dim_verdict v);     /* "active", "collapsed", "inconsistent" */
+const char *nbs_model_verdict_word(nbs_model_verdict v); /* "healthy", "partially collapsed", "collapsed" */
+
+/* The same measures over training, for the report: one entry per tracked epoch. */
+typedef struct {
+    int n, cap, d;
+    int *epoch;
+    double *kl, *activity, *sens_jacobian; /* [n x d] each */
+    double *mi, *recon_gain;               /* [n] */
+    int *n_active, *n_collapsed;           /* [n] */
+} nbs_diagnose_track;
+int nbs_diagnose_track_add(nbs_diagnose_track *t, int epoch, const nbs_collapse_report *r, nbs_error *err);
+void nbs_diagnose_track_free(nbs_diagnose_track *t);
 
 /* I(x;z) for q(z|x) = N(mean_i, diag(var_i)) over n cells, d dims (row-major [n x d]):
  * E_q[log q(z|x)] - E[log q(z)] with q(z) the mixture of the posteriors of the same
