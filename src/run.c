@@ -3,11 +3,13 @@
  * the structs they hand on; this file owns their order and lifetimes, nothing else. */
 #include "nbsphere/run.h"
 
+#include <gsl/gsl_randist.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nbsphere/checkpoint.h"
+#include "nbsphere/diagnose.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
 #include "nbsphere/preprocess.h"
@@ -21,6 +23,11 @@ typedef struct {
     nbs_matrix *counts;         /* as loaded */
     nbs_preprocess_result *pre; /* filtered cells, selected genes */
     nbs_checkpoint ck;          /* model, training state and log */
+    int64_t *diag_rows;         /* the fixed subsample the diagnostics are computed on */
+    int64_t n_diag;
+    nbs_diagnose_track track;   /* measures over training */
+    nbs_collapse_report report; /* measures at the end */
+    int have_report;
     double t_stage;
 } run_state;
 
@@ -79,6 +86,64 @@ static int stage_preprocess(run_state *s, nbs_error *err) {
     return stage_end(s, "preprocess", msg, err);
 }
 
+/* ---- diagnose ---- */
+
+#define DIAG_STREAM 0xd1a6ULL
+
+/* A seeded subsample of at most diagnose.subsample cells, in row order, fixed for the run. */
+static int choose_diag_rows(run_state *s, nbs_error *err) {
+    const int64_t n = s->pre->matrix->n_cells, k = s->p->config.diagnose.subsample < n ? s->p->config.diagnose.subsample : n;
+    int64_t *all = nbs_malloc(sizeof(int64_t) * (size_t)(n ? n : 1), err);
+    if (!all) return err->code;
+    for (int64_t i = 0; i < n; i++) all[i] = i;
+    if (k < n) {
+        gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+        if (!r) {
+            free(all);
+            return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+        }
+        gsl_rng_set(r, s->p->config.train.seed ^ DIAG_STREAM);
+        gsl_ran_choose(r, all, (size_t)k, all, (size_t)n, sizeof(int64_t)); /* keeps row order */
+        gsl_rng_free(r);
+    }
+    s->diag_rows = all;
+    s->n_diag = k;
+    return NBS_OK;
+}
+
+static int diagnose_now(run_state *s, nbs_model *m, int seed_offset, nbs_collapse_report *r, nbs_error *err) {
+    gsl_rng *g = gsl_rng_alloc(gsl_rng_mt19937);
+    if (!g) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    gsl_rng_set(g, s->p->config.train.seed ^ (DIAG_STREAM + (uint64_t)seed_offset));
+    int st = nbs_diagnose(m, s->pre->matrix, s->diag_rows, s->n_diag, &s->p->config.diagnose, g, r, err);
+    gsl_rng_free(g);
+    return st;
+}
+
+/* Training hook: the measures every diagnose.interval epochs, so the report shows when a
+ * dimension collapsed. */
+static int track_epoch(void *user, nbs_model *m, int epoch, nbs_error *err) {
+    run_state *s = user;
+    const int every = s->p->config.diagnose.interval;
+    if (every <= 0 || epoch % every) return NBS_OK;
+    nbs_collapse_report r;
+    int st = diagnose_now(s, m, epoch, &r, err);
+    if (!st) st = nbs_diagnose_track_add(&s->track, epoch, &r, err);
+    if (!st) nbs_debug("epoch %d: %d of %d latent dimensions active, %d collapsed", epoch, r.n_active, r.d, r.n_collapsed);
+    nbs_collapse_report_free(&r);
+    return st;
+}
+
+static int stage_diagnose(run_state *s, nbs_error *err) {
+    stage_begin(s, "diagnose");
+    int st = diagnose_now(s, s->ck.model, 0, &s->report, err);
+    if (st) return st;
+    s->have_report = 1;
+    if (s->report.model != NBS_MODEL_HEALTHY)
+        nbs_warn("posterior collapse: %s. Try: %s", s->report.summary, s->report.remedies);
+    return stage_end(s, "diagnose", s->report.summary, err);
+}
+
 /* ---- train ---- */
 
 static int save_checkpoint(void *user, nbs_model *m, const nbs_train_state *ts, const nbs_train_log *l,
@@ -127,7 +192,8 @@ static int stage_train(run_state *s, nbs_error *err) {
     char log_path[NBS_PATH_MAX], ckpt_path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_LOG, log_path) || out_path(s, NBS_OUT_CHECKPOINT, ckpt_path))
         return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, NULL, s};
+    if ((st = choose_diag_rows(s, err))) return st;
+    nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
     st = nbs_train(s->ck.model, X, &c->train, &s->ck.state, &s->ck.log, &h, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_LOG, err);
     if (st) return st;
@@ -222,6 +288,7 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     if (!st) st = stage_load(&s, err);
     if (!st) st = stage_preprocess(&s, err);
     if (!st) st = stage_train(&s, err);
+    if (!st) st = stage_diagnose(&s, err);
     if (!st) st = stage_write(&s, err);
     /* The manifest is written for failed runs too: it says how far the run got and why. */
     nbs_error merr = {0};
@@ -233,6 +300,9 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     nbs_matrix_free(s.counts);
     nbs_preprocess_result_free(s.pre);
     nbs_checkpoint_free(&s.ck);
+    free(s.diag_rows);
+    nbs_diagnose_track_free(&s.track);
+    nbs_collapse_report_free(&s.report);
     nbs_manifest_free(s.manifest);
     return st;
 }

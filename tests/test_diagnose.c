@@ -4,6 +4,7 @@
 #include <gsl/gsl_rng.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "nbsphere/diagnose.h"
 
@@ -37,7 +38,61 @@ static void test_mi_known_gaussian(void **state) {
     gsl_rng_free(rng);
 }
 
+/* A model where the verdicts are known by construction: z_3 is neither encoded nor decoded
+ * (collapsed), z_4 is encoded but the decoder ignores it (inconsistent), the rest are random. */
+static void test_verdicts_by_construction(void **state) {
+    (void)state;
+    nbs_config c;
+    nbs_config_defaults(&c);
+    c.model.latent_dim = 4;
+    c.model.encoder_layers[0] = 16;
+    c.model.decoder_layers[0] = 16;
+    const int G = 40, n = 60;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 4);
+    int64_t *ci = malloc(sizeof(int64_t) * n * G), *gi = malloc(sizeof(int64_t) * n * G), k = 0;
+    double *v = malloc(sizeof(double) * n * G);
+    for (int i = 0; i < n; i++)
+        for (int g = 0; g < G; g++) {
+            unsigned x = gsl_ran_poisson(r, (i % 3 == g % 3) ? 6 : 0.5);
+            if (x) ci[k] = i, gi[k] = g, v[k++] = x;
+        }
+    nbs_error err = {0};
+    nbs_matrix *X = nbs_matrix_from_triplets(n, G, k, ci, gi, v, "toy", &err);
+    nbs_model *m = nbs_model_new(&c.model, G, r, &err);
+    assert_non_null(m);
+    int rows, cols;
+    float *hw = nbs_model_param(m, "encoder.head.W", &rows, &cols), *hb = nbs_model_param(m, "encoder.head.b", NULL, NULL);
+    for (int i = 0; i < rows; i++) hw[i * cols + 2] = hw[i * cols + 4 + 2] = 0; /* mean and log variance of z_3 */
+    hb[2] = hb[4 + 2] = 0;
+    for (int i = 0; i < rows; i++) hw[i * cols + 3] *= 20; /* z_4: a strongly encoded mean */
+    int d, width;
+    nbs_model_decoder_first_weights(m, &d, &width);
+    float *W = nbs_model_decoder_first_weights_mut(m);
+    for (int j = 0; j < width; j++) W[2 * width + j] = W[3 * width + j] = 0;
+    nbs_collapse_report rep;
+    assert_int_equal(nbs_diagnose(m, X, NULL, n, &c.diagnose, r, &rep, &err), 0);
+    for (int j = 0; j < 4; j++)
+        print_message("z_%d: KL %.4g activity %.4g sens_w %.4g sens_jac %.4g -> %s\n", j + 1, rep.kl[j],
+                      rep.activity[j], rep.sens_weight[j], rep.sens_jacobian[j], nbs_dim_verdict_word(rep.verdict[j]));
+    print_message("%s\n", rep.summary);
+    assert_true(rep.kl[2] == 0 && rep.activity[2] == 0 && rep.sens_jacobian[2] == 0 && rep.sens_weight[2] == 0);
+    assert_int_equal(rep.verdict[2], NBS_DIM_COLLAPSED);
+    assert_int_equal(rep.verdict[3], NBS_DIM_INCONSISTENT);
+    assert_true(rep.kl[3] > c.diagnose.tau_kl && rep.sens_jacobian[3] == 0);
+    assert_true(rep.sens_jacobian[0] > 0 && rep.sens_jacobian[1] > 0);
+    assert_int_equal(rep.model, NBS_MODEL_PARTIAL);
+    assert_non_null(strstr(rep.remedies, "free_bits"));
+    assert_true(rep.mi >= 0 && rep.mi <= log(c.diagnose.mi_batch));
+    nbs_collapse_report_free(&rep);
+    nbs_model_free(m);
+    nbs_matrix_free(X);
+    free(ci), free(gi), free(v);
+    gsl_rng_free(r);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_mi_known_gaussian)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_mi_known_gaussian),
+                                       cmocka_unit_test(test_verdicts_by_construction)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
