@@ -71,8 +71,10 @@ typedef struct {
 
 /* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad (or .h5ad.gz), the output
  * is a copy of it (never modified in place; copy_from may equal path) with obsm[key], uns/nbsphere
- * and obs/nbsphere_kappa added or replaced; its cells must be m's barcodes in the same order, else
- * an error says so (a copy of a filtered subset is not written). Otherwise a new file with X = the
+ * and obs/nbsphere_kappa added or replaced. m's barcodes must be the source's cells, all of them or
+ * the subset kept after filtering, in the source's order (else an error names the first cell that
+ * is not); a subset copy keeps those rows of X, layers, raw/X, obs and obsm, and leaves out obsp
+ * (graphs of all cells), with a warning. Otherwise a new file with X = the
  * counts of m (CSR float32, gzip), obs/var names (var also gene_ids), obsm[key] and uns. With
  * embedding NULL or d == 0, no obsm/uns entries are written (counts only). Objects carry no
  * time stamps: the same inputs give the same bytes. */
