@@ -384,6 +384,19 @@ int nbs_io_read_h5ad(const char *path, const char *layer, nbs_matrix **out, nbs_
     return NBS_OK;
 }
 
+void nbs_io_h5ad_other_matrices(const char *path, const char *layer, char *buf, size_t n) {
+    buf[0] = '\0';
+    h5ad_file h;
+    nbs_error tmp = {0};
+    if (h5ad_open(path, &h, &tmp)) return;
+    char list[1024] = "";
+    if (nbs_h5_type(h.f, "layers") == H5O_TYPE_GROUP) list_members(h.f, "layers", list);
+    int raw = nbs_h5_type(h.f, "raw/X") != H5O_TYPE_UNKNOWN && !(layer && !strcmp(layer, "raw"));
+    if (list[0] && strcmp(list, "none")) snprintf(buf, n, "layers: %s%s", list, raw ? "; raw/X" : "");
+    else if (raw) snprintf(buf, n, "raw/X");
+    h5ad_close(&h);
+}
+
 /* ---- obs columns as labels ---- */
 
 /* A 1-D dataset as text: strings as they are, numbers formatted (%.10g). */
