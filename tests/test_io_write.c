@@ -456,11 +456,48 @@ static void test_subset_copy_every_part(void **state) {
     free(dir);
 }
 
+/* A copy may come from a gzip .h5ad (paul15, dense X): it is inflated, copied, and the
+ * temporary inflated file is removed. */
+static void test_copy_from_gzip_h5ad(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("paul15/paul15.h5ad.gz");
+    const char *src = tu_data("paul15/paul15.h5ad.gz");
+    char *dir = tu_tmpdir(), *tmpdir = tu_tmpdir();
+    setenv("TMPDIR", tmpdir, 1); /* where the inflated copy goes */
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_h5ad(src, "", &m, &err), NBS_OK);
+    char out[4200];
+    snprintf(out, sizeof out, "%s", tu_path(dir, "paul15.h5ad"));
+    float *emb = make_embedding(m->n_cells, 3);
+    nbs_embedding_meta meta = {"X_nbsphere", "vmf", "cosine", "0.1.0", NULL};
+    int rc = nbs_io_write_h5ad(out, src, m, 3, emb, &meta, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    assert_int_equal(tu_count_files(tmpdir), 0);
+    nbs_matrix *back = NULL;
+    assert_int_equal(nbs_io_read_h5ad(out, "", &back, &err), NBS_OK);
+    expect_same_matrix(m, back);
+    char **l = NULL;
+    assert_int_equal(nbs_io_read_h5ad_obs(out, "paul15_clusters", back, &l, &err), NBS_OK);
+    assert_non_null(l[0]);
+    nbs_io_free_labels(l, back->n_cells);
+    nbs_matrix_free(back);
+    unsetenv("TMPDIR");
+    free(emb);
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+    tu_rmtree(tmpdir);
+    free(tmpdir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embedding_tsv),
         cmocka_unit_test(test_new_h5ad_round_trip),
         cmocka_unit_test(test_copy_h5ad),
+        cmocka_unit_test(test_copy_from_gzip_h5ad),
         cmocka_unit_test(test_10x_h5_round_trip),
         cmocka_unit_test(test_10x_mtx_round_trip),
         cmocka_unit_test(test_simulate_every_format),
