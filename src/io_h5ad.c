@@ -473,13 +473,12 @@ static int read_obs_column(hid_t f, const char *column, const char *path, char *
                 if (csp >= 0) n_cat = H5Sget_simple_extent_npoints(csp), H5Sclose(csp);
                 if (cd >= 0) H5Dclose(cd);
                 char **names = nbs_calloc((size_t)n_cat + 1, sizeof *names, err);
-                nbs_error_clear(err);
-                if (names && !column_text(u, cats, path, "uns", names, n_cat, err)) {
-                    for (int64_t i = 0; i < n && !rc; i++) {
-                        long code = strtol(vals[i], NULL, 10);
-                        free(vals[i]);
-                        vals[i] = code >= 0 && code < n_cat ? nbs_strdup(names[code], err) : NULL;
-                    }
+                rc = names ? column_text(u, cats, path, "uns", names, n_cat, err) : NBS_ERR_NOMEM;
+                for (int64_t i = 0; i < n && !rc; i++) {
+                    long code = strtol(vals[i], NULL, 10); /* the codes were read as text */
+                    free(vals[i]);
+                    vals[i] = NULL;
+                    if (code >= 0 && code < n_cat && !(vals[i] = nbs_strdup(names[code], err))) rc = NBS_ERR_NOMEM;
                 }
                 nbs_io_free_labels(names, n_cat);
             }
