@@ -42,9 +42,12 @@ int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_
                       nbs_error *err);
 
 /* Per-cell labels for a matrix's cells, in the matrix's cell order: from an h5ad obs column
- * (categorical or strings), or from a delimited text file with a header whose first column
- * (or a column named "barcode"/"cell") holds barcodes. labels[i] is malloc'd, NULL where a
- * cell has no label. Free with nbs_io_free_labels. */
+ * (categorical, strings, or numbers as text), or from a delimited text file (tab, else comma;
+ * plain or gzip) with a header whose first column (or one named barcode/barcodes/cell/cell_id)
+ * holds barcodes; `column` NULL or "" takes the first other column. A file of one column holds
+ * the labels in the matrix's cell order (line count n_cells, or n_cells + 1 with a header).
+ * labels[i] is malloc'd, NULL where a cell has no label ("NA" or empty in a table, code -1 in a
+ * categorical); an error when no cell matches. Free with nbs_io_free_labels. */
 int nbs_io_read_h5ad_obs(const char *path, const char *column, const nbs_matrix *m,
                          char ***labels, nbs_error *err);
 int nbs_io_read_labels_table(const char *path, const char *column, const nbs_matrix *m,
