@@ -55,8 +55,9 @@ static hid_t gcpl(void) {
 static hid_t dcpl(int rank, const hsize_t *dims, int gzip) {
     hid_t p = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_obj_track_times(p, 0);
-    if (gzip) {
-        hsize_t chunk[2] = {dims[0] < 65536 ? (dims[0] ? dims[0] : 1) : 65536, rank > 1 ? dims[1] : 1};
+    /* an empty dataset has nothing to compress: it stays contiguous */
+    if (gzip && rank >= 1 && rank <= 2 && dims[0] > 0 && (rank < 2 || dims[1] > 0)) {
+        hsize_t chunk[2] = {dims[0] < 65536 ? dims[0] : 65536, rank > 1 ? dims[1] : 1};
         if (rank > 1 && chunk[0] * chunk[1] > 65536) chunk[0] = 65536 / chunk[1] ? 65536 / chunk[1] : 1;
         H5Pset_chunk(p, rank, chunk);
         H5Pset_deflate(p, 4);

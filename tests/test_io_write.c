@@ -492,6 +492,41 @@ static void test_copy_from_gzip_h5ad(void **state) {
     free(tmpdir);
 }
 
+/* A matrix without a single count (all entries zero) is written and read back in every format. */
+static void test_empty_matrix(void **state) {
+    (void)state;
+    nbs_error err = {0};
+    nbs_matrix *m = nbs_matrix_new(2, 3, 0, &err);
+    assert_non_null(m);
+    assert_int_equal(nbs_matrix_default_names(&m->barcodes, 2, "cell", &err), NBS_OK);
+    assert_int_equal(nbs_matrix_default_names(&m->gene_names, 3, "gene", &err), NBS_OK);
+    assert_int_equal(nbs_matrix_default_names(&m->gene_ids, 3, "id", &err), NBS_OK);
+    char *dir = tu_tmpdir();
+    char p[4200];
+    nbs_matrix *back = NULL;
+    float emb[2] = {1, 2};
+    snprintf(p, sizeof p, "%s", tu_path(dir, "e.h5ad"));
+    int rc = nbs_io_write_h5ad(p, NULL, m, 1, emb, NULL, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    assert_int_equal(nbs_io_read_h5ad(p, "", &back, &err), NBS_OK);
+    expect_same_matrix(m, back);
+    nbs_matrix_free(back);
+    snprintf(p, sizeof p, "%s", tu_path(dir, "e.h5"));
+    assert_int_equal(nbs_io_write_10x_h5(p, m, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_10x_h5(p, NULL, &back, &err), NBS_OK);
+    expect_same_matrix(m, back);
+    nbs_matrix_free(back);
+    snprintf(p, sizeof p, "%s", tu_path(dir, "mtx"));
+    assert_int_equal(nbs_io_write_10x_mtx_dir(p, m, 1, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_10x_mtx_dir(p, &back, &err), NBS_OK);
+    expect_same_matrix(m, back);
+    nbs_matrix_free(back);
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embedding_tsv),
@@ -502,6 +537,7 @@ int main(void) {
         cmocka_unit_test(test_10x_mtx_round_trip),
         cmocka_unit_test(test_simulate_every_format),
         cmocka_unit_test(test_subset_copy_every_part),
+        cmocka_unit_test(test_empty_matrix),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
