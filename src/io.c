@@ -121,6 +121,15 @@ int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err) {
         return rc;
     }
     rc = nbs_matrix_validate_values(*out, in->non_integer, in->path, err);
+    if (rc == NBS_ERR_INPUT && f == NBS_FMT_H5AD && err) {
+        /* processed files keep log values in X and the counts elsewhere: say where */
+        char other[1200];
+        nbs_io_h5ad_other_matrices(in->path, in->layer, other, sizeof other);
+        size_t len = strlen(err->msg);
+        if (other[0])
+            snprintf(err->msg + len, sizeof err->msg - len, ". This file also holds %s: choose one with input.layer "
+                     "(a layer name, or raw)", other);
+    }
     if (!rc) {
         int64_t changed = nbs_matrix_make_names_unique((*out)->gene_names, (*out)->n_genes, err);
         if (changed < 0) rc = err->code;

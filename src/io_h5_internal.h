@@ -48,6 +48,10 @@ int nbs_io_gunzip_temp(const char *path, char *tmp, nbs_error *err);
 int nbs_io_match_labels(char **names, char **vals, int64_t n, const nbs_matrix *m, char ***labels,
                         const char *path, nbs_error *err);
 
+/* For messages: the other count matrices an .h5ad offers besides `layer` ("layers: counts,
+ * spliced; raw/X"), or "" when there are none. */
+void nbs_io_h5ad_other_matrices(const char *path, const char *layer, char *buf, size_t n);
+
 /* 1 when the file starts with the gzip magic bytes. */
 int nbs_io_is_gzip(const char *path);
 

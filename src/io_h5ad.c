@@ -384,6 +384,19 @@ int nbs_io_read_h5ad(const char *path, const char *layer, nbs_matrix **out, nbs_
     return NBS_OK;
 }
 
+void nbs_io_h5ad_other_matrices(const char *path, const char *layer, char *buf, size_t n) {
+    buf[0] = '\0';
+    h5ad_file h;
+    nbs_error tmp = {0};
+    if (h5ad_open(path, &h, &tmp)) return;
+    char list[1024] = "";
+    if (nbs_h5_type(h.f, "layers") == H5O_TYPE_GROUP) list_members(h.f, "layers", list);
+    int raw = nbs_h5_type(h.f, "raw/X") != H5O_TYPE_UNKNOWN && !(layer && !strcmp(layer, "raw"));
+    if (list[0] && strcmp(list, "none")) snprintf(buf, n, "layers: %s%s", list, raw ? "; raw/X" : "");
+    else if (raw) snprintf(buf, n, "raw/X");
+    h5ad_close(&h);
+}
+
 /* ---- obs columns as labels ---- */
 
 /* A 1-D dataset as text: strings as they are, numbers formatted (%.10g). */
@@ -460,13 +473,12 @@ static int read_obs_column(hid_t f, const char *column, const char *path, char *
                 if (csp >= 0) n_cat = H5Sget_simple_extent_npoints(csp), H5Sclose(csp);
                 if (cd >= 0) H5Dclose(cd);
                 char **names = nbs_calloc((size_t)n_cat + 1, sizeof *names, err);
-                nbs_error_clear(err);
-                if (names && !column_text(u, cats, path, "uns", names, n_cat, err)) {
-                    for (int64_t i = 0; i < n && !rc; i++) {
-                        long code = strtol(vals[i], NULL, 10);
-                        free(vals[i]);
-                        vals[i] = code >= 0 && code < n_cat ? nbs_strdup(names[code], err) : NULL;
-                    }
+                rc = names ? column_text(u, cats, path, "uns", names, n_cat, err) : NBS_ERR_NOMEM;
+                for (int64_t i = 0; i < n && !rc; i++) {
+                    long code = strtol(vals[i], NULL, 10); /* the codes were read as text */
+                    free(vals[i]);
+                    vals[i] = NULL;
+                    if (code >= 0 && code < n_cat && !(vals[i] = nbs_strdup(names[code], err))) rc = NBS_ERR_NOMEM;
                 }
                 nbs_io_free_labels(names, n_cat);
             }

@@ -236,6 +236,39 @@ static int is_barcode_name(const char *s) {
            !strcasecmp(s, "cell_id") || !strcasecmp(s, "cells");
 }
 
+/* A one-column file (scPhere's *_celltype.tsv) names no cells: its lines are the labels of the
+ * matrix's cells in order, after an optional header line; the line count must say which. */
+static int labels_in_order(gzFile f, const char *first, char **line, size_t *cap, const char *path,
+                           const nbs_matrix *m, char ***labels, nbs_error *err) {
+    int64_t n = 0, cells = m->n_cells;
+    char **vals = nbs_calloc((size_t)cells + 2, sizeof *vals, err);
+    if (!vals) return NBS_ERR_NOMEM;
+    int rc = (vals[n++] = nbs_strdup(first, err)) ? NBS_OK : NBS_ERR_NOMEM, got = 0;
+    while (!rc && (got = getline_gz(f, line, cap)) == 1) {
+        if (!(*line)[0]) continue;
+        if (n < cells + 1 && !(vals[n] = nbs_strdup(*line, err))) rc = NBS_ERR_NOMEM;
+        n++;
+    }
+    if (!rc && got < 0) rc = nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory", path);
+    if (!rc && n != cells && n != cells + 1) {
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: one column and no barcodes, so one label per cell in the matrix's "
+                           "order is expected: %lld lines (or %lld with a header), found %lld; add a barcode column",
+                           path, (long long)cells, (long long)cells + 1, (long long)n);
+    }
+    if (rc) {
+        free_strs(vals, cells + 1);
+        return rc;
+    }
+    if (n == cells + 1) { /* the first line was a header */
+        free(vals[0]);
+        memmove(vals, vals + 1, (size_t)cells * sizeof *vals);
+        vals[cells] = NULL;
+    }
+    nbs_warn("%s: no barcode column: labels taken in the matrix's cell order", path);
+    *labels = vals;
+    return NBS_OK;
+}
+
 int nbs_io_read_labels_table(const char *path, const char *column, const nbs_matrix *m, char ***labels,
                              nbs_error *err) {
     gzFile f = gzopen(path, "rb");
@@ -257,6 +290,14 @@ int nbs_io_read_labels_table(const char *path, const char *column, const nbs_mat
         /* head points into line, which the data rows reuse: copy the header first */
         for (int64_t i = 0; !rc && i < n_head; i++)
             if (!(head[i] = nbs_strdup(head[i], err))) rc = NBS_ERR_NOMEM;
+    }
+    if (!rc && n_head == 1) {
+        rc = labels_in_order(f, head[0], &line, &cap, path, m, labels, err);
+        gzclose(f);
+        free(line);
+        free(fields);
+        free_strs(head, n_head);
+        return rc;
     }
     for (int64_t i = 0; !rc && i < n_head; i++)
         if (is_barcode_name(head[i])) {

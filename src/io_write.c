@@ -55,8 +55,9 @@ static hid_t gcpl(void) {
 static hid_t dcpl(int rank, const hsize_t *dims, int gzip) {
     hid_t p = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_obj_track_times(p, 0);
-    if (gzip) {
-        hsize_t chunk[2] = {dims[0] < 65536 ? (dims[0] ? dims[0] : 1) : 65536, rank > 1 ? dims[1] : 1};
+    /* an empty dataset has nothing to compress: it stays contiguous */
+    if (gzip && rank >= 1 && rank <= 2 && dims[0] > 0 && (rank < 2 || dims[1] > 0)) {
+        hsize_t chunk[2] = {dims[0] < 65536 ? dims[0] : 65536, rank > 1 ? dims[1] : 1};
         if (rank > 1 && chunk[0] * chunk[1] > 65536) chunk[0] = 65536 / chunk[1] ? 65536 / chunk[1] : 1;
         H5Pset_chunk(p, rank, chunk);
         H5Pset_deflate(p, 4);
@@ -268,7 +269,8 @@ static int write_new_h5ad(hid_t f, const nbs_matrix *m) {
            empty_dict(f, "obsp") || empty_dict(f, "varm") || empty_dict(f, "varp");
 }
 
-/* Copies every root object and attribute of src into dst (H5Ocopy keeps the encodings). */
+/* ---- copies of an existing .h5ad ---- */
+
 static herr_t copy_link(hid_t g, const char *name, const H5L_info_t *info, void *op) {
     (void)info;
     return H5Ocopy(g, name, *(hid_t *)op, name, H5P_DEFAULT, H5P_DEFAULT) < 0 ? -1 : 0;
@@ -278,11 +280,14 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
     (void)info;
     hid_t a = H5Aopen(loc, name, H5P_DEFAULT);
     hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
-    size_t sz = H5Tget_size(t) * (size_t)(H5Sget_simple_extent_npoints(sp) > 0 ? H5Sget_simple_extent_npoints(sp) : 1);
+    hssize_t n = H5Sget_simple_extent_npoints(sp);
+    size_t sz = H5Tget_size(t) * (size_t)(n > 0 ? n : 1);
     void *buf = calloc(sz ? sz : 1, 1);
+    if (H5Aexists(*(hid_t *)op, name) > 0) H5Adelete(*(hid_t *)op, name);
     hid_t b = H5Acreate2(*(hid_t *)op, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int vlen = H5Tdetect_class(t, H5T_VLEN) > 0 || H5Tis_variable_str(t) > 0;
     herr_t r = (!buf || b < 0 || H5Aread(a, t, buf) < 0 || H5Awrite(b, t, buf) < 0) ? -1 : 0;
-    if (buf && H5Tdetect_class(t, H5T_VLEN) <= 0 && H5Tis_variable_str(t) > 0) H5Dvlen_reclaim(t, sp, H5P_DEFAULT, buf);
+    if (buf && vlen && r == 0) H5Dvlen_reclaim(t, sp, H5P_DEFAULT, buf);
     free(buf);
     if (b >= 0) H5Aclose(b);
     H5Sclose(sp);
@@ -291,8 +296,31 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
     return r;
 }
 
-/* The source's cells must be m's cells in the same order. */
-static int check_cells(hid_t src, const char *copy_from, const nbs_matrix *m, nbs_error *err) {
+static int copy_attrs(hid_t from, hid_t to) {
+    hsize_t idx = 0;
+    return H5Aiterate2(from, H5_INDEX_NAME, H5_ITER_INC, &idx, copy_attr, &to) < 0 ? -1 : 0;
+}
+
+/* Which of the source's cells the output keeps: keep[i] is the source row of m's cell i. */
+typedef struct {
+    int64_t n_obs, n_keep;
+    int64_t *keep;   /* n_keep */
+    int64_t *newrow; /* n_obs: the output row, or -1 */
+    int dropped;     /* obsp members left out */
+} subset_plan;
+
+typedef struct {
+    const char *name;
+    int64_t idx;
+} named_row;
+
+static int cmp_named_row(const void *a, const void *b) {
+    return strcmp(((const named_row *)a)->name, ((const named_row *)b)->name);
+}
+
+/* The source's cells must be m's cells, all of them in the same order (a plain copy) or a subset
+ * in the source's order (the cells kept after filtering: a subset copy, *plan filled). */
+static int plan_cells(hid_t src, const char *copy_from, const nbs_matrix *m, subset_plan *plan, nbs_error *err) {
     if (nbs_h5_type(src, "obs") != H5O_TYPE_GROUP)
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: obs is not a dataframe group (anndata < 0.7 file?); re-save it "
                              "with a current anndata, or write a new h5ad instead of a copy", copy_from);
@@ -310,19 +338,247 @@ static int check_cells(hid_t src, const char *copy_from, const nbs_matrix *m, nb
     int rc = n < 0 ? nbs_error_set(err, NBS_ERR_INPUT, "%s: obs has no index dataset '%s'", copy_from, idx)
                    : !names ? NBS_ERR_NOMEM : nbs_h5_read_strings(obs, idx, copy_from, "obs", names, n, err);
     H5Gclose(obs);
-    if (!rc && n != m->n_cells)
-        rc = nbs_error_set(err, NBS_ERR_INPUT,
-                           "%s: has %lld cells but the embedding has %lld (cells were filtered); a copy needs every "
-                           "cell of the source: set the filters so that no cell is removed, or write a new h5ad "
-                           "(output without copy_from), which holds only the kept cells",
-                           copy_from, (long long)n, (long long)m->n_cells);
-    for (int64_t i = 0; !rc && i < n; i++)
-        if (strcmp(names[i], m->barcodes[i]))
-            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: cell %lld is '%s' in obs but '%s' in the embedding; the copy "
-                               "must hold the same cells in the same order", copy_from, (long long)i + 1, names[i],
-                               m->barcodes[i]);
-    nbs_io_free_labels(names, n < 0 ? 0 : n);
+    int same = !rc && n == m->n_cells;
+    for (int64_t i = 0; same && i < n; i++) same = !strcmp(names[i], m->barcodes[i]);
+    if (rc || same) {
+        nbs_io_free_labels(names, n < 0 ? 0 : n);
+        return rc;
+    }
+    named_row *sorted = nbs_malloc((size_t)(n ? n : 1) * sizeof *sorted, err);
+    plan->n_obs = n;
+    plan->n_keep = m->n_cells;
+    plan->keep = nbs_malloc((size_t)(m->n_cells ? m->n_cells : 1) * sizeof *plan->keep, err);
+    plan->newrow = nbs_malloc((size_t)(n ? n : 1) * sizeof *plan->newrow, err);
+    if (!sorted || !plan->keep || !plan->newrow) rc = NBS_ERR_NOMEM;
+    for (int64_t i = 0; !rc && i < n; i++) {
+        sorted[i] = (named_row){names[i], i};
+        plan->newrow[i] = -1;
+    }
+    if (!rc) qsort(sorted, (size_t)n, sizeof *sorted, cmp_named_row);
+    for (int64_t i = 0; !rc && i < m->n_cells; i++) {
+        named_row key = {m->barcodes[i], 0};
+        named_row *hit = bsearch(&key, sorted, (size_t)n, sizeof *sorted, cmp_named_row);
+        if (!hit)
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: cell '%s' (cell %lld of the embedding) is not in obs; a copy "
+                               "can only hold cells of the source", copy_from, m->barcodes[i], (long long)i + 1);
+        else if (i > 0 && hit->idx <= plan->keep[i - 1])
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: cell %lld is '%s' in the embedding, out of the source's obs "
+                               "order; a copy keeps the source's cell order", copy_from, (long long)i + 1, m->barcodes[i]);
+        else {
+            plan->keep[i] = hit->idx;
+            plan->newrow[hit->idx] = i;
+        }
+    }
+    free(sorted);
+    nbs_io_free_labels(names, n);
     return rc;
+}
+
+/* A new dataset creation list for a subset of a source dataset: gzip kept, no time stamps. */
+static hid_t subset_dcpl(hid_t src, int rank, const hsize_t *dims) {
+    hid_t s = H5Dget_create_plist(src);
+    int gzip = 0, nf = H5Pget_nfilters(s);
+    for (int i = 0; i < nf; i++) {
+        unsigned flags, conf;
+        size_t ne = 0;
+        gzip |= H5Pget_filter2(s, (unsigned)i, &flags, &ne, NULL, 0, NULL, &conf) == H5Z_FILTER_DEFLATE;
+    }
+    H5Pclose(s);
+    return dcpl(rank, dims, gzip && rank >= 1 && rank <= 2);
+}
+
+/* name in sg, rows = cells: the kept rows into dg/name, same type and attributes. */
+static int subset_rows(hid_t sg, hid_t dg, const char *name, const subset_plan *p) {
+    hid_t d = H5Dopen2(sg, name, H5P_DEFAULT), ft = H5Dget_type(d), sp = H5Dget_space(d);
+    hid_t mt = H5Tget_native_type(ft, H5T_DIR_ASCEND);
+    int rank = H5Sget_simple_extent_ndims(sp);
+    hsize_t dims[H5S_MAX_RANK];
+    H5Sget_simple_extent_dims(sp, dims, NULL);
+    size_t row = H5Tget_size(mt);
+    for (int k = 1; k < rank; k++) row *= dims[k];
+    char *buf = malloc(dims[0] * row + 1), *out = malloc((size_t)p->n_keep * row + 1);
+    int bad = !buf || !out || H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0;
+    int vlen = H5Tdetect_class(mt, H5T_VLEN) > 0 || H5Tis_variable_str(mt) > 0;
+    for (int64_t i = 0; !bad && i < p->n_keep; i++) memcpy(out + (size_t)i * row, buf + (size_t)p->keep[i] * row, row);
+    if (!bad) {
+        hsize_t nd[H5S_MAX_RANK];
+        memcpy(nd, dims, sizeof nd);
+        nd[0] = (hsize_t)p->n_keep;
+        hid_t nsp = H5Screate_simple(rank, nd, NULL), pl = subset_dcpl(d, rank, nd);
+        hid_t o = H5Dcreate2(dg, name, ft, nsp, H5P_DEFAULT, pl, H5P_DEFAULT);
+        bad = o < 0 || (p->n_keep && H5Dwrite(o, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) || copy_attrs(d, o);
+        if (o >= 0) H5Dclose(o);
+        H5Pclose(pl);
+        H5Sclose(nsp);
+        if (vlen) H5Dvlen_reclaim(mt, sp, H5P_DEFAULT, buf); /* out only borrowed its pointers */
+    }
+    free(buf);
+    free(out);
+    H5Tclose(mt);
+    H5Tclose(ft);
+    H5Sclose(sp);
+    H5Dclose(d);
+    return bad ? -1 : 0;
+}
+
+/* Writes a 1-D array with the file type of src/name (and its attributes). */
+static int write_like(hid_t sg, hid_t dg, const char *name, hid_t memtype, const void *v, hsize_t n) {
+    hid_t d = H5Dopen2(sg, name, H5P_DEFAULT);
+    if (d < 0) return -1;
+    hid_t ft = H5Dget_type(d);
+    int bad = write_ds(dg, name, ft, memtype, 1, &n, v, 1);
+    if (!bad) {
+        hid_t o = H5Dopen2(dg, name, H5P_DEFAULT);
+        bad = copy_attrs(d, o);
+        H5Dclose(o);
+    }
+    H5Tclose(ft);
+    H5Dclose(d);
+    return bad;
+}
+
+/* A sparse matrix whose rows are cells: CSR keeps the kept rows' segments; CSC keeps the entries
+ * of kept rows, renumbered (the renumbering is monotone, so columns stay sorted). */
+static int subset_sparse(hid_t g, hid_t dg, const char *name, int csr, const int64_t shape[2], const char *shape_attr,
+                         const subset_plan *p) {
+    int64_t n_major = csr ? shape[0] : shape[1], len, nnz;
+    nbs_error e = {0};
+    int64_t *indptr = nbs_h5_read_1d(g, "indptr", "", name, H5T_NATIVE_INT64, sizeof *indptr, n_major + 1, &len, &e);
+    if (!indptr || indptr[0] != 0 || indptr[n_major] < 0) {
+        free(indptr);
+        return -1;
+    }
+    nnz = indptr[n_major];
+    int64_t *indices = nbs_h5_read_1d(g, "indices", "", name, H5T_NATIVE_INT64, sizeof *indices, nnz, &len, &e);
+    hid_t dd = H5Dopen2(g, "data", H5P_DEFAULT), ft = dd >= 0 ? H5Dget_type(dd) : -1;
+    hid_t mt = ft >= 0 ? H5Tget_native_type(ft, H5T_DIR_ASCEND) : -1;
+    size_t es = mt >= 0 ? H5Tget_size(mt) : 1;
+    char *data = malloc((size_t)nnz * es + 1), *nd = malloc((size_t)nnz * es + 1);
+    int64_t n_out = csr ? p->n_keep : n_major;
+    int64_t *np = malloc((size_t)(n_out + 1) * sizeof *np), *ni = malloc((size_t)(nnz ? nnz : 1) * sizeof *ni);
+    int bad = !indices || mt < 0 || !data || !nd || !np || !ni || H5Dread(dd, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0;
+    int64_t k2 = 0;
+    if (!bad) np[0] = 0;
+    for (int64_t i = 0; !bad && i < n_out; i++) {
+        int64_t src = csr ? p->keep[i] : i;
+        for (int64_t k = indptr[src]; k < indptr[src + 1] && !bad; k++) {
+            int64_t col = indices[k];
+            if (!csr) {
+                if (col < 0 || col >= p->n_obs) bad = 1;
+                else if ((col = p->newrow[col]) < 0) continue;
+            }
+            ni[k2] = col;
+            memcpy(nd + (size_t)k2 * es, data + (size_t)k * es, es);
+            k2++;
+        }
+        np[i + 1] = k2;
+    }
+    hid_t o = bad ? -1 : mk_group(dg, name);
+    bad = bad || o < 0 || copy_attrs(g, o);
+    if (!bad) {
+        int64_t ns[2] = {p->n_keep, shape[1]};
+        hsize_t two = 2;
+        H5Adelete(o, shape_attr);
+        hid_t sp = H5Screate_simple(1, &two, NULL);
+        hid_t a = H5Acreate2(o, shape_attr, H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+        bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, ns) < 0;
+        if (a >= 0) H5Aclose(a);
+        H5Sclose(sp);
+    }
+    bad = bad || write_like(g, o, "indptr", H5T_NATIVE_INT64, np, (hsize_t)n_out + 1) ||
+          write_like(g, o, "indices", H5T_NATIVE_INT64, ni, (hsize_t)k2) || write_like(g, o, "data", mt, nd, (hsize_t)k2);
+    if (o >= 0) H5Gclose(o);
+    if (mt >= 0) H5Tclose(mt);
+    if (ft >= 0) H5Tclose(ft);
+    if (dd >= 0) H5Dclose(dd);
+    free(indptr);
+    free(indices);
+    free(data);
+    free(nd);
+    free(np);
+    free(ni);
+    return bad ? -1 : 0;
+}
+
+static int copy_tree(hid_t sg, hid_t dg, const char *path, int per_cell, subset_plan *p);
+
+/* One member of a group in a subset copy. Per-cell parts (X, layers, raw/X, obs, obsm) keep the
+ * kept rows of every array whose first axis is the cells; the rest is copied unchanged. */
+static int copy_member(hid_t sg, hid_t dg, const char *path, const char *name, int per_cell, subset_plan *p) {
+    int top = !*path;
+    if (top) per_cell = !strcmp(name, "X") || !strcmp(name, "obs") || !strcmp(name, "obsm") || !strcmp(name, "layers");
+    else if (!strcmp(path, "raw") && !strcmp(name, "X")) per_cell = 1;
+    char child[1024];
+    snprintf(child, sizeof child, "%s%s%s", path, top ? "" : "/", name);
+    H5O_type_t t = nbs_h5_type(sg, name);
+    if (!strcmp(name, "__categories")) per_cell = 0; /* anndata 0.7: category names, not cells */
+    if (t == H5O_TYPE_DATASET) {
+        if (!per_cell) return H5Ocopy(sg, name, dg, name, H5P_DEFAULT, H5P_DEFAULT) < 0 ? -1 : 0;
+        hid_t d = H5Dopen2(sg, name, H5P_DEFAULT), sp = H5Dget_space(d);
+        hsize_t dims[H5S_MAX_RANK] = {0};
+        int rank = H5Sget_simple_extent_dims(sp, dims, NULL);
+        H5Sclose(sp);
+        H5Dclose(d);
+        if (rank >= 1 && (int64_t)dims[0] == p->n_obs) return subset_rows(sg, dg, name, p);
+        return H5Ocopy(sg, name, dg, name, H5P_DEFAULT, H5P_DEFAULT) < 0 ? -1 : 0;
+    }
+    if (t != H5O_TYPE_GROUP) return H5Ocopy(sg, name, dg, name, H5P_DEFAULT, H5P_DEFAULT) < 0 ? -1 : 0;
+    hid_t g = H5Gopen2(sg, name, H5P_DEFAULT);
+    char enc[64] = "";
+    int64_t shape[2] = {0, 0};
+    const char *shape_attr = "shape";
+    int rc;
+    if (nbs_h5_attr_string(g, "encoding-type", enc, sizeof enc) && !nbs_h5_attr_string(g, "h5sparse_format", enc, sizeof enc)) {
+        snprintf(enc, sizeof enc, "%s_matrix", strcmp(enc, "csc") ? "csr" : "csc");
+        shape_attr = "h5sparse_shape";
+    }
+    int sparse = !strcmp(enc, "csr_matrix") || !strcmp(enc, "csc_matrix");
+    if (sparse && H5Aexists(g, shape_attr) > 0) {
+        hid_t a = H5Aopen(g, shape_attr, H5P_DEFAULT);
+        H5Aread(a, H5T_NATIVE_INT64, shape);
+        H5Aclose(a);
+    }
+    if (top && !strcmp(name, "obsp")) { /* a neighbour graph of all cells is wrong for a subset */
+        hid_t o = mk_group(dg, name);
+        H5G_info_t gi;
+        if (H5Gget_info(g, &gi) >= 0 && gi.nlinks > 0) p->dropped = 1;
+        rc = o < 0 || copy_attrs(g, o);
+        if (o >= 0) H5Gclose(o);
+    } else if (per_cell && sparse && shape[0] == p->n_obs) {
+        rc = subset_sparse(g, dg, name, !strcmp(enc, "csr_matrix"), shape, shape_attr, p);
+    } else if (per_cell && !strcmp(enc, "categorical")) {
+        hid_t o = mk_group(dg, name);
+        rc = o < 0 || copy_attrs(g, o) || subset_rows(g, o, "codes", p) ||
+             H5Ocopy(g, "categories", o, "categories", H5P_DEFAULT, H5P_DEFAULT) < 0;
+        if (o >= 0) H5Gclose(o);
+    } else {
+        hid_t o = mk_group(dg, name);
+        rc = o < 0 || copy_attrs(g, o) || copy_tree(g, o, child, per_cell, p);
+        if (o >= 0) H5Gclose(o);
+    }
+    H5Gclose(g);
+    return rc ? -1 : 0;
+}
+
+typedef struct {
+    hid_t dg;
+    const char *path;
+    int per_cell;
+    subset_plan *p;
+    int bad;
+} tree_op;
+
+static herr_t tree_cb(hid_t g, const char *name, const H5L_info_t *info, void *op) {
+    (void)info;
+    tree_op *t = op;
+    if (copy_member(g, t->dg, t->path, name, t->per_cell, t->p)) t->bad = 1;
+    return t->bad ? -1 : 0;
+}
+
+static int copy_tree(hid_t sg, hid_t dg, const char *path, int per_cell, subset_plan *p) {
+    tree_op op = {dg, path, per_cell, p, 0};
+    hsize_t idx = 0;
+    return H5Literate(sg, H5_INDEX_NAME, H5_ITER_INC, &idx, tree_cb, &op) < 0 || op.bad ? -1 : 0;
 }
 
 int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix *m, int d,
@@ -330,6 +586,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     char tmp[NBS_PATH_MAX], gz[NBS_PATH_MAX] = "";
     hid_t src = -1;
+    subset_plan plan = {0, 0, NULL, NULL, 0};
     int rc = NBS_OK;
     if (copy_from && *copy_from) {
         int g = nbs_io_gunzip_temp(copy_from, gz, err);
@@ -338,7 +595,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
         const char *real = g ? gz : copy_from;
         src = H5Fis_hdf5(real) > 0 ? H5Fopen(real, H5F_ACC_RDONLY, H5P_DEFAULT) : -1;
         if (src < 0) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 to copy from", copy_from);
-        else rc = check_cells(src, copy_from, m, err);
+        else rc = plan_cells(src, copy_from, m, &plan, err);
     }
     nbs_io_tmp_name(path, tmp);
     hid_t f = rc ? -1 : create_file(tmp);
@@ -347,11 +604,15 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
     if (!rc && src >= 0) {
         hsize_t idx = 0;
         hid_t root = H5Gopen2(src, "/", H5P_DEFAULT), droot = H5Gopen2(f, "/", H5P_DEFAULT);
-        hsize_t aidx = 0;
-        bad = H5Literate(src, H5_INDEX_NAME, H5_ITER_INC, &idx, copy_link, &f) < 0 ||
-              H5Aiterate2(root, H5_INDEX_NAME, H5_ITER_INC, &aidx, copy_attr, &droot) < 0;
+        bad = plan.keep ? copy_tree(root, droot, "", 0, &plan)
+                        : H5Literate(src, H5_INDEX_NAME, H5_ITER_INC, &idx, copy_link, &f) < 0;
+        bad = bad || copy_attrs(root, droot);
         H5Gclose(root);
         H5Gclose(droot);
+        if (!bad && plan.dropped)
+            nbs_warn("%s: obsp (cell-cell graphs) left out of the copy of %s: they were computed on all %lld cells, "
+                     "the copy holds %lld; recompute them (e.g. scanpy.pp.neighbors)", path, copy_from,
+                     (long long)plan.n_obs, (long long)plan.n_keep);
     } else if (!rc) {
         bad = attr_enc(f, "anndata", "0.1.0") || write_new_h5ad(f, m);
     }
@@ -359,6 +620,8 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
     if (f >= 0 && H5Fclose(f) < 0) bad = 1;
     if (src >= 0) H5Fclose(src);
     if (gz[0]) remove(gz);
+    free(plan.keep);
+    free(plan.newrow);
     if (!rc && bad)
         rc = nbs_error_set(err, NBS_ERR_IO, "%s: writing the h5ad failed (disk full, or an HDF5 error%s)", path,
                            src >= 0 ? " while copying the source" : "");

@@ -490,6 +490,12 @@ static const char *orientation_text(nbs_format f, nbs_orientation o) {
     case NBS_FMT_MTX:
         return o == NBS_ORIENT_CELLS_ROWS ? "cells x genes in the file (as asked)"
                                           : "genes x cells in the file (10x layout), read as cells x genes";
+    case NBS_FMT_TSV:
+    case NBS_FMT_CSV:
+        return o == NBS_ORIENT_CELLS_ROWS   ? "cells x genes in the file (as asked)"
+               : o == NBS_ORIENT_GENES_ROWS ? "genes x cells in the file (as asked), read as cells x genes"
+                                            : "rows taken as genes if there are more columns than rows (see the "
+                                              "warning; --orientation to choose)";
     default: return "cells x genes";
     }
 }

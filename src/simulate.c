@@ -278,7 +278,10 @@ static hid_t vlen_str_type(void) {
 static int write_array(hid_t loc, const char *name, hid_t mem_type, hid_t file_type, hsize_t n,
                        const void *data) {
     hid_t sp = H5Screate_simple(1, &n, NULL);
-    hid_t ds = H5Dcreate2(loc, name, file_type, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t pl = H5Pcreate(H5P_DATASET_CREATE);
+    H5Pset_obj_track_times(pl, 0); /* no time stamps: the same seed gives the same bytes */
+    hid_t ds = H5Dcreate2(loc, name, file_type, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
+    H5Pclose(pl);
     int bad = ds < 0 || H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0;
     if (!bad) bad = attr_str(ds, "encoding-type", mem_type == H5T_NATIVE_DOUBLE || mem_type == H5T_NATIVE_SCHAR ? "array" : "string-array") ||
                     attr_str(ds, "encoding-version", "0.2.0");
@@ -336,7 +339,10 @@ static int extend_column_order(hid_t obs, const char *const *add, int n_add) {
 static int add_branch_column(hid_t obs, const nbs_sim_data *d) {
     int B = d->config.n_branches;
     hsize_t n = (hsize_t)d->counts->n_cells, nc = (hsize_t)B + 1;
-    hid_t g = H5Gcreate2(obs, "branch", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t gpl = H5Pcreate(H5P_GROUP_CREATE);
+    H5Pset_obj_track_times(gpl, 0);
+    hid_t g = H5Gcreate2(obs, "branch", H5P_DEFAULT, gpl, H5P_DEFAULT);
+    H5Pclose(gpl);
     if (g < 0) return -1;
     char (*cat)[32] = calloc(nc, sizeof *cat);
     const char **cats = calloc(nc, sizeof *cats);

@@ -166,6 +166,31 @@ static void test_inspect_every_real_file(void **state) {
     }
 }
 
+/* Tables through the CLI: the orientation flag is honoured; a bad table exits with 3 and names
+ * the line. */
+static void test_inspect_tables(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char args[4300];
+    const char *p = tu_path(dir, "t.csv");
+    assert_int_equal(tu_write_file(p, "gene,c1,c2,c3\ng1,1,0,2\ng2,0,5,0\n"), 0);
+    snprintf(args, sizeof args, "inspect --json --orientation genes_rows '%s'", p);
+    char *out = NULL, *errout = NULL;
+    assert_int_equal(tu_run_cli(args, &out, &errout), 0);
+    assert_non_null(strstr(out, "\"cells\": 3,\n  \"genes\": 2,\n  \"nonzeros\": 3,"));
+    assert_non_null(strstr(out, "\"format\": \"csv\""));
+    free(out);
+    free(errout);
+    assert_int_equal(tu_write_file(p, "gene,c1,c2\ng1,1,0\ng2,0\n"), 0);
+    snprintf(args, sizeof args, "inspect '%s'", p);
+    assert_int_equal(tu_run_cli(args, &out, &errout), 3);
+    assert_non_null(strstr(errout, "t.csv:3:"));
+    free(out);
+    free(errout);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_format_names_round_trip),
@@ -174,6 +199,7 @@ int main(void) {
         cmocka_unit_test(test_read_validates_and_uniquifies),
         cmocka_unit_test(test_read_gzip_h5ad_leaves_no_temp),
         cmocka_unit_test(test_inspect_every_real_file),
+        cmocka_unit_test(test_inspect_tables),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -470,6 +470,40 @@ static void test_paul15_clusters(void **state) {
     nbs_matrix_free(m);
 }
 
+/* X holding normalised values: nbs_io_read's error says where the counts may be instead. */
+static void test_normalised_x_points_to_counts(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char *path = make_h5ad(dir, "norm.h5ad", X_NONE, 4);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hsize_t dims[2] = {3, 4};
+    float logv[12] = {0, 0.69f, 0, 1.1f, 0, 0, 0, 0, 1.79f, 0.69f, 1.39f, 0};
+    hid_t sp = H5Screate_simple(2, dims, NULL);
+    hid_t d = H5Dcreate2(f, "X", H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, logv);
+    H5Dclose(d);
+    H5Sclose(sp);
+    hid_t layers = group(f, "layers");
+    w_sparse(layers, "counts", SP_CSR, 0, H5P_DEFAULT);
+    H5Gclose(layers);
+    H5Fclose(f);
+    nbs_input_config in;
+    memset(&in, 0, sizeof in);
+    snprintf(in.path, sizeof in.path, "%s", path);
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read(&in, &m, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "non-integer"));
+    assert_non_null(strstr(err.msg, "layers: counts"));
+    snprintf(in.layer, sizeof in.layer, "counts");
+    assert_int_equal(nbs_io_read(&in, &m, &err), NBS_OK);
+    expect_fixture(m);
+    nbs_matrix_free(m);
+    free(path);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
     const struct CMUnitTest tests[] = {
@@ -481,6 +515,7 @@ int main(void) {
         cmocka_unit_test(test_obs_columns),
         cmocka_unit_test(test_pbmc3k_h5ad_matches_mtx),
         cmocka_unit_test(test_paul15_clusters),
+        cmocka_unit_test(test_normalised_x_points_to_counts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -184,6 +184,47 @@ static void test_labels_matching(void **state) {
     free(dir);
 }
 
+/* scPhere's labels: one column, no header, no barcodes, one line per cell in order. */
+static void test_labels_in_order(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("scphere_cd14_eryth/cd14_monocyte_erythroid_celltype.tsv");
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_mtx(tu_data("scphere_cd14_eryth/cd14_monocyte_erythroid.mtx"), NBS_ORIENT_GENES_ROWS,
+                                     &m, &err), NBS_OK);
+    char **l = NULL;
+    int rc = nbs_io_read_labels_table(tu_data("scphere_cd14_eryth/cd14_monocyte_erythroid_celltype.tsv"), NULL, m, &l, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    int eryth = 0, mono = 0;
+    for (int64_t c = 0; c < m->n_cells; c++) {
+        eryth += !strcmp(l[c], "Eryth");
+        mono += !strcmp(l[c], "CD14+ Mono");
+    }
+    assert_int_equal(eryth, 10);
+    assert_int_equal(mono, 2293);
+    nbs_io_free_labels(l, m->n_cells);
+    nbs_matrix_free(m);
+
+    /* with a header line; and a count that fits neither */
+    char *dir = tu_tmpdir();
+    const char *mat = tu_path(dir, "m.tsv");
+    assert_int_equal(tu_write_file(mat, "cell\tA\nx\t1\ny\t2\n"), 0);
+    m = read_ok(mat, '\t', NBS_ORIENT_CELLS_ROWS);
+    const char *lab = tu_path(dir, "l.txt");
+    assert_int_equal(tu_write_file(lab, "type\nT\nB\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, NULL, m, &l, &err), NBS_OK);
+    assert_string_equal(l[0], "T");
+    assert_string_equal(l[1], "B");
+    nbs_io_free_labels(l, 2);
+    assert_int_equal(tu_write_file(lab, "T\nB\nNK\nDC\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, NULL, m, &l, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "found 4"));
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cells_in_rows_and_genes_in_rows),
@@ -191,6 +232,7 @@ int main(void) {
         cmocka_unit_test(test_table_errors),
         cmocka_unit_test(test_labels_pbmc3k_and_kang),
         cmocka_unit_test(test_labels_matching),
+        cmocka_unit_test(test_labels_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

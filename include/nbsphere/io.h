@@ -42,9 +42,12 @@ int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_
                       nbs_error *err);
 
 /* Per-cell labels for a matrix's cells, in the matrix's cell order: from an h5ad obs column
- * (categorical or strings), or from a delimited text file with a header whose first column
- * (or a column named "barcode"/"cell") holds barcodes. labels[i] is malloc'd, NULL where a
- * cell has no label. Free with nbs_io_free_labels. */
+ * (categorical, strings, or numbers as text), or from a delimited text file (tab, else comma;
+ * plain or gzip) with a header whose first column (or one named barcode/barcodes/cell/cell_id)
+ * holds barcodes; `column` NULL or "" takes the first other column. A file of one column holds
+ * the labels in the matrix's cell order (line count n_cells, or n_cells + 1 with a header).
+ * labels[i] is malloc'd, NULL where a cell has no label ("NA" or empty in a table, code -1 in a
+ * categorical); an error when no cell matches. Free with nbs_io_free_labels. */
 int nbs_io_read_h5ad_obs(const char *path, const char *column, const nbs_matrix *m,
                          char ***labels, nbs_error *err);
 int nbs_io_read_labels_table(const char *path, const char *column, const nbs_matrix *m,
@@ -71,8 +74,10 @@ typedef struct {
 
 /* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad (or .h5ad.gz), the output
  * is a copy of it (never modified in place; copy_from may equal path) with obsm[key], uns/nbsphere
- * and obs/nbsphere_kappa added or replaced; its cells must be m's barcodes in the same order, else
- * an error says so (a copy of a filtered subset is not written). Otherwise a new file with X = the
+ * and obs/nbsphere_kappa added or replaced. m's barcodes must be the source's cells, all of them or
+ * the subset kept after filtering, in the source's order (else an error names the first cell that
+ * is not); a subset copy keeps those rows of X, layers, raw/X, obs and obsm, and leaves out obsp
+ * (graphs of all cells), with a warning. Otherwise a new file with X = the
  * counts of m (CSR float32, gzip), obs/var names (var also gene_ids), obsm[key] and uns. With
  * embedding NULL or d == 0, no obsm/uns entries are written (counts only). Objects carry no
  * time stamps: the same inputs give the same bytes. */
