@@ -145,11 +145,12 @@ static void model_verdict(nbs_collapse_report *r) {
         "KL warm-up (train.schedule: linear, train.warmup_epochs: 50) or cyclical annealing "
         "(train.schedule: cyclical); free bits (train.free_bits: 0.2); a weak decoder at the start "
         "(model.decoder_init_scale: 0.1); a smaller train.beta";
-    if (r->n_active == 0 && r->n_inconsistent == 0) {
+    if (r->n_active == 0) {
         r->model = NBS_MODEL_COLLAPSED;
         snprintf(r->summary, sizeof r->summary,
                  "collapsed: none of the %d latent dimensions carries information the decoder uses "
-                 "(reconstruction gain over a constant z: %.3g nats per cell)", r->d, r->recon_gain);
+                 "(%d collapsed, %d inconsistent; reconstruction gain over a constant z: %.3g nats per "
+                 "cell)", r->d, r->n_collapsed, r->n_inconsistent, r->recon_gain);
     } else if (r->n_collapsed > 0 || r->n_inconsistent > 0) {
         r->model = NBS_MODEL_PARTIAL;
         snprintf(r->summary, sizeof r->summary,

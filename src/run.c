@@ -202,6 +202,10 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
         if (st) return st;
     }
     s->have_report = 1;
+    for (int j = 0; j < s->report.d; j++)
+        nbs_debug("z_%d: KL %.4g, activity %.4g, sensitivity %.4g (weights %.4g): %s", j + 1, s->report.kl[j],
+                  s->report.activity[j], s->report.sens_jacobian[j], s->report.sens_weight[j],
+                  nbs_dim_verdict_word(s->report.verdict[j]));
     if (s->report.model != NBS_MODEL_HEALTHY)
         nbs_warn("posterior collapse: %s. Try: %s", s->report.summary, s->report.remedies);
     return stage_end(s, "diagnose", s->report.summary, err);
@@ -307,16 +311,13 @@ static int stage_write(run_state *s, nbs_error *err) {
     if (!st) st = nbs_io_write_embedding_tsv(path, X->barcodes, n, d, z, n_extra, names, spread, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
     if (!st && c->output.write_h5ad) {
-        /* A copy of the user's h5ad keeps all of its obs and layers; when filtering removed
-         * cells, a new file with the cells and genes the model saw is written instead. */
-        const char *copy = s->format == NBS_FMT_H5AD && s->pre->n_cells == s->counts->n_cells ? c->input.path : NULL;
-        if (s->format == NBS_FMT_H5AD && !copy)
-            nbs_info("preprocessing removed cells, so %s holds the %lld kept cells and the model's "
-                     "genes rather than a copy of the input", NBS_OUT_H5AD, (long long)n);
+        /* An .h5ad input is copied (only the kept cells) with the embedding added, so all of its
+         * obs, var and layers stay; other inputs give a new file with the counts the model saw. */
+        const char *copy = s->format == NBS_FMT_H5AD ? s->p->config.input.path : NULL;
         nbs_embedding_meta meta = {c->output.embedding_key, nbs_latent_word(L->kind),
                                    gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread};
         if (out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-        if (!st) st = nbs_io_write_h5ad(path, copy, copy ? s->counts : X, d, z, &meta, err);
+        if (!st) st = nbs_io_write_h5ad(path, copy, X, d, z, &meta, err);
         if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
     }
     char msg[256];
