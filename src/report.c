@@ -485,7 +485,8 @@ static void bar_panel(nbs_svg_buf *b, const nbs_collapse_report *r, const double
         if (lt + 0.5 > hi) hi = lt + 0.5;
     }
     if (!isfinite(lo)) lo = -3, hi = 0;
-    lo = floor(lo), hi = ceil(hi);
+    /* a margin below the smallest value, so that even it shows as a bar */
+    lo = floor(lo - 0.3), hi = ceil(hi);
     if (hi <= lo) hi = lo + 1;
     nbs_svg_axes a = {0.5, d + 0.5, lo, hi, 70, 30, width - 90, height - 80};
     nbs_svg_begin(b, width, height, title);
@@ -502,17 +503,18 @@ static void bar_panel(nbs_svg_buf *b, const nbs_collapse_report *r, const double
                                x, top, bw * 0.8, base - top, dim_colour(r->verdict[j]), j + 1, v[j],
                                nbs_dim_verdict_word(r->verdict[j]));
         }
-        if (r->verdict[j] == NBS_DIM_COLLAPSED) {
-            double cx = nbs_svg_x(&a, j + 1);
+        if (r->verdict[j] == NBS_DIM_COLLAPSED) { /* written upwards from just above the bar */
+            double l = isfinite(v[j]) && v[j] > 0 ? fmax(log10(v[j]), lo) : lo;
             nbs_svg_buf_printf(b, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" "
-                                  "font-size=\"9\" fill=\"#555\">collapsed</text>\n",
-                               cx + 3, base - 4);
+                                  "font-size=\"10\" fill=\"#555\">collapsed</text>\n",
+                               nbs_svg_x(&a, j + 1) + 3.5, nbs_svg_y(&a, l) - 4);
         }
     }
     if (isfinite(lt)) nbs_svg_hline(b, &a, lt, "#c62828", tau_label);
-    nbs_svg_legend_item(b, a.left, height - 8, COL_ACTIVE, "active");
-    nbs_svg_legend_item(b, a.left + 80, height - 8, COL_INCONSISTENT, "inconsistent");
-    nbs_svg_legend_item(b, a.left + 200, height - 8, COL_COLLAPSED, "collapsed");
+    /* the legend shares the title's line, clear of the axis labels */
+    nbs_svg_legend_item(b, width - 290, 18, COL_ACTIVE, "active");
+    nbs_svg_legend_item(b, width - 220, 18, COL_INCONSISTENT, "inconsistent");
+    nbs_svg_legend_item(b, width - 110, 18, COL_COLLAPSED, "collapsed");
     nbs_svg_end(b);
 }
 

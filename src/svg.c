@@ -190,9 +190,12 @@ void nbs_svg_hline(nbs_svg_buf *b, const nbs_svg_axes *a, double y, const char *
                    const char *label) {
     if (y < a->y0 || y > a->y1) return;
     double py = nbs_svg_y(a, y);
+    /* the label gets a white halo (stroke painted under the fill) so it stays legible where it
+     * crosses bars or lines */
     nbs_svg_buf_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
                           "stroke-dasharray=\"6,4\" stroke-width=\"1.5\"/><text x=\"%.1f\" "
-                          "y=\"%.1f\" text-anchor=\"end\" fill=\"%s\">",
+                          "y=\"%.1f\" text-anchor=\"end\" fill=\"%s\" stroke=\"#fff\" "
+                          "stroke-width=\"3\" paint-order=\"stroke\">",
                        a->left, py, a->left + a->width, py, colour, a->left + a->width - 4,
                        py - 4, colour);
     nbs_svg_buf_text(b, label);

@@ -12,7 +12,7 @@
 #include "nbsphere/report.h"
 
 /* A synthetic run, built by hand: no training needed. */
-#define D_MAX 6
+#define D_MAX 10
 typedef struct {
     nbs_collapse_report r;
     double kl[D_MAX], act[D_MAX], sw[D_MAX], sj[D_MAX];
@@ -473,6 +473,38 @@ static void test_many_labels_and_subsample(void **state) {
     free(dir);
 }
 
+/* A report of 3000 cells stays small (dots, not circles; one path per colour). With
+ * NBS_REPORT_DEMO=folder set, the reports are kept there to look at (the README's screenshot
+ * is made from them). */
+static void test_demo_reports_small(void **state) {
+    (void)state;
+    const char *keep = getenv("NBS_REPORT_DEMO");
+    char *dir = tu_tmpdir();
+    const char *out = keep && *keep ? keep : dir;
+    fixture f, s;
+    fixture_init(&f, NBS_LATENT_GAUSSIAN, 8, 3000, 1);
+    fixture_init(&s, NBS_LATENT_VMF, 3, 3000, 1);
+    nbs_error err = {0};
+    char gpath[4096], spath[4096];
+    snprintf(gpath, sizeof gpath, "%s", tu_path(out, "report_gaussian.html"));
+    snprintf(spath, sizeof spath, "%s", tu_path(out, "report_sphere.html"));
+    assert_int_equal(nbs_report_write_html(gpath, &f.in, &err), NBS_OK);
+    assert_int_equal(nbs_report_write_json(tu_path(out, "report_gaussian.json"), &f.in, &err), NBS_OK);
+    assert_int_equal(nbs_report_write_html(spath, &s.in, &err), NBS_OK);
+    size_t ng = 0, ns = 0;
+    char *g = tu_read_file(gpath, &ng), *h = tu_read_file(spath, &ns);
+    assert_true(ng > 20000 && ng < 300000);
+    assert_true(ns > 20000 && ns < 300000);
+    /* coordinates carry one decimal */
+    assert_null(strstr(g, ".00 "));
+    free(g);
+    free(h);
+    fixture_free(&s);
+    fixture_free(&f);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 static void test_write_failure_leaves_nothing(void **state) {
     (void)state;
     fixture f;
@@ -510,6 +542,7 @@ int main(void) {
         cmocka_unit_test(test_html_empty_inputs),
         cmocka_unit_test(test_many_labels_and_subsample),
         cmocka_unit_test(test_write_failure_leaves_nothing),
+        cmocka_unit_test(test_demo_reports_small),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
