@@ -143,6 +143,11 @@ static void tick_label(char *out, size_t n, double v) {
 
 void nbs_svg_draw_axes(nbs_svg_buf *b, const nbs_svg_axes *a, const char *xlabel,
                        const char *ylabel, int integer_x) {
+    nbs_svg_draw_axes_int(b, a, xlabel, ylabel, integer_x, 0);
+}
+
+void nbs_svg_draw_axes_int(nbs_svg_buf *b, const nbs_svg_axes *a, const char *xlabel,
+                           const char *ylabel, int integer_x, int integer_y) {
     double ticks[32];
     char lab[32];
     double bottom = a->top + a->height;
@@ -161,6 +166,7 @@ void nbs_svg_draw_axes(nbs_svg_buf *b, const nbs_svg_axes *a, const char *xlabel
     }
     int ny = nbs_svg_nice_ticks(a->y0, a->y1, 5, ticks, 32);
     for (int i = 0; i < ny; i++) {
+        if (integer_y && fabs(ticks[i] - round(ticks[i])) > 1e-9) continue;
         double y = nbs_svg_y(a, ticks[i]);
         tick_label(lab, sizeof lab, ticks[i]);
         nbs_svg_buf_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
@@ -184,9 +190,12 @@ void nbs_svg_hline(nbs_svg_buf *b, const nbs_svg_axes *a, double y, const char *
                    const char *label) {
     if (y < a->y0 || y > a->y1) return;
     double py = nbs_svg_y(a, y);
+    /* the label gets a white halo (stroke painted under the fill) so it stays legible where it
+     * crosses bars or lines */
     nbs_svg_buf_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" "
                           "stroke-dasharray=\"6,4\" stroke-width=\"1.5\"/><text x=\"%.1f\" "
-                          "y=\"%.1f\" text-anchor=\"end\" fill=\"%s\">",
+                          "y=\"%.1f\" text-anchor=\"end\" fill=\"%s\" stroke=\"#fff\" "
+                          "stroke-width=\"3\" paint-order=\"stroke\">",
                        a->left, py, a->left + a->width, py, colour, a->left + a->width - 4,
                        py - 4, colour);
     nbs_svg_buf_text(b, label);
@@ -216,4 +225,67 @@ const char *nbs_svg_category_colour(int i) {
                                   "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
                                   "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5"};
     return pal[(i % 20 + 20) % 20];
+}
+
+void nbs_svg_polyline(nbs_svg_buf *b, const nbs_svg_axes *a, const double *x, const double *y,
+                      int n, const char *colour, const char *dash) {
+    int open = 0;
+    for (int i = 0; i < n; i++) {
+        if (!isfinite(x[i]) || !isfinite(y[i])) {
+            if (open) nbs_svg_buf_printf(b, "\"/>\n");
+            open = 0;
+            continue;
+        }
+        if (!open) {
+            nbs_svg_buf_printf(b, "<path fill=\"none\" stroke=\"%s\" stroke-width=\"1.8\"%s%s%s d=\"M",
+                               colour, dash ? " stroke-dasharray=\"" : "", dash ? dash : "",
+                               dash ? "\"" : "");
+            open = 1;
+        } else {
+            nbs_svg_buf_printf(b, "L");
+        }
+        nbs_svg_buf_printf(b, "%.1f %.1f", nbs_svg_x(a, x[i]), nbs_svg_y(a, y[i]));
+    }
+    if (open) nbs_svg_buf_printf(b, "\"/>\n");
+}
+
+void nbs_svg_legend_item(nbs_svg_buf *b, double x, double y, const char *colour, const char *text) {
+    nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"12\" height=\"12\" fill=\"%s\"/>"
+                          "<text x=\"%.1f\" y=\"%.1f\">",
+                       x, y - 10, colour, x + 17, y);
+    nbs_svg_buf_text(b, text);
+    nbs_svg_buf_printf(b, "</text>\n");
+}
+
+void nbs_svg_colorbar(nbs_svg_buf *b, double x, double y, double w, double h, double lo, double hi,
+                      const char *label) {
+    /* 32 bands are indistinguishable from a smooth gradient at these sizes and need no
+     * <defs>/gradient ids that could clash between plots on one page. */
+    const int bands = 32;
+    for (int k = 0; k < bands; k++) {
+        char c[8];
+        nbs_svg_colormap((k + 0.5) / bands, c);
+        double y1 = y + h - (k + 1) * h / bands;
+        nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>",
+                           x, y1, w, h / bands + 0.5, c);
+    }
+    nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" "
+                          "stroke=\"#333\"/>\n",
+                       x, y, w, h);
+    nbs_svg_axes ax = {lo, hi, lo, hi, x, y, w, h};
+    double ticks[32];
+    char lab[32];
+    int nt = hi > lo ? nbs_svg_nice_ticks(lo, hi, 5, ticks, 32) : 0;
+    for (int i = 0; i < nt; i++) {
+        double py = nbs_svg_y(&ax, ticks[i]);
+        tick_label(lab, sizeof lab, ticks[i]);
+        nbs_svg_buf_printf(b, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333\"/>"
+                              "<text x=\"%.1f\" y=\"%.1f\">%s</text>\n",
+                           x + w, py, x + w + 4, py, x + w + 6, py + 4, lab);
+    }
+    nbs_svg_buf_printf(b, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" "
+                          "text-anchor=\"middle\">",
+                       x + w + 48, y + h / 2);
+    nbs_svg_buf_text(b, label);
+    nbs_svg_buf_printf(b, "</text>\n");
 }

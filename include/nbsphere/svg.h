@@ -43,6 +43,9 @@ void nbs_svg_end(nbs_svg_buf *b);
 /* Frame, ticks with labels on both axes, axis titles. integer_x: only whole-number x ticks. */
 void nbs_svg_draw_axes(nbs_svg_buf *b, const nbs_svg_axes *a, const char *xlabel,
                        const char *ylabel, int integer_x);
+/* The same, also with only whole-number y ticks when integer_y (counts, dimension numbers). */
+void nbs_svg_draw_axes_int(nbs_svg_buf *b, const nbs_svg_axes *a, const char *xlabel,
+                           const char *ylabel, int integer_x, int integer_y);
 /* A dashed horizontal reference line at y with a label at its right end. */
 void nbs_svg_hline(nbs_svg_buf *b, const nbs_svg_axes *a, double y, const char *colour,
                    const char *label);
@@ -51,5 +54,17 @@ void nbs_svg_hline(nbs_svg_buf *b, const nbs_svg_axes *a, double y, const char *
 void nbs_svg_colormap(double t, char out[8]);
 /* Distinct colours for categories (cycles after 20). */
 const char *nbs_svg_category_colour(int i);
+
+/* A line through the points (x[i], y[i]) in data units; a non-finite value breaks the line, so
+ * epochs without a value (e.g. no validation cells) leave a gap instead of a false segment.
+ * dash: NULL for solid, else an SVG dash pattern such as "6,3". */
+void nbs_svg_polyline(nbs_svg_buf *b, const nbs_svg_axes *a, const double *x, const double *y,
+                      int n, const char *colour, const char *dash);
+/* A legend entry at pixel (x, y): a colour swatch and escaped text. */
+void nbs_svg_legend_item(nbs_svg_buf *b, double x, double y, const char *colour, const char *text);
+/* A vertical viridis colour bar at pixel (x, y), size w x h, for values lo (bottom) to hi (top),
+ * with nice ticks on its right and a rotated label. */
+void nbs_svg_colorbar(nbs_svg_buf *b, double x, double y, double w, double h, double lo, double hi,
+                      const char *label);
 
 #endif

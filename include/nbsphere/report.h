@@ -1,0 +1,33 @@
+/* The collapse report files: collapse_report.json (schema in README.md, "The collapse report"),
+ * collapse_dimensions.tsv (one row per latent dimension) and report.html (one self-contained
+ * page with inline SVG plots). Each is written through a temporary name and renamed into place,
+ * so a failure never leaves half a file. */
+#ifndef NBSPHERE_REPORT_H
+#define NBSPHERE_REPORT_H
+
+#include <stdint.h>
+
+#include "nbsphere/diagnose.h"
+#include "nbsphere/error.h"
+#include "nbsphere/train.h"
+
+typedef struct {
+    const nbs_collapse_report *report;  /* final measures (required) */
+    const nbs_diagnose_track *track;    /* measures tracked during training; NULL or n == 0: none */
+    const nbs_train_log *log;           /* per-epoch training curves; NULL or n == 0: none */
+    const float *embedding;             /* posterior location [n_cells x d] (unit vectors on the sphere) */
+    int64_t n_cells;
+    int d;
+    const float *kappa;                 /* sphere: concentration per cell [n_cells]; NULL otherwise */
+    char *const *labels;                /* per cell, may be NULL (or entries NULL = unlabelled) */
+    const char *label_column;           /* name of the labels, for legends; may be NULL */
+    const char *title;                  /* e.g. the input file */
+    double knn_embedding, knn_pca;      /* k-NN label accuracy of the embedding and of PCA; NaN = not computed */
+    int knn_k;
+} nbs_report_input;
+
+int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_error *err);
+int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
+int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_error *err);
+
+#endif
