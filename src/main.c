@@ -375,27 +375,50 @@ static const char EMBED_USAGE[] =
     "  --orientation O  bare .mtx and tables: cells_rows or genes_rows\n"
     "  --set output.write_variances=true   posterior variances as extra TSV columns\n";
 
-static int cmd_embed(cli *c, int argc, char **argv, nbs_error *err) {
+static const char DIAGNOSE_USAGE[] =
+    "usage: nbsphere diagnose MODEL DATA [--out DIR] [--labels FILE] [--label-column C]\n"
+    "                        [--format F] [--layer L] [--genome G] [--set section.key=value]...\n"
+    "\n"
+    "Computes the posterior-collapse report of a trained model (the model.h5 a run wrote) on the\n"
+    "cells of DATA (genes matched to the model's by name): per latent dimension the KL, the\n"
+    "activity and the decoder's sensitivity, a verdict per dimension and for the model, I(x;z),\n"
+    "with the training curves stored in the model. Writes collapse_report.json,\n"
+    "collapse_dimensions.tsv, report.html, embedding.tsv and manifest.json into DIR.\n"
+    "The thresholds are the model's diagnose section unless --set overrides them.\n"
+    "\n"
+    "  --out DIR           output folder (default nbsphere_diagnose)\n"
+    "  --labels FILE       a table with a barcode column, to colour the embedding and score it\n"
+    "  --label-column C    the labels column (of FILE, or of the .h5ad's obs)\n"
+    "  --format, --layer, --genome, --orientation   as for 'nbsphere embed'\n"
+    "  --set diagnose.tau_kl=0.05   e.g. other thresholds (see pipelines/reference.yaml)\n";
+
+/* embed and diagnose: MODEL DATA plus input options; diagnose starts from the model's stored
+ * configuration (its thresholds), with the input section reset to DATA. */
+static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error *err) {
+    const char *cmd = diagnose ? "diagnose" : "embed";
     run_args r = {0};
-    static char buf[6][NBS_PATH_MAX + 32];
+    static char buf[8][NBS_PATH_MAX + 32];
     int nb = 0;
     const char *files[2] = {NULL, NULL};
     int n_files = 0;
     static const char *const opts[][2] = {{"--format", "input.format"},
                                           {"--layer", "input.layer"},
                                           {"--genome", "input.genome"},
-                                          {"--orientation", "input.orientation"}};
+                                          {"--orientation", "input.orientation"},
+                                          {"--labels", "input.labels_path"},
+                                          {"--label-column", "input.label_column"}};
+    const size_t n_opts = diagnose ? 6 : 4;
     for (int i = 0; i < argc; i++) {
-        int k = common_run_opt(argc, argv, &i, &r, "embed", err);
+        int k = common_run_opt(argc, argv, &i, &r, cmd, err);
         if (k < 0) return -k;
         if (k) continue;
         int hit = 0, missing;
-        for (size_t o = 0; o < sizeof opts / sizeof opts[0] && !hit; o++) {
+        for (size_t o = 0; o < n_opts && !hit; o++) {
             const char *v = opt_value(argc, argv, &i, opts[o][0], &missing);
             if (missing) {
                 char m[96];
                 snprintf(m, sizeof m, "%s needs a value", opts[o][0]);
-                return usage_error(err, "embed", m);
+                return usage_error(err, cmd, m);
             }
             if (v) {
                 snprintf(buf[nb], sizeof buf[0], "%s=%s", opts[o][1], v);
@@ -404,30 +427,47 @@ static int cmd_embed(cli *c, int argc, char **argv, nbs_error *err) {
             }
         }
         if (hit) continue;
-        if (argv[i][0] == '-' && argv[i][1]) return usage_error(err, "embed", "unknown option");
-        if (n_files == 2) return usage_error(err, "embed", "expected two files, MODEL and DATA");
+        if (argv[i][0] == '-' && argv[i][1]) return usage_error(err, cmd, "unknown option");
+        if (n_files == 2) return usage_error(err, cmd, "expected two files, MODEL and DATA");
         files[n_files++] = argv[i];
     }
-    if (n_files < 2) return usage_error(err, "embed", "expected two files, MODEL and DATA");
-    snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1]);
-    /* the data come first so that --set input.* can still refine them */
+    if (n_files < 2) return usage_error(err, cmd, "expected two files, MODEL and DATA");
+    /* the data first, so that the options and --set refine them */
     run_args all = {0};
+    snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1]);
     all.sets[all.n_sets++] = buf[nb];
-    snprintf(buf[nb + 1], sizeof buf[0], "output.dir=nbsphere_embed");
+    snprintf(buf[nb + 1], sizeof buf[0], "output.dir=%s", diagnose ? "nbsphere_diagnose" : "nbsphere_embed");
     all.sets[all.n_sets++] = buf[nb + 1];
     for (int i = 0; i < r.n_sets; i++) all.sets[all.n_sets++] = r.sets[i];
     if (r.out_set[0]) all.sets[all.n_sets++] = r.out_set;
     nbs_pipeline *p = malloc(sizeof *p);
     if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
-    int st = nbs_pipeline_load(NULL, all.sets, all.n_sets, NBS_PIPELINE_REQUIRE_INPUT, p, err);
+    int st;
+    if (diagnose) {
+        char *yaml = NULL;
+        st = nbs_checkpoint_config_text(files[0], &yaml, err);
+        if (!st) st = nbs_pipeline_load_string(yaml, files[0], NULL, NULL, 0, 0, p, err);
+        free(yaml);
+        if (!st) { /* the model's input section described the training data, not DATA */
+            nbs_config defaults;
+            nbs_config_defaults(&defaults);
+            p->config.input = defaults.input;
+        }
+        for (int i = 0; !st && i < all.n_sets; i++) st = nbs_pipeline_set(p, all.sets[i], err);
+    } else {
+        st = nbs_pipeline_load(NULL, all.sets, all.n_sets, NBS_PIPELINE_REQUIRE_INPUT, p, err);
+    }
     if (!st) {
         nbs_run_options o = {c->command_line, c->progress, NULL};
-        st = nbs_run_embed(files[0], p, &o, err);
+        st = diagnose ? nbs_run_diagnose(files[0], p, &o, err) : nbs_run_embed(files[0], p, &o, err);
         if (!st && c->verbosity >= 1) fprintf(stderr, "nbsphere: outputs in %s\n", p->config.output.dir);
     }
     free(p);
     return st;
 }
+
+static int cmd_embed(cli *c, int argc, char **argv, nbs_error *err) { return model_on_data(c, argc, argv, 0, err); }
+static int cmd_diagnose(cli *c, int argc, char **argv, nbs_error *err) { return model_on_data(c, argc, argv, 1, err); }
 
 /* ---- inspect ---- */
 
@@ -612,6 +652,7 @@ static const command COMMANDS[] = {
     {"run", cmd_run, "run a pipeline file end to end", RUN_USAGE},
     {"train", cmd_train, "train on a data file with options instead of a pipeline", TRAIN_USAGE},
     {"embed", cmd_embed, "embed the cells of a data file with a trained model", EMBED_USAGE},
+    {"diagnose", cmd_diagnose, "posterior-collapse report of a trained model on a data file", DIAGNOSE_USAGE},
     {"inspect", cmd_inspect, "describe a count matrix file (shape, sparsity, counts, library sizes)",
      INSPECT_USAGE},
     {"simulate", cmd_simulate, "write a synthetic branching-trajectory dataset", SIMULATE_USAGE},

@@ -352,15 +352,105 @@ static int finish_manifest(run_state *s, int status, const nbs_error *failure, n
     return nbs_manifest_write(s->manifest, &s->p->config, path, err);
 }
 
-int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
-    run_state s;
-    memset(&s, 0, sizeof s);
-    s.p = p;
-    s.o = o;
-    s.knn_embedding = s.knn_pca = NAN;
+/* ---- embed and diagnose: a saved model on a data file ---- */
+
+/* Loads the model and the data, and puts the data's genes in the model's order (absent genes
+ * count zero, with a warning); the result stands in for the preprocessing stage's output. */
+static int load_model_and_data(run_state *s, const char *model_path, nbs_error *err) {
+    const char *data = s->p->config.input.path;
+    int st = nbs_manifest_add_input(s->manifest, model_path, err);
+    if (!st) {
+        stage_begin(s, "load model");
+        st = nbs_checkpoint_load(model_path, &s->ck, err);
+        if (!st) {
+            const nbs_model_config *mc = &s->ck.config.model;
+            char msg[256];
+            snprintf(msg, sizeof msg, "%lld genes, %s latent of %d dimensions, trained %d epochs",
+                     (long long)s->ck.n_genes, nbs_latent_word(mc->latent), mc->latent_dim,
+                     s->ck.state.epochs_done);
+            st = stage_end(s, "load model", msg, err);
+        }
+    }
+    if (!st) st = stage_load(s, err);
+    if (st) return st;
+    int64_t missing = 0;
+    nbs_matrix *aligned = nbs_matrix_align_genes(s->counts, s->ck.gene_names, s->ck.n_genes, &missing, err);
+    if (!aligned) return err->code;
+    if (missing == s->ck.n_genes) {
+        nbs_matrix_free(aligned);
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: none of the model's %lld genes is in this data "
+                             "(matched by gene name); is it the same organism and annotation?", data,
+                             (long long)s->ck.n_genes);
+    }
+    if (missing > 0)
+        nbs_warn("%lld of the model's %lld genes are not in %s; they are treated as zero counts, "
+                 "which shifts the embedding the more of them are missing", (long long)missing,
+                 (long long)s->ck.n_genes, data);
+    s->pre = calloc(1, sizeof *s->pre);
+    if (!s->pre) {
+        nbs_matrix_free(aligned);
+        return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    }
+    s->pre->matrix = aligned;
+    s->pre->n_cells = aligned->n_cells;
+    s->pre->n_genes = aligned->n_genes;
+    return NBS_OK;
+}
+
+static int finish_run(run_state *s, int st, nbs_error *err) {
+    nbs_error merr = {0};
+    int mst = finish_manifest(s, st, err, &merr);
+    if (!st && mst) {
+        *err = merr;
+        st = mst;
+    }
+    if (s->labels) nbs_io_free_labels(s->labels, s->pre->matrix->n_cells);
+    nbs_matrix_free(s->counts);
+    nbs_preprocess_result_free(s->pre);
+    nbs_checkpoint_free(&s->ck);
+    free(s->diag_rows);
+    nbs_diagnose_track_free(&s->track);
+    nbs_collapse_report_free(&s->report);
+    nbs_manifest_free(s->manifest);
+    return st;
+}
+
+static int begin_run(run_state *s, const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
+    memset(s, 0, sizeof *s);
+    s->p = p;
+    s->o = o;
+    s->knn_embedding = s->knn_pca = NAN;
     int st = nbs_pipeline_prepare_output(p, err);
     if (st) return st;
-    if (!(s.manifest = nbs_manifest_new(o->command_line, err))) return err->code;
+    return (s->manifest = nbs_manifest_new(o->command_line, err)) ? NBS_OK : (int)err->code;
+}
+
+int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
+                  nbs_error *err) {
+    run_state s;
+    int st = begin_run(&s, p, o, err);
+    if (st) return st;
+    st = load_model_and_data(&s, model_path, err);
+    if (!st) st = stage_write(&s, err);
+    return finish_run(&s, st, err);
+}
+
+int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
+                     nbs_error *err) {
+    run_state s;
+    int st = begin_run(&s, p, o, err);
+    if (st) return st;
+    st = load_model_and_data(&s, model_path, err);
+    if (!st) st = choose_diag_rows(&s, err);
+    if (!st) st = stage_diagnose(&s, err);
+    if (!st) st = stage_write(&s, err);
+    return finish_run(&s, st, err);
+}
+
+int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
+    run_state s;
+    int st = begin_run(&s, p, o, err);
+    if (st) return st;
     char cfg_path[NBS_PATH_MAX];
     if (out_path(&s, NBS_OUT_CONFIG, cfg_path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     if (!st) st = nbs_pipeline_write_yaml(&p->config, cfg_path, err);
@@ -371,82 +461,5 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     if (!st) st = stage_diagnose(&s, err);
     if (!st) st = stage_write(&s, err);
     /* The manifest is written for failed runs too: it says how far the run got and why. */
-    nbs_error merr = {0};
-    int mst = finish_manifest(&s, st, err, &merr);
-    if (!st && mst) {
-        *err = merr;
-        st = mst;
-    }
-    if (s.labels) nbs_io_free_labels(s.labels, s.pre->matrix->n_cells);
-    nbs_matrix_free(s.counts);
-    nbs_preprocess_result_free(s.pre);
-    nbs_checkpoint_free(&s.ck);
-    free(s.diag_rows);
-    nbs_diagnose_track_free(&s.track);
-    nbs_collapse_report_free(&s.report);
-    nbs_manifest_free(s.manifest);
-    return st;
-}
-
-/* ---- embed: a saved model on new cells ---- */
-
-int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
-                  nbs_error *err) {
-    run_state s;
-    memset(&s, 0, sizeof s);
-    s.p = p;
-    s.o = o;
-    int st = nbs_pipeline_prepare_output(p, err);
-    if (st) return st;
-    if (!(s.manifest = nbs_manifest_new(o->command_line, err))) return err->code;
-    st = nbs_manifest_add_input(s.manifest, model_path, err);
-    if (!st) {
-        stage_begin(&s, "load model");
-        st = nbs_checkpoint_load(model_path, &s.ck, err);
-        if (!st) {
-            const nbs_model_config *mc = &s.ck.config.model;
-            char msg[256];
-            snprintf(msg, sizeof msg, "%lld genes, %s latent of %d dimensions, trained %d epochs",
-                     (long long)s.ck.n_genes, nbs_latent_word(mc->latent), mc->latent_dim,
-                     s.ck.state.epochs_done);
-            st = stage_end(&s, "load model", msg, err);
-        }
-    }
-    if (!st) st = stage_load(&s, err);
-    if (!st) { /* the model's genes, in its order: absent ones count zero */
-        int64_t missing = 0;
-        nbs_matrix *aligned = nbs_matrix_align_genes(s.counts, s.ck.gene_names, s.ck.n_genes, &missing, err);
-        if (!aligned) st = err->code;
-        else if (missing == s.ck.n_genes)
-            st = nbs_error_set(err, NBS_ERR_INPUT, "%s: none of the model's %lld genes is in this data "
-                               "(matched by gene name); is it the same organism and annotation?",
-                               p->config.input.path, (long long)s.ck.n_genes);
-        else if (missing > 0)
-            nbs_warn("%lld of the model's %lld genes are not in %s; they are treated as zero counts, "
-                     "which shifts the embedding the more of them are missing", (long long)missing,
-                     (long long)s.ck.n_genes, p->config.input.path);
-        if (aligned && !st) {
-            /* The write stage reads pre->matrix; a result without filters stands in for it. */
-            s.pre = calloc(1, sizeof *s.pre);
-            if (!s.pre) st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
-            else {
-                s.pre->matrix = aligned;
-                s.pre->n_cells = aligned->n_cells;
-                s.pre->n_genes = aligned->n_genes;
-            }
-        }
-        if (st) nbs_matrix_free(aligned);
-    }
-    if (!st) st = stage_write(&s, err);
-    nbs_error merr = {0};
-    int mst = finish_manifest(&s, st, err, &merr);
-    if (!st && mst) {
-        *err = merr;
-        st = mst;
-    }
-    nbs_matrix_free(s.counts);
-    nbs_preprocess_result_free(s.pre);
-    nbs_checkpoint_free(&s.ck);
-    nbs_manifest_free(s.manifest);
-    return st;
+    return finish_run(&s, st, err);
 }

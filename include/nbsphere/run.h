@@ -23,6 +23,12 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
 int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
                   nbs_error *err);
 
+/* `nbsphere diagnose`: the collapse report (collapse_report.json, collapse_dimensions.tsv,
+ * report.html) of a model file on the cells of p's input (genes matched as for embed), with
+ * the training curves stored in the model, plus embedding.tsv/.h5ad, into p's output.dir. */
+int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
+                     nbs_error *err);
+
 /* The load stage on its own (also used by `inspect`): reads the input section's file with the
  * format it names or detects (*format_used, may be NULL), validates the values and makes gene
  * names unique: nbs_io_read, which reads every format io.h lists. */
