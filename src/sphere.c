@@ -15,6 +15,9 @@
  * O(kappa) terms to get an O(kappa^2) result. */
 #define PS_KL_SERIES_MAX 1e-3
 #define QUAD_INTERVALS 1000
+/* Relative tolerance of the per-sample gradient quadratures: far below the Monte Carlo noise
+ * of any gradient estimate, and loose enough for one or two Gauss-Kronrod rules. */
+#define QUAD_RELTOL 1e-8
 
 static int check_dk(const char *what, int d, double kappa, nbs_error *err) {
     if (d < 2 || d > NBS_SPHERE_MAX_DIM)
@@ -231,13 +234,92 @@ int nbs_vmf_w_gradients(const nbs_sphere_draw *draw, double *dw_dkappa, double *
     return NBS_OK;
 }
 
-int nbs_vmf_backward(const nbs_sphere_draw *draw, const double *u, const double *v,
+int nbs_vmf_backward_rsvi(const nbs_sphere_draw *draw, const double *u, const double *v,
                      const double *dz, double f, double *du, double *dkappa, nbs_error *err) {
     double dldw, dw, score;
     int st = place_backward(draw->d, u, draw->w, draw->one_minus_w, v, dz, du, &dldw, err);
     if (!st) st = nbs_vmf_w_gradients(draw, &dw, &score, err);
     if (st) return st;
     *dkappa = dldw * dw + f * score;
+    return NBS_OK;
+}
+
+/* Implicit reparameterisation (Figurnov et al. 2018): hold the CDF F(w | kappa) of the sample
+ * fixed, so dw/dkappa = -(dF/dkappa) / p(w). With d log Z / dkappa = A,
+ * dF/dkappa = integral over t < w of (t - A) p(t) = -(integral over t > w of the same), and in
+ * s = 1 - t with the density ratio g(s) / g(s_w) = exp(l(s) - l(s_w)),
+ * l(s) = -kappa s + a log(s (2 - s)), a = (d - 3)/2, the normaliser Z cancels. */
+typedef struct {
+    double kappa, a, oma, lw;
+} vmf_integrand;
+
+static double vmf_log_g(const vmf_integrand *P, double s) {
+    return -P->kappa * s + (P->a != 0 ? P->a * log(s * (2 - s)) : 0);
+}
+
+static double vmf_fn(double s, void *vp) {
+    const vmf_integrand *P = vp;
+    if (s <= 0 || s >= 2) return 0;
+    return (P->oma - s) * exp(vmf_log_g(P, s) - P->lw);
+}
+
+/* Adaptive quadrature of f over [lo, hi] with break points at the peak of the density (mode
+ * m, width sd) so that a peak of any width is found; "what" names the caller in errors. */
+static int tail_integral(gsl_function *F, double lo, double hi, double m, double sd, const char *what,
+                         int d, double kappa, double *val, nbs_error *err) {
+    double pts[6];
+    size_t np = 0;
+    pts[np++] = lo;
+    const double cand[3] = {m - sd, m, m + 10 * sd};
+    for (int i = 0; i < 3; i++)
+        if (cand[i] > lo && cand[i] < hi && cand[i] > pts[np - 1]) pts[np++] = cand[i];
+    pts[np++] = hi;
+    gsl_integration_workspace *ws = gsl_integration_workspace_alloc(QUAD_INTERVALS);
+    if (!ws) return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory", what);
+    double abserr = 0;
+    const int gs = gsl_integration_qagp(F, pts, np, 0, QUAD_RELTOL, QUAD_INTERVALS, ws, val, &abserr);
+    gsl_integration_workspace_free(ws);
+    if ((gs != GSL_SUCCESS && !(abserr <= 1e-6 * fabs(*val) + 1e-300)) || !isfinite(*val))
+        return nbs_error_set(err, NBS_ERR_NUMERIC,
+                             "%s: quadrature failed for d = %d, kappa = %g on [%g, %g] (%s, "
+                             "estimate %g +- %g)",
+                             what, d, kappa, lo, hi, gsl_strerror(gs), *val, abserr);
+    return NBS_OK;
+}
+
+int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *err) {
+    const int d = draw->d;
+    const double k = draw->kappa, sw = draw->one_minus_w;
+    nbs_sphere_gsl_init();
+    nbs_vmf_stats st;
+    int rc = nbs_vmf_stats_eval(d, k, &st, err);
+    if (rc) return rc;
+    vmf_integrand P = {k, 0.5 * (d - 3), st.one_minus_a, 0};
+    P.lw = vmf_log_g(&P, sw);
+    double mode = 0, sd = 1 / k;
+    if (P.a > 0) {
+        mode = 2 * P.a / ((k + P.a) + hypot(k, P.a));
+        sd = 1 / sqrt(P.a / (mode * mode) + P.a / ((2 - mode) * (2 - mode)));
+    }
+    if (sd > 1) sd = 1;
+    /* the side of s_w with less mass, so no two large values cancel */
+    const int upper = sw <= st.one_minus_a;
+    gsl_function F = {vmf_fn, &P};
+    double val;
+    rc = tail_integral(&F, upper ? 0 : sw, upper ? sw : 2, mode, sd, "vMF implicit gradient", d, k,
+                       &val, err);
+    if (rc) return rc;
+    *dw_dkappa = upper ? val : -val;
+    return NBS_OK;
+}
+
+int nbs_vmf_backward(const nbs_sphere_draw *draw, const double *u, const double *v,
+                              const double *dz, double *du, double *dkappa, nbs_error *err) {
+    double dldw, dw;
+    int st = place_backward(draw->d, u, draw->w, draw->one_minus_w, v, dz, du, &dldw, err);
+    if (!st) st = nbs_vmf_dw_dkappa_implicit(draw, &dw, err);
+    if (st) return st;
+    *dkappa = dldw * dw;
     return NBS_OK;
 }
 
@@ -359,26 +441,12 @@ int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *
      * however concentrated it is. The Beta function's normaliser cancels in the ratio. */
     const double mean = beta / (alpha + beta);
     const double sd = sqrt(alpha * beta / ((alpha + beta) * (alpha + beta) * (alpha + beta + 1)));
-    double pts[6];
-    size_t np = 0;
     const int lower = r <= mean;
-    const double lo = lower ? 0 : r, hi = lower ? r : 1;
-    pts[np++] = lo;
-    const double cand[3] = {mean - sd, mean, mean + 10 * sd};
-    for (int i = 0; i < 3; i++)
-        if (cand[i] > lo && cand[i] < hi && cand[i] > pts[np - 1]) pts[np++] = cand[i];
-    pts[np++] = hi;
-    gsl_integration_workspace *ws = gsl_integration_workspace_alloc(QUAD_INTERVALS);
-    if (!ws) return nbs_error_set(err, NBS_ERR_NOMEM, "Power Spherical gradient: out of memory");
     gsl_function F = {ps_fn, &P};
-    double val = 0, abserr = 0;
-    const int gs = gsl_integration_qagp(&F, pts, np, 0, 1e-10, QUAD_INTERVALS, ws, &val, &abserr);
-    gsl_integration_workspace_free(ws);
-    if (gs != GSL_SUCCESS && !(abserr <= 1e-6 * fabs(val) + 1e-300))
-        return nbs_error_set(err, NBS_ERR_NUMERIC,
-                             "Power Spherical gradient: quadrature of the Beta CDF's derivative "
-                             "failed for d = %d, kappa = %g, 1 - eps = %g (%s, estimate %g +- %g)",
-                             d, draw->kappa, r, gsl_strerror(gs), val, abserr);
+    double val;
+    int rc = tail_integral(&F, lower ? 0 : r, lower ? r : 1, mean, sd, "Power Spherical gradient", d,
+                           draw->kappa, &val, err);
+    if (rc) return rc;
     /* dI/dalpha / p(r) = -dr/dalpha; w = 1 - 2r and dalpha/dkappa = 1. */
     const double dIdalpha_over_p = lower ? val : -val;
     *dw_dkappa = 2 * dIdalpha_over_p;

@@ -2,8 +2,9 @@
  * the vMF and Power Spherical KLs and moments against GSL quadrature of the marginal density
  * of w = mu^T z, their kappa-derivatives against finite differences, the limits, a grid with no
  * NaN/Inf, and the samplers: unit vectors, moments and gradient estimators unbiased within a
- * stated number of standard errors, the reparameterised vMF part shown biased without the
- * rejection correction, and every backward against finite differences. */
+ * stated number of standard errors (the reparameterised vMF part shown biased without the
+ * rejection correction; the implicit gradient unbiased and far less noisy than the corrected
+ * one once the loss has an offset), and every backward against finite differences. */
 #include "testutil.h"
 
 #include <gsl/gsl_cdf.h>
@@ -332,7 +333,7 @@ static void test_vmf_sampler_unbiased(void **state) {
         const int d = cases[c].d;
         const double k = cases[c].kappa;
         const nbs_vmf_stats s = vmf(d, k);
-        acc w = {0}, g = {0}, gb = {0}, rep = {0};
+        acc w = {0}, g = {0}, gb = {0}, rep = {0}, imp = {0}, g100 = {0};
         long proposals = 0;
         random_direction(r, d, u);
         for (int i = 0; i < NSAMP; i++) {
@@ -352,19 +353,30 @@ static void test_vmf_sampler_unbiased(void **state) {
              * baseline A subtracted, which must not change the mean). */
             double mu[256], dk, dkb;
             for (int j = 0; j < d; j++) mu[j] = u[j] / dr.norm;
-            assert_int_equal(nbs_vmf_backward(&dr, u, v, mu, dr.w, du, &dk, &err), 0);
-            assert_int_equal(nbs_vmf_backward(&dr, u, v, mu, s.one_minus_a - dr.one_minus_w, du, &dkb, &err), 0);
+            assert_int_equal(nbs_vmf_backward_rsvi(&dr, u, v, mu, dr.w, du, &dk, &err), 0);
+            assert_int_equal(nbs_vmf_backward_rsvi(&dr, u, v, mu, s.one_minus_a - dr.one_minus_w, du, &dkb, &err), 0);
             double dw;
             assert_int_equal(nbs_vmf_w_gradients(&dr, &dw, NULL, &err), 0);
             acc_add(&g, dk);
             acc_add(&gb, dkb);
             acc_add(&rep, dw);
+            double dki;
+            assert_int_equal(nbs_vmf_backward(&dr, u, v, mu, du, &dki, &err), 0);
+            acc_add(&imp, dki);
+            assert_int_equal(nbs_vmf_backward_rsvi(&dr, u, v, mu, dr.w + 100, du, &dk, &err), 0);
+            acc_add(&g100, dk);
         }
         const double rate = (double)NSAMP / proposals;
         print_message("vMF d=%d kappa=%g: acceptance %.3f, E[w] z=%.2f, grad z=%.2f (baseline %.2f), "
-                      "pathwise only z=%.1f\n",
+                      "pathwise only z=%.1f; implicit z=%.2f, its SE / corrected SE %.2f (baseline %.2f, offset 100: %.3f)\n",
                       d, k, rate, zscore(&w, s.a), zscore(&g, s.da_dkappa), zscore(&gb, s.da_dkappa),
-                      zscore(&rep, s.da_dkappa));
+                      zscore(&rep, s.da_dkappa), zscore(&imp, s.da_dkappa), acc_se(&imp) / acc_se(&g), acc_se(&imp) / acc_se(&gb), acc_se(&imp) / acc_se(&g100));
+        if (zscore(&imp, s.da_dkappa) > ZMAX)
+            fail_msg("d %d kappa %g: implicit gradient off by %.1f SE", d, k, zscore(&imp, s.da_dkappa));
+        /* an offset in the loss leaves the corrected estimator unbiased but multiplies its
+         * noise; the implicit one never sees the loss: this is why nbs_vmf_backward uses it */
+        assert_true(zscore(&g100, s.da_dkappa) < ZMAX);
+        assert_true(acc_se(&imp) < 0.05 * acc_se(&g100));
         assert_true(rate > 0.3 && rate <= 1);
         if (zscore(&w, s.a) > ZMAX) fail_msg("d %d kappa %g: mean of w off by %.1f SE", d, k, zscore(&w, s.a));
         if (zscore(&g, s.da_dkappa) > ZMAX || zscore(&gb, s.da_dkappa) > ZMAX)
@@ -398,7 +410,10 @@ static void test_vmf_backward_matches_finite_differences(void **state) {
             if (b == 0) u[0] = -fabs(u[0]); /* both signs of the reflection */
             assert_int_equal(nbs_vmf_sample(d, u, k, r, z, v, &dr, &err), 0);
             double dk;
-            assert_int_equal(nbs_vmf_backward(&dr, u, v, c, 0, du, &dk, &err), 0);
+            assert_int_equal(nbs_vmf_backward_rsvi(&dr, u, v, c, 0, du, &dk, &err), 0);
+            double du_imp[16], dk_imp;
+            assert_int_equal(nbs_vmf_backward(&dr, u, v, c, du_imp, &dk_imp, &err), 0);
+            assert_memory_equal(du, du_imp, sizeof(double) * d); /* kappa's estimator only differs */
             const double h = 1e-6;
             for (int j = 0; j < d; j++) {
                 memcpy(up, u, sizeof(double) * d);
@@ -423,6 +438,64 @@ static void test_vmf_backward_matches_finite_differences(void **state) {
             }
             near(dk, (L[0] - L[1]) / (2 * hk), 1e-5, 1e-9, "pathwise dL/dkappa vs finite differences", d, k);
         }
+    gsl_rng_free(r);
+}
+
+/* d = 3 has a closed-form CDF, F(w) = (e^{kappa w} - e^{-kappa}) / (e^{kappa} - e^{-kappa}), so the
+ * implicit gradient of one sample is the kappa-derivative of F^{-1}(F(w)) at a fixed quantile. */
+static void test_vmf_implicit_gradient_pointwise(void **state) {
+    (void)state;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 13);
+    const double ks[] = {0.05, 1, 7, 60};
+    for (int b = 0; b < 4; b++)
+        for (int rep = 0; rep < 5; rep++) {
+            const double k = ks[b];
+            double u[3] = {0.3, -0.4, 0.5}, z[3], v[2], dw;
+            nbs_sphere_draw dr;
+            nbs_error err = {0};
+            assert_int_equal(nbs_vmf_sample(3, u, k, r, z, v, &dr, &err), 0);
+            assert_int_equal(nbs_vmf_dw_dkappa_implicit(&dr, &dw, &err), 0);
+            /* with 1 + w = 2 - s: F = expm1(kappa (1 + w)) / expm1(2 kappa) */
+            const double q = expm1(k * (2 - dr.one_minus_w)) / expm1(2 * k);
+            const double h = 1e-5 * k;
+            double wpm[2];
+            for (int sgn = 0; sgn < 2; sgn++) {
+                const double kk = k + (sgn ? -h : h);
+                wpm[sgn] = -1 + log1p(q * expm1(2 * kk)) / kk;
+            }
+            near(dw, (wpm[0] - wpm[1]) / (2 * h), 1e-5, 1e-9, "vMF implicit dw/dkappa vs inverse CDF", 3, k);
+        }
+    gsl_rng_free(r);
+}
+
+/* Samples and every gradient stay finite at the ends of the kappa range, for every d. */
+static void test_samplers_finite_at_extremes(void **state) {
+    (void)state;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 17);
+    const double ks[] = {1e-6, 1e-3, 1, 1e3, 1e6};
+    double u[256], z[256], v[256], du[256];
+    for (int i = 0; i < N_GRID_D; i++)
+        for (int j = 0; j < 5; j++)
+            for (int rep = 0; rep < 10; rep++) {
+                const int d = GRID_D[i];
+                const double k = ks[j];
+                random_direction(r, d, u);
+                nbs_sphere_draw dr;
+                nbs_error err = {0};
+                double dk[3];
+                if (nbs_vmf_sample(d, u, k, r, z, v, &dr, &err) ||
+                    nbs_vmf_backward_rsvi(&dr, u, v, u, 1, du, &dk[0], &err) ||
+                    nbs_vmf_backward(&dr, u, v, u, du, &dk[1], &err) ||
+                    nbs_ps_sample(d, u, k, r, z, v, &dr, &err) ||
+                    nbs_ps_backward(&dr, u, v, u, du, &dk[2], &err))
+                    fail_msg("d %d kappa %g: %s", d, k, err.msg);
+                for (int t = 0; t < 3; t++)
+                    if (!isfinite(dk[t])) fail_msg("d %d kappa %g: gradient %d is %g", d, k, t, dk[t]);
+                for (int t = 0; t < d; t++)
+                    if (!isfinite(z[t]) || !isfinite(du[t])) fail_msg("d %d kappa %g: z or du not finite", d, k);
+            }
     gsl_rng_free(r);
 }
 
@@ -541,6 +614,8 @@ int main(void) {
         cmocka_unit_test(test_bad_arguments_rejected),
         cmocka_unit_test(test_vmf_sampler_unbiased),
         cmocka_unit_test(test_vmf_backward_matches_finite_differences),
+        cmocka_unit_test(test_vmf_implicit_gradient_pointwise),
+        cmocka_unit_test(test_samplers_finite_at_extremes),
         cmocka_unit_test(test_ps_closed_forms_match_quadrature),
         cmocka_unit_test(test_ps_implicit_gradient_pointwise),
         cmocka_unit_test(test_ps_sampler_unbiased),

@@ -64,20 +64,32 @@ typedef struct {
 int nbs_vmf_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
                    nbs_sphere_draw *draw, nbs_error *err);
 
-/* Backward of one vMF sample. dz: dL/dz [d]; f: the scalar the rejection correction multiplies
- * (the cell's loss L(z) itself, ideally minus a baseline that does not depend on this sample:
- * the correction is unbiased for any such baseline and its variance shrinks as f does).
- * Writes du: dL/du [d] (through the normalisation mu = u / |u| and the reflection) and
- * dkappa: dL/dkappa = pathwise term through w(eps, kappa) + f * score (Naesseth et al. 2017).
+/* Backward of one vMF sample, the one to train with. dz: dL/dz [d]. Writes du: dL/du [d]
+ * (through the normalisation mu = u / |u| and the reflection) and dkappa: dL/dkappa, with
+ * dw/dkappa from implicit reparameterisation (Figurnov et al. 2018): the sample's CDF value
+ * is held fixed, dw/dkappa = -(dF(w | kappa)/dkappa) / p(w | kappa), by quadrature of the
+ * marginal density of w (a few microseconds per cell). Unbiased (tests/test_sphere.c) and,
+ * having no score term, its variance does not grow with the size of the loss.
  * Does not include the KL; add kl_weight * nbs_vmf_stats.dkl_dkappa. */
 int nbs_vmf_backward(const nbs_sphere_draw *draw, const double *u, const double *v,
-                     const double *dz, double f, double *du, double *dkappa, nbs_error *err);
+                     const double *dz, double *du, double *dkappa, nbs_error *err);
 
-/* The two parts of the kappa gradient of w = mu^T z, for the tests and for callers that want
- * them apart: dw/dkappa along the accepted eps, and the score
- * d/dkappa [log g(w | kappa) + log |dw/deps|] (g the density of w). */
+/* The alternative: Wood's reparameterisation through w(eps, kappa) plus the rejection
+ * correction of Naesseth et al. 2017, f * d/dkappa [log g(w | kappa) + log |dw/deps|] with g
+ * the density of w. f is the cell's loss L(z), optionally minus a baseline independent of this
+ * sample. Also unbiased, but its standard error grows with |f|: with f = L + 100 it is 50 to
+ * 1000 times that of nbs_vmf_backward in the tests, and a cell's NB loss is in the thousands.
+ * Kept for comparison and for callers with a good baseline. The pathwise part alone is biased
+ * (by up to 65 standard errors in the tests), so the correction must not be dropped. */
+int nbs_vmf_backward_rsvi(const nbs_sphere_draw *draw, const double *u, const double *v,
+                          const double *dz, double f, double *du, double *dkappa, nbs_error *err);
+
+/* The parts of the kappa gradient of w = mu^T z: dw/dkappa along the accepted eps
+ * (Wood's pathwise derivative), the score d/dkappa [log g(w | kappa) + log |dw/deps|], and
+ * the implicit dw/dkappa. Any output may be NULL. */
 int nbs_vmf_w_gradients(const nbs_sphere_draw *draw, double *dw_dkappa, double *score,
                         nbs_error *err);
+int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *err);
 
 /* ---- Power Spherical (sphere.c; De Cao & Aziz 2020), density prop. to (1 + mu^T z)^kappa ---- */
 
