@@ -183,7 +183,7 @@ int nbs_vmf_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z
         const double den = 1 - (1 - b) * eps;
         omw = 2 * b * eps / den;
         const double t = kappa * (omx0 - omw) + dm1 * (log(omx0 + x0 * omw) - log1mx02);
-        if (t >= log(gsl_rng_uniform_pos(rng))) break;
+        if (t >= log(gsl_rng_uniform_pos(rng))) break; /* _pos: log(0) never happens */
         if (n > 1000000)
             return nbs_error_set(err, NBS_ERR_INTERNAL,
                                  "vMF sampler: no acceptance in %d proposals for d = %d, kappa = %g; "
