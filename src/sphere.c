@@ -263,6 +263,15 @@ static double vmf_fn(double s, void *vp) {
     return (P->oma - s) * exp(vmf_log_g(P, s) - P->lw);
 }
 
+/* d = 2: the density of s has (s (2 - s))^{-1/2} at both ends, which adaptive rules resolve
+ * badly on short intervals; in the angle theta (s = 1 - cos theta) it is smooth,
+ * (s (2 - s))^{-1/2} ds = d theta. */
+static double vmf_fn_angle(double theta, void *vp) {
+    const vmf_integrand *P = vp;
+    const double sh = sin(0.5 * theta), s = 2 * sh * sh;
+    return (P->oma - s) * exp(-P->kappa * s - P->lw);
+}
+
 /* Adaptive quadrature of f over [lo, hi] with break points at the peak of the density (mode
  * m, width sd) so that a peak of any width is found; "what" names the caller in errors. */
 static int tail_integral(gsl_function *F, double lo, double hi, double m, double sd, const char *what,
@@ -304,10 +313,17 @@ int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, n
     if (sd > 1) sd = 1;
     /* the side of s_w with less mass, so no two large values cancel */
     const int upper = sw <= st.one_minus_a;
-    gsl_function F = {vmf_fn, &P};
     double val;
-    rc = tail_integral(&F, upper ? 0 : sw, upper ? sw : 2, mode, sd, "vMF implicit gradient", d, k,
-                       &val, err);
+    if (d == 2) {
+        const double tw = 2 * asin(sqrt(0.5 * sw));
+        gsl_function F = {vmf_fn_angle, &P};
+        rc = tail_integral(&F, upper ? 0 : tw, upper ? tw : M_PI, 0, fmin(1, 1 / sqrt(k)),
+                           "vMF implicit gradient", d, k, &val, err);
+    } else {
+        gsl_function F = {vmf_fn, &P};
+        rc = tail_integral(&F, upper ? 0 : sw, upper ? sw : 2, mode, sd, "vMF implicit gradient", d,
+                           k, &val, err);
+    }
     if (rc) return rc;
     *dw_dkappa = upper ? val : -val;
     return NBS_OK;
@@ -420,6 +436,18 @@ typedef struct {
     double alpha, beta, elog, logpr;
 } ps_integrand;
 
+/* d = 2: beta = 1/2 (and alpha < 1 for kappa < 1/2) make the density infinite at the ends; in
+ * phi with q = sin^2 phi, q^{beta-1} (1-q)^{alpha-1} dq = 2 sin^{2beta-1} cos^{2alpha-1} d phi is
+ * bounded. */
+static double ps_fn_angle(double phi, void *vp) {
+    const ps_integrand *P = vp;
+    const double sn = sin(phi), cs = cos(phi);
+    if (!(sn > 0) || !(cs > 0)) return 0;
+    const double l1q = 2 * log(cs);
+    const double lp = (2 * P->beta - 1) * log(sn) + (2 * P->alpha - 1) * log(cs) - P->logpr;
+    return 2 * (l1q - P->elog) * exp(lp);
+}
+
 static double ps_fn(double q, void *vp) {
     const ps_integrand *P = vp;
     if (q <= 0 || q >= 1) return 0;
@@ -442,10 +470,19 @@ int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *
     const double mean = beta / (alpha + beta);
     const double sd = sqrt(alpha * beta / ((alpha + beta) * (alpha + beta) * (alpha + beta + 1)));
     const int lower = r <= mean;
-    gsl_function F = {ps_fn, &P};
     double val;
-    int rc = tail_integral(&F, lower ? 0 : r, lower ? r : 1, mean, sd, "Power Spherical gradient", d,
+    int rc;
+    if (d == 2) {
+        const double pr = asin(sqrt(r)), pm = asin(sqrt(mean));
+        const double psd = fmin(0.5, sd / (2 * sqrt(mean * (1 - mean))));
+        gsl_function F = {ps_fn_angle, &P};
+        rc = tail_integral(&F, lower ? 0 : pr, lower ? pr : 0.5 * M_PI, pm, psd,
+                           "Power Spherical gradient", d, draw->kappa, &val, err);
+    } else {
+        gsl_function F = {ps_fn, &P};
+        rc = tail_integral(&F, lower ? 0 : r, lower ? r : 1, mean, sd, "Power Spherical gradient", d,
                            draw->kappa, &val, err);
+    }
     if (rc) return rc;
     /* dI/dalpha / p(r) = -dr/dalpha; w = 1 - 2r and dalpha/dkappa = 1. */
     const double dIdalpha_over_p = lower ? val : -val;
