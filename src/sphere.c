@@ -300,10 +300,11 @@ int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, n
     const int d = draw->d;
     const double k = draw->kappa, sw = draw->one_minus_w;
     nbs_sphere_gsl_init();
-    nbs_vmf_stats st;
-    int rc = nbs_vmf_stats_eval(d, k, &st, err);
+    double oma;
+    int rc = check_dk("vMF implicit gradient", d, k, err);
+    if (!rc) rc = nbs_vmf_mean_ratio(d, k, NULL, &oma, err);
     if (rc) return rc;
-    vmf_integrand P = {k, 0.5 * (d - 3), st.one_minus_a, 0};
+    vmf_integrand P = {k, 0.5 * (d - 3), oma, 0};
     P.lw = vmf_log_g(&P, sw);
     double mode = 0, sd = 1 / k;
     if (P.a > 0) {
@@ -312,7 +313,7 @@ int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, n
     }
     if (sd > 1) sd = 1;
     /* the side of s_w with less mass, so no two large values cancel */
-    const int upper = sw <= st.one_minus_a;
+    const int upper = sw <= oma;
     double val;
     if (d == 2) {
         const double tw = 2 * asin(sqrt(0.5 * sw));

@@ -72,6 +72,31 @@ static void test_log_bessel_matches_gsl(void **state) {
     assert_true(compared > 150);
 }
 
+/* log I and the KL are continuous across the switches between evaluation methods: the series
+ * bound kappa^2 = 10 (nu + 1), Hankel's kappa = 100 (nu + 1)^2 (nu < 25), and in the order at
+ * the Debye bound nu = 25, where GSL is the reference on both sides. */
+static void test_branches_meet(void **state) {
+    (void)state;
+    gsl_set_error_handler_off();
+    for (int d = 2; d <= 256; d++) {
+        const double nu = 0.5 * d - 1;
+        double xs[2] = {sqrt(10 * (nu + 1)), 100 * (nu + 1) * (nu + 1)};
+        for (int b = 0; b < (nu < 25 ? 2 : 1); b++) {
+            const double lo = xs[b] * (1 - 1e-12), hi = xs[b] * (1 + 1e-12);
+            /* GSL (one side of most switches) is good to about 1e-10 */
+            near(log_bessel(nu, lo), log_bessel(nu, hi), 1e-9, 1e-12, "log I across a switch", d, xs[b]);
+            near(vmf(d, lo).kl, vmf(d, hi).kl, 1e-9, 1e-15, "KL across a switch", d, xs[b]);
+        }
+    }
+    const double nus[] = {24, 24.5, 25, 25.5, 26};
+    for (int i = 0; i < 5; i++)
+        for (double x = 0.5; x < 1e4; x *= 1.9) {
+            gsl_sf_result r;
+            if (gsl_sf_bessel_Inu_scaled_e(nus[i], x, &r) || !(r.val > 1e-300)) continue;
+            near(log_bessel(nus[i], x) - x, log(r.val), 1e-9, 1e-11, "log I near the Debye bound", (int)(2 * nus[i] + 2), x);
+        }
+}
+
 /* I_{1/2}(x) = sinh(x) sqrt(2 / (pi x)), over the whole range, including where I overflows. */
 static void test_log_bessel_half_order_closed_form(void **state) {
     (void)state;
@@ -641,6 +666,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_bessel_matches_gsl),
         cmocka_unit_test(test_log_bessel_half_order_closed_form),
+        cmocka_unit_test(test_branches_meet),
         cmocka_unit_test(test_ratio_matches_gsl_and_closed_form),
         cmocka_unit_test(test_vmf_moments_and_kl_match_quadrature),
         cmocka_unit_test(test_vmf_kl_limits),

@@ -6,7 +6,9 @@
  * Everything here is per cell and in double precision; the batched latent layer (latent.c)
  * converts from the encoder's float head, calls these, and converts back. Domain everywhere:
  * 2 <= d <= NBS_SPHERE_MAX_DIM, kappa > 0 and finite. Accuracy is tested for d in [3, 256] and
- * kappa in [1e-6, 1e6]; there no result is 0, Inf or NaN unless the exact value is 0. */
+ * kappa in [1e-6, 1e6]; there no result is 0, Inf or NaN unless the exact value is 0.
+ * Reentrant (no shared state), so cells can be spread over threads, each with its own gsl_rng.
+ * docs/sphere.md shows how a latent layer calls these and why the vMF uses implicit gradients. */
 #ifndef NBSPHERE_SPHERE_H
 #define NBSPHERE_SPHERE_H
 
