@@ -1,6 +1,6 @@
 /* Mathematics of the hyperspherical latent space S^{d-1} in R^d: the modified Bessel function
  * and its ratio, the von Mises-Fisher (vMF) posterior (KL to the uniform prior, Wood's
- * sampler with reparameterised gradients and the rejection correction) and the Power
+ * sampler with implicit or rejection-corrected reparameterisation gradients) and the Power
  * Spherical posterior (closed-form KL, Beta sampler with implicit gradients).
  *
  * Everything here is per cell and in double precision; the batched latent layer (latent.c)
@@ -56,7 +56,8 @@ typedef struct {
     double norm;        /* |u| of the unnormalised direction u; mu = u / |u| */
     double w;           /* mu^T z */
     double one_minus_w; /* 1 - w, kept exactly (w is within 1e-12 of 1 at large kappa) */
-    double eps;         /* vMF: accepted Beta((d-1)/2, (d-1)/2) variate; PS: 1 - Beta(alpha, beta) */
+    double eps;         /* vMF: accepted Beta((d-1)/2, (d-1)/2) variate; PS: (1 - w)/2, a
+                           Beta(beta, alpha) variate */
     double b;           /* vMF: Wood's b(kappa) */
     int proposals;      /* vMF: proposals drawn until acceptance (>= 1); PS: 1 */
 } nbs_sphere_draw;
