@@ -142,9 +142,8 @@ static void init_hidden(hidden *h, gsl_rng *rng) {
 
 static int check_config(const nbs_model_config *mc, int n_genes, nbs_error *err) {
     if (n_genes < 1) return nbs_error_set(err, NBS_ERR_INPUT, "model: no genes to model");
-    if (mc->latent != NBS_LATENT_GAUSSIAN)
-        return nbs_error_set(err, NBS_ERR_USAGE,
-                             "model.latent: only 'gaussian' is available in this build");
+    if (mc->latent != NBS_LATENT_GAUSSIAN && mc->latent_dim < 2)
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: spherical latents need 2 or more dimensions");
     if (mc->latent_dim < 1 || mc->n_encoder_layers < 1 || mc->n_decoder_layers < 1 ||
         mc->n_encoder_layers > NBS_MAX_LAYERS || mc->n_decoder_layers > NBS_MAX_LAYERS)
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -418,6 +417,8 @@ int nbs_model_forward(nbs_model *m, const nbs_matrix *X, const int64_t *rows, in
 
 const double *nbs_model_last_loglik(const nbs_model *m) { return m->loglik; }
 const double *nbs_model_last_kl(const nbs_model *m) { return m->kl; }
+const float *nbs_model_last_kappa(const nbs_model *m) { return m->lcache ? nbs_latent_cache_kappa(m->lcache) : NULL; }
+double nbs_model_acceptance(const nbs_model *m) { return m->lcache ? nbs_latent_cache_acceptance(m->lcache) : NAN; }
 
 /* ---- backward ---- */
 

@@ -30,6 +30,10 @@ int nbs_latent_kl_terms(const nbs_latent *L);
 typedef struct nbs_latent_cache nbs_latent_cache;
 nbs_latent_cache *nbs_latent_cache_new(const nbs_latent *L, int max_batch, nbs_error *err);
 void nbs_latent_cache_free(nbs_latent_cache *c);
+/* Spheres: kappa of each cell of the last forward (NULL for Gaussian); the acceptance rate of
+ * Wood's vMF sampler over every sample drawn with this cache (NaN otherwise). */
+const float *nbs_latent_cache_kappa(const nbs_latent_cache *c);
+double nbs_latent_cache_acceptance(const nbs_latent_cache *c);
 
 /* head [n x head_dim] -> z [n x d] and kl [n x kl_terms].
  * rng != NULL: z is a reparameterised sample; rng == NULL: z is the posterior location

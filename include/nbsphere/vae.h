@@ -31,6 +31,9 @@ int nbs_model_forward(nbs_model *m, const nbs_matrix *X, const int64_t *rows, in
 /* Per cell of the last forward: log p(x_i|z_i) [n], KL terms [n x kl_terms]. */
 const double *nbs_model_last_loglik(const nbs_model *m);
 const double *nbs_model_last_kl(const nbs_model *m);
+/* Spheres: kappa per cell of the last forward (NULL for Gaussian); vMF sampler acceptance rate. */
+const float *nbs_model_last_kappa(const nbs_model *m);
+double nbs_model_acceptance(const nbs_model *m);
 
 /* Backward of the last NBS_PASS_TRAIN forward for the loss
  *   (1/n) sum_i -log p(x_i|z_i) + sum_t kl_weight[t] * sum_i KL_it,
