@@ -2,6 +2,8 @@
 
 #include <math.h>
 #include <gsl/gsl_randist.h>
+#include <gsl/gsl_sort_float.h>
+#include <gsl/gsl_statistics_float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,13 +60,13 @@ int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err
     nbs_io_tmp_name(path, tmp);
     FILE *f = fopen(tmp, "w");
     if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write the training log", tmp);
-    fprintf(f, "epoch\ttrain_loss\ttrain_recon\ttrain_kl\tval_elbo\tval_recon\tval_kl\tbeta\tseconds");
+    fprintf(f, "epoch\ttrain_loss\ttrain_recon\ttrain_kl\tval_elbo\tval_recon\tval_kl\tbeta\tseconds\tkappa_median\tvmf_acceptance");
     for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\tkl_%d", t + 1);
     fputc('\n', f);
     for (int i = 0; i < l->n; i++) {
         const nbs_epoch_record *r = &l->rec[i];
-        fprintf(f, "%d\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.3f", r->epoch, r->loss, r->recon,
-                r->kl, r->val_elbo, r->val_recon, r->val_kl, r->beta, r->seconds);
+        fprintf(f, "%d\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.3f\t%.6g\t%.4g", r->epoch, r->loss, r->recon,
+                r->kl, r->val_elbo, r->val_recon, r->val_kl, r->beta, r->seconds, r->kappa_median, r->acceptance);
         for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\t%.6g", l->kl_dims[(int64_t)i * l->kl_terms + t]);
         fputc('\n', f);
     }
@@ -183,6 +185,13 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
                      end_beta, tc->beta);
     }
     int last_ckpt = s->epochs_done;
+    const int sphere = L->kind != NBS_LATENT_GAUSSIAN;
+    float *kappas = sphere ? nbs_malloc(sizeof(float) * (size_t)n_train, err) : NULL;
+    if (sphere && !kappas) {
+        free(order);
+        free(train);
+        return err->code;
+    }
     double kl_batch[NBS_MAX_KL_TERMS], kl_epoch[NBS_MAX_KL_TERMS];
     float klw[NBS_MAX_KL_TERMS];
     const int patience = n_val > 0 ? tc->patience : 0;
@@ -193,7 +202,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
         const double t0 = nbs_progress_now();
         memcpy(train, order + n_val, sizeof(int64_t) * (size_t)n_train);
         gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
-        double sum_recon = 0, sum_loss = 0, beta = 0;
+        double sum_recon = 0, sum_loss = 0, beta = 0, acc0 = nbs_model_acceptance(m);
         memset(kl_epoch, 0, sizeof kl_epoch);
         for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
             const int64_t off = b * batch;
@@ -239,6 +248,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
             nbs_model_adam(m, tc->learning_rate, tc->weight_decay);
             sum_recon += recon;
             sum_loss += loss;
+            if (kappas) memcpy(kappas + off, nbs_model_last_kappa(m), sizeof(float) * n);
             if (h && h->progress) {
                 double kl_now = 0;
                 for (int t = 0; t < K; t++) kl_now += kl_batch[t] / n;
@@ -248,7 +258,13 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
             }
         }
         if (st) break;
-        nbs_epoch_record r = {epoch, sum_loss / n_train, sum_recon / n_train, 0, NAN, NAN, NAN, beta, 0};
+        nbs_epoch_record r = {epoch, sum_loss / n_train, sum_recon / n_train, 0, NAN, NAN, NAN, beta, 0, NAN, NAN};
+        if (kappas) {
+            gsl_sort_float(kappas, 1, (size_t)n_train);
+            r.kappa_median = gsl_stats_float_median_from_sorted_data(kappas, 1, (size_t)n_train);
+            if (L->kind == NBS_LATENT_VMF) r.acceptance = nbs_model_acceptance(m); /* running rate */
+            (void)acc0;
+        }
         for (int t = 0; t < K; t++) {
             kl_epoch[t] /= (double)n_train;
             r.kl += kl_epoch[t];
@@ -302,5 +318,6 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
     }
     free(order);
     free(train);
+    free(kappas);
     return st;
 }
