@@ -46,7 +46,7 @@ def load(path, genes_file=None):
     X = X.astype(np.float32)
     if genes_file:
         with open(genes_file) as fh:
-            keep = [l.strip() for l in fh if l.strip()]
+            keep = [l.split("\t")[0].strip() for l in fh if l.strip()]  # first column: gene id
         pos = {n: i for i, n in enumerate(names)}
         X = X[:, [pos[k] for k in keep]].tocsr()
     return X

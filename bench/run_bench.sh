@@ -1,87 +1,106 @@
 #!/bin/bash
-# make bench: nbsphere vs the PyTorch scVI-default reference (bench/reference.py), same data,
-# same thread count. Run from the repository root after the binary is built (make bench does).
+# make bench: nbsphere against the PyTorch scVI-default reference (bench/reference.py) on the same
+# data, model, loss, optimiser and thread count, in one run; then the vMF cost and the scaling
+# table. Run from the repository root after the binary is built (make bench does).
 # Env: BIN (default ./nbsphere), THREADS (2), EPOCHS (6: 1 warm-up + 5 timed),
-#      BENCH_DIR (scratch, default build-bench/bench-data),
-#      NBS_BENCH_SET extra "--set key=value" words for nbsphere run.
+#      BENCH_DIR (scratch, default build-bench), PBMC (../shared/data/pbmc3k),
+#      SCALING ("10000 50000 200000"; empty to skip the scaling table).
 set -euo pipefail
 BIN=${BIN:-./nbsphere}
 THREADS=${THREADS:-2}
 EPOCHS=${EPOCHS:-6}
-DIR=${BENCH_DIR:-build-bench/bench-data}
-PY=/usr/bin/python3
+DIR=${BENCH_DIR:-build-bench}
 PBMC=${PBMC:-../shared/data/pbmc3k}
+SCALING=${SCALING-10000 50000 200000}
+PY=/usr/bin/python3
 mkdir -p "$DIR"
-# One pool of THREADS workers per process: OpenMP and OpenBLAS must not both spawn THREADS.
-export OMP_NUM_THREADS=$THREADS OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-export OMP_WAIT_POLICY=ACTIVE
+# One pool of THREADS workers per process (nbsphere keeps OpenBLAS single-threaded inside its
+# OpenMP pool; torch uses its intra-op pool of THREADS).
+export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=1
 
 cc -O2 -o "$DIR/sgemm_probe" bench/sgemm_probe.c $(pkg-config --cflags --libs openblas)
 PEAK=$(OPENBLAS_NUM_THREADS=$THREADS "$DIR/sgemm_probe" | awk '$1=="peak"{print $2}')
-echo "sgemm peak at $THREADS threads: $PEAK GFLOP/s"
-
-have_cmd() { "$BIN" "$1" --help >/dev/null 2>&1; }
-if ! have_cmd simulate || ! have_cmd run; then
-  echo "nbsphere has no working 'simulate'/'run' commands yet: only the reference can be timed." >&2
-  NBS_OK=0
-else
-  NBS_OK=1
-fi
+echo "sgemm peak at $THREADS threads: $PEAK GFLOP/s (OpenBLAS, 2048^3)"
 TORCH_OK=1
-$PY -c 'import torch' 2>/dev/null || { echo "python3-torch missing: reference skipped (make bench-deps)" >&2; TORCH_OK=0; }
+$PY -c 'import torch' 2>/dev/null || { echo "python3-torch is missing: the reference is skipped (run make bench-deps)" >&2; TORCH_OK=0; }
 
-# nbsphere: train, then read the per-epoch log TSV (seconds per epoch, validation ELBO).
-run_nbs() { # data out latent epochs
+# The scVI default architecture on both sides: 1 x 128 hidden, 10-d Gaussian latent, NB with
+# per-gene dispersion, batch norm, dropout 0.1, batch 128, Adam lr 1e-3, weight decay 1e-6,
+# KL warm-up over 400 epochs (scvi-tools' defaults; `preset: scvi`).
+run_nbs() { # data out latent n_top_genes
   local rss
-  rss=$( { /usr/bin/time -f '%M' "$BIN" run pipelines/reference.yaml --set input="$1" \
-      --set out="$2" --set latent="$3" --set epochs="$4" --set threads="$THREADS" \
-      --set batch_size=128 --set hidden=128 --set latent_dim=10 ${NBS_BENCH_SET:-} >/dev/null; } 2>&1 | tail -1)
+  rss=$( { /usr/bin/time -f '%M' "$BIN" -q run pipelines/reference.yaml --set preset=scvi \
+      --set input.path="$1" --out "$2" --set model.latent="$3" --set preprocess.n_top_genes="$4" \
+      --set train.epochs="$EPOCHS" --set train.threads="$THREADS" --set train.checkpoint_every=0 \
+      --set diagnose.interval=0 --set output.write_report=false --set output.write_h5ad=false \
+      >/dev/null 2>"$2.log"; } 2>&1 | tail -1)
   $PY - "$2" "$rss" <<'PY'
-import csv, glob, json, statistics, sys
-log = sorted(glob.glob(sys.argv[1] + "/**/*epoch*.tsv", recursive=True))[0]
-rows = list(csv.DictReader(open(log), delimiter="\t"))
-sec = [float(r.get("seconds") or r.get("sec")) for r in rows]
-elbo = [r.get("val_elbo") or r.get("validation_elbo") for r in rows]
-print(json.dumps({"sec_per_epoch": statistics.median(sec[1:] or sec),
-                  "peak_rss_mb": int(sys.argv[2]) / 1024, "val_elbo": float(elbo[-1])}))
+import csv, json, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1] + "/training_log.tsv"), delimiter="\t"))
+steady = rows[1:] or rows
+med = lambda k: statistics.median(float(r[k]) for r in steady)
+print(json.dumps({"sec_per_epoch": med("seconds"), "sec_products": med("sec_products"),
+                  "sec_likelihood": med("sec_likelihood"), "peak_rss_mb": int(sys.argv[2]) / 1024,
+                  "val_elbo": float(rows[-1]["val_elbo"]), "epochs": len(rows)}))
 PY
 }
-run_ref() { [ $TORCH_OK = 1 ] && $PY bench/reference.py "$@" --threads "$THREADS" --epochs "$EPOCHS" | tail -1 || echo '{}'; }
+run_ref() { # data [--genes file]
+  if [ $TORCH_OK = 1 ]; then $PY bench/reference.py "$@" --threads "$THREADS" --epochs "$EPOCHS" | tail -1; else echo '{}'; fi
+}
 
 SIM="$DIR/sim10k"
-if [ $NBS_OK = 1 ]; then
-  [ -e "$SIM" ] || "$BIN" simulate --out "$SIM" --cells 10000 --genes 2000
-fi
+[ -e "$SIM/sim_mtx" ] || "$BIN" -q simulate --out "$SIM" --cells 10000 --genes 2000 --depth 600 --seed 1
 declare -A R
-for ds in sim10k pbmc3k; do
-  if [ $ds = sim10k ]; then data=$SIM; genes=(); else data=$PBMC; genes=(); fi
-  if [ $ds = pbmc3k ] && [ $NBS_OK = 1 ]; then
-    # nbsphere selects the 2,000 HVGs; the reference gets exactly that list.
-    "$BIN" run pipelines/reference.yaml --set input="$data" --set out="$DIR/hvg" --set hvg=2000 \
-      --set epochs=0 >/dev/null && genes=(--genes "$DIR/hvg/genes.tsv")
-  fi
-  [ $ds = pbmc3k ] && [ ${#genes[@]} = 0 ] && echo "note: no nbsphere HVG list; the reference trains on all genes of $ds" >&2
-  [ $NBS_OK = 1 ] && R[$ds,nbs]=$(run_nbs "$data" "$DIR/out-$ds" gaussian "$EPOCHS") || R[$ds,nbs]='{}'
-  [ $NBS_OK = 1 ] && R[$ds,vmf]=$(run_nbs "$data" "$DIR/out-$ds-vmf" vmf "$EPOCHS") || R[$ds,vmf]='{}'
-  if [ -e "$data" ]; then R[$ds,ref]=$(run_ref "$data" "${genes[@]}"); else R[$ds,ref]='{}'; fi
+R[sim,nbs]=$(run_nbs "$SIM/sim_mtx" "$DIR/nbs-sim" gaussian 0)
+R[sim,vmf]=$(run_nbs "$SIM/sim_mtx" "$DIR/vmf-sim" vmf 0)
+R[sim,ref]=$(run_ref "$SIM/sim_mtx")
+if [ -e "$PBMC" ]; then
+  R[pbmc,nbs]=$(run_nbs "$PBMC" "$DIR/nbs-pbmc" gaussian 2000)
+  R[pbmc,vmf]=$(run_nbs "$PBMC" "$DIR/vmf-pbmc" vmf 2000)
+  R[pbmc,ref]=$(run_ref "$PBMC" --genes "$DIR/nbs-pbmc/genes.tsv")  # the same 2,000 HVGs
+else
+  echo "$PBMC not found: the PBMC rows are skipped" >&2; R[pbmc,nbs]='{}'; R[pbmc,vmf]='{}'; R[pbmc,ref]='{}'
+fi
+
+SCALE_ROWS=""
+for n in $SCALING; do
+  d="$DIR/scale$n"
+  [ -e "$d/sim_mtx" ] || "$BIN" -q simulate --out "$d" --cells "$n" --genes 2000 --depth 600 --seed 1
+  SCALE_ROWS="$SCALE_ROWS $n=$(EPOCHS=3 run_nbs "$d/sim_mtx" "$DIR/nbs-scale$n" gaussian 0 | tr -d ' ')"
 done
 
-$PY - "$PEAK" "${R[sim10k,nbs]}" "${R[sim10k,vmf]}" "${R[sim10k,ref]}" \
-      "${R[pbmc3k,nbs]}" "${R[pbmc3k,vmf]}" "${R[pbmc3k,ref]}" <<'PY'
-import json, sys
-peak = float(sys.argv[1]); v = [json.loads(s or "{}") for s in sys.argv[2:]]
+$PY - "$PEAK" "$THREADS" "$SIM/sim_mtx" "${R[sim,nbs]}" "${R[sim,vmf]}" "${R[sim,ref]}" \
+      "${R[pbmc,nbs]}" "${R[pbmc,vmf]}" "${R[pbmc,ref]}" $SCALE_ROWS <<'PY'
+import gzip, json, sys
+peak, threads, sim = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+v = [json.loads(s or "{}") for s in sys.argv[4:10]]
+with gzip.open(sim + "/matrix.mtx.gz", "rt") as f:
+    f.readline(); G, n, nnz = map(int, f.readline().split())
+print("\nsimulated: %d cells x %d genes, %.1f %% zeros; threads: %s" % (n, G, 100 * (1 - nnz / (n * G)), threads))
 f = lambda d, k, fmt: (fmt % d[k]) if k in d else "-"
-print("%-8s %-10s %12s %10s %14s" % ("data", "system", "s/epoch", "peak MB", "val ELBO"))
+print("%-8s %-10s %9s %9s %10s %9s %12s" % ("data", "system", "s/epoch", "products", "likelihood", "peak MB", "val ELBO"))
 for i, ds in enumerate(["sim10k", "pbmc3k"]):
-    nbs, vmf, ref = v[3*i:3*i+3]
+    nbs, vmf, ref = v[3 * i:3 * i + 3]
     for name, d in (("nbsphere", nbs), ("nbs-vMF", vmf), ("pytorch", ref)):
-        print("%-8s %-10s %12s %10s %14s" % (ds, name, f(d, "sec_per_epoch", "%.3f"),
-              f(d, "peak_rss_mb", "%.0f"), f(d, "val_elbo", "%.2f")))
+        print("%-8s %-10s %9s %9s %10s %9s %12s" % (ds, name, f(d, "sec_per_epoch", "%.3f"), f(d, "sec_products", "%.3f"),
+              f(d, "sec_likelihood", "%.3f"), f(d, "peak_rss_mb", "%.0f"), f(d, "val_elbo", "%.2f")))
     if nbs and ref:
-        print("%-8s time ratio pytorch/nbsphere %.2fx, ELBO gap %.2f%%" % (ds,
-              ref["sec_per_epoch"] / nbs["sec_per_epoch"],
-              100 * abs(nbs["val_elbo"] - ref["val_elbo"]) / abs(ref["val_elbo"])))
+        print("%-8s pytorch/nbsphere time per epoch: %.1fx; validation ELBO differs by %.2f %%" % (ds,
+              ref["sec_per_epoch"] / nbs["sec_per_epoch"], 100 * abs(nbs["val_elbo"] - ref["val_elbo"]) / abs(ref["val_elbo"])))
     if nbs and vmf:
-        print("%-8s vMF/Gaussian per-epoch cost %.2f" % (ds, vmf["sec_per_epoch"] / nbs["sec_per_epoch"]))
-print("sgemm peak %.1f GFLOP/s" % peak)
+        print("%-8s vMF / Gaussian time per epoch: %.2f" % (ds, vmf["sec_per_epoch"] / nbs["sec_per_epoch"]))
+    if nbs and ds == "sim10k":
+        # dense products of one epoch (forward + two backward products per layer; the encoder's
+        # first layer is sparse and not counted): decoder 10x128 and 128xG, head 128x20
+        cells = 0.9 * n
+        flops = 3 * 2 * cells * (10 * 128 + 128 * G + 128 * 20)
+        print("%-8s dense matrix products: %.1f GFLOP per epoch, %.1f GFLOP/s achieved in the layers (sgemm peak %.0f)"
+              % (ds, flops / 1e9, flops / 1e9 / nbs["sec_products"], peak))
+rows = [a.split("=", 1) for a in sys.argv[10:]]
+if rows:
+    print("\nscaling (Gaussian, %d genes):" % G)
+    print("%10s %10s %10s %14s" % ("cells", "s/epoch", "peak MB", "s/epoch/10k"))
+    for n_, js in rows:
+        d = json.loads(js or "{}")
+        if d: print("%10s %10.3f %10.0f %14.3f" % (n_, d["sec_per_epoch"], d["peak_rss_mb"], d["sec_per_epoch"] / int(n_) * 1e4))
 PY

@@ -12,7 +12,7 @@
 
 #define FORMAT_NAME "nbsphere-model"
 #define FORMAT_VERSION 1
-#define LOG_COLS 11
+#define LOG_COLS 13
 
 /* ---- writing ---- */
 
@@ -149,7 +149,8 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
         for (int i = 0; rows && i < l->n; i++) {
             const nbs_epoch_record *r = &l->rec[i];
             double v[LOG_COLS] = {r->epoch, r->loss, r->recon, r->kl, r->val_elbo, r->val_recon,
-                                  r->val_kl, r->beta, r->seconds, r->kappa_median, r->acceptance};
+                                  r->val_kl, r->beta, r->seconds, r->kappa_median, r->acceptance,
+                                  r->sec_products, r->sec_likelihood};
             memcpy(rows + (int64_t)i * LOG_COLS, v, sizeof v);
         }
         hsize_t d1[2] = {(hsize_t)l->n, LOG_COLS}, d2[2] = {(hsize_t)l->n, (hsize_t)l->kl_terms};
@@ -390,7 +391,7 @@ static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err
     if (!st) st = read_array(g, "kl", H5T_NATIVE_DOUBLE, 2, d2, kl, path, err);
     for (int i = 0; !st && i < n; i++) {
         const double *v = rows + (int64_t)i * LOG_COLS;
-        nbs_epoch_record r = {(int)v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10]};
+        nbs_epoch_record r = {(int)v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12]};
         st = nbs_train_log_append(&c->log, &r, kl + (int64_t)i * K, err);
     }
     free(rows);

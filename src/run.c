@@ -35,6 +35,7 @@ typedef struct {
     nbs_diagnose_track track;   /* measures over training */
     nbs_collapse_report report; /* measures at the end */
     int have_report;
+    int trained;                /* this run trained the model (not embed/diagnose) */
     char **labels;              /* per kept cell, from input.label_column; NULL without */
     double knn_embedding, knn_pca; /* 15-NN label accuracy (5-fold), NaN when not computed */
     double t_stage;
@@ -272,6 +273,7 @@ static int stage_train(run_state *s, nbs_error *err) {
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_MODEL, err);
     if (st) return st;
     remove(ckpt_path); /* model.h5 holds everything the periodic checkpoint did, and more */
+    s->trained = 1;
     const nbs_train_log *l = &s->ck.log;
     char msg[256] = "no epochs to train";
     if (l->n > 0) {
@@ -283,6 +285,23 @@ static int stage_train(run_state *s, nbs_error *err) {
 }
 
 /* ---- write ---- */
+
+/* The genes the model uses, in its order: id and name, one per line (no header). */
+static int write_genes(run_state *s, nbs_error *err) {
+    char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
+    if (out_path(s, NBS_OUT_GENES, path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    nbs_io_tmp_name(path, tmp);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write", tmp);
+    const nbs_matrix *X = s->pre->matrix;
+    for (int64_t g = 0; g < X->n_genes; g++) fprintf(f, "%s\t%s\n", X->gene_ids[g], X->gene_names[g]);
+    if (ferror(f) | (fclose(f) != 0)) {
+        remove(tmp);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
+    }
+    int st = nbs_io_commit(tmp, path, err);
+    return st ? st : nbs_manifest_add_output(s->manifest, NBS_OUT_GENES, err);
+}
 
 static int stage_write(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
@@ -312,6 +331,7 @@ static int stage_write(run_state *s, nbs_error *err) {
     if (!st && out_path(s, NBS_OUT_EMBEDDING, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     if (!st) st = nbs_io_write_embedding_tsv(path, X->barcodes, n, d, z, n_extra, names, spread, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
+    if (!st && s->trained) st = write_genes(s, err);
     if (!st && c->output.write_h5ad) {
         /* An .h5ad input is copied (only the kept cells) with the embedding added, so all of its
          * obs, var and layers stay; other inputs give a new file with the counts the model saw. */

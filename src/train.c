@@ -60,13 +60,14 @@ int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err
     nbs_io_tmp_name(path, tmp);
     FILE *f = fopen(tmp, "w");
     if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write the training log", tmp);
-    fprintf(f, "epoch\ttrain_loss\ttrain_recon\ttrain_kl\tval_elbo\tval_recon\tval_kl\tbeta\tseconds\tkappa_median\tvmf_acceptance");
+    fprintf(f, "epoch\ttrain_loss\ttrain_recon\ttrain_kl\tval_elbo\tval_recon\tval_kl\tbeta\tseconds\tkappa_median\tvmf_acceptance\tsec_products\tsec_likelihood");
     for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\tkl_%d", t + 1);
     fputc('\n', f);
     for (int i = 0; i < l->n; i++) {
         const nbs_epoch_record *r = &l->rec[i];
-        fprintf(f, "%d\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.3f\t%.6g\t%.4g", r->epoch, r->loss, r->recon,
-                r->kl, r->val_elbo, r->val_recon, r->val_kl, r->beta, r->seconds, r->kappa_median, r->acceptance);
+        fprintf(f, "%d\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.3f\t%.6g\t%.4g\t%.3f\t%.3f", r->epoch, r->loss,
+                r->recon, r->kl, r->val_elbo, r->val_recon, r->val_kl, r->beta, r->seconds, r->kappa_median,
+                r->acceptance, r->sec_products, r->sec_likelihood);
         for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\t%.6g", l->kl_dims[(int64_t)i * l->kl_terms + t]);
         fputc('\n', f);
     }
@@ -202,7 +203,8 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
         const double t0 = nbs_progress_now();
         memcpy(train, order + n_val, sizeof(int64_t) * (size_t)n_train);
         gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
-        double sum_recon = 0, sum_loss = 0, beta = 0, acc0 = nbs_model_acceptance(m);
+        double sum_recon = 0, sum_loss = 0, beta = 0, t_prod, t_lik;
+        nbs_model_take_timers(m, &t_prod, &t_lik);
         memset(kl_epoch, 0, sizeof kl_epoch);
         for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
             const int64_t off = b * batch;
@@ -258,12 +260,12 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
             }
         }
         if (st) break;
-        nbs_epoch_record r = {epoch, sum_loss / n_train, sum_recon / n_train, 0, NAN, NAN, NAN, beta, 0, NAN, NAN};
+        nbs_epoch_record r = {epoch, sum_loss / n_train, sum_recon / n_train, 0, NAN, NAN, NAN, beta, 0, NAN, NAN, 0, 0};
+        nbs_model_take_timers(m, &r.sec_products, &r.sec_likelihood); /* training steps only */
         if (kappas) {
             gsl_sort_float(kappas, 1, (size_t)n_train);
             r.kappa_median = gsl_stats_float_median_from_sorted_data(kappas, 1, (size_t)n_train);
-            if (L->kind == NBS_LATENT_VMF) r.acceptance = nbs_model_acceptance(m); /* running rate */
-            (void)acc0;
+            if (L->kind == NBS_LATENT_VMF) r.acceptance = nbs_model_acceptance(m);
         }
         for (int t = 0; t < K; t++) {
             kl_epoch[t] /= (double)n_train;

@@ -5,6 +5,7 @@
 #include "nbsphere/vae.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -56,6 +57,7 @@ struct nbs_model {
     float *dbuf[2], *dtmp; /* backward scratch [cap x widest layer] */
     nbs_latent_cache *lcache;
     int batch_n, grads_ready;
+    double t_products, t_likelihood; /* seconds in layers (products) and likelihood, since taken */
 };
 
 /* ---- construction ---- */
@@ -393,16 +395,21 @@ int nbs_model_forward(nbs_model *m, const nbs_matrix *X, const int64_t *rows, in
     if (!st) st = gather(m, X, rows, 0, n, err);
     if (st) return st;
     const int training = mode == NBS_PASS_TRAIN;
+    double t0 = omp_get_wtime();
     encode_gathered(m, n, training, rng);
     st = nbs_latent_forward(&m->lat, m->head_out, n, mode == NBS_PASS_EVAL_MEAN ? NULL : rng, m->z,
                             m->kl, m->lcache, err);
     if (st) return st;
+    double t1 = omp_get_wtime();
     decode(m, m->z, n, training);
+    double t2 = omp_get_wtime();
     nbs_lik_batch b = lik_batch(m, X, row_index(m, rows, 0, n), 0, n);
     const float scale = (float)(-1.0 / n);
     double ll = nbs_lik_eval(&b, m->loglik, scale, training ? m->dlogits : NULL,
                              training && m->cfg.likelihood != NBS_LIK_POISSON ? m->dlt : NULL,
                              training ? m->dzi : NULL);
+    m->t_products += (t1 - t0) + (t2 - t1);
+    m->t_likelihood += omp_get_wtime() - t2;
     if (recon_sum) *recon_sum = -ll;
     if (kl_sum)
         for (int t = 0; t < m->kl_terms; t++) {
@@ -440,6 +447,7 @@ static void add_into(float *y, const float *x, int64_t n) {
 
 void nbs_model_backward(nbs_model *m, const float *kl_weight) {
     if (!m->grads_ready) return;
+    const double t0 = omp_get_wtime();
     const int n = m->batch_n;
     const float *hdec = m->dec[m->n_dec - 1].act;
     const int64_t hsz = (int64_t)n * m->dec[m->n_dec - 1].lin.out;
@@ -473,6 +481,13 @@ void nbs_model_backward(nbs_model *m, const float *kl_weight) {
         dn = t;
     }
     m->grads_ready = 0;
+    m->t_products += omp_get_wtime() - t0;
+}
+
+void nbs_model_take_timers(nbs_model *m, double *products, double *likelihood) {
+    *products = m->t_products;
+    *likelihood = m->t_likelihood;
+    m->t_products = m->t_likelihood = 0;
 }
 
 void nbs_model_zero_grad(nbs_model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }

@@ -9,8 +9,7 @@
  *   /optimizer/m, /optimizer/v                Adam moments (flat); attr step
  *   /train            attrs epochs_done, step, best_val, best_epoch, bad_epochs;
  *                     rng (the generator's state), best_params (flat, early stopping)
- *   /log/records      [epochs x 11] epoch, loss, recon, kl, val_elbo, val_recon, val_kl, beta,
- *                     seconds, kappa_median, vmf_acceptance (NaN where they do not apply)
+ *   /log/records      [epochs x 13] the columns of training_log.tsv before the KL ones
  *   /log/kl           [epochs x K] mean KL per term */
 #ifndef NBSPHERE_CHECKPOINT_H
 #define NBSPHERE_CHECKPOINT_H

@@ -20,7 +20,8 @@ typedef struct {
     double beta;                    /* KL weight at the end of the epoch */
     double seconds;
     double kappa_median;            /* spheres: median concentration over the epoch's cells; NaN otherwise */
-    double acceptance;              /* vMF: acceptance rate of Wood's sampler over the epoch; NaN otherwise */
+    double acceptance;              /* vMF: acceptance rate of Wood's sampler so far; NaN otherwise */
+    double sec_products, sec_likelihood; /* of the training steps: layers (products) and likelihood */
 } nbs_epoch_record;
 
 typedef struct {
@@ -44,7 +45,8 @@ void nbs_train_log_free(nbs_train_log *l);
 int nbs_train_log_append(nbs_train_log *l, const nbs_epoch_record *r, const double *kl_dims,
                          nbs_error *err);
 /* The log as TSV (epoch, train_loss, train_recon, train_kl, val_elbo, val_recon, val_kl, beta,
- * seconds, kappa_median, vmf_acceptance, kl_1..kl_K), through a temporary file. */
+ * seconds, kappa_median, vmf_acceptance, sec_products, sec_likelihood, kl_1..kl_K), through a
+ * temporary file. */
 int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err);
 
 typedef struct {

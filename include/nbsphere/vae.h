@@ -47,6 +47,9 @@ double nbs_model_grad_norm(const nbs_model *m);
 void nbs_model_scale_grad(nbs_model *m, double f);
 const char *nbs_model_nonfinite_grad(const nbs_model *m);
 void nbs_model_adam(nbs_model *m, double lr, double weight_decay);
+/* Seconds spent since the last call in the layers (matrix products, activations, latent) and
+ * in the likelihood (softmax, NB terms and their gradients); resets both. */
+void nbs_model_take_timers(nbs_model *m, double *products, double *likelihood);
 
 /* Encoder in evaluation mode (no dropout) for rows[0..n) of X (rows == NULL: rows row0..row0+n):
  * writes the latent head [n x head_dim] (see latent.h for how to read it). */
