@@ -56,6 +56,27 @@ static void test_run_writes_outputs_and_embed_matches(void **state) {
     assert_non_null(emb2);
     assert_string_equal(emb, emb2);
 
+    /* diagnose: the report of the saved model on the same cells, with labels */
+    snprintf(args, sizeof args, "diagnose %s/run/model.h5 example_data/sim_mtx --labels example_data/cell_labels.tsv "
+             "--label-column branch --out %s/diag", dir, dir);
+    free(run_ok(args));
+    const char *reports[] = {"collapse_report.json", "collapse_dimensions.tsv", "report.html"};
+    for (size_t i = 0; i < 3; i++) {
+        snprintf(path, sizeof path, "%s/diag/%s", dir, reports[i]);
+        if (!tu_exists(path)) fail_msg("diagnose did not write %s", path);
+    }
+    snprintf(path, sizeof path, "%s/diag/collapse_report.json", dir);
+    char *js = tu_read_file(path, NULL);
+    assert_non_null(strstr(js, "\"label_column\": \"branch\""));
+    assert_non_null(strstr(js, "\"tau_kl\": 0.01"));
+    free(js);
+    snprintf(path, sizeof path, "%s/run/report.html", dir);
+    assert_true(tu_exists(path));
+    snprintf(path, sizeof path, "%s/run/genes.tsv", dir);
+    char *genes = tu_read_file(path, NULL);
+    assert_int_equal(count_lines(genes), 500); /* pipelines/default.yaml: 500 HVGs */
+    free(genes);
+
     /* a model and data without a shared gene: a clear refusal */
     char *errout = NULL;
     if (tu_exists(tu_data("pbmc3k/matrix.mtx.gz"))) {
