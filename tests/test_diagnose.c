@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "nbsphere/diagnose.h"
+#include "nbsphere/io.h"
+#include "nbsphere/train.h"
 
 /* x ~ N(0, s^2), q(z|x) = N(x, 1): I(x;z) = 0.5 log(1 + s^2) per dimension. */
 static void test_mi_known_gaussian(void **state) {
@@ -77,6 +79,8 @@ static void test_verdicts_by_construction(void **state) {
                       rep.activity[j], rep.sens_weight[j], rep.sens_jacobian[j], nbs_dim_verdict_word(rep.verdict[j]));
     print_message("%s\n", rep.summary);
     assert_true(rep.kl[2] == 0 && rep.activity[2] == 0 && rep.sens_jacobian[2] == 0 && rep.sens_weight[2] == 0);
+    assert_int_equal(rep.verdict[0], NBS_DIM_ACTIVE);
+    assert_int_equal(rep.verdict[1], NBS_DIM_ACTIVE);
     assert_int_equal(rep.verdict[2], NBS_DIM_COLLAPSED);
     assert_int_equal(rep.verdict[3], NBS_DIM_INCONSISTENT);
     assert_true(rep.kl[3] > c.diagnose.tau_kl && rep.sens_jacobian[3] == 0);
@@ -91,8 +95,44 @@ static void test_verdicts_by_construction(void **state) {
     gsl_rng_free(r);
 }
 
+/* A healthy trained model (the example data, a small model, KL warm-up): no dimension flagged. */
+static void test_healthy_trained_model(void **state) {
+    (void)state;
+    nbs_error err = {0};
+    nbs_matrix *X = NULL;
+    assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
+    nbs_config c;
+    nbs_config_defaults(&c);
+    c.model.latent_dim = 4;
+    c.model.encoder_layers[0] = 64;
+    c.model.decoder_layers[0] = 64;
+    c.train.epochs = 15;
+    c.train.warmup_epochs = 5;
+    c.train.checkpoint_every = 0;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    nbs_model *m = nbs_model_new(&c.model, (int)X->n_genes, r, &err);
+    nbs_train_state s;
+    nbs_train_log log = {0};
+    assert_int_equal(nbs_train_state_init(&s, m, 0, &err), 0);
+    assert_int_equal(nbs_train(m, X, &c.train, &s, &log, NULL, &err), 0);
+    nbs_collapse_report rep;
+    assert_int_equal(nbs_diagnose(m, X, NULL, 800, &c.diagnose, r, &rep, &err), 0);
+    print_message("%s\n", rep.summary);
+    assert_int_equal(rep.n_active, 4);
+    assert_int_equal(rep.n_collapsed + rep.n_inconsistent, 0);
+    assert_int_equal(rep.model, NBS_MODEL_HEALTHY);
+    assert_true(rep.recon_gain > 1);
+    nbs_collapse_report_free(&rep);
+    nbs_train_state_free(&s);
+    nbs_train_log_free(&log);
+    nbs_model_free(m);
+    nbs_matrix_free(X);
+    gsl_rng_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_mi_known_gaussian),
-                                       cmocka_unit_test(test_verdicts_by_construction)};
+                                       cmocka_unit_test(test_verdicts_by_construction),
+                                       cmocka_unit_test(test_healthy_trained_model)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
