@@ -147,6 +147,9 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
         int n = pattern ? sscanf(line, "%lld %lld %c", &i, &j, &extra)
                         : sscanf(line, "%lld %lld %lf %c", &i, &j, &v, &extra);
         if (n != (pattern ? 2 : 3)) {
+            /* control bytes (binary data) would garble the terminal: show them as '?' */
+            for (char *q = line; *q && q - line < 60; q++)
+                if ((unsigned char)*q < 0x20 || *q == 0x7f) *q = '?';
             rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%ld: expected '%s', found '%.60s'", path, lineno,
                                pattern ? "row column" : "row column value", line);
             goto done;
