@@ -158,10 +158,50 @@ static void test_full_disk_keeps_good_files(void **state) {
     free(dir);
 }
 
+/* A disk with no room at all is found by the output probe, before the data are even loaded. */
+static void test_no_room_reported_before_training(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char out[PATH_MAX], b[PATH_MAX];
+    snprintf(out, sizeof out, "%s", tu_path(dir, "out"));
+    snprintf(b, sizeof b, "%s", bin());
+    char *args[] = {b, "train", "example_data/sim_mtx", "--out", out, "--epochs", "1", NULL};
+    /* the limit holds for every regular file, so stderr goes through a pipe */
+    int fd[2];
+    assert_int_equal(pipe(fd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(fd[0]);
+        dup2(fd[1], 2);
+        if (!freopen("/dev/null", "w", stdout)) _exit(127);
+        signal(SIGXFSZ, SIG_IGN);
+        struct rlimit r = {1, 1};
+        setrlimit(RLIMIT_FSIZE, &r);
+        execv(args[0], args);
+        _exit(127);
+    }
+    close(fd[1]);
+    char msg[8192];
+    size_t n = 0;
+    ssize_t k;
+    while (n < sizeof msg - 1 && (k = read(fd[0], msg + n, sizeof msg - 1 - n)) > 0) n += (size_t)k;
+    msg[n] = '\0';
+    close(fd[0]);
+    assert_int_equal(wait_exit(pid), 5);
+    assert_non_null(strstr(msg, "is not writable"));
+    assert_null(strstr(msg, "train epoch"));
+    assert_null(strstr(msg, "load:"));
+    assert_false(tu_exists(tu_path(out, "model.h5")));
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kill_and_resume),
         cmocka_unit_test(test_full_disk_keeps_good_files),
+        cmocka_unit_test(test_no_room_reported_before_training),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
