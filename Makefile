@@ -6,11 +6,12 @@
 #   make test SANITIZE=address,undefined   the same under sanitizers (separate build folder)
 #   make test SKIP_SLOW=1                   without the long training tests (tests/*slow*.c)
 #   make bench     speed and memory against the PyTorch reference (make bench-deps first)
+#   make fuzz      libFuzzer harnesses (fuzz/*.c, clang) for FUZZ_TIME seconds each (default 60)
 
 CC ?= cc
 PKGS := hdf5 openblas yaml-0.1 zlib
 DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-dev libyaml-dev \
-                zlib1g-dev libcmocka-dev hdf5-tools clang libomp-14-dev python3-anndata
+                zlib1g-dev libcmocka-dev hdf5-tools clang libclang-rt-14-dev libomp-14-dev python3-anndata
 
 SANITIZE ?=
 BUILD ?= build$(if $(SANITIZE),-san)
@@ -46,7 +47,7 @@ BIN := $(BUILD)/nbsphere
 LIB := $(BUILD)/libnbsphere.a
 endif
 
-.PHONY: all deps test bench bench-deps clean check-deps
+.PHONY: all deps test bench bench-deps clean check-deps fuzz fuzz-bin
 all: $(BIN) $(LIB)
 
 check-deps:
@@ -81,6 +82,20 @@ TEST_RUN := $(if $(SKIP_SLOW),$(filter-out %slow,$(TEST_BIN)),$(TEST_BIN))
 test: check-deps $(BIN) $(TEST_RUN)
 	@NBS_BIN=$(abspath $(BIN)) NBS_BUILD=$(abspath $(BUILD)) tests/run_tests.sh $(TEST_RUN)
 
+# Fuzzing: the library and harnesses are built by clang in build-fuzz with libFuzzer's
+# instrumentation and ASan/UBSan; fuzz/run_fuzz.sh runs each harness for FUZZ_TIME seconds.
+FUZZ_TIME ?= 60
+FUZZ_BIN := $(patsubst fuzz/%.c,$(BUILD)/%,$(wildcard fuzz/fuzz_*.c))
+
+$(BUILD)/fuzz_%: fuzz/fuzz_%.c fuzz/fuzz_util.h $(LIB) | $(BUILD)
+	$(CC) $(CFLAGS) -fsanitize=fuzzer -Ifuzz -o $@ $< $(LIB) $(LDLIBS)
+
+fuzz-bin: $(FUZZ_BIN)
+
+fuzz: check-deps
+	$(MAKE) CC=clang BUILD=build-fuzz SANITIZE=fuzzer-no-link,address,undefined fuzz-bin
+	FUZZ_TIME=$(FUZZ_TIME) fuzz/run_fuzz.sh build-fuzz
+
 bench-deps:
 	@SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	dpkg -s python3-torch >/dev/null 2>&1 || { $$SUDO apt-get update -qq && \
@@ -90,4 +105,4 @@ bench: $(BIN)
 	BIN=$(abspath $(BIN)) bench/run_bench.sh
 
 clean:
-	rm -rf build build-san nbsphere libnbsphere.a
+	rm -rf build build-san build-fuzz nbsphere libnbsphere.a

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io_h5_internal.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
 #include "nbsphere/pipeline.h"
@@ -171,14 +172,16 @@ int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, cha
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
     H5Pset_obj_track_times(fcpl, 0);
     hid_t f;
-    H5E_BEGIN_TRY { f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT); }
+    H5E_BEGIN_TRY { f = nbs_h5_create_in_memory(tmp, fcpl); }
     H5E_END_TRY;
     H5Pclose(fcpl);
     if (f < 0) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create the model file", tmp);
     int bad;
-    H5E_BEGIN_TRY { bad = write_all(f, m, c, gene_names, gene_ids, s, l); }
+    H5E_BEGIN_TRY {
+        bad = write_all(f, m, c, gene_names, gene_ids, s, l);
+        if (nbs_h5_close_to_file(f, tmp, bad)) bad = 1;
+    }
     H5E_END_TRY;
-    if (H5Fclose(f) < 0) bad = 1;
     if (bad) {
         remove(tmp);
         return nbs_error_set(err, NBS_ERR_IO, "%s: writing the model failed (disk full?); the "

@@ -101,6 +101,42 @@ int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err) {
                          ".mtx[.gz], .tsv or .csv, or set input.format", path);
 }
 
+/* Length of the valid UTF-8 prefix of s (RFC 3629: no overlong forms, no surrogates, at most
+ * U+10FFFF); equals strlen(s) when the whole string is valid. */
+static size_t utf8_valid_prefix(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0;
+    while (p[i]) {
+        unsigned char c = p[i];
+        int n = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : -1;
+        if (n < 0 || (n == 1 && c < 0xc2) || c > 0xf4) return i;
+        uint32_t cp = n == 0 ? c : c & (0x3f >> n);
+        for (int k = 1; k <= n; k++) {
+            if ((p[i + k] & 0xc0) != 0x80) return i;
+            cp = (cp << 6) | (p[i + k] & 0x3f);
+        }
+        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return i;
+        i += (size_t)n + 1;
+    }
+    return i;
+}
+
+/* Names go into h5ad files and TSV outputs that anndata and pandas read as UTF-8; a name in
+ * another encoding (Latin-1 from an old spreadsheet) would make those outputs unreadable. */
+static int check_names_utf8(const char *path, char *const *names, int64_t n, const char *what, nbs_error *err) {
+    for (int64_t i = 0; names && i < n; i++) {
+        if (!names[i]) continue;
+        size_t ok = utf8_valid_prefix(names[i]);
+        if (names[i][ok])
+            return nbs_error_set(err, NBS_ERR_INPUT,
+                                 "%s: the name of %s %lld is not valid UTF-8 (byte 0x%02x at position %zu); "
+                                 "names must be UTF-8: convert the file, e.g. with iconv -f latin1 -t utf-8",
+                                 path, what, (long long)i + 1, (unsigned char)names[i][ok], ok + 1);
+    }
+    return NBS_OK;
+}
+
 int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err) {
     nbs_format f = in->format;
     *out = NULL;
@@ -120,7 +156,10 @@ int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err) {
         *out = NULL;
         return rc;
     }
-    rc = nbs_matrix_validate_values(*out, in->non_integer, in->path, err);
+    if (!(rc = check_names_utf8(in->path, (*out)->barcodes, (*out)->n_cells, "cell", err)) &&
+        !(rc = check_names_utf8(in->path, (*out)->gene_names, (*out)->n_genes, "gene", err)))
+        rc = check_names_utf8(in->path, (*out)->gene_ids, (*out)->n_genes, "gene id", err);
+    if (!rc) rc = nbs_matrix_validate_values(*out, in->non_integer, in->path, err);
     if (rc == NBS_ERR_INPUT && f == NBS_FMT_H5AD && err) {
         /* processed files keep log values in X and the counts elsewhere: say where */
         char other[1200];

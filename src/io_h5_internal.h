@@ -55,4 +55,13 @@ void nbs_io_h5ad_other_matrices(const char *path, const char *layer, char *buf, 
 /* 1 when the file starts with the gzip magic bytes. */
 int nbs_io_is_gzip(const char *path);
 
+/* HDF5 output files are built in memory (core driver, no backing store) and written to disk in
+ * one go by nbs_h5_close_to_file: libhdf5 1.10 cannot close a file whose writes failed (a full
+ * disk) and then crashes at exit, so libhdf5 itself never writes to disk. create makes tmp (an
+ * empty file, so an unwritable folder fails here) and returns the in-memory file, or -1. */
+hid_t nbs_h5_create_in_memory(const char *tmp, hid_t fcpl);
+/* Closes f and, unless bad, writes its image to tmp; returns 0, or -1 if anything failed (the
+ * caller then removes tmp). */
+int nbs_h5_close_to_file(hid_t f, const char *tmp, int bad);
+
 #endif

@@ -11,6 +11,8 @@
 #include "nbsphere/io.h"
 
 #define LINE_MAX_LEN 65536
+/* Empty rows or columns a Matrix Market header may claim beyond its entry count. */
+#define NBS_MTX_MAX_EMPTY (1 << 20)
 
 /* Reads one line into buf; returns 0 at end of file, -1 if the line is too long. */
 static int read_line(gzFile f, char *buf, int n) {
@@ -24,6 +26,11 @@ static int read_line(gzFile f, char *buf, int n) {
 static int64_t file_size(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
+}
+
+static int is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 static int is_gzip(const char *path) {
@@ -63,6 +70,8 @@ static int entries_grow(mtx_entries *e, int64_t want, nbs_error *err) {
 }
 
 static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
+    if (is_dir(path)) /* gzopen opens a folder, and reading it gives a misleading message */
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: is a folder, expected a Matrix Market file", path);
     gzFile f = gzopen(path, "rb");
     if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     char *line = malloc(LINE_MAX_LEN);
@@ -114,6 +123,19 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
                            path, lineno, nz, (long long)size);
         goto done;
     }
+    /* Rows and columns cost memory (offsets, names) even when empty, so a header claiming
+     * billions of them must be refused before anything is allocated. Real matrices, even
+     * Cell Ranger's raw ones with every barcode, hold far more entries than empty rows or
+     * columns; a dimension exceeding the entries by more than NBS_MTX_MAX_EMPTY is taken
+     * for a corrupt header. Gene indices must also fit the 32-bit column indices. */
+    if (r - nz > NBS_MTX_MAX_EMPTY || c - nz > NBS_MTX_MAX_EMPTY || r > INT32_MAX || c > INT32_MAX) {
+        rc = nbs_error_set(err, NBS_ERR_INPUT,
+                           "%s:%ld: the header claims a %lld x %lld matrix but only %lld entries: more "
+                           "than %d empty rows or columns (or a dimension above %d) means a corrupt "
+                           "header; check the size line 'rows columns entries'",
+                           path, lineno, r, c, nz, NBS_MTX_MAX_EMPTY, INT32_MAX);
+        goto done;
+    }
     e->n_rows = r;
     e->n_cols = c;
     declared = nz;
@@ -125,6 +147,9 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
         int n = pattern ? sscanf(line, "%lld %lld %c", &i, &j, &extra)
                         : sscanf(line, "%lld %lld %lf %c", &i, &j, &v, &extra);
         if (n != (pattern ? 2 : 3)) {
+            /* control bytes (binary data) would garble the terminal: show them as '?' */
+            for (char *q = line; *q && q - line < 60; q++)
+                if ((unsigned char)*q < 0x20 || *q == 0x7f) *q = '?';
             rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%ld: expected '%s', found '%.60s'", path, lineno,
                                pattern ? "row column" : "row column value", line);
             goto done;
@@ -208,6 +233,7 @@ static char *field_dup(const char *line, int col, nbs_error *err) {
  * second is not NULL; exactly `expected` lines. */
 static int read_names(const char *path, char **first, char **second, int64_t expected,
                       const char *what, nbs_error *err) {
+    if (is_dir(path)) return nbs_error_set(err, NBS_ERR_INPUT, "%s: is a folder, expected a names file", path);
     gzFile f = gzopen(path, "rb");
     if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     char *line = nbs_malloc(LINE_MAX_LEN, err);

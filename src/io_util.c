@@ -63,3 +63,33 @@ int nbs_io_gunzip_temp(const char *path, char *tmp, nbs_error *err) {
     }
     return 1;
 }
+
+hid_t nbs_h5_create_in_memory(const char *tmp, hid_t fcpl) {
+    FILE *probe = fopen(tmp, "wb");
+    if (!probe) return -1;
+    fclose(probe);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    /* grow by 4 MiB: few reallocations for large files, little waste for small ones */
+    hid_t f = fapl < 0 || H5Pset_fapl_core(fapl, 4 << 20, 0) < 0 ? -1
+            : H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, fapl);
+    if (fapl >= 0) H5Pclose(fapl);
+    return f;
+}
+
+int nbs_h5_close_to_file(hid_t f, const char *tmp, int bad) {
+    void *image = NULL;
+    ssize_t n = -1;
+    if (!bad && H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0 && (n = H5Fget_file_image(f, NULL, 0)) > 0 &&
+        (image = malloc((size_t)n)) && H5Fget_file_image(f, image, (size_t)n) != n)
+        n = -1;
+    if (H5Fclose(f) < 0) bad = 1; /* in memory: fails only on an HDF5 error, never on the disk */
+    if (bad || n <= 0 || !image) {
+        free(image);
+        return -1;
+    }
+    FILE *out = fopen(tmp, "wb");
+    int ok = out && fwrite(image, 1, (size_t)n, out) == (size_t)n;
+    if (out && fclose(out)) ok = 0;
+    free(image);
+    return ok ? 0 : -1;
+}

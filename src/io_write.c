@@ -244,7 +244,7 @@ static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_
 static hid_t create_file(const char *tmp) {
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
     H5Pset_obj_track_times(fcpl, 0); /* the root group */
-    hid_t f = H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT);
+    hid_t f = nbs_h5_create_in_memory(tmp, fcpl);
     H5Pclose(fcpl);
     return f;
 }
@@ -617,7 +617,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
         bad = attr_enc(f, "anndata", "0.1.0") || write_new_h5ad(f, m);
     }
     if (!rc && !bad && embedding && d > 0) bad = add_embedding(f, m->n_cells, d, embedding, meta);
-    if (f >= 0 && H5Fclose(f) < 0) bad = 1;
+    if (f >= 0 && nbs_h5_close_to_file(f, tmp, bad || rc)) bad = 1;
     if (src >= 0) H5Fclose(src);
     if (gz[0]) remove(gz);
     free(plan.keep);
@@ -700,7 +700,7 @@ int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err) {
     }
     if (ft >= 0) H5Gclose(ft);
     if (g >= 0) H5Gclose(g);
-    if (H5Fclose(f) < 0) bad = 1;
+    if (nbs_h5_close_to_file(f, tmp, bad)) bad = 1;
     free(counts);
     free(idx);
     if (bad) {

@@ -55,6 +55,13 @@ int nbs_train_log_append(nbs_train_log *l, const nbs_epoch_record *r, const doub
     return NBS_OK;
 }
 
+/* One log value: "NA" where there is none (no validation cells) or it is not finite, so
+ * readers (pandas, R) see a missing value rather than a NaN that looks like a failed run. */
+static void put_value(FILE *f, double v) {
+    if (isfinite(v)) fprintf(f, "\t%.6g", v);
+    else fputs("\tNA", f);
+}
+
 int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err) {
     char tmp[NBS_PATH_MAX + 32];
     nbs_io_tmp_name(path, tmp);
@@ -65,10 +72,14 @@ int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err
     fputc('\n', f);
     for (int i = 0; i < l->n; i++) {
         const nbs_epoch_record *r = &l->rec[i];
-        fprintf(f, "%d\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.6g\t%.3f\t%.6g\t%.4g\t%.3f\t%.3f", r->epoch, r->loss,
-                r->recon, r->kl, r->val_elbo, r->val_recon, r->val_kl, r->beta, r->seconds, r->kappa_median,
-                r->acceptance, r->sec_products, r->sec_likelihood);
-        for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\t%.6g", l->kl_dims[(int64_t)i * l->kl_terms + t]);
+        fprintf(f, "%d", r->epoch);
+        const double v[7] = {r->loss, r->recon, r->kl, r->val_elbo, r->val_recon, r->val_kl, r->beta};
+        for (int k = 0; k < 7; k++) put_value(f, v[k]);
+        fprintf(f, "\t%.3f", r->seconds);
+        put_value(f, r->kappa_median);
+        put_value(f, r->acceptance);
+        fprintf(f, "\t%.3f\t%.3f", r->sec_products, r->sec_likelihood);
+        for (int t = 0; t < l->kl_terms; t++) put_value(f, l->kl_dims[(int64_t)i * l->kl_terms + t]);
         fputc('\n', f);
     }
     if (ferror(f) | (fclose(f) != 0)) {
