@@ -75,7 +75,7 @@ static void fixture_init(fixture *f, nbs_latent_kind latent, int d, int64_t n, i
     f->log.kl_terms = K;
     for (int e = 1; e <= 40; e++) {
         nbs_epoch_record rec = {e, 900.0 / e + 300, 880.0 / e + 295, 3 + 1.0 / e, -(890.0 / e + 302),
-                                880.0 / e + 297, 3.1, e < 10 ? e / 10.0 : 1.0, 0.5};
+                                880.0 / e + 297, 3.1, e < 10 ? e / 10.0 : 1.0, 0.5, NAN, NAN, 0.3, 0.1};
         if (e == 7) rec.val_elbo = NAN; /* a missing value leaves a gap, not a crash */
         double kd[D_MAX];
         for (int k = 0; k < K; k++) kd[k] = k == 2 ? 2.0 * exp(-0.3 * e) : 1.0 / (k + 1);
