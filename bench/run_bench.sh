@@ -28,13 +28,12 @@ $PY -c 'import torch' 2>/dev/null || { echo "python3-torch is missing: the refer
 # per-gene dispersion, batch norm, dropout 0.1, batch 128, Adam lr 1e-3, weight decay 1e-6,
 # KL warm-up over 400 epochs (scvi-tools' defaults; `preset: scvi`).
 run_nbs() { # data out latent n_top_genes
-  local rss
-  rss=$( { /usr/bin/time -f '%M' "$BIN" -q run pipelines/reference.yaml --set preset=scvi \
+  /usr/bin/time -f '%M' -o "$2.rss" "$BIN" -q run pipelines/reference.yaml --set preset=scvi \
       --set input.path="$1" --out "$2" --set model.latent="$3" --set preprocess.n_top_genes="$4" \
       --set train.epochs="$EPOCHS" --set train.threads="$THREADS" --set train.checkpoint_every=0 \
       --set diagnose.interval=0 --set output.write_report=false --set output.write_h5ad=false \
-      >/dev/null 2>"$2.log"; } 2>&1 | tail -1)
-  $PY - "$2" "$rss" <<'PY'
+      >/dev/null 2>"$2.log" || { echo "nbsphere failed on $1: see $2.log" >&2; echo '{}'; return; }
+  $PY - "$2" "$(tail -1 "$2.rss")" <<'PY'
 import csv, json, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1] + "/training_log.tsv"), delimiter="\t"))
 steady = rows[1:] or rows

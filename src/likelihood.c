@@ -3,6 +3,7 @@
 #include <gsl/gsl_sf_psi.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdlib.h>
 
 /* Most counts are small integers: for those, lgamma(x + t) - lgamma(t) and psi(x + t) - psi(t)
  * are a short product and sum (Gamma's recurrence), and lgamma(x + 1) is a table. This keeps
@@ -40,11 +41,29 @@ static void gamma_diffs(double x, double t, double lg_t, double psi_t, double *d
 static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 
 /* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. */
+/* A row of G doubles per thread for softmax probabilities, grown once (not per step). */
+static double *thread_row(int G) {
+    static _Thread_local double *row;
+    static _Thread_local int cap;
+    if (G > cap) {
+        double *r = realloc(row, sizeof(double) * (size_t)G);
+        if (!r) return NULL;
+        row = r;
+        cap = G;
+    }
+    return row;
+}
+
+/* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. Two
+ * transcendental calls per entry (the softmax exp and log(theta + mu)); theta, lgamma(theta)
+ * and psi(theta) come per gene from b->work when theta is per gene. */
 static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, float *dlt,
                         float *dzi) {
     const int G = b->G;
     const float *a = b->logits + (int64_t)i * G;
-    const float *lt_row = b->log_theta ? b->log_theta + (b->theta_per_cell ? (int64_t)i * G : 0) : NULL;
+    const int per_cell = b->theta_per_cell;
+    const float *lt_row = b->log_theta ? b->log_theta + (per_cell ? (int64_t)i * G : 0) : NULL;
+    const double *th_gene = b->work ? b->work + 2 * (int64_t)G : NULL;
     const float *zl = b->zi_logits ? b->zi_logits + (int64_t)i * G : NULL;
     const nbs_matrix *X = b->X;
     const int64_t r = b->rows ? b->rows[i] : i;
@@ -52,34 +71,40 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
     const int64_t pe = X->indptr[r + 1];
     const double l = b->library[i];
     const double log_l = l > 0 ? log(l) : 0;
+    double *rho = thread_row(G);
+    if (!rho) return NAN; /* out of memory: the caller stops on the non-finite value */
 
     double amax = -INFINITY;
     for (int g = 0; g < G; g++) amax = a[g] > amax ? a[g] : amax;
     double z = 0;
-    for (int g = 0; g < G; g++) z += exp(a[g] - amax);
-    const double lse = amax + log(z);
+    for (int g = 0; g < G; g++) {
+        rho[g] = exp(a[g] - amax);
+        z += rho[g];
+    }
+    const double lse = amax + log(z), inv_z = 1 / z;
 
     double ll = 0, ssum = 0;
     for (int g = 0; g < G; g++) {
         double x = 0;
         if (p < pe && X->indices[p] == g) x = X->data[p++];
-        const double log_rho = a[g] - lse, mu = l * exp(log_rho);
+        const double rho_g = rho[g] * inv_z, mu = l * rho_g;
+        rho[g] = rho_g;
         double s, ll_g; /* s = d ll_g / d log mu */
         if (b->kind == NBS_LIK_POISSON) {
             ll_g = -mu;
-            if (x > 0) ll_g += x * (log_l + log_rho) - lgamma_x1(x);
+            if (x > 0) ll_g += x * (log_l + a[g] - lse) - lgamma_x1(x);
             s = x - mu;
         } else {
-            const double lt = lt_row[g], th = exp(lt), log_thmu = log(th + mu);
+            const double lt = lt_row[g], th = per_cell || !th_gene ? exp(lt) : th_gene[g];
+            const double log_thmu = log(th + mu);
             const double nb0 = th * (lt - log_thmu); /* log NB(0) and the dense part of every entry */
             double dnb_dlt = th * (lt - log_thmu + 1 - (x + th) / (th + mu));
             s = th * (x - mu) / (th + mu);
             double nb = nb0;
             if (x > 0) {
                 double dlg, dpsi;
-                gamma_diffs(x, th, b->theta_per_cell ? NAN : b->work[g], b->theta_per_cell ? NAN : b->work[G + g],
-                            &dlg, &dpsi);
-                nb += dlg - lgamma_x1(x) + x * (log_l + log_rho - log_thmu);
+                gamma_diffs(x, th, per_cell ? NAN : b->work[g], per_cell ? NAN : b->work[G + g], &dlg, &dpsi);
+                nb += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
                 dnb_dlt += th * dpsi;
             }
             if (b->kind == NBS_LIK_ZINB) {
@@ -108,7 +133,7 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
         if (da) da[g] = (float)s;
     }
     if (da) /* d ll / d a_g = s_g - rho_g * sum_h s_h */
-        for (int g = 0; g < G; g++) da[g] = (float)(scale * (da[g] - exp(a[g] - lse) * ssum));
+        for (int g = 0; g < G; g++) da[g] = (float)(scale * (da[g] - rho[g] * ssum));
     return ll;
 }
 
@@ -117,10 +142,11 @@ double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *
     const int64_t G = b->G;
     pthread_once(&table_once, fill_table);
     if (b->kind != NBS_LIK_POISSON && !b->theta_per_cell)
-        for (int64_t g = 0; g < G; g++) { /* per-gene lgamma and psi of theta, for large counts */
+        for (int64_t g = 0; g < G; g++) { /* per gene: lgamma and psi of theta (large counts), theta */
             const double th = exp(b->log_theta[g]);
             b->work[g] = lgamma(th);
             b->work[G + g] = gsl_sf_psi(th);
+            b->work[2 * G + g] = th;
         }
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < b->n; i++)

@@ -73,12 +73,18 @@ void nbs_dense_forward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, floa
 
 void nbs_dense_backward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, const float *dy) {
     const int out = L->out;
-    /* Serial over cells: rows of dW are shared between cells, and a fixed order keeps a seed's
-     * run bit-identical. Cost is nnz x out, small next to the decoder's products. */
-    for (int i = 0; i < x->n; i++)
-        for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++)
-            cblas_saxpy(out, x->values[p], dy + (int64_t)i * out, 1,
-                        L->dW + (int64_t)x->indices[p] * out, 1);
+    /* Rows of dW are shared between cells, so threads split the columns instead: each adds
+     * into its own block of every touched row, in the same order on every run. */
+#pragma omp parallel
+    {
+        int64_t lo, hi;
+        block_range(out, &lo, &hi);
+        const int w = (int)(hi - lo);
+        for (int i = 0; w > 0 && i < x->n; i++)
+            for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++)
+                cblas_saxpy(w, x->values[p], dy + (int64_t)i * out + lo, 1,
+                            L->dW + (int64_t)x->indices[p] * out + lo, 1);
+    }
     add_colsum(L->db, dy, x->n, out);
 }
 

@@ -52,7 +52,7 @@ struct nbs_model {
     int32_t *bidx;
     float *bval;
     double *lib, *loglik, *kl;
-    double *likwork; /* 2G: per-gene lgamma/psi of theta */
+    double *likwork; /* 3G: per-gene lgamma, psi and value of theta */
     float *head_out, *dhead, *z, *dz, *logits, *dlogits, *zi, *dzi, *disp, *ddisp, *dlt;
     float *dbuf[2], *dtmp; /* backward scratch [cap x widest layer] */
     nbs_latent_cache *lcache;
@@ -195,7 +195,7 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     m->adam_m = m->grads ? nbs_calloc(np, sizeof(float), err) : NULL;
     m->adam_v = m->adam_m ? nbs_calloc(np, sizeof(float), err) : NULL;
     m->state = m->adam_v ? nbs_calloc((size_t)m->n_state + 1, sizeof(float), err) : NULL;
-    m->likwork = m->state ? nbs_calloc(2 * (size_t)n_genes, sizeof(double), err) : NULL;
+    m->likwork = m->state ? nbs_calloc(3 * (size_t)n_genes, sizeof(double), err) : NULL;
     if (!m->likwork) {
         nbs_model_free(m);
         return NULL;

@@ -87,7 +87,7 @@ static lik_fixture make_lik(int per_cell) {
     f.logits = malloc(sizeof(float) * nG);
     f.lt = malloc(sizeof(float) * nG);
     f.zi = malloc(sizeof(float) * nG);
-    f.work = malloc(sizeof(double) * 2 * f.G);
+    f.work = malloc(sizeof(double) * 3 * f.G);
     for (int64_t k = 0; k < nG; k++) {
         f.logits[k] = (float)gsl_ran_gaussian(r, 1.0);
         f.lt[k] = (float)gsl_ran_gaussian(r, 1.0);

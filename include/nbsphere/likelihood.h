@@ -20,7 +20,7 @@ typedef struct {
     const float *log_theta;   /* NB/ZINB: [G] per gene, or [n x G] when theta_per_cell */
     int theta_per_cell;
     const float *zi_logits;   /* ZINB: [n x G] logit of the zero-inflation probability */
-    double *work;             /* scratch of 2G doubles (per-gene lgamma and psi of theta) */
+    double *work;             /* scratch of 3G doubles (per gene: lgamma, psi and theta) */
 } nbs_lik_batch;
 
 /* Writes loglik[i] (required) = sum_g log p(x_ig). Gradient outputs (each may be NULL) receive
