@@ -73,6 +73,7 @@ hid_t nbs_h5_create_in_memory(const char *tmp, hid_t fcpl) {
     hid_t f = fapl < 0 || H5Pset_fapl_core(fapl, 4 << 20, 0) < 0 ? -1
             : H5Fcreate(tmp, H5F_ACC_TRUNC, fcpl, fapl);
     if (fapl >= 0) H5Pclose(fapl);
+    if (f < 0) remove(tmp);
     return f;
 }
 
