@@ -221,6 +221,62 @@ static void test_nan_stops_with_diagnosis(void **s) {
     release(&t);
 }
 
+/* Early stopping: with a learning rate far too high the validation ELBO stops improving, training
+ * ends before train.epochs, and the parameters are those of the best epoch. */
+static void test_early_stopping_keeps_best(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    c.train.epochs = 30;
+    c.train.patience = 2;
+    c.train.learning_rate = 0.05;
+    trained t;
+    assert_int_equal(train_for(&c, &t, &err), 0);
+    print_message("stopped after %d of %d epochs; best epoch %d\n", t.log.n, c.train.epochs, t.s.best_epoch);
+    assert_true(t.log.n < c.train.epochs);
+    assert_int_equal(t.log.n, t.s.best_epoch + c.train.patience);
+    int64_t n;
+    const float *p = params(t.m, &n);
+    assert_memory_equal(p, t.s.best_params, sizeof(float) * n);
+    for (int e = 0; e < t.log.n; e++) assert_true(t.log.rec[e].val_elbo <= t.s.best_val);
+    release(&t);
+}
+
+/* Gradient clipping: the global norm is measured and scaled exactly to the limit, and training
+ * with a limit takes other steps than without (Adam is scale-invariant, so the effect is on how a
+ * large gradient weighs against the running moments, not on the step size itself). */
+static void test_grad_clip(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    c.train.epochs = 1;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 1);
+    nbs_model *m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    int64_t rows[64];
+    for (int i = 0; i < 64; i++) rows[i] = i * 7;
+    float klw[4] = {1.0f / 64, 1.0f / 64, 1.0f / 64, 1.0f / 64};
+    double recon, kl[4];
+    nbs_model_zero_grad(m);
+    assert_int_equal(nbs_model_forward(m, example(), rows, 64, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
+    nbs_model_backward(m, klw);
+    const double norm = nbs_model_grad_norm(m);
+    assert_true(norm > 1);
+    nbs_model_scale_grad(m, 0.5 / norm);
+    assert_true(fabs(nbs_model_grad_norm(m) - 0.5) < 1e-4);
+    nbs_model_free(m);
+    gsl_rng_free(r);
+
+    trained plain, clipped;
+    assert_int_equal(train_for(&c, &plain, &err), 0);
+    c.train.grad_clip = 0.5;
+    assert_int_equal(train_for(&c, &clipped, &err), 0);
+    int64_t n;
+    assert_true(memcmp(params(plain.m, &n), params(clipped.m, NULL), sizeof(float) * n) != 0);
+    assert_true(isfinite(clipped.log.rec[0].val_elbo));
+    release(&plain), release(&clipped);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schedules),
@@ -228,6 +284,8 @@ int main(void) {
         cmocka_unit_test(test_resume_matches),
         cmocka_unit_test(test_free_bits),
         cmocka_unit_test(test_nan_stops_with_diagnosis),
+        cmocka_unit_test(test_early_stopping_keeps_best),
+        cmocka_unit_test(test_grad_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
