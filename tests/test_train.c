@@ -272,7 +272,8 @@ static void test_grad_clip(void **s) {
     c.train.grad_clip = 0.5;
     assert_int_equal(train_for(&c, &clipped, &err), 0);
     int64_t n;
-    assert_true(memcmp(params(plain.m, &n), params(clipped.m, NULL), sizeof(float) * n) != 0);
+    const float *pp = params(plain.m, &n), *pc = params(clipped.m, NULL);
+    assert_true(memcmp(pp, pc, sizeof(float) * n) != 0);
     assert_true(isfinite(clipped.log.rec[0].val_elbo));
     release(&plain), release(&clipped);
 }
