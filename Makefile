@@ -24,7 +24,7 @@ OPT ?= -O2
 # gcc warns that error messages may be cut at their buffer size; that is intended.
 NOTRUNC := $(if $(findstring clang,$(shell $(CC) --version 2>/dev/null)),,-Wno-format-truncation)
 CFLAGS ?= $(OPT) -g
-CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(NOTRUNC) -fopenmp -Iinclude $(PKG_CFLAGS)
+CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror $(NOTRUNC) -fopenmp -fno-math-errno -Iinclude $(PKG_CFLAGS)
 LDLIBS += $(PKG_LIBS) -fopenmp -lm
 ifneq ($(SANITIZE),)
 CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all

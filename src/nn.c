@@ -207,14 +207,16 @@ void nbs_norm_backward(const nbs_norm *N, float *dy, int n, const float *xhat, c
 void nbs_adam_step(float *param, const float *grad, float *m, float *v, int64_t n, double lr,
                    double beta1, double beta2, double eps, double weight_decay, int64_t t) {
     const double c1 = 1 - pow(beta1, (double)t), c2 = 1 - pow(beta2, (double)t);
-    const double step = lr * sqrt(c2) / c1; /* bias correction folded into the step size */
-    const double eps_hat = eps * sqrt(c2);
-#pragma omp parallel for schedule(static)
+    /* bias correction folded into the step size; float arithmetic, as the parameters are float,
+     * so the loop vectorises */
+    const float step = (float)(lr * sqrt(c2) / c1), eps_hat = (float)(eps * sqrt(c2));
+    const float b1 = (float)beta1, b2 = (float)beta2, wd = (float)weight_decay;
+#pragma omp parallel for simd schedule(static)
     for (int64_t k = 0; k < n; k++) {
-        const float g = grad[k] + (float)weight_decay * param[k];
-        m[k] = (float)(beta1 * m[k] + (1 - beta1) * g);
-        v[k] = (float)(beta2 * v[k] + (1 - beta2) * g * g);
-        param[k] -= (float)(step * m[k] / (sqrt(v[k]) + eps_hat));
+        const float g = grad[k] + wd * param[k];
+        m[k] = b1 * m[k] + (1 - b1) * g;
+        v[k] = b2 * v[k] + (1 - b2) * g * g;
+        param[k] -= step * m[k] / (sqrtf(v[k]) + eps_hat);
     }
 }
 
