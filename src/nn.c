@@ -66,8 +66,11 @@ void nbs_dense_forward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, floa
     for (int i = 0; i < x->n; i++) {
         float *yi = y + (int64_t)i * out;
         memcpy(yi, L->b, sizeof(float) * out);
-        for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++)
-            cblas_saxpy(out, x->values[p], L->W + (int64_t)x->indices[p] * out, 1, yi, 1);
+        for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++) { /* inline: a call per nonzero costs more */
+            const float v = x->values[p], *w = L->W + (int64_t)x->indices[p] * out;
+#pragma omp simd
+            for (int j = 0; j < out; j++) yi[j] += v * w[j];
+        }
     }
 }
 
@@ -81,9 +84,12 @@ void nbs_dense_backward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, con
         block_range(out, &lo, &hi);
         const int w = (int)(hi - lo);
         for (int i = 0; w > 0 && i < x->n; i++)
-            for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++)
-                cblas_saxpy(w, x->values[p], dy + (int64_t)i * out + lo, 1,
-                            L->dW + (int64_t)x->indices[p] * out + lo, 1);
+            for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++) {
+                const float v = x->values[p], *d = dy + (int64_t)i * out + lo;
+                float *dw = L->dW + (int64_t)x->indices[p] * out + lo;
+#pragma omp simd
+                for (int j = 0; j < w; j++) dw[j] += v * d[j];
+            }
     }
     add_colsum(L->db, dy, x->n, out);
 }
