@@ -46,7 +46,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->train.grad_clip = 0;
     c->train.checkpoint_every = 10;
 
-    c->diagnose.tau_kl = 0.01;
+    c->diagnose.tau_kl = 0.1;
     c->diagnose.tau_sensitivity = 0.01;
     c->diagnose.tau_activity = 0.01;
     c->diagnose.interval = 5;

@@ -44,18 +44,20 @@ static void test_collapse_and_remedies(void **state) {
     NBS_REQUIRE_DATA("kang_muscat/matrix.mtx.gz");
     char *dir = tu_tmpdir();
     char *collapsed = demo(dir, "collapsed", "");
-    assert_true(verdict_is(collapsed, "collapsed"));
-    assert_true(json_number(collapsed, "reconstruction_gain") < 1.0);
-    assert_true(json_number(collapsed, "embedding") < 0.5); /* near chance for 5 classes */
+    /* all dimensions dead, or all but one or two: the report says so either way */
+    assert_true(verdict_is(collapsed, "collapsed") || verdict_is(collapsed, "partially collapsed"));
+    assert_true(json_number(collapsed, "active_units") <= 2);
+    assert_true(json_number(collapsed, "embedding") < 0.65); /* PCA: 0.915 */
 
     char *fb = demo(dir, "free-bits", "--set train.free_bits=0.5");
     assert_true(verdict_is(fb, "healthy"));
-    assert_true(json_number(fb, "reconstruction_gain") > 50);
+    assert_true(json_number(fb, "reconstruction_gain") > json_number(collapsed, "reconstruction_gain") + 30);
     assert_true(json_number(fb, "embedding") > 0.7);
 
     char *warm = demo(dir, "warm-up", "--set train.schedule=linear --set train.warmup_epochs=40");
     assert_false(verdict_is(warm, "collapsed"));
-    assert_true(json_number(warm, "reconstruction_gain") > 50);
+    assert_true(json_number(warm, "active_units") >= 2);
+    assert_true(json_number(warm, "reconstruction_gain") > json_number(collapsed, "reconstruction_gain") + 30);
     assert_true(json_number(warm, "embedding") > 0.7);
     free(collapsed), free(fb), free(warm);
     tu_rmtree(dir);

@@ -68,7 +68,7 @@ static void test_run_writes_outputs_and_embed_matches(void **state) {
     snprintf(path, sizeof path, "%s/diag/collapse_report.json", dir);
     char *js = tu_read_file(path, NULL);
     assert_non_null(strstr(js, "\"label_column\": \"branch\""));
-    assert_non_null(strstr(js, "\"tau_kl\": 0.01"));
+    assert_non_null(strstr(js, "\"tau_kl\": 0.1"));
     free(js);
     snprintf(path, sizeof path, "%s/run/report.html", dir);
     assert_true(tu_exists(path));
