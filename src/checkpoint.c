@@ -155,9 +155,9 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
             memcpy(rows + (int64_t)i * LOG_COLS, v, sizeof v);
         }
         hsize_t d1[2] = {(hsize_t)l->n, LOG_COLS}, d2[2] = {(hsize_t)l->n, (hsize_t)l->kl_terms};
-        double dummy = 0;
+        double none = 0; /* HDF5 wants a buffer even for a log of zero epochs */
         bad |= !rows || write_array(g, "records", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d1, rows) ||
-               write_array(g, "kl", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, l->n ? l->kl_dims : &dummy);
+               write_array(g, "kl", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, l->n ? l->kl_dims : &none);
         free(rows);
     }
     if (g >= 0) H5Gclose(g);
@@ -283,12 +283,19 @@ static int read_config_text(hid_t f, const char *path, char **out, nbs_error *er
     return *out ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
 }
 
-int nbs_checkpoint_config_text(const char *path, char **yaml, nbs_error *err) {
+/* Opens a model file read-only, without HDF5's own error printout. */
+static hid_t open_model(const char *path, nbs_error *err) {
     hid_t f;
     H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
     H5E_END_TRY;
-    if (f < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (missing, truncated "
-                                    "or not a model file)", path);
+    if (f < 0) nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (missing, truncated or not a "
+                             "model file)", path);
+    return f;
+}
+
+int nbs_checkpoint_config_text(const char *path, char **yaml, nbs_error *err) {
+    hid_t f = open_model(path, err);
+    if (f < 0) return err->code;
     int st;
     H5E_BEGIN_TRY { st = read_config_text(f, path, yaml, err); }
     H5E_END_TRY;
@@ -297,19 +304,14 @@ int nbs_checkpoint_config_text(const char *path, char **yaml, nbs_error *err) {
 }
 
 static int read_config(hid_t f, const char *path, nbs_config *c, nbs_error *err) {
-    hid_t d = H5Dopen2(f, "config_yaml", H5P_DEFAULT);
-    if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: 'config_yaml' is missing", path);
-    hid_t t = vlen_string_type(d);
     char *text = NULL;
-    herr_t st = H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text);
-    H5Tclose(t);
-    H5Dclose(d);
-    if (st < 0 || !text) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read 'config_yaml'", path);
+    int rc = read_config_text(f, path, &text, err);
+    if (rc) return rc;
     char name[NBS_PATH_MAX + 32];
     snprintf(name, sizeof name, "%s:config_yaml", path);
     nbs_pipeline p;
-    int rc = nbs_pipeline_load_string(text, name, NULL, NULL, 0, 0, &p, err);
-    H5free_memory(text);
+    rc = nbs_pipeline_load_string(text, name, NULL, NULL, 0, 0, &p, err);
+    free(text);
     if (!rc) *c = p.config;
     return rc;
 }
@@ -405,11 +407,8 @@ static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err
 
 int nbs_checkpoint_load(const char *path, nbs_checkpoint *out, nbs_error *err) {
     memset(out, 0, sizeof *out);
-    hid_t f;
-    H5E_BEGIN_TRY { f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT); }
-    H5E_END_TRY;
-    if (f < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (missing, truncated "
-                                    "or not a model file)", path);
+    hid_t f = open_model(path, err);
+    if (f < 0) return err->code;
     int st;
     H5E_BEGIN_TRY { st = read_all(f, path, out, err); }
     H5E_END_TRY;

@@ -57,6 +57,22 @@ static int attr_shape(hid_t obj, const char *name, int64_t shape[2]) {
     return ok ? 0 : -1;
 }
 
+/* The last step of both X layouts: the compressed arrays become a validated CSR matrix (the
+ * arrays are freed either way). rc: the status so far; nothing is built after a failure. */
+static int finish_compressed(int rc, const nbs_compressed_view *v, int major_is_cells, const char *path,
+                             const char *loc, nbs_matrix **out, nbs_error *err) {
+    if (!rc) {
+        char what[NBS_PATH_MAX + 64];
+        snprintf(what, sizeof what, "%s (/%s)", path, loc);
+        *out = nbs_matrix_from_compressed(v, major_is_cells, what, err);
+        if (!*out) rc = err->code;
+    }
+    free((void *)v->indptr);
+    free((void *)v->indices);
+    free((void *)v->data);
+    return rc;
+}
+
 /* Dense X: read in blocks of rows (hyperslabs), keeping only the nonzeros, so a dense file
  * never needs a full double copy in memory. */
 static int read_dense(hid_t d, const char *path, const char *loc, nbs_matrix **out, nbs_error *err) {
@@ -112,17 +128,8 @@ static int read_dense(hid_t d, const char *path, const char *loc, nbs_matrix **o
     }
     H5Sclose(sp);
     free(block);
-    if (!rc) {
-        nbs_compressed_view v = {n_cells, n_genes, nnz, indptr, indices, data};
-        char what[NBS_PATH_MAX + 64];
-        snprintf(what, sizeof what, "%s (/%s)", path, loc);
-        *out = nbs_matrix_from_compressed(&v, 1, what, err);
-        if (!*out) rc = err->code;
-    }
-    free(indptr);
-    free(indices);
-    free(data);
-    return rc;
+    nbs_compressed_view v = {n_cells, n_genes, nnz, indptr, indices, data};
+    return finish_compressed(rc, &v, 1, path, loc, out, err);
 }
 
 /* Sparse X: a group with data/indices/indptr; offsets are checked against the stored lengths
@@ -173,17 +180,8 @@ static int read_sparse(hid_t g, const char *path, const char *loc, nbs_matrix **
     if (!rc && (!(indices = nbs_h5_read_1d(g, "indices", path, loc, H5T_NATIVE_INT64, sizeof *indices, n_data, &len, err)) ||
                 !(data = nbs_h5_read_1d(g, "data", path, loc, H5T_NATIVE_DOUBLE, sizeof *data, n_data, &len, err))))
         rc = err->code;
-    if (!rc) {
-        nbs_compressed_view v = {n_major, n_minor, n_data, indptr, indices, data};
-        char what[NBS_PATH_MAX + 64];
-        snprintf(what, sizeof what, "%s (/%s)", path, loc);
-        *out = nbs_matrix_from_compressed(&v, csr, what, err);
-        if (!*out) rc = err->code;
-    }
-    free(indptr);
-    free(indices);
-    free(data);
-    return rc;
+    nbs_compressed_view v = {n_major, n_minor, n_data, indptr, indices, data};
+    return finish_compressed(rc, &v, csr, path, loc, out, err);
 }
 
 /* Names of a group's members, comma-separated, for messages. */

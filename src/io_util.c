@@ -35,7 +35,7 @@ int nbs_io_is_gzip(const char *path) {
 
 int nbs_io_gunzip_temp(const char *path, char *tmp, nbs_error *err) {
     if (!nbs_io_is_gzip(path)) return 0;
-    const char *dir = getenv("TMPDIR");
+    const char *dir = getenv("TMPDIR"); /* the system temporary folder, as mkstemp users expect */
     snprintf(tmp, NBS_PATH_MAX, "%s/nbsphere-gunzip-XXXXXX", dir && *dir ? dir : "/tmp");
     int fd = mkstemp(tmp);
     if (fd < 0) {

@@ -16,7 +16,7 @@
 
 struct nbs_latent_cache {
     int max_batch;
-    float *eps; /* [max_batch x d] standard normal noise of the last forward */
+    float *eps; /* Gaussian: [max_batch x d] standard normal noise of the last forward */
     int sampled;
     /* spheres: per cell of the last forward */
     nbs_sphere_draw *draw;
@@ -37,8 +37,9 @@ nbs_latent_cache *nbs_latent_cache_new(const nbs_latent *L, int max_batch, nbs_e
     if (!c) return NULL;
     c->max_batch = max_batch;
     const size_t n = (size_t)(max_batch > 0 ? max_batch : 1), d = (size_t)L->dim;
-    int ok = (c->eps = nbs_calloc(n * d, sizeof(float), err)) != NULL;
-    if (ok && L->kind != NBS_LATENT_GAUSSIAN)
+    int ok;
+    if (L->kind == NBS_LATENT_GAUSSIAN) ok = (c->eps = nbs_calloc(n * d, sizeof(float), err)) != NULL;
+    else
         ok = (c->draw = nbs_calloc(n, sizeof *c->draw, err)) && (c->u = nbs_calloc(n * d, sizeof(double), err)) &&
              (c->v = nbs_calloc(n * d, sizeof(double), err)) && (c->dkl = nbs_calloc(n, sizeof(double), err)) &&
              (c->kappa = nbs_calloc(n, sizeof(float), err));

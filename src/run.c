@@ -38,6 +38,7 @@ typedef struct {
     int trained;                /* this run trained the model (not embed/diagnose) */
     char **labels;              /* per kept cell, from input.label_column; NULL without */
     double knn_embedding, knn_pca; /* 15-NN label accuracy (5-fold), NaN when not computed */
+    float *z, *spread;          /* the embedding of every kept cell (location; variances or kappa) */
     double t_stage;
 } run_state;
 
@@ -190,6 +191,18 @@ static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_er
     return st;
 }
 
+/* The embedding of the kept cells, computed once for the label score and the outputs. */
+static int embed_cells(run_state *s, nbs_error *err) {
+    if (s->z) return NBS_OK;
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int64_t n = s->pre->matrix->n_cells;
+    s->z = nbs_malloc(sizeof(float) * (size_t)(n * L->dim + 1), err);
+    s->spread = s->z ? nbs_malloc(sizeof(float) * (size_t)(n * (L->kind == NBS_LATENT_GAUSSIAN ? L->dim : 1) + 1), err)
+                     : NULL;
+    if (!s->spread) return err->code;
+    return nbs_model_embed(s->ck.model, s->pre->matrix, s->z, s->spread, err);
+}
+
 static int stage_diagnose(run_state *s, nbs_error *err) {
     stage_begin(s, "diagnose");
     int st = diagnose_now(s, s->ck.model, 0, &s->report, err);
@@ -197,12 +210,8 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
     if ((st = read_labels(s, err))) return st;
     if (s->labels) {
         const nbs_latent *L = nbs_model_latent(s->ck.model);
-        float *z = nbs_malloc(sizeof(float) * (size_t)(s->pre->matrix->n_cells * L->dim), err);
-        if (!z) return err->code;
-        st = nbs_model_embed(s->ck.model, s->pre->matrix, z, NULL, err);
-        if (!st) st = label_quality(s, z, L->dim, L->kind != NBS_LATENT_GAUSSIAN, err);
-        free(z);
-        if (st) return st;
+        if ((st = embed_cells(s, err))) return st;
+        if ((st = label_quality(s, s->z, L->dim, L->kind != NBS_LATENT_GAUSSIAN, err))) return st;
     }
     s->have_report = 1;
     for (int j = 0; j < s->report.d; j++)
@@ -309,15 +318,9 @@ static int stage_write(run_state *s, nbs_error *err) {
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int d = L->dim, gauss = L->kind == NBS_LATENT_GAUSSIAN;
     stage_begin(s, "write");
-    int st = NBS_OK;
     const int64_t n = X->n_cells;
-    float *z = nbs_malloc(sizeof(float) * (size_t)(n * d + 1), err);
-    float *spread = z ? nbs_malloc(sizeof(float) * (size_t)(n * (gauss ? d : 1) + 1), err) : NULL;
-    if (!spread) {
-        free(z);
-        return err->code;
-    }
-    st = nbs_model_embed(s->ck.model, X, z, spread, err);
+    int st = embed_cells(s, err);
+    const float *z = s->z, *spread = s->spread;
     char path[NBS_PATH_MAX];
     /* extra TSV columns: variances (Gaussian, on request) or kappa (spheres, always) */
     char names_buf[NBS_MAX_KL_TERMS][16];
@@ -346,19 +349,17 @@ static int stage_write(run_state *s, nbs_error *err) {
         nbs_report_input ri = {&s->report, &s->track, &s->ck.log, z, n, d, gauss ? NULL : spread,
                                s->labels, c->input.label_column[0] ? c->input.label_column : NULL,
                                c->input.path, s->knn_embedding, s->knn_pca, KNN_K};
-        const char *names[3] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML};
+        const char *reports[3] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML};
         for (int i = 0; i < 3 && !st; i++) {
-            if (out_path(s, names[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+            if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
             else if (i == 0) st = nbs_report_write_json(path, &ri, err);
             else if (i == 1) st = nbs_report_write_tsv(path, &ri, err);
             else st = nbs_report_write_html(path, &ri, err);
-            if (!st) st = nbs_manifest_add_output(s->manifest, names[i], err);
+            if (!st) st = nbs_manifest_add_output(s->manifest, reports[i], err);
         }
     }
     char msg[256];
     snprintf(msg, sizeof msg, "%lld cells embedded in %d dimensions", (long long)n, d);
-    free(z);
-    free(spread);
     return st ? st : stage_end(s, "write", msg, err);
 }
 
@@ -429,6 +430,8 @@ static int finish_run(run_state *s, int st, nbs_error *err) {
     nbs_preprocess_result_free(s->pre);
     nbs_checkpoint_free(&s->ck);
     free(s->diag_rows);
+    free(s->z);
+    free(s->spread);
     nbs_diagnose_track_free(&s->track);
     nbs_collapse_report_free(&s->report);
     nbs_manifest_free(s->manifest);

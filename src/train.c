@@ -148,8 +148,7 @@ static int validate(nbs_model *m, const nbs_matrix *X, const int64_t *val, int64
 }
 
 static int numeric_failure(nbs_error *err, const char *what, int epoch, int64_t step, int64_t batch,
-                           int64_t n_batches, const nbs_train_hooks *h, const nbs_train_state *s,
-                           int last_ckpt_epoch) {
+                           int64_t n_batches, const nbs_train_hooks *h, int last_ckpt_epoch) {
     char where[NBS_PATH_MAX + 128];
     if (h && h->checkpoint_path && last_ckpt_epoch > 0)
         snprintf(where, sizeof where, "the last good checkpoint is %s (epoch %d); resume from it with "
@@ -157,7 +156,6 @@ static int numeric_failure(nbs_error *err, const char *what, int epoch, int64_t 
     else
         snprintf(where, sizeof where, "no checkpoint was written before it; lower train.learning_rate "
                  "or set train.grad_clip (e.g. 10)");
-    (void)s;
     return nbs_error_set(err, NBS_ERR_NUMERIC,
                          "training stopped at epoch %d, step %lld (minibatch %lld of %lld): %s became "
                          "non-finite; %s", epoch, (long long)step + 1, (long long)batch + 1,
@@ -226,7 +224,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
             if (st) break;
             if (!isfinite(recon)) {
                 st = numeric_failure(err, "the reconstruction term (NB log-likelihood)", epoch, s->step, b,
-                                     n_batches, h, s, last_ckpt);
+                                     n_batches, h, last_ckpt);
                 break;
             }
             beta = nbs_train_beta(tc, s->step, n_batches);
@@ -235,7 +233,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
                 if (!isfinite(kl_batch[t])) {
                     char what[64];
                     snprintf(what, sizeof what, "the KL term of latent dimension %d", t + 1);
-                    st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, s, last_ckpt);
+                    st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, last_ckpt);
                     break;
                 }
                 /* Free bits: below lambda nats (batch mean) a term costs lambda and has no gradient. */
@@ -251,7 +249,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
             if (bad) {
                 char what[96];
                 snprintf(what, sizeof what, "the gradient of %s", bad);
-                st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, s, last_ckpt);
+                st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, last_ckpt);
                 break;
             }
             if (tc->grad_clip > 0) {
@@ -288,7 +286,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
             r.val_elbo = -(r.val_recon + r.val_kl);
             if (!isfinite(r.val_elbo)) {
                 st = numeric_failure(err, "the validation ELBO", epoch, s->step - 1, n_batches - 1, n_batches,
-                                     h, s, last_ckpt);
+                                     h, last_ckpt);
                 break;
             }
         }

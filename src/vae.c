@@ -371,9 +371,7 @@ static void decode(nbs_model *m, const float *z, int n, int training) {
     if (m->has_disp) nbs_dense_forward(&m->out_disp, h, n, m->disp);
 }
 
-static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_matrix *X, const int64_t *rows,
-                               int64_t row0, int n) {
-    (void)row0;
+static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int n) {
     return (nbs_lik_batch){m->cfg.likelihood, n, m->G, X, rows, m->lib, m->logits,
                            m->has_disp ? m->disp : m->log_theta, m->has_disp, m->zi, m->likwork};
 }
@@ -403,7 +401,7 @@ int nbs_model_forward(nbs_model *m, const nbs_matrix *X, const int64_t *rows, in
     double t1 = omp_get_wtime();
     decode(m, m->z, n, training);
     double t2 = omp_get_wtime();
-    nbs_lik_batch b = lik_batch(m, X, row_index(m, rows, 0, n), 0, n);
+    nbs_lik_batch b = lik_batch(m, X, row_index(m, rows, 0, n), n);
     const float scale = (float)(-1.0 / n);
     double ll = nbs_lik_eval(&b, m->loglik, scale, training ? m->dlogits : NULL,
                              training && m->cfg.likelihood != NBS_LIK_POISSON ? m->dlt : NULL,
@@ -561,7 +559,7 @@ int nbs_model_loglik(const nbs_model *cm, const nbs_matrix *X, const int64_t *ro
         if (!st) st = gather(m, X, r, row0 + s, c, err);
         if (st) return st;
         decode(m, z + (int64_t)s * m->lat.dim, c, 0);
-        nbs_lik_batch b = lik_batch(m, X, row_index(m, r, row0 + s, c), 0, c);
+        nbs_lik_batch b = lik_batch(m, X, row_index(m, r, row0 + s, c), c);
         nbs_lik_eval(&b, loglik + s, 1.0f, NULL, NULL, NULL);
     }
     return NBS_OK;
