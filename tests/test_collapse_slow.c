@@ -9,8 +9,13 @@
 
 /* Runs the demo with extra arguments; returns collapse_report.json's text. */
 static char *demo(const char *dir, const char *name, const char *extra) {
-    char args[4096], path[4096];
-    snprintf(args, sizeof args, "run pipelines/collapse-demo.yaml --out %s/%s %s", dir, name, extra);
+    char args[8192], path[4096];
+    /* the data through tu_data, so NBS_DATA_DIR is honoured wherever the clone is */
+    char data[2048], labels[2048];
+    snprintf(data, sizeof data, "%s", tu_data("kang_muscat"));
+    snprintf(labels, sizeof labels, "%s", tu_data("kang_muscat/cell_labels.tsv"));
+    snprintf(args, sizeof args, "run pipelines/collapse-demo.yaml --out %s/%s --set input.path=%s "
+             "--set input.labels_path=%s %s", dir, name, data, labels, extra);
     char *errout = NULL;
     int rc = tu_run_cli(args, NULL, &errout);
     if (rc) fail_msg("nbsphere %s: exit %d\n%s", args, rc, errout ? errout : "");

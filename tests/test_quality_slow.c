@@ -19,8 +19,13 @@ static double json_number(const char *json, const char *key) {
 
 /* Runs kang.yaml with extra arguments; *emb and *pca from collapse_report.json. */
 static void kang(const char *dir, const char *name, const char *extra, double *emb, double *pca) {
-    char args[4096], path[4096];
-    snprintf(args, sizeof args, "run pipelines/kang.yaml --out %s/%s %s", dir, name, extra);
+    char args[8192], path[4096];
+    /* the data through tu_data, so NBS_DATA_DIR is honoured wherever the clone is */
+    char data[2048], labels[2048];
+    snprintf(data, sizeof data, "%s", tu_data("kang_muscat"));
+    snprintf(labels, sizeof labels, "%s", tu_data("kang_muscat/cell_labels.tsv"));
+    snprintf(args, sizeof args, "run pipelines/kang.yaml --out %s/%s --set input.path=%s "
+             "--set input.labels_path=%s %s", dir, name, data, labels, extra);
     char *errout = NULL;
     int rc = tu_run_cli(args, NULL, &errout);
     if (rc) fail_msg("nbsphere %s: exit %d\n%s", args, rc, errout ? errout : "");
