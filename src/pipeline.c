@@ -190,6 +190,7 @@ typedef struct {
     yaml_document_t *doc;
     loc where[sizeof KEYS / sizeof KEYS[0]];
     int given[sizeof KEYS / sizeof KEYS[0]];
+    int overridden[sizeof KEYS / sizeof KEYS[0]]; /* a --set will replace the file's value */
     loc input_section;
     int have_input_section;
     nbs_error *err;
@@ -288,7 +289,8 @@ static int resolve_path(ctx *c, const key_desc *k, const loc *l, const char *tex
     struct stat st;
     int must_exist = k->off == offsetof(nbs_config, input.path) ||
                      k->off == offsetof(nbs_config, input.labels_path);
-    if (must_exist && *out && stat(out, &st) != 0)
+    /* a file's path that a --set replaces need not exist: the replacement is checked instead */
+    if (must_exist && *out && !(l->file && c->overridden[k - KEYS]) && stat(out, &st) != 0)
         return reject(c, l, NBS_ERR_IO, k, "'%s' cannot be opened (%s)%s", out, strerror(errno),
                       l->file ? " (relative paths are resolved against the pipeline's folder)" : "");
     return NBS_OK;
@@ -572,6 +574,13 @@ static int finish(ctx *c, int flags) {
 }
 
 static int load(ctx *c, yaml_parser_t *ps, const char *const *sets, int n_sets, int flags) {
+    for (int i = 0; i < n_sets; i++) { /* "section.key=value": which file values will be replaced */
+        char sec[NBS_NAME_MAX], key[NBS_NAME_MAX];
+        if (sscanf(sets[i], "%255[^.=].%255[^=]=", sec, key) == 2) {
+            int ki = find_key(sec, key);
+            if (ki >= 0) c->overridden[ki] = 1;
+        }
+    }
     yaml_document_t doc;
     if (!yaml_parser_load(ps, &doc)) return parse_error(c, ps);
     c->doc = &doc;

@@ -324,6 +324,19 @@ static void test_every_pipeline_loads(void **state) {
     }
 }
 
+/* A file's input path that a --set replaces need not exist; without the --set it is refused. */
+static void test_set_replaces_missing_input(void **state) {
+    (void)state;
+    const char *text = "input:\n  path: no/such/folder\n";
+    const char *sets[] = {"input.path=example_data/sim_mtx"};
+    nbs_pipeline p;
+    nbs_error err = {0};
+    assert_int_equal(nbs_pipeline_load_string(text, "t.yaml", ".", sets, 1, NBS_PIPELINE_REQUIRE_INPUT, &p, &err), NBS_OK);
+    assert_non_null(strstr(p.config.input.path, "example_data/sim_mtx"));
+    assert_int_equal(nbs_pipeline_load_string(text, "t.yaml", ".", NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &p, &err), NBS_ERR_IO);
+    assert_non_null(strstr(err.msg, "t.yaml:2:"));
+}
+
 static void test_json_dump(void **state) {
     (void)state;
     nbs_config c;
@@ -387,7 +400,7 @@ int main(void) {
         cmocka_unit_test(test_unwritable_output), cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_presets),           cmocka_unit_test(test_reference_yaml),
         cmocka_unit_test(test_keys_cover_every_field), cmocka_unit_test(test_every_pipeline_loads),
-        cmocka_unit_test(test_json_dump),         cmocka_unit_test(test_yaml_round_trip),
+        cmocka_unit_test(test_set_replaces_missing_input), cmocka_unit_test(test_json_dump),         cmocka_unit_test(test_yaml_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
