@@ -24,6 +24,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->model.norm = NBS_NORM_NONE;
     c->model.likelihood = NBS_LIK_NB;
     c->model.dispersion = NBS_DISP_GENE;
+    c->model.dispersion_init = NBS_DISP_INIT_ONE;
     c->model.input_transform = NBS_INPUT_LOG1P;
     c->model.kappa_floor = 1.0;
     c->model.decoder_init_scale = 1.0;
@@ -32,6 +33,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->train.batch_size = 128;
     c->train.learning_rate = 1e-3;
     c->train.weight_decay = 0;
+    c->train.adam_eps = 1e-8;
     c->train.seed = 0;
     c->train.threads = 2;
     c->train.validation_fraction = 0.1;

@@ -40,25 +40,91 @@ static void gamma_diffs(double x, double t, double lg_t, double psi_t, double *d
 /* log(1 + exp(x)) without overflow. */
 static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 
-/* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. */
-/* A row of G doubles per thread for softmax probabilities, grown once (not per step). */
-static double *thread_row(int G) {
-    static _Thread_local double *row;
-    static _Thread_local int cap;
-    if (G > cap) {
-        double *r = realloc(row, sizeof(double) * (size_t)G);
+/* Vector variants of exp and log from glibc's libmvec (reached through -lm), declared as math.h
+ * does only under -ffast-math, so that the simd loops below call them: within 4 ulp. */
+#if defined __x86_64__ && defined __GLIBC__
+#pragma omp declare simd notinbranch
+extern double exp(double);
+#pragma omp declare simd notinbranch
+extern double log(double);
+#endif
+
+/* Per-thread scratch of k rows of G doubles, grown once (not per step). */
+static double *thread_rows(int G, int k) {
+    static _Thread_local double *rows;
+    static _Thread_local int64_t cap;
+    const int64_t need = (int64_t)G * k;
+    if (need > cap) {
+        double *r = realloc(rows, sizeof(double) * (size_t)need);
         if (!r) return NULL;
-        row = r;
-        cap = G;
+        rows = r;
+        cap = need;
     }
-    return row;
+    return rows;
 }
 
-/* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. Two
- * transcendental calls per entry (the softmax exp and log(theta + mu)); theta, lgamma(theta)
- * and psi(theta) come per gene from b->work when theta is per gene. */
-static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, float *dlt,
-                        float *dzi) {
+/* rho = softmax(a) into rho[G]; returns log-sum-exp. */
+static double softmax(const float *a, int G, double *rho) {
+    float amax = -INFINITY;
+#pragma omp simd reduction(max : amax)
+    for (int g = 0; g < G; g++) amax = a[g] > amax ? a[g] : amax;
+    double z = 0;
+#pragma omp simd reduction(+ : z)
+    for (int g = 0; g < G; g++) {
+        rho[g] = exp((double)a[g] - amax);
+        z += rho[g];
+    }
+    const double inv_z = 1 / z;
+#pragma omp simd
+    for (int g = 0; g < G; g++) rho[g] *= inv_z;
+    return amax + log(z);
+}
+
+/* NB, the default, in two passes: every entry as if its count were 0 (branch-free, vectorised:
+ * one log per entry, kept in lthmu), then the nonzero entries' extra terms. s_g = d ll_g / d log mu_g
+ * and t_g = d ll_g / d log theta_g go to the rows s and t. */
+static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double lse, double *s, double *t,
+                      double *lthmu) {
+    const int G = b->G, per_cell = b->theta_per_cell;
+    const float *a = b->logits + (int64_t)i * G;
+    const float *lt = b->log_theta + (per_cell ? (int64_t)i * G : 0);
+    const double *th_gene = per_cell ? NULL : b->work + 2 * (int64_t)G;
+    const double *th_row = per_cell ? t : th_gene; /* theta per entry: t holds it until overwritten */
+    if (per_cell)
+#pragma omp simd
+        for (int g = 0; g < G; g++) t[g] = exp((double)lt[g]);
+    const double l = b->library[i];
+    double ll = 0;
+#pragma omp simd reduction(+ : ll)
+    for (int g = 0; g < G; g++) {
+        const double th = th_row[g], mu = l * rho[g];
+        const double log_thmu = log(th + mu), w = th / (th + mu);
+        lthmu[g] = log_thmu;
+        ll += th * (lt[g] - log_thmu); /* log NB(0 | mu, theta) */
+        s[g] = -w * mu;
+        t[g] = th * (lt[g] - log_thmu + 1 - w);
+    }
+    const nbs_matrix *X = b->X;
+    const int64_t r = b->rows ? b->rows[i] : i;
+    const double log_l = l > 0 ? log(l) : 0;
+    for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++) {
+        const int g = (int)X->indices[p];
+        const double x = X->data[p];
+        if (x == 0) continue;
+        const double th = per_cell ? exp((double)lt[g]) : th_gene[g], mu = l * rho[g];
+        const double log_thmu = lthmu[g], w = th / (th + mu);
+        double dlg, dpsi;
+        gamma_diffs(x, th, per_cell ? NAN : b->work[g], per_cell ? NAN : b->work[G + g], &dlg, &dpsi);
+        ll += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
+        s[g] += w * x;
+        t[g] += th * dpsi - w * x;
+    }
+    return ll;
+}
+
+/* ZINB and Poisson: one pass per entry with the count at hand. */
+static double cell_general(const nbs_lik_batch *b, int i, const double *rho, double lse, double *s, double *t,
+                           float scale, float *dzi) {
     const int G = b->G;
     const float *a = b->logits + (int64_t)i * G;
     const int per_cell = b->theta_per_cell;
@@ -71,69 +137,70 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
     const int64_t pe = X->indptr[r + 1];
     const double l = b->library[i];
     const double log_l = l > 0 ? log(l) : 0;
-    double *rho = thread_row(G);
-    if (!rho) return NAN; /* out of memory: the caller stops on the non-finite value */
-
-    double amax = -INFINITY;
-    for (int g = 0; g < G; g++) amax = a[g] > amax ? a[g] : amax;
-    double z = 0;
-    for (int g = 0; g < G; g++) {
-        rho[g] = exp(a[g] - amax);
-        z += rho[g];
-    }
-    const double lse = amax + log(z), inv_z = 1 / z;
-
-    double ll = 0, ssum = 0;
+    double ll = 0;
     for (int g = 0; g < G; g++) {
         double x = 0;
         if (p < pe && X->indices[p] == g) x = X->data[p++];
-        const double rho_g = rho[g] * inv_z, mu = l * rho_g;
-        rho[g] = rho_g;
-        double s, ll_g; /* s = d ll_g / d log mu */
+        const double mu = l * rho[g];
         if (b->kind == NBS_LIK_POISSON) {
-            ll_g = -mu;
-            if (x > 0) ll_g += x * (log_l + a[g] - lse) - lgamma_x1(x);
-            s = x - mu;
-        } else {
-            const double lt = lt_row[g], th = per_cell || !th_gene ? exp(lt) : th_gene[g];
-            const double log_thmu = log(th + mu);
-            const double nb0 = th * (lt - log_thmu); /* log NB(0) and the dense part of every entry */
-            double dnb_dlt = th * (lt - log_thmu + 1 - (x + th) / (th + mu));
-            s = th * (x - mu) / (th + mu);
-            double nb = nb0;
-            if (x > 0) {
-                double dlg, dpsi;
-                gamma_diffs(x, th, per_cell ? NAN : b->work[g], per_cell ? NAN : b->work[G + g], &dlg, &dpsi);
-                nb += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
-                dnb_dlt += th * dpsi;
-            }
-            if (b->kind == NBS_LIK_ZINB) {
-                const double q = zl[g];
-                if (x > 0) {
-                    ll_g = nb - softplus(q); /* log(1 - pi) + log NB(x) */
-                    if (dzi) dzi[g] = (float)(scale * -(1 / (1 + exp(-q))));
-                } else {
-                    /* log(pi + (1 - pi) NB(0)), pi = sigmoid(q), in log space */
-                    const double lp = -softplus(-q), lnp = -softplus(q) + nb0;
-                    const double m = lp > lnp ? lp : lnp;
-                    ll_g = m + log(exp(lp - m) + exp(lnp - m));
-                    const double w = exp(lnp - ll_g); /* share of the zero the NB explains */
-                    const double pi = exp(lp);
-                    if (dzi) dzi[g] = (float)(scale * pi * (1 - pi) * (1 - exp(nb0)) / exp(ll_g));
-                    s *= w;
-                    dnb_dlt *= w;
-                }
-            } else {
-                ll_g = nb;
-            }
-            if (dlt) dlt[g] = (float)(scale * dnb_dlt);
+            ll -= mu;
+            if (x > 0) ll += x * (log_l + a[g] - lse) - lgamma_x1(x);
+            s[g] = x - mu;
+            continue;
         }
-        ll += ll_g;
-        ssum += s;
-        if (da) da[g] = (float)s;
+        const double lt = lt_row[g], th = per_cell || !th_gene ? exp(lt) : th_gene[g];
+        const double log_thmu = log(th + mu);
+        const double nb0 = th * (lt - log_thmu); /* log NB(0) and the dense part of every entry */
+        double dnb_dlt = th * (lt - log_thmu + 1 - (x + th) / (th + mu)), ds = th * (x - mu) / (th + mu);
+        double nb = nb0;
+        if (x > 0) {
+            double dlg, dpsi;
+            gamma_diffs(x, th, per_cell ? NAN : b->work[g], per_cell ? NAN : b->work[G + g], &dlg, &dpsi);
+            nb += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
+            dnb_dlt += th * dpsi;
+        }
+        /* ZINB */
+        const double q = zl[g];
+        if (x > 0) {
+            ll += nb - softplus(q); /* log(1 - pi) + log NB(x) */
+            if (dzi) dzi[g] = (float)(scale * -(1 / (1 + exp(-q))));
+        } else {
+            /* log(pi + (1 - pi) NB(0)), pi = sigmoid(q), in log space */
+            const double lp = -softplus(-q), lnp = -softplus(q) + nb0;
+            const double m = lp > lnp ? lp : lnp;
+            const double ll_g = m + log(exp(lp - m) + exp(lnp - m));
+            const double w = exp(lnp - ll_g); /* share of the zero the NB explains */
+            const double pi = exp(lp);
+            if (dzi) dzi[g] = (float)(scale * pi * (1 - pi) * (1 - exp(nb0)) / exp(ll_g));
+            ll += ll_g;
+            ds *= w;
+            dnb_dlt *= w;
+        }
+        s[g] = ds;
+        t[g] = dnb_dlt;
     }
-    if (da) /* d ll / d a_g = s_g - rho_g * sum_h s_h */
-        for (int g = 0; g < G; g++) da[g] = (float)(scale * (da[g] - rho[g] * ssum));
+    return ll;
+}
+
+/* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. */
+static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, float *dlt, float *dzi) {
+    const int G = b->G;
+    double *rho = thread_rows(G, 4);
+    if (!rho) return NAN; /* out of memory: the caller stops on the non-finite value */
+    double *s = rho + G, *t = rho + 2 * (int64_t)G, *lthmu = rho + 3 * (int64_t)G;
+    const double lse = softmax(b->logits + (int64_t)i * G, G, rho);
+    const double ll = b->kind == NBS_LIK_NB ? cell_nb(b, i, rho, lse, s, t, lthmu)
+                                            : cell_general(b, i, rho, lse, s, t, scale, dzi);
+    if (da) { /* d ll / d a_g = s_g - rho_g * sum_h s_h */
+        double ssum = 0;
+#pragma omp simd reduction(+ : ssum)
+        for (int g = 0; g < G; g++) ssum += s[g];
+#pragma omp simd
+        for (int g = 0; g < G; g++) da[g] = (float)(scale * (s[g] - rho[g] * ssum));
+    }
+    if (dlt)
+#pragma omp simd
+        for (int g = 0; g < G; g++) dlt[g] = (float)(scale * t[g]);
     return ll;
 }
 

@@ -113,7 +113,10 @@ void nbs_mul_inplace(float *y, const float *mask, int64_t n) {
 }
 
 #define NORM_EPS 1e-5
-#define BN_MOMENTUM 0.1
+/* Batch norm as scvi-tools configures it for count data (eps 1e-3, slow running statistics),
+ * so that `preset: scvi` is that model; torch's defaults are 1e-5 and 0.1. */
+#define BN_EPS 1e-3
+#define BN_MOMENTUM 0.01
 
 int nbs_norm_uses_batch(const nbs_norm *N, int n, int training) {
     return N->batch ? (training && n > 1) : 1;
@@ -156,7 +159,7 @@ void nbs_norm_forward(const nbs_norm *N, float *y, int n, int training, float *x
             mean = N->run_mean[j];
             var = N->run_var[j];
         }
-        const double is = 1.0 / sqrt(var + NORM_EPS);
+        const double is = 1.0 / sqrt(var + BN_EPS);
         inv_std[j] = (float)is;
         for (int i = 0; i < n; i++) {
             float *v = y + (int64_t)i * w + j;

@@ -62,6 +62,7 @@ static const enum_word W_LATENT[] = {{"gaussian", NBS_LATENT_GAUSSIAN},
 static const enum_word W_LIK[] = {
     {"nb", NBS_LIK_NB}, {"zinb", NBS_LIK_ZINB}, {"poisson", NBS_LIK_POISSON}, {NULL, 0}};
 static const enum_word W_DISP[] = {{"gene", NBS_DISP_GENE}, {"gene_cell", NBS_DISP_GENE_CELL}, {NULL, 0}};
+static const enum_word W_DISP_INIT[] = {{"one", NBS_DISP_INIT_ONE}, {"lognormal", NBS_DISP_INIT_LOGNORMAL}, {NULL, 0}};
 static const enum_word W_NORM[] = {
     {"none", NBS_NORM_NONE}, {"layer", NBS_NORM_LAYER}, {"batch", NBS_NORM_BATCH}, {NULL, 0}};
 static const enum_word W_TRANSFORM[] = {
@@ -118,6 +119,7 @@ static const key_desc KEYS[] = {
     {"model", "norm", K_ENUM, F(model, norm), 0, 0, 0, W_NORM, NULL},
     {"model", "likelihood", K_ENUM, F(model, likelihood), 0, 0, 0, W_LIK, NULL},
     {"model", "dispersion", K_ENUM, F(model, dispersion), 0, 0, 0, W_DISP, NULL},
+    {"model", "dispersion_init", K_ENUM, F(model, dispersion_init), 0, 0, 0, W_DISP_INIT, NULL},
     {"model", "input_transform", K_ENUM, F(model, input_transform), 0, 0, 0, W_TRANSFORM, NULL},
     {"model", "kappa_floor", K_DOUBLE, F(model, kappa_floor), 0, 1e5, 0, NULL,
      "a number from 0 to 1e5"},
@@ -131,6 +133,7 @@ static const key_desc KEYS[] = {
      "a number in (0, 10]"},
     {"train", "weight_decay", K_DOUBLE, F(train, weight_decay), 0, 10, 0, NULL,
      "a number from 0 to 10"},
+    {"train", "adam_eps", K_DOUBLE, F(train, adam_eps), 0, 1, 1, NULL, "a number in (0, 1]"},
     {"train", "seed", K_UINT64, F(train, seed), 0, 0, 0, NULL,
      "an integer from 0 to 18446744073709551615"},
     {"train", "threads", K_INT, F(train, threads), 1, 1024, 0, NULL, "an integer from 1 to 1024"},
@@ -687,8 +690,9 @@ int nbs_pipeline_apply_preset(nbs_config *c, const char *name, nbs_error *err) {
     nbs_train_config *t = &c->train;
     if (!strcmp(name, "scvi")) {
         /* scvi-tools 1.x SCVI/TrainingPlan defaults: n_hidden 128, n_layers 1, n_latent 10,
-         * dropout 0.1, batch norm, gene dispersion, NB, log1p input, Adam lr 1e-3 with weight
-         * decay 1e-6, batch 128, KL warm-up over n_epochs_kl_warmup = 400, max 400 epochs. */
+         * dropout 0.1, batch norm (eps 1e-3, momentum 0.01), gene dispersion starting at
+         * log theta ~ N(0, 1), NB, log1p input, Adam lr 1e-3 with weight
+         * decay 1e-6 and eps 0.01, batch 128, KL warm-up over n_epochs_kl_warmup = 400, max 400 epochs. */
         m->latent = NBS_LATENT_GAUSSIAN;
         m->latent_dim = 10;
         set_layers_of(&m->n_encoder_layers, (const int[]){128}, 1);
@@ -697,10 +701,12 @@ int nbs_pipeline_apply_preset(nbs_config *c, const char *name, nbs_error *err) {
         m->norm = NBS_NORM_BATCH;
         m->likelihood = NBS_LIK_NB;
         m->dispersion = NBS_DISP_GENE;
+        m->dispersion_init = NBS_DISP_INIT_LOGNORMAL;
         m->input_transform = NBS_INPUT_LOG1P;
         t->batch_size = 128;
         t->learning_rate = 1e-3;
         t->weight_decay = 1e-6;
+        t->adam_eps = 0.01;
         t->schedule = NBS_SCHED_LINEAR;
         t->beta = 1.0;
         t->epochs = 400;

@@ -256,7 +256,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
                 const double norm = nbs_model_grad_norm(m);
                 if (norm > tc->grad_clip) nbs_model_scale_grad(m, tc->grad_clip / norm);
             }
-            nbs_model_adam(m, tc->learning_rate, tc->weight_decay);
+            nbs_model_adam(m, tc->learning_rate, tc->adam_eps, tc->weight_decay);
             sum_recon += recon;
             sum_loss += loss;
             if (kappas) memcpy(kappas + off, nbs_model_last_kappa(m), sizeof(float) * n);

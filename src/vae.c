@@ -4,6 +4,7 @@
  * offset in a second block, Adam moments in two more; layers are views into them. */
 #include "nbsphere/vae.h"
 
+#include <gsl/gsl_randist.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -217,7 +218,9 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
         init_dense(&m->out, rng, mc->decoder_init_scale);
         if (m->has_zi) init_dense(&m->out_zi, rng, 1.0);
         if (m->has_disp) init_dense(&m->out_disp, rng, 1.0);
-        /* log theta = 0 (theta = 1) everywhere to start */
+        /* log theta = 0 (theta = 1) to start, or N(0, 1) draws as scvi-tools */
+        if (m->log_theta && mc->dispersion_init == NBS_DISP_INIT_LOGNORMAL)
+            for (int g = 0; g < m->G; g++) m->log_theta[g] = (float)gsl_ran_gaussian(rng, 1.0);
     }
     return m;
 }
@@ -512,9 +515,9 @@ const char *nbs_model_nonfinite_grad(const nbs_model *m) {
     return NULL;
 }
 
-void nbs_model_adam(nbs_model *m, double lr, double weight_decay) {
+void nbs_model_adam(nbs_model *m, double lr, double eps, double weight_decay) {
     m->adam_t++;
-    nbs_adam_step(m->params, m->grads, m->adam_m, m->adam_v, m->n_params, lr, 0.9, 0.999, 1e-8,
+    nbs_adam_step(m->params, m->grads, m->adam_m, m->adam_v, m->n_params, lr, 0.9, 0.999, eps,
                   weight_decay, m->adam_t);
 }
 

@@ -47,6 +47,7 @@ typedef struct {
 typedef enum { NBS_LATENT_GAUSSIAN = 0, NBS_LATENT_VMF, NBS_LATENT_POWER_SPHERICAL } nbs_latent_kind;
 typedef enum { NBS_LIK_NB = 0, NBS_LIK_ZINB, NBS_LIK_POISSON } nbs_likelihood_kind;
 typedef enum { NBS_DISP_GENE = 0, NBS_DISP_GENE_CELL } nbs_dispersion_kind;
+typedef enum { NBS_DISP_INIT_ONE = 0, NBS_DISP_INIT_LOGNORMAL } nbs_dispersion_init;
 typedef enum { NBS_NORM_NONE = 0, NBS_NORM_LAYER, NBS_NORM_BATCH } nbs_norm_kind;
 typedef enum { NBS_INPUT_LOG1P = 0, NBS_INPUT_LOG1P_CP10K } nbs_input_transform;
 
@@ -61,6 +62,7 @@ typedef struct {
     nbs_norm_kind norm;
     nbs_likelihood_kind likelihood;
     nbs_dispersion_kind dispersion;
+    nbs_dispersion_init dispersion_init; /* per-gene theta at the start: 1, or exp(N(0, 1)) as scvi-tools */
     nbs_input_transform input_transform;
     double kappa_floor;         /* spherical latents: kappa = softplus(.) + floor */
     double decoder_init_scale;  /* scale of the decoder's last layer at initialisation (1 = default init) */
@@ -78,6 +80,7 @@ typedef struct {
     int batch_size;
     double learning_rate;
     double weight_decay;
+    double adam_eps;            /* Adam's epsilon: larger damps the steps of rarely-moved weights */
     uint64_t seed;
     int threads;
     double validation_fraction;

@@ -46,7 +46,7 @@ void nbs_model_zero_grad(nbs_model *m);
 double nbs_model_grad_norm(const nbs_model *m);
 void nbs_model_scale_grad(nbs_model *m, double f);
 const char *nbs_model_nonfinite_grad(const nbs_model *m);
-void nbs_model_adam(nbs_model *m, double lr, double weight_decay);
+void nbs_model_adam(nbs_model *m, double lr, double eps, double weight_decay);
 /* Seconds spent since the last call in the layers (matrix products, activations, latent) and
  * in the likelihood (softmax, NB terms and their gradients); resets both. */
 void nbs_model_take_timers(nbs_model *m, double *products, double *likelihood);
