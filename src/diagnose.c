@@ -140,7 +140,24 @@ static int jacobian_sensitivity(const nbs_model *m, const float *loc, int64_t n,
     return st;
 }
 
+/* "k inconsistent" split by which side is missing: a decoder that still responds to a dimension
+ * the encoder has stopped using (it sees only prior noise there) is the usual shape of a fresh
+ * collapse, since the decoder's weights outlive the information. */
+static void describe_inconsistent(const nbs_collapse_report *r, char *buf, size_t n) {
+    const int ignored = r->n_inconsistent - r->n_unsent;
+    if (!r->n_inconsistent) snprintf(buf, n, "0 inconsistent");
+    else if (!ignored)
+        snprintf(buf, n, "%d inconsistent: the encoder sends nothing there, though the decoder still responds", r->n_unsent);
+    else if (!r->n_unsent)
+        snprintf(buf, n, "%d inconsistent: the decoder ignores what the encoder sends there", ignored);
+    else
+        snprintf(buf, n, "%d inconsistent: %d sending nothing the decoder still responds to, %d sending what "
+                 "the decoder ignores", r->n_inconsistent, r->n_unsent, ignored);
+}
+
 static void model_verdict(nbs_collapse_report *r) {
+    char incons[192];
+    describe_inconsistent(r, incons, sizeof incons);
     const char *remedy_list =
         "KL warm-up (train.schedule: linear, train.warmup_epochs: 50) or cyclical annealing "
         "(train.schedule: cyclical); free bits (train.free_bits: 0.2); a weak decoder at the start "
@@ -149,14 +166,14 @@ static void model_verdict(nbs_collapse_report *r) {
         r->model = NBS_MODEL_COLLAPSED;
         snprintf(r->summary, sizeof r->summary,
                  "collapsed: none of the %d latent dimensions carries information the decoder uses "
-                 "(%d collapsed, %d inconsistent; reconstruction gain over a constant z: %.3g nats per "
-                 "cell)", r->d, r->n_collapsed, r->n_inconsistent, r->recon_gain);
+                 "(%d collapsed, %s; reconstruction gain over a constant z: %.3g nats per "
+                 "cell)", r->d, r->n_collapsed, incons, r->recon_gain);
     } else if (r->n_collapsed > 0 || r->n_inconsistent > 0) {
         r->model = NBS_MODEL_PARTIAL;
         snprintf(r->summary, sizeof r->summary,
-                 "partially collapsed: %d of %d dimensions active, %d collapsed, %d inconsistent "
+                 "partially collapsed: %d of %d dimensions active, %d collapsed, %s "
                  "(reconstruction gain over a constant z: %.3g nats per cell)", r->n_active, r->d,
-                 r->n_collapsed, r->n_inconsistent, r->recon_gain);
+                 r->n_collapsed, incons, r->recon_gain);
     } else {
         r->model = NBS_MODEL_HEALTHY;
         snprintf(r->summary, sizeof r->summary,
@@ -286,6 +303,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
             r->n_active += r->verdict[j] == NBS_DIM_ACTIVE;
             r->n_collapsed += r->verdict[j] == NBS_DIM_COLLAPSED;
             r->n_inconsistent += r->verdict[j] == NBS_DIM_INCONSISTENT;
+            r->n_unsent += !sends && listens;
             r->n_inactive_units += r->activity[j] < dc->tau_activity;
         }
         model_verdict(r);

@@ -87,6 +87,8 @@ static void test_verdicts_by_construction(void **state) {
     assert_true(rep.kl[3] > c.diagnose.tau_kl && rep.sens_jacobian[3] == 0);
     assert_true(rep.sens_jacobian[0] > 0 && rep.sens_jacobian[1] > 0);
     assert_int_equal(rep.model, NBS_MODEL_PARTIAL);
+    assert_int_equal(rep.n_unsent, 0); /* z_4's encoder sends; its decoder ignores it */
+    assert_non_null(strstr(rep.summary, "1 inconsistent: the decoder ignores what the encoder sends"));
     assert_non_null(strstr(rep.remedies, "free_bits"));
     assert_true(rep.mi >= 0 && rep.mi <= log(c.diagnose.mi_batch));
     nbs_collapse_report_free(&rep);

@@ -27,6 +27,7 @@ typedef struct {
                              (sphere: along the tangent direction of e_j at mu) */
     nbs_dim_verdict *verdict; /* [d] */
     int n_active, n_collapsed, n_inconsistent, n_inactive_units; /* inactive: activity < tau_activity */
+    int n_unsent;               /* inconsistent ones whose encoder sends nothing (the decoder still responds) */
     double mi;            /* I(x;z) in nats, He et al. 2019; NaN on the sphere */
     int mi_batch;
     double recon_gain;    /* mean log p(x|z at the posterior location) - log p(x|z = a constant) */
