@@ -67,25 +67,25 @@ static int64_t count_fields(const char *line, char delim) {
 
 typedef struct {
     int64_t n, cap;
-    int64_t *row, *col;
-    double *val;
+    int32_t *row, *col;
+    float *val;
 } triplets;
 
 static int trip_push(triplets *t, int64_t r, int64_t c, double v) {
     if (t->n == t->cap) {
         int64_t cap = t->cap ? t->cap * 2 : 1 << 16;
-        int64_t *nr = realloc(t->row, (size_t)cap * sizeof *nr);
+        int32_t *nr = realloc(t->row, (size_t)cap * sizeof *nr);
         if (nr) t->row = nr;
-        int64_t *nc = realloc(t->col, (size_t)cap * sizeof *nc);
+        int32_t *nc = realloc(t->col, (size_t)cap * sizeof *nc);
         if (nc) t->col = nc;
-        double *nv = realloc(t->val, (size_t)cap * sizeof *nv);
+        float *nv = realloc(t->val, (size_t)cap * sizeof *nv);
         if (nv) t->val = nv;
         if (!nr || !nc || !nv) return -1;
         t->cap = cap;
     }
-    t->row[t->n] = r;
-    t->col[t->n] = c;
-    t->val[t->n++] = v;
+    t->row[t->n] = (int32_t)r;
+    t->col[t->n] = (int32_t)c;
+    t->val[t->n++] = (float)v;
     return 0;
 }
 
@@ -160,6 +160,11 @@ int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_
             break;
         }
         split(line, delim, fields, nf);
+        if (n_rows == INT32_MAX) {
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%lld: more than %d data rows; split the table",
+                               path, (long long)lineno, INT32_MAX);
+            break;
+        }
         if (n_rows == rows_cap) {
             rows_cap = rows_cap ? rows_cap * 2 : 1024;
             char **nr = realloc(row_names, (size_t)rows_cap * sizeof *nr);
@@ -203,8 +208,10 @@ int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_
                      (long long)n_cols, orient == NBS_ORIENT_GENES_ROWS ? "genes" : "cells");
         }
         int gr = orient == NBS_ORIENT_GENES_ROWS;
-        m = nbs_matrix_from_triplets(gr ? n_cols : n_rows, gr ? n_rows : n_cols, t.n, gr ? t.col : t.row,
+        m = nbs_matrix_take_triplets(gr ? n_cols : n_rows, gr ? n_rows : n_cols, t.n, gr ? t.col : t.row,
                                      gr ? t.row : t.col, t.val, path, err);
+        t.row = t.col = NULL; /* taken */
+        t.val = NULL;
         if (!m) rc = err->code;
     }
     for (int64_t i = 0; m && !rc && i < n_cols; i++) {

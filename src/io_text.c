@@ -43,9 +43,9 @@ static int is_gzip(const char *path) {
 }
 
 typedef struct {
-    int64_t n_rows, n_cols, n, cap;
-    int64_t *row, *col;
-    double *val;
+    int64_t n_rows, n_cols, n, cap, declared;
+    int32_t *row, *col; /* 0-based */
+    float *val;
 } mtx_entries;
 
 static void entries_free(mtx_entries *e) {
@@ -54,15 +54,17 @@ static void entries_free(mtx_entries *e) {
     free(e->val);
 }
 
+/* Doubles as entries arrive, never past the count the header declares (more is an error). */
 static int entries_grow(mtx_entries *e, int64_t want, nbs_error *err) {
     if (want <= e->cap) return NBS_OK;
     int64_t cap = e->cap ? e->cap * 2 : 1024;
     while (cap < want) cap *= 2;
-    int64_t *r = realloc(e->row, (size_t)cap * sizeof *r);
+    if (cap > e->declared) cap = e->declared > want ? e->declared : want;
+    int32_t *r = realloc(e->row, (size_t)cap * sizeof *r);
     if (r) e->row = r;
-    int64_t *c = realloc(e->col, (size_t)cap * sizeof *c);
+    int32_t *c = realloc(e->col, (size_t)cap * sizeof *c);
     if (c) e->col = c;
-    double *v = realloc(e->val, (size_t)cap * sizeof *v);
+    float *v = realloc(e->val, (size_t)cap * sizeof *v);
     if (v) e->val = v;
     if (!r || !c || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading entries");
     e->cap = cap;
@@ -138,7 +140,7 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
     }
     e->n_rows = r;
     e->n_cols = c;
-    declared = nz;
+    declared = e->declared = nz;
     while ((got = read_line(f, line, LINE_MAX_LEN)) == 1) {
         lineno++;
         if (line[0] == '\0' || line[0] == '%') continue;
@@ -166,9 +168,9 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
             goto done;
         }
         if ((rc = entries_grow(e, e->n + 1, err))) goto done;
-        e->row[e->n] = i - 1;
-        e->col[e->n] = j - 1;
-        e->val[e->n++] = v;
+        e->row[e->n] = (int32_t)(i - 1);
+        e->col[e->n] = (int32_t)(j - 1);
+        e->val[e->n++] = (float)v; /* the matrix's own type */
     }
     if (got < 0) {
         rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%ld: line too long (binary data?)", path, lineno + 1);
@@ -200,10 +202,9 @@ int nbs_io_read_mtx(const char *path, nbs_orientation orient, nbs_matrix **out, 
         orient = NBS_ORIENT_GENES_ROWS;
     }
     int genes_rows = orient == NBS_ORIENT_GENES_ROWS;
-    nbs_matrix *m = nbs_matrix_from_triplets(genes_rows ? e.n_cols : e.n_rows, genes_rows ? e.n_rows : e.n_cols,
+    nbs_matrix *m = nbs_matrix_take_triplets(genes_rows ? e.n_cols : e.n_rows, genes_rows ? e.n_rows : e.n_cols,
                                              e.n, genes_rows ? e.col : e.row, genes_rows ? e.row : e.col,
                                              e.val, path, err);
-    entries_free(&e);
     if (!m) return err ? err->code : NBS_ERR_INPUT;
     if (nbs_matrix_default_names(&m->barcodes, m->n_cells, "cell", err) ||
         nbs_matrix_default_names(&m->gene_names, m->n_genes, "gene", err) ||

@@ -140,22 +140,28 @@ nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_i
 }
 
 typedef struct {
-    int64_t cell, gene, src;
-    double value;
-} triplet;
+    int32_t gene;
+    float value;
+} row_entry;
 
-static int cmp_triplet(const void *a, const void *b) {
-    const triplet *x = a, *y = b;
-    if (x->cell != y->cell) return x->cell < y->cell ? -1 : 1;
-    if (x->gene != y->gene) return x->gene < y->gene ? -1 : 1;
-    return (x->src > y->src) - (x->src < y->src);
+static int cmp_row_entry(const void *a, const void *b) {
+    const row_entry *x = a, *y = b;
+    return (x->gene > y->gene) - (x->gene < y->gene);
 }
 
-nbs_matrix *nbs_matrix_from_triplets(int64_t n_cells, int64_t n_genes, int64_t n,
-                                     const int64_t *cell, const int64_t *gene, const double *value,
-                                     const char *what, nbs_error *err) {
-    triplet *t = nbs_malloc((size_t)n * sizeof *t, err);
-    if (!t) return NULL;
+/* 1-based source position of the k-th (0 or 1) nonzero entry at (c, g): only for messages. */
+static int64_t source_of(const int32_t *cell, const int32_t *gene, const float *value, int64_t n,
+                         int32_t c, int32_t g, int k) {
+    for (int64_t i = 0; i < n; i++)
+        if (cell[i] == c && gene[i] == g && value[i] != 0 && k-- == 0) return i + 1;
+    return 0;
+}
+
+/* Counting sort by cell straight into the CSR arrays, then each row sorted by gene: no copy of
+ * the entries beyond the matrix itself, which sets the peak memory of loading. */
+nbs_matrix *nbs_matrix_from_triplets(int64_t n_cells, int64_t n_genes, int64_t n, const int32_t *cell,
+                                     const int32_t *gene, const float *value, const char *what,
+                                     nbs_error *err) {
     int64_t kept = 0;
     for (int64_t k = 0; k < n; k++) {
         if (cell[k] < 0 || cell[k] >= n_cells || gene[k] < 0 || gene[k] >= n_genes) {
@@ -163,34 +169,100 @@ nbs_matrix *nbs_matrix_from_triplets(int64_t n_cells, int64_t n_genes, int64_t n
                           "%s: entry %lld at (cell %lld, gene %lld) is outside the %lld x %lld matrix",
                           what, (long long)(k + 1), (long long)cell[k] + 1, (long long)gene[k] + 1,
                           (long long)n_cells, (long long)n_genes);
-            free(t);
             return NULL;
         }
-        if (value[k] != 0.0) t[kept++] = (triplet){cell[k], gene[k], k, value[k]};
+        kept += value[k] != 0;
     }
-    qsort(t, (size_t)kept, sizeof *t, cmp_triplet);
-    for (int64_t k = 1; k < kept; k++)
-        if (t[k].cell == t[k - 1].cell && t[k].gene == t[k - 1].gene) {
-            nbs_error_set(err, NBS_ERR_INPUT,
-                          "%s: entries %lld and %lld both give (cell %lld, gene %lld); each entry "
-                          "may appear once",
-                          what, (long long)t[k - 1].src + 1, (long long)t[k].src + 1,
-                          (long long)t[k].cell + 1, (long long)t[k].gene + 1);
-            free(t);
-            return NULL;
-        }
     nbs_matrix *m = nbs_matrix_new(n_cells, n_genes, kept, err);
-    if (!m) {
-        free(t);
+    int64_t *next = m ? nbs_malloc(sizeof(int64_t) * (size_t)(n_cells + 1), err) : NULL;
+    if (!next) {
+        nbs_matrix_free(m);
         return NULL;
     }
-    for (int64_t k = 0; k < kept; k++) {
-        m->indptr[t[k].cell + 1]++;
-        m->indices[k] = (int32_t)t[k].gene;
-        m->data[k] = (float)t[k].value;
+    for (int64_t k = 0; k < n; k++)
+        if (value[k] != 0) m->indptr[cell[k] + 1]++;
+    int64_t longest = 0;
+    for (int64_t c = 0; c < n_cells; c++) {
+        const int64_t len = m->indptr[c + 1];
+        longest = len > longest ? len : longest;
+        m->indptr[c + 1] += m->indptr[c];
     }
-    for (int64_t c = 0; c < n_cells; c++) m->indptr[c + 1] += m->indptr[c];
-    free(t);
+    memcpy(next, m->indptr, sizeof(int64_t) * (size_t)n_cells);
+    for (int64_t k = 0; k < n; k++)
+        if (value[k] != 0) {
+            const int64_t p = next[cell[k]]++;
+            m->indices[p] = gene[k];
+            m->data[p] = value[k];
+        }
+    free(next);
+    row_entry *row = nbs_malloc(sizeof(row_entry) * (size_t)(longest ? longest : 1), err);
+    if (!row) {
+        nbs_matrix_free(m);
+        return NULL;
+    }
+    for (int64_t c = 0; c < n_cells; c++) {
+        const int64_t p0 = m->indptr[c], len = m->indptr[c + 1] - p0;
+        int sorted = 1;
+        for (int64_t q = p0 + 1; q < p0 + len && sorted; q++) sorted = m->indices[q] > m->indices[q - 1];
+        if (sorted) continue; /* the usual case: files list each cell's genes in order */
+        for (int64_t q = 0; q < len; q++) row[q] = (row_entry){m->indices[p0 + q], m->data[p0 + q]};
+        qsort(row, (size_t)len, sizeof *row, cmp_row_entry);
+        for (int64_t q = 0; q < len; q++) {
+            if (q && row[q].gene == row[q - 1].gene) {
+                const int32_t g = row[q].gene;
+                nbs_error_set(err, NBS_ERR_INPUT,
+                              "%s: entries %lld and %lld both give (cell %lld, gene %lld); each entry "
+                              "may appear once",
+                              what, (long long)source_of(cell, gene, value, n, (int32_t)c, g, 0),
+                              (long long)source_of(cell, gene, value, n, (int32_t)c, g, 1),
+                              (long long)c + 1, (long long)g + 1);
+                free(row);
+                nbs_matrix_free(m);
+                return NULL;
+            }
+            m->indices[p0 + q] = row[q].gene;
+            m->data[p0 + q] = row[q].value;
+        }
+    }
+    free(row);
+    return m;
+}
+
+nbs_matrix *nbs_matrix_take_triplets(int64_t n_cells, int64_t n_genes, int64_t n, int32_t *cell, int32_t *gene,
+                                     float *value, const char *what, nbs_error *err) {
+    int ordered = 1; /* cell by cell, genes strictly increasing, all in range */
+    for (int64_t k = 0; k < n && ordered; k++)
+        ordered = cell[k] >= 0 && cell[k] < n_cells && gene[k] >= 0 && gene[k] < n_genes &&
+                  (k == 0 || cell[k] > cell[k - 1] || (cell[k] == cell[k - 1] && gene[k] > gene[k - 1]));
+    nbs_matrix *m = NULL;
+    if (!ordered) {
+        m = nbs_matrix_from_triplets(n_cells, n_genes, n, cell, gene, value, what, err);
+    } else if ((m = nbs_matrix_new(n_cells, n_genes, 0, err))) {
+        int64_t kept = 0; /* zeros dropped in place */
+        for (int64_t k = 0; k < n; k++)
+            if (value[k] != 0) {
+                m->indptr[cell[k] + 1]++;
+                gene[kept] = gene[k];
+                value[kept++] = value[k];
+            }
+        for (int64_t c = 0; c < n_cells; c++) m->indptr[c + 1] += m->indptr[c];
+        if (kept > 0) { /* adopt the arrays, trimmed to the entries kept */
+            int32_t *g = realloc(gene, sizeof *g * (size_t)kept);
+            float *v = realloc(value, sizeof *v * (size_t)kept);
+            if (g) gene = g;
+            if (v) value = v;
+            free(m->indices);
+            free(m->data);
+            m->indices = gene;
+            m->data = value;
+            m->nnz = kept;
+            gene = NULL;
+            value = NULL;
+        }
+    }
+    free(cell);
+    free(gene);
+    free(value);
     return m;
 }
 
@@ -321,6 +393,54 @@ nbs_matrix *nbs_matrix_subset(const nbs_matrix *m, const int64_t *cells, int64_t
         return NULL;
     }
     return s;
+}
+
+/* Keeps the names at idx (ascending) in place, freeing the others. */
+static void keep_names(char **names, int64_t n, const int64_t *idx, int64_t k) {
+    for (int64_t i = 0, j = 0; i < n; i++) {
+        if (j < k && idx[j] == i) names[j++] = names[i];
+        else free(names[i]);
+    }
+}
+
+int nbs_matrix_subset_inplace(nbs_matrix *m, const int64_t *cells, int64_t n_cells, const int64_t *genes,
+                              int64_t n_genes, nbs_error *err) {
+    int64_t *newcol = NULL;
+    if (genes) {
+        if (!(newcol = nbs_malloc((size_t)(m->n_genes ? m->n_genes : 1) * sizeof *newcol, err))) return NBS_ERR_NOMEM;
+        for (int64_t g = 0; g < m->n_genes; g++) newcol[g] = -1;
+        for (int64_t i = 0; i < n_genes; i++) newcol[genes[i]] = i;
+    }
+    if (!cells) n_cells = m->n_cells;
+    /* rows ascending and entries only dropped: every write lands at or before its read */
+    int64_t pos = 0;
+    for (int64_t i = 0; i < n_cells; i++) {
+        const int64_t c = cells ? cells[i] : i, k0 = m->indptr[c], k1 = m->indptr[c + 1];
+        m->indptr[i] = pos;
+        for (int64_t k = k0; k < k1; k++) {
+            const int64_t g = newcol ? newcol[m->indices[k]] : m->indices[k];
+            if (g < 0) continue;
+            m->indices[pos] = (int32_t)g;
+            m->data[pos++] = m->data[k];
+        }
+    }
+    m->indptr[n_cells] = pos;
+    free(newcol);
+    if (cells) keep_names(m->barcodes, m->n_cells, cells, n_cells);
+    if (genes) {
+        keep_names(m->gene_ids, m->n_genes, genes, n_genes);
+        keep_names(m->gene_names, m->n_genes, genes, n_genes);
+        m->n_genes = n_genes;
+    }
+    m->n_cells = n_cells;
+    m->nnz = pos;
+    if (pos > 0) { /* give the dropped entries back */
+        int32_t *ix = realloc(m->indices, sizeof *ix * (size_t)pos);
+        float *d = realloc(m->data, sizeof *d * (size_t)pos);
+        if (ix) m->indices = ix;
+        if (d) m->data = d;
+    }
+    return NBS_OK;
 }
 
 void nbs_matrix_row_sums(const nbs_matrix *m, double *out) {

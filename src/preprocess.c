@@ -397,20 +397,20 @@ static int filter_genes(const nbs_matrix *m, const nbs_preprocess_config *cfg,
 }
 
 /* Seurat v3 on the filtered cells and genes; narrows r->genes to the chosen ones. */
-static int select_hvg(const nbs_matrix *m, const nbs_preprocess_config *cfg,
-                      nbs_preprocess_result *r, nbs_error *err) {
-    nbs_matrix *sub = nbs_matrix_subset(m, r->cells, r->n_cells, r->genes, r->n_genes, err);
-    if (!sub) return err ? err->code : NBS_ERR_NOMEM;
+/* x: the input restricted to the kept cells and genes. Narrows r->genes to the n_top_genes most
+ * variable and x to them, in place. */
+static int select_hvg(nbs_matrix *x, const nbs_preprocess_config *cfg, nbs_preprocess_result *r,
+                      nbs_error *err) {
     double *score = nbs_malloc((size_t)r->n_genes * sizeof *score, err);
     int64_t *top = nbs_malloc((size_t)cfg->n_top_genes * sizeof *top, err);
     int rc = NBS_OK;
     if (!score || !top) rc = NBS_ERR_NOMEM;
-    else if ((rc = nbs_preprocess_seurat_v3(sub, cfg->hvg_span, NULL, NULL, NULL, score, err)))
+    else if ((rc = nbs_preprocess_seurat_v3(x, cfg->hvg_span, NULL, NULL, NULL, score, err)))
         ;
     else {
         int64_t k = nbs_preprocess_top_k(score, r->n_genes, cfg->n_top_genes, top);
         if (k < 0) rc = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory ranking genes");
-        else {
+        else if (!(rc = nbs_matrix_subset_inplace(x, NULL, 0, top, k, err))) {
             for (int64_t i = 0; i < k; i++) top[i] = r->genes[top[i]];
             memcpy(r->genes, top, (size_t)k * sizeof *top);
             r->removed_genes_hvg = r->n_genes - k;
@@ -419,13 +419,12 @@ static int select_hvg(const nbs_matrix *m, const nbs_preprocess_config *cfg,
     }
     free(score);
     free(top);
-    nbs_matrix_free(sub);
     return rc;
 }
 
-int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
-                       nbs_preprocess_result **out, nbs_error *err) {
-    *out = NULL;
+/* m: the input; owned: the same matrix when the caller gives it up (then narrowed in place and
+ * kept as the result, so preprocessing never holds two copies of the counts), else NULL. */
+static int check_input(const nbs_matrix *m, const nbs_preprocess_config *cfg, nbs_error *err) {
     if (cfg->n_top_genes < 0)
         return nbs_error_set(err, NBS_ERR_USAGE,
                              "preprocess.n_top_genes = %lld; give a positive number of highly "
@@ -439,23 +438,36 @@ int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
     if (m->n_cells == 0 || m->n_genes == 0)
         return nbs_error_set(err, NBS_ERR_INPUT, "preprocess: the matrix is empty (%lld x %lld)",
                              (long long)m->n_cells, (long long)m->n_genes);
-    nbs_preprocess_result *r = nbs_calloc(1, sizeof *r, err);
-    if (!r) return NBS_ERR_NOMEM;
+    return NBS_OK;
+}
+
+static int preprocess(const nbs_matrix *m, nbs_matrix *owned, const nbs_preprocess_config *cfg,
+                      nbs_preprocess_result **out, nbs_error *err) {
+    *out = NULL;
+    nbs_preprocess_result *r = NULL;
+    int rc = check_input(m, cfg, err);
+    if (rc) goto fail;
+    rc = NBS_ERR_NOMEM;
+    if (!(r = nbs_calloc(1, sizeof *r, err))) goto fail;
     r->n_cells_in = m->n_cells;
     r->n_genes_in = m->n_genes;
     r->cells = nbs_malloc((size_t)m->n_cells * sizeof *r->cells, err);
     r->genes = nbs_malloc((size_t)m->n_genes * sizeof *r->genes, err);
     r->total_counts = nbs_malloc((size_t)m->n_cells * sizeof *r->total_counts, err);
-    int rc = NBS_ERR_NOMEM;
     if (!r->cells || !r->genes || !r->total_counts) goto fail;
     if ((rc = filter_cells(m, cfg, r, r->total_counts, err))) goto fail;
     if ((rc = filter_genes(m, cfg, r, err))) goto fail;
-    if (cfg->n_top_genes > 0 && cfg->n_top_genes < r->n_genes &&
-        (rc = select_hvg(m, cfg, r, err)))
+    if (owned) {
+        if ((rc = nbs_matrix_subset_inplace(owned, r->cells, r->n_cells, r->genes, r->n_genes, err))) goto fail;
+        r->matrix = owned;
+        owned = NULL;
+    } else if (!(r->matrix = nbs_matrix_subset(m, r->cells, r->n_cells, r->genes, r->n_genes, err))) {
+        rc = NBS_ERR_NOMEM;
+        goto fail;
+    }
+    if (cfg->n_top_genes > 0 && cfg->n_top_genes < r->n_genes && (rc = select_hvg(r->matrix, cfg, r, err)))
         goto fail;
     rc = NBS_ERR_NOMEM;
-    if (!(r->matrix = nbs_matrix_subset(m, r->cells, r->n_cells, r->genes, r->n_genes, err)))
-        goto fail;
     if (!(r->library_size = nbs_malloc((size_t)r->n_cells * sizeof *r->library_size, err)))
         goto fail;
     nbs_matrix_row_sums(r->matrix, r->library_size);
@@ -463,8 +475,19 @@ int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
     *out = r;
     return NBS_OK;
 fail:
+    nbs_matrix_free(owned);
     nbs_preprocess_result_free(r);
     return rc;
+}
+
+int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
+                       nbs_preprocess_result **out, nbs_error *err) {
+    return preprocess(m, NULL, cfg, out, err);
+}
+
+int nbs_preprocess_take(nbs_matrix *m, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
+                        nbs_error *err) {
+    return preprocess(m, m, cfg, out, err);
 }
 
 void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess_config *cfg,

@@ -87,7 +87,8 @@ static int stage_load(run_state *s, nbs_error *err) {
 static int stage_preprocess(run_state *s, nbs_error *err) {
     const nbs_preprocess_config *pc = &s->p->config.preprocess;
     stage_begin(s, "preprocess");
-    int st = nbs_preprocess_run(s->counts, pc, &s->pre, err);
+    int st = nbs_preprocess_take(s->counts, pc, &s->pre, err); /* the rest needs only its result */
+    s->counts = NULL;
     if (st) return st;
     char msg[512];
     nbs_preprocess_summary(s->pre, pc, msg, sizeof msg);

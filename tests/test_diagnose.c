@@ -53,8 +53,9 @@ static void test_verdicts_by_construction(void **state) {
     const int G = 40, n = 60;
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, 4);
-    int64_t *ci = malloc(sizeof(int64_t) * n * G), *gi = malloc(sizeof(int64_t) * n * G), k = 0;
-    double *v = malloc(sizeof(double) * n * G);
+    int32_t *ci = malloc(sizeof(int32_t) * n * G), *gi = malloc(sizeof(int32_t) * n * G);
+    int64_t k = 0;
+    float *v = malloc(sizeof(float) * n * G);
     for (int i = 0; i < n; i++)
         for (int g = 0; g < G; g++) {
             unsigned x = gsl_ran_poisson(r, (i % 3 == g % 3) ? 6 : 0.5);

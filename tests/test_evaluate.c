@@ -22,8 +22,8 @@ static nbs_matrix *structured_counts(int64_t n, int64_t g, unsigned long seed) {
     const double scale[4] = {3, 2, 1.4, 1};
     double *w = malloc((size_t)g * 4 * sizeof *w);
     for (int64_t i = 0; i < g * 4; i++) w[i] = gsl_ran_gaussian(rng, 0.5);
-    int64_t *ci = malloc((size_t)(n * g) * sizeof *ci), *gi = malloc((size_t)(n * g) * sizeof *gi);
-    double *v = malloc((size_t)(n * g) * sizeof *v);
+    int32_t *ci = malloc((size_t)(n * g) * sizeof *ci), *gi = malloc((size_t)(n * g) * sizeof *gi);
+    float *v = malloc((size_t)(n * g) * sizeof *v);
     int64_t nnz = 0;
     for (int64_t c = 0; c < n; c++) {
         double z[4];

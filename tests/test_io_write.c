@@ -19,20 +19,6 @@ static nbs_matrix *small_real(void) {
     return m;
 }
 
-static void expect_same_matrix(const nbs_matrix *a, const nbs_matrix *b) {
-    assert_int_equal(a->n_cells, b->n_cells);
-    assert_int_equal(a->n_genes, b->n_genes);
-    assert_int_equal(a->nnz, b->nnz);
-    assert_memory_equal(a->indptr, b->indptr, (size_t)(a->n_cells + 1) * sizeof *a->indptr);
-    assert_memory_equal(a->indices, b->indices, (size_t)a->nnz * sizeof *a->indices);
-    assert_memory_equal(a->data, b->data, (size_t)a->nnz * sizeof *a->data);
-    for (int64_t c = 0; c < a->n_cells; c++) assert_string_equal(a->barcodes[c], b->barcodes[c]);
-    for (int64_t g = 0; g < a->n_genes; g++) {
-        assert_string_equal(a->gene_names[g], b->gene_names[g]);
-        assert_string_equal(a->gene_ids[g], b->gene_ids[g]);
-    }
-}
-
 static int same_bytes(const char *p, const char *q) {
     size_t n1 = 0, n2 = 0;
     char *a = tu_read_file(p, &n1), *b = tu_read_file(q, &n2);
@@ -114,7 +100,7 @@ static void test_new_h5ad_round_trip(void **state) {
     int rc = nbs_io_read_h5ad(a, "", &back, &err);
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, NBS_OK);
-    expect_same_matrix(m, back);
+    tu_expect_same_matrix(m, back);
     char **l = NULL;
     assert_int_equal(nbs_io_read_h5ad_obs(a, "nbsphere_kappa", back, &l, &err), NBS_OK);
     char want[64];
@@ -184,7 +170,7 @@ static void test_copy_h5ad(void **state) {
     /* everything of the source is still there: counts, names, obs columns */
     nbs_matrix *back = NULL;
     assert_int_equal(nbs_io_read_h5ad(out, "", &back, &err), NBS_OK);
-    expect_same_matrix(m, back);
+    tu_expect_same_matrix(m, back);
     char **l = NULL;
     assert_int_equal(nbs_io_read_h5ad_obs(out, "cell_type", back, &l, &err), NBS_OK);
     assert_non_null(l[0]);
@@ -222,7 +208,7 @@ static void test_copy_h5ad(void **state) {
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, NBS_OK);
     assert_int_equal(nbs_io_read_h5ad(subp, "", &back, &err), NBS_OK);
-    expect_same_matrix(sub, back);
+    tu_expect_same_matrix(sub, back);
     char **full = NULL;
     assert_int_equal(nbs_io_read_h5ad_obs(src, "cell_type", m, &full, &err), NBS_OK);
     assert_int_equal(nbs_io_read_h5ad_obs(subp, "nCount_RNA", back, &l, &err), NBS_OK);
@@ -290,7 +276,7 @@ static void test_10x_h5_round_trip(void **state) {
     assert_int_equal(f, NBS_FMT_10X_H5);
     nbs_matrix *back = NULL;
     assert_int_equal(nbs_io_read_10x_h5(a, NULL, &back, &err), NBS_OK);
-    expect_same_matrix(m, back);
+    tu_expect_same_matrix(m, back);
     nbs_matrix_free(back);
     if (have_python("h5py, scipy.sparse")) {
         /* the steps of scanpy's read_10x_h5 for the v3 layout */
@@ -340,7 +326,7 @@ static void test_10x_mtx_round_trip(void **state) {
         assert_true(tu_exists(tu_path(sub, gz ? "matrix.mtx.gz" : "matrix.mtx")));
         nbs_matrix *back = NULL;
         assert_int_equal(nbs_io_read_10x_mtx_dir(sub, &back, &err), NBS_OK);
-        expect_same_matrix(m, back);
+        tu_expect_same_matrix(m, back);
         nbs_matrix_free(back);
     }
     nbs_matrix_free(m);
@@ -381,8 +367,8 @@ static void test_simulate_every_format(void **state) {
     assert_int_equal(nbs_io_read_10x_h5(tu_path(a, "sim_10x.h5"), NULL, &h5, &err), NBS_OK);
     assert_int_equal(nbs_io_read_h5ad(tu_path(a, "sim.h5ad"), "", &ad, &err), NBS_OK);
     assert_int_equal(mtx->n_cells, 300);
-    expect_same_matrix(mtx, h5);
-    expect_same_matrix(mtx, ad);
+    tu_expect_same_matrix(mtx, h5);
+    tu_expect_same_matrix(mtx, ad);
     char **l1 = NULL, **l2 = NULL;
     assert_int_equal(nbs_io_read_h5ad_obs(tu_path(a, "sim.h5ad"), "branch", ad, &l1, &err), NBS_OK);
     assert_int_equal(nbs_io_read_labels_table(tu_path(a, "cell_labels.tsv"), "branch", ad, &l2, &err), NBS_OK);
@@ -481,7 +467,7 @@ static void test_copy_from_gzip_h5ad(void **state) {
     assert_int_equal(tu_count_files(tmpdir), 0);
     nbs_matrix *back = NULL;
     assert_int_equal(nbs_io_read_h5ad(out, "", &back, &err), NBS_OK);
-    expect_same_matrix(m, back);
+    tu_expect_same_matrix(m, back);
     char **l = NULL;
     assert_int_equal(nbs_io_read_h5ad_obs(out, "paul15_clusters", back, &l, &err), NBS_OK);
     assert_non_null(l[0]);
@@ -514,17 +500,17 @@ static void test_empty_matrix(void **state) {
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, NBS_OK);
     assert_int_equal(nbs_io_read_h5ad(p, "", &back, &err), NBS_OK);
-    expect_same_matrix(m, back);
+    tu_expect_same_matrix(m, back);
     nbs_matrix_free(back);
     snprintf(p, sizeof p, "%s", tu_path(dir, "e.h5"));
     assert_int_equal(nbs_io_write_10x_h5(p, m, &err), NBS_OK);
     assert_int_equal(nbs_io_read_10x_h5(p, NULL, &back, &err), NBS_OK);
-    expect_same_matrix(m, back);
+    tu_expect_same_matrix(m, back);
     nbs_matrix_free(back);
     snprintf(p, sizeof p, "%s", tu_path(dir, "mtx"));
     assert_int_equal(nbs_io_write_10x_mtx_dir(p, m, 1, &err), NBS_OK);
     assert_int_equal(nbs_io_read_10x_mtx_dir(p, &back, &err), NBS_OK);
-    expect_same_matrix(m, back);
+    tu_expect_same_matrix(m, back);
     nbs_matrix_free(back);
     nbs_matrix_free(m);
     tu_rmtree(dir);

@@ -57,11 +57,80 @@ static void test_unsorted_rows_sorted_duplicates_rejected(void **state) {
 
 static void test_triplet_duplicates_rejected(void **state) {
     (void)state;
-    int64_t c[] = {0, 1, 0}, g[] = {1, 0, 1};
-    double v[] = {1, 2, 3};
+    int32_t c[] = {0, 1, 0}, g[] = {1, 0, 1};
+    float v[] = {1, 2, 3};
     nbs_error err = {0};
     assert_null(nbs_matrix_from_triplets(2, 2, 3, c, g, v, "x.mtx", &err));
     assert_non_null(strstr(err.msg, "entries 1 and 3"));
+}
+
+static int32_t *dup_i32(const int32_t *a, size_t n) {
+    int32_t *b = malloc(sizeof *b * n);
+    memcpy(b, a, sizeof *b * n);
+    return b;
+}
+
+static float *dup_f32(const float *a, size_t n) {
+    float *b = malloc(sizeof *b * n);
+    memcpy(b, a, sizeof *b * n);
+    return b;
+}
+
+/* Taking the arrays gives the same matrix as copying them: in order (adopted, a zero dropped in
+ * place), out of order (sorted), and the same errors. */
+static void test_take_triplets_equals_copy(void **state) {
+    (void)state;
+    const int32_t oc[] = {0, 0, 1, 2, 2, 2}, og[] = {0, 3, 2, 1, 2, 3};
+    const float ov[] = {1, 2, 0, 4, 5, 6};
+    const int32_t uc[] = {2, 0, 2, 0, 1, 2}, ug[] = {3, 3, 1, 0, 2, 2};
+    const float uv[] = {6, 2, 4, 1, 7, 5};
+    const int32_t *cs[] = {oc, uc}, *gs[] = {og, ug};
+    const float *vs[] = {ov, uv};
+    nbs_error err = {0};
+    for (int t = 0; t < 2; t++) {
+        nbs_matrix *a = nbs_matrix_from_triplets(3, 4, 6, cs[t], gs[t], vs[t], "t", &err);
+        nbs_matrix *b = nbs_matrix_take_triplets(3, 4, 6, dup_i32(cs[t], 6), dup_i32(gs[t], 6), dup_f32(vs[t], 6), "t", &err);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_int_equal(b->nnz, t ? 6 : 5);
+        for (int64_t c = 0; c < 3; c++)
+            for (int64_t k = b->indptr[c] + 1; k < b->indptr[c + 1]; k++) assert_true(b->indices[k] > b->indices[k - 1]);
+        assert_int_equal(a->nnz, b->nnz);
+        assert_memory_equal(a->indptr, b->indptr, sizeof *a->indptr * 4);
+        assert_memory_equal(a->indices, b->indices, sizeof *a->indices * (size_t)a->nnz);
+        assert_memory_equal(a->data, b->data, sizeof *a->data * (size_t)a->nnz);
+        nbs_matrix_free(a);
+        nbs_matrix_free(b);
+    }
+    const int32_t dc[] = {0, 1, 1}, dg[] = {0, 2, 2}; /* in order but for a repeated entry */
+    const float dv[] = {1, 2, 3};
+    assert_null(nbs_matrix_take_triplets(2, 3, 3, dup_i32(dc, 3), dup_i32(dg, 3), dup_f32(dv, 3), "d.mtx", &err));
+    assert_non_null(strstr(err.msg, "entries 2 and 3"));
+    const int32_t rc[] = {0, 5}, rg[] = {0, 1};
+    assert_null(nbs_matrix_take_triplets(2, 3, 2, dup_i32(rc, 2), dup_i32(rg, 2), dup_f32(dv, 2), "r.mtx", &err));
+    assert_non_null(strstr(err.msg, "outside the 2 x 3 matrix"));
+}
+
+/* In place and copied selections agree, names included. */
+static void test_subset_inplace_equals_copy(void **state) {
+    (void)state;
+    const int32_t c[] = {0, 0, 1, 1, 2, 3, 3, 3}, g[] = {0, 2, 1, 3, 2, 0, 1, 3};
+    const float v[] = {1, 2, 3, 4, 5, 6, 7, 8};
+    nbs_error err = {0};
+    const int64_t cells[] = {0, 2, 3}, genes[] = {1, 2, 3};
+    for (int mode = 0; mode < 3; mode++) { /* both, cells only, genes only */
+        nbs_matrix *m = nbs_matrix_from_triplets(4, 4, 8, c, g, v, "t", &err);
+        assert_int_equal(nbs_matrix_default_names(&m->barcodes, 4, "cell", &err), 0);
+        assert_int_equal(nbs_matrix_default_names(&m->gene_names, 4, "gene", &err), 0);
+        assert_int_equal(nbs_matrix_default_names(&m->gene_ids, 4, "id", &err), 0);
+        const int64_t *ci = mode == 2 ? NULL : cells, *gi = mode == 1 ? NULL : genes;
+        nbs_matrix *copy = nbs_matrix_subset(m, ci, 3, gi, 3, &err);
+        assert_non_null(copy);
+        assert_int_equal(nbs_matrix_subset_inplace(m, ci, 3, gi, 3, &err), 0);
+        tu_expect_same_matrix(copy, m);
+        nbs_matrix_free(copy);
+        nbs_matrix_free(m);
+    }
 }
 
 static void test_names_unique_like_anndata(void **state) {
@@ -79,8 +148,8 @@ static void test_names_unique_like_anndata(void **state) {
 
 static void test_validate_values(void **state) {
     (void)state;
-    int64_t c[] = {0, 1}, g[] = {0, 1};
-    double v[] = {1.5, -2};
+    int32_t c[] = {0, 1}, g[] = {0, 1};
+    float v[] = {1.5, -2};
     nbs_error err = {0};
     nbs_matrix *m = nbs_matrix_from_triplets(2, 2, 2, c, g, v, "t", &err);
     assert_non_null(m);
@@ -102,6 +171,8 @@ int main(void) {
         cmocka_unit_test(test_bad_indptr_rejected),
         cmocka_unit_test(test_unsorted_rows_sorted_duplicates_rejected),
         cmocka_unit_test(test_triplet_duplicates_rejected),
+        cmocka_unit_test(test_take_triplets_equals_copy),
+        cmocka_unit_test(test_subset_inplace_equals_copy),
         cmocka_unit_test(test_names_unique_like_anndata),
         cmocka_unit_test(test_validate_values),
     };

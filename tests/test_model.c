@@ -19,8 +19,8 @@ static nbs_matrix *toy_counts(int n, int G, uint64_t seed) {
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, seed);
     int64_t cap = (int64_t)n * G, k = 0;
-    int64_t *ci = malloc(sizeof(int64_t) * cap), *gi = malloc(sizeof(int64_t) * cap);
-    double *v = malloc(sizeof(double) * cap);
+    int32_t *ci = malloc(sizeof(int32_t) * cap), *gi = malloc(sizeof(int32_t) * cap);
+    float *v = malloc(sizeof(float) * cap);
     for (int i = 0; i < n; i++)
         for (int g = 0; g < G; g++) {
             if (i == 1) continue; /* an empty cell */

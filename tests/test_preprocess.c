@@ -139,8 +139,8 @@ static nbs_matrix *toy_counts(int64_t n_cells, int64_t n_genes, const int *burst
     gsl_rng *rng = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(rng, 5);
     int64_t cap = n_cells * n_genes, n = 0;
-    int64_t *ci = malloc(cap * sizeof *ci), *gi = malloc(cap * sizeof *gi);
-    double *v = malloc(cap * sizeof *v);
+    int32_t *ci = malloc(cap * sizeof *ci), *gi = malloc(cap * sizeof *gi);
+    float *v = malloc(cap * sizeof *v);
     for (int64_t c = 0; c < n_cells; c++)
         for (int64_t g = 0; g < n_genes; g++) {
             double mu = 0.05 * pow(1.03, (double)g);
@@ -212,9 +212,9 @@ static void test_seurat_v3_ranking_and_formula(void **state) {
  * Kept cells 0, 2, 4. Cells expressing among them: g0 2, g1 2, g2 2, g3 1, g4 0;
  * min_cells 2 keeps g0, g1, g2. */
 static nbs_matrix *hand_matrix(void) {
-    int64_t c[] = {0, 0, 1, 2, 2, 3, 4, 4, 4};
-    int64_t g[] = {0, 1, 0, 0, 2, 3, 1, 2, 3};
-    double v[] = {5, 1, 1, 2, 2, 9, 3, 1, 1};
+    int32_t c[] = {0, 0, 1, 2, 2, 3, 4, 4, 4};
+    int32_t g[] = {0, 1, 0, 0, 2, 3, 1, 2, 3};
+    float v[] = {5, 1, 1, 2, 2, 9, 3, 1, 1};
     nbs_error err = {0};
     nbs_matrix *m = nbs_matrix_from_triplets(6, 5, 9, c, g, v, "hand", &err);
     assert_non_null(m);
@@ -308,6 +308,42 @@ static void test_top_genes_at_least_n_genes_keeps_all(void **state) {
     nbs_matrix_free(m);
 }
 
+/* Giving the matrix up (preprocessing in place) changes nothing in the result; failing, it is
+ * freed all the same (the sanitizer run checks for leaks). */
+static void test_take_equals_run(void **state) {
+    (void)state;
+    int bursty[60] = {0};
+    for (int g = 0; g < 60; g += 3) bursty[g] = 1;
+    const nbs_preprocess_config cfgs[] = {config(0, 0, 0, 0), config(6, 3, 2, 0), config(6, 3, 2, 15)};
+    for (int k = 0; k < 3; k++) {
+        nbs_matrix *m = toy_counts(80, 60, bursty, 7);
+        nbs_error err = {0};
+        assert_int_equal(nbs_matrix_default_names(&m->barcodes, m->n_cells, "c", &err), 0);
+        assert_int_equal(nbs_matrix_default_names(&m->gene_names, m->n_genes, "g", &err), 0);
+        assert_int_equal(nbs_matrix_default_names(&m->gene_ids, m->n_genes, "id", &err), 0);
+        nbs_preprocess_result *a = NULL, *b = NULL;
+        if (nbs_preprocess_run(m, &cfgs[k], &a, &err)) fail_msg("%d: %s", k, err.msg);
+        assert_int_equal(nbs_preprocess_take(m, &cfgs[k], &b, &err), NBS_OK);
+        assert_ptr_equal(b->matrix, m);
+        tu_expect_same_matrix(a->matrix, b->matrix);
+        assert_int_equal(a->n_cells, b->n_cells);
+        assert_int_equal(a->n_genes, b->n_genes);
+        assert_memory_equal(a->cells, b->cells, sizeof *a->cells * (size_t)a->n_cells);
+        assert_memory_equal(a->genes, b->genes, sizeof *a->genes * (size_t)a->n_genes);
+        assert_memory_equal(a->library_size, b->library_size, sizeof *a->library_size * (size_t)a->n_cells);
+        if (k == 2) assert_int_equal(b->n_genes, 15);
+        if (k == 1) assert_true(b->n_cells < 80);
+        nbs_preprocess_result_free(a);
+        nbs_preprocess_result_free(b);
+    }
+    nbs_matrix *m = toy_counts(10, 60, bursty, -1);
+    nbs_preprocess_result *r = NULL;
+    nbs_error err = {0};
+    nbs_preprocess_config none_left = config(1e9, 0, 0, 0);
+    assert_int_equal(nbs_preprocess_take(m, &none_left, &r, &err), NBS_ERR_INPUT);
+    assert_null(r);
+}
+
 static nbs_matrix *read_pbmc(void) {
     nbs_matrix *m = NULL;
     nbs_error err = {0};
@@ -372,6 +408,7 @@ int main(void) {
         cmocka_unit_test(test_filters_hand_example),
         cmocka_unit_test(test_empty_result_errors),
         cmocka_unit_test(test_top_genes_at_least_n_genes_keeps_all),
+        cmocka_unit_test(test_take_equals_run),
         cmocka_unit_test(test_pbmc3k_zero_gene_and_hvg),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -112,3 +112,17 @@ int tu_count_files(const char *dir) {
     closedir(d);
     return n;
 }
+
+void tu_expect_same_matrix(const nbs_matrix *a, const nbs_matrix *b) {
+    assert_int_equal(a->n_cells, b->n_cells);
+    assert_int_equal(a->n_genes, b->n_genes);
+    assert_int_equal(a->nnz, b->nnz);
+    assert_memory_equal(a->indptr, b->indptr, (size_t)(a->n_cells + 1) * sizeof *a->indptr);
+    assert_memory_equal(a->indices, b->indices, (size_t)a->nnz * sizeof *a->indices);
+    assert_memory_equal(a->data, b->data, (size_t)a->nnz * sizeof *a->data);
+    for (int64_t c = 0; c < a->n_cells; c++) assert_string_equal(a->barcodes[c], b->barcodes[c]);
+    for (int64_t g = 0; g < a->n_genes; g++) {
+        assert_string_equal(a->gene_names[g], b->gene_names[g]);
+        assert_string_equal(a->gene_ids[g], b->gene_ids[g]);
+    }
+}

@@ -41,4 +41,8 @@ int tu_run_cli(const char *args, char **out, char **errout);
 /* Number of files in a folder (0 if it does not exist). */
 int tu_count_files(const char *dir);
 
+/* Asserts two count matrices are the same: shape, entries and names. */
+#include "nbsphere/matrix.h"
+void tu_expect_same_matrix(const nbs_matrix *a, const nbs_matrix *b);
+
 #endif

@@ -36,11 +36,18 @@ typedef struct {
 nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_is_cells,
                                        const char *what, nbs_error *err);
 
-/* Builds from unsorted (cell, gene, value) triplets; duplicates are an error naming the entry
- * (by its position, 1-based, in the source). Zero values are dropped. */
+/* Builds from unsorted (cell, gene, value) triplets, 0-based, in the matrix's own types (so a
+ * reader holds 12 bytes per entry and the result 8 more, nothing else); duplicates are an error
+ * naming the entries (by their positions, 1-based, in the source). Zero values are dropped. */
 nbs_matrix *nbs_matrix_from_triplets(int64_t n_cells, int64_t n_genes, int64_t n,
-                                     const int64_t *cell, const int64_t *gene, const double *value,
+                                     const int32_t *cell, const int32_t *gene, const float *value,
                                      const char *what, nbs_error *err);
+
+/* The same, taking ownership of the arrays (freed, also on failure): when the entries come cell
+ * by cell with genes in order, as 10x writes its files, gene and value become the matrix's own
+ * arrays, so loading holds 12 bytes per entry at most. */
+nbs_matrix *nbs_matrix_take_triplets(int64_t n_cells, int64_t n_genes, int64_t n, int32_t *cell, int32_t *gene,
+                                     float *value, const char *what, nbs_error *err);
 
 /* Checks values: negative, NaN/Inf are errors; non-integers are an error unless policy says
  * otherwise. Sets values_are_integer. `what` names the source file for messages. */
@@ -55,6 +62,9 @@ int64_t nbs_matrix_make_names_unique(char **names, int64_t n, nbs_error *err);
 /* Row and column selection; index arrays are sorted ascending. Names are copied. */
 nbs_matrix *nbs_matrix_subset(const nbs_matrix *m, const int64_t *cells, int64_t n_cells,
                               const int64_t *genes, int64_t n_genes, nbs_error *err);
+/* The same selection in place (no second copy of the entries); NULL keeps all rows or columns. */
+int nbs_matrix_subset_inplace(nbs_matrix *m, const int64_t *cells, int64_t n_cells, const int64_t *genes,
+                              int64_t n_genes, nbs_error *err);
 
 /* Per-cell sums of the stored values (library sizes), length n_cells. */
 void nbs_matrix_row_sums(const nbs_matrix *m, double *out);

@@ -34,6 +34,10 @@ typedef struct {
  * emptied it and the option to lower. */
 int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
                        nbs_preprocess_result **out, nbs_error *err);
+/* The same, taking m (freed, or narrowed in place to become (*out)->matrix): one copy of the
+ * counts in memory instead of two. */
+int nbs_preprocess_take(nbs_matrix *m, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
+                        nbs_error *err);
 void nbs_preprocess_result_free(nbs_preprocess_result *r);
 
 /* One line such as "kept 2638 of 2700 cells (62 below min_counts=..., ...), ..." */
