@@ -75,10 +75,23 @@ for n in $SCALING; do
   SCALE_ROWS="$SCALE_ROWS $n=$(EPOCHS=3 run_nbs "$d/sim_mtx" "$DIR/nbs-scale$n" gaussian 0 | tr -d ' ')"
 done
 
-$PY - "$PEAK" "$THREADS" "$SIM/sim_mtx" "${R[sim,nbs]}" "${R[sim,vmf]}" "${R[sim,ref]}" \
+BENCH_DIR=$DIR $PY - "$PEAK" "$THREADS" "$SIM/sim_mtx" "${R[sim,nbs]}" "${R[sim,vmf]}" "${R[sim,ref]}" \
       "${R[pbmc,nbs]}" "${R[pbmc,vmf]}" "${R[pbmc,ref]}" $SCALE_ROWS <<'PY'
-import gzip, json, statistics, sys
+import gzip, json, os, statistics, sys
 peak, threads, sim = float(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+def mtx_shape(folder):  # genes, cells, nonzeros from the Matrix Market size line
+    with gzip.open(folder + "/matrix.mtx.gz", "rt") as f:
+        line = f.readline()
+        while line.startswith("%"):
+            line = f.readline()
+        return tuple(map(int, line.split()))
+
+def data_model_mb(cells, genes, nnz):
+    # what training must hold: the CSR matrix (int32 index + float count per nonzero, int64 row
+    # offsets) and the scVI-default model (parameters, gradients, two Adam moments, float)
+    params = 2 * genes * 128 + genes + 128 + 128 * 20 + 20 + 10 * 128 + 128 + 4 * 128 + genes
+    return (8 * nnz + 8 * (cells + 1) + 16 * params) / 2 ** 20
 
 def summary(runs):  # runs over seeds -> medians of the timings, mean and sd of the ELBO
     runs = [r for r in runs if r]
@@ -91,8 +104,7 @@ def summary(runs):  # runs over seeds -> medians of the timings, mean and sd of 
     return d
 
 v = [summary(json.loads(s or "[]")) for s in sys.argv[4:10]]
-with gzip.open(sim + "/matrix.mtx.gz", "rt") as f:
-    f.readline(); G, n, nnz = map(int, f.readline().split())
+G, n, nnz = mtx_shape(sim)
 print("\nsimulated: %d cells x %d genes, %.1f %% zeros; threads: %s" % (n, G, 100 * (1 - nnz / (n * G)), threads))
 f = lambda d, k, fmt: (fmt % d[k]) if k in d else "-"
 print("%-8s %-10s %9s %9s %10s %9s %12s %6s" % ("data", "system", "s/epoch", "products", "likelihood", "peak MB", "val ELBO", "(sd)"))
@@ -116,11 +128,18 @@ for i, ds in enumerate(["sim10k", "pbmc3k"]):
         flops = 3 * 2 * cells * (10 * 128 + 128 * G + 128 * 20)
         print("%-8s dense matrix products: %.1f GFLOP per epoch, %.1f GFLOP/s achieved in the layers (sgemm peak %.0f)"
               % (ds, flops / 1e9, flops / 1e9 / nbs["sec_products"], peak))
+        need = data_model_mb(n, G, nnz)
+        print("%-8s peak memory %.0f MB = %.1fx the CSR matrix + model (%.0f MB)" % (ds, nbs["peak_rss_mb"],
+              nbs["peak_rss_mb"] / need, need))
 rows = [a.split("=", 1) for a in sys.argv[10:]]
 if rows:
     print("\nscaling (Gaussian, %d genes):" % G)
-    print("%10s %10s %10s %14s" % ("cells", "s/epoch", "peak MB", "s/epoch/10k"))
+    print("%10s %10s %10s %14s %16s %12s" % ("cells", "s/epoch", "peak MB", "s/epoch/10k", "CSR+model MB", "peak/that"))
     for n_, js in rows:
         d = json.loads(js or "{}")
-        if d: print("%10s %10.3f %10.0f %14.3f" % (n_, d["sec_per_epoch"], d["peak_rss_mb"], d["sec_per_epoch"] / int(n_) * 1e4))
+        if d:
+            Gs, ns, nnzs = mtx_shape("%s/scale%s/sim_mtx" % (os.environ["BENCH_DIR"], n_))
+            need = data_model_mb(ns, Gs, nnzs)
+            print("%10s %10.3f %10.0f %14.3f %16.0f %12.2f" % (n_, d["sec_per_epoch"], d["peak_rss_mb"],
+                  d["sec_per_epoch"] / int(n_) * 1e4, need, d["peak_rss_mb"] / need))
 PY
