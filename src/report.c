@@ -69,8 +69,10 @@ static double sends_value(const nbs_collapse_report *r, const double *kl, const 
 }
 static double sends_tau(const nbs_collapse_report *r) { return sphere(r) ? r->tau_activity : r->tau_kl; }
 
-/* First tracked epoch from which dimension j stayed below both thresholds to the end of the
- * track; -1 if it was not below at the last tracked epoch, or there is no track. */
+/* The moment of posterior collapse: the first tracked epoch from which the encoder sent nothing
+ * through dimension j (below its threshold) to the end of the track, whatever the decoder still
+ * does (its weights outlive the information, so its sensitivity falls later, if ever); -1 if the
+ * encoder still sent at the last tracked epoch, or there is no track. */
 static int collapsed_since(const nbs_report_input *in, int j) {
     if (!has_track(in)) return -1;
     const nbs_diagnose_track *t = in->track;
@@ -78,9 +80,7 @@ static int collapsed_since(const nbs_report_input *in, int j) {
     int since = -1;
     for (int i = t->n - 1; i >= 0; i--) {
         const int64_t o = (int64_t)i * t->d;
-        int below = sends_value(r, t->kl + o, t->activity + o, j) < sends_tau(r) &&
-                    t->sens_jacobian[o + j] < r->tau_sensitivity;
-        if (!below) break;
+        if (sends_value(r, t->kl + o, t->activity + o, j) >= sends_tau(r)) break;
         since = t->epoch[i];
     }
     return since;

@@ -62,6 +62,10 @@ static void test_collapse_and_remedies(void **state) {
     assert_true(verdict_is(collapsed, "collapsed") || verdict_is(collapsed, "partially collapsed"));
     assert_true(json_number(collapsed, "active_units") <= 1);
     assert_true(json_number(collapsed, "embedding") < 0.6); /* PCA: 0.915; chance (largest type): 0.26 */
+    /* and it dates the collapse of every dead dimension (tracked every 5 epochs) */
+    int undated = 0;
+    for (const char *p = collapsed; (p = strstr(p, "\"collapsed_since_epoch\": null")); p++) undated++;
+    assert_true(undated <= 1);
 
     char *fb = demo(dir, "free-bits", "--set train.free_bits=0.5");
     assert_true(verdict_is(fb, "healthy"));

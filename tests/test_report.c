@@ -163,7 +163,7 @@ static void test_json(void **state) {
     assert_non_null(strstr(j, "\"verdict\": \"partially collapsed\""));
     assert_non_null(strstr(j, "{\"dim\": 3, \"kl\": 0.002"));
     assert_non_null(strstr(j, "\"verdict\": \"collapsed\", \"collapsed_since_epoch\": 3}"));
-    /* dimension 4 is inconsistent, never below both thresholds */
+    /* dimension 4 is inconsistent the other way (sent, ignored): the encoder never stopped */
     assert_non_null(strstr(j, "\"verdict\": \"inconsistent\", \"collapsed_since_epoch\": null}"));
     assert_null(strstr(j, "kappa_quantiles"));
     assert_null(strstr(j, "nan"));
@@ -221,6 +221,16 @@ static void test_json(void **state) {
     }
     free(j);
     fixture_free(&s);
+
+    /* dimension 4 turned the other way: its encoder stops sending from epoch 2 on while the
+     * decoder still responds -- the usual shape of a fresh collapse, dated by the encoder */
+    f.kl[3] = 0.001, f.sj[3] = 0.5, f.r.n_unsent = 1;
+    for (int e = 1; e < f.track.n; e++) f.track.kl[(int64_t)e * f.track.d + 3] = 0.001;
+    assert_int_equal(nbs_report_write_json(path, &f.in, &err), NBS_OK);
+    j = tu_read_file(path, NULL);
+    assert_non_null(strstr(j, "{\"dim\": 4, \"kl\": 0.001"));
+    assert_non_null(strstr(j, "\"verdict\": \"inconsistent\", \"collapsed_since_epoch\": 2}"));
+    free(j);
     fixture_free(&f);
     tu_rmtree(dir);
     free(dir);
