@@ -264,27 +264,28 @@ static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nb
     int64_t *indptr = nbs_h5_read_1d(g, "indptr", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), n_cells + 1, &len, err);
     if (!indptr) return err->code;
     int64_t nnz = indptr[n_cells];
-    int64_t *indices = NULL;
-    double *data = NULL;
+    int32_t *indices = NULL;
+    float *data = NULL;
     int rc = NBS_OK;
     if (nnz < 0 || indptr[0] != 0) {
         rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: %s/indptr must start at 0 and end at the entry count, found %lld and %lld",
                            path, grp, (long long)indptr[0], (long long)nnz);
-    } else if (!(indices = nbs_h5_read_1d(g, "indices", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), nnz, &len, err)) ||
-               !(data = nbs_h5_read_1d(g, "data", path, grp, H5T_NATIVE_DOUBLE, sizeof(double), nnz, &len, err))) {
+    } else if (!(indices = nbs_h5_read_1d(g, "indices", path, grp, H5T_NATIVE_INT32, sizeof(int32_t), nnz, &len, err)) ||
+               !(data = nbs_h5_read_1d(g, "data", path, grp, H5T_NATIVE_FLOAT, sizeof(float), nnz, &len, err))) {
         rc = err->code;
     }
     nbs_matrix *m = NULL;
-    if (!rc) {
+    if (!rc) { /* the arrays become the matrix's own: one copy of the entries */
         char what[NBS_PATH_MAX + 64];
         snprintf(what, sizeof what, "%s (%s)", path, grp);
         nbs_compressed_view v = {n_cells, n_genes, nnz, indptr, indices, data};
-        m = nbs_matrix_from_compressed(&v, 1, what, err);
+        m = nbs_matrix_take_compressed(&v, 1, what, err);
         if (!m) rc = err->code;
+    } else {
+        free(indptr);
+        free(indices);
+        free(data);
     }
-    free(indptr);
-    free(indices);
-    free(data);
     if (rc) return rc;
     hid_t feat = v3 ? H5Gopen2(g, "features", H5P_DEFAULT) : g;
     char fgrp[300];

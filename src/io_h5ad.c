@@ -57,19 +57,19 @@ static int attr_shape(hid_t obj, const char *name, int64_t shape[2]) {
     return ok ? 0 : -1;
 }
 
-/* The last step of both X layouts: the compressed arrays become a validated CSR matrix (the
- * arrays are freed either way). rc: the status so far; nothing is built after a failure. */
-static int finish_compressed(int rc, const nbs_compressed_view *v, int major_is_cells, const char *path,
+/* The last step of both X layouts: the compressed arrays become a validated CSR matrix (taken:
+ * freed either way). rc: the status so far; nothing is built after a failure. */
+static int finish_compressed(int rc, nbs_compressed_view *v, int major_is_cells, const char *path,
                              const char *loc, nbs_matrix **out, nbs_error *err) {
     if (!rc) {
         char what[NBS_PATH_MAX + 64];
         snprintf(what, sizeof what, "%s (/%s)", path, loc);
-        *out = nbs_matrix_from_compressed(v, major_is_cells, what, err);
+        *out = nbs_matrix_take_compressed(v, major_is_cells, what, err);
         if (!*out) rc = err->code;
     }
-    free((void *)v->indptr);
-    free((void *)v->indices);
-    free((void *)v->data);
+    free(v->indptr);
+    free(v->indices);
+    free(v->data);
     return rc;
 }
 
@@ -91,8 +91,10 @@ static int read_dense(hid_t d, const char *path, const char *loc, nbs_matrix **o
                            (unsigned long long)dims[1], INT32_MAX);
     if (!rc) rc = nbs_h5_check_filters(d, path, loc, err);
     int64_t n_cells = (int64_t)dims[0], n_genes = (int64_t)dims[1], nnz = 0, cap = 0;
-    int64_t *indptr = NULL, *indices = NULL;
-    double *data = NULL, *block = NULL;
+    int64_t *indptr = NULL;
+    int32_t *indices = NULL;
+    float *data = NULL;
+    double *block = NULL;
     hsize_t rows = n_genes > 0 ? (hsize_t)(1 << 22) / (hsize_t)n_genes + 1 : 1;
     if (!rc && (!(indptr = nbs_calloc((size_t)n_cells + 1, sizeof *indptr, err)) ||
                 !(block = nbs_malloc((size_t)rows * (size_t)(n_genes ? n_genes : 1) * sizeof *block, err))))
@@ -111,17 +113,17 @@ static int read_dense(hid_t d, const char *path, const char *loc, nbs_matrix **o
                 if (row[g] == 0) continue;
                 if (nnz == cap) {
                     cap = cap ? cap * 2 : 1 << 16;
-                    int64_t *ni = realloc(indices, (size_t)cap * sizeof *ni);
+                    int32_t *ni = realloc(indices, (size_t)cap * sizeof *ni);
                     if (ni) indices = ni;
-                    double *nd = realloc(data, (size_t)cap * sizeof *nd);
+                    float *nd = realloc(data, (size_t)cap * sizeof *nd);
                     if (nd) data = nd;
                     if (!ni || !nd) {
                         rc = nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory reading /%s", path, loc);
                         break;
                     }
                 }
-                indices[nnz] = (int64_t)g;
-                data[nnz++] = row[g];
+                indices[nnz] = (int32_t)g;
+                data[nnz++] = (float)row[g];
             }
             indptr[r0 + i + 1] = nnz;
         }
@@ -175,10 +177,10 @@ static int read_sparse(hid_t g, const char *path, const char *loc, nbs_matrix **
         if (indptr[i + 1] < indptr[i])
             rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s/indptr decreases at position %lld (%lld > %lld); the "
                                "file is corrupt", path, loc, (long long)i + 1, (long long)indptr[i], (long long)indptr[i + 1]);
-    int64_t *indices = NULL;
-    double *data = NULL;
-    if (!rc && (!(indices = nbs_h5_read_1d(g, "indices", path, loc, H5T_NATIVE_INT64, sizeof *indices, n_data, &len, err)) ||
-                !(data = nbs_h5_read_1d(g, "data", path, loc, H5T_NATIVE_DOUBLE, sizeof *data, n_data, &len, err))))
+    int32_t *indices = NULL;
+    float *data = NULL;
+    if (!rc && (!(indices = nbs_h5_read_1d(g, "indices", path, loc, H5T_NATIVE_INT32, sizeof *indices, n_data, &len, err)) ||
+                !(data = nbs_h5_read_1d(g, "data", path, loc, H5T_NATIVE_FLOAT, sizeof *data, n_data, &len, err))))
         rc = err->code;
     nbs_compressed_view v = {n_major, n_minor, n_data, indptr, indices, data};
     return finish_compressed(rc, &v, csr, path, loc, out, err);

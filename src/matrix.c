@@ -54,68 +54,32 @@ void nbs_matrix_free(nbs_matrix *m) {
     free(m);
 }
 
-nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_is_cells,
-                                       const char *what, nbs_error *err) {
-    if (v->n_major < 0 || v->n_minor < 0 || v->nnz < 0) {
-        nbs_error_set(err, NBS_ERR_INPUT, "%s: negative shape or entry count", what);
-        return NULL;
-    }
-    if (v->indptr[0] != 0 || v->indptr[v->n_major] != v->nnz) {
-        nbs_error_set(err, NBS_ERR_INPUT,
-                      "%s: indptr must start at 0 and end at the number of entries (%lld), "
-                      "found %lld and %lld",
-                      what, (long long)v->nnz, (long long)v->indptr[0],
-                      (long long)v->indptr[v->n_major]);
-        return NULL;
-    }
+static int check_view(const nbs_compressed_view *v, const char *what, nbs_error *err) {
+    if (v->n_major < 0 || v->n_minor < 0 || v->nnz < 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: negative shape or entry count", what);
+    if (v->indptr[0] != 0 || v->indptr[v->n_major] != v->nnz)
+        return nbs_error_set(err, NBS_ERR_INPUT,
+                             "%s: indptr must start at 0 and end at the number of entries (%lld), "
+                             "found %lld and %lld",
+                             what, (long long)v->nnz, (long long)v->indptr[0], (long long)v->indptr[v->n_major]);
     /* all offsets first: entries are only touched once every row is known to lie inside them */
     for (int64_t i = 0; i < v->n_major; i++)
-        if (v->indptr[i + 1] < v->indptr[i]) {
-            nbs_error_set(err, NBS_ERR_INPUT, "%s: indptr decreases at position %lld (%lld > %lld)",
-                          what, (long long)i, (long long)v->indptr[i], (long long)v->indptr[i + 1]);
-            return NULL;
-        }
-    for (int64_t i = 0; i < v->n_major; i++) {
-        for (int64_t k = v->indptr[i]; k < v->indptr[i + 1]; k++) {
-            if (v->indices[k] < 0 || v->indices[k] >= v->n_minor) {
-                nbs_error_set(err, NBS_ERR_INPUT,
-                              "%s: index %lld at entry %lld is out of range [0, %lld)", what,
-                              (long long)v->indices[k], (long long)k, (long long)v->n_minor);
-                return NULL;
-            }
-        }
-    }
-    int64_t n_cells = major_is_cells ? v->n_major : v->n_minor;
-    int64_t n_genes = major_is_cells ? v->n_minor : v->n_major;
-    nbs_matrix *m = nbs_matrix_new(n_cells, n_genes, v->nnz, err);
-    if (!m) return NULL;
-    if (major_is_cells) {
-        memcpy(m->indptr, v->indptr, (size_t)(n_cells + 1) * sizeof *m->indptr);
-        for (int64_t k = 0; k < v->nnz; k++) {
-            m->indices[k] = (int32_t)v->indices[k];
-            m->data[k] = (float)v->data[k];
-        }
-    } else {
-        /* transpose: count entries per cell, then scatter gene by gene (keeps genes sorted) */
-        for (int64_t k = 0; k < v->nnz; k++) m->indptr[v->indices[k] + 1]++;
-        for (int64_t c = 0; c < n_cells; c++) m->indptr[c + 1] += m->indptr[c];
-        int64_t *next = nbs_malloc((size_t)(n_cells + 1) * sizeof *next, err);
-        if (!next) {
-            nbs_matrix_free(m);
-            return NULL;
-        }
-        memcpy(next, m->indptr, (size_t)(n_cells + 1) * sizeof *next);
-        for (int64_t g = 0; g < n_genes; g++)
-            for (int64_t k = v->indptr[g]; k < v->indptr[g + 1]; k++) {
-                int64_t pos = next[v->indices[k]]++;
-                m->indices[pos] = (int32_t)g;
-                m->data[pos] = (float)v->data[k];
-            }
-        free(next);
-    }
-    /* Cell Ranger does not promise sorted indices within a column: sort each row (insertion
-     * sort: rows are short and nearly always sorted already), then refuse duplicates. */
-    for (int64_t c = 0; c < n_cells; c++) {
+        if (v->indptr[i + 1] < v->indptr[i])
+            return nbs_error_set(err, NBS_ERR_INPUT, "%s: indptr decreases at position %lld (%lld > %lld)",
+                                 what, (long long)i, (long long)v->indptr[i], (long long)v->indptr[i + 1]);
+    for (int64_t k = 0; k < v->nnz; k++)
+        if (v->indices[k] < 0 || v->indices[k] >= v->n_minor)
+            return nbs_error_set(err, NBS_ERR_INPUT, "%s: index %lld%s at entry %lld is out of range [0, %lld)", what,
+                                 (long long)v->indices[k],
+                                 v->indices[k] == INT32_MAX ? " (or larger)" : v->indices[k] == INT32_MIN ? " (or smaller)" : "",
+                                 (long long)k, (long long)v->n_minor);
+    return NBS_OK;
+}
+
+/* Cell Ranger does not promise sorted indices within a column: sort each row (insertion sort:
+ * rows are short and nearly always sorted already), then refuse duplicates. Frees m on failure. */
+static nbs_matrix *sort_rows(nbs_matrix *m, const char *what, nbs_error *err) {
+    for (int64_t c = 0; c < m->n_cells; c++) {
         for (int64_t k = m->indptr[c] + 1; k < m->indptr[c + 1]; k++) {
             int32_t g = m->indices[k];
             float x = m->data[k];
@@ -136,6 +100,65 @@ nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_i
                 return NULL;
             }
     }
+    return m;
+}
+
+nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_is_cells,
+                                       const char *what, nbs_error *err) {
+    if (check_view(v, what, err)) return NULL;
+    int64_t n_cells = major_is_cells ? v->n_major : v->n_minor;
+    int64_t n_genes = major_is_cells ? v->n_minor : v->n_major;
+    nbs_matrix *m = nbs_matrix_new(n_cells, n_genes, v->nnz, err);
+    if (!m) return NULL;
+    if (major_is_cells) {
+        memcpy(m->indptr, v->indptr, (size_t)(n_cells + 1) * sizeof *m->indptr);
+        memcpy(m->indices, v->indices, (size_t)v->nnz * sizeof *m->indices);
+        memcpy(m->data, v->data, (size_t)v->nnz * sizeof *m->data);
+    } else {
+        /* transpose: count entries per cell, then scatter gene by gene (keeps genes sorted) */
+        for (int64_t k = 0; k < v->nnz; k++) m->indptr[v->indices[k] + 1]++;
+        for (int64_t c = 0; c < n_cells; c++) m->indptr[c + 1] += m->indptr[c];
+        int64_t *next = nbs_malloc((size_t)(n_cells + 1) * sizeof *next, err);
+        if (!next) {
+            nbs_matrix_free(m);
+            return NULL;
+        }
+        memcpy(next, m->indptr, (size_t)(n_cells + 1) * sizeof *next);
+        for (int64_t g = 0; g < n_genes; g++)
+            for (int64_t k = v->indptr[g]; k < v->indptr[g + 1]; k++) {
+                int64_t pos = next[v->indices[k]]++;
+                m->indices[pos] = (int32_t)g;
+                m->data[pos] = v->data[k];
+            }
+        free(next);
+    }
+    return sort_rows(m, what, err);
+}
+
+nbs_matrix *nbs_matrix_take_compressed(nbs_compressed_view *v, int major_is_cells, const char *what,
+                                       nbs_error *err) {
+    nbs_matrix *m = NULL;
+    if (!major_is_cells || v->nnz == 0) {
+        m = nbs_matrix_from_compressed(v, major_is_cells, what, err);
+    } else if (!check_view(v, what, err) && (m = nbs_matrix_new(v->n_major, v->n_minor, 0, err))) {
+        free(m->indptr);
+        free(m->indices);
+        free(m->data);
+        m->indptr = v->indptr;
+        m->indices = v->indices;
+        m->data = v->data;
+        m->nnz = v->nnz;
+        v->indptr = NULL;
+        v->indices = NULL;
+        v->data = NULL;
+        m = sort_rows(m, what, err);
+    }
+    free(v->indptr);
+    free(v->indices);
+    free(v->data);
+    v->indptr = NULL;
+    v->indices = NULL;
+    v->data = NULL;
     return m;
 }
 
@@ -276,9 +299,10 @@ int nbs_matrix_validate_values(nbs_matrix *m, nbs_nonint_policy policy, const ch
             const char *gene = m->gene_names[m->indices[k]] ? m->gene_names[m->indices[k]] : "?";
             if (!isfinite(x))
                 return nbs_error_set(err, NBS_ERR_INPUT,
-                                     "%s: non-finite value %g at cell %lld (%s), gene %d (%s); "
+                                     "%s: non-finite value %g%s at cell %lld (%s), gene %d (%s); "
                                      "counts must be finite",
-                                     what, x, (long long)c + 1, cell, m->indices[k] + 1, gene);
+                                     what, x, isinf(x) ? " (or a count beyond 3.4e38)" : "", (long long)c + 1, cell,
+                                     m->indices[k] + 1, gene);
             if (x < 0)
                 return nbs_error_set(err, NBS_ERR_INPUT,
                                      "%s: negative value %g at cell %lld (%s), gene %d (%s); "

@@ -206,6 +206,8 @@ enum {
     H_OK = 0,
     H_INDPTR_DECREASES,
     H_INDEX_OUT_OF_RANGE,
+    H_INDEX_BEYOND_32_BITS,
+    H_COUNT_BEYOND_FLOAT,
     H_SHAPE_BILLIONS,
     H_NO_INDICES,
     H_DATA_STRINGS,
@@ -261,11 +263,15 @@ static void write_10x(const char *path, int fault) {
     if (fault == H_DATA_STRINGS) {
         const char *s[5] = {"5", "1", "2", "7", "3"};
         w_strings(g, "data", s, 5);
+    } else if (fault == H_COUNT_BEYOND_FLOAT) { /* stored as double: 1e300 fits there, not in float */
+        double big[5] = {5, 1, 1e300, 7, 3};
+        w_array(g, "data", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, big, 1, &n5);
     } else {
         w_array(g, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, data, 1, &n5);
     }
     int64_t indices[5] = {0, 1, 2, 0, 2};
     if (fault == H_INDEX_OUT_OF_RANGE) indices[3] = 7;
+    if (fault == H_INDEX_BEYOND_32_BITS) indices[3] = 5000000000LL;
     if (fault != H_NO_INDICES) w_array(g, "indices", H5T_STD_I64LE, H5T_NATIVE_INT64, indices, 1, &n5);
     int64_t indptr[5] = {0, 2, 3, 3, 5};
     if (fault == H_INDPTR_DECREASES) indptr[2] = 1;
@@ -356,6 +362,8 @@ static void test_hdf5_corpus(void **state) {
     } cases[] = {
         {"10x_indptr_decreases.h5", H_INDPTR_DECREASES, 0, 3, 3, "indptr decreases"},
         {"10x_index_out_of_range.h5", H_INDEX_OUT_OF_RANGE, 0, 3, 3, "out of range"},
+        {"10x_index_beyond_32_bits.h5", H_INDEX_BEYOND_32_BITS, 0, 3, 3, "index 2147483647 (or larger) at entry 3"},
+        {"10x_count_beyond_float.h5", H_COUNT_BEYOND_FLOAT, 0, 3, 3, "non-finite value inf (or a count beyond 3.4e38)"},
         {"10x_shape_billions.h5", H_SHAPE_BILLIONS, 0, 3, 3, "expected 3000000001"},
         {"10x_no_indices.h5", H_NO_INDICES, 0, 3, 3, "indices"},
         {"10x_data_strings.h5", H_DATA_STRINGS, 0, 3, 3, "numeric"},

@@ -9,8 +9,8 @@ static void test_from_csc_transposes(void **state) {
     (void)state;
     /* genes x cells CSC of a 2-cell, 3-gene matrix: cell0 = [1,0,2], cell1 = [0,3,4] */
     int64_t indptr[] = {0, 1, 2, 4};
-    int64_t indices[] = {0, 1, 0, 1};
-    double data[] = {1, 3, 2, 4};
+    int32_t indices[] = {0, 1, 0, 1};
+    float data[] = {1, 3, 2, 4};
     nbs_compressed_view v = {3, 2, 4, indptr, indices, data};
     nbs_error err = {0};
     nbs_matrix *m = nbs_matrix_from_compressed(&v, 0, "test", &err);
@@ -27,8 +27,8 @@ static void test_from_csc_transposes(void **state) {
 static void test_bad_indptr_rejected(void **state) {
     (void)state;
     int64_t indptr[] = {0, 3, 2};
-    int64_t indices[] = {0, 1, 2};
-    double data[] = {1, 1, 1};
+    int32_t indices[] = {0, 1, 2};
+    float data[] = {1, 1, 1};
     nbs_compressed_view v = {2, 3, 2, indptr, indices, data};
     nbs_error err = {0};
     assert_null(nbs_matrix_from_compressed(&v, 1, "f.h5", &err));
@@ -40,8 +40,8 @@ static void test_bad_indptr_rejected(void **state) {
 static void test_unsorted_rows_sorted_duplicates_rejected(void **state) {
     (void)state;
     int64_t indptr[] = {0, 3};
-    int64_t indices[] = {2, 0, 1};
-    double data[] = {5, 7, 9};
+    int32_t indices[] = {2, 0, 1};
+    float data[] = {5, 7, 9};
     nbs_compressed_view v = {1, 3, 3, indptr, indices, data};
     nbs_error err = {0};
     nbs_matrix *m = nbs_matrix_from_compressed(&v, 1, "t", &err);
@@ -53,6 +53,47 @@ static void test_unsorted_rows_sorted_duplicates_rejected(void **state) {
     indices[1] = 2;
     assert_null(nbs_matrix_from_compressed(&v, 1, "dup.h5", &err));
     assert_non_null(strstr(err.msg, "two entries for gene 3"));
+}
+
+static void *dup_bytes(const void *a, size_t n) {
+    void *b = malloc(n);
+    memcpy(b, a, n);
+    return b;
+}
+
+/* Taking the arrays of a cell-major layout gives what copying gives (rows sorted, duplicates and
+ * bad offsets refused), and a gene-major one is transposed the same way; failures free them. */
+static void test_take_compressed_equals_copy(void **state) {
+    (void)state;
+    int64_t indptr[] = {0, 3, 3, 5};
+    int32_t indices[] = {2, 0, 1, 3, 1};
+    float data[] = {5, 7, 9, 1, 2};
+    nbs_error err = {0};
+    for (int major_is_cells = 0; major_is_cells < 2; major_is_cells++) {
+        nbs_compressed_view v = {3, 4, 5, indptr, indices, data};
+        nbs_matrix *a = nbs_matrix_from_compressed(&v, major_is_cells, "t", &err);
+        nbs_compressed_view w = {3, 4, 5, dup_bytes(indptr, sizeof indptr), dup_bytes(indices, sizeof indices),
+                                 dup_bytes(data, sizeof data)};
+        nbs_matrix *b = nbs_matrix_take_compressed(&w, major_is_cells, "t", &err);
+        assert_non_null(a);
+        assert_non_null(b);
+        assert_null(w.indptr);
+        assert_int_equal(a->n_cells, b->n_cells);
+        assert_int_equal(a->nnz, b->nnz);
+        assert_memory_equal(a->indptr, b->indptr, sizeof *a->indptr * (size_t)(a->n_cells + 1));
+        assert_memory_equal(a->indices, b->indices, sizeof *a->indices * 5);
+        assert_memory_equal(a->data, b->data, sizeof *a->data * 5);
+        nbs_matrix_free(a);
+        nbs_matrix_free(b);
+    }
+    int32_t dup[] = {2, 2, 1, 3, 1};
+    nbs_compressed_view d = {3, 4, 5, dup_bytes(indptr, sizeof indptr), dup_bytes(dup, sizeof dup), dup_bytes(data, sizeof data)};
+    assert_null(nbs_matrix_take_compressed(&d, 1, "dup.h5", &err));
+    assert_non_null(strstr(err.msg, "two entries for gene 3"));
+    int32_t far[] = {2, 0, 1, 2147483647, 1}; /* what HDF5 leaves of an index too large for 32 bits */
+    nbs_compressed_view f = {3, 4, 5, dup_bytes(indptr, sizeof indptr), dup_bytes(far, sizeof far), dup_bytes(data, sizeof data)};
+    assert_null(nbs_matrix_take_compressed(&f, 1, "far.h5", &err));
+    assert_non_null(strstr(err.msg, "index 2147483647 (or larger) at entry 3 is out of range [0, 4)"));
 }
 
 static void test_triplet_duplicates_rejected(void **state) {
@@ -171,6 +212,7 @@ int main(void) {
         cmocka_unit_test(test_bad_indptr_rejected),
         cmocka_unit_test(test_unsorted_rows_sorted_duplicates_rejected),
         cmocka_unit_test(test_triplet_duplicates_rejected),
+        cmocka_unit_test(test_take_compressed_equals_copy),
         cmocka_unit_test(test_take_triplets_equals_copy),
         cmocka_unit_test(test_subset_inplace_equals_copy),
         cmocka_unit_test(test_names_unique_like_anndata),

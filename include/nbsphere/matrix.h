@@ -29,12 +29,18 @@ void nbs_matrix_free(nbs_matrix *m);
  * each row, and duplicates rejected; `what` names the source for messages. Takes no ownership. */
 typedef struct {
     int64_t n_major, n_minor, nnz;
-    const int64_t *indptr;  /* n_major + 1 */
-    const int64_t *indices; /* nnz minor indices */
-    const double *data;     /* nnz values */
+    int64_t *indptr;  /* n_major + 1 */
+    int32_t *indices; /* nnz minor indices (readers let HDF5 convert; out-of-range values saturate
+                         and are refused as out of range) */
+    float *data;      /* nnz values, in the matrix's own type */
 } nbs_compressed_view;
 nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_is_cells,
                                        const char *what, nbs_error *err);
+/* The same, taking the view's arrays (freed, also on failure; the pointers are cleared): with
+ * cells as the major axis (10x HDF5, h5ad CSR) they become the matrix's own, so a reader holds
+ * one copy of the entries, 8 bytes each. */
+nbs_matrix *nbs_matrix_take_compressed(nbs_compressed_view *v, int major_is_cells, const char *what,
+                                       nbs_error *err);
 
 /* Builds from unsorted (cell, gene, value) triplets, 0-based, in the matrix's own types (so a
  * reader holds 12 bytes per entry and the result 8 more, nothing else); duplicates are an error
