@@ -100,39 +100,45 @@ static void log_softmax_rows(float *a, int64_t n, int G) {
 }
 
 /* E_x RMS_g |d log mu_g / d z_j| by central differences along dir_j (e_j, or its tangent
- * projection at z on the sphere). log mu = log l + log softmax(logits): l cancels. */
+ * projection at z on the sphere). log mu = log l + log softmax(logits): l cancels. Cells go
+ * through the decoder JAC_CHUNK at a time, so the two logit buffers stay small. */
+#define JAC_CHUNK 256
 static int jacobian_sensitivity(const nbs_model *m, const float *loc, int64_t n, int d, int sphere,
                                 double *sens, nbs_error *err) {
     const int G = nbs_model_n_genes(m);
-    float *zp = malloc(sizeof(float) * n * d), *zm = malloc(sizeof(float) * n * d);
-    float *lp = malloc(sizeof(float) * n * G), *lm = malloc(sizeof(float) * n * G);
+    const int64_t c = n < JAC_CHUNK ? n : JAC_CHUNK;
+    float *zp = malloc(sizeof(float) * c * d), *zm = malloc(sizeof(float) * c * d);
+    float *lp = malloc(sizeof(float) * c * G), *lm = malloc(sizeof(float) * c * G);
     int st = NBS_OK;
     if (!zp || !zm || !lp || !lm) st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the Jacobian");
     for (int j = 0; j < d && !st; j++) {
-        memcpy(zp, loc, sizeof(float) * n * d);
-        memcpy(zm, loc, sizeof(float) * n * d);
-        for (int64_t i = 0; i < n; i++) {
-            /* direction: e_j, minus its component along z on the sphere (tangent space) */
-            const float *z = loc + i * d;
-            double proj = sphere ? z[j] : 0;
-            for (int k = 0; k < d; k++) {
-                double dir = (k == j) - proj * (sphere ? z[k] : 0);
-                zp[i * d + k] += (float)(JAC_STEP * dir);
-                zm[i * d + k] -= (float)(JAC_STEP * dir);
-            }
-        }
-        if ((st = nbs_model_decode_logits(m, zp, (int)n, lp, err))) break;
-        if ((st = nbs_model_decode_logits(m, zm, (int)n, lm, err))) break;
-        log_softmax_rows(lp, n, G);
-        log_softmax_rows(lm, n, G);
         double total = 0;
-        for (int64_t i = 0; i < n; i++) {
-            double ss = 0;
-            for (int g = 0; g < G; g++) {
-                double dd = ((double)lp[i * G + g] - lm[i * G + g]) / (2 * JAC_STEP);
-                ss += dd * dd;
+        for (int64_t i0 = 0; i0 < n && !st; i0 += c) {
+            const int64_t nc = n - i0 < c ? n - i0 : c;
+            memcpy(zp, loc + i0 * d, sizeof(float) * nc * d);
+            memcpy(zm, loc + i0 * d, sizeof(float) * nc * d);
+            for (int64_t i = 0; i < nc; i++) {
+                /* direction: e_j, minus its component along z on the sphere (tangent space) */
+                const float *z = loc + (i0 + i) * d;
+                double proj = sphere ? z[j] : 0;
+                for (int k = 0; k < d; k++) {
+                    double dir = (k == j) - proj * (sphere ? z[k] : 0);
+                    zp[i * d + k] += (float)(JAC_STEP * dir);
+                    zm[i * d + k] -= (float)(JAC_STEP * dir);
+                }
             }
-            total += sqrt(ss / G);
+            if ((st = nbs_model_decode_logits(m, zp, (int)nc, lp, err))) break;
+            if ((st = nbs_model_decode_logits(m, zm, (int)nc, lm, err))) break;
+            log_softmax_rows(lp, nc, G);
+            log_softmax_rows(lm, nc, G);
+            for (int64_t i = 0; i < nc; i++) {
+                double ss = 0;
+                for (int g = 0; g < G; g++) {
+                    double dd = ((double)lp[i * G + g] - lm[i * G + g]) / (2 * JAC_STEP);
+                    ss += dd * dd;
+                }
+                total += sqrt(ss / G);
+            }
         }
         sens[j] = total / (double)n;
     }
