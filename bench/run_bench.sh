@@ -63,7 +63,8 @@ R[sim,ref]=$(seeds_ref "$SIM/sim_mtx")
 if [ -e "$PBMC" ]; then
   R[pbmc,nbs]=$(seeds_nbs "$PBMC" "$DIR/nbs-pbmc" gaussian 2000)
   R[pbmc,vmf]=$(seeds_nbs "$PBMC" "$DIR/vmf-pbmc" vmf 2000)
-  R[pbmc,ref]=$(seeds_ref "$PBMC" --genes "$DIR/nbs-pbmc-s0/genes.tsv")  # the same 2,000 HVGs
+  first=(${SEEDS})
+  R[pbmc,ref]=$(seeds_ref "$PBMC" --genes "$DIR/nbs-pbmc-s${first[0]}/genes.tsv")  # the same 2,000 HVGs
 else
   echo "$PBMC not found: the PBMC rows are skipped" >&2; R[pbmc,nbs]='[]'; R[pbmc,vmf]='[]'; R[pbmc,ref]='[]'
 fi

@@ -452,6 +452,8 @@ int nbs_matrix_subset_inplace(nbs_matrix *m, const int64_t *cells, int64_t n_cel
     free(newcol);
     if (cells) keep_names(m->barcodes, m->n_cells, cells, n_cells);
     if (genes) {
+        for (int64_t g = 0; g < m->n_genes; g++) /* ids may alias names (see nbs_matrix_free) */
+            if (m->gene_ids[g] == m->gene_names[g]) m->gene_ids[g] = NULL;
         keep_names(m->gene_ids, m->n_genes, genes, n_genes);
         keep_names(m->gene_names, m->n_genes, genes, n_genes);
         m->n_genes = n_genes;

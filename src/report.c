@@ -78,6 +78,7 @@ static int collapsed_since(const nbs_report_input *in, int j) {
     const nbs_diagnose_track *t = in->track;
     const nbs_collapse_report *r = in->report;
     int since = -1;
+    if (sends_value(r, r->kl, r->activity, j) >= sends_tau(r)) return -1; /* the final diagnosis says it sends */
     for (int i = t->n - 1; i >= 0; i--) {
         const int64_t o = (int64_t)i * t->d;
         if (sends_value(r, t->kl + o, t->activity + o, j) >= sends_tau(r)) break;
