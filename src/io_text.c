@@ -79,7 +79,6 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
     char *line = malloc(LINE_MAX_LEN);
     int rc = NBS_OK, pattern = 0;
     long lineno = 1;
-    int64_t declared = 0;
     if (!line) {
         gzclose(f);
         return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
@@ -140,7 +139,7 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
     }
     e->n_rows = r;
     e->n_cols = c;
-    declared = e->declared = nz;
+    e->declared = nz;
     while ((got = read_line(f, line, LINE_MAX_LEN)) == 1) {
         lineno++;
         if (line[0] == '\0' || line[0] == '%') continue;
@@ -162,9 +161,9 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
                                path, lineno, i, j, r, c);
             goto done;
         }
-        if (e->n >= declared) {
+        if (e->n >= e->declared) {
             rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%ld: more entries than the %lld the header declares",
-                               path, lineno, (long long)declared);
+                               path, lineno, (long long)e->declared);
             goto done;
         }
         if ((rc = entries_grow(e, e->n + 1, err))) goto done;
@@ -174,13 +173,13 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
     }
     if (got < 0) {
         rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%ld: line too long (binary data?)", path, lineno + 1);
-    } else if (e->n != declared) {
+    } else if (e->n != e->declared) {
         int zerr;
         const char *zmsg = gzerror(f, &zerr);
         rc = nbs_error_set(err, NBS_ERR_INPUT,
                            "%s: the header declares %lld entries but the file holds %lld%s%s "
                            "(truncated file?)",
-                           path, (long long)declared, (long long)e->n, zerr ? ": " : "", zerr ? zmsg : "");
+                           path, (long long)e->declared, (long long)e->n, zerr ? ": " : "", zerr ? zmsg : "");
     }
 done:
     free(line);

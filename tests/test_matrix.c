@@ -5,6 +5,12 @@
 
 #include "nbsphere/matrix.h"
 
+static void *dup_bytes(const void *a, size_t n) {
+    void *b = malloc(n);
+    memcpy(b, a, n);
+    return b;
+}
+
 static void test_from_csc_transposes(void **state) {
     (void)state;
     /* genes x cells CSC of a 2-cell, 3-gene matrix: cell0 = [1,0,2], cell1 = [0,3,4] */
@@ -55,11 +61,6 @@ static void test_unsorted_rows_sorted_duplicates_rejected(void **state) {
     assert_non_null(strstr(err.msg, "two entries for gene 3"));
 }
 
-static void *dup_bytes(const void *a, size_t n) {
-    void *b = malloc(n);
-    memcpy(b, a, n);
-    return b;
-}
 
 /* Taking the arrays of a cell-major layout gives what copying gives (rows sorted, duplicates and
  * bad offsets refused), and a gene-major one is transposed the same way; failures free them. */
@@ -105,17 +106,6 @@ static void test_triplet_duplicates_rejected(void **state) {
     assert_non_null(strstr(err.msg, "entries 1 and 3"));
 }
 
-static int32_t *dup_i32(const int32_t *a, size_t n) {
-    int32_t *b = malloc(sizeof *b * n);
-    memcpy(b, a, sizeof *b * n);
-    return b;
-}
-
-static float *dup_f32(const float *a, size_t n) {
-    float *b = malloc(sizeof *b * n);
-    memcpy(b, a, sizeof *b * n);
-    return b;
-}
 
 /* Taking the arrays gives the same matrix as copying them: in order (adopted, a zero dropped in
  * place), out of order (sorted), and the same errors. */
@@ -130,7 +120,7 @@ static void test_take_triplets_equals_copy(void **state) {
     nbs_error err = {0};
     for (int t = 0; t < 2; t++) {
         nbs_matrix *a = nbs_matrix_from_triplets(3, 4, 6, cs[t], gs[t], vs[t], "t", &err);
-        nbs_matrix *b = nbs_matrix_take_triplets(3, 4, 6, dup_i32(cs[t], 6), dup_i32(gs[t], 6), dup_f32(vs[t], 6), "t", &err);
+        nbs_matrix *b = nbs_matrix_take_triplets(3, 4, 6, dup_bytes(cs[t], sizeof oc), dup_bytes(gs[t], sizeof og), dup_bytes(vs[t], sizeof ov), "t", &err);
         assert_non_null(a);
         assert_non_null(b);
         assert_int_equal(b->nnz, t ? 6 : 5);
@@ -145,10 +135,10 @@ static void test_take_triplets_equals_copy(void **state) {
     }
     const int32_t dc[] = {0, 1, 1}, dg[] = {0, 2, 2}; /* in order but for a repeated entry */
     const float dv[] = {1, 2, 3};
-    assert_null(nbs_matrix_take_triplets(2, 3, 3, dup_i32(dc, 3), dup_i32(dg, 3), dup_f32(dv, 3), "d.mtx", &err));
+    assert_null(nbs_matrix_take_triplets(2, 3, 3, dup_bytes(dc, sizeof dc), dup_bytes(dg, sizeof dg), dup_bytes(dv, sizeof dv), "d.mtx", &err));
     assert_non_null(strstr(err.msg, "entries 2 and 3"));
     const int32_t rc[] = {0, 5}, rg[] = {0, 1};
-    assert_null(nbs_matrix_take_triplets(2, 3, 2, dup_i32(rc, 2), dup_i32(rg, 2), dup_f32(dv, 2), "r.mtx", &err));
+    assert_null(nbs_matrix_take_triplets(2, 3, 2, dup_bytes(rc, sizeof rc), dup_bytes(rg, sizeof rg), dup_bytes(dv, 2 * sizeof *dv), "r.mtx", &err));
     assert_non_null(strstr(err.msg, "outside the 2 x 3 matrix"));
 }
 

@@ -9,34 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static double json_number(const char *json, const char *key) {
-    char pat[128];
-    snprintf(pat, sizeof pat, "\"%s\": ", key);
-    const char *p = strstr(json, pat);
-    if (!p) fail_msg("%s not in the report", key);
-    return atof(p + strlen(pat));
-}
-
 /* Runs kang.yaml with extra arguments; *emb and *pca from collapse_report.json. */
 static void kang(const char *dir, const char *name, const char *extra, double *emb, double *pca) {
-    char args[8192], path[4096];
-    /* the data through tu_data, so NBS_DATA_DIR is honoured wherever the clone is */
-    char data[2048], labels[2048];
-    snprintf(data, sizeof data, "%s", tu_data("kang_muscat"));
-    snprintf(labels, sizeof labels, "%s", tu_data("kang_muscat/cell_labels.tsv"));
-    snprintf(args, sizeof args, "run pipelines/kang.yaml --out %s/%s --set input.path=%s "
-             "--set input.labels_path=%s %s", dir, name, data, labels, extra);
-    char *errout = NULL;
-    int rc = tu_run_cli(args, NULL, &errout);
-    if (rc) fail_msg("nbsphere %s: exit %d\n%s", args, rc, errout ? errout : "");
-    free(errout);
-    snprintf(path, sizeof path, "%s/%s/collapse_report.json", dir, name);
-    char *json = tu_read_file(path, NULL);
-    assert_non_null(json);
-    *emb = json_number(json, "embedding");
-    *pca = json_number(json, "pca");
+    char *json = tu_run_kang("kang.yaml", dir, name, extra);
+    *emb = tu_json_number(json, "embedding");
+    *pca = tu_json_number(json, "pca");
     free(json);
-    print_message("%s: 15-NN accuracy %.3f (PCA %.3f)\n", name, *emb, *pca);
 }
 
 static void test_kang_quality(void **state) {

@@ -126,3 +126,30 @@ void tu_expect_same_matrix(const nbs_matrix *a, const nbs_matrix *b) {
         assert_string_equal(a->gene_ids[g], b->gene_ids[g]);
     }
 }
+
+char *tu_run_kang(const char *pipeline, const char *dir, const char *name, const char *extra) {
+    char args[8192], path[4096], data[2048], labels[2048];
+    snprintf(data, sizeof data, "%s", tu_data("kang_muscat"));
+    snprintf(labels, sizeof labels, "%s", tu_data("kang_muscat/cell_labels.tsv"));
+    snprintf(args, sizeof args, "run pipelines/%s --out %s/%s --set input.path=%s --set input.labels_path=%s %s",
+             pipeline, dir, name, data, labels, extra);
+    char *errout = NULL;
+    int rc = tu_run_cli(args, NULL, &errout);
+    if (rc) fail_msg("nbsphere %s: exit %d\n%s", args, rc, errout ? errout : "");
+    const char *knn = errout ? strstr(errout, "15-NN accuracy") : NULL;
+    const char *eol = knn ? strchr(knn, '\n') : NULL;
+    print_message("%s: %.*s\n", name, knn ? (int)(eol ? eol - knn : (long)strlen(knn)) : 0, knn ? knn : "");
+    free(errout);
+    snprintf(path, sizeof path, "%s/%s/collapse_report.json", dir, name);
+    char *json = tu_read_file(path, NULL);
+    assert_non_null(json);
+    return json;
+}
+
+double tu_json_number(const char *json, const char *key) {
+    char pat[128];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = strstr(json, pat);
+    if (!p) fail_msg("%s not in the report", key);
+    return atof(p + strlen(pat));
+}

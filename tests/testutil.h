@@ -41,6 +41,14 @@ int tu_run_cli(const char *args, char **out, char **errout);
 /* Number of files in a folder (0 if it does not exist). */
 int tu_count_files(const char *dir);
 
+/* Runs `nbsphere run pipelines/<pipeline>` on the Kang data (through tu_data, so NBS_DATA_DIR
+ * is honoured) into dir/name with extra arguments; fails the test on a non-zero exit, prints the
+ * run's 15-NN line, and returns dir/name/collapse_report.json's text (malloc'd). */
+char *tu_run_kang(const char *pipeline, const char *dir, const char *name, const char *extra);
+
+/* The number after the first "key": in a JSON text; fails the test when the key is absent. */
+double tu_json_number(const char *json, const char *key);
+
 /* Asserts two count matrices are the same: shape, entries and names. */
 #include "nbsphere/matrix.h"
 void tu_expect_same_matrix(const nbs_matrix *a, const nbs_matrix *b);
