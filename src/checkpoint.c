@@ -9,10 +9,13 @@
 #include "io_h5_internal.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
+#include "nbsphere/nn.h"
 #include "nbsphere/pipeline.h"
 
 #define FORMAT_NAME "nbsphere-model"
-#define FORMAT_VERSION 1
+/* 2: batch norm's eps and momentum (attributes of /params) and the best epoch's batch-norm
+ * statistics (/train/best_state). Version 1 files lack both and still load. */
+#define FORMAT_VERSION 2
 #define LOG_COLS 13
 
 /* ---- writing ---- */
@@ -109,6 +112,10 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
 
     g = group_untimed(f, "params");
     bad |= g < 0;
+    double bn_eps, bn_momentum;
+    nbs_model_batch_norm(m, &bn_eps, &bn_momentum);
+    if (!bad) bad |= attr_write(g, "batch_norm_eps", H5T_NATIVE_DOUBLE, &bn_eps) ||
+                     attr_write(g, "batch_norm_momentum", H5T_NATIVE_DOUBLE, &bn_momentum);
     for (int b = 0; !bad && b < nbs_model_n_blocks(m); b++) {
         int r, cc;
         const char *name = nbs_model_block_name(m, b);
@@ -139,6 +146,8 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
         hsize_t rn[1] = {gsl_rng_size(s->rng)};
         bad |= write_array(g, "rng", H5T_NATIVE_UCHAR, H5T_STD_U8LE, 1, rn, gsl_rng_state(s->rng));
         bad |= write_array(g, "best_params", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, dn, s->best_params);
+        hsize_t ds[1] = {(hsize_t)nbs_model_n_state(m)};
+        bad |= write_array(g, "best_state", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, ds, s->best_state);
     }
     if (g >= 0) H5Gclose(g);
 
@@ -347,6 +356,19 @@ static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err
 
     if ((g = H5Gopen2(f, "params", H5P_DEFAULT)) < 0)
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'params' is missing", path);
+    if (version >= 2) {
+        double bn_eps, bn_momentum;
+        st = read_attr(g, "batch_norm_eps", H5T_NATIVE_DOUBLE, &bn_eps, path, "params", err);
+        if (!st) st = read_attr(g, "batch_norm_momentum", H5T_NATIVE_DOUBLE, &bn_momentum, path, "params", err);
+        if (!st && !(bn_eps > 0 && bn_eps < 1 && bn_momentum >= 0 && bn_momentum <= 1))
+            st = nbs_error_set(err, NBS_ERR_INPUT, "%s: batch-norm eps %g or momentum %g is out of range "
+                               "(file damaged or edited?)", path, bn_eps, bn_momentum);
+        if (!st) nbs_model_set_batch_norm(m, bn_eps, bn_momentum);
+    } else if (c->config.model.norm == NBS_NORM_BATCH) {
+        nbs_warn("%s: a format-1 model file does not record its batch-norm constants; read with eps %g "
+                 "and momentum %g, which nbsphere has used since 2026-11-28 (earlier builds: 1e-5 and 0.1)",
+                 path, NBS_BN_EPS, NBS_BN_MOMENTUM);
+    }
     for (int b = 0; !st && b < nbs_model_n_blocks(m); b++) {
         int r, cc;
         const char *name = nbs_model_block_name(m, b);
@@ -381,6 +403,11 @@ static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err
     hsize_t rn[1] = {gsl_rng_size(s->rng)};
     if (!st) st = read_array(g, "rng", H5T_NATIVE_UCHAR, 1, rn, gsl_rng_state(s->rng), path, err);
     if (!st) st = read_array(g, "best_params", H5T_NATIVE_FLOAT, 1, dn, s->best_params, path, err);
+    hsize_t ds[1] = {(hsize_t)nbs_model_n_state(m)};
+    float *state;
+    nbs_model_flat(m, NULL, NULL, NULL, &state, NULL, NULL, NULL);
+    if (!st && version >= 2) st = read_array(g, "best_state", H5T_NATIVE_FLOAT, 1, ds, s->best_state, path, err);
+    else if (!st) memcpy(s->best_state, state, sizeof(float) * ds[0]); /* format 1 kept none: the latest */
     H5Gclose(g);
     if (st) return st;
 

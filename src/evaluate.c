@@ -11,6 +11,8 @@
 #include <gsl/gsl_linalg.h>
 #include <gsl/gsl_randist.h>
 
+#include "nbsphere/nn.h"
+
 /* ---- PCA by randomized SVD ---- */
 
 /* The centred log1p(CP10k) matrix A = X - 1 mu^T, kept as X's sparse values plus mu. */
@@ -100,6 +102,7 @@ static int log1p_cp10k(const nbs_matrix *m, centred_op *op, nbs_error *err) {
 
 int nbs_eval_pca(const nbs_matrix *m, int k, int power_iters, gsl_rng *rng, float *scores,
                  double *variance, nbs_error *err) {
+    nbs_nn_blas_serial();
     int64_t n = m->n_cells, g = m->n_genes, small = n < g ? n : g;
     if (k < 1 || k > small)
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -278,6 +281,7 @@ done:
 int nbs_eval_knn_accuracy(const float *embedding, int64_t n, int d, const int32_t *labels, int k,
                           int folds, nbs_metric metric, gsl_rng *rng, double *accuracy,
                           double *fold_accuracy, nbs_error *err) {
+    nbs_nn_blas_serial(); /* the folds' products run inside an OpenMP region */
     if (n < 1 || d < 1 || k < 1 || folds < 2)
         return nbs_error_set(err, NBS_ERR_USAGE,
                              "kNN accuracy: need cells (%lld), dimensions (%d), k >= 1 (%d) and "

@@ -1,6 +1,8 @@
 /* Temporary-name-then-rename: a failed or interrupted write never leaves half a file and never
  * replaces a good one. Also the inflating of gzip-compressed inputs into a temporary file. */
+#include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,28 @@ int nbs_io_commit(const char *tmp, const char *path, nbs_error *err) {
                              path, strerror(e));
     }
     return NBS_OK;
+}
+
+/* A "<name>.tmp.<pid>" whose writer no longer runs was left by a kill or a crash; one whose
+ * process is alive (another nbsphere writing into the same folder) is not touched. */
+int nbs_io_remove_stale_tmp(const char *dir, const char *const *names, int n_names) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    for (struct dirent *e; (e = readdir(d));) {
+        for (int i = 0; i < n_names; i++) {
+            const size_t len = strlen(names[i]);
+            if (strncmp(e->d_name, names[i], len) || strncmp(e->d_name + len, ".tmp.", 5)) continue;
+            char *end;
+            const long pid = strtol(e->d_name + len + 5, &end, 10);
+            if (*end || pid <= 0 || pid == (long)getpid() || !(kill((pid_t)pid, 0) < 0 && errno == ESRCH)) continue;
+            char path[NBS_PATH_MAX];
+            if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) < (int)sizeof path && !remove(path))
+                removed++;
+        }
+    }
+    closedir(d);
+    return removed;
 }
 
 int nbs_io_is_gzip(const char *path) {

@@ -374,6 +374,7 @@ static const char EMBED_USAGE[] =
     "  --layer L        h5ad: \"\" = X, raw = raw/X, otherwise layers/L\n"
     "  --genome G       10x v2 HDF5: the genome group to read\n"
     "  --orientation O  bare .mtx and tables: cells_rows or genes_rows\n"
+    "  --threads T      threads (default 2); the embedding is the same with any number\n"
     "  --set output.write_variances=true   posterior variances as extra TSV columns\n";
 
 static const char DIAGNOSE_USAGE[] =
@@ -390,7 +391,7 @@ static const char DIAGNOSE_USAGE[] =
     "  --out DIR           output folder (default nbsphere_diagnose)\n"
     "  --labels FILE       a table with a barcode column, to colour the embedding and score it\n"
     "  --label-column C    the labels column (of FILE, or of the .h5ad's obs)\n"
-    "  --format, --layer, --genome, --orientation   as for 'nbsphere embed'\n"
+    "  --format, --layer, --genome, --orientation, --threads   as for 'nbsphere embed'\n"
     "  --set diagnose.tau_kl=0.05   e.g. other thresholds (see pipelines/reference.yaml)\n";
 
 /* embed and diagnose: MODEL DATA plus input options; diagnose starts from the model's stored
@@ -398,7 +399,8 @@ static const char DIAGNOSE_USAGE[] =
 static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error *err) {
     const char *cmd = diagnose ? "diagnose" : "embed";
     run_args r = {0};
-    static char buf[8][NBS_PATH_MAX + 32];
+    enum { MAX_OPTS = 16 };
+    static char buf[MAX_OPTS + 2][NBS_PATH_MAX + 32]; /* the options, then input.path and output.dir */
     int nb = 0;
     const char *files[2] = {NULL, NULL};
     int n_files = 0;
@@ -406,9 +408,10 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
                                           {"--layer", "input.layer"},
                                           {"--genome", "input.genome"},
                                           {"--orientation", "input.orientation"},
+                                          {"--threads", "train.threads"},
                                           {"--labels", "input.labels_path"},
                                           {"--label-column", "input.label_column"}};
-    const size_t n_opts = diagnose ? 6 : 4;
+    const size_t n_opts = diagnose ? 7 : 5;
     for (int i = 0; i < argc; i++) {
         int k = common_run_opt(argc, argv, &i, &r, cmd, err);
         if (k < 0) return -k;
@@ -422,6 +425,7 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
                 return usage_error(err, cmd, m);
             }
             if (v) {
+                if (nb == MAX_OPTS) return usage_error(err, cmd, "too many options");
                 snprintf(buf[nb], sizeof buf[0], "%s=%s", opts[o][1], v);
                 r.sets[r.n_sets++] = buf[nb++];
                 hit = 1;

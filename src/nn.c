@@ -3,26 +3,37 @@
 #include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <string.h>
 
-/* One thread pool: OpenBLAS runs single-threaded inside OpenMP regions that split each product
- * into fixed blocks, so there is no second pool to oversubscribe the cores and a given thread
- * count always computes the same blocks (bit-identical reruns). */
+/* One thread pool: OpenBLAS runs single-threaded inside OpenMP regions, so there is no second
+ * pool to oversubscribe the cores and each product is computed by one known kernel call. */
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_serial_now(void) { openblas_set_num_threads(1); }
+void nbs_nn_blas_serial(void) { pthread_once(&blas_once, blas_serial_now); }
+
 static void block_range(int64_t n, int64_t *lo, int64_t *hi) {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
     *lo = n * t / T;
     *hi = n * (t + 1) / T;
 }
 
+/* Row products are cut into blocks of ROW_BLOCK rows whatever the thread count, so a given n
+ * always makes the same sgemm calls with the same shapes: a forward pass gives the same bits with
+ * any number of threads, and run's final embedding equals embed's on any processor (OpenBLAS may
+ * choose another kernel for another shape, and kernels differ in the order they sum). */
+#define ROW_BLOCK 64
+
 void nbs_dense_forward(const nbs_dense *L, const float *x, int n, float *y) {
-#pragma omp parallel
-    {
-        int64_t lo, hi;
-        block_range(n, &lo, &hi);
-        for (int64_t i = lo; i < hi; i++) memcpy(y + i * L->out, L->b, sizeof(float) * L->out);
-        if (hi > lo)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(hi - lo), L->out, L->in, 1.0f,
-                        x + lo * L->in, L->in, L->W, L->out, 1.0f, y + lo * L->out, L->out);
+    nbs_nn_blas_serial();
+    const int blocks = (n + ROW_BLOCK - 1) / ROW_BLOCK;
+#pragma omp parallel for schedule(static)
+    for (int b = 0; b < blocks; b++) {
+        const int64_t lo = (int64_t)b * ROW_BLOCK;
+        const int rows = n - lo < ROW_BLOCK ? (int)(n - lo) : ROW_BLOCK;
+        for (int64_t i = lo; i < lo + rows; i++) memcpy(y + i * L->out, L->b, sizeof(float) * L->out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, L->out, L->in, 1.0f, x + lo * L->in,
+                    L->in, L->W, L->out, 1.0f, y + lo * L->out, L->out);
     }
 }
 
@@ -34,6 +45,7 @@ static void add_colsum(float *db, const float *dy, int n, int width) {
 }
 
 void nbs_dense_backward(const nbs_dense *L, const float *x, const float *dy, int n, float *dx) {
+    nbs_nn_blas_serial();
     const int in = L->in, out = L->out;
 #pragma omp parallel
     {
@@ -112,11 +124,7 @@ void nbs_mul_inplace(float *y, const float *mask, int64_t n) {
     for (int64_t k = 0; k < n; k++) y[k] *= mask[k];
 }
 
-#define NORM_EPS 1e-5
-/* Batch norm as scvi-tools configures it for count data (eps 1e-3, slow running statistics),
- * so that `preset: scvi` is that model; torch's defaults are 1e-5 and 0.1. */
-#define BN_EPS 1e-3
-#define BN_MOMENTUM 0.01
+#define NORM_EPS 1e-5 /* layer norm */
 
 int nbs_norm_uses_batch(const nbs_norm *N, int n, int training) {
     return N->batch ? (training && n > 1) : 1;
@@ -153,13 +161,13 @@ void nbs_norm_forward(const nbs_norm *N, float *y, int n, int training, float *x
                 var += d * d;
             }
             var /= n;
-            N->run_mean[j] = (float)((1 - BN_MOMENTUM) * N->run_mean[j] + BN_MOMENTUM * mean);
-            N->run_var[j] = (float)((1 - BN_MOMENTUM) * N->run_var[j] + BN_MOMENTUM * var * n / (n - 1));
+            N->run_mean[j] = (float)((1 - N->momentum) * N->run_mean[j] + N->momentum * mean);
+            N->run_var[j] = (float)((1 - N->momentum) * N->run_var[j] + N->momentum * var * n / (n - 1));
         } else {
             mean = N->run_mean[j];
             var = N->run_var[j];
         }
-        const double is = 1.0 / sqrt(var + BN_EPS);
+        const double is = 1.0 / sqrt(var + N->eps);
         inv_std[j] = (float)is;
         for (int i = 0; i < n; i++) {
             float *v = y + (int64_t)i * w + j;
@@ -232,5 +240,5 @@ void nbs_adam_step(float *param, const float *grad, float *m, float *v, int64_t 
 void nbs_nn_set_threads(int threads) {
     /* OpenMP is the only pool; OpenBLAS's own threads would compete with it for the cores. */
     omp_set_num_threads(threads);
-    openblas_set_num_threads(1);
+    nbs_nn_blas_serial();
 }

@@ -14,6 +14,7 @@
 #include "nbsphere/evaluate.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
+#include "nbsphere/nn.h"
 #include "nbsphere/preprocess.h"
 #include "nbsphere/report.h"
 #include "nbsphere/train.h"
@@ -444,8 +445,15 @@ static int begin_run(run_state *s, const nbs_pipeline *p, const nbs_run_options 
     s->p = p;
     s->o = o;
     s->knn_embedding = s->knn_pca = NAN;
+    nbs_nn_set_threads(p->config.train.threads); /* every command: the same pool as training */
     int st = nbs_pipeline_prepare_output(p, err);
     if (st) return st;
+    static const char *const outputs[] = {NBS_OUT_MANIFEST, NBS_OUT_CONFIG, NBS_OUT_LOG, NBS_OUT_CHECKPOINT,
+                                          NBS_OUT_MODEL, NBS_OUT_EMBEDDING, NBS_OUT_H5AD, NBS_OUT_GENES,
+                                          NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML};
+    int stale = nbs_io_remove_stale_tmp(p->config.output.dir, outputs, sizeof outputs / sizeof *outputs);
+    if (stale) nbs_info("%s: removed %d temporary file%s left by an interrupted run", p->config.output.dir,
+                        stale, stale > 1 ? "s" : "");
     return (s->manifest = nbs_manifest_new(o->command_line, err)) ? NBS_OK : (int)err->code;
 }
 

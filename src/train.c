@@ -23,12 +23,29 @@ int nbs_train_state_init(nbs_train_state *s, const nbs_model *m, uint64_t seed, 
     if (!s->rng) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
     gsl_rng_set(s->rng, seed);
     s->best_params = nbs_calloc((size_t)nbs_model_n_params(m), sizeof(float), err);
-    return s->best_params ? NBS_OK : err->code;
+    s->best_state = s->best_params ? nbs_calloc((size_t)nbs_model_n_state(m) + 1, sizeof(float), err) : NULL;
+    return s->best_state ? NBS_OK : err->code;
+}
+
+/* The best epoch's model is its parameters and its batch-norm statistics: restoring only the
+ * first would pair the best weights with the running statistics of later epochs. */
+static void keep_best(nbs_model *m, nbs_train_state *s, int restore) {
+    float *p, *st;
+    int64_t np, ns;
+    nbs_model_flat(m, &p, NULL, NULL, &st, &np, &ns, NULL);
+    if (restore) {
+        memcpy(p, s->best_params, sizeof(float) * (size_t)np);
+        memcpy(st, s->best_state, sizeof(float) * (size_t)ns);
+    } else {
+        memcpy(s->best_params, p, sizeof(float) * (size_t)np);
+        memcpy(s->best_state, st, sizeof(float) * (size_t)ns);
+    }
 }
 
 void nbs_train_state_free(nbs_train_state *s) {
     if (s->rng) gsl_rng_free(s->rng);
     free(s->best_params);
+    free(s->best_state);
     memset(s, 0, sizeof *s);
 }
 
@@ -299,9 +316,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
                 s->best_val = r.val_elbo;
                 s->best_epoch = epoch;
                 s->bad_epochs = 0;
-                float *p;
-                nbs_model_flat(m, &p, NULL, NULL, NULL, NULL, NULL, NULL);
-                memcpy(s->best_params, p, sizeof(float) * nbs_model_n_params(m));
+                keep_best(m, s, 0);
             } else if (++s->bad_epochs >= patience) {
                 stop = 1;
             }
@@ -321,9 +336,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs
         if (stop) {
             nbs_info("early stopping at epoch %d: no better validation ELBO for %d epochs; keeping "
                      "epoch %d (%.4g)", epoch, patience, s->best_epoch, s->best_val);
-            float *p;
-            nbs_model_flat(m, &p, NULL, NULL, NULL, NULL, NULL, NULL);
-            memcpy(p, s->best_params, sizeof(float) * nbs_model_n_params(m));
+            keep_best(m, s, 1);
             break;
         }
     }

@@ -119,7 +119,8 @@ static void bind_hidden(nbs_model *m, hidden *h, layer_ids id, nbs_norm_kind nor
     bind_dense(m, &h->lin, id);
     h->has_norm = norm != NBS_NORM_NONE;
     h->norm = (nbs_norm){h->lin.out, norm == NBS_NORM_BATCH, P(m, id.gain), P(m, id.bias),
-                         D(m, id.gain), D(m, id.bias), S(m, id.rmean), S(m, id.rvar)};
+                         D(m, id.gain), D(m, id.bias), S(m, id.rmean), S(m, id.rvar),
+                         NBS_BN_EPS, NBS_BN_MOMENTUM};
 }
 
 /* torch.nn.Linear's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weights and bias. */
@@ -591,6 +592,17 @@ int nbs_model_n_genes(const nbs_model *m) { return m->G; }
 const nbs_latent *nbs_model_latent(const nbs_model *m) { return &m->lat; }
 const nbs_model_config *nbs_model_config_of(const nbs_model *m) { return &m->cfg; }
 int64_t nbs_model_n_params(const nbs_model *m) { return m->n_params; }
+int64_t nbs_model_n_state(const nbs_model *m) { return m->n_state; }
+
+void nbs_model_batch_norm(const nbs_model *m, double *eps, double *momentum) {
+    *eps = m->enc[0].norm.eps;
+    *momentum = m->enc[0].norm.momentum;
+}
+
+void nbs_model_set_batch_norm(nbs_model *m, double eps, double momentum) {
+    for (int i = 0; i < m->n_enc; i++) m->enc[i].norm.eps = eps, m->enc[i].norm.momentum = momentum;
+    for (int i = 0; i < m->n_dec; i++) m->dec[i].norm.eps = eps, m->dec[i].norm.momentum = momentum;
+}
 
 float *nbs_model_param(nbs_model *m, const char *name, int *rows, int *cols) {
     for (int b = 0; b < m->n_blocks; b++)

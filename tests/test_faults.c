@@ -3,6 +3,7 @@
  * I/O error and never replace the good file already there. */
 #include "testutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <signal.h>
@@ -67,6 +68,60 @@ static int wait_exit(pid_t pid) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -WTERMSIG(st);
 }
 
+/* Files in dir named like a temporary ("<name>.tmp.<pid>"). */
+static int count_temporaries(const char *dir) {
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));) n += strstr(e->d_name, ".tmp.") != NULL;
+    closedir(d);
+    return n;
+}
+
+/* A pid that no process has: a child that has exited and been reaped. */
+static long dead_pid(void) {
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(0);
+    waitpid(pid, NULL, 0);
+    return (long)pid;
+}
+
+/* Temporaries of outputs left by a process that is gone are removed when the next run starts in
+ * the folder; those of a live process, and files that are not nbsphere's, stay. */
+static void test_stale_temporaries_removed(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char out[PATH_MAX], name[PATH_MAX], b[PATH_MAX];
+    snprintf(out, sizeof out, "%s", tu_path(dir, "out"));
+    assert_int_equal(mkdir(out, 0755), 0);
+    const long dead = dead_pid();
+    const char *stale[] = {"checkpoint.h5", "model.h5", "embedding.h5ad"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(name, sizeof name, "%s.tmp.%ld", stale[i], dead);
+        assert_int_equal(tu_write_file(tu_path(out, name), "half a file"), 0);
+    }
+    snprintf(name, sizeof name, "model.h5.tmp.%ld", (long)getpid()); /* a writer that still runs */
+    assert_int_equal(tu_write_file(tu_path(out, name), "in progress"), 0);
+    snprintf(name, sizeof name, "notes.txt.tmp.%ld", dead); /* not an output of nbsphere */
+    assert_int_equal(tu_write_file(tu_path(out, name), "the user's"), 0);
+    snprintf(b, sizeof b, "%s", bin());
+    char *args[] = {b, "train", "example_data/sim_mtx", "--out", out, "--seed", "1", "--epochs", "1",
+                    "--set", "preprocess.n_top_genes=100", "--set", "diagnose.interval=0", NULL};
+    assert_int_equal(wait_exit(spawn(args, dir, 0)), 0);
+    char *msg = tu_read_file(tu_path(dir, "stderr"), NULL);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "removed 3 temporary files left by an interrupted run"));
+    free(msg);
+    assert_int_equal(count_temporaries(out), 2);
+    snprintf(name, sizeof name, "model.h5.tmp.%ld", (long)getpid());
+    assert_true(tu_exists(tu_path(out, name)));
+    snprintf(name, sizeof name, "notes.txt.tmp.%ld", dead);
+    assert_true(tu_exists(tu_path(out, name)));
+    tu_rmtree(dir);
+    free(dir);
+}
+
 static void test_kill_and_resume(void **state) {
     (void)state;
     char *dir = tu_tmpdir();
@@ -110,6 +165,7 @@ static void test_kill_and_resume(void **state) {
     assert_string_equal(a, r);
     assert_int_equal(last_logged_epoch(log), 8);
     assert_false(tu_exists(ckpt)); /* model.h5 replaces the periodic checkpoint */
+    assert_int_equal(count_temporaries(part), 0); /* a write the kill cut short is swept on resume */
     free(a);
     free(r);
     tu_rmtree(dir);
@@ -200,6 +256,7 @@ static void test_no_room_reported_before_training(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kill_and_resume),
+        cmocka_unit_test(test_stale_temporaries_removed),
         cmocka_unit_test(test_full_disk_keeps_good_files),
         cmocka_unit_test(test_no_room_reported_before_training),
     };

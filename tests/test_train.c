@@ -2,6 +2,7 @@
  * the stop on non-finite values — on the project's own example data. */
 #include "testutil.h"
 
+#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #include "nbsphere/checkpoint.h"
 #include "nbsphere/io.h"
+#include "nbsphere/nn.h"
 #include "nbsphere/train.h"
 
 static nbs_matrix *example(void) {
@@ -242,6 +244,87 @@ static void test_early_stopping_keeps_best(void **s) {
     release(&t);
 }
 
+typedef struct {
+    int64_t n_state;
+    float *state_at; /* [epochs x n_state] batch-norm statistics after each epoch */
+} state_trace;
+
+static int trace_state(void *user, nbs_model *m, int epoch, nbs_error *err) {
+    (void)err;
+    state_trace *t = user;
+    float *st;
+    nbs_model_flat(m, NULL, NULL, NULL, &st, NULL, NULL, NULL);
+    memcpy(t->state_at + (int64_t)(epoch - 1) * t->n_state, st, sizeof(float) * (size_t)t->n_state);
+    return NBS_OK;
+}
+
+/* Early stopping with batch norm keeps the best epoch's running statistics with its weights, not
+ * those of the epochs after it; model.h5 stores the batch-norm constants and the best statistics,
+ * and a format-1 file (without either) still loads, with the constants it was trained with. */
+static void test_early_stopping_restores_batch_norm(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    c.model.norm = NBS_NORM_BATCH;
+    c.train.epochs = 30;
+    c.train.patience = 2;
+    c.train.learning_rate = 0.05;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, c.train.seed);
+    trained t = {0};
+    t.m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    gsl_rng_free(r);
+    assert_non_null(t.m);
+    nbs_model_set_batch_norm(t.m, 2e-3, 0.05); /* not the defaults, so the file must carry them */
+    assert_int_equal(nbs_train_state_init(&t.s, t.m, c.train.seed, &err), 0);
+    state_trace tr = {nbs_model_n_state(t.m), NULL};
+    assert_true(tr.n_state > 0);
+    tr.state_at = calloc((size_t)(c.train.epochs * tr.n_state), sizeof(float));
+    nbs_train_hooks h = {NULL, NULL, NULL, NULL, trace_state, &tr};
+    assert_int_equal(nbs_train(t.m, example(), &c.train, &t.s, &t.log, &h, &err), 0);
+    assert_true(t.log.n < c.train.epochs);
+    float *st;
+    nbs_model_flat(t.m, NULL, NULL, NULL, &st, NULL, NULL, NULL);
+    const size_t bytes = sizeof(float) * (size_t)tr.n_state;
+    assert_memory_equal(st, tr.state_at + (int64_t)(t.s.best_epoch - 1) * tr.n_state, bytes);
+    assert_true(memcmp(st, tr.state_at + (int64_t)(t.log.n - 1) * tr.n_state, bytes) != 0);
+
+    char *dir = tu_tmpdir();
+    const char *path = tu_path(dir, "model.h5");
+    const nbs_matrix *X = example();
+    assert_int_equal(nbs_checkpoint_save(path, t.m, &c, X->gene_names, X->gene_ids, &t.s, &t.log, &err), 0);
+    nbs_checkpoint ck;
+    if (nbs_checkpoint_load(path, &ck, &err)) fail_msg("%s", err.msg);
+    double eps, momentum;
+    nbs_model_batch_norm(ck.model, &eps, &momentum);
+    assert_true(eps == 2e-3 && momentum == 0.05);
+    assert_memory_equal(ck.state.best_state, t.s.best_state, bytes);
+    nbs_checkpoint_free(&ck);
+
+    /* format 1: no constants, no best statistics */
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    assert_true(f >= 0);
+    int one = 1;
+    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+    assert_true(a >= 0 && H5Awrite(a, H5T_NATIVE_INT, &one) >= 0);
+    H5Aclose(a);
+    assert_true(H5Adelete_by_name(f, "params", "batch_norm_eps", H5P_DEFAULT) >= 0);
+    assert_true(H5Adelete_by_name(f, "params", "batch_norm_momentum", H5P_DEFAULT) >= 0);
+    assert_true(H5Ldelete(f, "train/best_state", H5P_DEFAULT) >= 0);
+    H5Fclose(f);
+    if (nbs_checkpoint_load(path, &ck, &err)) fail_msg("%s", err.msg);
+    nbs_model_batch_norm(ck.model, &eps, &momentum);
+    assert_true(eps == NBS_BN_EPS && momentum == NBS_BN_MOMENTUM);
+    float *ck_state;
+    nbs_model_flat(ck.model, NULL, NULL, NULL, &ck_state, NULL, NULL, NULL);
+    assert_memory_equal(ck.state.best_state, ck_state, bytes);
+    nbs_checkpoint_free(&ck);
+    free(tr.state_at);
+    release(&t);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* Gradient clipping: the global norm is measured and scaled exactly to the limit, and training
  * with a limit takes other steps than without (Adam is scale-invariant, so the effect is on how a
  * large gradient weighs against the running moments, not on the step size itself). */
@@ -286,6 +369,7 @@ int main(void) {
         cmocka_unit_test(test_free_bits),
         cmocka_unit_test(test_nan_stops_with_diagnosis),
         cmocka_unit_test(test_early_stopping_keeps_best),
+        cmocka_unit_test(test_early_stopping_restores_batch_norm),
         cmocka_unit_test(test_grad_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -5,10 +5,12 @@
  *   /                 attrs format = "nbsphere-model", format_version, nbsphere_version
  *   /config_yaml      the resolved configuration (a pipeline file that reproduces the run)
  *   /genes/names, /genes/ids                  the model's genes, in its input order
- *   /params/<block>   every parameter and state block by name (see vae.h), [rows x cols]
+ *   /params/<block>   every parameter and state block by name (see vae.h), [rows x cols];
+ *                     attrs batch_norm_eps, batch_norm_momentum (format 2)
  *   /optimizer/m, /optimizer/v                Adam moments (flat); attr step
  *   /train            attrs epochs_done, step, best_val, best_epoch, bad_epochs;
- *                     rng (the generator's state), best_params (flat, early stopping)
+ *                     rng (the generator's state), best_params (flat, early stopping),
+ *                     best_state (format 2: the best epoch's batch-norm statistics, flat)
  *   /log/records      [epochs x 13] the columns of training_log.tsv before the KL ones
  *   /log/kl           [epochs x K] mean KL per term */
 #ifndef NBSPHERE_CHECKPOINT_H

@@ -92,5 +92,8 @@ int nbs_io_write_10x_mtx_dir(const char *dir, const nbs_matrix *m, int gzip, nbs
 /* Makes "<path>.tmp.<pid>" in tmp (size >= NBS_PATH_MAX); commit renames it over path. */
 void nbs_io_tmp_name(const char *path, char *tmp);
 int nbs_io_commit(const char *tmp, const char *path, nbs_error *err);
+/* Removes from dir the "<name>.tmp.<pid>" files, for the given names, whose process has ended
+ * (left by a kill -9 or a crash mid-write); returns how many. */
+int nbs_io_remove_stale_tmp(const char *dir, const char *const *names, int n_names);
 
 #endif

@@ -47,7 +47,14 @@ typedef struct {
     float *gain, *bias;   /* parameters [width] */
     float *dgain, *dbias;
     float *run_mean, *run_var; /* batch norm: running statistics [width] (state, not parameters) */
+    double eps, momentum; /* batch norm: variance floor and running-statistics rate (see NBS_BN_*) */
 } nbs_norm;
+
+/* Batch norm as scvi-tools configures it for count data (eps 1e-3, slow running statistics), so
+ * that `preset: scvi` is that model; torch's defaults are 1e-5 and 0.1. A model file records the
+ * constants it was trained with. */
+#define NBS_BN_EPS 1e-3
+#define NBS_BN_MOMENTUM 0.01
 /* xhat [n x width] and inv_std ([n] layer norm, [width] batch norm) are kept for backward. */
 void nbs_norm_forward(const nbs_norm *N, float *y, int n, int training, float *xhat, float *inv_std);
 /* dy in, dx out in place of dy. used_batch_stats: what the forward did (see nbs_norm_uses_batch). */
@@ -62,5 +69,9 @@ void nbs_adam_step(float *param, const float *grad, float *m, float *v, int64_t 
 
 /* Threads of the one OpenMP pool that runs everything (OpenBLAS is kept single-threaded). */
 void nbs_nn_set_threads(int threads);
+
+/* Makes OpenBLAS single-threaded, once per process; every BLAS caller runs it first, so a library
+ * user who never sets the thread count still gets one pool and the CLI's results. */
+void nbs_nn_blas_serial(void);
 
 #endif

@@ -36,6 +36,7 @@ typedef struct {
     double best_val;    /* best validation ELBO so far */
     int best_epoch, bad_epochs;
     float *best_params; /* parameters at best_epoch (early stopping), n_params floats */
+    float *best_state;  /* batch-norm running statistics at best_epoch, n_state floats */
     gsl_rng *rng;       /* training stream: shuffles, dropout masks, latent noise */
 } nbs_train_state;
 

@@ -84,6 +84,11 @@ float *nbs_model_grad(nbs_model *m, const char *name); /* the gradient of a para
 int nbs_model_n_blocks(const nbs_model *m);            /* every block, state ones included */
 const char *nbs_model_block_name(const nbs_model *m, int i);
 int64_t nbs_model_n_params(const nbs_model *m);
+int64_t nbs_model_n_state(const nbs_model *m); /* batch-norm running statistics, floats */
+/* Batch norm's eps and running-statistics momentum (every layer shares them; NBS_BN_* for a new
+ * model), read and set by model files so a model keeps the constants it was trained with. */
+void nbs_model_batch_norm(const nbs_model *m, double *eps, double *momentum);
+void nbs_model_set_batch_norm(nbs_model *m, double eps, double momentum);
 /* The flat blocks, for checkpoints: parameters, Adam moments and step, and state (batch-norm
  * running statistics, n_state floats). Any pointer may be NULL. */
 void nbs_model_flat(nbs_model *m, float **params, float **adam_m, float **adam_v, float **state,
