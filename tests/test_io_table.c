@@ -1,4 +1,5 @@
-/* Dense count tables (TSV/CSV, plain or gzip) and per-cell label tables. */
+/* Dense count tables (TSV/CSV, plain or gzip) and per-cell label tables, both read as RFC 4180
+ * (quoted delimiters, "" escapes and line ends; a byte-order mark; CRLF). */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -88,9 +89,10 @@ static void test_gzip_table(void **state) {
     free(dir);
 }
 
-static void expect_table_error(const char *dir, const char *text, const char *needle1, const char *needle2) {
+static void expect_table_error_bytes(const char *dir, const char *text, size_t n, const char *needle1,
+                                     const char *needle2) {
     const char *p = tu_path(dir, "bad.tsv");
-    assert_int_equal(tu_write_file(p, text), 0);
+    assert_int_equal(tu_write_bytes(p, text, n), 0);
     nbs_matrix *m = NULL;
     nbs_error err = {0};
     assert_int_equal(nbs_io_read_table(p, '\t', NBS_ORIENT_CELLS_ROWS, &m, &err), NBS_ERR_INPUT);
@@ -100,6 +102,10 @@ static void expect_table_error(const char *dir, const char *text, const char *ne
     assert_non_null(strstr(err.msg, needle1));
     assert_non_null(strstr(err.msg, needle2));
     assert_non_null(strstr(err.msg, "bad.tsv"));
+}
+
+static void expect_table_error(const char *dir, const char *text, const char *needle1, const char *needle2) {
+    expect_table_error_bytes(dir, text, strlen(text), needle1, needle2);
 }
 
 static void test_table_errors(void **state) {
@@ -112,6 +118,69 @@ static void test_table_errors(void **state) {
     expect_table_error(dir, "cell\tA\tB\nc1\t1\tNA\n", ":2:", "'NA' is not a number");
     expect_table_error(dir, "cell\tA\tB\nc1\t1\t\n", "column 3 ('B')", "not a number");
     expect_table_error(dir, "cell\tA\tB\nc1\t1\t2x\n", ":2:", "'2x'");
+    /* quoting: a quote never closed names where it opened; a stray one where it is */
+    expect_table_error(dir, "cell\tA\tB\nc1\t1\t2\nc2\t\"3\t4\nc3\t5\t6\n", ":3: field 2 opens a quote", "never closed");
+    expect_table_error(dir, "cell\tA\tB\nc1\t1\t2\"\n", ":2: a misplaced quote in field 3", "\"\"");
+    expect_table_error(dir, "cell\tA\tB\nc1\t\"1\"2\t2\n", ":2: a misplaced quote in field 2", "quoted whole");
+    /* a quoted tab is one field, so the row on line 4 (after a quoted line end) is one short */
+    expect_table_error(dir, "cell\tA\tB\n\"c\n1\"\t1\t2\n\"c\t2\"\t1\n", ":4:", "same number of fields");
+    static const char nul[] = "cell\tA\tB\nc1\t1\0\t2\n";
+    expect_table_error_bytes(dir, nul, sizeof nul - 1, ":2: field 2 holds a NUL byte", "UTF-8");
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Names and counts in quotes: a comma, a tab, doubled quotes and a line end inside names; a
+ * byte-order mark; CRLF with and without quotes before it; a blank line; no final line end. */
+static void test_table_quoting(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *p = tu_path(dir, "q.csv");
+    assert_int_equal(tu_write_file(p, "\xef\xbb\xbf\"cell\",\"HLA-A, B\",\"CD3E \"\"x\"\"\",\"two\nlines\"\r\n"
+                                      "c1,1,0,2\r\n\r\n\"c,2\",\"0\",3,\"4\"\r\nc3,5,6,7"), 0);
+    nbs_matrix *m = read_ok(p, ',', NBS_ORIENT_CELLS_ROWS);
+    assert_int_equal(m->n_cells, 3);
+    assert_int_equal(m->n_genes, 3);
+    assert_string_equal(m->gene_names[0], "HLA-A, B");
+    assert_string_equal(m->gene_names[1], "CD3E \"x\"");
+    assert_string_equal(m->gene_names[2], "two\nlines");
+    assert_string_equal(m->barcodes[0], "c1");
+    assert_string_equal(m->barcodes[1], "c,2");
+    assert_string_equal(m->barcodes[2], "c3");
+    assert_true(entry(m, 1, 1) == 3.0f);
+    assert_true(entry(m, 1, 2) == 4.0f);
+    assert_true(entry(m, 2, 2) == 7.0f);
+    nbs_matrix_free(m);
+
+    /* genes in rows, with a byte-order mark before a header that names only the cells */
+    p = tu_path(dir, "q.tsv");
+    assert_int_equal(tu_write_file(p, "\xef\xbb\xbf\"c\t1\"\tc2\nA\t1\t0\n\"B\tx\"\t0\t5\n"), 0);
+    m = read_ok(p, '\t', NBS_ORIENT_GENES_ROWS);
+    assert_int_equal(m->n_cells, 2);
+    assert_string_equal(m->barcodes[0], "c\t1");
+    assert_string_equal(m->gene_names[1], "B\tx");
+    assert_true(entry(m, 1, 1) == 5.0f);
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* A field far longer than any name or count (a quote never closed) is refused where it starts,
+ * before the rest of the file is buffered into it. */
+static void test_table_runaway_quote(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *p = tu_path(dir, "bad.tsv");
+    FILE *f = fopen(p, "w");
+    assert_non_null(f);
+    fputs("cell\tA\nc0\t1\nc1\t\"1\n", f);
+    for (int i = 2; i < 300000; i++) fprintf(f, "c%d\t1\n", i);
+    fclose(f);
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_table(p, '\t', NBS_ORIENT_CELLS_ROWS, &m, &err), NBS_ERR_INPUT);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "bad.tsv:3: field 2, which starts here, is longer than 1 MiB"));
     tu_rmtree(dir);
     free(dir);
 }
@@ -184,6 +253,145 @@ static void test_labels_matching(void **state) {
     free(dir);
 }
 
+/* Labels with the delimiter, doubled quotes and line ends inside quotes; TSV quoting; a
+ * byte-order mark and CRLF. */
+static void test_labels_quoting(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *mat = tu_path(dir, "m.tsv");
+    assert_int_equal(tu_write_file(mat, "cell\tA\nx\t1\ny\t2\nz\t3\n"), 0);
+    nbs_matrix *m = read_ok(mat, '\t', NBS_ORIENT_CELLS_ROWS);
+    const char *lab = tu_path(dir, "l.csv");
+    assert_int_equal(tu_write_file(lab, "cell,type,note\nx,\"CD4 T, naive\",a\ny,\"say \"\"hi\"\"\",b\n"
+                                        "z,\"two\nlines\",c\n"), 0);
+    char **l = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_labels_table(lab, "type", m, &l, &err), NBS_OK);
+    assert_string_equal(l[0], "CD4 T, naive");
+    assert_string_equal(l[1], "say \"hi\"");
+    assert_string_equal(l[2], "two\nlines");
+    nbs_io_free_labels(l, 3);
+    assert_int_equal(nbs_io_read_labels_table(lab, "note", m, &l, &err), NBS_OK); /* the columns stay aligned */
+    assert_string_equal(l[0], "a");
+    assert_string_equal(l[2], "c");
+    nbs_io_free_labels(l, 3);
+
+    /* the label column first: a byte-order mark would hide its name; CRs would stick to barcodes */
+    assert_int_equal(tu_write_file(lab, "\xef\xbb\xbftype,cell\r\nT,x\r\n\r\n\"B\",y\r\nNK,\"z\"\r\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, "type", m, &l, &err), NBS_OK);
+    assert_string_equal(l[0], "T");
+    assert_string_equal(l[1], "B");
+    assert_string_equal(l[2], "NK");
+    nbs_io_free_labels(l, 3);
+
+    lab = tu_path(dir, "l.tsv");
+    assert_int_equal(tu_write_file(lab, "cell\ttype\nx\t\"T\tcells\"\n\"y\"\t\"B, \"\"memory\"\"\"\nz\t\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, NULL, m, &l, &err), NBS_OK);
+    assert_string_equal(l[0], "T\tcells");
+    assert_string_equal(l[1], "B, \"memory\"");
+    assert_null(l[2]); /* empty: no label */
+    nbs_io_free_labels(l, 3);
+
+    /* R's write.table: no name over the row names, which hold the barcodes */
+    lab = tu_path(dir, "r.txt");
+    assert_int_equal(tu_write_file(lab, "\"type\",\"batch\"\n\"x\",\"T\",\"b1\"\n\"z\",\"NK\",\"b2\"\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, NULL, m, &l, &err), NBS_OK);
+    assert_string_equal(l[0], "T");
+    assert_null(l[1]);
+    assert_string_equal(l[2], "NK");
+    nbs_io_free_labels(l, 3);
+
+    /* one column: quotes are read, and with no delimiter on the first line commas are label text */
+    assert_int_equal(tu_write_file(lab, "type\nCD4 T, naive\n\"B\nplasma\"\nNK\n"), 0);
+    assert_int_equal(nbs_io_read_labels_table(lab, NULL, m, &l, &err), NBS_OK);
+    assert_string_equal(l[0], "CD4 T, naive");
+    assert_string_equal(l[1], "B\nplasma");
+    nbs_io_free_labels(l, 3);
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void expect_labels_error(const char *dir, const nbs_matrix *m, const char *text, const char *needle1,
+                                const char *needle2) {
+    const char *lab = tu_path(dir, "bad.csv");
+    assert_int_equal(tu_write_file(lab, text), 0);
+    char **l = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_labels_table(lab, "type", m, &l, &err), NBS_ERR_INPUT);
+    assert_null(l);
+    if (!strstr(err.msg, needle1) || !strstr(err.msg, needle2))
+        print_message("wanted '%s' and '%s' in: %s\n", needle1, needle2, err.msg);
+    assert_non_null(strstr(err.msg, needle1));
+    assert_non_null(strstr(err.msg, needle2));
+}
+
+/* A row whose field count differs is an error naming its line, never a guess: the issue's
+ * unquoted "CD4 T, naive" among quoted rows; a quote never closed; a stray quote. */
+static void test_labels_malformed(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    const char *mat = tu_path(dir, "m.tsv");
+    assert_int_equal(tu_write_file(mat, "cell\tA\nx\t1\ny\t2\nz\t3\n"), 0);
+    nbs_matrix *m = read_ok(mat, '\t', NBS_ORIENT_CELLS_ROWS);
+    expect_labels_error(dir, m, "cell,type\nx,T\ny,CD4 T, naive\n", "bad.csv:3: 3 comma-separated fields",
+                        "the rows above have 2");
+    expect_labels_error(dir, m, "cell,type\nx,\"CD4 T, naive\"\ny,CD4 T, naive\n", ":3:", "quote a field");
+    expect_labels_error(dir, m, "cell,type\nx,CD4 T, naive, again\n", ":2: 4 comma-separated fields",
+                        "the header has 2");
+    expect_labels_error(dir, m, "cell,type\nx,\"a\nb\"\n\n\"y\nz\",B,extra\n", ":5:", "have 2");
+    expect_labels_error(dir, m, "cell,type\nx,T\ny,\"B\nz,NK\n", ":3: field 2 opens a quote", "never closed");
+    expect_labels_error(dir, m, "cell,type\nx,T\n\"y\nz,NK\n", ":3: field 1 opens a quote", "never closed");
+    expect_labels_error(dir, m, "cell,type\nx,\"T\" cells\n", ":2: a misplaced quote in field 2", "\"\"");
+    expect_labels_error(dir, m, "type\nT\nB\tx\nNK\n", ":3: 2 tab-separated fields", "one label per line");
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Many records with quoted line ends, commas and escapes cross the reader's 64 KiB chunks: all
+ * read back, and a bad row at the end is named by its physical line. */
+static void test_labels_across_chunks(void **state) {
+    (void)state;
+    enum { N = 20000 };
+    char *dir = tu_tmpdir();
+    const char *mat = tu_path(dir, "m.tsv");
+    FILE *f = fopen(mat, "w");
+    assert_non_null(f);
+    fputs("cell\tA\n", f);
+    for (int i = 0; i < N; i++) fprintf(f, "c%d\t1\n", i);
+    fclose(f);
+    nbs_matrix *m = read_ok(mat, '\t', NBS_ORIENT_CELLS_ROWS);
+    const char *lab = tu_path(dir, "l.csv");
+    f = fopen(lab, "w");
+    assert_non_null(f);
+    fputs("cell,type\r\n", f);
+    for (int i = 0; i < N; i++) fprintf(f, "\"c%d\",\"type %d, \"\"q\"\"\nsecond line %*s\"\r\n", i, i % 7, i % 13, "");
+    fclose(f);
+    char **l = NULL;
+    nbs_error err = {0};
+    int rc = nbs_io_read_labels_table(lab, "type", m, &l, &err);
+    if (rc) print_message("%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    char want[128];
+    for (int i = 0; i < N; i++) {
+        snprintf(want, sizeof want, "type %d, \"q\"\nsecond line %*s", i % 7, i % 13, "");
+        assert_string_equal(l[i], want);
+    }
+    nbs_io_free_labels(l, N);
+    assert_non_null(f = fopen(lab, "a"));
+    fputs("c1,T,extra\r\n", f);
+    fclose(f);
+    l = NULL;
+    assert_int_equal(nbs_io_read_labels_table(lab, "type", m, &l, &err), NBS_ERR_INPUT);
+    snprintf(want, sizeof want, "l.csv:%d: 3 comma-separated fields", 2 + 2 * N);
+    if (!strstr(err.msg, want)) print_message("wanted '%s' in: %s\n", want, err.msg);
+    assert_non_null(strstr(err.msg, want));
+    nbs_matrix_free(m);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* scPhere's labels: one column, no header, no barcodes, one line per cell in order. */
 static void test_labels_in_order(void **state) {
     (void)state;
@@ -230,8 +438,13 @@ int main(void) {
         cmocka_unit_test(test_cells_in_rows_and_genes_in_rows),
         cmocka_unit_test(test_gzip_table),
         cmocka_unit_test(test_table_errors),
+        cmocka_unit_test(test_table_quoting),
+        cmocka_unit_test(test_table_runaway_quote),
         cmocka_unit_test(test_labels_pbmc3k_and_kang),
         cmocka_unit_test(test_labels_matching),
+        cmocka_unit_test(test_labels_quoting),
+        cmocka_unit_test(test_labels_malformed),
+        cmocka_unit_test(test_labels_across_chunks),
         cmocka_unit_test(test_labels_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
