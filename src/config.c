@@ -7,6 +7,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->input.format = NBS_FMT_AUTO;
     c->input.orientation = NBS_ORIENT_AUTO;
     c->input.non_integer = NBS_NONINT_ERROR;
+    strcpy(c->input.feature_types, "Gene Expression");
 
     c->preprocess.min_counts = 0;
     c->preprocess.min_genes = 1;
@@ -50,6 +51,8 @@ void nbs_config_defaults(nbs_config *c) {
 
     c->diagnose.tau_kl = 0.1;
     c->diagnose.tau_sensitivity = 0.01;
+    c->diagnose.tau_decoder_nats = 2.0;
+    c->diagnose.tau_decoder_relative = 0.05;
     c->diagnose.tau_activity = 0.01;
     c->diagnose.interval = 5;
     c->diagnose.subsample = 1000;

@@ -11,7 +11,7 @@
 #include "io_h5_internal.h"
 #include "nbsphere/io.h"
 
-static const char *const FORMAT_NAMES[] = {"auto", "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv"};
+static const char *const FORMAT_NAMES[] = {"auto", "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv", "loom"};
 #define N_FORMATS ((int)(sizeof FORMAT_NAMES / sizeof FORMAT_NAMES[0]))
 
 const char *nbs_format_name(nbs_format f) {
@@ -50,7 +50,7 @@ int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err) {
         *out = NBS_FMT_10X_MTX;
         return NBS_OK;
     }
-    unsigned char sig[8] = {0};
+    unsigned char sig[8] = {0}, inner[8] = {0};
     FILE *fp = fopen(path, "rb");
     if (!fp) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     size_t got = fread(sig, 1, sizeof sig, fp);
@@ -58,7 +58,12 @@ int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err) {
     if (got == 0)
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: the file is empty; expected a count matrix", path);
     static const unsigned char HDF5_SIG[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    int gz = got >= 2 && sig[0] == 0x1f && sig[1] == 0x8b;
+    int gz = nbs_io_is_gzip(path), gz_h5 = 0;
+    if (gz) { /* the first bytes inside: a gzip'd 10x .h5 is HDF5 once inflated */
+        gzFile g = gzopen(path, "rb");
+        gz_h5 = g && gzread(g, inner, sizeof inner) == (int)sizeof inner && !memcmp(inner, HDF5_SIG, 8);
+        if (g) gzclose(g);
+    }
     if (got == 8 && !memcmp(sig, HDF5_SIG, 8)) return nbs_io_h5_kind(path, out, err);
     if (has_suffix(path, ".h5ad.gz")) {
         if (!gz)
@@ -67,10 +72,16 @@ int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err) {
         *out = NBS_FMT_H5AD;
         return NBS_OK;
     }
-    if (has_suffix(path, ".h5") || has_suffix(path, ".h5ad") || has_suffix(path, ".hdf5"))
-        return nbs_error_set(err, NBS_ERR_INPUT,
-                             "%s: named like an HDF5 file but does not start with the HDF5 signature "
-                             "(truncated download, a Git LFS pointer, or another format?)", path);
+    /* which HDF5 kind it is needs the groups: inflated once more here, to a temporary file */
+    if (gz_h5) return nbs_io_h5_kind(path, out, err);
+    if (has_suffix(path, ".h5") || has_suffix(path, ".h5ad") || has_suffix(path, ".hdf5") ||
+        has_suffix(path, ".loom") || has_suffix(path, ".h5.gz") || has_suffix(path, ".hdf5.gz") ||
+        has_suffix(path, ".loom.gz"))
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: named like an HDF5 file but %s", path,
+                             gz ? "what the gzip compression holds does not start with the HDF5 signature "
+                                  "(a compressed file of another format?)"
+                                : "does not start with the HDF5 signature (truncated download, a Git LFS "
+                                  "pointer, or another format?)");
     char line[4096];
     first_line(path, line, sizeof line);
     if (!strncasecmp(line, "%%MatrixMarket", 14) || has_suffix(path, ".mtx") || has_suffix(path, ".mtx.gz")) {
@@ -97,8 +108,8 @@ int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err) {
     }
     return nbs_error_set(err, NBS_ERR_INPUT,
                          "%s: cannot tell the format: not a folder, not HDF5, no MatrixMarket banner and "
-                         "no tab or comma in the first line; expected a 10x folder, .h5, .h5ad[.gz], "
-                         ".mtx[.gz], .tsv or .csv, or set input.format", path);
+                         "no tab or comma in the first line; expected a 10x folder, .h5[.gz], .h5ad[.gz], "
+                         ".loom, .mtx[.gz], .tsv or .csv, or set input.format", path);
 }
 
 /* Length of the valid UTF-8 prefix of s (RFC 3629: no overlong forms, no surrogates, at most
@@ -137,15 +148,130 @@ static int check_names_utf8(const char *path, char *const *names, int64_t n, con
     return NBS_OK;
 }
 
+/* The types of a 10x folder's features: the third column of features.tsv[.gz] (Cell Ranger >= 3;
+ * genes.tsv has two), into *types (n malloc'd strings), or NULL when there is no such column.
+ * The folder reader has already checked the file's line count against the matrix. */
+static int mtx_dir_feature_types(const char *dir, int64_t n, char ***types, nbs_error *err) {
+    *types = NULL;
+    char path[NBS_PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/features.tsv.gz", dir);
+    gzFile f = gzopen(path, "rb");
+    if (!f) {
+        snprintf(path, sizeof path, "%s/features.tsv", dir);
+        if (!(f = gzopen(path, "rb"))) return NBS_OK; /* genes.tsv: genes only */
+    }
+    char *line = nbs_malloc(1 << 16, err);
+    int rc = line ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t i = 0; !rc && i < n && gzgets(f, line, 1 << 16); i++) {
+        line[strcspn(line, "\r\n")] = '\0';
+        char *t = strchr(line, '\t');
+        t = t ? strchr(t + 1, '\t') : NULL;
+        if (!t) {
+            if (i == 0) break; /* two columns: ids and names of genes */
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%lld: no third column (feature type), which the lines "
+                               "before have; is the file cut or edited?", path, (long long)i + 1);
+        } else if (!*types && !(*types = nbs_calloc((size_t)n, sizeof **types, err))) {
+            rc = NBS_ERR_NOMEM;
+        } else {
+            t++;
+            t[strcspn(t, "\t")] = '\0'; /* a fourth column (genome, some tools) is not the type */
+            if (!((*types)[i] = nbs_strdup(t, err))) rc = NBS_ERR_NOMEM;
+        }
+    }
+    free(line);
+    gzclose(f);
+    if (rc && *types) {
+        nbs_io_free_labels(*types, n);
+        *types = NULL;
+    }
+    return rc;
+}
+
+/* 1 when `type` is in the comma-separated list `wanted` (case and surrounding spaces ignored). */
+static int type_wanted(const char *wanted, const char *type) {
+    size_t tl = strlen(type);
+    for (const char *p = wanted; *p;) {
+        p += strspn(p, " \t");
+        size_t len = strcspn(p, ",");
+        size_t end = len;
+        while (end && (p[end - 1] == ' ' || p[end - 1] == '\t')) end--;
+        if (end == tl && !strncasecmp(p, type, tl)) return 1;
+        p += len + (p[len] == ',');
+    }
+    return 0;
+}
+
+#define MAX_TYPES 32 /* distinct types counted by name; more are lumped as "other" */
+
+/* Keeps the features whose type input.feature_types asks for (types: one per gene, taken and
+ * freed; NULL = the file has no types and everything is kept). The log says what was dropped,
+ * a file with none of the wanted types is an error listing the types it has. */
+static int select_feature_types(const char *path, nbs_matrix *m, char **types, const char *wanted, nbs_error *err) {
+    if (!types) return NBS_OK;
+    if (!*wanted) wanted = "Gene Expression";
+    const int all = type_wanted(wanted, "all");
+    const int64_t n = m->n_genes;
+    const char *name[MAX_TYPES + 1];
+    int64_t count[MAX_TYPES + 1] = {0}, drop[MAX_TYPES + 1] = {0};
+    int n_types = 0;
+    int64_t *keep = nbs_malloc(sizeof *keep * (size_t)(n ? n : 1), err), n_keep = 0;
+    if (!keep) {
+        nbs_io_free_labels(types, n);
+        return NBS_ERR_NOMEM;
+    }
+    for (int64_t g = 0; g < n; g++) {
+        const char *t = types[g];
+        int k = 0;
+        while (k < n_types && strcmp(name[k], t)) k++;
+        if (k == n_types && n_types < MAX_TYPES) name[n_types++] = t;
+        else if (k == n_types) name[k = MAX_TYPES] = "(other types)";
+        count[k]++;
+        if (all || type_wanted(wanted, t)) keep[n_keep++] = g;
+        else drop[k]++;
+    }
+    int slots = n_types + (count[MAX_TYPES] > 0);
+    char have[1024] = "", dropped[1024] = "";
+    size_t hl = 0, dl = 0;
+    for (int j = 0; j < slots; j++) {
+        int k = j < n_types ? j : MAX_TYPES;
+        const char *label = *name[k] ? name[k] : "(empty type)";
+        if (hl < sizeof have)
+            hl += (size_t)snprintf(have + hl, sizeof have - hl, "%s%lld %s", hl ? ", " : "", (long long)count[k], label);
+        if (drop[k] && dl < sizeof dropped)
+            dl += (size_t)snprintf(dropped + dl, sizeof dropped - dl, "%s%lld %s", dl ? ", " : "", (long long)drop[k], label);
+    }
+    int rc = NBS_OK;
+    if (n_keep == 0) {
+        rc = nbs_error_set(err, NBS_ERR_INPUT,
+                           "%s: no features of the type%s input.feature_types asks for (%s); the file has %s. "
+                           "Set input.feature_types to the types to read (e.g. --set input.feature_types=all)",
+                           path, strchr(wanted, ',') ? "s" : "", wanted, have);
+    } else if (n_keep < n) {
+        nbs_info("%s: kept %lld features of type %s; dropped %s (input.feature_types; set it to all to keep every type)", path,
+                 (long long)n_keep, wanted, dropped);
+        rc = nbs_matrix_subset_inplace(m, NULL, 0, keep, n_keep, err);
+    } else if (slots > 1) {
+        nbs_info("%s: kept all %lld features: %s", path, (long long)n, have);
+    }
+    free(keep);
+    nbs_io_free_labels(types, n);
+    return rc;
+}
+
 int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err) {
     nbs_format f = in->format;
     *out = NULL;
     int rc = f == NBS_FMT_AUTO ? nbs_io_detect_format(in->path, &f, err) : NBS_OK;
     if (rc) return rc;
+    char **types = NULL; /* 10x feature types, one per gene */
     switch (f) {
-    case NBS_FMT_10X_H5: rc = nbs_io_read_10x_h5(in->path, in->genome, out, err); break;
+    case NBS_FMT_10X_H5: rc = nbs_io_read_10x_h5_types(in->path, in->genome, out, &types, err); break;
     case NBS_FMT_H5AD: rc = nbs_io_read_h5ad(in->path, in->layer, out, err); break;
-    case NBS_FMT_10X_MTX: rc = nbs_io_read_10x_mtx_dir(in->path, out, err); break;
+    case NBS_FMT_10X_MTX:
+        rc = nbs_io_read_10x_mtx_dir(in->path, out, err);
+        if (!rc && (rc = mtx_dir_feature_types(in->path, (*out)->n_genes, &types, err))) nbs_matrix_free(*out);
+        break;
+    case NBS_FMT_LOOM: rc = nbs_io_read_loom(in->path, in->layer, out, err); break;
     case NBS_FMT_MTX: rc = nbs_io_read_mtx(in->path, in->orientation, out, err); break;
     case NBS_FMT_TSV: rc = nbs_io_read_table(in->path, '\t', in->orientation, out, err); break;
     case NBS_FMT_CSV: rc = nbs_io_read_table(in->path, ',', in->orientation, out, err); break;
@@ -156,18 +282,21 @@ int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err) {
         *out = NULL;
         return rc;
     }
-    if (!(rc = check_names_utf8(in->path, (*out)->barcodes, (*out)->n_cells, "cell", err)) &&
+    /* before the checks: names and values of dropped features do not matter */
+    rc = select_feature_types(in->path, *out, types, in->feature_types, err);
+    if (!rc && !(rc = check_names_utf8(in->path, (*out)->barcodes, (*out)->n_cells, "cell", err)) &&
         !(rc = check_names_utf8(in->path, (*out)->gene_names, (*out)->n_genes, "gene", err)))
         rc = check_names_utf8(in->path, (*out)->gene_ids, (*out)->n_genes, "gene id", err);
     if (!rc) rc = nbs_matrix_validate_values(*out, in->non_integer, in->path, err);
-    if (rc == NBS_ERR_INPUT && f == NBS_FMT_H5AD && err) {
+    if (rc == NBS_ERR_INPUT && (f == NBS_FMT_H5AD || f == NBS_FMT_LOOM) && err) {
         /* processed files keep log values in X and the counts elsewhere: say where */
         char other[1200];
-        nbs_io_h5ad_other_matrices(in->path, in->layer, other, sizeof other);
+        if (f == NBS_FMT_H5AD) nbs_io_h5ad_other_matrices(in->path, in->layer, other, sizeof other);
+        else nbs_io_loom_other_matrices(in->path, in->layer, other, sizeof other);
         size_t len = strlen(err->msg);
         if (other[0])
             snprintf(err->msg + len, sizeof err->msg - len, ". This file also holds %s: choose one with input.layer "
-                     "(a layer name, or raw)", other);
+                     "(a layer name, or %s)", other, f == NBS_FMT_H5AD ? "raw" : "\"\" for /matrix");
     }
     if (!rc) {
         int64_t changed = nbs_matrix_make_names_unique((*out)->gene_names, (*out)->n_genes, err);

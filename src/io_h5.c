@@ -1,5 +1,6 @@
-/* HDF5 input/output: 10x Cell Ranger HDF5 and AnnData .h5ad (DESIGN.md §6).
- * Here: kind detection, the 10x reader (v3 and v2) and the helpers io_h5_internal.h lists. */
+/* HDF5 input/output: 10x Cell Ranger HDF5, AnnData .h5ad and loom (docs/design.md §3).
+ * Here: opening (plain or gzip), kind detection, the 10x reader (v3 and v2) and the helpers
+ * io_h5_internal.h lists. */
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,33 +94,52 @@ static herr_t v2_visit(hid_t g, const char *name, const H5L_info_t *info, void *
     return ok; /* a positive value stops the iteration */
 }
 
-int nbs_io_h5_kind(const char *path, nbs_format *out, nbs_error *err) {
+hid_t nbs_h5_open_input(const char *path, nbs_error *err) {
     H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    if (H5Fis_hdf5(path) <= 0)
-        return nbs_error_set(err, NBS_ERR_INPUT,
-                             "%s: not a readable HDF5 file (missing, truncated or corrupt)", path);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0)
-        return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (truncated or corrupt?)",
-                             path);
-    int rc = NBS_OK;
-    if (nbs_h5_has(f, "matrix")) {
+    char tmp[NBS_PATH_MAX];
+    int gz = nbs_io_gunzip_temp(path, tmp, err);
+    if (gz < 0) return -1;
+    if (gz) nbs_debug("%s: gzip-compressed; reading an inflated copy in %s", path, tmp);
+    const char *real = gz ? tmp : path, *inside = gz ? " once decompressed" : "";
+    int is_h5 = H5Fis_hdf5(real) > 0;
+    hid_t f = is_h5 ? H5Fopen(real, H5F_ACC_RDONLY, H5P_DEFAULT) : -1;
+    /* HDF5 reads through its open descriptor: the name can go now, so no copy outlives an
+     * error or a killed run */
+    if (gz) remove(tmp);
+    if (!is_h5)
+        nbs_error_set(err, NBS_ERR_INPUT, "%s: not a readable HDF5 file%s (missing, truncated or corrupt)", path,
+                      inside);
+    else if (f < 0)
+        nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5%s (truncated or corrupt?)", path, inside);
+    return f;
+}
+
+int nbs_h5_kind_of(hid_t f, const char *path, nbs_format *out, nbs_error *err) {
+    H5O_type_t matrix = nbs_h5_type(f, "matrix");
+    if (matrix == H5O_TYPE_GROUP) { /* 10x v3 keeps a CSC group there, loom a 2-D dataset */
         *out = NBS_FMT_10X_H5;
+    } else if (matrix == H5O_TYPE_DATASET) {
+        *out = NBS_FMT_LOOM;
     } else if (nbs_h5_has(f, "X") && (nbs_h5_has(f, "obs") || nbs_h5_has(f, "var"))) {
         *out = NBS_FMT_H5AD;
     } else {
         int v2 = 0;
         hsize_t idx = 0;
         H5Literate(f, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, v2_visit, &v2);
-        if (v2) {
-            *out = NBS_FMT_10X_H5;
-        } else {
-            rc = nbs_error_set(err, NBS_ERR_INPUT,
-                               "%s: HDF5 file is neither a 10x Cell Ranger file (group /matrix, or "
-                               "genome groups with indptr/data) nor an AnnData .h5ad (X, obs, var "
-                               "at the root); use --format or convert it", path);
-        }
+        if (!v2)
+            return nbs_error_set(err, NBS_ERR_INPUT,
+                                 "%s: HDF5 file is neither a 10x Cell Ranger file (group /matrix, or "
+                                 "genome groups with indptr/data), an AnnData .h5ad (X, obs, var at the "
+                                 "root) nor a loom file (dataset /matrix); use --format or convert it", path);
+        *out = NBS_FMT_10X_H5;
     }
+    return NBS_OK;
+}
+
+int nbs_io_h5_kind(const char *path, nbs_format *out, nbs_error *err) {
+    hid_t f = nbs_h5_open_input(path, err);
+    if (f < 0) return err->code;
+    int rc = nbs_h5_kind_of(f, path, out, err);
     H5Fclose(f);
     return rc;
 }
@@ -251,13 +271,15 @@ static herr_t list_genomes(hid_t g, const char *name, const H5L_info_t *info, vo
     return 0;
 }
 
-static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nbs_matrix **out, nbs_error *err) {
+static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nbs_matrix **out, char ***types,
+                          nbs_error *err) {
     int64_t n, len;
     int64_t *shape = nbs_h5_read_1d(g, "shape", path, grp, H5T_NATIVE_INT64, sizeof(int64_t), 2, &n, err);
     if (!shape) return err->code;
     int64_t n_genes = shape[0], n_cells = shape[1];
     free(shape);
-    if (n_genes <= 0 || n_cells <= 0 || n_genes > INT32_MAX)
+    /* INT64_MAX cells would overflow the n_cells + 1 offsets below */
+    if (n_genes <= 0 || n_cells <= 0 || n_genes > INT32_MAX || n_cells == INT64_MAX)
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: %s/shape gives %lld genes x %lld cells; expected positive sizes",
                              path, grp, (long long)n_genes, (long long)n_cells);
     /* lengths are checked against shape before anything of that size is allocated */
@@ -294,8 +316,15 @@ static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nb
     if (!rc) rc = nbs_h5_read_strings(g, "barcodes", path, grp, m->barcodes, n_cells, err);
     if (!rc) rc = nbs_h5_read_strings(feat, v3 ? "id" : "genes", path, fgrp, m->gene_ids, n_genes, err);
     if (!rc) rc = nbs_h5_read_strings(feat, v3 ? "name" : "gene_names", path, fgrp, m->gene_names, n_genes, err);
+    /* v2 files have no feature types: every row is a gene */
+    if (!rc && types && v3 && nbs_h5_has(feat, "feature_type")) {
+        if (!(*types = nbs_calloc((size_t)n_genes, sizeof **types, err))) rc = NBS_ERR_NOMEM;
+        else rc = nbs_h5_read_strings(feat, "feature_type", path, fgrp, *types, n_genes, err);
+    }
     if (v3 && feat >= 0) H5Gclose(feat);
     if (rc) {
+        if (types && *types) nbs_io_free_labels(*types, n_genes);
+        if (types) *types = NULL;
         nbs_matrix_free(m);
         return rc;
     }
@@ -304,14 +333,23 @@ static int read_10x_group(hid_t g, const char *path, const char *grp, int v3, nb
 }
 
 int nbs_io_read_10x_h5(const char *path, const char *genome, nbs_matrix **out, nbs_error *err) {
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    return nbs_io_read_10x_h5_types(path, genome, out, NULL, err);
+}
+
+int nbs_io_read_10x_h5_types(const char *path, const char *genome, nbs_matrix **out, char ***types,
+                             nbs_error *err) {
+    if (types) *types = NULL;
+    hid_t f = nbs_h5_open_input(path, err);
+    if (f < 0) return err->code;
     nbs_format kind;
-    int rc = nbs_io_h5_kind(path, &kind, err);
-    if (rc) return rc;
-    if (kind != NBS_FMT_10X_H5)
-        return nbs_error_set(err, NBS_ERR_INPUT, "%s: this is an AnnData .h5ad file, not a 10x HDF5 file", path);
-    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (f < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5", path);
+    int rc = nbs_h5_kind_of(f, path, &kind, err);
+    if (!rc && kind != NBS_FMT_10X_H5)
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: this is %s, not a 10x HDF5 file; set input.format to auto or %s",
+                           path, kind == NBS_FMT_LOOM ? "a loom file" : "an AnnData .h5ad file", nbs_format_name(kind));
+    if (rc) {
+        H5Fclose(f);
+        return rc;
+    }
     char grp[300] = "matrix";
     int v3 = nbs_h5_has(f, "matrix");
     if (!v3) {
@@ -333,7 +371,7 @@ int nbs_io_read_10x_h5(const char *path, const char *genome, nbs_matrix **out, n
     }
     hid_t g = rc ? -1 : H5Gopen2(f, grp, H5P_DEFAULT);
     if (!rc && g < 0) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open group /%s", path, grp);
-    if (!rc) rc = read_10x_group(g, path, grp, v3, out, err);
+    if (!rc) rc = read_10x_group(g, path, grp, v3, out, types, err);
     if (g >= 0) H5Gclose(g);
     H5Fclose(f);
     return rc;

@@ -112,8 +112,10 @@ nbs_matrix *nbs_matrix_from_compressed(const nbs_compressed_view *v, int major_i
     if (!m) return NULL;
     if (major_is_cells) {
         memcpy(m->indptr, v->indptr, (size_t)(n_cells + 1) * sizeof *m->indptr);
-        memcpy(m->indices, v->indices, (size_t)v->nnz * sizeof *m->indices);
-        memcpy(m->data, v->data, (size_t)v->nnz * sizeof *m->data);
+        if (v->nnz) { /* an empty matrix may come with NULL arrays, which memcpy must not see */
+            memcpy(m->indices, v->indices, (size_t)v->nnz * sizeof *m->indices);
+            memcpy(m->data, v->data, (size_t)v->nnz * sizeof *m->data);
+        }
     } else {
         /* transpose: count entries per cell, then scatter gene by gene (keeps genes sorted) */
         for (int64_t k = 0; k < v->nnz; k++) m->indptr[v->indices[k] + 1]++;

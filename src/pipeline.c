@@ -48,7 +48,8 @@ _Static_assert(offsetof(nbs_model_config, decoder_layers) ==
 static const enum_word W_FORMAT[] = {{"auto", NBS_FMT_AUTO}, {"10x-h5", NBS_FMT_10X_H5},
                                      {"h5ad", NBS_FMT_H5AD},  {"10x-mtx", NBS_FMT_10X_MTX},
                                      {"mtx", NBS_FMT_MTX},    {"tsv", NBS_FMT_TSV},
-                                     {"csv", NBS_FMT_CSV},    {NULL, 0}};
+                                     {"csv", NBS_FMT_CSV},    {"loom", NBS_FMT_LOOM},
+                                     {NULL, 0}};
 static const enum_word W_ORIENT[] = {{"auto", NBS_ORIENT_AUTO},
                                      {"cells_rows", NBS_ORIENT_CELLS_ROWS},
                                      {"genes_rows", NBS_ORIENT_GENES_ROWS},
@@ -88,8 +89,10 @@ static const key_desc KEYS[] = {
      "the path of a count matrix file or 10x folder"},
     {"input", "format", K_ENUM, F(input, format), 0, 0, 0, W_FORMAT, NULL},
     {"input", "layer", K_STRING, F(input, layer), 0, 0, 0, NULL,
-     "an h5ad layer name (\"\" = X, raw = raw/X)"},
+     "an h5ad layer name (\"\" = X, raw = raw/X) or a loom layer name (\"\" = /matrix)"},
     {"input", "genome", K_STRING, F(input, genome), 0, 0, 0, NULL, "a genome group name"},
+    {"input", "feature_types", K_STRING, F(input, feature_types), 0, 0, 0, NULL,
+     "all, or 10x feature types separated by commas, e.g. Gene Expression, Antibody Capture"},
     {"input", "orientation", K_ENUM, F(input, orientation), 0, 0, 0, W_ORIENT, NULL},
     {"input", "non_integer", K_ENUM, F(input, non_integer), 0, 0, 0, W_NONINT, NULL},
     {"input", "labels_path", K_PATH, F(input, labels_path), 0, 0, 0, NULL,
@@ -160,13 +163,18 @@ static const key_desc KEYS[] = {
     {"diagnose", "tau_kl", K_DOUBLE, F(diagnose, tau_kl), 0, BIG, 0, NULL, "a number >= 0 (nats)"},
     {"diagnose", "tau_sensitivity", K_DOUBLE, F(diagnose, tau_sensitivity), 0, BIG, 0, NULL,
      "a number >= 0"},
+    {"diagnose", "tau_decoder_nats", K_DOUBLE, F(diagnose, tau_decoder_nats), 0, BIG, 0, NULL,
+     "a number >= 0 (nats per cell)"},
+    {"diagnose", "tau_decoder_relative", K_DOUBLE, F(diagnose, tau_decoder_relative), 0, 1, 0, NULL,
+     "a number from 0 to 1 (a fraction of the largest dimension's decoder response)"},
     {"diagnose", "tau_activity", K_DOUBLE, F(diagnose, tau_activity), 0, BIG, 0, NULL,
      "a number >= 0"},
     {"diagnose", "interval", K_INT, F(diagnose, interval), 0, 1e6, 0, NULL,
      "an integer >= 0 (0 = only at the end)"},
-    {"diagnose", "subsample", K_INT64, F(diagnose, subsample), 1, 1e12, 0, NULL,
-     "an integer >= 1"},
-    {"diagnose", "mi_batch", K_INT, F(diagnose, mi_batch), 1, 1e6, 0, NULL, "an integer >= 1"},
+    {"diagnose", "subsample", K_INT64, F(diagnose, subsample), 2, 1e12, 0, NULL,
+     "an integer >= 2 (the measures compare cells)"},
+    {"diagnose", "mi_batch", K_INT, F(diagnose, mi_batch), 2, 1e6, 0, NULL,
+     "an integer >= 2 (the estimator compares cells within a batch)"},
 
     {"output", "dir", K_PATH, F(output, dir), 0, 0, 0, NULL, "a folder path"},
     {"output", "write_h5ad", K_BOOL, F(output, write_h5ad), 0, 0, 0, NULL, NULL},
@@ -535,10 +543,13 @@ static int apply_set(ctx *c, const char *assignment) {
     if (KEYS[ki].type != K_LAYERS) return set_scalar(c, ki, value, &l);
     yaml_parser_t ps;
     yaml_document_t doc;
-    yaml_parser_initialize(&ps);
+    /* a parser that failed to initialise aborts in yaml_parser_load */
+    if (!yaml_parser_initialize(&ps)) return nbs_error_set(c->err, NBS_ERR_NOMEM, "%s: out of memory", assignment);
     yaml_parser_set_input_string(&ps, (const unsigned char *)value, strlen(value));
     if (!yaml_parser_load(&ps, &doc)) {
+        const int nomem = ps.error == YAML_MEMORY_ERROR; /* not a malformed list */
         yaml_parser_delete(&ps);
+        if (nomem) return nbs_error_set(c->err, NBS_ERR_NOMEM, "%s: out of memory", assignment);
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "malformed list");
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);

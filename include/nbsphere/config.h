@@ -19,7 +19,8 @@ typedef enum {
     NBS_FMT_10X_MTX,  /* a 10x folder: matrix.mtx[.gz], features.tsv[.gz]|genes.tsv, barcodes */
     NBS_FMT_MTX,      /* a bare Matrix Market file */
     NBS_FMT_TSV,      /* dense, tab-separated, header row and row names */
-    NBS_FMT_CSV       /* dense, comma-separated */
+    NBS_FMT_CSV,      /* dense, comma-separated */
+    NBS_FMT_LOOM      /* loom (loompy): /matrix genes x cells, /row_attrs, /col_attrs */
 } nbs_format;
 
 /* Orientation of bare MTX and dense tables. */
@@ -28,8 +29,12 @@ typedef enum { NBS_ORIENT_AUTO = 0, NBS_ORIENT_CELLS_ROWS, NBS_ORIENT_GENES_ROWS
 typedef struct {
     char path[NBS_PATH_MAX];
     nbs_format format;
-    char layer[NBS_NAME_MAX];  /* h5ad: "" = X, "raw" = raw/X, otherwise layers/<layer> */
+    char layer[NBS_NAME_MAX];  /* h5ad: "" = X, "raw" = raw/X, otherwise layers/<layer>; loom: "" = /matrix */
     char genome[NBS_NAME_MAX]; /* 10x v2: genome group to read; "" = the only one */
+    /* 10x HDF5 and folders: the feature types kept, "all" or a comma-separated list ("Gene
+     * Expression, Antibody Capture"; case and spaces around commas ignored); "" is the default,
+     * "Gene Expression", as scanpy's read_10x_h5(gex_only=True) */
+    char feature_types[NBS_NAME_MAX];
     nbs_orientation orientation;
     nbs_nonint_policy non_integer;
     char labels_path[NBS_PATH_MAX]; /* optional TSV with a barcode column (else labels from h5ad obs) */
@@ -98,7 +103,9 @@ typedef struct {
 
 typedef struct {
     double tau_kl;          /* nats: KL_j below this counts as "no information" */
-    double tau_sensitivity; /* decoder sensitivity below this counts as "ignored" */
+    double tau_sensitivity; /* Jacobian sensitivity below this counts as "ignored" */
+    double tau_decoder_nats; /* ... and so does a decoder response below this many nats per cell */
+    double tau_decoder_relative; /* ... unless it is at least this fraction of the largest one's */
     double tau_activity;    /* Var_x E[z_j|x] below this counts as inactive (Burda et al.: 0.01) */
     int interval;           /* epochs between tracked diagnostics; 0 = only at the end */
     int64_t subsample;      /* cells used for tracking during training */

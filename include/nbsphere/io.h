@@ -12,40 +12,55 @@
 #include "nbsphere/config.h"
 #include "nbsphere/matrix.h"
 
-/* ---- reading (io.c dispatches; io_h5.c, io_h5ad.c, io_text.c and io_table.c implement) ---- */
+/* ---- reading (io.c dispatches; io_h5.c, io_h5ad.c, io_loom.c, io_text.c and io_table.c
+ * implement) ---- */
 
-const char *nbs_format_name(nbs_format f); /* "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv" */
+const char *nbs_format_name(nbs_format f); /* "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv", "loom" */
 int nbs_format_parse(const char *name, nbs_format *out); /* inverse; "auto" -> NBS_FMT_AUTO */
 
-/* Format from the path (folder, extension, .gz) and the first bytes (HDF5 signature, MTX
- * banner, delimiter); an HDF5 file is told apart as 10x or h5ad by its groups. */
+/* Format from the path (folder, extension, .gz) and the first bytes (HDF5 signature, also
+ * inside gzip; MTX banner, delimiter); an HDF5 file is told apart as 10x, h5ad or loom by its
+ * groups (a gzip'd one is inflated to a temporary file for that, except a .h5ad.gz). */
 int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err);
 
-/* For an HDF5 file: NBS_FMT_10X_H5 (/matrix group, or v2 genome groups holding indptr/data)
- * or NBS_FMT_H5AD (X plus obs or var at the root); an error naming the file otherwise. */
+/* For an HDF5 file (plain or gzip): NBS_FMT_10X_H5 (/matrix group, or v2 genome groups holding
+ * indptr/data), NBS_FMT_LOOM (/matrix dataset) or NBS_FMT_H5AD (X plus obs or var at the root);
+ * an error naming the file otherwise. */
 int nbs_io_h5_kind(const char *path, nbs_format *out, nbs_error *err);
 
-/* Reads any supported format with the input section's options (format, layer, genome,
- * orientation, non-integer policy). On success *out owns a validated matrix. */
+/* Reads any supported format with the input section's options (format, layer, genome, feature
+ * types, orientation, non-integer policy). 10x files keep only the features whose type
+ * in->feature_types names (default Gene Expression; the log says what was dropped). On success
+ * *out owns a validated matrix. */
 int nbs_io_read(const nbs_input_config *in, nbs_matrix **out, nbs_error *err);
 
-/* Format-specific readers (used by nbs_io_read; values not yet validated). */
+/* Format-specific readers (used by nbs_io_read; values not yet validated, every feature type
+ * kept). The HDF5 readers also take a gzip-compressed file. */
 int nbs_io_read_10x_h5(const char *path, const char *genome, nbs_matrix **out, nbs_error *err);
 int nbs_io_read_h5ad(const char *path, const char *layer, nbs_matrix **out, nbs_error *err);
 int nbs_io_read_10x_mtx_dir(const char *dir, nbs_matrix **out, nbs_error *err);
 int nbs_io_read_mtx(const char *path, nbs_orientation orient, nbs_matrix **out, nbs_error *err);
+/* Loom (loompy 2 and 3): /matrix (or /layers/<layer>) genes x cells, read in blocks of cells;
+ * genes from /row_attrs/Gene (ids from Accession), cells from /col_attrs/CellID. */
+int nbs_io_read_loom(const char *path, const char *layer, nbs_matrix **out, nbs_error *err);
 /* Dense table: a header row of column names (with or without a name over the row-name column),
- * then one row per cell or gene: a name and one number per column; plain or gzip. With
+ * then one row per cell or gene: a name and one number per column; plain or gzip. Fields are
+ * read as RFC 4180 has them (quotes around a field holding the delimiter, "" or a line end),
+ * after a UTF-8 byte-order mark; CRLF or LF line ends. A row with another field count than the
+ * first data row, or a quote never closed, is an error naming the line. With
  * NBS_ORIENT_AUTO, rows are genes when there are more data columns than rows (a filtered table
  * usually keeps more cells than genes), cells otherwise, and a warning says which. */
 int nbs_io_read_table(const char *path, char delim, nbs_orientation orient, nbs_matrix **out,
                       nbs_error *err);
 
 /* Per-cell labels for a matrix's cells, in the matrix's cell order: from an h5ad obs column
- * (categorical, strings, or numbers as text), or from a delimited text file (tab, else comma;
- * plain or gzip) with a header whose first column (or one named barcode/barcodes/cell/cell_id)
- * holds barcodes; `column` NULL or "" takes the first other column. A file of one column holds
- * the labels in the matrix's cell order (line count n_cells, or n_cells + 1 with a header).
+ * (categorical, strings, or numbers as text), or from a delimited text file (tab if the first
+ * line has one outside quotes, else comma; quoted as the dense table; plain or gzip) with a
+ * header whose first column (or one named barcode/barcodes/cell/cell_id) holds barcodes, or
+ * (R's write.table) a header one name short, the barcodes then being the unnamed first field
+ * unless a column is named so; `column` NULL or "" takes the first other column. A file of one
+ * column holds the labels in the matrix's cell order (n_cells records, or n_cells + 1 with a
+ * header).
  * labels[i] is malloc'd, NULL where a cell has no label ("NA" or empty in a table, code -1 in a
  * categorical); an error when no cell matches. Free with nbs_io_free_labels. */
 int nbs_io_read_h5ad_obs(const char *path, const char *column, const nbs_matrix *m,
