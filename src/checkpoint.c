@@ -95,13 +95,15 @@ static char *config_text(const nbs_config *c) {
     return buf;
 }
 
+/* Returns 1 if anything failed; *nomem says whether an allocation of ours was the cause. */
 static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *names, char *const *ids,
-                     const nbs_train_state *s, const nbs_train_log *l) {
+                     const nbs_train_state *s, const nbs_train_log *l, int *nomem) {
     int bad = 0, version = FORMAT_VERSION;
     bad |= attr_string(f, "format", FORMAT_NAME);
     bad |= attr_write(f, "format_version", H5T_NATIVE_INT, &version);
     bad |= attr_string(f, "nbsphere_version", NBS_VERSION);
     char *yaml = config_text(c);
+    *nomem |= !yaml;
     bad |= !yaml || write_string(f, "config_yaml", yaml);
     free(yaml);
 
@@ -155,6 +157,7 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
     bad |= g < 0;
     if (!bad) {
         double *rows = calloc((size_t)l->n * LOG_COLS + 1, sizeof(double));
+        *nomem |= !rows;
         bad |= !rows;
         for (int i = 0; rows && i < l->n; i++) {
             const nbs_epoch_record *r = &l->rec[i];
@@ -185,14 +188,19 @@ int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, cha
     H5E_END_TRY;
     H5Pclose(fcpl);
     if (f < 0) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create the model file", tmp);
-    int bad;
+    int bad, nomem = 0;
     H5E_BEGIN_TRY {
-        bad = write_all(f, m, c, gene_names, gene_ids, s, l);
-        if (nbs_h5_close_to_file(f, tmp, bad)) bad = 1;
+        bad = write_all(f, m, c, gene_names, gene_ids, s, l, &nomem);
+        int closed = nbs_h5_close_to_file(f, tmp, bad);
+        if (closed) bad = 1;
+        if (closed == -2) nomem = 1;
     }
     H5E_END_TRY;
     if (bad) {
         remove(tmp);
+        if (nomem) /* not the disk: the message must not send the user looking for space */
+            return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the model file; the "
+                                 "previous file, if any, is unchanged", path);
         return nbs_error_set(err, NBS_ERR_IO, "%s: writing the model failed (disk full?); the "
                              "previous file, if any, is unchanged", path);
     }

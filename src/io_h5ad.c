@@ -345,6 +345,10 @@ static int fill_gene_ids(hid_t f, const char *var, nbs_matrix *m, nbs_error *err
                 free(m->gene_ids[i]);
                 m->gene_ids[i] = NULL;
             }
+        if (rc == NBS_ERR_NOMEM) { /* not an unusable column: the names must not stand in */
+            *err = tmp;
+            return rc;
+        }
     }
     for (int64_t i = 0; rc && i < m->n_genes; i++)
         if (!(m->gene_ids[i] = nbs_strdup(m->gene_names[i], err))) return NBS_ERR_NOMEM;
@@ -537,6 +541,10 @@ static int64_t match_cells(char **names, char **vals, int64_t n, const nbs_matri
         matched++;
         /* the same row may serve two cells only with duplicated barcodes; copy then */
         labels[c] = vals[hit->idx] ? nbs_strdup(vals[hit->idx], err) : NULL;
+        if (vals[hit->idx] && !labels[c]) { /* not an unlabelled cell: out of memory */
+            free(idx);
+            return -1;
+        }
     }
     free(idx);
     return matched;

@@ -70,17 +70,20 @@ int nbs_io_gunzip_temp(const char *path, char *tmp, nbs_error *err) {
     FILE *out = fdopen(fd, "wb");
     gzFile in = gzopen(path, "rb");
     char *buf = malloc(1 << 20);
-    int rc = (!out || !in || !buf) ? -1 : 0, n = 0;
+    int rc = !buf ? -4 : (!out || !in) ? -1 : 0, n = 0; /* -4: our buffer, not the file */
     while (!rc && (n = gzread(in, buf, 1 << 20)) > 0)
         if (fwrite(buf, 1, (size_t)n, out) != (size_t)n) rc = -2;
-    if (!rc && n < 0) rc = -3;
+    int zerr = Z_OK;
+    if (!rc && in) gzerror(in, &zerr); /* a cut stream ends with n == 0 and Z_BUF_ERROR, not n < 0 */
+    if (!rc && (n < 0 || (zerr != Z_OK && zerr != Z_STREAM_END))) rc = -3;
     free(buf);
     if (in) gzclose(in);
     if (out ? fclose(out) != 0 : close(fd) != 0) rc = rc ? rc : -2;
     if (rc) {
         remove(tmp);
-        nbs_error_set(err, rc == -3 ? NBS_ERR_INPUT : NBS_ERR_IO,
+        nbs_error_set(err, rc == -3 ? NBS_ERR_INPUT : rc == -4 ? NBS_ERR_NOMEM : NBS_ERR_IO,
                       rc == -3 ? "%s: the gzip stream is corrupt or truncated; re-download the file"
+                      : rc == -4 ? "%s: out of memory for decompressing"
                       : rc == -2 ? "%s: cannot write the decompressed copy (disk full? set TMPDIR)"
                                  : "%s: cannot open for decompression", path);
         return -1;
@@ -107,10 +110,11 @@ int nbs_h5_close_to_file(hid_t f, const char *tmp, int bad) {
     if (!bad && H5Fflush(f, H5F_SCOPE_GLOBAL) >= 0 && (n = H5Fget_file_image(f, NULL, 0)) > 0 &&
         (image = malloc((size_t)n)) && H5Fget_file_image(f, image, (size_t)n) != n)
         n = -1;
+    const int nomem = !bad && n > 0 && !image;
     if (H5Fclose(f) < 0) bad = 1; /* in memory: fails only on an HDF5 error, never on the disk */
     if (bad || n <= 0 || !image) {
         free(image);
-        return -1;
+        return nomem ? -2 : -1;
     }
     FILE *out = fopen(tmp, "wb");
     int ok = out && fwrite(image, 1, (size_t)n, out) == (size_t)n;

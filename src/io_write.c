@@ -15,6 +15,16 @@
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
 
+/* The HDF5 writers' helpers (HDF5 iteration callbacks among them) report only success or
+ * failure; one whose own allocation failed also sets this, so that the writer says "out of
+ * memory" (NBS_ERR_NOMEM) instead of blaming the disk. Each writer clears it first. */
+static _Thread_local int out_of_memory;
+
+static void *note_nomem(void *p) {
+    if (!p) out_of_memory = 1;
+    return p;
+}
+
 /* ---- embedding TSV ---- */
 
 int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t n, int d,
@@ -212,7 +222,7 @@ static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_
             hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
             n_old = H5Sget_simple_extent_npoints(sp);
             if (n_old > 0 && H5Tget_class(t) == H5T_STRING) {
-                old = calloc((size_t)n_old + 1, sizeof *old);
+                old = note_nomem(calloc((size_t)n_old + 1, sizeof *old));
                 if (!old || H5Aread(a, st, old) < 0) bad = 1;
             } else n_old = 0;
             H5Sclose(sp);
@@ -221,7 +231,7 @@ static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_
         }
         int present = 0;
         for (hssize_t i = 0; i < n_old && old; i++) present |= old[i] && !strcmp(old[i], "nbsphere_kappa");
-        const char **all = bad || present ? NULL : calloc((size_t)n_old + 1, sizeof *all);
+        const char **all = bad || present ? NULL : note_nomem(calloc((size_t)n_old + 1, sizeof *all));
         if (all) {
             for (hssize_t i = 0; i < n_old; i++) all[i] = old[i];
             all[n_old] = "nbsphere_kappa";
@@ -282,7 +292,7 @@ static herr_t copy_attr(hid_t loc, const char *name, const H5A_info_t *info, voi
     hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
     hssize_t n = H5Sget_simple_extent_npoints(sp);
     size_t sz = H5Tget_size(t) * (size_t)(n > 0 ? n : 1);
-    void *buf = calloc(sz ? sz : 1, 1);
+    void *buf = note_nomem(calloc(sz ? sz : 1, 1));
     if (H5Aexists(*(hid_t *)op, name) > 0) H5Adelete(*(hid_t *)op, name);
     hid_t b = H5Acreate2(*(hid_t *)op, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
     int vlen = H5Tdetect_class(t, H5T_VLEN) > 0 || H5Tis_variable_str(t) > 0;
@@ -396,7 +406,7 @@ static int subset_rows(hid_t sg, hid_t dg, const char *name, const subset_plan *
     H5Sget_simple_extent_dims(sp, dims, NULL);
     size_t row = H5Tget_size(mt);
     for (int k = 1; k < rank; k++) row *= dims[k];
-    char *buf = malloc(dims[0] * row + 1), *out = malloc((size_t)p->n_keep * row + 1);
+    char *buf = note_nomem(malloc(dims[0] * row + 1)), *out = note_nomem(malloc((size_t)p->n_keep * row + 1));
     int bad = !buf || !out || H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) < 0;
     int vlen = H5Tdetect_class(mt, H5T_VLEN) > 0 || H5Tis_variable_str(mt) > 0;
     for (int64_t i = 0; !bad && i < p->n_keep; i++) memcpy(out + (size_t)i * row, buf + (size_t)p->keep[i] * row, row);
@@ -445,17 +455,20 @@ static int subset_sparse(hid_t g, hid_t dg, const char *name, int csr, const int
     nbs_error e = {0};
     int64_t *indptr = nbs_h5_read_1d(g, "indptr", "", name, H5T_NATIVE_INT64, sizeof *indptr, n_major + 1, &len, &e);
     if (!indptr || indptr[0] != 0 || indptr[n_major] < 0) {
+        if (e.code == NBS_ERR_NOMEM) out_of_memory = 1;
         free(indptr);
         return -1;
     }
     nnz = indptr[n_major];
     int64_t *indices = nbs_h5_read_1d(g, "indices", "", name, H5T_NATIVE_INT64, sizeof *indices, nnz, &len, &e);
+    if (!indices && e.code == NBS_ERR_NOMEM) out_of_memory = 1;
     hid_t dd = H5Dopen2(g, "data", H5P_DEFAULT), ft = dd >= 0 ? H5Dget_type(dd) : -1;
     hid_t mt = ft >= 0 ? H5Tget_native_type(ft, H5T_DIR_ASCEND) : -1;
     size_t es = mt >= 0 ? H5Tget_size(mt) : 1;
-    char *data = malloc((size_t)nnz * es + 1), *nd = malloc((size_t)nnz * es + 1);
+    char *data = note_nomem(malloc((size_t)nnz * es + 1)), *nd = note_nomem(malloc((size_t)nnz * es + 1));
     int64_t n_out = csr ? p->n_keep : n_major;
-    int64_t *np = malloc((size_t)(n_out + 1) * sizeof *np), *ni = malloc((size_t)(nnz ? nnz : 1) * sizeof *ni);
+    int64_t *np = note_nomem(malloc((size_t)(n_out + 1) * sizeof *np));
+    int64_t *ni = note_nomem(malloc((size_t)(nnz ? nnz : 1) * sizeof *ni));
     int bad = !indices || mt < 0 || !data || !nd || !np || !ni || H5Dread(dd, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0;
     int64_t k2 = 0;
     if (!bad) np[0] = 0;
@@ -588,6 +601,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
     hid_t src = -1;
     subset_plan plan = {0, 0, NULL, NULL, 0};
     int rc = NBS_OK;
+    out_of_memory = 0;
     if (copy_from && *copy_from) {
         int g = nbs_io_gunzip_temp(copy_from, gz, err);
         if (g < 0) return err->code;
@@ -617,11 +631,14 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
         bad = attr_enc(f, "anndata", "0.1.0") || write_new_h5ad(f, m);
     }
     if (!rc && !bad && embedding && d > 0) bad = add_embedding(f, m->n_cells, d, embedding, meta);
-    if (f >= 0 && nbs_h5_close_to_file(f, tmp, bad || rc)) bad = 1;
+    const int closed = f >= 0 ? nbs_h5_close_to_file(f, tmp, bad || rc) : 0;
+    if (closed) bad = 1;
     if (src >= 0) H5Fclose(src);
     if (gz[0]) remove(gz);
     free(plan.keep);
     free(plan.newrow);
+    if (!rc && bad && (closed == -2 || out_of_memory))
+        rc = nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the file", path);
     if (!rc && bad)
         rc = nbs_error_set(err, NBS_ERR_IO, "%s: writing the h5ad failed (disk full, or an HDF5 error%s)", path,
                            src >= 0 ? " while copying the source" : "");
@@ -641,7 +658,7 @@ static int write_fixed_strs(hid_t loc, const char *name, char *const *s, const c
         size_t len = strlen(constant ? constant : s[i]);
         if (len > w) w = len;
     }
-    char *buf = calloc(n ? n : 1, w);
+    char *buf = note_nomem(calloc(n ? n : 1, w));
     if (!buf) return -1;
     for (hsize_t i = 0; i < n; i++) memcpy(buf + i * w, constant ? constant : s[i], strlen(constant ? constant : s[i]));
     hid_t t = H5Tcopy(H5T_C_S1);
@@ -661,8 +678,9 @@ int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err) {
     if (f < 0) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create (folder missing or not writable?)", tmp);
     int integer = 1;
     for (int64_t k = 0; k < m->nnz && integer; k++) integer = m->data[k] == floorf(m->data[k]) && fabsf(m->data[k]) < 2147483648.0f;
-    int32_t *counts = integer ? malloc((size_t)(m->nnz ? m->nnz : 1) * sizeof *counts) : NULL;
-    int64_t *idx = malloc((size_t)(m->nnz ? m->nnz : 1) * sizeof *idx);
+    out_of_memory = 0;
+    int32_t *counts = integer ? note_nomem(malloc((size_t)(m->nnz ? m->nnz : 1) * sizeof *counts)) : NULL;
+    int64_t *idx = note_nomem(malloc((size_t)(m->nnz ? m->nnz : 1) * sizeof *idx));
     int bad = !idx || (integer && !counts);
     for (int64_t k = 0; !bad && k < m->nnz; k++) {
         idx[k] = m->indices[k];
@@ -700,11 +718,14 @@ int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err) {
     }
     if (ft >= 0) H5Gclose(ft);
     if (g >= 0) H5Gclose(g);
-    if (nbs_h5_close_to_file(f, tmp, bad)) bad = 1;
+    const int closed = nbs_h5_close_to_file(f, tmp, bad);
+    if (closed) bad = 1;
     free(counts);
     free(idx);
     if (bad) {
         remove(tmp);
+        if (closed == -2 || out_of_memory)
+            return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the file", path);
         return nbs_error_set(err, NBS_ERR_IO, "%s: writing the 10x HDF5 file failed (disk full?)", path);
     }
     return nbs_io_commit(tmp, path, err);

@@ -3,6 +3,7 @@
 #include "nbsphere/latent.h"
 
 #include "nbsphere/sphere.h"
+#include "sphere_internal.h"
 
 #include <gsl/gsl_randist.h>
 #include <math.h>
@@ -178,7 +179,8 @@ int nbs_latent_forward(const nbs_latent *L, const float *head, int n, gsl_rng *r
         return nbs_error_set(err, NBS_ERR_INTERNAL, "latent: batch of %d over the cache's %d", n,
                              cache->max_batch);
     if (L->kind == NBS_LATENT_GAUSSIAN) return gaussian_forward(L, head, n, rng, z, kl, cache);
-    return sphere_forward(L, head, n, rng, z, kl, cache, err);
+    int st = rng ? nbs_sphere_reserve(err) : NBS_OK; /* a sample is followed by its backward */
+    return st ? st : sphere_forward(L, head, n, rng, z, kl, cache, err);
 }
 
 void nbs_latent_backward(const nbs_latent *L, const float *head, int n, const float *dz,
@@ -232,25 +234,21 @@ void nbs_latent_expectation(const nbs_latent *L, const float *head, int n, float
         nbs_latent_posterior(L, head, n, ez, NULL);
         return;
     }
-    /* E[z] = A(kappa) mu (vMF), E[w] mu (Power Spherical) */
-    const int d = L->dim;
-    float *kappa = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1));
-    if (!kappa) {
-        for (int64_t k = 0; k < (int64_t)n * d; k++) ez[k] = NAN;
-        return;
-    }
-    nbs_latent_posterior(L, head, n, ez, kappa);
+    /* E[z] = A(kappa) mu (vMF), E[w] mu (Power Spherical); cell by cell, so that no buffer is
+     * needed: this cannot report a failed allocation, which left NaN in the diagnostics */
+    const int d = L->dim, hd = nbs_latent_head_dim(L);
     for (int i = 0; i < n; i++) {
+        float kappa = NAN;
+        nbs_latent_posterior(L, head + (int64_t)i * hd, 1, ez + (int64_t)i * d, &kappa);
         double m = NAN;
         nbs_error e;
         if (L->kind == NBS_LATENT_VMF) {
             double a, oma;
-            if (!nbs_vmf_mean_ratio(d, kappa[i], &a, &oma, &e)) m = a;
+            if (!nbs_vmf_mean_ratio(d, kappa, &a, &oma, &e)) m = a;
         } else {
             nbs_ps_stats s;
-            if (!nbs_ps_stats_eval(d, kappa[i], &s, &e)) m = s.mean_w;
+            if (!nbs_ps_stats_eval(d, kappa, &s, &e)) m = s.mean_w;
         }
         for (int j = 0; j < d; j++) ez[(int64_t)i * d + j] = (float)(m * ez[(int64_t)i * d + j]);
     }
-    free(kappa);
 }

@@ -65,9 +65,20 @@ static double *thread_rows(int G, int k) {
 
 /* rho = softmax(a) into rho[G]; returns log-sum-exp. */
 static double softmax(const float *a, int G, double *rho) {
-    float amax = -INFINITY;
-#pragma omp simd reduction(max : amax)
-    for (int g = 0; g < G; g++) amax = a[g] > amax ? a[g] : amax;
+    /* The maximum in MAXW lanes, then across them: clang (14) cannot vectorise a float max
+     * reduction without -ffast-math's no-NaN promise (and -Werror turns its "loop not
+     * vectorized" into an error), while a lane-wise max vectorises with any compiler. The
+     * result is the same in any order. */
+    enum { MAXW = 16 };
+    float lane[MAXW];
+    for (int k = 0; k < MAXW; k++) lane[k] = -INFINITY;
+    int g0 = 0;
+    for (; g0 + MAXW <= G; g0 += MAXW)
+#pragma omp simd
+        for (int k = 0; k < MAXW; k++) lane[k] = a[g0 + k] > lane[k] ? a[g0 + k] : lane[k];
+    for (; g0 < G; g0++) lane[0] = a[g0] > lane[0] ? a[g0] : lane[0];
+    float amax = lane[0];
+    for (int k = 1; k < MAXW; k++) amax = lane[k] > amax ? lane[k] : amax;
     double z = 0;
 #pragma omp simd reduction(+ : z)
     for (int g = 0; g < G; g++) {
@@ -186,7 +197,7 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
 static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, float *dlt, float *dzi) {
     const int G = b->G;
     double *rho = thread_rows(G, 4);
-    if (!rho) return NAN; /* out of memory: the caller stops on the non-finite value */
+    if (!rho) return NAN; /* out of memory despite nbs_lik_reserve (another thread): stops as non-finite */
     double *s = rho + G, *t = rho + 2 * (int64_t)G, *lthmu = rho + 3 * (int64_t)G;
     const double lse = softmax(b->logits + (int64_t)i * G, G, rho);
     const double ll = b->kind == NBS_LIK_NB ? cell_nb(b, i, rho, lse, s, t, lthmu)
@@ -202,6 +213,13 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
 #pragma omp simd
         for (int g = 0; g < G; g++) dlt[g] = (float)(scale * t[g]);
     return ll;
+}
+
+int nbs_lik_reserve(int G, nbs_error *err) {
+    int ok = 1;
+#pragma omp parallel reduction(&& : ok)
+    ok = thread_rows(G, 4) != NULL;
+    return ok ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the likelihood's scratch (%d genes)", G);
 }
 
 double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,

@@ -101,12 +101,21 @@ static void apply_reflection(int d, const double *h, double hh, const double *x,
     for (int j = 0; j < d; j++) out[j] = x[j] - c * h[j];
 }
 
-/* Scratch of 3d doubles: mu, h, y. */
-static double *scratch(int d, nbs_error *err) { return nbs_malloc(3 * (size_t)d * sizeof(double), err); }
+/* Scratch of 3d doubles: mu, h, y; on the stack up to model.latent_dim's limit, because the
+ * backward runs once per cell inside a parallel loop, where a failed allocation could only show
+ * as a NaN gradient (a "numerical failure" that was really out of memory). */
+#define STACK_D 1024
+static double *scratch(int d, double *stack, nbs_error *err) {
+    return d <= STACK_D ? stack : nbs_malloc(3 * (size_t)d * sizeof(double), err);
+}
+static void scratch_free(double *buf, const double *stack) {
+    if (buf != stack) free(buf);
+}
 
 int nbs_sphere_place(int d, const double *u, double w, double one_minus_w, const double *v,
                      double *z, nbs_error *err) {
-    double *buf = scratch(d, err);
+    double stack[3 * STACK_D];
+    double *buf = scratch(d, stack, err);
     if (!buf) return NBS_ERR_NOMEM;
     double *mu = buf, *h = buf + d, *y = buf + 2 * d;
     reflection R;
@@ -115,20 +124,21 @@ int nbs_sphere_place(int d, const double *u, double w, double one_minus_w, const
         fill_y(d, R.sigma, w, one_minus_w, v, y);
         apply_reflection(d, h, R.hh, y, z);
     }
-    free(buf);
+    scratch_free(buf, stack);
     return st;
 }
 
 /* Backward of z = H(mu) y(w) with mu = u / |u|: dz -> du (written) and dL/dw (returned). */
 static int place_backward(int d, const double *u, double w, double one_minus_w, const double *v,
                           const double *dz, double *du, double *dldw, nbs_error *err) {
-    double *buf = scratch(d, err);
+    double stack[3 * STACK_D];
+    double *buf = scratch(d, stack, err);
     if (!buf) return NBS_ERR_NOMEM;
     double *mu = buf, *h = buf + d, *y = buf + 2 * d;
     reflection R;
     int st = reflection_from_u(d, u, mu, h, &R, err);
     if (st) {
-        free(buf);
+        scratch_free(buf, stack);
         return st;
     }
     fill_y(d, R.sigma, w, one_minus_w, v, y);
@@ -152,7 +162,7 @@ static int place_backward(int d, const double *u, double w, double one_minus_w, 
         mdot += du[j] * mu[j];
     }
     for (int j = 0; j < d; j++) du[j] = (du[j] - mdot * mu[j]) / R.norm_u;
-    free(buf);
+    scratch_free(buf, stack);
     return NBS_OK;
 }
 
@@ -272,6 +282,23 @@ static double vmf_fn_angle(double theta, void *vp) {
     return (P->oma - s) * exp(-P->kappa * s - P->lw);
 }
 
+/* The quadrature workspace of this thread, made once and kept: the backward pass integrates for
+ * every cell inside a parallel loop, where a failed allocation could only show as a NaN;
+ * nbs_sphere_reserve makes them beforehand, where the failure can be reported. */
+static gsl_integration_workspace *thread_workspace(void) {
+    static _Thread_local gsl_integration_workspace *ws;
+    if (!ws) ws = gsl_integration_workspace_alloc(QUAD_INTERVALS);
+    return ws;
+}
+
+int nbs_sphere_reserve(nbs_error *err) {
+    nbs_sphere_gsl_init();
+    int ok = 1;
+#pragma omp parallel reduction(&& : ok)
+    ok = thread_workspace() != NULL;
+    return ok ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the sphere's quadrature workspaces");
+}
+
 /* Adaptive quadrature of f over [lo, hi] with break points at the peak of the density (mode
  * m, width sd) so that a peak of any width is found; "what" names the caller in errors. */
 static int tail_integral(gsl_function *F, double lo, double hi, double m, double sd, const char *what,
@@ -283,11 +310,10 @@ static int tail_integral(gsl_function *F, double lo, double hi, double m, double
     for (int i = 0; i < 3; i++)
         if (cand[i] > lo && cand[i] < hi && cand[i] > pts[np - 1]) pts[np++] = cand[i];
     pts[np++] = hi;
-    gsl_integration_workspace *ws = gsl_integration_workspace_alloc(QUAD_INTERVALS);
+    gsl_integration_workspace *ws = thread_workspace();
     if (!ws) return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory", what);
     double abserr = 0;
     const int gs = gsl_integration_qagp(F, pts, np, 0, QUAD_RELTOL, QUAD_INTERVALS, ws, val, &abserr);
-    gsl_integration_workspace_free(ws);
     if ((gs != GSL_SUCCESS && !(abserr <= 1e-6 * fabs(*val) + 1e-300)) || !isfinite(*val))
         return nbs_error_set(err, NBS_ERR_NUMERIC,
                              "%s: quadrature failed for d = %d, kappa = %g on [%g, %g] (%s, "

@@ -1,13 +1,14 @@
 /* Count likelihoods of the decoder's output: NB (default), ZINB and Poisson, with the mean
  * mu_g = l * softmax(logits)_g and the cell's observed library size l. One fused pass per cell
  * computes the log-likelihood and its gradients; lgamma/digamma run only on nonzero counts,
- * since for x = 0 those terms cancel (DESIGN §4). */
+ * since for x = 0 those terms cancel (docs/design.md §5.4). */
 #ifndef NBSPHERE_LIKELIHOOD_H
 #define NBSPHERE_LIKELIHOOD_H
 
 #include <stdint.h>
 
 #include "nbsphere/config.h"
+#include "nbsphere/error.h"
 #include "nbsphere/matrix.h"
 
 typedef struct {
@@ -28,5 +29,10 @@ typedef struct {
  * even when theta is per gene: the caller sums the columns), dzi_logits. Returns the total. */
 double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,
                     float *dlog_theta, float *dzi_logits);
+
+/* Gives every thread of the next parallel region its scratch for G genes (kept between calls).
+ * Call it before nbs_lik_eval, whose cells cannot report a failed allocation other than as a
+ * non-finite log-likelihood: NBS_ERR_NOMEM here instead of a misleading numerical failure. */
+int nbs_lik_reserve(int G, nbs_error *err);
 
 #endif

@@ -13,16 +13,16 @@
 
 #define NBS_VERSION "0.1.0"
 
-/* SHA-256 (FIPS 180-4), streaming. */
+/* SHA-256 (FIPS 180-4), streaming, computed by OpenSSL's libcrypto: init, update..., final.
+ * init returns NBS_OK or NBS_ERR_NOMEM; final releases the context in every case and returns
+ * NBS_OK, or NBS_ERR_INTERNAL (digest zeroed) when init or OpenSSL failed. */
 typedef struct {
-    uint32_t h[8];
-    uint64_t len;
-    unsigned char buf[64];
-    size_t fill;
+    void *md;     /* EVP_MD_CTX *, opaque so that this header needs no OpenSSL headers */
+    uint64_t len; /* bytes hashed so far */
 } nbs_sha256_ctx;
-void nbs_sha256_init(nbs_sha256_ctx *c);
+int nbs_sha256_init(nbs_sha256_ctx *c);
 void nbs_sha256_update(nbs_sha256_ctx *c, const void *data, size_t n);
-void nbs_sha256_final(nbs_sha256_ctx *c, unsigned char digest[32]);
+int nbs_sha256_final(nbs_sha256_ctx *c, unsigned char digest[32]);
 /* Hex digest of a file's bytes; size in bytes if not NULL. */
 int nbs_sha256_file(const char *path, char hex[65], int64_t *size, nbs_error *err);
 
