@@ -83,7 +83,8 @@ const char *nbs_model_verdict_word(nbs_model_verdict v) {
 
 void nbs_collapse_report_free(nbs_collapse_report *r) {
     if (!r) return;
-    free(r->kl), free(r->activity), free(r->sens_weight), free(r->sens_jacobian), free(r->verdict);
+    free(r->kl), free(r->activity), free(r->sens_weight), free(r->sens_jacobian), free(r->decoder_nats);
+    free(r->verdict);
     memset(r, 0, sizeof *r);
 }
 
@@ -99,22 +100,42 @@ static void log_softmax_rows(float *a, int64_t n, int G) {
     }
 }
 
-/* E_x RMS_g |d log mu_g / d z_j| by central differences along dir_j (e_j, or its tangent
- * projection at z on the sphere). log mu = log l + log softmax(logits): l cancels. Cells go
- * through the decoder JAC_CHUNK at a time, so the two logit buffers stay small. */
-#define JAC_CHUNK 256
-static int jacobian_sensitivity(const nbs_model *m, const float *loc, int64_t n, int d, int sphere,
-                                double *sens, nbs_error *err) {
+/* Two measures of how much the decoder responds to z_j, by central differences along dir_j (e_j,
+ * or its tangent projection at z on the sphere), at each cell's posterior location:
+ *   sens[j]  = E_x RMS_g |d log mu_g / d z_j|  (log mu = log l + log softmax(logits): l cancels);
+ *   nats[j]  = E_x 1/2 s^2 sum_g I_g (d log mu_g / d z_j)^2, the expected KL between the decoder's
+ *              count distributions at z and at z moved by one prior standard deviation s along
+ *              z_j (s^2 = 1 for the N(0, I) prior, 1/d per coordinate on the uniform sphere), with
+ *              I_g = mu theta / (mu + theta) the NB Fisher information in log mu (mu for Poisson;
+ *              ZINB's zero inflation is left out, which overstates it a little).
+ * nats is what listening costs: a dimension the encoder has abandoned carries prior noise, so a
+ * decoder that still responds to it loses about nats[j] per cell in expected likelihood, and
+ * training drives it towards 0; a dimension in use carries the cell-to-cell differences, many
+ * nats. The raw Jacobian has no such scale (it grows with the number of genes kept and knows
+ * nothing of depth). Cells go through the decoder JAC_CHUNK at a time. */
+#define JAC_CHUNK 128
+static int decoder_sensitivity(const nbs_model *m, const float *loc, const double *lib, int64_t n, int d,
+                               int sphere, double *sens, double *nats, nbs_error *err) {
     const int G = nbs_model_n_genes(m);
     const int64_t c = n < JAC_CHUNK ? n : JAC_CHUNK;
+    const double s2 = sphere ? 1.0 / d : 1.0;
     float *zp = malloc(sizeof(float) * c * d), *zm = malloc(sizeof(float) * c * d);
     float *lp = malloc(sizeof(float) * c * G), *lm = malloc(sizeof(float) * c * G);
+    float *info = malloc(sizeof(float) * c * G), *lt = malloc(sizeof(float) * c * G); /* I_g; log theta */
     int st = NBS_OK;
-    if (!zp || !zm || !lp || !lm) st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the Jacobian");
-    for (int j = 0; j < d && !st; j++) {
-        double total = 0;
-        for (int64_t i0 = 0; i0 < n && !st; i0 += c) {
-            const int64_t nc = n - i0 < c ? n - i0 : c;
+    if (!zp || !zm || !lp || !lm || !info || !lt)
+        st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the decoder sensitivity");
+    for (int j = 0; j < d; j++) sens[j] = nats[j] = 0;
+    for (int64_t i0 = 0; i0 < n && !st; i0 += c) {
+        const int64_t nc = n - i0 < c ? n - i0 : c;
+        if ((st = nbs_model_decode_logits(m, loc + i0 * d, (int)nc, info, lt, err))) break;
+        log_softmax_rows(info, nc, G);
+        for (int64_t i = 0; i < nc; i++)
+            for (int g = 0; g < G; g++) {
+                const double mu = lib[i0 + i] * exp(info[i * G + g]), th = exp(lt[i * G + g]);
+                info[i * G + g] = (float)(isinf(th) ? mu : mu * th / (mu + th));
+            }
+        for (int j = 0; j < d && !st; j++) {
             memcpy(zp, loc + i0 * d, sizeof(float) * nc * d);
             memcpy(zm, loc + i0 * d, sizeof(float) * nc * d);
             for (int64_t i = 0; i < nc; i++) {
@@ -127,22 +148,24 @@ static int jacobian_sensitivity(const nbs_model *m, const float *loc, int64_t n,
                     zm[i * d + k] -= (float)(JAC_STEP * dir);
                 }
             }
-            if ((st = nbs_model_decode_logits(m, zp, (int)nc, lp, err))) break;
-            if ((st = nbs_model_decode_logits(m, zm, (int)nc, lm, err))) break;
+            if ((st = nbs_model_decode_logits(m, zp, (int)nc, lp, NULL, err))) break;
+            if ((st = nbs_model_decode_logits(m, zm, (int)nc, lm, NULL, err))) break;
             log_softmax_rows(lp, nc, G);
             log_softmax_rows(lm, nc, G);
             for (int64_t i = 0; i < nc; i++) {
-                double ss = 0;
+                double ss = 0, fi = 0;
                 for (int g = 0; g < G; g++) {
-                    double dd = ((double)lp[i * G + g] - lm[i * G + g]) / (2 * JAC_STEP);
+                    const double dd = ((double)lp[i * G + g] - lm[i * G + g]) / (2 * JAC_STEP);
                     ss += dd * dd;
+                    fi += info[i * G + g] * dd * dd;
                 }
-                total += sqrt(ss / G);
+                sens[j] += sqrt(ss / G);
+                nats[j] += 0.5 * s2 * fi;
             }
         }
-        sens[j] = total / (double)n;
     }
-    free(zp), free(zm), free(lp), free(lm);
+    for (int j = 0; j < d; j++) sens[j] /= (double)n, nats[j] /= (double)n;
+    free(zp), free(zm), free(lp), free(lm), free(info), free(lt);
     return st;
 }
 
@@ -161,6 +184,10 @@ static void describe_inconsistent(const nbs_collapse_report *r, char *buf, size_
                  "the decoder ignores", r->n_inconsistent, r->n_unsent, ignored);
 }
 
+/* The decoder uses z when log p(x | z at the posterior) beats log p(x | one constant z) by more
+ * than two standard errors over the diagnosed cells (a one-sided test at about 2.3 %). */
+#define GAIN_Z 2.0
+
 static void model_verdict(nbs_collapse_report *r) {
     char incons[192];
     describe_inconsistent(r, incons, sizeof incons);
@@ -168,23 +195,40 @@ static void model_verdict(nbs_collapse_report *r) {
         "KL warm-up (train.schedule: linear, train.warmup_epochs: 50) or cyclical annealing "
         "(train.schedule: cyclical); free bits (train.free_bits: 0.2); a weak decoder at the start "
         "(model.decoder_init_scale: 0.1); a smaller train.beta";
+    if (r->z_unused) {
+        /* whatever the per-dimension measures say: an embedding the decoder does no better with
+         * than with a constant describes nothing it learned about the cells */
+        r->model = NBS_MODEL_COLLAPSED;
+        char why[96] = "";
+        if (r->n_sending) snprintf(why, sizeof why, ", although %d of %d dimensions carry %s", r->n_sending, r->d,
+                                   r->latent == NBS_LATENT_GAUSSIAN ? "KL" : "activity");
+        snprintf(r->summary, sizeof r->summary,
+                 "collapsed: the decoder does not use z: its reconstruction gain over a constant z is "
+                 "%.3g +- %.2g nats per cell (not above 0)%s", r->recon_gain, r->recon_gain_se, why);
+        snprintf(r->remedies, sizeof r->remedies,
+                 "if training diverged or overfitted (see the training curves): normalised hidden layers "
+                 "(model.norm: batch), a lower train.learning_rate, gradient clipping (train.grad_clip: "
+                 "10), fewer train.epochs or early stopping (train.patience: 20); if the KL won: %s",
+                 remedy_list);
+        return;
+    }
     if (r->n_active == 0) {
         r->model = NBS_MODEL_COLLAPSED;
         snprintf(r->summary, sizeof r->summary,
                  "collapsed: none of the %d latent dimensions carries information the decoder uses "
-                 "(%d collapsed, %s; reconstruction gain over a constant z: %.3g nats per "
-                 "cell)", r->d, r->n_collapsed, incons, r->recon_gain);
+                 "(%d collapsed, %s; reconstruction gain over a constant z: %.3g +- %.2g nats per "
+                 "cell)", r->d, r->n_collapsed, incons, r->recon_gain, r->recon_gain_se);
     } else if (r->n_collapsed > 0 || r->n_inconsistent > 0) {
         r->model = NBS_MODEL_PARTIAL;
         snprintf(r->summary, sizeof r->summary,
                  "partially collapsed: %d of %d dimensions active, %d collapsed, %s "
-                 "(reconstruction gain over a constant z: %.3g nats per cell)", r->n_active, r->d,
-                 r->n_collapsed, incons, r->recon_gain);
+                 "(reconstruction gain over a constant z: %.3g +- %.2g nats per cell)", r->n_active, r->d,
+                 r->n_collapsed, incons, r->recon_gain, r->recon_gain_se);
     } else {
         r->model = NBS_MODEL_HEALTHY;
         snprintf(r->summary, sizeof r->summary,
-                 "healthy: all %d dimensions active (reconstruction gain over a constant z: %.3g nats "
-                 "per cell)", r->d, r->recon_gain);
+                 "healthy: all %d dimensions active (reconstruction gain over a constant z: %.3g +- %.2g "
+                 "nats per cell)", r->d, r->recon_gain, r->recon_gain_se);
     }
     if (r->model == NBS_MODEL_HEALTHY) snprintf(r->remedies, sizeof r->remedies, "none needed");
     else if (r->model == NBS_MODEL_PARTIAL)
@@ -225,6 +269,16 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
     r->activity = nbs_calloc((size_t)d, sizeof(double), err);
     r->sens_weight = nbs_calloc((size_t)d, sizeof(double), err);
     r->sens_jacobian = nbs_calloc((size_t)d, sizeof(double), err);
+    r->decoder_nats = nbs_calloc((size_t)d, sizeof(double), err);
+    r->tau_decoder_nats = dc->tau_decoder_nats;
+    r->tau_decoder_relative = dc->tau_decoder_relative;
+    double *lib = nbs_malloc(sizeof(double) * n, err);
+    for (int64_t i = 0; lib && i < n; i++) { /* observed library sizes: the decoder's mu is l softmax */
+        const int64_t row = rows ? rows[i] : i;
+        double l = 0;
+        for (int64_t p = X->indptr[row]; p < X->indptr[row + 1]; p++) l += X->data[p];
+        lib[i] = l;
+    }
     r->verdict = nbs_calloc((size_t)d, sizeof(nbs_dim_verdict), err);
     float *head = nbs_malloc(sizeof(float) * n * hd, err);
     float *loc = nbs_malloc(sizeof(float) * n * d, err);
@@ -235,8 +289,8 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
     float *zc = nbs_malloc(sizeof(float) * n * d, err);
     nbs_latent_cache *cache = nbs_latent_cache_new(L, (int)n, err);
     int st = NBS_OK;
-    if (!r->kl || !r->activity || !r->sens_weight || !r->sens_jacobian || !r->verdict || !head ||
-        !loc || !spread || !ez || !kl || !ll || !ll0 || !zc || !cache)
+    if (!r->kl || !r->activity || !r->sens_weight || !r->sens_jacobian || !r->decoder_nats || !lib ||
+        !r->verdict || !head || !loc || !spread || !ez || !kl || !ll || !ll0 || !zc || !cache)
         st = NBS_ERR_NOMEM;
     if (!st) st = nbs_model_encode(m, X, rows, 0, (int)n, head, err);
     if (!st) {
@@ -266,7 +320,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
             for (int k = 0; k < width; k++) s += (double)W[(int64_t)j * width + k] * W[(int64_t)j * width + k];
             r->sens_weight[j] = sqrt(s / width);
         }
-        st = jacobian_sensitivity(m, loc, n, d, sphere, r->sens_jacobian, err);
+        st = decoder_sensitivity(m, loc, lib, n, d, sphere, r->sens_jacobian, r->decoder_nats, err);
     }
     if (!st) { /* how much the decoder uses z at all: z at the posterior vs one constant z */
         st = nbs_model_loglik(m, X, rows, 0, (int)n, loc, ll, err);
@@ -280,9 +334,11 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
             for (int j = 0; j < d; j++) /* on the sphere the constant is the normalised mean direction */
                 zc[i * d + j] = (float)(sphere ? (norm > 0 ? c[j] / sqrt(norm) : (j == 0)) : c[j]);
         if (!st) st = nbs_model_loglik(m, X, rows, 0, (int)n, zc, ll0, err);
-        double g = 0;
+        double g = 0, g2 = 0;
         for (int64_t i = 0; i < n; i++) g += ll[i] - ll0[i];
         r->recon_gain = g / (double)n;
+        for (int64_t i = 0; i < n; i++) g2 += (ll[i] - ll0[i] - r->recon_gain) * (ll[i] - ll0[i] - r->recon_gain);
+        r->recon_gain_se = sqrt(g2 / (double)(n - 1) / (double)n);
     }
     if (!st) {
         if (!sphere) {
@@ -301,20 +357,30 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
         }
     }
     if (!st) {
+        /* The decoder listens to z_j when its response to a prior-SD move along z_j is large in
+         * absolute terms (tau_decoder_nats) or next to the dimension it responds to most
+         * (tau_decoder_relative: a weak model, e.g. one held up by free bits, is weak everywhere),
+         * and only when z as a whole buys likelihood: otherwise what it responds to is noise. */
+        r->z_unused = !(r->recon_gain > GAIN_Z * r->recon_gain_se);
+        double most = 0;
+        for (int j = 0; j < d; j++) most = fmax(most, r->decoder_nats[j]);
         for (int j = 0; j < d; j++) {
             /* the encoder's side: KL (Gaussian) or activity (sphere, where KL does not split) */
             const int sends = sphere ? r->activity[j] >= dc->tau_activity : r->kl[j] >= dc->tau_kl;
-            const int listens = r->sens_jacobian[j] >= dc->tau_sensitivity;
+            const double nats = r->decoder_nats[j];
+            const int listens = !r->z_unused && r->sens_jacobian[j] >= dc->tau_sensitivity &&
+                                (nats >= dc->tau_decoder_nats || (nats > 0 && nats >= dc->tau_decoder_relative * most));
             r->verdict[j] = sends && listens ? NBS_DIM_ACTIVE : (!sends && !listens ? NBS_DIM_COLLAPSED : NBS_DIM_INCONSISTENT);
             r->n_active += r->verdict[j] == NBS_DIM_ACTIVE;
             r->n_collapsed += r->verdict[j] == NBS_DIM_COLLAPSED;
             r->n_inconsistent += r->verdict[j] == NBS_DIM_INCONSISTENT;
             r->n_unsent += !sends && listens;
+            r->n_sending += sends;
             r->n_inactive_units += r->activity[j] < dc->tau_activity;
         }
         model_verdict(r);
     }
-    free(head), free(loc), free(spread), free(ez), free(kl), free(ll), free(ll0), free(zc);
+    free(head), free(loc), free(spread), free(ez), free(kl), free(ll), free(ll0), free(zc), free(lib);
     nbs_latent_cache_free(cache);
     if (st) {
         if (st == NBS_ERR_NOMEM && !err->msg[0]) nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics");

@@ -35,7 +35,8 @@ static int check_input(const char *path, const nbs_report_input *in, nbs_error *
     if (!in || !in->report)
         return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: no collapse report to write (bug)", path);
     const nbs_collapse_report *r = in->report;
-    if (r->d > 0 && (!r->kl || !r->activity || !r->sens_weight || !r->sens_jacobian || !r->verdict))
+    if (r->d > 0 && (!r->kl || !r->activity || !r->sens_weight || !r->sens_jacobian || !r->decoder_nats ||
+                     !r->verdict))
         return nbs_error_set(err, NBS_ERR_INTERNAL,
                              "%s: the collapse report has %d dimensions but no per-dimension "
                              "measures (bug: nbs_diagnose did not fill it)", path, r->d);
@@ -140,6 +141,27 @@ static void json_tracking(nbs_svg_buf *b, const nbs_report_input *in) {
     nbs_svg_buf_printf(b, "\n    ]\n  }");
 }
 
+/* What the training log shows (nbs_train_log_health); null without a log. */
+static void json_training(nbs_svg_buf *b, const nbs_report_input *in) {
+    if (!has_log(in)) {
+        nbs_svg_buf_printf(b, "null");
+        return;
+    }
+    nbs_train_health th;
+    nbs_train_log_health(in->log, &th);
+    nbs_svg_buf_printf(b, "{\"unstable\": %s, \"overfits\": %s, \"first_over_last_loss\": ",
+                       th.unstable ? "true" : "false", th.overfits ? "true" : "false");
+    nbs_svg_buf_json_number(b, th.first_over_last);
+    nbs_svg_buf_printf(b, ", \"largest_loss_jump\": ");
+    nbs_svg_buf_json_number(b, th.largest_jump);
+    nbs_svg_buf_printf(b, ", \"largest_loss_jump_epoch\": %d, \"best_validation_epoch\": ", th.jump_epoch);
+    if (th.best_val_epoch) nbs_svg_buf_printf(b, "%d", th.best_val_epoch);
+    else nbs_svg_buf_printf(b, "null");
+    nbs_svg_buf_printf(b, ", \"epochs_since_best_validation\": %d, \"message\": ", th.val_worse_epochs);
+    nbs_svg_buf_json_string(b, th.message[0] ? th.message : NULL);
+    nbs_svg_buf_printf(b, "}");
+}
+
 int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_error *err) {
     int st = check_input(path, in, err);
     if (st) return st;
@@ -169,6 +191,10 @@ int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_erro
     nbs_svg_buf_json_number(&b, r->tau_sensitivity);
     nbs_svg_buf_printf(&b, ", \"tau_activity\": ");
     nbs_svg_buf_json_number(&b, r->tau_activity);
+    nbs_svg_buf_printf(&b, ", \"tau_decoder_nats\": ");
+    nbs_svg_buf_json_number(&b, r->tau_decoder_nats);
+    nbs_svg_buf_printf(&b, ", \"tau_decoder_relative\": ");
+    nbs_svg_buf_json_number(&b, r->tau_decoder_relative);
     nbs_svg_buf_printf(&b, "},\n");
     json_key(&b, 2, "verdict");
     nbs_svg_buf_json_string(&b, nbs_model_verdict_word(r->model));
@@ -193,6 +219,11 @@ int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_erro
     json_key(&b, 2, "reconstruction_gain");
     nbs_svg_buf_json_number(&b, r->recon_gain);
     nbs_svg_buf_printf(&b, ",\n");
+    json_key(&b, 2, "reconstruction_gain_se");
+    nbs_svg_buf_json_number(&b, r->recon_gain_se);
+    nbs_svg_buf_printf(&b, ",\n");
+    json_key(&b, 2, "decoder_uses_z");
+    nbs_svg_buf_printf(&b, "%s,\n", r->z_unused ? "false" : "true");
     json_key(&b, 2, "active_units");
     nbs_svg_buf_printf(&b, "%d,\n", r->n_active);
     json_key(&b, 2, "collapsed_units");
@@ -232,6 +263,8 @@ int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_erro
         nbs_svg_buf_json_number(&b, r->sens_weight[j]);
         nbs_svg_buf_printf(&b, ", \"sensitivity_jacobian\": ");
         nbs_svg_buf_json_number(&b, r->sens_jacobian[j]);
+        nbs_svg_buf_printf(&b, ", \"decoder_nats\": ");
+        nbs_svg_buf_json_number(&b, r->decoder_nats[j]);
         nbs_svg_buf_printf(&b, ", \"verdict\": ");
         nbs_svg_buf_json_string(&b, nbs_dim_verdict_word(r->verdict[j]));
         int since = collapsed_since(in, j);
@@ -239,6 +272,9 @@ int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_erro
         else nbs_svg_buf_printf(&b, ", \"collapsed_since_epoch\": null}");
     }
     nbs_svg_buf_printf(&b, "%s],\n", r->d ? "\n  " : "");
+    json_key(&b, 2, "training");
+    json_training(&b, in);
+    nbs_svg_buf_printf(&b, ",\n");
     json_key(&b, 2, "tracking");
     json_tracking(&b, in);
     nbs_svg_buf_printf(&b, "\n}\n");
@@ -260,14 +296,15 @@ int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error
     const nbs_collapse_report *r = in->report;
     nbs_svg_buf b;
     nbs_svg_buf_init(&b);
-    nbs_svg_buf_printf(&b, "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tverdict\t"
-                           "collapsed_since_epoch\n");
+    nbs_svg_buf_printf(&b, "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tdecoder_nats\t"
+                           "verdict\tcollapsed_since_epoch\n");
     for (int j = 0; j < r->d; j++) {
         nbs_svg_buf_printf(&b, "%d", j + 1);
         tsv_num(&b, sphere(r) ? NAN : r->kl[j]);
         tsv_num(&b, r->activity[j]);
         tsv_num(&b, r->sens_weight[j]);
         tsv_num(&b, r->sens_jacobian[j]);
+        tsv_num(&b, r->decoder_nats[j]);
         nbs_svg_buf_printf(&b, "\t%s", nbs_dim_verdict_word(r->verdict[j]));
         int since = collapsed_since(in, j);
         if (since >= 0) nbs_svg_buf_printf(&b, "\t%d\n", since);
@@ -524,14 +561,18 @@ static void dimension_bars(nbs_svg_buf *b, const nbs_report_input *in) {
     section(b, "dimensions", "Latent dimensions",
             sphere(r) ? "Per dimension, on a log scale: how much the posterior location varies "
                         "between cells (activity: the encoder uses the dimension) and how much the "
-                        "decoder's output moves along it (sensitivity). A dimension is active when "
-                        "both exceed their dashed threshold, collapsed when both are below (grey), "
-                        "inconsistent when they disagree (orange). Good: most dimensions active."
+                        "decoder's count distributions change when z moves one prior standard "
+                        "deviation along it (nats per cell: the decoder listens). A dimension is "
+                        "active when both exceed their dashed threshold, collapsed when both are "
+                        "below (grey), inconsistent when they disagree (orange). Good: most "
+                        "dimensions active."
                       : "Per dimension, on a log scale: the KL of the posterior from the prior (the "
-                        "encoder sends information), the decoder's sensitivity (it listens) and the "
-                        "activity. A dimension is active when KL and sensitivity both exceed their "
-                        "dashed threshold, collapsed when both are below (grey), inconsistent when "
-                        "they disagree (orange). Good: most dimensions active.");
+                        "encoder sends information), how much the decoder's count distributions "
+                        "change when z moves one prior standard deviation along it (nats per cell: "
+                        "the decoder listens) and the activity. A dimension is active when KL and "
+                        "the decoder's response both exceed their dashed threshold, collapsed when "
+                        "both are below (grey), inconsistent when they disagree (orange). Good: "
+                        "most dimensions active.");
     if (r->d < 1) {
         note(b, "The report has no latent dimensions.");
         section_end(b);
@@ -543,19 +584,20 @@ static void dimension_bars(nbs_svg_buf *b, const nbs_report_input *in) {
         snprintf(lab, sizeof lab, "\xcf\x84_KL = %g", r->tau_kl);
         bar_panel(b, r, r->kl, r->tau_kl, "KL per dimension", "log10 KL (nats per cell)", lab);
     }
-    snprintf(lab, sizeof lab, "\xcf\x84_sensitivity = %g", r->tau_sensitivity);
-    bar_panel(b, r, r->sens_jacobian, r->tau_sensitivity, "Decoder sensitivity (Jacobian)",
-              "log10 RMS |d log \xce\xbc / d z|", lab);
+    snprintf(lab, sizeof lab, "\xcf\x84_decoder = %g nats", r->tau_decoder_nats);
+    bar_panel(b, r, r->decoder_nats, r->tau_decoder_nats, "Decoder response (nats per cell)",
+              "log10 nats per prior SD of z_j", lab);
     snprintf(lab, sizeof lab, "\xcf\x84_activity = %g", r->tau_activity);
     bar_panel(b, r, r->activity, r->tau_activity, "Activity Var(E[z | x])", "log10 activity", lab);
     nbs_svg_buf_printf(b, "</div>\n<details><summary>Table of the measures</summary>\n<table><tr>"
                           "<th>dim</th><th>KL</th><th>activity</th><th>sensitivity (weights)</th>"
-                          "<th>sensitivity (Jacobian)</th><th>verdict</th><th>collapsed since epoch</th></tr>\n");
+                          "<th>sensitivity (Jacobian)</th><th>decoder response (nats)</th><th>verdict</th>"
+                          "<th>collapsed since epoch</th></tr>\n");
     for (int j = 0; j < r->d; j++) {
-        const double vals[4] = {sphere(r) ? NAN : r->kl[j], r->activity[j], r->sens_weight[j],
-                                r->sens_jacobian[j]};
+        const double vals[5] = {sphere(r) ? NAN : r->kl[j], r->activity[j], r->sens_weight[j],
+                                r->sens_jacobian[j], r->decoder_nats[j]};
         nbs_svg_buf_printf(b, "<tr><td>%d</td>", j + 1);
-        for (int k = 0; k < 4; k++) {
+        for (int k = 0; k < 5; k++) {
             if (isfinite(vals[k])) nbs_svg_buf_printf(b, "<td>%.4g</td>", vals[k]);
             else nbs_svg_buf_printf(b, "<td>\xe2\x80\x93</td>");
         }
@@ -1085,6 +1127,13 @@ static void banner(nbs_svg_buf *b, const nbs_report_input *in) {
         nbs_svg_buf_text(b, r->remedies);
         nbs_svg_buf_printf(b, "</p>\n");
     }
+    nbs_train_health th;
+    if (in->log) nbs_train_log_health(in->log, &th);
+    if (in->log && th.message[0]) {
+        nbs_svg_buf_printf(b, "<p><b>Training:</b> ");
+        nbs_svg_buf_text(b, th.message);
+        nbs_svg_buf_printf(b, " (see the training curves below)</p>\n");
+    }
     nbs_svg_buf_printf(b, "<table>\n<tr><th>latent space</th><td>%s, %d dimensions; measured on %lld cells</td></tr>\n",
                        nbs_latent_word(r->latent), r->d, (long long)r->n_cells);
     nbs_svg_buf_printf(b, "<tr><th>dimensions</th><td>%d active, %d collapsed, %d inconsistent; "
@@ -1095,8 +1144,9 @@ static void banner(nbs_svg_buf *b, const nbs_report_input *in) {
         nbs_svg_buf_printf(b, "<tr><th>mutual information I(x;z)</th><td>%.4g nats (minibatches of "
                               "%d cells: cannot exceed log %d = %.3g)</td></tr>\n",
                            r->mi, r->mi_batch, r->mi_batch, r->mi_batch > 0 ? log(r->mi_batch) : NAN);
-    nbs_svg_buf_printf(b, "<tr><th>reconstruction gain</th><td>%.4g nats per cell over a decoder fed "
-                          "a constant z (near 0: the decoder ignores z)</td></tr>\n", r->recon_gain);
+    nbs_svg_buf_printf(b, "<tr><th>reconstruction gain</th><td>%.4g \xc2\xb1 %.2g nats per cell over a "
+                          "decoder fed a constant z (%s)</td></tr>\n", r->recon_gain, r->recon_gain_se,
+                       r->z_unused ? "not above 0: the decoder does not use z" : "the decoder uses z");
     if (isfinite(in->knn_embedding) || isfinite(in->knn_pca)) {
         nbs_svg_buf_printf(b, "<tr><th>%d-NN label accuracy</th><td>embedding %.3f, PCA of the counts "
                               "%.3f", in->knn_k, in->knn_embedding, in->knn_pca);
@@ -1108,8 +1158,10 @@ static void banner(nbs_svg_buf *b, const nbs_report_input *in) {
         nbs_svg_buf_printf(b, "; good: the embedding close to or above PCA</td></tr>\n");
     }
     nbs_svg_buf_printf(b, "<tr><th>thresholds used</th><td>\xcf\x84_KL = %g nats, "
-                          "\xcf\x84_sensitivity = %g, \xcf\x84_activity = %g</td></tr>\n</table>\n",
-                       r->tau_kl, r->tau_sensitivity, r->tau_activity);
+                          "\xcf\x84_sensitivity = %g, \xcf\x84_decoder = %g nats or %g of the largest, "
+                          "\xcf\x84_activity = %g</td></tr>\n</table>\n",
+                       r->tau_kl, r->tau_sensitivity, r->tau_decoder_nats, r->tau_decoder_relative,
+                       r->tau_activity);
     section_end(b);
 }
 

@@ -18,6 +18,7 @@
 #include "nbsphere/preprocess.h"
 #include "nbsphere/report.h"
 #include "nbsphere/train.h"
+#include "sphere_internal.h"
 
 #define KNN_K 15     /* k-NN label accuracy as the issues quote it: 15 neighbours, 5 folds */
 #define KNN_FOLDS 5
@@ -125,6 +126,7 @@ static int choose_diag_rows(run_state *s, nbs_error *err) {
 }
 
 static int diagnose_now(run_state *s, nbs_model *m, int seed_offset, nbs_collapse_report *r, nbs_error *err) {
+    memset(r, 0, sizeof *r); /* freeable whatever fails (nbs_diagnose clears it only once called) */
     gsl_rng *g = gsl_rng_alloc(gsl_rng_mt19937);
     if (!g) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
     gsl_rng_set(g, s->p->config.train.seed ^ (DIAG_STREAM + (uint64_t)seed_offset));
@@ -151,7 +153,7 @@ static int track_epoch(void *user, nbs_model *m, int epoch, nbs_error *err) {
 /* Labels for the kept cells, from a labels table or the h5ad's obs. */
 static int read_labels(run_state *s, nbs_error *err) {
     const nbs_input_config *in = &s->p->config.input;
-    if (!in->label_column[0]) return NBS_OK;
+    if (!in->label_column[0] || s->labels) return NBS_OK;
     if (in->labels_path[0])
         return nbs_io_read_labels_table(in->labels_path, in->label_column, s->pre->matrix, &s->labels, err);
     if (s->format == NBS_FMT_H5AD)
@@ -286,6 +288,9 @@ static int stage_train(run_state *s, nbs_error *err) {
     remove(ckpt_path); /* model.h5 holds everything the periodic checkpoint did, and more */
     s->trained = 1;
     const nbs_train_log *l = &s->ck.log;
+    nbs_train_health th;
+    nbs_train_log_health(l, &th);
+    if (th.message[0]) nbs_warn("training: %s", th.message);
     char msg[256] = "no epochs to train";
     if (l->n > 0) {
         const nbs_epoch_record *r = &l->rec[l->n - 1];
@@ -369,10 +374,13 @@ static int finish_manifest(run_state *s, int status, const nbs_error *failure, n
     char path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_MANIFEST, path))
         return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    if (status) nbs_manifest_set_status(s->manifest, "failed", failure->msg);
+    /* listing itself is the run's last allocation: if that fails, the run failed */
+    int st = status ? NBS_OK : nbs_manifest_add_output(s->manifest, NBS_OUT_MANIFEST, err);
+    if (st) nbs_manifest_set_status(s->manifest, "failed", err->msg);
+    else if (status) nbs_manifest_set_status(s->manifest, "failed", failure->msg);
     else nbs_manifest_set_status(s->manifest, "ok", NULL);
-    if (!status) nbs_manifest_add_output(s->manifest, NBS_OUT_MANIFEST, err);
-    return nbs_manifest_write(s->manifest, &s->p->config, path, err);
+    int wst = nbs_manifest_write(s->manifest, &s->p->config, path, st ? NULL : err);
+    return st ? st : wst;
 }
 
 /* ---- embed and diagnose: a saved model on a data file ---- */
@@ -445,6 +453,9 @@ static int begin_run(run_state *s, const nbs_pipeline *p, const nbs_run_options 
     s->p = p;
     s->o = o;
     s->knn_embedding = s->knn_pca = NAN;
+    /* GSL's default handler aborts, also when a gsl_*_alloc runs out of memory (the Gaussian
+     * path never reaches the sphere code that turns it off): every failure must be a status */
+    nbs_sphere_gsl_init();
     nbs_nn_set_threads(p->config.train.threads); /* every command: the same pool as training */
     int st = nbs_pipeline_prepare_output(p, err);
     if (st) return st;
@@ -489,6 +500,7 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     if (!st) st = nbs_manifest_add_output(s.manifest, NBS_OUT_CONFIG, err);
     if (!st) st = stage_load(&s, err);
     if (!st) st = stage_preprocess(&s, err);
+    if (!st) st = read_labels(&s, err); /* a labels problem is reported before training, not after */
     if (!st) st = stage_train(&s, err);
     if (!st) st = stage_diagnose(&s, err);
     if (!st) st = stage_write(&s, err);

@@ -79,6 +79,59 @@ static void put_value(FILE *f, double v) {
     else fputs("\tNA", f);
 }
 
+/* Loss ratios that ordinary training never shows: the KL warm-up raises the objective slowly,
+ * and per-epoch noise is a few percent. A validation ELBO below its best for max(10, 10 % of the
+ * epochs) epochs and by more than 1 % has stopped improving, not paused. */
+#define HEALTH_FIRST_LAST 10.0
+#define HEALTH_JUMP 2.0
+#define HEALTH_WORSE_MIN 10
+#define HEALTH_WORSE_FRACTION 0.1
+#define HEALTH_VAL_DROP 0.01
+
+void nbs_train_log_health(const nbs_train_log *l, nbs_train_health *h) {
+    memset(h, 0, sizeof *h);
+    h->first_over_last = h->largest_jump = NAN;
+    h->val_drop = NAN;
+    if (l->n < 2) return;
+    const nbs_epoch_record *r = l->rec;
+    h->first_over_last = r[0].loss / r[l->n - 1].loss;
+    for (int e = 1; e < l->n; e++) {
+        const double jump = r[e].loss / r[e - 1].loss;
+        if (!(jump <= h->largest_jump)) h->largest_jump = jump, h->jump_epoch = r[e].epoch;
+    }
+    int best = -1;
+    for (int e = 0; e < l->n; e++)
+        if (isfinite(r[e].val_elbo) && (best < 0 || r[e].val_elbo > r[best].val_elbo)) best = e;
+    if (best >= 0) {
+        h->best_val_epoch = r[best].epoch;
+        h->val_worse_epochs = r[l->n - 1].epoch - r[best].epoch;
+        h->val_drop = (r[best].val_elbo - r[l->n - 1].val_elbo) / fabs(r[best].val_elbo);
+    }
+    /* losses are means of -log p + beta KL over count data: positive, so ratios are meaningful */
+    const int positive = r[0].loss > 0 && r[l->n - 1].loss > 0;
+    h->unstable = positive && (h->first_over_last > HEALTH_FIRST_LAST || h->largest_jump > HEALTH_JUMP);
+    const int patience = HEALTH_WORSE_MIN > HEALTH_WORSE_FRACTION * l->n ? HEALTH_WORSE_MIN
+                                                                         : (int)(HEALTH_WORSE_FRACTION * l->n);
+    h->overfits = best >= 0 && h->val_worse_epochs >= patience && h->val_drop > HEALTH_VAL_DROP;
+    size_t k = 0;
+    const size_t cap = sizeof h->message;
+    if (h->unstable && h->first_over_last > HEALTH_FIRST_LAST)
+        k += (size_t)snprintf(h->message + k, cap - k, "the first epoch's loss was %.3g times the last: the "
+                              "first steps were unstable; ", h->first_over_last);
+    if (h->unstable && h->largest_jump > HEALTH_JUMP && k < cap)
+        k += (size_t)snprintf(h->message + k, cap - k, "the loss jumped %.3g-fold at epoch %d: the optimiser "
+                              "overshoots; ", h->largest_jump, h->jump_epoch);
+    if (h->unstable && k < cap)
+        k += (size_t)snprintf(h->message + k, cap - k, "try normalised hidden layers (model.norm: batch), a "
+                              "lower train.learning_rate or gradient clipping (train.grad_clip: 10); ");
+    if (h->overfits && k < cap)
+        k += (size_t)snprintf(h->message + k, cap - k, "the validation ELBO has been below its best (epoch %d) "
+                              "for %d epochs and ends %.1f %% lower: the model overfits or diverges; try "
+                              "early stopping (train.patience: 20), fewer train.epochs or more model.dropout; ",
+                              h->best_val_epoch, h->val_worse_epochs, 100 * h->val_drop);
+    if (k >= 2 && k < cap) h->message[k - 2] = '\0'; /* the last "; " */
+}
+
 int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err) {
     char tmp[NBS_PATH_MAX + 32];
     nbs_io_tmp_name(path, tmp);
@@ -130,7 +183,11 @@ int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int6
     if (!*order) return err->code;
     for (int64_t i = 0; i < n; i++) (*order)[i] = i;
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!r) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
+    if (!r) {
+        free(*order); /* the caller owns *order only on success */
+        *order = NULL;
+        return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
+    }
     gsl_rng_set(r, tc->seed ^ SPLIT_STREAM);
     gsl_ran_shuffle(r, *order, (size_t)n, sizeof(int64_t));
     gsl_rng_free(r);

@@ -395,6 +395,7 @@ int nbs_model_forward(nbs_model *m, const nbs_matrix *X, const int64_t *rows, in
                              (long long)X->n_genes);
     int st = reserve(m, n, err);
     if (!st) st = gather(m, X, rows, 0, n, err);
+    if (!st) st = nbs_lik_reserve(m->G, err);
     if (st) return st;
     const int training = mode == NBS_PASS_TRAIN;
     double t0 = omp_get_wtime();
@@ -541,14 +542,21 @@ int nbs_model_encode(const nbs_model *cm, const nbs_matrix *X, const int64_t *ro
 }
 
 int nbs_model_decode_logits(const nbs_model *cm, const float *z, int n, float *logits,
-                            nbs_error *err) {
+                            float *log_theta, nbs_error *err) {
     nbs_model *m = (nbs_model *)cm;
+    const int64_t G = m->G;
     for (int s = 0; s < n; s += EVAL_CHUNK) {
         int c = n - s < EVAL_CHUNK ? n - s : EVAL_CHUNK;
         int st = reserve(m, c, err);
         if (st) return st;
         decode(m, z + (int64_t)s * m->lat.dim, c, 0);
-        memcpy(logits + (int64_t)s * m->G, m->logits, sizeof(float) * c * m->G);
+        memcpy(logits + (int64_t)s * G, m->logits, sizeof(float) * c * G);
+        if (!log_theta) continue;
+        float *lt = log_theta + (int64_t)s * G;
+        if (m->has_disp) memcpy(lt, m->disp, sizeof(float) * c * G);
+        else
+            for (int i = 0; i < c; i++)
+                for (int64_t g = 0; g < G; g++) lt[i * G + g] = m->log_theta ? m->log_theta[g] : INFINITY;
     }
     return NBS_OK;
 }
@@ -561,6 +569,7 @@ int nbs_model_loglik(const nbs_model *cm, const nbs_matrix *X, const int64_t *ro
         int st = reserve(m, c, err);
         const int64_t *r = rows ? rows + s : NULL;
         if (!st) st = gather(m, X, r, row0 + s, c, err);
+        if (!st) st = nbs_lik_reserve(m->G, err);
         if (st) return st;
         decode(m, z + (int64_t)s * m->lat.dim, c, 0);
         nbs_lik_batch b = lik_batch(m, X, row_index(m, r, row0 + s, c), c);

@@ -41,12 +41,20 @@ static void test_collapse_and_remedies(void **state) {
     int undated = 0;
     for (const char *p = collapsed; (p = strstr(p, "\"collapsed_since_epoch\": null")); p++) undated++;
     assert_true(undated <= 1);
+    /* The decoder's weights outlive the information, but its response to the abandoned dimensions
+     * is a fraction of a nat: they read collapsed, not inconsistent, and the decoder gains
+     * nothing from z. */
+    assert_int_equal(tu_json_number(collapsed, "inconsistent_units"), 0);
+    assert_true(strstr(collapsed, "\"decoder_uses_z\": false") != NULL);
 
     char *fb = demo(dir, "free-bits", "--set train.free_bits=0.5");
     assert_true(verdict_is(fb, "healthy"));
     expect_cured(fb, collapsed, 0.7);
     char *warm = demo(dir, "warm-up", "--set train.schedule=linear --set train.warmup_epochs=40");
     expect_cured(warm, collapsed, 0.7);
+    /* a partial collapse: the dimensions the warm-up did not save are collapsed, none inconsistent */
+    assert_int_equal(tu_json_number(warm, "inconsistent_units"), 0);
+    assert_int_equal(tu_json_number(warm, "active_units") + tu_json_number(warm, "collapsed_units"), 10);
     char *cyc = demo(dir, "cyclical", "--set train.schedule=cyclical");
     expect_cured(cyc, collapsed, 0.55);
     char *init = demo(dir, "small-init", "--set model.decoder_init_scale=0.01");

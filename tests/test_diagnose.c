@@ -50,6 +50,7 @@ static void test_verdicts_by_construction(void **state) {
     c.model.encoder_layers[0] = 16;
     c.model.decoder_layers[0] = 16;
     c.diagnose.tau_kl = 0.01; /* an untrained random encoder sends only a few hundredths of a nat */
+    c.diagnose.tau_decoder_nats = 1e-3; /* and its random decoder moves the counts little */
     const int G = 40, n = 60;
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, 4);
@@ -87,6 +88,9 @@ static void test_verdicts_by_construction(void **state) {
     assert_int_equal(rep.verdict[3], NBS_DIM_INCONSISTENT);
     assert_true(rep.kl[3] > c.diagnose.tau_kl && rep.sens_jacobian[3] == 0);
     assert_true(rep.sens_jacobian[0] > 0 && rep.sens_jacobian[1] > 0);
+    assert_true(rep.decoder_nats[2] == 0 && rep.decoder_nats[3] == 0);
+    assert_true(rep.decoder_nats[0] > c.diagnose.tau_decoder_nats && rep.decoder_nats[1] > c.diagnose.tau_decoder_nats);
+    assert_false(rep.z_unused);
     assert_int_equal(rep.model, NBS_MODEL_PARTIAL);
     assert_int_equal(rep.n_unsent, 0); /* z_4's encoder sends; its decoder ignores it */
     assert_non_null(strstr(rep.summary, "1 inconsistent: the decoder ignores what the encoder sends"));
@@ -96,6 +100,49 @@ static void test_verdicts_by_construction(void **state) {
     nbs_model_free(m);
     nbs_matrix_free(X);
     free(ci), free(gi), free(v);
+    gsl_rng_free(r);
+}
+
+/* A decoder that ignores z (its first layer zeroed) gains nothing from z: the model is never
+ * "healthy", however much the encoder sends, and the summary says why. */
+static void test_decoder_ignoring_z_is_not_healthy(void **state) {
+    (void)state;
+    nbs_error err = {0};
+    nbs_matrix *X = NULL;
+    assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
+    nbs_config c;
+    nbs_config_defaults(&c);
+    c.model.latent_dim = 4;
+    c.model.encoder_layers[0] = 64;
+    c.model.decoder_layers[0] = 64;
+    c.train.epochs = 8;
+    c.train.warmup_epochs = 4;
+    c.train.checkpoint_every = 0;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    nbs_model *m = nbs_model_new(&c.model, (int)X->n_genes, r, &err);
+    nbs_train_state s;
+    nbs_train_log log = {0};
+    assert_int_equal(nbs_train_state_init(&s, m, 0, &err), 0);
+    assert_int_equal(nbs_train(m, X, &c.train, &s, &log, NULL, &err), 0);
+    int d, width;
+    nbs_model_decoder_first_weights(m, &d, &width);
+    memset(nbs_model_decoder_first_weights_mut(m), 0, sizeof(float) * (size_t)d * width);
+    nbs_collapse_report rep;
+    assert_int_equal(nbs_diagnose(m, X, NULL, 500, &c.diagnose, r, &rep, &err), 0);
+    print_message("%s\n", rep.summary);
+    assert_true(rep.recon_gain == 0 && rep.recon_gain_se == 0);
+    assert_true(rep.n_sending == 4); /* the trained encoder still sends through every dimension */
+    assert_true(rep.z_unused);
+    assert_int_equal(rep.model, NBS_MODEL_COLLAPSED);
+    assert_non_null(strstr(rep.summary, "the decoder does not use z"));
+    assert_non_null(strstr(rep.summary, "4 of 4 dimensions carry KL"));
+    assert_non_null(strstr(rep.remedies, "model.norm: batch"));
+    for (int j = 0; j < 4; j++) assert_true(rep.decoder_nats[j] == 0 && rep.verdict[j] == NBS_DIM_INCONSISTENT);
+    nbs_collapse_report_free(&rep);
+    nbs_train_state_free(&s);
+    nbs_train_log_free(&log);
+    nbs_model_free(m);
+    nbs_matrix_free(X);
     gsl_rng_free(r);
 }
 
@@ -126,6 +173,8 @@ static void test_healthy_trained_model(void **state) {
     assert_int_equal(rep.n_collapsed + rep.n_inconsistent, 0);
     assert_int_equal(rep.model, NBS_MODEL_HEALTHY);
     assert_true(rep.recon_gain > 1);
+    assert_true(rep.recon_gain > 10 * rep.recon_gain_se && !rep.z_unused);
+    for (int j = 0; j < 4; j++) assert_true(rep.decoder_nats[j] > c.diagnose.tau_decoder_nats);
     nbs_collapse_report_free(&rep);
     nbs_train_state_free(&s);
     nbs_train_log_free(&log);
@@ -137,6 +186,7 @@ static void test_healthy_trained_model(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_mi_known_gaussian),
                                        cmocka_unit_test(test_verdicts_by_construction),
+                                       cmocka_unit_test(test_decoder_ignoring_z_is_not_healthy),
                                        cmocka_unit_test(test_healthy_trained_model)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

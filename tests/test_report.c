@@ -15,7 +15,7 @@
 #define D_MAX 10
 typedef struct {
     nbs_collapse_report r;
-    double kl[D_MAX], act[D_MAX], sw[D_MAX], sj[D_MAX];
+    double kl[D_MAX], act[D_MAX], sw[D_MAX], sj[D_MAX], dn[D_MAX];
     nbs_dim_verdict v[D_MAX];
     nbs_diagnose_track track;
     nbs_train_log log;
@@ -39,20 +39,23 @@ static void fixture_init(fixture *f, nbs_latent_kind latent, int d, int64_t n, i
     const int sph = latent != NBS_LATENT_GAUSSIAN;
     r->d = d, r->latent = latent, r->n_cells = n < 2000 ? n : 2000;
     r->kl = f->kl, r->activity = f->act, r->sens_weight = f->sw, r->sens_jacobian = f->sj, r->verdict = f->v;
-    r->tau_kl = 0.01, r->tau_sensitivity = 0.02, r->tau_activity = 0.03;
+    r->decoder_nats = f->dn;
+    r->tau_kl = 0.01, r->tau_sensitivity = 0.02, r->tau_activity = 0.03, r->tau_decoder_nats = 1.5, r->tau_decoder_relative = 0.05;
     for (int j = 0; j < d; j++) {
         f->kl[j] = sph ? NAN : 1.5 / (j + 1);
         f->act[j] = 0.8 / (j + 1);
         f->sw[j] = 0.3;
         f->sj[j] = 0.5;
+        f->dn[j] = 8.0;
         f->v[j] = NBS_DIM_ACTIVE;
     }
     f->kl[2] = sph ? NAN : 0.002, f->act[2] = 0.001, f->sw[2] = 0.001, f->sj[2] = 0.0005;
     f->v[2] = NBS_DIM_COLLAPSED;
-    f->sj[3] = 0.001, f->v[3] = NBS_DIM_INCONSISTENT;
+    f->dn[2] = 0.0002;
+    f->sj[3] = 0.001, f->dn[3] = 0.3, f->v[3] = NBS_DIM_INCONSISTENT;
     r->n_active = d - 2, r->n_collapsed = 1, r->n_inconsistent = 1, r->n_inactive_units = 1;
     r->kl_total = sph ? 4.2 : 2.3;
-    r->mi = sph ? NAN : 2.1, r->mi_batch = 128, r->recon_gain = 35.5;
+    r->mi = sph ? NAN : 2.1, r->mi_batch = 128, r->recon_gain = 35.5, r->recon_gain_se = 1.25;
     for (int q = 0; q < 5; q++) r->kappa_q[q] = sph ? 5.0 * (q + 1) : NAN;
     r->model = NBS_MODEL_PARTIAL;
     snprintf(r->summary, sizeof r->summary, "1 of %d dimensions collapsed <and> 1 inconsistent", d);
@@ -162,6 +165,8 @@ static void test_json(void **state) {
     assert_non_null(strstr(j, "\"tau_sensitivity\": 0.02"));
     assert_non_null(strstr(j, "\"verdict\": \"partially collapsed\""));
     assert_non_null(strstr(j, "{\"dim\": 3, \"kl\": 0.002"));
+    assert_non_null(strstr(j, "\"decoder_nats\": 0.0002, \"verdict\": \"collapsed\""));
+    assert_non_null(strstr(j, "\"reconstruction_gain_se\": 1.25"));
     assert_non_null(strstr(j, "\"verdict\": \"collapsed\", \"collapsed_since_epoch\": 3}"));
     /* dimension 4 is inconsistent the other way (sent, ignored): the encoder never stopped */
     assert_non_null(strstr(j, "\"verdict\": \"inconsistent\", \"collapsed_since_epoch\": null}"));
@@ -172,7 +177,11 @@ static void test_json(void **state) {
         snprintf(cmd, sizeof cmd,
                  "/usr/bin/python3 -c \"import json,sys\n"
                  "d = json.load(open(sys.argv[1]))\n"
-                 "assert d['thresholds'] == {'tau_kl': 0.01, 'tau_sensitivity': 0.02, 'tau_activity': 0.03}\n"
+                 "assert d['thresholds'] == {'tau_kl': 0.01, 'tau_sensitivity': 0.02, 'tau_activity': 0.03, "
+                 "'tau_decoder_nats': 1.5, 'tau_decoder_relative': 0.05}\n"
+                 "assert d['reconstruction_gain_se'] == 1.25 and d['decoder_uses_z'] is True\n"
+                 "assert [x['decoder_nats'] for x in d['dimensions']] == [8, 8, 0.0002, 0.3]\n"
+                 "assert set(d['training']) >= {'unstable', 'overfits', 'message'}\n"
                  "dims = d['dimensions']\n"
                  "assert [x['dim'] for x in dims] == [1, 2, 3, 4]\n"
                  "assert dims[2]['verdict'] == 'collapsed' and dims[2]['collapsed_since_epoch'] == 3\n"
@@ -247,11 +256,11 @@ static void test_tsv(void **state) {
     char *t = tu_read_file(path, NULL);
     assert_non_null(t);
     assert_int_equal(count_of(t, "\n"), 5);
-    const char *hdr = "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tverdict\t"
+    const char *hdr = "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tdecoder_nats\tverdict\t"
                       "collapsed_since_epoch\n";
     assert_true(strncmp(t, hdr, strlen(hdr)) == 0);
-    assert_non_null(strstr(t, "\n3\t0.002\t0.001\t0.001\t0.0005\tcollapsed\t3\n"));
-    assert_non_null(strstr(t, "\n4\t0.375\t0.2\t0.3\t0.001\tinconsistent\tNA\n"));
+    assert_non_null(strstr(t, "\n3\t0.002\t0.001\t0.001\t0.0005\t0.0002\tcollapsed\t3\n"));
+    assert_non_null(strstr(t, "\n4\t0.375\t0.2\t0.3\t0.001\t0.3\tinconsistent\tNA\n"));
     free(t);
     /* without a track nothing is known about when: NA */
     f.in.track = NULL;
@@ -265,7 +274,7 @@ static void test_tsv(void **state) {
     assert_int_equal(nbs_report_write_tsv(path, &s.in, &err), NBS_OK);
     t = tu_read_file(path, NULL);
     assert_non_null(strstr(t, "\n1\tNA\t0.8\t"));
-    assert_non_null(strstr(t, "\n3\tNA\t0.001\t0.001\t0.0005\tcollapsed\t3\n"));
+    assert_non_null(strstr(t, "\n3\tNA\t0.001\t0.001\t0.0005\t0.0002\tcollapsed\t3\n"));
     free(t);
     fixture_free(&s);
     fixture_free(&f);

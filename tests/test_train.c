@@ -325,6 +325,59 @@ static void test_early_stopping_restores_batch_norm(void **s) {
     free(dir);
 }
 
+/* A log of n epochs: loss falling from 2x to x, validation ELBO -loss unless edited. */
+static void fill_log(nbs_train_log *l, int n) {
+    memset(l, 0, sizeof *l);
+    l->kl_terms = 1;
+    double kl = 0;
+    for (int e = 1; e <= n; e++) {
+        nbs_epoch_record r = {0};
+        r.epoch = e;
+        r.loss = 1000 * (1 + 1.0 / e);
+        r.val_elbo = -r.loss;
+        nbs_error err = {0};
+        assert_int_equal(nbs_train_log_append(l, &r, &kl, &err), 0);
+    }
+}
+
+/* The training-health check flags unstable first steps, a jump in the loss and a validation ELBO
+ * that stays below its best, and nothing in an ordinary log. */
+static void test_training_health(void **s) {
+    (void)s;
+    nbs_train_log l;
+    nbs_train_health h;
+    fill_log(&l, 100);
+    nbs_train_log_health(&l, &h);
+    assert_false(h.unstable || h.overfits);
+    assert_string_equal(h.message, "");
+    assert_int_equal(h.best_val_epoch, 100);
+    l.rec[0].loss = 50 * l.rec[99].loss; /* a first epoch far above the rest */
+    nbs_train_log_health(&l, &h);
+    assert_true(h.unstable && !h.overfits);
+    assert_non_null(strstr(h.message, "first epoch's loss was 50 times the last"));
+    assert_non_null(strstr(h.message, "model.norm: batch"));
+    nbs_train_log_free(&l);
+
+    fill_log(&l, 100);
+    l.rec[40].loss = 3 * l.rec[39].loss; /* epoch 41 overshoots */
+    nbs_train_log_health(&l, &h);
+    assert_true(h.unstable && h.jump_epoch == 41 && fabs(h.largest_jump - 3) < 1e-12);
+    assert_non_null(strstr(h.message, "jumped 3-fold at epoch 41"));
+    nbs_train_log_free(&l);
+
+    fill_log(&l, 100); /* the validation ELBO peaks at epoch 20 and ends 20 % lower */
+    for (int e = 20; e < 100; e++) l.rec[e].val_elbo = l.rec[19].val_elbo * (1 + 0.2 * (e - 19) / 80.0);
+    nbs_train_log_health(&l, &h);
+    assert_true(h.overfits && !h.unstable);
+    assert_int_equal(h.best_val_epoch, 20);
+    assert_int_equal(h.val_worse_epochs, 80);
+    assert_non_null(strstr(h.message, "below its best (epoch 20) for 80 epochs and ends 20.0 % lower"));
+    for (int e = 20; e < 100; e++) l.rec[e].val_elbo = l.rec[19].val_elbo * 1.005; /* 0.5 %: noise */
+    nbs_train_log_health(&l, &h);
+    assert_false(h.overfits);
+    nbs_train_log_free(&l);
+}
+
 /* Gradient clipping: the global norm is measured and scaled exactly to the limit, and training
  * with a limit takes other steps than without (Adam is scale-invariant, so the effect is on how a
  * large gradient weighs against the running moments, not on the step size itself). */
@@ -370,6 +423,7 @@ int main(void) {
         cmocka_unit_test(test_nan_stops_with_diagnosis),
         cmocka_unit_test(test_early_stopping_keeps_best),
         cmocka_unit_test(test_early_stopping_restores_batch_norm),
+        cmocka_unit_test(test_training_health),
         cmocka_unit_test(test_grad_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

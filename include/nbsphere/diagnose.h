@@ -1,4 +1,4 @@
-/* Posterior-collapse diagnostics (DESIGN.md section 5): per latent dimension the KL, the
+/* Posterior-collapse diagnostics (docs/design.md §7): per latent dimension the KL, the
  * activity of the encoder and the sensitivity of the decoder, a verdict per dimension and for
  * the model, and I(x;z); computed on a fixed subsample of cells, during training and after. */
 #ifndef NBSPHERE_DIAGNOSE_H
@@ -25,17 +25,22 @@ typedef struct {
     double *sens_weight;  /* [d] RMS of the first decoder layer's weights from z_j */
     double *sens_jacobian;/* [d] E_x RMS_g |d log mu_g / d z_j| at the posterior location
                              (sphere: along the tangent direction of e_j at mu) */
+    double *decoder_nats; /* [d] expected KL (nats per cell) between the decoder's count
+                             distributions at z and at z moved one prior SD along z_j */
     nbs_dim_verdict *verdict; /* [d] */
     int n_active, n_collapsed, n_inconsistent, n_inactive_units; /* inactive: activity < tau_activity */
     int n_unsent;               /* inconsistent ones whose encoder sends nothing (the decoder still responds) */
+    int n_sending;              /* dimensions whose encoder sends (KL, or activity on the sphere) */
     double mi;            /* I(x;z) in nats, He et al. 2019; NaN on the sphere */
     int mi_batch;
     double recon_gain;    /* mean log p(x|z at the posterior location) - log p(x|z = a constant) */
+    double recon_gain_se; /* its standard error over the diagnosed cells */
+    int z_unused;         /* recon_gain not significantly above 0: the decoder does not use z */
     double kappa_q[5];    /* sphere: kappa at 5, 25, 50, 75, 95 % */
     nbs_model_verdict model;
     char summary[512];    /* one line: the verdict and why */
     char remedies[512];   /* what to try, naming the options */
-    double tau_kl, tau_sensitivity, tau_activity;
+    double tau_kl, tau_sensitivity, tau_activity, tau_decoder_nats, tau_decoder_relative;
 } nbs_collapse_report;
 
 /* Measures on the cells rows[0..n) of X (the genes of the model, in its order). */

@@ -50,6 +50,22 @@ int nbs_train_log_append(nbs_train_log *l, const nbs_epoch_record *r, const doub
  * temporary file. */
 int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err);
 
+/* Signs in the log that training went wrong without a non-finite value: the first epoch's loss
+ * far above the last (unstable first steps), an epoch whose loss jumps up by a factor (the
+ * optimiser overshoots), a validation ELBO that has stayed below its best for many epochs
+ * (overfitting or divergence). message says what was seen and what to try; empty if none. */
+typedef struct {
+    double first_over_last;   /* training loss, epoch 1 / last epoch */
+    double largest_jump;      /* largest loss[e] / loss[e-1] */
+    int jump_epoch;           /* where it happened */
+    int best_val_epoch;       /* 0 without validation */
+    int val_worse_epochs;     /* epochs since then */
+    double val_drop;          /* (best - last) / |best| of the validation ELBO */
+    int unstable, overfits;   /* the flags message explains */
+    char message[640];
+} nbs_train_health;
+void nbs_train_log_health(const nbs_train_log *l, nbs_train_health *h);
+
 typedef struct {
     nbs_progress *progress; /* may be NULL */
     const char *log_path;   /* per-epoch TSV rewritten after each epoch; NULL = none */

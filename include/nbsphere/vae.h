@@ -61,9 +61,10 @@ int nbs_model_encode(const nbs_model *m, const nbs_matrix *X, const int64_t *row
 int nbs_model_embed(const nbs_model *m, const nbs_matrix *X, float *location, float *spread,
                     nbs_error *err);
 
-/* Decoder in evaluation mode: z [n x d] -> gene logits [n x G]; log rho = log_softmax(logits). */
+/* Decoder in evaluation mode: z [n x d] -> gene logits [n x G]; log rho = log_softmax(logits).
+ * log_theta, if not NULL, receives log theta [n x G] of the NB/ZINB (+inf for Poisson). */
 int nbs_model_decode_logits(const nbs_model *m, const float *z, int n, float *logits,
-                            nbs_error *err);
+                            float *log_theta, nbs_error *err);
 
 /* Reconstruction log-likelihood sum_g log p(x_g | z) per cell [n] for rows of X given z,
  * with the observed library size. */
