@@ -30,7 +30,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->model.kappa_floor = 1.0;
     c->model.decoder_init_scale = 1.0;
 
-    c->train.epochs = 200;
+    c->train.epochs = NBS_AUTO;
     c->train.batch_size = 128;
     c->train.learning_rate = 1e-3;
     c->train.weight_decay = 0;
@@ -41,7 +41,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->train.patience = 0;
     c->train.schedule = NBS_SCHED_LINEAR;
     c->train.beta = 1.0;
-    c->train.warmup_epochs = 100;
+    c->train.warmup_epochs = NBS_AUTO;
     c->train.warmup_steps = 0;
     c->train.cycles = 4;
     c->train.ramp_fraction = 0.5;

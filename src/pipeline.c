@@ -73,6 +73,7 @@ static const enum_word W_SCHED[] = {{"constant", NBS_SCHED_CONSTANT},
                                     {"sigmoid", NBS_SCHED_SIGMOID},
                                     {"cyclical", NBS_SCHED_CYCLICAL},
                                     {NULL, 0}};
+static const enum_word W_AUTO[] = {{"auto", NBS_AUTO}, {NULL, 0}}; /* integers that may be `auto` */
 static const enum_word W_PRESET[] = {{"", 0}, {"scvi", 1}, {"scphere", 2}, {NULL, 0}};
 
 #define F(sec, field) offsetof(nbs_config, sec.field), sizeof(((nbs_config *)0)->sec.field), \
@@ -129,7 +130,8 @@ static const key_desc KEYS[] = {
     {"model", "decoder_init_scale", K_DOUBLE, F(model, decoder_init_scale), 0, 1e3, 1, NULL,
      "a number in (0, 1000]"},
 
-    {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, NULL, "an integer from 1 to 1000000"},
+    {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, W_AUTO,
+     "an integer from 1 to 1000000, or auto (200, and fewer beyond 20000 cells)"},
     {"train", "batch_size", K_INT, F(train, batch_size), 1, 1e6, 0, NULL,
      "an integer from 1 to 1000000"},
     {"train", "learning_rate", K_DOUBLE, F(train, learning_rate), 0, 10, 1, NULL,
@@ -146,8 +148,8 @@ static const key_desc KEYS[] = {
      "an integer >= 0 (0 = no early stopping)"},
     {"train", "schedule", K_ENUM, F(train, schedule), 0, 0, 0, W_SCHED, NULL},
     {"train", "beta", K_DOUBLE, F(train, beta), 0, 1e6, 0, NULL, "a number >= 0"},
-    {"train", "warmup_epochs", K_INT, F(train, warmup_epochs), 0, 1e6, 0, NULL,
-     "an integer >= 0"},
+    {"train", "warmup_epochs", K_INT, F(train, warmup_epochs), 0, 1e6, 0, W_AUTO,
+     "an integer >= 0, or auto (half of the epochs)"},
     {"train", "warmup_steps", K_INT64, F(train, warmup_steps), 0, 1e15, 0, NULL,
      "an integer >= 0 (0 = use warmup_epochs)"},
     {"train", "cycles", K_INT, F(train, cycles), 1, 1e6, 0, NULL, "an integer >= 1"},
@@ -220,7 +222,7 @@ static loc node_loc(const ctx *c, const yaml_node_t *node) {
 }
 
 static const char *type_expect(const key_desc *k, char *buf, size_t n) {
-    if (k->words) {
+    if (k->words && k->type != K_INT) {
         size_t used = (size_t)snprintf(buf, n, "one of ");
         for (const enum_word *w = k->words; w->word && used < n; w++) {
             if (!*w->word) continue;
@@ -316,6 +318,11 @@ static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
     switch (k->type) {
     case K_INT:
     case K_INT64:
+        for (const enum_word *w = k->type == K_INT ? k->words : NULL; w && w->word; w++) /* e.g. auto */
+            if (!strcmp(w->word, text)) {
+                *(int *)field(cfg, k) = w->value;
+                return NBS_OK;
+            }
         if (parse_i64(text, &iv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not an integer", text);
         if (!in_range(k, (double)iv)) return reject(c, l, NBS_ERR_USAGE, k, "%s is out of range", text);
         if (k->type == K_INT) *(int *)field(cfg, k) = (int)iv;
@@ -826,7 +833,10 @@ const char *nbs_latent_word(nbs_latent_kind k) { return word_of(W_LATENT, (int)k
 static int format_key(const nbs_config *cfg, const key_desc *k, char *buf, size_t n) {
     const void *f = (const char *)cfg + k->off;
     switch (k->type) {
-    case K_INT: return snprintf(buf, n, "%d", *(const int *)f);
+    case K_INT:
+        for (const enum_word *w = k->words; w && w->word; w++)
+            if (w->value == *(const int *)f) return snprintf(buf, n, "%s", w->word);
+        return snprintf(buf, n, "%d", *(const int *)f);
     case K_INT64: return snprintf(buf, n, "%lld", (long long)*(const int64_t *)f);
     case K_UINT64: return snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)f);
     case K_DOUBLE: { /* the shortest form that reads back exactly: 0.3, not 0.29999999999999999 */

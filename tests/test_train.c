@@ -325,6 +325,31 @@ static void test_early_stopping_restores_batch_norm(void **s) {
     free(dir);
 }
 
+/* train.epochs auto: 200 up to 20000 cells, then the same number of steps, at least 10; the
+ * warm-up auto is half; explicit values stay. */
+static void test_auto_epochs(void **s) {
+    (void)s;
+    nbs_config c;
+    nbs_config_defaults(&c);
+    assert_int_equal(c.train.epochs, NBS_AUTO);
+    const int64_t cells[] = {300, 20000, 50000, 100000, 10000000};
+    const int want[] = {200, 200, 80, 40, 10};
+    for (int i = 0; i < 5; i++) {
+        nbs_train_config t = c.train;
+        nbs_train_resolve(&t, cells[i]);
+        assert_int_equal(t.epochs, want[i]);
+        assert_int_equal(t.warmup_epochs, want[i] / 2);
+    }
+    nbs_train_config t = c.train;
+    t.epochs = 7, t.warmup_epochs = 0;
+    nbs_train_resolve(&t, 50000);
+    assert_int_equal(t.epochs, 7);
+    assert_int_equal(t.warmup_epochs, 0);
+    t.warmup_epochs = NBS_AUTO;
+    nbs_train_resolve(&t, 50000);
+    assert_int_equal(t.warmup_epochs, 3);
+}
+
 /* A log of n epochs: loss falling from 2x to x, validation ELBO -loss unless edited. */
 static void fill_log(nbs_train_log *l, int n) {
     memset(l, 0, sizeof *l);
@@ -424,6 +449,7 @@ int main(void) {
         cmocka_unit_test(test_early_stopping_keeps_best),
         cmocka_unit_test(test_early_stopping_restores_batch_norm),
         cmocka_unit_test(test_training_health),
+        cmocka_unit_test(test_auto_epochs),
         cmocka_unit_test(test_grad_clip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -26,6 +26,9 @@ typedef enum {
 /* Orientation of bare MTX and dense tables. */
 typedef enum { NBS_ORIENT_AUTO = 0, NBS_ORIENT_CELLS_ROWS, NBS_ORIENT_GENES_ROWS } nbs_orientation;
 
+/* An integer key set to `auto`: resolved where the data are known. */
+#define NBS_AUTO (-1)
+
 typedef struct {
     char path[NBS_PATH_MAX];
     nbs_format format;
@@ -81,7 +84,7 @@ typedef enum {
 } nbs_schedule_kind;
 
 typedef struct {
-    int epochs;
+    int epochs;                 /* NBS_AUTO: by the number of cells (nbs_train_resolve) */
     int batch_size;
     double learning_rate;
     double weight_decay;
@@ -92,7 +95,8 @@ typedef struct {
     int patience;               /* early stopping, epochs without improvement; 0 = off */
     nbs_schedule_kind schedule;
     double beta;                /* target KL weight */
-    int warmup_epochs;          /* linear/sigmoid: epochs to reach beta (ignored if warmup_steps > 0) */
+    int warmup_epochs;          /* linear/sigmoid: epochs to reach beta (ignored if warmup_steps > 0);
+                                   NBS_AUTO: half of the epochs */
     int64_t warmup_steps;       /* linear/sigmoid: minibatch steps to reach beta */
     int cycles;                 /* cyclical: M */
     double ramp_fraction;       /* cyclical: R */

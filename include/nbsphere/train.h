@@ -85,6 +85,10 @@ double nbs_train_beta(const nbs_train_config *tc, int64_t step, int64_t steps_pe
 int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int64_t *n_val,
                     nbs_error *err);
 
+/* Replaces `auto` (NBS_AUTO) in train.epochs and train.warmup_epochs by their values for a
+ * dataset of n_cells cells (nbs_train does it on its own copy). */
+void nbs_train_resolve(nbs_train_config *tc, int64_t n_cells);
+
 /* Trains m on every row of X from s->epochs_done + 1 to tc->epochs. */
 int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc, nbs_train_state *s,
               nbs_train_log *log, const nbs_train_hooks *hooks, nbs_error *err);
