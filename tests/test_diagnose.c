@@ -105,30 +105,53 @@ static void test_verdicts_by_construction(void **state) {
 
 /* A decoder that ignores z (its first layer zeroed) gains nothing from z: the model is never
  * "healthy", however much the encoder sends, and the summary says why. */
+/* A small model (4 latent dimensions, layers of 64) trained on the example data. */
+typedef struct {
+    nbs_config c;
+    nbs_matrix *X;
+    gsl_rng *r;
+    nbs_model *m;
+    nbs_train_state s;
+    nbs_train_log log;
+} trained_toy;
+
+static void train_toy(trained_toy *t, int epochs, int warmup) {
+    nbs_error err = {0};
+    memset(t, 0, sizeof *t);
+    assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &t->X, &err), 0);
+    nbs_config_defaults(&t->c);
+    t->c.model.latent_dim = 4;
+    t->c.model.encoder_layers[0] = 64;
+    t->c.model.decoder_layers[0] = 64;
+    t->c.train.epochs = epochs;
+    t->c.train.warmup_epochs = warmup;
+    t->c.train.checkpoint_every = 0;
+    t->r = gsl_rng_alloc(gsl_rng_mt19937);
+    t->m = nbs_model_new(&t->c.model, (int)t->X->n_genes, t->r, &err);
+    assert_non_null(t->m);
+    assert_int_equal(nbs_train_state_init(&t->s, t->m, 0, &err), 0);
+    assert_int_equal(nbs_train(t->m, t->X, &t->c.train, &t->s, &t->log, NULL, &err), 0);
+}
+
+static void toy_free(trained_toy *t) {
+    nbs_train_state_free(&t->s);
+    nbs_train_log_free(&t->log);
+    nbs_model_free(t->m);
+    nbs_matrix_free(t->X);
+    gsl_rng_free(t->r);
+}
+
 static void test_decoder_ignoring_z_is_not_healthy(void **state) {
     (void)state;
     nbs_error err = {0};
-    nbs_matrix *X = NULL;
-    assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
-    nbs_config c;
-    nbs_config_defaults(&c);
-    c.model.latent_dim = 4;
-    c.model.encoder_layers[0] = 64;
-    c.model.decoder_layers[0] = 64;
-    c.train.epochs = 8;
-    c.train.warmup_epochs = 4;
-    c.train.checkpoint_every = 0;
-    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-    nbs_model *m = nbs_model_new(&c.model, (int)X->n_genes, r, &err);
-    nbs_train_state s;
-    nbs_train_log log = {0};
-    assert_int_equal(nbs_train_state_init(&s, m, 0, &err), 0);
-    assert_int_equal(nbs_train(m, X, &c.train, &s, &log, NULL, &err), 0);
+    trained_toy t;
+    train_toy(&t, 8, 4);
+    nbs_model *m = t.m;
     int d, width;
     nbs_model_decoder_first_weights(m, &d, &width);
     memset(nbs_model_decoder_first_weights_mut(m), 0, sizeof(float) * (size_t)d * width);
     nbs_collapse_report rep;
-    assert_int_equal(nbs_diagnose(m, X, NULL, 500, &c.diagnose, r, &rep, &err), 0);
+    assert_int_equal(nbs_diagnose(m, t.X, NULL, 500, &t.c.diagnose, t.r, &rep, &err), 0);
     print_message("%s\n", rep.summary);
     assert_true(rep.recon_gain == 0 && rep.recon_gain_se == 0);
     assert_true(rep.n_sending == 4); /* the trained encoder still sends through every dimension */
@@ -139,48 +162,26 @@ static void test_decoder_ignoring_z_is_not_healthy(void **state) {
     assert_non_null(strstr(rep.remedies, "model.norm: batch"));
     for (int j = 0; j < 4; j++) assert_true(rep.decoder_nats[j] == 0 && rep.verdict[j] == NBS_DIM_INCONSISTENT);
     nbs_collapse_report_free(&rep);
-    nbs_train_state_free(&s);
-    nbs_train_log_free(&log);
-    nbs_model_free(m);
-    nbs_matrix_free(X);
-    gsl_rng_free(r);
+    toy_free(&t);
 }
 
 /* A healthy trained model (the example data, a small model, KL warm-up): no dimension flagged. */
 static void test_healthy_trained_model(void **state) {
     (void)state;
     nbs_error err = {0};
-    nbs_matrix *X = NULL;
-    assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
-    nbs_config c;
-    nbs_config_defaults(&c);
-    c.model.latent_dim = 4;
-    c.model.encoder_layers[0] = 64;
-    c.model.decoder_layers[0] = 64;
-    c.train.epochs = 15;
-    c.train.warmup_epochs = 5;
-    c.train.checkpoint_every = 0;
-    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-    nbs_model *m = nbs_model_new(&c.model, (int)X->n_genes, r, &err);
-    nbs_train_state s;
-    nbs_train_log log = {0};
-    assert_int_equal(nbs_train_state_init(&s, m, 0, &err), 0);
-    assert_int_equal(nbs_train(m, X, &c.train, &s, &log, NULL, &err), 0);
+    trained_toy t;
+    train_toy(&t, 15, 5);
     nbs_collapse_report rep;
-    assert_int_equal(nbs_diagnose(m, X, NULL, 800, &c.diagnose, r, &rep, &err), 0);
+    assert_int_equal(nbs_diagnose(t.m, t.X, NULL, 800, &t.c.diagnose, t.r, &rep, &err), 0);
     print_message("%s\n", rep.summary);
     assert_int_equal(rep.n_active, 4);
     assert_int_equal(rep.n_collapsed + rep.n_inconsistent, 0);
     assert_int_equal(rep.model, NBS_MODEL_HEALTHY);
     assert_true(rep.recon_gain > 1);
     assert_true(rep.recon_gain > 10 * rep.recon_gain_se && !rep.z_unused);
-    for (int j = 0; j < 4; j++) assert_true(rep.decoder_nats[j] > c.diagnose.tau_decoder_nats);
+    for (int j = 0; j < 4; j++) assert_true(rep.decoder_nats[j] > t.c.diagnose.tau_decoder_nats);
     nbs_collapse_report_free(&rep);
-    nbs_train_state_free(&s);
-    nbs_train_log_free(&log);
-    nbs_model_free(m);
-    nbs_matrix_free(X);
-    gsl_rng_free(r);
+    toy_free(&t);
 }
 
 int main(void) {
