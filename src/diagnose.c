@@ -185,8 +185,12 @@ static void describe_inconsistent(const nbs_collapse_report *r, char *buf, size_
 }
 
 /* The decoder uses z when log p(x | z at the posterior) beats log p(x | one constant z) by more
- * than two standard errors over the diagnosed cells (a one-sided test at about 2.3 %). */
+ * than two standard errors over the diagnosed cells (a one-sided test at about 2.3 %) and by more
+ * than GAIN_MIN: per-cell log-likelihoods of thousands of nats summed in float carry rounding of
+ * 1e-4 to 1e-3 nats, so a smaller gain is arithmetic, whose sign depends on the processor's
+ * kernels (the collapse demo's is -1.6e-6 or +3.4e-6 +- 2.5e-7 on two of them). */
 #define GAIN_Z 2.0
+#define GAIN_MIN 0.01
 
 static void model_verdict(nbs_collapse_report *r) {
     char incons[192];
@@ -361,7 +365,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
          * absolute terms (tau_decoder_nats) or next to the dimension it responds to most
          * (tau_decoder_relative: a weak model, e.g. one held up by free bits, is weak everywhere),
          * and only when z as a whole buys likelihood: otherwise what it responds to is noise. */
-        r->z_unused = !(r->recon_gain > GAIN_Z * r->recon_gain_se);
+        r->z_unused = !(r->recon_gain > GAIN_Z * r->recon_gain_se && r->recon_gain > GAIN_MIN);
         double most = 0;
         for (int j = 0; j < d; j++) most = fmax(most, r->decoder_nats[j]);
         for (int j = 0; j < d; j++) {
