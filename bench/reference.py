@@ -12,7 +12,14 @@ Batching: no DataLoader. Rows of a scipy CSR matrix are gathered per shuffled ba
 this is if anything slightly faster than scvi-tools itself.
 
 Prints one JSON line: sec_per_epoch (median after one warm-up epoch), peak_rss_mb, val_elbo
-(mean per cell, after the fixed number of epochs, full KL weight as scvi's reported ELBO).
+(mean per cell, after the fixed number of epochs, full KL weight as scvi's reported ELBO), the
+mean training loss of the first and last epochs, and the wall time.
+
+Without --epochs it trains as long as scvi-tools' SCVI.train() does by default
+(scvi.model.base._training_mixin get_max_epochs_heuristic): min(round(20000 / cells * 400), 400)
+epochs, with the KL warm-up of 400 epochs unchanged (so on fewer than 20,000 cells the KL weight
+stays below 1, as in scvi-tools). --embedding writes the posterior means of all cells (eval
+mode: no dropout, batch-norm running statistics) in the input's barcode order.
 """
 import argparse, json, os, resource, statistics, sys, time
 
@@ -21,35 +28,45 @@ import scipy.io
 import scipy.sparse as sp
 
 
+def read_lines(path, column=0):
+    import gzip
+    with (gzip.open if path.endswith(".gz") else open)(path, "rt") as fh:
+        return [l.rstrip("\n").split("\t")[column] for l in fh if l.strip()]
+
+
 def load(path, genes_file=None):
-    if os.path.isdir(path):
-        mtx = [f for f in os.listdir(path) if f.startswith("matrix.mtx")][0]
-        X = sp.csr_matrix(scipy.io.mmread(os.path.join(path, mtx))).T.tocsr()  # 10x: genes x cells
-        gfile = [f for f in os.listdir(path) if f in ("genes.tsv", "features.tsv", "genes.tsv.gz", "features.tsv.gz")]
-        names = None
-        if gfile:
-            import gzip
-            op = gzip.open if gfile[0].endswith(".gz") else open
-            with op(os.path.join(path, gfile[0]), "rt") as fh:
-                names = [l.rstrip("\n").split("\t")[0] for l in fh]
+    """Counts as a cells x genes CSR matrix, with the barcodes (cell names) in file order."""
+    if os.path.isdir(path):  # 10x folder: genes x cells
+        files = os.listdir(path)
+        mtx = [f for f in files if f.startswith("matrix.mtx")][0]
+        X = sp.csr_matrix(scipy.io.mmread(os.path.join(path, mtx))).T.tocsr()
+        gfile = [f for f in files if f in ("genes.tsv", "features.tsv", "genes.tsv.gz", "features.tsv.gz")]
+        names = read_lines(os.path.join(path, gfile[0])) if gfile else None
+        bfile = [f for f in files if f in ("barcodes.tsv", "barcodes.tsv.gz")]
+        barcodes = read_lines(os.path.join(path, bfile[0])) if bfile else ["cell%d" % (i + 1) for i in range(X.shape[0])]
     else:
         import h5py
-        with h5py.File(path, "r") as f:
+        src = path
+        if path.endswith(".gz"):  # h5py reads a gzipped .h5ad from memory (paul15 is 38 MB unpacked)
+            import gzip, io
+            with gzip.open(path, "rb") as fh:
+                src = io.BytesIO(fh.read())
+        with h5py.File(src, "r") as f:
             g = f["X"]
             if isinstance(g, h5py.Group):
                 shape = tuple(g.attrs.get("shape", g.attrs.get("h5sparse_shape")))
                 X = sp.csr_matrix((g["data"][:], g["indices"][:], g["indptr"][:]), shape=shape)
             else:
                 X = sp.csr_matrix(g[:])
-            idx = f["var"].attrs.get("_index", "_index")
-            names = [n.decode() if isinstance(n, bytes) else n for n in f["var"][idx][:]]
+            dec = lambda a: [n.decode() if isinstance(n, bytes) else str(n) for n in a]
+            names = dec(f["var"][f["var"].attrs.get("_index", "_index")][:])
+            barcodes = dec(f["obs"][f["obs"].attrs.get("_index", "_index")][:])
     X = X.astype(np.float32)
     if genes_file:
-        with open(genes_file) as fh:
-            keep = [l.split("\t")[0].strip() for l in fh if l.strip()]  # first column: gene id
+        keep = read_lines(genes_file)  # first column: gene id
         pos = {n: i for i, n in enumerate(names)}
         X = X[:, [pos[k] for k in keep]].tocsr()
-    return X
+    return X, barcodes
 
 
 def log_nb_positive(x, mu, theta, eps=1e-8):
@@ -65,12 +82,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
     ap.add_argument("--genes", help="file with the selected gene names, one a line")
-    ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--epochs", type=int, help="default: scvi-tools' min(round(20000 / cells * 400), 400)")
     ap.add_argument("--warmup-epochs", type=int, default=400, help="KL warm-up length (scvi: 400)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--embedding", help="write the posterior means of all cells to this TSV")
     a = ap.parse_args()
+    wall0 = time.perf_counter()
 
     import torch
     from torch import nn
@@ -78,8 +97,10 @@ def main():
     torch.manual_seed(a.seed)
     rng = np.random.default_rng(a.seed)
 
-    X = load(a.data, a.genes)
+    X, barcodes = load(a.data, a.genes)
     n, G = X.shape
+    if a.epochs is None:
+        a.epochs = int(min(round(20000 / n * 400), 400))
     perm = rng.permutation(n)
     nval = max(1, n // 10)
     val_idx, tr_idx = perm[:nval], perm[nval:]
@@ -109,12 +130,13 @@ def main():
     def dense(rows):
         return torch.from_numpy(X[rows].toarray())
 
-    times = []
+    times, losses = [], []
     for ep in range(a.epochs):
         kl_w = min(1.0, ep / a.warmup_epochs) if a.warmup_epochs > 0 else 1.0
         mods.train()
         t0 = time.perf_counter()
         order = rng.permutation(tr_idx)
+        tot_loss, cnt_loss = 0.0, 0
         for s in range(0, len(order), a.batch):
             rows = order[s:s + a.batch]
             if len(rows) < 3:  # scvi drops tiny last batches (BatchNorm needs >1)
@@ -124,7 +146,10 @@ def main():
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            tot_loss += float(loss) * len(rows)
+            cnt_loss += len(rows)
         times.append(time.perf_counter() - t0)
+        losses.append(tot_loss / cnt_loss)
 
     mods.eval()
     tot, cnt = 0.0, 0
@@ -133,12 +158,20 @@ def main():
             rec, kl = loss_fn(dense(val_idx[s:s + 1024]), 1.0)
             tot += float((rec + kl).sum())
             cnt += rec.shape[0]
+        if a.embedding:  # posterior means in input order, as nbsphere's embedding.tsv
+            with open(a.embedding, "w") as fh:
+                fh.write("barcode\t" + "\t".join("dim%d" % (j + 1) for j in range(L)) + "\n")
+                for s in range(0, n, 1024):
+                    mu = enc_mu(enc(torch.log1p(dense(np.arange(s, min(n, s + 1024)))))).numpy()
+                    for b, row in zip(barcodes[s:s + 1024], mu):
+                        fh.write(b + "\t" + "\t".join("%.6g" % v for v in row) + "\n")
     steady = times[1:] if len(times) > 1 else times
     print(json.dumps({
         "system": "pytorch-reference", "cells": n, "genes": G, "threads": a.threads,
         "epochs": a.epochs, "sec_per_epoch": statistics.median(steady),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        "val_elbo": -tot / cnt, "torch": torch.__version__, "batching": "CSR row gather, no DataLoader",
+        "val_elbo": -tot / cnt, "train_loss_first": losses[0], "train_loss_last": losses[-1],
+        "warmup_epochs": a.warmup_epochs, "seconds": time.perf_counter() - wall0, "torch": torch.__version__, "batching": "CSR row gather, no DataLoader",
     }))
 
 
