@@ -12,6 +12,7 @@ import argparse, os, sys, time
 import numpy as np
 import scipy.sparse as sp
 
+sys.dont_write_bytecode = True  # no __pycache__ left in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import load  # the same reader, so the same cells and genes as the scVI reference
 

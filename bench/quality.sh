@@ -23,7 +23,6 @@ RESULTS=${RESULTS-bench/RESULTS.md}
 PY=/usr/bin/python3
 export OMP_NUM_THREADS=2 MKL_NUM_THREADS=1   # both systems on two threads, as nbsphere's default
 mkdir -p "$OUT/inputs"
-LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # name | input | nbsphere --format | labels (table or .h5ad) | label column | counts
 DATASETS="
@@ -66,6 +65,7 @@ while IFS='|' read -r name input format labels column counts; do
   mkdir -p "$d"
   echo "== $name" >&2
   if fresh "$d/nbsphere.seconds"; then   # one training at a time: the machine has two cores
+    cut -d' ' -f1 /proc/loadavg > "$d/load.txt"   # the seconds depend on what else runs
     t=$(now)
     lab=(); [[ $labels == *.h5ad* ]] || lab=(--set input.labels_path="$labels")   # an .h5ad has them in obs
     if ! "$BIN" train "$input" --format "$format" "${lab[@]}" --set input.label_column="$column" \
@@ -99,6 +99,6 @@ done <<< "$DATASETS"
 NAMES=$(awk -F'|' 'NF>1{print $1}' <<< "$DATASETS")
 [ -z "${ONLY:-}" ] || NAMES=$ONLY
 MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores"
-$PY bench/quality_table.py "$OUT" "$MACHINE" "$LOAD_START" "$(cut -d' ' -f1-3 /proc/loadavg)" $NAMES > "$OUT/table.md"
+$PY bench/quality_table.py "$OUT" "$MACHINE" $NAMES > "$OUT/table.md"
 cat "$OUT/table.md"
 if [ -n "$RESULTS" ]; then { echo; cat "$OUT/table.md"; } >> "$RESULTS"; echo "appended to $RESULTS" >&2; fi

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """The table of bench/quality.sh, in Markdown, from the files it leaves in OUT/<dataset>/.
-Usage: quality_table.py OUT "machine" "load at start" "load at end" DATASET...
+Usage: quality_table.py OUT "machine" DATASET...
 """
 import csv, datetime, json, os, re, sys
 
@@ -24,13 +24,15 @@ def jread(path):
 
 
 def main():
-    out, machine, load0, load1, names = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
-    rows, notes, checks = [], [], []
+    out, machine, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+    rows, notes, checks, loads = [], [], [], []
     for name in names:
         d = os.path.join(out, name)
         meta = (read(os.path.join(d, "meta.tsv")) or "\t\t").split("\t")
         column, counts = meta[1], meta[2]
         log = read(os.path.join(d, "nbsphere.log"), "")
+        if read(os.path.join(d, "load.txt")):
+            loads.append("%s %s" % (name, read(os.path.join(d, "load.txt"))))
         genes = read(os.path.join(d, "nbsphere", "genes.tsv"), "")
         n_genes = len([l for l in genes.splitlines() if l.strip()])
         # the figures nbsphere logs itself, for the cross-check against the scorer
@@ -66,13 +68,13 @@ def main():
                 "%.3f" % sc["pca10"]["knn"] if sc["pca10"] else "-"))
     print("## Quality benchmark (`bench/quality.sh`), %s" % datetime.date.today().isoformat())
     print()
-    print("Machine: %s; load average (1, 5, 15 min) %s at the start, %s at the end (the machine is shared,"
-          " so the seconds are wall times under that load). Two threads for every system. Scores from"
+    print("Machine: %s. Seconds are wall times on a machine shared with other work (1-minute load average"
+          " when each dataset's runs started: %s). Two threads for every system. Scores from"
           " `bench/score.py`: 15-NN accuracy (5-fold, seeded KFold), Leiden (modularity, resolution 1, on"
           " the unweighted 15-NN graph) NMI and ARI against the labels, silhouette of the labels; Euclidean"
           " metric unless the embedding is spherical. scvi-ref: `bench/reference.py` at scvi-tools' default"
           " length, min(round(20000 / cells × 400), 400) epochs with a 400-epoch KL warm-up, on nbsphere's"
-          " genes. pcaK: exact PCA (numpy) of log1p(CP10k) of the same genes." % (machine, load0, load1))
+          " genes. pcaK: exact PCA (numpy) of log1p(CP10k) of the same genes." % (machine, ", ".join(loads) or "not recorded"))
     print()
     print("| dataset | labels (classes) | counts | cells | genes | system | metric | 15-NN acc | Leiden NMI | Leiden ARI "
           "| clusters | silhouette | train loss first → last | seconds |")
