@@ -11,37 +11,20 @@
 #include "io_h5_internal.h"
 #include "nbsphere/io.h"
 
+/* An open h5ad; a .h5ad.gz is read through nbs_h5_open_input's inflated copy, whose name is gone
+ * as soon as HDF5 holds it open. */
 typedef struct {
     hid_t f;
-    char tmp[NBS_PATH_MAX]; /* inflated copy of a .h5ad.gz, removed on close */
 } h5ad_file;
 
 static int h5ad_open(const char *path, h5ad_file *h, nbs_error *err) {
-    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
-    h->f = -1;
-    h->tmp[0] = '\0';
-    int gz = nbs_io_gunzip_temp(path, h->tmp, err);
-    if (gz < 0) return err->code;
-    if (!gz) h->tmp[0] = '\0';
-    const char *real = gz ? h->tmp : path;
-    if (H5Fis_hdf5(real) <= 0) {
-        if (gz) remove(h->tmp);
-        return nbs_error_set(err, NBS_ERR_INPUT, "%s: not a readable HDF5 file%s (missing, truncated or corrupt)",
-                             path, gz ? " once decompressed" : "");
-    }
-    h->f = H5Fopen(real, H5F_ACC_RDONLY, H5P_DEFAULT);
-    if (h->f < 0) {
-        if (gz) remove(h->tmp);
-        return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open as HDF5 (truncated or corrupt?)", path);
-    }
-    return NBS_OK;
+    h->f = nbs_h5_open_input(path, err);
+    return h->f < 0 ? (int)err->code : NBS_OK;
 }
 
 static void h5ad_close(h5ad_file *h) {
     if (h->f >= 0) H5Fclose(h->f);
-    if (h->tmp[0]) remove(h->tmp);
     h->f = -1;
-    h->tmp[0] = '\0';
 }
 
 /* A 2-element integer attribute (shape, h5sparse_shape). */
