@@ -392,15 +392,6 @@ static int deterministic(const char *name) {
            strcmp(name, "training_log.tsv");
 }
 
-static int same_bytes(const char *a, const char *b) {
-    size_t na = 0, nb = 0;
-    char *x = tu_read_file(a, &na), *y = tu_read_file(b, &nb);
-    int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
-}
-
 static int count_char(const char *s, char c) {
     int n = 0;
     for (; *s; s++) n += *s == c;
@@ -436,7 +427,7 @@ static void check_outputs(const char *out, const char *ref, int succeeded, char 
         } else if (!tu_exists(want)) {
             snprintf(why, n, "%s left, which a successful run does not write", name);
         } else if (deterministic(name)) {
-            if (!same_bytes(path, want)) snprintf(why, n, "%s differs from the reference run's", name);
+            if (!tu_same_bytes(path, want)) snprintf(why, n, "%s differs from the reference run's", name);
         } else if (!strcmp(name, "manifest.json")) {
             char *t = tu_read_file(path, NULL);
             size_t len = t ? strlen(t) : 0;

@@ -199,15 +199,6 @@ static void test_train_small_folder(void **state) {
     free(dir);
 }
 
-static int same_file(const char *a, const char *b) {
-    size_t na, nb;
-    char *x = tu_read_file(a, &na), *y = tu_read_file(b, &nb);
-    int same = x && y && na == nb && !memcmp(x, y, na);
-    free(x);
-    free(y);
-    return same;
-}
-
 /* example_data/ is what `nbsphere simulate` writes with the command in its README: byte for byte. */
 static void test_simulate_reproduces_example_data(void **state) {
     (void)state;
@@ -221,8 +212,8 @@ static void test_simulate_reproduces_example_data(void **state) {
         char ours[4200], committed[512];
         snprintf(ours, sizeof ours, "%s", tu_path(dir, files[i]));
         snprintf(committed, sizeof committed, "example_data/%s", files[i]);
-        if (!same_file(ours, committed)) print_message("%s differs from a fresh simulation\n", committed);
-        assert_true(same_file(ours, committed));
+        if (!tu_same_bytes(ours, committed)) print_message("%s differs from a fresh simulation\n", committed);
+        assert_true(tu_same_bytes(ours, committed));
     }
     /* README.md names the same command */
     char *readme = tu_read_file("example_data/README.md", NULL);

@@ -19,15 +19,6 @@ static nbs_matrix *small_real(void) {
     return m;
 }
 
-static int same_bytes(const char *p, const char *q) {
-    size_t n1 = 0, n2 = 0;
-    char *a = tu_read_file(p, &n1), *b = tu_read_file(q, &n2);
-    int same = a && b && n1 == n2 && !memcmp(a, b, n1);
-    free(a);
-    free(b);
-    return same;
-}
-
 static float *make_embedding(int64_t n, int d) {
     float *e = malloc((size_t)n * (size_t)d * sizeof *e);
     for (int64_t i = 0; i < n * d; i++) e[i] = (float)((i * 37) % 101) / 7.0f - 3.0f;
@@ -95,7 +86,7 @@ static void test_new_h5ad_round_trip(void **state) {
     assert_int_equal(nbs_io_write_h5ad(a, NULL, m, 5, emb, &meta, &err), NBS_OK);
     sleep(1); /* HDF5 time stamps have one-second resolution: a stamp would differ now */
     assert_int_equal(nbs_io_write_h5ad(b, NULL, m, 5, emb, &meta, &err), NBS_OK);
-    assert_true(same_bytes(a, b));
+    assert_true(tu_same_bytes(a, b));
     nbs_matrix *back = NULL;
     int rc = nbs_io_read_h5ad(a, "", &back, &err);
     if (rc) print_message("%s\n", err.msg);
@@ -270,7 +261,7 @@ static void test_10x_h5_round_trip(void **state) {
     assert_int_equal(nbs_io_write_10x_h5(a, m, &err), NBS_OK);
     sleep(1); /* see test_new_h5ad_round_trip */
     assert_int_equal(nbs_io_write_10x_h5(b, m, &err), NBS_OK);
-    assert_true(same_bytes(a, b));
+    assert_true(tu_same_bytes(a, b));
     nbs_format f;
     assert_int_equal(nbs_io_detect_format(a, &f, &err), NBS_OK);
     assert_int_equal(f, NBS_FMT_10X_H5);
@@ -358,8 +349,8 @@ static void test_simulate_every_format(void **state) {
     for (int i = 0; i < 3; i++) {
         snprintf(p1, sizeof p1, "%s/a/%s", dir, files[i]);
         snprintf(p2, sizeof p2, "%s/b/%s", dir, files[i]);
-        if (!same_bytes(p1, p2)) print_message("%s differs between two runs\n", files[i]);
-        assert_true(same_bytes(p1, p2));
+        if (!tu_same_bytes(p1, p2)) print_message("%s differs between two runs\n", files[i]);
+        assert_true(tu_same_bytes(p1, p2));
     }
     nbs_matrix *mtx = NULL, *h5 = NULL, *ad = NULL;
     nbs_error err = {0};

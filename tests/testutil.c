@@ -87,6 +87,15 @@ char *tu_read_file(const char *path, size_t *n) {
     return buf;
 }
 
+int tu_same_bytes(const char *a, const char *b) {
+    size_t na = 0, nb = 0;
+    char *x = tu_read_file(a, &na), *y = tu_read_file(b, &nb);
+    int same = x && y && na == nb && !memcmp(x, y, na);
+    free(x);
+    free(y);
+    return same;
+}
+
 int tu_run_cli(const char *args, char **out, char **errout) {
     const char *bin = getenv("NBS_BIN");
     if (!bin || !*bin) bin = "./nbsphere";

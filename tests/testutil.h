@@ -33,6 +33,8 @@ int tu_write_file(const char *path, const char *text);
 int tu_write_bytes(const char *path, const void *bytes, size_t n);
 /* Reads a whole file (malloc'd, NUL-terminated); NULL if absent. */
 char *tu_read_file(const char *path, size_t *n);
+/* 1 if both files exist and hold the same bytes. */
+int tu_same_bytes(const char *a, const char *b);
 
 /* Runs the nbsphere binary (NBS_BIN) with a shell-quoted argument string; captures stdout and
  * stderr (malloc'd, may be NULL) and returns the exit status (-1 if it did not exit normally). */
