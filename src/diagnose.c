@@ -114,7 +114,7 @@ static void log_softmax_rows(float *a, int64_t n, int G) {
  * nats. The raw Jacobian has no such scale (it grows with the number of genes kept and knows
  * nothing of depth). Cells go through the decoder JAC_CHUNK at a time. */
 #define JAC_CHUNK 128
-static int decoder_sensitivity(const nbs_model *m, const float *loc, const double *lib, int64_t n, int d,
+static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const float *loc, const double *lib, int64_t n, int d,
                                int sphere, double *sens, double *nats, nbs_error *err) {
     const int G = nbs_model_n_genes(m);
     const int64_t c = n < JAC_CHUNK ? n : JAC_CHUNK;
@@ -128,7 +128,7 @@ static int decoder_sensitivity(const nbs_model *m, const float *loc, const doubl
     for (int j = 0; j < d; j++) sens[j] = nats[j] = 0;
     for (int64_t i0 = 0; i0 < n && !st; i0 += c) {
         const int64_t nc = n - i0 < c ? n - i0 : c;
-        if ((st = nbs_model_decode_logits(m, loc + i0 * d, (int)nc, info, lt, err))) break;
+        if ((st = nbs_model_decode_logits(m, w, loc + i0 * d, nc, info, lt, err))) break;
         log_softmax_rows(info, nc, G);
         for (int64_t i = 0; i < nc; i++)
             for (int g = 0; g < G; g++) {
@@ -148,8 +148,8 @@ static int decoder_sensitivity(const nbs_model *m, const float *loc, const doubl
                     zm[i * d + k] -= (float)(JAC_STEP * dir);
                 }
             }
-            if ((st = nbs_model_decode_logits(m, zp, (int)nc, lp, NULL, err))) break;
-            if ((st = nbs_model_decode_logits(m, zm, (int)nc, lm, NULL, err))) break;
+            if ((st = nbs_model_decode_logits(m, w, zp, nc, lp, NULL, err))) break;
+            if ((st = nbs_model_decode_logits(m, w, zm, nc, lm, NULL, err))) break;
             log_softmax_rows(lp, nc, G);
             log_softmax_rows(lm, nc, G);
             for (int64_t i = 0; i < nc; i++) {
@@ -254,10 +254,10 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t n,
-                 const nbs_diagnose_config *dc, gsl_rng *rng, nbs_collapse_report *r,
-                 nbs_error *err) {
+int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
+                 nbs_collapse_report *r, nbs_error *err) {
     memset(r, 0, sizeof *r);
+    const int64_t n = cells->n;
     const nbs_latent *L = nbs_model_latent(m);
     const int d = L->dim, hd = nbs_latent_head_dim(L), K = nbs_latent_kl_terms(L);
     const int sphere = L->kind != NBS_LATENT_GAUSSIAN;
@@ -276,13 +276,9 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
     r->decoder_nats = nbs_calloc((size_t)d, sizeof(double), err);
     r->tau_decoder_nats = dc->tau_decoder_nats;
     r->tau_decoder_relative = dc->tau_decoder_relative;
-    double *lib = nbs_malloc(sizeof(double) * n, err);
-    for (int64_t i = 0; lib && i < n; i++) { /* observed library sizes: the decoder's mu is l softmax */
-        const int64_t row = rows ? rows[i] : i;
-        double l = 0;
-        for (int64_t p = X->indptr[row]; p < X->indptr[row + 1]; p++) l += X->data[p];
-        lib[i] = l;
-    }
+    double *lib = nbs_malloc(sizeof(double) * n, err); /* (n) in diagnosed order: the decoder's mu is l softmax */
+    for (int64_t i = 0; lib && i < n; i++) lib[i] = cells->library[nbs_cells_row(cells, i)];
+    nbs_workspace *w = nbs_workspace_eval(m, cells->X, err);
     r->verdict = nbs_calloc((size_t)d, sizeof(nbs_dim_verdict), err);
     float *head = nbs_malloc(sizeof(float) * n * hd, err);
     float *loc = nbs_malloc(sizeof(float) * n * d, err);
@@ -294,9 +290,9 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
     nbs_latent_cache *cache = nbs_latent_cache_new(L, (int)n, err);
     int st = NBS_OK;
     if (!r->kl || !r->activity || !r->sens_weight || !r->sens_jacobian || !r->decoder_nats || !lib ||
-        !r->verdict || !head || !loc || !spread || !ez || !kl || !ll || !ll0 || !zc || !cache)
+        !r->verdict || !head || !loc || !spread || !ez || !kl || !ll || !ll0 || !zc || !cache || !w)
         st = NBS_ERR_NOMEM;
-    if (!st) st = nbs_model_encode(m, X, rows, 0, (int)n, head, err);
+    if (!st) st = nbs_model_encode(m, w, cells, head, err);
     if (!st) {
         nbs_latent_posterior(L, head, (int)n, loc, spread);
         nbs_latent_expectation(L, head, (int)n, ez);
@@ -324,10 +320,10 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
             for (int k = 0; k < width; k++) s += (double)W[(int64_t)j * width + k] * W[(int64_t)j * width + k];
             r->sens_weight[j] = sqrt(s / width);
         }
-        st = decoder_sensitivity(m, loc, lib, n, d, sphere, r->sens_jacobian, r->decoder_nats, err);
+        st = decoder_sensitivity(m, w, loc, lib, n, d, sphere, r->sens_jacobian, r->decoder_nats, err);
     }
     if (!st) { /* how much the decoder uses z at all: z at the posterior vs one constant z */
-        st = nbs_model_loglik(m, X, rows, 0, (int)n, loc, ll, err);
+        st = nbs_model_loglik(m, w, cells, loc, ll, err);
         double c[NBS_MAX_KL_TERMS] = {0}, norm = 0;
         for (int j = 0; j < d; j++) {
             for (int64_t i = 0; i < n; i++) c[j] += loc[i * d + j];
@@ -337,7 +333,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
         for (int64_t i = 0; i < n; i++)
             for (int j = 0; j < d; j++) /* on the sphere the constant is the normalised mean direction */
                 zc[i * d + j] = (float)(sphere ? (norm > 0 ? c[j] / sqrt(norm) : (j == 0)) : c[j]);
-        if (!st) st = nbs_model_loglik(m, X, rows, 0, (int)n, zc, ll0, err);
+        if (!st) st = nbs_model_loglik(m, w, cells, zc, ll0, err);
         double g = 0, g2 = 0;
         for (int64_t i = 0; i < n; i++) g += ll[i] - ll0[i];
         r->recon_gain = g / (double)n;
@@ -386,6 +382,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, i
     }
     free(head), free(loc), free(spread), free(ez), free(kl), free(ll), free(ll0), free(zc), free(lib);
     nbs_latent_cache_free(cache);
+    nbs_workspace_free(w);
     if (st) {
         if (st == NBS_ERR_NOMEM && !err->msg[0]) nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics");
         nbs_collapse_report_free(r);

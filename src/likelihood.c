@@ -2,6 +2,7 @@
 
 #include <gsl/gsl_sf_psi.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -48,20 +49,6 @@ extern double exp(double);
 #pragma omp declare simd notinbranch
 extern double log(double);
 #endif
-
-/* Per-thread scratch of k rows of G doubles, grown once (not per step). */
-static double *thread_rows(int G, int k) {
-    static _Thread_local double *rows;
-    static _Thread_local int64_t cap;
-    const int64_t need = (int64_t)G * k;
-    if (need > cap) {
-        double *r = realloc(rows, sizeof(double) * (size_t)need);
-        if (!r) return NULL;
-        rows = r;
-        cap = need;
-    }
-    return rows;
-}
 
 /* rho = softmax(a) into rho[G]; returns log-sum-exp. */
 static double softmax(const float *a, int G, double *rho) {
@@ -196,8 +183,7 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
 /* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. */
 static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, float *dlt, float *dzi) {
     const int G = b->G;
-    double *rho = thread_rows(G, 4);
-    if (!rho) return NAN; /* out of memory despite nbs_lik_reserve (another thread): stops as non-finite */
+    double *rho = b->thread_rows + (int64_t)omp_get_thread_num() * 4 * G;
     double *s = rho + G, *t = rho + 2 * (int64_t)G, *lthmu = rho + 3 * (int64_t)G;
     const double lse = softmax(b->logits + (int64_t)i * G, G, rho);
     const double ll = b->kind == NBS_LIK_NB ? cell_nb(b, i, rho, lse, s, t, lthmu)
@@ -215,13 +201,6 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
     return ll;
 }
 
-int nbs_lik_reserve(int G, nbs_error *err) {
-    int ok = 1;
-#pragma omp parallel reduction(&& : ok)
-    ok = thread_rows(G, 4) != NULL;
-    return ok ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the likelihood's scratch (%d genes)", G);
-}
-
 double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,
                     float *dlog_theta, float *dzi_logits) {
     const int64_t G = b->G;
@@ -233,7 +212,8 @@ double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *
             b->work[G + g] = gsl_sf_psi(th);
             b->work[2 * G + g] = th;
         }
-#pragma omp parallel for schedule(static)
+    const int threads = omp_get_max_threads() < b->n_threads ? omp_get_max_threads() : b->n_threads;
+#pragma omp parallel for schedule(static) num_threads(threads)
     for (int i = 0; i < b->n; i++)
         loglik[i] = cell_eval(b, i, scale, dlogits ? dlogits + i * G : NULL,
                               dlog_theta ? dlog_theta + i * G : NULL,

@@ -479,6 +479,30 @@ void nbs_matrix_row_sums(const nbs_matrix *m, double *out) {
     }
 }
 
+/* Rows longer than t: how many and their entries. */
+static void rows_longer(const nbs_matrix *m, int64_t t, int64_t *count, int64_t *entries) {
+    *count = *entries = 0;
+    for (int64_t c = 0; c < m->n_cells; c++) {
+        const int64_t len = m->indptr[c + 1] - m->indptr[c];
+        if (len > t) ++*count, *entries += len;
+    }
+}
+
+int64_t nbs_matrix_max_batch_nnz(const nbs_matrix *m, int64_t k) {
+    if (k >= m->n_cells) return m->indptr[m->n_cells];
+    /* the k-th longest length t by bisection (no allocation): the k longest rows are those
+     * longer than t, topped up with rows of length exactly t */
+    int64_t lo = 0, hi = m->n_genes, count, entries; /* count(len > hi) = 0 < k <= count(len > lo - 1) */
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo + 1) / 2;
+        rows_longer(m, mid - 1, &count, &entries); /* rows with len >= mid */
+        if (count >= k) lo = mid;
+        else hi = mid - 1;
+    }
+    rows_longer(m, lo, &count, &entries);
+    return entries + (k - count) * lo;
+}
+
 int nbs_matrix_default_names(char ***names, int64_t n, const char *prefix, nbs_error *err) {
     char **out = nbs_calloc((size_t)n, sizeof *out, err);
     if (!out) return NBS_ERR_NOMEM;

@@ -320,6 +320,16 @@ int64_t nbs_preprocess_top_k(const double *score, int64_t n, int64_t k, int64_t 
 
 /* ---- the whole step ---- */
 
+int nbs_preprocess_library(nbs_preprocess_result *r, nbs_error *err) {
+    free(r->library_size);
+    r->cells_zero_library = 0;
+    if (!(r->library_size = nbs_malloc((size_t)(r->matrix->n_cells ? r->matrix->n_cells : 1) * sizeof *r->library_size, err)))
+        return err->code;
+    nbs_matrix_row_sums(r->matrix, r->library_size);
+    for (int64_t i = 0; i < r->matrix->n_cells; i++) r->cells_zero_library += r->library_size[i] == 0;
+    return NBS_OK;
+}
+
 void nbs_preprocess_result_free(nbs_preprocess_result *r) {
     if (!r) return;
     nbs_matrix_free(r->matrix);
@@ -467,11 +477,7 @@ static int preprocess(const nbs_matrix *m, nbs_matrix *owned, const nbs_preproce
     }
     if (cfg->n_top_genes > 0 && cfg->n_top_genes < r->n_genes && (rc = select_hvg(r->matrix, cfg, r, err)))
         goto fail;
-    rc = NBS_ERR_NOMEM;
-    if (!(r->library_size = nbs_malloc((size_t)r->n_cells * sizeof *r->library_size, err)))
-        goto fail;
-    nbs_matrix_row_sums(r->matrix, r->library_size);
-    for (int64_t i = 0; i < r->n_cells; i++) r->cells_zero_library += r->library_size[i] == 0;
+    if ((rc = nbs_preprocess_library(r, err))) goto fail;
     *out = r;
     return NBS_OK;
 fail:

@@ -130,7 +130,8 @@ static int diagnose_now(run_state *s, nbs_model *m, int seed_offset, nbs_collaps
     gsl_rng *g = gsl_rng_alloc(gsl_rng_mt19937);
     if (!g) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
     gsl_rng_set(g, s->p->config.train.seed ^ (DIAG_STREAM + (uint64_t)seed_offset));
-    int st = nbs_diagnose(m, s->pre->matrix, s->diag_rows, s->n_diag, &s->p->config.diagnose, g, r, err);
+    nbs_cells c = {.X = s->pre->matrix, .rows = s->diag_rows, .n = s->n_diag, .library = s->pre->library_size};
+    int st = nbs_diagnose(m, &c, &s->p->config.diagnose, g, r, err);
     gsl_rng_free(g);
     return st;
 }
@@ -204,7 +205,8 @@ static int embed_cells(run_state *s, nbs_error *err) {
     s->spread = s->z ? nbs_malloc(sizeof(float) * (size_t)(n * (L->kind == NBS_LATENT_GAUSSIAN ? L->dim : 1) + 1), err)
                      : NULL;
     if (!s->spread) return err->code;
-    return nbs_model_embed(s->ck.model, s->pre->matrix, s->z, s->spread, err);
+    const nbs_cells all = nbs_cells_all(s->pre->matrix, s->pre->library_size);
+    return nbs_model_embed(s->ck.model, &all, s->z, s->spread, err);
 }
 
 static int stage_diagnose(run_state *s, nbs_error *err) {
@@ -277,7 +279,8 @@ static int stage_train(run_state *s, nbs_error *err) {
         return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     if ((st = choose_diag_rows(s, err))) return st;
     nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
-    st = nbs_train(s->ck.model, X, &c->train, &s->ck.state, &s->ck.log, &h, err);
+    const nbs_cells all = nbs_cells_all(X, s->pre->library_size);
+    st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, &h, NULL, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_LOG, err);
     if (st) return st;
     char model_path[NBS_PATH_MAX];
@@ -425,7 +428,7 @@ static int load_model_and_data(run_state *s, const char *model_path, nbs_error *
     s->pre->matrix = aligned;
     s->pre->n_cells = aligned->n_cells;
     s->pre->n_genes = aligned->n_genes;
-    return NBS_OK;
+    return nbs_preprocess_library(s->pre, err);
 }
 
 static int finish_run(run_state *s, int st, nbs_error *err) {

@@ -199,19 +199,21 @@ int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int6
 
 /* Validation ELBO (beta = 1) with its own seeded noise, so it is comparable across epochs
  * and identical in a resumed run. */
-static int validate(nbs_model *m, const nbs_matrix *X, const int64_t *val, int64_t n_val,
+static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const int64_t *val, int64_t n_val,
                     int batch, uint64_t seed, int epoch, double *recon, double *kl, nbs_error *err) {
-    const int K = nbs_latent_kl_terms(nbs_model_latent(m));
+    const int K = nbs_model_kl_terms(m);
     double klb[NBS_MAX_KL_TERMS];
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     if (!r) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
     gsl_rng_set(r, seed ^ (VALID_STREAM * (uint64_t)(epoch + 1)));
     *recon = *kl = 0;
     int st = NBS_OK;
+    nbs_cells vc = *cells;
+    vc.rows = val;
     for (int64_t s = 0; s < n_val && !st; s += batch) {
-        int n = (int)(n_val - s < batch ? n_val - s : batch);
+        const nbs_cells b = nbs_cells_slice(&vc, s, n_val - s < batch ? n_val - s : batch);
         double rc;
-        st = nbs_model_forward(m, X, val + s, n, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
+        st = nbs_model_forward(m, w, &b, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
         *recon += rc;
         for (int t = 0; t < K; t++) *kl += klb[t];
     }
@@ -253,8 +255,57 @@ void nbs_train_resolve(nbs_train_config *tc, int64_t n_cells) {
     if (tc->warmup_epochs == NBS_AUTO) tc->warmup_epochs = tc->epochs / 2;
 }
 
-int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc_in, nbs_train_state *s,
-              nbs_train_log *log, const nbs_train_hooks *h, nbs_error *err) {
+int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const nbs_train_config *tc,
+                   double beta, gsl_rng *rng, const nbs_train_reduce *reduce, nbs_step_result *out,
+                   nbs_error *err) {
+    const int K = nbs_model_kl_terms(m);
+    float klw[NBS_MAX_KL_TERMS];
+    out->failed[0] = '\0';
+    out->n_cells = batch->n;
+    nbs_model_zero_grad(m);
+    int st = nbs_model_forward(m, w, batch, NBS_PASS_TRAIN, rng, &out->recon, out->kl, err);
+    if (st) return st;
+    if (!isfinite(out->recon)) {
+        snprintf(out->failed, sizeof out->failed, "the reconstruction term (NB log-likelihood)");
+        return NBS_ERR_NUMERIC;
+    }
+    if (reduce && reduce->kl && (st = reduce->kl(reduce->user, out->kl, K, &out->n_cells, err))) return st;
+    const int64_t n = out->n_cells;
+    out->loss = out->recon;
+    for (int t = 0; t < K; t++) {
+        if (!isfinite(out->kl[t])) {
+            snprintf(out->failed, sizeof out->failed, "the KL term of latent dimension %d", t + 1);
+            return NBS_ERR_NUMERIC;
+        }
+        /* Free bits: below lambda nats (batch mean) a term costs lambda and has no gradient. */
+        const double mean_kl = out->kl[t] / n;
+        const int free = tc->free_bits > 0 && mean_kl < tc->free_bits;
+        klw[t] = free ? 0.0f : (float)(beta / n);
+        out->loss += beta * (free ? tc->free_bits * n : out->kl[t]);
+    }
+    nbs_model_backward(m, w, klw);
+    if (reduce && reduce->grads) {
+        float *state;
+        int64_t np, ns;
+        nbs_model_flat(m, NULL, NULL, NULL, &state, &np, &ns, NULL);
+        if ((st = reduce->grads(reduce->user, nbs_model_grad_block(m), np, state, ns, err))) return st;
+    }
+    const char *bad = nbs_model_nonfinite_grad(m);
+    if (bad) {
+        snprintf(out->failed, sizeof out->failed, "the gradient of %s", bad);
+        return NBS_ERR_NUMERIC;
+    }
+    if (tc->grad_clip > 0) {
+        const double norm = nbs_model_grad_norm(m);
+        if (norm > tc->grad_clip) nbs_model_scale_grad(m, tc->grad_clip / norm);
+    }
+    nbs_model_adam(m, tc->learning_rate, tc->adam_eps, tc->weight_decay);
+    return NBS_OK;
+}
+
+int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_in, nbs_train_state *s,
+              nbs_train_log *log, const nbs_train_hooks *h, const nbs_train_reduce *reduce, nbs_error *err) {
+    const nbs_matrix *X = cells->X;
     nbs_train_config resolved = *tc_in;
     nbs_train_resolve(&resolved, X->n_cells);
     const nbs_train_config *tc = &resolved;
@@ -262,7 +313,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc_in, 
         nbs_info("train.epochs auto: %d epochs for %lld cells%s", tc->epochs, (long long)X->n_cells,
                  tc_in->warmup_epochs == NBS_AUTO && !tc->warmup_steps ? ", KL warm-up over half of them" : "");
     const nbs_latent *L = nbs_model_latent(m);
-    const int K = nbs_latent_kl_terms(L);
+    const int K = nbs_model_kl_terms(m);
     if (K > NBS_MAX_KL_TERMS)
         return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: at most %d dimensions", NBS_MAX_KL_TERMS);
     if (X->n_cells < 2)
@@ -275,15 +326,19 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc_in, 
     int st = nbs_train_split(X->n_cells, tc, &order, &n_val, err);
     if (st) return st;
     int64_t *val = order, n_train = X->n_cells - n_val;
+    const int batch = tc->batch_size;
+    const int64_t n_batches = (n_train + batch - 1) / batch;
     /* Each epoch shuffles a fresh copy of the split's order, so an epoch's minibatches depend
      * only on the generator's state: what a checkpoint saves. */
     int64_t *train = nbs_malloc(sizeof(int64_t) * (size_t)n_train, err);
-    if (!train) {
-        free(order);
+    const int sphere = L->kind != NBS_LATENT_GAUSSIAN;
+    float *kappas = train && sphere ? nbs_malloc(sizeof(float) * (size_t)n_train, err) : NULL;
+    nbs_workspace *w = train && (kappas || !sphere)
+                           ? nbs_workspace_new(m, batch, nbs_matrix_max_batch_nnz(X, batch), err) : NULL;
+    if (!w) {
+        free(order), free(train), free(kappas);
         return err->code;
     }
-    const int batch = tc->batch_size;
-    const int64_t n_batches = (n_train + batch - 1) / batch;
     if (s->epochs_done == 0) {
         double end_beta = nbs_train_beta(tc, (int64_t)tc->epochs * n_batches - 1, n_batches);
         if (end_beta < tc->beta * (1 - 1e-9))
@@ -292,93 +347,55 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc_in, 
                      end_beta, tc->beta);
     }
     int last_ckpt = s->epochs_done;
-    const int sphere = L->kind != NBS_LATENT_GAUSSIAN;
-    float *kappas = sphere ? nbs_malloc(sizeof(float) * (size_t)n_train, err) : NULL;
-    if (sphere && !kappas) {
-        free(order);
-        free(train);
-        return err->code;
-    }
-    double kl_batch[NBS_MAX_KL_TERMS], kl_epoch[NBS_MAX_KL_TERMS];
-    float klw[NBS_MAX_KL_TERMS];
+    double kl_epoch[NBS_MAX_KL_TERMS];
+    nbs_step_result sr;
     const int patience = n_val > 0 ? tc->patience : 0;
     if (tc->patience > 0 && n_val == 0)
         nbs_warn("early stopping needs validation cells (train.validation_fraction > 0); it is off");
+    nbs_cells tcells = *cells;
+    tcells.rows = train;
 
     for (int epoch = s->epochs_done + 1; epoch <= tc->epochs && !st; epoch++) {
         const double t0 = nbs_progress_now();
         memcpy(train, order + n_val, sizeof(int64_t) * (size_t)n_train);
         gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
         double sum_recon = 0, sum_loss = 0, beta = 0, t_prod, t_lik;
-        nbs_model_take_timers(m, &t_prod, &t_lik);
+        nbs_workspace_take_timers(w, &t_prod, &t_lik);
         memset(kl_epoch, 0, sizeof kl_epoch);
         for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
             const int64_t off = b * batch;
-            const int n = (int)(n_train - off < batch ? n_train - off : batch);
-            double recon;
-            nbs_model_zero_grad(m);
-            st = nbs_model_forward(m, X, train + off, n, NBS_PASS_TRAIN, s->rng, &recon, kl_batch, err);
-            if (st) break;
-            if (!isfinite(recon)) {
-                st = numeric_failure(err, "the reconstruction term (NB log-likelihood)", epoch, s->step, b,
-                                     n_batches, h, last_ckpt);
-                break;
-            }
+            const nbs_cells bc = nbs_cells_slice(&tcells, off, n_train - off < batch ? n_train - off : batch);
             beta = nbs_train_beta(tc, s->step, n_batches);
-            double loss = recon;
-            for (int t = 0; t < K; t++) {
-                if (!isfinite(kl_batch[t])) {
-                    char what[64];
-                    snprintf(what, sizeof what, "the KL term of latent dimension %d", t + 1);
-                    st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, last_ckpt);
-                    break;
-                }
-                /* Free bits: below lambda nats (batch mean) a term costs lambda and has no gradient. */
-                const double mean_kl = kl_batch[t] / n;
-                const int free = tc->free_bits > 0 && mean_kl < tc->free_bits;
-                klw[t] = free ? 0.0f : (float)(beta / n);
-                loss += beta * (free ? tc->free_bits * n : kl_batch[t]);
-                kl_epoch[t] += kl_batch[t];
-            }
+            st = nbs_train_step(m, w, &bc, tc, beta, s->rng, reduce, &sr, err);
+            if (st == NBS_ERR_NUMERIC && sr.failed[0])
+                st = numeric_failure(err, sr.failed, epoch, s->step, b, n_batches, h, last_ckpt);
             if (st) break;
-            nbs_model_backward(m, klw);
-            const char *bad = nbs_model_nonfinite_grad(m);
-            if (bad) {
-                char what[96];
-                snprintf(what, sizeof what, "the gradient of %s", bad);
-                st = numeric_failure(err, what, epoch, s->step, b, n_batches, h, last_ckpt);
-                break;
-            }
-            if (tc->grad_clip > 0) {
-                const double norm = nbs_model_grad_norm(m);
-                if (norm > tc->grad_clip) nbs_model_scale_grad(m, tc->grad_clip / norm);
-            }
-            nbs_model_adam(m, tc->learning_rate, tc->adam_eps, tc->weight_decay);
-            sum_recon += recon;
-            sum_loss += loss;
-            if (kappas) memcpy(kappas + off, nbs_model_last_kappa(m), sizeof(float) * n);
+            for (int t = 0; t < K; t++) kl_epoch[t] += sr.kl[t];
+            sum_recon += sr.recon;
+            sum_loss += sr.loss;
+            if (kappas) memcpy(kappas + off, nbs_workspace_kappa(w), sizeof(float) * bc.n);
             if (h && h->progress) {
                 double kl_now = 0;
-                for (int t = 0; t < K; t++) kl_now += kl_batch[t] / n;
-                nbs_progress_train pt = {epoch, tc->epochs, b + 1, n_batches, -(recon / n + kl_now),
+                for (int t = 0; t < K; t++) kl_now += sr.kl[t] / bc.n;
+                nbs_progress_train pt = {epoch, tc->epochs, b + 1, n_batches, -(sr.recon / bc.n + kl_now),
                                          kl_now, NAN, beta, -1, L->dim};
                 nbs_progress_batch(h->progress, &pt);
             }
         }
         if (st) break;
         nbs_epoch_record r = {epoch, sum_loss / n_train, sum_recon / n_train, 0, NAN, NAN, NAN, beta, 0, NAN, NAN, 0, 0};
-        nbs_model_take_timers(m, &r.sec_products, &r.sec_likelihood); /* training steps only */
+        nbs_workspace_take_timers(w, &r.sec_products, &r.sec_likelihood); /* training steps only */
         if (kappas) {
             gsl_sort_float(kappas, 1, (size_t)n_train);
             r.kappa_median = gsl_stats_float_median_from_sorted_data(kappas, 1, (size_t)n_train);
-            if (L->kind == NBS_LATENT_VMF) r.acceptance = nbs_model_acceptance(m);
+            if (L->kind == NBS_LATENT_VMF) r.acceptance = nbs_workspace_acceptance(w);
         }
         for (int t = 0; t < K; t++) {
             kl_epoch[t] /= (double)n_train;
             r.kl += kl_epoch[t];
         }
         if (n_val > 0) {
-            st = validate(m, X, val, n_val, batch, tc->seed, epoch, &r.val_recon, &r.val_kl, err);
+            st = validate(m, w, cells, val, n_val, batch, tc->seed, epoch, &r.val_recon, &r.val_kl, err);
             if (st) break;
             r.val_elbo = -(r.val_recon + r.val_kl);
             if (!isfinite(r.val_elbo)) {
@@ -420,6 +437,7 @@ int nbs_train(nbs_model *m, const nbs_matrix *X, const nbs_train_config *tc_in, 
             break;
         }
     }
+    nbs_workspace_free(w);
     free(order);
     free(train);
     free(kappas);

@@ -1,7 +1,9 @@
-/* The VAE: sparse log1p input -> encoder MLP -> latent head -> latent -> decoder MLP -> gene
- * logits (+ zero-inflation and per-cell dispersion heads) -> count likelihood.
+/* The VAE: sparse log1p input -> encoder MLP -> latent stages (head -> latent) -> decoder MLP
+ * -> gene logits (+ zero-inflation and per-cell dispersion heads) -> count likelihood.
  * Layout follows llm.c: every parameter lives in one float block, its gradient at the same
- * offset in a second block, Adam moments in two more; layers are views into them. */
+ * offset in a second block, Adam moments in two more; layers are views into them. What a pass
+ * computes lives in the caller's workspace (B = cells of the batch, G = genes, d = latent
+ * dimension), so the model itself is read-only outside training. */
 #include "nbsphere/vae.h"
 
 #include <gsl/gsl_randist.h>
@@ -14,6 +16,7 @@
 #include "nbsphere/nn.h"
 
 #define MAX_BLOCKS (8 * NBS_MAX_LAYERS + 16)
+#define MAX_STAGES 4
 
 typedef struct {
     char name[64];
@@ -27,36 +30,70 @@ typedef struct {
     nbs_dense lin;
     nbs_norm norm;
     int has_norm;
-    float *relu_out, *act, *mask, *xhat, *inv_std; /* workspace [cap x width] (inv_std: cap or width) */
-    int used_batch;
 } hidden;
+
+/* A latent stage: its head reads the encoder's last activation; its KL terms sit at
+ * [kl_offset, kl_offset + kl_terms) of the model's KL vector. */
+typedef struct {
+    nbs_latent lat;
+    nbs_dense head; /* (encoder width, head_dim) */
+    int head_dim, kl_terms, kl_offset;
+} stage;
 
 struct nbs_model {
     nbs_model_config cfg;
-    nbs_latent lat;
-    int G, head_dim, kl_terms;
+    int G, kl_terms;
     int64_t n_params, n_state, adam_t;
     float *params, *grads, *adam_m, *adam_v, *state;
     block blocks[MAX_BLOCKS];
     int n_blocks;
 
-    int n_enc, n_dec;
+    int n_enc, n_dec, n_stages;
     hidden enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS];
-    nbs_dense head, out, out_zi, out_disp;
+    stage stages[MAX_STAGES];
+    nbs_dense out, out_zi, out_disp;
     int has_zi, has_disp;
-    float *log_theta, *dlog_theta; /* per-gene dispersion (NULL when per cell) */
+    float *log_theta, *dlog_theta; /* (G) per-gene dispersion (NULL when per cell) */
+};
 
-    /* workspace for batches of up to cap cells */
-    int cap;
+/* What one hidden layer computed for a batch of B <= cap cells. */
+typedef struct {
+    float *relu_out; /* (B, width) linear -> norm -> ReLU */
+    float *act;      /* (B, width) relu_out after dropout: the next layer's input */
+    float *mask;     /* (B, width) dropout mask (scaled keep indicator) */
+    float *xhat;     /* (B, width) normalised pre-activation */
+    float *inv_std;  /* (max(B, width)) 1/std per column (batch norm) or per row (layer norm) */
+    int used_batch;  /* the norm used batch statistics (training) rather than running ones */
+} hidden_ws;
+
+typedef struct {
+    float *head_out, *dhead; /* (B, head_dim) */
+    float *z, *dz;           /* (B, d) */
+    double *kl;              /* (B, kl_terms of the stage) */
+    nbs_latent_cache *cache; /* samples and noise kept for the backward */
+} stage_ws;
+
+struct nbs_workspace {
+    int cap, n_threads;
     int64_t nnz_cap;
-    int64_t *bptr;
-    int32_t *bidx;
-    float *bval;
-    double *lib, *loglik, *kl;
-    double *likwork; /* 3G: per-gene lgamma, psi and value of theta */
-    float *head_out, *dhead, *z, *dz, *logits, *dlogits, *zi, *dzi, *disp, *ddisp, *dlt;
-    float *dbuf[2], *dtmp; /* backward scratch [cap x widest layer] */
-    nbs_latent_cache *lcache;
+    int G, kl_terms;
+    hidden_ws enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS];
+    stage_ws stages[MAX_STAGES];
+    /* the batch as the encoder reads it: CSR of transformed counts */
+    int64_t *bptr;        /* (B + 1) */
+    int32_t *bidx;        /* (nnz_cap) */
+    float *bval;          /* (nnz_cap) */
+    int64_t *rows;        /* (B) row of X of each batch cell */
+    double *lib;          /* (B) observed library sizes */
+    double *loglik;       /* (B) log p(x_i | z_i) */
+    double *kl;           /* (B, kl_terms) */
+    float *logits, *dlogits; /* (B, G) */
+    float *dlt;              /* (B, G) d loss / d log theta per entry */
+    float *zi, *dzi;         /* (B, G) ZINB zero-inflation logits */
+    float *disp, *ddisp;     /* (B, G) per-cell log theta */
+    double *likwork;         /* (3, G) per gene: lgamma, psi and value of theta */
+    double *lik_rows;        /* (n_threads, 4, G) the likelihood's per-thread rows */
+    float *dbuf[2], *dtmp;   /* (B, widest layer) backward scratch */
     int batch_n, grads_ready;
     double t_products, t_likelihood; /* seconds in layers (products) and likelihood, since taken */
 };
@@ -162,15 +199,20 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     if (!m) return NULL;
     m->cfg = *mc;
     m->G = n_genes;
-    m->lat = (nbs_latent){mc->latent, mc->latent_dim, mc->kappa_floor};
-    m->head_dim = nbs_latent_head_dim(&m->lat);
-    m->kl_terms = nbs_latent_kl_terms(&m->lat);
+    /* one stage today; a ladder or a categorical latent adds entries */
+    m->n_stages = 1;
+    stage *S = &m->stages[0];
+    S->lat = (nbs_latent){mc->latent, mc->latent_dim, mc->kappa_floor};
+    S->head_dim = nbs_latent_head_dim(&S->lat);
+    S->kl_terms = nbs_latent_kl_terms(&S->lat);
+    S->kl_offset = 0;
+    m->kl_terms = S->kl_terms;
     m->n_enc = mc->n_encoder_layers;
     m->n_dec = mc->n_decoder_layers;
     m->has_zi = mc->likelihood == NBS_LIK_ZINB;
     m->has_disp = mc->likelihood != NBS_LIK_POISSON && mc->dispersion == NBS_DISP_GENE_CELL;
 
-    layer_ids enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS], head, out, zi = {-1, -1, -1, -1, -1, -1},
+    layer_ids enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS], head[MAX_STAGES], out, zi = {-1, -1, -1, -1, -1, -1},
                                                                   disp = zi;
     char nm[64];
     int in = n_genes;
@@ -179,7 +221,7 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
         enc[i] = declare_layer(m, nm, in, mc->encoder_layers[i], mc->norm);
         in = mc->encoder_layers[i];
     }
-    head = declare_layer(m, "encoder.head", in, m->head_dim, 0);
+    head[0] = declare_layer(m, "encoder.head", in, S->head_dim, 0);
     in = mc->latent_dim;
     for (int i = 0; i < m->n_dec; i++) {
         snprintf(nm, sizeof nm, "decoder.%d", i);
@@ -197,14 +239,13 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     m->adam_m = m->grads ? nbs_calloc(np, sizeof(float), err) : NULL;
     m->adam_v = m->adam_m ? nbs_calloc(np, sizeof(float), err) : NULL;
     m->state = m->adam_v ? nbs_calloc((size_t)m->n_state + 1, sizeof(float), err) : NULL;
-    m->likwork = m->state ? nbs_calloc(3 * (size_t)n_genes, sizeof(double), err) : NULL;
-    if (!m->likwork) {
+    if (!m->state) {
         nbs_model_free(m);
         return NULL;
     }
     for (int i = 0; i < m->n_enc; i++) bind_hidden(m, &m->enc[i], enc[i], mc->norm);
     for (int i = 0; i < m->n_dec; i++) bind_hidden(m, &m->dec[i], dec[i], mc->norm);
-    bind_dense(m, &m->head, head);
+    for (int s = 0; s < m->n_stages; s++) bind_dense(m, &m->stages[s].head, head[s]);
     bind_dense(m, &m->out, out);
     if (m->has_zi) bind_dense(m, &m->out_zi, zi);
     if (m->has_disp) bind_dense(m, &m->out_disp, disp);
@@ -213,7 +254,7 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
 
     if (rng) {
         for (int i = 0; i < m->n_enc; i++) init_hidden(&m->enc[i], rng);
-        init_dense(&m->head, rng, 1.0);
+        for (int s = 0; s < m->n_stages; s++) init_dense(&m->stages[s].head, rng, 1.0);
         for (int i = 0; i < m->n_dec; i++) init_hidden(&m->dec[i], rng);
         /* A small last layer makes the decoder start weak, so it must lean on z. */
         init_dense(&m->out, rng, mc->decoder_init_scale);
@@ -226,220 +267,248 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     return m;
 }
 
-#define FREE(p) (free(p), (p) = NULL)
-
-static void free_workspace(nbs_model *m) {
-    for (int i = 0; i < m->n_enc + m->n_dec; i++) {
-        hidden *h = i < m->n_enc ? &m->enc[i] : &m->dec[i - m->n_enc];
-        FREE(h->relu_out), FREE(h->act), FREE(h->mask), FREE(h->xhat), FREE(h->inv_std);
-    }
-    FREE(m->bptr), FREE(m->lib), FREE(m->loglik), FREE(m->kl);
-    FREE(m->head_out), FREE(m->dhead), FREE(m->z), FREE(m->dz), FREE(m->logits), FREE(m->dlogits);
-    FREE(m->zi), FREE(m->dzi), FREE(m->disp), FREE(m->ddisp), FREE(m->dlt);
-    FREE(m->dbuf[0]), FREE(m->dbuf[1]), FREE(m->dtmp);
-    nbs_latent_cache_free(m->lcache);
-    m->lcache = NULL;
-    m->cap = 0;
-}
-
 void nbs_model_free(nbs_model *m) {
     if (!m) return;
-    free_workspace(m);
-    free(m->bidx), free(m->bval);
-    free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->state), free(m->likwork);
+    free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->state);
     free(m);
 }
 
-/* Workspace for batches of up to n cells, allocated once (no allocation inside a step). */
-static int reserve(nbs_model *m, int n, nbs_error *err) {
-    if (n <= m->cap) return NBS_OK;
-    free_workspace(m);
-    int64_t widest = m->head_dim > m->lat.dim ? m->head_dim : m->lat.dim;
-    int st = NBS_OK;
-#define ALLOC(p, count, type) \
-    if (!st && !((p) = nbs_calloc((size_t)(count), sizeof(type), err))) st = err->code
+/* ---- workspace ---- */
+
+void nbs_workspace_free(nbs_workspace *w) {
+    if (!w) return;
+    for (int i = 0; i < NBS_MAX_LAYERS; i++)
+        for (int k = 0; k < 2; k++) {
+            hidden_ws *h = k ? &w->dec[i] : &w->enc[i];
+            free(h->relu_out), free(h->act), free(h->mask), free(h->xhat), free(h->inv_std);
+        }
+    for (int s = 0; s < MAX_STAGES; s++) {
+        stage_ws *S = &w->stages[s];
+        free(S->head_out), free(S->dhead), free(S->z), free(S->dz), free(S->kl);
+        nbs_latent_cache_free(S->cache);
+    }
+    free(w->bptr), free(w->bidx), free(w->bval), free(w->rows), free(w->lib), free(w->loglik), free(w->kl);
+    free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp), free(w->ddisp);
+    free(w->likwork), free(w->lik_rows), free(w->dbuf[0]), free(w->dbuf[1]), free(w->dtmp);
+    free(w);
+}
+
+nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs_error *err) {
+    if (n < 1) n = 1;
+    nbs_workspace *w = nbs_calloc(1, sizeof *w, err);
+    if (!w) return NULL;
+    w->cap = n;
+    w->nnz_cap = max_nnz > 0 ? max_nnz : 1;
+    w->G = m->G;
+    w->kl_terms = m->kl_terms;
+    w->n_threads = omp_get_max_threads();
+    int64_t widest = 0;
+    int ok = 1;
+#define ALLOC(p, count, type) ok = ok && ((p) = nbs_calloc((size_t)(count), sizeof(type), err)) != NULL
     for (int i = 0; i < m->n_enc + m->n_dec; i++) {
-        hidden *h = i < m->n_enc ? &m->enc[i] : &m->dec[i - m->n_enc];
-        int64_t w = h->lin.out, sz = (int64_t)n * w;
-        if (w > widest) widest = w;
+        hidden_ws *h = i < m->n_enc ? &w->enc[i] : &w->dec[i - m->n_enc];
+        const int64_t width = (i < m->n_enc ? m->enc[i] : m->dec[i - m->n_enc]).lin.out, sz = (int64_t)n * width;
+        if (width > widest) widest = width;
         ALLOC(h->relu_out, sz, float);
         ALLOC(h->act, sz, float);
         ALLOC(h->mask, sz, float);
         ALLOC(h->xhat, sz, float);
-        ALLOC(h->inv_std, n > w ? n : w, float);
+        ALLOC(h->inv_std, n > width ? n : width, float);
+    }
+    for (int s = 0; s < m->n_stages; s++) {
+        const stage *S = &m->stages[s];
+        stage_ws *SW = &w->stages[s];
+        if (S->head_dim > widest) widest = S->head_dim;
+        ALLOC(SW->head_out, (int64_t)n * S->head_dim, float);
+        ALLOC(SW->dhead, (int64_t)n * S->head_dim, float);
+        ALLOC(SW->z, (int64_t)n * S->lat.dim, float);
+        ALLOC(SW->dz, (int64_t)n * S->lat.dim, float);
+        ALLOC(SW->kl, (int64_t)n * S->kl_terms, double);
+        ok = ok && (SW->cache = nbs_latent_cache_new(&S->lat, n, err)) != NULL;
     }
     const int64_t nG = (int64_t)n * m->G;
-    ALLOC(m->bptr, n + 1, int64_t);
-    ALLOC(m->lib, n, double);
-    ALLOC(m->loglik, n, double);
-    ALLOC(m->kl, (int64_t)n * m->kl_terms, double);
-    ALLOC(m->head_out, (int64_t)n * m->head_dim, float);
-    ALLOC(m->dhead, (int64_t)n * m->head_dim, float);
-    ALLOC(m->z, (int64_t)n * m->lat.dim, float);
-    ALLOC(m->dz, (int64_t)n * m->lat.dim, float);
-    ALLOC(m->logits, nG, float);
-    ALLOC(m->dlogits, nG, float);
-    ALLOC(m->dlt, nG, float);
+    ALLOC(w->bptr, n + 1, int64_t);
+    ALLOC(w->bidx, w->nnz_cap, int32_t);
+    ALLOC(w->bval, w->nnz_cap, float);
+    ALLOC(w->rows, n, int64_t);
+    ALLOC(w->lib, n, double);
+    ALLOC(w->loglik, n, double);
+    ALLOC(w->kl, (int64_t)n * m->kl_terms, double);
+    ALLOC(w->logits, nG, float);
+    ALLOC(w->dlogits, nG, float);
+    ALLOC(w->dlt, nG, float);
     if (m->has_zi) {
-        ALLOC(m->zi, nG, float);
-        ALLOC(m->dzi, nG, float);
+        ALLOC(w->zi, nG, float);
+        ALLOC(w->dzi, nG, float);
     }
     if (m->has_disp) {
-        ALLOC(m->disp, nG, float);
-        ALLOC(m->ddisp, nG, float);
+        ALLOC(w->disp, nG, float);
+        ALLOC(w->ddisp, nG, float);
     }
-    ALLOC(m->dbuf[0], (int64_t)n * widest, float);
-    ALLOC(m->dbuf[1], (int64_t)n * widest, float);
-    ALLOC(m->dtmp, (int64_t)n * widest, float);
+    ALLOC(w->likwork, 3 * (int64_t)m->G, double);
+    ALLOC(w->lik_rows, (int64_t)w->n_threads * 4 * m->G, double);
+    ALLOC(w->dbuf[0], (int64_t)n * widest, float);
+    ALLOC(w->dbuf[1], (int64_t)n * widest, float);
+    ALLOC(w->dtmp, (int64_t)n * widest, float);
 #undef ALLOC
-    if (!st && !(m->lcache = nbs_latent_cache_new(&m->lat, n, err))) st = err->code;
-    if (st) {
-        free_workspace(m);
-        return st;
+    if (!ok) {
+        nbs_workspace_free(w);
+        return NULL;
     }
-    m->cap = n;
-    return NBS_OK;
+    return w;
+}
+
+nbs_workspace *nbs_workspace_eval(const nbs_model *m, const nbs_matrix *X, nbs_error *err) {
+    return nbs_workspace_new(m, NBS_EVAL_BATCH, nbs_matrix_max_batch_nnz(X, NBS_EVAL_BATCH), err);
+}
+
+nbs_cells nbs_cells_all(const nbs_matrix *X, const double *library) {
+    return (nbs_cells){.X = X, .n = X->n_cells, .library = library};
+}
+
+nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n) {
+    nbs_cells s = *c;
+    if (c->rows) s.rows = c->rows + start;
+    else s.row0 = c->row0 + start;
+    s.n = n;
+    return s;
 }
 
 /* ---- forward ---- */
 
-/* Copies the batch's rows into a batch-local CSR with the encoder's input transform applied,
- * and records each cell's observed library size. */
-static int gather(nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t row0, int n,
-                  nbs_error *err) {
-    int64_t nnz = 0;
-    for (int i = 0; i < n; i++) {
-        int64_t r = rows ? rows[i] : row0 + i;
-        nnz += X->indptr[r + 1] - X->indptr[r];
-    }
-    if (nnz > m->nnz_cap) { /* grows only while the largest batch is still unseen */
-        int64_t cap = nnz + nnz / 2 + 1024;
-        int32_t *bi = realloc(m->bidx, sizeof(int32_t) * cap);
-        if (bi) m->bidx = bi;
-        float *bv = bi ? realloc(m->bval, sizeof(float) * cap) : NULL;
-        if (bv) m->bval = bv;
-        if (!bi || !bv) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for a minibatch");
-        m->nnz_cap = cap;
-    }
+/* Copies the batch's rows into the workspace's CSR with the encoder's input transform applied,
+ * with each cell's row of X and observed library size. */
+static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_error *err) {
+    const nbs_matrix *X = c->X;
+    if (X->n_genes != m->G)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "model has %d genes, data %lld", m->G, (long long)X->n_genes);
+    if (c->n > w->cap || !c->library)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "a batch of %lld cells for a workspace of %d%s",
+                             (long long)c->n, w->cap, c->library ? "" : ", without library sizes");
     int64_t q = 0;
-    m->bptr[0] = 0;
-    for (int i = 0; i < n; i++) {
-        int64_t r = rows ? rows[i] : row0 + i;
-        double l = 0;
-        for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++) l += X->data[p];
-        m->lib[i] = l;
+    w->bptr[0] = 0;
+    for (int i = 0; i < c->n; i++) {
+        const int64_t r = nbs_cells_row(c, i);
+        if (q + X->indptr[r + 1] - X->indptr[r] > w->nnz_cap)
+            return nbs_error_set(err, NBS_ERR_INTERNAL, "a batch with more than the workspace's %lld counts",
+                                 (long long)w->nnz_cap);
+        const double l = c->library[r];
         const double f = m->cfg.input_transform == NBS_INPUT_LOG1P_CP10K && l > 0 ? 1e4 / l : 1.0;
         for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++, q++) {
-            m->bidx[q] = X->indices[p];
-            m->bval[q] = (float)log1p(f * X->data[p]);
+            w->bidx[q] = X->indices[p];
+            w->bval[q] = (float)log1p(f * X->data[p]);
         }
-        m->bptr[i + 1] = q;
+        w->bptr[i + 1] = q;
+        w->rows[i] = r;
+        w->lib[i] = l;
     }
     return NBS_OK;
 }
 
-typedef enum { PASS_TRAIN, PASS_EVAL_SAMPLE, PASS_EVAL_MEAN } pass_mode;
-
-static void hidden_forward(hidden *h, const float *x, const nbs_sparse_rows *sx, int n,
+static void hidden_forward(const hidden *h, hidden_ws *hw, const float *x, const nbs_sparse_rows *sx, int n,
                            int training, double dropout, gsl_rng *rng) {
     const int64_t sz = (int64_t)n * h->lin.out;
-    if (sx) nbs_dense_forward_sparse(&h->lin, sx, h->relu_out);
-    else nbs_dense_forward(&h->lin, x, n, h->relu_out);
+    if (sx) nbs_dense_forward_sparse(&h->lin, sx, hw->relu_out);
+    else nbs_dense_forward(&h->lin, x, n, hw->relu_out);
     if (h->has_norm) {
-        h->used_batch = nbs_norm_uses_batch(&h->norm, n, training);
-        nbs_norm_forward(&h->norm, h->relu_out, n, training, h->xhat, h->inv_std);
+        hw->used_batch = nbs_norm_uses_batch(&h->norm, n, training);
+        nbs_norm_forward(&h->norm, hw->relu_out, n, training, hw->xhat, hw->inv_std);
     }
-    nbs_relu_forward(h->relu_out, sz);
-    memcpy(h->act, h->relu_out, sizeof(float) * sz);
+    nbs_relu_forward(hw->relu_out, sz);
+    memcpy(hw->act, hw->relu_out, sizeof(float) * sz);
     if (training && dropout > 0) {
-        nbs_dropout_mask(rng, dropout, h->mask, sz);
-        nbs_mul_inplace(h->act, h->mask, sz);
+        nbs_dropout_mask(rng, dropout, hw->mask, sz);
+        nbs_mul_inplace(hw->act, hw->mask, sz);
     }
 }
 
-static void encode_gathered(nbs_model *m, int n, int training, gsl_rng *rng) {
-    nbs_sparse_rows sx = {n, m->bptr, m->bidx, m->bval};
+/* The gathered batch -> each stage's head (n, head_dim). Training updates batch-norm running
+ * statistics, the only write to the model in a forward. */
+static void encode_gathered(const nbs_model *m, nbs_workspace *w, int n, int training, gsl_rng *rng) {
+    nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
     for (int i = 0; i < m->n_enc; i++)
-        hidden_forward(&m->enc[i], i ? m->enc[i - 1].act : NULL, i ? NULL : &sx, n, training,
+        hidden_forward(&m->enc[i], &w->enc[i], i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, training,
                        m->cfg.dropout, rng);
-    nbs_dense_forward(&m->head, m->enc[m->n_enc - 1].act, n, m->head_out);
+    for (int s = 0; s < m->n_stages; s++)
+        nbs_dense_forward(&m->stages[s].head, w->enc[m->n_enc - 1].act, n, w->stages[s].head_out);
 }
 
-/* z [n x d] -> logits (and the zero-inflation / dispersion heads). The decoder has no dropout. */
-static void decode(nbs_model *m, const float *z, int n, int training) {
+/* z (n, d) -> logits (and the zero-inflation / dispersion heads). The decoder has no dropout. */
+static void decode(const nbs_model *m, nbs_workspace *w, const float *z, int n, int training) {
     for (int i = 0; i < m->n_dec; i++)
-        hidden_forward(&m->dec[i], i ? m->dec[i - 1].act : z, NULL, n, training, 0, NULL);
-    const float *h = m->dec[m->n_dec - 1].act;
-    nbs_dense_forward(&m->out, h, n, m->logits);
-    if (m->has_zi) nbs_dense_forward(&m->out_zi, h, n, m->zi);
-    if (m->has_disp) nbs_dense_forward(&m->out_disp, h, n, m->disp);
+        hidden_forward(&m->dec[i], &w->dec[i], i ? w->dec[i - 1].act : z, NULL, n, training, 0, NULL);
+    const float *h = w->dec[m->n_dec - 1].act;
+    nbs_dense_forward(&m->out, h, n, w->logits);
+    if (m->has_zi) nbs_dense_forward(&m->out_zi, h, n, w->zi);
+    if (m->has_disp) nbs_dense_forward(&m->out_disp, h, n, w->disp);
 }
 
-static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int n) {
-    return (nbs_lik_batch){m->cfg.likelihood, n, m->G, X, rows, m->lib, m->logits,
-                           m->has_disp ? m->disp : m->log_theta, m->has_disp, m->zi, m->likwork};
+static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_workspace *w, const nbs_matrix *X, int n) {
+    return (nbs_lik_batch){m->cfg.likelihood, n, m->G, X, w->rows, w->lib, w->logits,
+                           m->has_disp ? w->disp : m->log_theta, m->has_disp, w->zi, w->likwork,
+                           w->lik_rows, w->n_threads};
 }
 
-/* rows == NULL: consecutive rows from row0; the likelihood reads rows through an index. */
-static const int64_t *row_index(nbs_model *m, const int64_t *rows, int64_t row0, int n) {
-    if (rows) return rows;
-    int64_t *idx = (int64_t *)m->dtmp; /* dtmp is at least n x 2 floats: room for n int64 */
-    for (int i = 0; i < n; i++) idx[i] = row0 + i;
-    return idx;
-}
-
-int nbs_model_forward(nbs_model *m, const nbs_matrix *X, const int64_t *rows, int n, int mode,
-                      gsl_rng *rng, double *recon_sum, double *kl_sum, nbs_error *err) {
-    if (X->n_genes != m->G)
-        return nbs_error_set(err, NBS_ERR_INTERNAL, "model has %d genes, data %lld", m->G,
-                             (long long)X->n_genes);
-    int st = reserve(m, n, err);
-    if (!st) st = gather(m, X, rows, 0, n, err);
-    if (!st) st = nbs_lik_reserve(m->G, err);
+int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mode, gsl_rng *rng,
+                      double *recon_sum, double *kl_sum, nbs_error *err) {
+    int st = gather(m, w, c, err);
     if (st) return st;
-    const int training = mode == NBS_PASS_TRAIN;
+    const int n = (int)c->n, training = mode == NBS_PASS_TRAIN;
     double t0 = omp_get_wtime();
-    encode_gathered(m, n, training, rng);
-    st = nbs_latent_forward(&m->lat, m->head_out, n, mode == NBS_PASS_EVAL_MEAN ? NULL : rng, m->z,
-                            m->kl, m->lcache, err);
+    encode_gathered(m, w, n, training, rng);
+    for (int s = 0; s < m->n_stages && !st; s++) {
+        const stage *S = &m->stages[s];
+        stage_ws *SW = &w->stages[s];
+        st = nbs_latent_forward(&S->lat, SW->head_out, n, mode == NBS_PASS_EVAL_MEAN ? NULL : rng, SW->z, SW->kl,
+                                SW->cache, err);
+        for (int i = 0; i < n && !st; i++) /* the stage's terms into their places of each cell's KL row */
+            memcpy(w->kl + (int64_t)i * m->kl_terms + S->kl_offset, SW->kl + (int64_t)i * S->kl_terms,
+                   sizeof(double) * S->kl_terms);
+    }
     if (st) return st;
     double t1 = omp_get_wtime();
-    decode(m, m->z, n, training);
+    decode(m, w, w->stages[0].z, n, training);
     double t2 = omp_get_wtime();
-    nbs_lik_batch b = lik_batch(m, X, row_index(m, rows, 0, n), n);
+    nbs_lik_batch b = lik_batch(m, w, c->X, n);
     const float scale = (float)(-1.0 / n);
-    double ll = nbs_lik_eval(&b, m->loglik, scale, training ? m->dlogits : NULL,
-                             training && m->cfg.likelihood != NBS_LIK_POISSON ? m->dlt : NULL,
-                             training ? m->dzi : NULL);
-    m->t_products += (t1 - t0) + (t2 - t1);
-    m->t_likelihood += omp_get_wtime() - t2;
+    double ll = nbs_lik_eval(&b, w->loglik, scale, training ? w->dlogits : NULL,
+                             training && m->cfg.likelihood != NBS_LIK_POISSON ? w->dlt : NULL,
+                             training ? w->dzi : NULL);
+    w->t_products += (t1 - t0) + (t2 - t1);
+    w->t_likelihood += omp_get_wtime() - t2;
     if (recon_sum) *recon_sum = -ll;
     if (kl_sum)
         for (int t = 0; t < m->kl_terms; t++) {
-            double s = 0;
-            for (int i = 0; i < n; i++) s += m->kl[(int64_t)i * m->kl_terms + t];
-            kl_sum[t] = s;
+            double sum = 0;
+            for (int i = 0; i < n; i++) sum += w->kl[(int64_t)i * m->kl_terms + t];
+            kl_sum[t] = sum;
         }
-    m->batch_n = n;
-    m->grads_ready = training;
+    w->batch_n = n;
+    w->grads_ready = training;
     return NBS_OK;
 }
 
-const double *nbs_model_last_loglik(const nbs_model *m) { return m->loglik; }
-const double *nbs_model_last_kl(const nbs_model *m) { return m->kl; }
-const float *nbs_model_last_kappa(const nbs_model *m) { return m->lcache ? nbs_latent_cache_kappa(m->lcache) : NULL; }
-double nbs_model_acceptance(const nbs_model *m) { return m->lcache ? nbs_latent_cache_acceptance(m->lcache) : NAN; }
+const double *nbs_workspace_loglik(const nbs_workspace *w) { return w->loglik; }
+const double *nbs_workspace_kl(const nbs_workspace *w) { return w->kl; }
+const float *nbs_workspace_kappa(const nbs_workspace *w) { return nbs_latent_cache_kappa(w->stages[0].cache); }
+double nbs_workspace_acceptance(const nbs_workspace *w) { return nbs_latent_cache_acceptance(w->stages[0].cache); }
+
+void nbs_workspace_take_timers(nbs_workspace *w, double *products, double *likelihood) {
+    *products = w->t_products;
+    *likelihood = w->t_likelihood;
+    w->t_products = w->t_likelihood = 0;
+}
 
 /* ---- backward ---- */
 
-/* dact: gradient w.r.t. h->act (overwritten as scratch); writes dx of the layer's input
+/* dact: gradient w.r.t. the layer's act (overwritten as scratch); writes dx of the layer's input
  * (NULL for the sparse first layer). */
-static void hidden_backward(hidden *h, const float *x, const nbs_sparse_rows *sx, int n,
+static void hidden_backward(hidden *h, const hidden_ws *hw, const float *x, const nbs_sparse_rows *sx, int n,
                             int dropout_on, float *dact, float *dx) {
     const int64_t sz = (int64_t)n * h->lin.out;
-    if (dropout_on) nbs_mul_inplace(dact, h->mask, sz);
-    nbs_relu_backward(h->relu_out, dact, sz);
-    if (h->has_norm) nbs_norm_backward(&h->norm, dact, n, h->xhat, h->inv_std, h->used_batch);
+    if (dropout_on) nbs_mul_inplace(dact, hw->mask, sz);
+    nbs_relu_backward(hw->relu_out, dact, sz);
+    if (h->has_norm) nbs_norm_backward(&h->norm, dact, n, hw->xhat, hw->inv_std, hw->used_batch);
     if (sx) nbs_dense_backward_sparse(&h->lin, sx, dact);
     else nbs_dense_backward(&h->lin, x, dact, n, dx);
 }
@@ -448,50 +517,55 @@ static void add_into(float *y, const float *x, int64_t n) {
     for (int64_t k = 0; k < n; k++) y[k] += x[k];
 }
 
-void nbs_model_backward(nbs_model *m, const float *kl_weight) {
-    if (!m->grads_ready) return;
+void nbs_model_backward(nbs_model *m, nbs_workspace *w, const float *kl_weight) {
+    if (!w->grads_ready) return;
     const double t0 = omp_get_wtime();
-    const int n = m->batch_n;
-    const float *hdec = m->dec[m->n_dec - 1].act;
+    const int n = w->batch_n;
+    const float *hdec = w->dec[m->n_dec - 1].act;
     const int64_t hsz = (int64_t)n * m->dec[m->n_dec - 1].lin.out;
-    float *d = m->dbuf[0], *dn = m->dbuf[1];
-    nbs_dense_backward(&m->out, hdec, m->dlogits, n, d);
+    float *d = w->dbuf[0], *dn = w->dbuf[1];
+    nbs_dense_backward(&m->out, hdec, w->dlogits, n, d);
     if (m->has_zi) {
-        nbs_dense_backward(&m->out_zi, hdec, m->dzi, n, m->dtmp);
-        add_into(d, m->dtmp, hsz);
+        nbs_dense_backward(&m->out_zi, hdec, w->dzi, n, w->dtmp);
+        add_into(d, w->dtmp, hsz);
     }
     if (m->has_disp) {
-        nbs_dense_backward(&m->out_disp, hdec, m->dlt, n, m->dtmp);
-        add_into(d, m->dtmp, hsz);
+        nbs_dense_backward(&m->out_disp, hdec, w->dlt, n, w->dtmp);
+        add_into(d, w->dtmp, hsz);
     } else if (m->dlog_theta) {
-        for (int i = 0; i < n; i++) add_into(m->dlog_theta, m->dlt + (int64_t)i * m->G, m->G);
+        for (int i = 0; i < n; i++) add_into(m->dlog_theta, w->dlt + (int64_t)i * m->G, m->G);
     }
+    stage_ws *S0 = &w->stages[0];
     for (int i = m->n_dec - 1; i >= 0; i--) {
-        hidden_backward(&m->dec[i], i ? m->dec[i - 1].act : m->z, NULL, n, 0, d, i ? dn : m->dz);
+        hidden_backward(&m->dec[i], &w->dec[i], i ? w->dec[i - 1].act : S0->z, NULL, n, 0, d, i ? dn : S0->dz);
         float *t = d;
         d = dn;
         dn = t;
     }
-    nbs_latent_backward(&m->lat, m->head_out, n, m->dz, kl_weight, m->lcache, m->dhead);
-    nbs_dense_backward(&m->head, m->enc[m->n_enc - 1].act, m->dhead, n, d);
-    nbs_sparse_rows sx = {n, m->bptr, m->bidx, m->bval};
+    /* every stage's head reads the encoder's last activation: their input gradients add up */
+    const float *henc = w->enc[m->n_enc - 1].act;
+    const int64_t esz = (int64_t)n * m->enc[m->n_enc - 1].lin.out;
+    for (int s = 0; s < m->n_stages; s++) {
+        stage *S = &m->stages[s];
+        stage_ws *SW = &w->stages[s];
+        nbs_latent_backward(&S->lat, SW->head_out, n, SW->dz, kl_weight + S->kl_offset, SW->cache, SW->dhead);
+        nbs_dense_backward(&S->head, henc, SW->dhead, n, s ? w->dtmp : d);
+        if (s) add_into(d, w->dtmp, esz);
+    }
+    nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
     const int drop = m->cfg.dropout > 0;
     for (int i = m->n_enc - 1; i >= 0; i--) {
-        hidden_backward(&m->enc[i], i ? m->enc[i - 1].act : NULL, i ? NULL : &sx, n, drop, d,
+        hidden_backward(&m->enc[i], &w->enc[i], i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, drop, d,
                         i ? dn : NULL);
         float *t = d;
         d = dn;
         dn = t;
     }
-    m->grads_ready = 0;
-    m->t_products += omp_get_wtime() - t0;
+    w->grads_ready = 0;
+    w->t_products += omp_get_wtime() - t0;
 }
 
-void nbs_model_take_timers(nbs_model *m, double *products, double *likelihood) {
-    *products = m->t_products;
-    *likelihood = m->t_likelihood;
-    m->t_products = m->t_likelihood = 0;
-}
+float *nbs_model_grad_block(nbs_model *m) { return m->grads; }
 
 void nbs_model_zero_grad(nbs_model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
 
@@ -523,37 +597,31 @@ void nbs_model_adam(nbs_model *m, double lr, double eps, double weight_decay) {
                   weight_decay, m->adam_t);
 }
 
-/* ---- evaluation-mode helpers ---- */
+/* ---- evaluation-mode helpers: the workspace's capacity at a time ---- */
 
-#define EVAL_CHUNK 256
-
-int nbs_model_encode(const nbs_model *cm, const nbs_matrix *X, const int64_t *rows, int64_t row0,
-                     int n, float *head, nbs_error *err) {
-    nbs_model *m = (nbs_model *)cm; /* workspace only; parameters are not touched */
-    for (int s = 0; s < n; s += EVAL_CHUNK) {
-        int c = n - s < EVAL_CHUNK ? n - s : EVAL_CHUNK;
-        int st = reserve(m, c, err);
-        if (!st) st = gather(m, X, rows ? rows + s : NULL, row0 + s, c, err);
+int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, float *head, nbs_error *err) {
+    const int hd = m->stages[0].head_dim;
+    for (int64_t s = 0; s < c->n; s += w->cap) {
+        const nbs_cells part = nbs_cells_slice(c, s, c->n - s < w->cap ? c->n - s : w->cap);
+        int st = gather(m, w, &part, err);
         if (st) return st;
-        encode_gathered(m, c, 0, NULL);
-        memcpy(head + (int64_t)s * m->head_dim, m->head_out, sizeof(float) * c * m->head_dim);
+        encode_gathered(m, w, (int)part.n, 0, NULL);
+        memcpy(head + s * hd, w->stages[0].head_out, sizeof(float) * part.n * hd);
     }
     return NBS_OK;
 }
 
-int nbs_model_decode_logits(const nbs_model *cm, const float *z, int n, float *logits,
-                            float *log_theta, nbs_error *err) {
-    nbs_model *m = (nbs_model *)cm;
-    const int64_t G = m->G;
-    for (int s = 0; s < n; s += EVAL_CHUNK) {
-        int c = n - s < EVAL_CHUNK ? n - s : EVAL_CHUNK;
-        int st = reserve(m, c, err);
-        if (st) return st;
-        decode(m, z + (int64_t)s * m->lat.dim, c, 0);
-        memcpy(logits + (int64_t)s * G, m->logits, sizeof(float) * c * G);
+int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const float *z, int64_t n,
+                            float *logits, float *log_theta, nbs_error *err) {
+    (void)err; /* nothing here can fail once the workspace exists */
+    const int64_t G = m->G, d = m->stages[0].lat.dim;
+    for (int64_t s = 0; s < n; s += w->cap) {
+        const int c = (int)(n - s < w->cap ? n - s : w->cap);
+        decode(m, w, z + s * d, c, 0);
+        memcpy(logits + s * G, w->logits, sizeof(float) * c * G);
         if (!log_theta) continue;
-        float *lt = log_theta + (int64_t)s * G;
-        if (m->has_disp) memcpy(lt, m->disp, sizeof(float) * c * G);
+        float *lt = log_theta + s * G;
+        if (m->has_disp) memcpy(lt, w->disp, sizeof(float) * c * G);
         else
             for (int i = 0; i < c; i++)
                 for (int64_t g = 0; g < G; g++) lt[i * G + g] = m->log_theta ? m->log_theta[g] : INFINITY;
@@ -561,44 +629,44 @@ int nbs_model_decode_logits(const nbs_model *cm, const float *z, int n, float *l
     return NBS_OK;
 }
 
-int nbs_model_loglik(const nbs_model *cm, const nbs_matrix *X, const int64_t *rows, int64_t row0,
-                     int n, const float *z, double *loglik, nbs_error *err) {
-    nbs_model *m = (nbs_model *)cm;
-    for (int s = 0; s < n; s += EVAL_CHUNK) {
-        int c = n - s < EVAL_CHUNK ? n - s : EVAL_CHUNK;
-        int st = reserve(m, c, err);
-        const int64_t *r = rows ? rows + s : NULL;
-        if (!st) st = gather(m, X, r, row0 + s, c, err);
-        if (!st) st = nbs_lik_reserve(m->G, err);
+int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, const float *z,
+                     double *loglik, nbs_error *err) {
+    const int64_t d = m->stages[0].lat.dim;
+    for (int64_t s = 0; s < c->n; s += w->cap) {
+        const nbs_cells part = nbs_cells_slice(c, s, c->n - s < w->cap ? c->n - s : w->cap);
+        int st = gather(m, w, &part, err);
         if (st) return st;
-        decode(m, z + (int64_t)s * m->lat.dim, c, 0);
-        nbs_lik_batch b = lik_batch(m, X, row_index(m, r, row0 + s, c), c);
+        decode(m, w, z + s * d, (int)part.n, 0);
+        nbs_lik_batch b = lik_batch(m, w, c->X, (int)part.n);
         nbs_lik_eval(&b, loglik + s, 1.0f, NULL, NULL, NULL);
     }
     return NBS_OK;
 }
 
-int nbs_model_embed(const nbs_model *m, const nbs_matrix *X, float *location, float *spread,
-                    nbs_error *err) {
-    const int hd = m->head_dim, d = m->lat.dim;
-    float *head = nbs_malloc(sizeof(float) * EVAL_CHUNK * hd, err);
-    if (!head) return err->code;
-    int st = NBS_OK;
-    for (int64_t s = 0; s < X->n_cells && !st; s += EVAL_CHUNK) {
-        int c = (int)(X->n_cells - s < EVAL_CHUNK ? X->n_cells - s : EVAL_CHUNK);
-        st = nbs_model_encode(m, X, NULL, s, c, head, err);
-        if (!st)
-            nbs_latent_posterior(&m->lat, head, c, location + s * d,
-                                 !spread ? NULL : spread + s * (m->lat.kind == NBS_LATENT_GAUSSIAN ? d : 1));
+int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, float *spread, nbs_error *err) {
+    const nbs_latent *L = &m->stages[0].lat;
+    const int hd = m->stages[0].head_dim, d = L->dim, sd = L->kind == NBS_LATENT_GAUSSIAN ? d : 1;
+    nbs_workspace *w = nbs_workspace_eval(m, c->X, err);
+    float *head = w ? nbs_malloc(sizeof(float) * NBS_EVAL_BATCH * hd, err) : NULL;
+    int st = head ? NBS_OK : err->code;
+    for (int64_t s = 0; s < c->n && !st; s += NBS_EVAL_BATCH) {
+        const nbs_cells part = nbs_cells_slice(c, s, c->n - s < NBS_EVAL_BATCH ? c->n - s : NBS_EVAL_BATCH);
+        st = nbs_model_encode(m, w, &part, head, err);
+        if (!st) nbs_latent_posterior(L, head, (int)part.n, location + s * d, spread ? spread + s * sd : NULL);
     }
     free(head);
+    nbs_workspace_free(w);
     return st;
 }
 
 /* ---- accessors ---- */
 
 int nbs_model_n_genes(const nbs_model *m) { return m->G; }
-const nbs_latent *nbs_model_latent(const nbs_model *m) { return &m->lat; }
+const nbs_latent *nbs_model_latent(const nbs_model *m) { return &m->stages[0].lat; }
+int nbs_model_n_stages(const nbs_model *m) { return m->n_stages; }
+const nbs_latent *nbs_model_stage_latent(const nbs_model *m, int s) { return &m->stages[s].lat; }
+int nbs_model_stage_kl_offset(const nbs_model *m, int s) { return m->stages[s].kl_offset; }
+int nbs_model_kl_terms(const nbs_model *m) { return m->kl_terms; }
 const nbs_model_config *nbs_model_config_of(const nbs_model *m) { return &m->cfg; }
 int64_t nbs_model_n_params(const nbs_model *m) { return m->n_params; }
 int64_t nbs_model_n_state(const nbs_model *m) { return m->n_state; }

@@ -41,10 +41,12 @@
 #include <zlib.h>
 
 #include "nbsphere/checkpoint.h"
+#include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
 #include "nbsphere/pipeline.h"
 #include "nbsphere/progress.h"
 #include "nbsphere/run.h"
+#include "nbsphere/train.h"
 
 /* ---- the injector ---- */
 
@@ -607,6 +609,54 @@ static void test_vmf_h5ad_run(void **state) {
     every_allocation_fails_cleanly("  path: sim/sim.h5ad.gz\n  label_column: branch\n", "  min_counts: 300\n", "vmf");
 }
 
+/* A training step allocates nothing: the workspace holds every buffer a step needs, from the
+ * first step on (the Gaussian and both spheres, whose samplers and quadratures take their
+ * scratch from the workspace too), and so does an evaluation pass. */
+static void test_training_step_allocates_nothing(void **state) {
+    (void)state;
+    nbs_error err = {0};
+    nbs_matrix *X = NULL;
+    assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
+    nbs_cells all = tu_cells(X);
+    int64_t rows[64];
+    for (int i = 0; i < 64; i++) rows[i] = (i * 37) % X->n_cells;
+    nbs_cells batch = all;
+    batch.rows = rows;
+    batch.n = 64;
+    const nbs_latent_kind kinds[3] = {NBS_LATENT_GAUSSIAN, NBS_LATENT_VMF, NBS_LATENT_POWER_SPHERICAL};
+    for (int k = 0; k < 3; k++) {
+        nbs_config c;
+        nbs_config_defaults(&c);
+        c.model.latent = kinds[k];
+        c.model.latent_dim = k == 2 ? 40 : 10; /* 40: above the spheres' on-stack size */
+        c.model.encoder_layers[0] = c.model.decoder_layers[0] = 32;
+        c.model.norm = NBS_NORM_BATCH;
+        gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+        nbs_model *m = nbs_model_new(&c.model, (int)X->n_genes, r, &err);
+        assert_non_null(m);
+        nbs_workspace *w = tu_workspace(m, X, 64);
+        nbs_step_result sr;
+        double recon, kl[NBS_MAX_KL_TERMS];
+        sh->count = 0;
+        sh->fail_at = 0;
+        armed = 1;
+        long steps = 0, evals = 0;
+        for (int step = 0; step < 3; step++) steps += nbs_train_step(m, w, &batch, &c.train, 0.5, r, NULL, &sr, &err) == 0;
+        evals += nbs_model_forward(m, w, &batch, NBS_PASS_EVAL_SAMPLE, r, &recon, kl, &err) == 0;
+        armed = 0;
+        print_message("%s latent: %ld steps and %ld evaluation passes made %ld allocations\n",
+                      nbs_latent_word(kinds[k]), steps, evals, sh->count);
+        assert_int_equal(steps, 3);
+        assert_int_equal(evals, 1);
+        assert_int_equal(sh->count, 0);
+        nbs_workspace_free(w);
+        nbs_model_free(m);
+        gsl_rng_free(r);
+    }
+    tu_cells_free(&all);
+    nbs_matrix_free(X);
+}
+
 static int setup(void **state) {
     (void)state;
     sh = mmap(NULL, sizeof *sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -651,6 +701,7 @@ int main(int argc, char **argv) {
     (void)argc;
     restart_with_settings(argv);
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_training_step_allocates_nothing),
         cmocka_unit_test(test_gaussian_run),
         cmocka_unit_test(test_vmf_h5ad_run),
     };

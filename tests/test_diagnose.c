@@ -76,7 +76,9 @@ static void test_verdicts_by_construction(void **state) {
     float *W = nbs_model_decoder_first_weights_mut(m);
     for (int j = 0; j < width; j++) W[2 * width + j] = W[3 * width + j] = 0;
     nbs_collapse_report rep;
-    assert_int_equal(nbs_diagnose(m, X, NULL, n, &c.diagnose, r, &rep, &err), 0);
+    nbs_cells cells = tu_cells(X);
+    assert_int_equal(nbs_diagnose(m, &cells, &c.diagnose, r, &rep, &err), 0);
+    tu_cells_free(&cells);
     for (int j = 0; j < 4; j++)
         print_message("z_%d: KL %.4g activity %.4g sens_w %.4g sens_jac %.4g -> %s\n", j + 1, rep.kl[j],
                       rep.activity[j], rep.sens_weight[j], rep.sens_jacobian[j], nbs_dim_verdict_word(rep.verdict[j]));
@@ -113,6 +115,7 @@ typedef struct {
     nbs_model *m;
     nbs_train_state s;
     nbs_train_log log;
+    nbs_cells cells; /* every cell of X */
 } trained_toy;
 
 static void train_toy(trained_toy *t, int epochs, int warmup) {
@@ -130,13 +133,15 @@ static void train_toy(trained_toy *t, int epochs, int warmup) {
     t->m = nbs_model_new(&t->c.model, (int)t->X->n_genes, t->r, &err);
     assert_non_null(t->m);
     assert_int_equal(nbs_train_state_init(&t->s, t->m, 0, &err), 0);
-    assert_int_equal(nbs_train(t->m, t->X, &t->c.train, &t->s, &t->log, NULL, &err), 0);
+    t->cells = tu_cells(t->X);
+    assert_int_equal(nbs_train(t->m, &t->cells, &t->c.train, &t->s, &t->log, NULL, NULL, &err), 0);
 }
 
 static void toy_free(trained_toy *t) {
     nbs_train_state_free(&t->s);
     nbs_train_log_free(&t->log);
     nbs_model_free(t->m);
+    tu_cells_free(&t->cells);
     nbs_matrix_free(t->X);
     gsl_rng_free(t->r);
 }
@@ -151,7 +156,8 @@ static void test_decoder_ignoring_z_is_not_healthy(void **state) {
     nbs_model_decoder_first_weights(m, &d, &width);
     memset(nbs_model_decoder_first_weights_mut(m), 0, sizeof(float) * (size_t)d * width);
     nbs_collapse_report rep;
-    assert_int_equal(nbs_diagnose(m, t.X, NULL, 500, &t.c.diagnose, t.r, &rep, &err), 0);
+    const nbs_cells first = nbs_cells_slice(&t.cells, 0, 500);
+    assert_int_equal(nbs_diagnose(m, &first, &t.c.diagnose, t.r, &rep, &err), 0);
     print_message("%s\n", rep.summary);
     assert_true(rep.recon_gain == 0 && rep.recon_gain_se == 0);
     assert_true(rep.n_sending == 4); /* the trained encoder still sends through every dimension */
@@ -172,7 +178,8 @@ static void test_healthy_trained_model(void **state) {
     trained_toy t;
     train_toy(&t, 15, 5);
     nbs_collapse_report rep;
-    assert_int_equal(nbs_diagnose(t.m, t.X, NULL, 800, &t.c.diagnose, t.r, &rep, &err), 0);
+    const nbs_cells first = nbs_cells_slice(&t.cells, 0, 800);
+    assert_int_equal(nbs_diagnose(t.m, &first, &t.c.diagnose, t.r, &rep, &err), 0);
     print_message("%s\n", rep.summary);
     assert_int_equal(rep.n_active, 4);
     assert_int_equal(rep.n_collapsed + rep.n_inconsistent, 0);

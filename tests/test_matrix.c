@@ -196,6 +196,34 @@ static void test_validate_values(void **state) {
     nbs_matrix_free(m);
 }
 
+static int longer_first(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* The workspace bound: the k longest rows' entries, for every k (ties, k past the cells). */
+static void test_max_batch_nnz(void **state) {
+    (void)state;
+    enum { N = 40, G = 12 };
+    int32_t ci[N * G], gi[N * G];
+    float v[N * G];
+    int64_t k = 0, len[N];
+    for (int i = 0; i < N; i++) {
+        len[i] = (i * 7) % G; /* repeated lengths, some rows empty */
+        for (int g = 0; g < len[i]; g++) ci[k] = i, gi[k] = g, v[k++] = 1;
+    }
+    nbs_error err = {0};
+    nbs_matrix *X = nbs_matrix_from_triplets(N, G, k, ci, gi, v, "toy", &err);
+    assert_non_null(X);
+    qsort(len, N, sizeof len[0], longer_first);
+    int64_t top = 0;
+    for (int64_t b = 1; b <= N + 2; b++) {
+        if (b <= N) top += len[b - 1];
+        assert_int_equal(nbs_matrix_max_batch_nnz(X, b), top);
+    }
+    nbs_matrix_free(X);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_from_csc_transposes),
@@ -207,6 +235,7 @@ int main(void) {
         cmocka_unit_test(test_subset_inplace_equals_copy),
         cmocka_unit_test(test_names_unique_like_anndata),
         cmocka_unit_test(test_validate_values),
+        cmocka_unit_test(test_max_batch_nnz),
     };
     return cmocka_run_group_tests_name("matrix", tests, NULL, NULL);
 }

@@ -6,6 +6,7 @@
 #include <gsl/gsl_randist.h>
 #include <gsl/gsl_rng.h>
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,7 +72,7 @@ typedef struct {
     int n, G;
     double *lib;
     float *logits, *lt, *zi;
-    double *work;
+    double *work, *rows; /* (3, G); (threads, 4, G) */
 } lik_fixture;
 
 static lik_fixture make_lik(int per_cell) {
@@ -88,6 +89,7 @@ static lik_fixture make_lik(int per_cell) {
     f.lt = malloc(sizeof(float) * nG);
     f.zi = malloc(sizeof(float) * nG);
     f.work = malloc(sizeof(double) * 3 * f.G);
+    f.rows = malloc(sizeof(double) * 4 * f.G * omp_get_max_threads());
     for (int64_t k = 0; k < nG; k++) {
         f.logits[k] = (float)gsl_ran_gaussian(r, 1.0);
         f.lt[k] = (float)gsl_ran_gaussian(r, 1.0);
@@ -100,7 +102,7 @@ static lik_fixture make_lik(int per_cell) {
 
 static void free_lik(lik_fixture *f) {
     nbs_matrix_free(f->X);
-    free(f->lib), free(f->logits), free(f->lt), free(f->zi), free(f->work);
+    free(f->lib), free(f->logits), free(f->lt), free(f->zi), free(f->work), free(f->rows);
 }
 
 static double total(const nbs_lik_batch *b) {
@@ -114,7 +116,7 @@ static double total(const nbs_lik_batch *b) {
 static void check_likelihood(nbs_likelihood_kind kind, int per_cell) {
     lik_fixture f = make_lik(per_cell);
     nbs_lik_batch b = {kind, f.n, f.G, f.X, NULL, f.lib, f.logits, kind == NBS_LIK_POISSON ? NULL : f.lt,
-                       per_cell, kind == NBS_LIK_ZINB ? f.zi : NULL, f.work};
+                       per_cell, kind == NBS_LIK_ZINB ? f.zi : NULL, f.work, f.rows, omp_get_max_threads()};
     double *ll = malloc(sizeof(double) * f.n);
     int64_t nG = (int64_t)f.n * f.G;
     float *da = malloc(sizeof(float) * nG), *dlt = malloc(sizeof(float) * nG), *dzi = malloc(sizeof(float) * nG);
@@ -173,16 +175,22 @@ static nbs_model_config small_config(void) {
 
 static double model_loss(nbs_model *m, const nbs_matrix *X, const int64_t *rows, int n,
                          const float *klw, uint64_t seed, int grad) {
+    nbs_cells c = tu_cells(X);
+    c.rows = rows;
+    c.n = n;
+    nbs_workspace *w = tu_workspace(m, X, n);
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, seed);
     double recon, kl[16];
     nbs_error err = {0};
     if (grad) nbs_model_zero_grad(m);
-    assert_int_equal(nbs_model_forward(m, X, rows, n, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
-    if (grad) nbs_model_backward(m, klw);
+    assert_int_equal(nbs_model_forward(m, w, &c, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
+    if (grad) nbs_model_backward(m, w, klw);
     gsl_rng_free(r);
+    nbs_workspace_free(w);
+    tu_cells_free(&c);
     double loss = recon / n;
-    for (int t = 0; t < nbs_latent_kl_terms(nbs_model_latent(m)); t++) loss += klw[t] * kl[t];
+    for (int t = 0; t < nbs_model_kl_terms(m); t++) loss += klw[t] * kl[t];
     return loss;
 }
 

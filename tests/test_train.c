@@ -4,6 +4,7 @@
 
 #include <hdf5.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,13 @@ static nbs_matrix *example(void) {
         assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
     }
     return X;
+}
+
+/* The example's cells with their library sizes, made once like the matrix. */
+static const nbs_cells *example_cells(void) {
+    static nbs_cells c;
+    if (!c.X) c = tu_cells(example());
+    return &c;
 }
 
 static nbs_config small(void) {
@@ -49,7 +57,7 @@ static int train_for(const nbs_config *c, trained *t, nbs_error *err) {
     assert_non_null(t->m);
     memset(&t->log, 0, sizeof t->log);
     assert_int_equal(nbs_train_state_init(&t->s, t->m, c->train.seed, err), 0);
-    return nbs_train(t->m, example(), &c->train, &t->s, &t->log, NULL, err);
+    return nbs_train(t->m, example_cells(), &c->train, &t->s, &t->log, NULL, NULL, err);
 }
 
 static void release(trained *t) {
@@ -149,7 +157,7 @@ static void test_resume_matches(void **s) {
     nbs_train_config stop_at_2 = c.train; /* an interrupted run: it got as far as epoch 2 */
     stop_at_2.epochs = 2;
     c.train.epochs = 4;
-    assert_int_equal(nbs_train(part.m, example(), &stop_at_2, &part.s, &part.log, NULL, &err), 0);
+    assert_int_equal(nbs_train(part.m, example_cells(), &stop_at_2, &part.s, &part.log, NULL, NULL, &err), 0);
     assert_int_equal(save_hook(&ctx, part.m, &part.s, &part.log, &err), 0);
 
     nbs_checkpoint ck;
@@ -173,7 +181,7 @@ static void test_resume_matches(void **s) {
     assert_int_equal(ck.log.n, 2);
     assert_int_equal(ck.n_genes, example()->n_genes);
     assert_string_equal(ck.gene_names[5], example()->gene_names[5]);
-    assert_int_equal(nbs_train(ck.model, example(), &ck.config.train, &ck.state, &ck.log, &h, &err), 0);
+    assert_int_equal(nbs_train(ck.model, example_cells(), &ck.config.train, &ck.state, &ck.log, &h, NULL, &err), 0);
     int64_t n;
     const float *pf = params(full.m, &n), *pr = params(ck.model, NULL);
     assert_memory_equal(pf, pr, sizeof(float) * n);
@@ -215,7 +223,7 @@ static void test_nan_stops_with_diagnosis(void **s) {
     gsl_rng_free(r);
     assert_int_equal(nbs_train_state_init(&t.s, t.m, 1, &err), 0);
     nbs_model_param(t.m, "decoder.out.b", NULL, NULL)[7] = NAN;
-    int st = nbs_train(t.m, example(), &c.train, &t.s, &t.log, NULL, &err);
+    int st = nbs_train(t.m, example_cells(), &c.train, &t.s, &t.log, NULL, NULL, &err);
     assert_int_equal(st, NBS_ERR_NUMERIC);
     print_message("%s\n", err.msg);
     assert_non_null(strstr(err.msg, "epoch 1, step 1"));
@@ -281,7 +289,7 @@ static void test_early_stopping_restores_batch_norm(void **s) {
     assert_true(tr.n_state > 0);
     tr.state_at = calloc((size_t)(c.train.epochs * tr.n_state), sizeof(float));
     nbs_train_hooks h = {NULL, NULL, NULL, NULL, trace_state, &tr};
-    assert_int_equal(nbs_train(t.m, example(), &c.train, &t.s, &t.log, &h, &err), 0);
+    assert_int_equal(nbs_train(t.m, example_cells(), &c.train, &t.s, &t.log, &h, NULL, &err), 0);
     assert_true(t.log.n < c.train.epochs);
     float *st;
     nbs_model_flat(t.m, NULL, NULL, NULL, &st, NULL, NULL, NULL);
@@ -418,9 +426,14 @@ static void test_grad_clip(void **s) {
     for (int i = 0; i < 64; i++) rows[i] = i * 7;
     float klw[4] = {1.0f / 64, 1.0f / 64, 1.0f / 64, 1.0f / 64};
     double recon, kl[4];
+    nbs_cells batch = *example_cells();
+    batch.rows = rows;
+    batch.n = 64;
+    nbs_workspace *w = tu_workspace(m, example(), 64);
     nbs_model_zero_grad(m);
-    assert_int_equal(nbs_model_forward(m, example(), rows, 64, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
-    nbs_model_backward(m, klw);
+    assert_int_equal(nbs_model_forward(m, w, &batch, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
+    nbs_model_backward(m, w, klw);
+    nbs_workspace_free(w);
     const double norm = nbs_model_grad_norm(m);
     assert_true(norm > 1);
     nbs_model_scale_grad(m, 0.5 / norm);
@@ -439,6 +452,53 @@ static void test_grad_clip(void **s) {
     release(&plain), release(&clipped);
 }
 
+typedef struct {
+    const nbs_model *m;
+    float *loc, *spread;
+    int st;
+} embed_job;
+
+static void *embed_thread(void *p) {
+    embed_job *j = p;
+    nbs_error err = {0};
+    j->st = nbs_model_embed(j->m, example_cells(), j->loc, j->spread, &err);
+    return NULL;
+}
+
+/* Inference reads a const model and keeps what it computes in its own workspace: two threads
+ * embedding with one model at the same time get the single-thread result bit for bit. */
+static void test_concurrent_embedding(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    const nbs_latent_kind kinds[2] = {NBS_LATENT_GAUSSIAN, NBS_LATENT_VMF};
+    for (int k = 0; k < 2; k++) {
+        nbs_config c = small();
+        c.model.latent = kinds[k];
+        c.model.norm = NBS_NORM_BATCH;
+        c.train.epochs = 2;
+        trained t;
+        assert_int_equal(train_for(&c, &t, &err), 0);
+        const int64_t n = example()->n_cells, d = c.model.latent_dim, sd = kinds[k] == NBS_LATENT_GAUSSIAN ? d : 1;
+        float *ref = malloc(sizeof(float) * n * d), *ref_spread = malloc(sizeof(float) * n * sd);
+        assert_int_equal(nbs_model_embed(t.m, example_cells(), ref, ref_spread, &err), 0);
+        embed_job jobs[2];
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++) {
+            jobs[i] = (embed_job){t.m, malloc(sizeof(float) * n * d), malloc(sizeof(float) * n * sd), -1};
+            assert_int_equal(pthread_create(&th[i], NULL, embed_thread, &jobs[i]), 0);
+        }
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(pthread_join(th[i], NULL), 0);
+            assert_int_equal(jobs[i].st, 0);
+            assert_memory_equal(jobs[i].loc, ref, sizeof(float) * n * d);
+            assert_memory_equal(jobs[i].spread, ref_spread, sizeof(float) * n * sd);
+            free(jobs[i].loc), free(jobs[i].spread);
+        }
+        free(ref), free(ref_spread);
+        release(&t);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schedules),
@@ -451,6 +511,7 @@ int main(void) {
         cmocka_unit_test(test_training_health),
         cmocka_unit_test(test_auto_epochs),
         cmocka_unit_test(test_grad_clip),
+        cmocka_unit_test(test_concurrent_embedding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -162,3 +162,22 @@ double tu_json_number(const char *json, const char *key) {
     if (!p) fail_msg("%s not in the report", key);
     return atof(p + strlen(pat));
 }
+
+nbs_cells tu_cells(const nbs_matrix *X) {
+    double *lib = malloc(sizeof(double) * (size_t)(X->n_cells ? X->n_cells : 1));
+    assert_non_null(lib);
+    nbs_matrix_row_sums(X, lib);
+    return nbs_cells_all(X, lib);
+}
+
+void tu_cells_free(nbs_cells *c) {
+    free((void *)c->library);
+    c->library = NULL;
+}
+
+nbs_workspace *tu_workspace(const nbs_model *m, const nbs_matrix *X, int max_batch) {
+    nbs_error err = {0};
+    nbs_workspace *w = nbs_workspace_new(m, max_batch, nbs_matrix_max_batch_nnz(X, max_batch), &err);
+    assert_non_null(w);
+    return w;
+}

@@ -53,6 +53,13 @@ double tu_json_number(const char *json, const char *key);
 
 /* Asserts two count matrices are the same: shape, entries and names. */
 #include "nbsphere/matrix.h"
+#include "nbsphere/vae.h"
 void tu_expect_same_matrix(const nbs_matrix *a, const nbs_matrix *b);
+
+/* Every cell of X with its library sizes (malloc'd; tu_cells_free releases them). */
+nbs_cells tu_cells(const nbs_matrix *X);
+void tu_cells_free(nbs_cells *c);
+/* A workspace for batches of up to max_batch rows of X (fails the test if it cannot be made). */
+nbs_workspace *tu_workspace(const nbs_model *m, const nbs_matrix *X, int max_batch);
 
 #endif

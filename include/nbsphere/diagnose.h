@@ -43,9 +43,8 @@ typedef struct {
     double tau_kl, tau_sensitivity, tau_activity, tau_decoder_nats, tau_decoder_relative;
 } nbs_collapse_report;
 
-/* Measures on the cells rows[0..n) of X (the genes of the model, in its order). */
-int nbs_diagnose(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t n,
-                 const nbs_diagnose_config *dc, gsl_rng *rng, nbs_collapse_report *out,
+/* Measures on the cells of c (X with the genes of the model, in its order). */
+int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng, nbs_collapse_report *out,
                  nbs_error *err);
 void nbs_collapse_report_free(nbs_collapse_report *r);
 

@@ -21,7 +21,9 @@ typedef struct {
     const float *log_theta;   /* NB/ZINB: [G] per gene, or [n x G] when theta_per_cell */
     int theta_per_cell;
     const float *zi_logits;   /* ZINB: [n x G] logit of the zero-inflation probability */
-    double *work;             /* scratch of 3G doubles (per gene: lgamma, psi and theta) */
+    double *work;             /* (3, G) scratch: per gene lgamma, psi and value of theta */
+    double *thread_rows;      /* (n_threads, 4, G) scratch rows of each thread */
+    int n_threads;            /* the parallel loop uses at most this many threads */
 } nbs_lik_batch;
 
 /* Writes loglik[i] (required) = sum_g log p(x_ig). Gradient outputs (each may be NULL) receive
@@ -29,10 +31,5 @@ typedef struct {
  * even when theta is per gene: the caller sums the columns), dzi_logits. Returns the total. */
 double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,
                     float *dlog_theta, float *dzi_logits);
-
-/* Gives every thread of the next parallel region its scratch for G genes (kept between calls).
- * Call it before nbs_lik_eval, whose cells cannot report a failed allocation other than as a
- * non-finite log-likelihood: NBS_ERR_NOMEM here instead of a misleading numerical failure. */
-int nbs_lik_reserve(int G, nbs_error *err);
 
 #endif

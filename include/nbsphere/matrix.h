@@ -74,6 +74,9 @@ int nbs_matrix_subset_inplace(nbs_matrix *m, const int64_t *cells, int64_t n_cel
 
 /* Per-cell sums of the stored values (library sizes), length n_cells. */
 void nbs_matrix_row_sums(const nbs_matrix *m, double *out);
+/* The most stored entries any k rows hold together (the k longest rows): what a workspace for
+ * batches of k cells must fit. */
+int64_t nbs_matrix_max_batch_nnz(const nbs_matrix *m, int64_t k);
 
 /* Fills names with "prefix1", "prefix2", ... when a source has none. */
 int nbs_matrix_default_names(char ***names, int64_t n, const char *prefix, nbs_error *err);

@@ -39,6 +39,9 @@ int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
 int nbs_preprocess_take(nbs_matrix *m, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                         nbs_error *err);
 void nbs_preprocess_result_free(nbs_preprocess_result *r);
+/* (Re)computes library_size and cells_zero_library from r->matrix: the one place library sizes
+ * are summed, for preprocessed data and for data aligned to a saved model's genes alike. */
+int nbs_preprocess_library(nbs_preprocess_result *r, nbs_error *err);
 
 /* One line such as "kept 2638 of 2700 cells (62 below min_counts=..., ...), ..." */
 void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess_config *cfg,

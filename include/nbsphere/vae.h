@@ -1,6 +1,8 @@
-/* The model: encoder MLP -> latent -> decoder MLP -> gene logits -> NB/ZINB/Poisson
+/* The model: encoder MLP -> latent stages -> decoder MLP -> gene logits -> NB/ZINB/Poisson
  * likelihood with the observed library size. One training step = forward + backward on a
- * minibatch of CSR rows. Parameters, gradients and Adam moments live in contiguous blocks. */
+ * minibatch of cells (nbs_cells). The model holds parameters, gradients, Adam moments and
+ * normalisation state in contiguous blocks; a caller's workspace holds everything a pass
+ * computes. */
 #ifndef NBSPHERE_VAE_H
 #define NBSPHERE_VAE_H
 
@@ -11,65 +13,111 @@
 #include "nbsphere/latent.h"
 #include "nbsphere/matrix.h"
 
-typedef struct nbs_model nbs_model;
+typedef struct nbs_model nbs_model;         /* parameters, gradients, optimiser and norm state */
+typedef struct nbs_workspace nbs_workspace; /* activations and caches of one caller */
+
+/* The cells a call works on, with what the model knows of each cell beyond its counts. Per-cell
+ * arrays are indexed by row of X (not by position in the batch), so a slice of a batch is only
+ * other rows. Covariates are carried for the model's conditioning; the model does not read them
+ * yet. */
+typedef struct {
+    const nbs_matrix *X;            /* counts, CSR (n_cells, G) */
+    const int64_t *rows;            /* (n) rows of X, or NULL: rows row0 .. row0 + n - 1 */
+    int64_t row0;
+    int64_t n;
+    const double *library;          /* (n_cells) observed library size of every row of X */
+    const int32_t *covariate_codes; /* (n_cells, n_categorical) category codes, or NULL */
+    const float *continuous;        /* (n_cells, n_continuous) standardised values, or NULL */
+    int n_categorical, n_continuous;
+} nbs_cells;
+
+/* Every cell of X in order, with its library sizes (n_cells). */
+nbs_cells nbs_cells_all(const nbs_matrix *X, const double *library);
+/* Cells [start, start + n) of c. */
+nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n);
+/* Row of X of batch cell i. */
+static inline int64_t nbs_cells_row(const nbs_cells *c, int64_t i) { return c->rows ? c->rows[i] : c->row0 + i; }
 
 nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, nbs_error *err);
 void nbs_model_free(nbs_model *m);
 
 int nbs_model_n_genes(const nbs_model *m);
-const nbs_latent *nbs_model_latent(const nbs_model *m);
 const nbs_model_config *nbs_model_config_of(const nbs_model *m);
 
-/* One minibatch, forward: rows[0..n) of X (rows == NULL: rows 0..n). Modes:
+/* The latent stages from the encoder's side: stage 0 feeds the decoder. Each stage has its
+ * own latent (latent.h) and KL terms, which take the places [kl_offset, kl_offset + kl_terms)
+ * of the model's KL vector (nbs_model_kl_terms in all). */
+int nbs_model_n_stages(const nbs_model *m);
+const nbs_latent *nbs_model_stage_latent(const nbs_model *m, int s);
+int nbs_model_stage_kl_offset(const nbs_model *m, int s);
+int nbs_model_kl_terms(const nbs_model *m);
+/* The latent of the embedding (stage 0). */
+const nbs_latent *nbs_model_latent(const nbs_model *m);
+
+/* Activations, caches and scratch for batches of up to max_batch cells holding at most
+ * max_nnz stored counts (nbs_matrix_max_batch_nnz), allocated once: no step allocates. One
+ * workspace per thread: inference on a const model is thread-safe with separate workspaces. */
+nbs_workspace *nbs_workspace_new(const nbs_model *m, int max_batch, int64_t max_nnz, nbs_error *err);
+void nbs_workspace_free(nbs_workspace *w);
+/* A workspace for the evaluation helpers below, which go NBS_EVAL_BATCH cells at a time. */
+#define NBS_EVAL_BATCH 256
+nbs_workspace *nbs_workspace_eval(const nbs_model *m, const nbs_matrix *X, nbs_error *err);
+
+/* One minibatch (at most the workspace's max_batch cells), forward. Modes:
  *   NBS_PASS_TRAIN        dropout on, z sampled, gradients of the reconstruction term prepared
  *   NBS_PASS_EVAL_SAMPLE  no dropout, z sampled (validation ELBO)
  *   NBS_PASS_EVAL_MEAN    no dropout, z = posterior location
- * recon_sum = -sum_i log p(x_i|z_i); kl_sum[t] = sum_i KL_it (t < nbs_latent_kl_terms). */
+ * recon_sum = -sum_i log p(x_i|z_i); kl_sum[t] = sum_i KL_it (t < nbs_model_kl_terms).
+ * NBS_PASS_TRAIN updates the batch-norm running statistics, so m is not const. */
 enum { NBS_PASS_TRAIN = 0, NBS_PASS_EVAL_SAMPLE, NBS_PASS_EVAL_MEAN };
-int nbs_model_forward(nbs_model *m, const nbs_matrix *X, const int64_t *rows, int n, int mode,
-                      gsl_rng *rng, double *recon_sum, double *kl_sum, nbs_error *err);
-/* Per cell of the last forward: log p(x_i|z_i) [n], KL terms [n x kl_terms]. */
-const double *nbs_model_last_loglik(const nbs_model *m);
-const double *nbs_model_last_kl(const nbs_model *m);
-/* Spheres: kappa per cell of the last forward (NULL for Gaussian); vMF sampler acceptance rate. */
-const float *nbs_model_last_kappa(const nbs_model *m);
-double nbs_model_acceptance(const nbs_model *m);
+int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mode, gsl_rng *rng,
+                      double *recon_sum, double *kl_sum, nbs_error *err);
+/* Per cell of the workspace's last forward: log p(x_i|z_i) (n), KL terms (n, kl_terms). */
+const double *nbs_workspace_loglik(const nbs_workspace *w);
+const double *nbs_workspace_kl(const nbs_workspace *w);
+/* Spheres: kappa per cell of the last forward (NULL for Gaussian); vMF sampler acceptance rate
+ * over the workspace's life (NaN otherwise). Stage 0. */
+const float *nbs_workspace_kappa(const nbs_workspace *w);
+double nbs_workspace_acceptance(const nbs_workspace *w);
+/* Seconds spent since the last call in the layers (matrix products, activations, latent) and
+ * in the likelihood (softmax, NB terms and their gradients); resets both. */
+void nbs_workspace_take_timers(nbs_workspace *w, double *products, double *likelihood);
 
-/* Backward of the last NBS_PASS_TRAIN forward for the loss
+/* Backward of the workspace's last NBS_PASS_TRAIN forward for the loss
  *   (1/n) sum_i -log p(x_i|z_i) + sum_t kl_weight[t] * sum_i KL_it,
  * so kl_weight already holds beta / n and any free-bits mask. Accumulates into the gradients. */
-void nbs_model_backward(nbs_model *m, const float *kl_weight);
+void nbs_model_backward(nbs_model *m, nbs_workspace *w, const float *kl_weight);
 
 /* Optimiser side: one memset zeroes every gradient; norm and scaling for clipping; the name of
- * the first block with a non-finite gradient (NULL if none); one Adam step. */
+ * the first block with a non-finite gradient (NULL if none); one Adam step. The gradients are
+ * one contiguous block of nbs_model_n_params floats (nbs_model_flat), so a reduction across
+ * processes is one call. */
 void nbs_model_zero_grad(nbs_model *m);
 double nbs_model_grad_norm(const nbs_model *m);
 void nbs_model_scale_grad(nbs_model *m, double f);
 const char *nbs_model_nonfinite_grad(const nbs_model *m);
 void nbs_model_adam(nbs_model *m, double lr, double eps, double weight_decay);
-/* Seconds spent since the last call in the layers (matrix products, activations, latent) and
- * in the likelihood (softmax, NB terms and their gradients); resets both. */
-void nbs_model_take_timers(nbs_model *m, double *products, double *likelihood);
+/* The gradient block: n_params floats, at the parameters' offsets. */
+float *nbs_model_grad_block(nbs_model *m);
 
-/* Encoder in evaluation mode (no dropout) for rows[0..n) of X (rows == NULL: rows row0..row0+n):
- * writes the latent head [n x head_dim] (see latent.h for how to read it). */
-int nbs_model_encode(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t row0,
-                     int n, float *head, nbs_error *err);
+/* Encoder in evaluation mode (no dropout) for the cells of c: writes the latent head of stage 0
+ * (n, head_dim) (see latent.h for how to read it). */
+int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, float *head, nbs_error *err);
 
-/* The embedding of every cell of X: posterior location [n_cells x d] and, if spread is not
- * NULL, the Gaussian variances [n_cells x d] or the sphere's concentration [n_cells]. */
-int nbs_model_embed(const nbs_model *m, const nbs_matrix *X, float *location, float *spread,
-                    nbs_error *err);
+/* The embedding of the cells of c: posterior location (n, d) and, if spread is not NULL, the
+ * posterior spread (n, nbs_latent_spread_dim): Gaussian variances or the sphere's kappa.
+ * Uses a workspace of its own, so threads may embed with one model at once. */
+int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, float *spread, nbs_error *err);
 
-/* Decoder in evaluation mode: z [n x d] -> gene logits [n x G]; log rho = log_softmax(logits).
- * log_theta, if not NULL, receives log theta [n x G] of the NB/ZINB (+inf for Poisson). */
-int nbs_model_decode_logits(const nbs_model *m, const float *z, int n, float *logits,
-                            float *log_theta, nbs_error *err);
+/* Decoder in evaluation mode: z (n, d) -> gene logits (n, G); log rho = log_softmax(logits).
+ * log_theta, if not NULL, receives log theta (n, G) of the NB/ZINB (+inf for Poisson). */
+int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const float *z, int64_t n,
+                            float *logits, float *log_theta, nbs_error *err);
 
-/* Reconstruction log-likelihood sum_g log p(x_g | z) per cell [n] for rows of X given z,
- * with the observed library size. */
-int nbs_model_loglik(const nbs_model *m, const nbs_matrix *X, const int64_t *rows, int64_t row0,
-                     int n, const float *z, double *loglik, nbs_error *err);
+/* Reconstruction log-likelihood sum_g log p(x_g | z) per cell (n) for the cells of c given
+ * z (n, d), with the observed library size. */
+int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, const float *z,
+                     double *loglik, nbs_error *err);
 
 /* Named parameter blocks, for diagnostics, tests and checkpoints. Names:
  *   "encoder.<i>.W" [in x out], "encoder.<i>.b" [out]   hidden layers i = 0..
