@@ -79,7 +79,7 @@ BIN := $(BUILD)/nbsphere
 LIB := $(BUILD)/libnbsphere.a
 endif
 
-VERSION := $(shell sed -n 's/^\#define NBS_VERSION "\(.*\)"/\1/p' include/nbsphere/manifest.h)
+VERSION := $(shell sed -n 's/^\#define NBS_VERSION "\(.*\)"/\1/p' include/nbsphere/version.h)
 # The soname's number is the ABI's, not the release's: raise it when a release breaks the ABI.
 SOVERSION := 0
 SONAME := libnbsphere.so.$(SOVERSION)

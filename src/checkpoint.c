@@ -8,9 +8,9 @@
 
 #include "io_h5_internal.h"
 #include "nbsphere/io.h"
-#include "nbsphere/manifest.h"
 #include "nbsphere/nn.h"
 #include "nbsphere/pipeline.h"
+#include "nbsphere/version.h"
 
 #define FORMAT_NAME "nbsphere-model"
 /* 2: batch norm's eps and momentum (attributes of /params) and the best epoch's batch-norm
@@ -20,67 +20,11 @@
 
 /* ---- writing ---- */
 
-static hid_t dcpl_untimed(void) {
-    hid_t p = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_obj_track_times(p, 0);
-    return p;
-}
-
-static hid_t group_untimed(hid_t loc, const char *name) {
-    hid_t p = H5Pcreate(H5P_GROUP_CREATE);
-    H5Pset_obj_track_times(p, 0);
-    hid_t g = H5Gcreate2(loc, name, H5P_DEFAULT, p, H5P_DEFAULT);
-    H5Pclose(p);
-    return g;
-}
-
-static int write_array(hid_t loc, const char *name, hid_t memtype, hid_t filetype, int rank,
-                       const hsize_t *dims, const void *data) {
-    hid_t sp = H5Screate_simple(rank, dims, NULL), p = dcpl_untimed();
-    hid_t d = H5Dcreate2(loc, name, filetype, sp, H5P_DEFAULT, p, H5P_DEFAULT);
-    herr_t st = d < 0 ? -1 : H5Dwrite(d, memtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
-    if (d >= 0) H5Dclose(d);
-    H5Pclose(p);
-    H5Sclose(sp);
-    return st < 0 ? -1 : 0;
-}
-
-static int write_strings(hid_t loc, const char *name, char *const *s, int64_t n) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    hsize_t dims[1] = {(hsize_t)n};
-    int st = write_array(loc, name, t, t, 1, dims, s);
-    H5Tclose(t);
-    return st;
-}
-
-static int write_string(hid_t loc, const char *name, const char *s) {
-    char *one[1] = {(char *)s};
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    hid_t sp = H5Screate(H5S_SCALAR), p = dcpl_untimed();
-    hid_t d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, p, H5P_DEFAULT);
-    herr_t st = d < 0 ? -1 : H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, one);
-    if (d >= 0) H5Dclose(d);
-    H5Pclose(p), H5Sclose(sp), H5Tclose(t);
-    return st < 0 ? -1 : 0;
-}
-
-static int attr_write(hid_t loc, const char *name, hid_t type, const void *v) {
-    hid_t sp = H5Screate(H5S_SCALAR);
-    hid_t a = H5Acreate2(loc, name, type, sp, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t st = a < 0 ? -1 : H5Awrite(a, type, v);
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    return st < 0 ? -1 : 0;
-}
-
+/* A fixed-length string attribute (the format name and version, which are ASCII). */
 static int attr_string(hid_t loc, const char *name, const char *v) {
     hid_t t = H5Tcopy(H5T_C_S1);
     H5Tset_size(t, strlen(v) + 1);
-    int st = attr_write(loc, name, t, v);
+    int st = nbs_h5_set_attr(loc, name, t, t, v);
     H5Tclose(t);
     return st;
 }
@@ -100,30 +44,31 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
                      const nbs_train_state *s, const nbs_train_log *l, int *nomem) {
     int bad = 0, version = FORMAT_VERSION;
     bad |= attr_string(f, "format", FORMAT_NAME);
-    bad |= attr_write(f, "format_version", H5T_NATIVE_INT, &version);
+    bad |= nbs_h5_set_attr(f, "format_version", H5T_NATIVE_INT, H5T_NATIVE_INT, &version);
     bad |= attr_string(f, "nbsphere_version", NBS_VERSION);
     char *yaml = config_text(c);
     *nomem |= !yaml;
-    bad |= !yaml || write_string(f, "config_yaml", yaml);
+    bad |= !yaml || nbs_h5_write_scalar_str(f, "config_yaml", yaml, 0);
     free(yaml);
 
     const int64_t G = nbs_model_n_genes(m);
-    hid_t g = group_untimed(f, "genes");
-    bad |= g < 0 || write_strings(g, "names", names, G) || write_strings(g, "ids", ids ? ids : names, G);
+    hid_t g = nbs_h5_new_group(f, "genes");
+    bad |= g < 0 || nbs_h5_write_strs(g, "names", names, (hsize_t)G, 0) ||
+           nbs_h5_write_strs(g, "ids", ids ? ids : names, (hsize_t)G, 0);
     if (g >= 0) H5Gclose(g);
 
-    g = group_untimed(f, "params");
+    g = nbs_h5_new_group(f, "params");
     bad |= g < 0;
     double bn_eps, bn_momentum;
     nbs_model_batch_norm(m, &bn_eps, &bn_momentum);
-    if (!bad) bad |= attr_write(g, "batch_norm_eps", H5T_NATIVE_DOUBLE, &bn_eps) ||
-                     attr_write(g, "batch_norm_momentum", H5T_NATIVE_DOUBLE, &bn_momentum);
+    if (!bad) bad |= nbs_h5_set_attr(g, "batch_norm_eps", H5T_NATIVE_DOUBLE, H5T_NATIVE_DOUBLE, &bn_eps) ||
+                     nbs_h5_set_attr(g, "batch_norm_momentum", H5T_NATIVE_DOUBLE, H5T_NATIVE_DOUBLE, &bn_momentum);
     for (int b = 0; !bad && b < nbs_model_n_blocks(m); b++) {
         int r, cc;
         const char *name = nbs_model_block_name(m, b);
         float *p = nbs_model_param(m, name, &r, &cc);
         hsize_t dims[2] = {(hsize_t)r, (hsize_t)cc};
-        bad |= write_array(g, name, H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 2, dims, p);
+        bad |= nbs_h5_write_ds(g, name, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, dims, p, 0);
     }
     if (g >= 0) H5Gclose(g);
 
@@ -131,29 +76,29 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
     int64_t np, *t;
     nbs_model_flat(m, NULL, &pm, &pv, NULL, &np, NULL, &t);
     hsize_t dn[1] = {(hsize_t)np};
-    g = group_untimed(f, "optimizer");
-    bad |= g < 0 || write_array(g, "m", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, dn, pm) ||
-           write_array(g, "v", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, dn, pv) ||
-           attr_write(g, "step", H5T_NATIVE_INT64, t);
+    g = nbs_h5_new_group(f, "optimizer");
+    bad |= g < 0 || nbs_h5_write_ds(g, "m", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, dn, pm, 0) ||
+           nbs_h5_write_ds(g, "v", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, dn, pv, 0) ||
+           nbs_h5_set_attr(g, "step", H5T_NATIVE_INT64, H5T_NATIVE_INT64, t);
     if (g >= 0) H5Gclose(g);
 
-    g = group_untimed(f, "train");
+    g = nbs_h5_new_group(f, "train");
     bad |= g < 0;
     if (!bad) {
-        bad |= attr_write(g, "epochs_done", H5T_NATIVE_INT, &s->epochs_done);
-        bad |= attr_write(g, "step", H5T_NATIVE_INT64, &s->step);
-        bad |= attr_write(g, "best_val", H5T_NATIVE_DOUBLE, &s->best_val);
-        bad |= attr_write(g, "best_epoch", H5T_NATIVE_INT, &s->best_epoch);
-        bad |= attr_write(g, "bad_epochs", H5T_NATIVE_INT, &s->bad_epochs);
+        bad |= nbs_h5_set_attr(g, "epochs_done", H5T_NATIVE_INT, H5T_NATIVE_INT, &s->epochs_done);
+        bad |= nbs_h5_set_attr(g, "step", H5T_NATIVE_INT64, H5T_NATIVE_INT64, &s->step);
+        bad |= nbs_h5_set_attr(g, "best_val", H5T_NATIVE_DOUBLE, H5T_NATIVE_DOUBLE, &s->best_val);
+        bad |= nbs_h5_set_attr(g, "best_epoch", H5T_NATIVE_INT, H5T_NATIVE_INT, &s->best_epoch);
+        bad |= nbs_h5_set_attr(g, "bad_epochs", H5T_NATIVE_INT, H5T_NATIVE_INT, &s->bad_epochs);
         hsize_t rn[1] = {gsl_rng_size(s->rng)};
-        bad |= write_array(g, "rng", H5T_NATIVE_UCHAR, H5T_STD_U8LE, 1, rn, gsl_rng_state(s->rng));
-        bad |= write_array(g, "best_params", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, dn, s->best_params);
+        bad |= nbs_h5_write_ds(g, "rng", H5T_STD_U8LE, H5T_NATIVE_UCHAR, 1, rn, gsl_rng_state(s->rng), 0);
+        bad |= nbs_h5_write_ds(g, "best_params", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, dn, s->best_params, 0);
         hsize_t ds[1] = {(hsize_t)nbs_model_n_state(m)};
-        bad |= write_array(g, "best_state", H5T_NATIVE_FLOAT, H5T_IEEE_F32LE, 1, ds, s->best_state);
+        bad |= nbs_h5_write_ds(g, "best_state", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, ds, s->best_state, 0);
     }
     if (g >= 0) H5Gclose(g);
 
-    g = group_untimed(f, "log");
+    g = nbs_h5_new_group(f, "log");
     bad |= g < 0;
     if (!bad) {
         double *rows = calloc((size_t)l->n * LOG_COLS + 1, sizeof(double));
@@ -167,9 +112,8 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
             memcpy(rows + (int64_t)i * LOG_COLS, v, sizeof v);
         }
         hsize_t d1[2] = {(hsize_t)l->n, LOG_COLS}, d2[2] = {(hsize_t)l->n, (hsize_t)l->kl_terms};
-        double none = 0; /* HDF5 wants a buffer even for a log of zero epochs */
-        bad |= !rows || write_array(g, "records", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d1, rows) ||
-               write_array(g, "kl", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE, 2, d2, l->n ? l->kl_dims : &none);
+        bad |= !rows || nbs_h5_write_ds(g, "records", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, d1, rows, 0) ||
+               nbs_h5_write_ds(g, "kl", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, d2, l->kl_dims, 0);
         free(rows);
     }
     if (g >= 0) H5Gclose(g);
@@ -196,15 +140,13 @@ int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, cha
         if (closed == -2) nomem = 1;
     }
     H5E_END_TRY;
-    if (bad) {
-        remove(tmp);
-        if (nomem) /* not the disk: the message must not send the user looking for space */
-            return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the model file; the "
-                                 "previous file, if any, is unchanged", path);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: writing the model failed (disk full?); the "
-                             "previous file, if any, is unchanged", path);
-    }
-    return nbs_io_commit(tmp, path, err);
+    /* out of memory is not the disk: the message must not send the user looking for space */
+    const int st = !bad ? NBS_OK
+                 : nomem ? nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the model file; "
+                                         "the previous file, if any, is unchanged", path)
+                         : nbs_error_set(err, NBS_ERR_IO, "%s: writing the model failed (disk full?); the "
+                                         "previous file, if any, is unchanged", path);
+    return nbs_io_commit_or_discard(tmp, path, st, err);
 }
 
 /* ---- reading ---- */

@@ -1,6 +1,9 @@
+/* The configuration's defaults, its presets and the words of its enums. */
 #include "nbsphere/config.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 void nbs_config_defaults(nbs_config *c) {
     memset(c, 0, sizeof *c);
@@ -63,4 +66,112 @@ void nbs_config_defaults(nbs_config *c) {
     c->output.write_variances = 0;
     c->output.write_report = 1;
     strcpy(c->output.embedding_key, "X_nbsphere");
+}
+
+static void set_layers(int *count, int *widths, const int *w, int n) {
+    *count = n;
+    memset(widths, 0, sizeof(int) * NBS_MAX_LAYERS);
+    memcpy(widths, w, sizeof(int) * (size_t)n);
+}
+
+int nbs_config_apply_preset(nbs_config *c, const char *name, nbs_error *err) {
+    nbs_model_config *m = &c->model;
+    nbs_train_config *t = &c->train;
+    if (!strcmp(name, "scvi")) {
+        /* scvi-tools 1.x SCVI/TrainingPlan defaults: n_hidden 128, n_layers 1, n_latent 10,
+         * dropout 0.1, batch norm (eps 1e-3, momentum 0.01), gene dispersion starting at
+         * log theta ~ N(0, 1), NB, log1p input, Adam lr 1e-3 with weight
+         * decay 1e-6 and eps 0.01, batch 128, KL warm-up over n_epochs_kl_warmup = 400, max 400 epochs. */
+        m->latent = NBS_LATENT_GAUSSIAN;
+        m->latent_dim = 10;
+        set_layers(&m->n_encoder_layers, m->encoder_layers, (const int[]){128}, 1);
+        set_layers(&m->n_decoder_layers, m->decoder_layers, (const int[]){128}, 1);
+        m->dropout = 0.1;
+        m->norm = NBS_NORM_BATCH;
+        m->likelihood = NBS_LIK_NB;
+        m->dispersion = NBS_DISP_GENE;
+        m->dispersion_init = NBS_DISP_INIT_LOGNORMAL;
+        m->input_transform = NBS_INPUT_LOG1P;
+        t->batch_size = 128;
+        t->learning_rate = 1e-3;
+        t->weight_decay = 1e-6;
+        t->adam_eps = 0.01;
+        t->schedule = NBS_SCHED_LINEAR;
+        t->beta = 1.0;
+        t->epochs = 400;
+        t->warmup_epochs = 400;
+        t->warmup_steps = 0;
+        t->validation_fraction = 0.1;
+    } else if (!strcmp(name, "scphere")) {
+        /* scPhere (Ding & Regev 2021) demo: vMF latent with z_dim = 2, i.e. S^2 in R^3,
+         * encoder [128, 64, 32], decoder [32, 128], NB, minibatch 128, lr 1e-3, 250 epochs,
+         * no KL annealing. */
+        m->latent = NBS_LATENT_VMF;
+        m->latent_dim = 3;
+        set_layers(&m->n_encoder_layers, m->encoder_layers, (const int[]){128, 64, 32}, 3);
+        set_layers(&m->n_decoder_layers, m->decoder_layers, (const int[]){32, 128}, 2);
+        m->dropout = 0;
+        m->norm = NBS_NORM_NONE;
+        m->likelihood = NBS_LIK_NB;
+        m->dispersion = NBS_DISP_GENE;
+        t->batch_size = 128;
+        t->learning_rate = 1e-3;
+        t->epochs = 250;
+        t->schedule = NBS_SCHED_CONSTANT;
+        t->beta = 1.0;
+    } else if (*name) {
+        return nbs_error_set(err, NBS_ERR_USAGE, "unknown preset '%s'; expected scvi or scphere", name);
+    }
+    snprintf(c->preset, sizeof c->preset, "%s", name);
+    return NBS_OK;
+}
+
+const nbs_enum_word nbs_format_words[] = {{"auto", NBS_FMT_AUTO}, {"10x-h5", NBS_FMT_10X_H5},
+                                          {"h5ad", NBS_FMT_H5AD},  {"10x-mtx", NBS_FMT_10X_MTX},
+                                          {"mtx", NBS_FMT_MTX},    {"tsv", NBS_FMT_TSV},
+                                          {"csv", NBS_FMT_CSV},    {"loom", NBS_FMT_LOOM},
+                                          {NULL, 0}};
+const nbs_enum_word nbs_orientation_words[] = {{"auto", NBS_ORIENT_AUTO},
+                                               {"cells_rows", NBS_ORIENT_CELLS_ROWS},
+                                               {"genes_rows", NBS_ORIENT_GENES_ROWS},
+                                               {NULL, 0}};
+const nbs_enum_word nbs_non_integer_words[] = {
+    {"error", NBS_NONINT_ERROR}, {"round", NBS_NONINT_ROUND}, {"accept", NBS_NONINT_ACCEPT}, {NULL, 0}};
+const nbs_enum_word nbs_latent_words[] = {{"gaussian", NBS_LATENT_GAUSSIAN},
+                                          {"vmf", NBS_LATENT_VMF},
+                                          {"power_spherical", NBS_LATENT_POWER_SPHERICAL},
+                                          {NULL, 0}};
+const nbs_enum_word nbs_likelihood_words[] = {
+    {"nb", NBS_LIK_NB}, {"zinb", NBS_LIK_ZINB}, {"poisson", NBS_LIK_POISSON}, {NULL, 0}};
+const nbs_enum_word nbs_dispersion_words[] = {
+    {"gene", NBS_DISP_GENE}, {"gene_cell", NBS_DISP_GENE_CELL}, {NULL, 0}};
+const nbs_enum_word nbs_dispersion_init_words[] = {
+    {"one", NBS_DISP_INIT_ONE}, {"lognormal", NBS_DISP_INIT_LOGNORMAL}, {NULL, 0}};
+const nbs_enum_word nbs_norm_words[] = {
+    {"none", NBS_NORM_NONE}, {"layer", NBS_NORM_LAYER}, {"batch", NBS_NORM_BATCH}, {NULL, 0}};
+const nbs_enum_word nbs_input_transform_words[] = {
+    {"log1p", NBS_INPUT_LOG1P}, {"log1p_cp10k", NBS_INPUT_LOG1P_CP10K}, {NULL, 0}};
+const nbs_enum_word nbs_schedule_words[] = {{"constant", NBS_SCHED_CONSTANT},
+                                            {"linear", NBS_SCHED_LINEAR},
+                                            {"sigmoid", NBS_SCHED_SIGMOID},
+                                            {"cyclical", NBS_SCHED_CYCLICAL},
+                                            {NULL, 0}};
+
+const char *nbs_enum_word_of(const nbs_enum_word *words, int value) {
+    for (; words->word; words++)
+        if (words->value == value) return words->word;
+    return "unknown";
+}
+
+const char *nbs_latent_word(nbs_latent_kind k) { return nbs_enum_word_of(nbs_latent_words, (int)k); }
+
+const char *nbs_format_name(nbs_format f) { return nbs_enum_word_of(nbs_format_words, (int)f); }
+
+int nbs_format_parse(const char *name, nbs_format *out) {
+    for (const nbs_enum_word *w = nbs_format_words; name && w->word; w++)
+        if (!strcasecmp(name, w->word)) {
+            *out = (nbs_format)w->value;
+            return 0;
+        }
+    return -1;
 }

@@ -1,5 +1,5 @@
-/* Format names, format detection and the one entry point every caller reads through
- * (nbs_io_read): dispatch to the format's reader, then the checks every reader's output needs. */
+/* Format detection and the one entry point every caller reads through (nbs_io_read): dispatch
+ * to the format's reader, then the checks every reader's output needs. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,23 +9,9 @@
 #include <zlib.h>
 
 #include "io_h5_internal.h"
+#include "io_internal.h"
 #include "nbsphere/io.h"
-
-static const char *const FORMAT_NAMES[] = {"auto", "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv", "loom"};
-#define N_FORMATS ((int)(sizeof FORMAT_NAMES / sizeof FORMAT_NAMES[0]))
-
-const char *nbs_format_name(nbs_format f) {
-    return (int)f >= 0 && (int)f < N_FORMATS ? FORMAT_NAMES[f] : "unknown";
-}
-
-int nbs_format_parse(const char *name, nbs_format *out) {
-    for (int i = 0; i < N_FORMATS; i++)
-        if (name && !strcasecmp(name, FORMAT_NAMES[i])) {
-            *out = (nbs_format)i;
-            return 0;
-        }
-    return -1;
-}
+#include "utf8_internal.h"
 
 static int has_suffix(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
@@ -112,24 +98,12 @@ int nbs_io_detect_format(const char *path, nbs_format *out, nbs_error *err) {
                          ".loom, .mtx[.gz], .tsv or .csv, or set input.format", path);
 }
 
-/* Length of the valid UTF-8 prefix of s (RFC 3629: no overlong forms, no surrogates, at most
- * U+10FFFF); equals strlen(s) when the whole string is valid. */
+/* Length of the valid UTF-8 prefix of s; equals strlen(s) when the whole string is valid. */
 static size_t utf8_valid_prefix(const char *s) {
     const unsigned char *p = (const unsigned char *)s;
     size_t i = 0;
-    while (p[i]) {
-        unsigned char c = p[i];
-        int n = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : -1;
-        if (n < 0 || (n == 1 && c < 0xc2) || c > 0xf4) return i;
-        uint32_t cp = n == 0 ? c : c & (0x3f >> n);
-        for (int k = 1; k <= n; k++) {
-            if ((p[i + k] & 0xc0) != 0x80) return i;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        if ((n == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (n == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return i;
-        i += (size_t)n + 1;
-    }
+    int n;
+    while ((n = nbs_utf8_char_len(p + i))) i += (size_t)n;
     return i;
 }
 

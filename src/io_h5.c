@@ -9,6 +9,7 @@
 #include "nbsphere/error.h"
 #include "nbsphere/io.h"
 #include "io_h5_internal.h"
+#include "io_internal.h"
 
 /* H5Lexists on a missing intermediate group is an error, not "no"; check one level at a time. */
 int nbs_h5_has(hid_t loc, const char *name) {

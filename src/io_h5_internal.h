@@ -1,5 +1,6 @@
 /* HDF5 helpers shared by the 10x (io_h5.c), h5ad (io_h5ad.c) and loom (io_loom.c) readers and
- * the writers (io_write.c). Not part of the public API. */
+ * the writers (io_write.c, checkpoint.c, simulate.c; building blocks in io_h5_write.c). Not part
+ * of the public API. */
 #ifndef NBSPHERE_IO_H5_INTERNAL_H
 #define NBSPHERE_IO_H5_INTERNAL_H
 
@@ -38,11 +39,6 @@ int nbs_h5_attr_string(hid_t obj, const char *name, char *buf, size_t n);
  * absent. */
 H5O_type_t nbs_h5_type(hid_t loc, const char *name);
 
-/* A gzip-compressed file (paul15.h5ad.gz) is inflated with zlib into a fresh temporary file
- * (under $TMPDIR or /tmp) whose name goes to tmp (size >= NBS_PATH_MAX); the caller removes it
- * when done. Returns 1 and fills tmp when path was gzip, 0 when it is not, <0 on error. */
-int nbs_io_gunzip_temp(const char *path, char *tmp, nbs_error *err);
-
 /* Opens an HDF5 input read-only; a gzip-compressed one (filtered_feature_bc_matrix.h5.gz) through
  * a temporary inflated copy (nbs_io_gunzip_temp) that is unlinked as soon as HDF5 holds it open,
  * so it never outlives the file handle, an error or a killed run. Close with H5Fclose. Returns
@@ -63,18 +59,13 @@ int nbs_io_read_10x_h5_types(const char *path, const char *genome, nbs_matrix **
  * a layer was read), or "" when there are none. */
 void nbs_io_loom_other_matrices(const char *path, const char *layer, char *buf, size_t n);
 
-/* Labels from a source listing (names[i], vals[i]) for n rows, put in m's cell order by barcode
- * into a new array *labels (NULL where a cell is not listed). An error when no cell matches;
- * a warning when some do not. Shared by the h5ad obs and the labels-table readers. */
-int nbs_io_match_labels(char **names, char **vals, int64_t n, const nbs_matrix *m, char ***labels,
-                        const char *path, nbs_error *err);
+/* The rows of an anndata dataframe group (obs, var): the length of its index dataset, whose
+ * name (the _index attribute, default "_index") goes to index; -1 when there is none. */
+int64_t nbs_h5_dataframe_rows(hid_t df, char *index, size_t n);
 
 /* For messages: the other count matrices an .h5ad offers besides `layer` ("layers: counts,
  * spliced; raw/X"), or "" when there are none. */
 void nbs_io_h5ad_other_matrices(const char *path, const char *layer, char *buf, size_t n);
-
-/* 1 when the file starts with the gzip magic bytes. */
-int nbs_io_is_gzip(const char *path);
 
 /* HDF5 output files are built in memory (core driver, no backing store) and written to disk in
  * one go by nbs_h5_close_to_file: libhdf5 1.10 cannot close a file whose writes failed (a full
@@ -84,5 +75,38 @@ hid_t nbs_h5_create_in_memory(const char *tmp, hid_t fcpl);
 /* Closes f and, unless bad, writes its image to tmp; returns 0, -2 when there was no memory for
  * the image, or -1 if anything else failed (the caller then removes tmp). */
 int nbs_h5_close_to_file(hid_t f, const char *tmp, int bad);
+
+
+/* ---- writing (io_h5_write.c) ----
+ * Every object is created without time stamps. The int functions return 0, or -1 when HDF5
+ * failed. */
+
+/* Dataset creation properties; gzip: level-4 deflate in chunks of at most 65536 elements (rank 1
+ * or 2, and not for an empty dataset, which stays contiguous). */
+hid_t nbs_h5_dcpl(int rank, const hsize_t *dims, int gzip);
+hid_t nbs_h5_new_group(hid_t loc, const char *name);
+/* Variable-length UTF-8 strings, as h5py and anndata write them. */
+hid_t nbs_h5_vstr_type(void);
+/* A scalar attribute (v in mtype, stored as ftype), replacing one of the same name; the same
+ * for a string. */
+int nbs_h5_set_attr(hid_t obj, const char *name, hid_t ftype, hid_t mtype, const void *v);
+int nbs_h5_set_attr_str(hid_t obj, const char *name, const char *value);
+/* A 1-D string attribute (an empty float64 array when n == 0, as h5py writes an empty list). */
+int nbs_h5_set_attr_strs(hid_t obj, const char *name, const char *const *v, hsize_t n);
+/* anndata's encoding-type and encoding-version attributes. */
+int nbs_h5_set_encoding(hid_t obj, const char *type, const char *version);
+/* A dataset of rank 1 or 2 with the values v in mtype, stored as ftype. */
+int nbs_h5_write_ds(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
+                    const void *v, int gzip);
+/* The same with anndata's "array" encoding. */
+int nbs_h5_write_array(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
+                       const void *v, int gzip);
+/* n strings; enc adds anndata's "string-array" encoding (an index or a text column). */
+int nbs_h5_write_strs(hid_t loc, const char *name, char *const *s, hsize_t n, int enc);
+/* A scalar string dataset; enc adds anndata's "string" encoding. */
+int nbs_h5_write_scalar_str(hid_t loc, const char *name, const char *value, int enc);
+/* Adds to a dataframe's column-order the names it does not list yet (anndata ignores a column
+ * that is not listed); 0, -1 when HDF5 failed, -2 when out of memory. */
+int nbs_h5_append_column_order(hid_t df, const char *const *names, int n);
 
 #endif

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "io_h5_internal.h"
+#include "io_internal.h"
 #include "nbsphere/io.h"
 
 /* An open h5ad; a .h5ad.gz is read through nbs_h5_open_input's inflated copy, whose name is gone
@@ -565,17 +566,21 @@ static int64_t obs_rows(hid_t f) {
         return n;
     }
     hid_t g = H5Gopen2(f, "obs", H5P_DEFAULT);
-    char idx[256] = "_index";
-    nbs_h5_attr_string(g, "_index", idx, sizeof idx);
-    int64_t n = -1;
-    if (nbs_h5_has(g, idx)) {
-        hid_t d = H5Dopen2(g, idx, H5P_DEFAULT), sp = H5Dget_space(d);
-        n = H5Sget_simple_extent_npoints(sp);
-        H5Sclose(sp);
-        H5Dclose(d);
-    }
+    char idx[256];
+    const int64_t n = nbs_h5_dataframe_rows(g, idx, sizeof idx);
     H5Gclose(g);
     return n;
+}
+
+int64_t nbs_h5_dataframe_rows(hid_t df, char *index, size_t n) {
+    snprintf(index, n, "_index");
+    nbs_h5_attr_string(df, "_index", index, n);
+    if (!nbs_h5_has(df, index)) return -1;
+    hid_t d = H5Dopen2(df, index, H5P_DEFAULT), sp = H5Dget_space(d);
+    const int64_t rows = H5Sget_simple_extent_npoints(sp);
+    H5Sclose(sp);
+    H5Dclose(d);
+    return rows;
 }
 
 int nbs_io_read_h5ad_obs(const char *path, const char *column, const nbs_matrix *m, char ***labels,

@@ -11,7 +11,7 @@
 #include <strings.h>
 #include <zlib.h>
 
-#include "io_h5_internal.h"
+#include "io_internal.h"
 #include "nbsphere/io.h"
 
 #define CHUNK_BYTES (1 << 16)

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "io_internal.h"
 #include "nbsphere/io.h"
 
 #define LINE_MAX_LEN 65536
@@ -31,15 +32,6 @@ static int64_t file_size(const char *path) {
 static int is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
-static int is_gzip(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    unsigned char b[2] = {0, 0};
-    size_t n = fread(b, 1, 2, f);
-    fclose(f);
-    return n == 2 && b[0] == 0x1f && b[1] == 0x8b;
 }
 
 typedef struct {
@@ -117,7 +109,7 @@ static int parse_mtx(const char *path, mtx_entries *e, nbs_error *err) {
     /* Each entry takes at least 4 bytes ("1 1\n"); a plain file's size bounds the entry count
      * before anything is allocated. A gzip file is not trusted either: arrays grow as read. */
     int64_t size = file_size(path);
-    if (!is_gzip(path) && size >= 0 && nz > size / 4) {
+    if (!nbs_io_is_gzip(path) && size >= 0 && nz > size / 4) {
         rc = nbs_error_set(err, NBS_ERR_INPUT,
                            "%s:%ld: the header claims %lld entries but the file has only %lld bytes "
                            "(truncated or corrupt file?)",

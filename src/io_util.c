@@ -1,15 +1,18 @@
 /* Temporary-name-then-rename: a failed or interrupted write never leaves half a file and never
- * replaces a good one. Also the inflating of gzip-compressed inputs into a temporary file. */
+ * replaces a good one. Also the output folder's creation, the inflating of gzip-compressed
+ * inputs into a temporary file and the in-memory HDF5 files of the writers. */
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include "io_h5_internal.h"
+#include "io_internal.h"
 #include "nbsphere/io.h"
 
 void nbs_io_tmp_name(const char *path, char *tmp) {
@@ -24,6 +27,25 @@ int nbs_io_commit(const char *tmp, const char *path, nbs_error *err) {
                              path, strerror(e));
     }
     return NBS_OK;
+}
+
+int nbs_io_commit_or_discard(const char *tmp, const char *path, int status, nbs_error *err) {
+    if (status == NBS_OK) return nbs_io_commit(tmp, path, err);
+    remove(tmp);
+    return status;
+}
+
+int nbs_io_atomic_open(const char *path, char *tmp, FILE **f, nbs_error *err) {
+    nbs_io_tmp_name(path, tmp);
+    *f = fopen(tmp, "wb");
+    return *f ? NBS_OK : nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+}
+
+int nbs_io_atomic_close(FILE *f, const char *tmp, const char *path, nbs_error *err) {
+    int failed = ferror(f);
+    failed |= fclose(f) != 0;
+    return nbs_io_commit_or_discard(
+        tmp, path, failed ? nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path) : NBS_OK, err);
 }
 
 /* A "<name>.tmp.<pid>" whose writer no longer runs was left by a kill or a crash; one whose
@@ -46,6 +68,33 @@ int nbs_io_remove_stale_tmp(const char *dir, const char *const *names, int n_nam
     }
     closedir(d);
     return removed;
+}
+
+int nbs_io_make_writable_dir(const char *dir, char *failed) {
+    char buf[NBS_PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *s = buf + 1;; s++) {
+        if (*s != '/' && *s != '\0') continue;
+        const char keep = *s;
+        *s = '\0';
+        struct stat st;
+        if ((mkdir(buf, 0777) != 0 && errno != EEXIST) || stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
+            if (errno == EEXIST) errno = ENOTDIR; /* a file of that name */
+            snprintf(failed, NBS_PATH_MAX, "%s", buf);
+            return -1;
+        }
+        *s = keep;
+        if (!keep) break;
+    }
+    char probe[NBS_PATH_MAX + 64];
+    snprintf(probe, sizeof probe, "%s/.nbsphere_probe.%ld", dir, (long)getpid());
+    FILE *f = fopen(probe, "wb");
+    int ok = f && fputs("probe\n", f) >= 0;
+    int e = errno;
+    if (f && fclose(f) != 0) ok = 0, e = errno;
+    remove(probe);
+    errno = e;
+    return ok ? 0 : -2;
 }
 
 int nbs_io_is_gzip(const char *path) {

@@ -12,8 +12,9 @@
 #include <zlib.h>
 
 #include "io_h5_internal.h"
+#include "io_internal.h"
 #include "nbsphere/io.h"
-#include "nbsphere/manifest.h"
+#include "nbsphere/version.h"
 
 /* The HDF5 writers' helpers (HDF5 iteration callbacks among them) report only success or
  * failure; one whose own allocation failed also sets this, so that the writer says "out of
@@ -31,9 +32,9 @@ int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t 
                                const float *embedding, int n_extra, const char *const *extra_names,
                                const float *extra, nbs_error *err) {
     char tmp[NBS_PATH_MAX];
-    nbs_io_tmp_name(path, tmp);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    FILE *f;
+    int st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
     int bad = fputs("barcode", f) < 0;
     for (int j = 0; j < d && !bad; j++) bad = fprintf(f, "\tdim%d", j + 1) < 0;
     for (int j = 0; j < n_extra && !bad; j++) bad = fprintf(f, "\t%s", extra_names[j]) < 0;
@@ -45,120 +46,7 @@ int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t 
         for (int j = 0; j < n_extra && !bad; j++) bad = fprintf(f, "\t%.9g", (double)extra[i * n_extra + j]) < 0;
         bad = bad || fputc('\n', f) == EOF;
     }
-    if (fclose(f) != 0) bad = 1;
-    if (bad) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
-}
-
-/* ---- HDF5 building blocks ---- */
-
-/* Creation property lists without time stamps (and, for datasets, optional gzip chunks). */
-static hid_t gcpl(void) {
-    hid_t p = H5Pcreate(H5P_GROUP_CREATE);
-    H5Pset_obj_track_times(p, 0);
-    return p;
-}
-
-static hid_t dcpl(int rank, const hsize_t *dims, int gzip) {
-    hid_t p = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_obj_track_times(p, 0);
-    /* an empty dataset has nothing to compress: it stays contiguous */
-    if (gzip && rank >= 1 && rank <= 2 && dims[0] > 0 && (rank < 2 || dims[1] > 0)) {
-        hsize_t chunk[2] = {dims[0] < 65536 ? dims[0] : 65536, rank > 1 ? dims[1] : 1};
-        if (rank > 1 && chunk[0] * chunk[1] > 65536) chunk[0] = 65536 / chunk[1] ? 65536 / chunk[1] : 1;
-        H5Pset_chunk(p, rank, chunk);
-        H5Pset_deflate(p, 4);
-    }
-    return p;
-}
-
-static hid_t mk_group(hid_t loc, const char *name) {
-    hid_t p = gcpl();
-    hid_t g = H5Gcreate2(loc, name, H5P_DEFAULT, p, H5P_DEFAULT);
-    H5Pclose(p);
-    return g;
-}
-
-static hid_t vstr_type(void) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    return t;
-}
-
-static int attr_str(hid_t obj, const char *name, const char *value) {
-    hid_t t = vstr_type(), sp = H5Screate(H5S_SCALAR);
-    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
-    hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int bad = a < 0 || H5Awrite(a, t, &value) < 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return bad ? -1 : 0;
-}
-
-static int attr_enc(hid_t obj, const char *type, const char *version) {
-    return attr_str(obj, "encoding-type", type) || attr_str(obj, "encoding-version", version);
-}
-
-/* column-order as h5py writes it: strings, or an empty float64 array when there are none. */
-static int attr_str_array(hid_t obj, const char *name, const char *const *v, hsize_t n) {
-    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
-    hid_t t = n ? vstr_type() : H5Tcopy(H5T_IEEE_F64LE), sp = H5Screate_simple(1, &n, NULL);
-    hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int bad = a < 0 || (n && H5Awrite(a, t, v) < 0);
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return bad ? -1 : 0;
-}
-
-static int write_ds(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
-                    const void *v, int gzip) {
-    hid_t sp = H5Screate_simple(rank, dims, NULL), p = dcpl(rank, dims, gzip);
-    hid_t d = H5Dcreate2(loc, name, ftype, sp, H5P_DEFAULT, p, H5P_DEFAULT);
-    hsize_t total = dims[0] * (rank > 1 ? dims[1] : 1);
-    int bad = d < 0 || (total && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0);
-    if (d >= 0) H5Dclose(d);
-    H5Pclose(p);
-    H5Sclose(sp);
-    return bad ? -1 : 0;
-}
-
-/* A string-array dataset (anndata's encoding for an index or a text column). */
-static int write_strs(hid_t loc, const char *name, char *const *s, hsize_t n, int enc) {
-    hid_t t = vstr_type();
-    int bad = write_ds(loc, name, t, t, 1, &n, s, 0);
-    H5Tclose(t);
-    if (!bad && enc) {
-        hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
-        bad = attr_enc(d, "string-array", "0.2.0");
-        H5Dclose(d);
-    }
-    return bad;
-}
-
-static int write_scalar_str(hid_t loc, const char *name, const char *value) {
-    hid_t t = vstr_type(), sp = H5Screate(H5S_SCALAR), p = dcpl(0, NULL, 0);
-    hid_t d = H5Dcreate2(loc, name, t, sp, H5P_DEFAULT, p, H5P_DEFAULT);
-    int bad = d < 0 || H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, &value) < 0 || attr_enc(d, "string", "0.2.0");
-    if (d >= 0) H5Dclose(d);
-    H5Pclose(p);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return bad ? -1 : 0;
-}
-
-static int write_array_enc(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
-                           const void *v, int gzip) {
-    if (write_ds(loc, name, ftype, mtype, rank, dims, v, gzip)) return -1;
-    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
-    int bad = attr_enc(d, "array", "0.2.0");
-    H5Dclose(d);
-    return bad;
+    return nbs_io_atomic_close(f, tmp, path, err);
 }
 
 static int unlink_if(hid_t loc, const char *name) {
@@ -167,19 +55,20 @@ static int unlink_if(hid_t loc, const char *name) {
 
 /* An empty dict group (layers, obsp, ...). */
 static int empty_dict(hid_t f, const char *name) {
-    hid_t g = mk_group(f, name);
-    int bad = g < 0 || attr_enc(g, "dict", "0.1.0");
+    hid_t g = nbs_h5_new_group(f, name);
+    int bad = g < 0 || nbs_h5_set_encoding(g, "dict", "0.1.0");
     if (g >= 0) H5Gclose(g);
     return bad;
 }
 
 static int dataframe(hid_t f, const char *name, char *const *index, int64_t n, const char *col, char *const *col_values) {
-    hid_t g = mk_group(f, name);
+    hid_t g = nbs_h5_new_group(f, name);
     if (g < 0) return -1;
     const char *order[1] = {col};
-    int bad = attr_enc(g, "dataframe", "0.2.0") || attr_str(g, "_index", "_index") ||
-              attr_str_array(g, "column-order", order, col ? 1 : 0) || write_strs(g, "_index", index, (hsize_t)n, 1);
-    if (!bad && col) bad = write_strs(g, col, col_values, (hsize_t)n, 1);
+    int bad = nbs_h5_set_encoding(g, "dataframe", "0.2.0") || nbs_h5_set_attr_str(g, "_index", "_index") ||
+              nbs_h5_set_attr_strs(g, "column-order", order, col ? 1 : 0) ||
+              nbs_h5_write_strs(g, "_index", index, (hsize_t)n, 1);
+    if (!bad && col) bad = nbs_h5_write_strs(g, col, col_values, (hsize_t)n, 1);
     H5Gclose(g);
     return bad;
 }
@@ -187,22 +76,22 @@ static int dataframe(hid_t f, const char *name, char *const *index, int64_t n, c
 /* obsm/<key>, uns/nbsphere and obs/nbsphere_kappa, into an open file (new or copied). */
 static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_embedding_meta *meta) {
     const char *key = meta && meta->key && *meta->key ? meta->key : "X_nbsphere";
-    hid_t obsm = nbs_h5_has(f, "obsm") ? H5Gopen2(f, "obsm", H5P_DEFAULT) : mk_group(f, "obsm");
+    hid_t obsm = nbs_h5_has(f, "obsm") ? H5Gopen2(f, "obsm", H5P_DEFAULT) : nbs_h5_new_group(f, "obsm");
     if (obsm < 0) return -1;
     hsize_t dims[2] = {(hsize_t)n, (hsize_t)d};
-    int bad = attr_enc(obsm, "dict", "0.1.0") || unlink_if(obsm, key) ||
-              write_array_enc(obsm, key, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, dims, emb, 1);
+    int bad = nbs_h5_set_encoding(obsm, "dict", "0.1.0") || unlink_if(obsm, key) ||
+              nbs_h5_write_array(obsm, key, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 2, dims, emb, 1);
     H5Gclose(obsm);
-    hid_t uns = bad ? -1 : nbs_h5_has(f, "uns") ? H5Gopen2(f, "uns", H5P_DEFAULT) : mk_group(f, "uns");
+    hid_t uns = bad ? -1 : nbs_h5_has(f, "uns") ? H5Gopen2(f, "uns", H5P_DEFAULT) : nbs_h5_new_group(f, "uns");
     if (uns < 0) return -1;
-    bad = attr_enc(uns, "dict", "0.1.0") || unlink_if(uns, "nbsphere");
-    hid_t g = bad ? -1 : mk_group(uns, "nbsphere");
+    bad = nbs_h5_set_encoding(uns, "dict", "0.1.0") || unlink_if(uns, "nbsphere");
+    hid_t g = bad ? -1 : nbs_h5_new_group(uns, "nbsphere");
     if (g < 0) bad = 1;
     else {
-        bad = attr_enc(g, "dict", "0.1.0") || write_scalar_str(g, "embedding_key", key) ||
-              write_scalar_str(g, "latent", meta && meta->latent ? meta->latent : "unknown") ||
-              write_scalar_str(g, "metric", meta && meta->metric ? meta->metric : "euclidean") ||
-              write_scalar_str(g, "version", meta && meta->version ? meta->version : "unknown");
+        bad = nbs_h5_set_encoding(g, "dict", "0.1.0") || nbs_h5_write_scalar_str(g, "embedding_key", key, 1) ||
+              nbs_h5_write_scalar_str(g, "latent", meta && meta->latent ? meta->latent : "unknown", 1) ||
+              nbs_h5_write_scalar_str(g, "metric", meta && meta->metric ? meta->metric : "euclidean", 1) ||
+              nbs_h5_write_scalar_str(g, "version", meta && meta->version ? meta->version : "unknown", 1);
         H5Gclose(g);
     }
     H5Gclose(uns);
@@ -211,41 +100,12 @@ static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_
     if (obs < 0) return -1;
     hsize_t nn = (hsize_t)n;
     bad = unlink_if(obs, "nbsphere_kappa") ||
-          write_array_enc(obs, "nbsphere_kappa", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nn, meta->obs_kappa, 0);
-    /* column-order must list it, or anndata ignores the column */
+          nbs_h5_write_array(obs, "nbsphere_kappa", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nn, meta->obs_kappa, 0);
     if (!bad) {
-        char **old = NULL;
-        hssize_t n_old = 0;
-        hid_t st = vstr_type();
-        if (H5Aexists(obs, "column-order") > 0) {
-            hid_t a = H5Aopen(obs, "column-order", H5P_DEFAULT);
-            hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
-            n_old = H5Sget_simple_extent_npoints(sp);
-            if (n_old > 0 && H5Tget_class(t) == H5T_STRING) {
-                old = note_nomem(calloc((size_t)n_old + 1, sizeof *old));
-                if (!old || H5Aread(a, st, old) < 0) bad = 1;
-            } else n_old = 0;
-            H5Sclose(sp);
-            H5Tclose(t);
-            H5Aclose(a);
-        }
-        int present = 0;
-        for (hssize_t i = 0; i < n_old && old; i++) present |= old[i] && !strcmp(old[i], "nbsphere_kappa");
-        const char **all = bad || present ? NULL : note_nomem(calloc((size_t)n_old + 1, sizeof *all));
-        if (all) {
-            for (hssize_t i = 0; i < n_old; i++) all[i] = old[i];
-            all[n_old] = "nbsphere_kappa";
-            bad = attr_str_array(obs, "column-order", all, (hsize_t)n_old + 1);
-            free(all);
-        } else if (!present) bad = 1;
-        if (old) {
-            hsize_t no = (hsize_t)n_old;
-            hid_t sp = H5Screate_simple(1, &no, NULL);
-            H5Dvlen_reclaim(st, sp, H5P_DEFAULT, old);
-            H5Sclose(sp);
-            free(old);
-        }
-        H5Tclose(st);
+        static const char *const kappa[] = {"nbsphere_kappa"};
+        const int rc = nbs_h5_append_column_order(obs, kappa, 1);
+        if (rc == -2) out_of_memory = 1;
+        bad = rc != 0;
     }
     H5Gclose(obs);
     return bad;
@@ -260,7 +120,7 @@ static hid_t create_file(const char *tmp) {
 }
 
 static int write_new_h5ad(hid_t f, const nbs_matrix *m) {
-    hid_t x = mk_group(f, "X");
+    hid_t x = nbs_h5_new_group(f, "X");
     if (x < 0) return -1;
     int64_t shape[2] = {m->n_cells, m->n_genes};
     hsize_t two = 2, nnz = (hsize_t)m->nnz, np = (hsize_t)m->n_cells + 1;
@@ -269,10 +129,10 @@ static int write_new_h5ad(hid_t f, const nbs_matrix *m) {
     int bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, shape) < 0;
     if (a >= 0) H5Aclose(a);
     H5Sclose(sp);
-    bad = bad || attr_enc(x, "csr_matrix", "0.1.0") ||
-          write_ds(x, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nnz, m->data, 1) ||
-          write_ds(x, "indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &nnz, m->indices, 1) ||
-          write_ds(x, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, m->indptr, 1);
+    bad = bad || nbs_h5_set_encoding(x, "csr_matrix", "0.1.0") ||
+          nbs_h5_write_ds(x, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nnz, m->data, 1) ||
+          nbs_h5_write_ds(x, "indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &nnz, m->indices, 1) ||
+          nbs_h5_write_ds(x, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, m->indptr, 1);
     H5Gclose(x);
     return bad || dataframe(f, "obs", m->barcodes, m->n_cells, NULL, NULL) ||
            dataframe(f, "var", m->gene_names, m->n_genes, "gene_ids", m->gene_ids) || empty_dict(f, "layers") ||
@@ -335,15 +195,8 @@ static int plan_cells(hid_t src, const char *copy_from, const nbs_matrix *m, sub
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: obs is not a dataframe group (anndata < 0.7 file?); re-save it "
                              "with a current anndata, or write a new h5ad instead of a copy", copy_from);
     hid_t obs = H5Gopen2(src, "obs", H5P_DEFAULT);
-    char idx[256] = "_index";
-    nbs_h5_attr_string(obs, "_index", idx, sizeof idx);
-    int64_t n = -1;
-    if (nbs_h5_has(obs, idx)) {
-        hid_t d = H5Dopen2(obs, idx, H5P_DEFAULT), sp = H5Dget_space(d);
-        n = H5Sget_simple_extent_npoints(sp);
-        H5Sclose(sp);
-        H5Dclose(d);
-    }
+    char idx[256];
+    const int64_t n = nbs_h5_dataframe_rows(obs, idx, sizeof idx);
     char **names = n >= 0 ? nbs_calloc((size_t)n + 1, sizeof *names, err) : NULL;
     int rc = n < 0 ? nbs_error_set(err, NBS_ERR_INPUT, "%s: obs has no index dataset '%s'", copy_from, idx)
                    : !names ? NBS_ERR_NOMEM : nbs_h5_read_strings(obs, idx, copy_from, "obs", names, n, err);
@@ -394,7 +247,7 @@ static hid_t subset_dcpl(hid_t src, int rank, const hsize_t *dims) {
         gzip |= H5Pget_filter2(s, (unsigned)i, &flags, &ne, NULL, 0, NULL, &conf) == H5Z_FILTER_DEFLATE;
     }
     H5Pclose(s);
-    return dcpl(rank, dims, gzip && rank >= 1 && rank <= 2);
+    return nbs_h5_dcpl(rank, dims, gzip && rank >= 1 && rank <= 2);
 }
 
 /* name in sg, rows = cells: the kept rows into dg/name, same type and attributes. */
@@ -436,7 +289,7 @@ static int write_like(hid_t sg, hid_t dg, const char *name, hid_t memtype, const
     hid_t d = H5Dopen2(sg, name, H5P_DEFAULT);
     if (d < 0) return -1;
     hid_t ft = H5Dget_type(d);
-    int bad = write_ds(dg, name, ft, memtype, 1, &n, v, 1);
+    int bad = nbs_h5_write_ds(dg, name, ft, memtype, 1, &n, v, 1);
     if (!bad) {
         hid_t o = H5Dopen2(dg, name, H5P_DEFAULT);
         bad = copy_attrs(d, o);
@@ -486,7 +339,7 @@ static int subset_sparse(hid_t g, hid_t dg, const char *name, int csr, const int
         }
         np[i + 1] = k2;
     }
-    hid_t o = bad ? -1 : mk_group(dg, name);
+    hid_t o = bad ? -1 : nbs_h5_new_group(dg, name);
     bad = bad || o < 0 || copy_attrs(g, o);
     if (!bad) {
         int64_t ns[2] = {p->n_keep, shape[1]};
@@ -552,7 +405,7 @@ static int copy_member(hid_t sg, hid_t dg, const char *path, const char *name, i
         H5Aclose(a);
     }
     if (top && !strcmp(name, "obsp")) { /* a neighbour graph of all cells is wrong for a subset */
-        hid_t o = mk_group(dg, name);
+        hid_t o = nbs_h5_new_group(dg, name);
         H5G_info_t gi;
         if (H5Gget_info(g, &gi) >= 0 && gi.nlinks > 0) p->dropped = 1;
         rc = o < 0 || copy_attrs(g, o);
@@ -560,12 +413,12 @@ static int copy_member(hid_t sg, hid_t dg, const char *path, const char *name, i
     } else if (per_cell && sparse && shape[0] == p->n_obs) {
         rc = subset_sparse(g, dg, name, !strcmp(enc, "csr_matrix"), shape, shape_attr, p);
     } else if (per_cell && !strcmp(enc, "categorical")) {
-        hid_t o = mk_group(dg, name);
+        hid_t o = nbs_h5_new_group(dg, name);
         rc = o < 0 || copy_attrs(g, o) || subset_rows(g, o, "codes", p) ||
              H5Ocopy(g, "categories", o, "categories", H5P_DEFAULT, H5P_DEFAULT) < 0;
         if (o >= 0) H5Gclose(o);
     } else {
-        hid_t o = mk_group(dg, name);
+        hid_t o = nbs_h5_new_group(dg, name);
         rc = o < 0 || copy_attrs(g, o) || copy_tree(g, o, child, per_cell, p);
         if (o >= 0) H5Gclose(o);
     }
@@ -628,7 +481,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
                      "the copy holds %lld; recompute them (e.g. scanpy.pp.neighbors)", path, copy_from,
                      (long long)plan.n_obs, (long long)plan.n_keep);
     } else if (!rc) {
-        bad = attr_enc(f, "anndata", "0.1.0") || write_new_h5ad(f, m);
+        bad = nbs_h5_set_encoding(f, "anndata", "0.1.0") || write_new_h5ad(f, m);
     }
     if (!rc && !bad && embedding && d > 0) bad = add_embedding(f, m->n_cells, d, embedding, meta);
     const int closed = f >= 0 ? nbs_h5_close_to_file(f, tmp, bad || rc) : 0;
@@ -642,11 +495,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
     if (!rc && bad)
         rc = nbs_error_set(err, NBS_ERR_IO, "%s: writing the h5ad failed (disk full, or an HDF5 error%s)", path,
                            src >= 0 ? " while copying the source" : "");
-    if (rc) {
-        remove(tmp);
-        return rc;
-    }
-    return nbs_io_commit(tmp, path, err);
+    return nbs_io_commit_or_discard(tmp, path, rc, err);
 }
 
 /* ---- Cell Ranger v3 HDF5 ---- */
@@ -664,7 +513,7 @@ static int write_fixed_strs(hid_t loc, const char *name, char *const *s, const c
     hid_t t = H5Tcopy(H5T_C_S1);
     H5Tset_size(t, w);
     H5Tset_strpad(t, H5T_STR_NULLPAD);
-    int bad = write_ds(loc, name, t, t, 1, &n, buf, 1);
+    int bad = nbs_h5_write_ds(loc, name, t, t, 1, &n, buf, 1);
     H5Tclose(t);
     free(buf);
     return bad;
@@ -690,15 +539,15 @@ int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err) {
     int32_t shape[2] = {(int32_t)m->n_genes, (int32_t)m->n_cells};
     hsize_t nnz = (hsize_t)m->nnz, np = (hsize_t)m->n_cells + 1, two = 2, nc = (hsize_t)m->n_cells,
             ng = (hsize_t)m->n_genes;
-    hid_t g = bad ? -1 : mk_group(f, "matrix");
-    hid_t ft = g < 0 ? -1 : mk_group(g, "features");
-    bad = bad || g < 0 || ft < 0 || attr_str(f, "filetype", "matrix") ||
-          attr_str(f, "software_version", "nbsphere " NBS_VERSION) ||
-          (counts ? write_ds(g, "data", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &nnz, counts, 1)
-                  : write_ds(g, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nnz, m->data, 1)) ||
-          write_ds(g, "indices", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &nnz, idx, 1) ||
-          write_ds(g, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, m->indptr, 1) ||
-          write_ds(g, "shape", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &two, shape, 0) ||
+    hid_t g = bad ? -1 : nbs_h5_new_group(f, "matrix");
+    hid_t ft = g < 0 ? -1 : nbs_h5_new_group(g, "features");
+    bad = bad || g < 0 || ft < 0 || nbs_h5_set_attr_str(f, "filetype", "matrix") ||
+          nbs_h5_set_attr_str(f, "software_version", "nbsphere " NBS_VERSION) ||
+          (counts ? nbs_h5_write_ds(g, "data", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &nnz, counts, 1)
+                  : nbs_h5_write_ds(g, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nnz, m->data, 1)) ||
+          nbs_h5_write_ds(g, "indices", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &nnz, idx, 1) ||
+          nbs_h5_write_ds(g, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, m->indptr, 1) ||
+          nbs_h5_write_ds(g, "shape", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &two, shape, 0) ||
           write_fixed_strs(g, "barcodes", m->barcodes, NULL, nc) || write_fixed_strs(ft, "id", m->gene_ids, NULL, ng) ||
           write_fixed_strs(ft, "name", m->gene_names, NULL, ng) ||
           write_fixed_strs(ft, "feature_type", NULL, "Gene Expression", ng) ||
@@ -708,27 +557,19 @@ int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err) {
         bad = write_fixed_strs(ft, "_all_tag_keys", keys, NULL, 1);
     }
     /* Cell Ranger's version attribute: 2 for the feature-barcode (v3) layout */
-    if (!bad) {
-        hid_t sp = H5Screate(H5S_SCALAR);
-        int64_t v = 2;
-        hid_t a = H5Acreate2(f, "version", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-        bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, &v) < 0;
-        if (a >= 0) H5Aclose(a);
-        H5Sclose(sp);
-    }
+    const int64_t version = 2;
+    bad = bad || nbs_h5_set_attr(f, "version", H5T_STD_I64LE, H5T_NATIVE_INT64, &version);
     if (ft >= 0) H5Gclose(ft);
     if (g >= 0) H5Gclose(g);
     const int closed = nbs_h5_close_to_file(f, tmp, bad);
     if (closed) bad = 1;
     free(counts);
     free(idx);
-    if (bad) {
-        remove(tmp);
-        if (closed == -2 || out_of_memory)
-            return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the file", path);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: writing the 10x HDF5 file failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
+    const int st = !bad ? NBS_OK
+                 : closed == -2 || out_of_memory
+                     ? nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the file", path)
+                     : nbs_error_set(err, NBS_ERR_IO, "%s: writing the 10x HDF5 file failed (disk full?)", path);
+    return nbs_io_commit_or_discard(tmp, path, st, err);
 }
 
 /* ---- 10x MTX folder ---- */
@@ -770,11 +611,8 @@ static int write_text(const char *dir, const char *name, int gzip, text_body bod
     if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
     int bad = body(f, m);
     if (gzclose(f) != Z_OK) bad = 1;
-    if (bad) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
+    return nbs_io_commit_or_discard(
+        tmp, path, bad ? nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path) : NBS_OK, err);
 }
 
 int nbs_io_write_10x_mtx_dir(const char *dir, const nbs_matrix *m, int gzip, nbs_error *err) {

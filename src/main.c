@@ -3,7 +3,6 @@
  * the failure (error.h): 0 ok, 1 internal, 2 usage, 3 bad input, 4 numerical, 5 I/O, 6 memory. */
 #include <errno.h>
 #include <gsl/gsl_rng.h>
-#include <gsl/gsl_statistics_double.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +11,9 @@
 
 #include "nbsphere/checkpoint.h"
 #include "nbsphere/error.h"
+#include "nbsphere/inspect.h"
 #include "nbsphere/io.h"
+#include "nbsphere/json.h"
 #include "nbsphere/manifest.h"
 #include "nbsphere/pipeline.h"
 #include "nbsphere/progress.h"
@@ -282,13 +283,12 @@ static int sim_write(const nbs_sim_data *d, const char *dir, int formats, nbs_er
     }
     if (!st && (formats & SIM_H5AD)) {
         /* the truth goes into obs of a temporary file, which is then renamed into place */
-        char tmp[NBS_PATH_MAX + 64];
+        char tmp[NBS_PATH_MAX];
         snprintf(path, sizeof path, "%s/sim.h5ad", dir);
         nbs_io_tmp_name(path, tmp);
         st = nbs_io_write_h5ad(tmp, NULL, d->counts, 0, NULL, NULL, err);
         if (!st) st = nbs_sim_add_h5ad_obs(d, tmp, err);
-        if (!st) st = nbs_io_commit(tmp, path, err);
-        else remove(tmp);
+        st = nbs_io_commit_or_discard(tmp, path, st, err);
     }
     return st;
 }
@@ -489,108 +489,54 @@ static const char INSPECT_USAGE[] =
     "  --genome G       10x v2 HDF5: the genome group to read\n"
     "  --orientation O  bare .mtx: cells_rows or genes_rows (default: the 10x layout)\n";
 
-typedef struct {
-    double min, max;
-    double q[7]; /* library size: min, 5 %, 25 %, median, 75 %, 95 %, max */
-    int64_t empty_cells, empty_genes;
-} matrix_stats;
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static int compute_stats(const nbs_matrix *m, matrix_stats *s, nbs_error *err) {
-    static const double probs[7] = {0, 0.05, 0.25, 0.5, 0.75, 0.95, 1};
-    double *lib = nbs_malloc(sizeof(double) * (size_t)(m->n_cells ? m->n_cells : 1), err);
-    char *seen = nbs_calloc((size_t)(m->n_genes ? m->n_genes : 1), 1, err);
-    if (!lib || !seen) {
-        free(lib);
-        free(seen);
-        return NBS_ERR_NOMEM;
-    }
-    memset(s, 0, sizeof *s);
-    s->min = m->nnz ? m->data[0] : 0;
-    s->max = s->min;
-    for (int64_t k = 0; k < m->nnz; k++) {
-        if (m->data[k] < s->min) s->min = m->data[k];
-        if (m->data[k] > s->max) s->max = m->data[k];
-        seen[m->indices[k]] = 1;
-    }
-    nbs_matrix_row_sums(m, lib);
-    for (int64_t i = 0; i < m->n_cells; i++) s->empty_cells += m->indptr[i + 1] == m->indptr[i];
-    for (int64_t g = 0; g < m->n_genes; g++) s->empty_genes += !seen[g];
-    qsort(lib, (size_t)m->n_cells, sizeof *lib, cmp_double);
-    for (int j = 0; j < 7 && m->n_cells; j++)
-        s->q[j] = gsl_stats_quantile_from_sorted_data(lib, 1, (size_t)m->n_cells, probs[j]);
-    free(lib);
-    free(seen);
-    return NBS_OK;
-}
-
-static const char *orientation_text(nbs_format f, nbs_orientation o) {
-    switch (f) {
-    case NBS_FMT_10X_H5: return "genes x cells in the file (10x CSC), read as cells x genes";
-    case NBS_FMT_10X_MTX: return "genes x cells in the file (10x layout), read as cells x genes";
-    case NBS_FMT_MTX:
-        return o == NBS_ORIENT_CELLS_ROWS ? "cells x genes in the file (as asked)"
-                                          : "genes x cells in the file (10x layout), read as cells x genes";
-    case NBS_FMT_TSV:
-    case NBS_FMT_CSV:
-        return o == NBS_ORIENT_CELLS_ROWS   ? "cells x genes in the file (as asked)"
-               : o == NBS_ORIENT_GENES_ROWS ? "genes x cells in the file (as asked), read as cells x genes"
-                                            : "rows taken as genes if there are more columns than rows (see the "
-                                              "warning; --orientation to choose)";
-    default: return "cells x genes";
-    }
-}
-
-static void print_stats_text(const char *path, nbs_format f, nbs_orientation o, const nbs_matrix *m,
-                             const matrix_stats *s) {
-    double cells = (double)m->n_cells, genes = (double)m->n_genes;
+static void print_stats_text(const char *path, nbs_format f, const nbs_matrix *m, const nbs_inspect_stats *s) {
     printf("file          %s\n", path);
     printf("format        %s\n", nbs_format_name(f));
     printf("shape         %lld cells x %lld genes, %lld nonzeros\n", (long long)m->n_cells,
            (long long)m->n_genes, (long long)m->nnz);
-    printf("density       %.4f (%.1f %% zeros)\n", (double)m->nnz / (cells * genes),
-           100.0 * (1 - (double)m->nnz / (cells * genes)));
-    printf("counts        %g to %g (nonzero entries), %s\n", s->min, s->max,
+    printf("density       %.4f (%.1f %% zeros)\n", s->density, 100.0 * (1 - s->density));
+    printf("counts        %g to %g (nonzero entries), %s\n", s->count_min, s->count_max,
            m->values_are_integer ? "all integers" : "not all integers");
-    printf("library size  min %g, 5%% %g, 25%% %g, median %g, 75%% %g, 95%% %g, max %g\n", s->q[0],
-           s->q[1], s->q[2], s->q[3], s->q[4], s->q[5], s->q[6]);
+    printf("library size  min %g, 5%% %g, 25%% %g, median %g, 75%% %g, 95%% %g, max %g\n", s->library[0],
+           s->library[1], s->library[2], s->library[3], s->library[4], s->library[5], s->library[6]);
     printf("empty         %lld cell%s, %lld gene%s without any count\n", (long long)s->empty_cells,
            s->empty_cells == 1 ? "" : "s", (long long)s->empty_genes, s->empty_genes == 1 ? "" : "s");
-    printf("orientation   %s\n", orientation_text(f, o));
+    printf("orientation   %s\n", s->orientation);
     printf("first names   cell %s, gene %s (%s)\n", m->n_cells ? m->barcodes[0] : "-",
            m->n_genes ? m->gene_names[0] : "-", m->n_genes ? m->gene_ids[0] : "-");
 }
 
-static void json_text(const char *s) {
-    putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') printf("\\%c", ch);
-        else if (ch < 0x20) printf("\\u%04x", ch);
-        else putchar(ch);
+static void print_stats_json(const char *path, nbs_format f, const nbs_matrix *m, const nbs_inspect_stats *s) {
+    static const char *const quantiles[7] = {"min", "q05", "q25", "median", "q75", "q95", "max"};
+    FILE *o = stdout;
+    fputs("{\n", o);
+    nbs_json_key(o, 2, "file");
+    nbs_json_string(o, path);
+    fputs(",\n", o);
+    nbs_json_key(o, 2, "format");
+    nbs_json_string(o, nbs_format_name(f));
+    fprintf(o, ",\n  \"cells\": %lld,\n  \"genes\": %lld,\n  \"nonzeros\": %lld,\n", (long long)m->n_cells,
+            (long long)m->n_genes, (long long)m->nnz);
+    nbs_json_key(o, 2, "density");
+    nbs_json_number(o, s->density, 6);
+    fputs(",\n", o);
+    nbs_json_key(o, 2, "count_min");
+    nbs_json_number(o, s->count_min, 6);
+    fputs(",\n", o);
+    nbs_json_key(o, 2, "count_max");
+    nbs_json_number(o, s->count_max, 6);
+    fprintf(o, ",\n  \"integer\": %s,\n", m->values_are_integer ? "true" : "false");
+    nbs_json_key(o, 2, "library_size");
+    for (int q = 0; q < 7; q++) {
+        fputs(q ? ", " : "{", o);
+        nbs_json_key(o, 0, quantiles[q]);
+        nbs_json_number(o, s->library[q], 6);
     }
-    putchar('"');
-}
-
-static void print_stats_json(const char *path, nbs_format f, nbs_orientation o, const nbs_matrix *m,
-                             const matrix_stats *s) {
-    printf("{\n  \"file\": ");
-    json_text(path);
-    printf(",\n  \"format\": \"%s\",\n  \"cells\": %lld,\n  \"genes\": %lld,\n  \"nonzeros\": %lld,\n",
-           nbs_format_name(f), (long long)m->n_cells, (long long)m->n_genes, (long long)m->nnz);
-    printf("  \"density\": %.6g,\n  \"count_min\": %g,\n  \"count_max\": %g,\n  \"integer\": %s,\n",
-           (double)m->nnz / ((double)m->n_cells * (double)m->n_genes), s->min, s->max,
-           m->values_are_integer ? "true" : "false");
-    printf("  \"library_size\": {\"min\": %g, \"q05\": %g, \"q25\": %g, \"median\": %g, \"q75\": %g, "
-           "\"q95\": %g, \"max\": %g},\n", s->q[0], s->q[1], s->q[2], s->q[3], s->q[4], s->q[5], s->q[6]);
-    printf("  \"empty_cells\": %lld,\n  \"empty_genes\": %lld,\n  \"orientation\": ",
-           (long long)s->empty_cells, (long long)s->empty_genes);
-    json_text(orientation_text(f, o));
-    printf("\n}\n");
+    fprintf(o, "},\n  \"empty_cells\": %lld,\n  \"empty_genes\": %lld,\n", (long long)s->empty_cells,
+            (long long)s->empty_genes);
+    nbs_json_key(o, 2, "orientation");
+    nbs_json_string(o, s->orientation);
+    fputs("\n}\n", o);
 }
 
 static int cmd_inspect(cli *c, int argc, char **argv, nbs_error *err) {
@@ -640,11 +586,11 @@ static int cmd_inspect(cli *c, int argc, char **argv, nbs_error *err) {
         if (p->config.input.non_integer == NBS_NONINT_ERROR) p->config.input.non_integer = NBS_NONINT_ACCEPT;
         st = nbs_run_read_input(&p->config.input, &f, &m, err);
     }
-    matrix_stats s;
-    if (!st) st = compute_stats(m, &s, err);
+    nbs_inspect_stats s;
+    if (!st) st = nbs_inspect_matrix(m, f, p->config.input.orientation, &s, err);
     if (!st) {
-        if (json) print_stats_json(file, f, p->config.input.orientation, m, &s);
-        else print_stats_text(file, f, p->config.input.orientation, m, &s);
+        if (json) print_stats_json(file, f, m, &s);
+        else print_stats_text(file, f, m, &s);
     }
     nbs_matrix_free(m);
     free(p);

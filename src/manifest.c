@@ -16,7 +16,9 @@
 #include <zlib.h>
 
 #include "nbsphere/io.h"
+#include "nbsphere/json.h"
 #include "nbsphere/pipeline.h"
+#include "nbsphere/version.h"
 
 int nbs_sha256_init(nbs_sha256_ctx *c) {
     c->len = 0;
@@ -79,17 +81,6 @@ void nbs_versions_print(FILE *f) {
     fprintf(f, "zlib %s\n", zlibVersion());
 }
 
-static void json_str(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
-        else fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
 void nbs_versions_json(FILE *f, int indent) {
     unsigned maj, min, rel;
     H5get_libversion(&maj, &min, &rel);
@@ -101,7 +92,7 @@ void nbs_versions_json(FILE *f, int indent) {
     fprintf(f, "{");
     for (int i = 0; i < 6; i++) {
         fprintf(f, "%s\n%*s\"%s\": ", i ? "," : "", indent + 2, "", names[i]);
-        json_str(f, vals[i]);
+        nbs_json_string(f, vals[i]);
     }
     fprintf(f, "\n%*s}", indent, "");
 }
@@ -238,21 +229,21 @@ static void write_body(const nbs_manifest *m, const nbs_config *c, FILE *f) {
     iso_time(m->start, t0, sizeof t0);
     iso_time(end, t1, sizeof t1);
     fprintf(f, "{\n  \"nbsphere_version\": ");
-    json_str(f, NBS_VERSION);
+    nbs_json_string(f, NBS_VERSION);
     fprintf(f, ",\n  \"command\": ");
-    json_str(f, m->command);
+    nbs_json_string(f, m->command);
     fprintf(f, ",\n  \"status\": ");
-    json_str(f, m->status);
+    nbs_json_string(f, m->status);
     if (m->message) {
         fprintf(f, ",\n  \"message\": ");
-        json_str(f, m->message);
+        nbs_json_string(f, m->message);
     }
     fprintf(f, ",\n  \"start_time\": \"%s\",\n  \"end_time\": \"%s\",\n  \"seed\": \"%llu\",\n",
             t0, t1, (unsigned long long)c->train.seed);
     fprintf(f, "  \"checksum_algorithm\": \"sha256\",\n  \"inputs\": [");
     for (int i = 0; i < m->n_inputs; i++) {
         fprintf(f, "%s\n    {\"path\": ", i ? "," : "");
-        json_str(f, m->inputs[i].path);
+        nbs_json_string(f, m->inputs[i].path);
         fprintf(f, ", \"bytes\": %lld, \"sha256\": \"%s\"}", (long long)m->inputs[i].size,
                 m->inputs[i].sha256);
     }
@@ -260,14 +251,14 @@ static void write_body(const nbs_manifest *m, const nbs_config *c, FILE *f) {
     double total = 0;
     for (int i = 0; i < m->n_stages; i++) {
         fprintf(f, "%s\n    {\"stage\": ", i ? "," : "");
-        json_str(f, m->stages[i].name);
+        nbs_json_string(f, m->stages[i].name);
         fprintf(f, ", \"seconds\": %.3f}", m->stages[i].seconds);
         total += m->stages[i].seconds;
     }
     fprintf(f, "%s],\n  \"total_seconds\": %.3f,\n  \"outputs\": [", m->n_stages ? "\n  " : "", total);
     for (int i = 0; i < m->n_outputs; i++) {
         fprintf(f, "%s", i ? ", " : "");
-        json_str(f, m->outputs[i]);
+        nbs_json_string(f, m->outputs[i]);
     }
     fprintf(f, "],\n  \"versions\": ");
     nbs_versions_json(f, 2);
@@ -278,14 +269,9 @@ static void write_body(const nbs_manifest *m, const nbs_config *c, FILE *f) {
 
 int nbs_manifest_write(const nbs_manifest *m, const nbs_config *c, const char *path, nbs_error *err) {
     char tmp[NBS_PATH_MAX];
-    nbs_io_tmp_name(path, tmp);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write the manifest: %s", tmp, strerror(errno));
+    FILE *f;
+    int st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
     write_body(m, c, f);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: writing the manifest failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
+    return nbs_io_atomic_close(f, tmp, path, err);
 }

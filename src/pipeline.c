@@ -1,7 +1,7 @@
 /* YAML pipeline -> nbs_config. One table describes every key (section, name, type, range,
- * enum words); loading, overrides, validation, the JSON dump and the tests all read it, so a
- * key cannot be parsed one way and documented another. libyaml's document API gives each node
- * its line and column for messages. */
+ * enum words); loading, overrides, validation, the writers of a configuration (pipeline_dump.c)
+ * and the tests all read it, so a key cannot be parsed one way and documented another.
+ * libyaml's document API gives each node its line and column for messages. */
 #include "nbsphere/pipeline.h"
 
 #include <errno.h>
@@ -13,28 +13,10 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
-#include <unistd.h>
 #include <yaml.h>
 
-typedef enum { K_INT, K_INT64, K_UINT64, K_DOUBLE, K_STRING, K_PATH, K_BOOL, K_ENUM, K_LAYERS } ktype;
-
-typedef struct {
-    const char *word;
-    int value;
-} enum_word;
-
-typedef struct {
-    const char *section; /* "" for top-level keys */
-    const char *key;
-    ktype type;
-    size_t off;    /* K_LAYERS: offset of the count, the array follows it */
-    size_t size;   /* bytes of the field (K_LAYERS: count and array) */
-    size_t align;
-    double lo, hi; /* inclusive range of numbers (K_LAYERS: of each width) */
-    int lo_open;   /* 1: lo itself is excluded */
-    const enum_word *words;
-    const char *expect; /* the expected form, for messages */
-} key_desc;
+#include "nbsphere/io.h"
+#include "pipeline_internal.h"
 
 /* Enums are stored through an int: the compiler must agree. */
 _Static_assert(sizeof(nbs_format) == sizeof(int), "enum size");
@@ -45,36 +27,7 @@ _Static_assert(offsetof(nbs_model_config, decoder_layers) ==
                    offsetof(nbs_model_config, n_decoder_layers) + sizeof(int),
                "layer widths follow their count");
 
-static const enum_word W_FORMAT[] = {{"auto", NBS_FMT_AUTO}, {"10x-h5", NBS_FMT_10X_H5},
-                                     {"h5ad", NBS_FMT_H5AD},  {"10x-mtx", NBS_FMT_10X_MTX},
-                                     {"mtx", NBS_FMT_MTX},    {"tsv", NBS_FMT_TSV},
-                                     {"csv", NBS_FMT_CSV},    {"loom", NBS_FMT_LOOM},
-                                     {NULL, 0}};
-static const enum_word W_ORIENT[] = {{"auto", NBS_ORIENT_AUTO},
-                                     {"cells_rows", NBS_ORIENT_CELLS_ROWS},
-                                     {"genes_rows", NBS_ORIENT_GENES_ROWS},
-                                     {NULL, 0}};
-static const enum_word W_NONINT[] = {
-    {"error", NBS_NONINT_ERROR}, {"round", NBS_NONINT_ROUND}, {"accept", NBS_NONINT_ACCEPT}, {NULL, 0}};
-static const enum_word W_LATENT[] = {{"gaussian", NBS_LATENT_GAUSSIAN},
-                                     {"vmf", NBS_LATENT_VMF},
-                                     {"power_spherical", NBS_LATENT_POWER_SPHERICAL},
-                                     {NULL, 0}};
-static const enum_word W_LIK[] = {
-    {"nb", NBS_LIK_NB}, {"zinb", NBS_LIK_ZINB}, {"poisson", NBS_LIK_POISSON}, {NULL, 0}};
-static const enum_word W_DISP[] = {{"gene", NBS_DISP_GENE}, {"gene_cell", NBS_DISP_GENE_CELL}, {NULL, 0}};
-static const enum_word W_DISP_INIT[] = {{"one", NBS_DISP_INIT_ONE}, {"lognormal", NBS_DISP_INIT_LOGNORMAL}, {NULL, 0}};
-static const enum_word W_NORM[] = {
-    {"none", NBS_NORM_NONE}, {"layer", NBS_NORM_LAYER}, {"batch", NBS_NORM_BATCH}, {NULL, 0}};
-static const enum_word W_TRANSFORM[] = {
-    {"log1p", NBS_INPUT_LOG1P}, {"log1p_cp10k", NBS_INPUT_LOG1P_CP10K}, {NULL, 0}};
-static const enum_word W_SCHED[] = {{"constant", NBS_SCHED_CONSTANT},
-                                    {"linear", NBS_SCHED_LINEAR},
-                                    {"sigmoid", NBS_SCHED_SIGMOID},
-                                    {"cyclical", NBS_SCHED_CYCLICAL},
-                                    {NULL, 0}};
-static const enum_word W_AUTO[] = {{"auto", NBS_AUTO}, {NULL, 0}}; /* integers that may be `auto` */
-static const enum_word W_PRESET[] = {{"", 0}, {"scvi", 1}, {"scphere", 2}, {NULL, 0}};
+static const nbs_enum_word W_AUTO[] = {{"auto", NBS_AUTO}, {NULL, 0}}; /* integers that may be `auto` */
 
 #define F(sec, field) offsetof(nbs_config, sec.field), sizeof(((nbs_config *)0)->sec.field), \
                       alignof(__typeof__(((nbs_config *)0)->sec.field))
@@ -82,20 +35,20 @@ static const enum_word W_PRESET[] = {{"", 0}, {"scvi", 1}, {"scphere", 2}, {NULL
     offsetof(nbs_config, model.n), sizeof(int) + sizeof(((nbs_config *)0)->model.arr), alignof(int)
 #define BIG 1e300
 
-static const key_desc KEYS[] = {
+static const nbs_key_desc KEYS[] = {
     {"", "preset", K_STRING, offsetof(nbs_config, preset), sizeof(((nbs_config *)0)->preset), 1,
-     0, 0, 0, W_PRESET, "one of scvi, scphere (applied before the file's own keys)"},
+     0, 0, 0, NULL, "one of scvi, scphere (applied before the file's own keys)"},
 
     {"input", "path", K_PATH, F(input, path), 0, 0, 0, NULL,
      "the path of a count matrix file or 10x folder"},
-    {"input", "format", K_ENUM, F(input, format), 0, 0, 0, W_FORMAT, NULL},
+    {"input", "format", K_ENUM, F(input, format), 0, 0, 0, nbs_format_words, NULL},
     {"input", "layer", K_STRING, F(input, layer), 0, 0, 0, NULL,
      "an h5ad layer name (\"\" = X, raw = raw/X) or a loom layer name (\"\" = /matrix)"},
     {"input", "genome", K_STRING, F(input, genome), 0, 0, 0, NULL, "a genome group name"},
     {"input", "feature_types", K_STRING, F(input, feature_types), 0, 0, 0, NULL,
      "all, or 10x feature types separated by commas, e.g. Gene Expression, Antibody Capture"},
-    {"input", "orientation", K_ENUM, F(input, orientation), 0, 0, 0, W_ORIENT, NULL},
-    {"input", "non_integer", K_ENUM, F(input, non_integer), 0, 0, 0, W_NONINT, NULL},
+    {"input", "orientation", K_ENUM, F(input, orientation), 0, 0, 0, nbs_orientation_words, NULL},
+    {"input", "non_integer", K_ENUM, F(input, non_integer), 0, 0, 0, nbs_non_integer_words, NULL},
     {"input", "labels_path", K_PATH, F(input, labels_path), 0, 0, 0, NULL,
      "the path of a labels table, or \"\""},
     {"input", "label_column", K_STRING, F(input, label_column), 0, 0, 0, NULL, "a column name"},
@@ -111,7 +64,7 @@ static const key_desc KEYS[] = {
     {"preprocess", "hvg_span", K_DOUBLE, F(preprocess, hvg_span), 0, 1, 1, NULL,
      "a number in (0, 1]"},
 
-    {"model", "latent", K_ENUM, F(model, latent), 0, 0, 0, W_LATENT, NULL},
+    {"model", "latent", K_ENUM, F(model, latent), 0, 0, 0, nbs_latent_words, NULL},
     {"model", "latent_dim", K_INT, F(model, latent_dim), 1, 1024, 0, NULL,
      "an integer from 1 to 1024 (2 or more for spherical latents)"},
     {"model", "encoder_layers", K_LAYERS, LAYERS(n_encoder_layers, encoder_layers), 1, 65536, 0,
@@ -120,11 +73,11 @@ static const key_desc KEYS[] = {
      NULL, "a list of 1 to 8 layer widths from 1 to 65536, e.g. [128]"},
     {"model", "dropout", K_DOUBLE, F(model, dropout), 0, 0.99, 0, NULL,
      "a number from 0 to 0.99"},
-    {"model", "norm", K_ENUM, F(model, norm), 0, 0, 0, W_NORM, NULL},
-    {"model", "likelihood", K_ENUM, F(model, likelihood), 0, 0, 0, W_LIK, NULL},
-    {"model", "dispersion", K_ENUM, F(model, dispersion), 0, 0, 0, W_DISP, NULL},
-    {"model", "dispersion_init", K_ENUM, F(model, dispersion_init), 0, 0, 0, W_DISP_INIT, NULL},
-    {"model", "input_transform", K_ENUM, F(model, input_transform), 0, 0, 0, W_TRANSFORM, NULL},
+    {"model", "norm", K_ENUM, F(model, norm), 0, 0, 0, nbs_norm_words, NULL},
+    {"model", "likelihood", K_ENUM, F(model, likelihood), 0, 0, 0, nbs_likelihood_words, NULL},
+    {"model", "dispersion", K_ENUM, F(model, dispersion), 0, 0, 0, nbs_dispersion_words, NULL},
+    {"model", "dispersion_init", K_ENUM, F(model, dispersion_init), 0, 0, 0, nbs_dispersion_init_words, NULL},
+    {"model", "input_transform", K_ENUM, F(model, input_transform), 0, 0, 0, nbs_input_transform_words, NULL},
     {"model", "kappa_floor", K_DOUBLE, F(model, kappa_floor), 0, 1e5, 0, NULL,
      "a number from 0 to 1e5"},
     {"model", "decoder_init_scale", K_DOUBLE, F(model, decoder_init_scale), 0, 1e3, 1, NULL,
@@ -146,7 +99,7 @@ static const key_desc KEYS[] = {
      "a number from 0 to 0.9"},
     {"train", "patience", K_INT, F(train, patience), 0, 1e6, 0, NULL,
      "an integer >= 0 (0 = no early stopping)"},
-    {"train", "schedule", K_ENUM, F(train, schedule), 0, 0, 0, W_SCHED, NULL},
+    {"train", "schedule", K_ENUM, F(train, schedule), 0, 0, 0, nbs_schedule_words, NULL},
     {"train", "beta", K_DOUBLE, F(train, beta), 0, 1e6, 0, NULL, "a number >= 0"},
     {"train", "warmup_epochs", K_INT, F(train, warmup_epochs), 0, 1e6, 0, W_AUTO,
      "an integer >= 0, or auto (half of the epochs)"},
@@ -186,8 +139,8 @@ static const key_desc KEYS[] = {
      "a non-empty obsm key, e.g. X_nbsphere"},
 };
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
-static const char *const SECTIONS[] = {"input", "preprocess", "model", "train", "diagnose", "output"};
-#define N_SECTIONS 6
+const char *const nbs_pipeline_sections[NBS_PIPELINE_N_SECTIONS] = {"input", "preprocess", "model",
+                                                                   "train", "diagnose", "output"};
 
 /* Where a value came from, for messages. */
 typedef struct {
@@ -221,10 +174,10 @@ static loc node_loc(const ctx *c, const yaml_node_t *node) {
     return l;
 }
 
-static const char *type_expect(const key_desc *k, char *buf, size_t n) {
+static const char *type_expect(const nbs_key_desc *k, char *buf, size_t n) {
     if (k->words && k->type != K_INT) {
         size_t used = (size_t)snprintf(buf, n, "one of ");
-        for (const enum_word *w = k->words; w->word && used < n; w++) {
+        for (const nbs_enum_word *w = k->words; w->word && used < n; w++) {
             if (!*w->word) continue;
             used += (size_t)snprintf(buf + used, n - used, "%s%s", w == k->words ? "" : ", ", w->word);
         }
@@ -236,9 +189,9 @@ static const char *type_expect(const key_desc *k, char *buf, size_t n) {
 }
 
 
-static int reject(ctx *c, const loc *l, nbs_status code, const key_desc *k, const char *fmt, ...)
+static int reject(ctx *c, const loc *l, nbs_status code, const nbs_key_desc *k, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
-static int reject(ctx *c, const loc *l, nbs_status code, const key_desc *k, const char *fmt, ...) {
+static int reject(ctx *c, const loc *l, nbs_status code, const nbs_key_desc *k, const char *fmt, ...) {
     char where[NBS_ORIGIN_MAX], what[1024], exp[512];
     fmt_loc(where, sizeof where, l);
     va_list ap;
@@ -266,7 +219,7 @@ static int parse_i64(const char *s, long long *out) {
     return 0;
 }
 
-static int parse_double(const char *s, double *out) {
+int nbs_pipeline_parse_double(const char *s, double *out) {
     if (!*s) return -1;
     char *end;
     errno = 0;
@@ -276,7 +229,7 @@ static int parse_double(const char *s, double *out) {
     return 0;
 }
 
-static int parse_bool(const char *s, int *out) {
+int nbs_pipeline_parse_bool(const char *s, int *out) {
     static const char *yes[] = {"true", "yes", "on", "1"}, *no[] = {"false", "no", "off", "0"};
     for (int i = 0; i < 4; i++) {
         if (!strcasecmp(s, yes[i])) return *out = 1, 0;
@@ -285,13 +238,13 @@ static int parse_bool(const char *s, int *out) {
     return -1;
 }
 
-static int in_range(const key_desc *k, double v) {
+static int in_range(const nbs_key_desc *k, double v) {
     return (k->lo_open ? v > k->lo : v >= k->lo) && v <= k->hi;
 }
 
-static void *field(nbs_config *cfg, const key_desc *k) { return (char *)cfg + k->off; }
+static void *field(nbs_config *cfg, const nbs_key_desc *k) { return (char *)cfg + k->off; }
 
-static int resolve_path(ctx *c, const key_desc *k, const loc *l, const char *text, char *out) {
+static int resolve_path(ctx *c, const nbs_key_desc *k, const loc *l, const char *text, char *out) {
     int n;
     if (*text && text[0] != '/' && l->file && c->base_dir && *c->base_dir)
         n = snprintf(out, NBS_PATH_MAX, "%s/%s", c->base_dir, text);
@@ -310,7 +263,7 @@ static int resolve_path(ctx *c, const key_desc *k, const loc *l, const char *tex
 }
 
 static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
-    const key_desc *k = &KEYS[ki];
+    const nbs_key_desc *k = &KEYS[ki];
     nbs_config *cfg = &c->p->config;
     long long iv;
     double dv;
@@ -318,7 +271,7 @@ static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
     switch (k->type) {
     case K_INT:
     case K_INT64:
-        for (const enum_word *w = k->type == K_INT ? k->words : NULL; w && w->word; w++) /* e.g. auto */
+        for (const nbs_enum_word *w = k->type == K_INT ? k->words : NULL; w && w->word; w++) /* e.g. auto */
             if (!strcmp(w->word, text)) {
                 *(int *)field(cfg, k) = w->value;
                 return NBS_OK;
@@ -339,16 +292,16 @@ static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
         break;
     }
     case K_DOUBLE:
-        if (parse_double(text, &dv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not a number", text);
+        if (nbs_pipeline_parse_double(text, &dv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not a number", text);
         if (!in_range(k, dv)) return reject(c, l, NBS_ERR_USAGE, k, "%s is out of range", text);
         *(double *)field(cfg, k) = dv;
         break;
     case K_BOOL:
-        if (parse_bool(text, &bv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not a boolean", text);
+        if (nbs_pipeline_parse_bool(text, &bv)) return reject(c, l, NBS_ERR_USAGE, k, "'%s' is not a boolean", text);
         *(int *)field(cfg, k) = bv;
         break;
     case K_ENUM:
-        for (const enum_word *w = k->words; w->word; w++)
+        for (const nbs_enum_word *w = k->words; w->word; w++)
             if (!strcmp(w->word, text)) {
                 *(int *)field(cfg, k) = w->value;
                 return NBS_OK;
@@ -359,8 +312,8 @@ static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
             return reject(c, l, NBS_ERR_USAGE, k, "longer than %zu characters", k->size - 1);
         if (k->off == offsetof(nbs_config, output.embedding_key) && !*text)
             return reject(c, l, NBS_ERR_USAGE, k, "empty");
-        if (k->words) { /* the preset: applied now, so the file's keys land on top of it */
-            int st = nbs_pipeline_apply_preset(cfg, text, NULL);
+        if (k->off == offsetof(nbs_config, preset)) { /* applied now: the file's keys land on top of it */
+            int st = nbs_config_apply_preset(cfg, text, NULL);
             if (st) return reject(c, l, NBS_ERR_USAGE, k, "unknown preset '%s'", text);
         }
         strcpy((char *)field(cfg, k), text);
@@ -379,7 +332,7 @@ static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
 }
 
 static int set_layers(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, const loc *l) {
-    const key_desc *k = &KEYS[ki];
+    const nbs_key_desc *k = &KEYS[ki];
     if (node->type != YAML_SEQUENCE_NODE) return reject(c, l, NBS_ERR_USAGE, k, "not a list");
     int n = (int)(node->data.sequence.items.top - node->data.sequence.items.start);
     if (n < 1 || n > NBS_MAX_LAYERS)
@@ -481,15 +434,15 @@ static int walk_root(ctx *c, yaml_node_t *root) {
             if (st) return st;
         }
     }
-    int seen[N_SECTIONS] = {0};
+    int seen[NBS_PIPELINE_N_SECTIONS] = {0};
     for (yaml_node_pair_t *pr = start; pr < top; pr++) {
         yaml_node_t *kn = yaml_document_get_node(c->doc, pr->key);
         const char *name = scalar(kn);
         loc l = node_loc(c, kn);
         if (name && !strcmp(name, "preset")) continue;
         int s = -1;
-        for (int i = 0; name && i < N_SECTIONS; i++)
-            if (!strcmp(name, SECTIONS[i])) s = i;
+        for (int i = 0; name && i < NBS_PIPELINE_N_SECTIONS; i++)
+            if (!strcmp(name, nbs_pipeline_sections[i])) s = i;
         if (s < 0)
             return reject(c, &l, NBS_ERR_USAGE, NULL,
                           "unknown section '%s'; expected one of: preset, input, preprocess, model, "
@@ -534,7 +487,8 @@ static int apply_set(ctx *c, const char *assignment) {
     if (ki < 0) {
         char keys[1024];
         int known_section = 0;
-        for (int i = 0; i < N_SECTIONS; i++) known_section |= dot && !strcmp(key, SECTIONS[i]);
+        for (int i = 0; i < NBS_PIPELINE_N_SECTIONS; i++)
+            known_section |= dot && !strcmp(key, nbs_pipeline_sections[i]);
         if (known_section) {
             section_keys_list(key, keys, sizeof keys);
             return reject(c, &l, NBS_ERR_USAGE, NULL,
@@ -697,115 +651,29 @@ int nbs_pipeline_set(nbs_pipeline *p, const char *assignment, nbs_error *err) {
     return NBS_OK;
 }
 
-static void set_layers_of(int *count, const int *w, int n) {
-    *count = n;
-    memset(count + 1, 0, sizeof(int) * NBS_MAX_LAYERS);
-    memcpy(count + 1, w, sizeof(int) * (size_t)n);
-}
-
-int nbs_pipeline_apply_preset(nbs_config *c, const char *name, nbs_error *err) {
-    nbs_model_config *m = &c->model;
-    nbs_train_config *t = &c->train;
-    if (!strcmp(name, "scvi")) {
-        /* scvi-tools 1.x SCVI/TrainingPlan defaults: n_hidden 128, n_layers 1, n_latent 10,
-         * dropout 0.1, batch norm (eps 1e-3, momentum 0.01), gene dispersion starting at
-         * log theta ~ N(0, 1), NB, log1p input, Adam lr 1e-3 with weight
-         * decay 1e-6 and eps 0.01, batch 128, KL warm-up over n_epochs_kl_warmup = 400, max 400 epochs. */
-        m->latent = NBS_LATENT_GAUSSIAN;
-        m->latent_dim = 10;
-        set_layers_of(&m->n_encoder_layers, (const int[]){128}, 1);
-        set_layers_of(&m->n_decoder_layers, (const int[]){128}, 1);
-        m->dropout = 0.1;
-        m->norm = NBS_NORM_BATCH;
-        m->likelihood = NBS_LIK_NB;
-        m->dispersion = NBS_DISP_GENE;
-        m->dispersion_init = NBS_DISP_INIT_LOGNORMAL;
-        m->input_transform = NBS_INPUT_LOG1P;
-        t->batch_size = 128;
-        t->learning_rate = 1e-3;
-        t->weight_decay = 1e-6;
-        t->adam_eps = 0.01;
-        t->schedule = NBS_SCHED_LINEAR;
-        t->beta = 1.0;
-        t->epochs = 400;
-        t->warmup_epochs = 400;
-        t->warmup_steps = 0;
-        t->validation_fraction = 0.1;
-    } else if (!strcmp(name, "scphere")) {
-        /* scPhere (Ding & Regev 2021) demo: vMF latent with z_dim = 2, i.e. S^2 in R^3,
-         * encoder [128, 64, 32], decoder [32, 128], NB, minibatch 128, lr 1e-3, 250 epochs,
-         * no KL annealing. */
-        m->latent = NBS_LATENT_VMF;
-        m->latent_dim = 3;
-        set_layers_of(&m->n_encoder_layers, (const int[]){128, 64, 32}, 3);
-        set_layers_of(&m->n_decoder_layers, (const int[]){32, 128}, 2);
-        m->dropout = 0;
-        m->norm = NBS_NORM_NONE;
-        m->likelihood = NBS_LIK_NB;
-        m->dispersion = NBS_DISP_GENE;
-        t->batch_size = 128;
-        t->learning_rate = 1e-3;
-        t->epochs = 250;
-        t->schedule = NBS_SCHED_CONSTANT;
-        t->beta = 1.0;
-    } else if (*name) {
-        return nbs_error_set(err, NBS_ERR_USAGE, "unknown preset '%s'; expected scvi or scphere", name);
-    }
-    snprintf(c->preset, sizeof c->preset, "%s", name);
-    return NBS_OK;
-}
-
-static int mkdir_p(const char *dir, char *failed) {
-    char buf[NBS_PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *s = buf + 1;; s++) {
-        if (*s == '/' || *s == '\0') {
-            char keep = *s;
-            *s = '\0';
-            if (mkdir(buf, 0777) != 0 && errno != EEXIST) {
-                strcpy(failed, buf);
-                return -1;
-            }
-            struct stat st;
-            if (stat(buf, &st) != 0 || !S_ISDIR(st.st_mode)) {
-                if (errno == 0 || !S_ISDIR(st.st_mode)) errno = ENOTDIR;
-                strcpy(failed, buf);
-                return -1;
-            }
-            *s = keep;
-            if (!keep) break;
-        }
-    }
-    return 0;
-}
-
 int nbs_pipeline_prepare_output(const nbs_pipeline *p, nbs_error *err) {
     const char *dir = p->config.output.dir;
     const char *origin = p->output_origin[0] ? p->output_origin : "default";
     char failed[NBS_PATH_MAX];
     if (!*dir)
         return nbs_error_set(err, NBS_ERR_USAGE, "%s: output.dir is empty; expected a folder path", origin);
-    if (mkdir_p(dir, failed) != 0)
+    const int r = nbs_io_make_writable_dir(dir, failed);
+    if (r == -1)
         return nbs_error_set(err, NBS_ERR_IO,
                              "%s: output.dir '%s': cannot create '%s' (%s); expected a folder you "
                              "can write to (change output.dir or pass --out DIR)",
                              origin, dir, failed, strerror(errno));
-    char probe[NBS_PATH_MAX + 64];
-    snprintf(probe, sizeof probe, "%s/.nbsphere_probe.%ld", dir, (long)getpid());
-    FILE *f = fopen(probe, "wb");
-    int ok = f && fputs("probe\n", f) >= 0;
-    int e = errno;
-    if (f && fclose(f) != 0) ok = 0, e = errno;
-    remove(probe);
-    if (!ok)
+    if (r == -2)
         return nbs_error_set(err, NBS_ERR_IO,
                              "%s: output.dir '%s' is not writable (%s); expected a folder you can "
                              "write to (change output.dir or pass --out DIR)",
-                             origin, dir, strerror(e));
+                             origin, dir, strerror(errno));
     return NBS_OK;
 }
 
 int nbs_pipeline_n_keys(void) { return N_KEYS; }
+
+const nbs_key_desc *nbs_pipeline_key(int i) { return &KEYS[i]; }
 
 static char name_buf[N_KEYS][NBS_NAME_MAX];
 const char *nbs_pipeline_key_name(int i) {
@@ -822,160 +690,3 @@ void nbs_pipeline_key_span(int i, size_t *offset, size_t *size, size_t *align) {
     *align = KEYS[i].align;
 }
 
-static const char *word_of(const enum_word *w, int v) {
-    for (; w->word; w++)
-        if (w->value == v) return w->word;
-    return "?";
-}
-
-const char *nbs_latent_word(nbs_latent_kind k) { return word_of(W_LATENT, (int)k); }
-
-static int format_key(const nbs_config *cfg, const key_desc *k, char *buf, size_t n) {
-    const void *f = (const char *)cfg + k->off;
-    switch (k->type) {
-    case K_INT:
-        for (const enum_word *w = k->words; w && w->word; w++)
-            if (w->value == *(const int *)f) return snprintf(buf, n, "%s", w->word);
-        return snprintf(buf, n, "%d", *(const int *)f);
-    case K_INT64: return snprintf(buf, n, "%lld", (long long)*(const int64_t *)f);
-    case K_UINT64: return snprintf(buf, n, "%llu", (unsigned long long)*(const uint64_t *)f);
-    case K_DOUBLE: { /* the shortest form that reads back exactly: 0.3, not 0.29999999999999999 */
-        double v = *(const double *)f;
-        for (int prec = 6; prec < 17; prec++) {
-            int r = snprintf(buf, n, "%.*g", prec, v);
-            if (strtod(buf, NULL) == v) return r;
-        }
-        return snprintf(buf, n, "%.17g", v);
-    }
-    case K_BOOL: return snprintf(buf, n, "%s", *(const int *)f ? "true" : "false");
-    case K_ENUM: return snprintf(buf, n, "%s", word_of(k->words, *(const int *)f));
-    case K_STRING:
-    case K_PATH: return snprintf(buf, n, "%s", (const char *)f);
-    case K_LAYERS: {
-        const int *c = f;
-        size_t used = (size_t)snprintf(buf, n, "[");
-        for (int i = 0; i < *c && used < n; i++)
-            used += (size_t)snprintf(buf + used, n - used, "%s%d", i ? ", " : "", c[1 + i]);
-        if (used < n) used += (size_t)snprintf(buf + used, n - used, "]");
-        return (int)used;
-    }
-    }
-    return -1;
-}
-
-int nbs_pipeline_format_value(const nbs_config *c, const char *key, char *buf, size_t n) {
-    for (int i = 0; i < N_KEYS; i++)
-        if (!strcmp(nbs_pipeline_key_name(i), key)) return format_key(c, &KEYS[i], buf, n) < 0 ? -1 : 0;
-    return -1;
-}
-
-static void json_string(FILE *f, const char *s) {
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
-        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
-        else fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
-void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent) {
-    char buf[NBS_PATH_MAX + 64];
-    fprintf(f, "{\n%*s\"source\": ", indent + 2, "");
-    json_string(f, c->source);
-    fprintf(f, ",\n%*s\"preset\": ", indent + 2, "");
-    json_string(f, c->preset);
-    for (int s = 0; s < N_SECTIONS; s++) {
-        fprintf(f, ",\n%*s\"%s\": {", indent + 2, "", SECTIONS[s]);
-        int first = 1;
-        for (int i = 0; i < N_KEYS; i++) {
-            const key_desc *k = &KEYS[i];
-            if (strcmp(k->section, SECTIONS[s])) continue;
-            fprintf(f, "%s\n%*s\"%s\": ", first ? "" : ",", indent + 4, "", k->key);
-            first = 0;
-            format_key(c, k, buf, sizeof buf);
-            if (k->type == K_STRING || k->type == K_PATH || k->type == K_ENUM || k->type == K_UINT64)
-                json_string(f, buf); /* uint64 seeds exceed a double's exact range */
-            else
-                fputs(buf, f);
-        }
-        fprintf(f, "\n%*s}", indent + 2, "");
-    }
-    fprintf(f, "\n%*s}", indent, "");
-}
-
-/* YAML scalar that reads back as the same string: quoted unless plainly safe. */
-static void yaml_scalar(FILE *f, const char *s) {
-    int plain = *s && !strchr("-?:,[]{}#&*!|>'\"%@` ", s[0]);
-    for (const char *p = s; *p && plain; p++)
-        if (strchr(":#\"'\\\t\n", *p) || (unsigned char)*p < 0x20) plain = 0;
-    if (plain && s[strlen(s) - 1] == ' ') plain = 0;
-    if (plain) {
-        double d;
-        int b;
-        /* a string that YAML or our parser would read as a number, bool or null stays quoted */
-        if (!parse_double(s, &d) || !parse_bool(s, &b) || !strcmp(s, "null") || !strcmp(s, "~")) plain = 0;
-    }
-    if (plain) {
-        fputs(s, f);
-        return;
-    }
-    fputc('"', f);
-    for (; *s; s++) {
-        if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
-        else if ((unsigned char)*s < 0x20) fprintf(f, "\\x%02x", (unsigned char)*s);
-        else fputc(*s, f);
-    }
-    fputc('"', f);
-}
-
-void nbs_pipeline_print_yaml(const nbs_config *c, FILE *f) {
-    char buf[NBS_PATH_MAX + 64];
-    fprintf(f, "# The resolved configuration of an nbsphere run; `nbsphere run` on this file repeats it.\n");
-    fprintf(f, "# Source pipeline: %s\npreset: \"\"  # already applied below\n", c->source);
-    for (int s = 0; s < N_SECTIONS; s++) {
-        fprintf(f, "\n%s:\n", SECTIONS[s]);
-        for (int i = 0; i < N_KEYS; i++) {
-            const key_desc *k = &KEYS[i];
-            if (strcmp(k->section, SECTIONS[s])) continue;
-            fprintf(f, "  %s: ", k->key);
-            if (k->type == K_PATH) {
-                const char *v = (const char *)c + k->off;
-                char abs[NBS_PATH_MAX];
-                if (*v && v[0] != '/' && realpath(v, abs)) v = abs;
-                else if (*v && v[0] != '/' && getcwd(abs, sizeof abs) &&
-                         strlen(abs) + strlen(v) + 2 < sizeof buf) {
-                    snprintf(buf, sizeof buf, "%s/%s", abs, v);
-                    v = buf;
-                }
-                yaml_scalar(f, v);
-            } else if (k->type == K_STRING) {
-                yaml_scalar(f, (const char *)c + k->off);
-            } else {
-                format_key(c, k, buf, sizeof buf);
-                fputs(buf, f);
-            }
-            fputc('\n', f);
-        }
-    }
-}
-
-int nbs_pipeline_write_yaml(const nbs_config *c, const char *path, nbs_error *err) {
-    char tmp[NBS_PATH_MAX + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
-    nbs_pipeline_print_yaml(c, f);
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: cannot move into place: %s", path, strerror(e));
-    }
-    return NBS_OK;
-}

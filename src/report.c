@@ -1,37 +1,15 @@
-/* The collapse report: JSON for programs, TSV for spreadsheets, and one HTML page for people.
- * Every file is built in memory (nbs_svg_buf) and written in one go through a temporary name,
- * so an error half-way leaves no file behind. Plot geometry lives in svg.c; this file decides
- * what to show and says in captions what a good model looks like. */
-#include "nbsphere/report.h"
-
-#include <gsl/gsl_eigen.h>
-#include <gsl/gsl_matrix.h>
-#include <gsl/gsl_vector.h>
+/* The collapse report's files for programs and spreadsheets: collapse_report.json and
+ * collapse_dimensions.tsv, each written through a temporary name (io.h). The HTML page is
+ * report_html.c; what both share (the input's checks, the epoch a dimension collapsed) is here. */
 #include <math.h>
 #include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "nbsphere/io.h"
-#include "nbsphere/manifest.h"
-#include "nbsphere/pipeline.h"
-#include "nbsphere/svg.h"
+#include "nbsphere/json.h"
+#include "nbsphere/version.h"
+#include "report_internal.h"
 
-#define MAX_POINTS 5000
-#define MAX_HEAT_COLUMNS 150
-#define MAX_COLOURED 20      /* categories with their own colour; the rest are drawn grey */
-#define NUMERIC_AS_CATEGORY 30
-
-static const char *COL_ACTIVE = "#1f77b4", *COL_INCONSISTENT = "#ff7f0e",
-                  *COL_COLLAPSED = "#9e9e9e", *COL_UNLABELLED = "#c8c8c8";
-
-static int sphere(const nbs_collapse_report *r) { return r->latent != NBS_LATENT_GAUSSIAN; }
-static int has_track(const nbs_report_input *in) {
-    return in->track && in->track->n > 0 && in->track->d == in->report->d;
-}
-static int has_log(const nbs_report_input *in) { return in->log && in->log->n > 0; }
-
-static int check_input(const char *path, const nbs_report_input *in, nbs_error *err) {
+int nbs_report_check_input(const char *path, const nbs_report_input *in, nbs_error *err) {
     if (!in || !in->report)
         return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: no collapse report to write (bug)", path);
     const nbs_collapse_report *r = in->report;
@@ -46,36 +24,21 @@ static int check_input(const char *path, const nbs_report_input *in, nbs_error *
     return NBS_OK;
 }
 
-static int write_buf(const char *path, nbs_svg_buf *b, nbs_error *err) {
-    if (b->failed)
-        return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory while composing the file", path);
-    char tmp[NBS_PATH_MAX + 32];
-    nbs_io_tmp_name(path, tmp);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create the file (does the folder exist "
-                             "and is it writable?)", tmp);
-    size_t w = b->len ? fwrite(b->s, 1, b->len, f) : 0;
-    if ((w != b->len) | ferror(f) | (fclose(f) != 0)) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
-}
-
 /* The measure that says whether the encoder sends information through dimension j, and its
  * threshold: KL_j for the Gaussian, activity on the sphere (where the KL does not split). */
 static double sends_value(const nbs_collapse_report *r, const double *kl, const double *act, int j) {
-    return sphere(r) ? act[j] : kl[j];
+    return nbs_report_is_sphere(r) ? act[j] : kl[j];
 }
-static double sends_tau(const nbs_collapse_report *r) { return sphere(r) ? r->tau_activity : r->tau_kl; }
+static double sends_tau(const nbs_collapse_report *r) {
+    return nbs_report_is_sphere(r) ? r->tau_activity : r->tau_kl;
+}
 
 /* The moment of posterior collapse: the first tracked epoch from which the encoder sent nothing
  * through dimension j (below its threshold) to the end of the track, whatever the decoder still
  * does (its weights outlive the information, so its sensitivity falls later, if ever); -1 if the
  * encoder still sent at the last tracked epoch, or there is no track. */
-static int collapsed_since(const nbs_report_input *in, int j) {
-    if (!has_track(in)) return -1;
+int nbs_report_collapsed_since(const nbs_report_input *in, int j) {
+    if (!nbs_report_has_track(in)) return -1;
     const nbs_diagnose_track *t = in->track;
     const nbs_collapse_report *r = in->report;
     int since = -1;
@@ -88,1114 +51,228 @@ static int collapsed_since(const nbs_report_input *in, int j) {
     return since;
 }
 
-static const char *verdict_class(nbs_model_verdict v) {
-    return v == NBS_MODEL_HEALTHY ? "healthy" : v == NBS_MODEL_PARTIAL ? "partial" : "collapsed";
+typedef void (*report_body)(FILE *f, const nbs_report_input *in);
+
+/* Checks the input, then writes the body through a temporary name. */
+static int write_report(const char *path, const nbs_report_input *in, report_body body, nbs_error *err) {
+    char tmp[NBS_PATH_MAX];
+    FILE *f;
+    int st = nbs_report_check_input(path, in, err);
+    if (!st) st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
+    body(f, in);
+    return nbs_io_atomic_close(f, tmp, path, err);
 }
 
 /* ------------------------------------------------------------------ JSON */
 
-static void json_key(nbs_svg_buf *b, int indent, const char *key) {
-    nbs_svg_buf_printf(b, "%*s\"%s\": ", indent, "", key);
-}
-
-static void json_num_array(nbs_svg_buf *b, const double *v, int n, int64_t stride) {
-    nbs_svg_buf_printf(b, "[");
+static void json_num_array(FILE *f, const double *v, int n, int64_t stride) {
+    fprintf(f, "[");
     for (int i = 0; i < n; i++) {
-        if (i) nbs_svg_buf_printf(b, ", ");
-        nbs_svg_buf_json_number(b, v[(int64_t)i * stride]);
+        if (i) fprintf(f, ", ");
+        nbs_json_number(f, v[(int64_t)i * stride], 9);
     }
-    nbs_svg_buf_printf(b, "]");
+    fprintf(f, "]");
 }
 
-static void json_int_array(nbs_svg_buf *b, const int *v, int n) {
-    nbs_svg_buf_printf(b, "[");
-    for (int i = 0; i < n; i++) nbs_svg_buf_printf(b, "%s%d", i ? ", " : "", v[i]);
-    nbs_svg_buf_printf(b, "]");
+static void json_int_array(FILE *f, const int *v, int n) {
+    fprintf(f, "[");
+    for (int i = 0; i < n; i++) fprintf(f, "%s%d", i ? ", " : "", v[i]);
+    fprintf(f, "]");
 }
 
-static void json_tracking(nbs_svg_buf *b, const nbs_report_input *in) {
-    if (!has_track(in)) {
-        nbs_svg_buf_printf(b, "null");
+static void json_tracking(FILE *f, const nbs_report_input *in) {
+    if (!nbs_report_has_track(in)) {
+        fprintf(f, "null");
         return;
     }
     const nbs_diagnose_track *t = in->track;
-    nbs_svg_buf_printf(b, "{\n");
-    json_key(b, 4, "epochs");
-    json_int_array(b, t->epoch, t->n);
-    nbs_svg_buf_printf(b, ",\n");
-    json_key(b, 4, "active");
-    json_int_array(b, t->n_active, t->n);
-    nbs_svg_buf_printf(b, ",\n");
-    json_key(b, 4, "collapsed");
-    json_int_array(b, t->n_collapsed, t->n);
-    nbs_svg_buf_printf(b, ",\n");
-    json_key(b, 4, "mutual_information");
-    json_num_array(b, t->mi, t->n, 1);
-    nbs_svg_buf_printf(b, ",\n");
-    json_key(b, 4, "kl");
-    nbs_svg_buf_printf(b, "[");
+    fprintf(f, "{\n");
+    nbs_json_key(f, 4, "epochs");
+    json_int_array(f, t->epoch, t->n);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "active");
+    json_int_array(f, t->n_active, t->n);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "collapsed");
+    json_int_array(f, t->n_collapsed, t->n);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "mutual_information");
+    json_num_array(f, t->mi, t->n, 1);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "kl");
+    fprintf(f, "[");
     for (int i = 0; i < t->n; i++) {
-        nbs_svg_buf_printf(b, "%s\n      ", i ? "," : "");
-        json_num_array(b, t->kl + (int64_t)i * t->d, t->d, 1);
+        fprintf(f, "%s\n      ", i ? "," : "");
+        json_num_array(f, t->kl + (int64_t)i * t->d, t->d, 1);
     }
-    nbs_svg_buf_printf(b, "\n    ]\n  }");
+    fprintf(f, "\n    ]\n  }");
 }
 
 /* What the training log shows (nbs_train_log_health); null without a log. */
-static void json_training(nbs_svg_buf *b, const nbs_report_input *in) {
-    if (!has_log(in)) {
-        nbs_svg_buf_printf(b, "null");
+static void json_training(FILE *f, const nbs_report_input *in) {
+    if (!nbs_report_has_log(in)) {
+        fprintf(f, "null");
         return;
     }
     nbs_train_health th;
     nbs_train_log_health(in->log, &th);
-    nbs_svg_buf_printf(b, "{\"unstable\": %s, \"overfits\": %s, \"first_over_last_loss\": ",
+    fprintf(f, "{\"unstable\": %s, \"overfits\": %s, \"first_over_last_loss\": ",
                        th.unstable ? "true" : "false", th.overfits ? "true" : "false");
-    nbs_svg_buf_json_number(b, th.first_over_last);
-    nbs_svg_buf_printf(b, ", \"largest_loss_jump\": ");
-    nbs_svg_buf_json_number(b, th.largest_jump);
-    nbs_svg_buf_printf(b, ", \"largest_loss_jump_epoch\": %d, \"best_validation_epoch\": ", th.jump_epoch);
-    if (th.best_val_epoch) nbs_svg_buf_printf(b, "%d", th.best_val_epoch);
-    else nbs_svg_buf_printf(b, "null");
-    nbs_svg_buf_printf(b, ", \"epochs_since_best_validation\": %d, \"message\": ", th.val_worse_epochs);
-    nbs_svg_buf_json_string(b, th.message[0] ? th.message : NULL);
-    nbs_svg_buf_printf(b, "}");
+    nbs_json_number(f, th.first_over_last, 9);
+    fprintf(f, ", \"largest_loss_jump\": ");
+    nbs_json_number(f, th.largest_jump, 9);
+    fprintf(f, ", \"largest_loss_jump_epoch\": %d, \"best_validation_epoch\": ", th.jump_epoch);
+    if (th.best_val_epoch) fprintf(f, "%d", th.best_val_epoch);
+    else fprintf(f, "null");
+    fprintf(f, ", \"epochs_since_best_validation\": %d, \"message\": ", th.val_worse_epochs);
+    nbs_json_string(f, th.message[0] ? th.message : NULL);
+    fprintf(f, "}");
+}
+
+static void json_body(FILE *f, const nbs_report_input *in) {
+    const nbs_collapse_report *r = in->report;
+    fprintf(f, "{\n");
+    nbs_json_key(f, 2, "nbsphere_version");
+    nbs_json_string(f, NBS_VERSION);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "title");
+    nbs_json_string(f, in->title);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "latent");
+    nbs_json_string(f, nbs_latent_word(r->latent));
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "latent_dim");
+    fprintf(f, "%d,\n", r->d);
+    nbs_json_key(f, 2, "cells");
+    fprintf(f, "%lld,\n", (long long)in->n_cells);
+    nbs_json_key(f, 2, "diagnosed_cells");
+    fprintf(f, "%lld,\n", (long long)r->n_cells);
+    nbs_json_key(f, 2, "thresholds");
+    fprintf(f, "{\"tau_kl\": ");
+    nbs_json_number(f, r->tau_kl, 9);
+    fprintf(f, ", \"tau_sensitivity\": ");
+    nbs_json_number(f, r->tau_sensitivity, 9);
+    fprintf(f, ", \"tau_activity\": ");
+    nbs_json_number(f, r->tau_activity, 9);
+    fprintf(f, ", \"tau_decoder_nats\": ");
+    nbs_json_number(f, r->tau_decoder_nats, 9);
+    fprintf(f, ", \"tau_decoder_relative\": ");
+    nbs_json_number(f, r->tau_decoder_relative, 9);
+    fprintf(f, "},\n");
+    nbs_json_key(f, 2, "verdict");
+    nbs_json_string(f, nbs_model_verdict_word(r->model));
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "summary");
+    nbs_json_string(f, r->summary);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "remedies");
+    nbs_json_string(f, r->remedies);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "total_kl");
+    nbs_json_number(f, r->kl_total, 9);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "mutual_information");
+    fprintf(f, "{\"nats\": ");
+    nbs_json_number(f, r->mi, 9);
+    fprintf(f, ", \"batch\": %d, \"estimator\": ", r->mi_batch);
+    nbs_json_string(f, nbs_report_is_sphere(r) ? NULL
+                                               : "minibatch aggregate posterior (He et al. 2019); biased "
+                                                 "low by at most log(batch)");
+    fprintf(f, "},\n");
+    nbs_json_key(f, 2, "reconstruction_gain");
+    nbs_json_number(f, r->recon_gain, 9);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "reconstruction_gain_se");
+    nbs_json_number(f, r->recon_gain_se, 9);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "decoder_uses_z");
+    fprintf(f, "%s,\n", r->z_unused ? "false" : "true");
+    nbs_json_key(f, 2, "active_units");
+    fprintf(f, "%d,\n", r->n_active);
+    nbs_json_key(f, 2, "collapsed_units");
+    fprintf(f, "%d,\n", r->n_collapsed);
+    nbs_json_key(f, 2, "inconsistent_units");
+    fprintf(f, "%d,\n", r->n_inconsistent);
+    nbs_json_key(f, 2, "inactive_units");
+    fprintf(f, "%d,\n", r->n_inactive_units);
+    if (nbs_report_is_sphere(r)) {
+        static const char *qn[5] = {"p05", "p25", "p50", "p75", "p95"};
+        nbs_json_key(f, 2, "kappa_quantiles");
+        fprintf(f, "{");
+        for (int q = 0; q < 5; q++) {
+            fprintf(f, "%s\"%s\": ", q ? ", " : "", qn[q]);
+            nbs_json_number(f, r->kappa_q[q], 9);
+        }
+        fprintf(f, "},\n");
+    }
+    if (isfinite(in->knn_embedding) || isfinite(in->knn_pca)) {
+        nbs_json_key(f, 2, "quality");
+        fprintf(f, "{\"knn_k\": %d, \"label_column\": ", in->knn_k);
+        nbs_json_string(f, in->label_column);
+        fprintf(f, ", \"embedding\": ");
+        nbs_json_number(f, in->knn_embedding, 9);
+        fprintf(f, ", \"pca\": ");
+        nbs_json_number(f, in->knn_pca, 9);
+        fprintf(f, "},\n");
+    }
+    nbs_json_key(f, 2, "dimensions");
+    fprintf(f, "[");
+    for (int j = 0; j < r->d; j++) {
+        fprintf(f, "%s\n    {\"dim\": %d, \"kl\": ", j ? "," : "", j + 1);
+        nbs_json_number(f, nbs_report_is_sphere(r) ? NAN : r->kl[j], 9);
+        fprintf(f, ", \"activity\": ");
+        nbs_json_number(f, r->activity[j], 9);
+        fprintf(f, ", \"sensitivity_weight\": ");
+        nbs_json_number(f, r->sens_weight[j], 9);
+        fprintf(f, ", \"sensitivity_jacobian\": ");
+        nbs_json_number(f, r->sens_jacobian[j], 9);
+        fprintf(f, ", \"decoder_nats\": ");
+        nbs_json_number(f, r->decoder_nats[j], 9);
+        fprintf(f, ", \"verdict\": ");
+        nbs_json_string(f, nbs_dim_verdict_word(r->verdict[j]));
+        int since = nbs_report_collapsed_since(in, j);
+        if (since >= 0) fprintf(f, ", \"collapsed_since_epoch\": %d}", since);
+        else fprintf(f, ", \"collapsed_since_epoch\": null}");
+    }
+    fprintf(f, "%s],\n", r->d ? "\n  " : "");
+    nbs_json_key(f, 2, "training");
+    json_training(f, in);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "tracking");
+    json_tracking(f, in);
+    fprintf(f, "\n}\n");
 }
 
 int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_error *err) {
-    int st = check_input(path, in, err);
-    if (st) return st;
-    const nbs_collapse_report *r = in->report;
-    nbs_svg_buf b;
-    nbs_svg_buf_init(&b);
-    nbs_svg_buf_printf(&b, "{\n");
-    json_key(&b, 2, "nbsphere_version");
-    nbs_svg_buf_json_string(&b, NBS_VERSION);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "title");
-    nbs_svg_buf_json_string(&b, in->title);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "latent");
-    nbs_svg_buf_json_string(&b, nbs_latent_word(r->latent));
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "latent_dim");
-    nbs_svg_buf_printf(&b, "%d,\n", r->d);
-    json_key(&b, 2, "cells");
-    nbs_svg_buf_printf(&b, "%lld,\n", (long long)in->n_cells);
-    json_key(&b, 2, "diagnosed_cells");
-    nbs_svg_buf_printf(&b, "%lld,\n", (long long)r->n_cells);
-    json_key(&b, 2, "thresholds");
-    nbs_svg_buf_printf(&b, "{\"tau_kl\": ");
-    nbs_svg_buf_json_number(&b, r->tau_kl);
-    nbs_svg_buf_printf(&b, ", \"tau_sensitivity\": ");
-    nbs_svg_buf_json_number(&b, r->tau_sensitivity);
-    nbs_svg_buf_printf(&b, ", \"tau_activity\": ");
-    nbs_svg_buf_json_number(&b, r->tau_activity);
-    nbs_svg_buf_printf(&b, ", \"tau_decoder_nats\": ");
-    nbs_svg_buf_json_number(&b, r->tau_decoder_nats);
-    nbs_svg_buf_printf(&b, ", \"tau_decoder_relative\": ");
-    nbs_svg_buf_json_number(&b, r->tau_decoder_relative);
-    nbs_svg_buf_printf(&b, "},\n");
-    json_key(&b, 2, "verdict");
-    nbs_svg_buf_json_string(&b, nbs_model_verdict_word(r->model));
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "summary");
-    nbs_svg_buf_json_string(&b, r->summary);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "remedies");
-    nbs_svg_buf_json_string(&b, r->remedies);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "total_kl");
-    nbs_svg_buf_json_number(&b, r->kl_total);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "mutual_information");
-    nbs_svg_buf_printf(&b, "{\"nats\": ");
-    nbs_svg_buf_json_number(&b, r->mi);
-    nbs_svg_buf_printf(&b, ", \"batch\": %d, \"estimator\": ", r->mi_batch);
-    nbs_svg_buf_json_string(&b, sphere(r) ? NULL
-                                          : "minibatch aggregate posterior (He et al. 2019); biased "
-                                            "low by at most log(batch)");
-    nbs_svg_buf_printf(&b, "},\n");
-    json_key(&b, 2, "reconstruction_gain");
-    nbs_svg_buf_json_number(&b, r->recon_gain);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "reconstruction_gain_se");
-    nbs_svg_buf_json_number(&b, r->recon_gain_se);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "decoder_uses_z");
-    nbs_svg_buf_printf(&b, "%s,\n", r->z_unused ? "false" : "true");
-    json_key(&b, 2, "active_units");
-    nbs_svg_buf_printf(&b, "%d,\n", r->n_active);
-    json_key(&b, 2, "collapsed_units");
-    nbs_svg_buf_printf(&b, "%d,\n", r->n_collapsed);
-    json_key(&b, 2, "inconsistent_units");
-    nbs_svg_buf_printf(&b, "%d,\n", r->n_inconsistent);
-    json_key(&b, 2, "inactive_units");
-    nbs_svg_buf_printf(&b, "%d,\n", r->n_inactive_units);
-    if (sphere(r)) {
-        static const char *qn[5] = {"p05", "p25", "p50", "p75", "p95"};
-        json_key(&b, 2, "kappa_quantiles");
-        nbs_svg_buf_printf(&b, "{");
-        for (int q = 0; q < 5; q++) {
-            nbs_svg_buf_printf(&b, "%s\"%s\": ", q ? ", " : "", qn[q]);
-            nbs_svg_buf_json_number(&b, r->kappa_q[q]);
-        }
-        nbs_svg_buf_printf(&b, "},\n");
-    }
-    if (isfinite(in->knn_embedding) || isfinite(in->knn_pca)) {
-        json_key(&b, 2, "quality");
-        nbs_svg_buf_printf(&b, "{\"knn_k\": %d, \"label_column\": ", in->knn_k);
-        nbs_svg_buf_json_string(&b, in->label_column);
-        nbs_svg_buf_printf(&b, ", \"embedding\": ");
-        nbs_svg_buf_json_number(&b, in->knn_embedding);
-        nbs_svg_buf_printf(&b, ", \"pca\": ");
-        nbs_svg_buf_json_number(&b, in->knn_pca);
-        nbs_svg_buf_printf(&b, "},\n");
-    }
-    json_key(&b, 2, "dimensions");
-    nbs_svg_buf_printf(&b, "[");
-    for (int j = 0; j < r->d; j++) {
-        nbs_svg_buf_printf(&b, "%s\n    {\"dim\": %d, \"kl\": ", j ? "," : "", j + 1);
-        nbs_svg_buf_json_number(&b, sphere(r) ? NAN : r->kl[j]);
-        nbs_svg_buf_printf(&b, ", \"activity\": ");
-        nbs_svg_buf_json_number(&b, r->activity[j]);
-        nbs_svg_buf_printf(&b, ", \"sensitivity_weight\": ");
-        nbs_svg_buf_json_number(&b, r->sens_weight[j]);
-        nbs_svg_buf_printf(&b, ", \"sensitivity_jacobian\": ");
-        nbs_svg_buf_json_number(&b, r->sens_jacobian[j]);
-        nbs_svg_buf_printf(&b, ", \"decoder_nats\": ");
-        nbs_svg_buf_json_number(&b, r->decoder_nats[j]);
-        nbs_svg_buf_printf(&b, ", \"verdict\": ");
-        nbs_svg_buf_json_string(&b, nbs_dim_verdict_word(r->verdict[j]));
-        int since = collapsed_since(in, j);
-        if (since >= 0) nbs_svg_buf_printf(&b, ", \"collapsed_since_epoch\": %d}", since);
-        else nbs_svg_buf_printf(&b, ", \"collapsed_since_epoch\": null}");
-    }
-    nbs_svg_buf_printf(&b, "%s],\n", r->d ? "\n  " : "");
-    json_key(&b, 2, "training");
-    json_training(&b, in);
-    nbs_svg_buf_printf(&b, ",\n");
-    json_key(&b, 2, "tracking");
-    json_tracking(&b, in);
-    nbs_svg_buf_printf(&b, "\n}\n");
-    st = write_buf(path, &b, err);
-    nbs_svg_buf_free(&b);
-    return st;
+    return write_report(path, in, json_body, err);
 }
 
 /* ------------------------------------------------------------------ TSV */
 
-static void tsv_num(nbs_svg_buf *b, double v) {
-    if (isfinite(v)) nbs_svg_buf_printf(b, "\t%.6g", v);
-    else nbs_svg_buf_printf(b, "\tNA");
+static void tsv_num(FILE *f, double v) {
+    if (isfinite(v)) fprintf(f, "\t%.6g", v);
+    else fprintf(f, "\tNA");
+}
+
+static void tsv_body(FILE *f, const nbs_report_input *in) {
+    const nbs_collapse_report *r = in->report;
+    fprintf(f, "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tdecoder_nats\t"
+               "verdict\tcollapsed_since_epoch\n");
+    for (int j = 0; j < r->d; j++) {
+        fprintf(f, "%d", j + 1);
+        tsv_num(f, nbs_report_is_sphere(r) ? NAN : r->kl[j]);
+        tsv_num(f, r->activity[j]);
+        tsv_num(f, r->sens_weight[j]);
+        tsv_num(f, r->sens_jacobian[j]);
+        tsv_num(f, r->decoder_nats[j]);
+        fprintf(f, "\t%s", nbs_dim_verdict_word(r->verdict[j]));
+        int since = nbs_report_collapsed_since(in, j);
+        if (since >= 0) fprintf(f, "\t%d\n", since);
+        else fprintf(f, "\tNA\n");
+    }
 }
 
 int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err) {
-    int st = check_input(path, in, err);
-    if (st) return st;
-    const nbs_collapse_report *r = in->report;
-    nbs_svg_buf b;
-    nbs_svg_buf_init(&b);
-    nbs_svg_buf_printf(&b, "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tdecoder_nats\t"
-                           "verdict\tcollapsed_since_epoch\n");
-    for (int j = 0; j < r->d; j++) {
-        nbs_svg_buf_printf(&b, "%d", j + 1);
-        tsv_num(&b, sphere(r) ? NAN : r->kl[j]);
-        tsv_num(&b, r->activity[j]);
-        tsv_num(&b, r->sens_weight[j]);
-        tsv_num(&b, r->sens_jacobian[j]);
-        tsv_num(&b, r->decoder_nats[j]);
-        nbs_svg_buf_printf(&b, "\t%s", nbs_dim_verdict_word(r->verdict[j]));
-        int since = collapsed_since(in, j);
-        if (since >= 0) nbs_svg_buf_printf(&b, "\t%d\n", since);
-        else nbs_svg_buf_printf(&b, "\tNA\n");
-    }
-    st = write_buf(path, &b, err);
-    nbs_svg_buf_free(&b);
-    return st;
-}
-
-/* ------------------------------------------------------------------ HTML: line plots */
-
-typedef struct {
-    const double *x, *y;
-    int n;
-    const char *colour, *name, *dash;
-} series;
-
-static void finite_range(const double *v, int n, double *lo, double *hi) {
-    for (int i = 0; i < n; i++)
-        if (isfinite(v[i])) {
-            if (v[i] < *lo) *lo = v[i];
-            if (v[i] > *hi) *hi = v[i];
-        }
-}
-
-/* One panel of lines over epochs. y_floor/y_ceil (NaN = none) pin ends of the y range, e.g. 0
- * for counts; integer_y for counts of dimensions. */
-static void line_panel(nbs_svg_buf *b, const char *title, const char *ylabel, const series *s,
-                       int ns, int width, int height, double y_floor, double y_ceil, int integer_y) {
-    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
-    for (int k = 0; k < ns; k++) {
-        finite_range(s[k].x, s[k].n, &x0, &x1);
-        finite_range(s[k].y, s[k].n, &y0, &y1);
-    }
-    if (isfinite(y_floor)) y0 = y_floor;
-    if (isfinite(y_ceil) && !(y1 > y_ceil)) y1 = y_ceil;
-    if (!(x1 > x0)) {
-        x0 = isfinite(x0) ? x0 - 1 : 0;
-        x1 = x0 + 2;
-    }
-    nbs_svg_nice_range(&y0, &y1);
-    nbs_svg_axes a = {x0, x1, y0, y1, 70, 30, width - 90, height - 80};
-    nbs_svg_begin(b, width, height, title);
-    nbs_svg_draw_axes_int(b, &a, "epoch", ylabel, 1, integer_y);
-    for (int k = 0; k < ns; k++) nbs_svg_polyline(b, &a, s[k].x, s[k].y, s[k].n, s[k].colour, s[k].dash);
-    for (int k = 0, lx = (int)a.left + 8; k < ns; k++) {
-        if (!s[k].name) continue;
-        nbs_svg_legend_item(b, lx, a.top + 16, s[k].colour, s[k].name);
-        lx += 24 + 7 * (int)strlen(s[k].name);
-    }
-    nbs_svg_end(b);
-}
-
-static void section(nbs_svg_buf *b, const char *id, const char *heading, const char *caption) {
-    nbs_svg_buf_printf(b, "<section id=\"%s\"><h2>", id);
-    nbs_svg_buf_text(b, heading);
-    nbs_svg_buf_printf(b, "</h2>\n");
-    if (caption) {
-        nbs_svg_buf_printf(b, "<p class=\"cap\">");
-        nbs_svg_buf_text(b, caption);
-        nbs_svg_buf_printf(b, "</p>\n");
-    }
-}
-static void section_end(nbs_svg_buf *b) { nbs_svg_buf_printf(b, "</section>\n"); }
-static void note(nbs_svg_buf *b, const char *text) {
-    nbs_svg_buf_printf(b, "<p class=\"none\">");
-    nbs_svg_buf_text(b, text);
-    nbs_svg_buf_printf(b, "</p>\n");
-}
-
-static int training_curves(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
-    section(b, "training", "Training curves",
-            "Per cell, over epochs. Good: the validation curve follows the training curve down and "
-            "flattens; a validation curve that turns up means over-fitting. A KL that falls to "
-            "near 0 while the reconstruction stays flat is the signature of posterior collapse.");
-    if (!has_log(in)) {
-        note(b, "No training log was given, so there are no curves.");
-        section_end(b);
-        return NBS_OK;
-    }
-    const nbs_train_log *l = in->log;
-    const int n = l->n;
-    double *v = nbs_malloc(sizeof(double) * 8 * (size_t)n, err);
-    if (!v) return err ? err->code : NBS_ERR_NOMEM;
-    double *ep = v, *elbo_t = v + n, *elbo_v = v + 2 * n, *rec_t = v + 3 * n, *rec_v = v + 4 * n,
-           *kl_t = v + 5 * n, *kl_v = v + 6 * n, *beta = v + 7 * n;
-    for (int i = 0; i < n; i++) {
-        const nbs_epoch_record *r = &l->rec[i];
-        ep[i] = r->epoch;
-        elbo_t[i] = r->recon + r->kl; /* -ELBO at beta = 1, comparable with validation */
-        elbo_v[i] = -r->val_elbo;
-        rec_t[i] = r->recon;
-        rec_v[i] = r->val_recon;
-        kl_t[i] = r->kl;
-        kl_v[i] = r->val_kl;
-        beta[i] = r->beta;
-    }
-    nbs_svg_buf_printf(b, "<div class=\"row\">\n");
-    series s1[2] = {{ep, elbo_t, n, COL_ACTIVE, "train", NULL},
-                    {ep, elbo_v, n, COL_INCONSISTENT, "validation", "6,3"}};
-    line_panel(b, "\xe2\x88\x92" "ELBO (nats per cell)", "\xe2\x88\x92" "ELBO", s1, 2, 560, 300, NAN, NAN, 0);
-    series s2[2] = {{ep, rec_t, n, COL_ACTIVE, "train", NULL},
-                    {ep, rec_v, n, COL_INCONSISTENT, "validation", "6,3"}};
-    line_panel(b, "Reconstruction \xe2\x88\x92log p(x|z)", "nats per cell", s2, 2, 560, 300, NAN, NAN, 0);
-    series s3[2] = {{ep, kl_t, n, COL_ACTIVE, "train", NULL},
-                    {ep, kl_v, n, COL_INCONSISTENT, "validation", "6,3"}};
-    line_panel(b, "KL(q(z|x) \xe2\x80\x96 p(z))", "nats per cell", s3, 2, 560, 300, 0, NAN, 0);
-    series s4[1] = {{ep, beta, n, "#555555", NULL, NULL}};
-    line_panel(b, "KL weight \xce\xb2", "\xce\xb2", s4, 1, 560, 170, 0, 1, 0);
-    nbs_svg_buf_printf(b, "</div>\n");
-    section_end(b);
-    free(v);
-    return NBS_OK;
-}
-
-/* ------------------------------------------------------------------ HTML: KL heatmap */
-
-static int kl_heatmap(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
-    section(b, "kl-heatmap", "KL per latent dimension over training",
-            "Each row is a latent dimension, each column an epoch (neighbouring epochs averaged "
-            "when there are many); colour is log10(KL + 0.001) in nats per cell. Good: most rows "
-            "stay bright. A row that turns dark and stays dark is a dimension that collapsed.");
-    if (!has_log(in) || in->log->kl_terms < 1 || !in->log->kl_dims) {
-        note(b, "No training log with per-dimension KL was given.");
-        section_end(b);
-        return NBS_OK;
-    }
-    const nbs_train_log *l = in->log;
-    const int K = l->kl_terms, n = l->n;
-    const int cols = n < MAX_HEAT_COLUMNS ? n : MAX_HEAT_COLUMNS;
-    double *cell = nbs_malloc(sizeof(double) * (size_t)cols * K, err);
-    if (!cell) return err ? err->code : NBS_ERR_NOMEM;
-    double lo = INFINITY, hi = -INFINITY;
-    for (int c = 0; c < cols; c++) {
-        int e0 = (int)((int64_t)c * n / cols), e1 = (int)((int64_t)(c + 1) * n / cols);
-        for (int k = 0; k < K; k++) {
-            double s = 0;
-            int m = 0;
-            for (int e = e0; e < e1; e++) {
-                double v = l->kl_dims[(int64_t)e * K + k];
-                if (isfinite(v)) s += v, m++;
-            }
-            double v = m ? log10((s / m > 0 ? s / m : 0) + 1e-3) : NAN;
-            cell[(int64_t)c * K + k] = v;
-            if (isfinite(v)) {
-                if (v < lo) lo = v;
-                if (v > hi) hi = v;
-            }
-        }
-    }
-    if (!isfinite(lo)) lo = -3, hi = 0;
-    if (hi - lo < 1e-9) hi = lo + 1;
-    const int width = 760, height = 120 + (K > 40 ? 6 * K : K > 8 ? 12 * K : 24 * K);
-    nbs_svg_axes a = {l->rec[0].epoch - 0.5, l->rec[n - 1].epoch + 0.5, 0.5, K + 0.5, 70, 30, 560,
-                      height - 80};
-    nbs_svg_begin(b, width, height, K > 1 ? "log10(KL + 0.001) per dimension and epoch"
-                                          : "log10(KL + 0.001), total (the sphere's KL does not split by dimension)");
-    /* Axes first: the cells then cover the grid lines, and the frame is drawn again on top. */
-    nbs_svg_draw_axes_int(b, &a, "epoch", K > 1 ? "latent dimension" : "total KL", 1, 1);
-    /* Colours are quantised to 64 levels and each level is one <path>, which keeps the page
-     * small (one short subpath per cell instead of a <rect> element). */
-    const int levels = 64;
-    const double cw = a.width / cols, ch = a.height / K;
-    for (int q = 0; q < levels; q++) {
-        int open = 0;
-        for (int k = 0; k < K; k++)
-            for (int c = 0; c < cols; c++) {
-                double v = cell[(int64_t)c * K + k];
-                if (!isfinite(v)) continue;
-                int lev = (int)((v - lo) / (hi - lo) * (levels - 1) + 0.5);
-                if (lev != q) continue;
-                if (!open) {
-                    char col[8];
-                    nbs_svg_colormap((double)q / (levels - 1), col);
-                    nbs_svg_buf_printf(b, "<path fill=\"%s\" d=\"", col);
-                    open = 1;
-                }
-                /* 0.3 px overlap hides hairline seams between neighbouring cells */
-                nbs_svg_buf_printf(b, "M%.1f %.1fh%.1fv%.1fh-%.1fz", a.left + c * cw,
-                                   nbs_svg_y(&a, k + 1.5), cw + 0.3, ch + 0.3, cw + 0.3);
-            }
-        if (open) nbs_svg_buf_printf(b, "\"/>\n");
-    }
-    nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
-                          "fill=\"none\" stroke=\"#333\"/>\n",
-                       a.left, a.top, a.width, a.height);
-    nbs_svg_colorbar(b, a.left + a.width + 20, a.top, 16, a.height, lo, hi, "log10(KL + 0.001)");
-    nbs_svg_end(b);
-    free(cell);
-    section_end(b);
-    return NBS_OK;
-}
-
-/* ------------------------------------------------------------------ HTML: per-dimension bars */
-
-static const char *dim_colour(nbs_dim_verdict v) {
-    return v == NBS_DIM_ACTIVE ? COL_ACTIVE : v == NBS_DIM_INCONSISTENT ? COL_INCONSISTENT : COL_COLLAPSED;
-}
-
-/* Bars of one measure per dimension on a log10 axis: the measures span orders of magnitude and
- * the thresholds sit far below the active dimensions, where a linear axis would hide them. */
-static void bar_panel(nbs_svg_buf *b, const nbs_collapse_report *r, const double *v, double tau,
-                      const char *title, const char *ylabel, const char *tau_label) {
-    const int d = r->d, width = 560, height = 300;
-    double lo = INFINITY, hi = -INFINITY;
-    for (int j = 0; j < d; j++)
-        if (isfinite(v[j]) && v[j] > 0) {
-            double l = log10(v[j]);
-            if (l < lo) lo = l;
-            if (l > hi) hi = l;
-        }
-    double lt = tau > 0 ? log10(tau) : NAN;
-    if (isfinite(lt)) {
-        if (lt - 1 < lo) lo = lt - 1;
-        if (lt + 0.5 > hi) hi = lt + 0.5;
-    }
-    if (!isfinite(lo)) lo = -3, hi = 0;
-    /* a margin below the smallest value, so that even it shows as a bar */
-    lo = floor(lo - 0.3), hi = ceil(hi);
-    if (hi <= lo) hi = lo + 1;
-    nbs_svg_axes a = {0.5, d + 0.5, lo, hi, 70, 30, width - 90, height - 80};
-    nbs_svg_begin(b, width, height, title);
-    nbs_svg_draw_axes_int(b, &a, "latent dimension", ylabel, 1, 1);
-    const double bw = a.width / d;
-    for (int j = 0; j < d; j++) {
-        double x = nbs_svg_x(&a, j + 1) - bw * 0.4, base = nbs_svg_y(&a, lo);
-        if (isfinite(v[j])) {
-            double l = v[j] > 0 ? log10(v[j]) : lo;
-            if (l < lo) l = lo;
-            double top = nbs_svg_y(&a, l);
-            nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
-                                  "fill=\"%s\"><title>dimension %d: %.4g (%s)</title></rect>\n",
-                               x, top, bw * 0.8, base - top, dim_colour(r->verdict[j]), j + 1, v[j],
-                               nbs_dim_verdict_word(r->verdict[j]));
-        }
-        if (r->verdict[j] == NBS_DIM_COLLAPSED) { /* written upwards from just above the bar */
-            double l = isfinite(v[j]) && v[j] > 0 ? fmax(log10(v[j]), lo) : lo;
-            nbs_svg_buf_printf(b, "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" "
-                                  "font-size=\"10\" fill=\"#555\">collapsed</text>\n",
-                               nbs_svg_x(&a, j + 1) + 3.5, nbs_svg_y(&a, l) - 4);
-        }
-    }
-    if (isfinite(lt)) nbs_svg_hline(b, &a, lt, "#c62828", tau_label);
-    /* the legend shares the title's line, clear of the axis labels */
-    nbs_svg_legend_item(b, width - 290, 18, COL_ACTIVE, "active");
-    nbs_svg_legend_item(b, width - 220, 18, COL_INCONSISTENT, "inconsistent");
-    nbs_svg_legend_item(b, width - 110, 18, COL_COLLAPSED, "collapsed");
-    nbs_svg_end(b);
-}
-
-static void dimension_bars(nbs_svg_buf *b, const nbs_report_input *in) {
-    const nbs_collapse_report *r = in->report;
-    section(b, "dimensions", "Latent dimensions",
-            sphere(r) ? "Per dimension, on a log scale: how much the posterior location varies "
-                        "between cells (activity: the encoder uses the dimension) and how much the "
-                        "decoder's count distributions change when z moves one prior standard "
-                        "deviation along it (nats per cell: the decoder listens). A dimension is "
-                        "active when both exceed their dashed threshold, collapsed when both are "
-                        "below (grey), inconsistent when they disagree (orange). Good: most "
-                        "dimensions active."
-                      : "Per dimension, on a log scale: the KL of the posterior from the prior (the "
-                        "encoder sends information), how much the decoder's count distributions "
-                        "change when z moves one prior standard deviation along it (nats per cell: "
-                        "the decoder listens) and the activity. A dimension is active when KL and "
-                        "the decoder's response both exceed their dashed threshold, collapsed when "
-                        "both are below (grey), inconsistent when they disagree (orange). Good: "
-                        "most dimensions active.");
-    if (r->d < 1) {
-        note(b, "The report has no latent dimensions.");
-        section_end(b);
-        return;
-    }
-    char lab[64];
-    nbs_svg_buf_printf(b, "<div class=\"row\">\n");
-    if (!sphere(r)) {
-        snprintf(lab, sizeof lab, "\xcf\x84_KL = %g", r->tau_kl);
-        bar_panel(b, r, r->kl, r->tau_kl, "KL per dimension", "log10 KL (nats per cell)", lab);
-    }
-    snprintf(lab, sizeof lab, "\xcf\x84_decoder = %g nats", r->tau_decoder_nats);
-    bar_panel(b, r, r->decoder_nats, r->tau_decoder_nats, "Decoder response (nats per cell)",
-              "log10 nats per prior SD of z_j", lab);
-    snprintf(lab, sizeof lab, "\xcf\x84_activity = %g", r->tau_activity);
-    bar_panel(b, r, r->activity, r->tau_activity, "Activity Var(E[z | x])", "log10 activity", lab);
-    nbs_svg_buf_printf(b, "</div>\n<details><summary>Table of the measures</summary>\n<table><tr>"
-                          "<th>dim</th><th>KL</th><th>activity</th><th>sensitivity (weights)</th>"
-                          "<th>sensitivity (Jacobian)</th><th>decoder response (nats)</th><th>verdict</th>"
-                          "<th>collapsed since epoch</th></tr>\n");
-    for (int j = 0; j < r->d; j++) {
-        const double vals[5] = {sphere(r) ? NAN : r->kl[j], r->activity[j], r->sens_weight[j],
-                                r->sens_jacobian[j], r->decoder_nats[j]};
-        nbs_svg_buf_printf(b, "<tr><td>%d</td>", j + 1);
-        for (int k = 0; k < 5; k++) {
-            if (isfinite(vals[k])) nbs_svg_buf_printf(b, "<td>%.4g</td>", vals[k]);
-            else nbs_svg_buf_printf(b, "<td>\xe2\x80\x93</td>");
-        }
-        int since = collapsed_since(in, j);
-        nbs_svg_buf_printf(b, "<td style=\"color:%s\">%s</td>", dim_colour(r->verdict[j]),
-                           nbs_dim_verdict_word(r->verdict[j]));
-        if (since >= 0) nbs_svg_buf_printf(b, "<td>%d</td></tr>\n", since);
-        else nbs_svg_buf_printf(b, "<td>\xe2\x80\x93</td></tr>\n");
-    }
-    nbs_svg_buf_printf(b, "</table></details>\n");
-    section_end(b);
-}
-
-/* ------------------------------------------------------------------ HTML: tracking */
-
-static int tracking(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
-    if (!has_track(in)) return NBS_OK; /* nothing was tracked: no section at all */
-    const nbs_diagnose_track *t = in->track;
-    const nbs_collapse_report *r = in->report;
-    section(b, "tracking", "Collapse over training",
-            "The verdicts recomputed during training. Good: the number of active dimensions rises "
-            "early and stays up; a fall marks the epoch where dimensions collapsed. The mutual "
-            "information I(x;z) should grow and level off; it is capped near log(batch).");
-    const int n = t->n;
-    double *v = nbs_malloc(sizeof(double) * 5 * (size_t)n, err);
-    if (!v) return err ? err->code : NBS_ERR_NOMEM;
-    double *ep = v, *act = v + n, *col = v + 2 * n, *inc = v + 3 * n, *mi = v + 4 * n;
-    int any_mi = 0;
-    for (int i = 0; i < n; i++) {
-        ep[i] = t->epoch[i];
-        act[i] = t->n_active[i];
-        col[i] = t->n_collapsed[i];
-        inc[i] = t->d - t->n_active[i] - t->n_collapsed[i];
-        mi[i] = t->mi ? t->mi[i] : NAN;
-        any_mi |= isfinite(mi[i]);
-    }
-    nbs_svg_buf_printf(b, "<div class=\"row\">\n");
-    series s1[3] = {{ep, act, n, COL_ACTIVE, "active", NULL},
-                    {ep, col, n, COL_COLLAPSED, "collapsed", NULL},
-                    {ep, inc, n, COL_INCONSISTENT, "inconsistent", "6,3"}};
-    line_panel(b, "Dimensions by verdict", "dimensions", s1, 3, 560, 300, 0, t->d, 1);
-    if (any_mi && !sphere(r)) {
-        series s2[1] = {{ep, mi, n, COL_ACTIVE, NULL, NULL}};
-        line_panel(b, "Mutual information I(x;z)", "nats", s2, 1, 560, 300, 0, NAN, 0);
-    }
-    nbs_svg_buf_printf(b, "</div>\n");
-    free(v);
-    section_end(b);
-    return NBS_OK;
-}
-
-/* ------------------------------------------------------------------ HTML: kappa */
-
-static int kappa_histogram(nbs_svg_buf *b, const nbs_report_input *in) {
-    const nbs_collapse_report *r = in->report;
-    if (!sphere(r)) return NBS_OK;
-    section(b, "kappa", "Posterior concentration \xce\xba",
-            "How sharply the encoder places each cell on the sphere (log10 scale). Good: most cells "
-            "well above 1. When \xce\xba is near 0 for every cell, the posterior is the uniform "
-            "prior and the embedding carries no information.");
-    enum { BINS = 30 };
-    int64_t count[BINS] = {0};
-    double lo = INFINITY, hi = -INFINITY;
-    int64_t m = 0;
-    for (int64_t i = 0; in->kappa && i < in->n_cells; i++)
-        if (in->kappa[i] > 0 && isfinite(in->kappa[i])) {
-            double l = log10(in->kappa[i]);
-            if (l < lo) lo = l;
-            if (l > hi) hi = l;
-            m++;
-        }
-    if (!m) {
-        note(b, "No per-cell \xce\xba was given.");
-        section_end(b);
-        return NBS_OK;
-    }
-    nbs_svg_nice_range(&lo, &hi);
-    for (int64_t i = 0; i < in->n_cells; i++)
-        if (in->kappa[i] > 0 && isfinite(in->kappa[i])) {
-            int k = (int)((log10(in->kappa[i]) - lo) / (hi - lo) * BINS);
-            count[k < 0 ? 0 : k >= BINS ? BINS - 1 : k]++;
-        }
-    double top = 0;
-    for (int k = 0; k < BINS; k++)
-        if (count[k] > top) top = (double)count[k];
-    double y0 = 0, y1 = top;
-    nbs_svg_nice_range(&y0, &y1);
-    nbs_svg_axes a = {lo, hi, y0, y1, 70, 30, 470, 220};
-    nbs_svg_begin(b, 560, 300, "Histogram of log10 \xce\xba over cells");
-    nbs_svg_draw_axes_int(b, &a, "log10 \xce\xba", "cells", 0, 1);
-    const double w = a.width / BINS;
-    for (int k = 0; k < BINS; k++) {
-        if (!count[k]) continue;
-        double yt = nbs_svg_y(&a, (double)count[k]);
-        nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\"/>",
-                           a.left + k * w + 0.5, yt, w - 1, a.top + a.height - yt, COL_ACTIVE);
-    }
-    nbs_svg_buf_printf(b, "\n");
-    nbs_svg_end(b);
-    nbs_svg_buf_printf(b, "<p class=\"cap\">Quantiles of \xce\xba (5, 25, 50, 75, 95 %%): ");
-    for (int q = 0; q < 5; q++) nbs_svg_buf_printf(b, "%s%.3g", q ? ", " : "", r->kappa_q[q]);
-    nbs_svg_buf_printf(b, ".</p>\n");
-    section_end(b);
-    return NBS_OK;
-}
-
-/* ------------------------------------------------------------------ HTML: embedding view */
-
-/* 2-D coordinates of every cell into xy [n x 2] (NaN for cells with non-finite values).
- * The 3-D sphere gets the Lambert azimuthal equal-area projection centred on the mean
- * direction, which keeps areas (so point density is honest) and maps the whole sphere onto a
- * disk of radius 2. Everything else gets the first two principal components. */
-static int project(const nbs_report_input *in, int lambert, double *xy, char *xlab, char *ylab,
-                   size_t lablen, nbs_error *err) {
-    const int d = in->d;
-    const int64_t n = in->n_cells;
-    const float *z = in->embedding;
-    double *mean = nbs_calloc((size_t)d, sizeof(double), err);
-    if (!mean) return err ? err->code : NBS_ERR_NOMEM;
-    int64_t used = 0;
-    for (int64_t i = 0; i < n; i++) {
-        int ok = 1;
-        for (int k = 0; k < d; k++) ok &= isfinite(z[i * d + k]);
-        if (!ok) continue;
-        for (int k = 0; k < d; k++) mean[k] += z[i * d + k];
-        used++;
-    }
-    for (int k = 0; k < d; k++) mean[k] = used ? mean[k] / used : 0;
-    for (int64_t i = 0; i < 2 * n; i++) xy[i] = NAN;
-    if (lambert) {
-        double c[3] = {mean[0], mean[1], mean[2]}, u[3], v[3];
-        double nc = sqrt(c[0] * c[0] + c[1] * c[1] + c[2] * c[2]);
-        if (nc < 1e-9) c[0] = 0, c[1] = 0, c[2] = 1, nc = 1; /* no mean direction: any centre */
-        for (int k = 0; k < 3; k++) c[k] /= nc;
-        /* tangent basis: the axis least aligned with the centre, made orthogonal to it */
-        int ax = fabs(c[0]) <= fabs(c[1]) && fabs(c[0]) <= fabs(c[2]) ? 0 : fabs(c[1]) <= fabs(c[2]) ? 1 : 2;
-        for (int k = 0; k < 3; k++) u[k] = (k == ax) - c[ax] * c[k];
-        double nu = sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
-        for (int k = 0; k < 3; k++) u[k] /= nu;
-        v[0] = c[1] * u[2] - c[2] * u[1], v[1] = c[2] * u[0] - c[0] * u[2], v[2] = c[0] * u[1] - c[1] * u[0];
-        for (int64_t i = 0; i < n; i++) {
-            const float *p = z + i * 3;
-            double nz = sqrt((double)p[0] * p[0] + (double)p[1] * p[1] + (double)p[2] * p[2]);
-            if (!(nz > 0) || !isfinite(nz)) continue;
-            double w[3] = {p[0] / nz, p[1] / nz, p[2] / nz};
-            double t = 1 + w[0] * c[0] + w[1] * c[1] + w[2] * c[2];
-            double pu = w[0] * u[0] + w[1] * u[1] + w[2] * u[2], pv = w[0] * v[0] + w[1] * v[1] + w[2] * v[2];
-            if (t < 1e-12) { /* the antipode itself: on the rim, direction arbitrary */
-                xy[2 * i] = 2, xy[2 * i + 1] = 0;
-                continue;
-            }
-            double s = sqrt(2 / t);
-            xy[2 * i] = s * pu, xy[2 * i + 1] = s * pv;
-        }
-        snprintf(xlab, lablen, "equal-area x");
-        snprintf(ylab, lablen, "equal-area y");
-        free(mean);
-        return NBS_OK;
-    }
-    /* PCA from the d x d covariance: d is small, so this is cheap for any number of cells. */
-    gsl_matrix *cov = gsl_matrix_calloc((size_t)d, (size_t)d), *evec = gsl_matrix_alloc((size_t)d, (size_t)d);
-    gsl_vector *eval = gsl_vector_alloc((size_t)d);
-    gsl_eigen_symmv_workspace *ws = gsl_eigen_symmv_alloc((size_t)d);
-    int st = NBS_OK;
-    if (!cov || !evec || !eval || !ws) {
-        st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the PCA of the embedding (d = %d)", d);
-        goto done;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        int ok = 1;
-        for (int k = 0; k < d; k++) ok &= isfinite(z[i * d + k]);
-        if (!ok) continue;
-        for (int a = 0; a < d; a++)
-            for (int c = a; c < d; c++)
-                *gsl_matrix_ptr(cov, a, c) += (z[i * d + a] - mean[a]) * (z[i * d + c] - mean[c]);
-    }
-    for (int a = 0; a < d; a++)
-        for (int c = a; c < d; c++) {
-            double v = gsl_matrix_get(cov, a, c) / (used > 1 ? used - 1 : 1);
-            gsl_matrix_set(cov, a, c, v), gsl_matrix_set(cov, c, a, v);
-        }
-    double trace = 0;
-    for (int a = 0; a < d; a++) trace += gsl_matrix_get(cov, a, a);
-    gsl_eigen_symmv(cov, eval, evec, ws);
-    gsl_eigen_symmv_sort(eval, evec, GSL_EIGEN_SORT_VAL_DESC);
-    const int npc = d >= 2 ? 2 : 1;
-    for (int64_t i = 0; i < n; i++) {
-        int ok = 1;
-        for (int k = 0; k < d; k++) ok &= isfinite(z[i * d + k]);
-        if (!ok) continue;
-        for (int p = 0; p < 2; p++) {
-            double s = 0;
-            if (p < npc)
-                for (int k = 0; k < d; k++) s += (z[i * d + k] - mean[k]) * gsl_matrix_get(evec, k, p);
-            xy[2 * i + p] = s;
-        }
-    }
-    for (int p = 0; p < 2; p++) {
-        char *lab = p ? ylab : xlab;
-        if (p >= npc) snprintf(lab, lablen, "(one dimension only)");
-        else if (trace > 0)
-            snprintf(lab, lablen, "PC%d (%.0f %% of variance)", p + 1, 100 * gsl_vector_get(eval, p) / trace);
-        else snprintf(lab, lablen, "PC%d", p + 1);
-    }
-done:
-    if (ws) gsl_eigen_symmv_free(ws);
-    if (eval) gsl_vector_free(eval);
-    if (evec) gsl_matrix_free(evec);
-    if (cov) gsl_matrix_free(cov);
-    free(mean);
-    return st;
-}
-
-typedef struct {
-    const char *name;
-    int64_t count;
-    double num;
-    char colour[8];
-    int slot; /* index into the drawing groups */
-} category;
-
-static int cmp_str(const void *a, const void *b) {
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-static int cmp_cat_name(const void *key, const void *c) {
-    return strcmp((const char *)key, ((const category *)c)->name);
-}
-
-static int parse_number(const char *s, double *v) {
-    char *end;
-    *v = strtod(s, &end);
-    while (end != s && (*end == ' ' || *end == '\t')) end++;
-    return end != s && *end == '\0' && isfinite(*v);
-}
-
-/* Legends cut long labels at a character boundary (UTF-8 continuation bytes are 10xxxxxx). */
-static void short_label(char *out, size_t n, const char *s, int64_t count) {
-    char cut[40];
-    size_t len = strlen(s);
-    if (len < sizeof cut) {
-        snprintf(out, n, "%s (%lld)", s, (long long)count);
-        return;
-    }
-    size_t k = sizeof cut - 4;
-    while (k > 0 && ((unsigned char)s[k] & 0xC0) == 0x80) k--;
-    memcpy(cut, s, k);
-    memcpy(cut + k, "...", 4);
-    snprintf(out, n, "%s (%lld)", cut, (long long)count);
-}
-
-typedef struct {
-    char colour[8];
-    int64_t count; /* cells of the group in the whole data, to draw large groups first */
-} group;
-
-/* Drawing groups: slots 0..31 are categories (or viridis bands), then "other" and unlabelled. */
-enum { SLOT_OTHER = 32, SLOT_UNLABELLED = 33, NSLOTS = 34 };
-
-/* How cells are coloured: no labels (one colour), categories, or a continuous number. */
-typedef struct {
-    int mode; /* 0 no labels, 1 categories, 2 continuous (viridis) */
-    int ncat, numeric;
-    category *cat; /* sorted by name, for bsearch */
-    int *order;    /* categories in legend order */
-    int64_t unlabelled;
-    double lo, hi;
-    group g[NSLOTS];
-} colouring;
-
-static void colouring_free(colouring *col) {
-    free(col->cat);
-    free(col->order);
-}
-
-static int cmp_rank(const void *a, const void *b, void *ctx) {
-    const colouring *col = ctx;
-    const category *x = &col->cat[*(const int *)a], *y = &col->cat[*(const int *)b];
-    if (col->numeric && x->num != y->num) return (x->num > y->num) - (x->num < y->num);
-    if (x->count != y->count) return x->count < y->count ? 1 : -1;
-    return strcmp(x->name, y->name);
-}
-
-static int build_colouring(const nbs_report_input *in, colouring *col, nbs_error *err) {
-    memset(col, 0, sizeof *col);
-    const int64_t n = in->n_cells;
-    if (!in->labels) {
-        snprintf(col->g[0].colour, 8, "%s", COL_ACTIVE);
-        col->g[0].count = n;
-        return NBS_OK;
-    }
-    const char **sorted = nbs_malloc(sizeof(char *) * (size_t)(n ? n : 1), err);
-    if (!sorted) return err ? err->code : NBS_ERR_NOMEM;
-    int64_t m = 0;
-    for (int64_t i = 0; i < n; i++)
-        if (in->labels[i]) sorted[m++] = in->labels[i];
-    col->unlabelled = n - m;
-    qsort(sorted, (size_t)m, sizeof *sorted, cmp_str);
-    int64_t ncat = 0;
-    for (int64_t i = 0; i < m; i++) ncat += !i || strcmp(sorted[i], sorted[i - 1]) != 0;
-    col->cat = nbs_calloc((size_t)(ncat ? ncat : 1), sizeof(category), err);
-    col->order = col->cat ? nbs_malloc(sizeof(int) * (size_t)(ncat ? ncat : 1), err) : NULL;
-    if (!col->order) {
-        free(sorted);
-        colouring_free(col);
-        return err ? err->code : NBS_ERR_NOMEM;
-    }
-    col->numeric = 1;
-    for (int64_t i = 0, c = -1; i < m; i++) {
-        if (!i || strcmp(sorted[i], sorted[i - 1]) != 0) {
-            c++;
-            col->cat[c].name = sorted[i];
-            col->numeric &= parse_number(sorted[i], &col->cat[c].num);
-        }
-        col->cat[c].count++;
-    }
-    free(sorted);
-    col->ncat = (int)ncat;
-    snprintf(col->g[SLOT_UNLABELLED].colour, 8, "%s", COL_UNLABELLED);
-    col->g[SLOT_UNLABELLED].count = col->unlabelled;
-    snprintf(col->g[SLOT_OTHER].colour, 8, "%s", COL_COLLAPSED);
-    if (col->numeric && ncat > NUMERIC_AS_CATEGORY) {
-        /* a continuous label (e.g. pseudotime): 32 viridis bands */
-        col->mode = 2;
-        col->lo = INFINITY, col->hi = -INFINITY;
-        for (int c = 0; c < col->ncat; c++) {
-            if (col->cat[c].num < col->lo) col->lo = col->cat[c].num;
-            if (col->cat[c].num > col->hi) col->hi = col->cat[c].num;
-        }
-        for (int q = 0; q < 32; q++) nbs_svg_colormap((q + 0.5) / 32, col->g[q].colour);
-        for (int c = 0; c < col->ncat; c++) {
-            double t = col->hi > col->lo ? (col->cat[c].num - col->lo) / (col->hi - col->lo) : 0.5;
-            int q = (int)(t * 32);
-            col->cat[c].slot = q < 0 ? 0 : q > 31 ? 31 : q;
-            col->g[col->cat[c].slot].count += col->cat[c].count;
-        }
-        return NBS_OK;
-    }
-    col->mode = 1;
-    /* legend and colour order: numbers by value, words by how many cells carry them */
-    for (int c = 0; c < col->ncat; c++) col->order[c] = c;
-    qsort_r(col->order, (size_t)col->ncat, sizeof(int), cmp_rank, col);
-    for (int r = 0; r < col->ncat; r++) {
-        category *c = &col->cat[col->order[r]];
-        if (col->numeric && col->ncat > MAX_COLOURED) { /* 21..30 numbers: ordered colours */
-            c->slot = r;
-            nbs_svg_colormap(col->ncat > 1 ? (double)r / (col->ncat - 1) : 0.5, c->colour);
-        } else if (col->ncat <= MAX_COLOURED || r < MAX_COLOURED - 1) {
-            c->slot = r;
-            snprintf(c->colour, 8, "%s", nbs_svg_category_colour(r));
-        } else { /* beyond the distinct colours: grey, summed up as "other" in the legend */
-            c->slot = SLOT_OTHER;
-            snprintf(c->colour, 8, "%s", COL_COLLAPSED);
-        }
-        if (c->slot != SLOT_OTHER) snprintf(col->g[c->slot].colour, 8, "%s", c->colour);
-        col->g[c->slot].count += c->count;
-    }
-    return NBS_OK;
-}
-
-static int slot_of_cell(const nbs_report_input *in, const colouring *col, int64_t i) {
-    if (col->mode == 0) return 0;
-    if (!in->labels[i]) return SLOT_UNLABELLED;
-    const category *c = bsearch(in->labels[i], col->cat, (size_t)col->ncat, sizeof(category), cmp_cat_name);
-    return c ? c->slot : SLOT_UNLABELLED;
-}
-
-static void legend(nbs_svg_buf *b, const nbs_report_input *in, const colouring *col, double x, double y) {
-    char text[96];
-    nbs_svg_buf_printf(b, "<text x=\"%.1f\" y=\"%.1f\" font-weight=\"bold\">", x, y);
-    nbs_svg_buf_text(b, in->label_column ? in->label_column : col->mode ? "label" : "cells");
-    nbs_svg_buf_printf(b, "</text>\n");
-    y += 20;
-    if (col->mode == 0) {
-        snprintf(text, sizeof text, "all cells (%lld)", (long long)in->n_cells);
-        nbs_svg_legend_item(b, x, y, col->g[0].colour, text);
-        return;
-    }
-    if (col->mode == 2) {
-        nbs_svg_colorbar(b, x, y - 10, 16, 200, col->lo, col->hi, "");
-        y += 220;
-    } else {
-        int64_t other = 0, other_n = 0;
-        for (int r = 0; r < col->ncat; r++) {
-            const category *c = &col->cat[col->order[r]];
-            if (c->slot == SLOT_OTHER) {
-                other += c->count, other_n++;
-                continue;
-            }
-            short_label(text, sizeof text, c->name, c->count);
-            nbs_svg_legend_item(b, x, y, c->colour, text);
-            y += 17;
-        }
-        if (other_n) {
-            snprintf(text, sizeof text, "%lld other labels (%lld)", (long long)other_n, (long long)other);
-            nbs_svg_legend_item(b, x, y, COL_COLLAPSED, text);
-            y += 17;
-        }
-    }
-    if (col->unlabelled) {
-        snprintf(text, sizeof text, "unlabelled (%lld)", (long long)col->unlabelled);
-        nbs_svg_legend_item(b, x, y, COL_UNLABELLED, text);
-    }
-}
-
-static int cmp_slot_count(const void *a, const void *b, void *ctx) {
-    const group *g = ctx;
-    int64_t x = g[*(const int *)a].count, y = g[*(const int *)b].count;
-    return x != y ? (x < y ? 1 : -1) : *(const int *)a - *(const int *)b;
-}
-
-static int embedding_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
-    const nbs_collapse_report *r = in->report;
-    const int lambert = sphere(r) && in->d == 3;
-    section(b, "embedding", "The embedding",
-            lambert ? "Lambert azimuthal equal-area projection of the sphere, centred on the mean "
-                      "direction of the cells: the whole sphere maps onto the disk of radius 2 "
-                      "(outline), its rim is the point opposite the centre. Areas are kept, so "
-                      "point density is faithful; shapes near the rim are stretched. Good: cells "
-                      "with the same label form compact groups and related labels lie close."
-            : sphere(r) ? "First two principal components of the unit vectors on the sphere. Good: "
-                          "cells with the same label form compact groups and related labels lie close."
-                        : "First two principal components of the posterior means. Good: cells with "
-                          "the same label form compact groups and related labels lie close.");
-    if (!in->embedding || in->n_cells <= 0 || in->d < 1) {
-        note(b, "No embedding was given.");
-        section_end(b);
-        return NBS_OK;
-    }
-    const int64_t n = in->n_cells;
-    double *xy = nbs_malloc(sizeof(double) * 2 * (size_t)n, err);
-    if (!xy) return err ? err->code : NBS_ERR_NOMEM;
-    char xlab[64], ylab[64];
-    colouring col;
-    int st = project(in, lambert, xy, xlab, ylab, sizeof xlab, err);
-    if (st || (st = build_colouring(in, &col, err))) {
-        free(xy);
-        return st;
-    }
-    /* every cell if they are few, else cells evenly spaced in the input order */
-    const int64_t m = n < MAX_POINTS ? n : MAX_POINTS;
-    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
-    for (int64_t k = 0; k < m; k++) {
-        int64_t i = (int64_t)((double)k * n / m);
-        if (!isfinite(xy[2 * i]) || !isfinite(xy[2 * i + 1])) continue;
-        if (xy[2 * i] < x0) x0 = xy[2 * i];
-        if (xy[2 * i] > x1) x1 = xy[2 * i];
-        if (xy[2 * i + 1] < y0) y0 = xy[2 * i + 1];
-        if (xy[2 * i + 1] > y1) y1 = xy[2 * i + 1];
-    }
-    if (lambert) x0 = y0 = -2.1, x1 = y1 = 2.1;
-    else if (!isfinite(x0)) x0 = y0 = -1, x1 = y1 = 1;
-    else { /* equal scales on both axes, so distances read the same in every direction */
-        double span = fmax(fmax(x1 - x0, y1 - y0), 1e-9) * 1.08, cx = (x0 + x1) / 2, cy = (y0 + y1) / 2;
-        x0 = cx - span / 2, x1 = cx + span / 2, y0 = cy - span / 2, y1 = cy + span / 2;
-    }
-    nbs_svg_axes a = {x0, x1, y0, y1, 70, 30, 480, 480};
-    char title[160];
-    snprintf(title, sizeof title, "%s, coloured by %s",
-             lambert ? "Equal-area map of the sphere" : "Principal components of the embedding",
-             in->labels ? (in->label_column ? in->label_column : "label") : "nothing (no labels)");
-    nbs_svg_begin(b, 860, 580, title);
-    nbs_svg_draw_axes(b, &a, xlab, ylab, 0);
-    if (lambert)
-        nbs_svg_buf_printf(b, "<circle class=\"sphere-disk\" cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" "
-                              "fill=\"#f6f6f6\" stroke=\"#555\" stroke-width=\"1.2\"/>\n",
-                           nbs_svg_x(&a, 0), nbs_svg_y(&a, 0), 2 * a.width / (x1 - x0));
-    /* One <path> of zero-length round-capped segments per colour: a dot per cell at a fraction
-     * of the size of a <circle> element each. Large groups are drawn first, so small ones stay
-     * visible on top. */
-    int order[NSLOTS];
-    for (int s = 0; s < NSLOTS; s++) order[s] = s;
-    qsort_r(order, NSLOTS, sizeof(int), cmp_slot_count, col.g);
-    for (int o = 0; o < NSLOTS; o++) {
-        const int s = order[o];
-        if (!col.g[s].count) continue;
-        int open = 0;
-        for (int64_t k = 0; k < m; k++) {
-            int64_t i = (int64_t)((double)k * n / m);
-            if (!isfinite(xy[2 * i]) || !isfinite(xy[2 * i + 1]) || slot_of_cell(in, &col, i) != s) continue;
-            if (!open) {
-                nbs_svg_buf_printf(b, "<path stroke=\"%s\" stroke-width=\"3.5\" stroke-linecap=\"round\" "
-                                      "stroke-opacity=\"0.8\" d=\"", col.g[s].colour);
-                open = 1;
-            }
-            nbs_svg_buf_printf(b, "M%.1f %.1fh0", nbs_svg_x(&a, xy[2 * i]), nbs_svg_y(&a, xy[2 * i + 1]));
-        }
-        if (open) nbs_svg_buf_printf(b, "\"/>\n");
-    }
-    legend(b, in, &col, a.left + a.width + 30, a.top + 10);
-    nbs_svg_end(b);
-    if (m < n)
-        nbs_svg_buf_printf(b, "<p class=\"cap\">%lld of %lld cells drawn (evenly spaced in the input "
-                              "order, about one in %.1f); the projection and the legend's counts use "
-                              "all cells.</p>\n", (long long)m, (long long)n, (double)n / m);
-    else nbs_svg_buf_printf(b, "<p class=\"cap\">All %lld cells drawn.</p>\n", (long long)n);
-    colouring_free(&col);
-    free(xy);
-    section_end(b);
-    return NBS_OK;
-}
-
-/* ------------------------------------------------------------------ HTML: page */
-
-static const char *CSS =
-    "body{font-family:system-ui,sans-serif;max-width:1180px;margin:0 auto;padding:16px;color:#222}"
-    "h1{font-size:24px;margin-bottom:2px}h2{font-size:18px;border-bottom:1px solid #ddd;"
-    "padding-bottom:4px;margin-top:28px}.meta{color:#555;margin-top:0}"
-    ".banner{padding:10px 18px;border-radius:6px;border-left:10px solid}"
-    ".banner h2{border:0;margin-top:6px}"
-    ".v-healthy{background:#e8f5e9;border-color:#2e7d32}"
-    ".v-partial{background:#fff8e1;border-color:#f9a825}"
-    ".v-collapsed{background:#ffebee;border-color:#c62828}"
-    ".row{display:flex;flex-wrap:wrap;gap:10px}.cap{color:#444;font-size:14px;max-width:1000px}"
-    ".none{color:#888;font-style:italic}"
-    "table{border-collapse:collapse;font-size:14px}th,td{padding:3px 10px;text-align:left;"
-    "border-bottom:1px solid #e4e4e4;vertical-align:top}details{margin-top:10px}"
-    "svg{max-width:100%;height:auto}footer{color:#777;font-size:12px;margin-top:30px}";
-
-static void banner(nbs_svg_buf *b, const nbs_report_input *in) {
-    const nbs_collapse_report *r = in->report;
-    nbs_svg_buf_printf(b, "<section id=\"verdict\" class=\"banner v-%s\"><h2>Verdict: %s</h2>\n<p>",
-                       verdict_class(r->model), nbs_model_verdict_word(r->model));
-    nbs_svg_buf_text(b, r->summary);
-    nbs_svg_buf_printf(b, "</p>\n");
-    if (r->remedies[0]) {
-        nbs_svg_buf_printf(b, "<p><b>What to try:</b> ");
-        nbs_svg_buf_text(b, r->remedies);
-        nbs_svg_buf_printf(b, "</p>\n");
-    }
-    nbs_train_health th;
-    if (in->log) nbs_train_log_health(in->log, &th);
-    if (in->log && th.message[0]) {
-        nbs_svg_buf_printf(b, "<p><b>Training:</b> ");
-        nbs_svg_buf_text(b, th.message);
-        nbs_svg_buf_printf(b, " (see the training curves below)</p>\n");
-    }
-    nbs_svg_buf_printf(b, "<table>\n<tr><th>latent space</th><td>%s, %d dimensions; measured on %lld cells</td></tr>\n",
-                       nbs_latent_word(r->latent), r->d, (long long)r->n_cells);
-    nbs_svg_buf_printf(b, "<tr><th>dimensions</th><td>%d active, %d collapsed, %d inconsistent; "
-                          "%d with activity below \xcf\x84_activity</td></tr>\n",
-                       r->n_active, r->n_collapsed, r->n_inconsistent, r->n_inactive_units);
-    nbs_svg_buf_printf(b, "<tr><th>total KL</th><td>%.4g nats per cell</td></tr>\n", r->kl_total);
-    if (isfinite(r->mi))
-        nbs_svg_buf_printf(b, "<tr><th>mutual information I(x;z)</th><td>%.4g nats (minibatches of "
-                              "%d cells: cannot exceed log %d = %.3g)</td></tr>\n",
-                           r->mi, r->mi_batch, r->mi_batch, r->mi_batch > 0 ? log(r->mi_batch) : NAN);
-    nbs_svg_buf_printf(b, "<tr><th>reconstruction gain</th><td>%.4g \xc2\xb1 %.2g nats per cell over a "
-                          "decoder fed a constant z (%s)</td></tr>\n", r->recon_gain, r->recon_gain_se,
-                       r->z_unused ? "not above 0: the decoder does not use z" : "the decoder uses z");
-    if (isfinite(in->knn_embedding) || isfinite(in->knn_pca)) {
-        nbs_svg_buf_printf(b, "<tr><th>%d-NN label accuracy</th><td>embedding %.3f, PCA of the counts "
-                              "%.3f", in->knn_k, in->knn_embedding, in->knn_pca);
-        if (in->label_column) {
-            nbs_svg_buf_printf(b, " (labels: ");
-            nbs_svg_buf_text(b, in->label_column);
-            nbs_svg_buf_printf(b, ")");
-        }
-        nbs_svg_buf_printf(b, "; good: the embedding close to or above PCA</td></tr>\n");
-    }
-    nbs_svg_buf_printf(b, "<tr><th>thresholds used</th><td>\xcf\x84_KL = %g nats, "
-                          "\xcf\x84_sensitivity = %g, \xcf\x84_decoder = %g nats or %g of the largest, "
-                          "\xcf\x84_activity = %g</td></tr>\n</table>\n",
-                       r->tau_kl, r->tau_sensitivity, r->tau_decoder_nats, r->tau_decoder_relative,
-                       r->tau_activity);
-    section_end(b);
-}
-
-int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_error *err) {
-    int st = check_input(path, in, err);
-    if (st) return st;
-    const nbs_collapse_report *r = in->report;
-    nbs_svg_buf b;
-    nbs_svg_buf_init(&b);
-    nbs_svg_buf_printf(&b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                           "<meta name=\"viewport\" content=\"width=device-width\"><title>"
-                           "nbsphere collapse report");
-    if (in->title) {
-        nbs_svg_buf_printf(&b, ": ");
-        nbs_svg_buf_text(&b, in->title);
-    }
-    nbs_svg_buf_printf(&b, "</title><style>%s</style></head><body>\n<h1>Posterior-collapse report</h1>\n"
-                           "<p class=\"meta\">", CSS);
-    if (in->title) {
-        nbs_svg_buf_text(&b, in->title);
-        nbs_svg_buf_printf(&b, " \xc2\xb7 ");
-    }
-    nbs_svg_buf_printf(&b, "%s latent, %d dimensions, %lld cells \xc2\xb7 nbsphere %s</p>\n",
-                       nbs_latent_word(r->latent), r->d, (long long)in->n_cells, NBS_VERSION);
-    banner(&b, in);
-    if (!(st = training_curves(&b, in, err)) && !(st = kl_heatmap(&b, in, err))) {
-        dimension_bars(&b, in);
-        if (!(st = tracking(&b, in, err)) && !(st = kappa_histogram(&b, in)))
-            st = embedding_view(&b, in, err);
-    }
-    nbs_svg_buf_printf(&b, "<footer>Written by nbsphere %s. The same measures are in "
-                           "collapse_report.json and collapse_dimensions.tsv.</footer>\n</body></html>\n",
-                       NBS_VERSION);
-    if (!st) st = write_buf(path, &b, err);
-    nbs_svg_buf_free(&b);
-    return st;
+    return write_report(path, in, tsv_body, err);
 }

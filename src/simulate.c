@@ -5,16 +5,14 @@
  * the split, so the trajectory is continuous at the branch point. */
 #include "nbsphere/simulate.h"
 
-#include <errno.h>
 #include <gsl/gsl_randist.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <zlib.h>
 
+#include "io_h5_internal.h"
 #include "nbsphere/io.h"
 
 void nbs_sim_defaults(nbs_sim_config *c) {
@@ -235,117 +233,27 @@ int nbs_simulate(const nbs_sim_config *c, gsl_rng *rng, nbs_sim_data *d, nbs_err
 int nbs_sim_write_labels(const nbs_sim_data *d, const char *dir, nbs_error *err) {
     char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
     snprintf(path, sizeof path, "%s/cell_labels.tsv", dir);
-    nbs_io_tmp_name(path, tmp);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    FILE *f;
+    int st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
     fprintf(f, "barcode\tbranch\tpseudotime\n");
     for (int64_t i = 0; i < d->counts->n_cells; i++) {
         char b[32];
         nbs_sim_branch_name(d->branch[i], b, sizeof b);
         fprintf(f, "%s\t%s\t%.6f\n", d->counts->barcodes[i], b, d->pseudotime[i]);
     }
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
+    return nbs_io_atomic_close(f, tmp, path, err);
 }
 
 /* ---- h5ad obs columns ---- */
 
-static int attr_str(hid_t obj, const char *name, const char *value) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    hid_t sp = H5Screate(H5S_SCALAR);
-    if (H5Aexists(obj, name) > 0) H5Adelete(obj, name);
-    hid_t a = H5Acreate2(obj, name, t, sp, H5P_DEFAULT, H5P_DEFAULT);
-    herr_t r = a < 0 ? -1 : H5Awrite(a, t, &value);
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    H5Tclose(t);
-    return r < 0 ? -1 : 0;
-}
-
-static hid_t vlen_str_type(void) {
-    hid_t t = H5Tcopy(H5T_C_S1);
-    H5Tset_size(t, H5T_VARIABLE);
-    H5Tset_cset(t, H5T_CSET_UTF8);
-    return t;
-}
-
-static int write_array(hid_t loc, const char *name, hid_t mem_type, hid_t file_type, hsize_t n,
-                       const void *data) {
-    hid_t sp = H5Screate_simple(1, &n, NULL);
-    hid_t pl = H5Pcreate(H5P_DATASET_CREATE);
-    H5Pset_obj_track_times(pl, 0); /* no time stamps: the same seed gives the same bytes */
-    hid_t ds = H5Dcreate2(loc, name, file_type, sp, H5P_DEFAULT, pl, H5P_DEFAULT);
-    H5Pclose(pl);
-    int bad = ds < 0 || H5Dwrite(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) < 0;
-    if (!bad) bad = attr_str(ds, "encoding-type", mem_type == H5T_NATIVE_DOUBLE || mem_type == H5T_NATIVE_SCHAR ? "array" : "string-array") ||
-                    attr_str(ds, "encoding-version", "0.2.0");
-    if (ds >= 0) H5Dclose(ds);
-    H5Sclose(sp);
-    return bad ? -1 : 0;
-}
-
-/* obs's column-order: the existing names (if any) plus ours. */
-static int extend_column_order(hid_t obs, const char *const *add, int n_add) {
-    char **names = NULL;
-    hssize_t n_old = 0;
-    hid_t st = vlen_str_type();
-    if (H5Aexists(obs, "column-order") > 0) {
-        hid_t a = H5Aopen(obs, "column-order", H5P_DEFAULT);
-        hid_t t = H5Aget_type(a), sp = H5Aget_space(a);
-        n_old = H5Sget_simple_extent_npoints(sp);
-        if (n_old > 0 && H5Tget_class(t) == H5T_STRING) {
-            names = calloc((size_t)n_old, sizeof *names);
-            if (!names || H5Aread(a, st, names) < 0) n_old = -1;
-        } else {
-            n_old = 0;
-        }
-        H5Sclose(sp);
-        H5Tclose(t);
-        H5Aclose(a);
-        H5Adelete(obs, "column-order");
-    }
-    int rc = -1;
-    if (n_old >= 0) {
-        const char **all = calloc((size_t)n_old + (size_t)n_add, sizeof *all);
-        if (all) {
-            for (hssize_t i = 0; i < n_old; i++) all[i] = names[i];
-            for (int i = 0; i < n_add; i++) all[n_old + i] = add[i];
-            hsize_t n = (hsize_t)n_old + (hsize_t)n_add;
-            hid_t sp = H5Screate_simple(1, &n, NULL);
-            hid_t a = H5Acreate2(obs, "column-order", st, sp, H5P_DEFAULT, H5P_DEFAULT);
-            rc = (a < 0 || H5Awrite(a, st, all) < 0) ? -1 : 0;
-            if (a >= 0) H5Aclose(a);
-            H5Sclose(sp);
-            free(all);
-        }
-    }
-    if (names && n_old > 0) {
-        hsize_t n = (hsize_t)n_old;
-        hid_t sp = H5Screate_simple(1, &n, NULL);
-        H5Dvlen_reclaim(st, sp, H5P_DEFAULT, names);
-        H5Sclose(sp);
-    }
-    free(names);
-    H5Tclose(st);
-    return rc;
-}
-
 static int add_branch_column(hid_t obs, const nbs_sim_data *d) {
     int B = d->config.n_branches;
     hsize_t n = (hsize_t)d->counts->n_cells, nc = (hsize_t)B + 1;
-    hid_t gpl = H5Pcreate(H5P_GROUP_CREATE);
-    H5Pset_obj_track_times(gpl, 0);
-    hid_t g = H5Gcreate2(obs, "branch", H5P_DEFAULT, gpl, H5P_DEFAULT);
-    H5Pclose(gpl);
+    hid_t g = nbs_h5_new_group(obs, "branch");
     if (g < 0) return -1;
     char (*cat)[32] = calloc(nc, sizeof *cat);
-    const char **cats = calloc(nc, sizeof *cats);
+    char **cats = calloc(nc, sizeof *cats);
     signed char *codes = malloc(n);
     int rc = (cat && cats && codes && B < 127) ? 0 : -1;
     if (!rc) {
@@ -354,10 +262,8 @@ static int add_branch_column(hid_t obs, const nbs_sim_data *d) {
             cats[b] = cat[b];
         }
         for (hsize_t i = 0; i < n; i++) codes[i] = (signed char)d->branch[i];
-        hid_t st = vlen_str_type();
-        rc = write_array(g, "categories", st, st, nc, cats) ||
-             write_array(g, "codes", H5T_NATIVE_SCHAR, H5T_STD_I8LE, n, codes);
-        H5Tclose(st);
+        rc = nbs_h5_write_strs(g, "categories", cats, nc, 1) ||
+             nbs_h5_write_array(g, "codes", H5T_STD_I8LE, H5T_NATIVE_SCHAR, 1, &n, codes, 0);
     }
     if (!rc) {
         /* h5py's numpy bool: an int8 enum {FALSE, TRUE}; pandas refuses a plain integer */
@@ -365,13 +271,9 @@ static int add_branch_column(hid_t obs, const nbs_sim_data *d) {
         hid_t bt = H5Tenum_create(H5T_NATIVE_SCHAR);
         H5Tenum_insert(bt, "FALSE", &no);
         H5Tenum_insert(bt, "TRUE", &yes);
-        hid_t sp = H5Screate(H5S_SCALAR);
-        hid_t a = H5Acreate2(g, "ordered", bt, sp, H5P_DEFAULT, H5P_DEFAULT);
-        rc = (a < 0 || H5Awrite(a, bt, &no) < 0) ? -1 : 0;
-        if (a >= 0) H5Aclose(a);
-        H5Sclose(sp);
+        rc = nbs_h5_set_attr(g, "ordered", bt, bt, &no);
         H5Tclose(bt);
-        rc = rc || attr_str(g, "encoding-type", "categorical") || attr_str(g, "encoding-version", "0.2.0");
+        rc = rc || nbs_h5_set_encoding(g, "categorical", "0.2.0");
     }
     free(cat);
     free(cats);
@@ -392,10 +294,10 @@ int nbs_sim_add_h5ad_obs(const nbs_sim_data *d, const char *path, nbs_error *err
     }
     if (!rc) {
         static const char *const cols[] = {"branch", "pseudotime"};
+        const hsize_t n = (hsize_t)d->counts->n_cells;
         rc = add_branch_column(obs, d) ||
-             write_array(obs, "pseudotime", H5T_NATIVE_DOUBLE, H5T_IEEE_F64LE,
-                         (hsize_t)d->counts->n_cells, d->pseudotime) ||
-             extend_column_order(obs, cols, 2);
+             nbs_h5_write_array(obs, "pseudotime", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, &n, d->pseudotime, 0) ||
+             nbs_h5_append_column_order(obs, cols, 2);
         H5Gclose(obs);
     }
     if (H5Fclose(f) < 0) rc = 1;

@@ -1,5 +1,5 @@
-/* Text buffer and SVG axes for the HTML report. Plots are drawn by report.c; this file only
- * knows about pixels, ticks and colours. */
+/* Text buffer and SVG axes for the HTML report. Plots are drawn by report_html.c; this file
+ * only knows about pixels, ticks and colours. */
 #include "nbsphere/svg.h"
 
 #include <math.h>
@@ -53,28 +53,6 @@ void nbs_svg_buf_text(nbs_svg_buf *b, const char *s) {
         default: nbs_svg_buf_printf(b, "%c", *s);
         }
     }
-}
-
-void nbs_svg_buf_json_string(nbs_svg_buf *b, const char *s) {
-    if (!s) {
-        nbs_svg_buf_printf(b, "null");
-        return;
-    }
-    nbs_svg_buf_printf(b, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') nbs_svg_buf_printf(b, "\\%c", c);
-        else if (c == '\n') nbs_svg_buf_printf(b, "\\n");
-        else if (c == '\t') nbs_svg_buf_printf(b, "\\t");
-        else if (c < 0x20) nbs_svg_buf_printf(b, "\\u%04x", c);
-        else nbs_svg_buf_printf(b, "%c", c);
-    }
-    nbs_svg_buf_printf(b, "\"");
-}
-
-void nbs_svg_buf_json_number(nbs_svg_buf *b, double v) {
-    if (isfinite(v)) nbs_svg_buf_printf(b, "%.9g", v);
-    else nbs_svg_buf_printf(b, "null");
 }
 
 double nbs_svg_x(const nbs_svg_axes *a, double x) {

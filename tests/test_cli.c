@@ -10,6 +10,7 @@
 
 #include "nbsphere/manifest.h"
 #include "nbsphere/progress.h"
+#include "nbsphere/version.h"
 
 /* Runs the CLI; asserts the exit code; returns stdout+stderr joined (malloc'd). */
 static char *run_expect(const char *args, int code) {

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "nbsphere/manifest.h"
+#include "nbsphere/version.h"
 
 /* The consumer program: what a user of the library writes first. */
 static const char PROGRAM[] =
@@ -106,6 +106,7 @@ static void test_files_installed(void **state) {
     const char *files[] = {"/usr/bin/nbsphere", "/usr/lib/libnbsphere.a", "/usr/lib/libnbsphere.so",
                            "/usr/lib/libnbsphere.so.0", ("/usr/lib/libnbsphere.so." NBS_VERSION),
                            "/usr/include/nbsphere/io.h", "/usr/include/nbsphere/manifest.h",
+                           "/usr/include/nbsphere/version.h",
                            "/usr/lib/pkgconfig/nbsphere.pc", "/usr/share/man/man1/nbsphere.1"};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) expect_file(files[i]);
     char *pc = tu_read_file(tu_path(dest, "usr/lib/pkgconfig/nbsphere.pc"), NULL);

@@ -1,6 +1,8 @@
 /* The resolved configuration of one run: every option a pipeline file (pipelines/ folder)
- * or a --set override can name. nbs_config_defaults() gives the documented defaults;
- * pipeline.c fills the rest from YAML. Modules read only their own section. */
+ * or a --set override can name. nbs_config_defaults() gives the documented defaults, the
+ * presets replace some of them, and pipeline.c fills the rest from YAML. Modules read only
+ * their own section. The words of the enums, as files, messages and outputs spell them, are
+ * here too. */
 #ifndef NBSPHERE_CONFIG_H
 #define NBSPHERE_CONFIG_H
 
@@ -137,5 +139,31 @@ typedef struct {
 
 /* Fills every field with its documented default (pipelines/reference.yaml lists them). */
 void nbs_config_defaults(nbs_config *c);
+
+/* Applies a preset on top of the current configuration and records its name in c->preset:
+ * "scvi" (scvi-tools' SCVI defaults), "scphere" (the scPhere demo) or "" (none). Another name is
+ * NBS_ERR_USAGE. */
+int nbs_config_apply_preset(nbs_config *c, const char *name, nbs_error *err);
+
+/* ---- the words of the enums ---- */
+
+typedef struct {
+    const char *word;
+    int value;
+} nbs_enum_word;
+
+/* Each list ends with {NULL, 0}. */
+extern const nbs_enum_word nbs_format_words[], nbs_orientation_words[], nbs_non_integer_words[],
+    nbs_latent_words[], nbs_likelihood_words[], nbs_dispersion_words[], nbs_dispersion_init_words[],
+    nbs_norm_words[], nbs_input_transform_words[], nbs_schedule_words[];
+
+/* The word of value in words; "unknown" when it has none. */
+const char *nbs_enum_word_of(const nbs_enum_word *words, int value);
+
+const char *nbs_latent_word(nbs_latent_kind k);
+/* "auto", "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv", "loom". */
+const char *nbs_format_name(nbs_format f);
+/* The inverse, ignoring case; -1 when name is no format. */
+int nbs_format_parse(const char *name, nbs_format *out);
 
 #endif

@@ -8,15 +8,13 @@
 #define NBSPHERE_IO_H
 
 #include <stdint.h>
+#include <stdio.h>
 
 #include "nbsphere/config.h"
 #include "nbsphere/matrix.h"
 
 /* ---- reading (io.c dispatches; io_h5.c, io_h5ad.c, io_loom.c, io_text.c and io_table.c
- * implement) ---- */
-
-const char *nbs_format_name(nbs_format f); /* "10x-h5", "h5ad", "10x-mtx", "mtx", "tsv", "csv", "loom" */
-int nbs_format_parse(const char *name, nbs_format *out); /* inverse; "auto" -> NBS_FMT_AUTO */
+ * implement; config.h names the formats) ---- */
 
 /* Format from the path (folder, extension, .gz) and the first bytes (HDF5 signature, also
  * inside gzip; MTX banner, delimiter); an HDF5 file is told apart as 10x, h5ad or loom by its
@@ -104,11 +102,28 @@ int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err);
 int nbs_io_write_10x_mtx_dir(const char *dir, const nbs_matrix *m, int gzip, nbs_error *err);
 
 /* ---- temporary-file-then-rename discipline ---- */
-/* Makes "<path>.tmp.<pid>" in tmp (size >= NBS_PATH_MAX); commit renames it over path. */
+/* Text files: nbs_io_atomic_open creates "<path>.tmp.<pid>" (its name into tmp, size >=
+ * NBS_PATH_MAX) and opens it for writing; nbs_io_atomic_close closes it and, if every write and
+ * the close succeeded, renames it over path, else removes it and returns NBS_ERR_IO ("path:
+ * write failed (disk full?)"). To give up half-way, fclose the stream and pass the failure to
+ * nbs_io_commit_or_discard. */
+int nbs_io_atomic_open(const char *path, char *tmp, FILE **f, nbs_error *err);
+int nbs_io_atomic_close(FILE *f, const char *tmp, const char *path, nbs_error *err);
+/* Writers with a stream of their own (zlib, HDF5) write to the name nbs_io_tmp_name makes
+ * (size >= NBS_PATH_MAX), then call nbs_io_commit_or_discard with their status: NBS_OK renames
+ * tmp over path; any other status removes tmp and is returned as it is (err already says why).
+ * nbs_io_commit is the rename alone. */
 void nbs_io_tmp_name(const char *path, char *tmp);
+int nbs_io_commit_or_discard(const char *tmp, const char *path, int status, nbs_error *err);
 int nbs_io_commit(const char *tmp, const char *path, nbs_error *err);
 /* Removes from dir the "<name>.tmp.<pid>" files, for the given names, whose process has ended
  * (left by a kill -9 or a crash mid-write); returns how many. */
 int nbs_io_remove_stale_tmp(const char *dir, const char *const *names, int n_names);
+
+/* Creates dir and its missing parents, then writes and removes a probe file in it, so that a
+ * folder nobody can write to fails before any work. Returns 0; -1 when a folder could not be
+ * made (its path into failed, size >= NBS_PATH_MAX), -2 when dir is not writable; errno says
+ * why. */
+int nbs_io_make_writable_dir(const char *dir, char *failed);
 
 #endif

@@ -10,8 +10,7 @@
 
 #include "nbsphere/config.h"
 #include "nbsphere/error.h"
-
-#define NBS_VERSION "0.1.0"
+#include "nbsphere/version.h"
 
 /* SHA-256 (FIPS 180-4), streaming, computed by OpenSSL's libcrypto: init, update..., final.
  * init returns NBS_OK or NBS_ERR_NOMEM; final releases the context in every case and returns

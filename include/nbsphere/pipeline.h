@@ -3,7 +3,8 @@
  * of the structs in config.h is a key of its section (pipelines/reference.yaml lists them with
  * their defaults). Enums are lowercase words, layer lists are sequences ([128, 64]).
  * Order of application: nbs_config_defaults, then the preset (`preset: scvi|scphere`, wherever
- * it appears in the file), then the file's own keys, then --set overrides in order.
+ * it appears in the file; nbs_config_apply_preset), then the file's own keys, then --set
+ * overrides in order.
  * Relative paths in a file resolve against the file's folder; in overrides, against the
  * current folder. Every rejected key or value is reported as "file:line:column: message" (or
  * naming the override) with the expected form; the status is NBS_ERR_USAGE, except an input
@@ -45,9 +46,6 @@ int nbs_pipeline_load_string(const char *text, const char *name, const char *bas
 /* Applies one "section.key=value" override (validated like a file key). */
 int nbs_pipeline_set(nbs_pipeline *p, const char *assignment, nbs_error *err);
 
-/* Applies a preset by name ("scvi", "scphere") on top of the current configuration. */
-int nbs_pipeline_apply_preset(nbs_config *c, const char *name, nbs_error *err);
-
 /* Creates output.dir (and its parents) and writes then removes a probe file in it, so a run
  * fails before training, not after, when the folder is not writable (NBS_ERR_IO, message
  * names where output.dir was set). */
@@ -61,6 +59,8 @@ const char *nbs_pipeline_key_name(int i);
  * the keys cover every field of the structs. */
 void nbs_pipeline_key_span(int i, size_t *offset, size_t *size, size_t *align);
 
+/* ---- writing a configuration out (pipeline_dump.c) ---- */
+
 /* The value of one key as text ("128", "[128, 64]", "vmf", "true", path); -1 if unknown. */
 int nbs_pipeline_format_value(const nbs_config *c, const char *key, char *buf, size_t n);
 
@@ -73,8 +73,5 @@ void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent);
 int nbs_pipeline_write_yaml(const nbs_config *c, const char *path, nbs_error *err);
 /* The same text to an open stream (e.g. into a model file). */
 void nbs_pipeline_print_yaml(const nbs_config *c, FILE *f);
-
-/* Enum words, e.g. for messages and the manifest. */
-const char *nbs_latent_word(nbs_latent_kind k);
 
 #endif

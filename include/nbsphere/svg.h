@@ -1,5 +1,5 @@
-/* A small helper for writing text (HTML, SVG, JSON) into a growing buffer, and for drawing
- * plot axes with readable ticks in inline SVG. Used by report.c; no I/O here. */
+/* A small helper for writing text (HTML, SVG) into a growing buffer, and for drawing plot axes
+ * with readable ticks in inline SVG. Used by report_html.c; no I/O here. */
 #ifndef NBSPHERE_SVG_H
 #define NBSPHERE_SVG_H
 
@@ -18,10 +18,6 @@ void nbs_svg_buf_free(nbs_svg_buf *b);
 void nbs_svg_buf_printf(nbs_svg_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Text escaped for HTML/SVG (& < > " '). */
 void nbs_svg_buf_text(nbs_svg_buf *b, const char *s);
-/* A JSON string literal with quotes; NULL gives null. */
-void nbs_svg_buf_json_string(nbs_svg_buf *b, const char *s);
-/* A JSON number; non-finite values give null (JSON has no NaN/Inf). */
-void nbs_svg_buf_json_number(nbs_svg_buf *b, double v);
 
 /* Data range [x0,x1] x [y0,y1] mapped onto the plot rectangle (pixels) inside an SVG. */
 typedef struct {
