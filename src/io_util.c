@@ -19,7 +19,7 @@ void nbs_io_tmp_name(const char *path, char *tmp) {
     snprintf(tmp, NBS_PATH_MAX, "%s.tmp.%ld", path, (long)getpid());
 }
 
-int nbs_io_commit(const char *tmp, const char *path, nbs_error *err) {
+static int commit(const char *tmp, const char *path, nbs_error *err) {
     if (rename(tmp, path) != 0) {
         int e = errno;
         remove(tmp);
@@ -30,7 +30,7 @@ int nbs_io_commit(const char *tmp, const char *path, nbs_error *err) {
 }
 
 int nbs_io_commit_or_discard(const char *tmp, const char *path, int status, nbs_error *err) {
-    if (status == NBS_OK) return nbs_io_commit(tmp, path, err);
+    if (status == NBS_OK) return commit(tmp, path, err);
     remove(tmp);
     return status;
 }

@@ -18,6 +18,7 @@
 #include "nbsphere/preprocess.h"
 #include "nbsphere/report.h"
 #include "nbsphere/train.h"
+#include "nbsphere/version.h"
 #include "sphere_internal.h"
 
 #define KNN_K 15     /* k-NN label accuracy as the issues quote it: 15 neighbours, 5 folds */
@@ -309,16 +310,12 @@ static int stage_train(run_state *s, nbs_error *err) {
 static int write_genes(run_state *s, nbs_error *err) {
     char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_GENES, path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    nbs_io_tmp_name(path, tmp);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write", tmp);
+    FILE *f;
+    int st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
     const nbs_matrix *X = s->pre->matrix;
     for (int64_t g = 0; g < X->n_genes; g++) fprintf(f, "%s\t%s\n", X->gene_ids[g], X->gene_names[g]);
-    if (ferror(f) | (fclose(f) != 0)) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    int st = nbs_io_commit(tmp, path, err);
+    st = nbs_io_atomic_close(f, tmp, path, err);
     return st ? st : nbs_manifest_add_output(s->manifest, NBS_OUT_GENES, err);
 }
 

@@ -134,9 +134,9 @@ void nbs_train_log_health(const nbs_train_log *l, nbs_train_health *h) {
 
 int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err) {
     char tmp[NBS_PATH_MAX + 32];
-    nbs_io_tmp_name(path, tmp);
-    FILE *f = fopen(tmp, "w");
-    if (!f) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot write the training log", tmp);
+    FILE *f;
+    int st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
     fprintf(f, "epoch\ttrain_loss\ttrain_recon\ttrain_kl\tval_elbo\tval_recon\tval_kl\tbeta\tseconds\tkappa_median\tvmf_acceptance\tsec_products\tsec_likelihood");
     for (int t = 0; t < l->kl_terms; t++) fprintf(f, "\tkl_%d", t + 1);
     fputc('\n', f);
@@ -152,11 +152,7 @@ int nbs_train_log_write(const nbs_train_log *l, const char *path, nbs_error *err
         for (int t = 0; t < l->kl_terms; t++) put_value(f, l->kl_dims[(int64_t)i * l->kl_terms + t]);
         fputc('\n', f);
     }
-    if (ferror(f) | (fclose(f) != 0)) {
-        remove(tmp);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: write failed (disk full?)", path);
-    }
-    return nbs_io_commit(tmp, path, err);
+    return nbs_io_atomic_close(f, tmp, path, err);
 }
 
 double nbs_train_beta(const nbs_train_config *tc, int64_t step, int64_t steps_per_epoch) {

@@ -111,11 +111,9 @@ int nbs_io_atomic_open(const char *path, char *tmp, FILE **f, nbs_error *err);
 int nbs_io_atomic_close(FILE *f, const char *tmp, const char *path, nbs_error *err);
 /* Writers with a stream of their own (zlib, HDF5) write to the name nbs_io_tmp_name makes
  * (size >= NBS_PATH_MAX), then call nbs_io_commit_or_discard with their status: NBS_OK renames
- * tmp over path; any other status removes tmp and is returned as it is (err already says why).
- * nbs_io_commit is the rename alone. */
+ * tmp over path; any other status removes tmp and is returned as it is (err already says why). */
 void nbs_io_tmp_name(const char *path, char *tmp);
 int nbs_io_commit_or_discard(const char *tmp, const char *path, int status, nbs_error *err);
-int nbs_io_commit(const char *tmp, const char *path, nbs_error *err);
 /* Removes from dir the "<name>.tmp.<pid>" files, for the given names, whose process has ended
  * (left by a kill -9 or a crash mid-write); returns how many. */
 int nbs_io_remove_stale_tmp(const char *dir, const char *const *names, int n_names);

@@ -10,7 +10,6 @@
 
 #include "nbsphere/config.h"
 #include "nbsphere/error.h"
-#include "nbsphere/version.h"
 
 /* SHA-256 (FIPS 180-4), streaming, computed by OpenSSL's libcrypto: init, update..., final.
  * init returns NBS_OK or NBS_ERR_NOMEM; final releases the context in every case and returns
