@@ -18,6 +18,7 @@
 #include "nbsphere/preprocess.h"
 #include "nbsphere/report.h"
 #include "nbsphere/train.h"
+#include "nbsphere/rng.h"
 #include "nbsphere/version.h"
 #include "sphere_internal.h"
 
@@ -103,8 +104,6 @@ static int stage_preprocess(run_state *s, nbs_error *err) {
 
 /* ---- diagnose ---- */
 
-#define DIAG_STREAM 0xd1a6ULL
-
 /* A seeded subsample of at most diagnose.subsample cells, in row order, fixed for the run. */
 static int choose_diag_rows(run_state *s, nbs_error *err) {
     const int64_t n = s->pre->matrix->n_cells, k = s->p->config.diagnose.subsample < n ? s->p->config.diagnose.subsample : n;
@@ -112,12 +111,11 @@ static int choose_diag_rows(run_state *s, nbs_error *err) {
     if (!all) return err->code;
     for (int64_t i = 0; i < n; i++) all[i] = i;
     if (k < n) {
-        gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+        gsl_rng *r = nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_DIAG_CELLS, 0, err);
         if (!r) {
             free(all);
-            return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+            return err->code;
         }
-        gsl_rng_set(r, s->p->config.train.seed ^ DIAG_STREAM);
         gsl_ran_choose(r, all, (size_t)k, all, (size_t)n, sizeof(int64_t)); /* keeps row order */
         gsl_rng_free(r);
     }
@@ -126,11 +124,10 @@ static int choose_diag_rows(run_state *s, nbs_error *err) {
     return NBS_OK;
 }
 
-static int diagnose_now(run_state *s, nbs_model *m, int seed_offset, nbs_collapse_report *r, nbs_error *err) {
+static int diagnose_now(run_state *s, nbs_model *m, int epoch, nbs_collapse_report *r, nbs_error *err) {
     memset(r, 0, sizeof *r); /* freeable whatever fails (nbs_diagnose clears it only once called) */
-    gsl_rng *g = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!g) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
-    gsl_rng_set(g, s->p->config.train.seed ^ (DIAG_STREAM + (uint64_t)seed_offset));
+    gsl_rng *g = nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_DIAGNOSE, (uint64_t)epoch, err);
+    if (!g) return err->code;
     nbs_cells c = {.X = s->pre->matrix, .rows = s->diag_rows, .n = s->n_diag, .library = s->pre->library_size};
     int st = nbs_diagnose(m, &c, &s->p->config.diagnose, g, r, err);
     gsl_rng_free(g);
@@ -172,19 +169,18 @@ static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_er
     const int64_t n = X->n_cells;
     int32_t *codes = nbs_malloc(sizeof(int32_t) * (size_t)n, err);
     float *pcs = codes ? nbs_malloc(sizeof(float) * (size_t)n * PCA_DIMS, err) : NULL;
-    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-    int st = pcs && r ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for label quality");
+    gsl_rng *r = pcs ? nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_EVALUATE, 0, err) : NULL;
+    int st = r ? NBS_OK : err->code;
     int n_classes = 0;
     if (!st) st = nbs_eval_label_codes(s->labels, n, codes, &n_classes, err);
     if (!st) {
-        gsl_rng_set(r, s->p->config.train.seed);
         st = nbs_eval_knn_accuracy(z, n, d, codes, KNN_K, KNN_FOLDS, cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
                                    r, &s->knn_embedding, NULL, err);
     }
     const int k = X->n_genes < PCA_DIMS ? (int)X->n_genes : PCA_DIMS;
     if (!st) st = nbs_eval_pca(X, k, 4, r, pcs, NULL, err);
     if (!st) {
-        gsl_rng_set(r, s->p->config.train.seed);
+        nbs_stream_set(r, s->p->config.train.seed, NBS_STREAM_EVALUATE, 0); /* the same folds as the embedding's */
         st = nbs_eval_knn_accuracy(pcs, n, k, codes, KNN_K, KNN_FOLDS, NBS_METRIC_EUCLIDEAN, r, &s->knn_pca, NULL, err);
     }
     if (!st)
@@ -267,9 +263,8 @@ static int stage_train(run_state *s, nbs_error *err) {
         nbs_info("resuming from %s after epoch %d", s->o->resume, s->ck.state.epochs_done);
     } else {
         if (X->n_genes > INT32_MAX) return nbs_error_set(err, NBS_ERR_INPUT, "too many genes");
-        gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-        if (!r) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
-        gsl_rng_set(r, c->train.seed);
+        gsl_rng *r = nbs_stream_rng(c->train.seed, NBS_STREAM_INIT, 0, err);
+        if (!r) return err->code;
         s->ck.model = nbs_model_new(&c->model, (int)X->n_genes, r, err);
         gsl_rng_free(r);
         if (!s->ck.model) return err->code;

@@ -10,18 +10,13 @@
 
 #include "nbsphere/io.h"
 #include "nbsphere/nn.h"
+#include "nbsphere/rng.h"
 
-/* The split has its own stream, so a resumed run (which restores only the training stream)
- * sees the same validation cells. */
-#define SPLIT_STREAM 0x5b1175eedULL
-#define VALID_STREAM 0x7a11dULL
 
 int nbs_train_state_init(nbs_train_state *s, const nbs_model *m, uint64_t seed, nbs_error *err) {
     memset(s, 0, sizeof *s);
     s->best_val = -INFINITY;
-    s->rng = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!s->rng) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
-    gsl_rng_set(s->rng, seed);
+    if (!(s->rng = nbs_stream_rng(seed, NBS_STREAM_TRAIN, 0, err))) return err->code;
     s->best_params = nbs_calloc((size_t)nbs_model_n_params(m), sizeof(float), err);
     s->best_state = s->best_params ? nbs_calloc((size_t)nbs_model_n_state(m) + 1, sizeof(float), err) : NULL;
     return s->best_state ? NBS_OK : err->code;
@@ -178,13 +173,14 @@ int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int6
     *order = nbs_malloc(sizeof(int64_t) * (n ? n : 1), err);
     if (!*order) return err->code;
     for (int64_t i = 0; i < n; i++) (*order)[i] = i;
-    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    /* a stream of its own, so a resumed run (which restores only the training stream) sees the
+     * same validation cells */
+    gsl_rng *r = nbs_stream_rng(tc->seed, NBS_STREAM_SPLIT, 0, err);
     if (!r) {
         free(*order); /* the caller owns *order only on success */
         *order = NULL;
-        return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
+        return err->code;
     }
-    gsl_rng_set(r, tc->seed ^ SPLIT_STREAM);
     gsl_ran_shuffle(r, *order, (size_t)n, sizeof(int64_t));
     gsl_rng_free(r);
     *n_val = (int64_t)floor(tc->validation_fraction * (double)n + 0.5);
@@ -199,9 +195,8 @@ static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, cons
                     int batch, uint64_t seed, int epoch, double *recon, double *kl, nbs_error *err) {
     const int K = nbs_model_kl_terms(m);
     double klb[NBS_MAX_KL_TERMS];
-    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!r) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
-    gsl_rng_set(r, seed ^ (VALID_STREAM * (uint64_t)(epoch + 1)));
+    gsl_rng *r = nbs_stream_rng(seed, NBS_STREAM_VALIDATION, (uint64_t)epoch, err);
+    if (!r) return err->code;
     *recon = *kl = 0;
     int st = NBS_OK;
     nbs_cells vc = *cells;
