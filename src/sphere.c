@@ -101,22 +101,63 @@ static void apply_reflection(int d, const double *h, double hh, const double *x,
     for (int j = 0; j < d; j++) out[j] = x[j] - c * h[j];
 }
 
-/* Scratch of 3d doubles: mu, h, y; on the stack up to model.latent_dim's limit, because the
- * backward runs once per cell inside a parallel loop, where a failed allocation could only show
- * as a NaN gradient (a "numerical failure" that was really out of memory). */
-#define STACK_D 1024
-static double *scratch(int d, double *stack, nbs_error *err) {
-    return d <= STACK_D ? stack : nbs_malloc(3 * (size_t)d * sizeof(double), err);
-}
-static void scratch_free(double *buf, const double *stack) {
-    if (buf != stack) free(buf);
+/* ---------------------------------------------------------------- workspace */
+
+int nbs_sphere_work_init(nbs_sphere_work *w, int d, nbs_error *err) {
+    *w = (nbs_sphere_work){d, NULL, NULL};
+    nbs_sphere_gsl_init(); /* GSL's failed allocation then returns NULL instead of aborting */
+    if (d < 2 || d > NBS_SPHERE_MAX_DIM)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "sphere workspace: latent dimension %d out of range (expected 2..%d)",
+                             d, NBS_SPHERE_MAX_DIM);
+    if (!(w->buf = nbs_malloc(3 * (size_t)d * sizeof(double), err))) return NBS_ERR_NOMEM;
+    if (!(w->quad = gsl_integration_workspace_alloc(QUAD_INTERVALS))) {
+        nbs_sphere_work_free(w);
+        return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the sphere's quadrature workspace");
+    }
+    return NBS_OK;
 }
 
-int nbs_sphere_place(int d, const double *u, double w, double one_minus_w, const double *v,
-                     double *z, nbs_error *err) {
-    double stack[3 * STACK_D];
-    double *buf = scratch(d, stack, err);
-    if (!buf) return NBS_ERR_NOMEM;
+void nbs_sphere_work_free(nbs_sphere_work *w) {
+    free(w->buf);
+    if (w->quad) gsl_integration_workspace_free(w->quad);
+    *w = (nbs_sphere_work){0, NULL, NULL};
+}
+
+/* The workspace of one call of a function without _ws: the reflection's scratch on the stack
+ * (d is at most NBS_SPHERE_MAX_DIM), the quadrature's allocated only for a call that
+ * integrates. */
+typedef struct {
+    nbs_sphere_work w;
+    double buf[3 * NBS_SPHERE_MAX_DIM];
+} call_work;
+
+static void call_work_init(call_work *c, int d) {
+    c->w = (nbs_sphere_work){d < NBS_SPHERE_MAX_DIM ? d : NBS_SPHERE_MAX_DIM, c->buf, NULL};
+}
+
+static int call_work_quad(call_work *c, nbs_error *err) {
+    nbs_sphere_gsl_init();
+    c->w.quad = gsl_integration_workspace_alloc(QUAD_INTERVALS);
+    return c->w.quad ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the sphere's quadrature workspace");
+}
+
+static void call_work_free(call_work *c) {
+    if (c->w.quad) gsl_integration_workspace_free(c->w.quad);
+}
+
+/* w's reflection scratch, (3, d): mu, h, y. */
+static double *reflection_scratch(int d, nbs_sphere_work *w, nbs_error *err) {
+    if (d > w->d) {
+        nbs_error_set(err, NBS_ERR_INTERNAL, "sphere: dimension %d over the workspace's %d", d, w->d);
+        return NULL;
+    }
+    return w->buf;
+}
+
+static int place_ws(int d, const double *u, double w, double one_minus_w, const double *v, double *z,
+                    nbs_sphere_work *ws, nbs_error *err) {
+    double *buf = reflection_scratch(d, ws, err);
+    if (!buf) return NBS_ERR_INTERNAL;
     double *mu = buf, *h = buf + d, *y = buf + 2 * d;
     reflection R;
     int st = reflection_from_u(d, u, mu, h, &R, err);
@@ -124,23 +165,25 @@ int nbs_sphere_place(int d, const double *u, double w, double one_minus_w, const
         fill_y(d, R.sigma, w, one_minus_w, v, y);
         apply_reflection(d, h, R.hh, y, z);
     }
-    scratch_free(buf, stack);
     return st;
+}
+
+int nbs_sphere_place(int d, const double *u, double w, double one_minus_w, const double *v,
+                     double *z, nbs_error *err) {
+    call_work c;
+    call_work_init(&c, d);
+    return place_ws(d, u, w, one_minus_w, v, z, &c.w, err);
 }
 
 /* Backward of z = H(mu) y(w) with mu = u / |u|: dz -> du (written) and dL/dw (returned). */
 static int place_backward(int d, const double *u, double w, double one_minus_w, const double *v,
-                          const double *dz, double *du, double *dldw, nbs_error *err) {
-    double stack[3 * STACK_D];
-    double *buf = scratch(d, stack, err);
-    if (!buf) return NBS_ERR_NOMEM;
+                          const double *dz, double *du, double *dldw, nbs_sphere_work *ws, nbs_error *err) {
+    double *buf = reflection_scratch(d, ws, err);
+    if (!buf) return NBS_ERR_INTERNAL;
     double *mu = buf, *h = buf + d, *y = buf + 2 * d;
     reflection R;
     int st = reflection_from_u(d, u, mu, h, &R, err);
-    if (st) {
-        scratch_free(buf, stack);
-        return st;
-    }
+    if (st) return st;
     fill_y(d, R.sigma, w, one_minus_w, v, y);
     double s = 0, gh = 0;
     for (int j = 0; j < d; j++) {
@@ -162,7 +205,6 @@ static int place_backward(int d, const double *u, double w, double one_minus_w, 
         mdot += du[j] * mu[j];
     }
     for (int j = 0; j < d; j++) du[j] = (du[j] - mdot * mu[j]) / R.norm_u;
-    scratch_free(buf, stack);
     return NBS_OK;
 }
 
@@ -175,8 +217,20 @@ static double wood_b(int d, double kappa, double *R) {
     return dm1 / (2 * kappa + *R);
 }
 
-int nbs_vmf_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
-                   nbs_sphere_draw *draw, nbs_error *err) {
+/* The end of both samplers, once draw holds w: the tangent direction v, z placed, and |u|. */
+static int place_draw(int d, const double *u, gsl_rng *rng, double *z, double *v, nbs_sphere_draw *draw,
+                      nbs_sphere_work *w, nbs_error *err) {
+    gsl_ran_dir_nd(rng, (size_t)(d - 1), v);
+    int st = place_ws(d, u, draw->w, draw->one_minus_w, v, z, w, err);
+    if (st) return st;
+    double n2 = 0;
+    for (int j = 0; j < d; j++) n2 += u[j] * u[j];
+    draw->norm = sqrt(n2);
+    return NBS_OK;
+}
+
+int nbs_vmf_sample_ws(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
+                      nbs_sphere_draw *draw, nbs_sphere_work *w, nbs_error *err) {
     int st = check_dk("vMF sampler", d, kappa, err);
     if (st) return st;
     double R;
@@ -207,13 +261,7 @@ int nbs_vmf_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z
     draw->one_minus_w = omw;
     draw->w = 1 - omw;
     draw->proposals = n;
-    gsl_ran_dir_nd(rng, (size_t)(d - 1), v);
-    st = nbs_sphere_place(d, u, draw->w, omw, v, z, err);
-    if (st) return st;
-    double n2 = 0;
-    for (int j = 0; j < d; j++) n2 += u[j] * u[j];
-    draw->norm = sqrt(n2);
-    return NBS_OK;
+    return place_draw(d, u, rng, z, v, draw, w, err);
 }
 
 int nbs_vmf_w_gradients(const nbs_sphere_draw *draw, double *dw_dkappa, double *score,
@@ -245,9 +293,11 @@ int nbs_vmf_w_gradients(const nbs_sphere_draw *draw, double *dw_dkappa, double *
 }
 
 int nbs_vmf_backward_rsvi(const nbs_sphere_draw *draw, const double *u, const double *v,
-                     const double *dz, double f, double *du, double *dkappa, nbs_error *err) {
+                          const double *dz, double f, double *du, double *dkappa, nbs_error *err) {
     double dldw, dw, score;
-    int st = place_backward(draw->d, u, draw->w, draw->one_minus_w, v, dz, du, &dldw, err);
+    call_work c;
+    call_work_init(&c, draw->d);
+    int st = place_backward(draw->d, u, draw->w, draw->one_minus_w, v, dz, du, &dldw, &c.w, err);
     if (!st) st = nbs_vmf_w_gradients(draw, &dw, &score, err);
     if (st) return st;
     *dkappa = dldw * dw + f * score;
@@ -282,27 +332,10 @@ static double vmf_fn_angle(double theta, void *vp) {
     return (P->oma - s) * exp(-P->kappa * s - P->lw);
 }
 
-/* The quadrature workspace of this thread, made once and kept: the backward pass integrates for
- * every cell inside a parallel loop, where a failed allocation could only show as a NaN;
- * nbs_sphere_reserve makes them beforehand, where the failure can be reported. */
-static gsl_integration_workspace *thread_workspace(void) {
-    static _Thread_local gsl_integration_workspace *ws;
-    if (!ws) ws = gsl_integration_workspace_alloc(QUAD_INTERVALS);
-    return ws;
-}
-
-int nbs_sphere_reserve(nbs_error *err) {
-    nbs_sphere_gsl_init();
-    int ok = 1;
-#pragma omp parallel reduction(&& : ok)
-    ok = thread_workspace() != NULL;
-    return ok ? NBS_OK : nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the sphere's quadrature workspaces");
-}
-
 /* Adaptive quadrature of f over [lo, hi] with break points at the peak of the density (mode
  * m, width sd) so that a peak of any width is found; "what" names the caller in errors. */
 static int tail_integral(gsl_function *F, double lo, double hi, double m, double sd, const char *what,
-                         int d, double kappa, double *val, nbs_error *err) {
+                         int d, double kappa, double *val, nbs_sphere_work *w, nbs_error *err) {
     double pts[6];
     size_t np = 0;
     pts[np++] = lo;
@@ -310,10 +343,9 @@ static int tail_integral(gsl_function *F, double lo, double hi, double m, double
     for (int i = 0; i < 3; i++)
         if (cand[i] > lo && cand[i] < hi && cand[i] > pts[np - 1]) pts[np++] = cand[i];
     pts[np++] = hi;
-    gsl_integration_workspace *ws = thread_workspace();
-    if (!ws) return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory", what);
+    if (!w->quad) return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: no quadrature workspace", what);
     double abserr = 0;
-    const int gs = gsl_integration_qagp(F, pts, np, 0, QUAD_RELTOL, QUAD_INTERVALS, ws, val, &abserr);
+    const int gs = gsl_integration_qagp(F, pts, np, 0, QUAD_RELTOL, QUAD_INTERVALS, w->quad, val, &abserr);
     if ((gs != GSL_SUCCESS && !(abserr <= 1e-6 * fabs(*val) + 1e-300)) || !isfinite(*val))
         return nbs_error_set(err, NBS_ERR_NUMERIC,
                              "%s: quadrature failed for d = %d, kappa = %g on [%g, %g] (%s, "
@@ -322,7 +354,7 @@ static int tail_integral(gsl_function *F, double lo, double hi, double m, double
     return NBS_OK;
 }
 
-int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *err) {
+static int vmf_dw_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_sphere_work *w, nbs_error *err) {
     const int d = draw->d;
     const double k = draw->kappa, sw = draw->one_minus_w;
     nbs_sphere_gsl_init();
@@ -345,24 +377,14 @@ int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, n
         const double tw = 2 * asin(sqrt(0.5 * sw));
         gsl_function F = {vmf_fn_angle, &P};
         rc = tail_integral(&F, upper ? 0 : tw, upper ? tw : M_PI, 0, fmin(1, 1 / sqrt(k)),
-                           "vMF implicit gradient", d, k, &val, err);
+                           "vMF implicit gradient", d, k, &val, w, err);
     } else {
         gsl_function F = {vmf_fn, &P};
         rc = tail_integral(&F, upper ? 0 : sw, upper ? sw : 2, mode, sd, "vMF implicit gradient", d,
-                           k, &val, err);
+                           k, &val, w, err);
     }
     if (rc) return rc;
     *dw_dkappa = upper ? val : -val;
-    return NBS_OK;
-}
-
-int nbs_vmf_backward(const nbs_sphere_draw *draw, const double *u, const double *v,
-                              const double *dz, double *du, double *dkappa, nbs_error *err) {
-    double dldw, dw;
-    int st = place_backward(draw->d, u, draw->w, draw->one_minus_w, v, dz, du, &dldw, err);
-    if (!st) st = nbs_vmf_dw_dkappa_implicit(draw, &dw, err);
-    if (st) return st;
-    *dkappa = dldw * dw;
     return NBS_OK;
 }
 
@@ -432,8 +454,8 @@ int nbs_ps_stats_eval(int d, double kappa, nbs_ps_stats *s, nbs_error *err) {
     return NBS_OK;
 }
 
-int nbs_ps_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
-                  nbs_sphere_draw *draw, nbs_error *err) {
+int nbs_ps_sample_ws(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
+                     nbs_sphere_draw *draw, nbs_sphere_work *w, nbs_error *err) {
     int st = check_dk("Power Spherical sampler", d, kappa, err);
     if (st) return st;
     const double beta = 0.5 * (d - 1), alpha = beta + kappa;
@@ -448,13 +470,7 @@ int nbs_ps_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z,
     draw->one_minus_w = 2 * r;
     draw->w = 1 - 2 * r;
     draw->proposals = 1;
-    gsl_ran_dir_nd(rng, (size_t)(d - 1), v);
-    st = nbs_sphere_place(d, u, draw->w, draw->one_minus_w, v, z, err);
-    if (st) return st;
-    double n2 = 0;
-    for (int j = 0; j < d; j++) n2 += u[j] * u[j];
-    draw->norm = sqrt(n2);
-    return NBS_OK;
+    return place_draw(d, u, rng, z, v, draw, w, err);
 }
 
 /* (log(1 - q) - E[log(1 - q)]) times the Beta(beta, alpha) density at q divided by the
@@ -483,7 +499,7 @@ static double ps_fn(double q, void *vp) {
     return (l1q - P->elog) * exp(lp);
 }
 
-int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *err) {
+static int ps_dw(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_sphere_work *w, nbs_error *err) {
     nbs_sphere_gsl_init();
     const int d = draw->d;
     const double beta = 0.5 * (d - 1), alpha = beta + draw->kappa, r = draw->eps;
@@ -504,11 +520,11 @@ int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *
         const double psd = fmin(0.5, sd / (2 * sqrt(mean * (1 - mean))));
         gsl_function F = {ps_fn_angle, &P};
         rc = tail_integral(&F, lower ? 0 : pr, lower ? pr : 0.5 * M_PI, pm, psd,
-                           "Power Spherical gradient", d, draw->kappa, &val, err);
+                           "Power Spherical gradient", d, draw->kappa, &val, w, err);
     } else {
         gsl_function F = {ps_fn, &P};
         rc = tail_integral(&F, lower ? 0 : r, lower ? r : 1, mean, sd, "Power Spherical gradient", d,
-                           draw->kappa, &val, err);
+                           draw->kappa, &val, w, err);
     }
     if (rc) return rc;
     /* dI/dalpha / p(r) = -dr/dalpha; w = 1 - 2r and dalpha/dkappa = 1. */
@@ -517,12 +533,87 @@ int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *
     return NBS_OK;
 }
 
-int nbs_ps_backward(const nbs_sphere_draw *draw, const double *u, const double *v,
-                    const double *dz, double *du, double *dkappa, nbs_error *err) {
+/* ---------------------------------------------------------------- backward of either sampler */
+
+/* dw/dkappa of one sample, held at its CDF value (vmf_dw_implicit, ps_dw). */
+typedef int dw_fn(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_sphere_work *w, nbs_error *err);
+
+static int backward_with(dw_fn *dw_dkappa, const nbs_sphere_draw *draw, const double *u, const double *v,
+                         const double *dz, double *du, double *dkappa, nbs_sphere_work *w, nbs_error *err) {
     double dldw, dw;
-    int st = place_backward(draw->d, u, draw->w, draw->one_minus_w, v, dz, du, &dldw, err);
-    if (!st) st = nbs_ps_dw_dkappa(draw, &dw, err);
+    int st = place_backward(draw->d, u, draw->w, draw->one_minus_w, v, dz, du, &dldw, w, err);
+    if (!st) st = dw_dkappa(draw, &dw, w, err);
     if (st) return st;
     *dkappa = dldw * dw;
     return NBS_OK;
+}
+
+/* ---------------------------------------------------------------- the functions without _ws */
+
+/* Each makes a workspace of its own for the one call. */
+typedef int sample_fn(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
+                      nbs_sphere_draw *draw, nbs_sphere_work *w, nbs_error *err);
+
+static int sample_own_work(sample_fn *sample, int d, const double *u, double kappa, gsl_rng *rng, double *z,
+                           double *v, nbs_sphere_draw *draw, nbs_error *err) {
+    call_work c;
+    call_work_init(&c, d);
+    return sample(d, u, kappa, rng, z, v, draw, &c.w, err);
+}
+
+int nbs_vmf_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
+                   nbs_sphere_draw *draw, nbs_error *err) {
+    return sample_own_work(nbs_vmf_sample_ws, d, u, kappa, rng, z, v, draw, err);
+}
+
+int nbs_ps_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
+                  nbs_sphere_draw *draw, nbs_error *err) {
+    return sample_own_work(nbs_ps_sample_ws, d, u, kappa, rng, z, v, draw, err);
+}
+
+static int dw_own_work(dw_fn *dw_dkappa, const nbs_sphere_draw *draw, double *dw, nbs_error *err) {
+    call_work c;
+    call_work_init(&c, draw->d);
+    int st = call_work_quad(&c, err);
+    if (!st) st = dw_dkappa(draw, dw, &c.w, err);
+    call_work_free(&c);
+    return st;
+}
+
+static int backward_own_work(dw_fn *dw_dkappa, const nbs_sphere_draw *draw, const double *u, const double *v,
+                             const double *dz, double *du, double *dkappa, nbs_error *err) {
+    call_work c;
+    call_work_init(&c, draw->d);
+    int st = call_work_quad(&c, err);
+    if (!st) st = backward_with(dw_dkappa, draw, u, v, dz, du, dkappa, &c.w, err);
+    call_work_free(&c);
+    return st;
+}
+
+int nbs_vmf_dw_dkappa_implicit(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *err) {
+    return dw_own_work(vmf_dw_implicit, draw, dw_dkappa, err);
+}
+
+int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *err) {
+    return dw_own_work(ps_dw, draw, dw_dkappa, err);
+}
+
+int nbs_vmf_backward(const nbs_sphere_draw *draw, const double *u, const double *v, const double *dz,
+                     double *du, double *dkappa, nbs_error *err) {
+    return backward_own_work(vmf_dw_implicit, draw, u, v, dz, du, dkappa, err);
+}
+
+int nbs_ps_backward(const nbs_sphere_draw *draw, const double *u, const double *v, const double *dz,
+                    double *du, double *dkappa, nbs_error *err) {
+    return backward_own_work(ps_dw, draw, u, v, dz, du, dkappa, err);
+}
+
+int nbs_vmf_backward_ws(const nbs_sphere_draw *draw, const double *u, const double *v, const double *dz,
+                        double *du, double *dkappa, nbs_sphere_work *w, nbs_error *err) {
+    return backward_with(vmf_dw_implicit, draw, u, v, dz, du, dkappa, w, err);
+}
+
+int nbs_ps_backward_ws(const nbs_sphere_draw *draw, const double *u, const double *v, const double *dz,
+                       double *du, double *dkappa, nbs_sphere_work *w, nbs_error *err) {
+    return backward_with(ps_dw, draw, u, v, dz, du, dkappa, w, err);
 }

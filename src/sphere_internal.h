@@ -8,11 +8,6 @@
  * Every entry point that calls GSL special functions or quadrature calls this first. */
 void nbs_sphere_gsl_init(void);
 
-/* Makes the quadrature workspace of every thread of the next parallel region, which the sample
- * gradients (nbs_vmf_backward, nbs_ps_backward) use: call it before a backward pass, whose
- * cells cannot report a failed allocation. NBS_ERR_NOMEM if one cannot be made. */
-int nbs_sphere_reserve(nbs_error *err);
-
 /* sum_{k>=1} t_k of the power series I_nu(x) = (x/2)^nu / Gamma(nu + 1) * (1 + sum t_k), in
  * the region where nbs_bessel_use_series() holds. Kept apart from the leading 1 so that
  * log1p() of it is exact as x -> 0 (the vMF KL is kappa^2 / (2d) there). */

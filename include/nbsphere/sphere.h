@@ -7,16 +7,35 @@
  * converts from the encoder's float head, calls these, and converts back. Domain everywhere:
  * 2 <= d <= NBS_SPHERE_MAX_DIM, kappa > 0 and finite. Accuracy is tested for d in [3, 256] and
  * kappa in [1e-6, 1e6]; there no result is 0, Inf or NaN unless the exact value is 0.
- * Reentrant (no shared state), so cells can be spread over threads, each with its own gsl_rng.
- * docs/sphere.md shows how a latent layer calls these and why the vMF uses implicit gradients. */
+ * Reentrant (no shared state), so cells can be spread over threads, each with its own gsl_rng
+ * and its own nbs_sphere_work. docs/sphere.md shows how a latent layer calls these and why the
+ * vMF uses implicit gradients. */
 #ifndef NBSPHERE_SPHERE_H
 #define NBSPHERE_SPHERE_H
 
+#include <gsl/gsl_integration.h>
 #include <gsl/gsl_rng.h>
 
 #include "nbsphere/error.h"
 
 #define NBS_SPHERE_MAX_DIM 1024
+
+/* ---- workspace ---- */
+
+/* Scratch of one thread for the samplers and gradients. The *_ws functions take one made
+ * beforehand: the latent layer's cache owns one per thread, so that a training step allocates
+ * nothing (inside the backward's parallel loop a failed allocation could only show as a NaN
+ * gradient). The same functions without _ws make their own per call (tests, one-off use). */
+typedef struct {
+    int d;                           /* the largest dimension it serves */
+    double *buf;                     /* (3, d): mu, h, y of the reflection */
+    gsl_integration_workspace *quad; /* subintervals of the gradient quadratures */
+} nbs_sphere_work;
+
+/* For dimensions up to d (2..NBS_SPHERE_MAX_DIM; NBS_ERR_INTERNAL otherwise). NBS_ERR_NOMEM if
+ * it cannot be made; after a failure nothing is left to free. */
+int nbs_sphere_work_init(nbs_sphere_work *w, int d, nbs_error *err);
+void nbs_sphere_work_free(nbs_sphere_work *w);
 
 /* ---- special functions (bessel.c) ---- */
 
@@ -66,6 +85,8 @@ typedef struct {
  * z: [d]; v: [d - 1], filled. */
 int nbs_vmf_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
                    nbs_sphere_draw *draw, nbs_error *err);
+int nbs_vmf_sample_ws(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
+                      nbs_sphere_draw *draw, nbs_sphere_work *w, nbs_error *err);
 
 /* Backward of one vMF sample, the one to train with. dz: dL/dz [d]. Writes du: dL/du [d]
  * (through the normalisation mu = u / |u| and the reflection) and dkappa: dL/dkappa, with
@@ -76,6 +97,9 @@ int nbs_vmf_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z
  * Does not include the KL; add kl_weight * nbs_vmf_stats.dkl_dkappa. */
 int nbs_vmf_backward(const nbs_sphere_draw *draw, const double *u, const double *v,
                      const double *dz, double *du, double *dkappa, nbs_error *err);
+int nbs_vmf_backward_ws(const nbs_sphere_draw *draw, const double *u, const double *v,
+                        const double *dz, double *du, double *dkappa, nbs_sphere_work *w,
+                        nbs_error *err);
 
 /* The alternative: Wood's reparameterisation through w(eps, kappa) plus the rejection
  * correction of Naesseth et al. 2017, f * d/dkappa [log g(w | kappa) + log |dw/deps|] with g
@@ -108,6 +132,8 @@ int nbs_ps_stats_eval(int d, double kappa, nbs_ps_stats *s, nbs_error *err);
 /* Draws z ~ PS(u / |u|, kappa). Same conventions as nbs_vmf_sample. */
 int nbs_ps_sample(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
                   nbs_sphere_draw *draw, nbs_error *err);
+int nbs_ps_sample_ws(int d, const double *u, double kappa, gsl_rng *rng, double *z, double *v,
+                     nbs_sphere_draw *draw, nbs_sphere_work *w, nbs_error *err);
 
 /* dw/dkappa of one Power Spherical sample, by implicit differentiation of the Beta CDF. */
 int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *err);
@@ -115,6 +141,9 @@ int nbs_ps_dw_dkappa(const nbs_sphere_draw *draw, double *dw_dkappa, nbs_error *
 /* Backward of one Power Spherical sample (fully reparameterised: no score term). */
 int nbs_ps_backward(const nbs_sphere_draw *draw, const double *u, const double *v,
                     const double *dz, double *du, double *dkappa, nbs_error *err);
+int nbs_ps_backward_ws(const nbs_sphere_draw *draw, const double *u, const double *v,
+                       const double *dz, double *du, double *dkappa, nbs_sphere_work *w,
+                       nbs_error *err);
 
 /* ---- shared geometry ---- */
 
