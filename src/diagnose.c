@@ -205,7 +205,7 @@ static void model_verdict(nbs_collapse_report *r) {
         r->model = NBS_MODEL_COLLAPSED;
         char why[96] = "";
         if (r->n_sending) snprintf(why, sizeof why, ", although %d of %d dimensions carry %s", r->n_sending, r->d,
-                                   r->latent == NBS_LATENT_GAUSSIAN ? "KL" : "activity");
+                                   nbs_latent_ops_of(r->latent)->on_sphere ? "activity" : "KL");
         snprintf(r->summary, sizeof r->summary,
                  "collapsed: the decoder does not use z: its reconstruction gain over a constant z is "
                  "%.3g +- %.2g nats per cell (not above 0)%s", r->recon_gain, r->recon_gain_se, why);
@@ -260,7 +260,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
     const int64_t n = cells->n;
     const nbs_latent *L = nbs_model_latent(m);
     const int d = L->dim, hd = nbs_latent_head_dim(L), K = nbs_latent_kl_terms(L);
-    const int sphere = L->kind != NBS_LATENT_GAUSSIAN;
+    const int sphere = nbs_latent_on_sphere(L);
     if (n < 2) return nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)n);
     r->d = d;
     r->latent = L->kind;

@@ -4,6 +4,7 @@
  * per-cell maths of sphere.h (struct nbs_latent_sphere). */
 #include "nbsphere/latent.h"
 
+#include "nbsphere/nn.h"
 #include "nbsphere/sphere.h"
 
 #include <gsl/gsl_randist.h>
@@ -173,7 +174,6 @@ static int per_cell(const nbs_latent *L) {
     return 1;
 }
 
-static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 static double sigmoid(double x) { return 1 / (1 + exp(-x)); }
 
 /* h (d + 1) -> u (d), kappa */
@@ -184,7 +184,7 @@ static void read_head(const nbs_latent *L, const float *h, double *u, double *ka
         n2 += u[j] * u[j];
     }
     if (!(n2 > 0)) u[0] = 1; /* an all-zero direction: any unit vector is as good */
-    *kappa = softplus(h[L->dim]) + L->kappa_floor;
+    *kappa = nbs_softplus(h[L->dim]) + L->kappa_floor;
 }
 
 static int sphere_cache_init(const nbs_latent *L, nbs_latent_cache *c, int max_batch, nbs_error *err) {

@@ -1,4 +1,5 @@
 #include "nbsphere/likelihood.h"
+#include "nbsphere/nn.h"
 
 #include <gsl/gsl_sf_psi.h>
 #include <math.h>
@@ -38,8 +39,6 @@ static void gamma_diffs(double x, double t, double lg_t, double psi_t, double *d
     *dpsi = gsl_sf_psi(x + t) - psi_t;
 }
 
-/* log(1 + exp(x)) without overflow. */
-static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 
 /* Vector variants of exp and log from glibc's libmvec (reached through -lm), declared as math.h
  * does only under -ffast-math, so that the simd loops below call them: within 4 ulp. */
@@ -160,11 +159,11 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
         /* ZINB */
         const double q = zl[g];
         if (x > 0) {
-            ll += nb - softplus(q); /* log(1 - pi) + log NB(x) */
+            ll += nb - nbs_softplus(q); /* log(1 - pi) + log NB(x) */
             if (dzi) dzi[g] = (float)(scale * -(1 / (1 + exp(-q))));
         } else {
             /* log(pi + (1 - pi) NB(0)), pi = sigmoid(q), in log space */
-            const double lp = -softplus(-q), lnp = -softplus(q) + nb0;
+            const double lp = -nbs_softplus(-q), lnp = -nbs_softplus(q) + nb0;
             const double m = lp > lnp ? lp : lnp;
             const double ll_g = m + log(exp(lp - m) + exp(lnp - m));
             const double w = exp(lnp - ll_g); /* share of the zero the NB explains */

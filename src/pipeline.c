@@ -16,6 +16,7 @@
 #include <yaml.h>
 
 #include "nbsphere/io.h"
+#include "nbsphere/latent.h"
 #include "pipeline_internal.h"
 
 /* Enums are stored through an int: the compiler must agree. */
@@ -523,7 +524,7 @@ static int apply_set(ctx *c, const char *assignment) {
 static int finish(ctx *c, int flags) {
     nbs_config *cfg = &c->p->config;
     int kd = find_key("model", "latent_dim"), kl = find_key("model", "latent");
-    if (cfg->model.latent != NBS_LATENT_GAUSSIAN && cfg->model.latent_dim < 2) {
+    if (nbs_latent_ops_of(cfg->model.latent)->on_sphere && cfg->model.latent_dim < 2) {
         int k = c->given[kd] ? kd : kl;
         loc l = c->given[k] ? c->where[k] : (loc){c->name ? c->name : "(defaults)", 1, 1, NULL};
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[kd], "%d is too small for a spherical latent",

@@ -6,10 +6,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "nbsphere/latent.h"
 #include "nbsphere/report.h"
 
 static inline int nbs_report_is_sphere(const nbs_collapse_report *r) {
-    return r->latent != NBS_LATENT_GAUSSIAN;
+    return nbs_latent_ops_of(r->latent)->on_sphere;
 }
 static inline int nbs_report_has_track(const nbs_report_input *in) {
     return in->track && in->track->n > 0 && in->track->d == in->report->d;

@@ -199,7 +199,7 @@ static int embed_cells(run_state *s, nbs_error *err) {
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int64_t n = s->pre->matrix->n_cells;
     s->z = nbs_malloc(sizeof(float) * (size_t)(n * L->dim + 1), err);
-    s->spread = s->z ? nbs_malloc(sizeof(float) * (size_t)(n * (L->kind == NBS_LATENT_GAUSSIAN ? L->dim : 1) + 1), err)
+    s->spread = s->z ? nbs_malloc(sizeof(float) * (size_t)(n * nbs_latent_spread_dim(L) + 1), err)
                      : NULL;
     if (!s->spread) return err->code;
     const nbs_cells all = nbs_cells_all(s->pre->matrix, s->pre->library_size);
@@ -214,7 +214,7 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
     if (s->labels) {
         const nbs_latent *L = nbs_model_latent(s->ck.model);
         if ((st = embed_cells(s, err))) return st;
-        if ((st = label_quality(s, s->z, L->dim, L->kind != NBS_LATENT_GAUSSIAN, err))) return st;
+        if ((st = label_quality(s, s->z, L->dim, nbs_latent_on_sphere(L), err))) return st;
     }
     s->have_report = 1;
     for (int j = 0; j < s->report.d; j++)
@@ -318,7 +318,7 @@ static int stage_write(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_matrix *X = s->pre->matrix;
     const nbs_latent *L = nbs_model_latent(s->ck.model);
-    const int d = L->dim, gauss = L->kind == NBS_LATENT_GAUSSIAN;
+    const int d = L->dim, gauss = !nbs_latent_on_sphere(L);
     stage_begin(s, "write");
     const int64_t n = X->n_cells;
     int st = embed_cells(s, err);

@@ -322,7 +322,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     /* Each epoch shuffles a fresh copy of the split's order, so an epoch's minibatches depend
      * only on the generator's state: what a checkpoint saves. */
     int64_t *train = nbs_malloc(sizeof(int64_t) * (size_t)n_train, err);
-    const int sphere = L->kind != NBS_LATENT_GAUSSIAN;
+    const int sphere = nbs_latent_on_sphere(L);
     float *kappas = train && sphere ? nbs_malloc(sizeof(float) * (size_t)n_train, err) : NULL;
     nbs_workspace *w = train && (kappas || !sphere)
                            ? nbs_workspace_new(m, batch, nbs_matrix_max_batch_nnz(X, batch), err) : NULL;
@@ -379,7 +379,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
         if (kappas) {
             gsl_sort_float(kappas, 1, (size_t)n_train);
             r.kappa_median = gsl_stats_float_median_from_sorted_data(kappas, 1, (size_t)n_train);
-            if (L->kind == NBS_LATENT_VMF) r.acceptance = nbs_workspace_acceptance(w);
+            if (nbs_latent_has_acceptance(L)) r.acceptance = nbs_workspace_acceptance(w);
         }
         for (int t = 0; t < K; t++) {
             kl_epoch[t] /= (double)n_train;

@@ -183,7 +183,7 @@ static void init_hidden(hidden *h, gsl_rng *rng) {
 
 static int check_config(const nbs_model_config *mc, int n_genes, nbs_error *err) {
     if (n_genes < 1) return nbs_error_set(err, NBS_ERR_INPUT, "model: no genes to model");
-    if (mc->latent != NBS_LATENT_GAUSSIAN && mc->latent_dim < 2)
+    if (nbs_latent_ops_of(mc->latent)->on_sphere && mc->latent_dim < 2)
         return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: spherical latents need 2 or more dimensions");
     if (mc->latent_dim < 1 || mc->n_encoder_layers < 1 || mc->n_decoder_layers < 1 ||
         mc->n_encoder_layers > NBS_MAX_LAYERS || mc->n_decoder_layers > NBS_MAX_LAYERS)
@@ -645,7 +645,7 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
 
 int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, float *spread, nbs_error *err) {
     const nbs_latent *L = &m->stages[0].lat;
-    const int hd = m->stages[0].head_dim, d = L->dim, sd = L->kind == NBS_LATENT_GAUSSIAN ? d : 1;
+    const int hd = m->stages[0].head_dim, d = L->dim, sd = nbs_latent_spread_dim(L);
     nbs_workspace *w = nbs_workspace_eval(m, c->X, err);
     float *head = w ? nbs_malloc(sizeof(float) * NBS_EVAL_BATCH * hd, err) : NULL;
     int st = head ? NBS_OK : err->code;

@@ -478,7 +478,7 @@ static void test_concurrent_embedding(void **s) {
         c.train.epochs = 2;
         trained t;
         assert_int_equal(train_for(&c, &t, &err), 0);
-        const int64_t n = example()->n_cells, d = c.model.latent_dim, sd = kinds[k] == NBS_LATENT_GAUSSIAN ? d : 1;
+        const int64_t n = example()->n_cells, d = c.model.latent_dim, sd = nbs_latent_ops_of(kinds[k])->on_sphere ? 1 : d;
         float *ref = malloc(sizeof(float) * n * d), *ref_spread = malloc(sizeof(float) * n * sd);
         assert_int_equal(nbs_model_embed(t.m, example_cells(), ref, ref_spread, &err), 0);
         embed_job jobs[2];

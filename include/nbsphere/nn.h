@@ -6,6 +6,7 @@
 #define NBSPHERE_NN_H
 
 #include <gsl/gsl_rng.h>
+#include <math.h>
 #include <stdint.h>
 
 typedef struct {
@@ -32,6 +33,8 @@ void nbs_dense_backward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, con
 
 /* In place; backward masks dy with y > 0 (y = the forward's output). */
 void nbs_relu_forward(float *y, int64_t n);
+/* log(1 + exp(x)) without overflow (the spheres' concentration, ZINB's zero inflation). */
+static inline double nbs_softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 void nbs_relu_backward(const float *y, float *dy, int64_t n);
 
 /* Inverted dropout: mask[k] is 0 or 1/(1-p); y *= mask. p = 0 fills the mask with 1. */
