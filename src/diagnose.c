@@ -254,12 +254,35 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Stage s's posterior KL to its prior, the mean over the cells of each term (kl_mean, the stage's
+ * kl_terms); its head (n, head_dim) into head when not NULL. The KL needs no sample. */
+static int stage_kl(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, int s, float *head,
+                    double *kl_mean, nbs_error *err) {
+    const nbs_latent *L = nbs_model_stage_latent(m, s);
+    const int64_t n = cells->n, hd = nbs_latent_head_dim(L), K = nbs_latent_kl_terms(L);
+    float *own = head ? NULL : nbs_malloc(sizeof(float) * n * hd, err), *z = nbs_malloc(sizeof(float) * n * L->dim, err);
+    double *kl = nbs_malloc(sizeof(double) * n * K, err); /* (n, K) */
+    nbs_latent_cache *cache = nbs_latent_cache_new(L, (int)n, err);
+    if (!head) head = own;
+    int st = head && z && kl && cache ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st) st = nbs_model_encode(m, w, cells, s, head, err);
+    if (!st) st = nbs_latent_forward(L, head, (int)n, NULL, z, kl, cache, err);
+    for (int t = 0; t < K && !st; t++) {
+        double sum = 0;
+        for (int64_t i = 0; i < n; i++) sum += kl[i * K + t];
+        kl_mean[t] = sum / (double)n;
+    }
+    free(own), free(z), free(kl);
+    nbs_latent_cache_free(cache);
+    return st;
+}
+
 int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
                  nbs_collapse_report *r, nbs_error *err) {
     memset(r, 0, sizeof *r);
     const int64_t n = cells->n;
     const nbs_latent *L = nbs_model_latent(m);
-    const int d = L->dim, hd = nbs_latent_head_dim(L), K = nbs_latent_kl_terms(L);
+    const int d = L->dim, hd = nbs_latent_head_dim(L);
     const int sphere = nbs_latent_on_sphere(L);
     if (n < 2) return nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)n);
     r->d = d;
@@ -284,27 +307,25 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
     float *loc = nbs_malloc(sizeof(float) * n * d, err);
     float *spread = nbs_malloc(sizeof(float) * n * (sphere ? 1 : d), err);
     float *ez = nbs_malloc(sizeof(float) * n * d, err);
-    double *kl = nbs_malloc(sizeof(double) * n * K, err);
     double *ll = nbs_malloc(sizeof(double) * n, err), *ll0 = nbs_malloc(sizeof(double) * n, err);
     float *zc = nbs_malloc(sizeof(float) * n * d, err);
-    nbs_latent_cache *cache = nbs_latent_cache_new(L, (int)n, err);
     int st = NBS_OK;
     if (!r->kl || !r->activity || !r->sens_weight || !r->sens_jacobian || !r->decoder_nats || !lib ||
-        !r->verdict || !head || !loc || !spread || !ez || !kl || !ll || !ll0 || !zc || !cache || !w)
+        !r->verdict || !head || !loc || !spread || !ez || !ll || !ll0 || !zc || !w)
         st = NBS_ERR_NOMEM;
-    if (!st) st = nbs_model_encode(m, w, cells, head, err);
+    /* the KL of every stage counts in the total; the per-dimension measures are of stage 0, the
+     * embedding, whose head is kept */
+    for (int s = 0; s < nbs_model_n_stages(m) && !st; s++) {
+        double kl_mean[NBS_MAX_KL_TERMS];
+        st = stage_kl(m, w, cells, s, s ? NULL : head, kl_mean, err);
+        for (int t = 0; t < nbs_latent_kl_terms(nbs_model_stage_latent(m, s)) && !st; t++) {
+            if (s == 0 && !sphere) r->kl[t] = kl_mean[t];
+            r->kl_total += kl_mean[t];
+        }
+    }
     if (!st) {
         nbs_latent_posterior(L, head, (int)n, loc, spread);
         nbs_latent_expectation(L, head, (int)n, ez);
-        st = nbs_latent_forward(L, head, (int)n, NULL, zc, kl, cache, err); /* KL needs no sample */
-    }
-    if (!st) {
-        for (int t = 0; t < K; t++) {
-            double s = 0;
-            for (int64_t i = 0; i < n; i++) s += kl[i * K + t];
-            if (!sphere) r->kl[t] = s / (double)n;
-            r->kl_total += s / (double)n;
-        }
         for (int j = 0; j < d; j++) {
             double mean = 0, var = 0;
             for (int64_t i = 0; i < n; i++) mean += ez[i * d + j];
@@ -380,8 +401,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
         }
         model_verdict(r);
     }
-    free(head), free(loc), free(spread), free(ez), free(kl), free(ll), free(ll0), free(zc), free(lib);
-    nbs_latent_cache_free(cache);
+    free(head), free(loc), free(spread), free(ez), free(ll), free(ll0), free(zc), free(lib);
     nbs_workspace_free(w);
     if (st) {
         if (st == NBS_ERR_NOMEM && !err->msg[0]) nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics");

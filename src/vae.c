@@ -599,14 +599,15 @@ void nbs_model_adam(nbs_model *m, double lr, double eps, double weight_decay) {
 
 /* ---- evaluation-mode helpers: the workspace's capacity at a time ---- */
 
-int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, float *head, nbs_error *err) {
-    const int hd = m->stages[0].head_dim;
+int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, int stage, float *head,
+                     nbs_error *err) {
+    const int hd = m->stages[stage].head_dim;
     for (int64_t s = 0; s < c->n; s += w->cap) {
         const nbs_cells part = nbs_cells_slice(c, s, c->n - s < w->cap ? c->n - s : w->cap);
         int st = gather(m, w, &part, err);
         if (st) return st;
         encode_gathered(m, w, (int)part.n, 0, NULL);
-        memcpy(head + s * hd, w->stages[0].head_out, sizeof(float) * part.n * hd);
+        memcpy(head + s * hd, w->stages[stage].head_out, sizeof(float) * part.n * hd);
     }
     return NBS_OK;
 }
@@ -651,7 +652,7 @@ int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, flo
     int st = head ? NBS_OK : err->code;
     for (int64_t s = 0; s < c->n && !st; s += NBS_EVAL_BATCH) {
         const nbs_cells part = nbs_cells_slice(c, s, c->n - s < NBS_EVAL_BATCH ? c->n - s : NBS_EVAL_BATCH);
-        st = nbs_model_encode(m, w, &part, head, err);
+        st = nbs_model_encode(m, w, &part, 0, head, err);
         if (!st) nbs_latent_posterior(L, head, (int)part.n, location + s * d, spread ? spread + s * sd : NULL);
     }
     free(head);

@@ -100,9 +100,10 @@ void nbs_model_adam(nbs_model *m, double lr, double eps, double weight_decay);
 /* The gradient block: n_params floats, at the parameters' offsets. */
 float *nbs_model_grad_block(nbs_model *m);
 
-/* Encoder in evaluation mode (no dropout) for the cells of c: writes the latent head of stage 0
- * (n, head_dim) (see latent.h for how to read it). */
-int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, float *head, nbs_error *err);
+/* Encoder in evaluation mode (no dropout) for the cells of c: writes the latent head of stage s
+ * (n, head_dim of the stage) (see latent.h for how to read it). */
+int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, int stage, float *head,
+                     nbs_error *err);
 
 /* The embedding of the cells of c: posterior location (n, d) and, if spread is not NULL, the
  * posterior spread (n, nbs_latent_spread_dim): Gaussian variances or the sphere's kappa.
