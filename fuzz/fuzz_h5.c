@@ -156,7 +156,8 @@ static void write_h5ad(hid_t f, cursor *c) {
         put_shape_attr(g, c, cells, genes);
         put_array(g, "data", c, nnz);
         put_array(g, "indices", c, nnz);
-        put_array(g, "indptr", c, (csr ? cells : genes) + 1);
+        const int64_t major = csr ? cells : genes; /* any int64 the input holds: +1 must not overflow */
+        put_array(g, "indptr", c, major >= 0 && major < 64 ? major + 1 : 64);
         H5Gclose(g);
     }
     put_dataframe(f, "obs", c, cells);
