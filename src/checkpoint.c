@@ -14,8 +14,9 @@
 
 #define FORMAT_NAME "nbsphere-model"
 /* 2: batch norm's eps and momentum (attributes of /params) and the best epoch's batch-norm
- * statistics (/train/best_state). Version 1 files lack both and still load. */
-#define FORMAT_VERSION 2
+ * statistics (/train/best_state). Version 1 files lack both and still load.
+ * 3: /covariates, the covariates the model is conditioned on. Earlier files have none. */
+#define FORMAT_VERSION 3
 #define LOG_COLS 13
 
 /* ---- writing ---- */
@@ -39,9 +40,56 @@ static char *config_text(const nbs_config *c) {
     return buf;
 }
 
+/* n names of fixed arrays as a string dataset */
+static int write_names(hid_t g, const char *dataset, const char (*names)[NBS_NAME_MAX], int n) {
+    const char *p[NBS_MAX_CATEGORICAL];
+    for (int i = 0; i < n; i++) p[i] = names[i];
+    return nbs_h5_write_strs(g, dataset, (char *const *)p, (hsize_t)n, 0);
+}
+
+/* /covariates: attrs has_batch, n_categorical, n_continuous; categorical_names [n_categorical] and
+ * categories/<k> [categories of covariate k]; continuous_names, continuous_mean, continuous_sd
+ * [n_continuous] */
+static int write_covariates(hid_t f, const nbs_covariates *cov) {
+    const nbs_covariates none = {0};
+    if (!cov) cov = &none;
+    hid_t g = nbs_h5_new_group(f, "covariates");
+    if (g < 0) return 1;
+    int bad = nbs_h5_set_attr(g, "has_batch", H5T_NATIVE_INT, H5T_NATIVE_INT, &cov->has_batch) ||
+              nbs_h5_set_attr(g, "n_categorical", H5T_NATIVE_INT, H5T_NATIVE_INT, &cov->n_categorical) ||
+              nbs_h5_set_attr(g, "n_continuous", H5T_NATIVE_INT, H5T_NATIVE_INT, &cov->n_continuous);
+    char names[NBS_MAX_CATEGORICAL][NBS_NAME_MAX];
+    if (!bad && cov->n_categorical) {
+        for (int k = 0; k < cov->n_categorical; k++) snprintf(names[k], NBS_NAME_MAX, "%s", cov->categorical[k].name);
+        bad = write_names(g, "categorical_names", (const char (*)[NBS_NAME_MAX])names, cov->n_categorical);
+        hid_t cg = bad ? -1 : nbs_h5_new_group(g, "categories");
+        bad |= cg < 0;
+        for (int k = 0; !bad && k < cov->n_categorical; k++) {
+            char key[16];
+            snprintf(key, sizeof key, "%d", k);
+            bad = nbs_h5_write_strs(cg, key, cov->categorical[k].categories, (hsize_t)cov->categorical[k].n_categories, 0);
+        }
+        if (cg >= 0) H5Gclose(cg);
+    }
+    if (!bad && cov->n_continuous) {
+        double mean[NBS_MAX_COVARIATES], sd[NBS_MAX_COVARIATES];
+        for (int k = 0; k < cov->n_continuous; k++) {
+            snprintf(names[k], NBS_NAME_MAX, "%s", cov->continuous[k].name);
+            mean[k] = cov->continuous[k].mean;
+            sd[k] = cov->continuous[k].sd;
+        }
+        hsize_t nc[1] = {(hsize_t)cov->n_continuous};
+        bad = write_names(g, "continuous_names", (const char (*)[NBS_NAME_MAX])names, cov->n_continuous) ||
+              nbs_h5_write_ds(g, "continuous_mean", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, nc, mean, 0) ||
+              nbs_h5_write_ds(g, "continuous_sd", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, nc, sd, 0);
+    }
+    H5Gclose(g);
+    return bad;
+}
+
 /* Returns 1 if anything failed; *nomem says whether an allocation of ours was the cause. */
-static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *names, char *const *ids,
-                     const nbs_train_state *s, const nbs_train_log *l, int *nomem) {
+static int write_all(hid_t f, nbs_model *m, const nbs_config *c, const nbs_covariates *cov, char *const *names,
+                     char *const *ids, const nbs_train_state *s, const nbs_train_log *l, int *nomem) {
     int bad = 0, version = FORMAT_VERSION;
     bad |= attr_string(f, "format", FORMAT_NAME);
     bad |= nbs_h5_set_attr(f, "format_version", H5T_NATIVE_INT, H5T_NATIVE_INT, &version);
@@ -56,6 +104,7 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
     bad |= g < 0 || nbs_h5_write_strs(g, "names", names, (hsize_t)G, 0) ||
            nbs_h5_write_strs(g, "ids", ids ? ids : names, (hsize_t)G, 0);
     if (g >= 0) H5Gclose(g);
+    bad |= write_covariates(f, cov);
 
     g = nbs_h5_new_group(f, "params");
     bad |= g < 0;
@@ -120,9 +169,9 @@ static int write_all(hid_t f, nbs_model *m, const nbs_config *c, char *const *na
     return bad;
 }
 
-int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, char *const *gene_names,
-                        char *const *gene_ids, const nbs_train_state *s, const nbs_train_log *l,
-                        nbs_error *err) {
+int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, const nbs_covariates *cov,
+                        char *const *gene_names, char *const *gene_ids, const nbs_train_state *s,
+                        const nbs_train_log *l, nbs_error *err) {
     char tmp[NBS_PATH_MAX];
     nbs_io_tmp_name(path, tmp);
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
@@ -134,7 +183,7 @@ int nbs_checkpoint_save(const char *path, nbs_model *m, const nbs_config *c, cha
     if (f < 0) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot create the model file", tmp);
     int bad, nomem = 0;
     H5E_BEGIN_TRY {
-        bad = write_all(f, m, c, gene_names, gene_ids, s, l, &nomem);
+        bad = write_all(f, m, c, cov, gene_names, gene_ids, s, l, &nomem);
         int closed = nbs_h5_close_to_file(f, tmp, bad);
         if (closed) bad = 1;
         if (closed == -2) nomem = 1;
@@ -194,10 +243,11 @@ static int read_attr(hid_t loc, const char *name, hid_t memtype, void *out, cons
                                   path, name, grp) : NBS_OK;
 }
 
-static int read_strings(hid_t loc, const char *name, int64_t *n, char ***out, const char *path,
+/* A 1-D string dataset grp/name of any length *n into a new array *out. */
+static int read_strings(hid_t loc, const char *grp, const char *name, int64_t *n, char ***out, const char *path,
                         nbs_error *err) {
     hid_t d = H5Dopen2(loc, name, H5P_DEFAULT);
-    if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset 'genes/%s' is missing", path, name);
+    if (d < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: dataset '%s/%s' is missing", path, grp, name);
     hid_t sp = H5Dget_space(d);
     hsize_t dims[1] = {0};
     int rank = H5Sget_simple_extent_ndims(sp);
@@ -206,10 +256,10 @@ static int read_strings(hid_t loc, const char *name, int64_t *n, char ***out, co
     hid_t t = vlen_string_type(d);
     char **s = rank == 1 ? nbs_calloc(dims[0] + 1, sizeof(char *), err) : NULL;
     int st = NBS_OK;
-    if (rank != 1) st = nbs_error_set(err, NBS_ERR_INPUT, "%s: 'genes/%s' is not a list", path, name);
+    if (rank != 1) st = nbs_error_set(err, NBS_ERR_INPUT, "%s: '%s/%s' is not a list", path, grp, name);
     else if (!s) st = (int)err->code;
     else if (H5Dread(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, s) < 0)
-        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read 'genes/%s' as strings", path, name);
+        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read '%s/%s' as strings", path, grp, name);
     H5Tclose(t);
     H5Dclose(d);
     if (st) {
@@ -275,6 +325,84 @@ static int read_config(hid_t f, const char *path, nbs_config *c, nbs_error *err)
     return rc;
 }
 
+static void free_strings(char **s, int64_t n) {
+    for (int64_t i = 0; s && i < n; i++) free(s[i]);
+    free(s);
+}
+
+/* n names read into fixed arrays; each must be a non-empty name that fits. */
+static int read_names(hid_t g, const char *dataset, int n, char (*names)[NBS_NAME_MAX], const char *path,
+                      nbs_error *err) {
+    char **s = NULL;
+    int64_t len = 0;
+    int st = read_strings(g, "covariates", dataset, &len, &s, path, err);
+    if (!st && len != n)
+        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: covariates/%s holds %lld names, expected %d (file damaged or "
+                           "edited?)", path, dataset, (long long)len, n);
+    for (int i = 0; !st && i < n; i++) {
+        if (!s[i] || !*s[i] || strlen(s[i]) >= NBS_NAME_MAX)
+            st = nbs_error_set(err, NBS_ERR_INPUT, "%s: covariates/%s: name %d is empty or too long", path, dataset, i + 1);
+        else snprintf(names[i], NBS_NAME_MAX, "%s", s[i]);
+    }
+    free_strings(s, len);
+    return st;
+}
+
+/* /covariates (format 3; earlier files have none). Categories must be distinct and in byte
+ * order, as training wrote them, since new data are encoded by searching them. */
+static int read_covariates(hid_t f, const char *path, int version, nbs_covariates *cov, nbs_error *err) {
+    memset(cov, 0, sizeof *cov);
+    if (version < 3) return NBS_OK;
+    hid_t g = H5Gopen2(f, "covariates", H5P_DEFAULT);
+    if (g < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'covariates' is missing", path);
+    int st = read_attr(g, "has_batch", H5T_NATIVE_INT, &cov->has_batch, path, "covariates", err);
+    if (!st) st = read_attr(g, "n_categorical", H5T_NATIVE_INT, &cov->n_categorical, path, "covariates", err);
+    if (!st) st = read_attr(g, "n_continuous", H5T_NATIVE_INT, &cov->n_continuous, path, "covariates", err);
+    if (!st && (cov->n_categorical < 0 || cov->n_categorical > NBS_MAX_CATEGORICAL || cov->n_continuous < 0 ||
+                cov->n_continuous > NBS_MAX_COVARIATES || (cov->has_batch && !cov->n_categorical)))
+        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: covariates: %d categorical and %d continuous are out of range "
+                           "(file damaged or edited?)", path, cov->n_categorical, cov->n_continuous);
+    const int n_cat = st ? 0 : cov->n_categorical, n_cont = st ? 0 : cov->n_continuous;
+    char names[NBS_MAX_CATEGORICAL][NBS_NAME_MAX];
+    if (!st && n_cat) st = read_names(g, "categorical_names", n_cat, names, path, err);
+    hid_t cg = !st && n_cat ? H5Gopen2(g, "categories", H5P_DEFAULT) : -1;
+    if (!st && n_cat && cg < 0) st = nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'covariates/categories' is missing", path);
+    for (int k = 0; !st && k < n_cat; k++) {
+        nbs_categorical_covariate *c = &cov->categorical[k];
+        snprintf(c->name, sizeof c->name, "%s", names[k]);
+        char key[16];
+        snprintf(key, sizeof key, "%d", k);
+        int64_t len = 0;
+        st = read_strings(cg, "covariates/categories", key, &len, &c->categories, path, err);
+        if (!st && (len < 1 || len > INT32_MAX / NBS_MAX_CATEGORICAL))
+            st = nbs_error_set(err, NBS_ERR_INPUT, "%s: covariates/categories/%d holds %lld categories", path, k,
+                               (long long)len);
+        if (!st) c->n_categories = (int)len;
+        else if (c->categories) free_strings(c->categories, len), c->categories = NULL;
+        for (int i = 1; !st && i < c->n_categories; i++)
+            if (strcmp(c->categories[i - 1], c->categories[i]) >= 0)
+                st = nbs_error_set(err, NBS_ERR_INPUT, "%s: covariates/categories/%d is not in byte order (file "
+                                   "damaged or edited?)", path, k);
+    }
+    if (cg >= 0) H5Gclose(cg);
+    if (!st && n_cont) st = read_names(g, "continuous_names", n_cont, names, path, err);
+    double mean[NBS_MAX_COVARIATES], sd[NBS_MAX_COVARIATES];
+    hsize_t nc[1] = {(hsize_t)n_cont};
+    if (!st && n_cont) st = read_array(g, "continuous_mean", H5T_NATIVE_DOUBLE, 1, nc, mean, path, err);
+    if (!st && n_cont) st = read_array(g, "continuous_sd", H5T_NATIVE_DOUBLE, 1, nc, sd, path, err);
+    for (int k = 0; !st && k < n_cont; k++) {
+        if (!isfinite(mean[k]) || !(sd[k] > 0) || !isfinite(sd[k]))
+            st = nbs_error_set(err, NBS_ERR_INPUT, "%s: covariate '%s' has mean %g and sd %g (file damaged or "
+                               "edited?)", path, names[k], mean[k], sd[k]);
+        nbs_continuous_covariate *c = &cov->continuous[k];
+        snprintf(c->name, sizeof c->name, "%s", names[k]);
+        c->mean = mean[k];
+        c->sd = sd[k];
+    }
+    H5Gclose(g);
+    return st;
+}
+
 static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err) {
     char fmt[64] = "";
     hid_t ft = H5Tcopy(H5T_C_S1);
@@ -293,15 +421,17 @@ static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err
     hid_t g = H5Gopen2(f, "genes", H5P_DEFAULT);
     if (g < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'genes' is missing", path);
     int64_t n_ids = 0;
-    st = read_strings(g, "names", &c->n_genes, &c->gene_names, path, err);
-    if (!st) st = read_strings(g, "ids", &n_ids, &c->gene_ids, path, err);
+    st = read_strings(g, "genes", "names", &c->n_genes, &c->gene_names, path, err);
+    if (!st) st = read_strings(g, "genes", "ids", &n_ids, &c->gene_ids, path, err);
     H5Gclose(g);
     if (!st && n_ids != c->n_genes)
         st = nbs_error_set(err, NBS_ERR_INPUT, "%s: genes/ids and genes/names differ in length", path);
     if (!st && (c->n_genes < 1 || c->n_genes > INT32_MAX))
         st = nbs_error_set(err, NBS_ERR_INPUT, "%s: the model has %lld genes", path, (long long)c->n_genes);
+    if (!st) st = read_covariates(f, path, version, &c->covariates, err);
     if (st) return st;
-    if (!(c->model = nbs_model_new(&c->config.model, (int)c->n_genes, NULL, err))) return err->code;
+    const nbs_covariate_layout layout = nbs_covariates_layout(&c->covariates);
+    if (!(c->model = nbs_model_new(&c->config.model, (int)c->n_genes, &layout, NULL, err))) return err->code;
     nbs_model *m = c->model;
 
     if ((g = H5Gopen2(f, "params", H5P_DEFAULT)) < 0)
@@ -396,6 +526,7 @@ int nbs_checkpoint_load(const char *path, nbs_checkpoint *out, nbs_error *err) {
 
 void nbs_checkpoint_free(nbs_checkpoint *c) {
     nbs_model_free(c->model);
+    nbs_covariates_free(&c->covariates);
     for (int64_t i = 0; c->gene_names && i < c->n_genes; i++) free(c->gene_names[i]);
     for (int64_t i = 0; c->gene_ids && i < c->n_genes; i++) free(c->gene_ids[i]);
     free(c->gene_names);

@@ -143,8 +143,10 @@ const nbs_enum_word nbs_latent_words[] = {{"gaussian", NBS_LATENT_GAUSSIAN},
                                           {NULL, 0}};
 const nbs_enum_word nbs_likelihood_words[] = {
     {"nb", NBS_LIK_NB}, {"zinb", NBS_LIK_ZINB}, {"poisson", NBS_LIK_POISSON}, {NULL, 0}};
-const nbs_enum_word nbs_dispersion_words[] = {
-    {"gene", NBS_DISP_GENE}, {"gene_cell", NBS_DISP_GENE_CELL}, {NULL, 0}};
+/* scvi-tools spells the last two gene-cell and gene-batch: read too, written as here */
+const nbs_enum_word nbs_dispersion_words[] = {{"gene", NBS_DISP_GENE},          {"gene_cell", NBS_DISP_GENE_CELL},
+                                              {"gene_batch", NBS_DISP_GENE_BATCH}, {"gene-cell", NBS_DISP_GENE_CELL},
+                                              {"gene-batch", NBS_DISP_GENE_BATCH}, {NULL, 0}};
 const nbs_enum_word nbs_dispersion_init_words[] = {
     {"one", NBS_DISP_INIT_ONE}, {"lognormal", NBS_DISP_INIT_LOGNORMAL}, {NULL, 0}};
 const nbs_enum_word nbs_norm_words[] = {

@@ -114,9 +114,10 @@ static void log_softmax_rows(float *a, int64_t n, int G) {
  * nats. The raw Jacobian has no such scale (it grows with the number of genes kept and knows
  * nothing of depth). Cells go through the decoder JAC_CHUNK at a time. */
 #define JAC_CHUNK 128
-static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const float *loc, const double *lib, int64_t n, int d,
-                               int sphere, double *sens, double *nats, nbs_error *err) {
+static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const float *loc,
+                               const double *lib, int d, int sphere, double *sens, double *nats, nbs_error *err) {
     const int G = nbs_model_n_genes(m);
+    const int64_t n = cells->n;
     const int64_t c = n < JAC_CHUNK ? n : JAC_CHUNK;
     const double s2 = sphere ? 1.0 / d : 1.0;
     float *zp = malloc(sizeof(float) * c * d), *zm = malloc(sizeof(float) * c * d);
@@ -128,7 +129,8 @@ static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const float
     for (int j = 0; j < d; j++) sens[j] = nats[j] = 0;
     for (int64_t i0 = 0; i0 < n && !st; i0 += c) {
         const int64_t nc = n - i0 < c ? n - i0 : c;
-        if ((st = nbs_model_decode_logits(m, w, loc + i0 * d, nc, info, lt, err))) break;
+        const nbs_cells part = nbs_cells_slice(cells, i0, nc); /* their covariates */
+        if ((st = nbs_model_decode_logits(m, w, &part, loc + i0 * d, info, lt, err))) break;
         log_softmax_rows(info, nc, G);
         for (int64_t i = 0; i < nc; i++)
             for (int g = 0; g < G; g++) {
@@ -148,8 +150,8 @@ static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const float
                     zm[i * d + k] -= (float)(JAC_STEP * dir);
                 }
             }
-            if ((st = nbs_model_decode_logits(m, w, zp, nc, lp, NULL, err))) break;
-            if ((st = nbs_model_decode_logits(m, w, zm, nc, lm, NULL, err))) break;
+            if ((st = nbs_model_decode_logits(m, w, &part, zp, lp, NULL, err))) break;
+            if ((st = nbs_model_decode_logits(m, w, &part, zm, lm, NULL, err))) break;
             log_softmax_rows(lp, nc, G);
             log_softmax_rows(lm, nc, G);
             for (int64_t i = 0; i < nc; i++) {
@@ -341,7 +343,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
             for (int k = 0; k < width; k++) s += (double)W[(int64_t)j * width + k] * W[(int64_t)j * width + k];
             r->sens_weight[j] = sqrt(s / width);
         }
-        st = decoder_sensitivity(m, w, loc, lib, n, d, sphere, r->sens_jacobian, r->decoder_nats, err);
+        st = decoder_sensitivity(m, w, cells, loc, lib, d, sphere, r->sens_jacobian, r->decoder_nats, err);
     }
     if (!st) { /* how much the decoder uses z at all: z at the posterior vs one constant z */
         st = nbs_model_loglik(m, w, cells, loc, ll, err);

@@ -534,8 +534,33 @@ static int64_t match_cells(char **names, char **vals, int64_t n, const nbs_matri
     return matched;
 }
 
+/* The first cell of m that no name lists; -1 when every cell is listed. */
+static int64_t first_unlisted(char **names, int64_t n, const nbs_matrix *m, nbs_error *err, int *nomem) {
+    named *idx = nbs_malloc((size_t)(n ? n : 1) * sizeof *idx, err);
+    *nomem = !idx;
+    if (!idx) return -1;
+    for (int64_t i = 0; i < n; i++) idx[i] = (named){names[i] ? names[i] : "", i};
+    qsort(idx, (size_t)n, sizeof *idx, cmp_named);
+    int64_t c = 0;
+    for (; c < m->n_cells; c++) {
+        named key = {m->barcodes[c], 0};
+        if (!bsearch(&key, idx, (size_t)n, sizeof *idx, cmp_named)) break;
+    }
+    free(idx);
+    return c < m->n_cells ? c : -1;
+}
+
 int nbs_io_match_labels(char **names, char **vals, int64_t n, const nbs_matrix *m, char ***labels,
-                        const char *path, nbs_error *err) {
+                        const char *path, const char *every_cell, nbs_error *err) {
+    if (every_cell) {
+        int nomem;
+        const int64_t c = first_unlisted(names, n, m, err, &nomem);
+        if (nomem) return NBS_ERR_NOMEM;
+        if (c >= 0)
+            return nbs_error_set(err, NBS_ERR_INPUT, "%s: cell '%s' (cell %lld of the data) is not listed, so it has "
+                                 "no '%s'; every cell needs one: add its row (barcodes must match the data's)",
+                                 path, m->barcodes[c], (long long)c + 1, every_cell);
+    }
     char **out = nbs_calloc((size_t)m->n_cells + 1, sizeof *out, err);
     if (!out) return NBS_ERR_NOMEM;
     int64_t matched = match_cells(names, vals, n, m, out, err);
@@ -585,6 +610,11 @@ int64_t nbs_h5_dataframe_rows(hid_t df, char *index, size_t n) {
 
 int nbs_io_read_h5ad_obs(const char *path, const char *column, const nbs_matrix *m, char ***labels,
                          nbs_error *err) {
+    return nbs_io_read_h5ad_obs_cells(path, column, m, NULL, labels, err);
+}
+
+int nbs_io_read_h5ad_obs_cells(const char *path, const char *column, const nbs_matrix *m, const char *every_cell,
+                               char ***labels, nbs_error *err) {
     if (!column || !*column)
         return nbs_error_set(err, NBS_ERR_USAGE, "%s: no obs column named; set input.label_column", path);
     h5ad_file h;
@@ -598,7 +628,7 @@ int nbs_io_read_h5ad_obs(const char *path, const char *column, const nbs_matrix 
     if (!rc) rc = read_df_index(h.f, "obs", path, names, n, err);
     if (!rc) rc = read_obs_column(h.f, column, path, vals, n, err);
     h5ad_close(&h);
-    if (!rc) rc = nbs_io_match_labels(names, vals, n, m, labels, path, err);
+    if (!rc) rc = nbs_io_match_labels(names, vals, n, m, labels, path, every_cell, err);
     nbs_io_free_labels(names, n < 0 ? 0 : n);
     nbs_io_free_labels(vals, n < 0 ? 0 : n);
     return rc;

@@ -18,8 +18,15 @@ int nbs_io_gunzip_temp(const char *path, char *tmp, nbs_error *err);
 
 /* Labels from a source listing (names[i], vals[i]) for n rows, put in m's cell order by barcode
  * into a new array *labels (NULL where a cell is not listed). An error when no cell matches;
- * a warning when some do not. Shared by the h5ad obs and the labels-table readers. */
+ * a warning when some do not, or, with every_cell naming the column (covariates), an error naming
+ * the first cell that is not listed. Shared by the h5ad obs and the labels-table readers. */
 int nbs_io_match_labels(char **names, char **vals, int64_t n, const nbs_matrix *m, char ***labels,
-                        const char *path, nbs_error *err);
+                        const char *path, const char *every_cell, nbs_error *err);
+
+/* The readers behind nbs_io_read_h5ad_obs and nbs_io_read_labels_table, with every_cell as above. */
+int nbs_io_read_h5ad_obs_cells(const char *path, const char *column, const nbs_matrix *m, const char *every_cell,
+                               char ***labels, nbs_error *err);
+int nbs_io_read_labels_table_cells(const char *path, const char *column, const nbs_matrix *m,
+                                   const char *every_cell, char ***labels, nbs_error *err);
 
 #endif

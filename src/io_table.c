@@ -400,6 +400,11 @@ static int labels_in_order(table_reader *r, const nbs_matrix *m, char ***labels,
 
 int nbs_io_read_labels_table(const char *path, const char *column, const nbs_matrix *m, char ***labels,
                              nbs_error *err) {
+    return nbs_io_read_labels_table_cells(path, column, m, NULL, labels, err);
+}
+
+int nbs_io_read_labels_table_cells(const char *path, const char *column, const nbs_matrix *m,
+                                   const char *every_cell, char ***labels, nbs_error *err) {
     table_reader r;
     char **head = NULL, **names = NULL, **vals = NULL;
     int64_t n_head = 0, n = 0, ncap = 0, bc_col = -1, lab_col = -1, shift = -1, bc_field = 0, lab_field = 0;
@@ -471,7 +476,7 @@ int nbs_io_read_labels_table(const char *path, const char *column, const nbs_mat
     }
     tok_close(&r);
     free_strs(head, n_head);
-    if (!rc) rc = nbs_io_match_labels(names, vals, n, m, labels, path, err);
+    if (!rc) rc = nbs_io_match_labels(names, vals, n, m, labels, path, every_cell, err);
     free_strs(names, n);
     free_strs(vals, n);
     return rc;

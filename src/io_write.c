@@ -73,7 +73,69 @@ static int dataframe(hid_t f, const char *name, char *const *index, int64_t n, c
     return bad;
 }
 
-/* obsm/<key>, uns/nbsphere and obs/nbsphere_kappa, into an open file (new or copied). */
+/* One obs column: a categorical group (anndata >= 0.8: codes, categories, ordered = false) or an
+ * array of numbers. */
+static int write_obs_column(hid_t obs, const nbs_obs_column *c, int64_t n) {
+    hsize_t nn = (hsize_t)n;
+    if (unlink_if(obs, c->name)) return -1;
+    if (!c->n_categories) {
+        double *v = note_nomem(malloc(sizeof *v * (size_t)(n ? n : 1)));
+        if (!v) return -1;
+        for (int64_t i = 0; i < n; i++) v[i] = c->values[i * c->stride];
+        const int bad = nbs_h5_write_array(obs, c->name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, &nn, v, 0);
+        free(v);
+        return bad;
+    }
+    int32_t *codes = note_nomem(malloc(sizeof *codes * (size_t)(n ? n : 1)));
+    if (!codes) return -1;
+    for (int64_t i = 0; i < n; i++) codes[i] = c->codes[i * c->stride];
+    hid_t g = nbs_h5_new_group(obs, c->name);
+    /* h5py's bool, which pandas needs for `ordered`: an int8 enum of FALSE = 0 and TRUE = 1 */
+    hid_t boolean = H5Tenum_create(H5T_NATIVE_SCHAR);
+    signed char v = 0;
+    int bad = boolean < 0 || H5Tenum_insert(boolean, "FALSE", &v) < 0;
+    v = 1;
+    bad = bad || H5Tenum_insert(boolean, "TRUE", &v) < 0;
+    v = 0;
+    bad = bad || g < 0 || nbs_h5_set_encoding(g, "categorical", "0.2.0") ||
+              nbs_h5_set_attr(g, "ordered", boolean, boolean, &v) ||
+              nbs_h5_write_array(g, "codes", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &nn, codes, 0) ||
+              nbs_h5_write_strs(g, "categories", c->categories, (hsize_t)c->n_categories, 1);
+    if (g >= 0) H5Gclose(g);
+    if (boolean >= 0) H5Tclose(boolean);
+    free(codes);
+    return bad;
+}
+
+/* obs/nbsphere_kappa and meta's columns, appended to obs's column-order. */
+static int add_obs_columns(hid_t f, int64_t n, const nbs_embedding_meta *meta) {
+    hid_t obs = H5Gopen2(f, "obs", H5P_DEFAULT);
+    if (obs < 0) return -1;
+    hsize_t nn = (hsize_t)n;
+    int bad = 0;
+    if (meta->obs_kappa) {
+        static const char *const kappa[] = {"nbsphere_kappa"};
+        bad = unlink_if(obs, "nbsphere_kappa") ||
+              nbs_h5_write_array(obs, "nbsphere_kappa", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nn, meta->obs_kappa, 0);
+        if (!bad) {
+            const int rc = nbs_h5_append_column_order(obs, kappa, 1);
+            if (rc == -2) out_of_memory = 1;
+            bad = rc != 0;
+        }
+    }
+    for (int k = 0; !bad && k < meta->n_obs_columns; k++) {
+        bad = write_obs_column(obs, &meta->obs_columns[k], n);
+        if (!bad) {
+            const int rc = nbs_h5_append_column_order(obs, &meta->obs_columns[k].name, 1);
+            if (rc == -2) out_of_memory = 1;
+            bad = rc != 0;
+        }
+    }
+    H5Gclose(obs);
+    return bad;
+}
+
+/* obsm/<key>, uns/nbsphere and the obs columns, into an open file (new or copied). */
 static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_embedding_meta *meta) {
     const char *key = meta && meta->key && *meta->key ? meta->key : "X_nbsphere";
     hid_t obsm = nbs_h5_has(f, "obsm") ? H5Gopen2(f, "obsm", H5P_DEFAULT) : nbs_h5_new_group(f, "obsm");
@@ -92,23 +154,12 @@ static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_
               nbs_h5_write_scalar_str(g, "latent", meta && meta->latent ? meta->latent : "unknown", 1) ||
               nbs_h5_write_scalar_str(g, "metric", meta && meta->metric ? meta->metric : "euclidean", 1) ||
               nbs_h5_write_scalar_str(g, "version", meta && meta->version ? meta->version : "unknown", 1);
+        if (!bad && meta && meta->batch_key) bad = nbs_h5_write_scalar_str(g, "batch_key", meta->batch_key, 1);
         H5Gclose(g);
     }
     H5Gclose(uns);
-    if (bad || !meta || !meta->obs_kappa) return bad;
-    hid_t obs = H5Gopen2(f, "obs", H5P_DEFAULT);
-    if (obs < 0) return -1;
-    hsize_t nn = (hsize_t)n;
-    bad = unlink_if(obs, "nbsphere_kappa") ||
-          nbs_h5_write_array(obs, "nbsphere_kappa", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nn, meta->obs_kappa, 0);
-    if (!bad) {
-        static const char *const kappa[] = {"nbsphere_kappa"};
-        const int rc = nbs_h5_append_column_order(obs, kappa, 1);
-        if (rc == -2) out_of_memory = 1;
-        bad = rc != 0;
-    }
-    H5Gclose(obs);
-    return bad;
+    if (bad || !meta || (!meta->obs_kappa && !meta->n_obs_columns)) return bad;
+    return add_obs_columns(f, n, meta);
 }
 
 static hid_t create_file(const char *tmp) {

@@ -80,12 +80,17 @@ static double softmax(const float *a, int G, double *rho) {
 /* NB, the default, in two passes: every entry as if its count were 0 (branch-free, vectorised:
  * one log per entry, kept in lthmu), then the nonzero entries' extra terms. s_g = d ll_g / d log mu_g
  * and t_g = d ll_g / d log theta_g go to the rows s and t. */
+/* The cell's row of per-gene log theta (0 without batches). */
+static int64_t theta_row(const nbs_lik_batch *b, int i) { return b->theta_row ? b->theta_row[i] : 0; }
+
 static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double lse, double *s, double *t,
                       double *lthmu) {
     const int G = b->G, per_cell = b->theta_per_cell;
     const float *a = b->logits + (int64_t)i * G;
-    const float *lt = b->log_theta + (per_cell ? (int64_t)i * G : 0);
-    const double *th_gene = per_cell ? NULL : b->work + 2 * (int64_t)G;
+    const int64_t row = per_cell ? i : theta_row(b, i);
+    const float *lt = b->log_theta + row * G;
+    const double *work = per_cell ? NULL : b->work + row * 3 * G; /* lgamma, psi, theta of the row */
+    const double *th_gene = per_cell ? NULL : work + 2 * (int64_t)G;
     const double *th_row = per_cell ? t : th_gene; /* theta per entry: t holds it until overwritten */
     if (per_cell)
 #pragma omp simd
@@ -111,7 +116,7 @@ static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double l
         const double th = per_cell ? exp((double)lt[g]) : th_gene[g], mu = l * rho[g];
         const double log_thmu = lthmu[g], w = th / (th + mu);
         double dlg, dpsi;
-        gamma_diffs(x, th, per_cell ? NAN : b->work[g], per_cell ? NAN : b->work[G + g], &dlg, &dpsi);
+        gamma_diffs(x, th, per_cell ? NAN : work[g], per_cell ? NAN : work[G + g], &dlg, &dpsi);
         ll += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
         s[g] += w * x;
         t[g] += th * dpsi - w * x;
@@ -125,8 +130,10 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
     const int G = b->G;
     const float *a = b->logits + (int64_t)i * G;
     const int per_cell = b->theta_per_cell;
-    const float *lt_row = b->log_theta ? b->log_theta + (per_cell ? (int64_t)i * G : 0) : NULL;
-    const double *th_gene = b->work ? b->work + 2 * (int64_t)G : NULL;
+    const int64_t row = per_cell ? i : theta_row(b, i);
+    const float *lt_row = b->log_theta ? b->log_theta + row * G : NULL;
+    const double *work = b->log_theta && !per_cell ? b->work + row * 3 * G : NULL; /* lgamma, psi, theta */
+    const double *th_gene = work ? work + 2 * (int64_t)G : NULL;
     const float *zl = b->zi_logits ? b->zi_logits + (int64_t)i * G : NULL;
     const nbs_matrix *X = b->X;
     const int64_t r = b->rows ? b->rows[i] : i;
@@ -152,7 +159,7 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
         double nb = nb0;
         if (x > 0) {
             double dlg, dpsi;
-            gamma_diffs(x, th, per_cell ? NAN : b->work[g], per_cell ? NAN : b->work[G + g], &dlg, &dpsi);
+            gamma_diffs(x, th, per_cell ? NAN : work[g], per_cell ? NAN : work[G + g], &dlg, &dpsi);
             nb += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
             dnb_dlt += th * dpsi;
         }
@@ -205,12 +212,14 @@ double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *
     const int64_t G = b->G;
     pthread_once(&table_once, fill_table);
     if (b->kind != NBS_LIK_POISSON && !b->theta_per_cell)
-        for (int64_t g = 0; g < G; g++) { /* per gene: lgamma and psi of theta (large counts), theta */
-            const double th = exp(b->log_theta[g]);
-            b->work[g] = lgamma(th);
-            b->work[G + g] = gsl_sf_psi(th);
-            b->work[2 * G + g] = th;
-        }
+        for (int64_t r = 0; r < b->theta_rows; r++) /* per row and gene: lgamma and psi of theta (large counts), theta */
+            for (int64_t g = 0; g < G; g++) {
+                const double th = exp(b->log_theta[r * G + g]);
+                double *work = b->work + r * 3 * G;
+                work[g] = lgamma(th);
+                work[G + g] = gsl_sf_psi(th);
+                work[2 * G + g] = th;
+            }
     const int threads = omp_get_max_threads() < b->n_threads ? omp_get_max_threads() : b->n_threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int i = 0; i < b->n; i++)

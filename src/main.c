@@ -362,7 +362,7 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
 
 static const char EMBED_USAGE[] =
     "usage: nbsphere embed MODEL DATA [--out DIR] [--format F] [--layer L] [--genome G]\n"
-    "                     [--orientation O] [--set section.key=value]...\n"
+    "                     [--orientation O] [--labels FILE] [--set section.key=value]...\n"
     "\n"
     "Embeds the cells of DATA with a trained model (the model.h5 a run wrote). Genes are matched\n"
     "to the model's by name and put in its order; genes the data lack count as zero (a warning\n"
@@ -375,6 +375,8 @@ static const char EMBED_USAGE[] =
     "  --genome G       10x v2 HDF5: the genome group to read\n"
     "  --orientation O  bare .mtx and tables: cells_rows or genes_rows\n"
     "  --threads T      threads (default 2); the embedding is the same with any number\n"
+    "  --labels FILE    a table with a barcode column holding the model's covariate columns\n"
+    "                   (its batch, ...), for data that do not have them in an .h5ad's obs\n"
     "  --set output.write_variances=true   posterior variances as extra TSV columns\n";
 
 static const char DIAGNOSE_USAGE[] =
@@ -389,7 +391,8 @@ static const char DIAGNOSE_USAGE[] =
     "The thresholds are the model's diagnose section unless --set overrides them.\n"
     "\n"
     "  --out DIR           output folder (default nbsphere_diagnose)\n"
-    "  --labels FILE       a table with a barcode column, to colour the embedding and score it\n"
+    "  --labels FILE       a table with a barcode column, to colour the embedding and score it,\n"
+    "                      and holding the model's covariate columns, if it has covariates\n"
     "  --label-column C    the labels column (of FILE, or of the .h5ad's obs)\n"
     "  --format, --layer, --genome, --orientation, --threads   as for 'nbsphere embed'\n"
     "  --set diagnose.tau_kl=0.05   e.g. other thresholds (see pipelines/reference.yaml)\n";
@@ -411,7 +414,7 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
                                           {"--threads", "train.threads"},
                                           {"--labels", "input.labels_path"},
                                           {"--label-column", "input.label_column"}};
-    const size_t n_opts = diagnose ? 7 : 5;
+    const size_t n_opts = diagnose ? 7 : 6; /* embed: labels only for the covariates */
     for (int i = 0; i < argc; i++) {
         int k = common_run_opt(argc, argv, &i, &r, cmd, err);
         if (k < 0) return -k;

@@ -106,6 +106,48 @@ void nbs_dense_backward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, con
     add_colsum(L->db, dy, x->n, out);
 }
 
+/* The covariate products are n x k x out additions with small k: plain loops in cell order, so
+ * every sum has one order whatever the thread count. */
+void nbs_onehot_forward(const float *W, int out, const int32_t *rows, int k, int n, float *y) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            const float *w = W + (int64_t)rows[(int64_t)i * k + j] * out;
+            float *yi = y + (int64_t)i * out;
+#pragma omp simd
+            for (int c = 0; c < out; c++) yi[c] += w[c];
+        }
+}
+
+void nbs_onehot_backward(float *dW, int out, const int32_t *rows, int k, int n, const float *dy) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            float *dw = dW + (int64_t)rows[(int64_t)i * k + j] * out;
+            const float *d = dy + (int64_t)i * out;
+#pragma omp simd
+            for (int c = 0; c < out; c++) dw[c] += d[c];
+        }
+}
+
+void nbs_linear_add_forward(const float *W, int k, int out, const float *x, int n, float *y) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            const float v = x[(int64_t)i * k + j], *w = W + (int64_t)j * out;
+            float *yi = y + (int64_t)i * out;
+#pragma omp simd
+            for (int c = 0; c < out; c++) yi[c] += v * w[c];
+        }
+}
+
+void nbs_linear_add_backward(float *dW, int k, int out, const float *x, int n, const float *dy) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            const float v = x[(int64_t)i * k + j], *d = dy + (int64_t)i * out;
+            float *dw = dW + (int64_t)j * out;
+#pragma omp simd
+            for (int c = 0; c < out; c++) dw[c] += v * d[c];
+        }
+}
+
 void nbs_relu_forward(float *y, int64_t n) {
     for (int64_t k = 0; k < n; k++) y[k] = y[k] > 0 ? y[k] : 0;
 }

@@ -53,6 +53,12 @@ static const nbs_key_desc KEYS[] = {
     {"input", "labels_path", K_PATH, F(input, labels_path), 0, 0, 0, NULL,
      "the path of a labels table, or \"\""},
     {"input", "label_column", K_STRING, F(input, label_column), 0, 0, 0, NULL, "a column name"},
+    {"input", "batch_key", K_STRING, F(input, batch_key), 0, 0, 0, NULL,
+     "a column name (of the labels table, or of the .h5ad's obs), or \"\""},
+    {"input", "categorical_covariates", K_NAMES, F(input, categorical_covariates), 0, NBS_MAX_COVARIATES, 0, NULL,
+     "a list of up to 16 column names, e.g. [donor, chemistry]"},
+    {"input", "continuous_covariates", K_NAMES, F(input, continuous_covariates), 0, NBS_MAX_COVARIATES, 0, NULL,
+     "a list of up to 16 numeric column names, e.g. [percent_mito]"},
 
     {"preprocess", "min_counts", K_DOUBLE, F(preprocess, min_counts), 0, BIG, 0, NULL,
      "a number >= 0"},
@@ -83,6 +89,7 @@ static const nbs_key_desc KEYS[] = {
      "a number from 0 to 1e5"},
     {"model", "decoder_init_scale", K_DOUBLE, F(model, decoder_init_scale), 0, 1e3, 1, NULL,
      "a number in (0, 1000]"},
+    {"model", "encode_covariates", K_BOOL, F(model, encode_covariates), 0, 0, 0, NULL, NULL},
 
     {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, W_AUTO,
      "an integer from 1 to 1000000, or auto (200, and fewer beyond 20000 cells)"},
@@ -327,6 +334,7 @@ static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
         break;
     }
     case K_LAYERS:
+    case K_NAMES:
         return reject(c, l, NBS_ERR_USAGE, k, "got a single value");
     }
     return NBS_OK;
@@ -358,12 +366,36 @@ static int set_layers(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, c
     return NBS_OK;
 }
 
+static int set_names(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, const loc *l) {
+    const nbs_key_desc *k = &KEYS[ki];
+    if (node->type != YAML_SEQUENCE_NODE) return reject(c, l, NBS_ERR_USAGE, k, "not a list");
+    int n = (int)(node->data.sequence.items.top - node->data.sequence.items.start);
+    if (n > k->hi) return reject(c, l, NBS_ERR_USAGE, k, "a list of %d names", n);
+    nbs_name_list *list = field(&c->p->config, k);
+    nbs_name_list names;
+    memset(&names, 0, sizeof names);
+    for (int i = 0; i < n; i++) {
+        yaml_node_t *item = yaml_document_get_node(doc, node->data.sequence.items.start[i]);
+        loc il = l->file ? node_loc(c, item) : *l;
+        if (item->type != YAML_SCALAR_NODE) return reject(c, &il, NBS_ERR_USAGE, k, "item %d is not a name", i + 1);
+        const char *s = (const char *)item->data.scalar.value;
+        if (!*s) return reject(c, &il, NBS_ERR_USAGE, k, "item %d is empty", i + 1);
+        if (strlen(s) >= NBS_NAME_MAX)
+            return reject(c, &il, NBS_ERR_USAGE, k, "item %d is longer than %d characters", i + 1, NBS_NAME_MAX - 1);
+        strcpy(names.names[i], s);
+    }
+    names.n = n;
+    *list = names;
+    return NBS_OK;
+}
+
 /* One key's node from the file. */
 static int apply_node(ctx *c, int ki, yaml_node_t *node) {
     loc l = node_loc(c, node);
     c->where[ki] = l;
     c->given[ki] = 1;
     if (KEYS[ki].type == K_LAYERS) return set_layers(c, ki, c->doc, node, &l);
+    if (KEYS[ki].type == K_NAMES) return set_names(c, ki, c->doc, node, &l);
     if (node->type != YAML_SCALAR_NODE)
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "got a %s",
                       node->type == YAML_MAPPING_NODE ? "mapping" : "list");
@@ -502,7 +534,8 @@ static int apply_set(ctx *c, const char *assignment) {
     c->where[ki] = l;
     c->given[ki] = 1;
     const char *value = eq + 1;
-    if (KEYS[ki].type != K_LAYERS) return set_scalar(c, ki, value, &l);
+    const int list = KEYS[ki].type == K_LAYERS || KEYS[ki].type == K_NAMES;
+    if (!list) return set_scalar(c, ki, value, &l);
     yaml_parser_t ps;
     yaml_document_t doc;
     /* a parser that failed to initialise aborts in yaml_parser_load */
@@ -515,14 +548,54 @@ static int apply_set(ctx *c, const char *assignment) {
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "malformed list");
     }
     yaml_node_t *root = yaml_document_get_root_node(&doc);
-    int st = root ? set_layers(c, ki, &doc, root, &l) : reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "empty");
+    int st;
+    if (KEYS[ki].type == K_NAMES) { /* nothing after the = is the empty list */
+        nbs_name_list *names = field(&c->p->config, &KEYS[ki]);
+        st = root ? set_names(c, ki, &doc, root, &l) : (memset(names, 0, sizeof *names), NBS_OK);
+    } else {
+        st = root ? set_layers(c, ki, &doc, root, &l) : reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "empty");
+    }
     yaml_document_delete(&doc);
     yaml_parser_delete(&ps);
     return st;
 }
 
+/* Where key ki was set, or the file's start when it was not. */
+static loc key_loc(const ctx *c, int ki) {
+    return c->given[ki] ? c->where[ki] : (loc){c->name ? c->name : "(defaults)", 1, 1, NULL};
+}
+
+/* A column is one covariate: named once over batch_key and both lists; and per-batch dispersion
+ * needs a batch. */
+static int check_covariates(ctx *c) {
+    const nbs_input_config *in = &c->p->config.input;
+    const int kb = find_key("input", "batch_key"), kc = find_key("input", "categorical_covariates"),
+              kn = find_key("input", "continuous_covariates");
+    const char *names[1 + 2 * NBS_MAX_COVARIATES];
+    int keys[1 + 2 * NBS_MAX_COVARIATES], n = 0;
+    if (in->batch_key[0]) names[n] = in->batch_key, keys[n++] = kb;
+    for (int i = 0; i < in->categorical_covariates.n; i++) names[n] = in->categorical_covariates.names[i], keys[n++] = kc;
+    for (int i = 0; i < in->continuous_covariates.n; i++) names[n] = in->continuous_covariates.names[i], keys[n++] = kn;
+    for (int i = 1; i < n; i++)
+        for (int j = 0; j < i; j++)
+            if (!strcmp(names[i], names[j])) {
+                loc l = key_loc(c, keys[i]);
+                return reject(c, &l, NBS_ERR_USAGE, &KEYS[keys[i]], "column '%s' is already %s", names[i],
+                              keys[j] == kb ? "the batch_key" : keys[j] == keys[i] ? "in this list" : "in categorical_covariates");
+            }
+    const int kd = find_key("model", "dispersion");
+    if (c->p->config.model.dispersion == NBS_DISP_GENE_BATCH && !in->batch_key[0]) {
+        loc l = key_loc(c, kd);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kd], "gene_batch needs input.batch_key (the column naming each "
+                      "cell's batch)");
+    }
+    return NBS_OK;
+}
+
 static int finish(ctx *c, int flags) {
     nbs_config *cfg = &c->p->config;
+    int cst = check_covariates(c);
+    if (cst) return cst;
     int kd = find_key("model", "latent_dim"), kl = find_key("model", "latent");
     if (nbs_latent_ops_of(cfg->model.latent)->on_sphere && cfg->model.latent_dim < 2) {
         int k = c->given[kd] ? kd : kl;

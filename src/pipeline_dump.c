@@ -31,6 +31,14 @@ static int format_key(const nbs_config *cfg, const nbs_key_desc *k, char *buf, s
     case K_ENUM: return snprintf(buf, n, "%s", nbs_enum_word_of(k->words, *(const int *)f));
     case K_STRING:
     case K_PATH: return snprintf(buf, n, "%s", (const char *)f);
+    case K_NAMES: { /* as text for messages; the YAML and JSON writers quote each name themselves */
+        const nbs_name_list *l = f;
+        size_t used = (size_t)snprintf(buf, n, "[");
+        for (int i = 0; i < l->n && used < n; i++)
+            used += (size_t)snprintf(buf + used, n - used, "%s%s", i ? ", " : "", l->names[i]);
+        if (used < n) used += (size_t)snprintf(buf + used, n - used, "]");
+        return (int)used;
+    }
     case K_LAYERS: {
         const int *c = f;
         size_t used = (size_t)snprintf(buf, n, "[");
@@ -69,6 +77,16 @@ void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent) {
             fputs(first ? "\n" : ",\n", f);
             nbs_json_key(f, indent + 4, k->key);
             first = 0;
+            if (k->type == K_NAMES) {
+                const nbs_name_list *l = (const void *)((const char *)c + k->off);
+                fputc('[', f);
+                for (int j = 0; j < l->n; j++) {
+                    if (j) fputs(", ", f);
+                    nbs_json_string(f, l->names[j]);
+                }
+                fputc(']', f);
+                continue;
+            }
             format_key(c, k, buf, sizeof buf);
             if (k->type == K_STRING || k->type == K_PATH || k->type == K_ENUM || k->type == K_UINT64)
                 nbs_json_string(f, buf); /* uint64 seeds exceed a double's exact range */
@@ -80,9 +98,10 @@ void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent) {
     fprintf(f, "\n%*s}", indent, "");
 }
 
-/* YAML scalar that reads back as the same string: quoted unless plainly safe. */
-static void yaml_scalar(FILE *f, const char *s) {
-    int plain = *s && !strchr("-?:,[]{}#&*!|>'\"%@` ", s[0]);
+/* YAML scalar that reads back as the same string: quoted unless plainly safe; in_flow: an item
+ * of a [list], where a comma or bracket would end it. */
+static void yaml_scalar(FILE *f, const char *s, int in_flow) {
+    int plain = *s && !strchr("-?:,[]{}#&*!|>'\"%@` ", s[0]) && !(in_flow && strpbrk(s, ",[]{}"));
     for (const char *p = s; *p && plain; p++)
         if (strchr(":#\"'\\\t\n", *p) || (unsigned char)*p < 0x20) plain = 0;
     if (plain && s[strlen(s) - 1] == ' ') plain = 0;
@@ -126,9 +145,17 @@ void nbs_pipeline_print_yaml(const nbs_config *c, FILE *f) {
                     snprintf(buf, sizeof buf, "%s/%s", abs, v);
                     v = buf;
                 }
-                yaml_scalar(f, v);
+                yaml_scalar(f, v, 0);
             } else if (k->type == K_STRING) {
-                yaml_scalar(f, (const char *)c + k->off);
+                yaml_scalar(f, (const char *)c + k->off, 0);
+            } else if (k->type == K_NAMES) {
+                const nbs_name_list *l = (const void *)((const char *)c + k->off);
+                fputc('[', f);
+                for (int j = 0; j < l->n; j++) {
+                    if (j) fputs(", ", f);
+                    yaml_scalar(f, l->names[j], 1);
+                }
+                fputc(']', f);
             } else {
                 format_key(c, k, buf, sizeof buf);
                 fputs(buf, f);

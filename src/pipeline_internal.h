@@ -8,7 +8,8 @@
 
 #include "nbsphere/config.h"
 
-typedef enum { K_INT, K_INT64, K_UINT64, K_DOUBLE, K_STRING, K_PATH, K_BOOL, K_ENUM, K_LAYERS } nbs_key_type;
+/* K_LAYERS: a list of widths (count, then the array); K_NAMES: a list of names (nbs_name_list). */
+typedef enum { K_INT, K_INT64, K_UINT64, K_DOUBLE, K_STRING, K_PATH, K_BOOL, K_ENUM, K_LAYERS, K_NAMES } nbs_key_type;
 
 typedef struct {
     const char *section; /* "" for top-level keys */
@@ -17,7 +18,7 @@ typedef struct {
     size_t off;    /* K_LAYERS: offset of the count, the array follows it */
     size_t size;   /* bytes of the field (K_LAYERS: count and array) */
     size_t align;
-    double lo, hi; /* inclusive range of numbers (K_LAYERS: of each width) */
+    double lo, hi; /* inclusive range of numbers (K_LAYERS: of each width; K_NAMES: of the count) */
     int lo_open;   /* 1: lo itself is excluded */
     const nbs_enum_word *words;
     const char *expect; /* the expected form, for messages */

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "nbsphere/checkpoint.h"
+#include "nbsphere/covariates.h"
 #include "nbsphere/diagnose.h"
 #include "nbsphere/evaluate.h"
 #include "nbsphere/io.h"
@@ -33,7 +34,8 @@ typedef struct {
     nbs_format format;          /* of the input, as read */
     nbs_matrix *counts;         /* as loaded */
     nbs_preprocess_result *pre; /* filtered cells, selected genes */
-    nbs_checkpoint ck;          /* model, training state and log */
+    nbs_checkpoint ck;          /* model, its covariates, training state and log */
+    nbs_covariate_values cov;   /* the covariates of every kept cell, by row of pre->matrix */
     int64_t *diag_rows;         /* the fixed subsample the diagnostics are computed on */
     int64_t n_diag;
     nbs_diagnose_track track;   /* measures over training */
@@ -124,11 +126,20 @@ static int choose_diag_rows(run_state *s, nbs_error *err) {
     return NBS_OK;
 }
 
+/* Every kept cell with its library size and covariates. */
+static nbs_cells all_cells(const run_state *s) {
+    nbs_cells c = nbs_cells_all(s->pre->matrix, s->pre->library_size);
+    nbs_covariates_attach(&s->cov, &c);
+    return c;
+}
+
 static int diagnose_now(run_state *s, nbs_model *m, int epoch, nbs_collapse_report *r, nbs_error *err) {
     memset(r, 0, sizeof *r); /* freeable whatever fails (nbs_diagnose clears it only once called) */
     gsl_rng *g = nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_DIAGNOSE, (uint64_t)epoch, err);
     if (!g) return err->code;
-    nbs_cells c = {.X = s->pre->matrix, .rows = s->diag_rows, .n = s->n_diag, .library = s->pre->library_size};
+    nbs_cells c = all_cells(s);
+    c.rows = s->diag_rows;
+    c.n = s->n_diag;
     int st = nbs_diagnose(m, &c, &s->p->config.diagnose, g, r, err);
     gsl_rng_free(g);
     return st;
@@ -202,7 +213,7 @@ static int embed_cells(run_state *s, nbs_error *err) {
     s->spread = s->z ? nbs_malloc(sizeof(float) * (size_t)(n * nbs_latent_spread_dim(L) + 1), err)
                      : NULL;
     if (!s->spread) return err->code;
-    const nbs_cells all = nbs_cells_all(s->pre->matrix, s->pre->library_size);
+    const nbs_cells all = all_cells(s);
     return nbs_model_embed(s->ck.model, &all, s->z, s->spread, err);
 }
 
@@ -234,7 +245,7 @@ static int save_checkpoint(void *user, nbs_model *m, const nbs_train_state *ts, 
     char path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_CHECKPOINT, path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     const nbs_matrix *X = s->pre->matrix;
-    return nbs_checkpoint_save(path, m, &s->p->config, X->gene_names, X->gene_ids, ts, l, err);
+    return nbs_checkpoint_save(path, m, &s->p->config, &s->ck.covariates, X->gene_names, X->gene_ids, ts, l, err);
 }
 
 /* A resumed run must see the genes its checkpoint was trained on, in the same order. */
@@ -259,13 +270,17 @@ static int stage_train(run_state *s, nbs_error *err) {
     if (s->o->resume) {
         st = nbs_checkpoint_load(s->o->resume, &s->ck, err);
         if (!st) st = check_resume_genes(&s->ck, X, s->o->resume, err);
+        /* the checkpoint's categories and standardisation, not the resumed data's own */
+        if (!st) st = nbs_covariates_encode(&s->ck.covariates, &c->input, s->format, X, &s->cov, err);
         if (st) return st;
         nbs_info("resuming from %s after epoch %d", s->o->resume, s->ck.state.epochs_done);
     } else {
         if (X->n_genes > INT32_MAX) return nbs_error_set(err, NBS_ERR_INPUT, "too many genes");
+        if ((st = nbs_covariates_fit(&c->input, s->format, X, &s->ck.covariates, &s->cov, err))) return st;
+        const nbs_covariate_layout layout = nbs_covariates_layout(&s->ck.covariates);
         gsl_rng *r = nbs_stream_rng(c->train.seed, NBS_STREAM_INIT, 0, err);
         if (!r) return err->code;
-        s->ck.model = nbs_model_new(&c->model, (int)X->n_genes, r, err);
+        s->ck.model = nbs_model_new(&c->model, (int)X->n_genes, &layout, r, err);
         gsl_rng_free(r);
         if (!s->ck.model) return err->code;
         if ((st = nbs_train_state_init(&s->ck.state, s->ck.model, c->train.seed, err))) return st;
@@ -274,14 +289,20 @@ static int stage_train(run_state *s, nbs_error *err) {
     if (out_path(s, NBS_OUT_LOG, log_path) || out_path(s, NBS_OUT_CHECKPOINT, ckpt_path))
         return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     if ((st = choose_diag_rows(s, err))) return st;
+    if (s->ck.covariates.n_categorical || s->ck.covariates.n_continuous) {
+        char desc[1024];
+        nbs_covariates_describe(&s->ck.covariates, desc, sizeof desc);
+        nbs_info("covariates: %s", desc);
+    }
     nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
-    const nbs_cells all = nbs_cells_all(X, s->pre->library_size);
+    const nbs_cells all = all_cells(s);
     st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, &h, NULL, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_LOG, err);
     if (st) return st;
     char model_path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_MODEL, model_path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    st = nbs_checkpoint_save(model_path, s->ck.model, c, X->gene_names, X->gene_ids, &s->ck.state, &s->ck.log, err);
+    st = nbs_checkpoint_save(model_path, s->ck.model, c, &s->ck.covariates, X->gene_names, X->gene_ids, &s->ck.state,
+                             &s->ck.log, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_MODEL, err);
     if (st) return st;
     remove(ckpt_path); /* model.h5 holds everything the periodic checkpoint did, and more */
@@ -341,8 +362,22 @@ static int stage_write(run_state *s, nbs_error *err) {
         /* An .h5ad input is copied (only the kept cells) with the embedding added, so all of its
          * obs, var and layers stay; other inputs give a new file with the counts the model saw. */
         const char *copy = s->format == NBS_FMT_H5AD ? s->p->config.input.path : NULL;
+        const nbs_covariates *cov = &s->ck.covariates;
         nbs_embedding_meta meta = {c->output.embedding_key, nbs_latent_word(L->kind),
-                                   gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread};
+                                   gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread,
+                                   cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0};
+        /* the covariates as obs columns, unless they came from the obs being copied */
+        nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES];
+        if (!(copy && !c->input.labels_path[0])) {
+            for (int k = 0; k < cov->n_categorical; k++)
+                cols[meta.n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
+                                                              cov->categorical[k].categories, s->cov.codes + k, NULL,
+                                                              cov->n_categorical};
+            for (int k = 0; k < cov->n_continuous; k++)
+                cols[meta.n_obs_columns++] = (nbs_obs_column){cov->continuous[k].name, 0, NULL, NULL, s->cov.raw + k,
+                                                              cov->n_continuous};
+            meta.obs_columns = cols;
+        }
         if (out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
         if (!st) st = nbs_io_write_h5ad(path, copy, X, d, z, &meta, err);
         if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
@@ -420,7 +455,9 @@ static int load_model_and_data(run_state *s, const char *model_path, nbs_error *
     s->pre->matrix = aligned;
     s->pre->n_cells = aligned->n_cells;
     s->pre->n_genes = aligned->n_genes;
-    return nbs_preprocess_library(s->pre, err);
+    if ((st = nbs_preprocess_library(s->pre, err))) return st;
+    /* the cells' own covariates, from the same columns, in the model's categories */
+    return nbs_covariates_encode(&s->ck.covariates, &s->p->config.input, s->format, aligned, &s->cov, err);
 }
 
 static int finish_run(run_state *s, int st, nbs_error *err) {
@@ -434,6 +471,7 @@ static int finish_run(run_state *s, int st, nbs_error *err) {
     nbs_matrix_free(s->counts);
     nbs_preprocess_result_free(s->pre);
     nbs_checkpoint_free(&s->ck);
+    nbs_covariate_values_free(&s->cov);
     free(s->diag_rows);
     free(s->z);
     free(s->spread);

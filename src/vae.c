@@ -15,7 +15,8 @@
 #include "nbsphere/likelihood.h"
 #include "nbsphere/nn.h"
 
-#define MAX_BLOCKS (8 * NBS_MAX_LAYERS + 16)
+/* per hidden layer W, b, covariates.W, continuous.W and four norm blocks; heads and dispersion */
+#define MAX_BLOCKS (2 * NBS_MAX_LAYERS * 8 + 16)
 #define MAX_STAGES 4
 
 typedef struct {
@@ -25,9 +26,13 @@ typedef struct {
     int is_state;
 } block;
 
-/* One hidden layer: linear -> optional norm -> ReLU -> optional dropout (encoder only). */
+/* One hidden layer: linear -> optional norm -> ReLU -> optional dropout (encoder only). A layer
+ * the covariates are injected into adds their rows of Wcat and their values times Wcont to the
+ * linear part: the product of the concatenation [x, one-hot, continuous] with one weight matrix. */
 typedef struct {
     nbs_dense lin;
+    float *Wcat, *dWcat;   /* (total categories, out) or NULL */
+    float *Wcont, *dWcont; /* (n_continuous, out) or NULL */
     nbs_norm norm;
     int has_norm;
 } hidden;
@@ -42,6 +47,10 @@ typedef struct {
 
 struct nbs_model {
     nbs_model_config cfg;
+    nbs_covariate_layout cov;
+    int n_onehot;                         /* categories over every categorical covariate */
+    int cat_offset[NBS_MAX_CATEGORICAL];  /* first row of covariate k in the covariates.W blocks */
+    int n_batches;                        /* rows of the per-gene dispersion: batch categories, or 1 */
     int G, kl_terms;
     int64_t n_params, n_state, adam_t;
     float *params, *grads, *adam_m, *adam_v, *state;
@@ -53,7 +62,7 @@ struct nbs_model {
     stage stages[MAX_STAGES];
     nbs_dense out, out_zi, out_disp;
     int has_zi, has_disp;
-    float *log_theta, *dlog_theta; /* (G) per-gene dispersion (NULL when per cell) */
+    float *log_theta, *dlog_theta; /* (n_batches, G) per-gene (and batch) dispersion; NULL when per cell */
 };
 
 /* What one hidden layer computed for a batch of B <= cap cells. */
@@ -85,13 +94,16 @@ struct nbs_workspace {
     float *bval;          /* (nnz_cap) */
     int64_t *rows;        /* (B) row of X of each batch cell */
     double *lib;          /* (B) observed library sizes */
+    int32_t *cov_rows;    /* (B, n_categorical) each cell's rows of the covariates.W blocks */
+    float *cov_values;    /* (B, n_continuous) each cell's continuous covariates */
+    int32_t *batch;       /* (B) batch category of each cell (gene_batch dispersion) */
     double *loglik;       /* (B) log p(x_i | z_i) */
     double *kl;           /* (B, kl_terms) */
     float *logits, *dlogits; /* (B, G) */
     float *dlt;              /* (B, G) d loss / d log theta per entry */
     float *zi, *dzi;         /* (B, G) ZINB zero-inflation logits */
     float *disp, *ddisp;     /* (B, G) per-cell log theta */
-    double *likwork;         /* (3, G) per gene: lgamma, psi and value of theta */
+    double *likwork;         /* (n_batches, 3, G) per batch and gene: lgamma, psi and value of theta */
     double *lik_rows;        /* (n_threads, 4, G) the likelihood's per-thread rows */
     float *dbuf[2], *dtmp;   /* (B, widest layer) backward scratch */
     int batch_n, grads_ready;
@@ -114,16 +126,26 @@ static int add_block(nbs_model *m, const char *name, int rows, int cols, int is_
 
 /* Layer shapes are declared first (offsets), pointers bound once the blocks exist. */
 typedef struct {
-    int W, b, gain, bias, rmean, rvar;
+    int W, b, cat, cont, gain, bias, rmean, rvar;
 } layer_ids;
 
-static layer_ids declare_layer(nbs_model *m, const char *prefix, int in, int out, int norm) {
+/* A layer takes n_onehot one-hot and n_cont continuous covariate inputs besides its own. */
+static layer_ids declare_layer(nbs_model *m, const char *prefix, int in, int out, int norm, int n_onehot,
+                               int n_cont) {
     char nm[64];
-    layer_ids id = {-1, -1, -1, -1, -1, -1};
+    layer_ids id = {-1, -1, -1, -1, -1, -1, -1, -1};
     snprintf(nm, sizeof nm, "%s.W", prefix);
     id.W = add_block(m, nm, in, out, 0);
     snprintf(nm, sizeof nm, "%s.b", prefix);
     id.b = add_block(m, nm, 1, out, 0);
+    if (n_onehot) {
+        snprintf(nm, sizeof nm, "%s.covariates.W", prefix);
+        id.cat = add_block(m, nm, n_onehot, out, 0);
+    }
+    if (n_cont) {
+        snprintf(nm, sizeof nm, "%s.continuous.W", prefix);
+        id.cont = add_block(m, nm, n_cont, out, 0);
+    }
     if (norm) {
         snprintf(nm, sizeof nm, "%s.norm.gain", prefix);
         id.gain = add_block(m, nm, 1, out, 0);
@@ -154,22 +176,37 @@ static void bind_dense(nbs_model *m, nbs_dense *L, layer_ids id) {
 
 static void bind_hidden(nbs_model *m, hidden *h, layer_ids id, nbs_norm_kind norm) {
     bind_dense(m, &h->lin, id);
+    h->Wcat = P(m, id.cat);
+    h->dWcat = D(m, id.cat);
+    h->Wcont = P(m, id.cont);
+    h->dWcont = D(m, id.cont);
     h->has_norm = norm != NBS_NORM_NONE;
     h->norm = (nbs_norm){h->lin.out, norm == NBS_NORM_BATCH, P(m, id.gain), P(m, id.bias),
                          D(m, id.gain), D(m, id.bias), S(m, id.rmean), S(m, id.rvar),
                          NBS_BN_EPS, NBS_BN_MOMENTUM};
 }
 
+static void fill_uniform(float *p, int64_t count, double a, gsl_rng *rng) {
+    for (int64_t k = 0; k < count; k++) p[k] = (float)(a * (2 * gsl_rng_uniform(rng) - 1));
+}
+
 /* torch.nn.Linear's default initialisation: U(-1/sqrt(in), 1/sqrt(in)) for weights and bias. */
 static void init_dense(nbs_dense *L, gsl_rng *rng, double scale) {
     const double a = 1.0 / sqrt((double)L->in);
-    for (int64_t k = 0; k < (int64_t)L->in * L->out; k++)
-        L->W[k] = (float)(scale * a * (2 * gsl_rng_uniform(rng) - 1));
-    for (int k = 0; k < L->out; k++) L->b[k] = (float)(a * (2 * gsl_rng_uniform(rng) - 1));
+    fill_uniform(L->W, (int64_t)L->in * L->out, scale * a, rng);
+    fill_uniform(L->b, L->out, a, rng);
 }
 
-static void init_hidden(hidden *h, gsl_rng *rng) {
-    init_dense(&h->lin, rng, 1.0);
+/* A layer with covariates is one torch Linear over the concatenated input, so its fan-in counts
+ * them: the weights of the layer's own input, of the categories and of the continuous values. */
+static void init_hidden(const nbs_model *m, hidden *h, gsl_rng *rng) {
+    const nbs_dense *L = &h->lin;
+    const int n_onehot = h->Wcat ? m->n_onehot : 0, n_cont = h->Wcont ? m->cov.n_continuous : 0;
+    const double a = 1.0 / sqrt((double)L->in + n_onehot + n_cont);
+    fill_uniform(L->W, (int64_t)L->in * L->out, a, rng);
+    if (h->Wcat) fill_uniform(h->Wcat, (int64_t)n_onehot * L->out, a, rng);
+    if (h->Wcont) fill_uniform(h->Wcont, (int64_t)n_cont * L->out, a, rng);
+    fill_uniform(L->b, L->out, a, rng);
     if (!h->has_norm) return;
     for (int j = 0; j < h->norm.width; j++) {
         h->norm.gain[j] = 1;
@@ -193,11 +230,32 @@ static int check_config(const nbs_model_config *mc, int n_genes, nbs_error *err)
     return NBS_OK;
 }
 
-nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, nbs_error *err) {
-    if (check_config(mc, n_genes, err)) return NULL;
+static int check_layout(const nbs_covariate_layout *cov, nbs_error *err) {
+    if (cov->n_categorical < 0 || cov->n_categorical > NBS_MAX_CATEGORICAL || cov->n_continuous < 0 ||
+        cov->n_continuous > NBS_MAX_COVARIATES || (cov->has_batch && cov->n_categorical < 1))
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "model: %d categorical and %d continuous covariates%s",
+                             cov->n_categorical, cov->n_continuous, cov->has_batch ? " with a batch" : "");
+    for (int k = 0; k < cov->n_categorical; k++)
+        if (cov->n_categories[k] < 1 || cov->n_categories[k] > INT32_MAX / NBS_MAX_CATEGORICAL)
+            return nbs_error_set(err, NBS_ERR_INTERNAL, "model: categorical covariate %d has %d categories", k,
+                                 cov->n_categories[k]);
+    return NBS_OK;
+}
+
+nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_covariate_layout *cov, gsl_rng *rng,
+                         nbs_error *err) {
+    const nbs_covariate_layout none = {0};
+    if (!cov) cov = &none;
+    if (check_config(mc, n_genes, err) || check_layout(cov, err)) return NULL;
     nbs_model *m = nbs_calloc(1, sizeof *m, err);
     if (!m) return NULL;
     m->cfg = *mc;
+    m->cov = *cov;
+    for (int k = 0; k < cov->n_categorical; k++) {
+        m->cat_offset[k] = m->n_onehot;
+        m->n_onehot += cov->n_categories[k];
+    }
+    m->n_batches = mc->dispersion == NBS_DISP_GENE_BATCH && cov->has_batch ? cov->n_categories[0] : 1;
     m->G = n_genes;
     /* one stage today; a ladder or a categorical latent adds entries */
     m->n_stages = 1;
@@ -212,26 +270,32 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     m->has_zi = mc->likelihood == NBS_LIK_ZINB;
     m->has_disp = mc->likelihood != NBS_LIK_POISSON && mc->dispersion == NBS_DISP_GENE_CELL;
 
-    layer_ids enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS], head[MAX_STAGES], out, zi = {-1, -1, -1, -1, -1, -1},
-                                                                  disp = zi;
+    layer_ids enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS], head[MAX_STAGES], out,
+        zi = {-1, -1, -1, -1, -1, -1, -1, -1}, disp = zi;
     char nm[64];
     int in = n_genes;
+    /* scvi-tools' injection: the categorical covariates into every decoder hidden layer
+     * (deeply_inject_covariates), the continuous ones into the first; with encode_covariates both
+     * into the first encoder layer too */
+    const int n_cont = cov->n_continuous, enc_cov = mc->encode_covariates;
     for (int i = 0; i < m->n_enc; i++) {
         snprintf(nm, sizeof nm, "encoder.%d", i);
-        enc[i] = declare_layer(m, nm, in, mc->encoder_layers[i], mc->norm);
+        enc[i] = declare_layer(m, nm, in, mc->encoder_layers[i], mc->norm, enc_cov && !i ? m->n_onehot : 0,
+                               enc_cov && !i ? n_cont : 0);
         in = mc->encoder_layers[i];
     }
-    head[0] = declare_layer(m, "encoder.head", in, S->head_dim, 0);
+    head[0] = declare_layer(m, "encoder.head", in, S->head_dim, 0, 0, 0);
     in = mc->latent_dim;
     for (int i = 0; i < m->n_dec; i++) {
         snprintf(nm, sizeof nm, "decoder.%d", i);
-        dec[i] = declare_layer(m, nm, in, mc->decoder_layers[i], mc->norm);
+        dec[i] = declare_layer(m, nm, in, mc->decoder_layers[i], mc->norm, m->n_onehot, i ? 0 : n_cont);
         in = mc->decoder_layers[i];
     }
-    out = declare_layer(m, "decoder.out", in, n_genes, 0);
-    if (m->has_zi) zi = declare_layer(m, "decoder.dropout", in, n_genes, 0);
-    if (m->has_disp) disp = declare_layer(m, "decoder.dispersion", in, n_genes, 0);
-    int disp_gene = mc->likelihood != NBS_LIK_POISSON && !m->has_disp ? add_block(m, "dispersion", 1, n_genes, 0) : -1;
+    out = declare_layer(m, "decoder.out", in, n_genes, 0, 0, 0);
+    if (m->has_zi) zi = declare_layer(m, "decoder.dropout", in, n_genes, 0, 0, 0);
+    if (m->has_disp) disp = declare_layer(m, "decoder.dispersion", in, n_genes, 0, 0, 0);
+    int disp_gene = mc->likelihood != NBS_LIK_POISSON && !m->has_disp
+                        ? add_block(m, "dispersion", m->n_batches, n_genes, 0) : -1;
 
     size_t np = (size_t)m->n_params;
     m->params = nbs_calloc(np, sizeof(float), err);
@@ -253,16 +317,16 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, 
     m->dlog_theta = D(m, disp_gene);
 
     if (rng) {
-        for (int i = 0; i < m->n_enc; i++) init_hidden(&m->enc[i], rng);
+        for (int i = 0; i < m->n_enc; i++) init_hidden(m, &m->enc[i], rng);
         for (int s = 0; s < m->n_stages; s++) init_dense(&m->stages[s].head, rng, 1.0);
-        for (int i = 0; i < m->n_dec; i++) init_hidden(&m->dec[i], rng);
+        for (int i = 0; i < m->n_dec; i++) init_hidden(m, &m->dec[i], rng);
         /* A small last layer makes the decoder start weak, so it must lean on z. */
         init_dense(&m->out, rng, mc->decoder_init_scale);
         if (m->has_zi) init_dense(&m->out_zi, rng, 1.0);
         if (m->has_disp) init_dense(&m->out_disp, rng, 1.0);
         /* log theta = 0 (theta = 1) to start, or N(0, 1) draws as scvi-tools */
         if (m->log_theta && mc->dispersion_init == NBS_DISP_INIT_LOGNORMAL)
-            for (int g = 0; g < m->G; g++) m->log_theta[g] = (float)gsl_ran_gaussian(rng, 1.0);
+            for (int64_t k = 0; k < (int64_t)m->n_batches * m->G; k++) m->log_theta[k] = (float)gsl_ran_gaussian(rng, 1.0);
     }
     return m;
 }
@@ -288,6 +352,7 @@ void nbs_workspace_free(nbs_workspace *w) {
         nbs_latent_cache_free(S->cache);
     }
     free(w->bptr), free(w->bidx), free(w->bval), free(w->rows), free(w->lib), free(w->loglik), free(w->kl);
+    free(w->cov_rows), free(w->cov_values), free(w->batch);
     free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp), free(w->ddisp);
     free(w->likwork), free(w->lik_rows), free(w->dbuf[0]), free(w->dbuf[1]), free(w->dtmp);
     free(w);
@@ -332,6 +397,9 @@ nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs
     ALLOC(w->bval, w->nnz_cap, float);
     ALLOC(w->rows, n, int64_t);
     ALLOC(w->lib, n, double);
+    if (m->cov.n_categorical) ALLOC(w->cov_rows, (int64_t)n * m->cov.n_categorical, int32_t);
+    if (m->cov.n_continuous) ALLOC(w->cov_values, (int64_t)n * m->cov.n_continuous, float);
+    if (m->n_batches > 1) ALLOC(w->batch, n, int32_t);
     ALLOC(w->loglik, n, double);
     ALLOC(w->kl, (int64_t)n * m->kl_terms, double);
     ALLOC(w->logits, nG, float);
@@ -345,7 +413,7 @@ nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs
         ALLOC(w->disp, nG, float);
         ALLOC(w->ddisp, nG, float);
     }
-    ALLOC(w->likwork, 3 * (int64_t)m->G, double);
+    ALLOC(w->likwork, 3 * (int64_t)m->n_batches * m->G, double);
     ALLOC(w->lik_rows, (int64_t)w->n_threads * 4 * m->G, double);
     ALLOC(w->dbuf[0], (int64_t)n * widest, float);
     ALLOC(w->dbuf[1], (int64_t)n * widest, float);
@@ -376,8 +444,34 @@ nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n) {
 
 /* ---- forward ---- */
 
+/* Each batch cell's covariates as the layers read them: its categories as rows of the
+ * covariates.W blocks, its continuous values, and its batch. */
+static int gather_covariates(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_error *err) {
+    const int k = m->cov.n_categorical, kc = m->cov.n_continuous;
+    if (c->n > w->cap)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "a batch of %lld cells for a workspace of %d", (long long)c->n,
+                             w->cap);
+    if ((k && (!c->covariate_codes || c->n_categorical != k)) || (kc && (!c->continuous || c->n_continuous != kc)))
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "the model takes %d categorical and %d continuous covariates, "
+                             "the cells carry %d and %d", k, kc, c->covariate_codes ? c->n_categorical : 0,
+                             c->continuous ? c->n_continuous : 0);
+    for (int i = 0; i < c->n; i++) {
+        const int64_t r = nbs_cells_row(c, i);
+        for (int j = 0; j < k; j++) {
+            const int32_t code = c->covariate_codes[r * k + j];
+            if (code < 0 || code >= m->cov.n_categories[j])
+                return nbs_error_set(err, NBS_ERR_INTERNAL, "cell %lld: code %d of categorical covariate %d is "
+                                     "outside its %d categories", (long long)r, code, j, m->cov.n_categories[j]);
+            w->cov_rows[(int64_t)i * k + j] = m->cat_offset[j] + code;
+        }
+        if (kc) memcpy(w->cov_values + (int64_t)i * kc, c->continuous + r * kc, sizeof(float) * kc);
+        if (w->batch) w->batch[i] = c->covariate_codes[r * k];
+    }
+    return NBS_OK;
+}
+
 /* Copies the batch's rows into the workspace's CSR with the encoder's input transform applied,
- * with each cell's row of X and observed library size. */
+ * with each cell's row of X, observed library size and covariates. */
 static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_error *err) {
     const nbs_matrix *X = c->X;
     if (X->n_genes != m->G)
@@ -385,6 +479,8 @@ static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_
     if (c->n > w->cap || !c->library)
         return nbs_error_set(err, NBS_ERR_INTERNAL, "a batch of %lld cells for a workspace of %d%s",
                              (long long)c->n, w->cap, c->library ? "" : ", without library sizes");
+    int st = gather_covariates(m, w, c, err);
+    if (st) return st;
     int64_t q = 0;
     w->bptr[0] = 0;
     for (int i = 0; i < c->n; i++) {
@@ -405,11 +501,16 @@ static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_
     return NBS_OK;
 }
 
-static void hidden_forward(const hidden *h, hidden_ws *hw, const float *x, const nbs_sparse_rows *sx, int n,
-                           int training, double dropout, gsl_rng *rng) {
+/* The layer's input x (n, in) dense, or sx sparse; the covariates from the workspace. */
+static void hidden_forward(const nbs_model *m, const hidden *h, hidden_ws *hw, const nbs_workspace *w,
+                           const float *x, const nbs_sparse_rows *sx, int n, int training, double dropout,
+                           gsl_rng *rng) {
     const int64_t sz = (int64_t)n * h->lin.out;
     if (sx) nbs_dense_forward_sparse(&h->lin, sx, hw->relu_out);
     else nbs_dense_forward(&h->lin, x, n, hw->relu_out);
+    if (h->Wcat) nbs_onehot_forward(h->Wcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, hw->relu_out);
+    if (h->Wcont)
+        nbs_linear_add_forward(h->Wcont, m->cov.n_continuous, h->lin.out, w->cov_values, n, hw->relu_out);
     if (h->has_norm) {
         hw->used_batch = nbs_norm_uses_batch(&h->norm, n, training);
         nbs_norm_forward(&h->norm, hw->relu_out, n, training, hw->xhat, hw->inv_std);
@@ -427,16 +528,17 @@ static void hidden_forward(const hidden *h, hidden_ws *hw, const float *x, const
 static void encode_gathered(const nbs_model *m, nbs_workspace *w, int n, int training, gsl_rng *rng) {
     nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
     for (int i = 0; i < m->n_enc; i++)
-        hidden_forward(&m->enc[i], &w->enc[i], i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, training,
+        hidden_forward(m, &m->enc[i], &w->enc[i], w, i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, training,
                        m->cfg.dropout, rng);
     for (int s = 0; s < m->n_stages; s++)
         nbs_dense_forward(&m->stages[s].head, w->enc[m->n_enc - 1].act, n, w->stages[s].head_out);
 }
 
-/* z (n, d) -> logits (and the zero-inflation / dispersion heads). The decoder has no dropout. */
+/* z (n, d) and the gathered covariates -> logits (and the zero-inflation / dispersion heads). The
+ * decoder has no dropout. */
 static void decode(const nbs_model *m, nbs_workspace *w, const float *z, int n, int training) {
     for (int i = 0; i < m->n_dec; i++)
-        hidden_forward(&m->dec[i], &w->dec[i], i ? w->dec[i - 1].act : z, NULL, n, training, 0, NULL);
+        hidden_forward(m, &m->dec[i], &w->dec[i], w, i ? w->dec[i - 1].act : z, NULL, n, training, 0, NULL);
     const float *h = w->dec[m->n_dec - 1].act;
     nbs_dense_forward(&m->out, h, n, w->logits);
     if (m->has_zi) nbs_dense_forward(&m->out_zi, h, n, w->zi);
@@ -445,8 +547,8 @@ static void decode(const nbs_model *m, nbs_workspace *w, const float *z, int n, 
 
 static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_workspace *w, const nbs_matrix *X, int n) {
     return (nbs_lik_batch){m->cfg.likelihood, n, m->G, X, w->rows, w->lib, w->logits,
-                           m->has_disp ? w->disp : m->log_theta, m->has_disp, w->zi, w->likwork,
-                           w->lik_rows, w->n_threads};
+                           m->has_disp ? w->disp : m->log_theta, m->has_disp, m->n_batches, w->batch, w->zi,
+                           w->likwork, w->lik_rows, w->n_threads};
 }
 
 int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mode, gsl_rng *rng,
@@ -502,13 +604,17 @@ void nbs_workspace_take_timers(nbs_workspace *w, double *products, double *likel
 /* ---- backward ---- */
 
 /* dact: gradient w.r.t. the layer's act (overwritten as scratch); writes dx of the layer's input
- * (NULL for the sparse first layer). */
-static void hidden_backward(hidden *h, const hidden_ws *hw, const float *x, const nbs_sparse_rows *sx, int n,
-                            int dropout_on, float *dact, float *dx) {
+ * (NULL for the sparse first layer). The covariates' weights take the gradient of their rows. */
+static void hidden_backward(const nbs_model *m, hidden *h, const hidden_ws *hw, const nbs_workspace *w,
+                            const float *x, const nbs_sparse_rows *sx, int n, int dropout_on, float *dact,
+                            float *dx) {
     const int64_t sz = (int64_t)n * h->lin.out;
     if (dropout_on) nbs_mul_inplace(dact, hw->mask, sz);
     nbs_relu_backward(hw->relu_out, dact, sz);
     if (h->has_norm) nbs_norm_backward(&h->norm, dact, n, hw->xhat, hw->inv_std, hw->used_batch);
+    if (h->dWcat) nbs_onehot_backward(h->dWcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, dact);
+    if (h->dWcont)
+        nbs_linear_add_backward(h->dWcont, m->cov.n_continuous, h->lin.out, w->cov_values, n, dact);
     if (sx) nbs_dense_backward_sparse(&h->lin, sx, dact);
     else nbs_dense_backward(&h->lin, x, dact, n, dx);
 }
@@ -532,12 +638,13 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, const float *kl_weight) 
     if (m->has_disp) {
         nbs_dense_backward(&m->out_disp, hdec, w->dlt, n, w->dtmp);
         add_into(d, w->dtmp, hsz);
-    } else if (m->dlog_theta) {
-        for (int i = 0; i < n; i++) add_into(m->dlog_theta, w->dlt + (int64_t)i * m->G, m->G);
+    } else if (m->dlog_theta) { /* each cell's row into its batch's row of log theta */
+        for (int i = 0; i < n; i++)
+            add_into(m->dlog_theta + (w->batch ? (int64_t)w->batch[i] * m->G : 0), w->dlt + (int64_t)i * m->G, m->G);
     }
     stage_ws *S0 = &w->stages[0];
     for (int i = m->n_dec - 1; i >= 0; i--) {
-        hidden_backward(&m->dec[i], &w->dec[i], i ? w->dec[i - 1].act : S0->z, NULL, n, 0, d, i ? dn : S0->dz);
+        hidden_backward(m, &m->dec[i], &w->dec[i], w, i ? w->dec[i - 1].act : S0->z, NULL, n, 0, d, i ? dn : S0->dz);
         float *t = d;
         d = dn;
         dn = t;
@@ -555,7 +662,7 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, const float *kl_weight) 
     nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
     const int drop = m->cfg.dropout > 0;
     for (int i = m->n_enc - 1; i >= 0; i--) {
-        hidden_backward(&m->enc[i], &w->enc[i], i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, drop, d,
+        hidden_backward(m, &m->enc[i], &w->enc[i], w, i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, drop, d,
                         i ? dn : NULL);
         float *t = d;
         d = dn;
@@ -612,20 +719,24 @@ int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, i
     return NBS_OK;
 }
 
-int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const float *z, int64_t n,
+int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const float *z,
                             float *logits, float *log_theta, nbs_error *err) {
-    (void)err; /* nothing here can fail once the workspace exists */
-    const int64_t G = m->G, d = m->stages[0].lat.dim;
+    const int64_t G = m->G, d = m->stages[0].lat.dim, n = cells->n;
     for (int64_t s = 0; s < n; s += w->cap) {
-        const int c = (int)(n - s < w->cap ? n - s : w->cap);
+        const nbs_cells part = nbs_cells_slice(cells, s, n - s < w->cap ? n - s : w->cap);
+        const int c = (int)part.n;
+        int st = gather_covariates(m, w, &part, err);
+        if (st) return st;
         decode(m, w, z + s * d, c, 0);
         memcpy(logits + s * G, w->logits, sizeof(float) * c * G);
         if (!log_theta) continue;
         float *lt = log_theta + s * G;
         if (m->has_disp) memcpy(lt, w->disp, sizeof(float) * c * G);
         else
-            for (int i = 0; i < c; i++)
-                for (int64_t g = 0; g < G; g++) lt[i * G + g] = m->log_theta ? m->log_theta[g] : INFINITY;
+            for (int i = 0; i < c; i++) {
+                const float *row = m->log_theta ? m->log_theta + (w->batch ? (int64_t)w->batch[i] * G : 0) : NULL;
+                for (int64_t g = 0; g < G; g++) lt[i * G + g] = row ? row[g] : INFINITY;
+            }
     }
     return NBS_OK;
 }
@@ -669,6 +780,7 @@ const nbs_latent *nbs_model_stage_latent(const nbs_model *m, int s) { return &m-
 int nbs_model_stage_kl_offset(const nbs_model *m, int s) { return m->stages[s].kl_offset; }
 int nbs_model_kl_terms(const nbs_model *m) { return m->kl_terms; }
 const nbs_model_config *nbs_model_config_of(const nbs_model *m) { return &m->cfg; }
+const nbs_covariate_layout *nbs_model_covariates(const nbs_model *m) { return &m->cov; }
 int64_t nbs_model_n_params(const nbs_model *m) { return m->n_params; }
 int64_t nbs_model_n_state(const nbs_model *m) { return m->n_state; }
 

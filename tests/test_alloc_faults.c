@@ -583,10 +583,12 @@ static void every_allocation_fails_cleanly(const char *input, const char *prepro
     free(dir);
 }
 
-/* A gzipped 10x folder and a labels table; a new .h5ad is written. */
+/* A gzipped 10x folder and a labels table, which holds the covariates too (the branch as the
+ * batch, pseudotime as a continuous one); a new .h5ad is written, with them in obs. */
 static void test_gaussian_run(void **state) {
     (void)state;
-    every_allocation_fails_cleanly("  path: sim/sim_mtx\n  labels_path: sim/cell_labels.tsv\n  label_column: branch\n",
+    every_allocation_fails_cleanly("  path: sim/sim_mtx\n  labels_path: sim/cell_labels.tsv\n  label_column: branch\n"
+                                   "  batch_key: branch\n  continuous_covariates: [pseudotime]\n",
                                    "", "gaussian");
 }
 
@@ -599,28 +601,54 @@ static void test_vmf_h5ad_run(void **state) {
 
 /* A training step allocates nothing: the workspace holds every buffer a step needs, from the
  * first step on (the Gaussian and both spheres, whose samplers and quadratures take their
- * scratch from the workspace too), and so does an evaluation pass. */
+ * scratch from the workspace too, and a model with covariates in every layer they can enter and
+ * a per-batch dispersion), and so does an evaluation pass. */
 static void test_training_step_allocates_nothing(void **state) {
     (void)state;
     nbs_error err = {0};
     nbs_matrix *X = NULL;
     assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &X, &err), 0);
     nbs_cells all = tu_cells(X);
+    int32_t *codes = malloc(sizeof *codes * (size_t)X->n_cells * 2);
+    float *continuous = malloc(sizeof *continuous * (size_t)X->n_cells);
+    assert_true(codes && continuous);
+    for (int64_t i = 0; i < X->n_cells; i++) {
+        codes[2 * i] = (int32_t)(i % 3);
+        codes[2 * i + 1] = (int32_t)(i % 2);
+        continuous[i] = (float)(i % 7) - 3;
+    }
+    const nbs_covariate_layout layout = {2, {3, 2}, 1, 1};
     int64_t rows[64];
     for (int i = 0; i < 64; i++) rows[i] = (i * 37) % X->n_cells;
     nbs_cells batch = all;
     batch.rows = rows;
     batch.n = 64;
-    const nbs_latent_kind kinds[3] = {NBS_LATENT_GAUSSIAN, NBS_LATENT_VMF, NBS_LATENT_POWER_SPHERICAL};
-    for (int k = 0; k < 3; k++) {
+    const nbs_latent_kind kinds[4] = {NBS_LATENT_GAUSSIAN, NBS_LATENT_GAUSSIAN, NBS_LATENT_VMF,
+                                      NBS_LATENT_POWER_SPHERICAL};
+    for (int k = 0; k < 4; k++) {
         nbs_config c;
         nbs_config_defaults(&c);
         c.model.latent = kinds[k];
-        c.model.latent_dim = k == 2 ? 40 : 10; /* 40: above the spheres' on-stack size */
+        c.model.latent_dim = k == 3 ? 40 : 10; /* 40: above the spheres' on-stack size */
         c.model.encoder_layers[0] = c.model.decoder_layers[0] = 32;
         c.model.norm = NBS_NORM_BATCH;
+        const int with_covariates = k == 1;
+        if (with_covariates) {
+            c.model.n_decoder_layers = 2;
+            c.model.decoder_layers[1] = 16;
+            c.model.encode_covariates = 1;
+            c.model.dispersion = NBS_DISP_GENE_BATCH;
+            batch.covariate_codes = codes;
+            batch.n_categorical = 2;
+            batch.continuous = continuous;
+            batch.n_continuous = 1;
+        } else {
+            batch = all;
+            batch.rows = rows;
+            batch.n = 64;
+        }
         gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-        nbs_model *m = nbs_model_new(&c.model, (int)X->n_genes, r, &err);
+        nbs_model *m = nbs_model_new(&c.model, (int)X->n_genes, with_covariates ? &layout : NULL, r, &err);
         assert_non_null(m);
         nbs_workspace *w = tu_workspace(m, X, 64);
         nbs_step_result sr;
@@ -632,8 +660,8 @@ static void test_training_step_allocates_nothing(void **state) {
         for (int step = 0; step < 3; step++) steps += nbs_train_step(m, w, &batch, &c.train, 0.5, r, NULL, &sr, &err) == 0;
         evals += nbs_model_forward(m, w, &batch, NBS_PASS_EVAL_SAMPLE, r, &recon, kl, &err) == 0;
         armed = 0;
-        print_message("%s latent: %ld steps and %ld evaluation passes made %ld allocations\n",
-                      nbs_latent_word(kinds[k]), steps, evals, sh->count);
+        print_message("%s latent%s: %ld steps and %ld evaluation passes made %ld allocations\n",
+                      nbs_latent_word(kinds[k]), with_covariates ? " with covariates" : "", steps, evals, sh->count);
         assert_int_equal(steps, 3);
         assert_int_equal(evals, 1);
         assert_int_equal(sh->count, 0);
@@ -641,6 +669,8 @@ static void test_training_step_allocates_nothing(void **state) {
         nbs_model_free(m);
         gsl_rng_free(r);
     }
+    free(codes);
+    free(continuous);
     tu_cells_free(&all);
     nbs_matrix_free(X);
 }

@@ -479,11 +479,139 @@ static void test_hdf5_corpus(void **state) {
     free(tmp);
 }
 
+/* ---- covariates: bad columns through train, embed and diagnose ---- */
+
+#define COV_DATA "tests/model_v2/sim_mtx" /* 60 cells, SIM0000001-1 .. SIM0000060-1 */
+
+/* A labels table for COV_DATA's cells with one fault: cell 4's batch or mito replaced by `value`,
+ * or cell `drop` left out (0: none). batch is a/b, mito a number. */
+static void write_cov_table(const char *path, const char *column, const char *value, int drop) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f, "barcode\tbatch\tmito\n");
+    for (int i = 1; i <= 60; i++) {
+        if (i == drop) continue;
+        const int fault = i == 4 && column;
+        fprintf(f, "SIM%07d-1\t%s\t%s\n", i, fault && !strcmp(column, "batch") ? value : i % 2 ? "a" : "b",
+                fault && !strcmp(column, "mito") ? value : i % 3 ? "0.25" : "1.5");
+    }
+    fclose(f);
+}
+
+/* An h5ad of 4 cells whose obs column batch holds 3 values. */
+static void write_h5ad_short_column(const char *path) {
+    write_h5ad(path, A_OK);
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t obs = H5Gopen2(f, "obs", H5P_DEFAULT);
+    const char *b[3] = {"a", "b", "a"};
+    w_strings(obs, "batch", b, 3);
+    H5Gclose(obs);
+    H5Fclose(f);
+}
+
+static void test_covariate_inputs(void **state) {
+    (void)state;
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    char *tmp = tu_tmpdir();
+    char out[PATH_MAX], path[PATH_MAX], args[4 * PATH_MAX];
+    snprintf(out, sizeof out, "%s", tu_path(tmp, "out"));
+    static const struct {
+        const char *file, *column, *value;
+        int drop;
+        const char *sets; /* the covariate keys */
+        int rc;
+        const char *needle;
+    } cases[] = {
+        {"cov_missing_column.tsv", NULL, NULL, 0, "--set input.batch_key=donor", 3,
+         "input.batch_key 'donor': "},
+        {"cov_empty.tsv", "batch", "", 0, "--set input.batch_key=batch", 3,
+         "cell 'SIM0000004-1' has an empty or NA value in column 'batch'"},
+        {"cov_na.tsv", "batch", "NA", 0, "--set input.categorical_covariates=[batch]", 3,
+         "cell 'SIM0000004-1' has an empty or NA value in column 'batch'"},
+        {"cov_text_number.tsv", "mito", "high", 0, "--set input.continuous_covariates=[mito]", 3,
+         "cell 'SIM0000004-1' has 'high' in column 'mito' (input.continuous_covariates), not a number"},
+        {"cov_infinite.tsv", "mito", "inf", 0, "--set input.continuous_covariates=[mito]", 3,
+         "cell 'SIM0000004-1' has the non-finite value 'inf' in column 'mito'"},
+        {"cov_na_number.tsv", "mito", "NaN", 0, "--set input.continuous_covariates=[mito]", 3,
+         "cell 'SIM0000004-1' has an empty or NA value in column 'mito'"},
+        {"cov_cell_missing.tsv", NULL, NULL, 9, "--set input.batch_key=batch", 3,
+         "cell 'SIM0000009-1' (cell 9 of the data) is not listed, so it has no 'batch'"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        snprintf(path, sizeof path, "%s", tu_path(tmp, cases[i].file));
+        write_cov_table(path, cases[i].column, cases[i].value, cases[i].drop);
+        tu_rmtree(out);
+        snprintf(args, sizeof args, "train %s --out '%s' --epochs 1 --set input.labels_path='%s' %s", COV_DATA, out,
+                 path, cases[i].sets);
+        expect_failure(args, cases[i].rc, cases[i].file, cases[i].needle);
+        assert_no_outputs(out, cases[i].file);
+    }
+    /* one column without barcodes: one value per cell in order, so its length must be the cells' */
+    snprintf(path, sizeof path, "%s", tu_path(tmp, "cov_short.tsv"));
+    assert_int_equal(tu_write_file(path, "batch\na\nb\na\n"), 0);
+    snprintf(args, sizeof args, "train %s --out '%s' --epochs 1 --set input.labels_path='%s' --set input.batch_key=batch",
+             COV_DATA, out, path);
+    expect_failure(args, 3, "cov_short.tsv", "one label per cell in the matrix's order is expected: 60 lines");
+    /* an obs column of another length than obs */
+    snprintf(path, sizeof path, "%s", tu_path(tmp, "cov_short_column.h5ad"));
+    write_h5ad_short_column(path);
+    snprintf(args, sizeof args, "train '%s' --out '%s' --epochs 1 --set input.batch_key=batch", path, out);
+    expect_failure(args, 3, "cov_short_column.h5ad", "obs/batch has 3 names, but the matrix has 4");
+    assert_no_outputs(out, "cov_short_column.h5ad");
+    /* nowhere to read the column from; the configuration itself */
+    snprintf(args, sizeof args, "train %s --out '%s' --epochs 1 --set input.batch_key=batch", COV_DATA, out);
+    expect_failure(args, 2, "sim_mtx", "input.batch_key 'batch': there is no labels table");
+    snprintf(args, sizeof args, "train %s --out '%s' --set input.batch_key=batch --set input.categorical_covariates=[batch]",
+             COV_DATA, out);
+    expect_failure(args, 2, "input.categorical_covariates", "column 'batch' is already the batch_key");
+    snprintf(args, sizeof args, "train %s --out '%s' --set model.dispersion=gene-batch", COV_DATA, out);
+    expect_failure(args, 2, "model.dispersion", "gene_batch needs input.batch_key");
+
+    /* new data for a model with a batch: an unknown category, a missing column, no table */
+    char good[PATH_MAX], model[PATH_MAX];
+    snprintf(good, sizeof good, "%s", tu_path(tmp, "cov_good.tsv"));
+    write_cov_table(good, NULL, NULL, 0);
+    snprintf(model, sizeof model, "%s/model.h5", out);
+    tu_rmtree(out);
+    snprintf(args, sizeof args, "train %s --out '%s' --epochs 1 --set input.labels_path='%s' --set input.batch_key=batch "
+             "--set input.continuous_covariates=[mito]", COV_DATA, out, good);
+    char *o = NULL, *e = NULL;
+    int rc = run_watched(args, &o, &e);
+    if (rc) print_message("%s\n", e ? e : "");
+    assert_int_equal(rc, 0);
+    free(o), free(e);
+    char emb[PATH_MAX];
+    snprintf(emb, sizeof emb, "%s", tu_path(tmp, "embed"));
+    snprintf(path, sizeof path, "%s", tu_path(tmp, "cov_new_batch.tsv"));
+    write_cov_table(path, "batch", "c", 0);
+    for (int diagnose = 0; diagnose < 2; diagnose++) {
+        const char *cmd = diagnose ? "diagnose" : "embed";
+        snprintf(args, sizeof args, "%s '%s' %s --out '%s' --labels '%s'", cmd, model, COV_DATA, emb, path);
+        expect_failure(args, 3, "cov_new_batch.tsv",
+                       "cell 'SIM0000004-1' has 'c' in column 'batch', a category the model was not trained with; it "
+                       "knows 2: a, b");
+        snprintf(path, sizeof path, "%s/cov_missing_column.tsv", tmp);
+        snprintf(args, sizeof args, "%s '%s' %s --out '%s' --labels '%s'", cmd, model, COV_DATA, emb, path);
+        FILE *f = fopen(path, "w"); /* the barcodes and mito, no batch */
+        assert_non_null(f);
+        fprintf(f, "barcode\tmito\n");
+        for (int i = 1; i <= 60; i++) fprintf(f, "SIM%07d-1\t1\n", i);
+        fclose(f);
+        expect_failure(args, 3, "cov_missing_column.tsv", "the model's covariate 'batch': ");
+        snprintf(args, sizeof args, "%s '%s' %s --out '%s'", cmd, model, COV_DATA, emb);
+        expect_failure(args, 2, "sim_mtx", "the model's covariate 'batch': there is no labels table");
+        snprintf(path, sizeof path, "%s", tu_path(tmp, "cov_new_batch.tsv"));
+    }
+    tu_rmtree(tmp);
+    free(tmp);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_text_corpus),
         cmocka_unit_test(test_pipeline_corpus),
         cmocka_unit_test(test_hdf5_corpus),
+        cmocka_unit_test(test_covariate_inputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

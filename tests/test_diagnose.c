@@ -64,7 +64,7 @@ static void test_verdicts_by_construction(void **state) {
         }
     nbs_error err = {0};
     nbs_matrix *X = nbs_matrix_from_triplets(n, G, k, ci, gi, v, "toy", &err);
-    nbs_model *m = nbs_model_new(&c.model, G, r, &err);
+    nbs_model *m = nbs_model_new(&c.model, G, NULL, r, &err);
     assert_non_null(m);
     int rows, cols;
     float *hw = nbs_model_param(m, "encoder.head.W", &rows, &cols), *hb = nbs_model_param(m, "encoder.head.b", NULL, NULL);
@@ -130,7 +130,7 @@ static void train_toy(trained_toy *t, int epochs, int warmup) {
     t->c.train.warmup_epochs = warmup;
     t->c.train.checkpoint_every = 0;
     t->r = gsl_rng_alloc(gsl_rng_mt19937);
-    t->m = nbs_model_new(&t->c.model, (int)t->X->n_genes, t->r, &err);
+    t->m = nbs_model_new(&t->c.model, (int)t->X->n_genes, NULL, t->r, &err);
     assert_non_null(t->m);
     assert_int_equal(nbs_train_state_init(&t->s, t->m, 0, &err), 0);
     t->cells = tu_cells(t->X);

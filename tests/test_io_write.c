@@ -78,7 +78,15 @@ static void test_new_h5ad_round_trip(void **state) {
     char *dir = tu_tmpdir();
     float *emb = make_embedding(m->n_cells, 5);
     float *kappa = make_embedding(m->n_cells, 1);
-    nbs_embedding_meta meta = {"X_nbsphere", "vmf", "cosine", "0.1.0", kappa};
+    /* covariates as obs columns: a categorical (codes i % 2 of the pair, stride 2) and numbers */
+    int32_t *codes = malloc(sizeof *codes * (size_t)m->n_cells * 2);
+    double *mito = malloc(sizeof *mito * (size_t)m->n_cells);
+    assert_true(codes && mito);
+    for (int64_t i = 0; i < m->n_cells; i++) codes[2 * i] = (int32_t)(i % 2), codes[2 * i + 1] = 0, mito[i] = 0.25 * (double)i;
+    char *cats[2] = {"p", "q"};
+    const nbs_obs_column cols[2] = {{"sample", 2, cats, codes, NULL, 2}, {"mito", 0, NULL, NULL, mito, 1}};
+    nbs_embedding_meta meta = {.key = "X_nbsphere", .latent = "vmf", .metric = "cosine", .version = "0.1.0",
+                               .obs_kappa = kappa, .batch_key = "sample", .obs_columns = cols, .n_obs_columns = 2};
     nbs_error err = {0};
     char a[4200], b[4200];
     snprintf(a, sizeof a, "%s", tu_path(dir, "a.h5ad"));
@@ -98,6 +106,10 @@ static void test_new_h5ad_round_trip(void **state) {
     snprintf(want, sizeof want, "%.10g", (double)kappa[7]);
     assert_string_equal(l[7], want);
     nbs_io_free_labels(l, back->n_cells);
+    assert_int_equal(nbs_io_read_h5ad_obs(a, "sample", back, &l, &err), NBS_OK); /* the categorical */
+    assert_string_equal(l[0], "p");
+    assert_string_equal(l[7], "q");
+    nbs_io_free_labels(l, back->n_cells);
     nbs_matrix_free(back);
 
     if (!have_python("anndata")) {
@@ -114,6 +126,8 @@ static void test_new_h5ad_round_trip(void **state) {
                  "print('sum', int(a.X.sum()))\n"
                  "print('metric', a.uns['nbsphere']['metric'], a.uns['nbsphere']['latent'])\n"
                  "print('kappa', a.obs['nbsphere_kappa'].shape[0])\n"
+                 "print('sample', a.obs['sample'].dtype, list(a.obs['sample'].cat.categories), a.obs['sample'].iloc[3])\n"
+                 "print('mito', a.obs['mito'].dtype, a.obs['mito'].iloc[4], a.uns['nbsphere']['batch_key'])\n"
                  "print('bc0', a.obs_names[0], a.var_names[0], a.var['gene_ids'][0])\n",
                  a);
         char *out = python(dir, script);
@@ -129,6 +143,8 @@ static void test_new_h5ad_round_trip(void **state) {
         assert_non_null(strstr(out, "metric cosine vmf"));
         snprintf(line, sizeof line, "kappa %lld", (long long)m->n_cells);
         assert_non_null(strstr(out, line));
+        assert_non_null(strstr(out, "sample category ['p', 'q'] q\n"));
+        assert_non_null(strstr(out, "mito float64 1.0 sample\n"));
         snprintf(line, sizeof line, "bc0 %s %s %s", m->barcodes[0], m->gene_names[0], m->gene_ids[0]);
         assert_non_null(strstr(out, line));
         snprintf(line, sizeof line, "e01 %.9g\n", (double)emb[1]);
@@ -138,6 +154,8 @@ static void test_new_h5ad_round_trip(void **state) {
     }
     free(emb);
     free(kappa);
+    free(codes);
+    free(mito);
     nbs_matrix_free(m);
     tu_rmtree(dir);
     free(dir);
@@ -152,7 +170,7 @@ static void test_copy_h5ad(void **state) {
     assert_int_equal(nbs_io_read_h5ad(src, "", &m, &err), NBS_OK);
     char *dir = tu_tmpdir();
     float *emb = make_embedding(m->n_cells, 4);
-    nbs_embedding_meta meta = {"X_nbsphere", "gaussian", "euclidean", "0.1.0", NULL};
+    nbs_embedding_meta meta = {.key = "X_nbsphere", .latent = "gaussian", .metric = "euclidean", .version = "0.1.0"};
     char out[4200];
     snprintf(out, sizeof out, "%s", tu_path(dir, "copy.h5ad"));
     int rc = nbs_io_write_h5ad(out, src, m, 4, emb, &meta, &err);
@@ -410,7 +428,7 @@ static void test_subset_copy_every_part(void **state) {
     int64_t keep[3] = {1, 2, 5};
     nbs_matrix *sub = nbs_matrix_subset(m, keep, 3, NULL, 0, &err);
     float emb[6] = {1, 2, 3, 4, 5, 6};
-    nbs_embedding_meta meta = {"X_nbsphere", "vmf", "cosine", "0.1.0", NULL};
+    nbs_embedding_meta meta = {.key = "X_nbsphere", .latent = "vmf", .metric = "cosine", .version = "0.1.0"};
     int rc = nbs_io_write_h5ad(out, src, sub, 2, emb, &meta, &err);
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, NBS_OK);
@@ -451,7 +469,7 @@ static void test_copy_from_gzip_h5ad(void **state) {
     char out[4200];
     snprintf(out, sizeof out, "%s", tu_path(dir, "paul15.h5ad"));
     float *emb = make_embedding(m->n_cells, 3);
-    nbs_embedding_meta meta = {"X_nbsphere", "vmf", "cosine", "0.1.0", NULL};
+    nbs_embedding_meta meta = {.key = "X_nbsphere", .latent = "vmf", .metric = "cosine", .version = "0.1.0"};
     int rc = nbs_io_write_h5ad(out, src, m, 3, emb, &meta, &err);
     if (rc) print_message("%s\n", err.msg);
     assert_int_equal(rc, NBS_OK);

@@ -116,7 +116,7 @@ static double total(const nbs_lik_batch *b) {
 static void check_likelihood(nbs_likelihood_kind kind, int per_cell) {
     lik_fixture f = make_lik(per_cell);
     nbs_lik_batch b = {kind, f.n, f.G, f.X, NULL, f.lib, f.logits, kind == NBS_LIK_POISSON ? NULL : f.lt,
-                       per_cell, kind == NBS_LIK_ZINB ? f.zi : NULL, f.work, f.rows, omp_get_max_threads()};
+                       per_cell, 1, NULL, kind == NBS_LIK_ZINB ? f.zi : NULL, f.work, f.rows, omp_get_max_threads()};
     double *ll = malloc(sizeof(double) * f.n);
     int64_t nG = (int64_t)f.n * f.G;
     float *da = malloc(sizeof(float) * nG), *dlt = malloc(sizeof(float) * nG), *dzi = malloc(sizeof(float) * nG);
@@ -162,6 +162,13 @@ static void test_poisson_likelihood(void **s) { (void)s; check_likelihood(NBS_LI
 
 /* ---- whole model ---- */
 
+/* The toy cells' covariates, by row of the toy matrix (5 cells): a batch of 3 categories, a second
+ * categorical covariate of 2, one continuous; every category occurs. NULL: a model without. */
+static const nbs_covariate_layout TOY_LAYOUT = {2, {3, 2}, 1, 1};
+static const int32_t TOY_CODES[5 * 2] = {0, 1, 2, 0, 1, 0, 1, 1, 0, 1};
+static const float TOY_CONTINUOUS[5] = {0.3f, -1.2f, 0.8f, 1.5f, -0.4f};
+static const nbs_covariate_layout *toy_layout;
+
 static nbs_model_config small_config(void) {
     nbs_config c;
     nbs_config_defaults(&c);
@@ -178,6 +185,12 @@ static double model_loss(nbs_model *m, const nbs_matrix *X, const int64_t *rows,
     nbs_cells c = tu_cells(X);
     c.rows = rows;
     c.n = n;
+    if (toy_layout) {
+        c.covariate_codes = TOY_CODES;
+        c.n_categorical = toy_layout->n_categorical;
+        c.continuous = TOY_CONTINUOUS;
+        c.n_continuous = toy_layout->n_continuous;
+    }
     nbs_workspace *w = tu_workspace(m, X, n);
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, seed);
@@ -195,8 +208,11 @@ static double model_loss(nbs_model *m, const nbs_matrix *X, const int64_t *rows,
 }
 
 /* Every parameter block: analytic gradient of the whole loss against central differences on
- * a few entries of each block (the same noise and dropout masks for every evaluation). */
-static void check_model(nbs_model_config mc, const char *label) {
+ * a few entries of each block, and on every entry of the covariates' blocks and of a per-batch
+ * dispersion, whose rows each take the gradient of some cells only (the same noise and dropout
+ * masks for every evaluation). With covariates, the toy cells carry TOY_CODES. */
+static void check_model_with(nbs_model_config mc, const nbs_covariate_layout *layout, const char *label) {
+    toy_layout = layout;
     const int n = 5, G = 23;
     big = 0; /* a moderate loss keeps float rounding below the differences measured */
     nbs_matrix *X = toy_counts(n, G, 11);
@@ -204,12 +220,13 @@ static void check_model(nbs_model_config mc, const char *label) {
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, 5);
     nbs_error err = {0};
-    nbs_model *m = nbs_model_new(&mc, G, r, &err);
+    nbs_model *m = nbs_model_new(&mc, G, layout, r, &err);
     assert_non_null(m);
     /* move off the initial zero log theta and give the dispersion some spread */
-    float *lt = nbs_model_param(m, "dispersion", NULL, NULL);
+    int lt_rows = 0;
+    float *lt = nbs_model_param(m, "dispersion", &lt_rows, NULL);
     if (lt)
-        for (int g = 0; g < G; g++) lt[g] = (float)gsl_ran_gaussian(r, 0.5);
+        for (int g = 0; g < lt_rows * G; g++) lt[g] = (float)gsl_ran_gaussian(r, 0.5);
     int64_t rows[] = {4, 0, 2, 1, 3};
     float klw[16];
     for (int t = 0; t < 16; t++) klw[t] = 0.7f / n * (1 + 0.1f * t);
@@ -229,8 +246,10 @@ static void check_model(nbs_model_config mc, const char *label) {
          * only what does not feed kappa: the decoder and the direction columns of the head. */
         const int sphere = mc.latent != NBS_LATENT_GAUSSIAN;
         if (sphere && strncmp(name, "decoder", 7) && strcmp(name, "dispersion") && strcmp(name, "encoder.head.W")) continue;
-        for (int k = 0; k < 6; k++) {
-            int64_t idx = (int64_t)gsl_rng_uniform_int(r, (unsigned long)size);
+        const int every = strstr(name, "covariates.W") || strstr(name, "continuous.W") ||
+                          (!strcmp(name, "dispersion") && rr > 1);
+        for (int64_t k = 0; k < (every ? size : 6); k++) {
+            int64_t idx = every ? k : (int64_t)gsl_rng_uniform_int(r, (unsigned long)size);
             if (sphere && !strcmp(name, "encoder.head.W") && idx % cc == cc - 1) idx--; /* not the kappa column */
             /* Three step sizes: a ReLU kink within a step spoils the larger differences only, while a
              * wrong gradient disagrees with both. */
@@ -261,7 +280,10 @@ static void check_model(nbs_model_config mc, const char *label) {
     nbs_model_free(m);
     nbs_matrix_free(X);
     gsl_rng_free(r);
+    toy_layout = NULL;
 }
+
+static void check_model(nbs_model_config mc, const char *label) { check_model_with(mc, NULL, label); }
 
 static void test_model_gradients_nb(void **s) {
     (void)s;
@@ -300,6 +322,72 @@ static void test_model_gradients_variants(void **s) {
     check_model(mc, "dropout, log1p CP10k input");
 }
 
+/* Covariates: one-hot rows in every decoder hidden layer, continuous ones in the first, into the
+ * first encoder layer with encode_covariates; per-batch dispersion; every latent. */
+static void test_model_gradients_covariates(void **s) {
+    (void)s;
+    nbs_model_config mc = small_config();
+    mc.n_decoder_layers = 2;
+    mc.decoder_layers[1] = 4;
+    check_model_with(mc, &TOY_LAYOUT, "covariates in two decoder layers");
+    mc.encode_covariates = 1;
+    mc.norm = NBS_NORM_LAYER;
+    check_model_with(mc, &TOY_LAYOUT, "covariates in the encoder too, layer norm");
+    mc = small_config();
+    mc.dispersion = NBS_DISP_GENE_BATCH;
+    check_model_with(mc, &TOY_LAYOUT, "NB, gene-batch dispersion");
+    mc.likelihood = NBS_LIK_ZINB;
+    mc.norm = NBS_NORM_BATCH;
+    check_model_with(mc, &TOY_LAYOUT, "ZINB, gene-batch dispersion, batch norm");
+    mc = small_config();
+    mc.encode_covariates = 1;
+    mc.dispersion = NBS_DISP_GENE_BATCH;
+    mc.latent = NBS_LATENT_VMF;
+    check_model_with(mc, &TOY_LAYOUT, "vMF latent, covariates, gene-batch dispersion (decoder and direction)");
+    mc.latent = NBS_LATENT_POWER_SPHERICAL;
+    check_model_with(mc, &TOY_LAYOUT, "Power Spherical latent, covariates, gene-batch dispersion (decoder and direction)");
+}
+
+/* A model whose covariate layout is all zero is the model without covariates, bit for bit; the
+ * covariates' blocks have the documented shapes. */
+static void test_covariate_blocks(void **s) {
+    (void)s;
+    nbs_model_config mc = small_config();
+    const nbs_covariate_layout none = {0};
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    nbs_error err = {0};
+    gsl_rng_set(r, 3);
+    nbs_model *a = nbs_model_new(&mc, 23, NULL, r, &err);
+    gsl_rng_set(r, 3);
+    nbs_model *b = nbs_model_new(&mc, 23, &none, r, &err);
+    float *pa, *pb;
+    int64_t na, nb;
+    nbs_model_flat(a, &pa, NULL, NULL, NULL, &na, NULL, NULL);
+    nbs_model_flat(b, &pb, NULL, NULL, NULL, &nb, NULL, NULL);
+    assert_int_equal(na, nb);
+    assert_memory_equal(pa, pb, sizeof(float) * (size_t)na);
+    mc.n_decoder_layers = 2;
+    mc.decoder_layers[1] = 4;
+    mc.encode_covariates = 1;
+    mc.dispersion = NBS_DISP_GENE_BATCH;
+    nbs_model *c = nbs_model_new(&mc, 23, &TOY_LAYOUT, r, &err);
+    assert_non_null(c);
+    static const struct {
+        const char *name;
+        int rows, cols;
+    } want[] = {{"decoder.0.covariates.W", 5, 6}, {"decoder.1.covariates.W", 5, 4}, {"decoder.0.continuous.W", 1, 6},
+                {"encoder.0.covariates.W", 5, 7}, {"encoder.0.continuous.W", 1, 7}, {"dispersion", 3, 23}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        int rr = 0, cc = 0;
+        assert_non_null(nbs_model_param(c, want[i].name, &rr, &cc));
+        assert_int_equal(rr, want[i].rows);
+        assert_int_equal(cc, want[i].cols);
+    }
+    assert_null(nbs_model_param(c, "decoder.1.continuous.W", NULL, NULL));
+    nbs_model_free(a), nbs_model_free(b), nbs_model_free(c);
+    gsl_rng_free(r);
+}
+
 /* A minibatch of one cell goes through batch norm (running statistics) without NaN. */
 static void test_single_cell_batch(void **s) {
     (void)s;
@@ -308,7 +396,7 @@ static void test_single_cell_batch(void **s) {
     nbs_matrix *X = toy_counts(4, 23, 2);
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     nbs_error err = {0};
-    nbs_model *m = nbs_model_new(&mc, 23, r, &err);
+    nbs_model *m = nbs_model_new(&mc, 23, NULL, r, &err);
     int64_t row = 2;
     float klw[3] = {1, 1, 1};
     double loss = model_loss(m, X, &row, 1, klw, 1, 1);
@@ -326,6 +414,8 @@ int main(void) {
         cmocka_unit_test(test_poisson_likelihood),
         cmocka_unit_test(test_model_gradients_nb),
         cmocka_unit_test(test_model_gradients_variants),
+        cmocka_unit_test(test_model_gradients_covariates),
+        cmocka_unit_test(test_covariate_blocks),
         cmocka_unit_test(test_single_cell_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

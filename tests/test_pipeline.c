@@ -410,6 +410,73 @@ static void test_yaml_round_trip(void **state) {
     free(dir);
 }
 
+/* The covariate keys: name lists through YAML, --set, the YAML and JSON writers; one column
+ * named twice, and a per-batch dispersion without a batch, are refused where they are set. */
+static void test_covariate_keys(void **state) {
+    (void)state;
+    const char *text = "input:\n  path: data.tsv\n  batch_key: sample\n"
+                       "  categorical_covariates: [donor, \"a,b\", \"x y\", \"[odd]\"]\n"
+                       "  continuous_covariates: [percent_mito]\nmodel:\n  dispersion: gene-batch\n"
+                       "  encode_covariates: true\n";
+    nbs_pipeline p, q;
+    nbs_error err = {0};
+    char *dir;
+    int st = load_text(text, NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &p, &err, &dir);
+    if (st) print_message("%s\n", err.msg);
+    assert_int_equal(st, NBS_OK);
+    const nbs_input_config *in = &p.config.input;
+    assert_string_equal(in->batch_key, "sample");
+    assert_int_equal(in->categorical_covariates.n, 4);
+    assert_string_equal(in->categorical_covariates.names[1], "a,b");
+    assert_string_equal(in->categorical_covariates.names[3], "[odd]");
+    assert_int_equal(in->continuous_covariates.n, 1);
+    assert_int_equal(p.config.model.dispersion, NBS_DISP_GENE_BATCH);
+    assert_true(p.config.model.encode_covariates);
+    /* written and read back: the same configuration */
+    const char *out = tu_path(dir, "config.yaml");
+    char keep[4096];
+    snprintf(keep, sizeof keep, "%s", out);
+    assert_int_equal(nbs_pipeline_write_yaml(&p.config, keep, &err), NBS_OK);
+    char *yaml = tu_read_file(keep, NULL);
+    assert_non_null(strstr(yaml, "categorical_covariates: [donor, \"a,b\", x y, \"[odd]\"]"));
+    assert_non_null(strstr(yaml, "dispersion: gene_batch"));
+    free(yaml);
+    assert_int_equal(nbs_pipeline_load(keep, NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &q, &err), NBS_OK);
+    memcpy(q.config.source, p.config.source, sizeof p.config.source);
+    memcpy(q.config.output.dir, p.config.output.dir, sizeof p.config.output.dir);
+    assert_memory_equal(&p.config, &q.config, sizeof p.config);
+    char *buf = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&buf, &n);
+    nbs_pipeline_write_json(&p.config, f, 0);
+    fclose(f);
+    assert_non_null(strstr(buf, "\"categorical_covariates\": [\"donor\", \"a,b\", \"x y\", \"[odd]\"]"));
+    assert_non_null(strstr(buf, "\"continuous_covariates\": [\"percent_mito\"]"));
+    assert_non_null(strstr(buf, "\"batch_key\": \"sample\""));
+    free(buf);
+    /* --set: a list, and nothing (the empty list) */
+    const char *sets[] = {"input.categorical_covariates=[chemistry]", "input.continuous_covariates="};
+    assert_int_equal(nbs_pipeline_load(keep, sets, 2, NBS_PIPELINE_REQUIRE_INPUT, &q, &err), NBS_OK);
+    assert_int_equal(q.config.input.categorical_covariates.n, 1);
+    assert_string_equal(q.config.input.categorical_covariates.names[0], "chemistry");
+    assert_int_equal(q.config.input.continuous_covariates.n, 0);
+    tu_rmtree(dir);
+    free(dir);
+
+    expect_reject("input:\n  path: data.tsv\n  categorical_covariates: donor\n", NBS_ERR_USAGE, 3, 27,
+                  "input.categorical_covariates: not a list; expected a list of up to 16 column names");
+    expect_reject("input:\n  path: data.tsv\n  continuous_covariates: [a, \"\"]\n", NBS_ERR_USAGE, 3, 30,
+                  "item 2 is empty");
+    expect_reject("input:\n  path: data.tsv\n  categorical_covariates: [a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q]\n",
+                  NBS_ERR_USAGE, 3, 27, "a list of 17 names");
+    expect_reject("input:\n  path: data.tsv\n  batch_key: s\n  continuous_covariates: [s]\n", NBS_ERR_USAGE, 4, 26,
+                  "input.continuous_covariates: column 's' is already the batch_key");
+    expect_reject("input:\n  path: data.tsv\n  categorical_covariates: [d]\n  continuous_covariates: [d]\n",
+                  NBS_ERR_USAGE, 4, 26, "column 'd' is already in categorical_covariates");
+    expect_reject("input:\n  path: data.tsv\nmodel:\n  dispersion: gene_batch\n", NBS_ERR_USAGE, 4, 15,
+                  "model.dispersion: gene_batch needs input.batch_key");
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unknown_key),       cmocka_unit_test(test_wrong_type),
@@ -418,6 +485,7 @@ int main(void) {
         cmocka_unit_test(test_unwritable_output), cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_presets),           cmocka_unit_test(test_reference_yaml),
         cmocka_unit_test(test_keys_cover_every_field), cmocka_unit_test(test_every_pipeline_loads),
+        cmocka_unit_test(test_covariate_keys),
         cmocka_unit_test(test_set_replaces_missing_input), cmocka_unit_test(test_json_dump),         cmocka_unit_test(test_yaml_round_trip),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -52,7 +52,7 @@ typedef struct {
 static int train_for(const nbs_config *c, trained *t, nbs_error *err) {
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, c->train.seed);
-    t->m = nbs_model_new(&c->model, (int)example()->n_genes, r, err);
+    t->m = nbs_model_new(&c->model, (int)example()->n_genes, NULL, r, err);
     gsl_rng_free(r);
     assert_non_null(t->m);
     memset(&t->log, 0, sizeof t->log);
@@ -129,7 +129,7 @@ static int save_hook(void *user, nbs_model *m, const nbs_train_state *s, const n
     ckpt_ctx *x = user;
     const nbs_matrix *X = example();
     x->saved++;
-    return nbs_checkpoint_save(x->path, m, x->c, X->gene_names, X->gene_ids, s, l, err);
+    return nbs_checkpoint_save(x->path, m, x->c, NULL, X->gene_names, X->gene_ids, s, l, err);
 }
 
 /* Training 4 epochs straight equals training 2, saving, loading and training 2 more. */
@@ -151,7 +151,7 @@ static void test_resume_matches(void **s) {
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, c.train.seed);
     trained part = {0};
-    part.m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    part.m = nbs_model_new(&c.model, (int)example()->n_genes, NULL, r, &err);
     gsl_rng_free(r);
     assert_int_equal(nbs_train_state_init(&part.s, part.m, c.train.seed, &err), 0);
     nbs_train_config stop_at_2 = c.train; /* an interrupted run: it got as far as epoch 2 */
@@ -219,7 +219,7 @@ static void test_nan_stops_with_diagnosis(void **s) {
     nbs_config c = small();
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     trained t = {0};
-    t.m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    t.m = nbs_model_new(&c.model, (int)example()->n_genes, NULL, r, &err);
     gsl_rng_free(r);
     assert_int_equal(nbs_train_state_init(&t.s, t.m, 1, &err), 0);
     nbs_model_param(t.m, "decoder.out.b", NULL, NULL)[7] = NAN;
@@ -280,7 +280,7 @@ static void test_early_stopping_restores_batch_norm(void **s) {
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, c.train.seed);
     trained t = {0};
-    t.m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    t.m = nbs_model_new(&c.model, (int)example()->n_genes, NULL, r, &err);
     gsl_rng_free(r);
     assert_non_null(t.m);
     nbs_model_set_batch_norm(t.m, 2e-3, 0.05); /* not the defaults, so the file must carry them */
@@ -300,7 +300,7 @@ static void test_early_stopping_restores_batch_norm(void **s) {
     char *dir = tu_tmpdir();
     const char *path = tu_path(dir, "model.h5");
     const nbs_matrix *X = example();
-    assert_int_equal(nbs_checkpoint_save(path, t.m, &c, X->gene_names, X->gene_ids, &t.s, &t.log, &err), 0);
+    assert_int_equal(nbs_checkpoint_save(path, t.m, &c, NULL, X->gene_names, X->gene_ids, &t.s, &t.log, &err), 0);
     nbs_checkpoint ck;
     if (nbs_checkpoint_load(path, &ck, &err)) fail_msg("%s", err.msg);
     double eps, momentum;
@@ -421,7 +421,7 @@ static void test_grad_clip(void **s) {
     c.train.epochs = 1;
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, 1);
-    nbs_model *m = nbs_model_new(&c.model, (int)example()->n_genes, r, &err);
+    nbs_model *m = nbs_model_new(&c.model, (int)example()->n_genes, NULL, r, &err);
     int64_t rows[64];
     for (int i = 0; i < 64; i++) rows[i] = i * 7;
     float klw[4] = {1.0f / 64, 1.0f / 64, 1.0f / 64, 1.0f / 64};

@@ -13,6 +13,7 @@
 #define NBS_PATH_MAX 4096
 #define NBS_NAME_MAX 256
 #define NBS_MAX_LAYERS 8
+#define NBS_MAX_COVARIATES 16 /* columns in each covariate list */
 
 typedef enum {
     NBS_FMT_AUTO = 0,
@@ -31,6 +32,12 @@ typedef enum { NBS_ORIENT_AUTO = 0, NBS_ORIENT_CELLS_ROWS, NBS_ORIENT_GENES_ROWS
 /* An integer key set to `auto`: resolved where the data are known. */
 #define NBS_AUTO (-1)
 
+/* A list of column names (input.categorical_covariates, ...); unused entries are zero. */
+typedef struct {
+    int n;
+    char names[NBS_MAX_COVARIATES][NBS_NAME_MAX];
+} nbs_name_list;
+
 typedef struct {
     char path[NBS_PATH_MAX];
     nbs_format format;
@@ -44,6 +51,12 @@ typedef struct {
     nbs_nonint_policy non_integer;
     char labels_path[NBS_PATH_MAX]; /* optional TSV with a barcode column (else labels from h5ad obs) */
     char label_column[NBS_NAME_MAX];/* obs / labels column used to colour plots and score kNN */
+    /* Covariates the model is conditioned on, columns of the same sources as the labels: the
+     * batch (categorical covariate 0; "" = none), further categorical ones, and numeric ones
+     * (standardised over the training cells). */
+    char batch_key[NBS_NAME_MAX];
+    nbs_name_list categorical_covariates;
+    nbs_name_list continuous_covariates;
 } nbs_input_config;
 
 typedef struct {
@@ -56,7 +69,8 @@ typedef struct {
 
 typedef enum { NBS_LATENT_GAUSSIAN = 0, NBS_LATENT_VMF, NBS_LATENT_POWER_SPHERICAL } nbs_latent_kind;
 typedef enum { NBS_LIK_NB = 0, NBS_LIK_ZINB, NBS_LIK_POISSON } nbs_likelihood_kind;
-typedef enum { NBS_DISP_GENE = 0, NBS_DISP_GENE_CELL } nbs_dispersion_kind;
+/* log theta per gene, per gene and cell (a decoder head), or per gene and batch category */
+typedef enum { NBS_DISP_GENE = 0, NBS_DISP_GENE_CELL, NBS_DISP_GENE_BATCH } nbs_dispersion_kind;
 typedef enum { NBS_DISP_INIT_ONE = 0, NBS_DISP_INIT_LOGNORMAL } nbs_dispersion_init;
 typedef enum { NBS_NORM_NONE = 0, NBS_NORM_LAYER, NBS_NORM_BATCH } nbs_norm_kind;
 typedef enum { NBS_INPUT_LOG1P = 0, NBS_INPUT_LOG1P_CP10K } nbs_input_transform;
@@ -76,6 +90,7 @@ typedef struct {
     nbs_input_transform input_transform;
     double kappa_floor;         /* spherical latents: kappa = softplus(.) + floor */
     double decoder_init_scale;  /* scale of the decoder's last layer at initialisation (1 = default init) */
+    int encode_covariates;      /* the categorical and continuous covariates into the first encoder layer too */
 } nbs_model_config;
 
 typedef enum {

@@ -76,6 +76,16 @@ int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t 
                                const float *embedding, int n_extra, const char *const *extra_names,
                                const float *extra, nbs_error *err);
 
+/* A column written into obs: an anndata categorical (codes into categories), or numbers. */
+typedef struct {
+    const char *name;
+    int n_categories;         /* > 0: categorical */
+    char *const *categories;  /* (n_categories) */
+    const int32_t *codes;     /* categorical: codes[i * stride] is cell i's */
+    const double *values;     /* otherwise: values[i * stride] */
+    int64_t stride;
+} nbs_obs_column;
+
 /* Metadata stored with an embedding in h5ad uns/nbsphere (latent type, metric, ...). */
 typedef struct {
     const char *key;            /* obsm key, e.g. "X_nbsphere" */
@@ -83,11 +93,14 @@ typedef struct {
     const char *metric;         /* "euclidean" or "cosine" */
     const char *version;        /* nbsphere version */
     const float *obs_kappa;     /* optional per-cell concentration, written to obs/nbsphere_kappa */
+    const char *batch_key;      /* optional: uns/nbsphere/batch_key, the obs column of the batch */
+    const nbs_obs_column *obs_columns; /* n_obs_columns more obs columns (the covariates), replacing */
+    int n_obs_columns;                 /* any of the same name */
 } nbs_embedding_meta;
 
 /* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad (or .h5ad.gz), the output
- * is a copy of it (never modified in place; copy_from may equal path) with obsm[key], uns/nbsphere
- * and obs/nbsphere_kappa added or replaced. m's barcodes must be the source's cells, all of them or
+ * is a copy of it (never modified in place; copy_from may equal path) with obsm[key], uns/nbsphere,
+ * obs/nbsphere_kappa and meta's obs columns added or replaced. m's barcodes must be the source's cells, all of them or
  * the subset kept after filtering, in the source's order (else an error names the first cell that
  * is not); a subset copy keeps those rows of X, layers, raw/X, obs and obsm, and leaves out obsp
  * (graphs of all cells), with a warning. Otherwise a new file with X = the

@@ -18,17 +18,20 @@ typedef struct {
     const int64_t *rows;
     const double *library;    /* [n] observed library size of each batch cell */
     const float *logits;      /* [n x G] */
-    const float *log_theta;   /* NB/ZINB: [G] per gene, or [n x G] when theta_per_cell */
+    const float *log_theta;   /* NB/ZINB: (theta_rows, G) per gene (and batch), or (n, G) when theta_per_cell */
     int theta_per_cell;
+    int theta_rows;           /* per gene: rows of log_theta, 1 or one per batch category */
+    const int32_t *theta_row; /* (n) the row of log_theta of each batch cell, or NULL: row 0 */
     const float *zi_logits;   /* ZINB: [n x G] logit of the zero-inflation probability */
-    double *work;             /* (3, G) scratch: per gene lgamma, psi and value of theta */
+    double *work;             /* (theta_rows, 3, G) scratch: per row and gene lgamma, psi and value of theta */
     double *thread_rows;      /* (n_threads, 4, G) scratch rows of each thread */
     int n_threads;            /* the parallel loop uses at most this many threads */
 } nbs_lik_batch;
 
 /* Writes loglik[i] (required) = sum_g log p(x_ig). Gradient outputs (each may be NULL) receive
  * scale * d loglik_i / d(.), per entry [n x G], overwritten: dlogits, dlog_theta (per entry
- * even when theta is per gene: the caller sums the columns), dzi_logits. Returns the total. */
+ * even when theta is per gene: the caller sums each cell's row into its row of log theta),
+ * dzi_logits. Returns the total. */
 double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *dlogits,
                     float *dlog_theta, float *dzi_logits);
 

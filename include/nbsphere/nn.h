@@ -31,6 +31,16 @@ void nbs_dense_forward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, floa
 /* dW += x^T dy over the stored entries only, db += colsum(dy). */
 void nbs_dense_backward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, const float *dy);
 
+/* Inputs concatenated to a layer's own, without forming the concatenation: [x, onehot, c] W
+ * = x W_x + W_cat[codes] + c W_c. Every row of W_cat belongs to one category of one covariate;
+ * rows (n, k) holds, per cell, the rows of its k categories. Backward adds dy into those rows
+ * only. */
+void nbs_onehot_forward(const float *W, int out, const int32_t *rows, int k, int n, float *y);
+void nbs_onehot_backward(float *dW, int out, const int32_t *rows, int k, int n, const float *dy);
+/* y += x W: x (n, k), W (k, out), no bias; backward dW += x^T dy. */
+void nbs_linear_add_forward(const float *W, int k, int out, const float *x, int n, float *y);
+void nbs_linear_add_backward(float *dW, int k, int out, const float *x, int n, const float *dy);
+
 /* In place; backward masks dy with y > 0 (y = the forward's output). */
 void nbs_relu_forward(float *y, int64_t n);
 /* log(1 + exp(x)) without overflow (the spheres' concentration, ZINB's zero inflation). */

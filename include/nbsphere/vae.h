@@ -16,10 +16,22 @@
 typedef struct nbs_model nbs_model;         /* parameters, gradients, optimiser and norm state */
 typedef struct nbs_workspace nbs_workspace; /* activations and caches of one caller */
 
+/* The categorical covariates a model can take: the batch and input.categorical_covariates. */
+#define NBS_MAX_CATEGORICAL (NBS_MAX_COVARIATES + 1)
+
+/* What the model is conditioned on beyond the counts (covariates.h reads and encodes it): the
+ * number of categories of each categorical covariate, the batch first when there is one, and the
+ * number of continuous ones. All zero: a model without covariates. */
+typedef struct {
+    int n_categorical;
+    int n_categories[NBS_MAX_CATEGORICAL];
+    int n_continuous;
+    int has_batch; /* categorical covariate 0 is the batch (dispersion: gene_batch reads it) */
+} nbs_covariate_layout;
+
 /* The cells a call works on, with what the model knows of each cell beyond its counts. Per-cell
  * arrays are indexed by row of X (not by position in the batch), so a slice of a batch is only
- * other rows. Covariates are carried for the model's conditioning; the model does not read them
- * yet. */
+ * other rows. A model with covariates needs them for every cell, in its layout's counts. */
 typedef struct {
     const nbs_matrix *X;            /* counts, CSR (n_cells, G) */
     const int64_t *rows;            /* (n) rows of X, or NULL: rows row0 .. row0 + n - 1 */
@@ -38,11 +50,15 @@ nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n);
 /* Row of X of batch cell i. */
 static inline int64_t nbs_cells_row(const nbs_cells *c, int64_t i) { return c->rows ? c->rows[i] : c->row0 + i; }
 
-nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, gsl_rng *rng, nbs_error *err);
+/* A model of n_genes genes conditioned on the covariates of cov (NULL: none). With rng the
+ * weights are initialised (section 5.1 of docs/design.md); without, they are zero (to be read). */
+nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_covariate_layout *cov, gsl_rng *rng,
+                         nbs_error *err);
 void nbs_model_free(nbs_model *m);
 
 int nbs_model_n_genes(const nbs_model *m);
 const nbs_model_config *nbs_model_config_of(const nbs_model *m);
+const nbs_covariate_layout *nbs_model_covariates(const nbs_model *m);
 
 /* The latent stages from the encoder's side: stage 0 feeds the decoder. Each stage has its
  * own latent (latent.h) and KL terms, which take the places [kl_offset, kl_offset + kl_terms)
@@ -110,9 +126,10 @@ int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, i
  * Uses a workspace of its own, so threads may embed with one model at once. */
 int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, float *spread, nbs_error *err);
 
-/* Decoder in evaluation mode: z (n, d) -> gene logits (n, G); log rho = log_softmax(logits).
- * log_theta, if not NULL, receives log theta (n, G) of the NB/ZINB (+inf for Poisson). */
-int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const float *z, int64_t n,
+/* Decoder in evaluation mode for the cells of c (their covariates; the counts are not read):
+ * z (c->n, d) -> gene logits (c->n, G); log rho = log_softmax(logits). log_theta, if not NULL,
+ * receives log theta (c->n, G) of the NB/ZINB (+inf for Poisson). */
+int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, const float *z,
                             float *logits, float *log_theta, nbs_error *err);
 
 /* Reconstruction log-likelihood sum_g log p(x_g | z) per cell (n) for the cells of c given
@@ -127,7 +144,12 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
  *   "decoder.out.W", "decoder.out.b"                     gene logits
  *   "decoder.dropout.W/b", "decoder.dispersion.W/b"     ZINB / per-cell dispersion heads
  *   "<layer>.norm.gain/bias", "<layer>.norm.running_mean/var"   normalisation
- *   "dispersion"                                         log theta per gene
+ *   "dispersion"                                         log theta [n_batches x G] per gene
+ *                                                        (and batch category: gene_batch)
+ *   "decoder.<i>.covariates.W" [categories x out]        one row per category of every
+ *                                                        categorical covariate, in order
+ *   "decoder.0.continuous.W" [n_continuous x out]        continuous covariates
+ *   "encoder.0.covariates.W", "encoder.0.continuous.W"   the same, with encode_covariates
  * Returns NULL for an unknown name; rows/cols may be NULL. */
 float *nbs_model_param(nbs_model *m, const char *name, int *rows, int *cols);
 float *nbs_model_grad(nbs_model *m, const char *name); /* the gradient of a parameter block */
