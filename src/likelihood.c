@@ -39,7 +39,6 @@ static void gamma_diffs(double x, double t, double lg_t, double psi_t, double *d
     *dpsi = gsl_sf_psi(x + t) - psi_t;
 }
 
-
 /* Vector variants of exp and log from glibc's libmvec (reached through -lm), declared as math.h
  * does only under -ffast-math, so that the simd loops below call them: within 4 ulp. */
 #if defined __x86_64__ && defined __GLIBC__

@@ -12,7 +12,6 @@
 #include "nbsphere/nn.h"
 #include "nbsphere/rng.h"
 
-
 int nbs_train_state_init(nbs_train_state *s, const nbs_model *m, uint64_t seed, nbs_error *err) {
     memset(s, 0, sizeof *s);
     s->best_val = -INFINITY;
@@ -256,11 +255,12 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
     nbs_model_zero_grad(m);
     int st = nbs_model_forward(m, w, batch, NBS_PASS_TRAIN, rng, &out->recon, out->kl, err);
     if (st) return st;
+    if (reduce && reduce->sums && (st = reduce->sums(reduce->user, &out->recon, out->kl, K, &out->n_cells, err)))
+        return st;
     if (!isfinite(out->recon)) {
         snprintf(out->failed, sizeof out->failed, "the reconstruction term (NB log-likelihood)");
         return NBS_ERR_NUMERIC;
     }
-    if (reduce && reduce->kl && (st = reduce->kl(reduce->user, out->kl, K, &out->n_cells, err))) return st;
     const int64_t n = out->n_cells;
     out->loss = out->recon;
     for (int t = 0; t < K; t++) {
@@ -274,7 +274,7 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
         klw[t] = free ? 0.0f : (float)(beta / n);
         out->loss += beta * (free ? tc->free_bits * n : out->kl[t]);
     }
-    nbs_model_backward(m, w, klw);
+    nbs_model_backward(m, w, (float)((double)batch->n / (double)n), klw);
     if (reduce && reduce->grads) {
         float *state;
         int64_t np, ns;
@@ -297,26 +297,28 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
 int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_in, nbs_train_state *s,
               nbs_train_log *log, const nbs_train_hooks *h, const nbs_train_reduce *reduce, nbs_error *err) {
     const nbs_matrix *X = cells->X;
+    const int64_t n_cells = cells->n;
     nbs_train_config resolved = *tc_in;
-    nbs_train_resolve(&resolved, X->n_cells);
+    nbs_train_resolve(&resolved, n_cells);
     const nbs_train_config *tc = &resolved;
     if (tc_in->epochs == NBS_AUTO && s->epochs_done == 0) /* a value chosen for the user is said */
-        nbs_info("train.epochs auto: %d epochs for %lld cells%s", tc->epochs, (long long)X->n_cells,
+        nbs_info("train.epochs auto: %d epochs for %lld cells%s", tc->epochs, (long long)n_cells,
                  tc_in->warmup_epochs == NBS_AUTO && !tc->warmup_steps ? ", KL warm-up over half of them" : "");
     const nbs_latent *L = nbs_model_latent(m);
     const int K = nbs_model_kl_terms(m);
     if (K > NBS_MAX_KL_TERMS)
         return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: at most %d dimensions", NBS_MAX_KL_TERMS);
-    if (X->n_cells < 2)
+    if (n_cells < 2)
         return nbs_error_set(err, NBS_ERR_INPUT, "training needs at least 2 cells, the data have %lld",
-                             (long long)X->n_cells);
+                             (long long)n_cells);
     log->kl_terms = K;
     nbs_nn_set_threads(tc->threads);
 
     int64_t *order, n_val;
-    int st = nbs_train_split(X->n_cells, tc, &order, &n_val, err);
+    int st = nbs_train_split(n_cells, tc, &order, &n_val, err);
     if (st) return st;
-    int64_t *val = order, n_train = X->n_cells - n_val;
+    for (int64_t i = 0; i < n_cells; i++) order[i] = nbs_cells_row(cells, order[i]); /* positions -> rows of X */
+    int64_t *val = order, n_train = n_cells - n_val;
     const int batch = tc->batch_size;
     const int64_t n_batches = (n_train + batch - 1) / batch;
     /* Each epoch shuffles a fresh copy of the split's order, so an epoch's minibatches depend
@@ -351,6 +353,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
         memcpy(train, order + n_val, sizeof(int64_t) * (size_t)n_train);
         gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
         double sum_recon = 0, sum_loss = 0, beta = 0, t_prod, t_lik;
+        int64_t n_seen = 0; /* the cells the sums are over: every process's in a data-parallel run */
         nbs_workspace_take_timers(w, &t_prod, &t_lik);
         memset(kl_epoch, 0, sizeof kl_epoch);
         for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
@@ -364,17 +367,18 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
             for (int t = 0; t < K; t++) kl_epoch[t] += sr.kl[t];
             sum_recon += sr.recon;
             sum_loss += sr.loss;
+            n_seen += sr.n_cells;
             if (kappas) memcpy(kappas + off, nbs_workspace_kappa(w), sizeof(float) * bc.n);
             if (h && h->progress) {
                 double kl_now = 0;
-                for (int t = 0; t < K; t++) kl_now += sr.kl[t] / bc.n;
-                nbs_progress_train pt = {epoch, tc->epochs, b + 1, n_batches, -(sr.recon / bc.n + kl_now),
+                for (int t = 0; t < K; t++) kl_now += sr.kl[t] / sr.n_cells;
+                nbs_progress_train pt = {epoch, tc->epochs, b + 1, n_batches, -(sr.recon / sr.n_cells + kl_now),
                                          kl_now, NAN, beta, -1, L->dim};
                 nbs_progress_batch(h->progress, &pt);
             }
         }
         if (st) break;
-        nbs_epoch_record r = {epoch, sum_loss / n_train, sum_recon / n_train, 0, NAN, NAN, NAN, beta, 0, NAN, NAN, 0, 0};
+        nbs_epoch_record r = {epoch, sum_loss / n_seen, sum_recon / n_seen, 0, NAN, NAN, NAN, beta, 0, NAN, NAN, 0, 0};
         nbs_workspace_take_timers(w, &r.sec_products, &r.sec_likelihood); /* training steps only */
         if (kappas) {
             gsl_sort_float(kappas, 1, (size_t)n_train);
@@ -382,7 +386,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
             if (nbs_latent_has_acceptance(L)) r.acceptance = nbs_workspace_acceptance(w);
         }
         for (int t = 0; t < K; t++) {
-            kl_epoch[t] /= (double)n_train;
+            kl_epoch[t] /= (double)n_seen;
             r.kl += kl_epoch[t];
         }
         if (n_val > 0) {

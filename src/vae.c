@@ -83,6 +83,8 @@ typedef struct {
 } stage_ws;
 
 struct nbs_workspace {
+    const nbs_model *model; /* the model it is sized for */
+    int training;           /* it holds the masks and gradient buffers of a training pass */
     int cap, n_threads;
     int64_t nnz_cap;
     int G, kl_terms;
@@ -102,7 +104,7 @@ struct nbs_workspace {
     float *logits, *dlogits; /* (B, G) */
     float *dlt;              /* (B, G) d loss / d log theta per entry */
     float *zi, *dzi;         /* (B, G) ZINB zero-inflation logits */
-    float *disp, *ddisp;     /* (B, G) per-cell log theta */
+    float *disp;             /* (B, G) per-cell log theta */
     double *likwork;         /* (n_batches, 3, G) per batch and gene: lgamma, psi and value of theta */
     double *lik_rows;        /* (n_threads, 4, G) the likelihood's per-thread rows */
     float *dbuf[2], *dtmp;   /* (B, widest layer) backward scratch */
@@ -222,6 +224,8 @@ static int check_config(const nbs_model_config *mc, int n_genes, nbs_error *err)
     if (n_genes < 1) return nbs_error_set(err, NBS_ERR_INPUT, "model: no genes to model");
     if (nbs_latent_ops_of(mc->latent)->on_sphere && mc->latent_dim < 2)
         return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: spherical latents need 2 or more dimensions");
+    if (mc->latent_dim > NBS_MAX_KL_TERMS)
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: at most %d dimensions", NBS_MAX_KL_TERMS);
     if (mc->latent_dim < 1 || mc->n_encoder_layers < 1 || mc->n_decoder_layers < 1 ||
         mc->n_encoder_layers > NBS_MAX_LAYERS || mc->n_decoder_layers > NBS_MAX_LAYERS)
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -353,15 +357,19 @@ void nbs_workspace_free(nbs_workspace *w) {
     }
     free(w->bptr), free(w->bidx), free(w->bval), free(w->rows), free(w->lib), free(w->loglik), free(w->kl);
     free(w->cov_rows), free(w->cov_values), free(w->batch);
-    free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp), free(w->ddisp);
+    free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp);
     free(w->likwork), free(w->lik_rows), free(w->dbuf[0]), free(w->dbuf[1]), free(w->dtmp);
     free(w);
 }
 
-nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs_error *err) {
+/* training = 0: an inference workspace, without the dropout masks and gradient buffers (at G =
+ * 20000 genes and 256 cells those are most of its size). */
+static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz, int training, nbs_error *err) {
     if (n < 1) n = 1;
     nbs_workspace *w = nbs_calloc(1, sizeof *w, err);
     if (!w) return NULL;
+    w->model = m;
+    w->training = training;
     w->cap = n;
     w->nnz_cap = max_nnz > 0 ? max_nnz : 1;
     w->G = m->G;
@@ -376,7 +384,7 @@ nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs
         if (width > widest) widest = width;
         ALLOC(h->relu_out, sz, float);
         ALLOC(h->act, sz, float);
-        ALLOC(h->mask, sz, float);
+        if (training && i < m->n_enc && m->cfg.dropout > 0) ALLOC(h->mask, sz, float); /* the decoder has no dropout */
         ALLOC(h->xhat, sz, float);
         ALLOC(h->inv_std, n > width ? n : width, float);
     }
@@ -385,9 +393,9 @@ nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs
         stage_ws *SW = &w->stages[s];
         if (S->head_dim > widest) widest = S->head_dim;
         ALLOC(SW->head_out, (int64_t)n * S->head_dim, float);
-        ALLOC(SW->dhead, (int64_t)n * S->head_dim, float);
+        if (training) ALLOC(SW->dhead, (int64_t)n * S->head_dim, float);
         ALLOC(SW->z, (int64_t)n * S->lat.dim, float);
-        ALLOC(SW->dz, (int64_t)n * S->lat.dim, float);
+        if (training) ALLOC(SW->dz, (int64_t)n * S->lat.dim, float);
         ALLOC(SW->kl, (int64_t)n * S->kl_terms, double);
         ok = ok && (SW->cache = nbs_latent_cache_new(&S->lat, n, err)) != NULL;
     }
@@ -403,21 +411,18 @@ nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs
     ALLOC(w->loglik, n, double);
     ALLOC(w->kl, (int64_t)n * m->kl_terms, double);
     ALLOC(w->logits, nG, float);
-    ALLOC(w->dlogits, nG, float);
-    ALLOC(w->dlt, nG, float);
-    if (m->has_zi) {
-        ALLOC(w->zi, nG, float);
-        ALLOC(w->dzi, nG, float);
-    }
-    if (m->has_disp) {
-        ALLOC(w->disp, nG, float);
-        ALLOC(w->ddisp, nG, float);
-    }
+    if (training) ALLOC(w->dlogits, nG, float);
+    if (training) ALLOC(w->dlt, nG, float);
+    if (m->has_zi) ALLOC(w->zi, nG, float);
+    if (m->has_zi && training) ALLOC(w->dzi, nG, float);
+    if (m->has_disp) ALLOC(w->disp, nG, float);
     ALLOC(w->likwork, 3 * (int64_t)m->n_batches * m->G, double);
     ALLOC(w->lik_rows, (int64_t)w->n_threads * 4 * m->G, double);
-    ALLOC(w->dbuf[0], (int64_t)n * widest, float);
-    ALLOC(w->dbuf[1], (int64_t)n * widest, float);
-    ALLOC(w->dtmp, (int64_t)n * widest, float);
+    if (training) {
+        ALLOC(w->dbuf[0], (int64_t)n * widest, float);
+        ALLOC(w->dbuf[1], (int64_t)n * widest, float);
+        ALLOC(w->dtmp, (int64_t)n * widest, float);
+    }
 #undef ALLOC
     if (!ok) {
         nbs_workspace_free(w);
@@ -426,8 +431,12 @@ nbs_workspace *nbs_workspace_new(const nbs_model *m, int n, int64_t max_nnz, nbs
     return w;
 }
 
+nbs_workspace *nbs_workspace_new(const nbs_model *m, int max_batch, int64_t max_nnz, nbs_error *err) {
+    return workspace_make(m, max_batch, max_nnz, 1, err);
+}
+
 nbs_workspace *nbs_workspace_eval(const nbs_model *m, const nbs_matrix *X, nbs_error *err) {
-    return nbs_workspace_new(m, NBS_EVAL_BATCH, nbs_matrix_max_batch_nnz(X, NBS_EVAL_BATCH), err);
+    return workspace_make(m, NBS_EVAL_BATCH, nbs_matrix_max_batch_nnz(X, NBS_EVAL_BATCH), 0, err);
 }
 
 nbs_cells nbs_cells_all(const nbs_matrix *X, const double *library) {
@@ -448,6 +457,8 @@ nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n) {
  * covariates.W blocks, its continuous values, and its batch. */
 static int gather_covariates(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_error *err) {
     const int k = m->cov.n_categorical, kc = m->cov.n_continuous;
+    if (w->model != m) /* its buffers are sized for that model's layers */
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "a workspace made for another model");
     if (c->n > w->cap)
         return nbs_error_set(err, NBS_ERR_INTERNAL, "a batch of %lld cells for a workspace of %d", (long long)c->n,
                              w->cap);
@@ -553,6 +564,8 @@ static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_workspace *w, const
 
 int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mode, gsl_rng *rng,
                       double *recon_sum, double *kl_sum, nbs_error *err) {
+    if (mode == NBS_PASS_TRAIN && !w->training)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "a training pass in an inference workspace");
     int st = gather(m, w, c, err);
     if (st) return st;
     const int n = (int)c->n, training = mode == NBS_PASS_TRAIN;
@@ -623,10 +636,16 @@ static void add_into(float *y, const float *x, int64_t n) {
     for (int64_t k = 0; k < n; k++) y[k] += x[k];
 }
 
-void nbs_model_backward(nbs_model *m, nbs_workspace *w, const float *kl_weight) {
+void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, const float *kl_weight) {
     if (!w->grads_ready) return;
     const double t0 = omp_get_wtime();
     const int n = w->batch_n;
+    if (recon_weight != 1.0f) { /* the forward prepared the gradients of the local batch mean */
+        const int64_t nG = (int64_t)n * m->G;
+        for (int64_t k = 0; k < nG; k++) w->dlogits[k] *= recon_weight;
+        for (int64_t k = 0; w->dlt && k < nG; k++) w->dlt[k] *= recon_weight;
+        for (int64_t k = 0; w->dzi && k < nG; k++) w->dzi[k] *= recon_weight;
+    }
     const float *hdec = w->dec[m->n_dec - 1].act;
     const int64_t hsz = (int64_t)n * m->dec[m->n_dec - 1].lin.out;
     float *d = w->dbuf[0], *dn = w->dbuf[1];

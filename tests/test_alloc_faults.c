@@ -629,7 +629,7 @@ static void test_training_step_allocates_nothing(void **state) {
         nbs_config c;
         nbs_config_defaults(&c);
         c.model.latent = kinds[k];
-        c.model.latent_dim = k == 3 ? 40 : 10; /* 40: above the spheres' on-stack size */
+        c.model.latent_dim = k == 3 ? 40 : 10; /* 40: a wide sphere */
         c.model.encoder_layers[0] = c.model.decoder_layers[0] = 32;
         c.model.norm = NBS_NORM_BATCH;
         const int with_covariates = k == 1;

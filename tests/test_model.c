@@ -198,7 +198,7 @@ static double model_loss(nbs_model *m, const nbs_matrix *X, const int64_t *rows,
     nbs_error err = {0};
     if (grad) nbs_model_zero_grad(m);
     assert_int_equal(nbs_model_forward(m, w, &c, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
-    if (grad) nbs_model_backward(m, w, klw);
+    if (grad) nbs_model_backward(m, w, 1.0f, klw);
     gsl_rng_free(r);
     nbs_workspace_free(w);
     tu_cells_free(&c);

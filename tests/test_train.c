@@ -432,7 +432,7 @@ static void test_grad_clip(void **s) {
     nbs_workspace *w = tu_workspace(m, example(), 64);
     nbs_model_zero_grad(m);
     assert_int_equal(nbs_model_forward(m, w, &batch, NBS_PASS_TRAIN, r, &recon, kl, &err), 0);
-    nbs_model_backward(m, w, klw);
+    nbs_model_backward(m, w, 1.0f, klw);
     nbs_workspace_free(w);
     const double norm = nbs_model_grad_norm(m);
     assert_true(norm > 1);
@@ -450,6 +450,102 @@ static void test_grad_clip(void **s) {
     assert_true(memcmp(pp, pc, sizeof(float) * n) != 0);
     assert_true(isfinite(clipped.log.rec[0].val_elbo));
     release(&plain), release(&clipped);
+}
+
+/* A second process, emulated inside the first one's reduction hooks: its forward on its half
+ * continues from the first process's generator (so the two halves draw what one batch would),
+ * its sums and gradients are added to the first process's. */
+typedef struct {
+    nbs_model *m;
+    nbs_workspace *w;
+    nbs_cells batch;
+    gsl_rng *first_rng;
+    double beta;
+    int64_t n_all;
+    float *grads; /* (n_params) what the grads hook saw, reduced */
+} peer;
+
+static int peer_sums(void *user, double *recon, double *kl, int K, int64_t *n, nbs_error *err) {
+    peer *p = user;
+    gsl_rng *r = gsl_rng_clone(p->first_rng);
+    double rp, klp[NBS_MAX_KL_TERMS];
+    nbs_model_zero_grad(p->m);
+    int st = nbs_model_forward(p->m, p->w, &p->batch, NBS_PASS_TRAIN, r, &rp, klp, err);
+    gsl_rng_free(r);
+    *recon += rp;
+    for (int t = 0; t < K; t++) kl[t] += klp[t];
+    *n += p->batch.n;
+    p->n_all = *n;
+    return st;
+}
+
+static int peer_grads(void *user, float *grads, int64_t n_params, float *state, int64_t n_state, nbs_error *err) {
+    (void)state, (void)n_state, (void)err;
+    peer *p = user;
+    if (p->m) {
+        float klw[NBS_MAX_KL_TERMS];
+        for (int t = 0; t < nbs_model_kl_terms(p->m); t++) klw[t] = (float)(p->beta / p->n_all);
+        nbs_model_backward(p->m, p->w, (float)((double)p->batch.n / p->n_all), klw);
+        const float *g = nbs_model_grad_block(p->m);
+        for (int64_t k = 0; k < n_params; k++) grads[k] += g[k];
+    }
+    memcpy(p->grads, grads, sizeof(float) * (size_t)n_params);
+    return 0;
+}
+
+/* Data-parallel steps meet in the reduction hooks: two halves of a batch, their sums and
+ * gradients summed, take the step one process takes on the whole batch (the reconstruction
+ * weighted by each half's share of the cells, the KL by the whole batch's count). */
+static void test_reduction_hooks_split_a_batch(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    c.model.dropout = 0; /* no masks: the halves draw exactly the whole batch's noise */
+    c.model.norm = NBS_NORM_NONE; /* batch statistics would differ between halves */
+    nbs_model *m[3];
+    for (int k = 0; k < 3; k++) {
+        gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+        m[k] = nbs_model_new(&c.model, (int)example()->n_genes, NULL, r, &err); /* the same weights */
+        gsl_rng_free(r);
+        assert_non_null(m[k]);
+    }
+    int64_t rows[64];
+    for (int i = 0; i < 64; i++) rows[i] = (i * 13) % example()->n_cells;
+    nbs_cells whole = *example_cells(), first, second;
+    whole.rows = rows;
+    whole.n = 64;
+    first = nbs_cells_slice(&whole, 0, 32);
+    second = nbs_cells_slice(&whole, 32, 32);
+    const int64_t np = nbs_model_n_params(m[0]);
+    float *g_whole = malloc(sizeof(float) * np), *g_split = malloc(sizeof(float) * np);
+    nbs_workspace *w[3];
+    for (int k = 0; k < 3; k++) w[k] = tu_workspace(m[k], example(), 64);
+    const double beta = 0.7;
+    nbs_step_result whole_r, split_r;
+
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    peer alone = {NULL, NULL, whole, r, beta, 64, g_whole};
+    nbs_train_reduce capture = {NULL, peer_grads, &alone};
+    assert_int_equal(nbs_train_step(m[0], w[0], &whole, &c.train, beta, r, &capture, &whole_r, &err), 0);
+
+    gsl_rng_set(r, gsl_rng_default_seed);
+    peer other = {m[2], w[2], second, r, beta, 0, g_split};
+    nbs_train_reduce two = {peer_sums, peer_grads, &other};
+    assert_int_equal(nbs_train_step(m[1], w[1], &first, &c.train, beta, r, &two, &split_r, &err), 0);
+
+    assert_int_equal(split_r.n_cells, 64);
+    assert_true(fabs(split_r.recon - whole_r.recon) < 1e-6 * fabs(whole_r.recon));
+    assert_true(fabs(split_r.loss - whole_r.loss) < 1e-6 * fabs(whole_r.loss));
+    double diff = 0, norm = 0;
+    for (int64_t k = 0; k < np; k++) {
+        diff += ((double)g_split[k] - g_whole[k]) * ((double)g_split[k] - g_whole[k]);
+        norm += (double)g_whole[k] * g_whole[k];
+    }
+    print_message("two halves vs one batch: gradient relative difference %.2e (norm %.3g)\n", sqrt(diff / norm), sqrt(norm));
+    assert_true(norm > 0 && sqrt(diff / norm) < 1e-5);
+    gsl_rng_free(r);
+    for (int k = 0; k < 3; k++) nbs_workspace_free(w[k]), nbs_model_free(m[k]);
+    free(g_whole), free(g_split);
 }
 
 typedef struct {
@@ -512,6 +608,7 @@ int main(void) {
         cmocka_unit_test(test_auto_epochs),
         cmocka_unit_test(test_grad_clip),
         cmocka_unit_test(test_concurrent_embedding),
+        cmocka_unit_test(test_reduction_hooks_split_a_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

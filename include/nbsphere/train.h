@@ -90,24 +90,27 @@ int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int6
 void nbs_train_resolve(nbs_train_config *tc, int64_t n_cells);
 
 /* Where a data-parallel run meets its peers within a step. Each may be NULL; a non-zero
- * return stops training with err set.
- *   kl     after the forward: the batch's KL sums (kl_terms) and cell count, summed over the
- *          processes, since free bits compare the batch mean with lambda before the backward;
+ * return stops training with err set. Every process calls both in every step, before any
+ * check that could end the step, so none waits for a peer that has stopped.
+ *   sums   after the forward: the batch's reconstruction sum, KL sums (kl_terms) and cell
+ *          count, to be summed over the processes, since free bits compare the global batch
+ *          mean with lambda before the backward (a non-finite value anywhere stops everyone);
  *   grads  after the backward, before the finiteness check, clipping and Adam: the gradient
- *          block (n_params floats, one contiguous block) to sum, and the batch-norm running
- *          statistics (n_state floats) to average. */
+ *          block (n_params floats, one contiguous block, already weighted by this process's
+ *          share of the cells) to sum, and the batch-norm running statistics (n_state floats)
+ *          to average. */
 typedef struct {
-    int (*kl)(void *user, double *kl_sum, int kl_terms, int64_t *n_cells, nbs_error *err);
+    int (*sums)(void *user, double *recon, double *kl_sum, int kl_terms, int64_t *n_cells, nbs_error *err);
     int (*grads)(void *user, float *grads, int64_t n_params, float *state, int64_t n_state, nbs_error *err);
     void *user;
 } nbs_train_reduce;
 
-/* What one step did: sums over the batch's cells. */
+/* What one step did: sums over the batch's cells (every process's, after the sums hook). */
 typedef struct {
     double recon;                /* -sum_i log p(x_i|z_i) */
     double loss;                 /* recon + beta sum_t KL_t, a free-bits term counted at lambda */
     double kl[NBS_MAX_KL_TERMS]; /* sum_i KL_it */
-    int64_t n_cells;             /* after the kl reduction: cells of the (global) batch */
+    int64_t n_cells;             /* the cells those sums are over */
     char failed[96];             /* NBS_ERR_NUMERIC: what became non-finite */
 } nbs_step_result;
 
@@ -119,8 +122,9 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
                    double beta, gsl_rng *rng, const nbs_train_reduce *reduce, nbs_step_result *out,
                    nbs_error *err);
 
-/* Trains m on every cell of cells (all rows of its X, library sizes given) from
- * s->epochs_done + 1 to tc->epochs; reduce may be NULL (one process). */
+/* Trains m on the cells of cells (their library sizes given; the split into training and
+ * validation cells is over them) from s->epochs_done + 1 to tc->epochs; reduce may be NULL
+ * (one process). */
 int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc, nbs_train_state *s,
               nbs_train_log *log, const nbs_train_hooks *hooks, const nbs_train_reduce *reduce, nbs_error *err);
 

@@ -75,7 +75,9 @@ const nbs_latent *nbs_model_latent(const nbs_model *m);
  * workspace per thread: inference on a const model is thread-safe with separate workspaces. */
 nbs_workspace *nbs_workspace_new(const nbs_model *m, int max_batch, int64_t max_nnz, nbs_error *err);
 void nbs_workspace_free(nbs_workspace *w);
-/* A workspace for the evaluation helpers below, which go NBS_EVAL_BATCH cells at a time. */
+/* An inference workspace (no dropout masks or gradient buffers; a training pass in it is refused)
+ * for NBS_EVAL_BATCH cells of X at a time; the evaluation helpers below go through any
+ * workspace its capacity at a time. */
 #define NBS_EVAL_BATCH 256
 nbs_workspace *nbs_workspace_eval(const nbs_model *m, const nbs_matrix *X, nbs_error *err);
 
@@ -100,9 +102,11 @@ double nbs_workspace_acceptance(const nbs_workspace *w);
 void nbs_workspace_take_timers(nbs_workspace *w, double *products, double *likelihood);
 
 /* Backward of the workspace's last NBS_PASS_TRAIN forward for the loss
- *   (1/n) sum_i -log p(x_i|z_i) + sum_t kl_weight[t] * sum_i KL_it,
- * so kl_weight already holds beta / n and any free-bits mask. Accumulates into the gradients. */
-void nbs_model_backward(nbs_model *m, nbs_workspace *w, const float *kl_weight);
+ *   recon_weight (1/n) sum_i -log p(x_i|z_i) + sum_t kl_weight[t] * sum_i KL_it,
+ * so kl_weight already holds beta / n and any free-bits mask; recon_weight is 1 for a batch of
+ * its own and n / N when the batch is this process's n of N cells whose gradients are summed.
+ * Accumulates into the gradients. */
+void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, const float *kl_weight);
 
 /* Optimiser side: one memset zeroes every gradient; norm and scaling for clipping; the name of
  * the first block with a non-finite gradient (NULL if none); one Adam step. The gradients are
