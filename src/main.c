@@ -237,17 +237,22 @@ static int cmd_train(cli *c, int argc, char **argv, nbs_error *err) {
 
 static const char SIMULATE_USAGE[] =
     "usage: nbsphere simulate --out DIR [--cells N] [--genes G] [--branches B] [--seed S]\n"
-    "                         [--depth D] [--format mtx,10x-h5,h5ad]\n"
+    "                         [--depth D] [--batches K] [--format mtx,10x-h5,h5ad]\n"
     "\n"
     "Writes a synthetic count dataset along a branching trajectory (a root segment and B\n"
     "branches; negative-binomial noise; log-normal library sizes) into DIR:\n"
     "  sim_mtx/ (10x MTX folder: matrix.mtx.gz, features.tsv.gz, barcodes.tsv.gz),\n"
     "  sim_10x.h5 (Cell Ranger v3 HDF5) and sim.h5ad (AnnData, with obs branch and pseudotime),\n"
     "  as --format asks, and cell_labels.tsv (barcode, branch, pseudotime).\n"
+    "With --batches K > 1 each cell falls into one of K batches uniformly at random; a batch\n"
+    "multiplies every gene's mean by its own log-normal factor (sdlog 0.5) and shifts the log\n"
+    "library size (normal, sd 0.3); the batch (batch1, ...) is an extra column of\n"
+    "cell_labels.tsv and of the h5ad's obs, for input.batch_key: batch.\n"
     "\n"
     "  --cells N      cells (default 2000)        --genes G     genes (default 1000)\n"
     "  --branches B   branches (default 3)        --seed S      random seed (default 0)\n"
     "  --depth D      median UMIs per cell (default 600)\n"
+    "  --batches K    batches with batch effects (default 1: none), at most 100 and --cells\n"
     "  --format LIST  comma-separated output formats: mtx (default), 10x-h5, h5ad\n"
     "The same seed and sizes give byte-identical files.\n";
 
@@ -320,6 +325,9 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
         } else if ((v = opt_value(argc, argv, &i, "--depth", &missing))) {
             if (parse_long(v, 1, 100000000, &n)) return usage_error(err, "simulate", "--depth: expected a positive integer");
             sc.depth = (double)n;
+        } else if ((v = opt_value(argc, argv, &i, "--batches", &missing))) {
+            if (parse_long(v, 1, 100, &n)) return usage_error(err, "simulate", "--batches: expected an integer from 1 to 100");
+            sc.n_batches = (int)n;
         } else if ((v = opt_value(argc, argv, &i, "--format", &missing))) {
             int st = parse_sim_formats(v, &formats, err);
             if (st) return st;
@@ -332,6 +340,12 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
         }
     }
     if (!out) return usage_error(err, "simulate", "--out DIR is required");
+    if (sc.n_batches > sc.n_cells) {
+        char m[128];
+        snprintf(m, sizeof m, "--batches: %d batches for %lld cells; expected at most one batch per cell",
+                 sc.n_batches, (long long)sc.n_cells);
+        return usage_error(err, "simulate", m);
+    }
     nbs_pipeline probe;
     memset(&probe, 0, sizeof probe);
     snprintf(probe.config.output.dir, sizeof probe.config.output.dir, "%s", out);
@@ -349,9 +363,11 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
     st = sim_write(&d, out, formats, err);
     if (!st) {
         char msg[256];
-        snprintf(msg, sizeof msg, "%lld cells x %lld genes, %lld nonzeros, %d branches, seed %llu",
+        char batches[32] = "";
+        if (sc.n_batches > 1) snprintf(batches, sizeof batches, ", %d batches", sc.n_batches);
+        snprintf(msg, sizeof msg, "%lld cells x %lld genes, %lld nonzeros, %d branches%s, seed %llu",
                  (long long)d.counts->n_cells, (long long)d.counts->n_genes,
-                 (long long)d.counts->nnz, sc.n_branches, seed);
+                 (long long)d.counts->nnz, sc.n_branches, batches, seed);
         nbs_progress_done(c->progress, msg);
     }
     nbs_sim_data_free(&d);

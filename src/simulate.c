@@ -2,7 +2,8 @@
  * each gene has a base log-share drawn wide (so most genes are rare and ~90 % zeros at a
  * depth of ~1500 UMIs), a fraction follows a shared sigmoid trend in pseudotime, and on each
  * branch a different random fraction rises or falls with a smooth ramp that starts at zero at
- * the split, so the trajectory is continuous at the branch point. */
+ * the split, so the trajectory is continuous at the branch point. Batches, when asked for, are
+ * drawn only after all of that, so a single batch leaves every draw as it was. */
 #include "nbsphere/simulate.h"
 
 #include <gsl/gsl_randist.h>
@@ -25,6 +26,9 @@ void nbs_sim_defaults(nbs_sim_config *c) {
     c->theta = 2.0;
     c->trend_fraction = 0.3;
     c->branch_fraction = 0.2;
+    c->n_batches = 1;
+    c->batch_sdlog = 0.5;
+    c->batch_depth_sdlog = 0.3;
 }
 
 unsigned int nbs_sim_nb(gsl_rng *rng, double mean, double theta) {
@@ -37,6 +41,8 @@ void nbs_sim_branch_name(int branch, char *buf, size_t n) {
     if (branch == 0) snprintf(buf, n, "root");
     else snprintf(buf, n, "branch%d", branch);
 }
+
+void nbs_sim_batch_name(int batch, char *buf, size_t n) { snprintf(buf, n, "batch%d", batch + 1); }
 
 static double smoothstep(double x) {
     if (x <= 0) return 0;
@@ -55,6 +61,12 @@ static int check_config(const nbs_sim_config *c, nbs_error *err) {
                              (long long)c->n_cells, (long long)c->n_genes);
     if (c->n_branches < 1 || c->n_branches > 100)
         return nbs_error_set(err, NBS_ERR_USAGE, "simulate: %d branches; expected 1 to 100", c->n_branches);
+    if (c->n_batches < 1 || c->n_batches > 100 || c->n_batches > c->n_cells)
+        return nbs_error_set(err, NBS_ERR_USAGE,
+                             "simulate: %d batches for %lld cells; expected 1 to 100 and at most one "
+                             "batch per cell", c->n_batches, (long long)c->n_cells);
+    if (!(c->batch_sdlog >= 0) || !(c->batch_depth_sdlog >= 0))
+        return nbs_error_set(err, NBS_ERR_USAGE, "simulate: expected batch sdlogs >= 0");
     if (!(c->split_time > 0 && c->split_time < 1) || !(c->depth > 0) || !(c->theta > 0) ||
         !(c->depth_sdlog >= 0))
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -84,6 +96,9 @@ void nbs_sim_data_free(nbs_sim_data *d) {
     free(d->pseudotime);
     free(d->library);
     free(d->theta);
+    free(d->batch);
+    free(d->batch_log_gene);
+    free(d->batch_log_depth);
     programme_free(d->programme);
     memset(d, 0, sizeof *d);
 }
@@ -107,9 +122,10 @@ static void draw_programme(const nbs_sim_config *c, gsl_rng *rng, programme *p, 
     }
 }
 
-/* log rho of one cell (normalised so the shares sum to 1). */
+/* log rho of one cell (normalised so the shares sum to 1); batch_gene[G] is its batch's log
+ * factors, or NULL for none (then nothing is added, so one batch keeps the exact values). */
 static void cell_log_rho(const nbs_sim_config *c, const programme *p, int branch, double t,
-                         double *out) {
+                         const double *batch_gene, double *out) {
     int64_t G = c->n_genes;
     double s = (t - c->split_time) / (1 - c->split_time);
     double maxv = -INFINITY;
@@ -119,6 +135,7 @@ static void cell_log_rho(const nbs_sim_config *c, const programme *p, int branch
             int64_t k = (int64_t)(branch - 1) * G + g;
             v += p->branch_amp[k] * smoothstep(s / p->branch_mid[k]);
         }
+        if (batch_gene) v += batch_gene[g];
         out[g] = v;
         if (v > maxv) maxv = v;
     }
@@ -190,7 +207,8 @@ static int draw_counts(const nbs_sim_config *c, gsl_rng *rng, nbs_sim_data *d, n
 }
 
 void nbs_sim_cell_log_rho(const nbs_sim_data *d, int64_t cell, double *out) {
-    cell_log_rho(&d->config, d->programme, d->branch[cell], d->pseudotime[cell], out);
+    const double *bg = d->batch_log_gene ? d->batch_log_gene + (int64_t)d->batch[cell] * d->config.n_genes : NULL;
+    cell_log_rho(&d->config, d->programme, d->branch[cell], d->pseudotime[cell], bg, out);
 }
 
 int nbs_simulate(const nbs_sim_config *c, gsl_rng *rng, nbs_sim_data *d, nbs_error *err) {
@@ -211,8 +229,15 @@ int nbs_simulate(const nbs_sim_config *c, gsl_rng *rng, nbs_sim_data *d, nbs_err
     d->pseudotime = nbs_malloc((size_t)N * sizeof(double), err);
     d->library = nbs_malloc((size_t)N * sizeof(double), err);
     d->theta = nbs_malloc((size_t)G * sizeof(double), err);
+    d->batch = nbs_calloc((size_t)N, sizeof *d->batch, err);
+    const int K = c->n_batches;
+    if (K > 1) {
+        d->batch_log_gene = nbs_malloc((size_t)(K * G) * sizeof(double), err);
+        d->batch_log_depth = nbs_malloc((size_t)K * sizeof(double), err);
+    }
     if (!p->base || !p->trend_amp || !p->trend_mid || !p->branch_amp || !p->branch_mid ||
-        !d->branch || !d->pseudotime || !d->library || !d->theta)
+        !d->branch || !d->pseudotime || !d->library || !d->theta || !d->batch ||
+        (K > 1 && (!d->batch_log_gene || !d->batch_log_depth)))
         st = NBS_ERR_NOMEM;
     if (!st) {
         draw_programme(c, rng, p, d->theta);
@@ -223,6 +248,16 @@ int nbs_simulate(const nbs_sim_config *c, gsl_rng *rng, nbs_sim_data *d, nbs_err
             d->pseudotime[i] = t;
             d->branch[i] = b;
             d->library[i] = c->depth * exp(gsl_ran_gaussian(rng, c->depth_sdlog));
+        }
+        if (K > 1) {
+            /* each batch: log-normal factors on the genes' means, a shift of the log library
+             * size; each cell: a batch uniformly at random, independent of its branch */
+            for (int64_t k = 0; k < K * G; k++) d->batch_log_gene[k] = gsl_ran_gaussian(rng, c->batch_sdlog);
+            for (int b = 0; b < K; b++) d->batch_log_depth[b] = gsl_ran_gaussian(rng, c->batch_depth_sdlog);
+            for (int64_t i = 0; i < N; i++) {
+                d->batch[i] = (int)gsl_rng_uniform_int(rng, (unsigned long)K);
+                d->library[i] *= exp(d->batch_log_depth[d->batch[i]]);
+            }
         }
         st = draw_counts(c, rng, d, err);
     }
@@ -236,32 +271,41 @@ int nbs_sim_write_labels(const nbs_sim_data *d, const char *dir, nbs_error *err)
     FILE *f;
     int st = nbs_io_atomic_open(path, tmp, &f, err);
     if (st) return st;
-    fprintf(f, "barcode\tbranch\tpseudotime\n");
+    const int batches = d->config.n_batches > 1;
+    fprintf(f, "barcode\tbranch\tpseudotime%s\n", batches ? "\tbatch" : "");
     for (int64_t i = 0; i < d->counts->n_cells; i++) {
-        char b[32];
+        char b[32], k[32];
         nbs_sim_branch_name(d->branch[i], b, sizeof b);
-        fprintf(f, "%s\t%s\t%.6f\n", d->counts->barcodes[i], b, d->pseudotime[i]);
+        fprintf(f, "%s\t%s\t%.6f", d->counts->barcodes[i], b, d->pseudotime[i]);
+        if (batches) {
+            nbs_sim_batch_name(d->batch[i], k, sizeof k);
+            fprintf(f, "\t%s", k);
+        }
+        fputc('\n', f);
     }
     return nbs_io_atomic_close(f, tmp, path, err);
 }
 
 /* ---- h5ad obs columns ---- */
 
-static int add_branch_column(hid_t obs, const nbs_sim_data *d) {
-    int B = d->config.n_branches;
-    hsize_t n = (hsize_t)d->counts->n_cells, nc = (hsize_t)B + 1;
-    hid_t g = nbs_h5_new_group(obs, "branch");
+/* obs/<name> as a categorical: n_categories names from name_of, per-cell codes[n] (int8, so at
+ * most 127 categories; the simulator allows 101 branch names and 100 batches). */
+static int add_categorical_column(hid_t obs, const char *name, int n_categories,
+                                  void (*name_of)(int, char *, size_t), const int *cell_codes,
+                                  hsize_t n) {
+    hsize_t nc = (hsize_t)n_categories;
+    hid_t g = nbs_h5_new_group(obs, name);
     if (g < 0) return -1;
     char (*cat)[32] = calloc(nc, sizeof *cat);
     char **cats = calloc(nc, sizeof *cats);
     signed char *codes = malloc(n);
-    int rc = (cat && cats && codes && B < 127) ? 0 : -1;
+    int rc = (cat && cats && codes && n_categories <= 127) ? 0 : -1;
     if (!rc) {
         for (hsize_t b = 0; b < nc; b++) {
-            nbs_sim_branch_name((int)b, cat[b], sizeof cat[b]);
+            name_of((int)b, cat[b], sizeof cat[b]);
             cats[b] = cat[b];
         }
-        for (hsize_t i = 0; i < n; i++) codes[i] = (signed char)d->branch[i];
+        for (hsize_t i = 0; i < n; i++) codes[i] = (signed char)cell_codes[i];
         rc = nbs_h5_write_strs(g, "categories", cats, nc, 1) ||
              nbs_h5_write_array(g, "codes", H5T_STD_I8LE, H5T_NATIVE_SCHAR, 1, &n, codes, 0);
     }
@@ -287,24 +331,27 @@ int nbs_sim_add_h5ad_obs(const nbs_sim_data *d, const char *path, nbs_error *err
     if (f < 0) return nbs_error_set(err, NBS_ERR_IO, "%s: cannot open to add obs columns", path);
     hid_t obs = H5Gopen2(f, "obs", H5P_DEFAULT);
     int rc = obs < 0;
-    if (!rc && (H5Lexists(obs, "branch", H5P_DEFAULT) > 0 || H5Lexists(obs, "pseudotime", H5P_DEFAULT) > 0)) {
+    const int batches = d->config.n_batches > 1;
+    if (!rc && (H5Lexists(obs, "branch", H5P_DEFAULT) > 0 || H5Lexists(obs, "pseudotime", H5P_DEFAULT) > 0 ||
+                (batches && H5Lexists(obs, "batch", H5P_DEFAULT) > 0))) {
         H5Gclose(obs);
         H5Fclose(f);
-        return nbs_error_set(err, NBS_ERR_IO, "%s: obs/branch or obs/pseudotime exists already", path);
+        return nbs_error_set(err, NBS_ERR_IO, "%s: obs/branch, obs/pseudotime or obs/batch exists already", path);
     }
     if (!rc) {
-        static const char *const cols[] = {"branch", "pseudotime"};
+        static const char *const cols[] = {"branch", "pseudotime", "batch"};
         const hsize_t n = (hsize_t)d->counts->n_cells;
-        rc = add_branch_column(obs, d) ||
+        rc = add_categorical_column(obs, "branch", d->config.n_branches + 1, nbs_sim_branch_name, d->branch, n) ||
              nbs_h5_write_array(obs, "pseudotime", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 1, &n, d->pseudotime, 0) ||
-             nbs_h5_append_column_order(obs, cols, 2);
+             (batches && add_categorical_column(obs, "batch", d->config.n_batches, nbs_sim_batch_name, d->batch, n)) ||
+             nbs_h5_append_column_order(obs, cols, 2 + batches);
         H5Gclose(obs);
     }
     if (H5Fclose(f) < 0) rc = 1;
     if (rc)
         return nbs_error_set(err, NBS_ERR_IO,
-                             "%s: cannot add obs/branch and obs/pseudotime (expected an h5ad with an "
-                             "obs group and no such columns yet)", path);
+                             "%s: cannot add obs/branch, obs/pseudotime and obs/batch (expected an h5ad "
+                             "with an obs group and no such columns yet)", path);
     return NBS_OK;
 }
 

@@ -109,6 +109,10 @@ static void test_usage_errors(void **state) {
     expect_contains("simulate --cells 10", 2, "--out DIR is required");
     expect_contains("simulate --out /tmp/x --cells zero", 2, "--cells: expected an integer");
     expect_contains("simulate --out /tmp/x --format png", 2, "unknown format 'png'");
+    expect_contains("simulate --out /tmp/x --batches 0", 2, "--batches: expected an integer from 1 to 100");
+    expect_contains("simulate --out /tmp/x --batches -2", 2, "--batches: expected an integer from 1 to 100");
+    expect_contains("simulate --out /tmp/x --batches two", 2, "--batches: expected an integer from 1 to 100");
+    expect_contains("simulate --out /tmp/x --cells 5 --batches 6", 2, "6 batches for 5 cells");
 }
 
 static void test_missing_and_bad_files(void **state) {

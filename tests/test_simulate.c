@@ -283,6 +283,100 @@ static void test_mtx_folder_round_trip(void **state) {
     nbs_sim_data_free(&d);
 }
 
+/* Batches: one batch draws nothing extra; with three, each batch's mean UMIs per cell follow its
+ * library shift, and each gene's per-batch mean share follows the batch factors far beyond the
+ * sampling noise; cell_labels.tsv and the h5ad's obs carry the batch. */
+static void test_batch_effects(void **state) {
+    (void)state;
+    nbs_sim_config c;
+    nbs_sim_defaults(&c);
+    c.n_cells = 3000;
+    c.n_genes = 500;
+    nbs_sim_data one, d;
+    nbs_error err = {0};
+    gsl_rng *r = rng_with(5);
+    assert_int_equal(nbs_simulate(&c, r, &one, &err), NBS_OK);
+    assert_null(one.batch_log_gene);
+    for (int64_t i = 0; i < c.n_cells; i++) assert_int_equal(one.batch[i], 0);
+    c.n_batches = 3;
+    gsl_rng_set(r, 5);
+    assert_int_equal(nbs_simulate(&c, r, &d, &err), NBS_OK);
+    gsl_rng_free(r);
+    /* the trajectory is drawn first, so it is the one-batch data's */
+    for (int64_t i = 0; i < c.n_cells; i++) {
+        assert_int_equal(d.branch[i], one.branch[i]);
+        assert_true(d.pseudotime[i] == one.pseudotime[i]);
+    }
+    enum { K = 3, G = 500 };
+    double umis[K] = {0}, lib[K] = {0}, *sum = calloc((size_t)K * G, sizeof *sum); /* [K x G] */
+    int n[K] = {0};
+    for (int64_t i = 0; i < c.n_cells; i++) {
+        const int b = d.batch[i];
+        assert_true(b >= 0 && b < K);
+        n[b]++;
+        lib[b] += d.library[i];
+        for (int64_t p = d.counts->indptr[i]; p < d.counts->indptr[i + 1]; p++) {
+            umis[b] += d.counts->data[p];
+            sum[b * G + d.counts->indices[p]] += d.counts->data[p];
+        }
+    }
+    for (int b = 0; b < K; b++) {
+        assert_true(n[b] > 900); /* uniform: ~1000 each */
+        const double got = log(umis[b] / n[b]) - log(umis[0] / n[0]);
+        const double want = d.batch_log_depth[b] - d.batch_log_depth[0];
+        print_message("batch%d: %d cells, mean UMIs %.0f, log shift vs batch1 %.3f (drawn %.3f)\n", b + 1, n[b],
+                      umis[b] / n[b], got, want);
+        assert_true(fabs(got - want) < 0.06); /* sd of a log mean library ~0.35 / sqrt(1000) */
+    }
+    assert_true(fabs(d.batch_log_depth[1] - d.batch_log_depth[0]) > 0.1);
+    /* per gene with >= 200 UMIs in both batches: log(share in batch b / share in batch 1) against
+     * the drawn factor difference (up to a constant from the normalisation of the shares) */
+    for (int b = 1; b < K; b++) {
+        double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+        int m = 0;
+        for (int g = 0; g < G; g++) {
+            if (sum[b * G + g] < 200 || sum[g] < 200) continue;
+            const double x = d.batch_log_gene[b * G + g] - d.batch_log_gene[g];
+            const double y = log(sum[b * G + g] / lib[b]) - log(sum[g] / lib[0]);
+            sx += x, sy += y, sxx += x * x, syy += y * y, sxy += x * y, m++;
+        }
+        const double cov = sxy / m - sx / m * sy / m, vx = sxx / m - sx / m * sx / m, vy = syy / m - sy / m * sy / m;
+        const double rho = cov / sqrt(vx * vy);
+        print_message("batch%d vs batch1: %d genes, correlation of observed and drawn log factors %.3f\n", b + 1, m, rho);
+        assert_true(m > 100);
+        assert_true(rho > 0.9);
+    }
+    free(sum);
+
+    char *dir = tu_tmpdir();
+    assert_int_equal(nbs_sim_write_labels(&d, dir, &err), NBS_OK);
+    char *labels = tu_read_file(tu_path(dir, "cell_labels.tsv"), NULL);
+    assert_non_null(labels);
+    char want[128], name[32];
+    nbs_sim_branch_name(d.branch[0], name, sizeof name);
+    snprintf(want, sizeof want, "barcode\tbranch\tpseudotime\tbatch\nSIM0000001-1\t%s\t%.6f\tbatch%d\n", name,
+             d.pseudotime[0], d.batch[0] + 1);
+    assert_true(!strncmp(labels, want, strlen(want)));
+    free(labels);
+    char h5ad[4200];
+    snprintf(h5ad, sizeof h5ad, "%s", tu_path(dir, "sim.h5ad"));
+    assert_int_equal(nbs_io_write_h5ad(h5ad, NULL, d.counts, 0, NULL, NULL, &err), NBS_OK);
+    assert_int_equal(nbs_sim_add_h5ad_obs(&d, h5ad, &err), NBS_OK);
+    char **obs = NULL;
+    int st = nbs_io_read_h5ad_obs(h5ad, "batch", d.counts, &obs, &err);
+    if (st) print_message("%s\n", err.msg);
+    assert_int_equal(st, NBS_OK);
+    for (int64_t i = 0; i < c.n_cells; i++) {
+        snprintf(name, sizeof name, "batch%d", d.batch[i] + 1);
+        assert_string_equal(obs[i], name);
+    }
+    nbs_io_free_labels(obs, c.n_cells);
+    tu_rmtree(dir);
+    free(dir);
+    nbs_sim_data_free(&one);
+    nbs_sim_data_free(&d);
+}
+
 static void test_bad_config(void **state) {
     (void)state;
     nbs_sim_config c;
@@ -296,6 +390,11 @@ static void test_bad_config(void **state) {
     nbs_sim_defaults(&c);
     c.n_cells = 0;
     assert_int_equal(nbs_simulate(&c, r, &d, &err), NBS_ERR_USAGE);
+    nbs_sim_defaults(&c);
+    c.n_cells = 5;
+    c.n_batches = 6;
+    assert_int_equal(nbs_simulate(&c, r, &d, &err), NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "6 batches for 5 cells"));
     gsl_rng_free(r);
 }
 
@@ -304,7 +403,8 @@ int main(void) {
         cmocka_unit_test(test_nb_moments),         cmocka_unit_test(test_counts_follow_their_nb),
         cmocka_unit_test(test_depth_and_sparsity), cmocka_unit_test(test_branches_distinguishable),
         cmocka_unit_test(test_seed_reproduces),    cmocka_unit_test(test_labels_file),
-        cmocka_unit_test(test_h5ad_obs_columns),   cmocka_unit_test(test_mtx_folder_round_trip),   cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_h5ad_obs_columns),   cmocka_unit_test(test_mtx_folder_round_trip),   cmocka_unit_test(test_batch_effects),
+        cmocka_unit_test(test_bad_config),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
