@@ -200,8 +200,9 @@ static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, cons
     int st = NBS_OK;
     nbs_cells vc = *cells;
     vc.rows = val;
+    vc.n = n_val;
     for (int64_t s = 0; s < n_val && !st; s += batch) {
-        const nbs_cells b = nbs_cells_slice(&vc, s, n_val - s < batch ? n_val - s : batch);
+        const nbs_cells b = nbs_cells_slice(&vc, s, batch);
         double rc;
         st = nbs_model_forward(m, w, &b, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
         *recon += rc;
@@ -347,6 +348,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
         nbs_warn("early stopping needs validation cells (train.validation_fraction > 0); it is off");
     nbs_cells tcells = *cells;
     tcells.rows = train;
+    tcells.n = n_train;
 
     for (int epoch = s->epochs_done + 1; epoch <= tc->epochs && !st; epoch++) {
         const double t0 = nbs_progress_now();
@@ -358,7 +360,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
         memset(kl_epoch, 0, sizeof kl_epoch);
         for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
             const int64_t off = b * batch;
-            const nbs_cells bc = nbs_cells_slice(&tcells, off, n_train - off < batch ? n_train - off : batch);
+            const nbs_cells bc = nbs_cells_slice(&tcells, off, batch);
             beta = nbs_train_beta(tc, s->step, n_batches);
             st = nbs_train_step(m, w, &bc, tc, beta, s->rng, reduce, &sr, err);
             if (st == NBS_ERR_NUMERIC && sr.failed[0])

@@ -447,7 +447,7 @@ nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n) {
     nbs_cells s = *c;
     if (c->rows) s.rows = c->rows + start;
     else s.row0 = c->row0 + start;
-    s.n = n;
+    s.n = c->n - start < n ? c->n - start : n;
     return s;
 }
 
@@ -729,7 +729,7 @@ int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, i
                      nbs_error *err) {
     const int hd = m->stages[stage].head_dim;
     for (int64_t s = 0; s < c->n; s += w->cap) {
-        const nbs_cells part = nbs_cells_slice(c, s, c->n - s < w->cap ? c->n - s : w->cap);
+        const nbs_cells part = nbs_cells_slice(c, s, w->cap);
         int st = gather(m, w, &part, err);
         if (st) return st;
         encode_gathered(m, w, (int)part.n, 0, NULL);
@@ -742,7 +742,7 @@ int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const nbs_cell
                             float *logits, float *log_theta, nbs_error *err) {
     const int64_t G = m->G, d = m->stages[0].lat.dim, n = cells->n;
     for (int64_t s = 0; s < n; s += w->cap) {
-        const nbs_cells part = nbs_cells_slice(cells, s, n - s < w->cap ? n - s : w->cap);
+        const nbs_cells part = nbs_cells_slice(cells, s, w->cap);
         const int c = (int)part.n;
         int st = gather_covariates(m, w, &part, err);
         if (st) return st;
@@ -764,7 +764,7 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
                      double *loglik, nbs_error *err) {
     const int64_t d = m->stages[0].lat.dim;
     for (int64_t s = 0; s < c->n; s += w->cap) {
-        const nbs_cells part = nbs_cells_slice(c, s, c->n - s < w->cap ? c->n - s : w->cap);
+        const nbs_cells part = nbs_cells_slice(c, s, w->cap);
         int st = gather(m, w, &part, err);
         if (st) return st;
         decode(m, w, z + s * d, (int)part.n, 0);
@@ -781,7 +781,7 @@ int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, flo
     float *head = w ? nbs_malloc(sizeof(float) * NBS_EVAL_BATCH * hd, err) : NULL;
     int st = head ? NBS_OK : err->code;
     for (int64_t s = 0; s < c->n && !st; s += NBS_EVAL_BATCH) {
-        const nbs_cells part = nbs_cells_slice(c, s, c->n - s < NBS_EVAL_BATCH ? c->n - s : NBS_EVAL_BATCH);
+        const nbs_cells part = nbs_cells_slice(c, s, NBS_EVAL_BATCH);
         st = nbs_model_encode(m, w, &part, 0, head, err);
         if (!st) nbs_latent_posterior(L, head, (int)part.n, location + s * d, spread ? spread + s * sd : NULL);
     }

@@ -45,7 +45,7 @@ typedef struct {
 
 /* Every cell of X in order, with its library sizes (n_cells). */
 nbs_cells nbs_cells_all(const nbs_matrix *X, const double *library);
-/* Cells [start, start + n) of c. */
+/* Cells [start, start + n) of c, fewer where c ends first: the chunks of a loop over c. */
 nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n);
 /* Row of X of batch cell i. */
 static inline int64_t nbs_cells_row(const nbs_cells *c, int64_t i) { return c->rows ? c->rows[i] : c->row0 + i; }
