@@ -27,6 +27,12 @@ static int64_t take_int(cursor *c) {
     return (int64_t)v;
 }
 
+/* Lengths come from any int64 the input holds: one more, saturating, so a length plus one never
+ * overflows (put_array and put_strings clamp anything out of range). */
+static int64_t one_more(int64_t n) {
+    return n == INT64_MAX ? n : n + 1;
+}
+
 static void put_array(hid_t loc, const char *name, cursor *c, int64_t len) {
     if (len < 0 || len > 64) len = 64;
     uint8_t form = take8(c);
@@ -110,7 +116,7 @@ static void put_dataframe(hid_t f, const char *name, cursor *c, int64_t n) {
     uint8_t form = take8(c);
     if (!(form & 1)) put_attr_string(g, "_index", (form & 2) ? "missing" : "_index");
     put_attr_string(g, "encoding-type", "dataframe");
-    if (!(form & 4)) put_strings(g, "_index", c, n + (form & 8 ? 1 : 0));
+    if (!(form & 4)) put_strings(g, "_index", c, form & 8 ? one_more(n) : n);
     H5Gclose(g);
 }
 
@@ -131,7 +137,7 @@ static void write_10x(hid_t f, cursor *c) {
     uint8_t parts = take8(c);
     if (!(parts & 1)) put_array(g, "data", c, nnz);
     if (!(parts & 2)) put_array(g, "indices", c, nnz);
-    if (!(parts & 4)) put_array(g, "indptr", c, cells + 1);
+    if (!(parts & 4)) put_array(g, "indptr", c, one_more(cells));
     if (!(parts & 8)) put_strings(g, "barcodes", c, cells);
     if (!(parts & 16)) {
         hid_t ft = H5Gcreate2(g, "features", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -156,8 +162,7 @@ static void write_h5ad(hid_t f, cursor *c) {
         put_shape_attr(g, c, cells, genes);
         put_array(g, "data", c, nnz);
         put_array(g, "indices", c, nnz);
-        const int64_t major = csr ? cells : genes; /* any int64 the input holds: +1 must not overflow */
-        put_array(g, "indptr", c, major >= 0 && major < 64 ? major + 1 : 64);
+        put_array(g, "indptr", c, one_more(csr ? cells : genes));
         H5Gclose(g);
     }
     put_dataframe(f, "obs", c, cells);
