@@ -64,10 +64,10 @@ while IFS='|' read -r name input format labels column counts; do
   d=$OUT/$name
   mkdir -p "$d"
   echo "== $name" >&2
+  lab=(); [[ $labels == *.h5ad* ]] || lab=(--set input.labels_path="$labels")   # an .h5ad has them in obs
   if fresh "$d/nbsphere.seconds"; then   # one training at a time: the machine has two cores
     cut -d' ' -f1 /proc/loadavg > "$d/load.txt"   # the seconds depend on what else runs
     t=$(now)
-    lab=(); [[ $labels == *.h5ad* ]] || lab=(--set input.labels_path="$labels")   # an .h5ad has them in obs
     if ! "$BIN" train "$input" --format "$format" "${lab[@]}" --set input.label_column="$column" \
          --out "$d/nbsphere" > "$d/nbsphere.log" 2>&1; then
       echo "$name: nbsphere failed, see $d/nbsphere.log" >&2; continue
@@ -93,6 +93,23 @@ while IFS='|' read -r name input format labels column counts; do
       $PY bench/score.py "$emb" "$labels" "$column" > "$d/score-$sys.json"
     fi
   done
+  # Under 1,000 cells one cell is more than 0.001 of accuracy and the seed alone moves it by about
+  # 0.01, the margin the comparison is held to: such datasets get seeds 1-3 of both VAEs as well.
+  cells=$($PY -c 'import json,sys; print(json.load(open(sys.argv[1])).get("cells", 0))' "$d/score-nbsphere.json" 2>/dev/null || echo 0)
+  if [ "$cells" -gt 0 ] && [ "$cells" -lt 1000 ]; then
+    for s in 1 2 3; do
+      if fresh "$d/score-nbsphere-seed$s.json"; then
+        "$BIN" train "$input" --format "$format" "${lab[@]}" --set input.label_column="$column" \
+          --set train.seed=$s --out "$d/nbsphere-seed$s" > "$d/nbsphere-seed$s.log" 2>&1 &&
+          $PY bench/score.py "$d/nbsphere-seed$s/embedding.tsv" "$labels" "$column" > "$d/score-nbsphere-seed$s.json"
+      fi
+      if fresh "$d/score-scvi-ref-seed$s.json"; then
+        $PY bench/reference.py "$input" --genes "$d/nbsphere/genes.tsv" --seed $s --embedding "$d/scvi-ref-seed$s.tsv" \
+          ${REF_EPOCHS:+--epochs $REF_EPOCHS} > "$d/scvi-ref-seed$s.out" 2> "$d/scvi-ref-seed$s.log" &&
+          $PY bench/score.py "$d/scvi-ref-seed$s.tsv" "$labels" "$column" > "$d/score-scvi-ref-seed$s.json"
+      fi
+    done
+  fi
   printf '%s\t%s\t%s\n' "$name" "$column" "$counts" > "$d/meta.tsv"
 done <<< "$DATASETS"
 

@@ -25,7 +25,7 @@ def jread(path):
 
 def main():
     out, machine, names = sys.argv[1], sys.argv[2], sys.argv[3:]
-    rows, notes, checks, loads = [], [], [], []
+    rows, notes, checks, loads, seeds = [], [], [], [], []
     for name in names:
         d = os.path.join(out, name)
         meta = (read(os.path.join(d, "meta.tsv")) or "\t\t").split("\t")
@@ -57,6 +57,13 @@ def main():
                 name, column, classes, counts, f("cells", "%d"), n_genes, s, f("metric", "%s"), f("knn"),
                 f("nmi"), f("ari"), f("clusters", "%d"), f("silhouette"), lossfmt.get(s, ""),
                 secs.get(s) or "-"))
+        for s in ("nbsphere", "scvi-ref"):  # seeds 1-3, run on datasets under 1,000 cells
+            more = [jread(os.path.join(d, "score-%s-seed%d.json" % (s, k))) for k in (1, 2, 3)]
+            if sc[s] and all(more):
+                acc = [sc[s]["knn"]] + [v["knn"] for v in more]
+                mean = sum(acc) / len(acc)
+                sd = (sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) ** 0.5
+                seeds.append("| %s | %s | %s | %.3f | %.3f |" % (name, s, " | ".join("%.3f" % a for a in acc), mean, sd))
         if rep:
             notes.append("- %s: **%s**: %s" % (name, rep.get("verdict"), rep.get("summary")))
         if loss and max(loss[:10]) > 1.5 * loss[0]:
@@ -81,6 +88,14 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print()
+    if seeds:
+        print("Seeds 0-3 of both VAEs on the datasets under 1,000 cells, where one cell is more than 0.001 of"
+              " accuracy and the seed alone moves it by about 0.01 (15-NN accuracy, the same scorer and folds):")
+        print()
+        print("| dataset | system | seed 0 | seed 1 | seed 2 | seed 3 | mean | sd |")
+        print("|---|---|---|---|---|---|---|---|")
+        print("\n".join(seeds))
+        print()
     print("nbsphere's collapse reports (`collapse_report.json` verdict and summary):")
     print()
     print("\n".join(notes))

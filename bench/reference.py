@@ -7,6 +7,12 @@ softmax, times the observed library size; NB with per-gene inverse dispersion th
 Loss = -log_nb_positive + kl_weight * KL, kl_weight linear from 0 to 1 over the warm-up epochs.
 Adam lr 1e-3 (eps 0.01, weight decay 1e-6 as scvi's TrainingPlan), batch 128, 90/10 split.
 
+With --batch-key (and --covariates, the labels table or .h5ad holding that column) the model is
+scVI's with a batch as scvi-tools sets it up (setup_anndata(batch_key=...), SCVI defaults): the
+batch one-hot is concatenated to z at the input of the decoder's hidden layer (FCLayers with
+inject_covariates; with one hidden layer deep injection adds nothing more), not into the encoder
+(encode_covariates=False) nor the output layer, and the dispersion stays per gene.
+
 Batching: no DataLoader. Rows of a scipy CSR matrix are gathered per shuffled batch and densified
 (scvi's AnnDataLoader does the same gather + densify, with Python overhead per batch on top), so
 this is if anything slightly faster than scvi-tools itself.
@@ -88,7 +94,11 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embedding", help="write the posterior means of all cells to this TSV")
+    ap.add_argument("--batch-key", help="column of --covariates naming each cell's batch")
+    ap.add_argument("--covariates", help="labels TSV (barcode first) or .h5ad whose obs holds --batch-key")
     a = ap.parse_args()
+    if bool(a.batch_key) != bool(a.covariates):
+        ap.error("--batch-key and --covariates go together")
     wall0 = time.perf_counter()
 
     import torch
@@ -99,6 +109,18 @@ def main():
 
     X, barcodes = load(a.data, a.genes)
     n, G = X.shape
+    n_batch, batch_codes = 0, None
+    if a.batch_key:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from score import read_labels  # the scorer's reader: the same cells, the same columns
+        col = read_labels(a.covariates, a.batch_key)
+        missing = [b for b in barcodes if col.get(b, "") in ("", "NA", "nan")]
+        if missing:
+            sys.exit("%s: no %s for %d cells (first: %s)" % (a.covariates, a.batch_key, len(missing), missing[0]))
+        cats = sorted(set(col[b] for b in barcodes))
+        pos = {c: i for i, c in enumerate(cats)}
+        batch_codes = np.array([pos[col[b]] for b in barcodes])
+        n_batch = len(cats)
     if a.epochs is None:
         a.epochs = int(min(round(20000 / n * 400), 400))
     perm = rng.permutation(n)
@@ -109,20 +131,24 @@ def main():
     def block(i):
         return nn.Sequential(nn.Linear(i, H), nn.BatchNorm1d(H, momentum=0.01, eps=1e-3), nn.ReLU(), nn.Dropout(0.1))
 
-    enc, dec = block(G), block(L)
+    enc, dec = block(G), block(L + n_batch)
     enc_mu, enc_lv, dec_out = nn.Linear(H, L), nn.Linear(H, L), nn.Linear(H, G)
     px_r = nn.Parameter(torch.randn(G))
     mods = nn.ModuleList([enc, dec, enc_mu, enc_lv, dec_out])
     params = list(mods.parameters()) + [px_r]
     opt = torch.optim.Adam(params, lr=1e-3, eps=0.01, weight_decay=1e-6)
 
-    def loss_fn(xb, kl_w):
+    onehot = torch.eye(n_batch) if n_batch else None
+
+    def loss_fn(rows):
+        xb = dense(rows)
         lib = xb.sum(1, keepdim=True)
         h = enc(torch.log1p(xb))
         mu, lv = enc_mu(h), enc_lv(h)
         var = torch.exp(lv) + 1e-4
         z = mu + var.sqrt() * torch.randn_like(mu)
-        rho = torch.softmax(dec_out(dec(z)), dim=-1)
+        zb = torch.cat([z, onehot[batch_codes[rows]]], dim=1) if n_batch else z
+        rho = torch.softmax(dec_out(dec(zb)), dim=-1)
         rec = -log_nb_positive(xb, lib * rho, torch.exp(px_r)).sum(-1)
         kl = 0.5 * (var + mu * mu - 1.0 - torch.log(var)).sum(-1)
         return rec, kl
@@ -141,7 +167,7 @@ def main():
             rows = order[s:s + a.batch]
             if len(rows) < 3:  # scvi drops tiny last batches (BatchNorm needs >1)
                 continue
-            rec, kl = loss_fn(dense(rows), kl_w)
+            rec, kl = loss_fn(rows)
             loss = (rec + kl_w * kl).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -155,7 +181,7 @@ def main():
     tot, cnt = 0.0, 0
     with torch.no_grad():
         for s in range(0, nval, 1024):
-            rec, kl = loss_fn(dense(val_idx[s:s + 1024]), 1.0)
+            rec, kl = loss_fn(val_idx[s:s + 1024])
             tot += float((rec + kl).sum())
             cnt += rec.shape[0]
         if a.embedding:  # posterior means in input order, as nbsphere's embedding.tsv
@@ -171,7 +197,7 @@ def main():
         "epochs": a.epochs, "sec_per_epoch": statistics.median(steady),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "val_elbo": -tot / cnt, "train_loss_first": losses[0], "train_loss_last": losses[-1],
-        "warmup_epochs": a.warmup_epochs, "seconds": time.perf_counter() - wall0, "torch": torch.__version__, "batching": "CSR row gather, no DataLoader",
+        "warmup_epochs": a.warmup_epochs, "batch_key": a.batch_key or "", "n_batch": n_batch, "seconds": time.perf_counter() - wall0, "torch": torch.__version__, "batching": "CSR row gather, no DataLoader",
     }))
 
 
