@@ -13,8 +13,8 @@
 #                  CC=clang, OPT=..., SANITIZE=... likewise (see BUILD below)
 
 CC ?= cc
-PKGS := hdf5 openblas yaml-0.1 zlib libcrypto
-DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-dev libyaml-dev \
+PKGS := hdf5 openblas yaml-0.1 zlib libcrypto igraph
+DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-dev libyaml-dev libigraph-dev \
                 zlib1g-dev libssl-dev libcsv-dev libcmocka-dev hdf5-tools clang libclang-rt-14-dev libomp-14-dev python3-anndata
 
 SANITIZE ?=

@@ -11,6 +11,7 @@
 #include <gsl/gsl_linalg.h>
 #include <gsl/gsl_randist.h>
 
+#include "nbsphere/graph.h"
 #include "nbsphere/nn.h"
 
 /* ---- PCA by randomized SVD ---- */
@@ -203,77 +204,34 @@ typedef struct {
     int k;
 } knn_setup;
 
-/* Predicts each query from its k nearest training cells; returns the number correct, or -1
- * when out of memory. Squared distances |q|^2 + |t|^2 - 2 q.t come from one sgemm per block
- * of queries; |q|^2 is the same for every candidate of a query, so it is left out. */
+/* Predicts each query from its k nearest training cells (nbs_knn_search); returns the number
+ * correct, or -1 when out of memory. */
 static int64_t knn_fold(const knn_setup *s, const int64_t *train, int64_t ntr, const int64_t *test,
                         int64_t nte, nbs_error *err) {
-    enum { BLOCK = 256 };
-    int d = s->d, k = s->k;
-    float *xtr = nbs_malloc((size_t)ntr * (size_t)d * sizeof *xtr, err);
-    float *ntr2 = nbs_malloc((size_t)ntr * sizeof *ntr2, err);
-    float *xq = nbs_malloc((size_t)BLOCK * (size_t)d * sizeof *xq, err);
-    float *dot = nbs_malloc((size_t)BLOCK * (size_t)ntr * sizeof *dot, err);
-    /* each query of a block has its own slice of these, so threads share nothing */
-    float *best_d = nbs_malloc((size_t)BLOCK * (size_t)k * sizeof *best_d, err);
-    int64_t *best_i = nbs_malloc((size_t)BLOCK * (size_t)k * sizeof *best_i, err);
-    int *all_votes = nbs_calloc((size_t)BLOCK * (size_t)s->n_classes, sizeof *all_votes, err);
+    const int k = s->k;
+    int64_t *nn = nbs_malloc((size_t)nte * (size_t)k * sizeof *nn, err);  /* [nte x k] positions in train */
+    int *all_votes = nbs_calloc((size_t)(nte ? nte : 1) * (size_t)s->n_classes, sizeof *all_votes, err);
     int64_t correct = -1;
-    if (!xtr || !ntr2 || !xq || !dot || !best_d || !best_i || !all_votes) goto done;
-    for (int64_t t = 0; t < ntr; t++) {
-        memcpy(xtr + t * d, s->x + train[t] * d, (size_t)d * sizeof *xtr);
-        ntr2[t] = cblas_sdot(d, xtr + t * d, 1, xtr + t * d, 1);
-    }
+    if (!nn || !all_votes || nbs_knn_search(s->x, s->d, train, ntr, test, nte, k, 0, nn, NULL, err)) goto done;
     correct = 0;
-    for (int64_t b0 = 0; b0 < nte; b0 += BLOCK) {
-        int nb = (int)(nte - b0 < BLOCK ? nte - b0 : BLOCK);
-        for (int q = 0; q < nb; q++)
-            memcpy(xq + q * d, s->x + test[b0 + q] * d, (size_t)d * sizeof *xq);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)ntr, d, 1.0f, xq, d, xtr, d,
-                    0.0f, dot, (int)ntr);
-        int64_t block_correct = 0;
-#pragma omp parallel for schedule(static) reduction(+ : block_correct)
-        for (int q = 0; q < nb; q++) {
-            float *bd = best_d + (int64_t)q * k;
-            int64_t *bi = best_i + (int64_t)q * k;
-            int *votes = all_votes + (int64_t)q * s->n_classes;
-            const float *row = dot + (int64_t)q * ntr;
-            int have = 0;
-            /* insertion into a sorted list of the k best; equal distances keep the earlier
-             * training cell, so results do not depend on thread count */
-            for (int64_t t = 0; t < ntr; t++) {
-                float dist = ntr2[t] - 2 * row[t];
-                if (have == k && dist >= bd[k - 1]) continue;
-                int p = have < k ? have++ : k - 1;
-                while (p > 0 && bd[p - 1] > dist) {
-                    bd[p] = bd[p - 1];
-                    bi[p] = bi[p - 1];
-                    p--;
-                }
-                bd[p] = dist;
-                bi[p] = t;
-            }
-            int best = 0;
-            for (int j = 0; j < have; j++) {
-                int c = s->y[train[bi[j]]];
-                if (++votes[c] > best) best = votes[c];
-            }
-            /* the nearest neighbour whose label has the top vote count decides ties */
-            int32_t pred = -1;
-            for (int j = 0; j < have && pred < 0; j++)
-                if (votes[s->y[train[bi[j]]]] == best) pred = s->y[train[bi[j]]];
-            for (int j = 0; j < have; j++) votes[s->y[train[bi[j]]]] = 0;
-            block_correct += pred == s->y[test[b0 + q]];
+#pragma omp parallel for schedule(static) reduction(+ : correct)
+    for (int64_t q = 0; q < nte; q++) {
+        const int64_t *bi = nn + q * k;
+        int *votes = all_votes + q * s->n_classes; /* each query its own, so threads share nothing */
+        int have = 0, best = 0;
+        while (have < k && bi[have] >= 0) have++;
+        for (int j = 0; j < have; j++) {
+            int c = s->y[train[bi[j]]];
+            if (++votes[c] > best) best = votes[c];
         }
-        correct += block_correct;
+        /* the nearest neighbour whose label has the top vote count decides ties */
+        int32_t pred = -1;
+        for (int j = 0; j < have && pred < 0; j++)
+            if (votes[s->y[train[bi[j]]]] == best) pred = s->y[train[bi[j]]];
+        correct += pred == s->y[test[q]];
     }
 done:
-    free(xtr);
-    free(ntr2);
-    free(xq);
-    free(dot);
-    free(best_d);
-    free(best_i);
+    free(nn);
     free(all_votes);
     return correct;
 }

@@ -51,6 +51,44 @@ int nbs_report_collapsed_since(const nbs_report_input *in, int j) {
     return since;
 }
 
+const char *const nbs_report_gain_definition =
+    "mean over the diagnosed cells of log p(x | z at the posterior location, the cell's own covariates) - "
+    "log p(x | one constant z, the same covariates): what z adds to the reconstruction beyond the batch and "
+    "other covariates, which stay fixed in both terms";
+const char *const nbs_report_confounded_warning =
+    "batch and labels are confounded: correcting for the batch may remove biology";
+
+int nbs_report_metrics(const nbs_integration *r, nbs_report_metric *out) {
+    const nbs_report_metric m[NBS_REPORT_METRICS] = {
+        {"ilisi", "iLISI", "batch",
+         "(median over cells of the inverse Simpson index of the batches among the cell's k nearest neighbours, "
+         "weighted to perplexity k/3) - 1, over (batches - 1); 1 = batches fully mixed", r->ilisi},
+        {"batch_asw", "batch ASW", "batch",
+         "within each label, mean over its cells of 1 - |silhouette width of the batch|, then mean over labels; "
+         "1 = batches overlap", r->batch_asw},
+        {"graph_connectivity", "graph connectivity", "batch",
+         "mean over labels of the share of the label's cells in the largest connected component of the 15-NN "
+         "graph restricted to the label; 1 = each label one piece", r->graph_connectivity},
+        {"knn_accuracy", "k-NN label accuracy", "bio",
+         "5-fold cross-validated accuracy of the majority label of the 15 nearest cells", r->knn_accuracy},
+        {"clisi", "cLISI", "bio",
+         "(labels - median inverse Simpson index of the labels among the k nearest neighbours) over (labels - 1); "
+         "1 = neighbourhoods hold one label", r->clisi},
+        {"nmi", "Leiden NMI", "bio",
+         "normalised mutual information (arithmetic mean of the entropies) of the labels and the Leiden clusters, "
+         "at the resolution of 0.1 to 2.0 with the best NMI", r->nmi},
+        {"ari", "Leiden ARI", "bio", "adjusted Rand index of the labels and the Leiden clusters of the best NMI",
+         r->ari},
+        {"cell_type_asw", "cell-type ASW", "bio", "(mean silhouette width of the labels + 1) / 2", r->label_asw},
+        {"batch_score", "batch correction", "aggregate", "mean of the defined batch metrics", r->batch_score},
+        {"bio_score", "biology conservation", "aggregate", "mean of the defined biology metrics", r->bio_score},
+        {"overall", "overall (scIB)", "aggregate", "0.4 x batch correction + 0.6 x biology conservation",
+         r->overall},
+    };
+    for (int i = 0; i < NBS_REPORT_METRICS; i++) out[i] = m[i];
+    return NBS_REPORT_METRICS;
+}
+
 typedef void (*report_body)(FILE *f, const nbs_report_input *in);
 
 /* Checks the input, then writes the body through a temporary name. */
@@ -128,6 +166,78 @@ static void json_training(FILE *f, const nbs_report_input *in) {
     fprintf(f, ", \"epochs_since_best_validation\": %d, \"message\": ", th.val_worse_epochs);
     nbs_json_string(f, th.message[0] ? th.message : NULL);
     fprintf(f, "}");
+}
+
+/* The scIB metrics; a metric not defined for the data is left out (the notes say why). */
+static void json_integration(FILE *f, const nbs_report_input *in) {
+    const nbs_integration *r = in->integration;
+    nbs_report_metric m[NBS_REPORT_METRICS];
+    int nm = nbs_report_metrics(r, m);
+    nbs_json_key(f, 2, "integration");
+    fprintf(f, "{\n");
+    nbs_json_key(f, 4, "batch_key");
+    nbs_json_string(f, in->batch_key);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "label_column");
+    nbs_json_string(f, in->label_column);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "batches");
+    fprintf(f, "%d,\n", r->n_batches);
+    nbs_json_key(f, 4, "labels");
+    fprintf(f, "%d,\n", r->n_labels);
+    nbs_json_key(f, 4, "labelled_cells");
+    fprintf(f, "%lld,\n", (long long)r->n_labelled);
+    nbs_json_key(f, 4, "lisi_k");
+    fprintf(f, "%d,\n", r->lisi_k);
+    nbs_json_key(f, 4, "lisi_perplexity");
+    nbs_json_number(f, r->lisi_k / 3.0, 9);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "graph_k");
+    fprintf(f, "%d,\n", NBS_INTEGRATION_GRAPH_K);
+    nbs_json_key(f, 4, "leiden_resolution");
+    nbs_json_number(f, r->resolution, 9);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 4, "leiden_clusters");
+    if (isfinite(r->resolution)) fprintf(f, "%d,\n", r->n_clusters);
+    else fprintf(f, "null,\n");
+    nbs_json_key(f, 4, "metrics");
+    fprintf(f, "{");
+    int first = 1;
+    for (int i = 0; i < nm; i++) {
+        if (!isfinite(m[i].value)) continue;
+        fprintf(f, "%s\n      ", first ? "" : ",");
+        first = 0;
+        nbs_json_string(f, m[i].key);
+        fprintf(f, ": {\"value\": ");
+        nbs_json_number(f, m[i].value, 9);
+        fprintf(f, ", \"kind\": ");
+        nbs_json_string(f, m[i].kind);
+        fprintf(f, ", \"definition\": ");
+        nbs_json_string(f, m[i].definition);
+        fprintf(f, "}");
+    }
+    fprintf(f, "%s},\n", first ? "" : "\n    ");
+    nbs_json_key(f, 4, "confounding");
+    fprintf(f, "{\"cramers_v\": ");
+    nbs_json_number(f, r->cramers_v, 9);
+    fprintf(f, ", \"threshold\": ");
+    nbs_json_number(f, NBS_CONFOUNDED_CRAMERS_V, 9);
+    fprintf(f, ", \"labels_in_one_batch\": ");
+    nbs_json_string(f, r->one_batch_labels[0] ? r->one_batch_labels : NULL);
+    fprintf(f, ", \"confounded\": %s, \"warning\": ", r->confounded ? "true" : "false");
+    nbs_json_string(f, r->confounded ? nbs_report_confounded_warning : NULL);
+    fprintf(f, "},\n");
+    nbs_json_key(f, 4, "reconstruction_gain_covariates_fixed");
+    fprintf(f, "{\"nats\": ");
+    nbs_json_number(f, in->report->recon_gain, 9);
+    fprintf(f, ", \"se\": ");
+    nbs_json_number(f, in->report->recon_gain_se, 9);
+    fprintf(f, ", \"definition\": ");
+    nbs_json_string(f, nbs_report_gain_definition);
+    fprintf(f, "},\n");
+    nbs_json_key(f, 4, "notes");
+    nbs_json_string(f, r->notes[0] ? r->notes : NULL);
+    fprintf(f, "\n  },\n");
 }
 
 static void json_body(FILE *f, const nbs_report_input *in) {
@@ -216,6 +326,7 @@ static void json_body(FILE *f, const nbs_report_input *in) {
         nbs_json_number(f, in->knn_pca, 9);
         fprintf(f, "},\n");
     }
+    if (in->integration) json_integration(f, in);
     nbs_json_key(f, 2, "dimensions");
     fprintf(f, "[");
     for (int j = 0; j < r->d; j++) {
@@ -275,4 +386,22 @@ static void tsv_body(FILE *f, const nbs_report_input *in) {
 
 int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err) {
     return write_report(path, in, tsv_body, err);
+}
+
+static void integration_tsv_body(FILE *f, const nbs_report_input *in) {
+    nbs_report_metric m[NBS_REPORT_METRICS];
+    int nm = nbs_report_metrics(in->integration, m);
+    fprintf(f, "metric\tkind\tvalue\tdefinition\n");
+    for (int i = 0; i < nm; i++) {
+        if (!isfinite(m[i].value)) continue; /* not defined for these data */
+        fprintf(f, "%s\t%s", m[i].key, m[i].kind);
+        tsv_num(f, m[i].value);
+        fprintf(f, "\t%s\n", m[i].definition);
+    }
+}
+
+int nbs_report_write_integration_tsv(const char *path, const nbs_report_input *in, nbs_error *err) {
+    if (!in || !in->integration)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: no integration metrics to write (bug)", path);
+    return write_report(path, in, integration_tsv_body, err);
 }

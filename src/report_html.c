@@ -624,34 +624,13 @@ static int cmp_slot_count(const void *a, const void *b, void *ctx) {
     return x != y ? (x < y ? 1 : -1) : *(const int *)a - *(const int *)b;
 }
 
-static int embedding_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
-    const nbs_collapse_report *r = in->report;
-    const int lambert = nbs_report_is_sphere(r) && in->d == 3;
-    section(b, "embedding", "The embedding",
-            lambert ? "Lambert azimuthal equal-area projection of the sphere, centred on the mean "
-                      "direction of the cells: the whole sphere maps onto the disk of radius 2 "
-                      "(outline), its rim is the point opposite the centre. Areas are kept, so "
-                      "point density is faithful; shapes near the rim are stretched. Good: cells "
-                      "with the same label form compact groups and related labels lie close."
-            : nbs_report_is_sphere(r) ? "First two principal components of the unit vectors on the sphere. Good: "
-                          "cells with the same label form compact groups and related labels lie close."
-                        : "First two principal components of the posterior means. Good: cells with "
-                          "the same label form compact groups and related labels lie close.");
-    if (!in->embedding || in->n_cells <= 0 || in->d < 1) {
-        note(b, "No embedding was given.");
-        section_end(b);
-        return NBS_OK;
-    }
+/* The map of the cells at xy [n x 2], coloured by in->labels (NULL: one colour). */
+static int draw_map(nbs_svg_buf *b, const nbs_report_input *in, const double *xy, int lambert, const char *xlab,
+                    const char *ylab, nbs_error *err) {
     const int64_t n = in->n_cells;
-    double *xy = nbs_malloc(sizeof(double) * 2 * (size_t)n, err);
-    if (!xy) return err ? err->code : NBS_ERR_NOMEM;
-    char xlab[64], ylab[64];
     colouring col;
-    int st = nbs_report_project(in->embedding, n, in->d, lambert, xy, xlab, ylab, sizeof xlab, err);
-    if (st || (st = build_colouring(in, &col, err))) {
-        free(xy);
-        return st;
-    }
+    int st = build_colouring(in, &col, err);
+    if (st) return st;
     /* every cell if they are few, else cells evenly spaced in the input order */
     const int64_t m = n < MAX_POINTS ? n : MAX_POINTS;
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY;
@@ -710,9 +689,101 @@ static int embedding_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error 
                               "all cells.</p>\n", (long long)m, (long long)n, (double)n / m);
     else nbs_svg_buf_printf(b, "<p class=\"cap\">All %lld cells drawn.</p>\n", (long long)n);
     colouring_free(&col);
+    return NBS_OK;
+}
+
+static int embedding_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
+    const nbs_collapse_report *r = in->report;
+    const int lambert = nbs_report_is_sphere(r) && in->d == 3;
+    section(b, "embedding", "The embedding",
+            lambert ? "Lambert azimuthal equal-area projection of the sphere, centred on the mean "
+                      "direction of the cells: the whole sphere maps onto the disk of radius 2 "
+                      "(outline), its rim is the point opposite the centre. Areas are kept, so "
+                      "point density is faithful; shapes near the rim are stretched. Good: cells "
+                      "with the same label form compact groups and related labels lie close."
+            : nbs_report_is_sphere(r) ? "First two principal components of the unit vectors on the sphere. Good: "
+                          "cells with the same label form compact groups and related labels lie close."
+                        : "First two principal components of the posterior means. Good: cells with "
+                          "the same label form compact groups and related labels lie close.");
+    if (!in->embedding || in->n_cells <= 0 || in->d < 1) {
+        note(b, "No embedding was given.");
+        section_end(b);
+        return NBS_OK;
+    }
+    const int64_t n = in->n_cells;
+    double *xy = nbs_malloc(sizeof(double) * 2 * (size_t)n, err);
+    if (!xy) return err ? err->code : NBS_ERR_NOMEM;
+    char xlab[64], ylab[64];
+    int st = nbs_report_project(in->embedding, n, in->d, lambert, xy, xlab, ylab, sizeof xlab, err);
+    if (!st) st = draw_map(b, in, xy, lambert, xlab, ylab, err);
     free(xy);
     section_end(b);
-    return NBS_OK;
+    return st;
+}
+
+/* The scIB metrics: their table, a confounding warning, and the map coloured by batch and by label. */
+static int integration_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
+    const nbs_integration *r = in->integration;
+    if (!r) return NBS_OK;
+    section(b, "integration", "Integration (scIB metrics)",
+            "How well the batches mix and the labels stay apart in the embedding (Luecken et al. 2022); each "
+            "score lies in [0, 1], higher is better. Neighbourhoods are exact k-NN in the embedding; Leiden "
+            "runs on the 15-NN connectivities graph.");
+    if (r->confounded) {
+        nbs_svg_buf_printf(b, "<p class=\"banner v-partial\"><b>Warning:</b> ");
+        nbs_svg_buf_text(b, nbs_report_confounded_warning);
+        nbs_svg_buf_printf(b, " (Cram\xc3\xa9r's V of batch and label %.2f, threshold %.2f", r->cramers_v,
+                           NBS_CONFOUNDED_CRAMERS_V);
+        if (r->one_batch_labels[0]) {
+            nbs_svg_buf_printf(b, "; labels found in one batch only: ");
+            nbs_svg_buf_text(b, r->one_batch_labels);
+        }
+        nbs_svg_buf_printf(b, ")</p>\n");
+    }
+    nbs_report_metric m[NBS_REPORT_METRICS];
+    int nm = nbs_report_metrics(r, m);
+    nbs_svg_buf_printf(b, "<table>\n<tr><th>metric</th><th>kind</th><th>value</th><th>definition</th></tr>\n");
+    for (int i = 0; i < nm; i++) {
+        if (!isfinite(m[i].value)) continue;
+        nbs_svg_buf_printf(b, "<tr><td>%s</td><td>%s</td><td>%.3f</td><td>", m[i].name, m[i].kind, m[i].value);
+        nbs_svg_buf_text(b, m[i].definition);
+        nbs_svg_buf_printf(b, "</td></tr>\n");
+    }
+    nbs_svg_buf_printf(b, "</table>\n<p class=\"cap\">%d batches, %d labels on %lld labelled cells; LISI with k = "
+                          "%d, perplexity %.0f", r->n_batches, r->n_labels, (long long)r->n_labelled, r->lisi_k,
+                       r->lisi_k / 3.0);
+    if (isfinite(r->resolution))
+        nbs_svg_buf_printf(b, "; Leiden resolution %.1f (%d clusters) of the best NMI", r->resolution, r->n_clusters);
+    nbs_svg_buf_printf(b, ". Reconstruction gain with the covariates held fixed: %.4g \xc2\xb1 %.2g nats per cell (",
+                       in->report->recon_gain, in->report->recon_gain_se);
+    nbs_svg_buf_text(b, nbs_report_gain_definition);
+    nbs_svg_buf_printf(b, ").");
+    if (r->notes[0]) {
+        nbs_svg_buf_printf(b, " Not computed: ");
+        nbs_svg_buf_text(b, r->notes);
+        nbs_svg_buf_printf(b, ".");
+    }
+    nbs_svg_buf_printf(b, "</p>\n");
+    int st = NBS_OK;
+    if (in->embedding && in->n_cells > 0 && in->d >= 1 && (in->batch_labels || in->labels)) {
+        const int lambert = nbs_report_is_sphere(in->report) && in->d == 3;
+        double *xy = nbs_malloc(sizeof(double) * 2 * (size_t)in->n_cells, err);
+        if (!xy) return err ? err->code : NBS_ERR_NOMEM;
+        char xlab[64], ylab[64];
+        st = nbs_report_project(in->embedding, in->n_cells, in->d, lambert, xy, xlab, ylab, sizeof xlab, err);
+        nbs_svg_buf_printf(b, "<div class=\"row\">\n");
+        if (!st && in->batch_labels) { /* the same map, coloured by batch: good when the colours mix */
+            nbs_report_input by_batch = *in;
+            by_batch.labels = in->batch_labels;
+            by_batch.label_column = in->batch_key ? in->batch_key : "batch";
+            st = draw_map(b, &by_batch, xy, lambert, xlab, ylab, err);
+        }
+        if (!st && in->labels) st = draw_map(b, in, xy, lambert, xlab, ylab, err);
+        nbs_svg_buf_printf(b, "</div>\n");
+        free(xy);
+    }
+    section_end(b);
+    return st;
 }
 
 /* ------------------------------------------------------------------ HTML: page */
@@ -761,8 +832,14 @@ static void banner(nbs_svg_buf *b, const nbs_report_input *in) {
                               "%d cells: cannot exceed log %d = %.3g)</td></tr>\n",
                            r->mi, r->mi_batch, r->mi_batch, r->mi_batch > 0 ? log(r->mi_batch) : NAN);
     nbs_svg_buf_printf(b, "<tr><th>reconstruction gain</th><td>%.4g \xc2\xb1 %.2g nats per cell over a "
-                          "decoder fed a constant z (%s)</td></tr>\n", r->recon_gain, r->recon_gain_se,
+                          "decoder fed a constant z%s (%s)</td></tr>\n", r->recon_gain, r->recon_gain_se,
+                       in->batch_key ? ", each cell's covariates held fixed in both" : "",
                        r->z_unused ? "not above 0: the decoder does not use z" : "the decoder uses z");
+    if (in->integration && in->integration->confounded) {
+        nbs_svg_buf_printf(b, "<tr><th>batch and labels</th><td>");
+        nbs_svg_buf_text(b, nbs_report_confounded_warning);
+        nbs_svg_buf_printf(b, " (see Integration below)</td></tr>\n");
+    }
     if (isfinite(in->knn_embedding) || isfinite(in->knn_pca)) {
         nbs_svg_buf_printf(b, "<tr><th>%d-NN label accuracy</th><td>embedding %.3f, PCA of the counts "
                               "%.3f", in->knn_k, in->knn_embedding, in->knn_pca);
@@ -807,6 +884,7 @@ int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_erro
         dimension_bars(&b, in);
         if (!(st = tracking(&b, in, err)) && !(st = kappa_histogram(&b, in)))
             st = embedding_view(&b, in, err);
+        if (!st) st = integration_view(&b, in, err);
     }
     nbs_svg_buf_printf(&b, "<footer>Written by nbsphere %s. The same measures are in "
                            "collapse_report.json and collapse_dimensions.tsv.</footer>\n</body></html>\n",

@@ -17,6 +17,22 @@ static inline int nbs_report_has_track(const nbs_report_input *in) {
 }
 static inline int nbs_report_has_log(const nbs_report_input *in) { return in->log && in->log->n > 0; }
 
+/* One integration metric as the reports list it. */
+typedef struct {
+    const char *key, *name, *kind; /* kind: "batch", "bio" or "aggregate" */
+    const char *definition;
+    double value;                  /* NaN: not defined for these data (omitted) */
+} nbs_report_metric;
+
+/* The integration metrics of r in report order, with their one-line definitions; returns how
+ * many (at most NBS_REPORT_METRICS). */
+#define NBS_REPORT_METRICS 11
+int nbs_report_metrics(const nbs_integration *r, nbs_report_metric *out);
+
+/* The definition of the reconstruction gain, which holds the covariates fixed. */
+extern const char *const nbs_report_gain_definition;
+extern const char *const nbs_report_confounded_warning;
+
 /* NBS_ERR_INTERNAL (a bug of the caller) when in lacks the report or its per-dimension measures. */
 int nbs_report_check_input(const char *path, const nbs_report_input *in, nbs_error *err);
 

@@ -13,6 +13,7 @@
 #include "nbsphere/covariates.h"
 #include "nbsphere/diagnose.h"
 #include "nbsphere/evaluate.h"
+#include "nbsphere/integrate.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
 #include "nbsphere/nn.h"
@@ -45,6 +46,9 @@ typedef struct {
     char **labels;              /* per kept cell, from input.label_column; NULL without */
     double knn_embedding, knn_pca; /* 15-NN label accuracy (5-fold), NaN when not computed */
     float *z, *spread;          /* the embedding of every kept cell (location; variances or kappa) */
+    nbs_integration integration; /* scIB metrics, with a batch covariate or labels */
+    int have_integration;
+    char **batch_labels;         /* [n] each kept cell's batch name (pointers into the covariates) */
     double t_stage;
 } run_state;
 
@@ -217,6 +221,55 @@ static int embed_cells(run_state *s, nbs_error *err) {
     return nbs_model_embed(s->ck.model, &all, s->z, s->spread, err);
 }
 
+/* scIB integration metrics (integrate.h) when the model has a batch covariate or labels are given;
+ * a confounding of batch and labels is warned about. */
+static int integration_quality(run_state *s, const float *z, int d, int cosine, nbs_error *err) {
+    const nbs_covariates *cov = &s->ck.covariates;
+    if (!cov->has_batch && !s->labels) return NBS_OK;
+    const int64_t n = s->pre->matrix->n_cells;
+    int32_t *batch = nbs_malloc(sizeof(int32_t) * (size_t)n, err);       /* [n] */
+    int32_t *codes = nbs_malloc(sizeof(int32_t) * (size_t)n, err);       /* [n] */
+    char **names = nbs_malloc(sizeof(char *) * (size_t)(n ? n : 1), err); /* [n_labels] */
+    int st = batch && codes && names ? NBS_OK : NBS_ERR_NOMEM, n_labels = 0;
+    if (!st && cov->has_batch) {
+        s->batch_labels = nbs_malloc(sizeof(char *) * (size_t)n, err);
+        if (!s->batch_labels) st = NBS_ERR_NOMEM;
+        for (int64_t i = 0; !st && i < n; i++) {
+            batch[i] = s->cov.codes[i * s->cov.n_categorical];
+            s->batch_labels[i] = cov->categorical[0].categories[batch[i]];
+        }
+    }
+    if (!st && s->labels) {
+        st = nbs_eval_label_codes(s->labels, n, codes, &n_labels, err);
+        for (int64_t i = n - 1; !st && i >= 0; i--)
+            if (codes[i] >= 0) names[codes[i]] = s->labels[i];
+    }
+    if (!st) {
+        double t0 = nbs_progress_now();
+        st = nbs_integration_metrics(z, n, d, cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
+                                     cov->has_batch ? batch : NULL, cov->has_batch ? cov->categorical[0].n_categories : 0,
+                                     s->labels ? codes : NULL, n_labels, names, s->knn_embedding, s->p->config.train.seed,
+                                     &s->integration, err);
+        const nbs_integration *r = &s->integration;
+        if (!st) {
+            s->have_integration = 1;
+            nbs_info("integration (scIB, %.1f s): batch %.3f (iLISI %.3f, batch ASW %.3f, graph connectivity %.3f), "
+                     "biology %.3f (cLISI %.3f, NMI %.3f, ARI %.3f at Leiden resolution %.1f, cell-type ASW %.3f), "
+                     "overall %.3f%s%s", nbs_progress_now() - t0, r->batch_score, r->ilisi, r->batch_asw,
+                     r->graph_connectivity, r->bio_score, r->clisi, r->nmi, r->ari, r->resolution, r->label_asw,
+                     r->overall, r->notes[0] ? "; " : "", r->notes);
+            if (r->confounded)
+                nbs_warn("batch and labels are confounded: correcting for the batch may remove biology (Cramer's V "
+                         "%.2f%s%s)", r->cramers_v, r->one_batch_labels[0] ? "; labels in one batch only: " : "",
+                         r->one_batch_labels);
+        }
+    }
+    free(batch);
+    free(codes);
+    free(names);
+    return st;
+}
+
 static int stage_diagnose(run_state *s, nbs_error *err) {
     stage_begin(s, "diagnose");
     int st = diagnose_now(s, s->ck.model, 0, &s->report, err);
@@ -226,6 +279,11 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
         const nbs_latent *L = nbs_model_latent(s->ck.model);
         if ((st = embed_cells(s, err))) return st;
         if ((st = label_quality(s, s->z, L->dim, nbs_latent_on_sphere(L), err))) return st;
+    }
+    if (s->ck.covariates.has_batch || s->labels) {
+        const nbs_latent *L = nbs_model_latent(s->ck.model);
+        if ((st = embed_cells(s, err))) return st;
+        if ((st = integration_quality(s, s->z, L->dim, nbs_latent_on_sphere(L), err))) return st;
     }
     s->have_report = 1;
     for (int j = 0; j < s->report.d; j++)
@@ -385,13 +443,16 @@ static int stage_write(run_state *s, nbs_error *err) {
     if (!st && c->output.write_report && s->have_report) {
         nbs_report_input ri = {&s->report, &s->track, &s->ck.log, z, n, d, gauss ? NULL : spread,
                                s->labels, c->input.label_column[0] ? c->input.label_column : NULL,
-                               c->input.path, s->knn_embedding, s->knn_pca, KNN_K};
-        const char *reports[3] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML};
-        for (int i = 0; i < 3 && !st; i++) {
+                               c->input.path, s->knn_embedding, s->knn_pca, KNN_K,
+                               s->have_integration ? &s->integration : NULL,
+                               s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL, s->batch_labels};
+        const char *reports[4] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV};
+        for (int i = 0; i < (s->have_integration ? 4 : 3) && !st; i++) {
             if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
             else if (i == 0) st = nbs_report_write_json(path, &ri, err);
             else if (i == 1) st = nbs_report_write_tsv(path, &ri, err);
-            else st = nbs_report_write_html(path, &ri, err);
+            else if (i == 2) st = nbs_report_write_html(path, &ri, err);
+            else st = nbs_report_write_integration_tsv(path, &ri, err);
             if (!st) st = nbs_manifest_add_output(s->manifest, reports[i], err);
         }
     }
@@ -475,6 +536,7 @@ static int finish_run(run_state *s, int st, nbs_error *err) {
     free(s->diag_rows);
     free(s->z);
     free(s->spread);
+    free(s->batch_labels);
     nbs_diagnose_track_free(&s->track);
     nbs_collapse_report_free(&s->report);
     nbs_manifest_free(s->manifest);
@@ -494,7 +556,8 @@ static int begin_run(run_state *s, const nbs_pipeline *p, const nbs_run_options 
     if (st) return st;
     static const char *const outputs[] = {NBS_OUT_MANIFEST, NBS_OUT_CONFIG, NBS_OUT_LOG, NBS_OUT_CHECKPOINT,
                                           NBS_OUT_MODEL, NBS_OUT_EMBEDDING, NBS_OUT_H5AD, NBS_OUT_GENES,
-                                          NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML};
+                                          NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML,
+                                          NBS_OUT_INTEGRATION_TSV};
     int stale = nbs_io_remove_stale_tmp(p->config.output.dir, outputs, sizeof outputs / sizeof *outputs);
     if (stale) nbs_info("%s: removed %d temporary file%s left by an interrupted run", p->config.output.dir,
                         stale, stale > 1 ? "s" : "");

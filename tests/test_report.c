@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "nbsphere/io.h"
+#include "nbsphere/integrate.h"
 #include "nbsphere/report.h"
 
 /* A synthetic run, built by hand: no training needed. */
@@ -107,7 +108,7 @@ static void fixture_init(fixture *f, nbs_latent_kind latent, int d, int64_t n, i
     }
     gsl_rng_free(rng);
     nbs_report_input in = {&f->r, &f->track, &f->log, f->emb, n, d, sph ? f->kappa : NULL,
-                           f->labels, "cell_type", "synthetic.h5ad", 0.91, 0.88, 15};
+                           f->labels, "cell_type", "synthetic.h5ad", 0.91, 0.88, 15, NULL, NULL, NULL};
     f->in = in;
 }
 
@@ -552,6 +553,100 @@ static void test_write_failure_leaves_nothing(void **state) {
     free(dir);
 }
 
+/* The integration section: JSON object with each defined metric and its definition (valid JSON),
+ * integration.tsv's rows, the HTML table and the map drawn twice (by batch, by label); a batch
+ * that follows the labels gives the confounding warning; one batch leaves the batch scores out. */
+static void test_integration_reports(void **state) {
+    (void)state;
+    fixture f;
+    fixture_init(&f, NBS_LATENT_GAUSSIAN, 4, 300, 1);
+    int32_t batch[300], codes[300];
+    char *batch_names[2] = {"ctrl", "stim"}, *bl[300];
+    int n_labels = 0;
+    nbs_error err = {0};
+    assert_int_equal(nbs_eval_label_codes(f.labels, 300, codes, &n_labels, &err), NBS_OK);
+    char *names[8];
+    for (int i = 299; i >= 0; i--)
+        if (codes[i] >= 0) names[codes[i]] = f.labels[i];
+    for (int i = 0; i < 300; i++) batch[i] = (i / 7) % 2, bl[i] = batch_names[batch[i]];
+    nbs_integration r;
+    assert_int_equal(nbs_integration_metrics(f.emb, 300, 4, NBS_METRIC_EUCLIDEAN, batch, 2, codes, n_labels, names,
+                                             0.91, 3, &r, &err), NBS_OK);
+    f.in.integration = &r;
+    f.in.batch_key = "group_id";
+    f.in.batch_labels = bl;
+    char *dir = tu_tmpdir();
+    char json[512], tsv[512], html[512];
+    snprintf(json, sizeof json, "%s", tu_path(dir, "collapse_report.json"));
+    snprintf(tsv, sizeof tsv, "%s", tu_path(dir, "integration.tsv"));
+    snprintf(html, sizeof html, "%s", tu_path(dir, "report.html"));
+    assert_int_equal(nbs_report_write_json(json, &f.in, &err), NBS_OK);
+    char *j = tu_read_file(json, NULL);
+    assert_non_null(strstr(j, "\"integration\": {"));
+    assert_non_null(strstr(j, "\"batch_key\": \"group_id\""));
+    assert_non_null(strstr(j, "\"ilisi\": {\"value\": "));
+    assert_non_null(strstr(j, "\"overall\": {\"value\": "));
+    assert_non_null(strstr(j, "\"lisi_k\": 90"));
+    assert_non_null(strstr(j, "\"confounded\": false"));
+    assert_non_null(strstr(j, "covariates, which stay fixed in both terms"));
+    if (have_python()) {
+        char cmd[1024];
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c \"import json,sys\n"
+                 "g=json.load(open(sys.argv[1]))['integration']\n"
+                 "m=g['metrics']\n"
+                 "assert len(m)==11, m.keys()\n"
+                 "assert all(0<=v['value']<=1 and v['definition'] for v in m.values())\n"
+                 "assert abs(m['overall']['value']-(0.4*m['batch_score']['value']+0.6*m['bio_score']['value']))<1e-8\n"
+                 "\" %s", json);
+        assert_int_equal(system(cmd), 0);
+    }
+    free(j);
+    assert_int_equal(nbs_report_write_integration_tsv(tsv, &f.in, &err), NBS_OK);
+    char *t = tu_read_file(tsv, NULL);
+    assert_int_equal(count_of(t, "\n"), 12); /* header and 11 metrics */
+    assert_non_null(strstr(t, "batch_asw\tbatch\t"));
+    free(t);
+    assert_int_equal(nbs_report_write_html(html, &f.in, &err), NBS_OK);
+    char *h = tu_read_file(html, NULL);
+    const char *sec = section_of(h, "integration");
+    assert_int_equal(count_of(sec, "<svg"), 2);
+    assert_non_null(strstr(sec, "coloured by group_id"));
+    assert_non_null(strstr(sec, "coloured by cell_type"));
+    assert_non_null(strstr(sec, "graph connectivity"));
+    assert_null(strstr(sec, "confounded"));
+    free(h);
+
+    /* the batch follows the labels: confounded, in the JSON and the page */
+    for (int i = 0; i < 300; i++) batch[i] = codes[i] == 0 ? 0 : 1, bl[i] = batch_names[batch[i]];
+    assert_int_equal(nbs_integration_metrics(f.emb, 300, 4, NBS_METRIC_EUCLIDEAN, batch, 2, codes, n_labels, names,
+                                             0.91, 3, &r, &err), NBS_OK);
+    assert_true(r.confounded);
+    assert_int_equal(nbs_report_write_json(json, &f.in, &err), NBS_OK);
+    j = tu_read_file(json, NULL);
+    assert_non_null(strstr(j, "\"warning\": \"batch and labels are confounded: correcting for the batch may remove "
+                              "biology\""));
+    free(j);
+    assert_int_equal(nbs_report_write_html(html, &f.in, &err), NBS_OK);
+    h = tu_read_file(html, NULL);
+    assert_non_null(strstr(section_of(h, "integration"), "labels found in one batch only: "));
+    free(h);
+
+    /* one batch: no batch scores, no overall, a note */
+    for (int i = 0; i < 300; i++) batch[i] = 0;
+    assert_int_equal(nbs_integration_metrics(f.emb, 300, 4, NBS_METRIC_EUCLIDEAN, batch, 1, codes, n_labels, names,
+                                             0.91, 3, &r, &err), NBS_OK);
+    assert_int_equal(nbs_report_write_json(json, &f.in, &err), NBS_OK);
+    j = tu_read_file(json, NULL);
+    assert_null(strstr(j, "\"ilisi\""));
+    assert_null(strstr(j, "\"overall\""));
+    assert_non_null(strstr(j, "\"notes\": \"one batch: batch-correction scores not defined"));
+    assert_null(strstr(j, "NaN"));
+    free(j);
+    tu_rmtree(dir);
+    free(dir);
+    fixture_free(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_json),
@@ -562,6 +657,7 @@ int main(void) {
         cmocka_unit_test(test_many_labels_and_subsample),
         cmocka_unit_test(test_write_failure_leaves_nothing),
         cmocka_unit_test(test_demo_reports_small),
+        cmocka_unit_test(test_integration_reports),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,7 @@
 
 #include "nbsphere/diagnose.h"
 #include "nbsphere/error.h"
+#include "nbsphere/integrate.h"
 #include "nbsphere/train.h"
 
 typedef struct {
@@ -24,9 +25,14 @@ typedef struct {
     const char *title;                  /* e.g. the input file */
     double knn_embedding, knn_pca;      /* k-NN label accuracy of the embedding and of PCA; NaN = not computed */
     int knn_k;
+    const nbs_integration *integration; /* scIB metrics; NULL = not computed */
+    const char *batch_key;              /* the batch covariate's column, may be NULL */
+    char *const *batch_labels;          /* per cell, its batch (for the map coloured by batch); may be NULL */
 } nbs_report_input;
 
 int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_error *err);
+/* integration.tsv: metric, kind (batch, bio, aggregate), value, definition; only with in->integration. */
+int nbs_report_write_integration_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
 int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
 int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_error *err);
 

@@ -1,0 +1,62 @@
+/* Neighbour graphs of an embedding: exact k nearest neighbours (brute force, BLAS), the
+ * weighted neighbour graph scanpy's sc.pp.neighbors builds from them (UMAP's fuzzy simplicial
+ * set), Leiden communities and connected components (igraph's C library). The integration
+ * metrics (integrate.h) and the k-NN label score (evaluate.h) are built on it. */
+#ifndef NBSPHERE_GRAPH_H
+#define NBSPHERE_GRAPH_H
+
+#include <stdint.h>
+
+#include "nbsphere/error.h"
+#include "nbsphere/evaluate.h"
+
+/* A graph on n vertices (cells) in CSR form: the edges of vertex i are
+ * indices[indptr[i] .. indptr[i+1]) with weights at the same places. */
+typedef struct {
+    int64_t n;
+    int64_t *indptr;  /* [n + 1] */
+    int64_t *indices; /* [nnz] */
+    double *weights;  /* [nnz] a distance (k-NN graph) or a connectivity in (0, 1] */
+} nbs_graph;
+
+void nbs_graph_free(nbs_graph *g);
+
+/* The k nearest rows of ref to each row of query, by Euclidean distance between rows of x
+ * [* x d] (row-major; scale rows to unit length first for cosine). ref [n_ref] and query
+ * [n_query] are row numbers of x; with skip_self a reference row equal to the query's own row
+ * is passed over. nn [n_query x k] gets positions into ref, nearest first (-1 past the end when
+ * fewer than k candidates), rank [n_query x k] (may be NULL) |r|^2 - 2 q.r, which orders the
+ * candidates as the squared distance does (add |q|^2 for it). Equal distances keep the earlier
+ * reference, so results do not depend on the thread count. Products run in blocks of 256
+ * queries (one sgemm each) inside an OpenMP loop: call nbs_nn_blas_serial() first. */
+int nbs_knn_search(const float *x, int d, const int64_t *ref, int64_t n_ref, const int64_t *query,
+                   int64_t n_query, int k, int skip_self, int64_t *nn, float *rank, nbs_error *err);
+
+/* The k-NN graph of the n rows of x [n x d]: each cell's k nearest other cells, nearest first,
+ * weights their Euclidean distances (after scaling rows to unit length with NBS_METRIC_COSINE,
+ * i.e. chord distances). Needs 1 <= k < n and finite values (NBS_ERR_INPUT names the cell). */
+int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, nbs_graph *g, nbs_error *err);
+
+/* scanpy's connectivities (sc.pp.neighbors, method "umap", after McInnes et al. 2018's
+ * fuzzy_simplicial_set) from a k-NN graph: w_ij = exp(-(d_ij - rho_i) / sigma_i) with rho_i the
+ * distance to the nearest neighbour and sigma_i such that sum_j w_ij = log2(k + 1) (scanpy counts
+ * the cell itself among its n_neighbors = k + 1), then symmetrised as w + w^T - w o w^T. The
+ * result has both directions of every edge, rows in ascending vertex order. */
+int nbs_graph_connectivities(const nbs_graph *knn, nbs_graph *out, nbs_error *err);
+
+/* Leiden communities (Traag et al. 2019, igraph_community_leiden) of a symmetric weighted graph
+ * with the modularity objective at a resolution gamma, as scanpy's sc.tl.leiden
+ * (leidenalg's RBConfigurationVertexPartition): Q = sum_ij (w_ij - gamma s_i s_j / 2m)
+ * [c_i = c_j], s the vertex strengths, 2m their sum. Iterated until an iteration changes
+ * nothing; randomness beta = 0.01 (leidenalg's) from igraph's generator seeded with seed.
+ * membership [n] gets community numbers 0..n_communities-1, the largest community first. */
+int nbs_graph_leiden(const nbs_graph *g, double resolution, uint64_t seed, int32_t *membership,
+                     int *n_communities, nbs_error *err);
+
+/* Connected components of the subgraph induced by the vertices with keep[i] != 0 (keep NULL:
+ * all), edges taken as undirected. component [n] gets 0..n_components-1 for kept vertices, -1
+ * for the others; largest, if not NULL, the size of the largest component. */
+int nbs_graph_components(const nbs_graph *g, const uint8_t *keep, int32_t *component, int64_t *n_components,
+                         int64_t *largest, nbs_error *err);
+
+#endif

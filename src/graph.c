@@ -1,0 +1,381 @@
+/* Neighbour graphs: exact k-NN by BLAS, scanpy's UMAP connectivities, and igraph for Leiden and
+ * connected components. igraph is told never to abort or print: its errors come back as codes
+ * and become an nbs_error here. */
+#include "nbsphere/graph.h"
+
+#include <igraph.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <gsl/gsl_cblas.h>
+
+#include "nbsphere/nn.h"
+
+void nbs_graph_free(nbs_graph *g) {
+    if (!g) return;
+    free(g->indptr);
+    free(g->indices);
+    free(g->weights);
+    memset(g, 0, sizeof *g);
+}
+
+static int graph_alloc(nbs_graph *g, int64_t n, int64_t nnz, nbs_error *err) {
+    memset(g, 0, sizeof *g);
+    g->n = n;
+    g->indptr = nbs_calloc((size_t)n + 1, sizeof *g->indptr, err);
+    g->indices = g->indptr ? nbs_malloc((size_t)(nnz ? nnz : 1) * sizeof *g->indices, err) : NULL;
+    g->weights = g->indices ? nbs_malloc((size_t)(nnz ? nnz : 1) * sizeof *g->weights, err) : NULL;
+    if (!g->weights) {
+        nbs_graph_free(g);
+        return NBS_ERR_NOMEM;
+    }
+    return NBS_OK;
+}
+
+/* ---- exact k-NN ---- */
+
+int nbs_knn_search(const float *x, int d, const int64_t *ref, int64_t n_ref, const int64_t *query,
+                   int64_t n_query, int k, int skip_self, int64_t *nn, float *rank, nbs_error *err) {
+    enum { BLOCK = 256 };
+    float *xr = nbs_malloc((size_t)(n_ref ? n_ref : 1) * (size_t)d * sizeof *xr, err);
+    float *r2 = nbs_malloc((size_t)(n_ref ? n_ref : 1) * sizeof *r2, err);   /* [n_ref] |r|^2 */
+    float *xq = nbs_malloc((size_t)BLOCK * (size_t)d * sizeof *xq, err);       /* [BLOCK x d] */
+    float *dot = nbs_malloc((size_t)BLOCK * (size_t)(n_ref ? n_ref : 1) * sizeof *dot, err); /* [BLOCK x n_ref] */
+    /* each query of a block has its own slice, so threads share nothing */
+    float *best = nbs_malloc((size_t)BLOCK * (size_t)k * sizeof *best, err); /* [BLOCK x k] */
+    int rc = NBS_ERR_NOMEM;
+    if (!xr || !r2 || !xq || !dot || !best) goto done;
+    for (int64_t t = 0; t < n_ref; t++) {
+        memcpy(xr + t * d, x + ref[t] * d, (size_t)d * sizeof *xr);
+        r2[t] = cblas_sdot(d, xr + t * d, 1, xr + t * d, 1);
+    }
+    for (int64_t b0 = 0; b0 < n_query; b0 += BLOCK) {
+        int nb = (int)(n_query - b0 < BLOCK ? n_query - b0 : BLOCK);
+        for (int q = 0; q < nb; q++) memcpy(xq + q * d, x + query[b0 + q] * d, (size_t)d * sizeof *xq);
+        if (n_ref)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nb, (int)n_ref, d, 1.0f, xq, d, xr, d, 0.0f,
+                        dot, (int)n_ref);
+#pragma omp parallel for schedule(static)
+        for (int q = 0; q < nb; q++) {
+            float *bd = best + (int64_t)q * k;
+            int64_t *bi = nn + (b0 + q) * k;
+            const float *row = dot + (int64_t)q * n_ref;
+            const int64_t self = query[b0 + q];
+            int have = 0;
+            /* insertion into a sorted list of the k best; equal distances keep the earlier one */
+            for (int64_t t = 0; t < n_ref; t++) {
+                if (skip_self && ref[t] == self) continue;
+                float dist = r2[t] - 2 * row[t];
+                if (have == k && dist >= bd[k - 1]) continue;
+                int p = have < k ? have++ : k - 1;
+                while (p > 0 && bd[p - 1] > dist) {
+                    bd[p] = bd[p - 1];
+                    bi[p] = bi[p - 1];
+                    p--;
+                }
+                bd[p] = dist;
+                bi[p] = t;
+            }
+            for (int j = have; j < k; j++) bi[j] = -1, bd[j] = INFINITY;
+            if (rank) memcpy(rank + (b0 + q) * k, bd, (size_t)k * sizeof *bd);
+        }
+    }
+    rc = NBS_OK;
+done:
+    free(xr);
+    free(r2);
+    free(xq);
+    free(dot);
+    free(best);
+    return rc;
+}
+
+int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, nbs_graph *g, nbs_error *err) {
+    nbs_nn_blas_serial();
+    memset(g, 0, sizeof *g);
+    if (d < 1 || k < 1 || n <= k)
+        return nbs_error_set(err, NBS_ERR_INPUT,
+                             "neighbour graph: %lld cells in %d dimensions are too few for %d neighbours "
+                             "each; give more cells than neighbours (or lower k)", (long long)n, d, k);
+    float *y = nbs_malloc((size_t)n * (size_t)d * sizeof *y, err);         /* [n x d] x, unit rows for cosine */
+    int64_t *rows = nbs_malloc((size_t)n * sizeof *rows, err);             /* [n] 0..n-1 */
+    float *rank = nbs_malloc((size_t)n * (size_t)k * sizeof *rank, err);   /* [n x k] */
+    int rc = NBS_ERR_NOMEM;
+    if (!y || !rows || !rank || graph_alloc(g, n, n * k, err)) goto done;
+    memcpy(y, x, (size_t)n * (size_t)d * sizeof *y);
+    for (int64_t i = 0; i < n * d; i++)
+        if (!isfinite(y[i])) {
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "neighbour graph: embedding value at cell %lld, dimension %lld "
+                               "is not finite", (long long)(i / d) + 1, (long long)(i % d) + 1);
+            goto done;
+        }
+    for (int64_t i = 0; i < n; i++) {
+        rows[i] = i;
+        if (metric == NBS_METRIC_COSINE) {
+            float norm = cblas_snrm2(d, y + i * d, 1);
+            if (norm > 0) cblas_sscal(d, 1.0f / norm, y + i * d, 1);
+        }
+    }
+    if ((rc = nbs_knn_search(y, d, rows, n, rows, n, k, 1, g->indices, rank, err))) goto done;
+    for (int64_t i = 0; i < n; i++) {
+        g->indptr[i + 1] = (i + 1) * k;
+        double q2 = cblas_sdot(d, y + i * d, 1, y + i * d, 1);
+        for (int j = 0; j < k; j++) {
+            double d2 = q2 + rank[i * k + j];
+            g->weights[i * k + j] = d2 > 0 ? sqrt(d2) : 0.0; /* rounding can leave -1e-7 for a duplicate */
+        }
+    }
+    rc = NBS_OK;
+done:
+    if (rc) nbs_graph_free(g);
+    free(y);
+    free(rows);
+    free(rank);
+    return rc;
+}
+
+/* ---- UMAP connectivities ---- */
+
+typedef struct {
+    int64_t a, b; /* a < b */
+    double w;
+} edge;
+
+static int cmp_edge(const void *p, const void *q) {
+    const edge *x = p, *y = q;
+    if (x->a != y->a) return x->a < y->a ? -1 : 1;
+    return (x->b > y->b) - (x->b < y->b);
+}
+
+/* sigma of one cell as umap-learn's smooth_knn_dist: bisection (64 steps, tolerance 1e-5) for
+ * sum_j exp(-max(d_j - rho, 0) / sigma) = target, then at least 1e-3 of the mean distance. */
+static double smooth_sigma(const double *dist, int k, double rho, double target) {
+    double lo = 0, hi = INFINITY, mid = 1;
+    for (int it = 0; it < 64; it++) {
+        double psum = 0;
+        for (int j = 0; j < k; j++) {
+            double e = dist[j] - rho;
+            psum += e > 0 ? exp(-e / mid) : 1.0;
+        }
+        if (fabs(psum - target) < 1e-5) break;
+        if (psum > target) hi = mid, mid = (lo + hi) / 2;
+        else {
+            lo = mid;
+            mid = isinf(hi) ? mid * 2 : (lo + hi) / 2;
+        }
+    }
+    double mean = 0;
+    for (int j = 0; j < k; j++) mean += dist[j];
+    mean /= k;
+    return rho > 0 ? fmax(mid, 1e-3 * mean) : mid;
+}
+
+int nbs_graph_connectivities(const nbs_graph *knn, nbs_graph *out, nbs_error *err) {
+    memset(out, 0, sizeof *out);
+    const int64_t n = knn->n, m = knn->indptr[n];
+    double global_mean = 0;
+    for (int64_t e = 0; e < m; e++) global_mean += knn->weights[e];
+    global_mean /= m ? (double)m : 1.0;
+    edge *ed = nbs_malloc((size_t)(m ? m : 1) * sizeof *ed, err); /* [m] one per directed k-NN edge */
+    if (!ed) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t o = knn->indptr[i];
+        const int k = (int)(knn->indptr[i + 1] - o);
+        const double *dist = knn->weights + o;
+        double rho = 0;
+        for (int j = 0; j < k; j++) /* the nearest non-zero distance (duplicates of the cell have 0) */
+            if (dist[j] > 0) {
+                rho = dist[j];
+                break;
+            }
+        double sigma = smooth_sigma(dist, k, rho, log2((double)k + 1));
+        if (rho == 0) sigma = fmax(sigma, 1e-3 * global_mean);
+        for (int j = 0; j < k; j++) {
+            int64_t v = knn->indices[o + j];
+            double e = dist[j] - rho;
+            ed[o + j] = (edge){i < v ? i : v, i < v ? v : i, e > 0 ? exp(-e / sigma) : 1.0};
+        }
+    }
+    qsort(ed, (size_t)m, sizeof *ed, cmp_edge);
+    /* a pair seen from both ends combines as the fuzzy union w1 + w2 - w1 w2 */
+    int64_t u = 0;
+    for (int64_t e = 0; e < m; e++) {
+        if (u && ed[u - 1].a == ed[e].a && ed[u - 1].b == ed[e].b)
+            ed[u - 1].w = ed[u - 1].w + ed[e].w - ed[u - 1].w * ed[e].w;
+        else ed[u++] = ed[e];
+    }
+    int rc = graph_alloc(out, n, 2 * u, err);
+    if (!rc) {
+        for (int64_t e = 0; e < u; e++) out->indptr[ed[e].a + 1]++, out->indptr[ed[e].b + 1]++;
+        for (int64_t i = 0; i < n; i++) out->indptr[i + 1] += out->indptr[i];
+        int64_t *fill = nbs_malloc((size_t)n * sizeof *fill, err); /* [n] next free slot per row */
+        if (!fill) {
+            nbs_graph_free(out);
+            rc = NBS_ERR_NOMEM;
+        } else {
+            memcpy(fill, out->indptr, (size_t)n * sizeof *fill);
+            /* edges sorted by (a, b): row r gets its lower neighbours (r as b, a ascending)
+             * before its higher ones (r as a, b ascending), so every row is ascending */
+            for (int64_t e = 0; e < u; e++) {
+                int64_t p = fill[ed[e].b]++;
+                out->indices[p] = ed[e].a, out->weights[p] = ed[e].w;
+            }
+            for (int64_t e = 0; e < u; e++) {
+                int64_t p = fill[ed[e].a]++;
+                out->indices[p] = ed[e].b, out->weights[p] = ed[e].w;
+            }
+            free(fill);
+        }
+    }
+    free(ed);
+    return rc;
+}
+
+/* ---- igraph ---- */
+
+static void quiet_igraph(void) {
+    igraph_set_error_handler(igraph_error_handler_ignore);
+    igraph_set_warning_handler(igraph_warning_handler_ignore);
+}
+
+static int igraph_failed(nbs_error *err, const char *what, igraph_error_t e) {
+    if (e == IGRAPH_ENOMEM) return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory", what);
+    return nbs_error_set(err, NBS_ERR_NUMERIC, "%s failed in igraph: %s", what, igraph_strerror(e));
+}
+
+/* The undirected igraph graph of the edges i < j of g between kept vertices (renumbered by
+ * map [n], -1 = not kept), and their weights (NULL: not wanted). */
+static igraph_error_t to_igraph(const nbs_graph *g, const int64_t *map, int64_t n_kept, igraph_t *ig,
+                                igraph_vector_t *w) {
+    igraph_vector_int_t ends;
+    IGRAPH_CHECK(igraph_vector_int_init(&ends, 0));
+    IGRAPH_FINALLY(igraph_vector_int_destroy, &ends);
+    for (int64_t i = 0; i < g->n; i++) {
+        if (map[i] < 0) continue;
+        for (int64_t e = g->indptr[i]; e < g->indptr[i + 1]; e++) {
+            int64_t j = g->indices[e];
+            /* an edge stored once (a k-NN graph) or twice (symmetric): taken from its lower end,
+             * or from the end that holds it when the other end does not */
+            if (map[j] < 0 || j == i) continue;
+            int mirrored = 0;
+            for (int64_t f = g->indptr[j]; f < g->indptr[j + 1] && !mirrored; f++) mirrored = g->indices[f] == i;
+            if (mirrored && j < i) continue;
+            IGRAPH_CHECK(igraph_vector_int_push_back(&ends, map[i]));
+            IGRAPH_CHECK(igraph_vector_int_push_back(&ends, map[j]));
+            if (w) IGRAPH_CHECK(igraph_vector_push_back(w, g->weights[e]));
+        }
+    }
+    IGRAPH_CHECK(igraph_create(ig, &ends, n_kept, IGRAPH_UNDIRECTED));
+    igraph_vector_int_destroy(&ends);
+    IGRAPH_FINALLY_CLEAN(1);
+    return IGRAPH_SUCCESS;
+}
+
+/* Renumbers labels [n] so that the largest group is 0 (ties: the one met first). */
+static int relabel_by_size(int32_t *labels, int64_t n, int n_groups, nbs_error *err) {
+    int64_t *size = nbs_calloc((size_t)n_groups, sizeof *size, err);  /* [n_groups] */
+    int64_t *first = nbs_malloc((size_t)n_groups * sizeof *first, err); /* [n_groups] */
+    int32_t *order = nbs_malloc((size_t)n_groups * sizeof *order, err); /* [n_groups] new -> old */
+    int32_t *to = nbs_malloc((size_t)n_groups * sizeof *to, err);       /* [n_groups] old -> new */
+    int rc = NBS_ERR_NOMEM;
+    if (size && first && order && to) {
+        for (int c = 0; c < n_groups; c++) first[c] = n, order[c] = c;
+        for (int64_t i = n - 1; i >= 0; i--)
+            if (labels[i] >= 0) size[labels[i]]++, first[labels[i]] = i;
+        for (int a = 1; a < n_groups; a++) { /* insertion sort: communities are few */
+            int32_t c = order[a];
+            int b = a;
+            while (b > 0 && (size[order[b - 1]] < size[c] ||
+                             (size[order[b - 1]] == size[c] && first[order[b - 1]] > first[c])))
+                order[b] = order[b - 1], b--;
+            order[b] = c;
+        }
+        for (int c = 0; c < n_groups; c++) to[order[c]] = c;
+        for (int64_t i = 0; i < n; i++)
+            if (labels[i] >= 0) labels[i] = to[labels[i]];
+        rc = NBS_OK;
+    }
+    free(size);
+    free(first);
+    free(order);
+    free(to);
+    return rc;
+}
+
+int nbs_graph_leiden(const nbs_graph *g, double resolution, uint64_t seed, int32_t *membership,
+                     int *n_communities, nbs_error *err) {
+    quiet_igraph();
+    if (!(resolution > 0) || !isfinite(resolution))
+        return nbs_error_set(err, NBS_ERR_USAGE, "Leiden: resolution %g must be a positive number", resolution);
+    const int64_t n = g->n;
+    int64_t *map = nbs_malloc((size_t)(n ? n : 1) * sizeof *map, err); /* [n] identity */
+    if (!map) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++) map[i] = i;
+    igraph_t ig;
+    igraph_vector_t w, strength;
+    igraph_vector_int_t memb;
+    igraph_integer_t nc = 0;
+    int made = 0; /* how many of w, strength, memb, ig exist */
+    igraph_error_t e = igraph_vector_init(&w, 0);
+    if (!e && ++made && !(e = igraph_vector_init(&strength, n)) && ++made && !(e = igraph_vector_int_init(&memb, n)) &&
+        ++made && !(e = to_igraph(g, map, n, &ig, &w)))
+        made++;
+    if (!e) {
+        /* modularity as a CPM-style quality: vertex weights s_i, resolution gamma / 2m */
+        e = igraph_strength(&ig, &strength, igraph_vss_all(), IGRAPH_ALL, IGRAPH_LOOPS, &w);
+        double two_m = 0;
+        for (int64_t i = 0; i < n; i++) two_m += VECTOR(strength)[i];
+        igraph_rng_seed(igraph_rng_default(), (igraph_uint_t)seed);
+        if (!e && two_m > 0)
+            e = igraph_community_leiden(&ig, &w, &strength, resolution / two_m, 0.01, 0, -1, &memb, &nc, NULL);
+        else if (!e) /* no edges: every cell its own community */
+            for (int64_t i = 0; i < n; i++) VECTOR(memb)[i] = i, nc = n;
+    }
+    int rc = NBS_OK;
+    if (e) rc = igraph_failed(err, "Leiden clustering", e);
+    else {
+        for (int64_t i = 0; i < n; i++) membership[i] = (int32_t)VECTOR(memb)[i];
+        *n_communities = (int)nc;
+        rc = relabel_by_size(membership, n, (int)nc, err);
+    }
+    if (made > 3) igraph_destroy(&ig);
+    if (made > 2) igraph_vector_int_destroy(&memb);
+    if (made > 1) igraph_vector_destroy(&strength);
+    if (made > 0) igraph_vector_destroy(&w);
+    free(map);
+    return rc;
+}
+
+int nbs_graph_components(const nbs_graph *g, const uint8_t *keep, int32_t *component, int64_t *n_components,
+                         int64_t *largest, nbs_error *err) {
+    quiet_igraph();
+    const int64_t n = g->n;
+    int64_t *map = nbs_malloc((size_t)(n ? n : 1) * sizeof *map, err); /* [n] vertex -> kept number or -1 */
+    if (!map) return NBS_ERR_NOMEM;
+    int64_t nk = 0;
+    for (int64_t i = 0; i < n; i++) map[i] = !keep || keep[i] ? nk++ : -1;
+    igraph_t ig;
+    igraph_vector_int_t memb, csize;
+    igraph_integer_t no = 0;
+    int made = 0; /* how many of memb, csize, ig exist */
+    igraph_error_t e = igraph_vector_int_init(&memb, 0);
+    if (!e && ++made && !(e = igraph_vector_int_init(&csize, 0)) && ++made && !(e = to_igraph(g, map, nk, &ig, NULL)))
+        made++;
+    if (!e) e = igraph_connected_components(&ig, &memb, &csize, &no, IGRAPH_WEAK);
+    int rc = NBS_OK;
+    if (e) rc = igraph_failed(err, "connected components", e);
+    else {
+        int64_t big = 0;
+        for (igraph_integer_t c = 0; c < no; c++)
+            if (VECTOR(csize)[c] > big) big = VECTOR(csize)[c];
+        for (int64_t i = 0; i < n; i++) component[i] = map[i] < 0 ? -1 : (int32_t)VECTOR(memb)[map[i]];
+        *n_components = no;
+        if (largest) *largest = big;
+    }
+    if (made > 2) igraph_destroy(&ig);
+    if (made > 1) igraph_vector_int_destroy(&csize);
+    if (made > 0) igraph_vector_int_destroy(&memb);
+    free(map);
+    return rc;
+}
