@@ -17,6 +17,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->preprocess.min_cells = 1;
     c->preprocess.n_top_genes = 2000;
     c->preprocess.hvg_span = 0.3;
+    c->preprocess.hvg_batch_aware = 1;
 
     c->model.latent = NBS_LATENT_GAUSSIAN;
     c->model.latent_dim = 10;
@@ -153,6 +154,7 @@ const nbs_enum_word nbs_norm_words[] = {
     {"none", NBS_NORM_NONE}, {"layer", NBS_NORM_LAYER}, {"batch", NBS_NORM_BATCH}, {NULL, 0}};
 const nbs_enum_word nbs_input_transform_words[] = {
     {"log1p", NBS_INPUT_LOG1P}, {"log1p_cp10k", NBS_INPUT_LOG1P_CP10K}, {NULL, 0}};
+const nbs_enum_word nbs_join_words[] = {{"inner", NBS_JOIN_INNER}, {"outer", NBS_JOIN_OUTER}, {NULL, 0}};
 const nbs_enum_word nbs_schedule_words[] = {{"constant", NBS_SCHED_CONSTANT},
                                             {"linear", NBS_SCHED_LINEAR},
                                             {"sigmoid", NBS_SCHED_SIGMOID},

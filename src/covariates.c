@@ -12,17 +12,47 @@
 
 #include "io_internal.h"
 #include "nbsphere/io.h"
+#include "nbsphere/samples.h"
 
 /* The file a column is read from: the labels table, else the .h5ad input itself. */
-static const char *source_of(const nbs_input_config *in) { return in->labels_path[0] ? in->labels_path : in->path; }
+static const char *source_of(const nbs_input_config *in) {
+    return in->labels_path[0] ? in->labels_path : in->samples.n ? "input.samples" : in->path;
+}
 
 /* The value of column of every cell of X (NULL where empty or NA); `what` says which key or model
  * named the column, for messages. */
+/* With input.samples, the `sample` column is each cell's sample, from its barcode's suffix. */
+static int sample_column(const nbs_input_config *in, const nbs_matrix *X, char ***vals, nbs_error *err) {
+    char **v = nbs_calloc((size_t)(X->n_cells ? X->n_cells : 1), sizeof *v, err);
+    if (!v) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < X->n_cells; i++) {
+        const int k = nbs_sample_of_barcode(&in->samples, X->barcodes[i]);
+        if (k < 0 || !(v[i] = nbs_strdup(in->samples.items[k].name, err))) {
+            nbs_io_free_labels(v, X->n_cells);
+            if (k >= 0) return NBS_ERR_NOMEM;
+            return nbs_error_set(err, NBS_ERR_INPUT, "cell '%s' ends in no sample name of input.samples ('-<sample>'); "
+                                 "its sample is unknown", X->barcodes[i]);
+        }
+    }
+    *vals = v;
+    return NBS_OK;
+}
+
+const char *nbs_covariates_batch_column(const nbs_input_config *in) {
+    return in->batch_key[0] ? in->batch_key : in->samples.n ? NBS_SAMPLE_COLUMN : "";
+}
+
 static int read_column(const nbs_input_config *in, nbs_format format, const nbs_matrix *X, const char *column,
                        const char *what, char ***vals, nbs_error *err) {
     int st;
-    if (in->labels_path[0]) st = nbs_io_read_labels_table_cells(in->labels_path, column, X, column, vals, err);
+    if (in->samples.n && !strcmp(column, NBS_SAMPLE_COLUMN)) st = sample_column(in, X, vals, err);
+    else if (in->labels_path[0]) st = nbs_io_read_labels_table_cells(in->labels_path, column, X, column, vals, err);
     else if (format == NBS_FMT_H5AD) st = nbs_io_read_h5ad_obs_cells(in->path, column, X, column, vals, err);
+    else if (in->samples.n)
+        return nbs_error_set(err, NBS_ERR_USAGE, "%s '%s': with input.samples, the columns other than '%s' come "
+                             "from a labels table keyed by the suffixed barcodes ('<barcode>-<sample>'; "
+                             "input.labels_path, --labels for embed and diagnose), and there is none", what, column,
+                             NBS_SAMPLE_COLUMN);
     else
         return nbs_error_set(err, NBS_ERR_USAGE, "%s '%s': there is no labels table to read the column from "
                              "(input.labels_path; --labels for embed and diagnose) and the input %s is not an "
@@ -120,7 +150,8 @@ int nbs_covariates_fit(const nbs_input_config *in, nbs_format format, const nbs_
     memset(values, 0, sizeof *values);
     named_column cat[NBS_MAX_CATEGORICAL], cont[NBS_MAX_COVARIATES];
     int n_cat = 0, n_cont = 0;
-    if (in->batch_key[0]) cat[n_cat++] = (named_column){in->batch_key, "input.batch_key"};
+    const char *batch = nbs_covariates_batch_column(in);
+    if (*batch) cat[n_cat++] = (named_column){batch, in->batch_key[0] ? "input.batch_key" : "input.samples"};
     for (int i = 0; i < in->categorical_covariates.n; i++)
         cat[n_cat++] = (named_column){in->categorical_covariates.names[i], "input.categorical_covariates"};
     for (int i = 0; i < in->continuous_covariates.n; i++)
@@ -143,7 +174,7 @@ int nbs_covariates_fit(const nbs_input_config *in, nbs_format format, const nbs_
             free_categories(c);
         } else if (!st) {
             snprintf(c->name, sizeof c->name, "%s", cat[k].name);
-            if (!k && in->batch_key[0]) cov->has_batch = 1;
+            if (!k && *batch) cov->has_batch = 1;
             int32_t *col = codes[cov->n_categorical] = nbs_malloc(sizeof *col * (size_t)(n ? n : 1), err);
             if (!col) st = NBS_ERR_NOMEM;
             for (int64_t i = 0; !st && i < n; i++) col[i] = code_of(c, vals[i]);
@@ -193,6 +224,44 @@ int nbs_covariates_fit(const nbs_input_config *in, nbs_format format, const nbs_
     }
     return st;
 }
+
+int nbs_covariates_batch_codes(const nbs_input_config *in, nbs_format format, const nbs_matrix *X, int32_t **codes,
+                               nbs_categorical_covariate *batch, nbs_error *err) {
+    *codes = NULL;
+    memset(batch, 0, sizeof *batch);
+    const char *column = nbs_covariates_batch_column(in);
+    if (!*column) return NBS_OK;
+    const int64_t n = X->n_cells;
+    char **vals = NULL, **present = NULL;
+    int st;
+    /* the cells the filters will remove need no value: the labels readers leave them NULL */
+    if (in->samples.n && !strcmp(column, NBS_SAMPLE_COLUMN)) st = sample_column(in, X, &vals, err);
+    else if (in->labels_path[0]) st = nbs_io_read_labels_table(in->labels_path, column, X, &vals, err);
+    else if (format == NBS_FMT_H5AD) st = nbs_io_read_h5ad_obs(in->path, column, X, &vals, err);
+    else return read_column(in, format, X, column, "input.batch_key", &vals, err); /* the error for no source */
+    if (st) {
+        nbs_error_prefix(err, "input.batch_key '%s': ", column);
+        return st;
+    }
+    int64_t k = 0;
+    if (!(present = nbs_malloc(sizeof *present * (size_t)(n ? n : 1), err))) st = NBS_ERR_NOMEM;
+    for (int64_t i = 0; !st && i < n; i++)
+        if (!is_missing(vals[i])) present[k++] = vals[i];
+    if (!st) st = find_categories(present, k, batch, err);
+    if (!st && !(*codes = nbs_malloc(sizeof **codes * (size_t)(n ? n : 1), err))) st = NBS_ERR_NOMEM;
+    for (int64_t i = 0; !st && i < n; i++) (*codes)[i] = is_missing(vals[i]) ? -1 : code_of(batch, vals[i]);
+    if (!st) snprintf(batch->name, sizeof batch->name, "%s", column);
+    free(present);
+    nbs_io_free_labels(vals, n);
+    if (st) {
+        free(*codes);
+        *codes = NULL;
+        free_categories(batch);
+    }
+    return st;
+}
+
+void nbs_categorical_covariate_free(nbs_categorical_covariate *c) { free_categories(c); }
 
 /* "a, b, c", or "a, b, ..." where the rest would not fit in n (n >= 8) */
 static void list_categories(const nbs_categorical_covariate *c, char *buf, size_t n) {

@@ -384,6 +384,8 @@ static const char EMBED_USAGE[] =
     "to the model's by name and put in its order; genes the data lack count as zero (a warning\n"
     "says how many). No cell is filtered. Writes embedding.tsv, embedding.h5ad (for an .h5ad\n"
     "input: a copy of it with obsm['X_nbsphere'] added) and manifest.json into DIR.\n"
+    "Several samples instead of DATA: --set 'input.samples={ctrl: a.h5, stim: b.h5ad}' (cells\n"
+    "stacked, barcodes suffixed -<sample>; a model with the 'sample' batch must know the names).\n"
     "\n"
     "  --out DIR        output folder (default nbsphere_embed)\n"
     "  --format F       auto | 10x-h5 | h5ad | loom | 10x-mtx | mtx | tsv | csv (default auto)\n"
@@ -404,6 +406,7 @@ static const char DIAGNOSE_USAGE[] =
     "activity and the decoder's sensitivity, a verdict per dimension and for the model, I(x;z),\n"
     "with the training curves stored in the model. Writes collapse_report.json,\n"
     "collapse_dimensions.tsv, report.html, embedding.tsv and manifest.json into DIR.\n"
+    "DATA may be replaced by --set 'input.samples={name: file, ...}', as for 'nbsphere embed'.\n"
     "The thresholds are the model's diagnose section unless --set overrides them.\n"
     "\n"
     "  --out DIR           output folder (default nbsphere_diagnose)\n"
@@ -455,10 +458,14 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
         if (n_files == 2) return usage_error(err, cmd, "expected two files, MODEL and DATA");
         files[n_files++] = argv[i];
     }
-    if (n_files < 2) return usage_error(err, cmd, "expected two files, MODEL and DATA");
+    /* several samples instead of DATA: --set input.samples={name: path, ...} */
+    int samples = 0;
+    for (int i = 0; i < r.n_sets; i++) samples |= !strncmp(r.sets[i], "input.samples=", 14);
+    if (n_files < 2 && !(samples && n_files == 1))
+        return usage_error(err, cmd, "expected two files, MODEL and DATA (or MODEL and --set input.samples=...)");
     /* the data first, so that the options and --set refine them */
     run_args all = {0};
-    snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1]);
+    snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1] ? files[1] : "");
     all.sets[all.n_sets++] = buf[nb];
     snprintf(buf[nb + 1], sizeof buf[0], "output.dir=%s", diagnose ? "nbsphere_diagnose" : "nbsphere_embed");
     all.sets[all.n_sets++] = buf[nb + 1];

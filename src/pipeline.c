@@ -42,6 +42,10 @@ static const nbs_key_desc KEYS[] = {
 
     {"input", "path", K_PATH, F(input, path), 0, 0, 0, NULL,
      "the path of a count matrix file or 10x folder"},
+    {"input", "samples", K_SAMPLES, F(input, samples), 0, NBS_MAX_SAMPLES, 0, NULL,
+     "a mapping of up to 32 sample names to paths (or to {path: ..., format: ..., layer: ...}), "
+     "e.g. {ctrl: ctrl.h5, stim: stim.h5ad}"},
+    {"input", "join", K_ENUM, F(input, join), 0, 0, 0, nbs_join_words, NULL},
     {"input", "format", K_ENUM, F(input, format), 0, 0, 0, nbs_format_words, NULL},
     {"input", "layer", K_STRING, F(input, layer), 0, 0, 0, NULL,
      "an h5ad layer name (\"\" = X, raw = raw/X) or a loom layer name (\"\" = /matrix)"},
@@ -70,6 +74,7 @@ static const nbs_key_desc KEYS[] = {
      "an integer >= 0 (0 = all genes)"},
     {"preprocess", "hvg_span", K_DOUBLE, F(preprocess, hvg_span), 0, 1, 1, NULL,
      "a number in (0, 1]"},
+    {"preprocess", "hvg_batch_aware", K_BOOL, F(preprocess, hvg_batch_aware), 0, 0, 0, NULL, NULL},
 
     {"model", "latent", K_ENUM, F(model, latent), 0, 0, 0, nbs_latent_words, NULL},
     {"model", "latent_dim", K_INT, F(model, latent_dim), 1, 1024, 0, NULL,
@@ -335,6 +340,7 @@ static int set_scalar(ctx *c, int ki, const char *text, const loc *l) {
     }
     case K_LAYERS:
     case K_NAMES:
+    case K_SAMPLES:
         return reject(c, l, NBS_ERR_USAGE, k, "got a single value");
     }
     return NBS_OK;
@@ -389,6 +395,99 @@ static int set_names(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, co
     return NBS_OK;
 }
 
+/* One sample's path: resolved as input.path is, and it must exist (unless a --set replaces the
+ * file's samples). */
+static int sample_path(ctx *c, int ki, const loc *l, const char *text, char *out) {
+    const nbs_key_desc *k = &KEYS[ki];
+    if (!*text) return reject(c, l, NBS_ERR_USAGE, k, "a sample's path is empty");
+    int st = resolve_path(c, k, l, text, out);
+    struct stat sb;
+    if (!st && !(l->file && c->overridden[ki]) && stat(out, &sb) != 0)
+        return reject(c, l, NBS_ERR_IO, k, "'%s' cannot be opened (%s)%s", out, strerror(errno),
+                      l->file ? " (relative paths are resolved against the pipeline's folder)" : "");
+    return st;
+}
+
+/* A sample given as a mapping: path (required), format, layer. */
+static int set_sample_options(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, const loc *l, nbs_sample *smp) {
+    const nbs_key_desc *k = &KEYS[ki];
+    for (yaml_node_pair_t *pr = node->data.mapping.pairs.start; pr < node->data.mapping.pairs.top; pr++) {
+        yaml_node_t *kn = yaml_document_get_node(doc, pr->key), *vn = yaml_document_get_node(doc, pr->value);
+        loc il = l->file ? node_loc(c, vn) : *l;
+        const char *opt = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : "?";
+        if (vn->type != YAML_SCALAR_NODE)
+            return reject(c, &il, NBS_ERR_USAGE, k, "sample '%s': %s is not a single value", smp->name, opt);
+        const char *v = (const char *)vn->data.scalar.value;
+        if (!strcmp(opt, "path")) {
+            int st = sample_path(c, ki, &il, v, smp->path);
+            if (st) return st;
+        } else if (!strcmp(opt, "format")) {
+            if (nbs_format_parse(v, &smp->format))
+                return reject(c, &il, NBS_ERR_USAGE, k, "sample '%s': unknown format '%s' (auto, 10x-h5, h5ad, "
+                              "10x-mtx, mtx, tsv, csv, loom)", smp->name, v);
+        } else if (!strcmp(opt, "layer")) {
+            if (strlen(v) >= sizeof smp->layer)
+                return reject(c, &il, NBS_ERR_USAGE, k, "sample '%s': layer longer than %zu characters", smp->name,
+                              sizeof smp->layer - 1);
+            strcpy(smp->layer, v);
+            smp->layer_given = 1;
+        } else {
+            return reject(c, &il, NBS_ERR_USAGE, k, "sample '%s': unknown option '%s' (path, format, layer)",
+                          smp->name, opt);
+        }
+    }
+    if (!smp->path[0]) return reject(c, l, NBS_ERR_USAGE, k, "sample '%s' has no path", smp->name);
+    return NBS_OK;
+}
+
+/* input.samples: name -> path, or name -> {path, format, layer}. A name is the suffix of its
+ * cells' barcodes ("<barcode>-<name>"), so no name may end in "-" and another name: a
+ * barcode's sample is then the one name it ends in. */
+static int set_samples(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, const loc *l) {
+    const nbs_key_desc *k = &KEYS[ki];
+    if (node->type == YAML_SCALAR_NODE && !*node->data.scalar.value) { /* "samples:" with nothing */
+        memset(field(&c->p->config, k), 0, sizeof(nbs_sample_list));
+        return NBS_OK;
+    }
+    if (node->type != YAML_MAPPING_NODE) return reject(c, l, NBS_ERR_USAGE, k, "not a mapping");
+    const int n = (int)(node->data.mapping.pairs.top - node->data.mapping.pairs.start);
+    if (n > k->hi) return reject(c, l, NBS_ERR_USAGE, k, "%d samples", n);
+    nbs_sample_list *list = malloc(sizeof *list);
+    if (!list) return nbs_error_set(c->err, NBS_ERR_NOMEM, "out of memory");
+    memset(list, 0, sizeof *list);
+    int st = NBS_OK;
+    for (int i = 0; i < n && !st; i++) {
+        yaml_node_pair_t *pr = node->data.mapping.pairs.start + i;
+        yaml_node_t *kn = yaml_document_get_node(doc, pr->key), *vn = yaml_document_get_node(doc, pr->value);
+        loc kl = l->file ? node_loc(c, kn) : *l, vl = l->file ? node_loc(c, vn) : *l;
+        nbs_sample *smp = &list->items[i];
+        const char *name = kn->type == YAML_SCALAR_NODE ? (const char *)kn->data.scalar.value : NULL;
+        if (!name || !*name) st = reject(c, &kl, NBS_ERR_USAGE, k, "sample %d has no name", i + 1);
+        else if (strlen(name) >= sizeof smp->name)
+            st = reject(c, &kl, NBS_ERR_USAGE, k, "sample name longer than %zu characters", sizeof smp->name - 1);
+        for (int j = 0; !st && j < i; j++) {
+            const char *o = list->items[j].name;
+            const size_t ln = strlen(name), lo = strlen(o);
+            if (!strcmp(o, name)) st = reject(c, &kl, NBS_ERR_USAGE, k, "sample '%s' is given twice", name);
+            else if ((ln > lo && name[ln - lo - 1] == '-' && !strcmp(name + ln - lo, o)) ||
+                     (lo > ln && o[lo - ln - 1] == '-' && !strcmp(o + lo - ln, name)))
+                st = reject(c, &kl, NBS_ERR_USAGE, k, "sample names '%s' and '%s': one ends in '-' and the other, "
+                            "so a suffixed barcode could belong to either; rename one", o, name);
+        }
+        if (st) break;
+        strcpy(smp->name, name);
+        if (vn->type == YAML_SCALAR_NODE) st = sample_path(c, ki, &vl, (const char *)vn->data.scalar.value, smp->path);
+        else if (vn->type == YAML_MAPPING_NODE) st = set_sample_options(c, ki, doc, vn, &vl, smp);
+        else st = reject(c, &vl, NBS_ERR_USAGE, k, "sample '%s' is a list", name);
+    }
+    if (!st) {
+        list->n = n;
+        memcpy(field(&c->p->config, k), list, sizeof *list);
+    }
+    free(list);
+    return st;
+}
+
 /* One key's node from the file. */
 static int apply_node(ctx *c, int ki, yaml_node_t *node) {
     loc l = node_loc(c, node);
@@ -396,6 +495,7 @@ static int apply_node(ctx *c, int ki, yaml_node_t *node) {
     c->given[ki] = 1;
     if (KEYS[ki].type == K_LAYERS) return set_layers(c, ki, c->doc, node, &l);
     if (KEYS[ki].type == K_NAMES) return set_names(c, ki, c->doc, node, &l);
+    if (KEYS[ki].type == K_SAMPLES) return set_samples(c, ki, c->doc, node, &l);
     if (node->type != YAML_SCALAR_NODE)
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "got a %s",
                       node->type == YAML_MAPPING_NODE ? "mapping" : "list");
@@ -534,7 +634,7 @@ static int apply_set(ctx *c, const char *assignment) {
     c->where[ki] = l;
     c->given[ki] = 1;
     const char *value = eq + 1;
-    const int list = KEYS[ki].type == K_LAYERS || KEYS[ki].type == K_NAMES;
+    const int list = KEYS[ki].type == K_LAYERS || KEYS[ki].type == K_NAMES || KEYS[ki].type == K_SAMPLES;
     if (!list) return set_scalar(c, ki, value, &l);
     yaml_parser_t ps;
     yaml_document_t doc;
@@ -552,6 +652,9 @@ static int apply_set(ctx *c, const char *assignment) {
     if (KEYS[ki].type == K_NAMES) { /* nothing after the = is the empty list */
         nbs_name_list *names = field(&c->p->config, &KEYS[ki]);
         st = root ? set_names(c, ki, &doc, root, &l) : (memset(names, 0, sizeof *names), NBS_OK);
+    } else if (KEYS[ki].type == K_SAMPLES) { /* and no samples */
+        st = root ? set_samples(c, ki, &doc, root, &l)
+                  : (memset(field(&c->p->config, &KEYS[ki]), 0, sizeof(nbs_sample_list)), NBS_OK);
     } else {
         st = root ? set_layers(c, ki, &doc, root, &l) : reject(c, &l, NBS_ERR_USAGE, &KEYS[ki], "empty");
     }
@@ -573,7 +676,9 @@ static int check_covariates(ctx *c) {
               kn = find_key("input", "continuous_covariates");
     const char *names[1 + 2 * NBS_MAX_COVARIATES];
     int keys[1 + 2 * NBS_MAX_COVARIATES], n = 0;
-    if (in->batch_key[0]) names[n] = in->batch_key, keys[n++] = kb;
+    /* with samples and no batch_key the batch is the `sample` column */
+    const char *batch = in->batch_key[0] ? in->batch_key : in->samples.n ? "sample" : "";
+    if (*batch) names[n] = batch, keys[n++] = kb;
     for (int i = 0; i < in->categorical_covariates.n; i++) names[n] = in->categorical_covariates.names[i], keys[n++] = kc;
     for (int i = 0; i < in->continuous_covariates.n; i++) names[n] = in->continuous_covariates.names[i], keys[n++] = kn;
     for (int i = 1; i < n; i++)
@@ -581,13 +686,14 @@ static int check_covariates(ctx *c) {
             if (!strcmp(names[i], names[j])) {
                 loc l = key_loc(c, keys[i]);
                 return reject(c, &l, NBS_ERR_USAGE, &KEYS[keys[i]], "column '%s' is already %s", names[i],
-                              keys[j] == kb ? "the batch_key" : keys[j] == keys[i] ? "in this list" : "in categorical_covariates");
+                              keys[j] == kb ? (in->batch_key[0] ? "the batch_key" : "the batch (input.samples' 'sample')")
+                              : keys[j] == keys[i] ? "in this list" : "in categorical_covariates");
             }
     const int kd = find_key("model", "dispersion");
-    if (c->p->config.model.dispersion == NBS_DISP_GENE_BATCH && !in->batch_key[0]) {
+    if (c->p->config.model.dispersion == NBS_DISP_GENE_BATCH && !*batch) {
         loc l = key_loc(c, kd);
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[kd], "gene_batch needs input.batch_key (the column naming each "
-                      "cell's batch)");
+                      "cell's batch) or input.samples (the sample is then the batch)");
     }
     return NBS_OK;
 }
@@ -603,8 +709,15 @@ static int finish(ctx *c, int flags) {
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[kd], "%d is too small for a spherical latent",
                       cfg->model.latent_dim);
     }
-    int ki = find_key("input", "path"), ko = find_key("output", "dir");
-    if ((flags & NBS_PIPELINE_REQUIRE_INPUT) && !cfg->input.path[0]) {
+    int ki = find_key("input", "path"), ko = find_key("output", "dir"), ks = find_key("input", "samples");
+    if (cfg->input.path[0] && cfg->input.samples.n) {
+        loc l = key_loc(c, ks);
+        char at[NBS_ORIGIN_MAX];
+        fmt_loc(at, sizeof at, &c->where[ki]);
+        return reject(c, &l, NBS_ERR_USAGE, NULL, "input.samples and input.path (%s) are both given; give one: a "
+                      "mapping of sample names to files, or a single input", at);
+    }
+    if ((flags & NBS_PIPELINE_REQUIRE_INPUT) && !cfg->input.path[0] && !cfg->input.samples.n) {
         if (c->given[ki] || !c->name)
             return reject(c, c->given[ki] ? &c->where[ki] : &(loc){"(command line)", 1, 1, NULL},
                           NBS_ERR_USAGE, &KEYS[ki], "missing");

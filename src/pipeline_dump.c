@@ -39,6 +39,14 @@ static int format_key(const nbs_config *cfg, const nbs_key_desc *k, char *buf, s
         if (used < n) used += (size_t)snprintf(buf + used, n - used, "]");
         return (int)used;
     }
+    case K_SAMPLES: { /* as text for messages: {name: path, ...} */
+        const nbs_sample_list *l = f;
+        size_t used = (size_t)snprintf(buf, n, "{");
+        for (int i = 0; i < l->n && used < n; i++)
+            used += (size_t)snprintf(buf + used, n - used, "%s%s: %s", i ? ", " : "", l->items[i].name, l->items[i].path);
+        if (used < n) used += (size_t)snprintf(buf + used, n - used, "}");
+        return (int)used;
+    }
     case K_LAYERS: {
         const int *c = f;
         size_t used = (size_t)snprintf(buf, n, "[");
@@ -87,6 +95,25 @@ void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent) {
                 fputc(']', f);
                 continue;
             }
+            if (k->type == K_SAMPLES) { /* {"name": {"path": ..., "format": ..., "layer": ... or null}} */
+                const nbs_sample_list *l = (const void *)((const char *)c + k->off);
+                fputc('{', f);
+                for (int j = 0; j < l->n; j++) {
+                    const nbs_sample *smp = &l->items[j];
+                    fputs(j ? ", " : "", f);
+                    nbs_json_string(f, smp->name);
+                    fputs(": {\"path\": ", f);
+                    nbs_json_string(f, smp->path);
+                    fputs(", \"format\": ", f);
+                    nbs_json_string(f, nbs_format_name(smp->format));
+                    fputs(", \"layer\": ", f);
+                    if (smp->layer_given) nbs_json_string(f, smp->layer);
+                    else fputs("null", f);
+                    fputc('}', f);
+                }
+                fputc('}', f);
+                continue;
+            }
             format_key(c, k, buf, sizeof buf);
             if (k->type == K_STRING || k->type == K_PATH || k->type == K_ENUM || k->type == K_UINT64)
                 nbs_json_string(f, buf); /* uint64 seeds exceed a double's exact range */
@@ -126,6 +153,17 @@ static void yaml_scalar(FILE *f, const char *s, int in_flow) {
     fputc('"', f);
 }
 
+/* A path as config.yaml holds it: absolute, so the file works from any folder. */
+static void yaml_path(FILE *f, const char *v, int in_flow) {
+    char abs[NBS_PATH_MAX], buf[2 * NBS_PATH_MAX];
+    if (*v && v[0] != '/' && realpath(v, abs)) v = abs;
+    else if (*v && v[0] != '/' && getcwd(abs, sizeof abs)) {
+        snprintf(buf, sizeof buf, "%s/%s", abs, v);
+        v = buf;
+    }
+    yaml_scalar(f, v, in_flow);
+}
+
 void nbs_pipeline_print_yaml(const nbs_config *c, FILE *f) {
     char buf[NBS_PATH_MAX + 64];
     fprintf(f, "# The resolved configuration of an nbsphere run; `nbsphere run` on this file repeats it.\n");
@@ -137,15 +175,26 @@ void nbs_pipeline_print_yaml(const nbs_config *c, FILE *f) {
             if (strcmp(k->section, nbs_pipeline_sections[s])) continue;
             fprintf(f, "  %s: ", k->key);
             if (k->type == K_PATH) {
-                const char *v = (const char *)c + k->off;
-                char abs[NBS_PATH_MAX];
-                if (*v && v[0] != '/' && realpath(v, abs)) v = abs;
-                else if (*v && v[0] != '/' && getcwd(abs, sizeof abs) &&
-                         strlen(abs) + strlen(v) + 2 < sizeof buf) {
-                    snprintf(buf, sizeof buf, "%s/%s", abs, v);
-                    v = buf;
+                yaml_path(f, (const char *)c + k->off, 0);
+            } else if (k->type == K_SAMPLES) { /* a flow mapping; a sample with options as {path: ...} */
+                const nbs_sample_list *l = (const void *)((const char *)c + k->off);
+                fputc('{', f);
+                for (int j = 0; j < l->n; j++) {
+                    const nbs_sample *smp = &l->items[j];
+                    fputs(j ? ", " : "", f);
+                    yaml_scalar(f, smp->name, 1);
+                    fputs(": ", f);
+                    const int options = smp->format != NBS_FMT_AUTO || smp->layer_given;
+                    if (options) fputs("{path: ", f);
+                    yaml_path(f, smp->path, 1);
+                    if (smp->format != NBS_FMT_AUTO) fprintf(f, ", format: %s", nbs_format_name(smp->format));
+                    if (smp->layer_given) {
+                        fputs(", layer: ", f);
+                        yaml_scalar(f, smp->layer, 1);
+                    }
+                    if (options) fputc('}', f);
                 }
-                yaml_scalar(f, v, 0);
+                fputc('}', f);
             } else if (k->type == K_STRING) {
                 yaml_scalar(f, (const char *)c + k->off, 0);
             } else if (k->type == K_NAMES) {

@@ -8,8 +8,9 @@
 
 #include "nbsphere/config.h"
 
-/* K_LAYERS: a list of widths (count, then the array); K_NAMES: a list of names (nbs_name_list). */
-typedef enum { K_INT, K_INT64, K_UINT64, K_DOUBLE, K_STRING, K_PATH, K_BOOL, K_ENUM, K_LAYERS, K_NAMES } nbs_key_type;
+/* K_LAYERS: a list of widths (count, then the array); K_NAMES: a list of names (nbs_name_list);
+ * K_SAMPLES: a mapping of names to paths or to {path, format, layer} (nbs_sample_list). */
+typedef enum { K_INT, K_INT64, K_UINT64, K_DOUBLE, K_STRING, K_PATH, K_BOOL, K_ENUM, K_LAYERS, K_NAMES, K_SAMPLES } nbs_key_type;
 
 typedef struct {
     const char *section; /* "" for top-level keys */

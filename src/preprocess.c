@@ -318,6 +318,102 @@ int64_t nbs_preprocess_top_k(const double *score, int64_t n, int64_t k, int64_t 
     return k;
 }
 
+/* ---- batch-aware selection ---- */
+
+/* Follows scanpy's _highly_variable_genes_seurat_v3 (scanpy/preprocessing/_highly_variable_genes.py,
+ * scverse/scanpy 1.10+): per batch the clipped standardised variance, ranks by argsort of its
+ * negative, num_batches_high_var = count of ranks < n_top_genes, highly_variable_rank = the
+ * median of those ranks (masked median: the mean of the two middle ones for an even count, NaN
+ * for none), and the sort of flavor "seurat_v3_paper" (nbatches descending, then the median
+ * rank ascending, NaN last; pandas' multi-column sort is stable, so then the gene order).
+ * scanpy's own "seurat_v3" sorts by the median rank first. Differences: ties in one batch's
+ * score go to the lower index (numpy's argsort is not stable), and a batch of fewer than 2
+ * cells is left out (scanpy divides by N - 1 = 0 there). */
+typedef struct {
+    const int *nbatches;
+    const double *median;
+} batch_order;
+
+static int cmp_batch_order(const void *a, const void *b, void *ctx) {
+    const batch_order *o = ctx;
+    const int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
+    if (o->nbatches[i] != o->nbatches[j]) return o->nbatches[i] > o->nbatches[j] ? -1 : 1;
+    const double x = o->median[i], y = o->median[j];
+    if (!isnan(x) || !isnan(y)) {
+        if (isnan(x)) return 1;
+        if (isnan(y)) return -1;
+        if (x != y) return x < y ? -1 : 1;
+    }
+    return (i > j) - (i < j);
+}
+
+int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, int n_batches, double span, int64_t k,
+                               int64_t *out, int *used, nbs_error *err) {
+    const int64_t G = m->n_genes, N = m->n_cells;
+    *used = 0;
+    if (k > G) k = G;
+    int64_t *rows = nbs_malloc(sizeof *rows * (size_t)(N + 1), err), *all = nbs_malloc(sizeof *all * (size_t)(G + 1), err);
+    int64_t *order = nbs_malloc(sizeof *order * (size_t)(G + 1), err);
+    double *score = nbs_malloc(sizeof *score * (size_t)(G + 1), err), *median = nbs_malloc(sizeof *median * (size_t)(G + 1), err);
+    int *nbatches = nbs_calloc((size_t)G + 1, sizeof *nbatches, err);
+    /* (G, n_batches): gene g's rank in each batch where it is among the top k, in batch order */
+    float *top_ranks = nbs_malloc(sizeof *top_ranks * (size_t)(G + 1) * (size_t)(n_batches ? n_batches : 1), err);
+    int rc = rows && all && order && score && median && nbatches && top_ranks ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t g = 0; g < G && !rc; g++) all[g] = g;
+    for (int b = 0; b < n_batches && !rc; b++) {
+        int64_t nb = 0;
+        for (int64_t i = 0; i < N; i++)
+            if (batch[i] == b) rows[nb++] = i;
+        if (nb < 2) continue;
+        nbs_matrix *sub = nbs_matrix_subset(m, rows, nb, all, G, err);
+        if (!sub) {
+            rc = err->code;
+            break;
+        }
+        rc = nbs_preprocess_seurat_v3(sub, span, NULL, NULL, NULL, score, err);
+        nbs_matrix_free(sub);
+        if (rc) {
+            nbs_error_prefix(err, "batch %d: ", b + 1);
+            break;
+        }
+        for (int64_t g = 0; g < G; g++) order[g] = g;
+        qsort_r(order, (size_t)G, sizeof *order, cmp_score_desc, score); /* order[rank] = gene */
+        for (int64_t r = 0; r < k; r++) {
+            const int64_t g = order[r];
+            top_ranks[g * n_batches + nbatches[g]++] = (float)r;
+        }
+        (*used)++;
+    }
+    int64_t written = 0;
+    if (!rc && *used) {
+        for (int64_t g = 0; g < G; g++) {
+            float *r = top_ranks + g * n_batches;
+            const int c = nbatches[g];
+            for (int i = 1; i < c; i++) /* insertion sort: c <= n_batches */
+                for (int j = i; j > 0 && r[j - 1] > r[j]; j--) {
+                    const float t = r[j];
+                    r[j] = r[j - 1];
+                    r[j - 1] = t;
+                }
+            median[g] = !c ? NAN : c % 2 ? r[c / 2] : 0.5 * ((double)r[c / 2 - 1] + r[c / 2]);
+            order[g] = g;
+        }
+        batch_order o = {nbatches, median};
+        qsort_r(order, (size_t)G, sizeof *order, cmp_batch_order, &o);
+        memcpy(out, order, sizeof *out * (size_t)k);
+        qsort(out, (size_t)k, sizeof *out, cmp_i64);
+        written = k;
+    }
+    free(rows);
+    free(all);
+    free(order);
+    free(score);
+    free(median);
+    free(nbatches);
+    free(top_ranks);
+    return rc ? -1 : written;
+}
+
 /* ---- the whole step ---- */
 
 int nbs_preprocess_library(nbs_preprocess_result *r, nbs_error *err) {
@@ -409,16 +505,39 @@ static int filter_genes(const nbs_matrix *m, const nbs_preprocess_config *cfg,
 /* Seurat v3 on the filtered cells and genes; narrows r->genes to the chosen ones. */
 /* x: the input restricted to the kept cells and genes. Narrows r->genes to the n_top_genes most
  * variable and x to them, in place. */
-static int select_hvg(nbs_matrix *x, const nbs_preprocess_config *cfg, nbs_preprocess_result *r,
-                      nbs_error *err) {
+static int select_hvg(nbs_matrix *x, const nbs_preprocess_config *cfg, const nbs_preprocess_batches *b,
+                      nbs_preprocess_result *r, nbs_error *err) {
     double *score = nbs_malloc((size_t)r->n_genes * sizeof *score, err);
     int64_t *top = nbs_malloc((size_t)cfg->n_top_genes * sizeof *top, err);
-    int rc = NBS_OK;
+    int32_t *kept_batch = NULL; /* (kept cells) */
+    int rc = NBS_OK, batched = 0;
     if (!score || !top) rc = NBS_ERR_NOMEM;
-    else if ((rc = nbs_preprocess_seurat_v3(x, cfg->hvg_span, NULL, NULL, NULL, score, err)))
-        ;
-    else {
-        int64_t k = nbs_preprocess_top_k(score, r->n_genes, cfg->n_top_genes, top);
+    if (!rc && b && b->codes && cfg->hvg_batch_aware) {
+        if (!(kept_batch = nbs_malloc(sizeof *kept_batch * (size_t)(r->n_cells + 1), err))) rc = NBS_ERR_NOMEM;
+        for (int64_t i = 0; !rc && i < r->n_cells; i++)
+            if ((kept_batch[i] = b->codes[r->cells[i]]) < 0)
+                rc = nbs_error_set(err, NBS_ERR_INPUT, "preprocess: cell '%s' has no value in the batch column '%s'; "
+                                   "every cell the filters keep needs one", x->barcodes[i], b->column);
+        int used = 0;
+        const int64_t k = rc ? 0 : nbs_preprocess_hvg_batched(x, kept_batch, b->n_batches, cfg->hvg_span,
+                                                              cfg->n_top_genes, top, &used, err);
+        if (k < 0) rc = err->code;
+        for (int i = 0; !rc && i < b->n_batches; i++) {
+            int64_t n = 0;
+            for (int64_t c = 0; c < r->n_cells; c++) n += kept_batch[c] == i;
+            if (n < 2)
+                nbs_info("highly variable genes: batch '%s' has %lld kept cell%s, too few to rank genes in; it is left "
+                         "out of the batch-aware selection", b->names[i], (long long)n, n == 1 ? "" : "s");
+        }
+        if (!rc && !used)
+            nbs_info("highly variable genes: no batch has 2 kept cells; the genes are ranked over all cells");
+        batched = !rc && used > 0;
+        r->hvg_batches = batched ? used : 0;
+    }
+    if (!rc && !batched) rc = nbs_preprocess_seurat_v3(x, cfg->hvg_span, NULL, NULL, NULL, score, err);
+    if (!rc) {
+        int64_t k = batched ? (cfg->n_top_genes < r->n_genes ? cfg->n_top_genes : r->n_genes)
+                            : nbs_preprocess_top_k(score, r->n_genes, cfg->n_top_genes, top);
         if (k < 0) rc = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory ranking genes");
         else if (!(rc = nbs_matrix_subset_inplace(x, NULL, 0, top, k, err))) {
             for (int64_t i = 0; i < k; i++) top[i] = r->genes[top[i]];
@@ -429,6 +548,7 @@ static int select_hvg(nbs_matrix *x, const nbs_preprocess_config *cfg, nbs_prepr
     }
     free(score);
     free(top);
+    free(kept_batch);
     return rc;
 }
 
@@ -452,7 +572,7 @@ static int check_input(const nbs_matrix *m, const nbs_preprocess_config *cfg, nb
 }
 
 static int preprocess(const nbs_matrix *m, nbs_matrix *owned, const nbs_preprocess_config *cfg,
-                      nbs_preprocess_result **out, nbs_error *err) {
+                      const nbs_preprocess_batches *b, nbs_preprocess_result **out, nbs_error *err) {
     *out = NULL;
     nbs_preprocess_result *r = NULL;
     int rc = check_input(m, cfg, err);
@@ -475,7 +595,7 @@ static int preprocess(const nbs_matrix *m, nbs_matrix *owned, const nbs_preproce
         rc = NBS_ERR_NOMEM;
         goto fail;
     }
-    if (cfg->n_top_genes > 0 && cfg->n_top_genes < r->n_genes && (rc = select_hvg(r->matrix, cfg, r, err)))
+    if (cfg->n_top_genes > 0 && cfg->n_top_genes < r->n_genes && (rc = select_hvg(r->matrix, cfg, b, r, err)))
         goto fail;
     if ((rc = nbs_preprocess_library(r, err))) goto fail;
     *out = r;
@@ -488,12 +608,17 @@ fail:
 
 int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
                        nbs_preprocess_result **out, nbs_error *err) {
-    return preprocess(m, NULL, cfg, out, err);
+    return preprocess(m, NULL, cfg, NULL, out, err);
 }
 
 int nbs_preprocess_take(nbs_matrix *m, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                         nbs_error *err) {
-    return preprocess(m, m, cfg, out, err);
+    return preprocess(m, m, cfg, NULL, out, err);
+}
+
+int nbs_preprocess_take_batched(nbs_matrix *m, const nbs_preprocess_config *cfg, const nbs_preprocess_batches *b,
+                                nbs_preprocess_result **out, nbs_error *err) {
+    return preprocess(m, m, cfg, b, out, err);
 }
 
 void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess_config *cfg,
@@ -508,6 +633,8 @@ void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess
                      (long long)r->n_genes, (long long)r->n_genes_in,
                      (long long)r->removed_genes_min_cells, (long long)cfg->min_cells,
                      (long long)r->removed_genes_hvg, (long long)cfg->n_top_genes);
+    if (r->hvg_batches > 0 && n > 0 && (size_t)n < size)
+        n += snprintf(buf + n, size - (size_t)n, ", ranked within %d batches", r->hvg_batches);
     if (r->cells_zero_library > 0 && n > 0 && (size_t)n < size)
         snprintf(buf + n, size - (size_t)n,
                  "; %lld kept cells have no count in the kept genes", (long long)r->cells_zero_library);

@@ -21,6 +21,7 @@
 #include "nbsphere/report.h"
 #include "nbsphere/train.h"
 #include "nbsphere/rng.h"
+#include "nbsphere/samples.h"
 #include "nbsphere/version.h"
 #include "sphere_internal.h"
 
@@ -67,9 +68,23 @@ static int out_path(const run_state *s, const char *name, char *buf) {
     return n < NBS_PATH_MAX ? 0 : -1;
 }
 
+/* What the input is called in messages and the report's title: its path, or the samples. */
+static const char *input_title(const nbs_input_config *in) {
+    static _Thread_local char buf[1024];
+    if (!in->samples.n) return in->path;
+    size_t used = (size_t)snprintf(buf, sizeof buf, "input.samples");
+    for (int i = 0; i < in->samples.n && used < sizeof buf; i++)
+        used += (size_t)snprintf(buf + used, sizeof buf - used, "%s%s", i ? ", " : " ", in->samples.items[i].name);
+    return buf;
+}
+
 /* The load stage is nbs_io_read; the detected format is reported to inspect and the log. */
 int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_matrix **out,
                        nbs_error *err) {
+    if (in->samples.n) { /* several files: no single format (and no obs to copy) */
+        if (format_used) *format_used = NBS_FMT_AUTO;
+        return nbs_samples_read(in, out, err);
+    }
     nbs_input_config resolved = *in;
     int rc = resolved.format == NBS_FMT_AUTO ? nbs_io_detect_format(in->path, &resolved.format, err) : NBS_OK;
     if (rc) return rc;
@@ -80,8 +95,11 @@ int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_
 static int stage_load(run_state *s, nbs_error *err) {
     const nbs_input_config *in = &s->p->config.input;
     stage_begin(s, "load");
-    nbs_progress_fraction(s->o->progress, 0, in->path); /* on a terminal: what is being read */
-    int st = nbs_manifest_add_input(s->manifest, in->path, err);
+    nbs_progress_fraction(s->o->progress, 0, input_title(in)); /* on a terminal: what is being read */
+    int st = NBS_OK;
+    if (in->samples.n)
+        for (int i = 0; i < in->samples.n && !st; i++) st = nbs_manifest_add_input(s->manifest, in->samples.items[i].path, err);
+    else st = nbs_manifest_add_input(s->manifest, in->path, err);
     if (!st && in->labels_path[0]) st = nbs_manifest_add_input(s->manifest, in->labels_path, err);
     if (!st) st = nbs_run_read_input(in, &s->format, &s->counts, err);
     if (st) return st;
@@ -94,12 +112,48 @@ static int stage_load(run_state *s, nbs_error *err) {
 
 /* ---- preprocess ---- */
 
+/* Cells kept per sample after the QC filters, for the log. */
+static void log_kept_per_sample(const run_state *s) {
+    const nbs_sample_list *smp = &s->p->config.input.samples;
+    int64_t kept[NBS_MAX_SAMPLES] = {0};
+    const nbs_matrix *X = s->pre->matrix;
+    for (int64_t i = 0; i < X->n_cells; i++) {
+        const int k = nbs_sample_of_barcode(smp, X->barcodes[i]);
+        if (k >= 0) kept[k]++;
+    }
+    for (int k = 0; k < smp->n; k++)
+        nbs_info("sample '%s': %lld cells kept after the QC filters", smp->items[k].name, (long long)kept[k]);
+}
+
 static int stage_preprocess(run_state *s, nbs_error *err) {
     const nbs_preprocess_config *pc = &s->p->config.preprocess;
+    const nbs_input_config *in = &s->p->config.input;
     stage_begin(s, "preprocess");
-    int st = nbs_preprocess_take(s->counts, pc, &s->pre, err); /* the rest needs only its result */
+    /* the batch of every loaded cell, for batch-aware gene selection */
+    int32_t *codes = NULL;
+    nbs_categorical_covariate batch = {0};
+    const char *column = nbs_covariates_batch_column(in);
+    const int ranks = pc->n_top_genes > 0 && pc->n_top_genes < s->counts->n_genes;
+    int st = *column && ranks && pc->hvg_batch_aware
+                 ? nbs_covariates_batch_codes(in, s->format, s->counts, &codes, &batch, err)
+                 : NBS_OK;
+    const nbs_preprocess_batches b = {codes, batch.n_categories, batch.categories, column};
+    if (!st) st = nbs_preprocess_take_batched(s->counts, pc, codes ? &b : NULL, &s->pre, err); /* the rest needs only its result */
+    else nbs_matrix_free(s->counts);
     s->counts = NULL;
+    free(codes);
+    nbs_categorical_covariate_free(&batch);
     if (st) return st;
+    if (*column && s->pre->removed_genes_hvg > 0) {
+        if (s->pre->hvg_batches)
+            nbs_info("highly variable genes: Seurat v3 ranked within each of %d batches of '%s', genes ordered by the "
+                     "number of batches that rank them among the top %lld, then by their median rank "
+                     "(preprocess.hvg_batch_aware)", s->pre->hvg_batches, column, (long long)pc->n_top_genes);
+        else
+            nbs_info("highly variable genes: Seurat v3 over all cells pooled%s", pc->hvg_batch_aware ? ""
+                     : " (preprocess.hvg_batch_aware: false)");
+    }
+    if (in->samples.n) log_kept_per_sample(s);
     char msg[512];
     nbs_preprocess_summary(s->pre, pc, msg, sizeof msg);
     if (s->pre->cells_zero_library)
@@ -443,7 +497,7 @@ static int stage_write(run_state *s, nbs_error *err) {
     if (!st && c->output.write_report && s->have_report) {
         nbs_report_input ri = {&s->report, &s->track, &s->ck.log, z, n, d, gauss ? NULL : spread,
                                s->labels, c->input.label_column[0] ? c->input.label_column : NULL,
-                               c->input.path, s->knn_embedding, s->knn_pca, KNN_K,
+                               input_title(&c->input), s->knn_embedding, s->knn_pca, KNN_K,
                                s->have_integration ? &s->integration : NULL,
                                s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL, s->batch_labels};
         const char *reports[4] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV};
@@ -479,7 +533,7 @@ static int finish_manifest(run_state *s, int status, const nbs_error *failure, n
 /* Loads the model and the data, and puts the data's genes in the model's order (absent genes
  * count zero, with a warning); the result stands in for the preprocessing stage's output. */
 static int load_model_and_data(run_state *s, const char *model_path, nbs_error *err) {
-    const char *data = s->p->config.input.path;
+    const char *data = input_title(&s->p->config.input);
     int st = nbs_manifest_add_input(s->manifest, model_path, err);
     if (!st) {
         stage_begin(s, "load model");

@@ -14,6 +14,7 @@
 #define NBS_NAME_MAX 256
 #define NBS_MAX_LAYERS 8
 #define NBS_MAX_COVARIATES 16 /* columns in each covariate list */
+#define NBS_MAX_SAMPLES 32    /* entries of input.samples */
 
 typedef enum {
     NBS_FMT_AUTO = 0,
@@ -38,8 +39,30 @@ typedef struct {
     char names[NBS_MAX_COVARIATES][NBS_NAME_MAX];
 } nbs_name_list;
 
+/* One entry of input.samples: a name (the suffix of its barcodes and its category in the
+ * `sample` column) and a file read as input.path would be, with its own format and layer when
+ * given (else input.format and input.layer). */
 typedef struct {
+    char name[NBS_NAME_MAX];
     char path[NBS_PATH_MAX];
+    nbs_format format;         /* NBS_FMT_AUTO: input.format */
+    int layer_given;           /* 1: layer below, 0: input.layer */
+    char layer[NBS_NAME_MAX];
+} nbs_sample;
+
+typedef struct {
+    int n;
+    nbs_sample items[NBS_MAX_SAMPLES]; /* in the order of the mapping */
+} nbs_sample_list;
+
+/* How the genes of several samples are combined: those in every sample, or all (zeros where a
+ * sample lacks one), as anndata.concat's join. */
+typedef enum { NBS_JOIN_INNER = 0, NBS_JOIN_OUTER } nbs_join;
+
+typedef struct {
+    char path[NBS_PATH_MAX];   /* one input; "" when samples are given */
+    nbs_sample_list samples;   /* several inputs, stacked by cells (input.samples) */
+    nbs_join join;
     nbs_format format;
     char layer[NBS_NAME_MAX];  /* h5ad: "" = X, "raw" = raw/X, otherwise layers/<layer>; loom: "" = /matrix */
     char genome[NBS_NAME_MAX]; /* 10x v2: genome group to read; "" = the only one */
@@ -65,6 +88,7 @@ typedef struct {
     int64_t min_cells;      /* genes: minimum number of cells expressing it */
     int64_t n_top_genes;    /* highly variable genes (Seurat v3); 0 = keep all genes */
     double hvg_span;        /* loess span of the Seurat v3 variance fit (scanpy: 0.3) */
+    int hvg_batch_aware;    /* with a batch: rank genes within each batch (scanpy's batch_key) */
 } nbs_preprocess_config;
 
 typedef enum { NBS_LATENT_GAUSSIAN = 0, NBS_LATENT_VMF, NBS_LATENT_POWER_SPHERICAL } nbs_latent_kind;
@@ -170,7 +194,7 @@ typedef struct {
 /* Each list ends with {NULL, 0}. */
 extern const nbs_enum_word nbs_format_words[], nbs_orientation_words[], nbs_non_integer_words[],
     nbs_latent_words[], nbs_likelihood_words[], nbs_dispersion_words[], nbs_dispersion_init_words[],
-    nbs_norm_words[], nbs_input_transform_words[], nbs_schedule_words[];
+    nbs_norm_words[], nbs_input_transform_words[], nbs_schedule_words[], nbs_join_words[];
 
 /* The word of value in words; "unknown" when it has none. */
 const char *nbs_enum_word_of(const nbs_enum_word *words, int value);

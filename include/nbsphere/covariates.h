@@ -60,6 +60,17 @@ int nbs_covariates_fit(const nbs_input_config *in, nbs_format format, const nbs_
 int nbs_covariates_encode(const nbs_covariates *cov, const nbs_input_config *in, nbs_format format,
                           const nbs_matrix *X, nbs_covariate_values *values, nbs_error *err);
 
+/* The batch column: input.batch_key, else with input.samples the `sample` column, else "". */
+const char *nbs_covariates_batch_column(const nbs_input_config *in);
+
+/* The batch of every cell of X before any filter, for batch-aware gene selection: codes[i]
+ * (n_cells, malloc'd) indexes batch->categories (byte order, as nbs_covariates_fit finds
+ * them), -1 where a cell has no value (allowed here: the filters may remove it; a kept cell
+ * without one is refused by nbs_covariates_fit). No batch column: *codes NULL. */
+int nbs_covariates_batch_codes(const nbs_input_config *in, nbs_format format, const nbs_matrix *X, int32_t **codes,
+                               nbs_categorical_covariate *batch, nbs_error *err);
+void nbs_categorical_covariate_free(nbs_categorical_covariate *c);
+
 /* What the model's construction needs: the number of categories of each categorical covariate,
  * and of continuous ones. */
 nbs_covariate_layout nbs_covariates_layout(const nbs_covariates *cov);

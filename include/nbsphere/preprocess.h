@@ -27,7 +27,16 @@ typedef struct {
     int64_t removed_genes_min_cells;  /* expressed in fewer than min_cells kept cells */
     int64_t removed_genes_hvg;        /* passed min_cells but not among the n_top_genes */
     int64_t cells_zero_library;       /* kept cells with no count in any kept gene */
+    int hvg_batches;                  /* batches the genes were ranked in (0: pooled, or no HVG step) */
 } nbs_preprocess_result;
+
+/* The batch of each input cell, for batch-aware gene selection. */
+typedef struct {
+    const int32_t *codes;  /* (input cells) index into names, -1 = none (refused for a kept cell) */
+    int n_batches;
+    char *const *names;    /* (n_batches) */
+    const char *column;    /* the batch column, for messages */
+} nbs_preprocess_batches;
 
 /* Runs the filters and HVG selection on a validated matrix. On success *out owns the result.
  * An empty result (no cell or no gene left) is an NBS_ERR_INPUT naming the filter that
@@ -38,6 +47,10 @@ int nbs_preprocess_run(const nbs_matrix *m, const nbs_preprocess_config *cfg,
  * counts in memory instead of two. */
 int nbs_preprocess_take(nbs_matrix *m, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                         nbs_error *err);
+/* The same, with each input cell's batch (NULL: none): with cfg->hvg_batch_aware the genes are
+ * ranked within each batch (nbs_preprocess_hvg_batched), else over all cells. */
+int nbs_preprocess_take_batched(nbs_matrix *m, const nbs_preprocess_config *cfg, const nbs_preprocess_batches *b,
+                                nbs_preprocess_result **out, nbs_error *err);
 void nbs_preprocess_result_free(nbs_preprocess_result *r);
 /* (Re)computes library_size and cells_zero_library from r->matrix: the one place library sizes
  * are summed, for preprocessed data and for data aligned to a saved model's genes alike. */
@@ -67,6 +80,17 @@ int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double spa
  * entries; any of them may be NULL except norm_var. */
 int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean, double *var,
                              double *log10_var_fitted, double *norm_var, nbs_error *err);
+
+/* Batch-aware Seurat v3 (Seurat's SelectIntegrationFeatures; scanpy's highly_variable_genes with
+ * batch_key and flavor "seurat_v3_paper"): nbs_preprocess_seurat_v3 within each batch of at
+ * least 2 cells (batch[i] in [0, n_batches) for every row of m), each batch's genes ranked by
+ * that score (0 = most variable; ties to the lower index, NaN last), then genes ordered by the
+ * number of batches in which their rank is below k (more first), ties by the median of those
+ * ranks (smaller first; none = last), then by index. The first k, in ascending order, into out
+ * (k); *used gets the number of batches ranked (0 when none has 2 cells: nothing is written).
+ * Returns the number written. */
+int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, int n_batches, double span, int64_t k,
+                               int64_t *out, int *used, nbs_error *err);
 
 /* Indices of the k largest scores in ascending index order (ties: lower index first).
  * k is clipped to n; returns the number written to out. */
