@@ -296,8 +296,9 @@ int nbs_covariates_encode(const nbs_covariates *cov, const nbs_input_config *in,
                 char known[1024];
                 list_categories(c, known, sizeof known);
                 st = nbs_error_set(err, NBS_ERR_INPUT, "%s: cell '%s' has '%s' in column '%s', a category the model "
-                                   "was not trained with; it knows %d: %s. Embed only cells of those, or train a "
-                                   "model that saw this one", source_of(in), X->barcodes[i], vals[i], c->name,
+                                   "was not trained with; it knows %d: %s. Embed only cells of those, add the new "
+                                   "categories to the model with 'nbsphere embed --adapt' (it trains only their "
+                                   "weights), or train a model that saw this one", source_of(in), X->barcodes[i], vals[i], c->name,
                                    c->n_categories, known);
             }
             values->codes[i * K + k] = code;
@@ -317,6 +318,44 @@ int nbs_covariates_encode(const nbs_covariates *cov, const nbs_input_config *in,
         nbs_io_free_labels(vals, n);
     }
     if (st) nbs_covariate_values_free(values);
+    return st;
+}
+
+int nbs_covariates_extend(const nbs_covariates *cov, const nbs_input_config *in, nbs_format format,
+                          const nbs_matrix *X, nbs_covariates *grown, int32_t *old_to_new[], int *n_new,
+                          nbs_error *err) {
+    static const char what[] = "the model's covariate";
+    const int64_t n = X->n_cells;
+    *grown = *cov; /* names, counts, the continuous standardisation; categories replaced below */
+    for (int k = 0; k < NBS_MAX_CATEGORICAL; k++) grown->categorical[k].categories = NULL, old_to_new[k] = NULL;
+    *n_new = 0;
+    int st = NBS_OK;
+    for (int k = 0; k < cov->n_categorical && !st; k++) {
+        const nbs_categorical_covariate *c = &cov->categorical[k];
+        nbs_categorical_covariate *g = &grown->categorical[k];
+        g->n_categories = 0;
+        char **vals = NULL;
+        if ((st = read_column(in, format, X, c->name, what, &vals, err))) break;
+        /* (n_categories + n) the known categories and every cell's value: their distinct values */
+        char **all = nbs_malloc(sizeof *all * (size_t)(c->n_categories + n), err);
+        if (!all) st = NBS_ERR_NOMEM;
+        for (int64_t i = 0; i < n && !st; i++)
+            if (is_missing(vals[i])) st = missing_value(in, X, i, c->name, what, err);
+        if (!st) {
+            memcpy(all, c->categories, sizeof *all * (size_t)c->n_categories);
+            memcpy(all + c->n_categories, vals, sizeof *all * (size_t)n);
+            st = find_categories(all, c->n_categories + n, g, err);
+        }
+        free(all);
+        nbs_io_free_labels(vals, n);
+        if (!st && !(old_to_new[k] = nbs_malloc(sizeof(int32_t) * (size_t)c->n_categories, err))) st = NBS_ERR_NOMEM;
+        for (int i = 0; !st && i < c->n_categories; i++) old_to_new[k][i] = code_of(g, c->categories[i]);
+        if (!st) *n_new += g->n_categories - c->n_categories;
+    }
+    if (st) {
+        nbs_covariates_free(grown);
+        for (int k = 0; k < NBS_MAX_CATEGORICAL; k++) free(old_to_new[k]), old_to_new[k] = NULL;
+    }
     return st;
 }
 

@@ -120,7 +120,7 @@ static int do_run(cli *c, const char *pipeline_path, const char *resume, run_arg
         st = nbs_pipeline_load(pipeline_path, r->sets, r->n_sets, flags, p, err);
     }
     if (!st) {
-        nbs_run_options o = {c->command_line, c->progress, resume};
+        nbs_run_options o = {c->command_line, c->progress, resume, 0, 0};
         st = nbs_run(p, &o, err);
         char shown[NBS_PATH_MAX];
         if (!st && c->verbosity >= 1)
@@ -378,7 +378,8 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
 
 static const char EMBED_USAGE[] =
     "usage: nbsphere embed MODEL DATA [--out DIR] [--format F] [--layer L] [--genome G]\n"
-    "                     [--orientation O] [--labels FILE] [--set section.key=value]...\n"
+    "                     [--orientation O] [--labels FILE] [--adapt [--adapt-epochs N]]\n"
+    "                     [--set section.key=value]...\n"
     "\n"
     "Embeds the cells of DATA with a trained model (the model.h5 a run wrote). Genes are matched\n"
     "to the model's by name and put in its order; genes the data lack count as zero (a warning\n"
@@ -395,6 +396,12 @@ static const char EMBED_USAGE[] =
     "  --threads T      threads (default 2); the embedding is the same with any number\n"
     "  --labels FILE    a table with a barcode column holding the model's covariate columns\n"
     "                   (its batch, ...), for data that do not have them in an .h5ad's obs\n"
+    "  --adapt          add the categories of DATA the model was not trained with (a new batch)\n"
+    "                   to the model, as scArches does: only their new weights train, on the\n"
+    "                   cells that hold them, every other weight frozen; writes the grown\n"
+    "                   model.h5 and its training_log.tsv too. Training options from --set\n"
+    "                   train.seed, train.learning_rate, train.batch_size, ...\n"
+    "  --adapt-epochs N epochs of that training (default 200, scvi-tools' query training)\n"
     "  --set output.write_variances=true   posterior variances as extra TSV columns\n";
 
 static const char DIAGNOSE_USAGE[] =
@@ -434,11 +441,23 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
                                           {"--labels", "input.labels_path"},
                                           {"--label-column", "input.label_column"}};
     const size_t n_opts = diagnose ? 7 : 6; /* embed: labels only for the covariates */
+    int adapt = 0;
+    long long adapt_epochs = -1; /* not given */
     for (int i = 0; i < argc; i++) {
         int k = common_run_opt(argc, argv, &i, &r, cmd, err);
         if (k < 0) return -k;
         if (k) continue;
         int hit = 0, missing;
+        if (!diagnose && !strcmp(argv[i], "--adapt")) {
+            adapt = 1;
+            continue;
+        }
+        const char *v = diagnose ? NULL : opt_value(argc, argv, &i, "--adapt-epochs", &missing);
+        if (!diagnose && (v || missing)) {
+            if (missing || parse_long(v, 1, 1000000, &adapt_epochs))
+                return usage_error(err, cmd, "--adapt-epochs needs a whole number of epochs from 1 to 1000000");
+            continue;
+        }
         for (size_t o = 0; o < n_opts && !hit; o++) {
             const char *v = opt_value(argc, argv, &i, opts[o][0], &missing);
             if (missing) {
@@ -463,6 +482,7 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
     for (int i = 0; i < r.n_sets; i++) samples |= !strncmp(r.sets[i], "input.samples=", 14);
     if (n_files < 2 && !(samples && n_files == 1))
         return usage_error(err, cmd, "expected two files, MODEL and DATA (or MODEL and --set input.samples=...)");
+    if (adapt_epochs > 0 && !adapt) return usage_error(err, cmd, "--adapt-epochs is for --adapt");
     /* the data first, so that the options and --set refine them */
     run_args all = {0};
     snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1] ? files[1] : "");
@@ -489,7 +509,7 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
         st = nbs_pipeline_load(NULL, all.sets, all.n_sets, NBS_PIPELINE_REQUIRE_INPUT, p, err);
     }
     if (!st) {
-        nbs_run_options o = {c->command_line, c->progress, NULL};
+        nbs_run_options o = {c->command_line, c->progress, NULL, adapt, adapt_epochs > 0 ? (int)adapt_epochs : 200};
         st = diagnose ? nbs_run_diagnose(files[0], p, &o, err) : nbs_run_embed(files[0], p, &o, err);
         if (!st && c->verbosity >= 1) fprintf(stderr, "nbsphere: outputs in %s\n", p->config.output.dir);
     }

@@ -571,8 +571,133 @@ static int load_model_and_data(run_state *s, const char *model_path, nbs_error *
     s->pre->n_cells = aligned->n_cells;
     s->pre->n_genes = aligned->n_genes;
     if ((st = nbs_preprocess_library(s->pre, err))) return st;
+    if (s->o->adapt) return NBS_OK; /* stage_adapt encodes them, with the categories it adds */
     /* the cells' own covariates, from the same columns, in the model's categories */
     return nbs_covariates_encode(&s->ck.covariates, &s->p->config.input, s->format, aligned, &s->cov, err);
+}
+
+/* ---- adapt: new categories into a trained model ---- */
+
+/* The categories grown adds to covariate k of cov, "a, b" (cells), for the log. */
+static void describe_new(const nbs_covariates *cov, const nbs_covariates *grown, int32_t *const map[],
+                         const nbs_covariate_values *v, char *buf, size_t n) {
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < cov->n_categorical; k++)
+        for (int c = 0; c < grown->categorical[k].n_categories; c++) {
+            int known = 0;
+            for (int i = 0; i < cov->categorical[k].n_categories && !known; i++) known = map[k][i] == c;
+            int64_t cells = 0;
+            for (int64_t i = 0; i < v->n_cells; i++) cells += v->codes[i * v->n_categorical + k] == c;
+            if (!known && used < n)
+                used += (size_t)snprintf(buf + used, n - used, "%s'%s' of '%s' (%lld cells)", used ? ", " : "",
+                                         grown->categorical[k].categories[c], cov->categorical[k].name,
+                                         (long long)cells);
+        }
+}
+
+/* scArches' surgery (nbs_model_grow): the data's categories the model does not know get rows of
+ * their own in every layer that reads the covariates (and in the gene-batch dispersion), which
+ * train on the cells that hold them with every other weight frozen. */
+static int stage_adapt(run_state *s, const char *model_path, nbs_error *err) {
+    const nbs_covariates *cov = &s->ck.covariates;
+    const nbs_matrix *X = s->pre->matrix;
+    const nbs_input_config *in = &s->p->config.input;
+    if (!cov->n_categorical)
+        return nbs_error_set(err, NBS_ERR_USAGE, "--adapt: %s has no categorical covariate (it was trained without "
+                             "input.batch_key and input.categorical_covariates%s), so there are no categories to "
+                             "add; embed without --adapt", model_path,
+                             cov->n_continuous ? "; its continuous covariates take any value as it is" : "");
+    stage_begin(s, "adapt");
+    nbs_covariates grown;
+    int32_t *map[NBS_MAX_CATEGORICAL];
+    int n_new;
+    int st = nbs_covariates_extend(cov, in, s->format, X, &grown, map, &n_new, err);
+    if (st) return st;
+    if (!n_new) {
+        for (int k = 0; k < NBS_MAX_CATEGORICAL; k++) free(map[k]);
+        nbs_covariates_free(&grown);
+        nbs_info("--adapt: every category in %s is one the model knows: nothing to add; the cells are embedded "
+                 "with the model as it is, and no model.h5 is written", in->path);
+        st = nbs_covariates_encode(cov, in, s->format, X, &s->cov, err);
+        return st ? st : stage_end(s, "adapt", "no new categories", err);
+    }
+    nbs_train_config tc = s->p->config.train;
+    tc.epochs = s->o->adapt_epochs;
+    tc.schedule = NBS_SCHED_CONSTANT; /* the encoder is trained: no warm-up against collapse is needed */
+    nbs_model *m = NULL;
+    nbs_train_state ts = {0};
+    nbs_train_log log = {0};
+    int64_t *rows = NULL, n_rows = 0;
+    char desc[1024], log_path[NBS_PATH_MAX], model_out[NBS_PATH_MAX];
+    if (out_path(s, NBS_OUT_LOG, log_path) || out_path(s, NBS_OUT_MODEL, model_out))
+        st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    if (!st) st = nbs_covariates_encode(&grown, in, s->format, X, &s->cov, err);
+    if (!st) {
+        describe_new(cov, &grown, map, &s->cov, desc, sizeof desc);
+        nbs_info("--adapt: new categories %s; training only their weights for %d epochs", desc, tc.epochs);
+        /* the cells that hold a new category: only theirs reach the new rows */
+        if (!(rows = nbs_malloc(sizeof *rows * (size_t)(X->n_cells ? X->n_cells : 1), err))) st = (int)err->code;
+    }
+    for (int64_t i = 0; !st && i < X->n_cells; i++) {
+        int is_new = 0;
+        for (int k = 0; k < cov->n_categorical && !is_new; k++) {
+            is_new = 1;
+            for (int c = 0; c < cov->categorical[k].n_categories && is_new; c++)
+                is_new = map[k][c] != s->cov.codes[i * s->cov.n_categorical + k];
+        }
+        if (is_new) rows[n_rows++] = i;
+    }
+    if (!st && n_rows < 2)
+        st = nbs_error_set(err, NBS_ERR_INPUT, "--adapt: %s: the new categories %s; training their weights needs at "
+                           "least 2 cells of them", in->labels_path[0] ? in->labels_path : in->path, desc);
+    if (!st) {
+        const nbs_covariate_layout layout = nbs_covariates_layout(&grown);
+        gsl_rng *r = nbs_stream_rng(tc.seed, NBS_STREAM_ADAPT, 0, err);
+        m = r ? nbs_model_grow(s->ck.model, &layout, map, r, err) : NULL;
+        if (r) gsl_rng_free(r);
+        st = m ? nbs_train_state_init(&ts, m, tc.seed, err) : (int)err->code;
+    }
+    if (!st) {
+        nbs_cells c = all_cells(s);
+        c.rows = rows;
+        c.n = n_rows;
+        nbs_train_hooks h = {s->o->progress, log_path, NULL, NULL, NULL, NULL};
+        st = nbs_train(m, &c, &tc, &ts, &log, &h, NULL, err);
+        if (st) nbs_error_prefix(err, "--adapt: ");
+    }
+    if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_LOG, err);
+    if (!st) st = nbs_checkpoint_save(model_out, m, &s->ck.config, &grown, s->ck.gene_names, s->ck.gene_ids, &ts, &log,
+                                      err);
+    if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_MODEL, err);
+    for (int k = 0; k < NBS_MAX_CATEGORICAL; k++) free(map[k]);
+    free(rows);
+    if (st) {
+        nbs_model_free(m);
+        nbs_train_state_free(&ts);
+        nbs_train_log_free(&log);
+        nbs_covariates_free(&grown);
+        return st;
+    }
+    /* the grown model takes the place of the one loaded, for the embedding and the outputs */
+    nbs_model_free(s->ck.model);
+    nbs_train_state_free(&s->ck.state);
+    nbs_train_log_free(&s->ck.log);
+    nbs_covariates_free(&s->ck.covariates);
+    s->ck.model = m;
+    s->ck.state = ts;
+    s->ck.log = log;
+    s->ck.covariates = grown;
+    char msg[320];
+    const nbs_epoch_record *last = log.n ? &log.rec[log.n - 1] : NULL;
+    if (last && isfinite(last->val_elbo))
+        snprintf(msg, sizeof msg, "%d epochs on %lld cells, validation ELBO %.6g (training ELBO %.6g)", last->epoch,
+                 (long long)n_rows, last->val_elbo, -(last->recon + last->kl));
+    else
+        snprintf(msg, sizeof msg, "%d epochs on %lld cells, training ELBO %.6g (no validation cells)",
+                 last ? last->epoch : 0, (long long)n_rows, last ? -(last->recon + last->kl) : NAN);
+    nbs_info("--adapt: %s", msg);
+    return stage_end(s, "adapt", msg, err);
 }
 
 static int finish_run(run_state *s, int st, nbs_error *err) {
@@ -624,6 +749,7 @@ int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_o
     int st = begin_run(&s, p, o, err);
     if (st) return st;
     st = load_model_and_data(&s, model_path, err);
+    if (!st && o->adapt) st = stage_adapt(&s, model_path, err);
     if (!st) st = stage_write(&s, err);
     return finish_run(&s, st, err);
 }

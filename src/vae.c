@@ -63,7 +63,14 @@ struct nbs_model {
     nbs_dense out, out_zi, out_disp;
     int has_zi, has_disp;
     float *log_theta, *dlog_theta; /* (n_batches, G) per-gene (and batch) dispersion; NULL when per cell */
+    /* (n_params) 1 where a parameter trains, or NULL: all do. A model with a mask is adapted to new
+     * categories (nbs_model_grow): its training passes run without dropout and normalise with the
+     * batch-norm running statistics, which they leave as they are. */
+    uint8_t *trainable;
 };
+
+/* What a training pass of m does: dropout and batch statistics, unless the model is frozen. */
+static double dropout_of(const nbs_model *m) { return m->trainable ? 0 : m->cfg.dropout; }
 
 /* What one hidden layer computed for a batch of B <= cap cells. */
 typedef struct {
@@ -335,9 +342,88 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     return m;
 }
 
+/* scArches' surgery (Lotfollahi et al. 2021; scvi-tools' ArchesMixin.load_query_data with its
+ * default unfrozen=False, freeze_expression=True, followed here): the reference model's tensors are
+ * kept and a tensor that grew takes the new model's fresh initialisation for its new part, torch's
+ * Linear default over the grown fan-in. Only the new categories' rows train; unlike scvi-tools,
+ * whose px_r stays frozen, new gene-batch dispersion rows train too (they start as a new model's
+ * would). Dropout off and frozen batch-norm statistics are scArches' tutorial settings
+ * (freeze_dropout=True; freeze_batchnorm_encoder), here for the decoder too, so a reference cell's
+ * embedding and decoding stay exactly as they were. */
+nbs_model *nbs_model_grow(const nbs_model *old, const nbs_covariate_layout *grown, int32_t *const old_to_new[],
+                          gsl_rng *rng, nbs_error *err) {
+    const nbs_covariate_layout *oc = &old->cov;
+    int ok = grown->n_categorical == oc->n_categorical && grown->n_continuous == oc->n_continuous &&
+             grown->has_batch == oc->has_batch;
+    for (int k = 0; ok && k < oc->n_categorical; k++) {
+        ok = grown->n_categories[k] >= oc->n_categories[k];
+        for (int i = 0; ok && i < oc->n_categories[k]; i++)
+            ok = old_to_new[k][i] >= 0 && old_to_new[k][i] < grown->n_categories[k];
+    }
+    if (!ok) {
+        nbs_error_set(err, NBS_ERR_INTERNAL, "model: the grown covariates do not extend the model's");
+        return NULL;
+    }
+    nbs_model *m = nbs_model_new(&old->cfg, old->G, grown, NULL, err);
+    if (!m) return NULL;
+    if (!(m->trainable = nbs_calloc((size_t)m->n_params, 1, err))) {
+        nbs_model_free(m);
+        return NULL;
+    }
+    double eps, momentum;
+    nbs_model_batch_norm(old, &eps, &momentum);
+    nbs_model_set_batch_norm(m, eps, momentum);
+    /* the blocks are declared in the same order; those of unchanged shape are copied as they are */
+    for (int b = 0; b < m->n_blocks; b++) {
+        const block *B = &m->blocks[b], *A = &old->blocks[b];
+        if (strcmp(A->name, B->name) || A->cols != B->cols) {
+            nbs_error_set(err, NBS_ERR_INTERNAL, "model: block %s has no counterpart %s", B->name, A->name);
+            nbs_model_free(m);
+            return NULL;
+        }
+        if (A->rows == B->rows)
+            memcpy((B->is_state ? m->state : m->params) + B->offset, (A->is_state ? old->state : old->params) + A->offset,
+                   sizeof(float) * (size_t)A->rows * A->cols);
+    }
+    /* covariates.W (n_onehot, width) of every layer that reads them: the known categories' rows
+     * move to their codes among the grown categories, new rows are drawn and train */
+    for (int i = 0; i < m->n_enc + m->n_dec; i++) {
+        hidden *h = i < m->n_enc ? &m->enc[i] : &m->dec[i - m->n_enc];
+        const hidden *ho = i < m->n_enc ? &old->enc[i] : &old->dec[i - m->n_enc];
+        if (!h->Wcat) continue;
+        const int w = h->lin.out;
+        const double a = 1.0 / sqrt((double)h->lin.in + m->n_onehot + (h->Wcont ? m->cov.n_continuous : 0));
+        memset(m->trainable + (h->Wcat - m->params), 1, (size_t)m->n_onehot * w);
+        for (int k = 0; k < oc->n_categorical; k++)
+            for (int c = 0; c < oc->n_categories[k]; c++) {
+                const int64_t row = m->cat_offset[k] + old_to_new[k][c];
+                memcpy(h->Wcat + row * w, ho->Wcat + (int64_t)(old->cat_offset[k] + c) * w, sizeof(float) * w);
+                memset(m->trainable + (h->Wcat - m->params) + row * w, 0, (size_t)w);
+            }
+        for (int64_t r = 0; r < m->n_onehot; r++)
+            if (m->trainable[(h->Wcat - m->params) + r * w]) fill_uniform(h->Wcat + r * w, w, a, rng);
+    }
+    /* gene-batch dispersion (n_batches, G): the same for the batch's categories */
+    if (m->log_theta && m->n_batches != old->n_batches) {
+        const int64_t G = m->G, at = m->log_theta - m->params;
+        memset(m->trainable + at, 1, (size_t)(m->n_batches * G));
+        for (int c = 0; c < old->n_batches; c++) {
+            memcpy(m->log_theta + old_to_new[0][c] * G, old->log_theta + c * G, sizeof(float) * G);
+            memset(m->trainable + at + old_to_new[0][c] * G, 0, (size_t)G);
+        }
+        for (int64_t r = 0; r < m->n_batches; r++)
+            for (int64_t g = 0; m->trainable[at + r * G] && g < G; g++)
+                m->log_theta[r * G + g] =
+                    m->cfg.dispersion_init == NBS_DISP_INIT_LOGNORMAL ? (float)gsl_ran_gaussian(rng, 1.0) : 0.0f;
+    }
+    return m;
+}
+
+const uint8_t *nbs_model_trainable(const nbs_model *m) { return m->trainable; }
+
 void nbs_model_free(nbs_model *m) {
     if (!m) return;
-    free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->state);
+    free(m->params), free(m->grads), free(m->adam_m), free(m->adam_v), free(m->state), free(m->trainable);
     free(m);
 }
 
@@ -522,9 +608,10 @@ static void hidden_forward(const nbs_model *m, const hidden *h, hidden_ws *hw, c
     if (h->Wcat) nbs_onehot_forward(h->Wcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, hw->relu_out);
     if (h->Wcont)
         nbs_linear_add_forward(h->Wcont, m->cov.n_continuous, h->lin.out, w->cov_values, n, hw->relu_out);
-    if (h->has_norm) {
-        hw->used_batch = nbs_norm_uses_batch(&h->norm, n, training);
-        nbs_norm_forward(&h->norm, hw->relu_out, n, training, hw->xhat, hw->inv_std);
+    if (h->has_norm) { /* a frozen model keeps its running statistics: it normalises as in evaluation */
+        const int batch_stats = training && !m->trainable;
+        hw->used_batch = nbs_norm_uses_batch(&h->norm, n, batch_stats);
+        nbs_norm_forward(&h->norm, hw->relu_out, n, batch_stats, hw->xhat, hw->inv_std);
     }
     nbs_relu_forward(hw->relu_out, sz);
     memcpy(hw->act, hw->relu_out, sizeof(float) * sz);
@@ -540,7 +627,7 @@ static void encode_gathered(const nbs_model *m, nbs_workspace *w, int n, int tra
     nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
     for (int i = 0; i < m->n_enc; i++)
         hidden_forward(m, &m->enc[i], &w->enc[i], w, i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, training,
-                       m->cfg.dropout, rng);
+                       dropout_of(m), rng);
     for (int s = 0; s < m->n_stages; s++)
         nbs_dense_forward(&m->stages[s].head, w->enc[m->n_enc - 1].act, n, w->stages[s].head_out);
 }
@@ -679,7 +766,7 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
         if (s) add_into(d, w->dtmp, esz);
     }
     nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
-    const int drop = m->cfg.dropout > 0;
+    const int drop = dropout_of(m) > 0;
     for (int i = m->n_enc - 1; i >= 0; i--) {
         hidden_backward(m, &m->enc[i], &w->enc[i], w, i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, drop, d,
                         i ? dn : NULL);
@@ -687,6 +774,10 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
         d = dn;
         dn = t;
     }
+    /* frozen parameters have no gradient: clipping, the finiteness check and a reduction see only
+     * the ones that train */
+    for (int64_t k = 0; m->trainable && k < m->n_params; k++)
+        if (!m->trainable[k]) m->grads[k] = 0;
     w->grads_ready = 0;
     w->t_products += omp_get_wtime() - t0;
 }
@@ -719,8 +810,24 @@ const char *nbs_model_nonfinite_grad(const nbs_model *m) {
 
 void nbs_model_adam(nbs_model *m, double lr, double eps, double weight_decay) {
     m->adam_t++;
-    nbs_adam_step(m->params, m->grads, m->adam_m, m->adam_v, m->n_params, lr, 0.9, 0.999, eps,
-                  weight_decay, m->adam_t);
+    if (!m->trainable) {
+        nbs_adam_step(m->params, m->grads, m->adam_m, m->adam_v, m->n_params, lr, 0.9, 0.999, eps,
+                      weight_decay, m->adam_t);
+        return;
+    }
+    /* the runs of trainable parameters only, so that weight decay and the moments leave frozen
+     * ones bit-identical */
+    for (int64_t k = 0; k < m->n_params;) {
+        if (!m->trainable[k]) {
+            k++;
+            continue;
+        }
+        int64_t e = k;
+        while (e < m->n_params && m->trainable[e]) e++;
+        nbs_adam_step(m->params + k, m->grads + k, m->adam_m + k, m->adam_v + k, e - k, lr, 0.9, 0.999, eps,
+                      weight_decay, m->adam_t);
+        k = e;
+    }
 }
 
 /* ---- evaluation-mode helpers: the workspace's capacity at a time ---- */

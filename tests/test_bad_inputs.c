@@ -602,6 +602,55 @@ static void test_covariate_inputs(void **state) {
         expect_failure(args, 2, "sim_mtx", "the model's covariate 'batch': there is no labels table");
         snprintf(path, sizeof path, "%s", tu_path(tmp, "cov_new_batch.tsv"));
     }
+    /* embed --adapt: the refusal points to it; bad epochs; nothing new; a new batch; no covariates */
+    snprintf(args, sizeof args, "embed '%s' %s --out '%s' --labels '%s'", model, COV_DATA, emb, path);
+    expect_failure(args, 3, "cov_new_batch.tsv", "'nbsphere embed --adapt'");
+    static const char *const bad_epochs[] = {"--adapt --adapt-epochs 0", "--adapt --adapt-epochs -3",
+                                             "--adapt --adapt-epochs 2.5", "--adapt --adapt-epochs"};
+    for (size_t i = 0; i < sizeof bad_epochs / sizeof *bad_epochs; i++) {
+        snprintf(args, sizeof args, "embed '%s' %s --out '%s' --labels '%s' %s", model, COV_DATA, emb, path, bad_epochs[i]);
+        expect_failure(args, 2, "--adapt-epochs", "needs a whole number of epochs from 1");
+    }
+    snprintf(args, sizeof args, "embed '%s' %s --out '%s' --labels '%s' --adapt-epochs 5", model, COV_DATA, emb, path);
+    expect_failure(args, 2, "--adapt-epochs", "is for --adapt");
+    tu_rmtree(emb);
+    snprintf(args, sizeof args, "embed '%s' %s --out '%s' --labels '%s' --adapt", model, COV_DATA, emb, good);
+    rc = run_watched(args, &o, &e);
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(e, "nothing to add; the cells are embedded with the model as it is, and no model.h5"));
+    assert_true(tu_exists(tu_path(emb, "embedding.tsv")));
+    assert_false(tu_exists(tu_path(emb, "model.h5")));
+    free(o), free(e);
+    snprintf(args, sizeof args, "embed '%s' %s --out '%s' --labels '%s' --adapt --adapt-epochs 3", model, COV_DATA, emb,
+             path);
+    expect_failure(args, 3, "'c' of 'batch' (1 cells)", "training their weights needs at least 2");
+    FILE *nf = fopen(path, "w"); /* cells 1-20 of a new batch c */
+    assert_non_null(nf);
+    fprintf(nf, "barcode\tbatch\tmito\n");
+    for (int i = 1; i <= 60; i++) fprintf(nf, "SIM%07d-1\t%s\t%s\n", i, i <= 20 ? "c" : i % 2 ? "a" : "b", i % 3 ? "0.25" : "1.5");
+    fclose(nf);
+    rc = run_watched(args, &o, &e);
+    if (rc) print_message("%s\n", e ? e : "");
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(e, "new categories 'c' of 'batch' (20 cells)"));
+    assert_non_null(strstr(e, "--adapt: 3 epochs on 20 cells"));
+    assert_non_null(strstr(e, "validation ELBO"));
+    assert_true(tu_exists(tu_path(emb, "model.h5")) && tu_exists(tu_path(emb, "training_log.tsv")));
+    free(o), free(e);
+    /* the grown model knows 'c' now: embedding those cells needs no --adapt */
+    char grown[PATH_MAX], emb2[PATH_MAX];
+    snprintf(grown, sizeof grown, "%s/model.h5", emb);
+    snprintf(emb2, sizeof emb2, "%s", tu_path(tmp, "embed2"));
+    snprintf(args, sizeof args, "embed '%s' %s --out '%s' --labels '%s'", grown, COV_DATA, emb2, path);
+    rc = run_watched(args, &o, &e);
+    assert_int_equal(rc, 0);
+    free(o), free(e);
+    tu_rmtree(out);
+    snprintf(args, sizeof args, "train %s --out '%s' --epochs 1", COV_DATA, out);
+    assert_int_equal(run_watched(args, &o, &e), 0);
+    free(o), free(e);
+    snprintf(args, sizeof args, "embed '%s' %s --out '%s' --labels '%s' --adapt", model, COV_DATA, emb2, path);
+    expect_failure(args, 2, "model.h5", "has no categorical covariate");
     tu_rmtree(tmp);
     free(tmp);
 }

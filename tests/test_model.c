@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "nbsphere/likelihood.h"
+#include "nbsphere/train.h"
 #include "nbsphere/vae.h"
 
 /* A small count matrix with NB-like counts, one all-zero cell and a large count. */
@@ -168,6 +169,7 @@ static const nbs_covariate_layout TOY_LAYOUT = {2, {3, 2}, 1, 1};
 static const int32_t TOY_CODES[5 * 2] = {0, 1, 2, 0, 1, 0, 1, 1, 0, 1};
 static const float TOY_CONTINUOUS[5] = {0.3f, -1.2f, 0.8f, 1.5f, -0.4f};
 static const nbs_covariate_layout *toy_layout;
+static const int32_t *toy_codes = TOY_CODES; /* (5, n_categorical) the codes model_loss gives the cells */
 
 static nbs_model_config small_config(void) {
     nbs_config c;
@@ -186,7 +188,7 @@ static double model_loss(nbs_model *m, const nbs_matrix *X, const int64_t *rows,
     c.rows = rows;
     c.n = n;
     if (toy_layout) {
-        c.covariate_codes = TOY_CODES;
+        c.covariate_codes = toy_codes;
         c.n_categorical = toy_layout->n_categorical;
         c.continuous = TOY_CONTINUOUS;
         c.n_continuous = toy_layout->n_continuous;
@@ -388,6 +390,134 @@ static void test_covariate_blocks(void **s) {
     gsl_rng_free(r);
 }
 
+/* scArches' surgery (nbs_model_grow): TOY_LAYOUT's batch gains a category that sorts second, so the
+ * known ones move to codes 0, 2, 3. The grown model holds every old weight at its new place; three
+ * training steps (weight decay on, batch norm and dropout in the model) leave every frozen
+ * parameter and the running statistics bit-identical and change the new rows; a cell of a known
+ * category embeds bit for bit as before. The new rows' gradient is the ordinary model's (whose
+ * gradients test_model_gradients_covariates checks against finite differences): bit-identical to
+ * an unfrozen model with the same weights, and the frozen entries get none. */
+static const nbs_covariate_layout GROWN_LAYOUT = {2, {4, 2}, 1, 1};
+static const int32_t GROWN_CODES[5 * 2] = {1, 1, 0, 0, 1, 1, 3, 0, 1, 0};
+static int32_t MAP0[3] = {0, 2, 3}, MAP1[2] = {0, 1};
+
+static void test_model_grow(void **s) {
+    (void)s;
+    nbs_model_config mc = small_config();
+    mc.n_decoder_layers = 2;
+    mc.decoder_layers[1] = 4;
+    mc.encode_covariates = 1;
+    mc.dispersion = NBS_DISP_GENE_BATCH;
+    mc.norm = NBS_NORM_BATCH;
+    mc.dropout = 0.2;
+    const int G = 23;
+    nbs_matrix *X = toy_counts(5, G, 11);
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 8);
+    nbs_error err = {0};
+    nbs_model *old = nbs_model_new(&mc, G, &TOY_LAYOUT, r, &err);
+    assert_non_null(old);
+    float *ost;
+    int64_t ons;
+    nbs_model_flat(old, NULL, NULL, NULL, &ost, NULL, &ons, NULL);
+    for (int64_t k = 0; k < ons; k++) ost[k] = (float)(0.5 + gsl_rng_uniform(r)); /* trained-looking statistics */
+    int32_t *map[2] = {MAP0, MAP1};
+    nbs_model *m = nbs_model_grow(old, &GROWN_LAYOUT, map, r, &err);
+    assert_non_null(m);
+    /* the old weights, at the known categories' new rows */
+    for (int b = 0; b < nbs_model_n_blocks(m); b++) {
+        const char *name = nbs_model_block_name(m, b);
+        int rr, cc, orr;
+        const float *p = nbs_model_param(m, name, &rr, &cc), *q = nbs_model_param(old, name, &orr, NULL);
+        if (strstr(name, "covariates.W")) {
+            assert_int_equal(rr, 6);
+            for (int c = 0; c < 3; c++) assert_memory_equal(p + MAP0[c] * cc, q + c * cc, sizeof(float) * cc);
+            for (int c = 0; c < 2; c++) assert_memory_equal(p + (4 + c) * cc, q + (3 + c) * cc, sizeof(float) * cc);
+        } else if (!strcmp(name, "dispersion")) {
+            assert_int_equal(rr, 4);
+            for (int c = 0; c < 3; c++) assert_memory_equal(p + MAP0[c] * cc, q + c * cc, sizeof(float) * cc);
+        } else {
+            assert_int_equal(rr, orr);
+            assert_memory_equal(p, q, sizeof(float) * (size_t)rr * cc);
+        }
+    }
+    /* the mask: exactly the new category's rows (decoder.0, decoder.1, encoder.0; dispersion) */
+    const uint8_t *tr = nbs_model_trainable(m);
+    assert_non_null(tr);
+    int64_t np, n_tr = 0;
+    float *p0;
+    nbs_model_flat(m, &p0, NULL, NULL, NULL, &np, NULL, NULL);
+    for (int64_t k = 0; k < np; k++) n_tr += tr[k];
+    assert_int_equal(n_tr, 6 + 4 + 7 + G);
+    /* a known cell's embedding before, with the old codes, and after, with the grown ones */
+    nbs_cells c = tu_cells(X);
+    c.row0 = 1, c.n = 1;
+    c.n_categorical = 2, c.n_continuous = 1, c.continuous = TOY_CONTINUOUS;
+    float before[3], after[3];
+    c.covariate_codes = TOY_CODES;
+    assert_int_equal(nbs_model_embed(old, &c, before, NULL, &err), NBS_OK);
+    float *params0 = malloc(sizeof(float) * (size_t)np), *state0 = malloc(sizeof(float) * (size_t)ons + 1), *st;
+    memcpy(params0, p0, sizeof(float) * (size_t)np);
+    nbs_model_flat(m, NULL, NULL, NULL, &st, NULL, NULL, NULL);
+    memcpy(state0, st, sizeof(float) * (size_t)ons);
+    nbs_config cfg;
+    nbs_config_defaults(&cfg);
+    cfg.train.weight_decay = 0.01;
+    nbs_workspace *w = tu_workspace(m, X, 5);
+    c.row0 = 0, c.n = 5, c.covariate_codes = GROWN_CODES;
+    nbs_step_result sr;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(nbs_train_step(m, w, &c, &cfg.train, 1.0, r, NULL, &sr, &err), NBS_OK);
+    int64_t changed = 0;
+    for (int64_t k = 0; k < np; k++) {
+        if (!tr[k]) assert_memory_equal(&p0[k], &params0[k], sizeof(float));
+        else changed += p0[k] != params0[k];
+    }
+    assert_memory_equal(st, state0, sizeof(float) * (size_t)ons);
+    assert_true(changed >= n_tr * 9 / 10);
+    c.row0 = 1, c.n = 1;
+    assert_int_equal(nbs_model_embed(m, &c, after, NULL, &err), NBS_OK);
+    assert_memory_equal(before, after, sizeof before);
+    nbs_workspace_free(w);
+    nbs_model_free(m);
+    nbs_model_free(old);
+
+    /* the gradient: layer norm and no dropout, so that a frozen and an unfrozen training pass are one */
+    mc.norm = NBS_NORM_LAYER;
+    mc.dropout = 0;
+    old = nbs_model_new(&mc, G, &TOY_LAYOUT, r, &err);
+    m = nbs_model_grow(old, &GROWN_LAYOUT, map, r, &err);
+    nbs_model *plain = nbs_model_new(&mc, G, &GROWN_LAYOUT, NULL, &err);
+    assert_true(old && m && plain);
+    float *pp, *pm;
+    nbs_model_flat(m, &pm, NULL, NULL, NULL, &np, NULL, NULL);
+    nbs_model_flat(plain, &pp, NULL, NULL, NULL, NULL, NULL, NULL);
+    memcpy(pp, pm, sizeof(float) * (size_t)np);
+    toy_layout = &GROWN_LAYOUT;
+    toy_codes = GROWN_CODES;
+    int64_t rows[] = {4, 0, 2, 1, 3};
+    float klw[3] = {0.2f, 0.2f, 0.2f};
+    const double lm = model_loss(m, X, rows, 5, klw, 99, 1), lp = model_loss(plain, X, rows, 5, klw, 99, 1);
+    assert_true(lm == lp);
+    const float *gm = nbs_model_grad_block(m), *gp = nbs_model_grad_block(plain);
+    tr = nbs_model_trainable(m);
+    int64_t nonzero_frozen = 0;
+    for (int64_t k = 0; k < np; k++) {
+        if (tr[k]) assert_memory_equal(&gm[k], &gp[k], sizeof(float));
+        else {
+            assert_true(gm[k] == 0.0f);
+            nonzero_frozen += gp[k] != 0.0f;
+        }
+    }
+    assert_true(nonzero_frozen > np / 2); /* the unfrozen model would have trained them */
+    toy_codes = TOY_CODES;
+    tu_cells_free(&c);
+    free(params0), free(state0);
+    nbs_model_free(m), nbs_model_free(old), nbs_model_free(plain);
+    nbs_matrix_free(X);
+    gsl_rng_free(r);
+}
+
 /* A minibatch of one cell goes through batch norm (running statistics) without NaN. */
 static void test_single_cell_batch(void **s) {
     (void)s;
@@ -416,6 +546,7 @@ int main(void) {
         cmocka_unit_test(test_model_gradients_variants),
         cmocka_unit_test(test_model_gradients_covariates),
         cmocka_unit_test(test_covariate_blocks),
+        cmocka_unit_test(test_model_grow),
         cmocka_unit_test(test_single_cell_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -71,6 +71,17 @@ int nbs_covariates_batch_codes(const nbs_input_config *in, nbs_format format, co
                                nbs_categorical_covariate *batch, nbs_error *err);
 void nbs_categorical_covariate_free(nbs_categorical_covariate *c);
 
+/* For `embed --adapt`: the model's covariates grown by the categories the cells of X hold that it
+ * does not know. grown has every categorical covariate's known and new categories in byte order
+ * (so the codes of known ones may move): old_to_new[k] (malloc'd, cov's n_categories of k) maps
+ * each known category's code to its code in grown. *n_new counts the new categories over every
+ * covariate (0: nothing to add). Continuous covariates are kept as they are: a value is
+ * standardised with the model's mean and sd whatever it is, so none is ever unseen. Encode the
+ * cells with nbs_covariates_encode(grown, ...). */
+int nbs_covariates_extend(const nbs_covariates *cov, const nbs_input_config *in, nbs_format format,
+                          const nbs_matrix *X, nbs_covariates *grown, int32_t *old_to_new[], int *n_new,
+                          nbs_error *err);
+
 /* What the model's construction needs: the number of categories of each categorical covariate,
  * and of continuous ones. */
 nbs_covariate_layout nbs_covariates_layout(const nbs_covariates *cov);

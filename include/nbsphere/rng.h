@@ -26,7 +26,8 @@ typedef enum {
     NBS_STREAM_DIAG_CELLS,    /* which cells the diagnostics measure */
     NBS_STREAM_DIAGNOSE,      /* the diagnostics' own draws, index = epoch (0: the final one) */
     NBS_STREAM_EVALUATE,      /* the k-NN score's folds and the PCA next to it */
-    NBS_STREAM_LEIDEN         /* Leiden clustering of the integration metrics, index = resolution step */
+    NBS_STREAM_LEIDEN,        /* Leiden clustering of the integration metrics, index = resolution step */
+    NBS_STREAM_ADAPT          /* embed --adapt: the new categories' initial weights */
 } nbs_stream;
 
 uint64_t nbs_stream_seed(uint64_t seed, nbs_stream purpose, uint64_t index, uint64_t process);

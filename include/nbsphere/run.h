@@ -13,6 +13,8 @@ typedef struct {
     const char *command_line; /* recorded in the manifest */
     nbs_progress *progress;   /* may be NULL */
     const char *resume;       /* a checkpoint or model file to continue training from, or NULL */
+    int adapt;                /* embed: add the data's new categories to the model (scArches' surgery) */
+    int adapt_epochs;         /* ... training their weights this many epochs (> 0) */
 } nbs_run_options;
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
@@ -22,6 +24,12 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
  * embedding.tsv (+ embedding.h5ad) and manifest.json into p's output.dir. */
 int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
                   nbs_error *err);
+/* With o->adapt, categories of the model's categorical covariates that the model does not know are
+ * added first (nbs_model_grow): their weights train for o->adapt_epochs epochs on the cells that
+ * hold them (p's train section: seed, learning rate, batch size, validation split; the KL weight
+ * constant at train.beta), every other weight frozen; the grown model is written as model.h5 with
+ * its training_log.tsv. A model without categorical covariates is NBS_ERR_USAGE; data with no
+ * new category are embedded with the model as it is (a note says so, no model.h5). */
 
 /* `nbsphere diagnose`: the collapse report (collapse_report.json, collapse_dimensions.tsv,
  * report.html) of a model file on the cells of p's input (genes matched as for embed), with

@@ -56,6 +56,19 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
                          nbs_error *err);
 void nbs_model_free(nbs_model *m);
 
+/* scArches' surgery: m grown to the covariates of grown (the same covariates, each with at least
+ * its categories), for new data of categories m was not trained with. old_to_new[k][c] is the code
+ * among grown's categories of m's category c of covariate k. Every weight is m's; the new
+ * categories' rows of every covariates.W block (and of the gene-batch dispersion) are drawn from
+ * rng as a new model's would be and are the only parameters that train (nbs_model_trainable):
+ * backward gives the others no gradient and Adam leaves them bit-identical; the grown model's
+ * training passes have no dropout and normalise with the batch-norm running statistics, which
+ * stay as they are. The optimiser starts afresh (step 0). */
+nbs_model *nbs_model_grow(const nbs_model *m, const nbs_covariate_layout *grown, int32_t *const old_to_new[],
+                          gsl_rng *rng, nbs_error *err);
+/* (n_params) 1 where a parameter trains, 0 where it is frozen; NULL: every parameter trains. */
+const uint8_t *nbs_model_trainable(const nbs_model *m);
+
 int nbs_model_n_genes(const nbs_model *m);
 const nbs_model_config *nbs_model_config_of(const nbs_model *m);
 const nbs_covariate_layout *nbs_model_covariates(const nbs_model *m);
