@@ -155,6 +155,8 @@ const nbs_enum_word nbs_norm_words[] = {
 const nbs_enum_word nbs_input_transform_words[] = {
     {"log1p", NBS_INPUT_LOG1P}, {"log1p_cp10k", NBS_INPUT_LOG1P_CP10K}, {NULL, 0}};
 const nbs_enum_word nbs_join_words[] = {{"inner", NBS_JOIN_INNER}, {"outer", NBS_JOIN_OUTER}, {NULL, 0}};
+const nbs_enum_word nbs_hvg_flavor_words[] = {
+    {"seurat_v3", NBS_HVG_SEURAT_V3}, {"seurat_v3_paper", NBS_HVG_SEURAT_V3_PAPER}, {NULL, 0}};
 const nbs_enum_word nbs_schedule_words[] = {{"constant", NBS_SCHED_CONSTANT},
                                             {"linear", NBS_SCHED_LINEAR},
                                             {"sigmoid", NBS_SCHED_SIGMOID},

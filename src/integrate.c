@@ -143,17 +143,17 @@ typedef struct {
     double *cb_sum;  /* [cb] */
 } contingency;
 
-static int table(const int32_t *a, const int32_t *b, int64_t n, contingency *t) {
+static int table(const int32_t *a, const int32_t *b, int64_t n, contingency *t, nbs_error *err) {
     memset(t, 0, sizeof *t);
     for (int64_t i = 0; i < n; i++)
         if (a[i] >= 0 && b[i] >= 0) {
             if (a[i] + 1 > t->ra) t->ra = a[i] + 1;
             if (b[i] + 1 > t->cb) t->cb = b[i] + 1;
         }
-    t->tab = calloc((size_t)t->ra * (size_t)t->cb + 1, sizeof *t->tab);
-    t->ra_sum = calloc((size_t)t->ra + 1, sizeof *t->ra_sum);
-    t->cb_sum = calloc((size_t)t->cb + 1, sizeof *t->cb_sum);
-    if (!t->tab || !t->ra_sum || !t->cb_sum) return -1;
+    if (!(t->tab = nbs_calloc((size_t)t->ra * (size_t)t->cb + 1, sizeof *t->tab, err)) ||
+        !(t->ra_sum = nbs_calloc((size_t)t->ra + 1, sizeof *t->ra_sum, err)) ||
+        !(t->cb_sum = nbs_calloc((size_t)t->cb + 1, sizeof *t->cb_sum, err)))
+        return NBS_ERR_NOMEM;
     for (int64_t i = 0; i < n; i++)
         if (a[i] >= 0 && b[i] >= 0) {
             t->tab[(int64_t)a[i] * t->cb + b[i]]++;
@@ -181,10 +181,11 @@ static double entropy(const double *v, int k, double n) {
     return h;
 }
 
-double nbs_nmi(const int32_t *a, const int32_t *b, int64_t n) {
+int nbs_nmi(const int32_t *a, const int32_t *b, int64_t n, double *out, nbs_error *err) {
     contingency t;
     double r = NAN;
-    if (!table(a, b, n, &t) && t.n > 0) {
+    const int rc = table(a, b, n, &t, err);
+    if (!rc && t.n > 0) {
         int ua = used(t.ra_sum, t.ra), ub = used(t.cb_sum, t.cb);
         if (ua == 1 && ub == 1) r = 1.0; /* sklearn: two single-class labelings agree */
         else {
@@ -199,13 +200,15 @@ double nbs_nmi(const int32_t *a, const int32_t *b, int64_t n) {
         }
     }
     table_free(&t);
-    return r;
+    *out = r;
+    return rc;
 }
 
-double nbs_ari(const int32_t *a, const int32_t *b, int64_t n) {
+int nbs_ari(const int32_t *a, const int32_t *b, int64_t n, double *out, nbs_error *err) {
     contingency t;
     double r = NAN;
-    if (!table(a, b, n, &t) && t.n > 0) {
+    const int rc = table(a, b, n, &t, err);
+    if (!rc && t.n > 0) {
         /* sklearn's pair confusion matrix: pairs together in both, in one only, in neither */
         double sq = 0, sa = 0, sb = 0;
         for (int64_t i = 0; i < (int64_t)t.ra * t.cb; i++) sq += t.tab[i] * t.tab[i];
@@ -215,13 +218,15 @@ double nbs_ari(const int32_t *a, const int32_t *b, int64_t n) {
         r = fn == 0 && fp == 0 ? 1.0 : 2.0 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn));
     }
     table_free(&t);
-    return r;
+    *out = r;
+    return rc;
 }
 
-double nbs_cramers_v(const int32_t *a, const int32_t *b, int64_t n) {
+int nbs_cramers_v(const int32_t *a, const int32_t *b, int64_t n, double *out, nbs_error *err) {
     contingency t;
     double r = NAN;
-    if (!table(a, b, n, &t) && t.n > 0) {
+    const int rc = table(a, b, n, &t, err);
+    if (!rc && t.n > 0) {
         int ua = used(t.ra_sum, t.ra), ub = used(t.cb_sum, t.cb), k = ua < ub ? ua : ub;
         double chi2 = 0;
         for (int i = 0; i < t.ra; i++)
@@ -232,7 +237,8 @@ double nbs_cramers_v(const int32_t *a, const int32_t *b, int64_t n) {
         if (k > 1) r = sqrt(chi2 / (t.n * (k - 1)));
     }
     table_free(&t);
-    return r;
+    *out = r;
+    return rc;
 }
 
 /* ---- the metrics of one embedding ---- */
@@ -345,10 +351,11 @@ static int leiden_sweep(const nbs_graph *conn, const int32_t *label, uint64_t se
         int nc = 0;
         rc = nbs_graph_leiden(conn, res, nbs_stream_seed(seed, NBS_STREAM_LEIDEN, (uint64_t)step, 0), memb, &nc, err);
         if (rc) break;
-        double nmi = nbs_nmi(label, memb, m);
+        double nmi;
+        if ((rc = nbs_nmi(label, memb, m, &nmi, err))) break;
         if (nmi > r->nmi) {
             r->nmi = nmi;
-            r->ari = nbs_ari(label, memb, m);
+            if ((rc = nbs_ari(label, memb, m, &r->ari, err))) break;
             r->resolution = res;
             r->n_clusters = nc;
         }
@@ -485,7 +492,7 @@ int nbs_integration_metrics(const float *z, int64_t n, int d, nbs_metric metric,
             if ((rc = batch_asw(yl, m, d, bl, n_batches, ll, n_labels, &r->batch_asw, err)) ||
                 (rc = graph_connectivity(&conn, ll, n_labels, &r->graph_connectivity, err)))
                 goto done;
-            r->cramers_v = nbs_cramers_v(bl, ll, m);
+            if ((rc = nbs_cramers_v(bl, ll, m, &r->cramers_v, err))) goto done;
             if ((rc = one_batch_labels(bl, ll, m, n_labels, label_names, r, err))) goto done;
             r->confounded = r->cramers_v >= NBS_CONFOUNDED_CRAMERS_V || r->one_batch_labels[0];
         }

@@ -75,6 +75,7 @@ static const nbs_key_desc KEYS[] = {
     {"preprocess", "hvg_span", K_DOUBLE, F(preprocess, hvg_span), 0, 1, 1, NULL,
      "a number in (0, 1]"},
     {"preprocess", "hvg_batch_aware", K_BOOL, F(preprocess, hvg_batch_aware), 0, 0, 0, NULL, NULL},
+    {"preprocess", "hvg_flavor", K_ENUM, F(preprocess, hvg_flavor), 0, 0, 0, nbs_hvg_flavor_words, NULL},
 
     {"model", "latent", K_ENUM, F(model, latent), 0, 0, 0, nbs_latent_words, NULL},
     {"model", "latent_dim", K_INT, F(model, latent_dim), 1, 1024, 0, NULL,

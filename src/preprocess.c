@@ -324,31 +324,37 @@ int64_t nbs_preprocess_top_k(const double *score, int64_t n, int64_t k, int64_t 
  * scverse/scanpy 1.10+): per batch the clipped standardised variance, ranks by argsort of its
  * negative, num_batches_high_var = count of ranks < n_top_genes, highly_variable_rank = the
  * median of those ranks (masked median: the mean of the two middle ones for an even count, NaN
- * for none), and the sort of flavor "seurat_v3_paper" (nbatches descending, then the median
- * rank ascending, NaN last; pandas' multi-column sort is stable, so then the gene order).
- * scanpy's own "seurat_v3" sorts by the median rank first. Differences: ties in one batch's
+ * for none), and the sorts of its two flavors: "seurat_v3" (the median rank ascending, NaN last,
+ * then nbatches descending) and "seurat_v3_paper" (nbatches descending, then the median rank);
+ * pandas' multi-column sort is stable, so then the gene order. Differences: ties in one batch's
  * score go to the lower index (numpy's argsort is not stable), and a batch of fewer than 2
  * cells is left out (scanpy divides by N - 1 = 0 there). */
 typedef struct {
     const int *nbatches;
     const double *median;
+    nbs_hvg_flavor flavor;
 } batch_order;
+
+/* smaller median rank first, NaN last; 0 when equal or both NaN */
+static int cmp_median(double x, double y) {
+    if (isnan(x) || isnan(y)) return isnan(x) - isnan(y);
+    return (x > y) - (x < y);
+}
 
 static int cmp_batch_order(const void *a, const void *b, void *ctx) {
     const batch_order *o = ctx;
     const int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
-    if (o->nbatches[i] != o->nbatches[j]) return o->nbatches[i] > o->nbatches[j] ? -1 : 1;
-    const double x = o->median[i], y = o->median[j];
-    if (!isnan(x) || !isnan(y)) {
-        if (isnan(x)) return 1;
-        if (isnan(y)) return -1;
-        if (x != y) return x < y ? -1 : 1;
-    }
+    const int by_batches = (o->nbatches[j] > o->nbatches[i]) - (o->nbatches[j] < o->nbatches[i]);
+    const int by_median = cmp_median(o->median[i], o->median[j]);
+    const int first = o->flavor == NBS_HVG_SEURAT_V3_PAPER ? by_batches : by_median;
+    const int second = o->flavor == NBS_HVG_SEURAT_V3_PAPER ? by_median : by_batches;
+    if (first) return first;
+    if (second) return second;
     return (i > j) - (i < j);
 }
 
 int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, int n_batches, double span, int64_t k,
-                               int64_t *out, int *used, nbs_error *err) {
+                                   nbs_hvg_flavor flavor, int64_t *out, int *used, nbs_error *err) {
     const int64_t G = m->n_genes, N = m->n_cells;
     *used = 0;
     if (k > G) k = G;
@@ -398,7 +404,7 @@ int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, in
             median[g] = !c ? NAN : c % 2 ? r[c / 2] : 0.5 * ((double)r[c / 2 - 1] + r[c / 2]);
             order[g] = g;
         }
-        batch_order o = {nbatches, median};
+        batch_order o = {nbatches, median, flavor};
         qsort_r(order, (size_t)G, sizeof *order, cmp_batch_order, &o);
         memcpy(out, order, sizeof *out * (size_t)k);
         qsort(out, (size_t)k, sizeof *out, cmp_i64);
@@ -520,7 +526,7 @@ static int select_hvg(nbs_matrix *x, const nbs_preprocess_config *cfg, const nbs
                                    "every cell the filters keep needs one", x->barcodes[i], b->column);
         int used = 0;
         const int64_t k = rc ? 0 : nbs_preprocess_hvg_batched(x, kept_batch, b->n_batches, cfg->hvg_span,
-                                                              cfg->n_top_genes, top, &used, err);
+                                                              cfg->n_top_genes, cfg->hvg_flavor, top, &used, err);
         if (k < 0) rc = err->code;
         for (int i = 0; !rc && i < b->n_batches; i++) {
             int64_t n = 0;

@@ -146,9 +146,13 @@ static int stage_preprocess(run_state *s, nbs_error *err) {
     if (st) return st;
     if (*column && s->pre->removed_genes_hvg > 0) {
         if (s->pre->hvg_batches)
-            nbs_info("highly variable genes: Seurat v3 ranked within each of %d batches of '%s', genes ordered by the "
-                     "number of batches that rank them among the top %lld, then by their median rank "
-                     "(preprocess.hvg_batch_aware)", s->pre->hvg_batches, column, (long long)pc->n_top_genes);
+            nbs_info("highly variable genes: Seurat v3 ranked within each of %d batches of '%s', genes ordered by %s "
+                     "(preprocess.hvg_flavor: %s)", s->pre->hvg_batches, column,
+                     pc->hvg_flavor == NBS_HVG_SEURAT_V3_PAPER
+                         ? "the number of batches that rank them among the top n_top_genes, then by their median rank"
+                         : "their median rank over the batches that rank them among the top n_top_genes, then by "
+                           "the number of those batches",
+                     nbs_enum_word_of(nbs_hvg_flavor_words, pc->hvg_flavor));
         else
             nbs_info("highly variable genes: Seurat v3 over all cells pooled%s", pc->hvg_batch_aware ? ""
                      : " (preprocess.hvg_batch_aware: false)");

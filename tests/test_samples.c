@@ -327,6 +327,11 @@ static nbs_matrix *hvg_data(int32_t *batch, int extra_cell) {
     return m;
 }
 
+static int cmp_i64_test(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
 static int contains(const int64_t *s, int64_t n, int64_t g) {
     for (int64_t i = 0; i < n; i++)
         if (s[i] == g) return 1;
@@ -340,7 +345,7 @@ static void test_hvg_batched_known_answer(void **state) {
     nbs_error err = {0};
     int64_t top[10], pooled[10];
     int used = -1;
-    assert_int_equal(nbs_preprocess_hvg_batched(m, batch, 2, 0.3, 10, top, &used, &err), 10);
+    assert_int_equal(nbs_preprocess_hvg_batched(m, batch, 2, 0.3, 10, NBS_HVG_SEURAT_V3_PAPER, top, &used, &err), 10);
     assert_int_equal(used, 2);
     double score[HG];
     assert_int_equal(nbs_preprocess_seurat_v3(m, 0.3, NULL, NULL, NULL, score, &err), NBS_OK);
@@ -354,20 +359,97 @@ static void test_hvg_batched_known_answer(void **state) {
     int32_t batch3[HC + 1];
     nbs_matrix *m3 = hvg_data(batch3, 1);
     int64_t top3[10];
-    assert_int_equal(nbs_preprocess_hvg_batched(m3, batch3, 3, 0.3, 10, top3, &used, &err), 10);
+    assert_int_equal(nbs_preprocess_hvg_batched(m3, batch3, 3, 0.3, 10, NBS_HVG_SEURAT_V3_PAPER, top3, &used, &err), 10);
     assert_int_equal(used, 2);
     assert_memory_equal(top3, top, sizeof top);
     /* a single batch is the pooled selection */
     int32_t one[HC] = {0};
-    assert_int_equal(nbs_preprocess_hvg_batched(m, one, 1, 0.3, 10, top, &used, &err), 10);
+    assert_int_equal(nbs_preprocess_hvg_batched(m, one, 1, 0.3, 10, NBS_HVG_SEURAT_V3, top, &used, &err), 10);
     assert_memory_equal(top, pooled, sizeof top);
     /* no batch with 2 cells: nothing ranked */
     int32_t own[HC];
     for (int i = 0; i < HC; i++) own[i] = i;
-    assert_int_equal(nbs_preprocess_hvg_batched(m, own, HC, 0.3, 10, top, &used, &err), 0);
+    assert_int_equal(nbs_preprocess_hvg_batched(m, own, HC, 0.3, 10, NBS_HVG_SEURAT_V3, top, &used, &err), 0);
     assert_int_equal(used, 0);
     nbs_matrix_free(m);
     nbs_matrix_free(m3);
+}
+
+/* The two orders of scanpy's flavors, against the combination written out here from scanpy's
+ * definition (_highly_variable_genes_seurat_v3: per batch, ranks of the score; per gene the count
+ * of ranks below k and their median; "seurat_v3" sorts by (median ascending NaN last, count
+ * descending), "seurat_v3_paper" by (count descending, median ascending NaN last)), from the
+ * per-batch scores of nbs_preprocess_seurat_v3; and on this data the two select different genes
+ * for some k. */
+typedef struct {
+    int count;
+    double median;
+    int64_t gene;
+    int paper;
+} hvg_key;
+
+static int cmp_hvg_key(const void *a, const void *b) {
+    const hvg_key *x = a, *y = b;
+    const int nan_x = isnan(x->median), nan_y = isnan(y->median);
+    const int med = nan_x != nan_y ? nan_x - nan_y : nan_x ? 0 : (x->median > y->median) - (x->median < y->median);
+    const int cnt = (y->count > x->count) - (y->count < x->count);
+    const int first = x->paper ? cnt : med, second = x->paper ? med : cnt;
+    return first ? first : second ? second : (x->gene > y->gene) - (x->gene < y->gene);
+}
+
+static int cmp_rank_desc(const void *a, const void *b, void *ctx) {
+    const double *s = ctx;
+    const int64_t i = *(const int64_t *)a, j = *(const int64_t *)b;
+    if (s[i] != s[j]) return s[i] > s[j] ? -1 : 1;
+    return (i > j) - (i < j);
+}
+
+static void test_hvg_flavors_match_their_definition(void **state) {
+    (void)state;
+    int32_t batch[HC + 1];
+    nbs_matrix *m = hvg_data(batch, 0);
+    nbs_error err = {0};
+    static int rank[2][HG]; /* rank[b][g]: 0 = most variable in batch b */
+    int64_t genes[HG], cells[HC / 2];
+    for (int g = 0; g < HG; g++) genes[g] = g;
+    for (int b = 0; b < 2; b++) {
+        for (int i = 0; i < HC / 2; i++) cells[i] = b * (HC / 2) + i;
+        nbs_matrix *sub = nbs_matrix_subset(m, cells, HC / 2, genes, HG, &err);
+        assert_non_null(sub);
+        double score[HG];
+        assert_int_equal(nbs_preprocess_seurat_v3(sub, 0.3, NULL, NULL, NULL, score, &err), NBS_OK);
+        int64_t order[HG];
+        for (int g = 0; g < HG; g++) order[g] = g;
+        qsort_r(order, HG, sizeof *order, cmp_rank_desc, score);
+        for (int r = 0; r < HG; r++) rank[b][order[r]] = r;
+        nbs_matrix_free(sub);
+    }
+    int differ = 0;
+    for (int k = 5; k <= 40; k++) {
+        int64_t want[2][40], got[2][40];
+        for (int paper = 0; paper < 2; paper++) {
+            hvg_key key[HG];
+            for (int g = 0; g < HG; g++) {
+                int c = 0;
+                double in[2];
+                for (int b = 0; b < 2; b++)
+                    if (rank[b][g] < k) in[c++] = rank[b][g];
+                key[g] = (hvg_key){c, c == 0 ? NAN : c == 1 ? in[0] : 0.5 * (in[0] + in[1]), g, paper};
+            }
+            qsort(key, HG, sizeof *key, cmp_hvg_key);
+            for (int i = 0; i < k; i++) want[paper][i] = key[i].gene;
+            qsort(want[paper], (size_t)k, sizeof **want, cmp_i64_test);
+            int used = 0;
+            assert_int_equal(nbs_preprocess_hvg_batched(m, batch, 2, 0.3, k,
+                                                        paper ? NBS_HVG_SEURAT_V3_PAPER : NBS_HVG_SEURAT_V3,
+                                                        got[paper], &used, &err), k);
+            assert_memory_equal(got[paper], want[paper], sizeof(int64_t) * (size_t)k);
+        }
+        differ += memcmp(want[0], want[1], sizeof(int64_t) * (size_t)k) != 0;
+    }
+    printf("the two flavors select different genes for %d of the 36 values of k from 5 to 40\n", differ);
+    assert_true(differ > 0);
+    nbs_matrix_free(m);
 }
 
 /* ---- the example pipeline, end to end ---- */
@@ -426,6 +508,7 @@ int main(void) {
         cmocka_unit_test(test_pipeline_samples_refused),
         cmocka_unit_test(test_sample_is_the_batch),
         cmocka_unit_test(test_hvg_batched_known_answer),
+        cmocka_unit_test(test_hvg_flavors_match_their_definition),
         cmocka_unit_test(test_two_samples_pipeline),
     };
     int rc = cmocka_run_group_tests(tests, NULL, NULL);

@@ -58,6 +58,9 @@ typedef struct {
 /* How the genes of several samples are combined: those in every sample, or all (zeros where a
  * sample lacks one), as anndata.concat's join. */
 typedef enum { NBS_JOIN_INNER = 0, NBS_JOIN_OUTER } nbs_join;
+/* Batch-aware HVG order, scanpy's flavor names: the median rank over the batches first, or the
+ * number of batches selecting the gene first (Seurat's SelectIntegrationFeatures) */
+typedef enum { NBS_HVG_SEURAT_V3 = 0, NBS_HVG_SEURAT_V3_PAPER } nbs_hvg_flavor;
 
 typedef struct {
     char path[NBS_PATH_MAX];   /* one input; "" when samples are given */
@@ -89,6 +92,7 @@ typedef struct {
     int64_t n_top_genes;    /* highly variable genes (Seurat v3); 0 = keep all genes */
     double hvg_span;        /* loess span of the Seurat v3 variance fit (scanpy: 0.3) */
     int hvg_batch_aware;    /* with a batch: rank genes within each batch (scanpy's batch_key) */
+    nbs_hvg_flavor hvg_flavor; /* how the batches' ranks are combined */
 } nbs_preprocess_config;
 
 typedef enum { NBS_LATENT_GAUSSIAN = 0, NBS_LATENT_VMF, NBS_LATENT_POWER_SPHERICAL } nbs_latent_kind;
@@ -194,7 +198,8 @@ typedef struct {
 /* Each list ends with {NULL, 0}. */
 extern const nbs_enum_word nbs_format_words[], nbs_orientation_words[], nbs_non_integer_words[],
     nbs_latent_words[], nbs_likelihood_words[], nbs_dispersion_words[], nbs_dispersion_init_words[],
-    nbs_norm_words[], nbs_input_transform_words[], nbs_schedule_words[], nbs_join_words[];
+    nbs_norm_words[], nbs_input_transform_words[], nbs_schedule_words[], nbs_join_words[],
+    nbs_hvg_flavor_words[];
 
 /* The word of value in words; "unknown" when it has none. */
 const char *nbs_enum_word_of(const nbs_enum_word *words, int value);

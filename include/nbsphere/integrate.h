@@ -36,11 +36,13 @@ int nbs_silhouette(const float *x, int d, const int64_t *rows, int64_t m, const 
 
 /* sklearn's normalized_mutual_info_score (arithmetic mean of the entropies) and
  * adjusted_rand_score of two labelings a, b [n] (codes >= 0; cells with a negative code in
- * either are skipped). */
-double nbs_nmi(const int32_t *a, const int32_t *b, int64_t n);
-double nbs_ari(const int32_t *a, const int32_t *b, int64_t n);
-/* Cramér's V of the contingency table of a and b: sqrt(chi^2 / (n (min(r, c) - 1))). */
-double nbs_cramers_v(const int32_t *a, const int32_t *b, int64_t n);
+ * either are skipped) into *out (NaN when no cell has both). NBS_ERR_NOMEM if the contingency
+ * table cannot be allocated. */
+int nbs_nmi(const int32_t *a, const int32_t *b, int64_t n, double *out, nbs_error *err);
+int nbs_ari(const int32_t *a, const int32_t *b, int64_t n, double *out, nbs_error *err);
+/* Cramér's V of the contingency table of a and b: sqrt(chi^2 / (n (min(r, c) - 1))); NaN when
+ * either has a single category among the counted cells. */
+int nbs_cramers_v(const int32_t *a, const int32_t *b, int64_t n, double *out, nbs_error *err);
 
 typedef struct {
     int n_batches, n_labels;           /* categories seen among the cells */

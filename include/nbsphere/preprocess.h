@@ -81,16 +81,18 @@ int nbs_preprocess_loess(const double *x, const double *y, int64_t n, double spa
 int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean, double *var,
                              double *log10_var_fitted, double *norm_var, nbs_error *err);
 
-/* Batch-aware Seurat v3 (Seurat's SelectIntegrationFeatures; scanpy's highly_variable_genes with
- * batch_key and flavor "seurat_v3_paper"): nbs_preprocess_seurat_v3 within each batch of at
- * least 2 cells (batch[i] in [0, n_batches) for every row of m), each batch's genes ranked by
- * that score (0 = most variable; ties to the lower index, NaN last), then genes ordered by the
- * number of batches in which their rank is below k (more first), ties by the median of those
- * ranks (smaller first; none = last), then by index. The first k, in ascending order, into out
+/* Batch-aware Seurat v3 (scanpy's highly_variable_genes with batch_key and flavor "seurat_v3" or
+ * "seurat_v3_paper"): nbs_preprocess_seurat_v3 within each batch of at least 2 cells (batch[i] in
+ * [0, n_batches) for every row of m), each batch's genes ranked by that score (0 = most variable;
+ * ties to the lower index, NaN last); per gene, the number of batches in which its rank is below
+ * k and the median of those ranks (none: NaN). NBS_HVG_SEURAT_V3 orders the genes by that median
+ * (smaller first, NaN last), ties by the number of batches (more first); NBS_HVG_SEURAT_V3_PAPER
+ * (Seurat's SelectIntegrationFeatures) by the number of batches first, ties by the median; then
+ * by index. The first k, in ascending order, into out
  * (k); *used gets the number of batches ranked (0 when none has 2 cells: nothing is written).
  * Returns the number written. */
 int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, int n_batches, double span, int64_t k,
-                               int64_t *out, int *used, nbs_error *err);
+                                   nbs_hvg_flavor flavor, int64_t *out, int *used, nbs_error *err);
 
 /* Indices of the k largest scores in ascending index order (ties: lower index first).
  * k is clipped to n; returns the number written to out. */
