@@ -19,7 +19,7 @@
 
 static nbs_preprocess_config config(double min_counts, int64_t min_genes, int64_t min_cells,
                                     int64_t n_top) {
-    nbs_preprocess_config c = {min_counts, min_genes, min_cells, n_top, 0.3, 1};
+    nbs_preprocess_config c = {min_counts, min_genes, min_cells, n_top, 0.3, 1, NBS_HVG_SEURAT_V3};
     return c;
 }
 
