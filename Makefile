@@ -15,7 +15,9 @@
 CC ?= cc
 PKGS := hdf5 openblas yaml-0.1 zlib libcrypto igraph
 DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-dev libyaml-dev libigraph-dev \
-                zlib1g-dev libssl-dev libcsv-dev libcmocka-dev hdf5-tools clang libclang-rt-14-dev libomp-14-dev python3-anndata
+                zlib1g-dev libssl-dev libcsv-dev libcmocka-dev hdf5-tools clang libclang-rt-14-dev libomp-14-dev python3-anndata \
+                libglpk-dev libarpack2-dev libplfit-dev libgmp-dev
+# (the last four: what `pkg-config --static --libs igraph` names, for a static link against libnbsphere.a)
 
 SANITIZE ?=
 OPT ?= -O3
