@@ -33,6 +33,8 @@ void nbs_config_defaults(nbs_config *c) {
     c->model.input_transform = NBS_INPUT_LOG1P;
     c->model.kappa_floor = 1.0;
     c->model.decoder_init_scale = 1.0;
+    c->model.covariate_embedding = NBS_COVARIATE_ONEHOT;
+    c->model.covariate_embedding_dim = 5;
 
     c->train.epochs = NBS_AUTO;
     c->train.batch_size = 128;
@@ -154,6 +156,10 @@ const nbs_enum_word nbs_norm_words[] = {
     {"none", NBS_NORM_NONE}, {"layer", NBS_NORM_LAYER}, {"batch", NBS_NORM_BATCH}, {NULL, 0}};
 const nbs_enum_word nbs_input_transform_words[] = {
     {"log1p", NBS_INPUT_LOG1P}, {"log1p_cp10k", NBS_INPUT_LOG1P_CP10K}, {NULL, 0}};
+/* scvi-tools' batch_representation spells the first one-hot: read too, written as here */
+const nbs_enum_word nbs_covariate_embedding_words[] = {
+    {"onehot", NBS_COVARIATE_ONEHOT}, {"embedding", NBS_COVARIATE_EMBEDDING}, {"one-hot", NBS_COVARIATE_ONEHOT},
+    {NULL, 0}};
 const nbs_enum_word nbs_join_words[] = {{"inner", NBS_JOIN_INNER}, {"outer", NBS_JOIN_OUTER}, {NULL, 0}};
 const nbs_enum_word nbs_hvg_flavor_words[] = {
     {"seurat_v3", NBS_HVG_SEURAT_V3}, {"seurat_v3_paper", NBS_HVG_SEURAT_V3_PAPER}, {NULL, 0}};

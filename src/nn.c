@@ -148,6 +148,17 @@ void nbs_linear_add_backward(float *dW, int k, int out, const float *x, int n, c
         }
 }
 
+void nbs_linear_add_input_backward(const float *W, int k, int out, const float *dy, int n, float *dx) {
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < k; j++) {
+            const float *w = W + (int64_t)j * out, *d = dy + (int64_t)i * out;
+            float sum = 0;
+#pragma omp simd reduction(+ : sum)
+            for (int c = 0; c < out; c++) sum += w[c] * d[c];
+            dx[(int64_t)i * k + j] += sum;
+        }
+}
+
 void nbs_relu_forward(float *y, int64_t n) {
     for (int64_t k = 0; k < n; k++) y[k] = y[k] > 0 ? y[k] : 0;
 }

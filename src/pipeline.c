@@ -96,6 +96,10 @@ static const nbs_key_desc KEYS[] = {
     {"model", "decoder_init_scale", K_DOUBLE, F(model, decoder_init_scale), 0, 1e3, 1, NULL,
      "a number in (0, 1000]"},
     {"model", "encode_covariates", K_BOOL, F(model, encode_covariates), 0, 0, 0, NULL, NULL},
+    {"model", "covariate_embedding", K_ENUM, F(model, covariate_embedding), 0, 0, 0, nbs_covariate_embedding_words,
+     NULL},
+    {"model", "covariate_embedding_dim", K_INT, F(model, covariate_embedding_dim), 1, 1024, 0, NULL,
+     "an integer from 1 to 1024"},
 
     {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, W_AUTO,
      "an integer from 1 to 1000000, or auto (200, and fewer beyond 20000 cells)"},

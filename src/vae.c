@@ -27,11 +27,12 @@ typedef struct {
 } block;
 
 /* One hidden layer: linear -> optional norm -> ReLU -> optional dropout (encoder only). A layer
- * the covariates are injected into adds their rows of Wcat and their values times Wcont to the
- * linear part: the product of the concatenation [x, one-hot, continuous] with one weight matrix. */
+ * the covariates are injected into adds their rows of Wcat (or their embeddings times Wcat) and
+ * their values times Wcont to the linear part: the product of the concatenation [x, one-hot or
+ * embeddings, continuous] with one weight matrix. */
 typedef struct {
     nbs_dense lin;
-    float *Wcat, *dWcat;   /* (total categories, out) or NULL */
+    float *Wcat, *dWcat;   /* (n_cat_in, out) or NULL */
     float *Wcont, *dWcont; /* (n_continuous, out) or NULL */
     nbs_norm norm;
     int has_norm;
@@ -49,7 +50,12 @@ struct nbs_model {
     nbs_model_config cfg;
     nbs_covariate_layout cov;
     int n_onehot;                         /* categories over every categorical covariate */
-    int cat_offset[NBS_MAX_CATEGORICAL];  /* first row of covariate k in the covariates.W blocks */
+    int cat_offset[NBS_MAX_CATEGORICAL];  /* first row of covariate k's categories (one-hot rows, table rows) */
+    int emb_dim;                          /* columns of each covariate's table; 0: one-hot */
+    int n_cat_in;                         /* rows of covariates.W: n_onehot, or n_categorical * emb_dim */
+    /* (n_onehot, emb_dim) the tables covariates.<k>.embedding one after another (covariate k's rows
+     * from cat_offset[k]) and their gradient; NULL when one-hot */
+    float *emb, *demb;
     int n_batches;                        /* rows of the per-gene dispersion: batch categories, or 1 */
     int G, kl_terms;
     int64_t n_params, n_state, adam_t;
@@ -103,7 +109,10 @@ struct nbs_workspace {
     float *bval;          /* (nnz_cap) */
     int64_t *rows;        /* (B) row of X of each batch cell */
     double *lib;          /* (B) observed library sizes */
-    int32_t *cov_rows;    /* (B, n_categorical) each cell's rows of the covariates.W blocks */
+    int32_t *cov_rows;    /* (B, n_categorical) each cell's categories as rows of covariates.W (one-hot)
+                           * or of the tables (embedding) */
+    float *cov_emb;       /* (B, n_categorical * emb_dim) each cell's table rows concatenated */
+    float *dcov_emb;      /* (B, n_categorical * emb_dim) loss gradient of cov_emb, summed over the layers */
     float *cov_values;    /* (B, n_continuous) each cell's continuous covariates */
     int32_t *batch;       /* (B) batch category of each cell (gene_batch dispersion) */
     double *loglik;       /* (B) log p(x_i | z_i) */
@@ -210,10 +219,10 @@ static void init_dense(nbs_dense *L, gsl_rng *rng, double scale) {
  * them: the weights of the layer's own input, of the categories and of the continuous values. */
 static void init_hidden(const nbs_model *m, hidden *h, gsl_rng *rng) {
     const nbs_dense *L = &h->lin;
-    const int n_onehot = h->Wcat ? m->n_onehot : 0, n_cont = h->Wcont ? m->cov.n_continuous : 0;
-    const double a = 1.0 / sqrt((double)L->in + n_onehot + n_cont);
+    const int n_cat = h->Wcat ? m->n_cat_in : 0, n_cont = h->Wcont ? m->cov.n_continuous : 0;
+    const double a = 1.0 / sqrt((double)L->in + n_cat + n_cont);
     fill_uniform(L->W, (int64_t)L->in * L->out, a, rng);
-    if (h->Wcat) fill_uniform(h->Wcat, (int64_t)n_onehot * L->out, a, rng);
+    if (h->Wcat) fill_uniform(h->Wcat, (int64_t)n_cat * L->out, a, rng);
     if (h->Wcont) fill_uniform(h->Wcont, (int64_t)n_cont * L->out, a, rng);
     fill_uniform(L->b, L->out, a, rng);
     if (!h->has_norm) return;
@@ -233,6 +242,10 @@ static int check_config(const nbs_model_config *mc, int n_genes, nbs_error *err)
         return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: spherical latents need 2 or more dimensions");
     if (mc->latent_dim > NBS_MAX_KL_TERMS)
         return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_dim: at most %d dimensions", NBS_MAX_KL_TERMS);
+    if (mc->covariate_embedding == NBS_COVARIATE_EMBEDDING &&
+        (mc->covariate_embedding_dim < 1 || mc->covariate_embedding_dim > 1024))
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.covariate_embedding_dim: %d; expected 1 to 1024",
+                             mc->covariate_embedding_dim);
     if (mc->latent_dim < 1 || mc->n_encoder_layers < 1 || mc->n_decoder_layers < 1 ||
         mc->n_encoder_layers > NBS_MAX_LAYERS || mc->n_decoder_layers > NBS_MAX_LAYERS)
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -266,6 +279,9 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
         m->cat_offset[k] = m->n_onehot;
         m->n_onehot += cov->n_categories[k];
     }
+    m->emb_dim = mc->covariate_embedding == NBS_COVARIATE_EMBEDDING && cov->n_categorical
+                     ? mc->covariate_embedding_dim : 0;
+    m->n_cat_in = m->emb_dim ? cov->n_categorical * m->emb_dim : m->n_onehot;
     m->n_batches = mc->dispersion == NBS_DISP_GENE_BATCH && cov->has_batch ? cov->n_categories[0] : 1;
     m->G = n_genes;
     /* one stage today; a ladder or a categorical latent adds entries */
@@ -287,11 +303,14 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     int in = n_genes;
     /* scvi-tools' injection: the categorical covariates into every decoder hidden layer
      * (deeply_inject_covariates), the continuous ones into the first; with encode_covariates both
-     * into the first encoder layer too */
+     * into the first encoder layer too. An embedding enters where the one-hot block would: every
+     * decoder hidden layer (scvi-tools' SCVI with batch_representation="embedding" concatenates
+     * the batch's embedding to the decoder's input only, as a continuous covariate; here it is
+     * injected as deeply as the one-hot) */
     const int n_cont = cov->n_continuous, enc_cov = mc->encode_covariates;
     for (int i = 0; i < m->n_enc; i++) {
         snprintf(nm, sizeof nm, "encoder.%d", i);
-        enc[i] = declare_layer(m, nm, in, mc->encoder_layers[i], mc->norm, enc_cov && !i ? m->n_onehot : 0,
+        enc[i] = declare_layer(m, nm, in, mc->encoder_layers[i], mc->norm, enc_cov && !i ? m->n_cat_in : 0,
                                enc_cov && !i ? n_cont : 0);
         in = mc->encoder_layers[i];
     }
@@ -299,7 +318,7 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     in = mc->latent_dim;
     for (int i = 0; i < m->n_dec; i++) {
         snprintf(nm, sizeof nm, "decoder.%d", i);
-        dec[i] = declare_layer(m, nm, in, mc->decoder_layers[i], mc->norm, m->n_onehot, i ? 0 : n_cont);
+        dec[i] = declare_layer(m, nm, in, mc->decoder_layers[i], mc->norm, m->n_cat_in, i ? 0 : n_cont);
         in = mc->decoder_layers[i];
     }
     out = declare_layer(m, "decoder.out", in, n_genes, 0, 0, 0);
@@ -307,6 +326,13 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     if (m->has_disp) disp = declare_layer(m, "decoder.dispersion", in, n_genes, 0, 0, 0);
     int disp_gene = mc->likelihood != NBS_LIK_POISSON && !m->has_disp
                         ? add_block(m, "dispersion", m->n_batches, n_genes, 0) : -1;
+    /* the tables last and consecutive, so they are one (n_onehot, emb_dim) array */
+    int emb0 = -1;
+    for (int k = 0; m->emb_dim && k < cov->n_categorical; k++) {
+        snprintf(nm, sizeof nm, "covariates.%d.embedding", k);
+        const int id = add_block(m, nm, cov->n_categories[k], m->emb_dim, 0);
+        if (!k) emb0 = id;
+    }
 
     size_t np = (size_t)m->n_params;
     m->params = nbs_calloc(np, sizeof(float), err);
@@ -326,6 +352,8 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     if (m->has_disp) bind_dense(m, &m->out_disp, disp);
     m->log_theta = P(m, disp_gene);
     m->dlog_theta = D(m, disp_gene);
+    m->emb = P(m, emb0);
+    m->demb = D(m, emb0);
 
     if (rng) {
         for (int i = 0; i < m->n_enc; i++) init_hidden(m, &m->enc[i], rng);
@@ -338,6 +366,9 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
         /* log theta = 0 (theta = 1) to start, or N(0, 1) draws as scvi-tools */
         if (m->log_theta && mc->dispersion_init == NBS_DISP_INIT_LOGNORMAL)
             for (int64_t k = 0; k < (int64_t)m->n_batches * m->G; k++) m->log_theta[k] = (float)gsl_ran_gaussian(rng, 1.0);
+        /* the tables N(0, 1), torch.nn.Embedding's default (scvi.nn.Embedding keeps it) */
+        for (int64_t k = 0; m->emb && k < (int64_t)m->n_onehot * m->emb_dim; k++)
+            m->emb[k] = (float)gsl_ran_gaussian(rng, 1.0);
     }
     return m;
 }
@@ -386,8 +417,9 @@ nbs_model *nbs_model_grow(const nbs_model *old, const nbs_covariate_layout *grow
                    sizeof(float) * (size_t)A->rows * A->cols);
     }
     /* covariates.W (n_onehot, width) of every layer that reads them: the known categories' rows
-     * move to their codes among the grown categories, new rows are drawn and train */
-    for (int i = 0; i < m->n_enc + m->n_dec; i++) {
+     * move to their codes among the grown categories, new rows are drawn and train. With
+     * embeddings covariates.W keeps its shape and stays frozen; the tables grow instead. */
+    for (int i = 0; !m->emb && i < m->n_enc + m->n_dec; i++) {
         hidden *h = i < m->n_enc ? &m->enc[i] : &m->dec[i - m->n_enc];
         const hidden *ho = i < m->n_enc ? &old->enc[i] : &old->dec[i - m->n_enc];
         if (!h->Wcat) continue;
@@ -402,6 +434,21 @@ nbs_model *nbs_model_grow(const nbs_model *old, const nbs_covariate_layout *grow
             }
         for (int64_t r = 0; r < m->n_onehot; r++)
             if (m->trainable[(h->Wcat - m->params) + r * w]) fill_uniform(h->Wcat + r * w, w, a, rng);
+    }
+    /* the tables (n_onehot, emb_dim): the same, new rows N(0, 1) as a new model's (scvi.nn.Embedding's
+     * extend with freeze_prev) */
+    if (m->emb) {
+        const int64_t E = m->emb_dim, at = m->emb - m->params;
+        memset(m->trainable + at, 1, (size_t)(m->n_onehot * E));
+        for (int k = 0; k < oc->n_categorical; k++)
+            for (int c = 0; c < oc->n_categories[k]; c++) {
+                const int64_t row = m->cat_offset[k] + old_to_new[k][c];
+                memcpy(m->emb + row * E, old->emb + (old->cat_offset[k] + c) * E, sizeof(float) * E);
+                memset(m->trainable + at + row * E, 0, (size_t)E);
+            }
+        for (int64_t r = 0; r < m->n_onehot; r++)
+            for (int64_t t = 0; m->trainable[at + r * E] && t < E; t++)
+                m->emb[r * E + t] = (float)gsl_ran_gaussian(rng, 1.0);
     }
     /* gene-batch dispersion (n_batches, G): the same for the batch's categories */
     if (m->log_theta && m->n_batches != old->n_batches) {
@@ -442,7 +489,7 @@ void nbs_workspace_free(nbs_workspace *w) {
         nbs_latent_cache_free(S->cache);
     }
     free(w->bptr), free(w->bidx), free(w->bval), free(w->rows), free(w->lib), free(w->loglik), free(w->kl);
-    free(w->cov_rows), free(w->cov_values), free(w->batch);
+    free(w->cov_rows), free(w->cov_emb), free(w->dcov_emb), free(w->cov_values), free(w->batch);
     free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp);
     free(w->likwork), free(w->lik_rows), free(w->dbuf[0]), free(w->dbuf[1]), free(w->dtmp);
     free(w);
@@ -492,6 +539,8 @@ static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz,
     ALLOC(w->rows, n, int64_t);
     ALLOC(w->lib, n, double);
     if (m->cov.n_categorical) ALLOC(w->cov_rows, (int64_t)n * m->cov.n_categorical, int32_t);
+    if (m->emb) ALLOC(w->cov_emb, (int64_t)n * m->n_cat_in, float);
+    if (m->emb && training) ALLOC(w->dcov_emb, (int64_t)n * m->n_cat_in, float);
     if (m->cov.n_continuous) ALLOC(w->cov_values, (int64_t)n * m->cov.n_continuous, float);
     if (m->n_batches > 1) ALLOC(w->batch, n, int32_t);
     ALLOC(w->loglik, n, double);
@@ -540,7 +589,8 @@ nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n) {
 /* ---- forward ---- */
 
 /* Each batch cell's covariates as the layers read them: its categories as rows of the
- * covariates.W blocks, its continuous values, and its batch. */
+ * covariates.W blocks or of the tables, with the tables' rows looked up, its continuous values,
+ * and its batch. */
 static int gather_covariates(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_error *err) {
     const int k = m->cov.n_categorical, kc = m->cov.n_continuous;
     if (w->model != m) /* its buffers are sized for that model's layers */
@@ -560,6 +610,9 @@ static int gather_covariates(const nbs_model *m, nbs_workspace *w, const nbs_cel
                 return nbs_error_set(err, NBS_ERR_INTERNAL, "cell %lld: code %d of categorical covariate %d is "
                                      "outside its %d categories", (long long)r, code, j, m->cov.n_categories[j]);
             w->cov_rows[(int64_t)i * k + j] = m->cat_offset[j] + code;
+            if (m->emb)
+                memcpy(w->cov_emb + ((int64_t)i * k + j) * m->emb_dim,
+                       m->emb + (int64_t)(m->cat_offset[j] + code) * m->emb_dim, sizeof(float) * m->emb_dim);
         }
         if (kc) memcpy(w->cov_values + (int64_t)i * kc, c->continuous + r * kc, sizeof(float) * kc);
         if (w->batch) w->batch[i] = c->covariate_codes[r * k];
@@ -605,7 +658,8 @@ static void hidden_forward(const nbs_model *m, const hidden *h, hidden_ws *hw, c
     const int64_t sz = (int64_t)n * h->lin.out;
     if (sx) nbs_dense_forward_sparse(&h->lin, sx, hw->relu_out);
     else nbs_dense_forward(&h->lin, x, n, hw->relu_out);
-    if (h->Wcat) nbs_onehot_forward(h->Wcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, hw->relu_out);
+    if (h->Wcat && m->emb) nbs_linear_add_forward(h->Wcat, m->n_cat_in, h->lin.out, w->cov_emb, n, hw->relu_out);
+    else if (h->Wcat) nbs_onehot_forward(h->Wcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, hw->relu_out);
     if (h->Wcont)
         nbs_linear_add_forward(h->Wcont, m->cov.n_continuous, h->lin.out, w->cov_values, n, hw->relu_out);
     if (h->has_norm) { /* a frozen model keeps its running statistics: it normalises as in evaluation */
@@ -704,7 +758,8 @@ void nbs_workspace_take_timers(nbs_workspace *w, double *products, double *likel
 /* ---- backward ---- */
 
 /* dact: gradient w.r.t. the layer's act (overwritten as scratch); writes dx of the layer's input
- * (NULL for the sparse first layer). The covariates' weights take the gradient of their rows. */
+ * (NULL for the sparse first layer). The covariates' weights take the gradient of their rows;
+ * with embeddings, the cells' looked-up rows take theirs too (added into w->dcov_emb). */
 static void hidden_backward(const nbs_model *m, hidden *h, const hidden_ws *hw, const nbs_workspace *w,
                             const float *x, const nbs_sparse_rows *sx, int n, int dropout_on, float *dact,
                             float *dx) {
@@ -712,7 +767,12 @@ static void hidden_backward(const nbs_model *m, hidden *h, const hidden_ws *hw, 
     if (dropout_on) nbs_mul_inplace(dact, hw->mask, sz);
     nbs_relu_backward(hw->relu_out, dact, sz);
     if (h->has_norm) nbs_norm_backward(&h->norm, dact, n, hw->xhat, hw->inv_std, hw->used_batch);
-    if (h->dWcat) nbs_onehot_backward(h->dWcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, dact);
+    if (h->dWcat && m->emb) {
+        nbs_linear_add_backward(h->dWcat, m->n_cat_in, h->lin.out, w->cov_emb, n, dact);
+        nbs_linear_add_input_backward(h->Wcat, m->n_cat_in, h->lin.out, dact, n, w->dcov_emb);
+    } else if (h->dWcat) {
+        nbs_onehot_backward(h->dWcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, dact);
+    }
     if (h->dWcont)
         nbs_linear_add_backward(h->dWcont, m->cov.n_continuous, h->lin.out, w->cov_values, n, dact);
     if (sx) nbs_dense_backward_sparse(&h->lin, sx, dact);
@@ -733,6 +793,7 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
         for (int64_t k = 0; w->dlt && k < nG; k++) w->dlt[k] *= recon_weight;
         for (int64_t k = 0; w->dzi && k < nG; k++) w->dzi[k] *= recon_weight;
     }
+    if (w->dcov_emb) memset(w->dcov_emb, 0, sizeof(float) * (size_t)n * m->n_cat_in);
     const float *hdec = w->dec[m->n_dec - 1].act;
     const int64_t hsz = (int64_t)n * m->dec[m->n_dec - 1].lin.out;
     float *d = w->dbuf[0], *dn = w->dbuf[1];
@@ -774,6 +835,11 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
         d = dn;
         dn = t;
     }
+    /* each cell's embedding gradient into its categories' table rows, serially in cell order */
+    for (int64_t i = 0; w->dcov_emb && i < n; i++)
+        for (int j = 0; j < m->cov.n_categorical; j++)
+            add_into(m->demb + (int64_t)w->cov_rows[i * m->cov.n_categorical + j] * m->emb_dim,
+                     w->dcov_emb + (i * m->cov.n_categorical + j) * m->emb_dim, m->emb_dim);
     /* frozen parameters have no gradient: clipping, the finiteness check and a reduction see only
      * the ones that train */
     for (int64_t k = 0; m->trainable && k < m->n_params; k++)

@@ -602,7 +602,7 @@ static void test_vmf_h5ad_run(void **state) {
 /* A training step allocates nothing: the workspace holds every buffer a step needs, from the
  * first step on (the Gaussian and both spheres, whose samplers and quadratures take their
  * scratch from the workspace too, and a model with covariates in every layer they can enter and
- * a per-batch dispersion), and so does an evaluation pass. */
+ * a per-batch dispersion, one-hot and as learned embeddings), and so does an evaluation pass. */
 static void test_training_step_allocates_nothing(void **state) {
     (void)state;
     nbs_error err = {0};
@@ -623,16 +623,17 @@ static void test_training_step_allocates_nothing(void **state) {
     nbs_cells batch = all;
     batch.rows = rows;
     batch.n = 64;
-    const nbs_latent_kind kinds[4] = {NBS_LATENT_GAUSSIAN, NBS_LATENT_GAUSSIAN, NBS_LATENT_VMF,
-                                      NBS_LATENT_POWER_SPHERICAL};
-    for (int k = 0; k < 4; k++) {
+    const nbs_latent_kind kinds[5] = {NBS_LATENT_GAUSSIAN, NBS_LATENT_GAUSSIAN, NBS_LATENT_VMF,
+                                      NBS_LATENT_POWER_SPHERICAL, NBS_LATENT_GAUSSIAN};
+    for (int k = 0; k < 5; k++) {
         nbs_config c;
         nbs_config_defaults(&c);
         c.model.latent = kinds[k];
         c.model.latent_dim = k == 3 ? 40 : 10; /* 40: a wide sphere */
         c.model.encoder_layers[0] = c.model.decoder_layers[0] = 32;
         c.model.norm = NBS_NORM_BATCH;
-        const int with_covariates = k == 1;
+        const int with_covariates = k == 1 || k == 4;
+        if (k == 4) c.model.covariate_embedding = NBS_COVARIATE_EMBEDDING;
         if (with_covariates) {
             c.model.n_decoder_layers = 2;
             c.model.decoder_layers[1] = 16;
@@ -661,7 +662,9 @@ static void test_training_step_allocates_nothing(void **state) {
         evals += nbs_model_forward(m, w, &batch, NBS_PASS_EVAL_SAMPLE, r, &recon, kl, &err) == 0;
         armed = 0;
         print_message("%s latent%s: %ld steps and %ld evaluation passes made %ld allocations\n",
-                      nbs_latent_word(kinds[k]), with_covariates ? " with covariates" : "", steps, evals, sh->count);
+                      nbs_latent_word(kinds[k]),
+                      with_covariates ? (k == 4 ? " with covariates (embeddings)" : " with covariates") : "", steps,
+                      evals, sh->count);
         assert_int_equal(steps, 3);
         assert_int_equal(evals, 1);
         assert_int_equal(sh->count, 0);

@@ -244,6 +244,84 @@ static void test_model_file_round_trip(void **state) {
     free(dir);
 }
 
+/* model.covariate_embedding: embedding. model.h5 keeps the tables (one per categorical covariate,
+ * n_categories x dim) and the setting; embed gives the run's embedding. embed --adapt of cells 12
+ * of them in a new batch ("zzz") grows the batch's table by a row and leaves every other weight as it was:
+ * the reference cells embed bit for bit as before. */
+static void test_embedding_model_file_and_adapt(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char table[4200], query[4200], run[4200], emb[4200], ad[4200], again[4200], args[16384];
+    snprintf(table, sizeof table, "%s", tu_path(dir, "labels.tsv"));
+    snprintf(query, sizeof query, "%s", tu_path(dir, "query.tsv"));
+    write_table(table, 0);
+    FILE *f = fopen(query, "w"); /* the first 12 cells in a new batch "zzz", the others as in table */
+    assert_non_null(f);
+    fprintf(f, "barcode\tbatch\tdonor\n");
+    for (int i = 0; i < 60; i++)
+        fprintf(f, "SIM%07d-1\t%s\td%d\n", i + 1, i < 12 ? "zzz" : (const char *[]){"b", "a", "c"}[i % 3], 1 + i % 2);
+    fclose(f);
+    snprintf(run, sizeof run, "%s", tu_path(dir, "run"));
+    snprintf(emb, sizeof emb, "%s", tu_path(dir, "embed"));
+    snprintf(ad, sizeof ad, "%s", tu_path(dir, "adapt"));
+    snprintf(again, sizeof again, "%s", tu_path(dir, "again"));
+    snprintf(args, sizeof args,
+             "train %s --out '%s' --epochs 3 --set input.labels_path='%s' --set input.batch_key=batch "
+             "--set input.categorical_covariates=[donor] --set model.encode_covariates=true "
+             "--set model.covariate_embedding=embedding --set model.covariate_embedding_dim=3 "
+             "--set model.encoder_layers=[8] --set model.decoder_layers=[8,6] --set model.latent_dim=2 "
+             "--set train.batch_size=16 -q",
+             DATA, run, table);
+    char *errout = NULL;
+    int rc = tu_run_cli(args, NULL, &errout);
+    if (rc) print_message("%s\n", errout ? errout : "");
+    assert_int_equal(rc, 0);
+    free(errout);
+    nbs_checkpoint ck;
+    nbs_error err = {0};
+    assert_int_equal(nbs_checkpoint_load(tu_path(run, "model.h5"), &ck, &err), NBS_OK);
+    assert_int_equal(ck.config.model.covariate_embedding, NBS_COVARIATE_EMBEDDING);
+    assert_int_equal(ck.config.model.covariate_embedding_dim, 3);
+    int rows = 0, cols = 0;
+    assert_non_null(nbs_model_param(ck.model, "covariates.0.embedding", &rows, &cols));
+    assert_int_equal(rows, 3), assert_int_equal(cols, 3);
+    assert_non_null(nbs_model_param(ck.model, "covariates.1.embedding", &rows, &cols));
+    assert_int_equal(rows, 2), assert_int_equal(cols, 3);
+    assert_non_null(nbs_model_param(ck.model, "decoder.1.covariates.W", &rows, &cols));
+    assert_int_equal(rows, 6); /* 2 covariates x 3 columns */
+    float old_table[9];
+    memcpy(old_table, nbs_model_param(ck.model, "covariates.0.embedding", NULL, NULL), sizeof old_table);
+    nbs_checkpoint_free(&ck);
+
+    snprintf(args, sizeof args, "embed '%s' %s --labels '%s' --out '%s' -q", tu_path(run, "model.h5"), DATA, table, emb);
+    assert_int_equal(tu_run_cli(args, NULL, NULL), 0);
+    char a[4200], b[4200];
+    snprintf(a, sizeof a, "%s", tu_path(run, "embedding.tsv"));
+    snprintf(b, sizeof b, "%s", tu_path(emb, "embedding.tsv"));
+    assert_true(tu_same_bytes(a, b));
+
+    snprintf(args, sizeof args, "embed '%s' %s --labels '%s' --out '%s' --adapt --adapt-epochs 3",
+             tu_path(run, "model.h5"), DATA, query, ad);
+    rc = tu_run_cli(args, NULL, &errout);
+    if (rc) print_message("%s\n", errout ? errout : "");
+    assert_int_equal(rc, 0);
+    assert_non_null(strstr(errout, "--adapt: new categories"));
+    free(errout);
+    assert_int_equal(nbs_checkpoint_load(tu_path(ad, "model.h5"), &ck, &err), NBS_OK);
+    const float *t = nbs_model_param(ck.model, "covariates.0.embedding", &rows, &cols);
+    assert_non_null(t);
+    assert_int_equal(rows, 4); /* a, b, c, zzz: the known rows as they were, zzz's trained */
+    assert_memory_equal(t, old_table, sizeof old_table);
+    nbs_checkpoint_free(&ck);
+    snprintf(args, sizeof args, "embed '%s' %s --labels '%s' --out '%s' -q", tu_path(ad, "model.h5"), DATA, table,
+             again);
+    assert_int_equal(tu_run_cli(args, NULL, NULL), 0);
+    snprintf(b, sizeof b, "%s", tu_path(again, "embedding.tsv"));
+    assert_true(tu_same_bytes(a, b));
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* A resumed run encodes its cells with the checkpoint's categories and standardisation and ends
  * where the uninterrupted run does. */
 static void test_resume_with_covariates(void **state) {
@@ -357,6 +435,7 @@ int main(void) {
         cmocka_unit_test(test_fit_from_table),
         cmocka_unit_test(test_encode_new_data),
         cmocka_unit_test(test_model_file_round_trip),
+        cmocka_unit_test(test_embedding_model_file_and_adapt),
         cmocka_unit_test(test_resume_with_covariates),
         cmocka_unit_test(test_format_2_model_loads),
         cmocka_unit_test(test_kang_batch_key),

@@ -247,8 +247,12 @@ static void check_model_with(nbs_model_config mc, const nbs_covariate_layout *la
          * expectation but not the derivative of one sample's loss (test_sphere checks it); so here
          * only what does not feed kappa: the decoder and the direction columns of the head. */
         const int sphere = mc.latent != NBS_LATENT_GAUSSIAN;
-        if (sphere && strncmp(name, "decoder", 7) && strcmp(name, "dispersion") && strcmp(name, "encoder.head.W")) continue;
-        const int every = strstr(name, "covariates.W") || strstr(name, "continuous.W") ||
+        /* a covariate's table feeds kappa only through the encoder */
+        const int table = strstr(name, ".embedding") != NULL;
+        if (sphere && strncmp(name, "decoder", 7) && strcmp(name, "dispersion") && strcmp(name, "encoder.head.W") &&
+            !(table && !mc.encode_covariates))
+            continue;
+        const int every = strstr(name, "covariates.W") || strstr(name, "continuous.W") || table ||
                           (!strcmp(name, "dispersion") && rr > 1);
         for (int64_t k = 0; k < (every ? size : 6); k++) {
             int64_t idx = every ? k : (int64_t)gsl_rng_uniform_int(r, (unsigned long)size);
@@ -350,6 +354,43 @@ static void test_model_gradients_covariates(void **s) {
     check_model_with(mc, &TOY_LAYOUT, "Power Spherical latent, covariates, gene-batch dispersion (decoder and direction)");
 }
 
+/* Learned embeddings (model.covariate_embedding: embedding): each categorical covariate's table
+ * takes, per row, the input gradients of every layer over the cells of that category; checked on
+ * every entry of the tables and of the layers' covariates.W (now dim columns per covariate), with
+ * and without encode_covariates, for every latent. On the sphere with encode_covariates the tables
+ * feed kappa too, so there only the decoder's blocks are checked (as for the encoder's). */
+static void test_model_gradients_embedding(void **s) {
+    (void)s;
+    nbs_model_config mc = small_config();
+    mc.covariate_embedding = NBS_COVARIATE_EMBEDDING;
+    mc.covariate_embedding_dim = 2;
+    mc.n_decoder_layers = 2;
+    mc.decoder_layers[1] = 4;
+    check_model_with(mc, &TOY_LAYOUT, "embedding (dim 2), two decoder layers");
+    mc.encode_covariates = 1;
+    mc.norm = NBS_NORM_LAYER;
+    check_model_with(mc, &TOY_LAYOUT, "embedding in the encoder too, layer norm");
+    mc.dispersion = NBS_DISP_GENE_BATCH;
+    mc.norm = NBS_NORM_BATCH;
+    mc.covariate_embedding_dim = 3;
+    check_model_with(mc, &TOY_LAYOUT, "embedding (dim 3) in the encoder, gene-batch dispersion, batch norm");
+    for (int lat = NBS_LATENT_VMF; lat <= NBS_LATENT_POWER_SPHERICAL; lat++)
+        for (int enc = 0; enc < 2; enc++) {
+            mc = small_config();
+            mc.covariate_embedding = NBS_COVARIATE_EMBEDDING;
+            mc.covariate_embedding_dim = 2;
+            mc.latent = (nbs_latent_kind)lat;
+            mc.encode_covariates = enc;
+            mc.n_decoder_layers = 2;
+            mc.decoder_layers[1] = 4;
+            char label[128];
+            snprintf(label, sizeof label, "%s latent, embedding%s (decoder, direction%s)",
+                     lat == NBS_LATENT_VMF ? "vMF" : "Power Spherical", enc ? " in the encoder too" : "",
+                     enc ? "" : ", tables");
+            check_model_with(mc, &TOY_LAYOUT, label);
+        }
+}
+
 /* A model whose covariate layout is all zero is the model without covariates, bit for bit; the
  * covariates' blocks have the documented shapes. */
 static void test_covariate_blocks(void **s) {
@@ -386,7 +427,34 @@ static void test_covariate_blocks(void **s) {
         assert_int_equal(cc, want[i].cols);
     }
     assert_null(nbs_model_param(c, "decoder.1.continuous.W", NULL, NULL));
-    nbs_model_free(a), nbs_model_free(b), nbs_model_free(c);
+    assert_null(nbs_model_param(c, "covariates.0.embedding", NULL, NULL));
+    /* with embeddings of dim 2: a table per covariate, and covariates.W reads 2 columns per covariate */
+    mc.covariate_embedding = NBS_COVARIATE_EMBEDDING;
+    mc.covariate_embedding_dim = 2;
+    nbs_model *e = nbs_model_new(&mc, 23, &TOY_LAYOUT, r, &err);
+    assert_non_null(e);
+    static const struct {
+        const char *name;
+        int rows, cols;
+    } want_e[] = {{"decoder.0.covariates.W", 4, 6}, {"decoder.1.covariates.W", 4, 4}, {"encoder.0.covariates.W", 4, 7},
+                  {"covariates.0.embedding", 3, 2}, {"covariates.1.embedding", 2, 2}, {"dispersion", 3, 23}};
+    for (size_t i = 0; i < sizeof want_e / sizeof want_e[0]; i++) {
+        int rr = 0, cc = 0;
+        assert_non_null(nbs_model_param(e, want_e[i].name, &rr, &cc));
+        assert_int_equal(rr, want_e[i].rows);
+        assert_int_equal(cc, want_e[i].cols);
+    }
+    /* N(0, 1) draws: 10 of them, mean within 4 / sqrt(10) of 0, none beyond 5 */
+    const float *t0 = nbs_model_param(e, "covariates.0.embedding", NULL, NULL);
+    double mean = 0;
+    for (int k = 0; k < 10; k++) mean += t0[k] / 10.0, assert_true(fabsf(t0[k]) < 5 && t0[k] != 0);
+    assert_true(fabs(mean) < 4 / sqrt(10.0));
+    /* the layout without categorical covariates has no tables: the model without covariates */
+    nbs_model *f = nbs_model_new(&mc, 23, &(nbs_covariate_layout){0, {0}, 1, 0}, r, &err);
+    assert_non_null(f);
+    assert_null(nbs_model_param(f, "covariates.0.embedding", NULL, NULL));
+    assert_null(nbs_model_param(f, "decoder.0.covariates.W", NULL, NULL));
+    nbs_model_free(a), nbs_model_free(b), nbs_model_free(c), nbs_model_free(e), nbs_model_free(f);
     gsl_rng_free(r);
 }
 
@@ -401,9 +469,10 @@ static const nbs_covariate_layout GROWN_LAYOUT = {2, {4, 2}, 1, 1};
 static const int32_t GROWN_CODES[5 * 2] = {1, 1, 0, 0, 1, 1, 3, 0, 1, 0};
 static int32_t MAP0[3] = {0, 2, 3}, MAP1[2] = {0, 1};
 
-static void test_model_grow(void **s) {
-    (void)s;
+static void check_grow(int embedding) {
     nbs_model_config mc = small_config();
+    const int E = 2; /* the tables' dimension with embedding */
+    if (embedding) mc.covariate_embedding = NBS_COVARIATE_EMBEDDING, mc.covariate_embedding_dim = E;
     mc.n_decoder_layers = 2;
     mc.decoder_layers[1] = 4;
     mc.encode_covariates = 1;
@@ -429,7 +498,10 @@ static void test_model_grow(void **s) {
         const char *name = nbs_model_block_name(m, b);
         int rr, cc, orr;
         const float *p = nbs_model_param(m, name, &rr, &cc), *q = nbs_model_param(old, name, &orr, NULL);
-        if (strstr(name, "covariates.W")) {
+        if (embedding && !strcmp(name, "covariates.0.embedding")) {
+            assert_int_equal(rr, 4);
+            for (int c = 0; c < 3; c++) assert_memory_equal(p + MAP0[c] * cc, q + c * cc, sizeof(float) * cc);
+        } else if (!embedding && strstr(name, "covariates.W")) {
             assert_int_equal(rr, 6);
             for (int c = 0; c < 3; c++) assert_memory_equal(p + MAP0[c] * cc, q + c * cc, sizeof(float) * cc);
             for (int c = 0; c < 2; c++) assert_memory_equal(p + (4 + c) * cc, q + (3 + c) * cc, sizeof(float) * cc);
@@ -441,14 +513,15 @@ static void test_model_grow(void **s) {
             assert_memory_equal(p, q, sizeof(float) * (size_t)rr * cc);
         }
     }
-    /* the mask: exactly the new category's rows (decoder.0, decoder.1, encoder.0; dispersion) */
+    /* the mask: exactly the new category's rows (decoder.0, decoder.1, encoder.0, or its table row;
+     * dispersion) */
     const uint8_t *tr = nbs_model_trainable(m);
     assert_non_null(tr);
     int64_t np, n_tr = 0;
     float *p0;
     nbs_model_flat(m, &p0, NULL, NULL, NULL, &np, NULL, NULL);
     for (int64_t k = 0; k < np; k++) n_tr += tr[k];
-    assert_int_equal(n_tr, 6 + 4 + 7 + G);
+    assert_int_equal(n_tr, (embedding ? E : 6 + 4 + 7) + G);
     /* a known cell's embedding before, with the old codes, and after, with the grown ones */
     nbs_cells c = tu_cells(X);
     c.row0 = 1, c.n = 1;
@@ -518,6 +591,14 @@ static void test_model_grow(void **s) {
     gsl_rng_free(r);
 }
 
+/* The same with embeddings: the batch's table gains the new row (N(0, 1)), the only entries besides
+ * the dispersion's that train; every layer's covariates.W stays as it was. */
+static void test_model_grow(void **s) {
+    (void)s;
+    check_grow(0);
+    check_grow(1);
+}
+
 /* A minibatch of one cell goes through batch norm (running statistics) without NaN. */
 static void test_single_cell_batch(void **s) {
     (void)s;
@@ -545,6 +626,7 @@ int main(void) {
         cmocka_unit_test(test_model_gradients_nb),
         cmocka_unit_test(test_model_gradients_variants),
         cmocka_unit_test(test_model_gradients_covariates),
+        cmocka_unit_test(test_model_gradients_embedding),
         cmocka_unit_test(test_covariate_blocks),
         cmocka_unit_test(test_model_grow),
         cmocka_unit_test(test_single_cell_batch),

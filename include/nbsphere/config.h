@@ -102,6 +102,8 @@ typedef enum { NBS_DISP_GENE = 0, NBS_DISP_GENE_CELL, NBS_DISP_GENE_BATCH } nbs_
 typedef enum { NBS_DISP_INIT_ONE = 0, NBS_DISP_INIT_LOGNORMAL } nbs_dispersion_init;
 typedef enum { NBS_NORM_NONE = 0, NBS_NORM_LAYER, NBS_NORM_BATCH } nbs_norm_kind;
 typedef enum { NBS_INPUT_LOG1P = 0, NBS_INPUT_LOG1P_CP10K } nbs_input_transform;
+/* how a categorical covariate enters a layer: its one-hot block, or a learned table's row */
+typedef enum { NBS_COVARIATE_ONEHOT = 0, NBS_COVARIATE_EMBEDDING } nbs_covariate_embedding;
 
 typedef struct {
     nbs_latent_kind latent;
@@ -119,6 +121,8 @@ typedef struct {
     double kappa_floor;         /* spherical latents: kappa = softplus(.) + floor */
     double decoder_init_scale;  /* scale of the decoder's last layer at initialisation (1 = default init) */
     int encode_covariates;      /* the categorical and continuous covariates into the first encoder layer too */
+    nbs_covariate_embedding covariate_embedding; /* one-hot blocks, or a learned table per covariate */
+    int covariate_embedding_dim; /* columns of each table (scvi-tools' embedding_dim: 5) */
 } nbs_model_config;
 
 typedef enum {
@@ -199,7 +203,7 @@ typedef struct {
 extern const nbs_enum_word nbs_format_words[], nbs_orientation_words[], nbs_non_integer_words[],
     nbs_latent_words[], nbs_likelihood_words[], nbs_dispersion_words[], nbs_dispersion_init_words[],
     nbs_norm_words[], nbs_input_transform_words[], nbs_schedule_words[], nbs_join_words[],
-    nbs_hvg_flavor_words[];
+    nbs_hvg_flavor_words[], nbs_covariate_embedding_words[];
 
 /* The word of value in words; "unknown" when it has none. */
 const char *nbs_enum_word_of(const nbs_enum_word *words, int value);

@@ -40,6 +40,8 @@ void nbs_onehot_backward(float *dW, int out, const int32_t *rows, int k, int n, 
 /* y += x W: x (n, k), W (k, out), no bias; backward dW += x^T dy. */
 void nbs_linear_add_forward(const float *W, int k, int out, const float *x, int n, float *y);
 void nbs_linear_add_backward(float *dW, int k, int out, const float *x, int n, const float *dy);
+/* dx += dy W^T: the gradient of x (n, k) when x is itself learned (a covariate's embedding). */
+void nbs_linear_add_input_backward(const float *W, int k, int out, const float *dy, int n, float *dx);
 
 /* In place; backward masks dy with y > 0 (y = the forward's output). */
 void nbs_relu_forward(float *y, int64_t n);

@@ -59,7 +59,8 @@ void nbs_model_free(nbs_model *m);
 /* scArches' surgery: m grown to the covariates of grown (the same covariates, each with at least
  * its categories), for new data of categories m was not trained with. old_to_new[k][c] is the code
  * among grown's categories of m's category c of covariate k. Every weight is m's; the new
- * categories' rows of every covariates.W block (and of the gene-batch dispersion) are drawn from
+ * categories' rows of every covariates.W block (with embeddings: of every covariate's table,
+ * covariates.W staying frozen as it is) and of the gene-batch dispersion are drawn from
  * rng as a new model's would be and are the only parameters that train (nbs_model_trainable):
  * backward gives the others no gradient and Adam leaves them bit-identical; the grown model's
  * training passes have no dropout and normalise with the batch-norm running statistics, which
@@ -167,6 +168,8 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
  *                                                        categorical covariate, in order
  *   "decoder.0.continuous.W" [n_continuous x out]        continuous covariates
  *   "encoder.0.covariates.W", "encoder.0.continuous.W"   the same, with encode_covariates
+ *   with covariate_embedding: embedding, covariates.W is [n_categorical * dim x out] and
+ *   "covariates.<k>.embedding" [n_categories_k x dim]   covariate k's learned table
  * Returns NULL for an unknown name; rows/cols may be NULL. */
 float *nbs_model_param(nbs_model *m, const char *name, int *rows, int *cols);
 float *nbs_model_grad(nbs_model *m, const char *name); /* the gradient of a parameter block */
