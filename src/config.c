@@ -63,6 +63,10 @@ void nbs_config_defaults(nbs_config *c) {
     c->diagnose.interval = 5;
     c->diagnose.subsample = 1000;
     c->diagnose.mi_batch = 256;
+    c->trajectory.enabled = 0;
+    c->trajectory.k = 15;
+    c->trajectory.resolution = 1.0;
+    c->trajectory.n_dcs = 10;
 
     strcpy(c->output.dir, "nbsphere_out");
     c->output.write_h5ad = 1;

@@ -379,3 +379,31 @@ int nbs_graph_components(const nbs_graph *g, const uint8_t *keep, int32_t *compo
     free(map);
     return rc;
 }
+
+int nbs_graph_layout_fr(const nbs_graph *g, uint64_t seed, double *xy, nbs_error *err) {
+    quiet_igraph();
+    const int64_t n = g->n;
+    int64_t *map = nbs_malloc((size_t)(n ? n : 1) * sizeof *map, err); /* [n] identity */
+    if (!map) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++) map[i] = i;
+    igraph_t ig;
+    igraph_vector_t w;
+    igraph_matrix_t res;
+    int made = 0; /* how many of w, res, ig exist */
+    igraph_error_t e = igraph_vector_init(&w, 0);
+    if (!e && ++made && !(e = igraph_matrix_init(&res, n, 2)) && ++made && !(e = to_igraph(g, map, n, &ig, &w)))
+        made++;
+    if (!e) {
+        igraph_rng_seed(igraph_rng_default(), (igraph_uint_t)seed);
+        e = igraph_layout_fruchterman_reingold(&ig, &res, 0, 500, sqrt((double)n), IGRAPH_LAYOUT_AUTOGRID, &w, NULL, NULL, NULL, NULL);
+    }
+    int rc = NBS_OK;
+    if (e) rc = igraph_failed(err, "force-directed layout", e);
+    else
+        for (int64_t i = 0; i < n; i++) xy[2 * i] = MATRIX(res, i, 0), xy[2 * i + 1] = MATRIX(res, i, 1);
+    if (made > 2) igraph_destroy(&ig);
+    if (made > 1) igraph_matrix_destroy(&res);
+    if (made > 0) igraph_vector_destroy(&w);
+    free(map);
+    return rc;
+}

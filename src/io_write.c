@@ -162,6 +162,91 @@ static int add_embedding(hid_t f, int64_t n, int d, const float *emb, const nbs_
     return add_obs_columns(f, n, meta);
 }
 
+/* ---- the trajectory stage's entries ---- */
+
+static hid_t open_or_new(hid_t loc, const char *name) {
+    hid_t g = nbs_h5_has(loc, name) ? H5Gopen2(loc, name, H5P_DEFAULT) : nbs_h5_new_group(loc, name);
+    if (g >= 0 && nbs_h5_set_encoding(g, "dict", "0.1.0")) {
+        H5Gclose(g);
+        return -1;
+    }
+    return g;
+}
+
+/* anndata's numeric scalar (an int64 0-d dataset). */
+static int write_int_scalar(hid_t loc, const char *name, int64_t v) {
+    hid_t sp = H5Screate(H5S_SCALAR), p = nbs_h5_dcpl(0, NULL, 0);
+    hid_t d = H5Dcreate2(loc, name, H5T_STD_I64LE, sp, H5P_DEFAULT, p, H5P_DEFAULT);
+    int bad = d < 0 || H5Dwrite(d, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) < 0 ||
+              nbs_h5_set_encoding(d, "numeric-scalar", "0.2.0");
+    if (d >= 0) H5Dclose(d);
+    H5Pclose(p);
+    H5Sclose(sp);
+    return bad ? -1 : 0;
+}
+
+/* A csr_matrix group: data float32, indices int32, indptr int64, shape attribute. */
+static int write_csr(hid_t loc, const char *name, const nbs_h5ad_csr *m) {
+    if (unlink_if(loc, name)) return -1;
+    const int64_t nnz = m->indptr[m->n_rows];
+    float *data = note_nomem(malloc(sizeof *data * (size_t)(nnz ? nnz : 1)));
+    int32_t *idx = note_nomem(malloc(sizeof *idx * (size_t)(nnz ? nnz : 1)));
+    hid_t g = data && idx ? nbs_h5_new_group(loc, name) : -1;
+    int bad = g < 0;
+    if (!bad) {
+        for (int64_t e = 0; e < nnz; e++) data[e] = (float)m->values[e], idx[e] = (int32_t)m->indices[e];
+        int64_t shape[2] = {m->n_rows, m->n_cols};
+        hsize_t two = 2, hn = (hsize_t)nnz, np = (hsize_t)m->n_rows + 1;
+        hid_t sp = H5Screate_simple(1, &two, NULL);
+        hid_t a = H5Acreate2(g, "shape", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+        bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, shape) < 0;
+        if (a >= 0) H5Aclose(a);
+        H5Sclose(sp);
+        bad = bad || nbs_h5_set_encoding(g, "csr_matrix", "0.1.0") ||
+              nbs_h5_write_ds(g, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &hn, data, 1) ||
+              nbs_h5_write_ds(g, "indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &hn, idx, 1) ||
+              nbs_h5_write_ds(g, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, m->indptr, 1);
+        H5Gclose(g);
+    }
+    free(data);
+    free(idx);
+    return bad;
+}
+
+static int add_trajectory(hid_t f, int64_t n, const nbs_h5ad_trajectory *t) {
+    hid_t obsp = open_or_new(f, "obsp");
+    int bad = obsp < 0 || write_csr(obsp, "distances", &t->distances) ||
+              write_csr(obsp, "connectivities", &t->connectivities);
+    if (obsp >= 0) H5Gclose(obsp);
+    hid_t obsm = bad ? -1 : open_or_new(f, "obsm");
+    if (obsm < 0) return -1;
+    hsize_t dims[2] = {(hsize_t)n, (hsize_t)t->n_dcs};
+    bad = unlink_if(obsm, "X_diffmap") ||
+          nbs_h5_write_array(obsm, "X_diffmap", H5T_IEEE_F32LE, H5T_NATIVE_DOUBLE, 2, dims, t->diffmap, 1);
+    H5Gclose(obsm);
+    hid_t uns = bad ? -1 : open_or_new(f, "uns");
+    if (uns < 0) return -1;
+    bad = unlink_if(uns, "neighbors") || unlink_if(uns, "paga") || unlink_if(uns, "diffmap_evals") ||
+          unlink_if(uns, "iroot");
+    hid_t nb = bad ? -1 : open_or_new(uns, "neighbors"), params = nb < 0 ? -1 : open_or_new(nb, "params");
+    bad = params < 0 || nbs_h5_write_scalar_str(nb, "connectivities_key", "connectivities", 1) ||
+          nbs_h5_write_scalar_str(nb, "distances_key", "distances", 1) ||
+          write_int_scalar(params, "n_neighbors", t->n_neighbors) ||
+          nbs_h5_write_scalar_str(params, "method", t->method, 1) ||
+          nbs_h5_write_scalar_str(params, "metric", t->metric, 1);
+    if (params >= 0) H5Gclose(params);
+    if (nb >= 0) H5Gclose(nb);
+    hsize_t nd = (hsize_t)t->n_dcs;
+    bad = bad || nbs_h5_write_array(uns, "diffmap_evals", H5T_IEEE_F32LE, H5T_NATIVE_DOUBLE, 1, &nd, t->evals, 0) ||
+          write_int_scalar(uns, "iroot", t->iroot);
+    hid_t paga = bad ? -1 : open_or_new(uns, "paga");
+    bad = paga < 0 || write_csr(paga, "connectivities", &t->paga) ||
+          nbs_h5_write_scalar_str(paga, "groups", t->groups, 1);
+    if (paga >= 0) H5Gclose(paga);
+    H5Gclose(uns);
+    return bad;
+}
+
 static hid_t create_file(const char *tmp) {
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
     H5Pset_obj_track_times(fcpl, 0); /* the root group */
@@ -535,6 +620,7 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
         bad = nbs_h5_set_encoding(f, "anndata", "0.1.0") || write_new_h5ad(f, m);
     }
     if (!rc && !bad && embedding && d > 0) bad = add_embedding(f, m->n_cells, d, embedding, meta);
+    if (!rc && !bad && embedding && d > 0 && meta && meta->trajectory) bad = add_trajectory(f, m->n_cells, meta->trajectory);
     const int closed = f >= 0 ? nbs_h5_close_to_file(f, tmp, bad || rc) : 0;
     if (closed) bad = 1;
     if (src >= 0) H5Fclose(src);

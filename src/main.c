@@ -423,10 +423,38 @@ static const char DIAGNOSE_USAGE[] =
     "  --format, --layer, --genome, --orientation, --threads   as for 'nbsphere embed'\n"
     "  --set diagnose.tau_kl=0.05   e.g. other thresholds (see pipelines/reference.yaml)\n";
 
-/* embed and diagnose: MODEL DATA plus input options; diagnose starts from the model's stored
- * configuration (its thresholds), with the input section reset to DATA. */
-static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error *err) {
-    const char *cmd = diagnose ? "diagnose" : "embed";
+static const char TRAJECTORY_USAGE[] =
+    "usage: nbsphere trajectory MODEL DATA [--out DIR] [--labels FILE] [--label-column C]\n"
+    "                          [--root BARCODE | --root-label L] [--k K] [--resolution R]\n"
+    "                          [--n-dcs N] [--format F] [--layer L] [--genome G]\n"
+    "                          [--set section.key=value]...\n"
+    "\n"
+    "Embeds the cells of DATA with a trained model (as 'nbsphere diagnose', whose report it\n"
+    "writes too), then runs the trajectory stage on the embedding: the k-NN graph (Euclidean,\n"
+    "or cosine on the sphere) with scanpy's gauss kernel, Leiden clusters, PAGA connectivities\n"
+    "between them, a diffusion map and diffusion pseudotime (DPT) from a root cell, and a\n"
+    "force-directed layout. embedding.h5ad gets obsp['distances'], obsp['connectivities'],\n"
+    "uns['neighbors'], obs['leiden'], uns['paga'], obsm['X_diffmap'], uns['diffmap_evals'],\n"
+    "uns['iroot'] and obs['dpt_pseudotime'], as scanpy writes them; report.html a trajectory\n"
+    "section, collapse_report.json a 'trajectory' object.\n"
+    "\n"
+    "  --out DIR           output folder (default nbsphere_trajectory)\n"
+    "  --labels FILE       a table with a barcode column, for the labels (and covariates)\n"
+    "  --label-column C    the labels column (of FILE, or of the .h5ad's obs)\n"
+    "  --root BARCODE      the root cell of the pseudotime\n"
+    "  --root-label L      or: the cell of label L at the end of the first diffusion component\n"
+    "                      where the cells of L lie (without either: the smallest DC1)\n"
+    "  --k K               neighbours per cell, the cell itself included (default 15)\n"
+    "  --resolution R      Leiden resolution (default 1)\n"
+    "  --n-dcs N           diffusion components, the stationary one included (default 10)\n"
+    "  --format, --layer, --genome, --orientation, --threads   as for 'nbsphere embed'\n";
+
+/* embed, diagnose and trajectory: MODEL DATA plus input options; diagnose and trajectory start
+ * from the model's stored configuration (its thresholds), with the input section reset to DATA. */
+enum { MODE_EMBED, MODE_DIAGNOSE, MODE_TRAJECTORY };
+static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err) {
+    const char *cmd = mode == MODE_TRAJECTORY ? "trajectory" : mode == MODE_DIAGNOSE ? "diagnose" : "embed";
+    const int diagnose = mode != MODE_EMBED; /* from the model's configuration */
     run_args r = {0};
     enum { MAX_OPTS = 16 };
     static char buf[MAX_OPTS + 2][NBS_PATH_MAX + 32]; /* the options, then input.path and output.dir */
@@ -439,8 +467,14 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
                                           {"--orientation", "input.orientation"},
                                           {"--threads", "train.threads"},
                                           {"--labels", "input.labels_path"},
-                                          {"--label-column", "input.label_column"}};
-    const size_t n_opts = diagnose ? 7 : 6; /* embed: labels only for the covariates */
+                                          {"--label-column", "input.label_column"},
+                                          {"--root", "trajectory.root"},
+                                          {"--root-label", "trajectory.root_label"},
+                                          {"--k", "trajectory.k"},
+                                          {"--resolution", "trajectory.resolution"},
+                                          {"--n-dcs", "trajectory.n_dcs"}};
+    /* embed: labels only for the covariates */
+    const size_t n_opts = mode == MODE_TRAJECTORY ? 12 : diagnose ? 7 : 6;
     int adapt = 0;
     long long adapt_epochs = -1; /* not given */
     for (int i = 0; i < argc; i++) {
@@ -487,7 +521,7 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
     run_args all = {0};
     snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1] ? files[1] : "");
     all.sets[all.n_sets++] = buf[nb];
-    snprintf(buf[nb + 1], sizeof buf[0], "output.dir=%s", diagnose ? "nbsphere_diagnose" : "nbsphere_embed");
+    snprintf(buf[nb + 1], sizeof buf[0], "output.dir=nbsphere_%s", cmd);
     all.sets[all.n_sets++] = buf[nb + 1];
     for (int i = 0; i < r.n_sets; i++) all.sets[all.n_sets++] = r.sets[i];
     if (r.out_set[0]) all.sets[all.n_sets++] = r.out_set;
@@ -510,15 +544,24 @@ static int model_on_data(cli *c, int argc, char **argv, int diagnose, nbs_error 
     }
     if (!st) {
         nbs_run_options o = {c->command_line, c->progress, NULL, adapt, adapt_epochs > 0 ? (int)adapt_epochs : 200};
-        st = diagnose ? nbs_run_diagnose(files[0], p, &o, err) : nbs_run_embed(files[0], p, &o, err);
+        st = mode == MODE_TRAJECTORY ? nbs_run_trajectory(files[0], p, &o, err)
+             : diagnose              ? nbs_run_diagnose(files[0], p, &o, err)
+                                     : nbs_run_embed(files[0], p, &o, err);
         if (!st && c->verbosity >= 1) fprintf(stderr, "nbsphere: outputs in %s\n", p->config.output.dir);
     }
     free(p);
     return st;
 }
 
-static int cmd_embed(cli *c, int argc, char **argv, nbs_error *err) { return model_on_data(c, argc, argv, 0, err); }
-static int cmd_diagnose(cli *c, int argc, char **argv, nbs_error *err) { return model_on_data(c, argc, argv, 1, err); }
+static int cmd_embed(cli *c, int argc, char **argv, nbs_error *err) {
+    return model_on_data(c, argc, argv, MODE_EMBED, err);
+}
+static int cmd_diagnose(cli *c, int argc, char **argv, nbs_error *err) {
+    return model_on_data(c, argc, argv, MODE_DIAGNOSE, err);
+}
+static int cmd_trajectory(cli *c, int argc, char **argv, nbs_error *err) {
+    return model_on_data(c, argc, argv, MODE_TRAJECTORY, err);
+}
 
 /* ---- inspect ---- */
 
@@ -650,6 +693,8 @@ static const command COMMANDS[] = {
     {"train", cmd_train, "train on a data file with options instead of a pipeline", TRAIN_USAGE},
     {"embed", cmd_embed, "embed the cells of a data file with a trained model", EMBED_USAGE},
     {"diagnose", cmd_diagnose, "posterior-collapse report of a trained model on a data file", DIAGNOSE_USAGE},
+    {"trajectory", cmd_trajectory, "clusters, PAGA, diffusion map and pseudotime of a model's embedding",
+     TRAJECTORY_USAGE},
     {"inspect", cmd_inspect, "describe a count matrix file (shape, sparsity, counts, library sizes)",
      INSPECT_USAGE},
     {"simulate", cmd_simulate, "write a synthetic branching-trajectory dataset", SIMULATE_USAGE},

@@ -149,6 +149,16 @@ static const nbs_key_desc KEYS[] = {
     {"diagnose", "mi_batch", K_INT, F(diagnose, mi_batch), 2, 1e6, 0, NULL,
      "an integer >= 2 (the estimator compares cells within a batch)"},
 
+    {"trajectory", "enabled", K_BOOL, F(trajectory, enabled), 0, 0, 0, NULL, NULL},
+    {"trajectory", "k", K_INT64, F(trajectory, k), 2, 1e4, 0, NULL,
+     "an integer >= 2 (neighbours per cell, the cell itself included, as scanpy's n_neighbors)"},
+    {"trajectory", "resolution", K_DOUBLE, F(trajectory, resolution), 0, 1e6, 1, NULL, "a number > 0"},
+    {"trajectory", "n_dcs", K_INT, F(trajectory, n_dcs), 2, 100, 0, NULL,
+     "an integer from 2 to 100 (diffusion components, the first, stationary one included)"},
+    {"trajectory", "root", K_STRING, F(trajectory, root), 0, 0, 0, NULL, "a barcode, or \"\""},
+    {"trajectory", "root_label", K_STRING, F(trajectory, root_label), 0, 0, 0, NULL,
+     "a label of input.label_column, or \"\""},
+
     {"output", "dir", K_PATH, F(output, dir), 0, 0, 0, NULL, "a folder path"},
     {"output", "write_h5ad", K_BOOL, F(output, write_h5ad), 0, 0, 0, NULL, NULL},
     {"output", "write_variances", K_BOOL, F(output, write_variances), 0, 0, 0, NULL, NULL},
@@ -158,7 +168,7 @@ static const nbs_key_desc KEYS[] = {
 };
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 const char *const nbs_pipeline_sections[NBS_PIPELINE_N_SECTIONS] = {"input", "preprocess", "model",
-                                                                   "train", "diagnose", "output"};
+                                                                   "train", "diagnose", "trajectory", "output"};
 
 /* Where a value came from, for messages. */
 typedef struct {
@@ -557,7 +567,7 @@ static int walk_root(ctx *c, yaml_node_t *root) {
         loc l = node_loc(c, root);
         return reject(c, &l, NBS_ERR_USAGE, NULL,
                       "expected a mapping of sections (preset, input, preprocess, model, train, "
-                      "diagnose, output)");
+                      "diagnose, trajectory, output)");
     }
     yaml_node_pair_t *start = root->data.mapping.pairs.start, *top = root->data.mapping.pairs.top;
     int preset = find_key("", "preset");
@@ -584,7 +594,7 @@ static int walk_root(ctx *c, yaml_node_t *root) {
         if (s < 0)
             return reject(c, &l, NBS_ERR_USAGE, NULL,
                           "unknown section '%s'; expected one of: preset, input, preprocess, model, "
-                          "train, diagnose, output",
+                          "train, diagnose, trajectory, output",
                           name ? name : "?");
         if (seen[s]) return reject(c, &l, NBS_ERR_USAGE, NULL, "section '%s' is given twice", name);
         seen[s] = 1;
@@ -634,7 +644,7 @@ static int apply_set(ctx *c, const char *assignment) {
         }
         return reject(c, &l, NBS_ERR_USAGE, NULL,
                       "unknown key; expected section.key with section one of input, preprocess, "
-                      "model, train, diagnose, output (or preset=NAME)");
+                      "model, train, diagnose, trajectory, output (or preset=NAME)");
     }
     c->where[ki] = l;
     c->given[ki] = 1;

@@ -240,6 +240,20 @@ static void json_integration(FILE *f, const nbs_report_input *in) {
     fprintf(f, "\n  },\n");
 }
 
+/* The trajectory stage: graph, clusters, root, cells without pseudotime, diffusion eigenvalues. */
+static void json_trajectory(FILE *f, const nbs_trajectory *t) {
+    nbs_json_key(f, 2, "trajectory");
+    fprintf(f, "{\"k\": %d, \"metric\": \"%s\", \"kernel\": \"gauss\", \"n_clusters\": %d, \"resolution\": ", t->k,
+            t->metric == NBS_METRIC_COSINE ? "cosine" : "euclidean", t->n_clusters);
+    nbs_json_number(f, t->resolution, 9);
+    fprintf(f, ", \"root_index\": %lld, \"root\": ", (long long)t->root);
+    nbs_json_string(f, t->root_rule);
+    fprintf(f, ", \"components\": %lld, \"cells_without_pseudotime\": %lld, \"diffusion_eigenvalues\": ",
+            (long long)t->n_components, (long long)t->n_unreached);
+    json_num_array(f, t->evals, t->n_dcs, 1);
+    fprintf(f, "},\n");
+}
+
 static void json_body(FILE *f, const nbs_report_input *in) {
     const nbs_collapse_report *r = in->report;
     fprintf(f, "{\n");
@@ -327,6 +341,7 @@ static void json_body(FILE *f, const nbs_report_input *in) {
         fprintf(f, "},\n");
     }
     if (in->integration) json_integration(f, in);
+    if (in->trajectory) json_trajectory(f, in->trajectory);
     nbs_json_key(f, 2, "dimensions");
     fprintf(f, "[");
     for (int j = 0; j < r->d; j++) {

@@ -624,9 +624,10 @@ static int cmp_slot_count(const void *a, const void *b, void *ctx) {
     return x != y ? (x < y ? 1 : -1) : *(const int *)a - *(const int *)b;
 }
 
-/* The map of the cells at xy [n x 2], coloured by in->labels (NULL: one colour). */
-static int draw_map(nbs_svg_buf *b, const nbs_report_input *in, const double *xy, int lambert, const char *xlab,
-                    const char *ylab, nbs_error *err) {
+/* The map of the cells at xy [n x 2], coloured by in->labels (NULL: one colour); space names what
+ * xy is (NULL: the embedding's projection). */
+static int draw_map_of(nbs_svg_buf *b, const nbs_report_input *in, const double *xy, int lambert, const char *space,
+                       const char *xlab, const char *ylab, nbs_error *err) {
     const int64_t n = in->n_cells;
     colouring col;
     int st = build_colouring(in, &col, err);
@@ -651,7 +652,7 @@ static int draw_map(nbs_svg_buf *b, const nbs_report_input *in, const double *xy
     nbs_svg_axes a = {x0, x1, y0, y1, 70, 30, 480, 480};
     char title[160];
     snprintf(title, sizeof title, "%s, coloured by %s",
-             lambert ? "Equal-area map of the sphere" : "Principal components of the embedding",
+             space ? space : lambert ? "Equal-area map of the sphere" : "Principal components of the embedding",
              in->labels ? (in->label_column ? in->label_column : "label") : "nothing (no labels)");
     nbs_svg_begin(b, 860, 580, title);
     nbs_svg_draw_axes(b, &a, xlab, ylab, 0);
@@ -690,6 +691,11 @@ static int draw_map(nbs_svg_buf *b, const nbs_report_input *in, const double *xy
     else nbs_svg_buf_printf(b, "<p class=\"cap\">All %lld cells drawn.</p>\n", (long long)n);
     colouring_free(&col);
     return NBS_OK;
+}
+
+static int draw_map(nbs_svg_buf *b, const nbs_report_input *in, const double *xy, int lambert, const char *xlab,
+                    const char *ylab, nbs_error *err) {
+    return draw_map_of(b, in, xy, lambert, NULL, xlab, ylab, err);
 }
 
 static int embedding_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
@@ -782,6 +788,199 @@ static int integration_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_erro
         nbs_svg_buf_printf(b, "</div>\n");
         free(xy);
     }
+    section_end(b);
+    return st;
+}
+
+/* ------------------------------------------------------------------ HTML: trajectory */
+
+/* The PAGA graph: a node per cluster at its cells' mean layout position (area by cells), an edge
+ * per pair with a connectivity of at least 0.05, its width by the connectivity. */
+static void paga_graph(nbs_svg_buf *b, const nbs_trajectory *t, const double *cx, const double *cy, const double *size) {
+    const int nc = t->n_clusters;
+    double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, big = 1;
+    for (int c = 0; c < nc; c++) {
+        if (!size[c]) continue;
+        x0 = fmin(x0, cx[c]), x1 = fmax(x1, cx[c]), y0 = fmin(y0, cy[c]), y1 = fmax(y1, cy[c]);
+        big = fmax(big, size[c]);
+    }
+    double span = fmax(fmax(x1 - x0, y1 - y0), 1e-9) * 1.15, mx = (x0 + x1) / 2, my = (y0 + y1) / 2;
+    nbs_svg_axes a = {mx - span / 2, mx + span / 2, my - span / 2, my + span / 2, 30, 30, 480, 480};
+    nbs_svg_begin(b, 560, 560, "PAGA graph of the Leiden clusters (edge width: connectivity)");
+    for (int p = 0; p < nc; p++)
+        for (int q = p + 1; q < nc; q++) {
+            const double w = t->paga[p * nc + q];
+            if (w < 0.05 || !size[p] || !size[q]) continue;
+            nbs_svg_buf_printf(b, "<line class=\"paga-edge\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
+                                  "stroke=\"#444\" stroke-opacity=\"%.2f\" stroke-width=\"%.1f\"><title>%d-%d: %.3f"
+                                  "</title></line>\n",
+                               nbs_svg_x(&a, cx[p]), nbs_svg_y(&a, cy[p]), nbs_svg_x(&a, cx[q]), nbs_svg_y(&a, cy[q]),
+                               0.3 + 0.6 * w, 0.5 + 8 * w, p, q, w);
+        }
+    for (int c = 0; c < nc; c++) {
+        if (!size[c]) continue;
+        const double r = 5 + 20 * sqrt(size[c] / big);
+        nbs_svg_buf_printf(b, "<circle class=\"paga-node\" cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%s\" "
+                              "stroke=\"#222\"><title>cluster %d: %.0f cells</title></circle>\n"
+                              "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-weight=\"bold\">%d</text>\n",
+                           nbs_svg_x(&a, cx[c]), nbs_svg_y(&a, cy[c]), r,
+                           nc <= 20 ? nbs_svg_category_colour(c) : "#9ecae1", c, size[c], nbs_svg_x(&a, cx[c]),
+                           nbs_svg_y(&a, cy[c]) + 4, c);
+    }
+    nbs_svg_end(b);
+}
+
+typedef struct {
+    const char *name;
+    double q1, median, q3, lo, hi;
+    int64_t count;
+} label_box;
+
+static int cmp_box(const void *a, const void *b) {
+    const label_box *x = a, *y = b;
+    return (x->median > y->median) - (x->median < y->median);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Pseudotime per label: a box (quartiles, median) and whiskers (5th-95th percentile) per label,
+ * labels by median, at most 40 (the most frequent). */
+static int pseudotime_boxes(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
+    const nbs_trajectory *t = in->trajectory;
+    const int64_t n = in->n_cells;
+    enum { MAX_BOXES = 40 };
+    label_box box[MAX_BOXES];
+    int nb = 0;
+    char **seen = nbs_malloc(sizeof *seen * (size_t)n + 1, err);
+    double *v = nbs_malloc(sizeof *v * (size_t)n + 1, err);
+    if (!seen || !v) {
+        free(seen);
+        free(v);
+        return NBS_ERR_NOMEM;
+    }
+    int64_t ns = 0;
+    for (int64_t i = 0; i < n; i++) { /* distinct labels, first seen first */
+        if (!in->labels[i]) continue;
+        int dup = 0;
+        for (int64_t j = 0; j < ns && !dup; j++) dup = !strcmp(seen[j], in->labels[i]);
+        if (!dup && ns < 1000) seen[ns++] = in->labels[i];
+    }
+    for (int64_t l = 0; l < ns; l++) {
+        int64_t m = 0;
+        for (int64_t i = 0; i < n; i++)
+            if (in->labels[i] && !strcmp(in->labels[i], seen[l]) && isfinite(t->pseudotime[i])) v[m++] = t->pseudotime[i];
+        if (!m) continue;
+        qsort(v, (size_t)m, sizeof *v, cmp_double);
+        label_box x = {seen[l], v[m / 4], v[m / 2], v[(3 * m) / 4], v[m / 20], v[m - 1 - m / 20], m};
+        if (nb < MAX_BOXES) box[nb++] = x;
+        else { /* keep the most frequent */
+            int small = 0;
+            for (int k = 1; k < nb; k++)
+                if (box[k].count < box[small].count) small = k;
+            if (box[small].count < m) box[small] = x;
+        }
+    }
+    free(seen);
+    free(v);
+    if (!nb) return NBS_OK;
+    qsort(box, (size_t)nb, sizeof *box, cmp_box);
+    const double row = 18;
+    nbs_svg_axes a = {0, 1, 0, nb, 170, 30, 520, row * nb};
+    char title[160];
+    snprintf(title, sizeof title, "Pseudotime per %s (box: quartiles and median; whiskers: 5th to 95th percentile)",
+             in->label_column ? in->label_column : "label");
+    nbs_svg_begin(b, 740, (int)(row * nb) + 80, title);
+    nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#999\"/>\n",
+                       a.left, a.top, a.width, a.height);
+    for (int k = 0; k <= 4; k++)
+        nbs_svg_buf_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.2f</text>\n",
+                           nbs_svg_x(&a, k / 4.0), a.top + a.height + 16, k / 4.0);
+    nbs_svg_buf_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">diffusion pseudotime</text>\n",
+                       a.left + a.width / 2, a.top + a.height + 34);
+    for (int k = 0; k < nb; k++) {
+        const double y = a.top + row * (k + 0.5);
+        char text[96];
+        short_label(text, sizeof text, box[k].name, box[k].count);
+        nbs_svg_buf_printf(b, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">", a.left - 6, y + 4);
+        nbs_svg_buf_text(b, text);
+        nbs_svg_buf_printf(b, "</text>\n<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#555\"/>\n"
+                              "<rect class=\"pt-box\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" "
+                              "fill=\"%s\" stroke=\"#333\"/>\n<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
+                              "stroke=\"#000\" stroke-width=\"2\"/>\n",
+                           nbs_svg_x(&a, box[k].lo), y, nbs_svg_x(&a, box[k].hi), y, nbs_svg_x(&a, box[k].q1), y - 6,
+                           fmax(nbs_svg_x(&a, box[k].q3) - nbs_svg_x(&a, box[k].q1), 1), 12.0, COL_ACTIVE,
+                           nbs_svg_x(&a, box[k].median), y - 6, nbs_svg_x(&a, box[k].median), y + 6);
+    }
+    nbs_svg_end(b);
+    return NBS_OK;
+}
+
+/* The layout coloured by cluster, label and pseudotime, the PAGA graph, pseudotime per label. */
+static int trajectory_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
+    const nbs_trajectory *t = in->trajectory;
+    if (!t) return NBS_OK;
+    const int64_t n = in->n_cells;
+    section(b, "trajectory", "Trajectory",
+            "The k-NN graph of the embedding with scanpy's gauss kernel (Haghverdi et al. 2016), its Leiden "
+            "clusters, their PAGA connectivities (Wolf et al. 2019: edges between two clusters over the number "
+            "expected if the edges were placed at random, at most 1), and diffusion pseudotime (DPT) from the "
+            "root. The maps are a force-directed layout of the graph (Fruchterman-Reingold), not of the "
+            "embedding itself. Good: pseudotime rises along the known order of the labels, and the PAGA "
+            "edges join only clusters the biology connects.");
+    nbs_svg_buf_printf(b, "<p>%d neighbours per cell (the cell itself included), %s distance; %d Leiden clusters at "
+                          "resolution %g; %d diffusion components, eigenvalues",
+                       t->k, t->metric == NBS_METRIC_COSINE ? "cosine" : "Euclidean", t->n_clusters, t->resolution,
+                       t->n_dcs);
+    for (int j = 0; j < t->n_dcs; j++) nbs_svg_buf_printf(b, "%s %.4f", j ? "," : "", t->evals[j]);
+    nbs_svg_buf_printf(b, ". Root: ");
+    nbs_svg_buf_text(b, t->root_rule);
+    nbs_svg_buf_printf(b, ".</p>\n");
+    if (t->n_unreached)
+        nbs_svg_buf_printf(b, "<p class=\"banner v-partial\"><b>%lld of %lld cells have no pseudotime</b>: they lie "
+                              "in another connected component of the neighbour graph than the root (%lld "
+                              "components).</p>\n", (long long)t->n_unreached, (long long)n,
+                           (long long)t->n_components);
+    char **cl = nbs_calloc((size_t)n + 1, sizeof *cl, err), **pt = nbs_calloc((size_t)n + 1, sizeof *pt, err);
+    char *text = nbs_malloc((size_t)n * 24 + 1, err);
+    double *cx = nbs_calloc((size_t)t->n_clusters, sizeof *cx, err), *cy = nbs_calloc((size_t)t->n_clusters, sizeof *cy, err);
+    double *size = nbs_calloc((size_t)t->n_clusters, sizeof *size, err);
+    int st = cl && pt && text && cx && cy && size ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t i = 0; !st && i < n; i++) {
+        char *c = text + i * 24;
+        snprintf(c, 8, "%d", t->cluster[i]);
+        cl[i] = c;
+        if (isfinite(t->pseudotime[i])) {
+            snprintf(c + 8, 16, "%.4f", t->pseudotime[i]);
+            pt[i] = c + 8;
+        }
+        const int k = t->cluster[i];
+        cx[k] += t->layout[2 * i], cy[k] += t->layout[2 * i + 1], size[k]++;
+    }
+    if (!st) {
+        for (int k = 0; k < t->n_clusters; k++)
+            if (size[k]) cx[k] /= size[k], cy[k] /= size[k];
+        nbs_svg_buf_printf(b, "<div class=\"row\">\n");
+        nbs_report_input by = *in;
+        by.labels = cl;
+        by.label_column = "leiden";
+        st = draw_map_of(b, &by, t->layout, 0, "Graph layout", "layout 1", "layout 2", err);
+        if (!st) paga_graph(b, t, cx, cy, size);
+        if (!st && in->labels) st = draw_map_of(b, in, t->layout, 0, "Graph layout", "layout 1", "layout 2", err);
+        by.labels = pt;
+        by.label_column = "dpt_pseudotime";
+        if (!st) st = draw_map_of(b, &by, t->layout, 0, "Graph layout", "layout 1", "layout 2", err);
+        nbs_svg_buf_printf(b, "</div>\n");
+    }
+    if (!st && in->labels) st = pseudotime_boxes(b, in, err);
+    free(cl);
+    free(pt);
+    free(text);
+    free(cx);
+    free(cy);
+    free(size);
     section_end(b);
     return st;
 }
@@ -885,6 +1084,7 @@ int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_erro
         if (!(st = tracking(&b, in, err)) && !(st = kappa_histogram(&b, in)))
             st = embedding_view(&b, in, err);
         if (!st) st = integration_view(&b, in, err);
+        if (!st) st = trajectory_view(&b, in, err);
     }
     nbs_svg_buf_printf(&b, "<footer>Written by nbsphere %s. The same measures are in "
                            "collapse_report.json and collapse_dimensions.tsv.</footer>\n</body></html>\n",

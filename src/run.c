@@ -20,6 +20,7 @@
 #include "nbsphere/preprocess.h"
 #include "nbsphere/report.h"
 #include "nbsphere/train.h"
+#include "nbsphere/trajectory.h"
 #include "nbsphere/rng.h"
 #include "nbsphere/samples.h"
 #include "nbsphere/version.h"
@@ -50,6 +51,8 @@ typedef struct {
     nbs_integration integration; /* scIB metrics, with a batch covariate or labels */
     int have_integration;
     char **batch_labels;         /* [n] each kept cell's batch name (pointers into the covariates) */
+    nbs_trajectory traj;         /* the trajectory stage's graphs, clusters and pseudotime */
+    int have_traj;
     double t_stage;
 } run_state;
 
@@ -353,6 +356,29 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
     return stage_end(s, "diagnose", s->report.summary, err);
 }
 
+/* ---- trajectory ---- */
+
+static int stage_trajectory(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    stage_begin(s, "trajectory");
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    int st = read_labels(s, err);
+    if (!st) st = embed_cells(s, err);
+    if (st) return st;
+    const nbs_matrix *X = s->pre->matrix;
+    st = nbs_trajectory_compute(s->z, X->n_cells, L->dim, nbs_latent_on_sphere(L) ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
+                                &c->trajectory, X->barcodes, s->labels, c->input.label_column, c->train.seed, &s->traj,
+                                err);
+    if (st) return st;
+    s->have_traj = 1;
+    const nbs_trajectory *t = &s->traj;
+    char msg[768];
+    snprintf(msg, sizeof msg, "%d Leiden clusters (resolution %g), diffusion eigenvalues %.4f .. %.4f, root %s%s",
+             t->n_clusters, t->resolution, t->evals[1], t->evals[t->n_dcs - 1], t->root_rule,
+             t->n_unreached ? "; some cells without pseudotime" : "");
+    return stage_end(s, "trajectory", msg, err);
+}
+
 /* ---- train ---- */
 
 static int save_checkpoint(void *user, nbs_model *m, const nbs_train_state *ts, const nbs_train_log *l,
@@ -481,9 +507,9 @@ static int stage_write(run_state *s, nbs_error *err) {
         const nbs_covariates *cov = &s->ck.covariates;
         nbs_embedding_meta meta = {c->output.embedding_key, nbs_latent_word(L->kind),
                                    gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread,
-                                   cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0};
+                                   cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0, NULL};
         /* the covariates as obs columns, unless they came from the obs being copied */
-        nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES];
+        nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 2];
         if (!(copy && !c->input.labels_path[0])) {
             for (int k = 0; k < cov->n_categorical; k++)
                 cols[meta.n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
@@ -494,16 +520,56 @@ static int stage_write(run_state *s, nbs_error *err) {
                                                               cov->n_continuous};
             meta.obs_columns = cols;
         }
-        if (out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+        /* the trajectory stage's results where scanpy keeps them */
+        const nbs_trajectory *t = &s->traj;
+        char names_c[256][8], *cluster_names[256];
+        nbs_h5ad_trajectory ht;
+        if (s->have_traj) {
+            for (int k = 0; k < t->n_clusters && k < 256; k++) {
+                snprintf(names_c[k], sizeof names_c[k], "%d", k);
+                cluster_names[k] = names_c[k];
+            }
+            if (t->n_clusters > 256) st = nbs_error_set(err, NBS_ERR_INPUT, "trajectory: %d Leiden clusters are more "
+                                                        "than 256; lower trajectory.resolution", t->n_clusters);
+            cols[meta.n_obs_columns++] = (nbs_obs_column){"leiden", t->n_clusters, cluster_names, t->cluster, NULL, 1};
+            cols[meta.n_obs_columns++] = (nbs_obs_column){"dpt_pseudotime", 0, NULL, NULL, t->pseudotime, 1};
+            meta.obs_columns = cols;
+            ht = (nbs_h5ad_trajectory){{n, n, t->knn.indptr, t->knn.indices, t->knn.weights},
+                                       {n, n, t->kernel.indptr, t->kernel.indices, t->kernel.weights},
+                                       t->k, "gauss", gauss ? "euclidean" : "cosine", t->n_dcs, t->diffmap,
+                                       t->evals, t->root, {0, 0, NULL, NULL, NULL}, "leiden"};
+            meta.trajectory = &ht;
+        }
+        /* PAGA as a sparse matrix: the nonzero entries of the dense one */
+        int64_t paga_nnz = 0, *paga_ptr = NULL, *paga_idx = NULL;
+        double *paga_val = NULL;
+        if (!st && s->have_traj) {
+            const int nc = t->n_clusters;
+            paga_ptr = nbs_calloc((size_t)nc + 1, sizeof *paga_ptr, err);
+            paga_idx = nbs_malloc(sizeof *paga_idx * (size_t)nc * (size_t)nc + 1, err);
+            paga_val = nbs_malloc(sizeof *paga_val * (size_t)nc * (size_t)nc + 1, err);
+            if (!paga_ptr || !paga_idx || !paga_val) st = NBS_ERR_NOMEM;
+            for (int a = 0; !st && a < nc; a++) {
+                for (int b = 0; b < nc; b++)
+                    if (t->paga[a * nc + b] > 0) paga_idx[paga_nnz] = b, paga_val[paga_nnz++] = t->paga[a * nc + b];
+                paga_ptr[a + 1] = paga_nnz;
+            }
+            ht.paga = (nbs_h5ad_csr){nc, nc, paga_ptr, paga_idx, paga_val};
+        }
+        if (!st && out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
         if (!st) st = nbs_io_write_h5ad(path, copy, X, d, z, &meta, err);
         if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
+        free(paga_ptr);
+        free(paga_idx);
+        free(paga_val);
     }
     if (!st && c->output.write_report && s->have_report) {
         nbs_report_input ri = {&s->report, &s->track, &s->ck.log, z, n, d, gauss ? NULL : spread,
                                s->labels, c->input.label_column[0] ? c->input.label_column : NULL,
                                input_title(&c->input), s->knn_embedding, s->knn_pca, KNN_K,
                                s->have_integration ? &s->integration : NULL,
-                               s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL, s->batch_labels};
+                               s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL, s->batch_labels,
+                               s->have_traj ? &s->traj : NULL};
         const char *reports[4] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV};
         for (int i = 0; i < (s->have_integration ? 4 : 3) && !st; i++) {
             if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
@@ -720,6 +786,7 @@ static int finish_run(run_state *s, int st, nbs_error *err) {
     free(s->z);
     free(s->spread);
     free(s->batch_labels);
+    nbs_trajectory_free(&s->traj);
     nbs_diagnose_track_free(&s->track);
     nbs_collapse_report_free(&s->report);
     nbs_manifest_free(s->manifest);
@@ -770,6 +837,19 @@ int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_ru
     return finish_run(&s, st, err);
 }
 
+int nbs_run_trajectory(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
+                       nbs_error *err) {
+    run_state s;
+    int st = begin_run(&s, p, o, err);
+    if (st) return st;
+    st = load_model_and_data(&s, model_path, err);
+    if (!st) st = choose_diag_rows(&s, err);
+    if (!st) st = stage_diagnose(&s, err);
+    if (!st) st = stage_trajectory(&s, err);
+    if (!st) st = stage_write(&s, err);
+    return finish_run(&s, st, err);
+}
+
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     run_state s;
     int st = begin_run(&s, p, o, err);
@@ -783,6 +863,7 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     if (!st) st = read_labels(&s, err); /* a labels problem is reported before training, not after */
     if (!st) st = stage_train(&s, err);
     if (!st) st = stage_diagnose(&s, err);
+    if (!st && p->config.trajectory.enabled) st = stage_trajectory(&s, err);
     if (!st) st = stage_write(&s, err);
     /* The manifest is written for failed runs too: it says how far the run got and why. */
     return finish_run(&s, st, err);

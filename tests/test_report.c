@@ -108,7 +108,7 @@ static void fixture_init(fixture *f, nbs_latent_kind latent, int d, int64_t n, i
     }
     gsl_rng_free(rng);
     nbs_report_input in = {&f->r, &f->track, &f->log, f->emb, n, d, sph ? f->kappa : NULL,
-                           f->labels, "cell_type", "synthetic.h5ad", 0.91, 0.88, 15, NULL, NULL, NULL};
+                           f->labels, "cell_type", "synthetic.h5ad", 0.91, 0.88, 15, NULL, NULL, NULL, NULL};
     f->in = in;
 }
 

@@ -165,6 +165,17 @@ typedef struct {
     int mi_batch;           /* minibatch size of the I(x;z) estimator */
 } nbs_diagnose_config;
 
+/* The trajectory stage (trajectory.h): neighbours, Leiden, PAGA, diffusion map and pseudotime of
+ * the embedding. The root of the pseudotime is a barcode, or a label of input.label_column. */
+typedef struct {
+    double resolution;      /* Leiden resolution */
+    int64_t k;              /* neighbours per cell as scanpy's n_neighbors: the cell itself included */
+    int enabled;            /* `run`: after diagnose (`nbsphere trajectory` always runs it) */
+    int n_dcs;              /* diffusion components, the stationary one included (scanpy's n_dcs) */
+    char root[NBS_NAME_MAX];       /* root barcode, or "" */
+    char root_label[NBS_NAME_MAX]; /* or the label whose extreme cell on DC1 is the root, or "" */
+} nbs_trajectory_config;
+
 typedef struct {
     char dir[NBS_PATH_MAX];
     int write_h5ad;         /* embedding into .h5ad obsm['X_nbsphere'] */
@@ -181,6 +192,7 @@ typedef struct {
     nbs_model_config model;
     nbs_train_config train;
     nbs_diagnose_config diagnose;
+    nbs_trajectory_config trajectory;
     nbs_output_config output;
 } nbs_config;
 

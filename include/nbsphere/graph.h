@@ -59,4 +59,9 @@ int nbs_graph_leiden(const nbs_graph *g, double resolution, uint64_t seed, int32
 int nbs_graph_components(const nbs_graph *g, const uint8_t *keep, int32_t *component, int64_t *n_components,
                          int64_t *largest, nbs_error *err);
 
+/* A 2-D force-directed layout (Fruchterman & Reingold 1991, igraph_layout_fruchterman_reingold: 500 iterations,
+ * igraph's grid approximation above 1000 vertices, edges pulling by their weights) of a graph
+ * with positive weights, from igraph's random start seeded with seed. xy [n x 2]. */
+int nbs_graph_layout_fr(const nbs_graph *g, uint64_t seed, double *xy, nbs_error *err);
+
 #endif

@@ -86,6 +86,31 @@ typedef struct {
     int64_t stride;
 } nbs_obs_column;
 
+/* A sparse n_rows x n_cols matrix in CSR form (rows ascending), as anndata stores scipy's csr_matrix. */
+typedef struct {
+    int64_t n_rows, n_cols;
+    const int64_t *indptr;  /* [n_rows + 1] */
+    const int64_t *indices; /* [nnz] */
+    const double *values;   /* [nnz] written as float32 */
+} nbs_h5ad_csr;
+
+/* The trajectory stage's results in the places scanpy keeps them: obsp['distances'] and
+ * obsp['connectivities'] with uns['neighbors'] = {connectivities_key, distances_key, params:
+ * {n_neighbors, method, metric}}, obsm['X_diffmap'] with uns['diffmap_evals'], uns['iroot'], and
+ * uns['paga'] = {connectivities, groups}. (obs['leiden'] and obs['dpt_pseudotime'] are obs
+ * columns.) */
+typedef struct {
+    nbs_h5ad_csr distances, connectivities;
+    int n_neighbors;
+    const char *method, *metric; /* "gauss"; "euclidean" or "cosine" */
+    int n_dcs;
+    const double *diffmap;       /* [n x n_dcs] */
+    const double *evals;         /* [n_dcs] */
+    int64_t iroot;
+    nbs_h5ad_csr paga;           /* n_clusters x n_clusters */
+    const char *groups;          /* the obs column of the clusters: "leiden" */
+} nbs_h5ad_trajectory;
+
 /* Metadata stored with an embedding in h5ad uns/nbsphere (latent type, metric, ...). */
 typedef struct {
     const char *key;            /* obsm key, e.g. "X_nbsphere" */
@@ -96,6 +121,7 @@ typedef struct {
     const char *batch_key;      /* optional: uns/nbsphere/batch_key, the obs column of the batch */
     const nbs_obs_column *obs_columns; /* n_obs_columns more obs columns (the covariates), replacing */
     int n_obs_columns;                 /* any of the same name */
+    const nbs_h5ad_trajectory *trajectory; /* NULL: none (else replaces the entries it names) */
 } nbs_embedding_meta;
 
 /* Writes an .h5ad readable by anndata/scanpy. If copy_from is an .h5ad (or .h5ad.gz), the output

@@ -11,6 +11,7 @@
 #include "nbsphere/error.h"
 #include "nbsphere/integrate.h"
 #include "nbsphere/train.h"
+#include "nbsphere/trajectory.h"
 
 typedef struct {
     const nbs_collapse_report *report;  /* final measures (required) */
@@ -28,6 +29,7 @@ typedef struct {
     const nbs_integration *integration; /* scIB metrics; NULL = not computed */
     const char *batch_key;              /* the batch covariate's column, may be NULL */
     char *const *batch_labels;          /* per cell, its batch (for the map coloured by batch); may be NULL */
+    const nbs_trajectory *trajectory;   /* the trajectory stage; NULL = not run */
 } nbs_report_input;
 
 int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_error *err);

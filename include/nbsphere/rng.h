@@ -27,7 +27,10 @@ typedef enum {
     NBS_STREAM_DIAGNOSE,      /* the diagnostics' own draws, index = epoch (0: the final one) */
     NBS_STREAM_EVALUATE,      /* the k-NN score's folds and the PCA next to it */
     NBS_STREAM_LEIDEN,        /* Leiden clustering of the integration metrics, index = resolution step */
-    NBS_STREAM_ADAPT          /* embed --adapt: the new categories' initial weights */
+    NBS_STREAM_ADAPT,         /* embed --adapt: the new categories' initial weights */
+    NBS_STREAM_CLUSTERS,      /* the trajectory stage's Leiden clusters */
+    NBS_STREAM_DIFFMAP,       /* the diffusion map eigensolver's start vectors, index = restart */
+    NBS_STREAM_LAYOUT         /* the trajectory stage's force-directed layout */
 } nbs_stream;
 
 uint64_t nbs_stream_seed(uint64_t seed, nbs_stream purpose, uint64_t index, uint64_t process);

@@ -37,6 +37,12 @@ int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_o
 int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
                      nbs_error *err);
 
+/* `nbsphere trajectory`: nbs_run_diagnose followed by the trajectory stage (trajectory.h, with
+ * p's trajectory section whatever its `enabled`), whose graphs, clusters, diffusion map and
+ * pseudotime go into embedding.h5ad and the report. */
+int nbs_run_trajectory(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
+                       nbs_error *err);
+
 /* The load stage on its own (also used by `inspect`): reads the input section's file with the
  * format it names or detects (*format_used, may be NULL), validates the values and makes gene
  * names unique: nbs_io_read, which reads every format io.h lists. */

@@ -1,0 +1,564 @@
+/* The trajectory stage: k-NN graph -> gauss kernel -> Leiden, PAGA, diffusion map -> DPT, and a
+ * layout. Each step follows the scanpy function named in trajectory.h, so that a scanpy user
+ * reading embedding.h5ad finds the numbers their own calls would give. */
+#include "nbsphere/trajectory.h"
+
+#include <gsl/gsl_cblas.h>
+#include <gsl/gsl_eigen.h>
+#include <gsl/gsl_randist.h>
+#include <gsl/gsl_sort.h>
+#include <gsl/gsl_statistics_double.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/nn.h"
+#include "nbsphere/rng.h"
+
+void nbs_trajectory_free(nbs_trajectory *t) {
+    if (!t) return;
+    nbs_graph_free(&t->knn);
+    nbs_graph_free(&t->kernel);
+    free(t->cluster);
+    free(t->paga);
+    free(t->diffmap);
+    free(t->evals);
+    free(t->component);
+    free(t->pseudotime);
+    free(t->layout);
+    memset(t, 0, sizeof *t);
+}
+
+/* ---- gauss kernel ---- */
+
+typedef struct {
+    int64_t a, b; /* a < b */
+    double w;
+} pair;
+
+static int cmp_pair(const void *p, const void *q) {
+    const pair *x = p, *y = q;
+    if (x->a != y->a) return x->a < y->a ? -1 : 1;
+    return (x->b > y->b) - (x->b < y->b);
+}
+
+int nbs_traj_gauss_kernel(const nbs_graph *knn, nbs_graph *out, int64_t *n_floored, nbs_error *err) {
+    memset(out, 0, sizeof *out);
+    const int64_t n = knn->n, m = knn->indptr[n];
+    double *s2 = nbs_malloc((size_t)(n ? n : 1) * sizeof *s2, err); /* [n] sigma_i^2 */
+    pair *p = s2 ? nbs_malloc((size_t)(m ? m : 1) * sizeof *p, err) : NULL; /* [m] one per k-NN edge */
+    if (!p) {
+        free(s2);
+        return NBS_ERR_NOMEM;
+    }
+    double mean = 0;
+    int64_t positive = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t last = knn->indptr[i + 1] - 1;
+        const double dk = last >= knn->indptr[i] ? knn->weights[last] : 0;
+        s2[i] = dk * dk / 4;
+        if (s2[i] > 0) mean += s2[i], positive++;
+    }
+    /* a cell with k duplicates has no scale of its own: a small one keeps its weights finite */
+    const double floor_s2 = positive ? 1e-3 * mean / (double)positive : 1.0;
+    *n_floored = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!(s2[i] > 0)) s2[i] = floor_s2, ++*n_floored;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t e = knn->indptr[i]; e < knn->indptr[i + 1]; e++) {
+            const int64_t j = knn->indices[e];
+            const double den = s2[i] + s2[j], dd = knn->weights[e] * knn->weights[e];
+            /* symmetric in i and j, so an edge found from both ends has one value */
+            p[e] = (pair){i < j ? i : j, i < j ? j : i, sqrt(2 * sqrt(s2[i] * s2[j]) / den) * exp(-dd / den)};
+        }
+    free(s2);
+    qsort(p, (size_t)m, sizeof *p, cmp_pair);
+    int64_t u = 0;
+    for (int64_t e = 0; e < m; e++)
+        if (p[e].a != p[e].b && !(u && p[u - 1].a == p[e].a && p[u - 1].b == p[e].b)) p[u++] = p[e];
+    out->n = n;
+    out->indptr = nbs_calloc((size_t)n + 1, sizeof *out->indptr, err);
+    out->indices = out->indptr ? nbs_malloc((size_t)(2 * u + 1) * sizeof *out->indices, err) : NULL;
+    out->weights = out->indices ? nbs_malloc((size_t)(2 * u + 1) * sizeof *out->weights, err) : NULL;
+    int64_t *fill = out->weights ? nbs_malloc((size_t)(n ? n : 1) * sizeof *fill, err) : NULL; /* [n] */
+    if (!fill) {
+        free(p);
+        nbs_graph_free(out);
+        return NBS_ERR_NOMEM;
+    }
+    for (int64_t e = 0; e < u; e++) out->indptr[p[e].a + 1]++, out->indptr[p[e].b + 1]++;
+    for (int64_t i = 0; i < n; i++) out->indptr[i + 1] += out->indptr[i];
+    memcpy(fill, out->indptr, (size_t)n * sizeof *fill);
+    /* pairs sorted by (a, b): a row gets its lower neighbours first, then its higher ones */
+    for (int64_t e = 0; e < u; e++) {
+        const int64_t q = fill[p[e].b]++;
+        out->indices[q] = p[e].a, out->weights[q] = p[e].w;
+    }
+    for (int64_t e = 0; e < u; e++) {
+        const int64_t q = fill[p[e].a]++;
+        out->indices[q] = p[e].b, out->weights[q] = p[e].w;
+    }
+    free(fill);
+    free(p);
+    return NBS_OK;
+}
+
+/* ---- diffusion map ---- */
+
+/* y = T x for a CSR matrix. */
+static void spmv(const nbs_graph *t, const double *x, double *y) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < t->n; i++) {
+        double s = 0;
+        for (int64_t e = t->indptr[i]; e < t->indptr[i + 1]; e++) s += t->weights[e] * x[t->indices[e]];
+        y[i] = s;
+    }
+}
+
+/* w minus its projection on the rows of B [m x n], twice (one pass loses orthogonality). */
+static void orthogonalise(const double *b, int m, int64_t n, double *w, double *h) {
+    if (!m) return;
+    for (int pass = 0; pass < 2; pass++) {
+        cblas_dgemv(CblasRowMajor, CblasNoTrans, m, (int)n, 1.0, b, (int)n, w, 1, 0.0, h, 1);
+        cblas_dgemv(CblasRowMajor, CblasTrans, m, (int)n, -1.0, b, (int)n, h, 1, 1.0, w, 1);
+    }
+}
+
+#define LANCZOS_TOL 1e-9
+#define LANCZOS_RUNS 30
+
+typedef struct {
+    const nbs_graph *t;
+    int64_t n;
+    int nev;
+    double *locked;   /* [nev x n] locked eigenvectors, rows */
+    double *lval;     /* [nev] their eigenvalues */
+    int nl;
+    double *v;        /* [mmax x n] Lanczos basis, rows */
+    int mmax;
+    double *alpha, *beta; /* [mmax] the tridiagonal */
+    double *h;        /* [max(mmax, nev)] scratch */
+    double *w;        /* [n] */
+    double *ritz;     /* [want x n] new pairs before locking */
+    double *rval;     /* [want] */
+} lanczos;
+
+/* Eigenpairs of the tridiagonal of the first m steps: theta [m], s [m x m] (column i = pair i),
+ * order [m] by |theta| descending. */
+static int tridiag_eig(const lanczos *L, int m, double *theta, double *s, int *order) {
+    gsl_matrix *a = gsl_matrix_calloc((size_t)m, (size_t)m);
+    gsl_matrix *ev = gsl_matrix_alloc((size_t)m, (size_t)m);
+    gsl_vector *val = gsl_vector_alloc((size_t)m);
+    gsl_eigen_symmv_workspace *ws = gsl_eigen_symmv_alloc((size_t)m);
+    int rc = a && ev && val && ws ? 0 : -1;
+    if (!rc) {
+        for (int i = 0; i < m; i++) {
+            gsl_matrix_set(a, (size_t)i, (size_t)i, L->alpha[i]);
+            if (i + 1 < m) {
+                gsl_matrix_set(a, (size_t)i, (size_t)i + 1, L->beta[i]);
+                gsl_matrix_set(a, (size_t)i + 1, (size_t)i, L->beta[i]);
+            }
+        }
+        rc = gsl_eigen_symmv(a, val, ev, ws) ? -1 : 0;
+    }
+    if (!rc) {
+        for (int i = 0; i < m; i++) {
+            theta[i] = gsl_vector_get(val, (size_t)i);
+            order[i] = i;
+            for (int r = 0; r < m; r++) s[r * m + i] = gsl_matrix_get(ev, (size_t)r, (size_t)i);
+        }
+        for (int a1 = 1; a1 < m; a1++) { /* insertion sort by magnitude, then by value */
+            int c = order[a1], b = a1;
+            while (b > 0 && (fabs(theta[order[b - 1]]) < fabs(theta[c]) ||
+                             (fabs(theta[order[b - 1]]) == fabs(theta[c]) && theta[order[b - 1]] < theta[c])))
+                order[b] = order[b - 1], b--;
+            order[b] = c;
+        }
+    }
+    if (ws) gsl_eigen_symmv_free(ws);
+    if (val) gsl_vector_free(val);
+    if (ev) gsl_matrix_free(ev);
+    if (a) gsl_matrix_free(a);
+    return rc;
+}
+
+/* One Lanczos run on T restricted to the complement of the locked vectors, from a random start:
+ * until the top `want` Ritz pairs by magnitude converge, the basis is exhausted, or mmax steps.
+ * The converged leading pairs go to ritz/rval; returns how many, or -1 out of memory. */
+static int lanczos_run(lanczos *L, int want, gsl_rng *r) {
+    const int64_t n = L->n;
+    double *v = L->v;
+    for (int64_t i = 0; i < n; i++) v[i] = gsl_ran_gaussian(r, 1.0);
+    orthogonalise(L->locked, L->nl, n, v, L->h);
+    double nv = cblas_dnrm2((int)n, v, 1);
+    if (!(nv > 0)) return 0;
+    cblas_dscal((int)n, 1 / nv, v, 1);
+    int mmax = L->mmax;
+    if (mmax > n - L->nl) mmax = (int)(n - L->nl);
+    double *theta = malloc(sizeof *theta * (size_t)mmax), *s = malloc(sizeof *s * (size_t)mmax * (size_t)mmax);
+    int *order = malloc(sizeof *order * (size_t)mmax);
+    int found = -1;
+    if (!theta || !s || !order) goto done;
+    found = 0;
+    for (int j = 0; j < mmax; j++) {
+        double *w = L->w;
+        spmv(L->t, v + (int64_t)j * n, w);
+        L->alpha[j] = cblas_ddot((int)n, v + (int64_t)j * n, 1, w, 1);
+        cblas_daxpy((int)n, -L->alpha[j], v + (int64_t)j * n, 1, w, 1);
+        if (j) cblas_daxpy((int)n, -L->beta[j - 1], v + (int64_t)(j - 1) * n, 1, w, 1);
+        orthogonalise(v, j + 1, n, w, L->h);
+        orthogonalise(L->locked, L->nl, n, w, L->h);
+        L->beta[j] = cblas_dnrm2((int)n, w, 1);
+        const int m = j + 1, exhausted = L->beta[j] < 1e-12 || m == mmax;
+        if (!exhausted && m % 10 && m >= want) { /* the tridiagonal is solved every 10 steps */
+            cblas_dcopy((int)n, w, 1, v + (int64_t)m * n, 1);
+            cblas_dscal((int)n, 1 / L->beta[j], v + (int64_t)m * n, 1);
+            continue;
+        }
+        if (m >= want || exhausted) {
+            if (tridiag_eig(L, m, theta, s, order)) {
+                found = -1;
+                goto done;
+            }
+            int conv = 0;
+            while (conv < want && conv < m &&
+                   (L->beta[j] < 1e-12 || fabs(L->beta[j] * s[(m - 1) * m + order[conv]]) < LANCZOS_TOL))
+                conv++;
+            if (conv == want || exhausted) {
+                for (int c = 0; c < conv; c++) { /* Ritz vector = V^T s_c */
+                    double *x = L->ritz + (int64_t)c * n;
+                    for (int r2 = 0; r2 < m; r2++) L->h[r2] = s[r2 * m + order[c]];
+                    cblas_dgemv(CblasRowMajor, CblasTrans, m, (int)n, 1.0, v, (int)n, L->h, 1, 0.0, x, 1);
+                    double nx = cblas_dnrm2((int)n, x, 1);
+                    cblas_dscal((int)n, 1 / nx, x, 1);
+                    L->rval[c] = theta[order[c]];
+                }
+                found = conv;
+                break;
+            }
+        }
+        cblas_dcopy((int)n, w, 1, v + (int64_t)m * n, 1);
+        cblas_dscal((int)n, 1 / L->beta[j], v + (int64_t)m * n, 1);
+    }
+done:
+    free(theta);
+    free(s);
+    free(order);
+    return found;
+}
+
+/* Adds the new pairs to the locked ones, keeps the nev largest by magnitude; returns how many of
+ * the new pairs were kept. */
+static int lock_pairs(lanczos *L, int found) {
+    int kept = 0;
+    for (int c = 0; c < found; c++) {
+        const double val = L->rval[c];
+        int pos = L->nl;
+        while (pos > 0 && (fabs(L->lval[pos - 1]) < fabs(val) ||
+                           (fabs(L->lval[pos - 1]) == fabs(val) && L->lval[pos - 1] < val)))
+            pos--;
+        if (pos >= L->nev) continue;
+        const int last = L->nl < L->nev ? L->nl : L->nev - 1; /* the slot the shift ends in */
+        for (int q = last; q > pos; q--) {
+            L->lval[q] = L->lval[q - 1];
+            memcpy(L->locked + (int64_t)q * L->n, L->locked + (int64_t)(q - 1) * L->n, sizeof(double) * (size_t)L->n);
+        }
+        L->lval[pos] = val;
+        memcpy(L->locked + (int64_t)pos * L->n, L->ritz + (int64_t)c * L->n, sizeof(double) * (size_t)L->n);
+        if (L->nl < L->nev) L->nl++;
+        kept++;
+    }
+    return kept;
+}
+
+int nbs_traj_diffmap(const nbs_graph *kernel, int n_dcs, uint64_t seed, double *evecs, double *evals, nbs_error *err) {
+    const int64_t n = kernel->n, nnz = kernel->indptr[n];
+    if (n_dcs < 1 || n_dcs > 100 || n_dcs >= n)
+        return nbs_error_set(err, NBS_ERR_INPUT, "diffusion map: %d components need more than %lld cells; lower "
+                             "trajectory.n_dcs", n_dcs, (long long)n);
+    nbs_nn_blas_serial();
+    nbs_graph t = {n, (int64_t *)kernel->indptr, (int64_t *)kernel->indices, NULL}; /* T on W's pattern */
+    double *q = nbs_malloc(sizeof *q * (size_t)n, err); /* [n] density q_i, then z_i */
+    t.weights = q ? nbs_malloc(sizeof *t.weights * (size_t)(nnz ? nnz : 1), err) : NULL; /* [nnz] T */
+    lanczos L = {&t, n, n_dcs, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+    L.mmax = 60 + 20 * n_dcs;
+    if (L.mmax > n) L.mmax = (int)n;
+    int rc = NBS_ERR_NOMEM;
+    if (!t.weights) goto done;
+    L.locked = nbs_malloc(sizeof(double) * (size_t)n * (size_t)n_dcs, err);
+    L.ritz = nbs_malloc(sizeof(double) * (size_t)n * (size_t)n_dcs, err);
+    L.lval = nbs_malloc(sizeof(double) * (size_t)n_dcs, err);
+    L.rval = nbs_malloc(sizeof(double) * (size_t)n_dcs, err);
+    L.v = nbs_malloc(sizeof(double) * (size_t)n * (size_t)(L.mmax + 1), err);
+    L.alpha = nbs_malloc(sizeof(double) * (size_t)L.mmax, err);
+    L.beta = nbs_malloc(sizeof(double) * (size_t)L.mmax, err);
+    L.h = nbs_malloc(sizeof(double) * (size_t)(L.mmax + n_dcs), err);
+    L.w = nbs_malloc(sizeof(double) * (size_t)n, err);
+    if (!L.locked || !L.ritz || !L.lval || !L.rval || !L.v || !L.alpha || !L.beta || !L.h || !L.w) goto done;
+    /* density normalisation, then the symmetric form */
+    for (int64_t i = 0; i < n; i++) {
+        q[i] = 0;
+        for (int64_t e = kernel->indptr[i]; e < kernel->indptr[i + 1]; e++) q[i] += kernel->weights[e];
+        if (!(q[i] > 0)) {
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "diffusion map: cell %lld has no neighbour with a positive kernel "
+                               "weight; its embedding may be non-finite or far from every other cell", (long long)i + 1);
+            goto done;
+        }
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t e = kernel->indptr[i]; e < kernel->indptr[i + 1]; e++)
+            t.weights[e] = kernel->weights[e] / (q[i] * q[kernel->indices[e]]);
+    for (int64_t i = 0; i < n; i++) {
+        double zs = 0;
+        for (int64_t e = t.indptr[i]; e < t.indptr[i + 1]; e++) zs += t.weights[e];
+        q[i] = sqrt(zs);
+    }
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t e = t.indptr[i]; e < t.indptr[i + 1]; e++) t.weights[e] /= q[i] * q[t.indices[e]];
+    int runs = 0, done_ = 0;
+    while (!done_ && runs < LANCZOS_RUNS) {
+        gsl_rng *r = nbs_stream_rng(seed, NBS_STREAM_DIFFMAP, (uint64_t)runs, err);
+        if (!r) goto done;
+        const int checking = L.nl == n_dcs;
+        int found = lanczos_run(&L, checking ? 1 : n_dcs - L.nl, r);
+        gsl_rng_free(r);
+        runs++;
+        if (found < 0) {
+            rc = nbs_error_set(err, NBS_ERR_NOMEM, "diffusion map: out of memory");
+            goto done;
+        }
+        const int kept = lock_pairs(&L, found);
+        /* finished when a fresh start finds nothing above the n_dcs pairs held */
+        done_ = checking && !kept;
+    }
+    if (!done_) {
+        rc = nbs_error_set(err, NBS_ERR_NUMERIC, "diffusion map: the eigensolver did not converge in %d restarts "
+                           "(%d of %d components found); lower trajectory.n_dcs", LANCZOS_RUNS, L.nl, n_dcs);
+        goto done;
+    }
+    /* decreasing by value among the pairs of largest magnitude; unit vectors, largest entry positive */
+    int idx[100];
+    for (int c = 0; c < n_dcs; c++) idx[c] = c;
+    for (int a = 1; a < n_dcs; a++) {
+        int c = idx[a], b = a;
+        while (b > 0 && L.lval[idx[b - 1]] < L.lval[c]) idx[b] = idx[b - 1], b--;
+        idx[b] = c;
+    }
+    for (int c = 0; c < n_dcs; c++) {
+        const double *x = L.locked + (int64_t)idx[c] * n;
+        evals[c] = L.lval[idx[c]];
+        int64_t big = cblas_idamax((int)n, x, 1);
+        const double sign = x[big] < 0 ? -1 : 1;
+        for (int64_t i = 0; i < n; i++) evecs[i * n_dcs + c] = sign * x[i];
+    }
+    rc = NBS_OK;
+done:
+    free(q);
+    free(t.weights);
+    free(L.locked);
+    free(L.ritz);
+    free(L.lval);
+    free(L.rval);
+    free(L.v);
+    free(L.alpha);
+    free(L.beta);
+    free(L.h);
+    free(L.w);
+    return rc;
+}
+
+/* ---- DPT ---- */
+
+int64_t nbs_traj_dpt(const double *evecs, const double *evals, int64_t n, int n_dcs, const int32_t *component,
+                     int64_t root, double *pseudotime) {
+    double wt[100];
+    for (int j = 0; j < n_dcs; j++) {
+        const double l = evals[j];
+        wt[j] = l < NBS_DPT_STATIONARY ? (l / (1 - l)) * (l / (1 - l)) : 1.0;
+    }
+    double top = 0;
+    int64_t unreached = 0;
+    for (int64_t i = 0; i < n; i++) {
+        if (component && component[i] != component[root]) {
+            pseudotime[i] = NAN;
+            unreached++;
+            continue;
+        }
+        double s = 0;
+        for (int j = 0; j < n_dcs; j++) {
+            const double dv = evecs[root * n_dcs + j] - evecs[i * n_dcs + j];
+            s += wt[j] * dv * dv;
+        }
+        pseudotime[i] = sqrt(s);
+        if (pseudotime[i] > top) top = pseudotime[i];
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (top > 0 && !isnan(pseudotime[i])) pseudotime[i] /= top;
+    return unreached;
+}
+
+/* ---- PAGA ---- */
+
+int nbs_traj_paga(const nbs_graph *knn, const int32_t *cluster, int n_clusters, double *out, nbs_error *err) {
+    const int64_t n = knn->n;
+    const size_t nc = (size_t)n_clusters;
+    double *size = nbs_calloc(nc, sizeof *size, err);  /* [n_clusters] n_c */
+    double *leave = nbs_calloc(nc, sizeof *leave, err); /* [n_clusters] e_c */
+    if (!size || !leave) {
+        free(size);
+        free(leave);
+        return NBS_ERR_NOMEM;
+    }
+    memset(out, 0, sizeof *out * nc * nc);
+    for (int64_t i = 0; i < n; i++) {
+        const int32_t a = cluster[i];
+        size[a]++;
+        leave[a] += (double)(knn->indptr[i + 1] - knn->indptr[i]);
+        for (int64_t e = knn->indptr[i]; e < knn->indptr[i + 1]; e++) {
+            const int32_t b = cluster[knn->indices[e]];
+            if (a != b) out[(size_t)a * nc + (size_t)b]++, out[(size_t)b * nc + (size_t)a]++;
+        }
+    }
+    for (size_t a = 0; a < nc; a++)
+        for (size_t b = 0; b < nc; b++) {
+            const double expected = (leave[a] * size[b] + leave[b] * size[a]) / (double)(n - 1);
+            double *c = out + a * nc + b;
+            if (a == b) *c = 0;
+            else if (*c > 0) *c = expected > 0 ? fmin(1.0, *c / expected) : 1.0;
+        }
+    free(size);
+    free(leave);
+    return NBS_OK;
+}
+
+/* ---- the stage ---- */
+
+/* The root: a barcode, or the cell of a label at the end of DC1 where that label lies (the
+ * label's median DC1 below the median of all cells: its smallest DC1, else its largest), or
+ * without either, the cell with the smallest DC1. */
+static int choose_root(nbs_trajectory *t, const nbs_trajectory_config *c, char *const *barcodes, char *const *labels,
+                       const char *label_column, nbs_error *err) {
+    const int64_t n = t->n;
+    const int dcs = t->n_dcs;
+    if (c->root[0]) {
+        for (int64_t i = 0; i < n; i++)
+            if (!strcmp(barcodes[i], c->root)) {
+                t->root = i;
+                snprintf(t->root_rule, sizeof t->root_rule, "the cell %s (trajectory.root)", c->root);
+                return NBS_OK;
+            }
+        return nbs_error_set(err, NBS_ERR_USAGE, "trajectory.root: '%s' is not the barcode of any of the %lld cells "
+                             "(after the QC filters; barcodes look like '%s'); give one of them, or "
+                             "trajectory.root_label", c->root, (long long)n, n ? barcodes[0] : "");
+    }
+    double *dc1 = nbs_malloc(sizeof *dc1 * (size_t)(n ? n : 1), err), *mine = NULL; /* [n] */
+    if (!dc1) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++) dc1[i] = t->diffmap[i * dcs + 1];
+    int rc = NBS_OK;
+    if (!c->root_label[0]) {
+        int64_t best = 0;
+        for (int64_t i = 1; i < n; i++)
+            if (dc1[i] < dc1[best]) best = i;
+        t->root = best;
+        snprintf(t->root_rule, sizeof t->root_rule, "the cell with the smallest first diffusion component (%s; no "
+                 "trajectory.root or root_label given)", barcodes[best]);
+        nbs_info("trajectory: no trajectory.root or trajectory.root_label: the root is %s, the cell with the smallest "
+                 "first diffusion component", barcodes[best]);
+        goto done;
+    }
+    if (!labels) {
+        rc = nbs_error_set(err, NBS_ERR_USAGE, "trajectory.root_label '%s' needs labels: set input.label_column",
+                           c->root_label);
+        goto done;
+    }
+    mine = nbs_malloc(sizeof *mine * (size_t)(n ? n : 1), err);
+    if (!mine) {
+        rc = NBS_ERR_NOMEM;
+        goto done;
+    }
+    int64_t m = 0, lo = -1, hi = -1;
+    for (int64_t i = 0; i < n; i++)
+        if (labels[i] && !strcmp(labels[i], c->root_label)) {
+            mine[m++] = dc1[i];
+            if (lo < 0 || dc1[i] < dc1[lo]) lo = i;
+            if (hi < 0 || dc1[i] > dc1[hi]) hi = i;
+        }
+    if (!m) {
+        char seen[512] = "";
+        size_t used = 0;
+        for (int64_t i = 0; i < n && used < 400; i++) {
+            if (!labels[i]) continue;
+            int dup = 0;
+            for (int64_t j = 0; j < i && !dup; j++) dup = labels[j] && !strcmp(labels[j], labels[i]);
+            if (!dup) used += (size_t)snprintf(seen + used, sizeof seen - used, "%s%s", used ? ", " : "", labels[i]);
+        }
+        rc = nbs_error_set(err, NBS_ERR_USAGE, "trajectory.root_label: no cell has the label '%s' in column '%s'; "
+                           "its labels are: %s", c->root_label, label_column ? label_column : "?", seen);
+        goto done;
+    }
+    gsl_sort(mine, 1, (size_t)m);
+    const double label_median = gsl_stats_median_from_sorted_data(mine, 1, (size_t)m);
+    memcpy(mine, dc1, sizeof *mine * (size_t)n);
+    gsl_sort(mine, 1, (size_t)n);
+    const double all_median = gsl_stats_median_from_sorted_data(mine, 1, (size_t)n);
+    const int low = label_median < all_median;
+    t->root = low ? lo : hi;
+    snprintf(t->root_rule, sizeof t->root_rule, "%s, the '%s' cell with the %s first diffusion component (its %lld "
+             "cells lie on that side of the median)", barcodes[t->root], c->root_label, low ? "smallest" : "largest",
+             (long long)m);
+done:
+    free(dc1);
+    free(mine);
+    return rc;
+}
+
+int nbs_trajectory_compute(const float *z, int64_t n, int d, nbs_metric metric, const nbs_trajectory_config *c,
+                           char *const *barcodes, char *const *labels, const char *label_column, uint64_t seed,
+                           nbs_trajectory *t, nbs_error *err) {
+    memset(t, 0, sizeof *t);
+    t->n = n;
+    t->k = (int)c->k; /* the key's range is 2..10000 */
+    t->metric = metric;
+    t->resolution = c->resolution;
+    t->n_dcs = c->n_dcs;
+    if (c->k >= n)
+        return nbs_error_set(err, NBS_ERR_USAGE, "trajectory.k = %d neighbours (the cell itself included) needs more "
+                             "cells, and there are %lld; lower trajectory.k", t->k, (long long)n);
+    if (c->n_dcs >= n)
+        return nbs_error_set(err, NBS_ERR_USAGE, "trajectory.n_dcs = %d needs more cells than components, and there "
+                             "are %lld; lower trajectory.n_dcs", c->n_dcs, (long long)n);
+    int rc = nbs_graph_knn(z, n, d, t->k - 1, metric, &t->knn, err);
+    if (!rc) rc = nbs_traj_gauss_kernel(&t->knn, &t->kernel, &t->n_sigma_floored, err);
+    if (rc) goto fail;
+    if (t->n_sigma_floored)
+        nbs_info("trajectory: %lld cells have %d - 1 duplicates as neighbours; their kernel width is floored at 1e-3 "
+                 "of the mean", (long long)t->n_sigma_floored, t->k);
+    t->cluster = nbs_malloc(sizeof *t->cluster * (size_t)n, err);
+    t->component = nbs_malloc(sizeof *t->component * (size_t)n, err);
+    t->diffmap = nbs_malloc(sizeof *t->diffmap * (size_t)n * (size_t)c->n_dcs, err);
+    t->evals = nbs_malloc(sizeof *t->evals * (size_t)c->n_dcs, err);
+    t->pseudotime = nbs_malloc(sizeof *t->pseudotime * (size_t)n, err);
+    t->layout = nbs_malloc(sizeof *t->layout * (size_t)n * 2, err);
+    rc = NBS_ERR_NOMEM;
+    if (!t->cluster || !t->component || !t->diffmap || !t->evals || !t->pseudotime || !t->layout) goto fail;
+    rc = nbs_graph_leiden(&t->kernel, c->resolution, nbs_stream_seed(seed, NBS_STREAM_CLUSTERS, 0, 0), t->cluster,
+                          &t->n_clusters, err);
+    if (!rc && !(t->paga = nbs_malloc(sizeof *t->paga * (size_t)t->n_clusters * (size_t)t->n_clusters, err)))
+        rc = NBS_ERR_NOMEM;
+    if (!rc) rc = nbs_traj_paga(&t->knn, t->cluster, t->n_clusters, t->paga, err);
+    if (!rc) rc = nbs_graph_components(&t->kernel, NULL, t->component, &t->n_components, NULL, err);
+    if (!rc) rc = nbs_traj_diffmap(&t->kernel, c->n_dcs, seed, t->diffmap, t->evals, err);
+    if (!rc) rc = choose_root(t, c, barcodes, labels, label_column, err);
+    if (rc) goto fail;
+    t->n_unreached = nbs_traj_dpt(t->diffmap, t->evals, n, c->n_dcs, t->component, t->root, t->pseudotime);
+    if (t->n_unreached)
+        nbs_warn("trajectory: %lld of %lld cells are in another connected component of the neighbour graph than the "
+                 "root (%lld components): they get no pseudotime (NaN)", (long long)t->n_unreached, (long long)n,
+                 (long long)t->n_components);
+    rc = nbs_graph_layout_fr(&t->kernel, nbs_stream_seed(seed, NBS_STREAM_LAYOUT, 0, 0), t->layout, err);
+    if (!rc) return NBS_OK;
+fail:
+    nbs_trajectory_free(t);
+    return rc;
+}

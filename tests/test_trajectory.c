@@ -1,0 +1,307 @@
+/* The trajectory stage (trajectory.h): the gauss kernel on a tiny example against the constants
+ * tests/trajectory_reference.py prints (run it without arguments), PAGA on a graph counted by
+ * hand, the diffusion map and DPT on simulated data against the same script run on the same
+ * embedding (when /usr/bin/python3 with numpy and scipy is there), DPT against the simulated
+ * time, bad roots and sizes, and the CLI's embedding.h5ad read back by h5py. */
+#include "testutil.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nbsphere/evaluate.h"
+#include "nbsphere/rng.h"
+#include "nbsphere/simulate.h"
+#include "nbsphere/trajectory.h"
+
+/* Spearman correlation of a and b [n] (average ranks for ties; NaN entries left out). */
+static void ranks(const double *v, const int64_t *keep, int64_t m, double *r) {
+    for (int64_t a = 0; a < m; a++) {
+        double less = 0, same = 0;
+        for (int64_t b = 0; b < m; b++) {
+            less += v[keep[b]] < v[keep[a]];
+            same += v[keep[b]] == v[keep[a]];
+        }
+        r[a] = less + (same + 1) / 2;
+    }
+}
+
+static double spearman(const double *a, const double *b, int64_t n) {
+    int64_t *keep = malloc(sizeof *keep * (size_t)n), m = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (!isnan(a[i]) && !isnan(b[i])) keep[m++] = i;
+    double *ra = malloc(sizeof *ra * (size_t)m), *rb = malloc(sizeof *rb * (size_t)m);
+    ranks(a, keep, m, ra);
+    ranks(b, keep, m, rb);
+    double ma = 0, mb = 0, sab = 0, saa = 0, sbb = 0;
+    for (int64_t i = 0; i < m; i++) ma += ra[i] / m, mb += rb[i] / m;
+    for (int64_t i = 0; i < m; i++)
+        sab += (ra[i] - ma) * (rb[i] - mb), saa += (ra[i] - ma) * (ra[i] - ma), sbb += (rb[i] - mb) * (rb[i] - mb);
+    free(keep);
+    free(ra);
+    free(rb);
+    return sab / sqrt(saa * sbb);
+}
+
+/* The script's tiny example: 7 points on a line, one off it; k = 3 (two others each). */
+static void test_gauss_kernel_matches_scanpy_formula(void **state) {
+    (void)state;
+    const float x[] = {0, 0, 1, 0, 2.5f, 0, 3, 0, 5, 0, 5.5f, 0, 6, 0, 3, 2};
+    nbs_error err = {0};
+    nbs_graph knn, w;
+    int64_t floored = -1;
+    assert_int_equal(nbs_graph_knn(x, 8, 2, 2, NBS_METRIC_EUCLIDEAN, &knn, &err), NBS_OK);
+    assert_int_equal(nbs_traj_gauss_kernel(&knn, &w, &floored, &err), NBS_OK);
+    assert_int_equal(floored, 0);
+    /* from `python3 tests/trajectory_reference.py`: row: column:weight */
+    static const struct {
+        int i, j;
+        double w;
+    } want[] = {{0, 1, 0.58674216}, {0, 2, 0.0496003176}, {1, 0, 0.58674216}, {1, 2, 0.135335283},
+                {1, 3, 0.0757428675}, {2, 0, 0.0496003176}, {2, 1, 0.135335283}, {2, 3, 0.834926988},
+                {2, 7, 0.0713434448}, {3, 1, 0.0757428675}, {3, 2, 0.834926988}, {3, 7, 0.143758048},
+                {4, 5, 0.401892043}, {4, 6, 0.135335283}, {5, 4, 0.401892043}, {5, 6, 0.401892043},
+                {6, 4, 0.135335283}, {6, 5, 0.401892043}, {7, 2, 0.0713434448}, {7, 3, 0.143758048}};
+    const int nw = (int)(sizeof want / sizeof want[0]);
+    assert_int_equal(w.indptr[8], nw);
+    for (int e = 0; e < nw; e++) {
+        assert_true(want[e].i >= 0 && w.indptr[want[e].i] <= e && e < w.indptr[want[e].i + 1]);
+        assert_int_equal(w.indices[e], want[e].j);
+        assert_float_equal(w.weights[e], want[e].w, 1e-6);
+    }
+    nbs_graph_free(&knn);
+    nbs_graph_free(&w);
+}
+
+/* Two clusters of 3 cells, 2 neighbours each; edges 0->1, 0->2, 1->0, 1->3, 2->0, 2->1, 3->4, 3->5,
+ * 4->3, 4->5, 5->3, 5->2: between the clusters 1->3 and 5->2, so E = 2; e_0 = e_1 = 6, n = 6, and
+ * expected = (6 * 3 + 6 * 3) / 5 = 7.2, conn = 2 / 7.2. */
+static void test_paga_counts_edges_against_random(void **state) {
+    (void)state;
+    int64_t indptr[] = {0, 2, 4, 6, 8, 10, 12};
+    int64_t indices[] = {1, 2, 0, 3, 0, 1, 4, 5, 3, 5, 3, 2};
+    double dist[12];
+    for (int i = 0; i < 12; i++) dist[i] = 1;
+    nbs_graph knn = {6, indptr, indices, dist};
+    int32_t cluster[] = {0, 0, 0, 1, 1, 1};
+    double conn[4];
+    nbs_error err = {0};
+    assert_int_equal(nbs_traj_paga(&knn, cluster, 2, conn, &err), NBS_OK);
+    assert_float_equal(conn[0], 0, 0);
+    assert_float_equal(conn[1], 2 / 7.2, 1e-12);
+    assert_float_equal(conn[2], 2 / 7.2, 1e-12);
+    assert_float_equal(conn[3], 0, 0);
+}
+
+/* Simulated cells (2 branches), 10 principal components of log1p CP10k. */
+typedef struct {
+    nbs_sim_data sim;
+    float *pcs;      /* [n x 10] */
+    int64_t n, root; /* root: the cell of the smallest true time */
+} sim_case;
+
+static void sim_setup(sim_case *s, int64_t n) {
+    nbs_sim_config c;
+    nbs_sim_defaults(&c);
+    c.n_cells = n;
+    c.n_genes = 400;
+    c.n_branches = 2;
+    nbs_error err = {0};
+    gsl_rng *r = nbs_stream_rng(7, NBS_STREAM_INIT, 0, &err);
+    assert_int_equal(nbs_simulate(&c, r, &s->sim, &err), NBS_OK);
+    s->n = n;
+    s->pcs = malloc(sizeof *s->pcs * (size_t)n * 10);
+    assert_int_equal(nbs_eval_pca(s->sim.counts, 10, 4, r, s->pcs, NULL, &err), NBS_OK);
+    gsl_rng_free(r);
+    s->root = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (s->sim.pseudotime[i] < s->sim.pseudotime[s->root]) s->root = i;
+}
+
+static void sim_free(sim_case *s) {
+    nbs_sim_data_free(&s->sim);
+    free(s->pcs);
+}
+
+static nbs_trajectory_config config(void) {
+    nbs_config c;
+    nbs_config_defaults(&c);
+    return c.trajectory;
+}
+
+static void test_dpt_follows_simulated_time(void **state) {
+    (void)state;
+    sim_case s;
+    sim_setup(&s, 1500);
+    nbs_trajectory_config c = config();
+    snprintf(c.root, sizeof c.root, "%s", s.sim.counts->barcodes[s.root]);
+    nbs_trajectory t;
+    nbs_error err = {0};
+    int rc = nbs_trajectory_compute(s.pcs, s.n, 10, NBS_METRIC_EUCLIDEAN, &c, s.sim.counts->barcodes, NULL, NULL, 1,
+                                    &t, &err);
+    if (rc) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(rc, NBS_OK);
+    assert_int_equal(t.root, s.root);
+    assert_int_equal(t.n_unreached, 0);
+    assert_float_equal(t.evals[0], 1.0, 1e-9); /* the stationary state of a connected graph */
+    for (int j = 1; j < c.n_dcs; j++) assert_true(t.evals[j] <= t.evals[j - 1] && t.evals[j] < 1);
+    const double rho = spearman(t.pseudotime, s.sim.pseudotime, s.n);
+    fprintf(stderr, "DPT on 10 PCs of 1500 simulated cells: Spearman %.4f with the simulated time, %d Leiden "
+            "clusters\n", rho, t.n_clusters);
+    assert_true(rho > 0.8); /* 0.840 when written */
+    assert_true(t.n_clusters >= 3);
+    /* PAGA is symmetric in [0, 1] */
+    for (int a = 0; a < t.n_clusters; a++)
+        for (int b = 0; b < t.n_clusters; b++) {
+            const double v = t.paga[a * t.n_clusters + b];
+            assert_true(v >= 0 && v <= 1);
+            assert_float_equal(v, t.paga[b * t.n_clusters + a], 1e-15);
+        }
+    nbs_trajectory_free(&t);
+    sim_free(&s);
+}
+
+static int have_scipy(void) {
+    return system("/usr/bin/python3 -c 'import numpy, scipy' >/dev/null 2>&1") == 0;
+}
+
+/* The same embedding through tests/trajectory_reference.py (numpy/scipy, scanpy's formulas). */
+static void test_diffmap_and_dpt_match_python(void **state) {
+    (void)state;
+    if (!have_scipy()) {
+        fprintf(stderr, "no /usr/bin/python3 with numpy and scipy: skipped\n");
+        skip();
+    }
+    sim_case s;
+    sim_setup(&s, 600);
+    char *dir = tu_tmpdir();
+    char in[4096], out[4096], cmd[9000];
+    snprintf(in, sizeof in, "%s/pcs.tsv", dir);
+    snprintf(out, sizeof out, "%s/ref.tsv", dir);
+    FILE *f = fopen(in, "w");
+    for (int64_t i = 0; i < s.n; i++)
+        for (int j = 0; j < 10; j++) fprintf(f, "%.9g%c", s.pcs[i * 10 + j], j == 9 ? '\n' : '\t');
+    fclose(f);
+    nbs_trajectory_config c = config();
+    snprintf(cmd, sizeof cmd, "/usr/bin/python3 %s %s %d %d %lld %s", "tests/trajectory_reference.py", in,
+             (int)c.k, c.n_dcs, (long long)s.root, out);
+    assert_int_equal(system(cmd), 0);
+    snprintf(c.root, sizeof c.root, "%s", s.sim.counts->barcodes[s.root]);
+    nbs_trajectory t;
+    nbs_error err = {0};
+    assert_int_equal(nbs_trajectory_compute(s.pcs, s.n, 10, NBS_METRIC_EUCLIDEAN, &c, s.sim.counts->barcodes, NULL,
+                                            NULL, 1, &t, &err), NBS_OK);
+    f = fopen(out, "r");
+    assert_non_null(f);
+    double ev, *pt = malloc(sizeof *pt * (size_t)s.n), max_dc = 0;
+    for (int j = 0; j < c.n_dcs; j++) {
+        assert_int_equal(fscanf(f, "%lf", &ev), 1);
+        assert_float_equal(t.evals[j], ev, 1e-6);
+    }
+    for (int64_t i = 0; i < s.n; i++) {
+        assert_int_equal(fscanf(f, "%lf", &pt[i]), 1);
+        for (int j = 1; j < c.n_dcs; j++) {
+            double v;
+            assert_int_equal(fscanf(f, "%lf", &v), 1);
+            const double dv = fabs(fabs(t.diffmap[i * c.n_dcs + j]) - v);
+            if (dv > max_dc) max_dc = dv;
+        }
+    }
+    fclose(f);
+    const double rho = spearman(t.pseudotime, pt, s.n);
+    double max_pt = 0;
+    for (int64_t i = 0; i < s.n; i++) max_pt = fmax(max_pt, fabs(pt[i] - t.pseudotime[i]));
+    fprintf(stderr, "against numpy/scipy on 600 cells: DPT Spearman %.6f, largest difference %.2g (pseudotime), "
+            "%.2g (|diffusion components|)\n", rho, max_pt, max_dc);
+    assert_true(rho > 0.99);
+    assert_true(max_pt < 1e-4);
+    assert_true(max_dc < 1e-4);
+    free(pt);
+    nbs_trajectory_free(&t);
+    sim_free(&s);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+/* Two far-apart groups: the root's group gets pseudotimes, the other NaN. */
+static void test_other_component_gets_nan(void **state) {
+    (void)state;
+    enum { N = 60 };
+    float x[N * 2];
+    char names[N][16], *bc[N];
+    for (int i = 0; i < N; i++) {
+        x[2 * i] = (float)(i % 30) * 0.1f + (i >= 30 ? 100.0f : 0.0f);
+        x[2 * i + 1] = (float)((i * 7) % 5) * 0.01f;
+        snprintf(names[i], sizeof names[i], "c%d", i);
+        bc[i] = names[i];
+    }
+    nbs_trajectory_config c = config();
+    c.k = 5;
+    c.n_dcs = 4;
+    snprintf(c.root, sizeof c.root, "c0");
+    nbs_trajectory t;
+    nbs_error err = {0};
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, NULL, NULL, 3, &t, &err), NBS_OK);
+    assert_int_equal(t.n_components, 2);
+    assert_int_equal(t.n_unreached, 30);
+    /* two components: eigenvalue 1 twice (the solver must find the repeat) */
+    assert_float_equal(t.evals[0], 1, 1e-9);
+    assert_float_equal(t.evals[1], 1, 1e-9);
+    for (int i = 0; i < N; i++) assert_true(i < 30 ? !isnan(t.pseudotime[i]) : isnan(t.pseudotime[i]));
+    /* scaled to 1 at its largest; the far end of the line is later than the root's neighbour */
+    double top = 0;
+    for (int i = 0; i < 30; i++) top = fmax(top, t.pseudotime[i]);
+    assert_float_equal(top, 1, 1e-12);
+    assert_true(t.pseudotime[29] > 0.5 && t.pseudotime[1] < 0.2);
+    nbs_trajectory_free(&t);
+}
+
+static void test_bad_roots_and_sizes(void **state) {
+    (void)state;
+    enum { N = 40 };
+    float x[N * 2];
+    char names[N][16], *bc[N], *labels[N];
+    for (int i = 0; i < N; i++) {
+        x[2 * i] = (float)i;
+        x[2 * i + 1] = (float)(i % 3);
+        snprintf(names[i], sizeof names[i], "c%d", i);
+        bc[i] = names[i];
+        labels[i] = i < 20 ? "early" : "late";
+    }
+    nbs_trajectory_config c = config();
+    nbs_trajectory t;
+    nbs_error err = {0};
+    snprintf(c.root, sizeof c.root, "nope");
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, NULL, NULL, 1, &t, &err),
+                     NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "'nope' is not the barcode"));
+    c.root[0] = '\0';
+    snprintf(c.root_label, sizeof c.root_label, "middle");
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, labels, "stage", 1, &t, &err),
+                     NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "no cell has the label 'middle' in column 'stage'; its labels are: early, late"));
+    /* the root label's cells lie at one end of DC1: the root is the extreme one there */
+    snprintf(c.root_label, sizeof c.root_label, "early");
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, labels, "stage", 1, &t, &err),
+                     NBS_OK);
+    assert_true(t.root <= 2);
+    assert_true(t.pseudotime[N - 1] > 0.9);
+    nbs_trajectory_free(&t);
+    c.k = N;
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, labels, "stage", 1, &t, &err),
+                     NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "trajectory.k = 40"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_gauss_kernel_matches_scanpy_formula),
+        cmocka_unit_test(test_paga_counts_edges_against_random),
+        cmocka_unit_test(test_dpt_follows_simulated_time),
+        cmocka_unit_test(test_diffmap_and_dpt_match_python),
+        cmocka_unit_test(test_other_component_gets_nan),
+        cmocka_unit_test(test_bad_roots_and_sizes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
