@@ -9,7 +9,9 @@
 # script is run again (FORCE=1 redoes them).
 # Env: BIN (build-bench/nbsphere), DATA (../shared/data beside the repo), OUT
 #      (build-bench/integration), ONLY="kang sim3b" runs a subset, RESULTS (bench/RESULTS.md;
-#      empty: do not append), REF_EPOCHS=N overrides the reference's default length.
+#      empty: do not append), REF_EPOCHS=N overrides the reference's default length, SEEDS (default
+#      "0 1 2"): the seeds both batch-corrected systems train with (the others: seed 0), since one
+#      seed moves the aggregate by about 0.01, as much as the systems differ.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-build-bench/nbsphere}
@@ -32,6 +34,7 @@ if [[ " ${ONLY:-sim3b} " == *" sim3b "* && ! -e "$sim/cell_labels.tsv" ]]; then
 fi
 
 fresh() { [ "${FORCE:-0}" = 1 ] || [ ! -s "$1" ]; }
+SEEDS=${SEEDS:-0 1 2}
 
 while IFS='|' read -r name input format labels column batch; do
   [ -n "$name" ] || continue
@@ -39,29 +42,36 @@ while IFS='|' read -r name input format labels column batch; do
   d=$OUT/$name
   mkdir -p "$d"
   echo "== $name" >&2
-  for sys in nbsphere+batch nbsphere; do   # the batch run first: its genes are everyone's
+  # runs: system and seed; seed 0 is the plain name (system), others system-seedN
+  runs=(); for s in $SEEDS; do runs+=("nbsphere+batch $s"); done; runs+=("nbsphere 0")
+  for r in "${runs[@]}"; do   # the batch runs first: seed 0's genes are everyone's
+    read -r sys s <<< "$r"; run=$sys; [ "$s" = 0 ] || run=$sys-seed$s
     set_batch=(); [ $sys = nbsphere+batch ] && set_batch=(--set input.batch_key="$batch")
-    if fresh "$d/$sys/embedding.tsv"; then
-      "$BIN" train "$input" --format "$format" --set input.labels_path="$labels" \
-        --set input.label_column="$column" "${set_batch[@]}" --out "$d/$sys" > "$d/$sys.log" 2>&1 \
-        || { echo "$name: $sys failed, see $d/$sys.log" >&2; continue 2; }
+    if fresh "$d/$run/embedding.tsv"; then
+      "$BIN" train "$input" --format "$format" --set input.labels_path="$labels" --set train.seed=$s \
+        --set input.label_column="$column" "${set_batch[@]}" --out "$d/$run" > "$d/$run.log" 2>&1 \
+        || { echo "$name: $run failed, see $d/$run.log" >&2; continue 2; }
     fi
   done
   genes=$d/nbsphere+batch/genes.tsv
-  for sys in scvi-ref+batch scvi-ref; do
+  runs=(); for s in $SEEDS; do runs+=("scvi-ref+batch $s"); done; runs+=("scvi-ref 0")
+  for r in "${runs[@]}"; do
+    read -r sys s <<< "$r"; run=$sys; [ "$s" = 0 ] || run=$sys-seed$s
     cov=(); [ $sys = scvi-ref+batch ] && cov=(--batch-key "$batch" --covariates "$labels")
-    if fresh "$d/$sys.json"; then
-      $PY bench/reference.py "$input" --genes "$genes" --embedding "$d/$sys.tsv" "${cov[@]}" \
-        ${REF_EPOCHS:+--epochs $REF_EPOCHS} > "$d/$sys.out" 2> "$d/$sys.log" \
-        || { echo "$name: $sys failed, see $d/$sys.log" >&2; continue 2; }
-      tail -1 "$d/$sys.out" > "$d/$sys.json"
+    if fresh "$d/$run.json"; then
+      $PY bench/reference.py "$input" --genes "$genes" --seed $s --embedding "$d/$run.tsv" "${cov[@]}" \
+        ${REF_EPOCHS:+--epochs $REF_EPOCHS} > "$d/$run.out" 2> "$d/$run.log" \
+        || { echo "$name: $run failed, see $d/$run.log" >&2; continue 2; }
+      tail -1 "$d/$run.out" > "$d/$run.json"
     fi
   done
   fresh "$d/pca.out" && $PY bench/pca.py "$input" --genes "$genes" --components 10 --out "$d/pca" > "$d/pca.out"
-  for sys in nbsphere nbsphere+batch scvi-ref scvi-ref+batch pca10; do
-    emb=$d/$sys.tsv; [[ $sys == nbsphere* ]] && emb=$d/$sys/embedding.tsv
-    if fresh "$d/scib-$sys.json"; then
-      $PY bench/scib.py "$emb" "$labels" "$column" "$batch" > "$d/scib-$sys.json"
+  runs=(nbsphere scvi-ref pca10); for s in $SEEDS; do
+    [ "$s" = 0 ] && runs+=(nbsphere+batch scvi-ref+batch) || runs+=(nbsphere+batch-seed$s scvi-ref+batch-seed$s); done
+  for run in "${runs[@]}"; do
+    emb=$d/$run.tsv; [[ $run == nbsphere* ]] && emb=$d/$run/embedding.tsv
+    if [ -s "$emb" ] && fresh "$d/scib-$run.json"; then
+      $PY bench/scib.py "$emb" "$labels" "$column" "$batch" > "$d/scib-$run.json"
     fi
   done
 done <<< "$DATASETS"
@@ -79,23 +89,39 @@ print("Machine: %s. Scores from `bench/scib.py` (scIB definitions; see its heade
       "scvi-tools' default length) without and with the batch one-hot in the decoder; PCA-10 of "
       "log1p(CP10k); all on the genes nbsphere selected with the batch.\n" % machine)
 cols = ["ilisi", "batch_asw", "graph_conn", "knn", "clisi", "nmi", "ari", "celltype_asw", "batch", "bio", "overall"]
-print("| dataset | system | epochs | " + " | ".join(cols) + " |")
-print("|---|---|---|" + "---|" * len(cols))
+print("| dataset | system | seed | epochs | " + " | ".join(cols) + " |")
+print("|---|---|---|---|" + "---|" * len(cols))
+f = lambda v: "" if v is None else "%.3f" % v
+means = []
 for name in names:
     for sys_ in ["nbsphere", "nbsphere+batch", "scvi-ref", "scvi-ref+batch", "pca10"]:
-        p = os.path.join(out, name, "scib-%s.json" % sys_)
-        if not os.path.exists(p) or not os.path.getsize(p):
-            continue
-        s = json.load(open(p))
-        ep = ""
-        if sys_.startswith("scvi"):
-            ep = str(json.load(open(os.path.join(out, name, sys_ + ".json")))["epochs"])
-        elif sys_.startswith("nbsphere"):
-            for line in open(os.path.join(out, name, sys_ + ".log")):
-                if line.startswith("train: ") and " epochs" in line:  # "train: 200 epochs, ELBO ..."
-                    ep = line.split()[1]
-        f = lambda v: "" if v is None else "%.3f" % v
-        print("| %s | %s | %s | " % (name, sys_, ep) + " | ".join(f(s.get(c)) for c in cols) + " |")
+        seen = []
+        for seed in range(10):
+            run = sys_ if seed == 0 else "%s-seed%d" % (sys_, seed)
+            p = os.path.join(out, name, "scib-%s.json" % run)
+            if not os.path.exists(p) or not os.path.getsize(p):
+                continue
+            s = json.load(open(p))
+            seen.append(s)
+            ep = ""
+            if sys_.startswith("scvi"):
+                ep = str(json.load(open(os.path.join(out, name, run + ".json")))["epochs"])
+            elif sys_.startswith("nbsphere"):
+                for line in open(os.path.join(out, name, run + ".log")):
+                    if line.startswith("train: ") and " epochs" in line:  # "train: 200 epochs, ELBO ..."
+                        ep = line.split()[1]
+            print("| %s | %s | %s | %s | " % (name, sys_, "" if sys_ == "pca10" else seed, ep)
+                  + " | ".join(f(s.get(c)) for c in cols) + " |")
+        if len(seen) > 1:
+            m = {c: sum(x[c] for x in seen) / len(seen) for c in cols if all(x.get(c) is not None for x in seen)}
+            sd = (sum((x["overall"] - m["overall"]) ** 2 for x in seen) / (len(seen) - 1)) ** 0.5
+            means.append("| %s | %s | %d | " % (name, sys_, len(seen)) + " | ".join(f(m.get(c)) for c in cols)
+                         + " | %.3f |" % sd)
+if means:
+    print("\nMeans over the seeds of the batch-corrected systems (sd of the overall score over seeds last):\n")
+    print("| dataset | system | seeds | " + " | ".join(cols) + " | sd overall |")
+    print("|---|---|---|" + "---|" * (len(cols) + 1))
+    print("\n".join(means))
 EOF
 cat "$OUT/table.md"
 if [ -n "$RESULTS" ]; then { echo; cat "$OUT/table.md"; } >> "$RESULTS"; echo "appended to $RESULTS" >&2; fi

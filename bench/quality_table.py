@@ -77,7 +77,7 @@ def main():
     print()
     print("Machine: %s. Seconds are wall times on a machine shared with other work (1-minute load average"
           " when each dataset's runs started: %s). Two threads for every system. Scores from"
-          " `bench/score.py`: 15-NN accuracy (5-fold, seeded KFold), Leiden (modularity, resolution 1, on"
+          " `bench/score.py`: 15-NN accuracy (5-fold cross-validation repeated 5 times, seeded), Leiden (modularity, resolution 1, on"
           " the unweighted 15-NN graph) NMI and ARI against the labels, silhouette of the labels; Euclidean"
           " metric unless the embedding is spherical. scvi-ref: `bench/reference.py` at scvi-tools' default"
           " length, min(round(20000 / cells × 400), 400) epochs with a 400-epoch KL warm-up, on nbsphere's"

@@ -14,7 +14,7 @@ batch are left out. Prints one JSON line:
                 per type, then over types (scib silhouette_batch); types in one batch skipped
   graph_conn    per cell type, the share of its cells in the largest connected component of the
                 15-NN graph restricted to that type; averaged over types (scib graph_connectivity)
-  knn           15-NN label accuracy, 5-fold (bench/score.py's definition)
+  knn           15-NN label accuracy, 5-fold repeated 5 times (bench/score.py's definition)
   clisi         cell-type LISI the same way as ilisi, scaled (C - median) / (C - 1): 1 = pure
   nmi, ari      Leiden (igraph, modularity, on the unweighted 15-NN graph) at resolutions 0.1,
                 0.2, ..., 2.0; the resolution with the best NMI against the labels, its NMI and ARI
@@ -28,7 +28,7 @@ import argparse, json, os, random, sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from score import FOLDS, K, read_embedding, read_labels  # noqa: E402
+from score import FOLDS, K, REPEATS, read_embedding, read_labels  # noqa: E402
 
 LISI_K, PERPLEXITY, SIL_MAX = 90, 30.0, 20000
 
@@ -82,7 +82,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
 
-    from sklearn.model_selection import KFold
+    from sklearn.model_selection import RepeatedKFold
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.metrics import (adjusted_rand_score, normalized_mutual_info_score, silhouette_samples,
                                  silhouette_score)
@@ -125,7 +125,7 @@ def main():
         asw.append(float(np.mean(1.0 - np.abs(s))))
 
     accs = []
-    for tr, te in KFold(FOLDS, shuffle=True, random_state=a.seed).split(X):
+    for tr, te in RepeatedKFold(n_splits=FOLDS, n_repeats=REPEATS, random_state=a.seed).split(X):
         clf = KNeighborsClassifier(n_neighbors=K, metric=metric,
                                    algorithm="brute" if metric == "cosine" else "auto").fit(X[tr], y[tr])
         accs.append(float((clf.predict(X[te]) == y[te]).mean()))
