@@ -238,6 +238,7 @@ static int cmd_train(cli *c, int argc, char **argv, nbs_error *err) {
 static const char SIMULATE_USAGE[] =
     "usage: nbsphere simulate --out DIR [--cells N] [--genes G] [--branches B] [--seed S]\n"
     "                         [--depth D] [--batches K] [--format mtx,10x-h5,h5ad]\n"
+    "                         [--trajectory tree|long-branches]\n"
     "\n"
     "Writes a synthetic count dataset along a branching trajectory (a root segment and B\n"
     "branches; negative-binomial noise; log-normal library sizes) into DIR:\n"
@@ -248,12 +249,17 @@ static const char SIMULATE_USAGE[] =
     "multiplies every gene's mean by its own log-normal factor (sdlog 0.5) and shifts the log\n"
     "library size (normal, sd 0.3); the batch (batch1, ...) is an extra column of\n"
     "cell_labels.tsv and of the h5ad's obs, for input.batch_key: batch.\n"
+    "--trajectory long-branches: 2 branches (unless --branches) split at pseudotime 0.1, half\n"
+    "the genes of each branch switching on in transient waves one after another, so the\n"
+    "branches are long curves in expression whose tips are far apart (default: tree, where\n"
+    "each branch gene ramps once and stays).\n"
     "\n"
     "  --cells N      cells (default 2000)        --genes G     genes (default 1000)\n"
     "  --branches B   branches (default 3)        --seed S      random seed (default 0)\n"
     "  --depth D      median UMIs per cell (default 600)\n"
     "  --batches K    batches with batch effects (default 1: none), at most 100 and --cells\n"
     "  --format LIST  comma-separated output formats: mtx (default), 10x-h5, h5ad\n"
+    "  --trajectory S the shape: tree (default) or long-branches\n"
     "The same seed and sizes give byte-identical files.\n";
 
 enum { SIM_H5 = 1, SIM_H5AD = 2, SIM_MTX = 4 };
@@ -303,7 +309,7 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
     nbs_sim_defaults(&sc);
     const char *out = NULL;
     unsigned long long seed = 0;
-    int formats = SIM_MTX;
+    int formats = SIM_MTX, branches = 0;
     for (int i = 0; i < argc; i++) {
         int missing;
         const char *v;
@@ -318,7 +324,11 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
             sc.n_genes = n;
         } else if ((v = opt_value(argc, argv, &i, "--branches", &missing))) {
             if (parse_long(v, 1, 100, &n)) return usage_error(err, "simulate", "--branches: expected an integer from 1 to 100");
-            sc.n_branches = (int)n;
+            branches = (int)n;
+        } else if ((v = opt_value(argc, argv, &i, "--trajectory", &missing))) {
+            if (!strcmp(v, "long-branches")) nbs_sim_long_branches(&sc);
+            else if (strcmp(v, "tree"))
+                return usage_error(err, "simulate", "--trajectory: expected tree or long-branches");
         } else if ((v = opt_value(argc, argv, &i, "--seed", &missing))) {
             if (parse_long(v, 0, (long long)1 << 62, &n)) return usage_error(err, "simulate", "--seed: expected a non-negative integer");
             seed = (unsigned long long)n;
@@ -340,6 +350,7 @@ static int cmd_simulate(cli *c, int argc, char **argv, nbs_error *err) {
         }
     }
     if (!out) return usage_error(err, "simulate", "--out DIR is required");
+    if (branches) sc.n_branches = branches; /* after --trajectory, whatever the order */
     if (sc.n_batches > sc.n_cells) {
         char m[128];
         snprintf(m, sizeof m, "--batches: %d batches for %lld cells; expected at most one batch per cell",

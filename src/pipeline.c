@@ -158,6 +158,10 @@ static const nbs_key_desc KEYS[] = {
     {"trajectory", "root", K_STRING, F(trajectory, root), 0, 0, 0, NULL, "a barcode, or \"\""},
     {"trajectory", "root_label", K_STRING, F(trajectory, root_label), 0, 0, 0, NULL,
      "a label of input.label_column, or \"\""},
+    {"trajectory", "shortcut_hops", K_INT, F(trajectory, shortcut_hops), 0, 1000, 0, NULL,
+     "an integer from 0 to 1000 (reference-graph steps; 0 = no wrap-around diagnostic)"},
+    {"trajectory", "wrap_share", K_DOUBLE, F(trajectory, wrap_share), 0, 1, 1, NULL,
+     "a number in (0, 1] (the share of a pair's embedding edges that are shortcuts)"},
 
     {"output", "dir", K_PATH, F(output, dir), 0, 0, 0, NULL, "a folder path"},
     {"output", "write_h5ad", K_BOOL, F(output, write_h5ad), 0, 0, 0, NULL, NULL},

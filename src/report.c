@@ -251,6 +251,37 @@ static void json_trajectory(FILE *f, const nbs_trajectory *t) {
     fprintf(f, ", \"components\": %lld, \"cells_without_pseudotime\": %lld, \"diffusion_eigenvalues\": ",
             (long long)t->n_components, (long long)t->n_unreached);
     json_num_array(f, t->evals, t->n_dcs, 1);
+    const nbs_wraparound *w = &t->wrap;
+    if (w->computed) {
+        fprintf(f, ",\n    \"wraparound\": {\"reference\": \"PCA of log1p(CP10k)\", \"reference_dims\": %d, "
+                   "\"threshold_hops\": %d, \"wrap_share\": ", w->ref_dims, w->hops);
+        nbs_json_number(f, w->min_share, 9);
+        fprintf(f, ", \"min_edges\": %d, \"edges\": %lld, \"shortcuts\": %lld, \"fraction\": ", NBS_WRAP_MIN_EDGES,
+                (long long)w->n_edges, (long long)w->n_shortcuts);
+        nbs_json_number(f, w->fraction, 9);
+        fprintf(f, ", \"wraps\": %s, \"verdict\": ", w->wraps ? "true" : "false");
+        nbs_json_string(f, w->verdict);
+        for (int by_label = 0; by_label < 2; by_label++) {
+            const nbs_wrap_pair *pairs = by_label ? w->label_pairs : w->pairs;
+            const int np = by_label ? w->n_label_pairs : w->n_pairs;
+            if (by_label && !w->label_pairs) break;
+            fprintf(f, ",\n      \"%s\": [", by_label ? "label_pairs" : "pairs");
+            for (int p = 0; p < np; p++) {
+                fprintf(f, "%s{\"a\": ", p ? ",\n        " : "");
+                if (by_label) nbs_json_string(f, w->label_names[pairs[p].a]);
+                else fprintf(f, "\"%d\"", pairs[p].a);
+                fprintf(f, ", \"b\": ");
+                if (by_label) nbs_json_string(f, w->label_names[pairs[p].b]);
+                else fprintf(f, "\"%d\"", pairs[p].b);
+                fprintf(f, ", \"shortcuts\": %lld, \"edges\": %lld, \"share\": ", (long long)pairs[p].shortcuts,
+                        (long long)pairs[p].edges);
+                nbs_json_number(f, (double)pairs[p].shortcuts / (double)pairs[p].edges, 9);
+                fprintf(f, "}");
+            }
+            fprintf(f, "]");
+        }
+        fprintf(f, "}");
+    }
     fprintf(f, "},\n");
 }
 

@@ -795,7 +795,9 @@ static int integration_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_erro
 /* ------------------------------------------------------------------ HTML: trajectory */
 
 /* The PAGA graph: a node per cluster at its cells' mean layout position (area by cells), an edge
- * per pair with a connectivity of at least 0.05, its width by the connectivity. */
+ * per pair with a connectivity of at least 0.05, its width by the connectivity; with the
+ * wrap-around diagnostic, a dashed red edge per pair of clusters joined by at least
+ * NBS_WRAP_MIN_EDGES shortcut edges, its width by their share of the pair's edges. */
 static void paga_graph(nbs_svg_buf *b, const nbs_trajectory *t, const double *cx, const double *cy, const double *size) {
     const int nc = t->n_clusters;
     double x0 = INFINITY, x1 = -INFINITY, y0 = INFINITY, y1 = -INFINITY, big = 1;
@@ -806,7 +808,9 @@ static void paga_graph(nbs_svg_buf *b, const nbs_trajectory *t, const double *cx
     }
     double span = fmax(fmax(x1 - x0, y1 - y0), 1e-9) * 1.15, mx = (x0 + x1) / 2, my = (y0 + y1) / 2;
     nbs_svg_axes a = {mx - span / 2, mx + span / 2, my - span / 2, my + span / 2, 30, 30, 480, 480};
-    nbs_svg_begin(b, 560, 560, "PAGA graph of the Leiden clusters (edge width: connectivity)");
+    nbs_svg_begin(b, 560, 560, t->wrap.computed ? "PAGA graph of the Leiden clusters (edge width: connectivity; "
+                                                  "dashed red: shortcut edges)"
+                                                : "PAGA graph of the Leiden clusters (edge width: connectivity)");
     for (int p = 0; p < nc; p++)
         for (int q = p + 1; q < nc; q++) {
             const double w = t->paga[p * nc + q];
@@ -817,6 +821,16 @@ static void paga_graph(nbs_svg_buf *b, const nbs_trajectory *t, const double *cx
                                nbs_svg_x(&a, cx[p]), nbs_svg_y(&a, cy[p]), nbs_svg_x(&a, cx[q]), nbs_svg_y(&a, cy[q]),
                                0.3 + 0.6 * w, 0.5 + 8 * w, p, q, w);
         }
+    for (int p = 0; t->wrap.computed && p < t->wrap.n_pairs; p++) {
+        const nbs_wrap_pair *q = t->wrap.pairs + p;
+        if (q->a == q->b || q->shortcuts < NBS_WRAP_MIN_EDGES || !size[q->a] || !size[q->b]) continue;
+        const double share = (double)q->shortcuts / (double)q->edges;
+        nbs_svg_buf_printf(b, "<line class=\"shortcut-edge\" x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" "
+                              "stroke=\"#d62728\" stroke-dasharray=\"6 4\" stroke-width=\"%.1f\"><title>%d-%d: %lld "
+                              "shortcut edges, %.0f%% of their edges</title></line>\n",
+                           nbs_svg_x(&a, cx[q->a]), nbs_svg_y(&a, cy[q->a]), nbs_svg_x(&a, cx[q->b]),
+                           nbs_svg_y(&a, cy[q->b]), 1.5 + 6 * share, q->a, q->b, (long long)q->shortcuts, 100 * share);
+    }
     for (int c = 0; c < nc; c++) {
         if (!size[c]) continue;
         const double r = 5 + 20 * sqrt(size[c] / big);
@@ -918,6 +932,49 @@ static int pseudotime_boxes(nbs_svg_buf *b, const nbs_report_input *in, nbs_erro
     return NBS_OK;
 }
 
+/* The wrap-around verdict and the pairs of clusters (and labels) joined by shortcut edges, at
+ * most 20 of each, most shortcuts first. */
+static void wrap_tables(nbs_svg_buf *b, const nbs_trajectory *t) {
+    const nbs_wraparound *w = &t->wrap;
+    nbs_svg_buf_printf(b, "<h3>Wrap-around</h3>\n<p class=\"cap\">The same %d-neighbour graph built on %d principal "
+                          "components of log1p(CP10k) of the model's genes (the reference: what the data say), and for "
+                          "every edge of the embedding's graph the number of steps between its two cells in the "
+                          "reference graph. An edge more than %d steps long, or between cells the reference graph does "
+                          "not connect, is a <b>shortcut</b>: the embedding puts together cells the data keep apart, "
+                          "as a compact latent space does when distant branches wrap around and meet. A pair is named "
+                          "when it has at least %d shortcut edges making up at least %.0f%% of its edges. Good: a "
+                          "fraction near 0 and no named pair.</p>\n",
+                       t->k, w->ref_dims, w->hops, NBS_WRAP_MIN_EDGES, 100 * w->min_share);
+    nbs_svg_buf_printf(b, "<p class=\"banner %s\"><b>", w->wraps ? "v-collapsed" : "v-healthy");
+    nbs_svg_buf_text(b, w->verdict);
+    nbs_svg_buf_printf(b, "</b> (%lld of %lld embedding edges are shortcuts, %.2f%%; per cell in "
+                          "obs['shortcut_score'])</p>\n", (long long)w->n_shortcuts, (long long)w->n_edges,
+                       100 * w->fraction);
+    for (int by_label = 0; by_label < 2; by_label++) {
+        const nbs_wrap_pair *pairs = by_label ? w->label_pairs : w->pairs;
+        const int np = by_label ? w->n_label_pairs : w->n_pairs;
+        if (!pairs || !np) continue;
+        nbs_svg_buf_printf(b, "<table class=\"wrap-pairs\">\n<tr><th>%s</th><th>%s</th><th>shortcut edges</th>"
+                              "<th>edges</th><th>share</th></tr>\n", by_label ? "label" : "cluster",
+                           by_label ? "label" : "cluster");
+        for (int p = 0; p < np && p < 20; p++) {
+            const nbs_wrap_pair *q = pairs + p;
+            if (by_label) {
+                nbs_svg_buf_printf(b, "<tr><td>");
+                nbs_svg_buf_text(b, w->label_names[q->a]);
+                nbs_svg_buf_printf(b, "</td><td>");
+                nbs_svg_buf_text(b, w->label_names[q->b]);
+                nbs_svg_buf_printf(b, "</td>");
+            } else {
+                nbs_svg_buf_printf(b, "<tr><td>%d</td><td>%d</td>", q->a, q->b);
+            }
+            nbs_svg_buf_printf(b, "<td>%lld</td><td>%lld</td><td>%.1f%%</td></tr>\n", (long long)q->shortcuts,
+                               (long long)q->edges, 100.0 * (double)q->shortcuts / (double)q->edges);
+        }
+        nbs_svg_buf_printf(b, "</table>\n");
+    }
+}
+
 /* The layout coloured by cluster, label and pseudotime, the PAGA graph, pseudotime per label. */
 static int trajectory_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
     const nbs_trajectory *t = in->trajectory;
@@ -975,6 +1032,7 @@ static int trajectory_view(nbs_svg_buf *b, const nbs_report_input *in, nbs_error
         nbs_svg_buf_printf(b, "</div>\n");
     }
     if (!st && in->labels) st = pseudotime_boxes(b, in, err);
+    if (!st && t->wrap.computed) wrap_tables(b, t);
     free(cl);
     free(pt);
     free(text);

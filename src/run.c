@@ -29,6 +29,7 @@
 #define KNN_K 15     /* k-NN label accuracy as the issues quote it: 15 neighbours, 5 folds */
 #define KNN_FOLDS 5
 #define PCA_DIMS 10  /* the baseline: 10 principal components of log1p(CP10k) */
+#define REF_DIMS 50  /* the wrap-around reference: scanpy's default n_pcs for sc.pp.neighbors */
 
 typedef struct {
     const nbs_pipeline *p;
@@ -358,6 +359,27 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
 
 /* ---- trajectory ---- */
 
+/* The wrap-around diagnostic against PCA of log1p(CP10k) of the model's genes (REF_DIMS
+ * components, fewer with fewer genes or cells). */
+static int wraparound(run_state *s, nbs_error *err) {
+    const nbs_matrix *X = s->pre->matrix;
+    const int64_t n = X->n_cells;
+    int dims = REF_DIMS;
+    if (X->n_genes < dims) dims = (int)X->n_genes;
+    if (n < dims) dims = (int)n;
+    float *pcs = nbs_malloc(sizeof *pcs * (size_t)n * (size_t)dims, err); /* [n x dims] */
+    gsl_rng *r = pcs ? nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_REFERENCE, 0, err) : NULL;
+    int st = r ? nbs_eval_pca(X, dims, 4, r, pcs, NULL, err) : (int)err->code;
+    if (!st) st = nbs_traj_wraparound(&s->traj, pcs, dims, &s->p->config.trajectory, s->labels, err);
+    free(pcs);
+    if (r) gsl_rng_free(r);
+    if (st) return st;
+    const nbs_wraparound *w = &s->traj.wrap;
+    if (w->wraps) nbs_warn("wrap-around: %s", w->verdict);
+    else nbs_info("wrap-around: %s", w->verdict);
+    return NBS_OK;
+}
+
 static int stage_trajectory(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     stage_begin(s, "trajectory");
@@ -371,11 +393,13 @@ static int stage_trajectory(run_state *s, nbs_error *err) {
                                 err);
     if (st) return st;
     s->have_traj = 1;
+    if (c->trajectory.shortcut_hops > 0) st = wraparound(s, err);
+    if (st) return st;
     const nbs_trajectory *t = &s->traj;
     char msg[768];
-    snprintf(msg, sizeof msg, "%d Leiden clusters (resolution %g), diffusion eigenvalues %.4f .. %.4f, root %s%s",
+    snprintf(msg, sizeof msg, "%d Leiden clusters (resolution %g), diffusion eigenvalues %.4f .. %.4f, root %s%s%s",
              t->n_clusters, t->resolution, t->evals[1], t->evals[t->n_dcs - 1], t->root_rule,
-             t->n_unreached ? "; some cells without pseudotime" : "");
+             t->n_unreached ? "; some cells without pseudotime" : "", t->wrap.wraps ? "; wrap-around" : "");
     return stage_end(s, "trajectory", msg, err);
 }
 
@@ -509,7 +533,7 @@ static int stage_write(run_state *s, nbs_error *err) {
                                    gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread,
                                    cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0, NULL};
         /* the covariates as obs columns, unless they came from the obs being copied */
-        nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 2];
+        nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 3];
         if (!(copy && !c->input.labels_path[0])) {
             for (int k = 0; k < cov->n_categorical; k++)
                 cols[meta.n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
@@ -533,6 +557,8 @@ static int stage_write(run_state *s, nbs_error *err) {
                                                         "than 256; lower trajectory.resolution", t->n_clusters);
             cols[meta.n_obs_columns++] = (nbs_obs_column){"leiden", t->n_clusters, cluster_names, t->cluster, NULL, 1};
             cols[meta.n_obs_columns++] = (nbs_obs_column){"dpt_pseudotime", 0, NULL, NULL, t->pseudotime, 1};
+            if (t->wrap.computed)
+                cols[meta.n_obs_columns++] = (nbs_obs_column){"shortcut_score", 0, NULL, NULL, t->wrap.score, 1};
             meta.obs_columns = cols;
             ht = (nbs_h5ad_trajectory){{n, n, t->knn.indptr, t->knn.indices, t->knn.weights},
                                        {n, n, t->kernel.indptr, t->kernel.indices, t->kernel.weights},

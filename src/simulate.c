@@ -29,6 +29,14 @@ void nbs_sim_defaults(nbs_sim_config *c) {
     c->n_batches = 1;
     c->batch_sdlog = 0.5;
     c->batch_depth_sdlog = 0.3;
+    c->shape = NBS_SIM_TREE;
+}
+
+void nbs_sim_long_branches(nbs_sim_config *c) {
+    c->shape = NBS_SIM_LONG_BRANCHES;
+    c->n_branches = 2;
+    c->split_time = 0.1;
+    c->branch_fraction = 0.5;
 }
 
 unsigned int nbs_sim_nb(gsl_rng *rng, double mean, double theta) {
@@ -133,7 +141,14 @@ static void cell_log_rho(const nbs_sim_config *c, const programme *p, int branch
         double v = p->base[g] + p->trend_amp[g] / (1 + exp(-(t - p->trend_mid[g]) / 0.1));
         if (branch > 0) {
             int64_t k = (int64_t)(branch - 1) * G + g;
-            v += p->branch_amp[k] * smoothstep(s / p->branch_mid[k]);
+            if (c->shape == NBS_SIM_TREE) {
+                v += p->branch_amp[k] * smoothstep(s / p->branch_mid[k]);
+            } else {
+                /* onsets spread along the branch (branch_mid's [0.2, 0.8] mapped to [0, 1 - width]):
+                 * expression changes all the way to the tip, which has every gene of its branch on */
+                const double onset = (p->branch_mid[k] - 0.2) / 0.6 * (1 - NBS_SIM_RAMP_WIDTH);
+                v += p->branch_amp[k] * smoothstep((s - onset) / NBS_SIM_RAMP_WIDTH);
+            }
         }
         if (batch_gene) v += batch_gene[g];
         out[g] = v;

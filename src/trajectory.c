@@ -27,6 +27,11 @@ void nbs_trajectory_free(nbs_trajectory *t) {
     free(t->component);
     free(t->pseudotime);
     free(t->layout);
+    free(t->wrap.ref_hops);
+    free(t->wrap.score);
+    free(t->wrap.pairs);
+    free(t->wrap.label_pairs);
+    free(t->wrap.label_names);
     memset(t, 0, sizeof *t);
 }
 
@@ -430,6 +435,172 @@ int nbs_traj_paga(const nbs_graph *knn, const int32_t *cluster, int n_clusters, 
     free(size);
     free(leave);
     return NBS_OK;
+}
+
+/* ---- wrap-around ---- */
+
+int nbs_traj_edge_hops(const nbs_graph *g, const nbs_graph *e, int max_hops, int32_t *hops, nbs_error *err) {
+    const int64_t n = g->n;
+    int failed = 0;
+#pragma omp parallel
+    {
+        /* per thread: the BFS queue [n], each vertex's depth [n] valid where seen[v] == source + 1 */
+        int64_t *queue = malloc(sizeof *queue * (size_t)(n ? n : 1)), *seen = calloc((size_t)(n ? n : 1), sizeof *seen);
+        int32_t *depth = malloc(sizeof *depth * (size_t)(n ? n : 1));
+        if (!queue || !seen || !depth) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(dynamic, 64)
+        for (int64_t i = 0; i < n; i++) {
+            if (failed) continue;
+            const int64_t e0 = e->indptr[i], e1 = e->indptr[i + 1];
+            int64_t left = e1 - e0, head = 0, tail = 0;
+            for (int64_t q = e0; q < e1; q++) hops[q] = e->indices[q] == i ? 0 : -1;
+            /* a target is found when first reached: BFS depth is its hop count */
+            queue[tail++] = i, seen[i] = i + 1, depth[i] = 0;
+            while (head < tail && left > 0) {
+                const int64_t v = queue[head++];
+                if (depth[v] >= max_hops) break; /* the queue is in depth order */
+                for (int64_t a = g->indptr[v]; a < g->indptr[v + 1]; a++) {
+                    const int64_t u = g->indices[a];
+                    if (seen[u] == i + 1) continue;
+                    seen[u] = i + 1, depth[u] = depth[v] + 1, queue[tail++] = u;
+                    for (int64_t q = e0; q < e1; q++)
+                        if (e->indices[q] == u && hops[q] < 0) hops[q] = depth[u], left--;
+                }
+            }
+        }
+        free(queue);
+        free(seen);
+        free(depth);
+    }
+    if (failed) return nbs_error_set(err, NBS_ERR_NOMEM, "wrap-around: out of memory for the graph search");
+    return NBS_OK;
+}
+
+/* Directed embedding edges between groups (group[i] < 0: none) into pairs (a <= b), those with
+ * shortcuts only, most shortcuts first (ties: larger share, then a, b). */
+static int cmp_wrap_pair(const void *p, const void *q) {
+    const nbs_wrap_pair *x = p, *y = q;
+    if (x->shortcuts != y->shortcuts) return x->shortcuts > y->shortcuts ? -1 : 1;
+    const double sx = (double)x->shortcuts / (double)x->edges, sy = (double)y->shortcuts / (double)y->edges;
+    if (sx != sy) return sx > sy ? -1 : 1;
+    if (x->a != y->a) return x->a < y->a ? -1 : 1;
+    return (x->b > y->b) - (x->b < y->b);
+}
+
+static int count_pairs(const nbs_graph *knn, const int32_t *hops, const int32_t *group, int n_groups,
+                       nbs_wrap_pair **out, int *n_out, nbs_error *err) {
+    const size_t ng = (size_t)n_groups;
+    int64_t *cnt = nbs_calloc(2 * ng * ng + 1, sizeof *cnt, err); /* [2 x ng x ng] edges, shortcuts */
+    if (!cnt) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < knn->n; i++)
+        for (int64_t e = knn->indptr[i]; e < knn->indptr[i + 1]; e++) {
+            int32_t a = group[i], b = group[knn->indices[e]];
+            if (a < 0 || b < 0) continue;
+            if (a > b) a = group[knn->indices[e]], b = group[i];
+            const size_t at = (size_t)a * ng + (size_t)b;
+            cnt[at]++;
+            if (hops[e] < 0) cnt[ng * ng + at]++;
+        }
+    int m = 0;
+    for (size_t x = 0; x < ng * ng; x++) m += cnt[ng * ng + x] > 0;
+    *out = nbs_malloc(sizeof **out * (size_t)(m ? m : 1), err);
+    if (!*out) {
+        free(cnt);
+        return NBS_ERR_NOMEM;
+    }
+    *n_out = 0;
+    for (size_t x = 0; x < ng * ng; x++)
+        if (cnt[ng * ng + x] > 0)
+            (*out)[(*n_out)++] = (nbs_wrap_pair){(int)(x / ng), (int)(x % ng), cnt[ng * ng + x], cnt[x]};
+    qsort(*out, (size_t)*n_out, sizeof **out, cmp_wrap_pair);
+    free(cnt);
+    return NBS_OK;
+}
+
+/* The verdict from the pairs of one grouping; names (NULL: clusters by number). */
+static void wrap_verdict(nbs_wraparound *w, const nbs_wrap_pair *pairs, int n_pairs, char *const *names) {
+    size_t used = 0;
+    char *v = w->verdict;
+    const size_t cap = sizeof w->verdict;
+    int named = 0;
+    for (int p = 0; p < n_pairs && used < cap - 200; p++) {
+        const nbs_wrap_pair *q = pairs + p;
+        const double share = (double)q->shortcuts / (double)q->edges;
+        if (q->shortcuts < NBS_WRAP_MIN_EDGES || share < w->min_share) continue;
+        char a[96], b[96];
+        if (names) snprintf(a, sizeof a, "%s", names[q->a]), snprintf(b, sizeof b, "%s", names[q->b]);
+        else snprintf(a, sizeof a, "cluster %d", q->a), snprintf(b, sizeof b, "cluster %d", q->b);
+        if (q->a != q->b)
+            used += (size_t)snprintf(v + used, cap - used, "%sbranches %s and %s meet in the embedding but not in the "
+                                     "data (%lld shortcut edges, %.0f%% of their edges)", named ? "; " : "", a, b,
+                                     (long long)q->shortcuts, 100 * share);
+        else
+            used += (size_t)snprintf(v + used, cap - used, "%sparts of %s far apart in the data meet in the embedding "
+                                     "(%lld shortcut edges, %.0f%% of its edges)", named ? "; " : "", a,
+                                     (long long)q->shortcuts, 100 * share);
+        named++;
+    }
+    w->wraps = named > 0;
+    if (!named)
+        snprintf(v, cap, "no wrap-around: %.2f%% of the embedding edges are shortcuts (more than %d steps apart in the "
+                 "reference graph), and no pair of %s has %d of them making up %.0f%% of its edges",
+                 100 * w->fraction, w->hops, names ? "labels" : "clusters", NBS_WRAP_MIN_EDGES, 100 * w->min_share);
+}
+
+int nbs_traj_wraparound(nbs_trajectory *t, const float *ref, int ref_dims, const nbs_trajectory_config *c,
+                        char *const *labels, nbs_error *err) {
+    nbs_wraparound *w = &t->wrap;
+    const int64_t n = t->n, m = t->knn.indptr[n];
+    w->hops = c->shortcut_hops;
+    w->min_share = c->wrap_share;
+    w->ref_dims = ref_dims;
+    nbs_graph rk = {0}, rs = {0};
+    int32_t *codes = NULL;
+    int64_t floored;
+    int rc = nbs_graph_knn(ref, n, ref_dims, t->k - 1, NBS_METRIC_EUCLIDEAN, &rk, err);
+    /* the gauss kernel's pattern is the symmetrised k-NN graph: an edge in either direction */
+    if (!rc) rc = nbs_traj_gauss_kernel(&rk, &rs, &floored, err);
+    if (rc) goto done;
+    rc = NBS_ERR_NOMEM;
+    w->ref_hops = nbs_malloc(sizeof *w->ref_hops * (size_t)(m ? m : 1), err);
+    w->score = nbs_malloc(sizeof *w->score * (size_t)(n ? n : 1), err);
+    if (!w->ref_hops || !w->score) goto done;
+    if ((rc = nbs_traj_edge_hops(&rs, &t->knn, w->hops, w->ref_hops, err))) goto done;
+    w->n_edges = m, w->n_shortcuts = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t s = 0;
+        for (int64_t e = t->knn.indptr[i]; e < t->knn.indptr[i + 1]; e++) s += w->ref_hops[e] < 0;
+        const int64_t deg = t->knn.indptr[i + 1] - t->knn.indptr[i];
+        w->score[i] = deg ? (double)s / (double)deg : 0;
+        w->n_shortcuts += s;
+    }
+    w->fraction = m ? (double)w->n_shortcuts / (double)m : 0;
+    if ((rc = count_pairs(&t->knn, w->ref_hops, t->cluster, t->n_clusters, &w->pairs, &w->n_pairs, err))) goto done;
+    if (labels) {
+        rc = NBS_ERR_NOMEM;
+        codes = nbs_malloc(sizeof *codes * (size_t)(n ? n : 1), err);
+        if (!codes) goto done;
+        if ((rc = nbs_eval_label_codes(labels, n, codes, &w->n_labels, err))) goto done;
+        rc = NBS_ERR_NOMEM;
+        if (!(w->label_names = nbs_calloc((size_t)w->n_labels + 1, sizeof *w->label_names, err))) goto done;
+        for (int64_t i = n - 1; i >= 0; i--)
+            if (codes[i] >= 0) w->label_names[codes[i]] = labels[i];
+        if ((rc = count_pairs(&t->knn, w->ref_hops, codes, w->n_labels, &w->label_pairs, &w->n_label_pairs, err)))
+            goto done;
+        wrap_verdict(w, w->label_pairs, w->n_label_pairs, w->label_names);
+    } else {
+        wrap_verdict(w, w->pairs, w->n_pairs, NULL);
+    }
+    w->computed = 1;
+    rc = NBS_OK;
+done:
+    nbs_graph_free(&rk);
+    nbs_graph_free(&rs);
+    free(codes);
+    return rc;
 }
 
 /* ---- the stage ---- */

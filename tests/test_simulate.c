@@ -398,6 +398,56 @@ static void test_bad_config(void **state) {
     gsl_rng_free(r);
 }
 
+/* The distance of cell 0's true log shares, moved to branch b at time t, from the split. */
+static double from_split(nbs_sim_data *d, int b, double t, const double *split, double *lr) {
+    d->branch[0] = b, d->pseudotime[0] = t;
+    nbs_sim_cell_log_rho(d, 0, lr);
+    double s = 0;
+    for (int64_t g = 0; g < d->config.n_genes; g++) s += (lr[g] - split[g]) * (lr[g] - split[g]);
+    return sqrt(s);
+}
+
+/* --trajectory long-branches: expression keeps changing to the tip (the tree's has settled by
+ * mid-branch), the tips are further apart than either is from the split, and expression is
+ * continuous at the split. */
+static void test_long_branches_shape(void **state) {
+    (void)state;
+    double ratio[2];
+    for (int shape = 0; shape < 2; shape++) {
+        nbs_sim_config c;
+        nbs_sim_defaults(&c);
+        if (shape) nbs_sim_long_branches(&c);
+        c.n_cells = 50;
+        gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+        gsl_rng_set(r, 1);
+        nbs_sim_data d;
+        nbs_error err = {0};
+        assert_int_equal(nbs_simulate(&c, r, &d, &err), NBS_OK);
+        const int64_t G = c.n_genes;
+        double *split = malloc(sizeof *split * (size_t)G), *lr = malloc(sizeof *lr * (size_t)G);
+        double *tip1 = malloc(sizeof *tip1 * (size_t)G);
+        d.branch[0] = 0, d.pseudotime[0] = c.split_time;
+        nbs_sim_cell_log_rho(&d, 0, split);
+        assert_float_equal(from_split(&d, 1, c.split_time + 1e-9, split, lr), 0, 1e-6);
+        const double mid = from_split(&d, 1, c.split_time + 0.5 * (1 - c.split_time), split, lr);
+        const double tip = from_split(&d, 1, 1.0, split, lr);
+        memcpy(tip1, lr, sizeof *lr * (size_t)G);
+        ratio[shape] = tip / mid;
+        if (shape) {
+            from_split(&d, 2, 1.0, split, lr);
+            double apart = 0;
+            for (int64_t g = 0; g < G; g++) apart += (lr[g] - tip1[g]) * (lr[g] - tip1[g]);
+            assert_true(sqrt(apart) > 1.2 * tip);
+        }
+        free(split), free(lr), free(tip1);
+        nbs_sim_data_free(&d);
+        gsl_rng_free(r);
+    }
+    printf("distance from the split, tip over mid-branch: tree %.2f, long branches %.2f\n", ratio[0], ratio[1]);
+    assert_true(ratio[0] < 1.3);
+    assert_true(ratio[1] > 1.4);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nb_moments),         cmocka_unit_test(test_counts_follow_their_nb),
@@ -405,6 +455,7 @@ int main(void) {
         cmocka_unit_test(test_seed_reproduces),    cmocka_unit_test(test_labels_file),
         cmocka_unit_test(test_h5ad_obs_columns),   cmocka_unit_test(test_mtx_folder_round_trip),   cmocka_unit_test(test_batch_effects),
         cmocka_unit_test(test_bad_config),
+        cmocka_unit_test(test_long_branches_shape),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,7 +2,8 @@
  * tests/trajectory_reference.py prints (run it without arguments), PAGA on a graph counted by
  * hand, the diffusion map and DPT on simulated data against the same script run on the same
  * embedding (when /usr/bin/python3 with numpy and scipy is there), DPT against the simulated
- * time, bad roots and sizes, and the CLI's embedding.h5ad read back by h5py. */
+ * time, bad roots and sizes, the CLI's embedding.h5ad read back by h5py, and the wrap-around
+ * diagnostic's hop counts on a path and its shortcuts on a circle whose reference is a line. */
 #include "testutil.h"
 
 #include <math.h>
@@ -294,6 +295,180 @@ static void test_bad_roots_and_sizes(void **state) {
     assert_non_null(strstr(err.msg, "trajectory.k = 40"));
 }
 
+/* Hop counts on the path 0 - 1 - ... - 9 and an isolated vertex 10, from 0 to 1, 3, 9, 10 and 0
+ * itself, and from 9 to 8, with at most 4 steps. */
+static void test_edge_hops_on_a_path(void **state) {
+    (void)state;
+    enum { N = 11 };
+    int64_t gp[N + 1], gi[2 * (N - 2)], m = 0;
+    for (int64_t v = 0; v < N; v++) {
+        gp[v] = m;
+        if (v < 10 && v > 0) gi[m++] = v - 1;
+        if (v < 9) gi[m++] = v + 1;
+    }
+    gp[N] = m;
+    double gw[2 * (N - 2)];
+    for (int64_t e = 0; e < m; e++) gw[e] = 1;
+    nbs_graph g = {N, gp, gi, gw};
+    int64_t ep[N + 1] = {0, 5, 5, 5, 5, 5, 5, 5, 5, 5, 6, 6}, ei[6] = {1, 3, 9, 10, 0, 8};
+    double ew[6] = {1, 1, 1, 1, 1, 1};
+    nbs_graph e = {N, ep, ei, ew};
+    int32_t hops[6];
+    nbs_error err = {0};
+    assert_int_equal(nbs_traj_edge_hops(&g, &e, 4, hops, &err), NBS_OK);
+    const int32_t want[6] = {1, 3, -1, -1, 0, 1};
+    for (int q = 0; q < 6; q++) assert_int_equal(hops[q], want[q]);
+    assert_int_equal(nbs_traj_edge_hops(&g, &e, 9, hops, &err), NBS_OK);
+    assert_int_equal(hops[2], 9); /* the far end within reach */
+    assert_int_equal(hops[3], -1); /* another component: never */
+}
+
+/* 200 cells evenly on a circle (the embedding) whose reference space is the line of their
+ * index: with k = 11 (10 neighbours, 5 each side) the embedding joins 0..4 to 195..199 across
+ * the wrap: d pairs d apart for d = 1..5, 15 pairs, 30 directed edges, each about 40 reference
+ * steps long; every other edge is 1 step (at most 5 apart on the line). The two halves are the
+ * clusters (and the labels): they meet at 99|100 too, but there the data agree. */
+static void test_wraparound_on_a_circle(void **state) {
+    (void)state;
+    enum { N = 200 };
+    float circle[2 * N], line[N];
+    char *labels[N];
+    for (int i = 0; i < N; i++) {
+        circle[2 * i] = (float)cos(2 * M_PI * i / N), circle[2 * i + 1] = (float)sin(2 * M_PI * i / N);
+        line[i] = (float)i;
+        labels[i] = i < N / 2 ? "left" : "right";
+    }
+    nbs_trajectory_config c = config();
+    c.k = 11;
+    c.shortcut_hops = 5;
+    c.wrap_share = 0.25;
+    nbs_error err = {0};
+    for (int with_labels = 0; with_labels < 2; with_labels++) {
+        nbs_trajectory t;
+        memset(&t, 0, sizeof t);
+        t.n = N, t.k = 11, t.n_clusters = 2;
+        assert_int_equal(nbs_graph_knn(circle, N, 2, 10, NBS_METRIC_EUCLIDEAN, &t.knn, &err), NBS_OK);
+        t.cluster = malloc(sizeof *t.cluster * N);
+        for (int i = 0; i < N; i++) t.cluster[i] = i >= N / 2;
+        assert_int_equal(nbs_traj_wraparound(&t, line, 1, &c, with_labels ? labels : NULL, &err), NBS_OK);
+        const nbs_wraparound *w = &t.wrap;
+        assert_int_equal(w->n_edges, N * 10);
+        assert_int_equal(w->n_shortcuts, 30);
+        assert_float_equal(w->fraction, 30.0 / 2000, 1e-12);
+        for (int64_t i = 0; i < N; i++)
+            for (int64_t e = t.knn.indptr[i]; e < t.knn.indptr[i + 1]; e++) {
+                const int64_t j = t.knn.indices[e];
+                const int wrap = (i < 5 && j >= 195) || (j < 5 && i >= 195);
+                assert_int_equal(w->ref_hops[e], wrap ? -1 : 1);
+            }
+        /* cell 0 has 5 of its 10 neighbours across the wrap, cell 4 one (199), cell 5 none */
+        assert_float_equal(w->score[0], 0.5, 1e-12);
+        assert_float_equal(w->score[4], 0.1, 1e-12);
+        assert_float_equal(w->score[5], 0, 0);
+        assert_float_equal(w->score[199], 0.5, 1e-12);
+        /* the pair of halves: 60 edges (30 at each meeting point), 30 of them shortcuts */
+        assert_int_equal(w->n_pairs, 1);
+        assert_int_equal(w->pairs[0].a, 0);
+        assert_int_equal(w->pairs[0].b, 1);
+        assert_int_equal(w->pairs[0].shortcuts, 30);
+        assert_int_equal(w->pairs[0].edges, 60);
+        assert_true(w->wraps);
+        assert_non_null(strstr(w->verdict, with_labels ? "branches left and right meet in the embedding but not in "
+                                                         "the data (30 shortcut edges, 50% of their edges)"
+                                                       : "branches cluster 0 and cluster 1 meet in the embedding"));
+        if (with_labels) assert_int_equal(w->n_label_pairs, 1);
+        nbs_trajectory_free(&t);
+    }
+    /* the embedding is the line itself: no shortcut, no verdict */
+    nbs_trajectory t;
+    memset(&t, 0, sizeof t);
+    t.n = N, t.k = 11, t.n_clusters = 2;
+    assert_int_equal(nbs_graph_knn(line, N, 1, 10, NBS_METRIC_EUCLIDEAN, &t.knn, &err), NBS_OK);
+    t.cluster = calloc(N, sizeof *t.cluster);
+    assert_int_equal(nbs_traj_wraparound(&t, line, 1, &c, labels, &err), NBS_OK);
+    assert_int_equal(t.wrap.n_shortcuts, 0);
+    assert_false(t.wrap.wraps);
+    assert_non_null(strstr(t.wrap.verdict, "no wrap-around: 0.00% of the embedding edges"));
+    nbs_trajectory_free(&t);
+    /* the circle again with wrap_share above the pair's 50 %: counted, not named */
+    memset(&t, 0, sizeof t);
+    t.n = N, t.k = 11, t.n_clusters = 2;
+    assert_int_equal(nbs_graph_knn(circle, N, 2, 10, NBS_METRIC_EUCLIDEAN, &t.knn, &err), NBS_OK);
+    t.cluster = malloc(sizeof *t.cluster * N);
+    for (int i = 0; i < N; i++) t.cluster[i] = i >= N / 2;
+    c.wrap_share = 0.6;
+    assert_int_equal(nbs_traj_wraparound(&t, line, 1, &c, NULL, &err), NBS_OK);
+    assert_int_equal(t.wrap.n_shortcuts, 30);
+    assert_false(t.wrap.wraps);
+    assert_non_null(strstr(t.wrap.verdict, "no wrap-around: 1.50%"));
+    nbs_trajectory_free(&t);
+}
+
+/* On `simulate --trajectory long-branches` (1500 cells): an embedding on the circle that follows
+ * the simulated time, branch1 at angle pi t and branch2 at -pi t, so their tips meet at pi, is
+ * named as wrapping around against PCA of the simulated counts; the same with angles 0.7 pi t
+ * (the tips 0.6 pi apart) is not. The truth is the simulator's: the tips are 9 reference steps
+ * apart (median over tip cells, 50 PCs, k = 15: checked with sklearn, see the README). */
+static void test_wraparound_on_long_branches(void **state) {
+    (void)state;
+    nbs_sim_config sc;
+    nbs_sim_defaults(&sc);
+    nbs_sim_long_branches(&sc);
+    sc.n_cells = 1500;
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 3);
+    nbs_sim_data d;
+    nbs_error err = {0};
+    assert_int_equal(nbs_simulate(&sc, r, &d, &err), NBS_OK);
+    const int64_t n = sc.n_cells;
+    enum { DIMS = 50 };
+    float *ref = malloc(sizeof *ref * (size_t)n * DIMS), *z = malloc(sizeof *z * (size_t)n * 2);
+    char names[3][16], **labels = malloc(sizeof *labels * (size_t)n);
+    for (int b = 0; b < 3; b++) nbs_sim_branch_name(b, names[b], sizeof names[b]);
+    for (int64_t i = 0; i < n; i++) labels[i] = names[d.branch[i]];
+    assert_int_equal(nbs_eval_pca(d.counts, DIMS, 4, r, ref, NULL, &err), NBS_OK);
+    nbs_trajectory_config c = config();
+    for (int wrapped = 1; wrapped >= 0; wrapped--) {
+        for (int64_t i = 0; i < n; i++) {
+            const double side = d.branch[i] == 2 || (d.branch[i] == 0 && i % 2) ? -1 : 1;
+            const double a = side * (wrapped ? 1.0 : 0.7) * M_PI * d.pseudotime[i];
+            z[2 * i] = (float)cos(a), z[2 * i + 1] = (float)sin(a);
+        }
+        nbs_trajectory t;
+        memset(&t, 0, sizeof t);
+        t.n = n, t.k = (int)c.k, t.n_clusters = 1;
+        assert_int_equal(nbs_graph_knn(z, n, 2, t.k - 1, NBS_METRIC_COSINE, &t.knn, &err), NBS_OK);
+        t.cluster = calloc((size_t)n, sizeof *t.cluster);
+        assert_int_equal(nbs_traj_wraparound(&t, ref, DIMS, &c, labels, &err), NBS_OK);
+        const nbs_wraparound *w = &t.wrap;
+        printf("long branches, %s: %.2f%% shortcut edges; %s\n", wrapped ? "tips meeting" : "tips apart",
+               100 * w->fraction, w->verdict);
+        if (wrapped) {
+            assert_true(w->wraps);
+            /* the top label pair is the tips', and the only one named (labels in order of first appearance) */
+            const char *a = w->label_names[w->label_pairs[0].a], *b = w->label_names[w->label_pairs[0].b];
+            assert_true((!strcmp(a, "branch1") && !strcmp(b, "branch2")) || (!strcmp(a, "branch2") && !strcmp(b, "branch1")));
+            char want[128];
+            snprintf(want, sizeof want, "branches %s and %s meet in the embedding but not in the data", a, b);
+            assert_non_null(strstr(w->verdict, want));
+            assert_null(strchr(w->verdict, ';'));
+            /* the shortcuts sit at the tips: their cells' mean simulated time */
+            double tsum = 0, ssum = 0;
+            for (int64_t i = 0; i < n; i++) tsum += w->score[i] * d.pseudotime[i], ssum += w->score[i];
+            assert_true(tsum / ssum > 0.85);
+        } else {
+            assert_false(w->wraps);
+            assert_true(w->fraction < 0.002);
+        }
+        nbs_trajectory_free(&t);
+    }
+    free(ref);
+    free(z);
+    free(labels);
+    nbs_sim_data_free(&d);
+    gsl_rng_free(r);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gauss_kernel_matches_scanpy_formula),
@@ -302,6 +477,9 @@ int main(void) {
         cmocka_unit_test(test_diffmap_and_dpt_match_python),
         cmocka_unit_test(test_other_component_gets_nan),
         cmocka_unit_test(test_bad_roots_and_sizes),
+        cmocka_unit_test(test_edge_hops_on_a_path),
+        cmocka_unit_test(test_wraparound_on_a_circle),
+        cmocka_unit_test(test_wraparound_on_long_branches),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

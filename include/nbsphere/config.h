@@ -174,6 +174,9 @@ typedef struct {
     int n_dcs;              /* diffusion components, the stationary one included (scanpy's n_dcs) */
     char root[NBS_NAME_MAX];       /* root barcode, or "" */
     char root_label[NBS_NAME_MAX]; /* or the label whose extreme cell on DC1 is the root, or "" */
+    int shortcut_hops;      /* wrap-around: an embedding edge more than this many reference-graph
+                               steps long is a shortcut; 0 = no diagnostic */
+    double wrap_share;      /* wrap-around: a pair is named when this share of its edges are shortcuts */
 } nbs_trajectory_config;
 
 typedef struct {

@@ -13,6 +13,15 @@
 
 #include "nbsphere/matrix.h"
 
+/* The shape of the trajectory. NBS_SIM_TREE: each branch's genes ramp up or down once and stay
+ * there, so the branches end at B distinct states not far from the split. NBS_SIM_LONG_BRANCHES:
+ * each branch's genes switch one after another, their onsets spread evenly along the branch and
+ * each ramp NBS_SIM_RAMP_WIDTH of the branch long, so expression keeps changing to the tip and a
+ * tip has all of its branch's genes switched: long curves in expression whose tips are far apart
+ * (the test case of the trajectory stage's wrap-around diagnostic). */
+typedef enum { NBS_SIM_TREE = 0, NBS_SIM_LONG_BRANCHES } nbs_sim_shape;
+#define NBS_SIM_RAMP_WIDTH 0.25
+
 typedef struct {
     int64_t n_cells;
     int64_t n_genes;
@@ -26,11 +35,15 @@ typedef struct {
     int n_batches;          /* 1 to min(100, n_cells); 1 = no batch effects */
     double batch_sdlog;     /* sd of a batch's log factor on each gene's mean */
     double batch_depth_sdlog; /* sd of a batch's shift of the log library size */
+    nbs_sim_shape shape;    /* the tree (default) or long branches */
 } nbs_sim_config;
 
 /* 2000 cells, 1000 genes, 3 branches, split at 0.3, depth 600, theta 2; one batch (batch effects
  * sdlog 0.5 on the genes, 0.3 on the library size when there are more). */
 void nbs_sim_defaults(nbs_sim_config *c);
+/* The long-branches shape on top of c: 2 branches, split at 0.1 (branches nine times the root's
+ * length), half the genes responding on each branch; callers may change them afterwards. */
+void nbs_sim_long_branches(nbs_sim_config *c);
 
 typedef struct {
     nbs_matrix *counts;  /* cells x genes, integer counts */

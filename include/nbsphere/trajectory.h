@@ -18,6 +18,40 @@
  * float32 eigenvalues cannot tell them from 1). */
 #define NBS_DPT_STATIONARY 0.9994
 
+/* A pair of groups (Leiden clusters or labels) joined by embedding edges, a <= b. */
+typedef struct {
+    int a, b;
+    int64_t shortcuts;      /* directed embedding edges between a and b that are shortcuts */
+    int64_t edges;          /* all directed embedding edges between a and b */
+} nbs_wrap_pair;
+
+/* The wrap-around diagnostic (nbs_traj_wraparound): which neighbours in the embedding are far
+ * apart in the data. An embedding edge i -> j is a shortcut when j is more than `hops` steps
+ * from i in the reference graph (the same k-NN graph built on PCA of the counts, symmetrised)
+ * or not reachable at all. */
+typedef struct {
+    int computed;           /* 0 when trajectory.shortcut_hops is 0 */
+    int hops;               /* the threshold H in reference-graph steps */
+    double min_share;       /* a pair is named when at least this share of its edges are shortcuts */
+    int ref_dims;           /* principal components of the reference space */
+    int64_t n_edges, n_shortcuts;
+    double fraction;        /* n_shortcuts / n_edges */
+    int32_t *ref_hops;      /* [knn nnz] reference steps of each embedding edge, -1 beyond hops */
+    double *score;          /* [n] shortcut_score: share of the cell's embedding edges that are shortcuts */
+    nbs_wrap_pair *pairs;   /* [n_pairs] Leiden cluster pairs with shortcuts, most shortcuts first */
+    int n_pairs;
+    nbs_wrap_pair *label_pairs; /* [n_label_pairs] the same by label (codes into label_names), or NULL */
+    int n_label_pairs;
+    char **label_names;     /* [n_labels] pointers into the caller's labels */
+    int n_labels;
+    int wraps;              /* some pair is named */
+    char verdict[1024];     /* "branches A and B meet in the embedding but not in the data ..." or
+                               "no wrap-around ..." */
+} nbs_wraparound;
+
+/* A pair with at least this many shortcut edges can be named (fewer are noise of single cells). */
+#define NBS_WRAP_MIN_EDGES 10
+
 typedef struct {
     int64_t n;
     int k;                  /* scanpy's n_neighbors */
@@ -40,6 +74,7 @@ typedef struct {
                                the root's component */
     int64_t n_unreached;    /* cells with NaN pseudotime */
     double *layout;         /* [n x 2] force-directed layout of the kernel graph */
+    nbs_wraparound wrap;    /* the wrap-around diagnostic, when a reference space was given */
 } nbs_trajectory;
 
 void nbs_trajectory_free(nbs_trajectory *t);
@@ -51,6 +86,20 @@ void nbs_trajectory_free(nbs_trajectory *t);
 int nbs_trajectory_compute(const float *z, int64_t n, int d, nbs_metric metric, const nbs_trajectory_config *c,
                            char *const *barcodes, char *const *labels, const char *label_column, uint64_t seed,
                            nbs_trajectory *t, nbs_error *err);
+
+/* The wrap-around diagnostic on a computed trajectory t: the k-NN graph (t->k) of the reference
+ * space ref [n x ref_dims] (Euclidean; the stage uses PCA of log1p(CP10k)), then for every edge
+ * of t->knn its hop count in that graph by a breadth-first search from each cell, stopped at
+ * c->shortcut_hops steps or when all its embedding neighbours are found. Pairs are counted by
+ * t->cluster and, when labels [n] are given (NULL entries: no label), by label; the verdict names
+ * the pairs with at least NBS_WRAP_MIN_EDGES shortcut edges making up at least
+ * c->wrap_share of the pair's embedding edges, by label when there are labels. Fills t->wrap. */
+int nbs_traj_wraparound(nbs_trajectory *t, const float *ref, int ref_dims, const nbs_trajectory_config *c,
+                        char *const *labels, nbs_error *err);
+
+/* Hop counts in the undirected graph g of the edges of e (same vertices): hops[e] for each edge
+ * position of e, -1 when more than max_hops steps apart or unreachable. */
+int nbs_traj_edge_hops(const nbs_graph *g, const nbs_graph *e, int max_hops, int32_t *hops, nbs_error *err);
 
 /* ---- the steps, for tests and reuse ---- */
 
