@@ -333,28 +333,31 @@ static void test_early_stopping_restores_batch_norm(void **s) {
     free(dir);
 }
 
-/* train.epochs auto: 200 up to 20000 cells, then the same number of steps, at least 10; the
- * warm-up auto is half; explicit values stay. */
+/* train.epochs auto: 200 up to 20000 cells (400 with categorical covariates, scvi-tools'
+ * min(round(20000 / cells * 400), 400)), then the same number of steps, at least 10; the warm-up
+ * auto is half; explicit values stay. */
 static void test_auto_epochs(void **s) {
     (void)s;
     nbs_config c;
     nbs_config_defaults(&c);
     assert_int_equal(c.train.epochs, NBS_AUTO);
     const int64_t cells[] = {300, 20000, 50000, 100000, 10000000};
-    const int want[] = {200, 200, 80, 40, 10};
-    for (int i = 0; i < 5; i++) {
-        nbs_train_config t = c.train;
-        nbs_train_resolve(&t, cells[i]);
-        assert_int_equal(t.epochs, want[i]);
-        assert_int_equal(t.warmup_epochs, want[i] / 2);
-    }
+    const int want[] = {200, 200, 80, 40, 10}, want_covariates[] = {400, 400, 160, 80, 10};
+    for (int i = 0; i < 5; i++)
+        for (int cov = 0; cov < 2; cov++) {
+            nbs_train_config t = c.train;
+            nbs_train_resolve(&t, cells[i], cov);
+            const int w = cov ? want_covariates[i] : want[i];
+            assert_int_equal(t.epochs, w);
+            assert_int_equal(t.warmup_epochs, w / 2);
+        }
     nbs_train_config t = c.train;
     t.epochs = 7, t.warmup_epochs = 0;
-    nbs_train_resolve(&t, 50000);
+    nbs_train_resolve(&t, 50000, 0);
     assert_int_equal(t.epochs, 7);
     assert_int_equal(t.warmup_epochs, 0);
     t.warmup_epochs = NBS_AUTO;
-    nbs_train_resolve(&t, 50000);
+    nbs_train_resolve(&t, 50000, 0);
     assert_int_equal(t.warmup_epochs, 3);
 }
 

@@ -86,8 +86,9 @@ int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int6
                     nbs_error *err);
 
 /* Replaces `auto` (NBS_AUTO) in train.epochs and train.warmup_epochs by their values for a
- * dataset of n_cells cells (nbs_train does it on its own copy). */
-void nbs_train_resolve(nbs_train_config *tc, int64_t n_cells);
+ * dataset of n_cells cells, for a model with or without categorical covariates (nbs_train does
+ * it on its own copy). */
+void nbs_train_resolve(nbs_train_config *tc, int64_t n_cells, int has_categorical);
 
 /* Where a data-parallel run meets its peers within a step. Each may be NULL; a non-zero
  * return stops training with err set. Every process calls both in every step, before any
