@@ -130,8 +130,15 @@ static void orthogonalise(const double *b, int m, int64_t n, double *w, double *
     }
 }
 
+/* Residual |T x - theta x| of a converged pair. T is similar to the row-stochastic D^-1 K, so its
+ * spectrum lies in [-1, 1] with 1 in it: this bound is relative to the spectrum's scale. */
 #define LANCZOS_TOL 1e-9
 #define LANCZOS_RUNS 30
+/* Thick restarts of one run before it gives up: each restart keeps the leading Ritz vectors, so
+ * clustered eigenvalues (gaps of 1e-5 near 1, as on long 1-D trajectories) converge over them. */
+#define LANCZOS_RESTARTS 400
+/* At most this many cells: T is solved dense (gsl_eigen_symmv, n^2 doubles, ~0.2 s at 500). */
+#define DIFFMAP_DENSE_MAX 500
 
 typedef struct {
     const nbs_graph *t;
@@ -140,58 +147,63 @@ typedef struct {
     double *locked;   /* [nev x n] locked eigenvectors, rows */
     double *lval;     /* [nev] their eigenvalues */
     int nl;
-    double *v;        /* [mmax x n] Lanczos basis, rows */
+    double *v;        /* [(mmax + 1) x n] Lanczos basis, rows */
     int mmax;
-    double *alpha, *beta; /* [mmax] the tridiagonal */
+    double *alpha, *beta; /* [mmax] the tridiagonal (alpha: the Ritz values of kept rows) */
+    double *arrow;    /* [mmax] after a thick restart with k kept rows: H[i][k] = arrow[i], i < k */
     double *h;        /* [max(mmax, nev)] scratch */
     double *w;        /* [n] */
-    double *ritz;     /* [want x n] new pairs before locking */
-    double *rval;     /* [want] */
+    double *ritz;     /* [nev x n] new pairs before locking */
+    double *rval;     /* [nev] */
 } lanczos;
 
-/* Eigenpairs of the tridiagonal of the first m steps: theta [m], s [m x m] (column i = pair i),
- * order [m] by |theta| descending. */
-static int tridiag_eig(const lanczos *L, int m, double *theta, double *s, int *order) {
-    gsl_matrix *a = gsl_matrix_calloc((size_t)m, (size_t)m);
-    gsl_matrix *ev = gsl_matrix_alloc((size_t)m, (size_t)m);
-    gsl_vector *val = gsl_vector_alloc((size_t)m);
+/* theta [m] and the eigenvectors s [m x m] (column i = pair i) of the symmetric a [m x m]
+ * (destroyed); order [m] by |theta| descending, then by value descending. */
+static int sym_eig(double *a, int m, double *theta, double *s, int *order) {
+    gsl_matrix_view av = gsl_matrix_view_array(a, (size_t)m, (size_t)m);
+    gsl_matrix_view sv = gsl_matrix_view_array(s, (size_t)m, (size_t)m);
+    gsl_vector_view tv = gsl_vector_view_array(theta, (size_t)m);
     gsl_eigen_symmv_workspace *ws = gsl_eigen_symmv_alloc((size_t)m);
-    int rc = a && ev && val && ws ? 0 : -1;
-    if (!rc) {
-        for (int i = 0; i < m; i++) {
-            gsl_matrix_set(a, (size_t)i, (size_t)i, L->alpha[i]);
-            if (i + 1 < m) {
-                gsl_matrix_set(a, (size_t)i, (size_t)i + 1, L->beta[i]);
-                gsl_matrix_set(a, (size_t)i + 1, (size_t)i, L->beta[i]);
-            }
-        }
-        rc = gsl_eigen_symmv(a, val, ev, ws) ? -1 : 0;
+    if (!ws) return -1;
+    const int rc = gsl_eigen_symmv(&av.matrix, &tv.vector, &sv.matrix, ws) ? -1 : 0;
+    gsl_eigen_symmv_free(ws);
+    for (int i = 0; i < m; i++) order[i] = i;
+    for (int a1 = 1; a1 < m; a1++) { /* insertion sort by magnitude, then by value */
+        int c = order[a1], b = a1;
+        while (b > 0 && (fabs(theta[order[b - 1]]) < fabs(theta[c]) ||
+                         (fabs(theta[order[b - 1]]) == fabs(theta[c]) && theta[order[b - 1]] < theta[c])))
+            order[b] = order[b - 1], b--;
+        order[b] = c;
     }
-    if (!rc) {
-        for (int i = 0; i < m; i++) {
-            theta[i] = gsl_vector_get(val, (size_t)i);
-            order[i] = i;
-            for (int r = 0; r < m; r++) s[r * m + i] = gsl_matrix_get(ev, (size_t)r, (size_t)i);
-        }
-        for (int a1 = 1; a1 < m; a1++) { /* insertion sort by magnitude, then by value */
-            int c = order[a1], b = a1;
-            while (b > 0 && (fabs(theta[order[b - 1]]) < fabs(theta[c]) ||
-                             (fabs(theta[order[b - 1]]) == fabs(theta[c]) && theta[order[b - 1]] < theta[c])))
-                order[b] = order[b - 1], b--;
-            order[b] = c;
-        }
-    }
-    if (ws) gsl_eigen_symmv_free(ws);
-    if (val) gsl_vector_free(val);
-    if (ev) gsl_matrix_free(ev);
-    if (a) gsl_matrix_free(a);
     return rc;
 }
 
-/* One Lanczos run on T restricted to the complement of the locked vectors, from a random start:
- * until the top `want` Ritz pairs by magnitude converge, the basis is exhausted, or mmax steps.
- * The converged leading pairs go to ritz/rval; returns how many, or -1 out of memory. */
-static int lanczos_run(lanczos *L, int want, gsl_rng *r) {
+/* Eigenpairs of the projected matrix of the first m rows, k of them kept by a thick restart:
+ * diagonal alpha, row/column k coupled to the kept rows by arrow, tridiagonal from k on. */
+static int projected_eig(const lanczos *L, int m, int k, double *theta, double *s, int *order) {
+    double *a = calloc((size_t)m * (size_t)m, sizeof *a); /* [m x m] */
+    if (!a) return -1;
+    for (int i = 0; i < m; i++) {
+        a[(size_t)i * (size_t)m + (size_t)i] = L->alpha[i];
+        if (i < k) a[(size_t)i * (size_t)m + (size_t)k] = a[(size_t)k * (size_t)m + (size_t)i] = L->arrow[i];
+        else if (i + 1 < m) a[(size_t)i * (size_t)m + (size_t)i + 1] = a[(size_t)(i + 1) * (size_t)m + (size_t)i] = L->beta[i];
+    }
+    const int rc = sym_eig(a, m, theta, s, order);
+    free(a);
+    return rc;
+}
+
+/* One thick-restarted Lanczos run on T restricted to the complement of the locked vectors, from
+ * a random start. It stops when the leading Ritz pairs by magnitude have converged: `want` of
+ * them, or as many as reach one below `floor` in magnitude (the check run: only pairs above
+ * the smallest locked one matter), or all of them when the basis is exhausted (an invariant
+ * subspace, or the whole complement). When the basis is full first, the leading `keep` Ritz
+ * vectors become its first rows (T x_c = theta_c x_c + beta s_m,c v_m keeps the projection an
+ * arrowhead) and the run goes on from the last residual, so nothing learnt is thrown away. The
+ * converged leading pairs go to ritz/rval; returns how many, -1 out of memory, -2 when
+ * LANCZOS_RESTARTS restarts did not converge them (*resid: the largest residual left). */
+static int lanczos_run(lanczos *L, int want, double floor, gsl_rng *r, double *resid) {
+    enum { CHUNK = 256 }; /* columns of the basis rotated at a time by a restart */
     const int64_t n = L->n;
     double *v = L->v;
     for (int64_t i = 0; i < n; i++) v[i] = gsl_ran_gaussian(r, 1.0);
@@ -201,36 +213,50 @@ static int lanczos_run(lanczos *L, int want, gsl_rng *r) {
     cblas_dscal((int)n, 1 / nv, v, 1);
     int mmax = L->mmax;
     if (mmax > n - L->nl) mmax = (int)(n - L->nl);
+    const int whole = mmax == n - L->nl; /* a full basis spans the complement: every pair exact */
+    /* kept by a restart: the wanted pairs and half the remaining room, for the next gaps */
+    const int keep = want + (mmax - want) / 2;
     double *theta = malloc(sizeof *theta * (size_t)mmax), *s = malloc(sizeof *s * (size_t)mmax * (size_t)mmax);
+    double *sk = malloc(sizeof *sk * (size_t)mmax * (size_t)keep);  /* [mmax x keep] kept columns of s */
+    double *rot = malloc(sizeof *rot * (size_t)keep * CHUNK);       /* [keep x CHUNK] rotated rows */
     int *order = malloc(sizeof *order * (size_t)mmax);
-    int found = -1;
-    if (!theta || !s || !order) goto done;
+    int found = -1, k = 0, restarts = 0;
+    if (!theta || !s || !sk || !rot || !order) goto done;
     found = 0;
     for (int j = 0; j < mmax; j++) {
         double *w = L->w;
         spmv(L->t, v + (int64_t)j * n, w);
         L->alpha[j] = cblas_ddot((int)n, v + (int64_t)j * n, 1, w, 1);
         cblas_daxpy((int)n, -L->alpha[j], v + (int64_t)j * n, 1, w, 1);
-        if (j) cblas_daxpy((int)n, -L->beta[j - 1], v + (int64_t)(j - 1) * n, 1, w, 1);
+        /* right after a restart the couplings to the kept rows are the arrow, removed below */
+        if (j > k) cblas_daxpy((int)n, -L->beta[j - 1], v + (int64_t)(j - 1) * n, 1, w, 1);
         orthogonalise(v, j + 1, n, w, L->h);
         orthogonalise(L->locked, L->nl, n, w, L->h);
         L->beta[j] = cblas_dnrm2((int)n, w, 1);
-        const int m = j + 1, exhausted = L->beta[j] < 1e-12 || m == mmax;
-        if (!exhausted && m % 10 && m >= want) { /* the tridiagonal is solved every 10 steps */
+        const int m = j + 1, full = m == mmax, exhausted = L->beta[j] < 1e-12 || (full && whole);
+        if (!full && !exhausted && m % 10 && m >= want) { /* the projection is solved every 10 steps */
             cblas_dcopy((int)n, w, 1, v + (int64_t)m * n, 1);
             cblas_dscal((int)n, 1 / L->beta[j], v + (int64_t)m * n, 1);
             continue;
         }
         if (m >= want || exhausted) {
-            if (tridiag_eig(L, m, theta, s, order)) {
+            if (projected_eig(L, m, k, theta, s, order)) {
                 found = -1;
                 goto done;
             }
             int conv = 0;
-            while (conv < want && conv < m &&
+            while (conv < want && conv < m && (conv == 0 || fabs(theta[order[conv - 1]]) >= floor) &&
                    (L->beta[j] < 1e-12 || fabs(L->beta[j] * s[(m - 1) * m + order[conv]]) < LANCZOS_TOL))
                 conv++;
-            if (conv == want || exhausted) {
+            const int enough = conv == want || (conv && fabs(theta[order[conv - 1]]) < floor);
+            if (!enough && !exhausted && full && restarts == LANCZOS_RESTARTS) {
+                *resid = 0;
+                for (int c = 0; c < want && c < m; c++)
+                    *resid = fmax(*resid, fabs(L->beta[j] * s[(m - 1) * m + order[c]]));
+                found = -2;
+                goto done;
+            }
+            if (enough || exhausted) {
                 for (int c = 0; c < conv; c++) { /* Ritz vector = V^T s_c */
                     double *x = L->ritz + (int64_t)c * n;
                     for (int r2 = 0; r2 < m; r2++) L->h[r2] = s[r2 * m + order[c]];
@@ -242,6 +268,25 @@ static int lanczos_run(lanczos *L, int want, gsl_rng *r) {
                 found = conv;
                 break;
             }
+            if (full) { /* thick restart: rows 0..keep-1 = V^T s_c, row keep = the residual */
+                for (int r2 = 0; r2 < m; r2++)
+                    for (int c = 0; c < keep; c++) sk[r2 * keep + c] = s[r2 * m + order[c]];
+                for (int64_t c0 = 0; c0 < n; c0 += CHUNK) {
+                    const int cb = (int)(n - c0 < CHUNK ? n - c0 : CHUNK);
+                    cblas_dgemm(CblasRowMajor, CblasTrans, CblasNoTrans, keep, cb, m, 1.0, sk, keep, v + c0, (int)n,
+                                0.0, rot, cb);
+                    for (int c = 0; c < keep; c++)
+                        memcpy(v + (int64_t)c * n + c0, rot + (int64_t)c * cb, sizeof *rot * (size_t)cb);
+                }
+                for (int c = 0; c < keep; c++) {
+                    L->alpha[c] = theta[order[c]];
+                    L->arrow[c] = L->beta[j] * s[(m - 1) * m + order[c]];
+                }
+                cblas_dcopy((int)n, w, 1, v + (int64_t)keep * n, 1);
+                cblas_dscal((int)n, 1 / L->beta[j], v + (int64_t)keep * n, 1);
+                k = keep, j = keep - 1, restarts++;
+                continue;
+            }
         }
         cblas_dcopy((int)n, w, 1, v + (int64_t)m * n, 1);
         cblas_dscal((int)n, 1 / L->beta[j], v + (int64_t)m * n, 1);
@@ -249,6 +294,8 @@ static int lanczos_run(lanczos *L, int want, gsl_rng *r) {
 done:
     free(theta);
     free(s);
+    free(sk);
+    free(rot);
     free(order);
     return found;
 }
@@ -277,6 +324,37 @@ static int lock_pairs(lanczos *L, int found) {
     return kept;
 }
 
+/* Small n: all of T's eigenpairs from the dense matrix, the n_dcs of largest magnitude locked. */
+static int diffmap_dense(lanczos *L, nbs_error *err) {
+    const int64_t n = L->n;
+    const nbs_graph *t = L->t;
+    double *a = nbs_calloc((size_t)(n * n), sizeof *a, err);          /* [n x n] T */
+    double *s = a ? nbs_malloc(sizeof *s * (size_t)(n * n), err) : NULL; /* [n x n] eigenvectors, columns */
+    double *theta = s ? nbs_malloc(sizeof *theta * (size_t)n, err) : NULL; /* [n] */
+    int *order = theta ? nbs_malloc(sizeof *order * (size_t)n, err) : NULL; /* [n] */
+    int rc = NBS_ERR_NOMEM;
+    if (!order) goto done;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t e = t->indptr[i]; e < t->indptr[i + 1]; e++) a[i * n + t->indices[e]] = t->weights[e];
+    if (sym_eig(a, (int)n, theta, s, order)) {
+        rc = nbs_error_set(err, NBS_ERR_NUMERIC, "diffusion map: the dense symmetric eigensolver failed on the %lld x "
+                           "%lld transition matrix", (long long)n, (long long)n);
+        goto done;
+    }
+    for (int c = 0; c < L->nev; c++) {
+        L->lval[c] = theta[order[c]];
+        for (int64_t i = 0; i < n; i++) L->locked[(int64_t)c * n + i] = s[i * n + order[c]];
+    }
+    L->nl = L->nev;
+    rc = NBS_OK;
+done:
+    free(a);
+    free(s);
+    free(theta);
+    free(order);
+    return rc;
+}
+
 int nbs_traj_diffmap(const nbs_graph *kernel, int n_dcs, uint64_t seed, double *evecs, double *evals, nbs_error *err) {
     const int64_t n = kernel->n, nnz = kernel->indptr[n];
     if (n_dcs < 1 || n_dcs > 100 || n_dcs >= n)
@@ -286,7 +364,7 @@ int nbs_traj_diffmap(const nbs_graph *kernel, int n_dcs, uint64_t seed, double *
     nbs_graph t = {n, (int64_t *)kernel->indptr, (int64_t *)kernel->indices, NULL}; /* T on W's pattern */
     double *q = nbs_malloc(sizeof *q * (size_t)n, err); /* [n] density q_i, then z_i */
     t.weights = q ? nbs_malloc(sizeof *t.weights * (size_t)(nnz ? nnz : 1), err) : NULL; /* [nnz] T */
-    lanczos L = {&t, n, n_dcs, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL};
+    lanczos L = {&t, n, n_dcs, NULL, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     L.mmax = 60 + 20 * n_dcs;
     if (L.mmax > n) L.mmax = (int)n;
     int rc = NBS_ERR_NOMEM;
@@ -298,9 +376,11 @@ int nbs_traj_diffmap(const nbs_graph *kernel, int n_dcs, uint64_t seed, double *
     L.v = nbs_malloc(sizeof(double) * (size_t)n * (size_t)(L.mmax + 1), err);
     L.alpha = nbs_malloc(sizeof(double) * (size_t)L.mmax, err);
     L.beta = nbs_malloc(sizeof(double) * (size_t)L.mmax, err);
+    L.arrow = nbs_malloc(sizeof(double) * (size_t)L.mmax, err);
     L.h = nbs_malloc(sizeof(double) * (size_t)(L.mmax + n_dcs), err);
     L.w = nbs_malloc(sizeof(double) * (size_t)n, err);
-    if (!L.locked || !L.ritz || !L.lval || !L.rval || !L.v || !L.alpha || !L.beta || !L.h || !L.w) goto done;
+    if (!L.locked || !L.ritz || !L.lval || !L.rval || !L.v || !L.alpha || !L.beta || !L.arrow || !L.h || !L.w)
+        goto done;
     /* density normalisation, then the symmetric form */
     for (int64_t i = 0; i < n; i++) {
         q[i] = 0;
@@ -321,26 +401,42 @@ int nbs_traj_diffmap(const nbs_graph *kernel, int n_dcs, uint64_t seed, double *
     }
     for (int64_t i = 0; i < n; i++)
         for (int64_t e = t.indptr[i]; e < t.indptr[i + 1]; e++) t.weights[e] /= q[i] * q[t.indices[e]];
-    int runs = 0, done_ = 0;
-    while (!done_ && runs < LANCZOS_RUNS) {
-        gsl_rng *r = nbs_stream_rng(seed, NBS_STREAM_DIFFMAP, (uint64_t)runs, err);
-        if (!r) goto done;
-        const int checking = L.nl == n_dcs;
-        int found = lanczos_run(&L, checking ? 1 : n_dcs - L.nl, r);
-        gsl_rng_free(r);
-        runs++;
-        if (found < 0) {
-            rc = nbs_error_set(err, NBS_ERR_NOMEM, "diffusion map: out of memory");
+    if (n <= DIFFMAP_DENSE_MAX) {
+        rc = diffmap_dense(&L, err);
+        if (rc) goto done;
+    } else {
+        int runs = 0, done_ = 0;
+        double resid = 0;
+        while (!done_ && runs < LANCZOS_RUNS) {
+            gsl_rng *r = nbs_stream_rng(seed, NBS_STREAM_DIFFMAP, (uint64_t)runs, err);
+            if (!r) goto done;
+            /* with n_dcs pairs held, a fresh start looks for any pair above the smallest of them */
+            const int checking = L.nl == n_dcs;
+            const int found = lanczos_run(&L, checking ? n_dcs : n_dcs - L.nl, checking ? fabs(L.lval[n_dcs - 1]) : 0,
+                                          r, &resid);
+            gsl_rng_free(r);
+            runs++;
+            if (found == -1) {
+                rc = nbs_error_set(err, NBS_ERR_NOMEM, "diffusion map: out of memory");
+                goto done;
+            }
+            if (found == -2) {
+                rc = nbs_error_set(err, NBS_ERR_NUMERIC, "diffusion map: the eigensolver did not converge in %d "
+                                   "restarts of %d Lanczos steps (%d of %d components found, residual %.2g above %g): "
+                                   "the leading eigenvalues are too close together; lower trajectory.n_dcs",
+                                   LANCZOS_RESTARTS, L.mmax, L.nl, n_dcs, resid, LANCZOS_TOL);
+                goto done;
+            }
+            const int kept = lock_pairs(&L, found);
+            /* finished when a fresh start finds nothing above the n_dcs pairs held */
+            done_ = checking && !kept;
+        }
+        if (!done_) { /* each run locks a pair orthogonal to those held: only a repeat above 30 gets here */
+            rc = nbs_error_set(err, NBS_ERR_NUMERIC, "diffusion map: the eigensolver still found new pairs after %d "
+                               "runs (an eigenvalue repeated more often than that, e.g. as many connected components; "
+                               "%d of %d components held); lower trajectory.n_dcs", LANCZOS_RUNS, L.nl, n_dcs);
             goto done;
         }
-        const int kept = lock_pairs(&L, found);
-        /* finished when a fresh start finds nothing above the n_dcs pairs held */
-        done_ = checking && !kept;
-    }
-    if (!done_) {
-        rc = nbs_error_set(err, NBS_ERR_NUMERIC, "diffusion map: the eigensolver did not converge in %d restarts "
-                           "(%d of %d components found); lower trajectory.n_dcs", LANCZOS_RUNS, L.nl, n_dcs);
-        goto done;
     }
     /* decreasing by value among the pairs of largest magnitude; unit vectors, largest entry positive */
     int idx[100];
@@ -368,6 +464,7 @@ done:
     free(L.v);
     free(L.alpha);
     free(L.beta);
+    free(L.arrow);
     free(L.h);
     free(L.w);
     return rc;

@@ -469,6 +469,63 @@ static void test_wraparound_on_long_branches(void **state) {
     gsl_rng_free(r);
 }
 
+/* A ring of n cells (odd) with equal weights: q_i = 2, z_i^2 = 1/2, so T = A / 2 and its spectrum
+ * is cos(2 pi k / n), every value but 1 twice. The 9 of largest magnitude are 1, cos(j pi / n)
+ * twice for j = 2, 4 and -cos(j pi / n) twice for j = 3, 1: gaps of 1e-5 near +-1 (n = 1201) and
+ * four pairs of repeats, which a single-vector Krylov basis cannot span. Before the thick
+ * restarts the eigensolver stopped with "did not converge in 30 restarts (0 of 9 components)" on
+ * n = 1201 (n = 301 takes the dense path). Checked: eigenvalues, residuals T x - l x, that the
+ * nine vectors are orthonormal (both vectors of each repeat found), sign convention. */
+static void test_diffmap_on_a_ring_clustered_and_repeated(void **state) {
+    (void)state;
+    enum { DCS = 9 };
+    const int64_t sizes[] = {301, 1201};
+    for (int s = 0; s < 2; s++) {
+        const int64_t n = sizes[s];
+        nbs_graph g = {n, malloc(sizeof(int64_t) * (size_t)(n + 1)), malloc(sizeof(int64_t) * (size_t)(2 * n)),
+                       malloc(sizeof(double) * (size_t)(2 * n))};
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t a = (i + n - 1) % n, b = (i + 1) % n; /* rows ascending: 0 and n - 1 wrap */
+            g.indptr[i] = 2 * i;
+            g.indices[2 * i] = a < b ? a : b, g.indices[2 * i + 1] = a < b ? b : a;
+            g.weights[2 * i] = g.weights[2 * i + 1] = 0.37; /* any constant: the normalisations remove it */
+        }
+        g.indptr[n] = 2 * n;
+        double *x = malloc(sizeof *x * (size_t)n * DCS), ev[DCS];
+        nbs_error err = {0};
+        const int rc = nbs_traj_diffmap(&g, DCS, 5, x, ev, &err);
+        if (rc) fprintf(stderr, "%s\n", err.msg);
+        assert_int_equal(rc, NBS_OK);
+        const double pi = 3.14159265358979323846, c = pi / (double)n;
+        const double want[DCS] = {1, cos(2 * c), cos(2 * c), cos(4 * c), cos(4 * c),
+                                  -cos(3 * c), -cos(3 * c), -cos(c), -cos(c)};
+        double dev = 0, res = 0, orth = 0;
+        for (int j = 0; j < DCS; j++) {
+            dev = fmax(dev, fabs(ev[j] - want[j]));
+            double r2 = 0, big = 0;
+            for (int64_t i = 0; i < n; i++) {
+                const double tx = (x[((i + n - 1) % n) * DCS + j] + x[((i + 1) % n) * DCS + j]) / 2;
+                r2 += (tx - ev[j] * x[i * DCS + j]) * (tx - ev[j] * x[i * DCS + j]);
+                if (fabs(x[i * DCS + j]) > fabs(big)) big = x[i * DCS + j];
+            }
+            res = fmax(res, sqrt(r2));
+            assert_true(big > 0);
+            for (int l = 0; l <= j; l++) {
+                double d = 0;
+                for (int64_t i = 0; i < n; i++) d += x[i * DCS + j] * x[i * DCS + l];
+                orth = fmax(orth, fabs(d - (l == j)));
+            }
+        }
+        fprintf(stderr, "ring of %lld cells, %d components: eigenvalues within %.2g of cos(j pi / n), residuals "
+                "below %.2g, orthonormal within %.2g\n", (long long)n, DCS, dev, res, orth);
+        assert_true(dev < 1e-8);
+        assert_true(res < 1e-8);
+        assert_true(orth < 1e-8);
+        free(x);
+        nbs_graph_free(&g);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gauss_kernel_matches_scanpy_formula),
@@ -476,6 +533,7 @@ int main(void) {
         cmocka_unit_test(test_dpt_follows_simulated_time),
         cmocka_unit_test(test_diffmap_and_dpt_match_python),
         cmocka_unit_test(test_other_component_gets_nan),
+        cmocka_unit_test(test_diffmap_on_a_ring_clustered_and_repeated),
         cmocka_unit_test(test_bad_roots_and_sizes),
         cmocka_unit_test(test_edge_hops_on_a_path),
         cmocka_unit_test(test_wraparound_on_a_circle),

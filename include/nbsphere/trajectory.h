@@ -113,10 +113,11 @@ int nbs_traj_gauss_kernel(const nbs_graph *knn, nbs_graph *out, int64_t *n_floor
 /* The diffusion map as scanpy's diffmap: q_i = sum_j W_ij, K = W_ij / (q_i q_j), z_i = sqrt(sum_j
  * K_ij), T = K_ij / (z_i z_j); evecs [n x n_dcs] and evals [n_dcs] are T's n_dcs eigenpairs of
  * largest magnitude in decreasing order (scipy's eigsh(which="LM") reversed), each vector of unit
- * length with its largest-magnitude entry positive. The solver is Lanczos with full
- * reorthogonalisation, restarted with the converged pairs locked (residual below 1e-9); a
- * further run from a new start vector checks that no pair was missed (repeated eigenvalues, as
- * with several components). Needs 1 <= n_dcs <= 100, n_dcs < n. */
+ * length with its largest-magnitude entry positive. Up to 500 cells T is solved dense
+ * (gsl_eigen_symmv); above, by thick-restarted Lanczos with full reorthogonalisation, the
+ * converged pairs (residual below 1e-9, T's spectrum being [-1, 1]) locked, and a further run
+ * from a new start vector collecting any pair missed above the smallest held (repeated
+ * eigenvalues, as with several components). Needs 1 <= n_dcs <= 100, n_dcs < n. */
 int nbs_traj_diffmap(const nbs_graph *kernel, int n_dcs, uint64_t seed, double *evecs, double *evals, nbs_error *err);
 
 /* scanpy's DPT distance from the root: sqrt(sum_j w_j (v_root,j - v_i,j)^2), w_j = (l_j / (1 - l_j))^2
