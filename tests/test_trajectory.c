@@ -29,7 +29,8 @@ static void ranks(const double *v, const int64_t *keep, int64_t m, double *r) {
 }
 
 static double spearman(const double *a, const double *b, int64_t n) {
-    int64_t *keep = malloc(sizeof *keep * (size_t)n), m = 0;
+    int64_t *keep = calloc((size_t)n + 1, sizeof *keep), m = 0;
+    assert_non_null(keep);
     for (int64_t i = 0; i < n; i++)
         if (!isnan(a[i]) && !isnan(b[i])) keep[m++] = i;
     double *ra = malloc(sizeof *ra * (size_t)m), *rb = malloc(sizeof *rb * (size_t)m);
