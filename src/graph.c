@@ -137,15 +137,42 @@ done:
 
 /* ---- UMAP connectivities ---- */
 
-typedef struct {
-    int64_t a, b; /* a < b */
-    double w;
-} edge;
-
 static int cmp_edge(const void *p, const void *q) {
-    const edge *x = p, *y = q;
+    const nbs_graph_edge *x = p, *y = q;
     if (x->a != y->a) return x->a < y->a ? -1 : 1;
     return (x->b > y->b) - (x->b < y->b);
+}
+
+int nbs_graph_symmetric(int64_t n, nbs_graph_edge *e, int64_t m, int fuzzy_union, nbs_graph *out, nbs_error *err) {
+    qsort(e, (size_t)m, sizeof *e, cmp_edge);
+    int64_t u = 0;
+    for (int64_t i = 0; i < m; i++) {
+        if (e[i].a == e[i].b) continue;
+        if (u && e[u - 1].a == e[i].a && e[u - 1].b == e[i].b) {
+            if (fuzzy_union) e[u - 1].w = e[u - 1].w + e[i].w - e[u - 1].w * e[i].w;
+        } else e[u++] = e[i];
+    }
+    int rc = graph_alloc(out, n, 2 * u, err);
+    int64_t *fill = rc ? NULL : nbs_malloc((size_t)(n ? n : 1) * sizeof *fill, err); /* [n] next free slot per row */
+    if (!fill) {
+        nbs_graph_free(out);
+        return NBS_ERR_NOMEM;
+    }
+    for (int64_t i = 0; i < u; i++) out->indptr[e[i].a + 1]++, out->indptr[e[i].b + 1]++;
+    for (int64_t i = 0; i < n; i++) out->indptr[i + 1] += out->indptr[i];
+    memcpy(fill, out->indptr, (size_t)n * sizeof *fill);
+    /* edges sorted by (a, b): row r gets its lower neighbours (r as b, a ascending) before its
+     * higher ones (r as a, b ascending), so every row is ascending */
+    for (int64_t i = 0; i < u; i++) {
+        const int64_t p = fill[e[i].b]++;
+        out->indices[p] = e[i].a, out->weights[p] = e[i].w;
+    }
+    for (int64_t i = 0; i < u; i++) {
+        const int64_t p = fill[e[i].a]++;
+        out->indices[p] = e[i].b, out->weights[p] = e[i].w;
+    }
+    free(fill);
+    return NBS_OK;
 }
 
 /* sigma of one cell as umap-learn's smooth_knn_dist: bisection (64 steps, tolerance 1e-5) for
@@ -177,7 +204,7 @@ int nbs_graph_connectivities(const nbs_graph *knn, nbs_graph *out, nbs_error *er
     double global_mean = 0;
     for (int64_t e = 0; e < m; e++) global_mean += knn->weights[e];
     global_mean /= m ? (double)m : 1.0;
-    edge *ed = nbs_malloc((size_t)(m ? m : 1) * sizeof *ed, err); /* [m] one per directed k-NN edge */
+    nbs_graph_edge *ed = nbs_malloc((size_t)(m ? m : 1) * sizeof *ed, err); /* [m] one per directed k-NN edge */
     if (!ed) return NBS_ERR_NOMEM;
     for (int64_t i = 0; i < n; i++) {
         const int64_t o = knn->indptr[i];
@@ -194,40 +221,11 @@ int nbs_graph_connectivities(const nbs_graph *knn, nbs_graph *out, nbs_error *er
         for (int j = 0; j < k; j++) {
             int64_t v = knn->indices[o + j];
             double e = dist[j] - rho;
-            ed[o + j] = (edge){i < v ? i : v, i < v ? v : i, e > 0 ? exp(-e / sigma) : 1.0};
+            ed[o + j] = (nbs_graph_edge){i < v ? i : v, i < v ? v : i, e > 0 ? exp(-e / sigma) : 1.0};
         }
     }
-    qsort(ed, (size_t)m, sizeof *ed, cmp_edge);
     /* a pair seen from both ends combines as the fuzzy union w1 + w2 - w1 w2 */
-    int64_t u = 0;
-    for (int64_t e = 0; e < m; e++) {
-        if (u && ed[u - 1].a == ed[e].a && ed[u - 1].b == ed[e].b)
-            ed[u - 1].w = ed[u - 1].w + ed[e].w - ed[u - 1].w * ed[e].w;
-        else ed[u++] = ed[e];
-    }
-    int rc = graph_alloc(out, n, 2 * u, err);
-    if (!rc) {
-        for (int64_t e = 0; e < u; e++) out->indptr[ed[e].a + 1]++, out->indptr[ed[e].b + 1]++;
-        for (int64_t i = 0; i < n; i++) out->indptr[i + 1] += out->indptr[i];
-        int64_t *fill = nbs_malloc((size_t)n * sizeof *fill, err); /* [n] next free slot per row */
-        if (!fill) {
-            nbs_graph_free(out);
-            rc = NBS_ERR_NOMEM;
-        } else {
-            memcpy(fill, out->indptr, (size_t)n * sizeof *fill);
-            /* edges sorted by (a, b): row r gets its lower neighbours (r as b, a ascending)
-             * before its higher ones (r as a, b ascending), so every row is ascending */
-            for (int64_t e = 0; e < u; e++) {
-                int64_t p = fill[ed[e].b]++;
-                out->indices[p] = ed[e].a, out->weights[p] = ed[e].w;
-            }
-            for (int64_t e = 0; e < u; e++) {
-                int64_t p = fill[ed[e].a]++;
-                out->indices[p] = ed[e].b, out->weights[p] = ed[e].w;
-            }
-            free(fill);
-        }
-    }
+    const int rc = nbs_graph_symmetric(n, ed, m, 1, out, err);
     free(ed);
     return rc;
 }

@@ -102,7 +102,7 @@ static const nbs_key_desc KEYS[] = {
      "an integer from 1 to 1024"},
 
     {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, W_AUTO,
-     "an integer from 1 to 1000000, or auto (200, and fewer beyond 20000 cells)"},
+     "an integer from 1 to 1000000, or auto (200, or 400 with categorical covariates; fewer beyond 20000 cells)"},
     {"train", "batch_size", K_INT, F(train, batch_size), 1, 1e6, 0, NULL,
      "an integer from 1 to 1000000"},
     {"train", "learning_rate", K_DOUBLE, F(train, learning_rate), 0, 10, 1, NULL,

@@ -851,29 +851,28 @@ int nbs_run_embed(const char *model_path, const nbs_pipeline *p, const nbs_run_o
     return finish_run(&s, st, err);
 }
 
-int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
-                     nbs_error *err) {
+/* diagnose and trajectory: a saved model's report on data, with the trajectory stage or not */
+static int run_saved_model(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o, int trajectory,
+                           nbs_error *err) {
     run_state s;
     int st = begin_run(&s, p, o, err);
     if (st) return st;
     st = load_model_and_data(&s, model_path, err);
     if (!st) st = choose_diag_rows(&s, err);
     if (!st) st = stage_diagnose(&s, err);
+    if (!st && trajectory) st = stage_trajectory(&s, err);
     if (!st) st = stage_write(&s, err);
     return finish_run(&s, st, err);
 }
 
+int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
+                     nbs_error *err) {
+    return run_saved_model(model_path, p, o, 0, err);
+}
+
 int nbs_run_trajectory(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
                        nbs_error *err) {
-    run_state s;
-    int st = begin_run(&s, p, o, err);
-    if (st) return st;
-    st = load_model_and_data(&s, model_path, err);
-    if (!st) st = choose_diag_rows(&s, err);
-    if (!st) st = stage_diagnose(&s, err);
-    if (!st) st = stage_trajectory(&s, err);
-    if (!st) st = stage_write(&s, err);
-    return finish_run(&s, st, err);
+    return run_saved_model(model_path, p, o, 1, err);
 }
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {

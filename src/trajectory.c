@@ -37,22 +37,12 @@ void nbs_trajectory_free(nbs_trajectory *t) {
 
 /* ---- gauss kernel ---- */
 
-typedef struct {
-    int64_t a, b; /* a < b */
-    double w;
-} pair;
-
-static int cmp_pair(const void *p, const void *q) {
-    const pair *x = p, *y = q;
-    if (x->a != y->a) return x->a < y->a ? -1 : 1;
-    return (x->b > y->b) - (x->b < y->b);
-}
 
 int nbs_traj_gauss_kernel(const nbs_graph *knn, nbs_graph *out, int64_t *n_floored, nbs_error *err) {
     memset(out, 0, sizeof *out);
     const int64_t n = knn->n, m = knn->indptr[n];
     double *s2 = nbs_malloc((size_t)(n ? n : 1) * sizeof *s2, err); /* [n] sigma_i^2 */
-    pair *p = s2 ? nbs_malloc((size_t)(m ? m : 1) * sizeof *p, err) : NULL; /* [m] one per k-NN edge */
+    nbs_graph_edge *p = s2 ? nbs_malloc((size_t)(m ? m : 1) * sizeof *p, err) : NULL; /* [m] one per k-NN edge */
     if (!p) {
         free(s2);
         return NBS_ERR_NOMEM;
@@ -75,38 +65,12 @@ int nbs_traj_gauss_kernel(const nbs_graph *knn, nbs_graph *out, int64_t *n_floor
             const int64_t j = knn->indices[e];
             const double den = s2[i] + s2[j], dd = knn->weights[e] * knn->weights[e];
             /* symmetric in i and j, so an edge found from both ends has one value */
-            p[e] = (pair){i < j ? i : j, i < j ? j : i, sqrt(2 * sqrt(s2[i] * s2[j]) / den) * exp(-dd / den)};
+            p[e] = (nbs_graph_edge){i < j ? i : j, i < j ? j : i, sqrt(2 * sqrt(s2[i] * s2[j]) / den) * exp(-dd / den)};
         }
     free(s2);
-    qsort(p, (size_t)m, sizeof *p, cmp_pair);
-    int64_t u = 0;
-    for (int64_t e = 0; e < m; e++)
-        if (p[e].a != p[e].b && !(u && p[u - 1].a == p[e].a && p[u - 1].b == p[e].b)) p[u++] = p[e];
-    out->n = n;
-    out->indptr = nbs_calloc((size_t)n + 1, sizeof *out->indptr, err);
-    out->indices = out->indptr ? nbs_malloc((size_t)(2 * u + 1) * sizeof *out->indices, err) : NULL;
-    out->weights = out->indices ? nbs_malloc((size_t)(2 * u + 1) * sizeof *out->weights, err) : NULL;
-    int64_t *fill = out->weights ? nbs_malloc((size_t)(n ? n : 1) * sizeof *fill, err) : NULL; /* [n] */
-    if (!fill) {
-        free(p);
-        nbs_graph_free(out);
-        return NBS_ERR_NOMEM;
-    }
-    for (int64_t e = 0; e < u; e++) out->indptr[p[e].a + 1]++, out->indptr[p[e].b + 1]++;
-    for (int64_t i = 0; i < n; i++) out->indptr[i + 1] += out->indptr[i];
-    memcpy(fill, out->indptr, (size_t)n * sizeof *fill);
-    /* pairs sorted by (a, b): a row gets its lower neighbours first, then its higher ones */
-    for (int64_t e = 0; e < u; e++) {
-        const int64_t q = fill[p[e].b]++;
-        out->indices[q] = p[e].a, out->weights[q] = p[e].w;
-    }
-    for (int64_t e = 0; e < u; e++) {
-        const int64_t q = fill[p[e].a]++;
-        out->indices[q] = p[e].b, out->weights[q] = p[e].w;
-    }
-    free(fill);
+    const int rc = nbs_graph_symmetric(n, p, m, 0, out, err);
     free(p);
-    return NBS_OK;
+    return rc;
 }
 
 /* ---- diffusion map ---- */

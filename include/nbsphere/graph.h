@@ -37,6 +37,18 @@ int nbs_knn_search(const float *x, int d, const int64_t *ref, int64_t n_ref, con
  * i.e. chord distances). Needs 1 <= k < n and finite values (NBS_ERR_INPUT names the cell). */
 int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, nbs_graph *g, nbs_error *err);
 
+/* An undirected weighted edge, a < b. */
+typedef struct {
+    int64_t a, b;
+    double w;
+} nbs_graph_edge;
+
+/* The symmetric graph of m undirected edges e (any order, a pair may come twice: once from each
+ * end of a k-NN graph): e is sorted by (a, b) in place, a repeated pair combined by the fuzzy
+ * union w1 + w2 - w1 w2 (fuzzy_union) or kept once (weights equal from both ends), self-loops
+ * dropped; out holds both directions of every edge, each row in ascending vertex order. */
+int nbs_graph_symmetric(int64_t n, nbs_graph_edge *e, int64_t m, int fuzzy_union, nbs_graph *out, nbs_error *err);
+
 /* scanpy's connectivities (sc.pp.neighbors, method "umap", after McInnes et al. 2018's
  * fuzzy_simplicial_set) from a k-NN graph: w_ij = exp(-(d_ij - rho_i) / sigma_i) with rho_i the
  * distance to the nearest neighbour and sigma_i such that sum_j w_ij = log2(k + 1) (scanpy counts
