@@ -4,9 +4,11 @@
  * groups (>= 0.8) and codes with `__categories/<col>` (0.7), and the h5sparse attributes of
  * early sparse X. A gzip-compressed .h5ad is inflated into a temporary file first. */
 #include <hdf5.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "io_h5_internal.h"
 #include "io_internal.h"
@@ -638,4 +640,127 @@ void nbs_io_free_labels(char **labels, int64_t n) {
     if (!labels) return;
     for (int64_t i = 0; i < n; i++) free(labels[i]);
     free(labels);
+}
+
+/* ---- an embedding from obsm ---- */
+
+/* A scalar string dataset (anndata's encoding of a str in uns) into buf; -1 when absent or not one. */
+static int scalar_string(hid_t loc, const char *name, char *buf, size_t n) {
+    buf[0] = '\0';
+    if (nbs_h5_type(loc, name) != H5O_TYPE_DATASET) return -1;
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT), ty = H5Dget_type(d), sp = H5Dget_space(d);
+    int rc = -1;
+    if (H5Tget_class(ty) == H5T_STRING && H5Sget_simple_extent_npoints(sp) == 1) {
+        hid_t mt = H5Tcopy(H5T_C_S1);
+        H5Tset_size(mt, H5T_VARIABLE);
+        char *v = NULL;
+        if (H5Tis_variable_str(ty) > 0 && H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, &v) >= 0 && v) {
+            snprintf(buf, n, "%s", v);
+            H5free_memory(v);
+            rc = 0;
+        }
+        H5Tclose(mt);
+    }
+    H5Sclose(sp);
+    H5Tclose(ty);
+    H5Dclose(d);
+    return rc;
+}
+
+static int read_obsm(const char *path, const char *key, nbs_embedding_table *e, nbs_error *err) {
+    h5ad_file h;
+    int rc = h5ad_open(path, &h, err);
+    if (rc) return rc;
+    char loc[NBS_NAME_MAX + 16], list[1024] = "none";
+    snprintf(loc, sizeof loc, "obsm/%s", key);
+    if (nbs_h5_type(h.f, "obsm") == H5O_TYPE_GROUP) list_members(h.f, "obsm", list);
+    hid_t d = -1, sp = -1;
+    hsize_t dims[2] = {0, 0};
+    if (nbs_h5_type(h.f, "obsm") != H5O_TYPE_GROUP || nbs_h5_type(h.f, loc) != H5O_TYPE_DATASET)
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: there is no dense /%s (obsm holds: %s); name the embedding with "
+                           "--use-rep KEY", path, loc, list);
+    if (!rc) {
+        d = H5Dopen2(h.f, loc, H5P_DEFAULT);
+        sp = H5Dget_space(d);
+        hid_t ty = H5Dget_type(d);
+        const H5T_class_t cls = H5Tget_class(ty);
+        H5Tclose(ty);
+        if (H5Sget_simple_extent_ndims(sp) != 2 || (cls != H5T_FLOAT && cls != H5T_INTEGER))
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s must be a 2-D numeric array (cells x dimensions)", path, loc);
+        else H5Sget_simple_extent_dims(sp, dims, NULL);
+        if (!rc && (dims[0] < 1 || dims[1] < 1 || dims[1] > 4096))
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s is %llu x %llu; expected cells x 1..4096 dimensions", path,
+                               loc, (unsigned long long)dims[0], (unsigned long long)dims[1]);
+        if (!rc) rc = nbs_h5_check_filters(d, path, loc, err);
+    }
+    if (!rc && obs_rows(h.f) != (int64_t)dims[0])
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s has %llu rows but obs has %lld cells", path, loc,
+                           (unsigned long long)dims[0], (long long)obs_rows(h.f));
+    if (!rc) {
+        e->n = (int64_t)dims[0];
+        e->d = (int)dims[1];
+        e->barcodes = nbs_calloc((size_t)e->n, sizeof *e->barcodes, err);
+        e->z = e->barcodes ? nbs_malloc((size_t)e->n * (size_t)e->d * sizeof *e->z, err) : NULL;
+        if (!e->z) rc = NBS_ERR_NOMEM;
+    }
+    if (!rc && H5Dread(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, e->z) < 0)
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read /%s (corrupt or truncated file?)", path, loc);
+    for (int64_t k = 0; !rc && k < e->n * e->d; k++)
+        if (!isfinite(e->z[k]))
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s row %lld, column %lld is not a finite number", path, loc,
+                               (long long)(k / e->d) + 1, (long long)(k % e->d) + 1);
+    if (!rc) rc = read_df_index(h.f, "obs", path, e->barcodes, e->n, err);
+    if (!rc) {
+        char used[NBS_NAME_MAX];
+        snprintf(e->source, sizeof e->source, "obsm['%s'] of %s", key, path);
+        if (!scalar_string(h.f, "uns/nbsphere/embedding_key", used, sizeof used) && !strcmp(used, key) &&
+            !scalar_string(h.f, "uns/nbsphere/metric", used, sizeof used) &&
+            (!strcmp(used, "cosine") || !strcmp(used, "euclidean")))
+            snprintf(e->metric, sizeof e->metric, "%s", used);
+    }
+    if (sp >= 0) H5Sclose(sp);
+    if (d >= 0) H5Dclose(d);
+    h5ad_close(&h);
+    return rc;
+}
+
+static int cmp_str_ptr(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static int has_suffix(const char *s, const char *suffix) {
+    const size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcasecmp(s + n - k, suffix);
+}
+
+int nbs_io_read_embedding(const char *path, const char *obsm_key, nbs_embedding_table *out, nbs_error *err) {
+    memset(out, 0, sizeof *out);
+    int rc;
+    if (has_suffix(path, ".h5ad") || has_suffix(path, ".h5ad.gz"))
+        rc = read_obsm(path, obsm_key && *obsm_key ? obsm_key : "X_nbsphere", out, err);
+    else if (obsm_key && *obsm_key)
+        rc = nbs_error_set(err, NBS_ERR_USAGE, "%s: --use-rep names an obsm entry, but this is a table, not an .h5ad",
+                           path);
+    else rc = nbs_io_read_embedding_table(path, out, err);
+    /* the cells are matched by barcode: a repeated one would be ambiguous */
+    char **sorted = rc ? NULL : nbs_malloc(sizeof *sorted * (size_t)out->n, err);
+    if (!rc && !sorted) rc = NBS_ERR_NOMEM;
+    if (!rc) {
+        memcpy(sorted, out->barcodes, sizeof *sorted * (size_t)out->n);
+        qsort(sorted, (size_t)out->n, sizeof *sorted, cmp_str_ptr);
+        for (int64_t i = 1; i < out->n && !rc; i++)
+            if (!strcmp(sorted[i - 1], sorted[i]))
+                rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: the barcode '%s' names two cells of the embedding", path,
+                                   sorted[i]);
+    }
+    free(sorted);
+    if (rc) nbs_embedding_table_free(out);
+    return rc;
+}
+
+void nbs_embedding_table_free(nbs_embedding_table *e) {
+    if (!e) return;
+    if (e->barcodes)
+        for (int64_t i = 0; i < e->n; i++) free(e->barcodes[i]);
+    free(e->barcodes);
+    free(e->z);
+    memset(e, 0, sizeof *e);
 }

@@ -6,6 +6,7 @@
 #include <stdint.h>
 
 #include "nbsphere/error.h"
+#include "nbsphere/io.h"
 #include "nbsphere/matrix.h"
 
 /* 1 when the file starts with the gzip magic bytes. */
@@ -28,5 +29,8 @@ int nbs_io_read_h5ad_obs_cells(const char *path, const char *column, const nbs_m
                                char ***labels, nbs_error *err);
 int nbs_io_read_labels_table_cells(const char *path, const char *column, const nbs_matrix *m,
                                    const char *every_cell, char ***labels, nbs_error *err);
+
+/* The table half of nbs_io_read_embedding (io_table.c). */
+int nbs_io_read_embedding_table(const char *path, nbs_embedding_table *e, nbs_error *err);
 
 #endif

@@ -5,6 +5,8 @@
  * never held whole as text or fields. */
 #include <csv.h>
 #include <errno.h>
+#include <float.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -479,5 +481,85 @@ int nbs_io_read_labels_table_cells(const char *path, const char *column, const n
     if (!rc) rc = nbs_io_match_labels(names, vals, n, m, labels, path, every_cell, err);
     free_strs(names, n);
     free_strs(vals, n);
+    return rc;
+}
+
+/* ---- an embedding table ---- */
+
+/* nbsphere's own extra columns of embedding.tsv: kappa (the sphere) and var1.. (variances) */
+static int extra_column(const char *s) {
+    if (!strcmp(s, "kappa")) return 1;
+    if (strncmp(s, "var", 3) || !s[3]) return 0;
+    for (const char *c = s + 3; *c; c++)
+        if (*c < '0' || *c > '9') return 0;
+    return 1;
+}
+
+int nbs_io_read_embedding_table(const char *path, nbs_embedding_table *e, nbs_error *err) {
+    table_reader r;
+    memset(e, 0, sizeof *e);
+    int rc = tok_open(&r, path, 0, err);
+    int64_t n_head = 0, cap = 0;
+    int *coord = NULL; /* [n_head] column i is a coordinate */
+    if (!rc) rc = tok_next(&r);
+    if (!rc && !r.n)
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:1: the file is empty; expected a header (barcode, then one "
+                           "column per embedding dimension)", path);
+    if (!rc && r.n < 2)
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:1: one column; expected a barcode column and at least one "
+                           "coordinate column (%s-separated)", path, delim_name(r.delim));
+    if (!rc && !(coord = nbs_calloc((size_t)r.n, sizeof *coord, err))) rc = NBS_ERR_NOMEM;
+    if (!rc) {
+        n_head = r.n;
+        int skipped = 0;
+        for (int64_t i = 1; i < n_head; i++) {
+            coord[i] = !extra_column(field(&r, i));
+            e->d += coord[i];
+            if (!coord[i] && !strcmp(field(&r, i), "kappa")) snprintf(e->metric, sizeof e->metric, "cosine");
+            skipped += !coord[i];
+        }
+        if (!e->d) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:1: no coordinate column (only kappa/var columns)", path);
+        snprintf(e->source, sizeof e->source, "%d columns of %s%s", e->d, path,
+                 skipped ? " (its kappa/var columns skipped)" : "");
+    }
+    while (!rc && !(rc = tok_next(&r)) && r.n) {
+        if (r.n != n_head) {
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%lld: %lld fields, but the header has %lld; every row is a "
+                               "barcode and the same coordinates", path, (long long)r.rec_line, (long long)r.n,
+                               (long long)n_head);
+            break;
+        }
+        if (e->n == cap) {
+            cap = cap ? 2 * cap : 1024;
+            char **nb = realloc(e->barcodes, (size_t)cap * sizeof *nb);
+            if (nb) e->barcodes = nb;
+            float *nz = realloc(e->z, (size_t)cap * (size_t)e->d * sizeof *nz);
+            if (nz) e->z = nz;
+            if (!nb || !nz) {
+                rc = nbs_error_set(err, NBS_ERR_NOMEM, "%s:%lld: out of memory", path, (long long)r.rec_line);
+                break;
+            }
+        }
+        if (!(e->barcodes[e->n] = nbs_strdup(field(&r, 0), err))) {
+            rc = NBS_ERR_NOMEM;
+            break;
+        }
+        float *row = e->z + e->n * e->d;
+        e->n++;
+        for (int64_t i = 1, j = 0; i < n_head && !rc; i++) {
+            if (!coord[i]) continue;
+            char *end;
+            const char *s = field(&r, i);
+            double v = strtod(s, &end);
+            if (!*s || *end || !isfinite(v) || fabs(v) > FLT_MAX)
+                rc = nbs_error_set(err, NBS_ERR_INPUT, "%s:%lld: column %lld of cell %s is '%s', not a finite number",
+                                   path, (long long)r.rec_line, (long long)i + 1, e->barcodes[e->n - 1], s);
+            row[j++] = (float)v;
+        }
+    }
+    if (!rc && !e->n) rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: a header but no cells", path);
+    tok_close(&r);
+    free(coord);
+    if (rc) nbs_embedding_table_free(e);
     return rc;
 }

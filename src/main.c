@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -120,7 +121,7 @@ static int do_run(cli *c, const char *pipeline_path, const char *resume, run_arg
         st = nbs_pipeline_load(pipeline_path, r->sets, r->n_sets, flags, p, err);
     }
     if (!st) {
-        nbs_run_options o = {c->command_line, c->progress, resume, 0, 0};
+        nbs_run_options o = {c->command_line, c->progress, resume, 0, 0, NULL, NULL};
         st = nbs_run(p, &o, err);
         char shown[NBS_PATH_MAX];
         if (!st && c->verbosity >= 1)
@@ -435,10 +436,10 @@ static const char DIAGNOSE_USAGE[] =
     "  --set diagnose.tau_kl=0.05   e.g. other thresholds (see pipelines/reference.yaml)\n";
 
 static const char TRAJECTORY_USAGE[] =
-    "usage: nbsphere trajectory MODEL DATA [--out DIR] [--labels FILE] [--label-column C]\n"
-    "                          [--root BARCODE | --root-label L] [--k K] [--resolution R]\n"
-    "                          [--n-dcs N] [--format F] [--layer L] [--genome G]\n"
-    "                          [--set section.key=value]...\n"
+    "usage: nbsphere trajectory MODEL|EMBEDDING DATA [--out DIR] [--labels FILE]\n"
+    "                          [--label-column C] [--root BARCODE | --root-label L] [--k K]\n"
+    "                          [--resolution R] [--n-dcs N] [--use-rep KEY] [--metric M]\n"
+    "                          [--format F] [--layer L] [--genome G] [--set section.key=value]...\n"
     "\n"
     "Embeds the cells of DATA with a trained model (as 'nbsphere diagnose', whose report it\n"
     "writes too), then runs the trajectory stage on the embedding: the k-NN graph (Euclidean,\n"
@@ -448,6 +449,11 @@ static const char TRAJECTORY_USAGE[] =
     "uns['neighbors'], obs['leiden'], uns['paga'], obsm['X_diffmap'], uns['diffmap_evals'],\n"
     "uns['iroot'] and obs['dpt_pseudotime'], as scanpy writes them; report.html a trajectory\n"
     "section, collapse_report.json a 'trajectory' object.\n"
+    "An EMBEDDING made elsewhere instead of a model (a file ending in .h5ad: its obsm entry;\n"
+    ".tsv, .csv or .txt: a barcode column, then one column per dimension, as nbsphere's\n"
+    "embedding.tsv) goes through the same stage; DATA is preprocessed as for training (its\n"
+    "genes are the wrap-around check's reference) and every cell it keeps must be in the\n"
+    "embedding. Outputs: embedding.h5ad, report.html (trajectory only), trajectory.json.\n"
     "\n"
     "  --out DIR           output folder (default nbsphere_trajectory)\n"
     "  --labels FILE       a table with a barcode column, for the labels (and covariates)\n"
@@ -458,7 +464,21 @@ static const char TRAJECTORY_USAGE[] =
     "  --k K               neighbours per cell, the cell itself included (default 15)\n"
     "  --resolution R      Leiden resolution (default 1)\n"
     "  --n-dcs N           diffusion components, the stationary one included (default 10)\n"
+    "  --use-rep KEY       EMBEDDING .h5ad: its obsm key (default X_nbsphere), e.g. X_pca, X_scVI\n"
+    "  --metric M          EMBEDDING: euclidean or cosine (default: what the file says, from\n"
+    "                      nbsphere's uns or a kappa column; else euclidean, with a note)\n"
     "  --format, --layer, --genome, --orientation, --threads   as for 'nbsphere embed'\n";
+
+/* An embedding for `trajectory` rather than a model file: an .h5ad or a table, by its name. */
+static int is_embedding_file(const char *path) {
+    static const char *const ends[] = {".h5ad", ".h5ad.gz", ".tsv", ".tsv.gz", ".csv", ".csv.gz", ".txt", ".txt.gz"};
+    const size_t n = strlen(path);
+    for (size_t e = 0; e < sizeof ends / sizeof *ends; e++) {
+        const size_t k = strlen(ends[e]);
+        if (n > k && !strcasecmp(path + n - k, ends[e])) return 1;
+    }
+    return 0;
+}
 
 /* embed, diagnose and trajectory: MODEL DATA plus input options; diagnose and trajectory start
  * from the model's stored configuration (its thresholds), with the input section reset to DATA. */
@@ -488,11 +508,27 @@ static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err
     const size_t n_opts = mode == MODE_TRAJECTORY ? 12 : diagnose ? 7 : 6;
     int adapt = 0;
     long long adapt_epochs = -1; /* not given */
+    const char *use_rep = NULL, *metric = NULL; /* trajectory of a given embedding */
     for (int i = 0; i < argc; i++) {
         int k = common_run_opt(argc, argv, &i, &r, cmd, err);
         if (k < 0) return -k;
         if (k) continue;
         int hit = 0, missing;
+        if (mode == MODE_TRAJECTORY) {
+            const char *v = opt_value(argc, argv, &i, "--use-rep", &missing);
+            if (missing) return usage_error(err, cmd, "--use-rep needs an obsm key, e.g. X_pca");
+            if (v) {
+                use_rep = v;
+                continue;
+            }
+            v = opt_value(argc, argv, &i, "--metric", &missing);
+            if (missing || (v && strcmp(v, "euclidean") && strcmp(v, "cosine")))
+                return usage_error(err, cmd, "--metric takes euclidean or cosine");
+            if (v) {
+                metric = v;
+                continue;
+            }
+        }
         if (!diagnose && !strcmp(argv[i], "--adapt")) {
             adapt = 1;
             continue;
@@ -519,7 +555,9 @@ static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err
         }
         if (hit) continue;
         if (argv[i][0] == '-' && argv[i][1]) return usage_error(err, cmd, "unknown option");
-        if (n_files == 2) return usage_error(err, cmd, "expected two files, MODEL and DATA");
+        if (n_files == 2)
+            return usage_error(err, cmd, mode == MODE_TRAJECTORY ? "expected two files, MODEL (or EMBEDDING) and DATA"
+                                                                 : "expected two files, MODEL and DATA");
         files[n_files++] = argv[i];
     }
     /* several samples instead of DATA: --set input.samples={name: path, ...} */
@@ -528,6 +566,10 @@ static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err
     if (n_files < 2 && !(samples && n_files == 1))
         return usage_error(err, cmd, "expected two files, MODEL and DATA (or MODEL and --set input.samples=...)");
     if (adapt_epochs > 0 && !adapt) return usage_error(err, cmd, "--adapt-epochs is for --adapt");
+    /* an embedding (.h5ad obsm, or a table) instead of a model: the data's own defaults */
+    const int given = mode == MODE_TRAJECTORY && is_embedding_file(files[0]);
+    if ((use_rep || metric) && !given)
+        return usage_error(err, cmd, "--use-rep and --metric are for an embedding (.h5ad, .tsv, .csv), not a model");
     /* the data first, so that the options and --set refine them */
     run_args all = {0};
     snprintf(buf[nb], sizeof buf[0], "input.path=%s", files[1] ? files[1] : "");
@@ -539,7 +581,7 @@ static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err
     nbs_pipeline *p = malloc(sizeof *p);
     if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
     int st;
-    if (diagnose) {
+    if (diagnose && !given) {
         char *yaml = NULL;
         st = nbs_checkpoint_config_text(files[0], &yaml, err);
         if (!st) st = nbs_pipeline_load_string(yaml, files[0], NULL, NULL, 0, 0, p, err);
@@ -554,8 +596,10 @@ static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err
         st = nbs_pipeline_load(NULL, all.sets, all.n_sets, NBS_PIPELINE_REQUIRE_INPUT, p, err);
     }
     if (!st) {
-        nbs_run_options o = {c->command_line, c->progress, NULL, adapt, adapt_epochs > 0 ? (int)adapt_epochs : 200};
-        st = mode == MODE_TRAJECTORY ? nbs_run_trajectory(files[0], p, &o, err)
+        nbs_run_options o = {c->command_line, c->progress, NULL, adapt, adapt_epochs > 0 ? (int)adapt_epochs : 200,
+                             use_rep, metric};
+        st = given                   ? nbs_run_trajectory_embedding(files[0], p, &o, err)
+             : mode == MODE_TRAJECTORY ? nbs_run_trajectory(files[0], p, &o, err)
              : diagnose              ? nbs_run_diagnose(files[0], p, &o, err)
                                      : nbs_run_embed(files[0], p, &o, err);
         if (!st && c->verbosity >= 1) fprintf(stderr, "nbsphere: outputs in %s\n", p->config.output.dir);

@@ -405,6 +405,30 @@ int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_erro
     return write_report(path, in, json_body, err);
 }
 
+int nbs_report_write_trajectory_json(const char *path, const nbs_report_input *in, const char *source,
+                                     nbs_error *err) {
+    if (!in || !in->trajectory)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: no trajectory to write (bug)", path);
+    char tmp[NBS_PATH_MAX];
+    FILE *f;
+    int st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
+    fprintf(f, "{\n");
+    nbs_json_key(f, 2, "nbsphere_version");
+    nbs_json_string(f, NBS_VERSION);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "title");
+    nbs_json_string(f, in->title);
+    fprintf(f, ",\n");
+    nbs_json_key(f, 2, "embedding");
+    nbs_json_string(f, source);
+    fprintf(f, ",\n");
+    json_trajectory(f, in->trajectory);
+    nbs_json_key(f, 2, "n_cells");
+    fprintf(f, "%lld\n}\n", (long long)in->n_cells);
+    return nbs_io_atomic_close(f, tmp, path, err);
+}
+
 /* ------------------------------------------------------------------ TSV */
 
 static void tsv_num(FILE *f, double v) {

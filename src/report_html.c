@@ -1152,3 +1152,31 @@ int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_erro
     return st;
 }
 
+int nbs_report_write_trajectory_html(const char *path, const nbs_report_input *in, const char *source,
+                                     nbs_error *err) {
+    if (!in || !in->trajectory)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: no trajectory to write (bug)", path);
+    nbs_svg_buf b;
+    nbs_svg_buf_init(&b);
+    nbs_svg_buf_printf(&b, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                           "<meta name=\"viewport\" content=\"width=device-width\"><title>nbsphere trajectory");
+    if (in->title) {
+        nbs_svg_buf_printf(&b, ": ");
+        nbs_svg_buf_text(&b, in->title);
+    }
+    nbs_svg_buf_printf(&b, "</title><style>%s</style></head><body>\n<h1>Trajectory report</h1>\n<p class=\"meta\">",
+                       CSS);
+    if (in->title) {
+        nbs_svg_buf_text(&b, in->title);
+        nbs_svg_buf_printf(&b, " \xc2\xb7 ");
+    }
+    nbs_svg_buf_printf(&b, "an embedding of %d dimensions, %lld cells, given as ", in->d, (long long)in->n_cells);
+    nbs_svg_buf_text(&b, source);
+    nbs_svg_buf_printf(&b, " (no model, so no collapse measures) \xc2\xb7 nbsphere %s</p>\n", NBS_VERSION);
+    int st = trajectory_view(&b, in, err);
+    nbs_svg_buf_printf(&b, "<footer>Written by nbsphere %s. The same measures are in trajectory.json.</footer>\n"
+                           "</body></html>\n", NBS_VERSION);
+    if (!st) st = write_buf(path, &b, err);
+    nbs_svg_buf_free(&b);
+    return st;
+}

@@ -49,6 +49,8 @@ typedef struct {
     char **labels;              /* per kept cell, from input.label_column; NULL without */
     double knn_embedding, knn_pca; /* 15-NN label accuracy (5-fold), NaN when not computed */
     float *z, *spread;          /* the embedding of every kept cell (location; variances or kappa) */
+    int d, cosine;              /* its width, and whether its distance is the cosine (the sphere) */
+    const char *emb_source;     /* a given embedding (not the model's): where it came from */
     nbs_integration integration; /* scIB metrics, with a batch covariate or labels */
     int have_integration;
     char **batch_labels;         /* [n] each kept cell's batch name (pointers into the covariates) */
@@ -279,8 +281,70 @@ static int embed_cells(run_state *s, nbs_error *err) {
     s->spread = s->z ? nbs_malloc(sizeof(float) * (size_t)(n * nbs_latent_spread_dim(L) + 1), err)
                      : NULL;
     if (!s->spread) return err->code;
+    s->d = L->dim;
+    s->cosine = nbs_latent_on_sphere(L);
     const nbs_cells all = all_cells(s);
     return nbs_model_embed(s->ck.model, &all, s->z, s->spread, err);
+}
+
+static int cmp_barcode(const void *a, const void *b, void *names) {
+    char *const *n = names;
+    return strcmp(n[*(const int64_t *)a], n[*(const int64_t *)b]);
+}
+
+/* A given embedding in place of the model's: its rows of the kept cells, in their order. */
+static int load_embedding(run_state *s, const char *path, nbs_error *err) {
+    nbs_embedding_table e;
+    int st = nbs_io_read_embedding(path, s->o->use_rep, &e, err);
+    if (st) return st;
+    const nbs_matrix *X = s->pre->matrix;
+    const int64_t n = X->n_cells;
+    int64_t *order = nbs_malloc(sizeof *order * (size_t)e.n, err); /* [e.n] rows by barcode */
+    s->z = order ? nbs_malloc(sizeof *s->z * (size_t)(n * e.d + 1), err) : NULL;
+    if (!s->z) st = NBS_ERR_NOMEM;
+    for (int64_t r = 0; !st && r < e.n; r++) order[r] = r;
+    if (!st) qsort_r(order, (size_t)e.n, sizeof *order, cmp_barcode, e.barcodes);
+    int64_t missing = 0, first = -1;
+    for (int64_t i = 0; !st && i < n; i++) {
+        int64_t lo = 0, hi = e.n; /* the first row whose barcode is not below cell i's */
+        while (lo < hi) {
+            const int64_t mid = lo + (hi - lo) / 2;
+            if (strcmp(e.barcodes[order[mid]], X->barcodes[i]) < 0) lo = mid + 1;
+            else hi = mid;
+        }
+        if (lo == e.n || strcmp(e.barcodes[order[lo]], X->barcodes[i])) {
+            if (!missing++) first = i;
+            continue;
+        }
+        memcpy(s->z + i * e.d, e.z + order[lo] * e.d, sizeof *s->z * (size_t)e.d);
+    }
+    if (!st && missing)
+        st = nbs_error_set(err, NBS_ERR_INPUT, "%s: %lld of the %lld cells that %s keeps after quality control are not "
+                           "in the embedding (the first: %s); embed the same cells, with the same barcodes (an "
+                           "embedding.h5ad or .tsv of nbsphere has the barcodes of the data it embedded)", path,
+                           (long long)missing, (long long)n, s->p->config.input.path, X->barcodes[first]);
+    if (!st) {
+        const char *metric = s->o->metric ? s->o->metric : e.metric;
+        s->d = e.d;
+        s->cosine = !strcmp(metric, "cosine");
+        s->emb_source = path;
+        if (e.n > n) nbs_info("%s: %lld of its %lld cells are not among the data's kept cells and are left out", path,
+                              (long long)(e.n - n), (long long)e.n);
+        nbs_info("embedding: %s, %lld cells x %d, %s distance%s", e.source, (long long)n, e.d,
+                 s->cosine ? "cosine" : "euclidean",
+                 s->o->metric ? " (--metric)" : e.metric[0] ? " (as the file says)"
+                                                 : " (the file does not say; --metric cosine for a spherical one)");
+        for (int64_t i = 0; s->cosine && i < n && !st; i++) { /* the graph scales rows to unit length */
+            double q = 0;
+            for (int j = 0; j < e.d; j++) q += fabs(s->z[i * e.d + j]);
+            if (q == 0)
+                st = nbs_error_set(err, NBS_ERR_INPUT, "%s: cell %s is the zero vector, which has no direction for "
+                                   "the cosine distance", path, X->barcodes[i]);
+        }
+    }
+    free(order);
+    nbs_embedding_table_free(&e);
+    return st;
 }
 
 /* scIB integration metrics (integrate.h) when the model has a batch covariate or labels are given;
@@ -383,12 +447,11 @@ static int wraparound(run_state *s, nbs_error *err) {
 static int stage_trajectory(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     stage_begin(s, "trajectory");
-    const nbs_latent *L = nbs_model_latent(s->ck.model);
     int st = read_labels(s, err);
     if (!st) st = embed_cells(s, err);
     if (st) return st;
     const nbs_matrix *X = s->pre->matrix;
-    st = nbs_trajectory_compute(s->z, X->n_cells, L->dim, nbs_latent_on_sphere(L) ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
+    st = nbs_trajectory_compute(s->z, X->n_cells, s->d, s->cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
                                 &c->trajectory, X->barcodes, s->labels, c->input.label_column, c->train.seed, &s->traj,
                                 err);
     if (st) return st;
@@ -501,6 +564,82 @@ static int write_genes(run_state *s, nbs_error *err) {
     return st ? st : nbs_manifest_add_output(s->manifest, NBS_OUT_GENES, err);
 }
 
+/* embedding.h5ad: the embedding (and the trajectory's entries) with the input's cells. An .h5ad input
+ * is copied (only the kept cells), so all of its obs, var and layers stay; other inputs give a new
+ * file with the counts the model saw. */
+static int write_h5ad(run_state *s, const float *spread, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const nbs_matrix *X = s->pre->matrix;
+    const int64_t n = X->n_cells;
+    const int d = s->d, gauss = !s->cosine;
+    const float *z = s->z;
+    char path[NBS_PATH_MAX];
+    int st = NBS_OK;
+    const char *copy = s->format == NBS_FMT_H5AD ? s->p->config.input.path : NULL;
+    const nbs_covariates *cov = &s->ck.covariates;
+    nbs_embedding_meta meta = {c->output.embedding_key,
+                               s->ck.model ? nbs_latent_word(nbs_model_latent(s->ck.model)->kind) : "given",
+                               gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread,
+                               cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0, NULL};
+    /* the covariates as obs columns, unless they came from the obs being copied */
+    nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 3];
+    if (!(copy && !c->input.labels_path[0])) {
+        for (int k = 0; k < cov->n_categorical; k++)
+            cols[meta.n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
+                                                          cov->categorical[k].categories, s->cov.codes + k, NULL,
+                                                          cov->n_categorical};
+        for (int k = 0; k < cov->n_continuous; k++)
+            cols[meta.n_obs_columns++] = (nbs_obs_column){cov->continuous[k].name, 0, NULL, NULL, s->cov.raw + k,
+                                                          cov->n_continuous};
+        meta.obs_columns = cols;
+    }
+    /* the trajectory stage's results where scanpy keeps them */
+    const nbs_trajectory *t = &s->traj;
+    char names_c[256][8], *cluster_names[256];
+    nbs_h5ad_trajectory ht;
+    if (s->have_traj) {
+        for (int k = 0; k < t->n_clusters && k < 256; k++) {
+            snprintf(names_c[k], sizeof names_c[k], "%d", k);
+            cluster_names[k] = names_c[k];
+        }
+        if (t->n_clusters > 256) st = nbs_error_set(err, NBS_ERR_INPUT, "trajectory: %d Leiden clusters are more "
+                                                    "than 256; lower trajectory.resolution", t->n_clusters);
+        cols[meta.n_obs_columns++] = (nbs_obs_column){"leiden", t->n_clusters, cluster_names, t->cluster, NULL, 1};
+        cols[meta.n_obs_columns++] = (nbs_obs_column){"dpt_pseudotime", 0, NULL, NULL, t->pseudotime, 1};
+        if (t->wrap.computed)
+            cols[meta.n_obs_columns++] = (nbs_obs_column){"shortcut_score", 0, NULL, NULL, t->wrap.score, 1};
+        meta.obs_columns = cols;
+        ht = (nbs_h5ad_trajectory){{n, n, t->knn.indptr, t->knn.indices, t->knn.weights},
+                                   {n, n, t->kernel.indptr, t->kernel.indices, t->kernel.weights},
+                                   t->k, "gauss", gauss ? "euclidean" : "cosine", t->n_dcs, t->diffmap,
+                                   t->evals, t->root, {0, 0, NULL, NULL, NULL}, "leiden"};
+        meta.trajectory = &ht;
+    }
+    /* PAGA as a sparse matrix: the nonzero entries of the dense one */
+    int64_t paga_nnz = 0, *paga_ptr = NULL, *paga_idx = NULL;
+    double *paga_val = NULL;
+    if (!st && s->have_traj) {
+        const int nc = t->n_clusters;
+        paga_ptr = nbs_calloc((size_t)nc + 1, sizeof *paga_ptr, err);
+        paga_idx = nbs_malloc(sizeof *paga_idx * (size_t)nc * (size_t)nc + 1, err);
+        paga_val = nbs_malloc(sizeof *paga_val * (size_t)nc * (size_t)nc + 1, err);
+        if (!paga_ptr || !paga_idx || !paga_val) st = NBS_ERR_NOMEM;
+        for (int a = 0; !st && a < nc; a++) {
+            for (int b = 0; b < nc; b++)
+                if (t->paga[a * nc + b] > 0) paga_idx[paga_nnz] = b, paga_val[paga_nnz++] = t->paga[a * nc + b];
+            paga_ptr[a + 1] = paga_nnz;
+        }
+        ht.paga = (nbs_h5ad_csr){nc, nc, paga_ptr, paga_idx, paga_val};
+    }
+    if (!st && out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    if (!st) st = nbs_io_write_h5ad(path, copy, X, d, z, &meta, err);
+    if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
+    free(paga_ptr);
+    free(paga_idx);
+    free(paga_val);
+    return st;
+}
+
 static int stage_write(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_matrix *X = s->pre->matrix;
@@ -524,71 +663,7 @@ static int stage_write(run_state *s, nbs_error *err) {
     if (!st) st = nbs_io_write_embedding_tsv(path, X->barcodes, n, d, z, n_extra, names, spread, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
     if (!st && s->trained) st = write_genes(s, err);
-    if (!st && c->output.write_h5ad) {
-        /* An .h5ad input is copied (only the kept cells) with the embedding added, so all of its
-         * obs, var and layers stay; other inputs give a new file with the counts the model saw. */
-        const char *copy = s->format == NBS_FMT_H5AD ? s->p->config.input.path : NULL;
-        const nbs_covariates *cov = &s->ck.covariates;
-        nbs_embedding_meta meta = {c->output.embedding_key, nbs_latent_word(L->kind),
-                                   gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread,
-                                   cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0, NULL};
-        /* the covariates as obs columns, unless they came from the obs being copied */
-        nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 3];
-        if (!(copy && !c->input.labels_path[0])) {
-            for (int k = 0; k < cov->n_categorical; k++)
-                cols[meta.n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
-                                                              cov->categorical[k].categories, s->cov.codes + k, NULL,
-                                                              cov->n_categorical};
-            for (int k = 0; k < cov->n_continuous; k++)
-                cols[meta.n_obs_columns++] = (nbs_obs_column){cov->continuous[k].name, 0, NULL, NULL, s->cov.raw + k,
-                                                              cov->n_continuous};
-            meta.obs_columns = cols;
-        }
-        /* the trajectory stage's results where scanpy keeps them */
-        const nbs_trajectory *t = &s->traj;
-        char names_c[256][8], *cluster_names[256];
-        nbs_h5ad_trajectory ht;
-        if (s->have_traj) {
-            for (int k = 0; k < t->n_clusters && k < 256; k++) {
-                snprintf(names_c[k], sizeof names_c[k], "%d", k);
-                cluster_names[k] = names_c[k];
-            }
-            if (t->n_clusters > 256) st = nbs_error_set(err, NBS_ERR_INPUT, "trajectory: %d Leiden clusters are more "
-                                                        "than 256; lower trajectory.resolution", t->n_clusters);
-            cols[meta.n_obs_columns++] = (nbs_obs_column){"leiden", t->n_clusters, cluster_names, t->cluster, NULL, 1};
-            cols[meta.n_obs_columns++] = (nbs_obs_column){"dpt_pseudotime", 0, NULL, NULL, t->pseudotime, 1};
-            if (t->wrap.computed)
-                cols[meta.n_obs_columns++] = (nbs_obs_column){"shortcut_score", 0, NULL, NULL, t->wrap.score, 1};
-            meta.obs_columns = cols;
-            ht = (nbs_h5ad_trajectory){{n, n, t->knn.indptr, t->knn.indices, t->knn.weights},
-                                       {n, n, t->kernel.indptr, t->kernel.indices, t->kernel.weights},
-                                       t->k, "gauss", gauss ? "euclidean" : "cosine", t->n_dcs, t->diffmap,
-                                       t->evals, t->root, {0, 0, NULL, NULL, NULL}, "leiden"};
-            meta.trajectory = &ht;
-        }
-        /* PAGA as a sparse matrix: the nonzero entries of the dense one */
-        int64_t paga_nnz = 0, *paga_ptr = NULL, *paga_idx = NULL;
-        double *paga_val = NULL;
-        if (!st && s->have_traj) {
-            const int nc = t->n_clusters;
-            paga_ptr = nbs_calloc((size_t)nc + 1, sizeof *paga_ptr, err);
-            paga_idx = nbs_malloc(sizeof *paga_idx * (size_t)nc * (size_t)nc + 1, err);
-            paga_val = nbs_malloc(sizeof *paga_val * (size_t)nc * (size_t)nc + 1, err);
-            if (!paga_ptr || !paga_idx || !paga_val) st = NBS_ERR_NOMEM;
-            for (int a = 0; !st && a < nc; a++) {
-                for (int b = 0; b < nc; b++)
-                    if (t->paga[a * nc + b] > 0) paga_idx[paga_nnz] = b, paga_val[paga_nnz++] = t->paga[a * nc + b];
-                paga_ptr[a + 1] = paga_nnz;
-            }
-            ht.paga = (nbs_h5ad_csr){nc, nc, paga_ptr, paga_idx, paga_val};
-        }
-        if (!st && out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-        if (!st) st = nbs_io_write_h5ad(path, copy, X, d, z, &meta, err);
-        if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
-        free(paga_ptr);
-        free(paga_idx);
-        free(paga_val);
-    }
+    if (!st && c->output.write_h5ad) st = write_h5ad(s, spread, err);
     if (!st && c->output.write_report && s->have_report) {
         nbs_report_input ri = {&s->report, &s->track, &s->ck.log, z, n, d, gauss ? NULL : spread,
                                s->labels, c->input.label_column[0] ? c->input.label_column : NULL,
@@ -833,7 +908,7 @@ static int begin_run(run_state *s, const nbs_pipeline *p, const nbs_run_options 
     static const char *const outputs[] = {NBS_OUT_MANIFEST, NBS_OUT_CONFIG, NBS_OUT_LOG, NBS_OUT_CHECKPOINT,
                                           NBS_OUT_MODEL, NBS_OUT_EMBEDDING, NBS_OUT_H5AD, NBS_OUT_GENES,
                                           NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML,
-                                          NBS_OUT_INTEGRATION_TSV};
+                                          NBS_OUT_INTEGRATION_TSV, NBS_OUT_TRAJECTORY_JSON};
     int stale = nbs_io_remove_stale_tmp(p->config.output.dir, outputs, sizeof outputs / sizeof *outputs);
     if (stale) nbs_info("%s: removed %d temporary file%s left by an interrupted run", p->config.output.dir,
                         stale, stale > 1 ? "s" : "");
@@ -873,6 +948,45 @@ int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_ru
 int nbs_run_trajectory(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
                        nbs_error *err) {
     return run_saved_model(model_path, p, o, 1, err);
+}
+
+/* The outputs of a given embedding's trajectory: no model, so no embedding.tsv, genes or collapse
+ * report. */
+static int stage_write_trajectory(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    stage_begin(s, "write");
+    int st = c->output.write_h5ad ? write_h5ad(s, NULL, err) : NBS_OK;
+    nbs_report_input ri = {NULL, NULL, NULL, s->z, s->pre->matrix->n_cells, s->d, NULL, s->labels,
+                           c->input.label_column[0] ? c->input.label_column : NULL, input_title(&c->input), NAN, NAN,
+                           KNN_K, NULL, NULL, NULL, &s->traj};
+    const char *files[2] = {NBS_OUT_REPORT_HTML, NBS_OUT_TRAJECTORY_JSON};
+    char path[NBS_PATH_MAX];
+    for (int i = 0; i < 2 && !st && c->output.write_report; i++) {
+        if (out_path(s, files[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+        else if (i == 0) st = nbs_report_write_trajectory_html(path, &ri, s->emb_source, err);
+        else st = nbs_report_write_trajectory_json(path, &ri, s->emb_source, err);
+        if (!st) st = nbs_manifest_add_output(s->manifest, files[i], err);
+    }
+    return st ? st : stage_end(s, "write", "trajectory of the given embedding written", err);
+}
+
+int nbs_run_trajectory_embedding(const char *embedding_path, const nbs_pipeline *p, const nbs_run_options *o,
+                                 nbs_error *err) {
+    run_state s;
+    int st = begin_run(&s, p, o, err);
+    if (st) return st;
+    st = stage_load(&s, err);
+    if (!st) st = stage_preprocess(&s, err);
+    if (!st) {
+        stage_begin(&s, "load embedding");
+        st = load_embedding(&s, embedding_path, err);
+        char msg[NBS_PATH_MAX + 64];
+        snprintf(msg, sizeof msg, "%s: %d dimensions", embedding_path, s.d);
+        if (!st) st = stage_end(&s, "load embedding", msg, err);
+    }
+    if (!st) st = stage_trajectory(&s, err);
+    if (!st) st = stage_write_trajectory(&s, err);
+    return finish_run(&s, st, err);
 }
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {

@@ -2,8 +2,9 @@
  * tests/trajectory_reference.py prints (run it without arguments), PAGA on a graph counted by
  * hand, the diffusion map and DPT on simulated data against the same script run on the same
  * embedding (when /usr/bin/python3 with numpy and scipy is there), DPT against the simulated
- * time, bad roots and sizes, the CLI's embedding.h5ad read back by h5py, and the wrap-around
- * diagnostic's hop counts on a path and its shortcuts on a circle whose reference is a line. */
+ * time, bad roots and sizes, the wrap-around diagnostic's hop counts on a path and its shortcuts
+ * on a circle whose reference is a line, and `nbsphere trajectory` of a given embedding (the
+ * run's own embedding.h5ad and .tsv, read back with HDF5; bad embeddings). */
 #include "testutil.h"
 
 #include <math.h>
@@ -15,6 +16,8 @@
 #include "nbsphere/rng.h"
 #include "nbsphere/simulate.h"
 #include "nbsphere/trajectory.h"
+
+#include <hdf5.h>
 
 /* Spearman correlation of a and b [n] (average ranks for ties; NaN entries left out). */
 static void ranks(const double *v, const int64_t *keep, int64_t m, double *r) {
@@ -527,6 +530,119 @@ static void test_diffmap_on_a_ring_clustered_and_repeated(void **state) {
     }
 }
 
+/* obs/dpt_pseudotime of an embedding.h5ad [n] (malloc'd). */
+static double *read_pseudotime(const char *path, int64_t n) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    assert_true(f >= 0);
+    hid_t d = H5Dopen2(f, "obs/dpt_pseudotime", H5P_DEFAULT);
+    assert_true(d >= 0);
+    hid_t sp = H5Dget_space(d);
+    assert_int_equal(H5Sget_simple_extent_npoints(sp), n);
+    double *v = malloc(sizeof *v * (size_t)n);
+    assert_true(H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) >= 0);
+    H5Sclose(sp);
+    H5Dclose(d);
+    H5Fclose(f);
+    return v;
+}
+
+static void expect_cli(const char *args, int code, const char *needle) {
+    char *errout = NULL;
+    const int rc = tu_run_cli(args, NULL, &errout);
+    if (rc != code || (needle && (!errout || !strstr(errout, needle))))
+        fail_msg("nbsphere %s: exit %d (expected %d), stderr without '%s':\n%s", args, rc, code, needle ? needle : "",
+                 errout ? errout : "");
+    free(errout);
+}
+
+/* `nbsphere trajectory EMBEDDING DATA`: a model's embedding.h5ad and embedding.tsv, given back as
+ * embeddings, give exactly the pseudotime of the run that trained it; the outputs of a given
+ * embedding (no collapse report); and bad embeddings refused with the file and the cell named. */
+static void test_trajectory_of_given_embedding(void **state) {
+    (void)state;
+    enum { N = 400 };
+    char *dir = tu_tmpdir();
+    char args[8192], path[4096];
+    snprintf(args, sizeof args, "simulate --out %s/sim --cells %d --genes 150 --format h5ad --seed 3", dir, N);
+    expect_cli(args, 0, NULL);
+    snprintf(path, sizeof path, "%s/p.yaml", dir);
+    char yaml[4096];
+    snprintf(yaml, sizeof yaml, "input:\n  path: %s/sim/sim.h5ad\n  format: h5ad\n  label_column: branch\n"
+             "train:\n  epochs: 3\ntrajectory:\n  enabled: true\n  root_label: root\n", dir);
+    assert_int_equal(tu_write_file(path, yaml), 0);
+    snprintf(args, sizeof args, "run %s --out %s/m", path, dir);
+    expect_cli(args, 0, NULL);
+    snprintf(path, sizeof path, "%s/m/embedding.h5ad", dir);
+    double *want = read_pseudotime(path, N);
+    const char *given[] = {"embedding.h5ad", "embedding.tsv"};
+    for (int g = 0; g < 2; g++) {
+        snprintf(args, sizeof args, "trajectory %s/m/%s %s/sim/sim.h5ad --label-column branch --root-label root "
+                 "--out %s/t%d", dir, given[g], dir, dir, g);
+        expect_cli(args, 0, g ? "(the file does not say" : NULL);
+        snprintf(path, sizeof path, "%s/t%d/embedding.h5ad", dir, g);
+        double *got = read_pseudotime(path, N);
+        int64_t same = 0;
+        for (int64_t i = 0; i < N; i++) same += got[i] == want[i] || (isnan(got[i]) && isnan(want[i]));
+        /* the table's coordinates are the model's float32 printed to 9 digits, which round-trip */
+        fprintf(stderr, "trajectory of the run's %s: %lld of %d pseudotimes identical\n", given[g], (long long)same, N);
+        assert_int_equal(same, N);
+        free(got);
+        snprintf(path, sizeof path, "%s/t%d/trajectory.json", dir, g);
+        char *json = tu_read_file(path, NULL);
+        assert_non_null(json);
+        assert_non_null(strstr(json, "\"wraparound\""));
+        assert_non_null(strstr(json, given[g]));
+        free(json);
+        snprintf(path, sizeof path, "%s/t%d/report.html", dir, g);
+        char *html = tu_read_file(path, NULL);
+        assert_non_null(html);
+        assert_non_null(strstr(html, "<h1>Trajectory report</h1>"));
+        assert_non_null(strstr(html, "id=\"trajectory\""));
+        free(html);
+        snprintf(path, sizeof path, "%s/t%d/collapse_report.json", dir, g);
+        assert_false(tu_exists(path));
+    }
+    free(want);
+
+    /* bad embeddings: a kept cell missing, a value not finite, a barcode twice, an absent obsm key */
+    char *tsv = NULL;
+    snprintf(path, sizeof path, "%s/m/embedding.tsv", dir);
+    tsv = tu_read_file(path, NULL);
+    assert_non_null(tsv);
+    char *last = strrchr(tsv, '\n');
+    *last = '\0';
+    last = strrchr(tsv, '\n'); /* the start of the last row */
+    char bad[4096];
+    const char *cases[][2] = {{"missing", "are not in the embedding"}, {"nan", "not a finite number"},
+                              {"twice", "names two cells"}};
+    for (int c = 0; c < 3; c++) {
+        snprintf(bad, sizeof bad, "%s/%s.tsv", dir, cases[c][0]);
+        FILE *f = fopen(bad, "w");
+        assert_non_null(f);
+        if (c == 0) fprintf(f, "%.*s\n", (int)(last - tsv), tsv);
+        else if (c == 1) {
+            const char *tab = strchr(last + 1, '\t');
+            fprintf(f, "%.*s\tnan%s\n", (int)(tab - tsv), tsv, strchr(tab + 1, '\t') ? strchr(tab + 1, '\t') : "");
+        } else fprintf(f, "%s\n%s\n", tsv, last + 1);
+        fclose(f);
+        snprintf(args, sizeof args, "trajectory %s %s/sim/sim.h5ad --out %s/bad%d", bad, dir, dir, c);
+        expect_cli(args, 3, cases[c][1]);
+        snprintf(path, sizeof path, "%s/bad%d/embedding.h5ad", dir, c);
+        assert_false(tu_exists(path));
+    }
+    free(tsv);
+    snprintf(args, sizeof args, "trajectory %s/m/embedding.h5ad %s/sim/sim.h5ad --use-rep X_scVI --out %s/bad3", dir,
+             dir, dir);
+    expect_cli(args, 3, "obsm holds: X_diffmap, X_nbsphere");
+    snprintf(args, sizeof args, "trajectory %s/m/model.h5 %s/sim/sim.h5ad --use-rep X_pca --out %s/bad4", dir, dir, dir);
+    expect_cli(args, 2, "are for an embedding");
+    snprintf(args, sizeof args, "trajectory %s/m/embedding.tsv %s/sim/sim.h5ad --metric manhattan --out %s/bad5", dir,
+             dir, dir);
+    expect_cli(args, 2, "--metric takes euclidean or cosine");
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gauss_kernel_matches_scanpy_formula),
@@ -539,6 +655,7 @@ int main(void) {
         cmocka_unit_test(test_edge_hops_on_a_path),
         cmocka_unit_test(test_wraparound_on_a_circle),
         cmocka_unit_test(test_wraparound_on_long_branches),
+        cmocka_unit_test(test_trajectory_of_given_embedding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -67,6 +67,27 @@ int nbs_io_read_labels_table(const char *path, const char *column, const nbs_mat
                              char ***labels, nbs_error *err);
 void nbs_io_free_labels(char **labels, int64_t n);
 
+/* An embedding made elsewhere (nbsphere's embedding.tsv, scVI's or PCA's obsm entry), read for
+ * the trajectory stage: n cells named by barcodes, d coordinates each. */
+typedef struct {
+    int64_t n;
+    int d;
+    char **barcodes; /* [n] */
+    float *z;        /* [n x d] row-major */
+    char metric[16]; /* "cosine" or "euclidean" when the file says which (uns['nbsphere'], a kappa
+                      * column), else "" */
+    char source[NBS_NAME_MAX + 32]; /* where the coordinates came from, for the log */
+} nbs_embedding_table;
+
+/* Reads an embedding: from an .h5ad (or .h5ad.gz) obsm[obsm_key] (a dense 2-D numeric array; NULL
+ * or "" key: X_nbsphere), the barcodes its obs index, the metric uns['nbsphere']['metric'] when that
+ * entry describes this key; or from a tab- or comma-separated table with a header: the first column
+ * barcodes, the others coordinates, except nbsphere's own extra columns kappa (which marks a
+ * spherical embedding) and var1.. (Gaussian variances), which are skipped. Values must be finite;
+ * barcodes unique. Free with nbs_embedding_table_free. */
+int nbs_io_read_embedding(const char *path, const char *obsm_key, nbs_embedding_table *out, nbs_error *err);
+void nbs_embedding_table_free(nbs_embedding_table *e);
+
 /* ---- writing ---- */
 
 /* Embedding as TSV: header "barcode<TAB>dim1..dimd[<TAB>extra...]", one row per cell. Extra

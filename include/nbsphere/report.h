@@ -37,5 +37,12 @@ int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_erro
 int nbs_report_write_integration_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
 int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
 int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_error *err);
+/* A given embedding's trajectory, without a model and so without collapse measures (in->report
+ * NULL, in->trajectory set): report.html with the trajectory section alone, and a JSON file of
+ * collapse_report.json's "trajectory" object with the version, title and embedding's source. */
+int nbs_report_write_trajectory_html(const char *path, const nbs_report_input *in, const char *source,
+                                     nbs_error *err);
+int nbs_report_write_trajectory_json(const char *path, const nbs_report_input *in, const char *source,
+                                     nbs_error *err);
 
 #endif

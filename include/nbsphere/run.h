@@ -15,6 +15,8 @@ typedef struct {
     const char *resume;       /* a checkpoint or model file to continue training from, or NULL */
     int adapt;                /* embed: add the data's new categories to the model (scArches' surgery) */
     int adapt_epochs;         /* ... training their weights this many epochs (> 0) */
+    const char *use_rep;      /* trajectory of an embedding: the .h5ad's obsm key (NULL: X_nbsphere) */
+    const char *metric;       /* ... its distance, "euclidean" or "cosine" (NULL: what the file says) */
 } nbs_run_options;
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);
@@ -42,6 +44,14 @@ int nbs_run_diagnose(const char *model_path, const nbs_pipeline *p, const nbs_ru
  * pseudotime go into embedding.h5ad and the report. */
 int nbs_run_trajectory(const char *model_path, const nbs_pipeline *p, const nbs_run_options *o,
                        nbs_error *err);
+/* The same stage on an embedding made elsewhere (nbs_io_read_embedding: an .h5ad's obsm entry or a
+ * table): p's input is loaded and preprocessed as for training (its selected genes are the
+ * wrap-around reference's), every cell it keeps must be in the embedding (matched by barcode;
+ * others are left out with a note). Writes embedding.h5ad (the coordinates under
+ * output.embedding_key, the trajectory's entries), report.html with the trajectory section alone,
+ * trajectory.json (collapse_report.json's trajectory object) and manifest.json. */
+int nbs_run_trajectory_embedding(const char *embedding_path, const nbs_pipeline *p, const nbs_run_options *o,
+                                 nbs_error *err);
 
 /* The load stage on its own (also used by `inspect`): reads the input section's file with the
  * format it names or detects (*format_used, may be NULL), validates the values and makes gene
@@ -62,5 +72,6 @@ int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_
 #define NBS_OUT_REPORT_TSV "collapse_dimensions.tsv"
 #define NBS_OUT_INTEGRATION_TSV "integration.tsv"
 #define NBS_OUT_REPORT_HTML "report.html"
+#define NBS_OUT_TRAJECTORY_JSON "trajectory.json" /* trajectory of a given embedding */
 
 #endif
