@@ -83,6 +83,7 @@ const char *nbs_model_verdict_word(nbs_model_verdict v) {
 
 void nbs_collapse_report_free(nbs_collapse_report *r) {
     if (!r) return;
+    free(r->category_mass), free(r->category_cells);
     free(r->kl), free(r->activity), free(r->sens_weight), free(r->sens_jacobian), free(r->decoder_nats);
     free(r->verdict);
     memset(r, 0, sizeof *r);
@@ -279,6 +280,53 @@ static int stage_kl(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells
     return st;
 }
 
+/* The discrete latent: the mixture's KL_j (into r->kl) and KL_c, and the category usage. */
+static int categories(const nbs_model *m, const nbs_cells *cells, nbs_collapse_report *r, nbs_error *err) {
+    const int K = nbs_model_discrete(m), d = r->d;
+    const int64_t n = cells->n;
+    float *prob = nbs_malloc(sizeof(float) * (size_t)(n * K), err);      /* (n, K) */
+    double *kl = nbs_malloc(sizeof(double) * (size_t)(n * (d + 1)), err); /* (n, d + 1) */
+    r->category_mass = nbs_calloc((size_t)K, sizeof(double), err);
+    r->category_cells = nbs_calloc((size_t)K, sizeof(int64_t), err);
+    int st = prob && kl && r->category_mass && r->category_cells ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st) st = nbs_model_cluster(m, cells, prob, kl, err);
+    if (!st) {
+        r->n_categories = K;
+        double sum[NBS_MAX_KL_TERMS + 1] = {0};
+        for (int64_t i = 0; i < n; i++) {
+            for (int t = 0; t <= d; t++) sum[t] += kl[i * (d + 1) + t];
+            int best = 0;
+            for (int c = 0; c < K; c++) {
+                r->category_mass[c] += prob[i * K + c];
+                if (prob[i * K + c] > prob[i * K + best]) best = c;
+            }
+            r->category_cells[best]++;
+        }
+        for (int t = 0; t <= d; t++) {
+            if (t < d) r->kl[t] = sum[t] / (double)n;
+            r->kl_total += sum[t] / (double)n;
+        }
+        r->kl_category = sum[d] / (double)n;
+        r->category_entropy = 0;
+        for (int c = 0; c < K; c++) {
+            r->category_mass[c] /= (double)n;
+            if (r->category_mass[c] > 0) r->category_entropy -= r->category_mass[c] * log(r->category_mass[c]);
+            r->n_dead_categories += r->category_cells[c] < NBS_DEAD_CATEGORY_SHARE * (double)n;
+        }
+        if (r->n_dead_categories)
+            snprintf(r->category_summary, sizeof r->category_summary,
+                     "%d of %d categories used by fewer than %.1f %% of cells (entropy of the mean q(c|x) %.3g of "
+                     "log K = %.3g nats, KL of c %.3g nats)", r->n_dead_categories, K, 100 * NBS_DEAD_CATEGORY_SHARE,
+                     r->category_entropy, log((double)K), r->kl_category);
+        else
+            snprintf(r->category_summary, sizeof r->category_summary,
+                     "all %d categories used (entropy of the mean q(c|x) %.3g of log K = %.3g nats, KL of c %.3g "
+                     "nats)", K, r->category_entropy, log((double)K), r->kl_category);
+    }
+    free(prob), free(kl);
+    return st;
+}
+
 int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
                  nbs_collapse_report *r, nbs_error *err) {
     memset(r, 0, sizeof *r);
@@ -320,11 +368,13 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
     for (int s = 0; s < nbs_model_n_stages(m) && !st; s++) {
         double kl_mean[NBS_MAX_KL_TERMS];
         st = stage_kl(m, w, cells, s, s ? NULL : head, kl_mean, err);
-        for (int t = 0; t < nbs_latent_kl_terms(nbs_model_stage_latent(m, s)) && !st; t++) {
+        const int mixture = s == 0 && nbs_model_discrete(m); /* categories() gives its KL */
+        for (int t = 0; t < nbs_latent_kl_terms(nbs_model_stage_latent(m, s)) && !st && !mixture; t++) {
             if (s == 0 && !sphere) r->kl[t] = kl_mean[t];
             r->kl_total += kl_mean[t];
         }
     }
+    if (!st && nbs_model_discrete(m)) st = categories(m, cells, r, err); /* stage 0's KL is the mixture's */
     if (!st) {
         nbs_latent_posterior(L, head, (int)n, loc, spread);
         nbs_latent_expectation(L, head, (int)n, ez);

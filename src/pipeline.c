@@ -17,6 +17,7 @@
 
 #include "nbsphere/io.h"
 #include "nbsphere/latent.h"
+#include "nbsphere/mixture.h"
 #include "pipeline_internal.h"
 
 /* Enums are stored through an int: the compiler must agree. */
@@ -100,6 +101,8 @@ static const nbs_key_desc KEYS[] = {
      NULL},
     {"model", "covariate_embedding_dim", K_INT, F(model, covariate_embedding_dim), 1, 1024, 0, NULL,
      "an integer from 1 to 1024"},
+    {"model", "discrete", K_INT, F(model, discrete), 0, NBS_MAX_DISCRETE, 0, NULL,
+     "0 (none) or a number of categories from 2 to 50 (a Gaussian-mixture prior; Gaussian latent only)"},
 
     {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, W_AUTO,
      "an integer from 1 to 1000000, or auto (200, or 400 with categorical covariates; fewer beyond 20000 cells)"},
@@ -132,6 +135,12 @@ static const nbs_key_desc KEYS[] = {
      "a number >= 0 (0 = off)"},
     {"train", "checkpoint_every", K_INT, F(train, checkpoint_every), 0, 1e6, 0, NULL,
      "an integer >= 0 (0 = only at the end)"},
+    {"train", "entropy_target", K_DOUBLE, F(train, entropy_target), 0, 1e6, 0, NULL,
+     "a number >= 0 (nats, at most log(model.discrete))"},
+    {"train", "entropy_weight", K_DOUBLE, F(train, entropy_weight), 0, 1e6, 0, NULL,
+     "a number >= 0 (0 = off)"},
+    {"train", "entropy_cell_weight", K_DOUBLE, F(train, entropy_cell_weight), 0, 1e6, 0, NULL,
+     "a number >= 0 (0 = off)"},
 
     {"diagnose", "tau_kl", K_DOUBLE, F(diagnose, tau_kl), 0, BIG, 0, NULL, "a number >= 0 (nats)"},
     {"diagnose", "tau_sensitivity", K_DOUBLE, F(diagnose, tau_sensitivity), 0, BIG, 0, NULL,
@@ -717,6 +726,41 @@ static int check_covariates(ctx *c) {
     return NBS_OK;
 }
 
+/* The discrete latent: 2 or more categories, a Gaussian latent, and the entropy keys only with it
+ * and with a target a K-category distribution can reach (log K). */
+static int check_discrete(ctx *c) {
+    const nbs_config *cfg = &c->p->config;
+    const int kk = find_key("model", "discrete"), kt = find_key("train", "entropy_target"),
+              kw = find_key("train", "entropy_weight"), kc = find_key("train", "entropy_cell_weight"),
+              K = cfg->model.discrete;
+    if (K == 1) {
+        loc l = key_loc(c, kk);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kk], "1 category is no discrete latent");
+    }
+    if (K && cfg->model.latent != NBS_LATENT_GAUSSIAN) {
+        loc l = key_loc(c, kk);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kk], "the Gaussian-mixture prior needs model.latent: gaussian "
+                      "(the latent is %s)", nbs_latent_word(cfg->model.latent));
+    }
+    if (!K && (cfg->train.entropy_weight > 0 || cfg->train.entropy_target > 0 || cfg->train.entropy_cell_weight > 0)) {
+        const int k = cfg->train.entropy_weight > 0 ? kw : cfg->train.entropy_target > 0 ? kt : kc;
+        loc l = key_loc(c, k);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[k], "the entropy loss is of the discrete latent's categories; "
+                      "set model.discrete (e.g. 10) or remove this key");
+    }
+    if (K && cfg->train.entropy_target > log((double)K) + 1e-12) {
+        loc l = key_loc(c, kt);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kt], "%g nats is above log(%d) = %.4g, the largest entropy of %d "
+                      "categories", cfg->train.entropy_target, K, log((double)K), K);
+    }
+    if (K && cfg->train.entropy_weight > 0 && cfg->train.entropy_target <= 0) {
+        loc l = key_loc(c, kw);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kw], "the entropy loss needs train.entropy_target > 0 "
+                      "(nats, e.g. %.3g = 0.9 log(%d))", 0.9 * log((double)K), K);
+    }
+    return NBS_OK;
+}
+
 static int finish(ctx *c, int flags) {
     nbs_config *cfg = &c->p->config;
     int cst = check_covariates(c);
@@ -728,6 +772,7 @@ static int finish(ctx *c, int flags) {
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[kd], "%d is too small for a spherical latent",
                       cfg->model.latent_dim);
     }
+    if ((cst = check_discrete(c))) return cst;
     int ki = find_key("input", "path"), ko = find_key("output", "dir"), ks = find_key("input", "samples");
     if (cfg->input.path[0] && cfg->input.samples.n) {
         loc l = key_loc(c, ks);

@@ -285,6 +285,29 @@ static void json_trajectory(FILE *f, const nbs_trajectory *t) {
     fprintf(f, "},\n");
 }
 
+/* "discrete": the category usage of the discrete latent */
+static void json_categories(FILE *f, const nbs_collapse_report *r) {
+    nbs_json_key(f, 2, "discrete");
+    fprintf(f, "{\"categories\": %d, \"entropy\": ", r->n_categories);
+    nbs_json_number(f, r->category_entropy, 9);
+    fprintf(f, ", \"max_entropy\": ");
+    nbs_json_number(f, log((double)r->n_categories), 9);
+    fprintf(f, ", \"kl\": ");
+    nbs_json_number(f, r->kl_category, 9);
+    fprintf(f, ", \"dead\": %d, \"dead_share\": ", r->n_dead_categories);
+    nbs_json_number(f, NBS_DEAD_CATEGORY_SHARE, 9);
+    fprintf(f, ", \"summary\": ");
+    nbs_json_string(f, r->category_summary);
+    fprintf(f, ",\n    \"cells\": [");
+    for (int c = 0; c < r->n_categories; c++) fprintf(f, "%s%lld", c ? ", " : "", (long long)r->category_cells[c]);
+    fprintf(f, "],\n    \"mean_probability\": [");
+    for (int c = 0; c < r->n_categories; c++) {
+        if (c) fprintf(f, ", ");
+        nbs_json_number(f, r->category_mass[c], 9);
+    }
+    fprintf(f, "]},\n");
+}
+
 static void json_body(FILE *f, const nbs_report_input *in) {
     const nbs_collapse_report *r = in->report;
     fprintf(f, "{\n");
@@ -343,6 +366,7 @@ static void json_body(FILE *f, const nbs_report_input *in) {
     fprintf(f, ",\n");
     nbs_json_key(f, 2, "decoder_uses_z");
     fprintf(f, "%s,\n", r->z_unused ? "false" : "true");
+    if (r->n_categories) json_categories(f, r);
     nbs_json_key(f, 2, "active_units");
     fprintf(f, "%d,\n", r->n_active);
     nbs_json_key(f, 2, "collapsed_units");
@@ -436,6 +460,17 @@ static void tsv_num(FILE *f, double v) {
     else fprintf(f, "\tNA");
 }
 
+/* The discrete latent: a second table after a blank line, one row per category. */
+static void tsv_categories(FILE *f, const nbs_collapse_report *r) {
+    fprintf(f, "\ncategory\tcells\tshare\tmean_probability\tverdict\n");
+    for (int c = 0; c < r->n_categories; c++) {
+        fprintf(f, "%d\t%lld", c, (long long)r->category_cells[c]);
+        tsv_num(f, (double)r->category_cells[c] / (double)r->n_cells);
+        tsv_num(f, r->category_mass[c]);
+        fprintf(f, "\t%s\n", r->category_cells[c] < NBS_DEAD_CATEGORY_SHARE * (double)r->n_cells ? "dead" : "used");
+    }
+}
+
 static void tsv_body(FILE *f, const nbs_report_input *in) {
     const nbs_collapse_report *r = in->report;
     fprintf(f, "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tdecoder_nats\t"
@@ -452,6 +487,7 @@ static void tsv_body(FILE *f, const nbs_report_input *in) {
         if (since >= 0) fprintf(f, "\t%d\n", since);
         else fprintf(f, "\tNA\n");
     }
+    if (r->n_categories) tsv_categories(f, r);
 }
 
 int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err) {

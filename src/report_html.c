@@ -331,6 +331,44 @@ static void dimension_bars(nbs_svg_buf *b, const nbs_report_input *in) {
     section_end(b);
 }
 
+/* The discrete latent: cells per category (most probable category) as bars, dead ones grey, with
+ * the mean q(c|x) in each bar's tooltip and the 0.5 % line below which a category is dead. */
+static void category_bars(nbs_svg_buf *b, const nbs_collapse_report *r) {
+    if (!r->n_categories) return;
+    const int K = r->n_categories, width = 560, height = 300;
+    section(b, "categories", "Discrete latent: categories",
+            "Cells per category of the discrete latent (each cell counted in its most probable "
+            "category). A category most probable for fewer than 0.5 % of the cells is dead (grey, "
+            "below the dashed line). Good: every category used, the entropy of the mean q(c|x) "
+            "near log K; if categories die, train.entropy_target with train.entropy_weight and "
+            "train.entropy_cell_weight keeps them in use.");
+    nbs_svg_buf_printf(b, "<p>");
+    nbs_svg_buf_text(b, r->category_summary);
+    nbs_svg_buf_printf(b, "</p>\n");
+    int64_t most = 1;
+    for (int c = 0; c < K; c++) most = r->category_cells[c] > most ? r->category_cells[c] : most;
+    double lo = 0, hi = (double)most;
+    nbs_svg_nice_range(&lo, &hi);
+    nbs_svg_axes a = {-0.5, K - 0.5, lo, hi, 70, 30, width - 90, height - 80};
+    nbs_svg_begin(b, width, height, "Cells per category");
+    nbs_svg_draw_axes_int(b, &a, "category", "cells", 1, 1);
+    const double bw = a.width / K, dead = NBS_DEAD_CATEGORY_SHARE * (double)r->n_cells;
+    for (int c = 0; c < K; c++) {
+        const double x = nbs_svg_x(&a, c) - bw * 0.4, top = nbs_svg_y(&a, (double)r->category_cells[c]),
+                     base = nbs_svg_y(&a, 0);
+        const int is_dead = r->category_cells[c] < dead;
+        nbs_svg_buf_printf(b, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"%s\">"
+                              "<title>category %d: %lld cells, mean q(c|x) %.3g (%s)</title></rect>\n",
+                           x, top, bw * 0.8, base - top, is_dead ? COL_COLLAPSED : COL_ACTIVE, c,
+                           (long long)r->category_cells[c], r->category_mass[c], is_dead ? "dead" : "used");
+    }
+    nbs_svg_hline(b, &a, dead, "#c62828", "0.5 % of cells");
+    nbs_svg_legend_item(b, width - 200, 18, COL_ACTIVE, "used");
+    nbs_svg_legend_item(b, width - 130, 18, COL_COLLAPSED, "dead");
+    nbs_svg_end(b);
+    section_end(b);
+}
+
 /* ------------------------------------------------------------------ HTML: tracking */
 
 static int tracking(nbs_svg_buf *b, const nbs_report_input *in, nbs_error *err) {
@@ -1084,6 +1122,11 @@ static void banner(nbs_svg_buf *b, const nbs_report_input *in) {
                           "%d with activity below \xcf\x84_activity</td></tr>\n",
                        r->n_active, r->n_collapsed, r->n_inconsistent, r->n_inactive_units);
     nbs_svg_buf_printf(b, "<tr><th>total KL</th><td>%.4g nats per cell</td></tr>\n", r->kl_total);
+    if (r->n_categories) {
+        nbs_svg_buf_printf(b, "<tr><th>discrete latent</th><td>");
+        nbs_svg_buf_text(b, r->category_summary);
+        nbs_svg_buf_printf(b, " (see the categories below)</td></tr>\n");
+    }
     if (isfinite(r->mi))
         nbs_svg_buf_printf(b, "<tr><th>mutual information I(x;z)</th><td>%.4g nats (minibatches of "
                               "%d cells: cannot exceed log %d = %.3g)</td></tr>\n",
@@ -1139,6 +1182,7 @@ int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_erro
     banner(&b, in);
     if (!(st = training_curves(&b, in, err)) && !(st = kl_heatmap(&b, in, err))) {
         dimension_bars(&b, in);
+        category_bars(&b, r);
         if (!(st = tracking(&b, in, err)) && !(st = kappa_histogram(&b, in)))
             st = embedding_view(&b, in, err);
         if (!st) st = integration_view(&b, in, err);

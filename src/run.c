@@ -16,6 +16,7 @@
 #include "nbsphere/integrate.h"
 #include "nbsphere/io.h"
 #include "nbsphere/manifest.h"
+#include "nbsphere/mixture.h"
 #include "nbsphere/nn.h"
 #include "nbsphere/preprocess.h"
 #include "nbsphere/report.h"
@@ -51,6 +52,8 @@ typedef struct {
     float *z, *spread;          /* the embedding of every kept cell (location; variances or kappa) */
     int d, cosine;              /* its width, and whether its distance is the cosine (the sphere) */
     const char *emb_source;     /* a given embedding (not the model's): where it came from */
+    int32_t *cluster;           /* discrete latent: [n] each kept cell's most probable category */
+    double *cluster_p;          /* [n] its q(c|x) */
     nbs_integration integration; /* scIB metrics, with a batch covariate or labels */
     int have_integration;
     char **batch_labels;         /* [n] each kept cell's batch name (pointers into the covariates) */
@@ -284,7 +287,23 @@ static int embed_cells(run_state *s, nbs_error *err) {
     s->d = L->dim;
     s->cosine = nbs_latent_on_sphere(L);
     const nbs_cells all = all_cells(s);
-    return nbs_model_embed(s->ck.model, &all, s->z, s->spread, err);
+    int st = nbs_model_embed(s->ck.model, &all, s->z, s->spread, err);
+    const int K = nbs_model_discrete(s->ck.model);
+    if (st || !K) return st;
+    /* the discrete latent: each cell's most probable category and its probability */
+    float *prob = nbs_malloc(sizeof(float) * (size_t)(n * K + 1), err); /* (n, K) */
+    s->cluster = nbs_malloc(sizeof(int32_t) * (size_t)(n + 1), err);
+    s->cluster_p = nbs_malloc(sizeof(double) * (size_t)(n + 1), err);
+    st = prob && s->cluster && s->cluster_p ? nbs_model_cluster(s->ck.model, &all, prob, NULL, err) : NBS_ERR_NOMEM;
+    for (int64_t i = 0; !st && i < n; i++) {
+        int best = 0;
+        for (int c = 1; c < K; c++)
+            if (prob[i * K + c] > prob[i * K + best]) best = c;
+        s->cluster[i] = best;
+        s->cluster_p[i] = prob[i * K + best];
+    }
+    free(prob);
+    return st;
 }
 
 static int cmp_barcode(const void *a, const void *b, void *names) {
@@ -418,6 +437,11 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
                   nbs_dim_verdict_word(s->report.verdict[j]));
     if (s->report.model != NBS_MODEL_HEALTHY)
         nbs_warn("posterior collapse: %s. Try: %s", s->report.summary, s->report.remedies);
+    if (s->report.n_dead_categories)
+        nbs_warn("discrete latent: %s. Try train.entropy_target (e.g. %.3g nats) with train.entropy_weight, or a "
+                 "smaller model.discrete", s->report.category_summary, 0.9 * log((double)s->report.n_categories));
+    else if (s->report.n_categories)
+        nbs_info("discrete latent: %s", s->report.category_summary);
     return stage_end(s, "diagnose", s->report.summary, err);
 }
 
@@ -582,7 +606,7 @@ static int write_h5ad(run_state *s, const float *spread, nbs_error *err) {
                                gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread,
                                cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0, NULL};
     /* the covariates as obs columns, unless they came from the obs being copied */
-    nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 3];
+    nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 5];
     if (!(copy && !c->input.labels_path[0])) {
         for (int k = 0; k < cov->n_categorical; k++)
             cols[meta.n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
@@ -591,6 +615,18 @@ static int write_h5ad(run_state *s, const float *spread, nbs_error *err) {
         for (int k = 0; k < cov->n_continuous; k++)
             cols[meta.n_obs_columns++] = (nbs_obs_column){cov->continuous[k].name, 0, NULL, NULL, s->cov.raw + k,
                                                           cov->n_continuous};
+        meta.obs_columns = cols;
+    }
+    /* the discrete latent's categories ("0" .. "K-1") and their probabilities */
+    char names_k[NBS_MAX_DISCRETE][8], *category_names[NBS_MAX_DISCRETE];
+    if (s->cluster) {
+        const int K = nbs_model_discrete(s->ck.model);
+        for (int k = 0; k < K; k++) {
+            snprintf(names_k[k], sizeof names_k[k], "%d", k);
+            category_names[k] = names_k[k];
+        }
+        cols[meta.n_obs_columns++] = (nbs_obs_column){"nbsphere_cluster", K, category_names, s->cluster, NULL, 1};
+        cols[meta.n_obs_columns++] = (nbs_obs_column){"nbsphere_cluster_probability", 0, NULL, NULL, s->cluster_p, 1};
         meta.obs_columns = cols;
     }
     /* the trajectory stage's results where scanpy keeps them */
@@ -659,8 +695,23 @@ static int stage_write(run_state *s, nbs_error *err) {
         else snprintf(names_buf[j], sizeof names_buf[j], "kappa");
         names[j] = names_buf[j];
     }
+    /* the discrete latent: two more columns, the category and its probability */
+    float *extra = NULL; /* (n, n_extra + 2) */
+    if (!st && s->cluster) {
+        const int e = n_extra + 2;
+        if (!(extra = nbs_malloc(sizeof(float) * (size_t)(n * e + 1), err))) st = NBS_ERR_NOMEM;
+        for (int64_t i = 0; extra && i < n; i++) {
+            for (int j = 0; j < n_extra; j++) extra[i * e + j] = spread[i * n_extra + j];
+            extra[i * e + n_extra] = (float)s->cluster[i];
+            extra[i * e + n_extra + 1] = (float)s->cluster_p[i];
+        }
+        names[n_extra] = "nbsphere_cluster";
+        names[n_extra + 1] = "nbsphere_cluster_probability";
+        n_extra = e;
+    }
     if (!st && out_path(s, NBS_OUT_EMBEDDING, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    if (!st) st = nbs_io_write_embedding_tsv(path, X->barcodes, n, d, z, n_extra, names, spread, err);
+    if (!st) st = nbs_io_write_embedding_tsv(path, X->barcodes, n, d, z, n_extra, names, extra ? extra : spread, err);
+    free(extra);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
     if (!st && s->trained) st = write_genes(s, err);
     if (!st && c->output.write_h5ad) st = write_h5ad(s, spread, err);
@@ -886,6 +937,8 @@ static int finish_run(run_state *s, int st, nbs_error *err) {
     free(s->diag_rows);
     free(s->z);
     free(s->spread);
+    free(s->cluster);
+    free(s->cluster_p);
     free(s->batch_labels);
     nbs_trajectory_free(&s->traj);
     nbs_diagnose_track_free(&s->track);

@@ -279,6 +279,10 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
         klw[t] = free ? 0.0f : (float)(beta / n);
         out->loss += beta * (free ? tc->free_bits * n : out->kl[t]);
     }
+    /* the discrete latent's entropy loss, of this process's cells (its q(c|x) mean), at the batch's share */
+    if (tc->entropy_weight > 0 || tc->entropy_cell_weight > 0)
+        out->loss += (double)n * nbs_model_entropy_loss(m, w, tc->entropy_target, tc->entropy_weight,
+                                                        tc->entropy_cell_weight, (double)batch->n / (double)n, NULL);
     nbs_model_backward(m, w, (float)((double)batch->n / (double)n), klw);
     if (reduce && reduce->grads) {
         float *state;

@@ -13,10 +13,11 @@
 #include <string.h>
 
 #include "nbsphere/likelihood.h"
+#include "nbsphere/mixture.h"
 #include "nbsphere/nn.h"
 
 /* per hidden layer W, b, covariates.W, continuous.W and four norm blocks; heads and dispersion */
-#define MAX_BLOCKS (2 * NBS_MAX_LAYERS * 8 + 16)
+#define MAX_BLOCKS (2 * NBS_MAX_LAYERS * 8 + 20)
 #define MAX_STAGES 4
 
 typedef struct {
@@ -73,6 +74,13 @@ struct nbs_model {
      * categories (nbs_model_grow): its training passes run without dropout and normalise with the
      * batch-norm running statistics, which they leave as they are. */
     uint8_t *trainable;
+    /* the discrete latent (model.discrete; mixture.h), K = 0: none. Its q(c|x) head reads the
+     * encoder's last activation; the KL of c is term cl_kl of the KL vector, after the stages' */
+    int K, cl_kl;
+    nbs_dense cluster;                   /* (encoder width, K) */
+    float *prior_logits, *dprior_logits; /* (K) log p(c) up to a constant */
+    float *prior_mean, *dprior_mean;     /* (K, d) */
+    float *prior_logvar, *dprior_logvar; /* (K, d) */
 };
 
 /* What a training pass of m does: dropout and batch statistics, unless the model is frozen. */
@@ -126,6 +134,12 @@ struct nbs_workspace {
     float *dbuf[2], *dtmp;   /* (B, widest layer) backward scratch */
     int batch_n, grads_ready;
     double t_products, t_likelihood; /* seconds in layers (products) and likelihood, since taken */
+    /* the discrete latent (K > 0) */
+    float *cl_logits, *dcl_logits; /* (B, K) q(c|x) head output and its loss gradient */
+    double *cl_logp, *cl_prob;     /* (B, K) log q(c|x), q(c|x) */
+    double *cl_kl;                 /* (B, d + 1) the mixture's KL_j then KL_c */
+    float *cl_extra;               /* (B, K) d entropy loss / d q(c|x), when cl_extra_ready */
+    int cl_extra_ready;
 };
 
 /* ---- construction ---- */
@@ -246,6 +260,12 @@ static int check_config(const nbs_model_config *mc, int n_genes, nbs_error *err)
         (mc->covariate_embedding_dim < 1 || mc->covariate_embedding_dim > 1024))
         return nbs_error_set(err, NBS_ERR_USAGE, "model.covariate_embedding_dim: %d; expected 1 to 1024",
                              mc->covariate_embedding_dim);
+    if (mc->discrete && (mc->discrete < 2 || mc->discrete > NBS_MAX_DISCRETE))
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.discrete: %d categories; expected 0 (none) or 2 to %d",
+                             mc->discrete, NBS_MAX_DISCRETE);
+    if (mc->discrete && mc->latent != NBS_LATENT_GAUSSIAN)
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.discrete: the Gaussian-mixture prior needs model.latent: "
+                             "gaussian");
     if (mc->latent_dim < 1 || mc->n_encoder_layers < 1 || mc->n_decoder_layers < 1 ||
         mc->n_encoder_layers > NBS_MAX_LAYERS || mc->n_decoder_layers > NBS_MAX_LAYERS)
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -292,6 +312,8 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     S->kl_terms = nbs_latent_kl_terms(&S->lat);
     S->kl_offset = 0;
     m->kl_terms = S->kl_terms;
+    m->K = mc->discrete;
+    if (m->K) m->cl_kl = m->kl_terms++;
     m->n_enc = mc->n_encoder_layers;
     m->n_dec = mc->n_decoder_layers;
     m->has_zi = mc->likelihood == NBS_LIK_ZINB;
@@ -333,6 +355,15 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
         const int id = add_block(m, nm, cov->n_categories[k], m->emb_dim, 0);
         if (!k) emb0 = id;
     }
+    /* the discrete latent's blocks after all others, so that a model without it is laid out as before */
+    layer_ids cl = {-1, -1, -1, -1, -1, -1, -1, -1};
+    int cl_logits = -1, cl_mean = -1, cl_logvar = -1;
+    if (m->K) {
+        cl = declare_layer(m, "encoder.cluster", mc->encoder_layers[m->n_enc - 1], m->K, 0, 0, 0);
+        cl_logits = add_block(m, "prior.cluster_logits", 1, m->K, 0);
+        cl_mean = add_block(m, "prior.mean", m->K, mc->latent_dim, 0);
+        cl_logvar = add_block(m, "prior.logvar", m->K, mc->latent_dim, 0);
+    }
 
     size_t np = (size_t)m->n_params;
     m->params = nbs_calloc(np, sizeof(float), err);
@@ -354,6 +385,12 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     m->dlog_theta = D(m, disp_gene);
     m->emb = P(m, emb0);
     m->demb = D(m, emb0);
+    if (m->K) {
+        bind_dense(m, &m->cluster, cl);
+        m->prior_logits = P(m, cl_logits), m->dprior_logits = D(m, cl_logits);
+        m->prior_mean = P(m, cl_mean), m->dprior_mean = D(m, cl_mean);
+        m->prior_logvar = P(m, cl_logvar), m->dprior_logvar = D(m, cl_logvar);
+    }
 
     if (rng) {
         for (int i = 0; i < m->n_enc; i++) init_hidden(m, &m->enc[i], rng);
@@ -369,6 +406,13 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
         /* the tables N(0, 1), torch.nn.Embedding's default (scvi.nn.Embedding keeps it) */
         for (int64_t k = 0; m->emb && k < (int64_t)m->n_onehot * m->emb_dim; k++)
             m->emb[k] = (float)gsl_ran_gaussian(rng, 1.0);
+        /* the discrete latent last (its draws leave every other block as without it): a uniform p(c),
+         * unit-variance components at N(0, I) draws, as VaDE starts from distinct components */
+        if (m->K) {
+            init_dense(&m->cluster, rng, 1.0);
+            for (int64_t k = 0; k < (int64_t)m->K * mc->latent_dim; k++)
+                m->prior_mean[k] = (float)gsl_ran_gaussian(rng, 1.0);
+        }
     }
     return m;
 }
@@ -492,6 +536,7 @@ void nbs_workspace_free(nbs_workspace *w) {
     free(w->cov_rows), free(w->cov_emb), free(w->dcov_emb), free(w->cov_values), free(w->batch);
     free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp);
     free(w->likwork), free(w->lik_rows), free(w->dbuf[0]), free(w->dbuf[1]), free(w->dtmp);
+    free(w->cl_logits), free(w->dcl_logits), free(w->cl_logp), free(w->cl_prob), free(w->cl_kl), free(w->cl_extra);
     free(w);
 }
 
@@ -557,6 +602,15 @@ static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz,
         ALLOC(w->dbuf[0], (int64_t)n * widest, float);
         ALLOC(w->dbuf[1], (int64_t)n * widest, float);
         ALLOC(w->dtmp, (int64_t)n * widest, float);
+    }
+    if (m->K) {
+        const int64_t nK = (int64_t)n * m->K;
+        ALLOC(w->cl_logits, nK, float);
+        ALLOC(w->cl_logp, nK, double);
+        ALLOC(w->cl_prob, nK, double);
+        ALLOC(w->cl_kl, (int64_t)n * (m->stages[0].lat.dim + 1), double);
+        if (training) ALLOC(w->dcl_logits, nK, float);
+        if (training) ALLOC(w->cl_extra, nK, float);
     }
 #undef ALLOC
     if (!ok) {
@@ -686,6 +740,18 @@ static void encode_gathered(const nbs_model *m, nbs_workspace *w, int n, int tra
         nbs_dense_forward(&m->stages[s].head, w->enc[m->n_enc - 1].act, n, w->stages[s].head_out);
 }
 
+static nbs_mixture mixture_of(const nbs_model *m) {
+    return (nbs_mixture){m->K, m->stages[0].lat.dim, m->prior_logits, m->prior_mean, m->prior_logvar};
+}
+
+/* The discrete latent of the encoded batch: q(c|x) and, with kl, the mixture's KL terms (n, d + 1). */
+static void cluster_forward(const nbs_model *m, nbs_workspace *w, int n, int kl) {
+    const nbs_mixture p = mixture_of(m);
+    nbs_dense_forward(&m->cluster, w->enc[m->n_enc - 1].act, n, w->cl_logits);
+    nbs_mixture_softmax(w->cl_logits, n, m->K, w->cl_logp, w->cl_prob);
+    if (kl) nbs_mixture_kl(&p, w->stages[0].head_out, w->cl_logp, w->cl_prob, n, w->cl_kl);
+}
+
 /* z (n, d) and the gathered covariates -> logits (and the zero-inflation / dispersion heads). The
  * decoder has no dropout. */
 static void decode(const nbs_model *m, nbs_workspace *w, const float *z, int n, int training) {
@@ -722,6 +788,15 @@ int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mo
                    sizeof(double) * S->kl_terms);
     }
     if (st) return st;
+    w->cl_extra_ready = 0;
+    if (m->K) { /* stage 0's KL to N(0, I) gives way to the mixture's: KL_j in its places, KL_c at cl_kl */
+        const int d = m->stages[0].lat.dim, o = m->stages[0].kl_offset;
+        cluster_forward(m, w, n, 1);
+        for (int i = 0; i < n; i++) {
+            memcpy(w->kl + (int64_t)i * m->kl_terms + o, w->cl_kl + (int64_t)i * (d + 1), sizeof(double) * d);
+            w->kl[(int64_t)i * m->kl_terms + m->cl_kl] = w->cl_kl[(int64_t)i * (d + 1) + d];
+        }
+    }
     double t1 = omp_get_wtime();
     decode(m, w, w->stages[0].z, n, training);
     double t2 = omp_get_wtime();
@@ -783,6 +858,32 @@ static void add_into(float *y, const float *x, int64_t n) {
     for (int64_t k = 0; k < n; k++) y[k] += x[k];
 }
 
+/* The mixture's KL (and the entropy loss, when prepared) into stage 0's dhead, the q(c|x) head's
+ * dcl_logits and the prior's gradients. */
+static void cluster_backward(nbs_model *m, nbs_workspace *w, int n, const float *kl_weight) {
+    const nbs_mixture p = mixture_of(m);
+    const int d = p.d;
+    float klw[NBS_MAX_KL_TERMS + 1];
+    memcpy(klw, kl_weight + m->stages[0].kl_offset, sizeof(float) * d);
+    klw[d] = kl_weight[m->cl_kl];
+    nbs_mixture_backward(&p, w->stages[0].head_out, w->cl_logp, w->cl_prob, n, klw,
+                         w->cl_extra_ready ? w->cl_extra : NULL, w->stages[0].dhead, w->dcl_logits,
+                         m->dprior_logits, m->dprior_mean, m->dprior_logvar);
+    w->cl_extra_ready = 0;
+}
+
+double nbs_model_entropy_loss(nbs_model *m, nbs_workspace *w, double target, double weight, double cell_weight,
+                              double scale, double *entropy) {
+    if (!m->K || !w->grads_ready) {
+        if (entropy) *entropy = NAN;
+        return 0;
+    }
+    const double loss = nbs_mixture_entropy_loss(w->cl_logp, w->cl_prob, w->batch_n, m->K, target, weight,
+                                                 cell_weight, scale, w->cl_extra, entropy);
+    w->cl_extra_ready = weight > 0 || cell_weight > 0;
+    return loss;
+}
+
 void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, const float *kl_weight) {
     if (!w->grads_ready) return;
     const double t0 = omp_get_wtime();
@@ -819,12 +920,20 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
     /* every stage's head reads the encoder's last activation: their input gradients add up */
     const float *henc = w->enc[m->n_enc - 1].act;
     const int64_t esz = (int64_t)n * m->enc[m->n_enc - 1].lin.out;
+    static const float no_kl[NBS_MAX_KL_TERMS]; /* stage 0 with a mixture prior: its KL is the mixture's */
     for (int s = 0; s < m->n_stages; s++) {
         stage *S = &m->stages[s];
         stage_ws *SW = &w->stages[s];
-        nbs_latent_backward(&S->lat, SW->head_out, n, SW->dz, kl_weight + S->kl_offset, SW->cache, SW->dhead);
+        const int mix = m->K && !s;
+        nbs_latent_backward(&S->lat, SW->head_out, n, SW->dz, mix ? no_kl : kl_weight + S->kl_offset, SW->cache,
+                            SW->dhead);
+        if (mix) cluster_backward(m, w, n, kl_weight);
         nbs_dense_backward(&S->head, henc, SW->dhead, n, s ? w->dtmp : d);
         if (s) add_into(d, w->dtmp, esz);
+    }
+    if (m->K) {
+        nbs_dense_backward(&m->cluster, henc, w->dcl_logits, n, w->dtmp);
+        add_into(d, w->dtmp, esz);
     }
     nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
     const int drop = dropout_of(m) > 0;
@@ -963,7 +1072,27 @@ int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, flo
     return st;
 }
 
+int nbs_model_cluster(const nbs_model *m, const nbs_cells *c, float *prob, double *kl, nbs_error *err) {
+    if (!m->K) return nbs_error_set(err, NBS_ERR_INTERNAL, "the model has no discrete latent");
+    const int K = m->K, d = m->stages[0].lat.dim;
+    nbs_workspace *w = nbs_workspace_eval(m, c->X, err);
+    int st = w ? NBS_OK : err->code;
+    for (int64_t s = 0; s < c->n && !st; s += w->cap) {
+        const nbs_cells part = nbs_cells_slice(c, s, w->cap);
+        if ((st = gather(m, w, &part, err))) break;
+        encode_gathered(m, w, (int)part.n, 0, NULL);
+        cluster_forward(m, w, (int)part.n, kl != NULL);
+        for (int64_t k = 0; prob && k < part.n * K; k++) prob[s * K + k] = (float)w->cl_prob[k];
+        if (kl) memcpy(kl + s * (d + 1), w->cl_kl, sizeof(double) * part.n * (d + 1));
+    }
+    nbs_workspace_free(w);
+    return st;
+}
+
 /* ---- accessors ---- */
+
+int nbs_model_discrete(const nbs_model *m) { return m->K; }
+int nbs_model_cluster_kl_term(const nbs_model *m) { return m->K ? m->cl_kl : -1; }
 
 int nbs_model_n_genes(const nbs_model *m) { return m->G; }
 const nbs_latent *nbs_model_latent(const nbs_model *m) { return &m->stages[0].lat; }

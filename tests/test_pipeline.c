@@ -317,7 +317,8 @@ static void test_every_pipeline_loads(void **state) {
                  {"pbmc3k.yaml", "pbmc3k", "pbmc3k/cell_labels.tsv"},
                  {"kang.yaml", "kang_muscat", "kang_muscat/cell_labels.tsv"},
                  {"paul15.yaml", "paul15/paul15.h5ad.gz", NULL},
-                 {"collapse-demo.yaml", "kang_muscat", "kang_muscat/cell_labels.tsv"}};
+                 {"collapse-demo.yaml", "kang_muscat", "kang_muscat/cell_labels.tsv"},
+                 {"clusters.yaml", "kang_muscat", "kang_muscat/cell_labels.tsv"}};
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         nbs_pipeline p;
         nbs_error err = {0};

@@ -123,6 +123,7 @@ typedef struct {
     int encode_covariates;      /* the categorical and continuous covariates into the first encoder layer too */
     nbs_covariate_embedding covariate_embedding; /* one-hot blocks, or a learned table per covariate */
     int covariate_embedding_dim; /* columns of each table (scvi-tools' embedding_dim: 5) */
+    int discrete;               /* K categories of a discrete latent with a Gaussian-mixture prior (mixture.h); 0 = none */
 } nbs_model_config;
 
 typedef enum {
@@ -152,6 +153,9 @@ typedef struct {
     double free_bits;           /* lambda, nats per dimension (Gaussian) or in total (sphere); 0 = off */
     double grad_clip;           /* global gradient-norm clip; 0 = off */
     int checkpoint_every;       /* epochs between checkpoints; 0 = only at the end */
+    double entropy_target;      /* discrete latent: H nats the minibatch's mean q(c|x) should keep */
+    double entropy_weight;      /* lambda of lambda max(0, H - H(qbar(c))); 0 = off */
+    double entropy_cell_weight; /* mu of mu mean_i H(q(c|x_i)), confident cells; 0 = off */
 } nbs_train_config;
 
 typedef struct {

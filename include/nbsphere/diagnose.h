@@ -41,7 +41,19 @@ typedef struct {
     char summary[512];    /* one line: the verdict and why */
     char remedies[512];   /* what to try, naming the options */
     double tau_kl, tau_sensitivity, tau_activity, tau_decoder_nats, tau_decoder_relative;
+    /* the discrete latent (model.discrete), over the diagnosed cells; n_categories 0: none. kl
+     * above is then the mixture's KL_j, and kl_total counts kl_category */
+    int n_categories;
+    double *category_mass;   /* [K] qbar(c): the mean of q(c|x) */
+    int64_t *category_cells; /* [K] cells whose most probable category is c */
+    double category_entropy; /* H(qbar) in nats (log K: every category equally used) */
+    double kl_category;      /* mean KL(q(c|x) || p(c)) */
+    int n_dead_categories;   /* most probable for fewer than NBS_DEAD_CATEGORY_SHARE of the cells */
+    char category_summary[256];
 } nbs_collapse_report;
+
+/* A category most probable for fewer than this share of the cells is dead. */
+#define NBS_DEAD_CATEGORY_SHARE 0.005
 
 /* Measures on the cells of c (X with the genes of the model, in its order). */
 int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng, nbs_collapse_report *out,

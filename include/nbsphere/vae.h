@@ -170,6 +170,9 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
  *   "encoder.0.covariates.W", "encoder.0.continuous.W"   the same, with encode_covariates
  *   with covariate_embedding: embedding, covariates.W is [n_categorical * dim x out] and
  *   "covariates.<k>.embedding" [n_categories_k x dim]   covariate k's learned table
+ *   "encoder.cluster.W/b" [width x K]                    q(c|x) head (model.discrete: K)
+ *   "prior.cluster_logits" [1 x K], "prior.mean",        p(c) and p(z|c) = N(mean_c,
+ *   "prior.logvar" [K x d]                               diag exp(logvar_c))
  * Returns NULL for an unknown name; rows/cols may be NULL. */
 float *nbs_model_param(nbs_model *m, const char *name, int *rows, int *cols);
 float *nbs_model_grad(nbs_model *m, const char *name); /* the gradient of a parameter block */
@@ -185,6 +188,21 @@ void nbs_model_set_batch_norm(nbs_model *m, double eps, double momentum);
  * running statistics, n_state floats). Any pointer may be NULL. */
 void nbs_model_flat(nbs_model *m, float **params, float **adam_m, float **adam_v, float **state,
                     int64_t *n_params, int64_t *n_state, int64_t **adam_t);
+
+/* The discrete latent (model.discrete, mixture.h): K categories (0: none) and the place of the KL
+ * of c in the KL vector (-1: none); stage 0's KL terms are then the mixture's KL_j. */
+int nbs_model_discrete(const nbs_model *m);
+int nbs_model_cluster_kl_term(const nbs_model *m);
+/* q(c|x) (n, K) of the cells of c in evaluation mode and, when kl is not NULL, each cell's
+ * mixture KL terms (n, d + 1: KL_j of z, then KL_c). Uses a workspace of its own. */
+int nbs_model_cluster(const nbs_model *m, const nbs_cells *c, float *prob, double *kl, nbs_error *err);
+/* The entropy auxiliary loss on the workspace's last NBS_PASS_TRAIN forward (mixture.h):
+ * weight * max(0, target - H(qbar)) + cell_weight * mean_i H(q(c|x_i)), qbar the batch's mean
+ * q(c|x) (returned; *entropy = H(qbar)).
+ * Its gradient times scale (the batch's share of the cells, as recon_weight) is added by the
+ * next nbs_model_backward. 0 without a discrete latent. */
+double nbs_model_entropy_loss(nbs_model *m, nbs_workspace *w, double target, double weight, double cell_weight,
+                              double scale, double *entropy);
 
 /* Weights of the decoder's first layer, [d x width] row-major (row j = what z_j feeds). */
 const float *nbs_model_decoder_first_weights(const nbs_model *m, int *d, int *width);
