@@ -68,7 +68,7 @@ void nbs_config_defaults(nbs_config *c) {
     c->trajectory.resolution = 1.0;
     c->trajectory.n_dcs = 10;
     c->trajectory.shortcut_hops = 5;
-    c->trajectory.wrap_share = 0.25;
+    c->trajectory.wrap_share = 0.05;
 
     strcpy(c->output.dir, "nbsphere_out");
     c->output.write_h5ad = 1;
