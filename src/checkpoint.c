@@ -493,7 +493,7 @@ static int read_all(hid_t f, const char *path, nbs_checkpoint *c, nbs_error *err
 
     if ((g = H5Gopen2(f, "log", H5P_DEFAULT)) < 0)
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: group 'log' is missing", path);
-    const int K = nbs_latent_kl_terms(nbs_model_latent(m));
+    const int K = nbs_model_kl_terms(m); /* every stage's terms */
     c->log.kl_terms = K;
     const int n = s->epochs_done > 0 ? s->epochs_done : 0;
     double *rows = nbs_calloc((size_t)n * LOG_COLS + 1, sizeof(double), err);
