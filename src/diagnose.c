@@ -115,8 +115,17 @@ static void log_softmax_rows(float *a, int64_t n, int G) {
  * nats. The raw Jacobian has no such scale (it grows with the number of genes kept and knows
  * nothing of depth). Cells go through the decoder JAC_CHUNK at a time. */
 #define JAC_CHUNK 128
-static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const float *loc,
-                               const double *lib, int d, int sphere, double *sens, double *nats, nbs_error *err) {
+static int decode_at(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, int layer, const float *z, float *logits,
+                     float *lt, nbs_error *err) {
+    return layer < 0 ? nbs_model_decode_logits(m, w, c, z, logits, lt, err)
+                     : nbs_model_decode_layer(m, w, c, layer, z, logits, lt, err);
+}
+
+/* layer < 0: z is the decoder's input; a ladder's layer: z is that layer's, the layers below
+ * follow it through the top-down path (nbs_model_decode_layer). */
+static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, int layer,
+                               const float *loc, const double *lib, int d, int sphere, double *sens, double *nats,
+                               nbs_error *err) {
     const int G = nbs_model_n_genes(m);
     const int64_t n = cells->n;
     const int64_t c = n < JAC_CHUNK ? n : JAC_CHUNK;
@@ -131,7 +140,7 @@ static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const nbs_c
     for (int64_t i0 = 0; i0 < n && !st; i0 += c) {
         const int64_t nc = n - i0 < c ? n - i0 : c;
         const nbs_cells part = nbs_cells_slice(cells, i0, nc); /* their covariates */
-        if ((st = nbs_model_decode_logits(m, w, &part, loc + i0 * d, info, lt, err))) break;
+        if ((st = decode_at(m, w, &part, layer, loc + i0 * d, info, lt, err))) break;
         log_softmax_rows(info, nc, G);
         for (int64_t i = 0; i < nc; i++)
             for (int g = 0; g < G; g++) {
@@ -151,8 +160,8 @@ static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const nbs_c
                     zm[i * d + k] -= (float)(JAC_STEP * dir);
                 }
             }
-            if ((st = nbs_model_decode_logits(m, w, &part, zp, lp, NULL, err))) break;
-            if ((st = nbs_model_decode_logits(m, w, &part, zm, lm, NULL, err))) break;
+            if ((st = decode_at(m, w, &part, layer, zp, lp, NULL, err))) break;
+            if ((st = decode_at(m, w, &part, layer, zm, lm, NULL, err))) break;
             log_softmax_rows(lp, nc, G);
             log_softmax_rows(lm, nc, G);
             for (int64_t i = 0; i < nc; i++) {
@@ -244,6 +253,32 @@ static void model_verdict(nbs_collapse_report *r) {
     else snprintf(r->remedies, sizeof r->remedies, "%s", remedy_list);
 }
 
+/* The largest decoder response of any dimension: tau_decoder_relative's reference. */
+static double most_nats(const nbs_collapse_report *r) {
+    double most = 0;
+    for (int j = 0; j < r->d; j++) most = fmax(most, r->decoder_nats[j]);
+    return most;
+}
+
+/* The verdicts of dimensions [j0, j1), all on the sphere or none. */
+static void dim_verdicts(nbs_collapse_report *r, const nbs_diagnose_config *dc, int j0, int j1, int sphere,
+                         double most) {
+    for (int j = j0; j < j1; j++) {
+        /* the encoder's side: KL (Gaussian) or activity (sphere, where KL does not split) */
+        const int sends = sphere ? r->activity[j] >= dc->tau_activity : r->kl[j] >= dc->tau_kl;
+        const double nats = r->decoder_nats[j];
+        const int listens = !r->z_unused && r->sens_jacobian[j] >= dc->tau_sensitivity &&
+                            (nats >= dc->tau_decoder_nats || (nats > 0 && nats >= dc->tau_decoder_relative * most));
+        r->verdict[j] = sends && listens ? NBS_DIM_ACTIVE : (!sends && !listens ? NBS_DIM_COLLAPSED : NBS_DIM_INCONSISTENT);
+        r->n_active += r->verdict[j] == NBS_DIM_ACTIVE;
+        r->n_collapsed += r->verdict[j] == NBS_DIM_COLLAPSED;
+        r->n_inconsistent += r->verdict[j] == NBS_DIM_INCONSISTENT;
+        r->n_unsent += !sends && listens;
+        r->n_sending += sends;
+        r->n_inactive_units += r->activity[j] < dc->tau_activity;
+    }
+}
+
 static double quantile_sorted(const double *v, int64_t n, double p) {
     if (n == 0) return NAN;
     double h = p * (double)(n - 1);
@@ -327,10 +362,176 @@ static int categories(const nbs_model *m, const nbs_cells *cells, nbs_collapse_r
     return st;
 }
 
+/* The reconstruction gain of z at the posterior (ll) over a constant z (ll0), (n) cells. */
+static void gain_of(nbs_collapse_report *r, const double *ll, const double *ll0, int64_t n) {
+    double g = 0, g2 = 0;
+    for (int64_t i = 0; i < n; i++) g += ll[i] - ll0[i];
+    r->recon_gain = g / (double)n;
+    for (int64_t i = 0; i < n; i++) g2 += (ll[i] - ll0[i] - r->recon_gain) * (ll[i] - ll0[i] - r->recon_gain);
+    r->recon_gain_se = sqrt(g2 / (double)(n - 1) / (double)n);
+}
+
+int nbs_report_dim_layer(const nbs_collapse_report *r, int j) {
+    for (int l = 0; l < r->n_layers; l++)
+        if (j >= r->layers[l].offset && j < r->layers[l].offset + r->layers[l].d) return l;
+    return -1;
+}
+
+int nbs_report_dim_on_sphere(const nbs_collapse_report *r, int j) {
+    const int l = nbs_report_dim_layer(r, j);
+    return nbs_latent_ops_of(l < 0 ? r->latent : r->layers[l].latent)->on_sphere;
+}
+
+/* Layer l's verdict from its dimensions': collapsed when every one is (its KL below tau_kl and the
+ * decoder, through the top-down path, insensitive to it), healthy when every one is active. */
+static void layer_verdict(nbs_collapse_report *r, int l, int top) {
+    nbs_layer_report *Y = &r->layers[l];
+    for (int j = Y->offset; j < Y->offset + Y->d; j++) {
+        Y->n_active += r->verdict[j] == NBS_DIM_ACTIVE;
+        Y->n_collapsed += r->verdict[j] == NBS_DIM_COLLAPSED;
+        Y->n_inconsistent += r->verdict[j] == NBS_DIM_INCONSISTENT;
+    }
+    Y->verdict = Y->n_collapsed == Y->d ? NBS_MODEL_COLLAPSED : Y->n_active == Y->d ? NBS_MODEL_HEALTHY : NBS_MODEL_PARTIAL;
+    if (Y->verdict == NBS_MODEL_COLLAPSED)
+        snprintf(Y->summary, sizeof Y->summary, "layer %d collapsed: the top-down prior carries it (%s; KL %.3g nats "
+                 "per cell, and the decoder does not respond to it)", l + 1,
+                 l == top ? "its posterior is the prior, and the layers below do not depend on it"
+                          : "its posterior is the top-down prior given the layer above", Y->kl_total);
+    else if (Y->verdict == NBS_MODEL_HEALTHY)
+        snprintf(Y->summary, sizeof Y->summary, "layer %d healthy: all %d dimensions active (KL %.3g nats per cell)",
+                 l + 1, Y->d, Y->kl_total);
+    else
+        snprintf(Y->summary, sizeof Y->summary, "layer %d partially collapsed: %d of %d dimensions active, %d collapsed, "
+                 "%d inconsistent (KL %.3g nats per cell)", l + 1, Y->n_active, Y->d, Y->n_collapsed,
+                 Y->n_inconsistent, Y->kl_total);
+}
+
+/* A ladder: every layer's measures side by side in the per-dimension arrays (bottom first), each
+ * at the posterior locations of the layers above (nbs_model_layer_posterior); the decoder's
+ * response to a layer through the top-down path below it (nbs_model_decode_layer), so a layer the
+ * decoder reads only through the priors of the layers below still counts as listened to; the
+ * reconstruction gain of every layer at its location over every layer constant; a verdict per
+ * layer, and I(x; z) per Gaussian layer and over all of them. */
+static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
+                           nbs_collapse_report *r, nbs_error *err) {
+    const int64_t n = cells->n;
+    const int L = nbs_model_n_stages(m), D = nbs_model_decoder_dim(m);
+    r->d = D;
+    r->n_layers = L;
+    r->n_cells = n;
+    r->latent = nbs_model_latent(m)->kind;
+    r->tau_kl = dc->tau_kl;
+    r->tau_sensitivity = dc->tau_sensitivity;
+    r->tau_activity = dc->tau_activity;
+    r->tau_decoder_nats = dc->tau_decoder_nats;
+    r->tau_decoder_relative = dc->tau_decoder_relative;
+    r->mi_batch = dc->mi_batch;
+    r->kl = nbs_calloc((size_t)D, sizeof(double), err);
+    r->activity = nbs_calloc((size_t)D, sizeof(double), err);
+    r->sens_weight = nbs_calloc((size_t)D, sizeof(double), err);
+    r->sens_jacobian = nbs_calloc((size_t)D, sizeof(double), err);
+    r->decoder_nats = nbs_calloc((size_t)D, sizeof(double), err);
+    r->verdict = nbs_calloc((size_t)D, sizeof(nbs_dim_verdict), err);
+    double *lib = nbs_malloc(sizeof(double) * n, err), *kl = nbs_malloc(sizeof(double) * n * D, err); /* (n, <= D) */
+    double *ll = nbs_malloc(sizeof(double) * n, err), *ll0 = nbs_malloc(sizeof(double) * n, err);
+    float *loc = nbs_malloc(sizeof(float) * n * D, err), *spread = nbs_malloc(sizeof(float) * n * D, err); /* (n, d) */
+    float *ez = nbs_malloc(sizeof(float) * n * D, err);
+    float *Z = nbs_malloc(sizeof(float) * n * D, err), *Zv = nbs_malloc(sizeof(float) * n * D, err); /* (n, D) */
+    float *Zc = nbs_malloc(sizeof(float) * n * D, err);
+    nbs_workspace *w = nbs_workspace_eval(m, cells->X, err);
+    int st = r->kl && r->activity && r->sens_weight && r->sens_jacobian && r->decoder_nats && r->verdict && lib &&
+             kl && ll && ll0 && loc && spread && ez && Z && Zv && Zc && w ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t i = 0; lib && i < n; i++) lib[i] = cells->library[nbs_cells_row(cells, i)];
+    int all_gauss = 1;
+    for (int l = 0, off = 0; l < L && !st; off += r->layers[l++].d) {
+        const nbs_latent *Ll = nbs_model_stage_latent(m, l);
+        const int d = Ll->dim, K = nbs_latent_kl_terms(Ll), sphere = nbs_latent_on_sphere(Ll);
+        nbs_layer_report *Y = &r->layers[l];
+        Y->offset = off;
+        Y->d = d;
+        Y->latent = Ll->kind;
+        all_gauss &= !sphere;
+        if ((st = nbs_model_layer_posterior(m, cells, l, loc, spread, ez, kl, err))) break;
+        for (int t = 0; t < K; t++) {
+            double sum = 0;
+            for (int64_t i = 0; i < n; i++) sum += kl[i * K + t];
+            Y->kl_total += sum / (double)n;
+            if (!sphere) r->kl[off + t] = sum / (double)n;
+        }
+        r->kl_total += Y->kl_total;
+        for (int j = 0; j < d; j++) {
+            double mean = 0, var = 0;
+            for (int64_t i = 0; i < n; i++) mean += ez[i * d + j];
+            mean /= (double)n;
+            for (int64_t i = 0; i < n; i++) var += (ez[i * d + j] - mean) * (ez[i * d + j] - mean);
+            r->activity[off + j] = var / (double)(n - 1);
+            if (sphere) r->kl[off + j] = NAN;
+            r->sens_weight[off + j] = nbs_model_latent_weight_rms(m, l, j);
+        }
+        st = decoder_sensitivity(m, w, cells, l, loc, lib, d, sphere, r->sens_jacobian + off, r->decoder_nats + off, err);
+        if (!st && !sphere) st = nbs_diagnose_mi_gaussian(loc, spread, n, d, dc->mi_batch, rng, &Y->mi, err);
+        if (sphere) {
+            Y->mi = NAN;
+            double *kap = nbs_malloc(sizeof(double) * n, err);
+            if (!kap) st = NBS_ERR_NOMEM;
+            for (int64_t i = 0; kap && i < n; i++) kap[i] = spread[i];
+            if (kap) {
+                qsort(kap, (size_t)n, sizeof(double), cmp_d);
+                const double ps[5] = {0.05, 0.25, 0.5, 0.75, 0.95};
+                for (int q = 0; q < 5; q++) r->kappa_q[q] = quantile_sorted(kap, n, ps[q]);
+                free(kap);
+            }
+        }
+        /* the layer's columns of Z (locations), Zv (variances) and Zc (the constant: the mean, its
+         * direction on the sphere) */
+        double c[NBS_MAX_KL_TERMS] = {0}, norm = 0;
+        for (int j = 0; j < d; j++) {
+            for (int64_t i = 0; i < n; i++) c[j] += loc[i * d + j];
+            c[j] /= (double)n;
+            norm += c[j] * c[j];
+        }
+        for (int64_t i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) {
+                Z[i * D + off + j] = loc[i * d + j];
+                Zv[i * D + off + j] = sphere ? 0 : spread[i * d + j];
+                Zc[i * D + off + j] = (float)(sphere ? (norm > 0 ? c[j] / sqrt(norm) : (j == 0)) : c[j]);
+            }
+    }
+    if (!st) st = nbs_model_loglik(m, w, cells, Z, ll, err);
+    if (!st) st = nbs_model_loglik(m, w, cells, Zc, ll0, err);
+    if (!st) gain_of(r, ll, ll0, n);
+    r->mi = NAN;
+    if (!st && all_gauss) st = nbs_diagnose_mi_gaussian(Z, Zv, n, D, dc->mi_batch, rng, &r->mi, err);
+    if (!st) {
+        r->z_unused = !(r->recon_gain > GAIN_Z * r->recon_gain_se && r->recon_gain > GAIN_MIN);
+        for (int l = 0; l < L; l++)
+            dim_verdicts(r, dc, r->layers[l].offset, r->layers[l].offset + r->layers[l].d,
+                         nbs_latent_ops_of(r->layers[l].latent)->on_sphere, most_nats(r));
+        for (int l = 0; l < L; l++) layer_verdict(r, l, L - 1);
+        model_verdict(r);
+        for (int l = 0; l < L; l++) { /* the layers' verdicts after the model's */
+            const size_t u = strlen(r->summary);
+            snprintf(r->summary + u, sizeof r->summary - u, "; layer %d %s", l + 1,
+                     nbs_model_verdict_word(r->layers[l].verdict));
+        }
+    }
+    free(lib), free(kl), free(ll), free(ll0), free(loc), free(spread), free(ez), free(Z), free(Zv), free(Zc);
+    nbs_workspace_free(w);
+    if (st) {
+        if (st == NBS_ERR_NOMEM && !err->msg[0]) nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics");
+        nbs_collapse_report_free(r);
+    }
+    return st;
+}
+
 int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
                  nbs_collapse_report *r, nbs_error *err) {
     memset(r, 0, sizeof *r);
     const int64_t n = cells->n;
+    if (nbs_model_ladder(m)) {
+        if (n < 2) return nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)n);
+        return diagnose_ladder(m, cells, dc, rng, r, err);
+    }
     const nbs_latent *L = nbs_model_latent(m);
     const int d = L->dim, hd = nbs_latent_head_dim(L);
     const int sphere = nbs_latent_on_sphere(L);
@@ -393,7 +594,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
             for (int k = 0; k < width; k++) s += (double)W[(int64_t)j * width + k] * W[(int64_t)j * width + k];
             r->sens_weight[j] = sqrt(s / width);
         }
-        st = decoder_sensitivity(m, w, cells, loc, lib, d, sphere, r->sens_jacobian, r->decoder_nats, err);
+        st = decoder_sensitivity(m, w, cells, -1, loc, lib, d, sphere, r->sens_jacobian, r->decoder_nats, err);
     }
     if (!st) { /* how much the decoder uses z at all: z at the posterior vs one constant z */
         st = nbs_model_loglik(m, w, cells, loc, ll, err);
@@ -407,11 +608,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
             for (int j = 0; j < d; j++) /* on the sphere the constant is the normalised mean direction */
                 zc[i * d + j] = (float)(sphere ? (norm > 0 ? c[j] / sqrt(norm) : (j == 0)) : c[j]);
         if (!st) st = nbs_model_loglik(m, w, cells, zc, ll0, err);
-        double g = 0, g2 = 0;
-        for (int64_t i = 0; i < n; i++) g += ll[i] - ll0[i];
-        r->recon_gain = g / (double)n;
-        for (int64_t i = 0; i < n; i++) g2 += (ll[i] - ll0[i] - r->recon_gain) * (ll[i] - ll0[i] - r->recon_gain);
-        r->recon_gain_se = sqrt(g2 / (double)(n - 1) / (double)n);
+        gain_of(r, ll, ll0, n);
     }
     if (!st) {
         if (!sphere) {
@@ -435,22 +632,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
          * (tau_decoder_relative: a weak model, e.g. one held up by free bits, is weak everywhere),
          * and only when z as a whole buys likelihood: otherwise what it responds to is noise. */
         r->z_unused = !(r->recon_gain > GAIN_Z * r->recon_gain_se && r->recon_gain > GAIN_MIN);
-        double most = 0;
-        for (int j = 0; j < d; j++) most = fmax(most, r->decoder_nats[j]);
-        for (int j = 0; j < d; j++) {
-            /* the encoder's side: KL (Gaussian) or activity (sphere, where KL does not split) */
-            const int sends = sphere ? r->activity[j] >= dc->tau_activity : r->kl[j] >= dc->tau_kl;
-            const double nats = r->decoder_nats[j];
-            const int listens = !r->z_unused && r->sens_jacobian[j] >= dc->tau_sensitivity &&
-                                (nats >= dc->tau_decoder_nats || (nats > 0 && nats >= dc->tau_decoder_relative * most));
-            r->verdict[j] = sends && listens ? NBS_DIM_ACTIVE : (!sends && !listens ? NBS_DIM_COLLAPSED : NBS_DIM_INCONSISTENT);
-            r->n_active += r->verdict[j] == NBS_DIM_ACTIVE;
-            r->n_collapsed += r->verdict[j] == NBS_DIM_COLLAPSED;
-            r->n_inconsistent += r->verdict[j] == NBS_DIM_INCONSISTENT;
-            r->n_unsent += !sends && listens;
-            r->n_sending += sends;
-            r->n_inactive_units += r->activity[j] < dc->tau_activity;
-        }
+        dim_verdicts(r, dc, 0, d, sphere, most_nats(r));
         model_verdict(r);
     }
     free(head), free(loc), free(spread), free(ez), free(ll), free(ll0), free(zc), free(lib);

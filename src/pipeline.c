@@ -28,6 +28,9 @@ _Static_assert(offsetof(nbs_model_config, encoder_layers) ==
 _Static_assert(offsetof(nbs_model_config, decoder_layers) ==
                    offsetof(nbs_model_config, n_decoder_layers) + sizeof(int),
                "layer widths follow their count");
+_Static_assert(offsetof(nbs_model_config, latent_layers) ==
+                   offsetof(nbs_model_config, n_latent_layers) + sizeof(int),
+               "layer widths follow their count");
 
 static const nbs_enum_word W_AUTO[] = {{"auto", NBS_AUTO}, {NULL, 0}}; /* integers that may be `auto` */
 
@@ -103,6 +106,9 @@ static const nbs_key_desc KEYS[] = {
      "an integer from 1 to 1024"},
     {"model", "discrete", K_INT, F(model, discrete), 0, NBS_MAX_DISCRETE, 0, NULL,
      "0 (none) or a number of categories from 2 to 50 (a Gaussian-mixture prior; Gaussian latent only)"},
+    {"model", "latent_layers", K_LAYERS, LAYERS(n_latent_layers, latent_layers), 1, 1024, 0, NULL,
+     "a list of 2 to 4 latent dimensions from 1 to 1024, bottom to top, e.g. [32, 10]; [] for one latent"},
+    {"model", "skip_connections", K_BOOL, F(model, skip_connections), 0, 0, 0, NULL, NULL},
 
     {"train", "epochs", K_INT, F(train, epochs), 1, 1e6, 0, W_AUTO,
      "an integer from 1 to 1000000, or auto (200, or 400 with categorical covariates; fewer beyond 20000 cells)"},
@@ -378,7 +384,9 @@ static int set_layers(ctx *c, int ki, yaml_document_t *doc, yaml_node_t *node, c
     const nbs_key_desc *k = &KEYS[ki];
     if (node->type != YAML_SEQUENCE_NODE) return reject(c, l, NBS_ERR_USAGE, k, "not a list");
     int n = (int)(node->data.sequence.items.top - node->data.sequence.items.start);
-    if (n < 1 || n > NBS_MAX_LAYERS)
+    /* latent_layers: [] is the single latent, as the resolved configuration writes it */
+    const int empty_ok = k->off == offsetof(nbs_config, model.n_latent_layers);
+    if (n < !empty_ok || n > NBS_MAX_LAYERS)
         return reject(c, l, NBS_ERR_USAGE, k, "a list of %d widths", n);
     int widths[NBS_MAX_LAYERS];
     for (int i = 0; i < n; i++) {
@@ -742,6 +750,11 @@ static int check_discrete(ctx *c) {
         return reject(c, &l, NBS_ERR_USAGE, &KEYS[kk], "the Gaussian-mixture prior needs model.latent: gaussian "
                       "(the latent is %s)", nbs_latent_word(cfg->model.latent));
     }
+    if (K && cfg->model.n_latent_layers) {
+        loc l = key_loc(c, kk);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kk], "the Gaussian-mixture prior is for a single latent, and "
+                      "model.latent_layers makes a ladder; leave out one of them");
+    }
     if (!K && (cfg->train.entropy_weight > 0 || cfg->train.entropy_target > 0 || cfg->train.entropy_cell_weight > 0)) {
         const int k = cfg->train.entropy_weight > 0 ? kw : cfg->train.entropy_target > 0 ? kt : kc;
         loc l = key_loc(c, k);
@@ -766,6 +779,30 @@ static int finish(ctx *c, int flags) {
     int cst = check_covariates(c);
     if (cst) return cst;
     int kd = find_key("model", "latent_dim"), kl = find_key("model", "latent");
+    const int kll = find_key("model", "latent_layers");
+    const nbs_model_config *mc = &cfg->model;
+    if (mc->n_latent_layers == 1 || mc->n_latent_layers > NBS_MAX_LATENT_LAYERS) {
+        loc l = key_loc(c, kll);
+        if (mc->n_latent_layers == 1)
+            return reject(c, &l, NBS_ERR_USAGE, &KEYS[kll], "one layer is a single latent: set model.latent_dim: "
+                          "%d and leave latent_layers out", mc->latent_layers[0]);
+        return reject(c, &l, NBS_ERR_USAGE, &KEYS[kll], "%d layers; a ladder has 2 to %d", mc->n_latent_layers,
+                      NBS_MAX_LATENT_LAYERS);
+    }
+    if (mc->n_latent_layers) { /* the embedding is the top layer: latent_dim is its dimension */
+        const int top = mc->latent_layers[mc->n_latent_layers - 1];
+        if (c->given[kd] && mc->latent_dim != top) {
+            loc l = key_loc(c, kd);
+            return reject(c, &l, NBS_ERR_USAGE, &KEYS[kd], "%d, but model.latent_layers' top layer (the embedding) "
+                          "has %d dimensions; leave latent_dim out with latent_layers", mc->latent_dim, top);
+        }
+        if (nbs_latent_ops_of(mc->latent)->on_sphere && top < 2) {
+            loc l = key_loc(c, kll);
+            return reject(c, &l, NBS_ERR_USAGE, &KEYS[kll], "a spherical top layer (model.latent: %s) needs 2 or more "
+                          "dimensions, got %d", nbs_enum_word_of(nbs_latent_words, mc->latent), top);
+        }
+        cfg->model.latent_dim = top;
+    }
     if (nbs_latent_ops_of(cfg->model.latent)->on_sphere && cfg->model.latent_dim < 2) {
         int k = c->given[kd] ? kd : kl;
         loc l = c->given[k] ? c->where[k] : (loc){c->name ? c->name : "(defaults)", 1, 1, NULL};

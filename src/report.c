@@ -27,10 +27,10 @@ int nbs_report_check_input(const char *path, const nbs_report_input *in, nbs_err
 /* The measure that says whether the encoder sends information through dimension j, and its
  * threshold: KL_j for the Gaussian, activity on the sphere (where the KL does not split). */
 static double sends_value(const nbs_collapse_report *r, const double *kl, const double *act, int j) {
-    return nbs_report_is_sphere(r) ? act[j] : kl[j];
+    return nbs_report_dim_on_sphere(r, j) ? act[j] : kl[j];
 }
-static double sends_tau(const nbs_collapse_report *r) {
-    return nbs_report_is_sphere(r) ? r->tau_activity : r->tau_kl;
+static double sends_tau(const nbs_collapse_report *r, int j) {
+    return nbs_report_dim_on_sphere(r, j) ? r->tau_activity : r->tau_kl;
 }
 
 /* The moment of posterior collapse: the first tracked epoch from which the encoder sent nothing
@@ -42,10 +42,10 @@ int nbs_report_collapsed_since(const nbs_report_input *in, int j) {
     const nbs_diagnose_track *t = in->track;
     const nbs_collapse_report *r = in->report;
     int since = -1;
-    if (sends_value(r, r->kl, r->activity, j) >= sends_tau(r)) return -1; /* the final diagnosis says it sends */
+    if (sends_value(r, r->kl, r->activity, j) >= sends_tau(r, j)) return -1; /* the final diagnosis says it sends */
     for (int i = t->n - 1; i >= 0; i--) {
         const int64_t o = (int64_t)i * t->d;
-        if (sends_value(r, t->kl + o, t->activity + o, j) >= sends_tau(r)) break;
+        if (sends_value(r, t->kl + o, t->activity + o, j) >= sends_tau(r, j)) break;
         since = t->epoch[i];
     }
     return since;
@@ -308,6 +308,28 @@ static void json_categories(FILE *f, const nbs_collapse_report *r) {
     fprintf(f, "]},\n");
 }
 
+/* A ladder's layers, bottom (1) first: each one's dimensions, KL, MI and verdict. */
+static void json_layers(FILE *f, const nbs_collapse_report *r) {
+    nbs_json_key(f, 2, "layers");
+    fprintf(f, "[");
+    for (int l = 0; l < r->n_layers; l++) {
+        const nbs_layer_report *Y = &r->layers[l];
+        fprintf(f, "%s\n    {\"layer\": %d, \"latent\": ", l ? "," : "", l + 1);
+        nbs_json_string(f, nbs_latent_word(Y->latent));
+        fprintf(f, ", \"dims\": [%d, %d], \"kl\": ", Y->offset + 1, Y->offset + Y->d);
+        nbs_json_number(f, Y->kl_total, 9);
+        fprintf(f, ", \"mutual_information\": ");
+        nbs_json_number(f, Y->mi, 9);
+        fprintf(f, ", \"active_units\": %d, \"collapsed_units\": %d, \"inconsistent_units\": %d, \"verdict\": ",
+                Y->n_active, Y->n_collapsed, Y->n_inconsistent);
+        nbs_json_string(f, nbs_model_verdict_word(Y->verdict));
+        fprintf(f, ", \"summary\": ");
+        nbs_json_string(f, Y->summary);
+        fprintf(f, "}");
+    }
+    fprintf(f, "\n  ],\n");
+}
+
 static void json_body(FILE *f, const nbs_report_input *in) {
     const nbs_collapse_report *r = in->report;
     fprintf(f, "{\n");
@@ -400,8 +422,10 @@ static void json_body(FILE *f, const nbs_report_input *in) {
     nbs_json_key(f, 2, "dimensions");
     fprintf(f, "[");
     for (int j = 0; j < r->d; j++) {
-        fprintf(f, "%s\n    {\"dim\": %d, \"kl\": ", j ? "," : "", j + 1);
-        nbs_json_number(f, nbs_report_is_sphere(r) ? NAN : r->kl[j], 9);
+        fprintf(f, "%s\n    {\"dim\": %d, ", j ? "," : "", j + 1);
+        if (r->n_layers) fprintf(f, "\"layer\": %d, ", nbs_report_dim_layer(r, j) + 1);
+        fprintf(f, "\"kl\": ");
+        nbs_json_number(f, nbs_report_dim_on_sphere(r, j) ? NAN : r->kl[j], 9);
         fprintf(f, ", \"activity\": ");
         nbs_json_number(f, r->activity[j], 9);
         fprintf(f, ", \"sensitivity_weight\": ");
@@ -417,6 +441,7 @@ static void json_body(FILE *f, const nbs_report_input *in) {
         else fprintf(f, ", \"collapsed_since_epoch\": null}");
     }
     fprintf(f, "%s],\n", r->d ? "\n  " : "");
+    if (r->n_layers) json_layers(f, r);
     nbs_json_key(f, 2, "training");
     json_training(f, in);
     fprintf(f, ",\n");
@@ -473,11 +498,13 @@ static void tsv_categories(FILE *f, const nbs_collapse_report *r) {
 
 static void tsv_body(FILE *f, const nbs_report_input *in) {
     const nbs_collapse_report *r = in->report;
-    fprintf(f, "dim\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tdecoder_nats\t"
-               "verdict\tcollapsed_since_epoch\n");
+    /* a ladder's dimensions carry their layer (1 = bottom) */
+    fprintf(f, "dim%s\tkl\tactivity\tsensitivity_weight\tsensitivity_jacobian\tdecoder_nats\t"
+               "verdict\tcollapsed_since_epoch\n", r->n_layers ? "\tlayer" : "");
     for (int j = 0; j < r->d; j++) {
         fprintf(f, "%d", j + 1);
-        tsv_num(f, nbs_report_is_sphere(r) ? NAN : r->kl[j]);
+        if (r->n_layers) fprintf(f, "\t%d", nbs_report_dim_layer(r, j) + 1);
+        tsv_num(f, nbs_report_dim_on_sphere(r, j) ? NAN : r->kl[j]);
         tsv_num(f, r->activity[j]);
         tsv_num(f, r->sens_weight[j]);
         tsv_num(f, r->sens_jacobian[j]);

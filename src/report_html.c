@@ -314,7 +314,7 @@ static void dimension_bars(nbs_svg_buf *b, const nbs_report_input *in) {
                           "<th>sensitivity (Jacobian)</th><th>decoder response (nats)</th><th>verdict</th>"
                           "<th>collapsed since epoch</th></tr>\n");
     for (int j = 0; j < r->d; j++) {
-        const double vals[5] = {nbs_report_is_sphere(r) ? NAN : r->kl[j], r->activity[j], r->sens_weight[j],
+        const double vals[5] = {nbs_report_dim_on_sphere(r, j) ? NAN : r->kl[j], r->activity[j], r->sens_weight[j],
                                 r->sens_jacobian[j], r->decoder_nats[j]};
         nbs_svg_buf_printf(b, "<tr><td>%d</td>", j + 1);
         for (int k = 0; k < 5; k++) {
@@ -366,6 +366,46 @@ static void category_bars(nbs_svg_buf *b, const nbs_collapse_report *r) {
     nbs_svg_legend_item(b, width - 200, 18, COL_ACTIVE, "used");
     nbs_svg_legend_item(b, width - 130, 18, COL_COLLAPSED, "dead");
     nbs_svg_end(b);
+    section_end(b);
+}
+
+/* A ladder: per layer, bottom first, its verdict and the bars of its dimensions (the layer's slice
+ * of the report, numbered within the layer). */
+static void layer_bars(nbs_svg_buf *b, const nbs_report_input *in) {
+    const nbs_collapse_report *r = in->report;
+    if (!r->n_layers) return;
+    section(b, "layers", "Latent layers",
+            "A ladder's stochastic layers, layer 1 at the bottom (read by the decoder), the top one the "
+            "embedding. Below the top a layer's KL is to its top-down prior given the layer above, and "
+            "the decoder's response to a layer goes through the layers below it (and the skip "
+            "connections). A layer is collapsed when all its dimensions are: its posterior is then its "
+            "prior, which carries it. Good: every layer healthy or partially collapsed.");
+    char lab[64], title[96];
+    for (int l = 0; l < r->n_layers; l++) {
+        const nbs_layer_report *Y = &r->layers[l];
+        nbs_collapse_report sub = *r; /* the layer's dimensions as a report of their own */
+        const int o = Y->offset;
+        sub.d = Y->d;
+        sub.verdict = r->verdict + o;
+        nbs_svg_buf_printf(b, "<h3>Layer %d%s (%s, %d dimensions): %s</h3>\n<p>", l + 1,
+                           l == r->n_layers - 1 ? ", top" : !l ? ", bottom" : "", nbs_latent_word(Y->latent), Y->d,
+                           nbs_model_verdict_word(Y->verdict));
+        nbs_svg_buf_text(b, Y->summary);
+        if (isfinite(Y->mi)) nbs_svg_buf_printf(b, "; I(x;z) %.3g nats", Y->mi);
+        nbs_svg_buf_printf(b, ".</p>\n<div class=\"row\">\n");
+        if (!nbs_latent_ops_of(Y->latent)->on_sphere) {
+            snprintf(lab, sizeof lab, "\xcf\x84_KL = %g", r->tau_kl);
+            snprintf(title, sizeof title, "Layer %d: KL per dimension", l + 1);
+            bar_panel(b, &sub, r->kl + o, r->tau_kl, title, "log10 KL (nats per cell)", lab);
+        }
+        snprintf(lab, sizeof lab, "\xcf\x84_decoder = %g nats", r->tau_decoder_nats);
+        snprintf(title, sizeof title, "Layer %d: decoder response", l + 1);
+        bar_panel(b, &sub, r->decoder_nats + o, r->tau_decoder_nats, title, "log10 nats per prior SD of z_j", lab);
+        snprintf(lab, sizeof lab, "\xcf\x84_activity = %g", r->tau_activity);
+        snprintf(title, sizeof title, "Layer %d: activity Var(E[z | x])", l + 1);
+        bar_panel(b, &sub, r->activity + o, r->tau_activity, title, "log10 activity", lab);
+        nbs_svg_buf_printf(b, "</div>\n");
+    }
     section_end(b);
 }
 
@@ -1182,6 +1222,7 @@ int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_erro
     banner(&b, in);
     if (!(st = training_curves(&b, in, err)) && !(st = kl_heatmap(&b, in, err))) {
         dimension_bars(&b, in);
+        layer_bars(&b, in);
         category_bars(&b, r);
         if (!(st = tracking(&b, in, err)) && !(st = kappa_histogram(&b, in)))
             st = embedding_view(&b, in, err);

@@ -16,9 +16,10 @@
 #include "nbsphere/mixture.h"
 #include "nbsphere/nn.h"
 
-/* per hidden layer W, b, covariates.W, continuous.W and four norm blocks; heads and dispersion */
-#define MAX_BLOCKS (2 * NBS_MAX_LAYERS * 8 + 20)
-#define MAX_STAGES 4
+/* per hidden layer W, b, covariates.W, continuous.W, four norm blocks and a skip block per latent
+ * layer; heads, dispersion and the mixture prior; per ladder layer up, head and prior (W, b each) */
+#define MAX_BLOCKS (2 * NBS_MAX_LAYERS * (8 + NBS_MAX_LATENT_LAYERS) + 20 + 8 * NBS_MAX_LATENT_LAYERS)
+#define MAX_STAGES NBS_MAX_LATENT_LAYERS
 
 typedef struct {
     char name[64];
@@ -35,6 +36,7 @@ typedef struct {
     nbs_dense lin;
     float *Wcat, *dWcat;   /* (n_cat_in, out) or NULL */
     float *Wcont, *dWcont; /* (n_continuous, out) or NULL */
+    float *Wskip[MAX_STAGES], *dWskip[MAX_STAGES]; /* (d of stage s, out): skip connections, or NULL */
     nbs_norm norm;
     int has_norm;
 } hidden;
@@ -43,8 +45,13 @@ typedef struct {
  * [kl_offset, kl_offset + kl_terms) of the model's KL vector. */
 typedef struct {
     nbs_latent lat;
-    nbs_dense head; /* (encoder width, head_dim) */
+    nbs_dense head; /* (encoder width, head_dim); in a ladder (up width, head_dim) */
     int head_dim, kl_terms, kl_offset;
+    /* ladder: the bottom-up deterministic layer the head reads (ReLU; it reads the encoder's last
+     * activation or the stage below's up layer) and, below the top, the top-down prior
+     * p(z_s | z_{s+1}): a ReLU layer on z_{s+1} and its (mean, log variance) head (prior width, 2d) */
+    nbs_dense up, prior_hidden, prior_head;
+    int has_prior;
 } stage;
 
 struct nbs_model {
@@ -65,6 +72,8 @@ struct nbs_model {
     int n_blocks;
 
     int n_enc, n_dec, n_stages;
+    int ladder;      /* the stages are a ladder's layers, stage 0 at the bottom */
+    int embed_stage; /* the stage whose posterior is the embedding: the top of a ladder */
     hidden enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS];
     stage stages[MAX_STAGES];
     nbs_dense out, out_zi, out_disp;
@@ -101,6 +110,13 @@ typedef struct {
     float *z, *dz;           /* (B, d) */
     double *kl;              /* (B, kl_terms of the stage) */
     nbs_latent_cache *cache; /* samples and noise kept for the backward */
+    float *dzs;              /* (B, d) gradient of z through the skip connections; training only */
+    /* ladder */
+    float *up, *dup;         /* (B, up width) the bottom-up layer's activation and its gradient */
+    float *ph, *dph;         /* (B, prior width) the top-down prior's hidden activation */
+    float *prior, *dprior;   /* (B, 2d) its mean and log variance */
+    float *mu, *lv, *eps;    /* (B, d) the merged posterior's mean, log variance and noise */
+    int sampled;
 } stage_ws;
 
 struct nbs_workspace {
@@ -206,8 +222,9 @@ static void bind_dense(nbs_model *m, nbs_dense *L, layer_ids id) {
     L->db = D(m, id.b);
 }
 
-static void bind_hidden(nbs_model *m, hidden *h, layer_ids id, nbs_norm_kind norm) {
+static void bind_hidden(nbs_model *m, hidden *h, layer_ids id, nbs_norm_kind norm, const int *skip) {
     bind_dense(m, &h->lin, id);
+    for (int s = 0; skip && s < m->n_stages; s++) h->Wskip[s] = P(m, skip[s]), h->dWskip[s] = D(m, skip[s]);
     h->Wcat = P(m, id.cat);
     h->dWcat = D(m, id.cat);
     h->Wcont = P(m, id.cont);
@@ -234,10 +251,14 @@ static void init_dense(nbs_dense *L, gsl_rng *rng, double scale) {
 static void init_hidden(const nbs_model *m, hidden *h, gsl_rng *rng) {
     const nbs_dense *L = &h->lin;
     const int n_cat = h->Wcat ? m->n_cat_in : 0, n_cont = h->Wcont ? m->cov.n_continuous : 0;
-    const double a = 1.0 / sqrt((double)L->in + n_cat + n_cont);
+    int n_skip = 0; /* the skip connections' latent inputs count in the fan-in too */
+    for (int s = 0; s < m->n_stages; s++) n_skip += h->Wskip[s] ? m->stages[s].lat.dim : 0;
+    const double a = 1.0 / sqrt((double)L->in + n_cat + n_cont + n_skip);
     fill_uniform(L->W, (int64_t)L->in * L->out, a, rng);
     if (h->Wcat) fill_uniform(h->Wcat, (int64_t)n_cat * L->out, a, rng);
     if (h->Wcont) fill_uniform(h->Wcont, (int64_t)n_cont * L->out, a, rng);
+    for (int s = 0; s < m->n_stages; s++)
+        if (h->Wskip[s]) fill_uniform(h->Wskip[s], (int64_t)m->stages[s].lat.dim * L->out, a, rng);
     fill_uniform(L->b, L->out, a, rng);
     if (!h->has_norm) return;
     for (int j = 0; j < h->norm.width; j++) {
@@ -266,6 +287,19 @@ static int check_config(const nbs_model_config *mc, int n_genes, nbs_error *err)
     if (mc->discrete && mc->latent != NBS_LATENT_GAUSSIAN)
         return nbs_error_set(err, NBS_ERR_USAGE, "model.discrete: the Gaussian-mixture prior needs model.latent: "
                              "gaussian");
+    if (mc->discrete && mc->n_latent_layers)
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.discrete with model.latent_layers: the mixture prior is for "
+                             "a single latent; leave out one of them");
+    if (mc->n_latent_layers == 1 || mc->n_latent_layers < 0 || mc->n_latent_layers > NBS_MAX_LATENT_LAYERS)
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_layers: %d layers; a ladder has 2 to %d (none: one "
+                             "latent of model.latent_dim)", mc->n_latent_layers, NBS_MAX_LATENT_LAYERS);
+    for (int s = 0; s < mc->n_latent_layers; s++)
+        if (mc->latent_layers[s] < 1 || mc->latent_layers[s] > NBS_MAX_KL_TERMS)
+            return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_layers: layer %d has %d dimensions; expected 1 to %d",
+                                 s + 1, mc->latent_layers[s], NBS_MAX_KL_TERMS);
+    if (mc->n_latent_layers && nbs_latent_ops_of(mc->latent)->on_sphere &&
+        mc->latent_layers[mc->n_latent_layers - 1] < 2)
+        return nbs_error_set(err, NBS_ERR_USAGE, "model.latent_layers: a spherical top layer needs 2 or more dimensions");
     if (mc->latent_dim < 1 || mc->n_encoder_layers < 1 || mc->n_decoder_layers < 1 ||
         mc->n_encoder_layers > NBS_MAX_LAYERS || mc->n_decoder_layers > NBS_MAX_LAYERS)
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -304,14 +338,22 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     m->n_cat_in = m->emb_dim ? cov->n_categorical * m->emb_dim : m->n_onehot;
     m->n_batches = mc->dispersion == NBS_DISP_GENE_BATCH && cov->has_batch ? cov->n_categories[0] : 1;
     m->G = n_genes;
-    /* one stage today; a ladder or a categorical latent adds entries */
-    m->n_stages = 1;
+    /* one stage, or a ladder's layers bottom first: Gaussian below, the latent's kind at the top */
+    m->ladder = mc->n_latent_layers > 0;
+    m->n_stages = m->ladder ? mc->n_latent_layers : 1;
+    m->embed_stage = m->n_stages - 1;
+    for (int s = 0; s < m->n_stages; s++) {
+        stage *S = &m->stages[s];
+        const int top = s == m->n_stages - 1;
+        S->lat = (nbs_latent){top ? mc->latent : NBS_LATENT_GAUSSIAN, m->ladder ? mc->latent_layers[s] : mc->latent_dim,
+                              mc->kappa_floor};
+        S->head_dim = nbs_latent_head_dim(&S->lat);
+        S->kl_terms = nbs_latent_kl_terms(&S->lat);
+        S->kl_offset = m->kl_terms;
+        S->has_prior = !top;
+        m->kl_terms += S->kl_terms;
+    }
     stage *S = &m->stages[0];
-    S->lat = (nbs_latent){mc->latent, mc->latent_dim, mc->kappa_floor};
-    S->head_dim = nbs_latent_head_dim(&S->lat);
-    S->kl_terms = nbs_latent_kl_terms(&S->lat);
-    S->kl_offset = 0;
-    m->kl_terms = S->kl_terms;
     m->K = mc->discrete;
     if (m->K) m->cl_kl = m->kl_terms++;
     m->n_enc = mc->n_encoder_layers;
@@ -320,7 +362,8 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
     m->has_disp = mc->likelihood != NBS_LIK_POISSON && mc->dispersion == NBS_DISP_GENE_CELL;
 
     layer_ids enc[NBS_MAX_LAYERS], dec[NBS_MAX_LAYERS], head[MAX_STAGES], out,
-        zi = {-1, -1, -1, -1, -1, -1, -1, -1}, disp = zi;
+        zi = {-1, -1, -1, -1, -1, -1, -1, -1}, disp = zi, up[MAX_STAGES], ph[MAX_STAGES], pout[MAX_STAGES];
+    int skip[NBS_MAX_LAYERS][MAX_STAGES];
     char nm[64];
     int in = n_genes;
     /* scvi-tools' injection: the categorical covariates into every decoder hidden layer
@@ -336,11 +379,32 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
                                enc_cov && !i ? n_cont : 0);
         in = mc->encoder_layers[i];
     }
-    head[0] = declare_layer(m, "encoder.head", in, S->head_dim, 0, 0, 0);
-    in = mc->latent_dim;
+    if (!m->ladder) head[0] = declare_layer(m, "encoder.head", in, S->head_dim, 0, 0, 0);
+    /* the ladder's bottom-up layers and heads, then its top-down priors, each as wide as the
+     * encoder's last layer */
+    const int U = in;
+    for (int s = 0; m->ladder && s < m->n_stages; s++) {
+        snprintf(nm, sizeof nm, "ladder.%d.up", s);
+        up[s] = declare_layer(m, nm, s ? U : in, U, 0, 0, 0);
+        snprintf(nm, sizeof nm, "ladder.%d.head", s);
+        head[s] = declare_layer(m, nm, U, m->stages[s].head_dim, 0, 0, 0);
+    }
+    for (int s = 0; m->ladder && s < m->n_stages - 1; s++) {
+        snprintf(nm, sizeof nm, "ladder.%d.prior", s);
+        ph[s] = declare_layer(m, nm, m->stages[s + 1].lat.dim, U, 0, 0, 0);
+        snprintf(nm, sizeof nm, "ladder.%d.prior.head", s);
+        pout[s] = declare_layer(m, nm, U, 2 * m->stages[s].lat.dim, 0, 0, 0);
+    }
+    in = S->lat.dim;
     for (int i = 0; i < m->n_dec; i++) {
         snprintf(nm, sizeof nm, "decoder.%d", i);
         dec[i] = declare_layer(m, nm, in, mc->decoder_layers[i], mc->norm, m->n_cat_in, i ? 0 : n_cont);
+        for (int s = 0; s < m->n_stages; s++) { /* decoder.0 reads z_0 as its input already */
+            skip[i][s] = -1;
+            if (!mc->skip_connections || (!i && !s)) continue;
+            snprintf(nm, sizeof nm, "decoder.%d.skip.%d.W", i, s);
+            skip[i][s] = add_block(m, nm, m->stages[s].lat.dim, mc->decoder_layers[i], 0);
+        }
         in = mc->decoder_layers[i];
     }
     out = declare_layer(m, "decoder.out", in, n_genes, 0, 0, 0);
@@ -375,9 +439,16 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
         nbs_model_free(m);
         return NULL;
     }
-    for (int i = 0; i < m->n_enc; i++) bind_hidden(m, &m->enc[i], enc[i], mc->norm);
-    for (int i = 0; i < m->n_dec; i++) bind_hidden(m, &m->dec[i], dec[i], mc->norm);
-    for (int s = 0; s < m->n_stages; s++) bind_dense(m, &m->stages[s].head, head[s]);
+    for (int i = 0; i < m->n_enc; i++) bind_hidden(m, &m->enc[i], enc[i], mc->norm, NULL);
+    for (int i = 0; i < m->n_dec; i++) bind_hidden(m, &m->dec[i], dec[i], mc->norm, skip[i]);
+    for (int s = 0; s < m->n_stages; s++) {
+        bind_dense(m, &m->stages[s].head, head[s]);
+        if (m->ladder) bind_dense(m, &m->stages[s].up, up[s]);
+        if (m->stages[s].has_prior) {
+            bind_dense(m, &m->stages[s].prior_hidden, ph[s]);
+            bind_dense(m, &m->stages[s].prior_head, pout[s]);
+        }
+    }
     bind_dense(m, &m->out, out);
     if (m->has_zi) bind_dense(m, &m->out_zi, zi);
     if (m->has_disp) bind_dense(m, &m->out_disp, disp);
@@ -394,7 +465,15 @@ nbs_model *nbs_model_new(const nbs_model_config *mc, int n_genes, const nbs_cova
 
     if (rng) {
         for (int i = 0; i < m->n_enc; i++) init_hidden(m, &m->enc[i], rng);
-        for (int s = 0; s < m->n_stages; s++) init_dense(&m->stages[s].head, rng, 1.0);
+        for (int s = 0; s < m->n_stages; s++) {
+            if (m->ladder) init_dense(&m->stages[s].up, rng, 1.0);
+            init_dense(&m->stages[s].head, rng, 1.0);
+        }
+        for (int s = 0; s < m->n_stages; s++)
+            if (m->stages[s].has_prior) {
+                init_dense(&m->stages[s].prior_hidden, rng, 1.0);
+                init_dense(&m->stages[s].prior_head, rng, 1.0);
+            }
         for (int i = 0; i < m->n_dec; i++) init_hidden(m, &m->dec[i], rng);
         /* A small last layer makes the decoder start weak, so it must lean on z. */
         init_dense(&m->out, rng, mc->decoder_init_scale);
@@ -468,7 +547,10 @@ nbs_model *nbs_model_grow(const nbs_model *old, const nbs_covariate_layout *grow
         const hidden *ho = i < m->n_enc ? &old->enc[i] : &old->dec[i - m->n_enc];
         if (!h->Wcat) continue;
         const int w = h->lin.out;
-        const double a = 1.0 / sqrt((double)h->lin.in + m->n_onehot + (h->Wcont ? m->cov.n_continuous : 0));
+        int n_skip = 0;
+        for (int s = 0; s < m->n_stages; s++) n_skip += h->Wskip[s] ? m->stages[s].lat.dim : 0;
+        const double a =
+            1.0 / sqrt((double)h->lin.in + m->n_onehot + (h->Wcont ? m->cov.n_continuous : 0) + n_skip);
         memset(m->trainable + (h->Wcat - m->params), 1, (size_t)m->n_onehot * w);
         for (int k = 0; k < oc->n_categorical; k++)
             for (int c = 0; c < oc->n_categories[k]; c++) {
@@ -529,7 +611,9 @@ void nbs_workspace_free(nbs_workspace *w) {
         }
     for (int s = 0; s < MAX_STAGES; s++) {
         stage_ws *S = &w->stages[s];
-        free(S->head_out), free(S->dhead), free(S->z), free(S->dz), free(S->kl);
+        free(S->head_out), free(S->dhead), free(S->z), free(S->dz), free(S->kl), free(S->dzs);
+        free(S->up), free(S->dup), free(S->ph), free(S->dph), free(S->prior), free(S->dprior);
+        free(S->mu), free(S->lv), free(S->eps);
         nbs_latent_cache_free(S->cache);
     }
     free(w->bptr), free(w->bidx), free(w->bval), free(w->rows), free(w->lib), free(w->loglik), free(w->kl);
@@ -576,6 +660,20 @@ static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz,
         if (training) ALLOC(SW->dz, (int64_t)n * S->lat.dim, float);
         ALLOC(SW->kl, (int64_t)n * S->kl_terms, double);
         ok = ok && (SW->cache = nbs_latent_cache_new(&S->lat, n, err)) != NULL;
+        const int64_t nd = (int64_t)n * S->lat.dim;
+        if (training && m->cfg.skip_connections) ALLOC(SW->dzs, nd, float);
+        if (!m->ladder) continue;
+        const int64_t nu = (int64_t)n * S->up.out;
+        ALLOC(SW->up, nu, float);
+        if (training) ALLOC(SW->dup, nu, float);
+        if (!S->has_prior) continue;
+        ALLOC(SW->ph, (int64_t)n * S->prior_hidden.out, float);
+        ALLOC(SW->prior, 2 * nd, float);
+        ALLOC(SW->mu, nd, float);
+        ALLOC(SW->lv, nd, float);
+        ALLOC(SW->eps, nd, float);
+        if (training) ALLOC(SW->dph, (int64_t)n * S->prior_hidden.out, float);
+        if (training) ALLOC(SW->dprior, 2 * nd, float);
     }
     const int64_t nG = (int64_t)n * m->G;
     ALLOC(w->bptr, n + 1, int64_t);
@@ -716,6 +814,8 @@ static void hidden_forward(const nbs_model *m, const hidden *h, hidden_ws *hw, c
     else if (h->Wcat) nbs_onehot_forward(h->Wcat, h->lin.out, w->cov_rows, m->cov.n_categorical, n, hw->relu_out);
     if (h->Wcont)
         nbs_linear_add_forward(h->Wcont, m->cov.n_continuous, h->lin.out, w->cov_values, n, hw->relu_out);
+    for (int s = 0; s < m->n_stages; s++) /* skip connections: the latent layers' z from the workspace */
+        if (h->Wskip[s]) nbs_linear_add_forward(h->Wskip[s], m->stages[s].lat.dim, h->lin.out, w->stages[s].z, n, hw->relu_out);
     if (h->has_norm) { /* a frozen model keeps its running statistics: it normalises as in evaluation */
         const int batch_stats = training && !m->trainable;
         hw->used_batch = nbs_norm_uses_batch(&h->norm, n, batch_stats);
@@ -729,6 +829,111 @@ static void hidden_forward(const nbs_model *m, const hidden *h, hidden_ws *hw, c
     }
 }
 
+/* ---- the ladder (docs/design.md "Ladder"), forward ---- */
+
+/* The bottom-up path from the encoder's last activation h (n, encoder width): up_s = ReLU(up_{s-1}
+ * W + b), each stage's head reading its up layer. */
+static void ladder_up(const nbs_model *m, nbs_workspace *w, const float *h, int n) {
+    for (int s = 0; s < m->n_stages; s++) {
+        const stage *S = &m->stages[s];
+        stage_ws *SW = &w->stages[s];
+        nbs_dense_forward(&S->up, s ? w->stages[s - 1].up : h, n, SW->up);
+        nbs_relu_forward(SW->up, (int64_t)n * S->up.out);
+        nbs_dense_forward(&S->head, SW->up, n, SW->head_out);
+    }
+}
+
+/* latent.c's bounds on a Gaussian's log variance, so that exp() stays finite */
+#define LADDER_LV_MIN -15.0
+#define LADDER_LV_MAX 10.0
+
+/* Dimension j of cell i of a stage below the top: the precision-weighted merge of its bottom-up
+ * Gaussian (head (n, 2d): mean, log variance) and its top-down prior (prior (n, 2d)):
+ * 1/var = 1/var_l + 1/var_t, mu = a mu_l + b mu_t with a = var / var_l, b = var / var_t. */
+typedef struct {
+    double ml, lvl, mt, lvt, vt; /* bottom-up mean and log variance; the prior's, and its variance */
+    double a, b, mu, lv;         /* the weights, the merged mean and log variance */
+    int clamped_l, clamped_t;    /* a raw log variance outside the bounds: no gradient to it */
+} ladder_merge;
+
+static ladder_merge merge_of(const float *head, const float *prior, int d, int64_t i, int j) {
+    ladder_merge g;
+    const float *h = head + i * 2 * d, *p = prior + i * 2 * d;
+    g.ml = h[j];
+    g.mt = p[j];
+    g.clamped_l = !(h[d + j] >= LADDER_LV_MIN && h[d + j] <= LADDER_LV_MAX);
+    g.clamped_t = !(p[d + j] >= LADDER_LV_MIN && p[d + j] <= LADDER_LV_MAX);
+    g.lvl = fmin(fmax(h[d + j], LADDER_LV_MIN), LADDER_LV_MAX);
+    g.lvt = fmin(fmax(p[d + j], LADDER_LV_MIN), LADDER_LV_MAX);
+    g.vt = exp(g.lvt);
+    const double pl = exp(-g.lvl), pt = exp(-g.lvt), sum = pl + pt;
+    g.a = pl / sum;
+    g.b = pt / sum;
+    g.mu = g.a * g.ml + g.b * g.mt;
+    g.lv = -log(sum);
+    return g;
+}
+
+/* The top-down pass below stage `from`, whose z is set: for s = from - 1 .. 0 the prior
+ * p(z_s | z_{s+1}) = N(mu_t, var_t) from an MLP on z_{s+1}, the merged posterior q(z_s | x, z_{s+1}),
+ * its sample (rng) or mean (rng NULL) as z_s, and the analytic KL(q || p) per dimension. */
+static void ladder_down(const nbs_model *m, nbs_workspace *w, int n, int from, gsl_rng *rng) {
+    for (int s = from - 1; s >= 0; s--) {
+        const stage *S = &m->stages[s];
+        stage_ws *SW = &w->stages[s];
+        const int d = S->lat.dim;
+        nbs_dense_forward(&S->prior_hidden, w->stages[s + 1].z, n, SW->ph);
+        nbs_relu_forward(SW->ph, (int64_t)n * S->prior_hidden.out);
+        nbs_dense_forward(&S->prior_head, SW->ph, n, SW->prior);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) {
+                const ladder_merge g = merge_of(SW->head_out, SW->prior, d, i, j);
+                const int64_t k = (int64_t)i * d + j;
+                double z = g.mu;
+                if (rng) {
+                    const double e = gsl_ran_gaussian_ziggurat(rng, 1.0);
+                    SW->eps[k] = (float)e;
+                    z += exp(0.5 * g.lv) * e;
+                }
+                const double dev = g.mu - g.mt;
+                SW->mu[k] = (float)g.mu;
+                SW->lv[k] = (float)g.lv;
+                SW->z[k] = (float)z;
+                SW->kl[k] = 0.5 * (g.lvt - g.lv + (exp(g.lv) + dev * dev) / g.vt - 1);
+            }
+        SW->sampled = rng != NULL;
+    }
+}
+
+/* The gathered and encoded batch through a ladder at the posterior locations: the top at its
+ * location, every layer below at its merged posterior mean given the one above. */
+static int ladder_locations(const nbs_model *m, nbs_workspace *w, int n, nbs_error *err) {
+    const int top = m->n_stages - 1;
+    stage_ws *TW = &w->stages[top];
+    int st = nbs_latent_forward(&m->stages[top].lat, TW->head_out, n, NULL, TW->z, TW->kl, TW->cache, err);
+    if (!st) ladder_down(m, w, n, top, NULL);
+    return st;
+}
+
+/* The decoder's input Z (n, nbs_model_decoder_dim) split into the stages' z buffers, bottom first,
+ * where the decoder reads them (skip connections, a ladder); otherwise Z itself. */
+static const float *decoder_input(const nbs_model *m, nbs_workspace *w, const float *Z, int n) {
+    if (m->n_stages == 1 && !m->cfg.skip_connections) return Z;
+    const int D = nbs_model_decoder_dim(m);
+    for (int s = 0, off = 0; s < m->n_stages; off += m->stages[s++].lat.dim)
+        for (int i = 0; i < n; i++)
+            memcpy(w->stages[s].z + (int64_t)i * m->stages[s].lat.dim, Z + (int64_t)i * D + off,
+                   sizeof(float) * m->stages[s].lat.dim);
+    return w->stages[0].z;
+}
+
+int nbs_model_decoder_dim(const nbs_model *m) {
+    if (!m->ladder) return m->stages[0].lat.dim;
+    int D = 0;
+    for (int s = 0; s < m->n_stages; s++) D += m->stages[s].lat.dim;
+    return D;
+}
+
 /* The gathered batch -> each stage's head (n, head_dim). Training updates batch-norm running
  * statistics, the only write to the model in a forward. */
 static void encode_gathered(const nbs_model *m, nbs_workspace *w, int n, int training, gsl_rng *rng) {
@@ -736,8 +941,10 @@ static void encode_gathered(const nbs_model *m, nbs_workspace *w, int n, int tra
     for (int i = 0; i < m->n_enc; i++)
         hidden_forward(m, &m->enc[i], &w->enc[i], w, i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, training,
                        dropout_of(m), rng);
-    for (int s = 0; s < m->n_stages; s++)
-        nbs_dense_forward(&m->stages[s].head, w->enc[m->n_enc - 1].act, n, w->stages[s].head_out);
+    if (m->ladder) ladder_up(m, w, w->enc[m->n_enc - 1].act, n);
+    else
+        for (int s = 0; s < m->n_stages; s++)
+            nbs_dense_forward(&m->stages[s].head, w->enc[m->n_enc - 1].act, n, w->stages[s].head_out);
 }
 
 static nbs_mixture mixture_of(const nbs_model *m) {
@@ -778,13 +985,18 @@ int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mo
     const int n = (int)c->n, training = mode == NBS_PASS_TRAIN;
     double t0 = omp_get_wtime();
     encode_gathered(m, w, n, training, rng);
+    gsl_rng *zrng = mode == NBS_PASS_EVAL_MEAN ? NULL : rng;
     for (int s = 0; s < m->n_stages && !st; s++) {
         const stage *S = &m->stages[s];
         stage_ws *SW = &w->stages[s];
-        st = nbs_latent_forward(&S->lat, SW->head_out, n, mode == NBS_PASS_EVAL_MEAN ? NULL : rng, SW->z, SW->kl,
-                                SW->cache, err);
-        for (int i = 0; i < n && !st; i++) /* the stage's terms into their places of each cell's KL row */
-            memcpy(w->kl + (int64_t)i * m->kl_terms + S->kl_offset, SW->kl + (int64_t)i * S->kl_terms,
+        if (S->has_prior) continue; /* a ladder's lower layers follow from the top-down pass */
+        st = nbs_latent_forward(&S->lat, SW->head_out, n, zrng, SW->z, SW->kl, SW->cache, err);
+    }
+    if (!st && m->ladder) ladder_down(m, w, n, m->n_stages - 1, zrng);
+    for (int s = 0; s < m->n_stages && !st; s++) {
+        const stage *S = &m->stages[s];
+        for (int i = 0; i < n; i++) /* the stage's terms into their places of each cell's KL row */
+            memcpy(w->kl + (int64_t)i * m->kl_terms + S->kl_offset, w->stages[s].kl + (int64_t)i * S->kl_terms,
                    sizeof(double) * S->kl_terms);
     }
     if (st) return st;
@@ -821,8 +1033,12 @@ int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mo
 
 const double *nbs_workspace_loglik(const nbs_workspace *w) { return w->loglik; }
 const double *nbs_workspace_kl(const nbs_workspace *w) { return w->kl; }
-const float *nbs_workspace_kappa(const nbs_workspace *w) { return nbs_latent_cache_kappa(w->stages[0].cache); }
-double nbs_workspace_acceptance(const nbs_workspace *w) { return nbs_latent_cache_acceptance(w->stages[0].cache); }
+const float *nbs_workspace_kappa(const nbs_workspace *w) {
+    return nbs_latent_cache_kappa(w->stages[w->model->embed_stage].cache);
+}
+double nbs_workspace_acceptance(const nbs_workspace *w) {
+    return nbs_latent_cache_acceptance(w->stages[w->model->embed_stage].cache);
+}
 
 void nbs_workspace_take_timers(nbs_workspace *w, double *products, double *likelihood) {
     *products = w->t_products;
@@ -850,6 +1066,12 @@ static void hidden_backward(const nbs_model *m, hidden *h, const hidden_ws *hw, 
     }
     if (h->dWcont)
         nbs_linear_add_backward(h->dWcont, m->cov.n_continuous, h->lin.out, w->cov_values, n, dact);
+    for (int s = 0; s < m->n_stages; s++) /* skip connections: their z's gradient into the stage's dzs */
+        if (h->dWskip[s]) {
+            const int d = m->stages[s].lat.dim;
+            nbs_linear_add_backward(h->dWskip[s], d, h->lin.out, w->stages[s].z, n, dact);
+            nbs_linear_add_input_backward(h->Wskip[s], d, h->lin.out, dact, n, w->stages[s].dzs);
+        }
     if (sx) nbs_dense_backward_sparse(&h->lin, sx, dact);
     else nbs_dense_backward(&h->lin, x, dact, n, dx);
 }
@@ -884,6 +1106,52 @@ double nbs_model_entropy_loss(nbs_model *m, nbs_workspace *w, double target, dou
     return loss;
 }
 
+/* The ladder's backward, every stage's dz complete from the decoder's side: top-down bottom first
+ * (each layer's merged posterior and its prior take the KL's and the sample's gradient; the prior
+ * path's reaches z of the layer above), the top's latent, then the bottom-up path top first,
+ * ending in dh (n, encoder width), the gradient of the encoder's last activation h. */
+static void ladder_backward(nbs_model *m, nbs_workspace *w, int n, const float *kl_weight, const float *h, float *dh) {
+    const int top = m->n_stages - 1;
+    for (int s = 0; s < top; s++) {
+        stage *S = &m->stages[s];
+        stage_ws *SW = &w->stages[s];
+        const int d = S->lat.dim;
+        const float *wk = kl_weight + S->kl_offset;
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < d; j++) {
+                const ladder_merge g = merge_of(SW->head_out, SW->prior, d, i, j);
+                const int64_t k = (int64_t)i * d + j, r = (int64_t)i * 2 * d;
+                const double dz = SW->dz[k], dev = g.mu - g.mt, v = exp(g.lv);
+                /* the loss through z = mu + sd eps and KL = (lv_t - lv + (v + dev^2) / v_t - 1) / 2 */
+                const double dmu = dz + wk[j] * dev / g.vt;
+                const double dlv = (SW->sampled ? dz * SW->eps[k] * 0.5 * exp(0.5 * g.lv) : 0) + wk[j] * 0.5 * (v / g.vt - 1);
+                /* through the merge: d mu / d lv_l = -ab (mu_l - mu_t) = -d mu / d lv_t, d lv / d lv_l = a */
+                const double c = g.a * g.b * (g.ml - g.mt) * dmu;
+                SW->dhead[r + j] = (float)(g.a * dmu);
+                SW->dhead[r + d + j] = g.clamped_l ? 0.0f : (float)(g.a * dlv - c);
+                SW->dprior[r + j] = (float)(g.b * dmu - wk[j] * dev / g.vt);
+                SW->dprior[r + d + j] = g.clamped_t ? 0.0f : (float)(g.b * dlv + c + wk[j] * 0.5 * (1 - (v + dev * dev) / g.vt));
+            }
+        nbs_dense_backward(&S->prior_head, SW->ph, SW->dprior, n, SW->dph);
+        nbs_relu_backward(SW->ph, SW->dph, (int64_t)n * S->prior_hidden.out);
+        nbs_dense_backward(&S->prior_hidden, w->stages[s + 1].z, SW->dph, n, w->dtmp);
+        add_into(w->stages[s + 1].dz, w->dtmp, (int64_t)n * m->stages[s + 1].lat.dim);
+    }
+    stage *T = &m->stages[top];
+    stage_ws *TW = &w->stages[top];
+    nbs_latent_backward(&T->lat, TW->head_out, n, TW->dz, kl_weight + T->kl_offset, TW->cache, TW->dhead);
+    for (int s = top; s >= 0; s--) {
+        stage *S = &m->stages[s];
+        stage_ws *SW = &w->stages[s];
+        const int64_t nu = (int64_t)n * S->up.out;
+        /* dup holds what the up layer above sent down (nothing at the top) */
+        nbs_dense_backward(&S->head, SW->up, SW->dhead, n, s == top ? SW->dup : w->dtmp);
+        if (s < top) add_into(SW->dup, w->dtmp, nu);
+        nbs_relu_backward(SW->up, SW->dup, nu);
+        nbs_dense_backward(&S->up, s ? w->stages[s - 1].up : h, SW->dup, n, s ? w->stages[s - 1].dup : dh);
+    }
+}
+
 void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, const float *kl_weight) {
     if (!w->grads_ready) return;
     const double t0 = omp_get_wtime();
@@ -911,17 +1179,29 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
             add_into(m->dlog_theta + (w->batch ? (int64_t)w->batch[i] * m->G : 0), w->dlt + (int64_t)i * m->G, m->G);
     }
     stage_ws *S0 = &w->stages[0];
+    for (int s = 0; m->cfg.skip_connections && s < m->n_stages; s++)
+        memset(w->stages[s].dzs, 0, sizeof(float) * (size_t)n * m->stages[s].lat.dim);
     for (int i = m->n_dec - 1; i >= 0; i--) {
         hidden_backward(m, &m->dec[i], &w->dec[i], w, i ? w->dec[i - 1].act : S0->z, NULL, n, 0, d, i ? dn : S0->dz);
         float *t = d;
         d = dn;
         dn = t;
     }
+    /* what the skip connections sent back: into z_0's gradient, and the upper layers' only one yet */
+    for (int s = 0; (m->ladder || m->cfg.skip_connections) && s < m->n_stages; s++) {
+        stage_ws *SW = &w->stages[s];
+        const size_t nd = (size_t)n * m->stages[s].lat.dim;
+        if (!s) {
+            if (SW->dzs) add_into(SW->dz, SW->dzs, (int64_t)nd);
+        } else if (SW->dzs) memcpy(SW->dz, SW->dzs, sizeof(float) * nd);
+        else memset(SW->dz, 0, sizeof(float) * nd);
+    }
     /* every stage's head reads the encoder's last activation: their input gradients add up */
     const float *henc = w->enc[m->n_enc - 1].act;
     const int64_t esz = (int64_t)n * m->enc[m->n_enc - 1].lin.out;
     static const float no_kl[NBS_MAX_KL_TERMS]; /* stage 0 with a mixture prior: its KL is the mixture's */
-    for (int s = 0; s < m->n_stages; s++) {
+    if (m->ladder) ladder_backward(m, w, n, kl_weight, henc, d);
+    for (int s = 0; !m->ladder && s < m->n_stages; s++) {
         stage *S = &m->stages[s];
         stage_ws *SW = &w->stages[s];
         const int mix = m->K && !s;
@@ -1020,36 +1300,90 @@ int nbs_model_encode(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, i
     return NBS_OK;
 }
 
+/* The last decode's logits (c, G) and, if lt is not NULL, log theta (c, G) out of the workspace. */
+static void decoded_out(const nbs_model *m, const nbs_workspace *w, int c, float *logits, float *lt) {
+    const int64_t G = m->G;
+    memcpy(logits, w->logits, sizeof(float) * c * G);
+    if (!lt) return;
+    if (m->has_disp) memcpy(lt, w->disp, sizeof(float) * c * G);
+    else
+        for (int i = 0; i < c; i++) {
+            const float *row = m->log_theta ? m->log_theta + (w->batch ? (int64_t)w->batch[i] * G : 0) : NULL;
+            for (int64_t g = 0; g < G; g++) lt[i * G + g] = row ? row[g] : INFINITY;
+        }
+}
+
 int nbs_model_decode_logits(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const float *z,
                             float *logits, float *log_theta, nbs_error *err) {
-    const int64_t G = m->G, d = m->stages[0].lat.dim, n = cells->n;
+    const int64_t G = m->G, d = nbs_model_decoder_dim(m), n = cells->n;
     for (int64_t s = 0; s < n; s += w->cap) {
         const nbs_cells part = nbs_cells_slice(cells, s, w->cap);
         const int c = (int)part.n;
         int st = gather_covariates(m, w, &part, err);
         if (st) return st;
-        decode(m, w, z + s * d, c, 0);
-        memcpy(logits + s * G, w->logits, sizeof(float) * c * G);
-        if (!log_theta) continue;
-        float *lt = log_theta + s * G;
-        if (m->has_disp) memcpy(lt, w->disp, sizeof(float) * c * G);
-        else
-            for (int i = 0; i < c; i++) {
-                const float *row = m->log_theta ? m->log_theta + (w->batch ? (int64_t)w->batch[i] * G : 0) : NULL;
-                for (int64_t g = 0; g < G; g++) lt[i * G + g] = row ? row[g] : INFINITY;
-            }
+        decode(m, w, decoder_input(m, w, z + s * d, c), c, 0);
+        decoded_out(m, w, c, logits + s * G, log_theta ? log_theta + s * G : NULL);
     }
     return NBS_OK;
 }
 
+int nbs_model_decode_layer(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, int layer, const float *z,
+                           float *logits, float *log_theta, nbs_error *err) {
+    const int64_t G = m->G, d = m->stages[layer].lat.dim, n = cells->n;
+    for (int64_t s = 0; s < n; s += w->cap) {
+        const nbs_cells part = nbs_cells_slice(cells, s, w->cap);
+        const int c = (int)part.n;
+        int st = gather(m, w, &part, err);
+        if (st) return st;
+        encode_gathered(m, w, c, 0, NULL);
+        if (m->ladder && (st = ladder_locations(m, w, c, err))) return st;
+        memcpy(w->stages[layer].z, z + s * d, sizeof(float) * c * d);
+        if (m->ladder) ladder_down(m, w, c, layer, NULL);
+        decode(m, w, w->stages[0].z, c, 0);
+        decoded_out(m, w, c, logits + s * G, log_theta ? log_theta + s * G : NULL);
+    }
+    return NBS_OK;
+}
+
+int nbs_model_layer_posterior(const nbs_model *m, const nbs_cells *c, int layer, float *location, float *spread,
+                              float *ez, double *kl, nbs_error *err) {
+    const stage *S = &m->stages[layer];
+    const int d = S->lat.dim, sd = nbs_latent_spread_dim(&S->lat), K = S->kl_terms;
+    nbs_workspace *w = nbs_workspace_eval(m, c->X, err);
+    int st = w ? NBS_OK : err->code;
+    for (int64_t s = 0; s < c->n && !st; s += w->cap) {
+        const nbs_cells part = nbs_cells_slice(c, s, w->cap);
+        const int n = (int)part.n;
+        if ((st = gather(m, w, &part, err))) break;
+        encode_gathered(m, w, n, 0, NULL);
+        stage_ws *SW = &w->stages[layer];
+        if (m->ladder) st = ladder_locations(m, w, n, err);
+        else st = nbs_latent_forward(&S->lat, SW->head_out, n, NULL, SW->z, SW->kl, SW->cache, err);
+        if (st) break;
+        if (!S->has_prior) { /* the top (or only) layer: its own head */
+            nbs_latent_posterior(&S->lat, SW->head_out, n, location ? location + s * d : NULL, spread ? spread + s * sd : NULL);
+            if (ez) nbs_latent_expectation(&S->lat, SW->head_out, n, ez + s * d);
+        } else {
+            for (int64_t k = 0; k < (int64_t)n * d; k++) {
+                if (location) location[s * d + k] = SW->mu[k];
+                if (spread) spread[s * d + k] = (float)exp(SW->lv[k]);
+                if (ez) ez[s * d + k] = SW->mu[k];
+            }
+        }
+        if (kl) memcpy(kl + s * K, SW->kl, sizeof(double) * n * K);
+    }
+    nbs_workspace_free(w);
+    return st;
+}
+
 int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, const float *z,
                      double *loglik, nbs_error *err) {
-    const int64_t d = m->stages[0].lat.dim;
+    const int64_t d = nbs_model_decoder_dim(m);
     for (int64_t s = 0; s < c->n; s += w->cap) {
         const nbs_cells part = nbs_cells_slice(c, s, w->cap);
         int st = gather(m, w, &part, err);
         if (st) return st;
-        decode(m, w, z + s * d, (int)part.n, 0);
+        decode(m, w, decoder_input(m, w, z + s * d, (int)part.n), (int)part.n, 0);
         nbs_lik_batch b = lik_batch(m, w, c->X, (int)part.n);
         nbs_lik_eval(&b, loglik + s, 1.0f, NULL, NULL, NULL);
     }
@@ -1057,14 +1391,15 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
 }
 
 int nbs_model_embed(const nbs_model *m, const nbs_cells *c, float *location, float *spread, nbs_error *err) {
-    const nbs_latent *L = &m->stages[0].lat;
-    const int hd = m->stages[0].head_dim, d = L->dim, sd = nbs_latent_spread_dim(L);
+    const int e = m->embed_stage;
+    const nbs_latent *L = &m->stages[e].lat;
+    const int hd = m->stages[e].head_dim, d = L->dim, sd = nbs_latent_spread_dim(L);
     nbs_workspace *w = nbs_workspace_eval(m, c->X, err);
     float *head = w ? nbs_malloc(sizeof(float) * NBS_EVAL_BATCH * hd, err) : NULL;
     int st = head ? NBS_OK : err->code;
     for (int64_t s = 0; s < c->n && !st; s += NBS_EVAL_BATCH) {
         const nbs_cells part = nbs_cells_slice(c, s, NBS_EVAL_BATCH);
-        st = nbs_model_encode(m, w, &part, 0, head, err);
+        st = nbs_model_encode(m, w, &part, e, head, err);
         if (!st) nbs_latent_posterior(L, head, (int)part.n, location + s * d, spread ? spread + s * sd : NULL);
     }
     free(head);
@@ -1095,7 +1430,21 @@ int nbs_model_discrete(const nbs_model *m) { return m->K; }
 int nbs_model_cluster_kl_term(const nbs_model *m) { return m->K ? m->cl_kl : -1; }
 
 int nbs_model_n_genes(const nbs_model *m) { return m->G; }
-const nbs_latent *nbs_model_latent(const nbs_model *m) { return &m->stages[0].lat; }
+const nbs_latent *nbs_model_latent(const nbs_model *m) { return &m->stages[m->embed_stage].lat; }
+int nbs_model_ladder(const nbs_model *m) { return m->ladder; }
+
+double nbs_model_latent_weight_rms(const nbs_model *m, int s, int j) {
+    double ss = 0;
+    int64_t count = 0;
+    const nbs_dense *first = s == 0 ? &m->dec[0].lin : m->ladder && m->stages[s - 1].has_prior ? &m->stages[s - 1].prior_hidden : NULL;
+    for (int k = 0; first && k < first->out; k++, count++) ss += (double)first->W[(int64_t)j * first->out + k] * first->W[(int64_t)j * first->out + k];
+    for (int i = 0; i < m->n_dec; i++) {
+        const float *W = m->dec[i].Wskip[s];
+        const int out = m->dec[i].lin.out;
+        for (int k = 0; W && k < out; k++, count++) ss += (double)W[(int64_t)j * out + k] * W[(int64_t)j * out + k];
+    }
+    return count ? sqrt(ss / (double)count) : 0;
+}
 int nbs_model_n_stages(const nbs_model *m) { return m->n_stages; }
 const nbs_latent *nbs_model_stage_latent(const nbs_model *m, int s) { return &m->stages[s].lat; }
 int nbs_model_stage_kl_offset(const nbs_model *m, int s) { return m->stages[s].kl_offset; }

@@ -68,7 +68,32 @@ static void test_collapse_and_remedies(void **state) {
     free(dir);
 }
 
+/* A ladder [32, 10] in the same setting: without skip connections both layers collapse; with
+ * them the top layer keeps a dimension the decoder uses (seeds 0-2: one) and the bottom one
+ * collapses onto its top-down prior; the model is not collapsed and the decoder gains from z. */
+static void test_ladder_skip_connections(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("kang_muscat/matrix.mtx.gz");
+    char *dir = tu_tmpdir();
+    char *plain = demo(dir, "ladder", "--set 'model.latent_layers=[32,10]'");
+    assert_true(verdict_is(plain, "collapsed"));
+    assert_non_null(strstr(plain, "layer 1 collapsed: the top-down prior carries it"));
+    assert_non_null(strstr(plain, "layer 2 collapsed: the top-down prior carries it"));
+    assert_true(tu_json_number(plain, "active_units") == 0);
+    char *skip = demo(dir, "ladder-skip", "--set 'model.latent_layers=[32,10]' --set model.skip_connections=true");
+    assert_false(verdict_is(skip, "collapsed"));
+    assert_null(strstr(skip, "layer 2 collapsed"));
+    /* the bottom layer, which the decoder reads, collapses onto its top-down prior instead */
+    assert_non_null(strstr(skip, "layer 1 collapsed: the top-down prior carries it"));
+    assert_true(tu_json_number(skip, "active_units") >= 1);
+    assert_true(tu_json_number(skip, "reconstruction_gain") > tu_json_number(plain, "reconstruction_gain") + 30);
+    free(plain), free(skip);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_collapse_and_remedies)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_collapse_and_remedies),
+                                       cmocka_unit_test(test_ladder_skip_connections)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -171,6 +171,93 @@ static void test_decoder_ignoring_z_is_not_healthy(void **state) {
     toy_free(&t);
 }
 
+/* A ladder [3, 2] trained briefly on the example data, then its top layer killed: its head gives
+ * every cell the N(0, I) prior (KL 0, no activity) and the top-down prior of layer 1 ignores z_2
+ * (its first weights zeroed; with skip connections their weights from z_2 too), so the decoder
+ * cannot respond to it. Layer 2 is flagged collapsed, exactly, and layer 1 is not; the same model
+ * trained with free bits and left alive has no collapsed layer. */
+static void check_ladder_dead_top(int skip, int kill) {
+    nbs_error err = {0};
+    trained_toy t;
+    memset(&t, 0, sizeof t);
+    assert_int_equal(nbs_io_read_10x_mtx_dir("example_data/sim_mtx", &t.X, &err), 0);
+    nbs_config_defaults(&t.c);
+    nbs_model_config *mc = &t.c.model;
+    mc->n_latent_layers = 2;
+    mc->latent_layers[0] = 3;
+    mc->latent_layers[1] = 2;
+    mc->latent_dim = 2;
+    mc->skip_connections = skip;
+    mc->encoder_layers[0] = 64;
+    mc->n_decoder_layers = 2;
+    mc->decoder_layers[0] = 64;
+    mc->decoder_layers[1] = 32;
+    t.c.train.epochs = 10;
+    t.c.train.warmup_epochs = 5;
+    t.c.train.checkpoint_every = 0;
+    t.c.train.free_bits = kill ? 0 : 0.5; /* the live control: every dimension kept sending */
+    t.r = gsl_rng_alloc(gsl_rng_mt19937);
+    t.m = nbs_model_new(mc, (int)t.X->n_genes, NULL, t.r, &err);
+    assert_non_null(t.m);
+    nbs_model *m = t.m;
+    assert_true(nbs_model_ladder(m) && nbs_model_decoder_dim(m) == 5);
+    assert_int_equal(nbs_train_state_init(&t.s, m, 0, &err), 0);
+    t.cells = tu_cells(t.X);
+    assert_int_equal(nbs_train(m, &t.cells, &t.c.train, &t.s, &t.log, NULL, NULL, &err), 0);
+    if (kill) {
+        int rows, cols;
+        float *hw = nbs_model_param(m, "ladder.1.head.W", &rows, &cols), *hb = nbs_model_param(m, "ladder.1.head.b", NULL, NULL);
+        memset(hw, 0, sizeof(float) * rows * cols); /* mean 0, log variance 0: the prior for every cell */
+        memset(hb, 0, sizeof(float) * cols);
+        float *pw = nbs_model_param(m, "ladder.0.prior.W", &rows, &cols);
+        memset(pw, 0, sizeof(float) * rows * cols);
+        for (int i = 0; skip && i < 2; i++) {
+            char nm[64];
+            snprintf(nm, sizeof nm, "decoder.%d.skip.1.W", i);
+            float *sw = nbs_model_param(m, nm, &rows, &cols);
+            assert_non_null(sw);
+            memset(sw, 0, sizeof(float) * rows * cols);
+        }
+    }
+    nbs_collapse_report rep;
+    const nbs_cells first = nbs_cells_slice(&t.cells, 0, 500);
+    assert_int_equal(nbs_diagnose(m, &first, &t.c.diagnose, t.r, &rep, &err), 0);
+    assert_int_equal(rep.d, 5);
+    assert_int_equal(rep.n_layers, 2);
+    for (int j = 0; j < 5; j++)
+        print_message("layer %d z_%d: KL %.4g activity %.4g sens_w %.4g nats %.4g -> %s\n", nbs_report_dim_layer(&rep, j) + 1,
+                      j + 1, rep.kl[j], rep.activity[j], rep.sens_weight[j], rep.decoder_nats[j],
+                      nbs_dim_verdict_word(rep.verdict[j]));
+    for (int l = 0; l < 2; l++) print_message("%s\n", rep.layers[l].summary);
+    assert_int_equal(rep.layers[0].offset, 0);
+    assert_int_equal(rep.layers[1].offset, 3);
+    if (kill) {
+        for (int j = 3; j < 5; j++) {
+            assert_true(rep.kl[j] < 1e-9 && rep.activity[j] < 1e-12 && rep.sens_weight[j] == 0);
+            assert_true(rep.decoder_nats[j] == 0 && rep.verdict[j] == NBS_DIM_COLLAPSED);
+        }
+        assert_int_equal(rep.layers[1].verdict, NBS_MODEL_COLLAPSED);
+        assert_non_null(strstr(rep.layers[1].summary, "layer 2 collapsed: the top-down prior carries it"));
+        assert_non_null(strstr(rep.summary, "layer 2 collapsed"));
+    } else {
+        assert_true(rep.layers[1].verdict != NBS_MODEL_COLLAPSED);
+    }
+    /* layer 1 carries the cells either way */
+    assert_true(rep.layers[0].verdict != NBS_MODEL_COLLAPSED && rep.layers[0].n_active >= 1);
+    assert_true(rep.layers[0].mi > 0 && rep.layers[0].mi <= log(t.c.diagnose.mi_batch));
+    assert_false(rep.z_unused);
+    nbs_collapse_report_free(&rep);
+    toy_free(&t);
+}
+
+static void test_ladder_dead_top_layer(void **state) {
+    (void)state;
+    check_ladder_dead_top(0, 1);
+    check_ladder_dead_top(1, 1);
+    check_ladder_dead_top(0, 0);
+    check_ladder_dead_top(1, 0);
+}
+
 /* A healthy trained model (the example data, a small model, KL warm-up): no dimension flagged. */
 static void test_healthy_trained_model(void **state) {
     (void)state;
@@ -194,6 +281,7 @@ static void test_healthy_trained_model(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_mi_known_gaussian),
                                        cmocka_unit_test(test_verdicts_by_construction),
+                                       cmocka_unit_test(test_ladder_dead_top_layer),
                                        cmocka_unit_test(test_decoder_ignoring_z_is_not_healthy),
                                        cmocka_unit_test(test_healthy_trained_model)};
     return cmocka_run_group_tests(tests, NULL, NULL);

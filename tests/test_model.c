@@ -249,14 +249,20 @@ static void check_model_with(nbs_model_config mc, const nbs_covariate_layout *la
         const int sphere = mc.latent != NBS_LATENT_GAUSSIAN;
         /* a covariate's table feeds kappa only through the encoder */
         const int table = strstr(name, ".embedding") != NULL;
-        if (sphere && strncmp(name, "decoder", 7) && strcmp(name, "dispersion") && strcmp(name, "encoder.head.W") &&
-            !(table && !mc.encode_covariates))
+        /* a ladder: the top's head (its direction columns), and what reads z below the top, the lower
+         * layers' heads and priors, feed no kappa; the bottom-up layers do */
+        char top_head[32] = "encoder.head.W";
+        if (mc.n_latent_layers) snprintf(top_head, sizeof top_head, "ladder.%d.head.W", mc.n_latent_layers - 1);
+        const int below_top = !strncmp(name, "ladder.", 7) && !strstr(name, ".up.") && strcmp(name, top_head) &&
+                              !(strstr(name, ".head.b") && atoi(name + 7) == mc.n_latent_layers - 1);
+        if (sphere && strncmp(name, "decoder", 7) && strcmp(name, "dispersion") && strcmp(name, top_head) &&
+            !below_top && !(table && !mc.encode_covariates))
             continue;
         const int every = strstr(name, "covariates.W") || strstr(name, "continuous.W") || table ||
-                          (!strcmp(name, "dispersion") && rr > 1);
+                          (!strcmp(name, "dispersion") && rr > 1) || (strstr(name, "skip") && size <= 64);
         for (int64_t k = 0; k < (every ? size : 6); k++) {
             int64_t idx = every ? k : (int64_t)gsl_rng_uniform_int(r, (unsigned long)size);
-            if (sphere && !strcmp(name, "encoder.head.W") && idx % cc == cc - 1) idx--; /* not the kappa column */
+            if (sphere && !strcmp(name, top_head) && idx % cc == cc - 1) idx--; /* not the kappa column */
             /* Three step sizes: a ReLU kink within a step spoils the larger differences only, while a
              * wrong gradient disagrees with both. */
             double e = INFINITY, fd = 0;
@@ -326,6 +332,41 @@ static void test_model_gradients_variants(void **s) {
     mc.dropout = 0.3;
     mc.input_transform = NBS_INPUT_LOG1P_CP10K;
     check_model(mc, "dropout, log1p CP10k input");
+}
+
+/* The ladder (model.latent_layers): the bottom-up layers and heads, the top-down priors (their
+ * gradient through the KL and through z of the layer below, with the precision-weighted merge) and
+ * the skip connections into every decoder hidden layer, on 2 and 3 layers, Gaussian or vMF at the
+ * top; the skip-VAE on a single latent. */
+static void test_model_gradients_ladder(void **s) {
+    (void)s;
+    nbs_model_config mc = small_config();
+    mc.n_latent_layers = 2;
+    mc.latent_layers[0] = 4;
+    mc.latent_layers[1] = 3;
+    check_model(mc, "ladder [4, 3]");
+    mc.skip_connections = 1;
+    mc.n_decoder_layers = 2;
+    mc.decoder_layers[1] = 5;
+    check_model(mc, "ladder [4, 3], skip connections, two decoder layers");
+    mc.n_latent_layers = 3;
+    mc.latent_layers[2] = 2;
+    mc.norm = NBS_NORM_LAYER;
+    mc.dropout = 0.2;
+    check_model_with(mc, &TOY_LAYOUT, "ladder [4, 3, 2], skip connections, layer norm, dropout, covariates");
+    mc = small_config();
+    mc.n_latent_layers = 2;
+    mc.latent_layers[0] = 4;
+    mc.latent_layers[1] = 3;
+    mc.latent = NBS_LATENT_VMF;
+    mc.skip_connections = 1;
+    check_model(mc, "ladder [4, 3], vMF top, skip connections (all but the bottom-up path)");
+    mc = small_config();
+    mc.skip_connections = 1;
+    mc.n_decoder_layers = 3;
+    mc.decoder_layers[1] = 5;
+    mc.decoder_layers[2] = 4;
+    check_model(mc, "single latent, skip connections into three decoder layers");
 }
 
 /* Covariates: one-hot rows in every decoder hidden layer, continuous ones in the first, into the
@@ -626,6 +667,7 @@ int main(void) {
         cmocka_unit_test(test_model_gradients_nb),
         cmocka_unit_test(test_model_gradients_variants),
         cmocka_unit_test(test_model_gradients_covariates),
+        cmocka_unit_test(test_model_gradients_ladder),
         cmocka_unit_test(test_model_gradients_embedding),
         cmocka_unit_test(test_covariate_blocks),
         cmocka_unit_test(test_model_grow),

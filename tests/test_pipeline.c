@@ -73,6 +73,39 @@ static void test_wrong_type(void **state) {
                   "section 'train' is not a mapping");
 }
 
+/* model.latent_layers: 2 to 4 layers of 1 to 1024 dimensions; one layer is latent_dim's job; an
+ * explicit latent_dim must be the top layer's (the embedding); [] is a single latent (what a
+ * resolved configuration writes), and skip connections on a single latent are the skip-VAE. */
+static void test_latent_layers(void **state) {
+    (void)state;
+    const char *head = "input:\n  path: data.tsv\nmodel:\n";
+    char text[512];
+    snprintf(text, sizeof text, "%s  latent_layers: [32]\n", head);
+    expect_reject(text, NBS_ERR_USAGE, 4, 18, "model.latent_layers: one layer is a single latent: set model.latent_dim: 32");
+    snprintf(text, sizeof text, "%s  latent_layers: [32, 16, 8, 4, 2]\n", head);
+    expect_reject(text, NBS_ERR_USAGE, 4, 18, "model.latent_layers: 5 layers; a ladder has 2 to 4");
+    snprintf(text, sizeof text, "%s  latent_layers: [32, 0]\n", head);
+    expect_reject(text, NBS_ERR_USAGE, 4, 23, "model.latent_layers: width 0 is out of range");
+    snprintf(text, sizeof text, "%s  latent_layers: [32, -3]\n", head);
+    expect_reject(text, NBS_ERR_USAGE, 4, 23, "width -3 is out of range");
+    snprintf(text, sizeof text, "%s  latent_dim: 5\n  latent_layers: [32, 10]\n", head);
+    expect_reject(text, NBS_ERR_USAGE, 4, 15, "model.latent_dim: 5, but model.latent_layers' top layer (the embedding) has 10");
+    snprintf(text, sizeof text, "%s  latent: vmf\n  latent_layers: [32, 1]\n", head);
+    expect_reject(text, NBS_ERR_USAGE, 5, 18, "a spherical top layer (model.latent: vmf) needs 2 or more dimensions, got 1");
+    nbs_pipeline p;
+    nbs_error err = {0};
+    snprintf(text, sizeof text, "%s  latent_layers: [32, 10]\n  skip_connections: true\n", head);
+    assert_int_equal(load_text(text, NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &p, &err, NULL), 0);
+    assert_int_equal(p.config.model.n_latent_layers, 2);
+    assert_int_equal(p.config.model.latent_layers[1], 10);
+    assert_int_equal(p.config.model.latent_dim, 10); /* the top layer's */
+    assert_true(p.config.model.skip_connections);
+    snprintf(text, sizeof text, "%s  latent_layers: []\n  skip_connections: true\n", head);
+    assert_int_equal(load_text(text, NULL, 0, NBS_PIPELINE_REQUIRE_INPUT, &p, &err, NULL), 0);
+    assert_int_equal(p.config.model.n_latent_layers, 0);
+    assert_int_equal(p.config.model.latent_dim, 10);
+}
+
 static void test_out_of_range(void **state) {
     (void)state;
     expect_reject("input:\n  path: data.tsv\ntrain:\n  learning_rate: 0\n", NBS_ERR_USAGE, 4, 18,
@@ -480,6 +513,7 @@ static void test_covariate_keys(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_latent_layers),
         cmocka_unit_test(test_unknown_key),       cmocka_unit_test(test_wrong_type),
         cmocka_unit_test(test_out_of_range),      cmocka_unit_test(test_bad_enum_word),
         cmocka_unit_test(test_missing_input),     cmocka_unit_test(test_malformed_yaml),

@@ -133,13 +133,19 @@ static int save_hook(void *user, nbs_model *m, const nbs_train_state *s, const n
 }
 
 /* Training 4 epochs straight equals training 2, saving, loading and training 2 more. */
-static void test_resume_matches(void **s) {
-    (void)s;
+static void check_resume(int ladder) {
     nbs_error err = {0};
     nbs_config c = small();
     c.train.epochs = 4;
     c.model.dropout = 0.2; /* masks come from the saved generator too */
     c.model.norm = NBS_NORM_BATCH; /* running statistics are state that must be saved */
+    if (ladder) { /* a ladder with skip connections: its blocks by name, its KL vector in the log */
+        c.model.n_latent_layers = 2;
+        c.model.latent_layers[0] = 5;
+        c.model.latent_layers[1] = 3;
+        c.model.latent_dim = 3;
+        c.model.skip_connections = 1;
+    }
     trained full;
     assert_int_equal(train_for(&c, &full, &err), 0);
 
@@ -186,8 +192,34 @@ static void test_resume_matches(void **s) {
     const float *pf = params(full.m, &n), *pr = params(ck.model, NULL);
     assert_memory_equal(pf, pr, sizeof(float) * n);
     assert_true(full.log.rec[3].val_elbo == ck.log.rec[3].val_elbo);
+    if (ladder) { /* the loaded model embeds as the trained one; the log keeps every layer's KL terms */
+        assert_int_equal(ck.log.kl_terms, 8);
+        assert_memory_equal(full.log.kl_dims, ck.log.kl_dims, sizeof(double) * 4 * 8);
+        const int64_t nc = example()->n_cells;
+        float *za = malloc(sizeof(float) * nc * 3), *zb = malloc(sizeof(float) * nc * 3);
+        assert_int_equal(nbs_model_embed(full.m, example_cells(), za, NULL, &err), 0);
+        assert_int_equal(nbs_model_embed(ck.model, example_cells(), zb, NULL, &err), 0);
+        assert_memory_equal(za, zb, sizeof(float) * nc * 3);
+        free(za), free(zb);
+    }
     nbs_checkpoint_free(&ck);
     release(&full);
+    tu_rmtree(dir);
+    free(dir);
+}
+
+static void test_resume_ladder(void **s) {
+    (void)s;
+    check_resume(1);
+}
+
+static void test_resume_matches(void **s) {
+    (void)s;
+    check_resume(0);
+    nbs_error err = {0};
+    nbs_checkpoint ck;
+    char *dir = tu_tmpdir();
+    const char *path = tu_path(dir, "ckpt.h5");
 
     /* a damaged model file is refused with the dataset named */
     assert_int_equal(tu_write_file(path, "not hdf5"), 0);
@@ -603,6 +635,7 @@ int main(void) {
         cmocka_unit_test(test_schedules),
         cmocka_unit_test(test_seed_reproduces),
         cmocka_unit_test(test_resume_matches),
+        cmocka_unit_test(test_resume_ladder),
         cmocka_unit_test(test_free_bits),
         cmocka_unit_test(test_nan_stops_with_diagnosis),
         cmocka_unit_test(test_early_stopping_keeps_best),

@@ -124,7 +124,16 @@ typedef struct {
     nbs_covariate_embedding covariate_embedding; /* one-hot blocks, or a learned table per covariate */
     int covariate_embedding_dim; /* columns of each table (scvi-tools' embedding_dim: 5) */
     int discrete;               /* K categories of a discrete latent with a Gaussian-mixture prior (mixture.h); 0 = none */
+    /* A ladder (Sonderby et al. 2016): 2 to NBS_MAX_LATENT_LAYERS stochastic layers of these
+     * dimensions, bottom (read by the decoder) first, the top of kind `latent`; 0: one latent of
+     * latent_dim */
+    int n_latent_layers;
+    int latent_layers[NBS_MAX_LAYERS];
+    int skip_connections; /* every latent layer into every decoder hidden layer (Dieng et al. 2019) */
 } nbs_model_config;
+
+/* Most stochastic layers of a ladder. */
+#define NBS_MAX_LATENT_LAYERS 4
 
 typedef enum {
     NBS_SCHED_CONSTANT = 0,

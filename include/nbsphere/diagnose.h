@@ -15,9 +15,23 @@
 typedef enum { NBS_DIM_ACTIVE = 0, NBS_DIM_COLLAPSED, NBS_DIM_INCONSISTENT } nbs_dim_verdict;
 typedef enum { NBS_MODEL_HEALTHY = 0, NBS_MODEL_PARTIAL, NBS_MODEL_COLLAPSED } nbs_model_verdict;
 
+/* One layer of a ladder (model.latent_layers): its dimensions are [offset, offset + d) of the
+ * report's per-dimension arrays, layer 1 (the bottom) first. */
 typedef struct {
-    int d;
+    int offset, d;
     nbs_latent_kind latent;
+    double kl_total;         /* mean KL per cell to the layer's prior (the top-down one below the top) */
+    double mi;               /* I(x; z of the layer) (Gaussian layers, at the locations above); NaN on the sphere */
+    int n_active, n_collapsed, n_inconsistent;
+    nbs_model_verdict verdict; /* healthy, partially collapsed, or collapsed: every dimension collapsed */
+    char summary[256];
+} nbs_layer_report;
+
+typedef struct {
+    int d;                /* dimensions: a ladder's every layer side by side */
+    nbs_latent_kind latent; /* the embedding's (a ladder's top layer) */
+    int n_layers;         /* a ladder's layers; 0 for a single latent */
+    nbs_layer_report layers[NBS_MAX_LATENT_LAYERS];
     int64_t n_cells;      /* cells the measures were computed on */
     double *kl;           /* [d] mean KL_j over cells (Gaussian); NaN on the sphere */
     double kl_total;      /* mean total KL per cell */
@@ -62,6 +76,10 @@ void nbs_collapse_report_free(nbs_collapse_report *r);
 
 const char *nbs_dim_verdict_word(nbs_dim_verdict v);     /* "active", "collapsed", "inconsistent" */
 const char *nbs_model_verdict_word(nbs_model_verdict v); /* "healthy", "partially collapsed", "collapsed" */
+/* 1 if dimension j of the report lies on a sphere (the spheres' dimensions have no KL of their own). */
+int nbs_report_dim_on_sphere(const nbs_collapse_report *r, int j);
+/* The ladder layer (0 = bottom) dimension j belongs to; -1 for a single latent. */
+int nbs_report_dim_layer(const nbs_collapse_report *r, int j);
 
 /* The same measures over training, for the report: one entry per tracked epoch. */
 typedef struct {

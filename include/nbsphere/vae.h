@@ -81,8 +81,33 @@ int nbs_model_n_stages(const nbs_model *m);
 const nbs_latent *nbs_model_stage_latent(const nbs_model *m, int s);
 int nbs_model_stage_kl_offset(const nbs_model *m, int s);
 int nbs_model_kl_terms(const nbs_model *m);
-/* The latent of the embedding (stage 0). */
+/* The latent of the embedding: stage 0, or a ladder's top layer. */
 const nbs_latent *nbs_model_latent(const nbs_model *m);
+
+/* A ladder (model.latent_layers): its stages are the stochastic layers, stage 0 at the bottom
+ * (the decoder's input), the top the embedding. Below the top a layer's posterior is the
+ * precision-weighted merge of its bottom-up Gaussian and the top-down prior p(z_s | z_{s+1}), so
+ * its location depends on the layer above: the functions below run the top-down pass at the
+ * posterior locations. */
+int nbs_model_ladder(const nbs_model *m);
+/* Columns of the decoder's input z of nbs_model_decode_logits / nbs_model_loglik: the latent's d,
+ * or in a ladder every layer's z side by side, bottom first (the decoder reads z_0 and, with
+ * skip connections, the others too). */
+int nbs_model_decoder_dim(const nbs_model *m);
+/* Stage `layer`'s posterior for the cells of c, at the locations of the layers above: location
+ * (n, d), spread (n, nbs_latent_spread_dim), E_q[z] (n, d) and KL to its prior (n, kl_terms of the
+ * stage); any may be NULL. A workspace of its own. */
+int nbs_model_layer_posterior(const nbs_model *m, const nbs_cells *c, int layer, float *location, float *spread,
+                              float *ez, double *kl, nbs_error *err);
+/* The decoder's logits (n, G) (and log theta, as nbs_model_decode_logits) for the cells of c when
+ * stage `layer` takes z (n, d of the layer): the layers above at their posterior locations, those
+ * below at their merged posterior means given it. Reads the counts (the bottom-up path). */
+int nbs_model_decode_layer(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, int layer, const float *z,
+                           float *logits, float *log_theta, nbs_error *err);
+/* RMS of the weights dimension j of stage s feeds on its way to the counts: the decoder's first
+ * layer (stage 0), the top-down prior of the layer below (a ladder's upper layers), and the skip
+ * connections. */
+double nbs_model_latent_weight_rms(const nbs_model *m, int s, int j);
 
 /* Activations, caches and scratch for batches of up to max_batch cells holding at most
  * max_nnz stored counts (nbs_matrix_max_batch_nnz), allocated once: no step allocates. One
@@ -164,6 +189,11 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
  *   "<layer>.norm.gain/bias", "<layer>.norm.running_mean/var"   normalisation
  *   "dispersion"                                         log theta [n_batches x G] per gene
  *                                                        (and batch category: gene_batch)
+ *   "ladder.<s>.up.W/b", "ladder.<s>.head.W/b"           a ladder's bottom-up layer and head of
+ *                                                        stage s (0 = bottom)
+ *   "ladder.<s>.prior.W/b", "ladder.<s>.prior.head.W/b"  its top-down prior p(z_s | z_{s+1})
+ *   "decoder.<i>.skip.<s>.W" [d_s x out]                 skip connection of stage s into decoder
+ *                                                        layer i (not 0.skip.0: decoder.0.W)
  *   "decoder.<i>.covariates.W" [categories x out]        one row per category of every
  *                                                        categorical covariate, in order
  *   "decoder.0.continuous.W" [n_continuous x out]        continuous covariates
