@@ -6,6 +6,7 @@
 #   make test SANITIZE=address,undefined   the same under sanitizers (separate build folder)
 #   make test SKIP_SLOW=1                   without the long training tests (tests/*slow*.c)
 #   make bench     speed and memory against the PyTorch reference (make bench-deps first)
+#   make bench-knn recall and time of the approximate k-NN graph against the exact one (50k cells)
 #   make fuzz      libFuzzer harnesses (fuzz/*.c, clang) for FUZZ_TIME seconds each (default 60)
 #   make install   binary, static and shared library, headers, nbsphere.pc, man page into
 #                  $(DESTDIR)$(PREFIX) (default /usr/local); make uninstall removes them
@@ -13,9 +14,9 @@
 #                  CC=clang, OPT=..., SANITIZE=... likewise (see BUILD below)
 
 CC ?= cc
-PKGS := hdf5 openblas yaml-0.1 zlib libcrypto igraph
+PKGS := hdf5-serial openblas yaml-0.1 zlib libcrypto igraph
 DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-dev libyaml-dev libigraph-dev \
-                zlib1g-dev libssl-dev libcsv-dev libcmocka-dev hdf5-tools clang libclang-rt-14-dev libomp-14-dev python3-anndata \
+                libflann-dev zlib1g-dev libssl-dev libcsv-dev libcmocka-dev hdf5-tools clang libclang-rt-14-dev libomp-14-dev python3-anndata \
                 libglpk-dev libarpack2-dev libplfit-dev libgmp-dev
 # (the last four: what `pkg-config --static --libs igraph` names, for a static link against libnbsphere.a)
 
@@ -38,9 +39,12 @@ FLAVOUR := $(subst $(space),-,$(strip $(subst =,_,$(subst $(comma),_,$(subst /,_
 BUILD ?= build$(if $(FLAVOUR),-$(FLAVOUR))
 
 # GSL's own pkg-config pulls in gslcblas; OpenBLAS provides the CBLAS symbols instead.
-# libcsv (RFC 4180 tables) ships no pkg-config file.
+# libcsv (RFC 4180 tables) ships no pkg-config file. FLANN (approximate k-NN, its C interface
+# libflann) is linked by name: its flann.pc requires `hdf5`, which Debian points at the MPI build
+# once libflann-dev's dependencies (libhdf5-mpi-dev) are in, and libflann itself needs no HDF5.
+# For the same reason HDF5 is named `hdf5-serial`: plain `hdf5` would become the MPI build.
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) gsl 2>/dev/null)
-PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lgsl -lcsv
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lgsl -lcsv -lflann
 
 # gcc warns that error messages may be cut at their buffer size; that is intended.
 IS_CLANG := $(findstring clang,$(shell $(CC) --version 2>/dev/null))
@@ -87,7 +91,7 @@ SOVERSION := 0
 SONAME := libnbsphere.so.$(SOVERSION)
 SHLIB := $(BUILD)/libnbsphere.so.$(VERSION)
 
-.PHONY: all deps test bench bench-deps clean check-deps fuzz fuzz-bin install install-only uninstall FORCE
+.PHONY: all deps test bench bench-knn bench-deps clean check-deps fuzz fuzz-bin install install-only uninstall FORCE
 all: $(BIN) $(LIB) $(SHLIB)
 
 # The full compile and link lines of this folder. Every object depends on this file, and it
@@ -104,6 +108,7 @@ check-deps:
 	@for p in $(PKGS) gsl cmocka; do pkg-config --exists $$p || \
 	  { echo "missing library '$$p': run 'make deps' (installs: $(DEB_PACKAGES))" >&2; exit 1; }; done
 	@[ -f /usr/include/csv.h ] || { echo "missing library 'libcsv': run 'make deps' (installs: $(DEB_PACKAGES))" >&2; exit 1; }
+	@[ -f /usr/include/flann/flann.h ] || { echo "missing library 'libflann': run 'make deps' (installs: $(DEB_PACKAGES))" >&2; exit 1; }
 
 deps:
 	@SUDO=; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -186,7 +191,7 @@ INSTALL ?= install
 HEADERS := $(wildcard include/nbsphere/*.h)
 # What a static link needs besides the pkg-config packages (gsl's own .pc would add gslcblas,
 # whose CBLAS symbols OpenBLAS provides); the public headers include <gsl/gsl_rng.h>.
-PC_LIBS_PRIVATE := -lgsl -lcsv -fopenmp -lm $(if $(SANITIZE),-fsanitize=$(SANITIZE))
+PC_LIBS_PRIVATE := -lgsl -lcsv -lflann -fopenmp -lm $(if $(SANITIZE),-fsanitize=$(SANITIZE))
 PC_CFLAGS := $(shell pkg-config --cflags gsl 2>/dev/null)
 # libdir and includedir relative to ${prefix} where they lie under it, so that pkg-config's
 # --define-prefix or --define-variable=prefix=... can relocate the tree.
@@ -234,6 +239,12 @@ bench-deps:
 
 bench: $(BIN)
 	BIN=$(abspath $(BIN)) bench/run_bench.sh
+
+$(BUILD)/knn_recall: bench/knn_recall.c $(LIB) | $(BUILD)
+	$(CC) $(CFLAGS) $(CPPFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
+
+bench-knn: $(BIN) $(BUILD)/knn_recall
+	BIN=$(abspath $(BIN)) KNN_BIN=$(abspath $(BUILD)/knn_recall) bench/knn_recall.sh
 
 clean:
 	rm -rf build build-* nbsphere libnbsphere.a

@@ -69,6 +69,11 @@ void nbs_config_defaults(nbs_config *c) {
     c->trajectory.n_dcs = 10;
     c->trajectory.shortcut_hops = 5;
     c->trajectory.wrap_share = 0.05;
+    c->neighbors.method = NBS_KNN_AUTO;
+    c->neighbors.exact_max_cells = 100000;
+    c->neighbors.branching = 32;
+    c->neighbors.checks = 512;
+    c->neighbors.recall = 0.95;
 
     strcpy(c->output.dir, "nbsphere_out");
     c->output.write_h5ad = 1;
@@ -166,6 +171,8 @@ const nbs_enum_word nbs_input_transform_words[] = {
 const nbs_enum_word nbs_covariate_embedding_words[] = {
     {"onehot", NBS_COVARIATE_ONEHOT}, {"embedding", NBS_COVARIATE_EMBEDDING}, {"one-hot", NBS_COVARIATE_ONEHOT},
     {NULL, 0}};
+const nbs_enum_word nbs_knn_method_words[] = {
+    {"auto", NBS_KNN_AUTO}, {"exact", NBS_KNN_EXACT}, {"approximate", NBS_KNN_APPROXIMATE}, {NULL, 0}};
 const nbs_enum_word nbs_join_words[] = {{"inner", NBS_JOIN_INNER}, {"outer", NBS_JOIN_OUTER}, {NULL, 0}};
 const nbs_enum_word nbs_hvg_flavor_words[] = {
     {"seurat_v3", NBS_HVG_SEURAT_V3}, {"seurat_v3_paper", NBS_HVG_SEURAT_V3_PAPER}, {NULL, 0}};

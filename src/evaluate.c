@@ -202,17 +202,20 @@ typedef struct {
     const int32_t *y;
     int n_classes;
     int k;
+    const nbs_neighbors_config *nb;
+    uint64_t seed;
 } knn_setup;
 
-/* Predicts each query from its k nearest training cells (nbs_knn_search); returns the number
- * correct, or -1 when out of memory. */
+/* Predicts each query from its k nearest training cells (nbs_knn_find); returns the number
+ * correct, or -1 with err set. */
 static int64_t knn_fold(const knn_setup *s, const int64_t *train, int64_t ntr, const int64_t *test,
-                        int64_t nte, nbs_error *err) {
+                        int64_t nte, nbs_knn_info *info, nbs_error *err) {
     const int k = s->k;
     int64_t *nn = nbs_malloc((size_t)nte * (size_t)k * sizeof *nn, err);  /* [nte x k] positions in train */
     int *all_votes = nbs_calloc((size_t)(nte ? nte : 1) * (size_t)s->n_classes, sizeof *all_votes, err);
     int64_t correct = -1;
-    if (!nn || !all_votes || nbs_knn_search(s->x, s->d, train, ntr, test, nte, k, 0, nn, NULL, err)) goto done;
+    if (!nn || !all_votes || nbs_knn_find(s->x, s->d, train, ntr, test, nte, k, 0, s->nb, s->seed, nn, NULL, info, err))
+        goto done;
     correct = 0;
 #pragma omp parallel for schedule(static) reduction(+ : correct)
     for (int64_t q = 0; q < nte; q++) {
@@ -237,8 +240,9 @@ done:
 }
 
 int nbs_eval_knn_accuracy(const float *embedding, int64_t n, int d, const int32_t *labels, int k,
-                          int folds, nbs_metric metric, gsl_rng *rng, double *accuracy,
-                          double *fold_accuracy, nbs_error *err) {
+                          int folds, nbs_metric metric, const nbs_neighbors_config *nb, uint64_t seed,
+                          gsl_rng *rng, double *accuracy, double *fold_accuracy, nbs_knn_info *info,
+                          nbs_error *err) {
     nbs_nn_blas_serial(); /* the folds' products run inside an OpenMP region */
     if (n < 1 || d < 1 || k < 1 || folds < 2)
         return nbs_error_set(err, NBS_ERR_USAGE,
@@ -282,19 +286,38 @@ int nbs_eval_knn_accuracy(const float *embedding, int64_t n, int d, const int32_
     for (int64_t i = 0; i < n; i++)
         if (labels[i] >= 0) idx[nl++] = i;
     gsl_ran_shuffle(rng, idx, (size_t)nl, sizeof *idx);
-    knn_setup setup = {x, d, labels, n_classes, k};
-    double sum = 0;
+    knn_setup setup = {x, d, labels, n_classes, k, nb, seed};
+    double sum = 0, found = 0;
+    nbs_knn_info all = {0}, one;
     for (int f = 0; f < folds; f++) {
         int64_t lo = nl * f / folds, hi = nl * (f + 1) / folds, ntr = 0;
         for (int64_t i = 0; i < nl; i++)
             if (i < lo || i >= hi) train[ntr++] = idx[i];
-        int64_t correct = knn_fold(&setup, train, ntr, idx + lo, hi - lo, err);
-        if (correct < 0) goto done;
+        int64_t correct = knn_fold(&setup, train, ntr, idx + lo, hi - lo, &one, err);
+        if (correct < 0) {
+            rc = err->code;
+            goto done;
+        }
+        /* the folds' training sets differ by a cell at most: one description, recall pooled */
+        if (!f || one.method == NBS_KNN_APPROXIMATE) {
+            all.method = one.method;
+            all.auto_chosen = one.auto_chosen;
+            all.n_ref = one.n_ref;
+            all.k = one.k;
+            all.branching = one.branching;
+            all.checks = one.checks;
+            all.start_checks = one.start_checks;
+            all.target_recall = one.target_recall;
+        }
+        all.recall_queries += one.recall_queries;
+        found += one.recall * (double)one.recall_queries;
         double a = (double)correct / (double)(hi - lo);
         if (fold_accuracy) fold_accuracy[f] = a;
         sum += a;
     }
     *accuracy = sum / folds;
+    all.recall = all.recall_queries ? found / (double)all.recall_queries : 1.0;
+    if (info) *info = all;
     rc = NBS_OK;
 done:
     free(idx);

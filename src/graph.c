@@ -1,16 +1,22 @@
-/* Neighbour graphs: exact k-NN by BLAS, scanpy's UMAP connectivities, and igraph for Leiden and
- * connected components. igraph is told never to abort or print: its errors come back as codes
- * and become an nbs_error here. */
+/* Neighbour graphs: k-NN exact by BLAS or approximate by FLANN (k-means tree), scanpy's UMAP connectivities,
+ * and igraph for Leiden and connected components. igraph is told never to abort or print: its
+ * errors come back as codes and become an nbs_error here; FLANN's C interface catches its own
+ * exceptions and returns NULL or -1, and is told to log nothing. */
 #include "nbsphere/graph.h"
 
+#include <flann/flann.h>
 #include <igraph.h>
+#include <limits.h>
 #include <math.h>
+#include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <gsl/gsl_cblas.h>
 
 #include "nbsphere/nn.h"
+#include "nbsphere/rng.h"
 
 void nbs_graph_free(nbs_graph *g) {
     if (!g) return;
@@ -91,7 +97,205 @@ done:
     return rc;
 }
 
-int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, nbs_graph *g, nbs_error *err) {
+/* ---- approximate k-NN (FLANN) and the choice ---- */
+
+nbs_knn_method nbs_knn_choose(const nbs_neighbors_config *nb, int64_t n_ref) {
+    if (!nb || nb->method == NBS_KNN_EXACT) return NBS_KNN_EXACT;
+    if (nb->method == NBS_KNN_APPROXIMATE) return NBS_KNN_APPROXIMATE;
+    return n_ref > nb->exact_max_cells ? NBS_KNN_APPROXIMATE : NBS_KNN_EXACT;
+}
+
+/* FLANN's hierarchical k-means tree over the ref rows, and its parameters. */
+typedef struct {
+    flann_index_t index;
+    struct FLANNParameters p;
+    float *xr;              /* [n_ref x d] the reference rows: the tree points into them */
+    float *xq;              /* [BLOCK x d] query rows */
+    int *fi;                /* [BLOCK x (k + skip_self)] FLANN's neighbours ... */
+    float *fd;              /* [BLOCK x (k + skip_self)] ... and squared distances */
+} knn_tree;
+
+enum { TREE_BLOCK = 4096 };
+
+static void tree_free(knn_tree *t) {
+    if (t->index) flann_free_index_float(t->index, &t->p);
+    free(t->xr);
+    free(t->xq);
+    free(t->fi);
+    free(t->fd);
+}
+
+static int tree_build(const float *x, int d, const int64_t *ref, int64_t n_ref, int k, int skip_self,
+                      const nbs_neighbors_config *nb, uint64_t seed, knn_tree *t, nbs_error *err) {
+    memset(t, 0, sizeof *t);
+    const int kk = k + skip_self; /* the cell itself comes back as its own nearest: ask for one more */
+    float *xr = t->xr = nbs_malloc((size_t)n_ref * (size_t)d * sizeof *xr, err);
+    t->xq = nbs_malloc((size_t)TREE_BLOCK * (size_t)d * sizeof *t->xq, err);
+    t->fi = nbs_malloc((size_t)TREE_BLOCK * (size_t)kk * sizeof *t->fi, err);
+    t->fd = nbs_malloc((size_t)TREE_BLOCK * (size_t)kk * sizeof *t->fd, err);
+    if (!xr || !t->xq || !t->fi || !t->fd) {
+        tree_free(t);
+        return NBS_ERR_NOMEM;
+    }
+    for (int64_t r = 0; r < n_ref; r++) memcpy(xr + r * d, x + ref[r] * d, (size_t)d * sizeof *xr);
+    t->p = DEFAULT_FLANN_PARAMETERS;
+    /* FLANN's defaults but the centres: its random ones come from std::random_device */
+    t->p.algorithm = FLANN_INDEX_KMEANS;
+    t->p.branching = nb->branching;
+    t->p.iterations = 11;
+    t->p.centers_init = FLANN_CENTERS_KMEANSPP;
+    t->p.cb_index = 0.2f;
+    t->p.eps = 0;
+    t->p.sorted = 1;
+    t->p.cores = omp_get_max_threads(); /* queries are independent: the result does not depend on it */
+    t->p.log_level = FLANN_LOG_NONE;
+    t->p.random_seed = (long)(nbs_stream_seed(seed, NBS_STREAM_KNN, 0, 0) % 2147483646u) + 1; /* FLANN's srand */
+    flann_set_distance_type(FLANN_DIST_EUCLIDEAN, 0); /* squared Euclidean */
+    float speedup = 0;
+    t->index = flann_build_index_float(xr, (int)n_ref, d, &speedup, &t->p);
+    if (!t->index) {
+        tree_free(t);
+        return nbs_error_set(err, NBS_ERR_NOMEM, "approximate k-NN: FLANN could not build its k-means tree over %lld "
+                             "cells (out of memory?); set neighbors.method: exact or free memory", (long long)n_ref);
+    }
+    return NBS_OK;
+}
+
+/* The k nearest ref positions of each query row, comparing `checks` points per query; nn and
+ * rank as nbs_knn_search. */
+static int tree_query(knn_tree *t, const float *x, int d, const int64_t *ref, const int64_t *query, int64_t n_query,
+                      int k, int skip_self, int checks, int64_t *nn, float *rank, nbs_error *err) {
+    const int kk = k + skip_self;
+    t->p.checks = checks;
+    for (int64_t b0 = 0; b0 < n_query; b0 += TREE_BLOCK) {
+        const int nb_q = (int)(n_query - b0 < TREE_BLOCK ? n_query - b0 : TREE_BLOCK);
+        for (int q = 0; q < nb_q; q++) memcpy(t->xq + q * d, x + query[b0 + q] * d, (size_t)d * sizeof *t->xq);
+        if (flann_find_nearest_neighbors_index_float(t->index, t->xq, nb_q, t->fi, t->fd, kk, &t->p) < 0)
+            return nbs_error_set(err, NBS_ERR_NOMEM, "approximate k-NN: FLANN's search failed (out of memory?); set "
+                                 "neighbors.method: exact or free memory");
+        for (int q = 0; q < nb_q; q++) {
+            const int64_t self = query[b0 + q];
+            const int *qi = t->fi + (int64_t)q * kk;
+            const float *qd = t->fd + (int64_t)q * kk;
+            const float q2 = cblas_sdot(d, t->xq + q * d, 1, t->xq + q * d, 1);
+            int64_t *bi = nn + (b0 + q) * k;
+            float *br = rank ? rank + (b0 + q) * k : NULL;
+            /* with skip_self drop the cell's own row, or the last when a duplicate displaced it */
+            int j = 0;
+            for (int u = 0; u < kk && j < k; u++) {
+                if (qi[u] < 0 || (skip_self && ref[qi[u]] == self)) continue;
+                bi[j] = qi[u];
+                if (br) br[j] = qd[u] - q2;
+                j++;
+            }
+            for (; j < k; j++) {
+                bi[j] = -1;
+                if (br) br[j] = INFINITY;
+            }
+        }
+    }
+    return NBS_OK;
+}
+
+/* Share of the exact neighbours e [m x k] (-1: none) found in a [m x k]. */
+static double recall_of(const int64_t *a, const int64_t *e, int64_t m, int k) {
+    int64_t found = 0, total = 0;
+    for (int64_t j = 0; j < m; j++)
+        for (int u = 0; u < k && e[j * k + u] >= 0; u++) {
+            total++;
+            for (int v = 0; v < k; v++) found += a[j * k + v] == e[j * k + u];
+        }
+    return total ? (double)found / (double)total : 1.0;
+}
+
+/* The approximate search: the tree, then on at most NBS_KNN_RECALL_QUERIES evenly spaced
+ * queries the exact neighbours and the tree's with nb->checks, doubled until their recall
+ * reaches nb->recall (or checks reach the reference count), then every query with those checks.
+ * A query's answer depends only on it, the tree and checks, so the sample's recall is that of
+ * the same queries in the full answer. */
+static int approximate_search(const float *x, int d, const int64_t *ref, int64_t n_ref, const int64_t *query,
+                              int64_t n_query, int k, int skip_self, const nbs_neighbors_config *nb, uint64_t seed,
+                              int64_t *nn, float *rank, nbs_knn_info *info, nbs_error *err) {
+    const int64_t m = n_query < NBS_KNN_RECALL_QUERIES ? n_query : NBS_KNN_RECALL_QUERIES;
+    int64_t *pick = nbs_malloc((size_t)(m ? m : 1) * sizeof *pick, err);                  /* [m] query rows */
+    int64_t *exact = nbs_malloc((size_t)(m ? m : 1) * (size_t)k * sizeof *exact, err);    /* [m x k] */
+    int64_t *approx = nbs_malloc((size_t)(m ? m : 1) * (size_t)k * sizeof *approx, err);  /* [m x k] */
+    knn_tree t = {0};
+    int rc = pick && exact && approx ? NBS_OK : NBS_ERR_NOMEM;
+    if (!rc) rc = tree_build(x, d, ref, n_ref, k, skip_self, nb, seed, &t, err);
+    for (int64_t j = 0; !rc && j < m; j++) pick[j] = query[j * n_query / m];
+    if (!rc) rc = nbs_knn_search(x, d, ref, n_ref, pick, m, k, skip_self, exact, NULL, err);
+    int checks = nb->checks;
+    double recall = 1.0;
+    while (!rc) {
+        rc = tree_query(&t, x, d, ref, pick, m, k, skip_self, checks, approx, NULL, err);
+        if (rc) break;
+        recall = recall_of(approx, exact, m, k);
+        if (recall >= nb->recall || checks >= n_ref || checks > INT_MAX / 2) break;
+        checks *= 2;
+    }
+    if (!rc) rc = tree_query(&t, x, d, ref, query, n_query, k, skip_self, checks, nn, rank, err);
+    if (!rc) {
+        info->checks = checks;
+        info->recall_queries = m;
+        info->recall = recall;
+    }
+    tree_free(&t);
+    free(pick);
+    free(exact);
+    free(approx);
+    return rc;
+}
+
+int nbs_knn_find(const float *x, int d, const int64_t *ref, int64_t n_ref, const int64_t *query, int64_t n_query,
+                 int k, int skip_self, const nbs_neighbors_config *nb, uint64_t seed, int64_t *nn, float *rank,
+                 nbs_knn_info *info, nbs_error *err) {
+    nbs_knn_info local;
+    if (!info) info = &local;
+    memset(info, 0, sizeof *info);
+    info->method = nbs_knn_choose(nb, n_ref);
+    info->auto_chosen = nb && nb->method == NBS_KNN_AUTO;
+    info->n_ref = n_ref;
+    info->k = k;
+    info->recall = 1.0;
+    if (info->method == NBS_KNN_EXACT) return nbs_knn_search(x, d, ref, n_ref, query, n_query, k, skip_self, nn, rank, err);
+    info->branching = nb->branching;
+    info->start_checks = nb->checks;
+    info->target_recall = nb->recall;
+    if (n_ref <= k + skip_self || n_ref >= INT_MAX || n_query >= INT_MAX / (k + 1))
+        return nbs_error_set(err, NBS_ERR_INPUT, "approximate k-NN: %lld reference cells for %d neighbours%s; the "
+                             "k-means tree needs more than k (and fewer than 2^31): set neighbors.method: exact",
+                             (long long)n_ref, k, skip_self ? " besides the cell itself" : "");
+    /* NaN would send FLANN's k-means and tree descent anywhere */
+    for (int pass = 0; pass < 2; pass++) {
+        const int64_t *rows = pass ? query : ref, nr = pass ? n_query : n_ref;
+        for (int64_t r = 0; r < nr; r++)
+            for (int c = 0; c < d; c++)
+                if (!isfinite(x[rows[r] * d + c]))
+                    return nbs_error_set(err, NBS_ERR_INPUT, "approximate k-NN: value at row %lld, dimension %d is "
+                                         "not finite", (long long)rows[r] + 1, c + 1);
+    }
+    return approximate_search(x, d, ref, n_ref, query, n_query, k, skip_self, nb, seed, nn, rank, info, err);
+}
+
+void nbs_knn_describe(const nbs_knn_info *info, char *buf, size_t len) {
+    if (info->method == NBS_KNN_EXACT) {
+        snprintf(buf, len, "exact (blocked BLAS products over %lld cells%s)", (long long)info->n_ref,
+                 info->auto_chosen ? ", at most neighbors.exact_max_cells" : "");
+        return;
+    }
+    char checks[160] = "";
+    if (info->checks != info->start_checks)
+        snprintf(checks, sizeof checks, ", raised from neighbors.checks = %d to reach recall %.2f%s", info->start_checks,
+                 info->target_recall, info->recall < info->target_recall ? " (not reached: it stopped at every cell)" : "");
+    snprintf(buf, len, "approximate (FLANN hierarchical k-means tree over %lld cells%s: branching %d, %d checks%s; "
+             "recall@%d %.4f against the exact search on %lld queries)", (long long)info->n_ref,
+             info->auto_chosen ? ", more than neighbors.exact_max_cells" : "", info->branching, info->checks, checks,
+             info->k, info->recall, (long long)info->recall_queries);
+}
+
+int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, const nbs_neighbors_config *nb,
+                  uint64_t seed, nbs_graph *g, nbs_knn_info *info, nbs_error *err) {
     nbs_nn_blas_serial();
     memset(g, 0, sizeof *g);
     if (d < 1 || k < 1 || n <= k)
@@ -117,7 +321,13 @@ int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, nb
             if (norm > 0) cblas_sscal(d, 1.0f / norm, y + i * d, 1);
         }
     }
-    if ((rc = nbs_knn_search(y, d, rows, n, rows, n, k, 1, g->indices, rank, err))) goto done;
+    if ((rc = nbs_knn_find(y, d, rows, n, rows, n, k, 1, nb, seed, g->indices, rank, info, err))) goto done;
+    for (int64_t e = 0; e < n * k; e++)
+        if (g->indices[e] < 0) { /* n > k, so only a tree that lost points could leave one short */
+            rc = nbs_error_set(err, NBS_ERR_INTERNAL, "neighbour graph: cell %lld got fewer than %d neighbours from "
+                               "the approximate search; set neighbors.method: exact", (long long)(e / k) + 1, k);
+            goto done;
+        }
     for (int64_t i = 0; i < n; i++) {
         g->indptr[i + 1] = (i + 1) * k;
         double q2 = cblas_sdot(d, y + i * d, 1, y + i * d, 1);

@@ -263,15 +263,26 @@ static void add_note(nbs_integration *r, const char *text) {
     snprintf(r->notes + len, sizeof r->notes - len, "%s%s", len ? "; " : "", text);
 }
 
+/* An approximate neighbour search is named in the notes (once). */
+static void knn_note(nbs_integration *r, const nbs_knn_info *info) {
+    if (info->method != NBS_KNN_APPROXIMATE || strstr(r->notes, "approximate neighbours")) return;
+    char text[160];
+    snprintf(text, sizeof text, "approximate neighbours (FLANN k-means tree, recall@%d %.3f against exact)", info->k,
+             info->recall);
+    add_note(r, text);
+}
+
 /* Median LISI of codes over the k-NN graph of the rows of y [m x d], k = min(90, m - 1) and
  * perplexity k / 3 (scib: perplexity = k0 / 3). */
-static int median_lisi(const float *y, int64_t m, int d, const int32_t *codes, int n_codes, double *med,
-                       nbs_error *err) {
+static int median_lisi(const float *y, int64_t m, int d, const int32_t *codes, int n_codes,
+                       const nbs_neighbors_config *nb, uint64_t seed, nbs_integration *r, double *med, nbs_error *err) {
     const int k = m - 1 < NBS_INTEGRATION_LISI_K ? (int)(m - 1) : NBS_INTEGRATION_LISI_K;
     nbs_graph g;
     double *lisi = nbs_malloc((size_t)m * sizeof *lisi, err); /* [m] */
-    int rc = lisi ? nbs_graph_knn(y, m, d, k, NBS_METRIC_EUCLIDEAN, &g, err) : NBS_ERR_NOMEM;
+    nbs_knn_info info;
+    int rc = lisi ? nbs_graph_knn(y, m, d, k, NBS_METRIC_EUCLIDEAN, nb, seed, &g, &info, err) : NBS_ERR_NOMEM;
     if (!rc) {
+        knn_note(r, &info);
         rc = nbs_lisi(&g, codes, n_codes, k / 3.0, lisi, err);
         if (!rc) *med = median(lisi, m);
         nbs_graph_free(&g);
@@ -403,7 +414,8 @@ static int one_batch_labels(const int32_t *batch, const int32_t *label, int64_t 
 
 int nbs_integration_metrics(const float *z, int64_t n, int d, nbs_metric metric, const int32_t *batch,
                             int n_batches, const int32_t *labels, int n_labels, char *const *label_names,
-                            double knn_accuracy, uint64_t seed, nbs_integration *r, nbs_error *err) {
+                            double knn_accuracy, const nbs_neighbors_config *nb, uint64_t seed, nbs_integration *r,
+                            nbs_error *err) {
     memset(r, 0, sizeof *r);
     r->ilisi = r->batch_asw = r->graph_connectivity = r->clisi = r->nmi = r->ari = r->label_asw = NAN;
     r->resolution = r->batch_score = r->bio_score = r->overall = r->cramers_v = NAN;
@@ -474,20 +486,23 @@ int nbs_integration_metrics(const float *z, int64_t n, int d, nbs_metric metric,
 
     if (has_batch && n > 1) {
         double med = NAN;
-        if ((rc = median_lisi(y, n, d, batch, n_batches, &med, err))) goto done;
+        if ((rc = median_lisi(y, n, d, batch, n_batches, nb, seed, r, &med, err))) goto done;
         r->ilisi = (med - 1) / (r->n_batches - 1);
     }
     if (has_labels) {
         double med = NAN;
-        if ((rc = median_lisi(yl, m, d, ll, n_labels, &med, err))) goto done;
+        if ((rc = median_lisi(yl, m, d, ll, n_labels, nb, seed, r, &med, err))) goto done;
         r->clisi = (r->n_labels - med) / (r->n_labels - 1);
         if ((rc = nbs_silhouette(yl, d, rows, m, ll, n_labels, s, err))) goto done;
         double mean = 0;
         for (int64_t i = 0; i < m; i++) mean += s[i];
         r->label_asw = (mean / (double)m + 1) / 2;
-        if ((rc = nbs_graph_knn(yl, m, d, NBS_INTEGRATION_GRAPH_K - 1, NBS_METRIC_EUCLIDEAN, &knn, err)) ||
+        nbs_knn_info info;
+        if ((rc = nbs_graph_knn(yl, m, d, NBS_INTEGRATION_GRAPH_K - 1, NBS_METRIC_EUCLIDEAN, nb, seed, &knn, &info,
+                                err)) ||
             (rc = nbs_graph_connectivities(&knn, &conn, err)) || (rc = leiden_sweep(&conn, ll, seed, r, err)))
             goto done;
+        knn_note(r, &info);
         if (has_batch) {
             if ((rc = batch_asw(yl, m, d, bl, n_batches, ll, n_labels, &r->batch_asw, err)) ||
                 (rc = graph_connectivity(&conn, ll, n_labels, &r->graph_connectivity, err)))

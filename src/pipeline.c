@@ -178,6 +178,16 @@ static const nbs_key_desc KEYS[] = {
     {"trajectory", "wrap_share", K_DOUBLE, F(trajectory, wrap_share), 0, 1, 1, NULL,
      "a number in (0, 1] (the share of a pair's embedding edges that are shortcuts)"},
 
+    {"neighbors", "method", K_ENUM, F(neighbors, method), 0, 0, 0, nbs_knn_method_words, NULL},
+    {"neighbors", "exact_max_cells", K_INT64, F(neighbors, exact_max_cells), 0, 1e12, 0, NULL,
+     "an integer >= 0 (method auto: searches of up to this many cells stay exact)"},
+    {"neighbors", "branching", K_INT, F(neighbors, branching), 2, 1024, 0, NULL,
+     "an integer from 2 to 1024 (children of each k-means tree node)"},
+    {"neighbors", "checks", K_INT, F(neighbors, checks), 1, 1e6, 0, NULL,
+     "an integer from 1 to 1000000 (points compared per query to start with)"},
+    {"neighbors", "recall", K_DOUBLE, F(neighbors, recall), 0, 1, 0, NULL,
+     "a number from 0 to 1 (checks double until the recall@k against exact reaches it; 0 = keep checks)"},
+
     {"output", "dir", K_PATH, F(output, dir), 0, 0, 0, NULL, "a folder path"},
     {"output", "write_h5ad", K_BOOL, F(output, write_h5ad), 0, 0, 0, NULL, NULL},
     {"output", "write_variances", K_BOOL, F(output, write_variances), 0, 0, 0, NULL, NULL},
@@ -187,7 +197,8 @@ static const nbs_key_desc KEYS[] = {
 };
 #define N_KEYS ((int)(sizeof KEYS / sizeof KEYS[0]))
 const char *const nbs_pipeline_sections[NBS_PIPELINE_N_SECTIONS] = {"input", "preprocess", "model",
-                                                                   "train", "diagnose", "trajectory", "output"};
+                                                                   "train", "diagnose", "trajectory", "neighbors",
+                                                                   "output"};
 
 /* Where a value came from, for messages. */
 typedef struct {
@@ -588,7 +599,7 @@ static int walk_root(ctx *c, yaml_node_t *root) {
         loc l = node_loc(c, root);
         return reject(c, &l, NBS_ERR_USAGE, NULL,
                       "expected a mapping of sections (preset, input, preprocess, model, train, "
-                      "diagnose, trajectory, output)");
+                      "diagnose, trajectory, neighbors, output)");
     }
     yaml_node_pair_t *start = root->data.mapping.pairs.start, *top = root->data.mapping.pairs.top;
     int preset = find_key("", "preset");
@@ -615,7 +626,7 @@ static int walk_root(ctx *c, yaml_node_t *root) {
         if (s < 0)
             return reject(c, &l, NBS_ERR_USAGE, NULL,
                           "unknown section '%s'; expected one of: preset, input, preprocess, model, "
-                          "train, diagnose, trajectory, output",
+                          "train, diagnose, trajectory, neighbors, output",
                           name ? name : "?");
         if (seen[s]) return reject(c, &l, NBS_ERR_USAGE, NULL, "section '%s' is given twice", name);
         seen[s] = 1;
@@ -665,7 +676,7 @@ static int apply_set(ctx *c, const char *assignment) {
         }
         return reject(c, &l, NBS_ERR_USAGE, NULL,
                       "unknown key; expected section.key with section one of input, preprocess, "
-                      "model, train, diagnose, trajectory, output (or preset=NAME)");
+                      "model, train, diagnose, trajectory, neighbors, output (or preset=NAME)");
     }
     c->where[ki] = l;
     c->given[ki] = 1;

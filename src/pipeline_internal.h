@@ -28,7 +28,7 @@ typedef struct {
 /* Key i, 0 <= i < nbs_pipeline_n_keys(), in the order of pipelines/reference.yaml. */
 const nbs_key_desc *nbs_pipeline_key(int i);
 
-#define NBS_PIPELINE_N_SECTIONS 7
+#define NBS_PIPELINE_N_SECTIONS 8
 extern const char *const nbs_pipeline_sections[NBS_PIPELINE_N_SECTIONS];
 
 /* The loader's reading of a number (finite, the whole text) and of a boolean (true/false,

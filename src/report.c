@@ -240,6 +240,13 @@ static void json_integration(FILE *f, const nbs_report_input *in) {
     fprintf(f, "\n  },\n");
 }
 
+/* How a k-NN search ran (graph.h): ', "knn_method": ..., "knn_recall": ...' (recall null for exact). */
+static void json_knn_search(FILE *f, const nbs_knn_info *info) {
+    const int approx = info->method == NBS_KNN_APPROXIMATE;
+    fprintf(f, ", \"knn_method\": \"%s\", \"knn_recall\": ", approx ? "approximate" : "exact");
+    nbs_json_number(f, approx ? info->recall : NAN, 9);
+}
+
 /* The trajectory stage: graph, clusters, root, cells without pseudotime, diffusion eigenvalues. */
 static void json_trajectory(FILE *f, const nbs_trajectory *t) {
     nbs_json_key(f, 2, "trajectory");
@@ -251,6 +258,7 @@ static void json_trajectory(FILE *f, const nbs_trajectory *t) {
     fprintf(f, ", \"components\": %lld, \"cells_without_pseudotime\": %lld, \"diffusion_eigenvalues\": ",
             (long long)t->n_components, (long long)t->n_unreached);
     json_num_array(f, t->evals, t->n_dcs, 1);
+    json_knn_search(f, &t->knn_info);
     const nbs_wraparound *w = &t->wrap;
     if (w->computed) {
         fprintf(f, ",\n    \"wraparound\": {\"reference\": \"PCA of log1p(CP10k)\", \"reference_dims\": %d, "
@@ -415,6 +423,7 @@ static void json_body(FILE *f, const nbs_report_input *in) {
         nbs_json_number(f, in->knn_embedding, 9);
         fprintf(f, ", \"pca\": ");
         nbs_json_number(f, in->knn_pca, 9);
+        if (in->knn_info) json_knn_search(f, in->knn_info);
         fprintf(f, "},\n");
     }
     if (in->integration) json_integration(f, in);

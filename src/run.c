@@ -49,6 +49,7 @@ typedef struct {
     int trained;                /* this run trained the model (not embed/diagnose) */
     char **labels;              /* per kept cell, from input.label_column; NULL without */
     double knn_embedding, knn_pca; /* 15-NN label accuracy (5-fold), NaN when not computed */
+    nbs_knn_info knn_info;         /* how the embedding's label score searched its neighbours */
     float *z, *spread;          /* the embedding of every kept cell (location; variances or kappa) */
     int d, cosine;              /* its width, and whether its distance is the cosine (the sphere) */
     const char *emb_source;     /* a given embedding (not the model's): where it came from */
@@ -255,20 +256,31 @@ static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_er
     int st = r ? NBS_OK : err->code;
     int n_classes = 0;
     if (!st) st = nbs_eval_label_codes(s->labels, n, codes, &n_classes, err);
+    const nbs_neighbors_config *nb = &s->p->config.neighbors;
+    const uint64_t seed = s->p->config.train.seed;
+    nbs_knn_info pca_info;
     if (!st) {
         st = nbs_eval_knn_accuracy(z, n, d, codes, KNN_K, KNN_FOLDS, cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
-                                   r, &s->knn_embedding, NULL, err);
+                                   nb, seed, r, &s->knn_embedding, NULL, &s->knn_info, err);
     }
     const int k = X->n_genes < PCA_DIMS ? (int)X->n_genes : PCA_DIMS;
     if (!st) st = nbs_eval_pca(X, k, 4, r, pcs, NULL, err);
     if (!st) {
         nbs_stream_set(r, s->p->config.train.seed, NBS_STREAM_EVALUATE, 0); /* the same folds as the embedding's */
-        st = nbs_eval_knn_accuracy(pcs, n, k, codes, KNN_K, KNN_FOLDS, NBS_METRIC_EUCLIDEAN, r, &s->knn_pca, NULL, err);
+        st = nbs_eval_knn_accuracy(pcs, n, k, codes, KNN_K, KNN_FOLDS, NBS_METRIC_EUCLIDEAN, nb, seed, r, &s->knn_pca,
+                                   NULL, &pca_info, err);
     }
-    if (!st)
+    if (!st) {
         nbs_info("%d-NN accuracy of the '%s' labels (%d classes, %d-fold): embedding %.3f, PCA (%d components "
                  "of log1p CP10k) %.3f", KNN_K, s->p->config.input.label_column, n_classes, KNN_FOLDS,
                  s->knn_embedding, k, s->knn_pca);
+        if (s->knn_info.method == NBS_KNN_APPROXIMATE) {
+            char how[320];
+            nbs_knn_describe(&s->knn_info, how, sizeof how);
+            nbs_info("%d-NN accuracy: each fold's neighbours %s; PCA's recall@%d %.4f", KNN_K, how, KNN_K,
+                     pca_info.recall);
+        }
+    }
     free(codes);
     free(pcs);
     if (r) gsl_rng_free(r);
@@ -393,7 +405,8 @@ static int integration_quality(run_state *s, const float *z, int d, int cosine, 
         double t0 = nbs_progress_now();
         st = nbs_integration_metrics(z, n, d, cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
                                      cov->has_batch ? batch : NULL, cov->has_batch ? cov->categorical[0].n_categories : 0,
-                                     s->labels ? codes : NULL, n_labels, names, s->knn_embedding, s->p->config.train.seed,
+                                     s->labels ? codes : NULL, n_labels, names, s->knn_embedding, &s->p->config.neighbors,
+                                     s->p->config.train.seed,
                                      &s->integration, err);
         const nbs_integration *r = &s->integration;
         if (!st) {
@@ -462,6 +475,11 @@ static int wraparound(run_state *s, nbs_error *err) {
     free(pcs);
     if (r) gsl_rng_free(r);
     if (st) return st;
+    if (s->traj.ref_knn_info.method == NBS_KNN_APPROXIMATE) {
+        char how[320];
+        nbs_knn_describe(&s->traj.ref_knn_info, how, sizeof how);
+        nbs_info("wrap-around: the reference graph's neighbours %s", how);
+    }
     const nbs_wraparound *w = &s->traj.wrap;
     if (w->wraps) nbs_warn("wrap-around: %s", w->verdict);
     else nbs_info("wrap-around: %s", w->verdict);
@@ -476,8 +494,8 @@ static int stage_trajectory(run_state *s, nbs_error *err) {
     if (st) return st;
     const nbs_matrix *X = s->pre->matrix;
     st = nbs_trajectory_compute(s->z, X->n_cells, s->d, s->cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
-                                &c->trajectory, X->barcodes, s->labels, c->input.label_column, c->train.seed, &s->traj,
-                                err);
+                                &c->trajectory, &c->neighbors, X->barcodes, s->labels, c->input.label_column,
+                                c->train.seed, &s->traj, err);
     if (st) return st;
     s->have_traj = 1;
     if (c->trajectory.shortcut_hops > 0) st = wraparound(s, err);
@@ -721,7 +739,7 @@ static int stage_write(run_state *s, nbs_error *err) {
                                input_title(&c->input), s->knn_embedding, s->knn_pca, KNN_K,
                                s->have_integration ? &s->integration : NULL,
                                s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL, s->batch_labels,
-                               s->have_traj ? &s->traj : NULL};
+                               s->have_traj ? &s->traj : NULL, isfinite(s->knn_embedding) ? &s->knn_info : NULL};
         const char *reports[4] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV};
         for (int i = 0; i < (s->have_integration ? 4 : 3) && !st; i++) {
             if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
@@ -1011,7 +1029,7 @@ static int stage_write_trajectory(run_state *s, nbs_error *err) {
     int st = c->output.write_h5ad ? write_h5ad(s, NULL, err) : NBS_OK;
     nbs_report_input ri = {NULL, NULL, NULL, s->z, s->pre->matrix->n_cells, s->d, NULL, s->labels,
                            c->input.label_column[0] ? c->input.label_column : NULL, input_title(&c->input), NAN, NAN,
-                           KNN_K, NULL, NULL, NULL, &s->traj};
+                           KNN_K, NULL, NULL, NULL, &s->traj, NULL};
     const char *files[2] = {NBS_OUT_REPORT_HTML, NBS_OUT_TRAJECTORY_JSON};
     char path[NBS_PATH_MAX];
     for (int i = 0; i < 2 && !st && c->output.write_report; i++) {

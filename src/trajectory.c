@@ -621,7 +621,8 @@ int nbs_traj_wraparound(nbs_trajectory *t, const float *ref, int ref_dims, const
     nbs_graph rk = {0}, rs = {0};
     int32_t *codes = NULL;
     int64_t floored;
-    int rc = nbs_graph_knn(ref, n, ref_dims, t->k - 1, NBS_METRIC_EUCLIDEAN, &rk, err);
+    int rc = nbs_graph_knn(ref, n, ref_dims, t->k - 1, NBS_METRIC_EUCLIDEAN, &t->neighbors, t->seed, &rk,
+                           &t->ref_knn_info, err);
     /* the gauss kernel's pattern is the symmetrised k-NN graph: an edge in either direction */
     if (!rc) rc = nbs_traj_gauss_kernel(&rk, &rs, &floored, err);
     if (rc) goto done;
@@ -746,7 +747,7 @@ done:
 }
 
 int nbs_trajectory_compute(const float *z, int64_t n, int d, nbs_metric metric, const nbs_trajectory_config *c,
-                           char *const *barcodes, char *const *labels, const char *label_column, uint64_t seed,
+                           const nbs_neighbors_config *nb, char *const *barcodes, char *const *labels, const char *label_column, uint64_t seed,
                            nbs_trajectory *t, nbs_error *err) {
     memset(t, 0, sizeof *t);
     t->n = n;
@@ -754,13 +755,21 @@ int nbs_trajectory_compute(const float *z, int64_t n, int d, nbs_metric metric, 
     t->metric = metric;
     t->resolution = c->resolution;
     t->n_dcs = c->n_dcs;
+    if (nb) t->neighbors = *nb;
+    else t->neighbors.method = NBS_KNN_EXACT;
+    t->seed = seed;
     if (c->k >= n)
         return nbs_error_set(err, NBS_ERR_USAGE, "trajectory.k = %d neighbours (the cell itself included) needs more "
                              "cells, and there are %lld; lower trajectory.k", t->k, (long long)n);
     if (c->n_dcs >= n)
         return nbs_error_set(err, NBS_ERR_USAGE, "trajectory.n_dcs = %d needs more cells than components, and there "
                              "are %lld; lower trajectory.n_dcs", c->n_dcs, (long long)n);
-    int rc = nbs_graph_knn(z, n, d, t->k - 1, metric, &t->knn, err);
+    int rc = nbs_graph_knn(z, n, d, t->k - 1, metric, &t->neighbors, seed, &t->knn, &t->knn_info, err);
+    if (!rc) {
+        char how[320];
+        nbs_knn_describe(&t->knn_info, how, sizeof how);
+        nbs_info("trajectory: %d-NN graph %s", t->k - 1, how);
+    }
     if (!rc) rc = nbs_traj_gauss_kernel(&t->knn, &t->kernel, &t->n_sigma_floored, err);
     if (rc) goto fail;
     if (t->n_sigma_floored)

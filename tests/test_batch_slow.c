@@ -131,7 +131,8 @@ static void train_and_measure(const char *dir, int seed, int with_key, const int
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     gsl_rng_set(r, 1);
     nbs_error err = {0};
-    assert_int_equal(nbs_eval_knn_accuracy(z, n, d, br, K, 5, NBS_METRIC_EUCLIDEAN, r, accuracy, NULL, &err), NBS_OK);
+    assert_int_equal(nbs_eval_knn_accuracy(z, n, d, br, K, 5, NBS_METRIC_EUCLIDEAN, NULL, 0, r, accuracy, NULL, NULL,
+                                           &err), NBS_OK);
     gsl_rng_free(r);
     *mixing = batch_mixing(z, n, d, bt);
     free(z);

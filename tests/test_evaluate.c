@@ -167,21 +167,21 @@ static void test_knn_toy_clusters(void **state) {
     float *x = clusters(N, D, C, 0.5, labels, rng);
     double acc, fold[5];
     nbs_error err = {0};
-    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_EUCLIDEAN, rng, &acc,
-                                           fold, &err), NBS_OK);
+    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_EUCLIDEAN, NULL, 0, rng, &acc,
+                                           fold, NULL, &err), NBS_OK);
     assert_true(acc == 1.0);
-    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_COSINE, rng, &acc,
-                                           NULL, &err), NBS_OK);
+    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_COSINE, NULL, 0, rng, &acc,
+                                           NULL, NULL, &err), NBS_OK);
     assert_true(acc == 1.0);
     /* random labels: chance level 1/C */
     for (int i = 0; i < N; i++) labels[i] = (int32_t)gsl_rng_uniform_int(rng, C);
-    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_EUCLIDEAN, rng, &acc,
-                                           fold, &err), NBS_OK);
+    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_EUCLIDEAN, NULL, 0, rng, &acc,
+                                           fold, NULL, &err), NBS_OK);
     assert_true(fabs(acc - 1.0 / C) < 0.07);
     /* unlabelled cells (-1) take no part; too few labelled cells is an error */
     for (int i = 0; i < N; i++) labels[i] = i < 10 ? 0 : -1;
-    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_EUCLIDEAN, rng, &acc,
-                                           NULL, &err), NBS_ERR_INPUT);
+    assert_int_equal(nbs_eval_knn_accuracy(x, N, D, labels, 15, 5, NBS_METRIC_EUCLIDEAN, NULL, 0, rng, &acc,
+                                           NULL, NULL, &err), NBS_ERR_INPUT);
     assert_non_null(strstr(err.msg, "10 labelled cells are too few"));
     free(x);
     gsl_rng_free(rng);
@@ -209,8 +209,8 @@ static void test_knn_tie_goes_to_nearest(void **state) {
     }
     double acc;
     nbs_error err = {0};
-    assert_int_equal(nbs_eval_knn_accuracy(x, 2 * PAIRS, 2, labels, 2, 5, NBS_METRIC_EUCLIDEAN, rng,
-                                           &acc, NULL, &err), NBS_OK);
+    assert_int_equal(nbs_eval_knn_accuracy(x, 2 * PAIRS, 2, labels, 2, 5, NBS_METRIC_EUCLIDEAN, NULL, 0, rng,
+                                           &acc, NULL, NULL, &err), NBS_OK);
     assert_true(acc > 0.74);
     gsl_rng_free(rng);
 }
@@ -285,8 +285,8 @@ static double pca_knn(const char *dir, int64_t n_expect, int n_classes_min) {
     gsl_rng_set(rng, 0);
     assert_int_equal(nbs_eval_pca(m, 10, 4, rng, pcs, NULL, &err), NBS_OK);
     double acc = 0;
-    assert_int_equal(nbs_eval_knn_accuracy(pcs, m->n_cells, 10, codes, 15, 5, NBS_METRIC_EUCLIDEAN,
-                                           rng, &acc, NULL, &err), NBS_OK);
+    assert_int_equal(nbs_eval_knn_accuracy(pcs, m->n_cells, 10, codes, 15, 5, NBS_METRIC_EUCLIDEAN, NULL, 0,
+                                           rng, &acc, NULL, NULL, &err), NBS_OK);
     print_message("%s: PCA-10 kNN accuracy %.4f\n", dir, acc);
     gsl_rng_free(rng);
     free(pcs);

@@ -108,7 +108,7 @@ static void fixture_init(fixture *f, nbs_latent_kind latent, int d, int64_t n, i
     }
     gsl_rng_free(rng);
     nbs_report_input in = {&f->r, &f->track, &f->log, f->emb, n, d, sph ? f->kappa : NULL,
-                           f->labels, "cell_type", "synthetic.h5ad", 0.91, 0.88, 15, NULL, NULL, NULL, NULL};
+                           f->labels, "cell_type", "synthetic.h5ad", 0.91, 0.88, 15, NULL, NULL, NULL, NULL, NULL};
     f->in = in;
 }
 
@@ -156,12 +156,16 @@ static void test_json(void **state) {
     (void)state;
     fixture f;
     fixture_init(&f, NBS_LATENT_GAUSSIAN, 4, 300, 1);
+    /* the label score's neighbours from the k-means tree: named with their recall */
+    const nbs_knn_info knn = {.method = NBS_KNN_APPROXIMATE, .n_ref = 240, .k = 15, .recall = 0.97};
+    f.in.knn_info = &knn;
     char *dir = tu_tmpdir();
     const char *path = tu_path(dir, "collapse_report.json");
     nbs_error err = {0};
     assert_int_equal(nbs_report_write_json(path, &f.in, &err), NBS_OK);
     char *j = tu_read_file(path, NULL);
     assert_non_null(j);
+    assert_non_null(strstr(j, "\"knn_method\": \"approximate\", \"knn_recall\": 0.97"));
     assert_non_null(strstr(j, "\"tau_kl\": 0.01"));
     assert_non_null(strstr(j, "\"tau_sensitivity\": 0.02"));
     assert_non_null(strstr(j, "\"verdict\": \"partially collapsed\""));
@@ -189,7 +193,8 @@ static void test_json(void **state) {
                  "assert dims[0]['collapsed_since_epoch'] is None\n"
                  "assert d['latent'] == 'gaussian' and d['latent_dim'] == 4 and d['cells'] == 300\n"
                  "assert d['mutual_information']['batch'] == 128\n"
-                 "assert d['quality'] == {'knn_k': 15, 'label_column': 'cell_type', 'embedding': 0.91, 'pca': 0.88}\n"
+                 "assert d['quality'] == {'knn_k': 15, 'label_column': 'cell_type', 'embedding': 0.91, 'pca': 0.88, "
+                 "'knn_method': 'approximate', 'knn_recall': 0.97}\n"
                  "t = d['tracking']\n"
                  "assert t['epochs'] == [1, 2, 3, 4, 5] and len(t['kl']) == 5 and len(t['kl'][0]) == 4\n"
                  "assert t['active'] == [2, 3, 2, 2, 2]\n"
@@ -571,7 +576,7 @@ static void test_integration_reports(void **state) {
     for (int i = 0; i < 300; i++) batch[i] = (i / 7) % 2, bl[i] = batch_names[batch[i]];
     nbs_integration r;
     assert_int_equal(nbs_integration_metrics(f.emb, 300, 4, NBS_METRIC_EUCLIDEAN, batch, 2, codes, n_labels, names,
-                                             0.91, 3, &r, &err), NBS_OK);
+                                             0.91, NULL, 3, &r, &err), NBS_OK);
     f.in.integration = &r;
     f.in.batch_key = "group_id";
     f.in.batch_labels = bl;
@@ -619,7 +624,7 @@ static void test_integration_reports(void **state) {
     /* the batch follows the labels: confounded, in the JSON and the page */
     for (int i = 0; i < 300; i++) batch[i] = codes[i] == 0 ? 0 : 1, bl[i] = batch_names[batch[i]];
     assert_int_equal(nbs_integration_metrics(f.emb, 300, 4, NBS_METRIC_EUCLIDEAN, batch, 2, codes, n_labels, names,
-                                             0.91, 3, &r, &err), NBS_OK);
+                                             0.91, NULL, 3, &r, &err), NBS_OK);
     assert_true(r.confounded);
     assert_int_equal(nbs_report_write_json(json, &f.in, &err), NBS_OK);
     j = tu_read_file(json, NULL);
@@ -634,7 +639,7 @@ static void test_integration_reports(void **state) {
     /* one batch: no batch scores, no overall, a note */
     for (int i = 0; i < 300; i++) batch[i] = 0;
     assert_int_equal(nbs_integration_metrics(f.emb, 300, 4, NBS_METRIC_EUCLIDEAN, batch, 1, codes, n_labels, names,
-                                             0.91, 3, &r, &err), NBS_OK);
+                                             0.91, NULL, 3, &r, &err), NBS_OK);
     assert_int_equal(nbs_report_write_json(json, &f.in, &err), NBS_OK);
     j = tu_read_file(json, NULL);
     assert_null(strstr(j, "\"ilisi\""));

@@ -56,7 +56,7 @@ static void test_gauss_kernel_matches_scanpy_formula(void **state) {
     nbs_error err = {0};
     nbs_graph knn, w;
     int64_t floored = -1;
-    assert_int_equal(nbs_graph_knn(x, 8, 2, 2, NBS_METRIC_EUCLIDEAN, &knn, &err), NBS_OK);
+    assert_int_equal(nbs_graph_knn(x, 8, 2, 2, NBS_METRIC_EUCLIDEAN, NULL, 0, &knn, NULL, &err), NBS_OK);
     assert_int_equal(nbs_traj_gauss_kernel(&knn, &w, &floored, &err), NBS_OK);
     assert_int_equal(floored, 0);
     /* from `python3 tests/trajectory_reference.py`: row: column:weight */
@@ -143,7 +143,7 @@ static void test_dpt_follows_simulated_time(void **state) {
     snprintf(c.root, sizeof c.root, "%s", s.sim.counts->barcodes[s.root]);
     nbs_trajectory t;
     nbs_error err = {0};
-    int rc = nbs_trajectory_compute(s.pcs, s.n, 10, NBS_METRIC_EUCLIDEAN, &c, s.sim.counts->barcodes, NULL, NULL, 1,
+    int rc = nbs_trajectory_compute(s.pcs, s.n, 10, NBS_METRIC_EUCLIDEAN, &c, NULL, s.sim.counts->barcodes, NULL, NULL, 1,
                                     &t, &err);
     if (rc) fprintf(stderr, "%s\n", err.msg);
     assert_int_equal(rc, NBS_OK);
@@ -195,7 +195,7 @@ static void test_diffmap_and_dpt_match_python(void **state) {
     snprintf(c.root, sizeof c.root, "%s", s.sim.counts->barcodes[s.root]);
     nbs_trajectory t;
     nbs_error err = {0};
-    assert_int_equal(nbs_trajectory_compute(s.pcs, s.n, 10, NBS_METRIC_EUCLIDEAN, &c, s.sim.counts->barcodes, NULL,
+    assert_int_equal(nbs_trajectory_compute(s.pcs, s.n, 10, NBS_METRIC_EUCLIDEAN, &c, NULL, s.sim.counts->barcodes, NULL,
                                             NULL, 1, &t, &err), NBS_OK);
     f = fopen(out, "r");
     assert_non_null(f);
@@ -247,7 +247,7 @@ static void test_other_component_gets_nan(void **state) {
     snprintf(c.root, sizeof c.root, "c0");
     nbs_trajectory t;
     nbs_error err = {0};
-    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, NULL, NULL, 3, &t, &err), NBS_OK);
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, NULL, bc, NULL, NULL, 3, &t, &err), NBS_OK);
     assert_int_equal(t.n_components, 2);
     assert_int_equal(t.n_unreached, 30);
     /* two components: eigenvalue 1 twice (the solver must find the repeat) */
@@ -278,23 +278,23 @@ static void test_bad_roots_and_sizes(void **state) {
     nbs_trajectory t;
     nbs_error err = {0};
     snprintf(c.root, sizeof c.root, "nope");
-    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, NULL, NULL, 1, &t, &err),
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, NULL, bc, NULL, NULL, 1, &t, &err),
                      NBS_ERR_USAGE);
     assert_non_null(strstr(err.msg, "'nope' is not the barcode"));
     c.root[0] = '\0';
     snprintf(c.root_label, sizeof c.root_label, "middle");
-    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, labels, "stage", 1, &t, &err),
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, NULL, bc, labels, "stage", 1, &t, &err),
                      NBS_ERR_USAGE);
     assert_non_null(strstr(err.msg, "no cell has the label 'middle' in column 'stage'; its labels are: early, late"));
     /* the root label's cells lie at one end of DC1: the root is the extreme one there */
     snprintf(c.root_label, sizeof c.root_label, "early");
-    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, labels, "stage", 1, &t, &err),
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, NULL, bc, labels, "stage", 1, &t, &err),
                      NBS_OK);
     assert_true(t.root <= 2);
     assert_true(t.pseudotime[N - 1] > 0.9);
     nbs_trajectory_free(&t);
     c.k = N;
-    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, bc, labels, "stage", 1, &t, &err),
+    assert_int_equal(nbs_trajectory_compute(x, N, 2, NBS_METRIC_EUCLIDEAN, &c, NULL, bc, labels, "stage", 1, &t, &err),
                      NBS_ERR_USAGE);
     assert_non_null(strstr(err.msg, "trajectory.k = 40"));
 }
@@ -351,7 +351,7 @@ static void test_wraparound_on_a_circle(void **state) {
         nbs_trajectory t;
         memset(&t, 0, sizeof t);
         t.n = N, t.k = 11, t.n_clusters = 2;
-        assert_int_equal(nbs_graph_knn(circle, N, 2, 10, NBS_METRIC_EUCLIDEAN, &t.knn, &err), NBS_OK);
+        assert_int_equal(nbs_graph_knn(circle, N, 2, 10, NBS_METRIC_EUCLIDEAN, NULL, 0, &t.knn, NULL, &err), NBS_OK);
         t.cluster = malloc(sizeof *t.cluster * N);
         for (int i = 0; i < N; i++) t.cluster[i] = i >= N / 2;
         assert_int_equal(nbs_traj_wraparound(&t, line, 1, &c, with_labels ? labels : NULL, &err), NBS_OK);
@@ -387,7 +387,7 @@ static void test_wraparound_on_a_circle(void **state) {
     nbs_trajectory t;
     memset(&t, 0, sizeof t);
     t.n = N, t.k = 11, t.n_clusters = 2;
-    assert_int_equal(nbs_graph_knn(line, N, 1, 10, NBS_METRIC_EUCLIDEAN, &t.knn, &err), NBS_OK);
+    assert_int_equal(nbs_graph_knn(line, N, 1, 10, NBS_METRIC_EUCLIDEAN, NULL, 0, &t.knn, NULL, &err), NBS_OK);
     t.cluster = calloc(N, sizeof *t.cluster);
     assert_int_equal(nbs_traj_wraparound(&t, line, 1, &c, labels, &err), NBS_OK);
     assert_int_equal(t.wrap.n_shortcuts, 0);
@@ -397,7 +397,7 @@ static void test_wraparound_on_a_circle(void **state) {
     /* the circle again with wrap_share above the pair's 50 %: counted, not named */
     memset(&t, 0, sizeof t);
     t.n = N, t.k = 11, t.n_clusters = 2;
-    assert_int_equal(nbs_graph_knn(circle, N, 2, 10, NBS_METRIC_EUCLIDEAN, &t.knn, &err), NBS_OK);
+    assert_int_equal(nbs_graph_knn(circle, N, 2, 10, NBS_METRIC_EUCLIDEAN, NULL, 0, &t.knn, NULL, &err), NBS_OK);
     t.cluster = malloc(sizeof *t.cluster * N);
     for (int i = 0; i < N; i++) t.cluster[i] = i >= N / 2;
     c.wrap_share = 0.6;
@@ -441,7 +441,7 @@ static void test_wraparound_on_long_branches(void **state) {
         nbs_trajectory t;
         memset(&t, 0, sizeof t);
         t.n = n, t.k = (int)c.k, t.n_clusters = 1;
-        assert_int_equal(nbs_graph_knn(z, n, 2, t.k - 1, NBS_METRIC_COSINE, &t.knn, &err), NBS_OK);
+        assert_int_equal(nbs_graph_knn(z, n, 2, t.k - 1, NBS_METRIC_COSINE, NULL, 0, &t.knn, NULL, &err), NBS_OK);
         t.cluster = calloc((size_t)n, sizeof *t.cluster);
         assert_int_equal(nbs_traj_wraparound(&t, ref, DIMS, &c, labels, &err), NBS_OK);
         const nbs_wraparound *w = &t.wrap;

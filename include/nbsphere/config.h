@@ -192,6 +192,22 @@ typedef struct {
     double wrap_share;      /* wrap-around: a pair is named when this share of its edges are shortcuts */
 } nbs_trajectory_config;
 
+/* The k-nearest-neighbour search behind every neighbour graph (graph.h: the trajectory stage,
+ * the wrap-around diagnostic, the integration metrics) and the k-NN label score. */
+typedef enum {
+    NBS_KNN_EXACT,          /* brute force by blocked BLAS products: O(n^2); 0, so a zeroed config is exact */
+    NBS_KNN_AUTO,           /* exact up to exact_max_cells cells, approximate above */
+    NBS_KNN_APPROXIMATE     /* FLANN's hierarchical k-means tree */
+} nbs_knn_method;
+
+typedef struct {
+    nbs_knn_method method;
+    int64_t exact_max_cells; /* auto: the largest search that stays exact (cells searched) */
+    int branching;          /* approximate: children of each k-means tree node */
+    int checks;             /* approximate: points compared per query to start with ... */
+    double recall;          /* ... doubled until the recall@k measured against exact reaches this */
+} nbs_neighbors_config;
+
 typedef struct {
     char dir[NBS_PATH_MAX];
     int write_h5ad;         /* embedding into .h5ad obsm['X_nbsphere'] */
@@ -209,6 +225,7 @@ typedef struct {
     nbs_train_config train;
     nbs_diagnose_config diagnose;
     nbs_trajectory_config trajectory;
+    nbs_neighbors_config neighbors;
     nbs_output_config output;
 } nbs_config;
 
@@ -231,7 +248,7 @@ typedef struct {
 extern const nbs_enum_word nbs_format_words[], nbs_orientation_words[], nbs_non_integer_words[],
     nbs_latent_words[], nbs_likelihood_words[], nbs_dispersion_words[], nbs_dispersion_init_words[],
     nbs_norm_words[], nbs_input_transform_words[], nbs_schedule_words[], nbs_join_words[],
-    nbs_hvg_flavor_words[], nbs_covariate_embedding_words[];
+    nbs_hvg_flavor_words[], nbs_covariate_embedding_words[], nbs_knn_method_words[];
 
 /* The word of value in words; "unknown" when it has none. */
 const char *nbs_enum_word_of(const nbs_enum_word *words, int value);

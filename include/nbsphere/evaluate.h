@@ -9,6 +9,7 @@
 
 #include <gsl/gsl_rng.h>
 
+#include "nbsphere/config.h"
 #include "nbsphere/error.h"
 #include "nbsphere/matrix.h"
 
@@ -37,9 +38,14 @@ int nbs_eval_label_codes(char *const *labels, int64_t n, int32_t *codes, int *n_
  * cells in the other folds (a tie goes to the tied label held by the nearest of those
  * neighbours). *accuracy = mean over folds of the fraction predicted correctly; fold_accuracy
  * (may be NULL) gets each fold's. Cosine distance is Euclidean distance after scaling rows to
- * unit length. Brute force (BLAS for the distances), fine up to a few 10^4 cells. */
+ * unit length. Each fold's search is nbs_knn_find's (graph.h) with nb and seed (nb NULL:
+ * exact): neighbors.method auto keeps it exact while a fold's training cells are at most
+ * nb->exact_max_cells, and uses FLANN's k-means tree over them above. info (may be NULL) gets what
+ * ran; for the approximate search its recall is the folds' pooled recall against exact. */
+struct nbs_knn_info;
 int nbs_eval_knn_accuracy(const float *embedding, int64_t n, int d, const int32_t *labels, int k,
-                          int folds, nbs_metric metric, gsl_rng *rng, double *accuracy,
-                          double *fold_accuracy, nbs_error *err);
+                          int folds, nbs_metric metric, const nbs_neighbors_config *nb, uint64_t seed,
+                          gsl_rng *rng, double *accuracy, double *fold_accuracy, struct nbs_knn_info *info,
+                          nbs_error *err);
 
 #endif

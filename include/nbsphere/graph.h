@@ -1,4 +1,5 @@
-/* Neighbour graphs of an embedding: exact k nearest neighbours (brute force, BLAS), the
+/* Neighbour graphs of an embedding: k nearest neighbours (exact by brute force with BLAS, or
+ * approximate by FLANN's hierarchical k-means tree above a size, nbs_knn_find), the
  * weighted neighbour graph scanpy's sc.pp.neighbors builds from them (UMAP's fuzzy simplicial
  * set), Leiden communities and connected components (igraph's C library). The integration
  * metrics (integrate.h) and the k-NN label score (evaluate.h) are built on it. */
@@ -7,6 +8,7 @@
 
 #include <stdint.h>
 
+#include "nbsphere/config.h"
 #include "nbsphere/error.h"
 #include "nbsphere/evaluate.h"
 
@@ -32,10 +34,54 @@ void nbs_graph_free(nbs_graph *g);
 int nbs_knn_search(const float *x, int d, const int64_t *ref, int64_t n_ref, const int64_t *query,
                    int64_t n_query, int k, int skip_self, int64_t *nn, float *rank, nbs_error *err);
 
+/* Queries of an approximate search whose exact neighbours are computed too, for its recall. */
+#define NBS_KNN_RECALL_QUERIES 1000
+
+/* What a search did, for the log and the report (nbs_knn_describe). */
+typedef struct nbs_knn_info {
+    nbs_knn_method method;  /* NBS_KNN_EXACT or NBS_KNN_APPROXIMATE: what ran */
+    int auto_chosen;        /* the method was auto: chosen by the size of the search */
+    int64_t n_ref;          /* cells searched */
+    int k, branching;
+    int start_checks;       /* approximate: neighbors.checks ... */
+    int checks;             /* ... and the checks used, doubled from it until the recall was reached */
+    double target_recall;   /* approximate: neighbors.recall */
+    int64_t recall_queries; /* approximate: queries also searched exactly (evenly spaced, at most
+                               NBS_KNN_RECALL_QUERIES); 0 for exact */
+    double recall;          /* their share of the exact k nearest that the search found; 1 for exact */
+} nbs_knn_info;
+
+/* The search nb asks for over n_ref cells: NULL or method exact -> exact, approximate ->
+ * approximate, auto -> exact up to nb->exact_max_cells cells, approximate above. */
+nbs_knn_method nbs_knn_choose(const nbs_neighbors_config *nb, int64_t n_ref);
+
+/* The k nearest neighbours as nbs_knn_search (same arguments, nn and rank alike), by the search
+ * nbs_knn_choose picks. The approximate one is FLANN's hierarchical k-means tree (Muja & Lowe
+ * 2014: nb->branching children per node, 11 k-means iterations from k-means++ centres), whose
+ * k-means++ draws FLANN takes from rand() seeded (srand) with seed's NBS_STREAM_KNN stream, so a
+ * seed reproduces it. A query compares `checks` points: nb->checks, doubled while the recall on
+ * the NBS_KNN_RECALL_QUERIES evenly spaced queries (searched exactly too) is below nb->recall
+ * (the tree needs more checks as cells grow denser), up to the number of reference cells. (Debian's FLANN 1.9.2 seeds its
+ * randomized k-d trees from std::random_device instead: they differ from run to run, so they
+ * are not used.) Ties there fall as FLANN orders them, and rank is FLANN's squared distance
+ * minus |q|^2. info (may be NULL) says what ran and, for the
+ * approximate search, its recall against the exact one on evenly spaced queries. Values must
+ * be finite (NBS_ERR_INPUT names the row); the approximate search needs more than k (+1 with
+ * skip_self) reference rows and fewer than 2^31. */
+int nbs_knn_find(const float *x, int d, const int64_t *ref, int64_t n_ref, const int64_t *query, int64_t n_query,
+                 int k, int skip_self, const nbs_neighbors_config *nb, uint64_t seed, int64_t *nn, float *rank,
+                 nbs_knn_info *info, nbs_error *err);
+
+/* One line for the log and the report: "exact (...)" or "approximate (FLANN ..., recall@k ...)". */
+void nbs_knn_describe(const nbs_knn_info *info, char *buf, size_t len);
+
 /* The k-NN graph of the n rows of x [n x d]: each cell's k nearest other cells, nearest first,
  * weights their Euclidean distances (after scaling rows to unit length with NBS_METRIC_COSINE,
- * i.e. chord distances). Needs 1 <= k < n and finite values (NBS_ERR_INPUT names the cell). */
-int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, nbs_graph *g, nbs_error *err);
+ * i.e. chord distances, whose order is the cosine's). The search is nbs_knn_find's with nb and
+ * seed (nb NULL: exact); info as there (may be NULL). Needs 1 <= k < n and finite values
+ * (NBS_ERR_INPUT names the cell). */
+int nbs_graph_knn(const float *x, int64_t n, int d, int k, nbs_metric metric, const nbs_neighbors_config *nb,
+                  uint64_t seed, nbs_graph *g, nbs_knn_info *info, nbs_error *err);
 
 /* An undirected weighted edge, a < b. */
 typedef struct {

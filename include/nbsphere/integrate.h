@@ -72,9 +72,11 @@ typedef struct {
  * unit rows). batch [n] codes 0..n_batches-1 or NULL; labels [n] codes (negative: unlabelled,
  * left out of every label-based score) or NULL, label_names [n_labels] for the confounding
  * list; knn_accuracy NaN when not computed. Leiden runs are seeded from seed with
- * NBS_STREAM_LEIDEN, index = resolution step. */
+ * NBS_STREAM_LEIDEN, index = resolution step. The neighbour graphs (LISI, Leiden) are searched
+ * as nb says (graph.h nbs_knn_find; NULL: exact); an approximate search is named in notes. */
 int nbs_integration_metrics(const float *z, int64_t n, int d, nbs_metric metric, const int32_t *batch,
                             int n_batches, const int32_t *labels, int n_labels, char *const *label_names,
-                            double knn_accuracy, uint64_t seed, nbs_integration *out, nbs_error *err);
+                            double knn_accuracy, const nbs_neighbors_config *nb, uint64_t seed,
+                            nbs_integration *out, nbs_error *err);
 
 #endif

@@ -30,6 +30,7 @@ typedef struct {
     const char *batch_key;              /* the batch covariate's column, may be NULL */
     char *const *batch_labels;          /* per cell, its batch (for the map coloured by batch); may be NULL */
     const nbs_trajectory *trajectory;   /* the trajectory stage; NULL = not run */
+    const nbs_knn_info *knn_info;       /* how the embedding's k-NN score searched; NULL = not computed */
 } nbs_report_input;
 
 int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_error *err);

@@ -31,7 +31,8 @@ typedef enum {
     NBS_STREAM_CLUSTERS,      /* the trajectory stage's Leiden clusters */
     NBS_STREAM_DIFFMAP,       /* the diffusion map eigensolver's start vectors, index = restart */
     NBS_STREAM_LAYOUT,        /* the trajectory stage's force-directed layout */
-    NBS_STREAM_REFERENCE      /* the wrap-around diagnostic's PCA of the counts */
+    NBS_STREAM_REFERENCE,     /* the wrap-around diagnostic's PCA of the counts */
+    NBS_STREAM_KNN            /* the approximate k-NN search's k-means++ centres (FLANN's srand) */
 } nbs_stream;
 
 uint64_t nbs_stream_seed(uint64_t seed, nbs_stream purpose, uint64_t index, uint64_t process);

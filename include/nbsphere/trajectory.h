@@ -3,7 +3,8 @@
  * the report. The graphs are public structs (graph.h) so that other diagnostics can reuse them.
  *
  * k follows scanpy's n_neighbors: the cell itself counts, so each cell has k - 1 neighbours.
- * The k-NN search is exact (graph.c, blocked BLAS products). */
+ * The k-NN search is graph.c's nbs_knn_find: exact (blocked BLAS products) up to
+ * neighbors.exact_max_cells cells, FLANN's hierarchical k-means tree above (neighbors.method). */
 #ifndef NBSPHERE_TRAJECTORY_H
 #define NBSPHERE_TRAJECTORY_H
 
@@ -57,6 +58,10 @@ typedef struct {
     int k;                  /* scanpy's n_neighbors */
     nbs_metric metric;
     nbs_graph knn;          /* directed: each cell's k - 1 nearest others, nearest first, distances */
+    nbs_neighbors_config neighbors; /* how knn was searched (the reference graph is searched alike) */
+    uint64_t seed;
+    nbs_knn_info knn_info;  /* what the search of knn did */
+    nbs_knn_info ref_knn_info; /* and of the wrap-around diagnostic's reference graph */
     nbs_graph kernel;       /* symmetric gauss kernel on the k-NN edges (obsp['connectivities']) */
     int64_t n_sigma_floored; /* cells whose k-th neighbour is a duplicate: sigma floored (see .c) */
     int32_t *cluster;       /* [n] Leiden communities 0..n_clusters-1, largest first */
@@ -82,9 +87,10 @@ void nbs_trajectory_free(nbs_trajectory *t);
 /* The whole stage on the n rows of z [n x d]. barcodes [n] name the cells (for trajectory.root),
  * labels [n] (may be NULL; entries NULL = no label) are those of label_column (for
  * trajectory.root_label and messages). Randomness (Leiden, the eigensolver's start, the layout)
- * comes from seed through the NBS_STREAM_CLUSTERS, _DIFFMAP and _LAYOUT streams. */
+ * comes from seed through the NBS_STREAM_CLUSTERS, _DIFFMAP and _LAYOUT streams, and the
+ * approximate k-NN search's (nb, NULL: exact) through NBS_STREAM_KNN. */
 int nbs_trajectory_compute(const float *z, int64_t n, int d, nbs_metric metric, const nbs_trajectory_config *c,
-                           char *const *barcodes, char *const *labels, const char *label_column, uint64_t seed,
+                           const nbs_neighbors_config *nb, char *const *barcodes, char *const *labels, const char *label_column, uint64_t seed,
                            nbs_trajectory *t, nbs_error *err);
 
 /* The wrap-around diagnostic on a computed trajectory t: the k-NN graph (t->k) of the reference
