@@ -494,9 +494,10 @@ static void tsv_num(FILE *f, double v) {
     else fprintf(f, "\tNA");
 }
 
-/* The discrete latent: a second table after a blank line, one row per category. */
-static void tsv_categories(FILE *f, const nbs_collapse_report *r) {
-    fprintf(f, "\ncategory\tcells\tshare\tmean_probability\tverdict\n");
+/* The discrete latent's collapse_categories.tsv: one row per category. */
+static void tsv_categories(FILE *f, const nbs_report_input *in) {
+    const nbs_collapse_report *r = in->report;
+    fprintf(f, "category\tcells\tshare\tmean_probability\tverdict\n");
     for (int c = 0; c < r->n_categories; c++) {
         fprintf(f, "%d\t%lld", c, (long long)r->category_cells[c]);
         tsv_num(f, (double)r->category_cells[c] / (double)r->n_cells);
@@ -523,7 +524,10 @@ static void tsv_body(FILE *f, const nbs_report_input *in) {
         if (since >= 0) fprintf(f, "\t%d\n", since);
         else fprintf(f, "\tNA\n");
     }
-    if (r->n_categories) tsv_categories(f, r);
+}
+
+int nbs_report_write_categories_tsv(const char *path, const nbs_report_input *in, nbs_error *err) {
+    return write_report(path, in, tsv_categories, err);
 }
 
 int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err) {

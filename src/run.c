@@ -740,13 +740,16 @@ static int stage_write(run_state *s, nbs_error *err) {
                                s->have_integration ? &s->integration : NULL,
                                s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL, s->batch_labels,
                                s->have_traj ? &s->traj : NULL, isfinite(s->knn_embedding) ? &s->knn_info : NULL};
-        const char *reports[4] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV};
-        for (int i = 0; i < (s->have_integration ? 4 : 3) && !st; i++) {
+        const char *reports[5] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV,
+                                  NBS_OUT_CATEGORIES_TSV};
+        for (int i = 0; i < 5 && !st; i++) {
+            if ((i == 3 && !s->have_integration) || (i == 4 && !s->report.n_categories)) continue;
             if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
             else if (i == 0) st = nbs_report_write_json(path, &ri, err);
             else if (i == 1) st = nbs_report_write_tsv(path, &ri, err);
             else if (i == 2) st = nbs_report_write_html(path, &ri, err);
-            else st = nbs_report_write_integration_tsv(path, &ri, err);
+            else if (i == 3) st = nbs_report_write_integration_tsv(path, &ri, err);
+            else st = nbs_report_write_categories_tsv(path, &ri, err);
             if (!st) st = nbs_manifest_add_output(s->manifest, reports[i], err);
         }
     }
@@ -979,7 +982,7 @@ static int begin_run(run_state *s, const nbs_pipeline *p, const nbs_run_options 
     static const char *const outputs[] = {NBS_OUT_MANIFEST, NBS_OUT_CONFIG, NBS_OUT_LOG, NBS_OUT_CHECKPOINT,
                                           NBS_OUT_MODEL, NBS_OUT_EMBEDDING, NBS_OUT_H5AD, NBS_OUT_GENES,
                                           NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML,
-                                          NBS_OUT_INTEGRATION_TSV, NBS_OUT_TRAJECTORY_JSON};
+                                          NBS_OUT_INTEGRATION_TSV, NBS_OUT_TRAJECTORY_JSON, NBS_OUT_CATEGORIES_TSV};
     int stale = nbs_io_remove_stale_tmp(p->config.output.dir, outputs, sizeof outputs / sizeof *outputs);
     if (stale) nbs_info("%s: removed %d temporary file%s left by an interrupted run", p->config.output.dir,
                         stale, stale > 1 ? "s" : "");

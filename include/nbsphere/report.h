@@ -37,6 +37,8 @@ int nbs_report_write_json(const char *path, const nbs_report_input *in, nbs_erro
 /* integration.tsv: metric, kind (batch, bio, aggregate), value, definition; only with in->integration. */
 int nbs_report_write_integration_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
 int nbs_report_write_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
+/* collapse_categories.tsv of a discrete latent: category, cells, share, mean_probability, verdict. */
+int nbs_report_write_categories_tsv(const char *path, const nbs_report_input *in, nbs_error *err);
 int nbs_report_write_html(const char *path, const nbs_report_input *in, nbs_error *err);
 /* A given embedding's trajectory, without a model and so without collapse measures (in->report
  * NULL, in->trajectory set): report.html with the trajectory section alone, and a JSON file of

@@ -70,6 +70,7 @@ int nbs_run_read_input(const nbs_input_config *in, nbs_format *format_used, nbs_
 #define NBS_OUT_GENES "genes.tsv" /* the model's genes: id, name */
 #define NBS_OUT_REPORT_JSON "collapse_report.json"
 #define NBS_OUT_REPORT_TSV "collapse_dimensions.tsv"
+#define NBS_OUT_CATEGORIES_TSV "collapse_categories.tsv" /* a discrete latent's categories */
 #define NBS_OUT_INTEGRATION_TSV "integration.tsv"
 #define NBS_OUT_REPORT_HTML "report.html"
 #define NBS_OUT_TRAJECTORY_JSON "trajectory.json" /* trajectory of a given embedding */
