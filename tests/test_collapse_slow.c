@@ -1,7 +1,9 @@
 /* The collapse demo on real data (pipelines/collapse-demo.yaml): the collapsing configuration
  * is reported as collapsed, and the same model with free bits, a KL warm-up or cyclical
- * annealing is not; a small decoder initialisation alone does not cure it. The verdicts are read
- * from collapse_report.json; the embedding's label accuracy shows the same. */
+ * annealing is not; a small decoder initialisation alone does not cure it; a ladder collapses
+ * without skip connections and keeps a dimension with them; a discrete latent's categories die
+ * without the entropy loss and stay in use with it. The verdicts are read from
+ * collapse_report.json; the embedding's label accuracy shows the same. */
 #include "testutil.h"
 
 #include <stdio.h>
@@ -92,8 +94,32 @@ static void test_ladder_skip_connections(void **state) {
     free(dir);
 }
 
+/* A discrete latent (K = 5) in the demo's setting: without the entropy loss the cells crowd into
+ * two categories and three die; with it (lambda = 100 towards 1.45 nats, per-cell weight 40) at
+ * least four stay in use. */
+static void test_discrete_entropy(void **state) {
+    (void)state;
+    NBS_REQUIRE_DATA("kang_muscat/matrix.mtx.gz");
+    char *dir = tu_tmpdir();
+    char *plain = demo(dir, "discrete", "--set model.discrete=5");
+    char *kept = demo(dir, "discrete-entropy", "--set model.discrete=5 --set train.entropy_target=1.45 "
+                      "--set train.entropy_weight=100 --set train.entropy_cell_weight=40");
+    const char *dp = strstr(plain, "\"discrete\""), *dk = strstr(kept, "\"discrete\"");
+    assert_non_null(dp);
+    assert_non_null(dk);
+    const double dead_plain = tu_json_number(dp, "dead"), dead_kept = tu_json_number(dk, "dead");
+    print_message("dead categories of 5: %.0f without the entropy loss, %.0f with it\n", dead_plain, dead_kept);
+    assert_true(dead_plain >= 3);
+    assert_true(dead_kept <= 1);
+    assert_true(tu_json_number(dk, "entropy") > tu_json_number(dp, "entropy") + 0.3);
+    free(plain), free(kept);
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_collapse_and_remedies),
-                                       cmocka_unit_test(test_ladder_skip_connections)};
+                                       cmocka_unit_test(test_ladder_skip_connections),
+                                       cmocka_unit_test(test_discrete_entropy)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
