@@ -319,7 +319,7 @@ static int read_config(hid_t f, const char *path, nbs_config *c, nbs_error *err)
     char name[NBS_PATH_MAX + 32];
     snprintf(name, sizeof name, "%s:config_yaml", path);
     nbs_pipeline p;
-    rc = nbs_pipeline_load_string(text, name, NULL, NULL, 0, 0, &p, err);
+    rc = nbs_pipeline_load_string(text, name, NULL, NULL, 0, NBS_PIPELINE_STORED, &p, err);
     free(text);
     if (!rc) *c = p.config;
     return rc;

@@ -406,6 +406,27 @@ static void layer_verdict(nbs_collapse_report *r, int l, int top) {
                  Y->n_inconsistent, Y->kl_total);
 }
 
+/* The report's size, thresholds and per-dimension arrays [d] (zeroed; NULL where out of memory:
+ * the caller checks them with its own buffers). */
+static void report_begin(nbs_collapse_report *r, const nbs_diagnose_config *dc, int d, int64_t n,
+                         nbs_latent_kind latent, nbs_error *err) {
+    r->d = d;
+    r->n_cells = n;
+    r->latent = latent;
+    r->tau_kl = dc->tau_kl;
+    r->tau_sensitivity = dc->tau_sensitivity;
+    r->tau_activity = dc->tau_activity;
+    r->tau_decoder_nats = dc->tau_decoder_nats;
+    r->tau_decoder_relative = dc->tau_decoder_relative;
+    r->mi_batch = dc->mi_batch;
+    r->kl = nbs_calloc((size_t)d, sizeof(double), err);
+    r->activity = nbs_calloc((size_t)d, sizeof(double), err);
+    r->sens_weight = nbs_calloc((size_t)d, sizeof(double), err);
+    r->sens_jacobian = nbs_calloc((size_t)d, sizeof(double), err);
+    r->decoder_nats = nbs_calloc((size_t)d, sizeof(double), err);
+    r->verdict = nbs_calloc((size_t)d, sizeof(nbs_dim_verdict), err);
+}
+
 /* A ladder: every layer's measures side by side in the per-dimension arrays (bottom first), each
  * at the posterior locations of the layers above (nbs_model_layer_posterior); the decoder's
  * response to a layer through the top-down path below it (nbs_model_decode_layer), so a layer the
@@ -416,22 +437,8 @@ static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs
                            nbs_collapse_report *r, nbs_error *err) {
     const int64_t n = cells->n;
     const int L = nbs_model_n_stages(m), D = nbs_model_decoder_dim(m);
-    r->d = D;
+    report_begin(r, dc, D, n, nbs_model_latent(m)->kind, err);
     r->n_layers = L;
-    r->n_cells = n;
-    r->latent = nbs_model_latent(m)->kind;
-    r->tau_kl = dc->tau_kl;
-    r->tau_sensitivity = dc->tau_sensitivity;
-    r->tau_activity = dc->tau_activity;
-    r->tau_decoder_nats = dc->tau_decoder_nats;
-    r->tau_decoder_relative = dc->tau_decoder_relative;
-    r->mi_batch = dc->mi_batch;
-    r->kl = nbs_calloc((size_t)D, sizeof(double), err);
-    r->activity = nbs_calloc((size_t)D, sizeof(double), err);
-    r->sens_weight = nbs_calloc((size_t)D, sizeof(double), err);
-    r->sens_jacobian = nbs_calloc((size_t)D, sizeof(double), err);
-    r->decoder_nats = nbs_calloc((size_t)D, sizeof(double), err);
-    r->verdict = nbs_calloc((size_t)D, sizeof(nbs_dim_verdict), err);
     double *lib = nbs_malloc(sizeof(double) * n, err), *kl = nbs_malloc(sizeof(double) * n * D, err); /* (n, <= D) */
     double *ll = nbs_malloc(sizeof(double) * n, err), *ll0 = nbs_malloc(sizeof(double) * n, err);
     float *loc = nbs_malloc(sizeof(float) * n * D, err), *spread = nbs_malloc(sizeof(float) * n * D, err); /* (n, d) */
@@ -536,24 +543,10 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
     const int d = L->dim, hd = nbs_latent_head_dim(L);
     const int sphere = nbs_latent_on_sphere(L);
     if (n < 2) return nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)n);
-    r->d = d;
-    r->latent = L->kind;
-    r->n_cells = n;
-    r->tau_kl = dc->tau_kl;
-    r->tau_sensitivity = dc->tau_sensitivity;
-    r->tau_activity = dc->tau_activity;
-    r->mi_batch = dc->mi_batch;
-    r->kl = nbs_calloc((size_t)d, sizeof(double), err);
-    r->activity = nbs_calloc((size_t)d, sizeof(double), err);
-    r->sens_weight = nbs_calloc((size_t)d, sizeof(double), err);
-    r->sens_jacobian = nbs_calloc((size_t)d, sizeof(double), err);
-    r->decoder_nats = nbs_calloc((size_t)d, sizeof(double), err);
-    r->tau_decoder_nats = dc->tau_decoder_nats;
-    r->tau_decoder_relative = dc->tau_decoder_relative;
+    report_begin(r, dc, d, n, L->kind, err);
     double *lib = nbs_malloc(sizeof(double) * n, err); /* (n) in diagnosed order: the decoder's mu is l softmax */
     for (int64_t i = 0; lib && i < n; i++) lib[i] = cells->library[nbs_cells_row(cells, i)];
     nbs_workspace *w = nbs_workspace_eval(m, cells->X, err);
-    r->verdict = nbs_calloc((size_t)d, sizeof(nbs_dim_verdict), err);
     float *head = nbs_malloc(sizeof(float) * n * hd, err);
     float *loc = nbs_malloc(sizeof(float) * n * d, err);
     float *spread = nbs_malloc(sizeof(float) * n * (sphere ? 1 : d), err);

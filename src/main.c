@@ -584,7 +584,7 @@ static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err
     if (diagnose && !given) {
         char *yaml = NULL;
         st = nbs_checkpoint_config_text(files[0], &yaml, err);
-        if (!st) st = nbs_pipeline_load_string(yaml, files[0], NULL, NULL, 0, 0, p, err);
+        if (!st) st = nbs_pipeline_load_string(yaml, files[0], NULL, NULL, 0, NBS_PIPELINE_STORED, p, err);
         free(yaml);
         if (!st) { /* the model's input section described the training data, not DATA */
             nbs_config defaults;

@@ -217,6 +217,7 @@ typedef struct {
     int overridden[sizeof KEYS / sizeof KEYS[0]]; /* a --set will replace the file's value */
     loc input_section;
     int have_input_section;
+    int stored; /* NBS_PIPELINE_STORED: the file's paths need not exist */
     nbs_error *err;
 } ctx;
 
@@ -314,7 +315,7 @@ static int resolve_path(ctx *c, const nbs_key_desc *k, const loc *l, const char 
     int must_exist = k->off == offsetof(nbs_config, input.path) ||
                      k->off == offsetof(nbs_config, input.labels_path);
     /* a file's path that a --set replaces need not exist: the replacement is checked instead */
-    if (must_exist && *out && !(l->file && c->overridden[k - KEYS]) && stat(out, &st) != 0)
+    if (must_exist && *out && !(l->file && (c->overridden[k - KEYS] || c->stored)) && stat(out, &st) != 0)
         return reject(c, l, NBS_ERR_IO, k, "'%s' cannot be opened (%s)%s", out, strerror(errno),
                       l->file ? " (relative paths are resolved against the pipeline's folder)" : "");
     return NBS_OK;
@@ -892,6 +893,7 @@ int nbs_pipeline_load_string(const char *text, const char *name, const char *bas
                              nbs_error *err) {
     ctx c;
     ctx_init(&c, p, name ? name : "(pipeline)", base_dir, err);
+    c.stored = (flags & NBS_PIPELINE_STORED) != 0;
     snprintf(p->config.source, sizeof p->config.source, "%s", c.name);
     yaml_parser_t ps;
     if (!yaml_parser_initialize(&ps)) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");

@@ -338,15 +338,20 @@ static void json_layers(FILE *f, const nbs_collapse_report *r) {
     fprintf(f, "\n  ],\n");
 }
 
-static void json_body(FILE *f, const nbs_report_input *in) {
-    const nbs_collapse_report *r = in->report;
+/* The opening of a report object: the version and the title. */
+static void json_head(FILE *f, const char *title) {
     fprintf(f, "{\n");
     nbs_json_key(f, 2, "nbsphere_version");
     nbs_json_string(f, NBS_VERSION);
     fprintf(f, ",\n");
     nbs_json_key(f, 2, "title");
-    nbs_json_string(f, in->title);
+    nbs_json_string(f, title);
     fprintf(f, ",\n");
+}
+
+static void json_body(FILE *f, const nbs_report_input *in) {
+    const nbs_collapse_report *r = in->report;
+    json_head(f, in->title);
     nbs_json_key(f, 2, "latent");
     nbs_json_string(f, nbs_latent_word(r->latent));
     fprintf(f, ",\n");
@@ -471,13 +476,7 @@ int nbs_report_write_trajectory_json(const char *path, const nbs_report_input *i
     FILE *f;
     int st = nbs_io_atomic_open(path, tmp, &f, err);
     if (st) return st;
-    fprintf(f, "{\n");
-    nbs_json_key(f, 2, "nbsphere_version");
-    nbs_json_string(f, NBS_VERSION);
-    fprintf(f, ",\n");
-    nbs_json_key(f, 2, "title");
-    nbs_json_string(f, in->title);
-    fprintf(f, ",\n");
+    json_head(f, in->title);
     nbs_json_key(f, 2, "embedding");
     nbs_json_string(f, source);
     fprintf(f, ",\n");

@@ -153,8 +153,33 @@ static void test_failed_run_leaves_no_outputs(void **state) {
     free(dir);
 }
 
+/* A model file outlives the data it was trained on (or travels to another machine): its stored
+ * input path is history, so embed, diagnose and trajectory load it whether that path exists or
+ * not. */
+static void test_model_outlives_its_data(void **state) {
+    (void)state;
+    char *dir = tu_tmpdir();
+    char args[8192];
+    for (int i = 0; i < 2; i++) {
+        snprintf(args, sizeof args, "-q simulate --out %s/sim%d --cells 300 --genes 100 --seed 4", dir, i);
+        free(run_ok(args));
+    }
+    snprintf(args, sizeof args, "-q train %s/sim0/sim_mtx --out %s/m --epochs 2", dir, dir);
+    free(run_ok(args));
+    snprintf(args, sizeof args, "rm -r '%s/sim0'", dir);
+    assert_int_equal(system(args), 0);
+    const char *cmds[] = {"embed", "diagnose", "trajectory"};
+    for (int c = 0; c < 3; c++) {
+        snprintf(args, sizeof args, "-q %s %s/m/model.h5 %s/sim1/sim_mtx --out %s/%s", cmds[c], dir, dir, dir, cmds[c]);
+        free(run_ok(args));
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_model_outlives_its_data),
         cmocka_unit_test(test_run_writes_outputs_and_embed_matches),
         cmocka_unit_test(test_resume_from_cli),
         cmocka_unit_test(test_failed_run_leaves_no_outputs),

@@ -29,7 +29,10 @@ typedef struct {
 
 /* Flags of nbs_pipeline_load. */
 enum {
-    NBS_PIPELINE_REQUIRE_INPUT = 1 /* input.path must be given (by the file or an override) */
+    NBS_PIPELINE_REQUIRE_INPUT = 1, /* input.path must be given (by the file or an override) */
+    /* a model's stored configuration: its input and labels paths say where it was trained, on
+     * whatever machine, so they need not exist here */
+    NBS_PIPELINE_STORED = 2
 };
 
 /* Loads path (NULL: no file, defaults only) and applies the n_sets overrides
