@@ -298,6 +298,95 @@ static void test_reference_yaml(void **state) {
     free(text);
 }
 
+/* docs/options.md has a row "| `section.key` | `default` | meaning |" for every key, under its
+ * section's heading ("## `section`"; a top-level key before the first of them), with the default
+ * the code sets: the default cell, loaded as that key's YAML value, reproduces
+ * nbs_config_defaults. A row under a section heading that names no key is stale. */
+static void test_options_md(void **state) {
+    (void)state;
+    char *text = tu_read_file("docs/options.md", NULL);
+    assert_non_null(text);
+    const char *first_section = strstr(text, "\n## `");
+    assert_non_null(first_section);
+    nbs_config def;
+    nbs_config_defaults(&def);
+    int bad = 0;
+    for (int i = 0; i < nbs_pipeline_n_keys(); i++) {
+        const char *name = nbs_pipeline_key_name(i);
+        const char *dot = strchr(name, '.');
+        const char *from = text, *to = first_section; /* where the key's row must be */
+        if (dot) {
+            char heading[160];
+            snprintf(heading, sizeof heading, "\n## `%.*s`\n", (int)(dot - name), name);
+            from = strstr(text, heading);
+            if (!from) {
+                print_message("docs/options.md has no section %s for %s\n", heading + 1, name);
+                bad++;
+                continue;
+            }
+            from += strlen(heading);
+            to = strstr(from, "\n## ");
+            if (!to) to = from + strlen(from);
+        }
+        char row[256];
+        snprintf(row, sizeof row, "\n| `%s` | ", name);
+        const char *r = strstr(from, row);
+        if (!r || r >= to) {
+            print_message("docs/options.md lacks the row %s in its section\n", row + 1);
+            bad++;
+            continue;
+        }
+        /* the default cell: `value` */
+        const char *cell = r + strlen(row), *end = strchr(cell, '\n');
+        const char *close = cell[0] == '`' ? strchr(cell + 1, '`') : NULL;
+        if (!close || close > end) {
+            print_message("docs/options.md: %s: the default is not written `value`\n", name);
+            bad++;
+            continue;
+        }
+        char yaml[1024];
+        if (dot)
+            snprintf(yaml, sizeof yaml, "%.*s:\n  %s: %.*s\n", (int)(dot - name), name, dot + 1,
+                     (int)(close - cell - 1), cell + 1);
+        else
+            snprintf(yaml, sizeof yaml, "%s: %.*s\n", name, (int)(close - cell - 1), cell + 1);
+        nbs_pipeline p;
+        nbs_error err = {0};
+        if (nbs_pipeline_load_string(yaml, "docs/options.md", NULL, NULL, 0, 0, &p, &err)) {
+            print_message("docs/options.md: %s: the default does not load: %s\n", name, err.msg);
+            bad++;
+            continue;
+        }
+        memcpy(p.config.source, def.source, sizeof def.source);
+        if (memcmp(&p.config, &def, sizeof def)) {
+            char v[1024];
+            nbs_pipeline_format_value(&def, name, v, sizeof v);
+            print_message("docs/options.md: %s: the default %.*s is not the code's '%s'\n", name,
+                          (int)(close - cell + 1), cell, v);
+            bad++;
+        }
+    }
+    /* every row under a section heading names a key of that section */
+    for (const char *h = first_section; h; h = strstr(h + 1, "\n## `")) {
+        const char *sec = h + 5, *sec_end = strchr(sec, '`');
+        const char *next = strstr(h + 1, "\n## ");
+        for (const char *r = strstr(h, "\n| `"); r && (!next || r < next); r = strstr(r + 1, "\n| `")) {
+            const char *key = r + 4, *key_end = strchr(key, '`');
+            char name[256];
+            snprintf(name, sizeof name, "%.*s", (int)(key_end - key), key);
+            int known = 0;
+            for (int i = 0; i < nbs_pipeline_n_keys(); i++) known |= !strcmp(nbs_pipeline_key_name(i), name);
+            if (!known || strncmp(name, sec, (size_t)(sec_end - sec)) || name[sec_end - sec] != '.') {
+                print_message("docs/options.md: the row of %s under ## `%.*s` names no key of that section\n", name,
+                              (int)(sec_end - sec), sec);
+                bad++;
+            }
+        }
+    }
+    free(text);
+    if (bad) fail_msg("docs/options.md: %d key rows missing, misplaced, stale or with a wrong default", bad);
+}
+
 /* The keys tile nbs_config: a field added to config.h without a key leaves a hole here. */
 static void test_keys_cover_every_field(void **state) {
     (void)state;
@@ -519,6 +608,7 @@ int main(void) {
         cmocka_unit_test(test_missing_input),     cmocka_unit_test(test_malformed_yaml),
         cmocka_unit_test(test_unwritable_output), cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_presets),           cmocka_unit_test(test_reference_yaml),
+        cmocka_unit_test(test_options_md),
         cmocka_unit_test(test_keys_cover_every_field), cmocka_unit_test(test_every_pipeline_loads),
         cmocka_unit_test(test_covariate_keys),
         cmocka_unit_test(test_set_replaces_missing_input), cmocka_unit_test(test_json_dump),         cmocka_unit_test(test_yaml_round_trip),
