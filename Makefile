@@ -12,6 +12,8 @@
 #                  $(DESTDIR)$(PREFIX) (default /usr/local); make uninstall removes them
 #   make ARCH=     portable x86-64 build (ARCH=-march=x86-64-v3: AVX2), in its own build folder;
 #                  CC=clang, OPT=..., SANITIZE=... likewise (see BUILD below)
+#   make MPI=1     data-parallel training over MPI (mpicc, OpenMPI) in build-mpi; make deps MPI=1
+#                  installs OpenMPI, make test MPI=1 adds the mpirun tests (tests/test_mpi.c)
 
 CC ?= cc
 PKGS := hdf5-serial openblas yaml-0.1 zlib libcrypto igraph
@@ -19,6 +21,8 @@ DEB_PACKAGES := build-essential pkg-config libhdf5-dev libgsl-dev libopenblas-de
                 libflann-dev zlib1g-dev libssl-dev libcsv-dev libcmocka-dev hdf5-tools clang libclang-rt-14-dev libomp-14-dev python3-anndata \
                 libglpk-dev libarpack2-dev libplfit-dev libgmp-dev
 # (the last four: what `pkg-config --static --libs igraph` names, for a static link against libnbsphere.a)
+MPI ?=
+DEB_PACKAGES += $(if $(MPI),libopenmpi-dev openmpi-bin)
 
 SANITIZE ?=
 OPT ?= -O3
@@ -34,7 +38,7 @@ comma := ,
 space := $(subst ,, )
 FLAVOUR := $(if $(filter-out cc,$(CC)),$(notdir $(lastword $(CC)))) \
            $(if $(filter-out -march=native,$(ARCH)),$(patsubst -march=%,%,$(ARCH)),$(if $(ARCH),,portable)) \
-           $(if $(filter-out -O3,$(OPT)),$(OPT:-%=%),$(if $(OPT),,noopt)) $(if $(SANITIZE),san)
+           $(if $(filter-out -O3,$(OPT)),$(OPT:-%=%),$(if $(OPT),,noopt)) $(if $(SANITIZE),san) $(if $(MPI),mpi)
 FLAVOUR := $(subst $(space),-,$(strip $(subst =,_,$(subst $(comma),_,$(subst /,_,$(FLAVOUR))))))
 BUILD ?= build$(if $(FLAVOUR),-$(FLAVOUR))
 
@@ -49,6 +53,12 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lgsl -lcsv -lflann
 # gcc warns that error messages may be cut at their buffer size; that is intended.
 IS_CLANG := $(findstring clang,$(shell $(CC) --version 2>/dev/null))
 NOTRUNC := $(if $(IS_CLANG),,-Wno-format-truncation)
+# MPI=1 compiles with OpenMPI's wrapper around the compiler chosen (OMPI_CC: cc, or CC=clang);
+# src/parallel.c and the mpirun tests exist only in that build, and main.c's MPI calls with NBS_MPI.
+ifneq ($(MPI),)
+export OMPI_CC := $(CC)
+override CC := mpicc
+endif
 # CFLAGS, CPPFLAGS, LDFLAGS and LDLIBS are the user's: CFLAGS replaces OPT, ARCH and -g; what
 # the build needs is appended even to values given on the command line (override), so that
 # `make CFLAGS=-O2` keeps the warnings, include paths and OpenMP. WERROR= drops -Werror.
@@ -60,6 +70,9 @@ USER_FLAGS := CFLAGS='$(CFLAGS)' CPPFLAGS='$(CPPFLAGS)' LDFLAGS='$(LDFLAGS)' LDL
 override CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra $(WERROR) $(NOTRUNC) -fopenmp -fno-math-errno \
                    -fPIC -fno-semantic-interposition -Iinclude $(PKG_CFLAGS)
 override LDLIBS += $(PKG_LIBS) -fopenmp -lm
+ifneq ($(MPI),)
+override CFLAGS += -DNBS_MPI
+endif
 ifneq ($(SANITIZE),)
 override CFLAGS += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
 # clang puts UBSan's checks into loop bodies before it vectorises, so no `omp simd` loop can be
@@ -68,11 +81,11 @@ override CFLAGS += $(if $(and $(IS_CLANG),$(findstring undefined,$(SANITIZE))),-
 override LDFLAGS += -fsanitize=$(SANITIZE)
 endif
 
-LIB_SRC := $(filter-out src/main.c,$(wildcard src/*.c))
+LIB_SRC := $(filter-out src/main.c $(if $(MPI),,src/parallel.c),$(wildcard src/*.c))
 LIB_OBJ := $(LIB_SRC:src/%.c=$(BUILD)/%.o)
-TEST_SRC := $(wildcard tests/test_*.c)
+TEST_SRC := $(filter-out $(if $(MPI),,tests/test_mpi.c),$(wildcard tests/test_*.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
-TEST_SUPPORT := $(filter-out $(TEST_SRC),$(wildcard tests/*.c))
+TEST_SUPPORT := $(filter-out tests/test_%,$(wildcard tests/*.c))
 
 # The default build puts nbsphere and libnbsphere.a at the top; other build folders
 # (SANITIZE=..., BUILD=...) keep theirs inside the folder. The shared library stays in the
@@ -188,7 +201,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 MANDIR ?= $(PREFIX)/share/man
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INSTALL ?= install
-HEADERS := $(wildcard include/nbsphere/*.h)
+HEADERS := $(filter-out $(if $(MPI),,include/nbsphere/parallel.h),$(wildcard include/nbsphere/*.h))
 # What a static link needs besides the pkg-config packages (gsl's own .pc would add gslcblas,
 # whose CBLAS symbols OpenBLAS provides); the public headers include <gsl/gsl_rng.h>.
 PC_LIBS_PRIVATE := -lgsl -lcsv -lflann -fopenmp -lm $(if $(SANITIZE),-fsanitize=$(SANITIZE))

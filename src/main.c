@@ -20,12 +20,16 @@
 #include "nbsphere/progress.h"
 #include "nbsphere/run.h"
 #include "nbsphere/simulate.h"
+#ifdef NBS_MPI
+#include "nbsphere/parallel.h"
+#endif
 
 /* Shared state of one invocation. */
 typedef struct {
     int verbosity; /* 0 quiet, 1 normal, 2 verbose */
     nbs_progress *progress;
     char command_line[8192];
+    const nbs_train_reduce *reduce; /* mpirun with more than one process: train and run; else NULL */
 } cli;
 
 typedef struct {
@@ -121,7 +125,7 @@ static int do_run(cli *c, const char *pipeline_path, const char *resume, run_arg
         st = nbs_pipeline_load(pipeline_path, r->sets, r->n_sets, flags, p, err);
     }
     if (!st) {
-        nbs_run_options o = {c->command_line, c->progress, resume, 0, 0, NULL, NULL};
+        nbs_run_options o = {c->command_line, c->progress, resume, 0, 0, NULL, NULL, c->reduce};
         st = nbs_run(p, &o, err);
         char shown[NBS_PATH_MAX];
         if (!st && c->verbosity >= 1)
@@ -597,7 +601,7 @@ static int model_on_data(cli *c, int argc, char **argv, int mode, nbs_error *err
     }
     if (!st) {
         nbs_run_options o = {c->command_line, c->progress, NULL, adapt, adapt_epochs > 0 ? (int)adapt_epochs : 200,
-                             use_rep, metric};
+                             use_rep, metric, NULL};
         st = given                   ? nbs_run_trajectory_embedding(files[0], p, &o, err)
              : mode == MODE_TRAJECTORY ? nbs_run_trajectory(files[0], p, &o, err)
              : diagnose              ? nbs_run_diagnose(files[0], p, &o, err)
@@ -778,9 +782,26 @@ static void prefer_passive_waiting(char **argv) {
     execv("/proc/self/exe", argv); /* returns only on failure: then go on as we are */
 }
 
+#ifdef NBS_MPI
+/* The peers of a data-parallel run stay silent: process 0 says everything once. */
+static void discard_log(int level, const char *msg, void *user) { (void)level, (void)msg, (void)user; }
+#endif
+
 int main(int argc, char **argv) {
     prefer_passive_waiting(argv);
     cli c = {.verbosity = 1};
+    int rank = 0, n_proc = 1;
+#ifdef NBS_MPI
+    nbs_error merr = {0};
+    if (nbs_parallel_init(&argc, &argv, &merr)) {
+        fprintf(stderr, "nbsphere: error: %s\n", merr.msg);
+        return merr.code;
+    }
+    const nbs_train_reduce reduce = nbs_parallel_reduce();
+    rank = reduce.rank;
+    n_proc = reduce.size;
+    if (n_proc > 1) c.reduce = &reduce;
+#endif
     size_t used = 0;
     for (int i = 0; i < argc && used < sizeof c.command_line; i++)
         used += (size_t)snprintf(c.command_line + used, sizeof c.command_line - used, "%s%s",
@@ -817,6 +838,16 @@ int main(int argc, char **argv) {
             st = nbs_error_set(&err, NBS_ERR_USAGE, "unknown command '%s' (see 'nbsphere --help')", rest[0]);
         } else if (help) {
             printf("%s\n%s", cmd->usage, EXIT_CODES);
+        } else if (n_proc > 1 && strcmp(cmd->name, "train") && strcmp(cmd->name, "run")) {
+            st = nbs_error_set(&err, NBS_ERR_USAGE, "%s runs in one process; under mpirun with %d processes only "
+                               "train and run split their training over them (run %s without mpirun)",
+                               cmd->name, n_proc, cmd->name);
+        } else if (rank > 0) {
+#ifdef NBS_MPI
+            nbs_log_set_handler(discard_log, NULL);
+#endif
+            c.verbosity = 0;
+            st = cmd->fn(&c, n - 1, rest + 1, &err);
         } else {
             c.progress = nbs_progress_new(stderr, c.verbosity, -1);
             st = cmd->fn(&c, n - 1, rest + 1, &err);
@@ -825,8 +856,13 @@ int main(int argc, char **argv) {
     }
     if (st) {
         if (!err.msg[0]) snprintf(err.msg, sizeof err.msg, "failed with status %d", st);
-        fprintf(stderr, "nbsphere: error: %s\n", err.msg);
+        if (n_proc > 1) fprintf(stderr, "nbsphere: error (process %d of %d): %s\n", rank, n_proc, err.msg);
+        else fprintf(stderr, "nbsphere: error: %s\n", err.msg);
     }
     free(rest);
+#ifdef NBS_MPI
+    if (st && n_proc > 1) nbs_parallel_abort(st); /* the other processes would wait for this one */
+    nbs_parallel_finalize();
+#endif
     return st;
 }

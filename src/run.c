@@ -566,8 +566,11 @@ static int stage_train(run_state *s, nbs_error *err) {
         nbs_info("covariates: %s", desc);
     }
     nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
+    const nbs_train_hooks peer = {0}; /* a data-parallel peer writes nothing */
+    const int writer = !s->o->reduce || s->o->reduce->rank == 0;
     const nbs_cells all = all_cells(s);
-    st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, &h, NULL, err);
+    st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer, s->o->reduce, err);
+    if (!writer) return st;
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_LOG, err);
     if (st) return st;
     char model_path[NBS_PATH_MAX];
@@ -943,13 +946,7 @@ static int stage_adapt(run_state *s, const char *model_path, nbs_error *err) {
     return stage_end(s, "adapt", msg, err);
 }
 
-static int finish_run(run_state *s, int st, nbs_error *err) {
-    nbs_error merr = {0};
-    int mst = finish_manifest(s, st, err, &merr);
-    if (!st && mst) {
-        *err = merr;
-        st = mst;
-    }
+static void free_run(run_state *s) {
     if (s->labels) nbs_io_free_labels(s->labels, s->pre->matrix->n_cells);
     nbs_matrix_free(s->counts);
     nbs_preprocess_result_free(s->pre);
@@ -965,6 +962,16 @@ static int finish_run(run_state *s, int st, nbs_error *err) {
     nbs_diagnose_track_free(&s->track);
     nbs_collapse_report_free(&s->report);
     nbs_manifest_free(s->manifest);
+}
+
+static int finish_run(run_state *s, int st, nbs_error *err) {
+    nbs_error merr = {0};
+    int mst = finish_manifest(s, st, err, &merr);
+    if (!st && mst) {
+        *err = merr;
+        st = mst;
+    }
+    free_run(s);
     return st;
 }
 
@@ -1063,7 +1070,25 @@ int nbs_run_trajectory_embedding(const char *embedding_path, const nbs_pipeline 
     return finish_run(&s, st, err);
 }
 
+/* A data-parallel peer (process > 0): the load, preprocessing and training of process 0, which
+ * writes everything; its manifest stays in memory (the stages record into it). */
+static int run_peer(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
+    run_state s;
+    memset(&s, 0, sizeof s);
+    s.p = p;
+    s.o = o;
+    nbs_sphere_gsl_init();
+    nbs_nn_set_threads(p->config.train.threads);
+    int st = (s.manifest = nbs_manifest_new(o->command_line, err)) ? NBS_OK : (int)err->code;
+    if (!st) st = stage_load(&s, err);
+    if (!st) st = stage_preprocess(&s, err);
+    if (!st) st = stage_train(&s, err);
+    free_run(&s);
+    return st;
+}
+
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
+    if (o->reduce && o->reduce->rank > 0) return run_peer(p, o, err);
     run_state s;
     int st = begin_run(&s, p, o, err);
     if (st) return st;

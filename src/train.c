@@ -188,29 +188,65 @@ int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int6
     return NBS_OK;
 }
 
+/* A data-parallel run's processes and their shares of each step's cells. */
+typedef struct {
+    int rank, size;          /* size 1: one process */
+    const nbs_train_reduce *reduce;
+    gsl_rng *sphere;         /* a sphere latent's own samples (size > 1), else NULL */
+} peers;
+
+/* Positions [lo, hi) of a global batch of m cells that this process takes: consecutive,
+ * sizes differing by at most one, in rank order. */
+static void share_of(const peers *p, int64_t m, int64_t *lo, int64_t *hi) {
+    *lo = m * p->rank / p->size;
+    *hi = m * (p->rank + 1) / p->size;
+}
+
+/* Global batches of batch * size cells over n cells; a last one with fewer cells than
+ * processes (some would get none) is left out of a data-parallel run. */
+static int64_t global_batches(const peers *p, int64_t n, int batch) {
+    const int64_t g = (int64_t)batch * p->size;
+    return n / g + (n % g >= p->size);
+}
+
 /* Validation ELBO (beta = 1) with its own seeded noise, so it is comparable across epochs
- * and identical in a resumed run. */
+ * and identical in a resumed run; each process takes its share of each batch and the sums
+ * of all are reduced. */
 static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const int64_t *val, int64_t n_val,
-                    int batch, uint64_t seed, int epoch, double *recon, double *kl, nbs_error *err) {
+                    int batch, uint64_t seed, int epoch, const peers *p, double *recon, double *kl, nbs_error *err) {
     const int K = nbs_model_kl_terms(m);
-    double klb[NBS_MAX_KL_TERMS];
+    double klb[NBS_MAX_KL_TERMS], kl_terms[NBS_MAX_KL_TERMS] = {0};
     gsl_rng *r = nbs_stream_rng(seed, NBS_STREAM_VALIDATION, (uint64_t)epoch, err);
     if (!r) return err->code;
+    if (p->sphere) gsl_rng_set(p->sphere, nbs_stream_seed(seed, NBS_STREAM_VALIDATION, (uint64_t)epoch, p->rank + 1));
     *recon = *kl = 0;
     int st = NBS_OK;
     nbs_cells vc = *cells;
     vc.rows = val;
     vc.n = n_val;
-    for (int64_t s = 0; s < n_val && !st; s += batch) {
-        const nbs_cells b = nbs_cells_slice(&vc, s, batch);
+    const int64_t g = (int64_t)batch * p->size, n_batches = global_batches(p, n_val, batch);
+    int64_t n_seen = 0;
+    for (int64_t b = 0; b < n_batches && !st; b++) {
+        const int64_t s = b * g, mb = n_val - s < g ? n_val - s : g;
+        int64_t lo, hi;
+        share_of(p, mb, &lo, &hi);
+        const nbs_cells bc = nbs_cells_slice(&vc, s + lo, hi - lo);
+        if (p->size > 1) nbs_workspace_set_share(w, lo, mb - hi, p->sphere);
         double rc;
-        st = nbs_model_forward(m, w, &b, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
+        st = nbs_model_forward(m, w, &bc, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
         *recon += rc;
-        for (int t = 0; t < K; t++) *kl += klb[t];
+        n_seen += bc.n;
+        for (int t = 0; t < K; t++) *kl += klb[t], kl_terms[t] += klb[t];
     }
     gsl_rng_free(r);
-    *recon /= (double)n_val;
-    *kl /= (double)n_val;
+    if (p->size > 1) {
+        nbs_workspace_set_share(w, 0, 0, NULL);
+        if (!st && p->reduce->sums) st = p->reduce->sums(p->reduce->user, recon, kl_terms, K, &n_seen, err);
+        *kl = 0;
+        for (int t = 0; t < K; t++) *kl += kl_terms[t];
+    }
+    *recon /= (double)n_seen;
+    *kl /= (double)n_seen;
     return st;
 }
 
@@ -330,17 +366,27 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     if (st) return st;
     for (int64_t i = 0; i < n_cells; i++) order[i] = nbs_cells_row(cells, order[i]); /* positions -> rows of X */
     int64_t *val = order, n_train = n_cells - n_val;
-    const int batch = tc->batch_size;
-    const int64_t n_batches = (n_train + batch - 1) / batch;
+    const int batch = tc->batch_size; /* this process's cells per step */
+    peers pr = {0, 1, reduce, NULL};
+    if (reduce && reduce->size > 1) pr.rank = reduce->rank, pr.size = reduce->size;
+    const int64_t gbatch = (int64_t)batch * pr.size; /* a step's cells over all processes */
+    const int64_t n_batches = global_batches(&pr, n_train, batch);
+    if (n_train % gbatch && n_train % gbatch < pr.size && s->epochs_done == 0)
+        nbs_info("%lld training cells in batches of %d x %d processes: the last %lld cells of each "
+                 "epoch's order are left out (fewer than the processes)", (long long)n_train, batch, pr.size,
+                 (long long)(n_train % gbatch));
     /* Each epoch shuffles a fresh copy of the split's order, so an epoch's minibatches depend
      * only on the generator's state: what a checkpoint saves. */
     int64_t *train = nbs_malloc(sizeof(int64_t) * (size_t)n_train, err);
     const int sphere = nbs_latent_on_sphere(L);
     float *kappas = train && sphere ? nbs_malloc(sizeof(float) * (size_t)n_train, err) : NULL;
-    nbs_workspace *w = train && (kappas || !sphere)
+    if (train && (kappas || !sphere) && sphere && pr.size > 1 && !(pr.sphere = gsl_rng_alloc(gsl_rng_mt19937)))
+        nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
+    nbs_workspace *w = train && (kappas || !sphere) && (pr.sphere || !sphere || pr.size == 1)
                            ? nbs_workspace_new(m, batch, nbs_matrix_max_batch_nnz(X, batch), err) : NULL;
     if (!w) {
         free(order), free(train), free(kappas);
+        if (pr.sphere) gsl_rng_free(pr.sphere);
         return err->code;
     }
     if (s->epochs_done == 0) {
@@ -366,11 +412,20 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
         gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
         double sum_recon = 0, sum_loss = 0, beta = 0, t_prod, t_lik;
         int64_t n_seen = 0; /* the cells the sums are over: every process's in a data-parallel run */
+        int64_t n_kappa = 0; /* this process's cells so far */
         nbs_workspace_take_timers(w, &t_prod, &t_lik);
         memset(kl_epoch, 0, sizeof kl_epoch);
         for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
-            const int64_t off = b * batch;
-            const nbs_cells bc = nbs_cells_slice(&tcells, off, batch);
+            const int64_t off = b * gbatch, mb = n_train - off < gbatch ? n_train - off : gbatch;
+            int64_t lo, hi;
+            share_of(&pr, mb, &lo, &hi);
+            const nbs_cells bc = nbs_cells_slice(&tcells, off + lo, hi - lo);
+            if (pr.size > 1) {
+                if (pr.sphere)
+                    gsl_rng_set(pr.sphere, nbs_stream_seed(tc->seed, NBS_STREAM_TRAIN, (uint64_t)s->step + 1,
+                                                           (uint64_t)pr.rank + 1));
+                nbs_workspace_set_share(w, lo, mb - hi, pr.sphere);
+            }
             beta = nbs_train_beta(tc, s->step, n_batches);
             st = nbs_train_step(m, w, &bc, tc, beta, s->rng, reduce, &sr, err);
             if (st == NBS_ERR_NUMERIC && sr.failed[0])
@@ -380,7 +435,8 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
             sum_recon += sr.recon;
             sum_loss += sr.loss;
             n_seen += sr.n_cells;
-            if (kappas) memcpy(kappas + off, nbs_workspace_kappa(w), sizeof(float) * bc.n);
+            if (kappas) memcpy(kappas + n_kappa, nbs_workspace_kappa(w), sizeof(float) * bc.n);
+            n_kappa += bc.n;
             if (h && h->progress) {
                 double kl_now = 0;
                 for (int t = 0; t < K; t++) kl_now += sr.kl[t] / sr.n_cells;
@@ -392,9 +448,9 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
         if (st) break;
         nbs_epoch_record r = {epoch, sum_loss / n_seen, sum_recon / n_seen, 0, NAN, NAN, NAN, beta, 0, NAN, NAN, 0, 0};
         nbs_workspace_take_timers(w, &r.sec_products, &r.sec_likelihood); /* training steps only */
-        if (kappas) {
-            gsl_sort_float(kappas, 1, (size_t)n_train);
-            r.kappa_median = gsl_stats_float_median_from_sorted_data(kappas, 1, (size_t)n_train);
+        if (kappas) { /* of this process's cells */
+            gsl_sort_float(kappas, 1, (size_t)n_kappa);
+            r.kappa_median = gsl_stats_float_median_from_sorted_data(kappas, 1, (size_t)n_kappa);
             if (nbs_latent_has_acceptance(L)) r.acceptance = nbs_workspace_acceptance(w);
         }
         for (int t = 0; t < K; t++) {
@@ -402,7 +458,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
             r.kl += kl_epoch[t];
         }
         if (n_val > 0) {
-            st = validate(m, w, cells, val, n_val, batch, tc->seed, epoch, &r.val_recon, &r.val_kl, err);
+            st = validate(m, w, cells, val, n_val, batch, tc->seed, epoch, &pr, &r.val_recon, &r.val_kl, err);
             if (st) break;
             r.val_elbo = -(r.val_recon + r.val_kl);
             if (!isfinite(r.val_elbo)) {
@@ -445,6 +501,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
         }
     }
     nbs_workspace_free(w);
+    if (pr.sphere) gsl_rng_free(pr.sphere);
     free(order);
     free(train);
     free(kappas);

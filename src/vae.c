@@ -156,6 +156,10 @@ struct nbs_workspace {
     double *cl_kl;                 /* (B, d + 1) the mixture's KL_j then KL_c */
     float *cl_extra;               /* (B, K) d entropy loss / d q(c|x), when cl_extra_ready */
     int cl_extra_ready;
+    /* a data-parallel share (nbs_workspace_set_share): the batch's cells before and after this
+     * process's, whose noise the forward draws and discards; the spheres' own generator */
+    int64_t share_before, share_after;
+    gsl_rng *share_sphere_rng;
 };
 
 /* ---- construction ---- */
@@ -740,6 +744,23 @@ nbs_cells nbs_cells_slice(const nbs_cells *c, int64_t start, int64_t n) {
 
 /* ---- forward ---- */
 
+void nbs_workspace_set_share(nbs_workspace *w, int64_t before, int64_t after, gsl_rng *sphere_rng) {
+    w->share_before = before;
+    w->share_after = after;
+    w->share_sphere_rng = sphere_rng;
+}
+
+/* The draws of other processes' cells, in the order their own forward makes them: count
+ * uniforms (dropout masks) or count standard normals (the ziggurat's draws vary in number,
+ * so it is run, not counted). */
+static void skip_uniform(gsl_rng *rng, int64_t count) {
+    for (int64_t k = 0; k < count; k++) (void)gsl_rng_uniform(rng);
+}
+
+static void skip_gaussian(gsl_rng *rng, int64_t count) {
+    for (int64_t k = 0; k < count; k++) (void)gsl_ran_gaussian_ziggurat(rng, 1.0);
+}
+
 /* Each batch cell's covariates as the layers read them: its categories as rows of the
  * covariates.W blocks or of the tables, with the tables' rows looked up, its continuous values,
  * and its batch. */
@@ -824,7 +845,9 @@ static void hidden_forward(const nbs_model *m, const hidden *h, hidden_ws *hw, c
     nbs_relu_forward(hw->relu_out, sz);
     memcpy(hw->act, hw->relu_out, sizeof(float) * sz);
     if (training && dropout > 0) {
+        skip_uniform(rng, w->share_before * h->lin.out);
         nbs_dropout_mask(rng, dropout, hw->mask, sz);
+        skip_uniform(rng, w->share_after * h->lin.out);
         nbs_mul_inplace(hw->act, hw->mask, sz);
     }
 }
@@ -885,6 +908,7 @@ static void ladder_down(const nbs_model *m, nbs_workspace *w, int n, int from, g
         nbs_dense_forward(&S->prior_hidden, w->stages[s + 1].z, n, SW->ph);
         nbs_relu_forward(SW->ph, (int64_t)n * S->prior_hidden.out);
         nbs_dense_forward(&S->prior_head, SW->ph, n, SW->prior);
+        if (rng) skip_gaussian(rng, w->share_before * d);
         for (int i = 0; i < n; i++)
             for (int j = 0; j < d; j++) {
                 const ladder_merge g = merge_of(SW->head_out, SW->prior, d, i, j);
@@ -901,6 +925,7 @@ static void ladder_down(const nbs_model *m, nbs_workspace *w, int n, int from, g
                 SW->z[k] = (float)z;
                 SW->kl[k] = 0.5 * (g.lvt - g.lv + (exp(g.lv) + dev * dev) / g.vt - 1);
             }
+        if (rng) skip_gaussian(rng, w->share_after * d);
         SW->sampled = rng != NULL;
     }
 }
@@ -990,7 +1015,15 @@ int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mo
         const stage *S = &m->stages[s];
         stage_ws *SW = &w->stages[s];
         if (S->has_prior) continue; /* a ladder's lower layers follow from the top-down pass */
-        st = nbs_latent_forward(&S->lat, SW->head_out, n, zrng, SW->z, SW->kl, SW->cache, err);
+        /* A share of a batch: a Gaussian draws d normals per cell in cell order, so the other
+         * processes' are skipped; a sphere's rejection sampler draws as many as its cell's
+         * concentration makes it, so a share samples from its own generator instead. */
+        const int own = zrng && nbs_latent_on_sphere(&S->lat) && w->share_sphere_rng;
+        const int skip = zrng && !own && (w->share_before || w->share_after);
+        if (skip) skip_gaussian(zrng, w->share_before * S->lat.dim);
+        st = nbs_latent_forward(&S->lat, SW->head_out, n, own ? w->share_sphere_rng : zrng, SW->z, SW->kl,
+                                SW->cache, err);
+        if (skip) skip_gaussian(zrng, w->share_after * S->lat.dim);
     }
     if (!st && m->ladder) ladder_down(m, w, n, m->n_stages - 1, zrng);
     for (int s = 0; s < m->n_stages && !st; s++) {

@@ -303,7 +303,7 @@ static void child(const char *pipeline, long fail_at) {
     const char *sets[] = {"model.encoder_layers=[8]"};
     int st = nbs_pipeline_load(pipeline, sets, 1, NBS_PIPELINE_REQUIRE_INPUT, p, &err);
     if (!st) {
-        nbs_run_options o = {"nbsphere run (test_alloc_faults)", progress, NULL, 0, 0, NULL, NULL};
+        nbs_run_options o = {"nbsphere run (test_alloc_faults)", progress, NULL, 0, 0, NULL, NULL, NULL};
         st = nbs_run(p, &o, &err);
     }
     armed = 0;

@@ -560,12 +560,12 @@ static void test_reduction_hooks_split_a_batch(void **s) {
 
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     peer alone = {NULL, NULL, whole, r, beta, 64, g_whole};
-    nbs_train_reduce capture = {NULL, peer_grads, &alone};
+    nbs_train_reduce capture = {NULL, peer_grads, &alone, 0, 0};
     assert_int_equal(nbs_train_step(m[0], w[0], &whole, &c.train, beta, r, &capture, &whole_r, &err), 0);
 
     gsl_rng_set(r, gsl_rng_default_seed);
     peer other = {m[2], w[2], second, r, beta, 0, g_split};
-    nbs_train_reduce two = {peer_sums, peer_grads, &other};
+    nbs_train_reduce two = {peer_sums, peer_grads, &other, 0, 0};
     assert_int_equal(nbs_train_step(m[1], w[1], &first, &c.train, beta, r, &two, &split_r, &err), 0);
 
     assert_int_equal(split_r.n_cells, 64);
@@ -581,6 +581,61 @@ static void test_reduction_hooks_split_a_batch(void **s) {
     gsl_rng_free(r);
     for (int k = 0; k < 3; k++) nbs_workspace_free(w[k]), nbs_model_free(m[k]);
     free(g_whole), free(g_split);
+}
+
+/* A data-parallel share of a batch (nbs_workspace_set_share) draws the whole batch's dropout
+ * masks and Gaussian samples and keeps its own: each half's cells get the log-likelihood and KL
+ * they get in the whole batch, and the generator ends where the whole batch leaves it. Without
+ * the share, the second half would take the first half's noise. */
+static void test_share_draws_the_whole_batchs_noise(void **s) {
+    (void)s;
+    nbs_error err = {0};
+    nbs_config c = small();
+    c.model.dropout = 0.2;
+    c.model.norm = NBS_NORM_NONE;
+    gsl_rng *init = gsl_rng_alloc(gsl_rng_mt19937);
+    nbs_model *m = nbs_model_new(&c.model, (int)example()->n_genes, NULL, init, &err);
+    gsl_rng_free(init);
+    assert_non_null(m);
+    const int K = nbs_model_kl_terms(m);
+    int64_t rows[64];
+    for (int i = 0; i < 64; i++) rows[i] = (i * 13) % example()->n_cells;
+    nbs_cells whole = *example_cells();
+    whole.rows = rows;
+    whole.n = 64;
+    const nbs_cells half[2] = {nbs_cells_slice(&whole, 0, 32), nbs_cells_slice(&whole, 32, 32)};
+    nbs_workspace *w = tu_workspace(m, example(), 64);
+    double rc, kl[NBS_MAX_KL_TERMS], ll_whole[64], ll_half[64], ll_plain[32], kl_whole[64], kl_half[64];
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    assert_int_equal(nbs_model_forward(m, w, &whole, NBS_PASS_TRAIN, r, &rc, kl, &err), 0);
+    memcpy(ll_whole, nbs_workspace_loglik(w), sizeof ll_whole);
+    for (int i = 0; i < 64; i++) kl_whole[i] = nbs_workspace_kl(w)[(int64_t)i * K];
+    const unsigned long next_whole = gsl_rng_get(r);
+    for (int h = 0; h < 2; h++) {
+        gsl_rng_set(r, gsl_rng_default_seed);
+        nbs_workspace_set_share(w, 32 * h, 32 * (1 - h), NULL);
+        assert_int_equal(nbs_model_forward(m, w, &half[h], NBS_PASS_TRAIN, r, &rc, kl, &err), 0);
+        memcpy(ll_half + 32 * h, nbs_workspace_loglik(w), sizeof(double) * 32);
+        for (int i = 0; i < 32; i++) kl_half[32 * h + i] = nbs_workspace_kl(w)[(int64_t)i * K];
+        assert_int_equal(gsl_rng_get(r), next_whole);
+    }
+    gsl_rng_set(r, gsl_rng_default_seed);
+    nbs_workspace_set_share(w, 0, 0, NULL);
+    assert_int_equal(nbs_model_forward(m, w, &half[1], NBS_PASS_TRAIN, r, &rc, kl, &err), 0);
+    memcpy(ll_plain, nbs_workspace_loglik(w), sizeof ll_plain);
+    double dmax = 0, dplain = 0;
+    for (int i = 0; i < 64; i++) {
+        dmax = fmax(dmax, fabs(ll_half[i] - ll_whole[i]) / fabs(ll_whole[i]));
+        dmax = fmax(dmax, fabs(kl_half[i] - kl_whole[i]) / fmax(1e-3, fabs(kl_whole[i])));
+    }
+    for (int i = 0; i < 32; i++) dplain = fmax(dplain, fabs(ll_plain[i] - ll_whole[32 + i]) / fabs(ll_whole[32 + i]));
+    print_message("halves with shares vs the whole batch: %.2e relative; second half without its share: %.2e\n",
+                  dmax, dplain);
+    assert_true(dmax < 1e-6);
+    assert_true(dplain > 1e-3);
+    gsl_rng_free(r);
+    nbs_workspace_free(w);
+    nbs_model_free(m);
 }
 
 typedef struct {
@@ -645,6 +700,7 @@ int main(void) {
         cmocka_unit_test(test_grad_clip),
         cmocka_unit_test(test_concurrent_embedding),
         cmocka_unit_test(test_reduction_hooks_split_a_batch),
+        cmocka_unit_test(test_share_draws_the_whole_batchs_noise),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -7,7 +7,8 @@
  * over the output) and fold32 the xor of the two 32-bit halves, since GSL's MT19937 keeps 32
  * bits of its seed. index numbers the streams of one purpose (the validation pass of epoch e
  * uses index e, the diagnosis at epoch e index e); process is the rank of a data-parallel run
- * (0 alone). Distinct (purpose, index, process) give unrelated generators, so no two purposes
+ * (0 alone; a data-parallel run's sphere samples, which its processes cannot share, come from
+ * NBS_STREAM_TRAIN index step + 1 and NBS_STREAM_VALIDATION index epoch with process rank + 1). Distinct (purpose, index, process) give unrelated generators, so no two purposes
  * share draws, and a stream does not depend on how many draws another made. The simulator
  * (nbsphere simulate --seed) is a program of its own and seeds its one generator directly. */
 #ifndef NBSPHERE_RNG_H

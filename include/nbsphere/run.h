@@ -8,6 +8,7 @@
 #include "nbsphere/error.h"
 #include "nbsphere/pipeline.h"
 #include "nbsphere/progress.h"
+#include "nbsphere/train.h"
 
 typedef struct {
     const char *command_line; /* recorded in the manifest */
@@ -17,6 +18,10 @@ typedef struct {
     int adapt_epochs;         /* ... training their weights this many epochs (> 0) */
     const char *use_rep;      /* trajectory of an embedding: the .h5ad's obsm key (NULL: X_nbsphere) */
     const char *metric;       /* ... its distance, "euclidean" or "cosine" (NULL: what the file says) */
+    /* nbs_run's data-parallel training (parallel.h), or NULL: one process. Process 0 runs as one
+     * process would and writes every output; the others load, preprocess and train with it and
+     * write nothing. */
+    const nbs_train_reduce *reduce;
 } nbs_run_options;
 
 int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err);

@@ -104,6 +104,11 @@ typedef struct {
     int (*sums)(void *user, double *recon, double *kl_sum, int kl_terms, int64_t *n_cells, nbs_error *err);
     int (*grads)(void *user, float *grads, int64_t n_params, float *state, int64_t n_state, nbs_error *err);
     void *user;
+    /* This process among size > 1 (0 and 0 or 1: alone). nbs_train then takes steps of
+     * size * train.batch_size cells in the order one process would, this process training on its
+     * share of each (nbs_workspace_set_share) and validating on its share of the validation
+     * cells, whose sums go through `sums` too. */
+    int rank, size;
 } nbs_train_reduce;
 
 /* What one step did: sums over the batch's cells (every process's, after the sums hook). */
@@ -125,7 +130,7 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
 
 /* Trains m on the cells of cells (their library sizes given; the split into training and
  * validation cells is over them) from s->epochs_done + 1 to tc->epochs; reduce may be NULL
- * (one process). */
+ * (one process). Every process of a data-parallel run holds the same cells, model and state. */
 int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc, nbs_train_state *s,
               nbs_train_log *log, const nbs_train_hooks *hooks, const nbs_train_reduce *reduce, nbs_error *err);
 

@@ -129,6 +129,14 @@ nbs_workspace *nbs_workspace_eval(const nbs_model *m, const nbs_matrix *X, nbs_e
 enum { NBS_PASS_TRAIN = 0, NBS_PASS_EVAL_SAMPLE, NBS_PASS_EVAL_MEAN };
 int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mode, gsl_rng *rng,
                       double *recon_sum, double *kl_sum, nbs_error *err);
+/* A data-parallel process's share of each batch (docs/design.md "Data-parallel training"): the
+ * cells a forward gets are positions before .. before + n - 1 of a batch of before + n + after
+ * cells. Dropout masks and Gaussian samples of the whole batch are drawn from rng in the order
+ * one process draws them and the share's are kept, so the generator advances as in one process
+ * and each cell gets the noise it would get there; a sphere latent's samples (a rejection sampler
+ * whose draws depend on each cell's concentration) come from sphere_rng instead. 0, 0, NULL (the
+ * default): the whole batch. */
+void nbs_workspace_set_share(nbs_workspace *w, int64_t before, int64_t after, gsl_rng *sphere_rng);
 /* Per cell of the workspace's last forward: log p(x_i|z_i) (n), KL terms (n, kl_terms). */
 const double *nbs_workspace_loglik(const nbs_workspace *w);
 const double *nbs_workspace_kl(const nbs_workspace *w);
