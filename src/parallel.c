@@ -1,8 +1,9 @@
 #include "nbsphere/parallel.h"
 
 #include <mpi.h>
+#include <stdlib.h>
 
-static int g_rank, g_size = 1;
+static int g_rank, g_size = 1, g_started;
 
 /* A collective's failure: which one, on which process, and MPI's reason. */
 static int mpi_failed(nbs_error *err, const char *what, int rc) {
@@ -15,7 +16,16 @@ static int mpi_failed(nbs_error *err, const char *what, int rc) {
                          g_size, len ? reason : "unknown error");
 }
 
+/* Started by mpirun (OpenMPI sets OMPI_COMM_WORLD_SIZE, PMIx launchers PMIX_RANK, others PMI_SIZE). */
+static int launched(void) {
+    return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMIX_RANK") || getenv("PMI_SIZE");
+}
+
 int nbs_parallel_init(int *argc, char ***argv, nbs_error *err) {
+    /* Run alone, the MPI build is the serial one: OpenMPI's singleton start-up would need its
+     * runtime (and fails, e.g., under a file-size limit) for a job of one process */
+    if (!launched()) return NBS_OK;
+    g_started = 1;
     int provided;
     int rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
     if (rc != MPI_SUCCESS) return nbs_error_set(err, NBS_ERR_IO, "MPI_Init failed (error %d): run under mpirun", rc);
@@ -76,6 +86,10 @@ nbs_train_reduce nbs_parallel_reduce(void) {
     return (nbs_train_reduce){reduce_sums, reduce_grads, NULL, g_rank, g_size};
 }
 
-void nbs_parallel_abort(int code) { MPI_Abort(MPI_COMM_WORLD, code ? code : 1); }
+void nbs_parallel_abort(int code) {
+    if (g_started) MPI_Abort(MPI_COMM_WORLD, code ? code : 1);
+}
 
-void nbs_parallel_finalize(void) { MPI_Finalize(); }
+void nbs_parallel_finalize(void) {
+    if (g_started) MPI_Finalize();
+}

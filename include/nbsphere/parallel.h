@@ -11,7 +11,9 @@
 #include "nbsphere/train.h"
 
 /* MPI_Init for the process (main thread only calls MPI; OpenMP threads compute inside a step),
- * with errors returned rather than fatal, so that each collective's failure becomes a message. */
+ * with errors returned rather than fatal, so that each collective's failure becomes a message.
+ * Not started by mpirun (no launcher in the environment), MPI is not started at all: one process,
+ * rank 0 of 1, and abort and finalize do nothing. */
 int nbs_parallel_init(int *argc, char ***argv, nbs_error *err);
 int nbs_parallel_rank(void);
 int nbs_parallel_size(void);
