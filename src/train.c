@@ -191,7 +191,8 @@ int nbs_train_split(int64_t n, const nbs_train_config *tc, int64_t **order, int6
 /* Validation ELBO (beta = 1) with its own seeded noise, so it is comparable across epochs
  * and identical in a resumed run. */
 static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const int64_t *val, int64_t n_val,
-                    int batch, uint64_t seed, int epoch, double *recon, double *kl, nbs_error *err) {
+                    int batch, uint64_t seed, int epoch, const nbs_batch_source *src, double *recon, double *kl,
+                    nbs_error *err) {
     const int K = nbs_model_kl_terms(m);
     double klb[NBS_MAX_KL_TERMS];
     gsl_rng *r = nbs_stream_rng(seed, NBS_STREAM_VALIDATION, (uint64_t)epoch, err);
@@ -202,8 +203,9 @@ static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, cons
     vc.rows = val;
     vc.n = n_val;
     for (int64_t s = 0; s < n_val && !st; s += batch) {
-        const nbs_cells b = nbs_cells_slice(&vc, s, batch);
+        nbs_cells b = nbs_cells_slice(&vc, s, batch);
         double rc;
+        if (src && (st = src->fetch(src->user, val, n_val, s, b.n, &b, err))) break;
         st = nbs_model_forward(m, w, &b, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
         *recon += rc;
         for (int t = 0; t < K; t++) *kl += klb[t];
@@ -305,6 +307,12 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
 
 int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_in, nbs_train_state *s,
               nbs_train_log *log, const nbs_train_hooks *h, const nbs_train_reduce *reduce, nbs_error *err) {
+    return nbs_train_from(m, cells, tc_in, s, log, h, reduce, NULL, err);
+}
+
+int nbs_train_from(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_in, nbs_train_state *s,
+                   nbs_train_log *log, const nbs_train_hooks *h, const nbs_train_reduce *reduce,
+                   const nbs_batch_source *src, nbs_error *err) {
     const nbs_matrix *X = cells->X;
     const int64_t n_cells = cells->n;
     nbs_train_config resolved = *tc_in;
@@ -330,6 +338,10 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     if (st) return st;
     for (int64_t i = 0; i < n_cells; i++) order[i] = nbs_cells_row(cells, order[i]); /* positions -> rows of X */
     int64_t *val = order, n_train = n_cells - n_val;
+    if (src && (st = src->order(src->user, val, n_val, NULL, err))) { /* the validation pass's order, once */
+        free(order);
+        return st;
+    }
     const int batch = tc->batch_size;
     const int64_t n_batches = (n_train + batch - 1) / batch;
     /* Each epoch shuffles a fresh copy of the split's order, so an epoch's minibatches depend
@@ -338,7 +350,8 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     const int sphere = nbs_latent_on_sphere(L);
     float *kappas = train && sphere ? nbs_malloc(sizeof(float) * (size_t)n_train, err) : NULL;
     nbs_workspace *w = train && (kappas || !sphere)
-                           ? nbs_workspace_new(m, batch, nbs_matrix_max_batch_nnz(X, batch), err) : NULL;
+                           ? nbs_workspace_new(m, batch, src ? src->max_nnz : nbs_matrix_max_batch_nnz(X, batch), err)
+                           : NULL;
     if (!w) {
         free(order), free(train), free(kappas);
         return err->code;
@@ -363,14 +376,16 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     for (int epoch = s->epochs_done + 1; epoch <= tc->epochs && !st; epoch++) {
         const double t0 = nbs_progress_now();
         memcpy(train, order + n_val, sizeof(int64_t) * (size_t)n_train);
-        gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
+        if (!src) gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
+        else if ((st = src->order(src->user, train, n_train, s->rng, err))) break;
         double sum_recon = 0, sum_loss = 0, beta = 0, t_prod, t_lik;
         int64_t n_seen = 0; /* the cells the sums are over: every process's in a data-parallel run */
         nbs_workspace_take_timers(w, &t_prod, &t_lik);
         memset(kl_epoch, 0, sizeof kl_epoch);
         for (int64_t b = 0; b < n_batches && !st; b++, s->step++) {
             const int64_t off = b * batch;
-            const nbs_cells bc = nbs_cells_slice(&tcells, off, batch);
+            nbs_cells bc = nbs_cells_slice(&tcells, off, batch);
+            if (src && (st = src->fetch(src->user, train, n_train, off, bc.n, &bc, err))) break;
             beta = nbs_train_beta(tc, s->step, n_batches);
             st = nbs_train_step(m, w, &bc, tc, beta, s->rng, reduce, &sr, err);
             if (st == NBS_ERR_NUMERIC && sr.failed[0])
@@ -402,7 +417,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
             r.kl += kl_epoch[t];
         }
         if (n_val > 0) {
-            st = validate(m, w, cells, val, n_val, batch, tc->seed, epoch, &r.val_recon, &r.val_kl, err);
+            st = validate(m, w, cells, val, n_val, batch, tc->seed, epoch, src, &r.val_recon, &r.val_kl, err);
             if (st) break;
             r.val_elbo = -(r.val_recon + r.val_kl);
             if (!isfinite(r.val_elbo)) {
