@@ -7,6 +7,8 @@
 #   make test SKIP_SLOW=1                   without the long training tests (tests/*slow*.c)
 #   make bench     speed and memory against the PyTorch reference (make bench-deps first)
 #   make bench-knn recall and time of the approximate k-NN graph against the exact one (50k cells)
+#   make bench-scale   s/epoch and peak memory, in memory against out of core (input.backed), on
+#                  simulated .h5ad files of 100k, 500k and 2M cells (SIZES=..., EPOCHS=...)
 #   make fuzz      libFuzzer harnesses (fuzz/*.c, clang) for FUZZ_TIME seconds each (default 60)
 #   make install   binary, static and shared library, headers, nbsphere.pc, man page into
 #                  $(DESTDIR)$(PREFIX) (default /usr/local); make uninstall removes them
@@ -104,7 +106,7 @@ SOVERSION := 0
 SONAME := libnbsphere.so.$(SOVERSION)
 SHLIB := $(BUILD)/libnbsphere.so.$(VERSION)
 
-.PHONY: all deps test bench bench-knn bench-deps clean check-deps fuzz fuzz-bin install install-only uninstall FORCE
+.PHONY: all deps test bench bench-knn bench-scale bench-deps clean check-deps fuzz fuzz-bin install install-only uninstall FORCE
 all: $(BIN) $(LIB) $(SHLIB)
 
 # The full compile and link lines of this folder. Every object depends on this file, and it
@@ -258,6 +260,9 @@ $(BUILD)/knn_recall: bench/knn_recall.c $(LIB) | $(BUILD)
 
 bench-knn: $(BIN) $(BUILD)/knn_recall
 	BIN=$(abspath $(BIN)) KNN_BIN=$(abspath $(BUILD)/knn_recall) bench/knn_recall.sh
+
+bench-scale: $(BIN)
+	BIN=$(abspath $(BIN)) bench/scale.sh
 
 clean:
 	rm -rf build build-* nbsphere libnbsphere.a

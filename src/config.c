@@ -11,6 +11,10 @@ void nbs_config_defaults(nbs_config *c) {
     c->input.orientation = NBS_ORIENT_AUTO;
     c->input.non_integer = NBS_NONINT_ERROR;
     strcpy(c->input.feature_types, "Gene Expression");
+    c->input.backed = NBS_AUTO;
+    c->input.memory_limit = NBS_AUTO;
+    c->input.backed_block = 256;
+    c->input.backed_shuffle_blocks = 64;
 
     c->preprocess.min_counts = 0;
     c->preprocess.min_genes = 1;

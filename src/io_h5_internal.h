@@ -95,7 +95,8 @@ int nbs_h5_set_attr_str(hid_t obj, const char *name, const char *value);
 int nbs_h5_set_attr_strs(hid_t obj, const char *name, const char *const *v, hsize_t n);
 /* anndata's encoding-type and encoding-version attributes. */
 int nbs_h5_set_encoding(hid_t obj, const char *type, const char *version);
-/* A dataset of rank 1 or 2 with the values v in mtype, stored as ftype. */
+/* A dataset of rank 1 or 2 with the values v in mtype, stored as ftype (v NULL: created, to be
+ * written a block of rows at a time). */
 int nbs_h5_write_ds(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int rank, const hsize_t *dims,
                     const void *v, int gzip);
 /* The same with anndata's "array" encoding. */

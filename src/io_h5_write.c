@@ -72,7 +72,7 @@ int nbs_h5_write_ds(hid_t loc, const char *name, hid_t ftype, hid_t mtype, int r
     hid_t sp = H5Screate_simple(rank, dims, NULL), p = nbs_h5_dcpl(rank, dims, gzip);
     hid_t d = H5Dcreate2(loc, name, ftype, sp, H5P_DEFAULT, p, H5P_DEFAULT);
     hsize_t total = dims[0] * (rank > 1 ? dims[1] : 1);
-    int bad = d < 0 || (total && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0);
+    int bad = d < 0 || (total && v && H5Dwrite(d, mtype, H5S_ALL, H5S_ALL, H5P_DEFAULT, v) < 0);
     if (d >= 0) H5Dclose(d);
     H5Pclose(p);
     H5Sclose(sp);

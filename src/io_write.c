@@ -3,12 +3,14 @@
  * into place (io_util.c). HDF5 objects are created without modification times, so the same data
  * give byte-identical files. */
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "io_h5_internal.h"
@@ -28,17 +30,16 @@ static void *note_nomem(void *p) {
 
 /* ---- embedding TSV ---- */
 
-int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t n, int d,
-                               const float *embedding, int n_extra, const char *const *extra_names,
-                               const float *extra, nbs_error *err) {
-    char tmp[NBS_PATH_MAX];
-    FILE *f;
-    int st = nbs_io_atomic_open(path, tmp, &f, err);
-    if (st) return st;
+int nbs_io_embedding_tsv_header(FILE *f, int d, int n_extra, const char *const *extra_names) {
     int bad = fputs("barcode", f) < 0;
     for (int j = 0; j < d && !bad; j++) bad = fprintf(f, "\tdim%d", j + 1) < 0;
     for (int j = 0; j < n_extra && !bad; j++) bad = fprintf(f, "\t%s", extra_names[j]) < 0;
-    bad = bad || fputc('\n', f) == EOF;
+    return bad || fputc('\n', f) == EOF;
+}
+
+int nbs_io_embedding_tsv_rows(FILE *f, char *const *barcodes, int64_t n, int d, const float *embedding, int n_extra,
+                              const float *extra) {
+    int bad = 0;
     /* %.9g: a float32 read back from the text is the same float32 */
     for (int64_t i = 0; i < n && !bad; i++) {
         bad = fputs(barcodes[i], f) < 0;
@@ -46,7 +47,19 @@ int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t 
         for (int j = 0; j < n_extra && !bad; j++) bad = fprintf(f, "\t%.9g", (double)extra[i * n_extra + j]) < 0;
         bad = bad || fputc('\n', f) == EOF;
     }
-    return nbs_io_atomic_close(f, tmp, path, err);
+    return bad;
+}
+
+int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t n, int d,
+                               const float *embedding, int n_extra, const char *const *extra_names,
+                               const float *extra, nbs_error *err) {
+    char tmp[NBS_PATH_MAX];
+    FILE *f;
+    int st = nbs_io_atomic_open(path, tmp, &f, err);
+    if (st) return st;
+    if (!nbs_io_embedding_tsv_header(f, d, n_extra, extra_names))
+        nbs_io_embedding_tsv_rows(f, barcodes, n, d, embedding, n_extra, extra);
+    return nbs_io_atomic_close(f, tmp, path, err); /* a failed write shows in the stream's error flag */
 }
 
 static int unlink_if(hid_t loc, const char *name) {
@@ -633,6 +646,209 @@ int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix 
         rc = nbs_error_set(err, NBS_ERR_IO, "%s: writing the h5ad failed (disk full, or an HDF5 error%s)", path,
                            src >= 0 ? " while copying the source" : "");
     return nbs_io_commit_or_discard(tmp, path, rc, err);
+}
+
+/* ---- out of core: embedding.h5ad a block of cells at a time ---- */
+
+struct nbs_h5ad_stream {
+    char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
+    char key[NBS_NAME_MAX];
+    hid_t f;
+    int64_t n, nnz, rows_done, nnz_done;
+    int d, kappa, copy;
+};
+
+/* The bytes of from into to, a MiB at a time: 0, -1 when reading failed, -2 writing. */
+static int copy_bytes(const char *from, const char *to) {
+    FILE *in = fopen(from, "rb"), *out = in ? fopen(to, "wb") : NULL;
+    char *buf = out ? malloc(1 << 20) : NULL;
+    int rc = !in ? -1 : !out || !buf ? -2 : 0;
+    for (size_t got; !rc && (got = fread(buf, 1, 1 << 20, in)) > 0;)
+        if (fwrite(buf, 1, got, out) != got) rc = -2;
+    if (!rc && ferror(in)) rc = -1;
+    if (out && fclose(out) && !rc) rc = -2;
+    if (in) fclose(in);
+    free(buf);
+    return rc;
+}
+
+/* Disk blocks for what the stream will add, reserved past the file's end before libhdf5 writes
+ * to it (libhdf5 1.10 cannot close a file whose writes failed): -1 when the disk lacks them. A
+ * file system without fallocate goes on unreserved. */
+static int reserve(const char *tmp, double bytes) {
+    int fd = open(tmp, O_WRONLY);
+    if (fd < 0) return -1;
+    struct stat st;
+    int rc = fstat(fd, &st) ? -1 : fallocate(fd, FALLOC_FL_KEEP_SIZE, st.st_size, (off_t)bytes) ? errno : 0;
+    close(fd);
+    return rc == 0 || rc == EOPNOTSUPP || rc == ENOSYS ? 0 : -1;
+}
+
+/* Rows [row0, row0 + n) of a (rows, cols) dataset (cols 1: rank 1) from v. */
+static int write_rows(hid_t loc, const char *name, hid_t mtype, int64_t row0, int64_t n, int64_t cols, const void *v) {
+    if (n == 0) return 0;
+    hid_t d = H5Dopen2(loc, name, H5P_DEFAULT), fs = d >= 0 ? H5Dget_space(d) : -1;
+    const int rank = fs >= 0 ? H5Sget_simple_extent_ndims(fs) : 0;
+    hsize_t start[2] = {(hsize_t)row0, 0}, count[2] = {(hsize_t)n, (hsize_t)cols};
+    hid_t ms = rank > 0 ? H5Screate_simple(rank, count, NULL) : -1;
+    int bad = ms < 0 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, start, NULL, count, NULL) < 0 ||
+              H5Dwrite(d, mtype, ms, fs, H5P_DEFAULT, v) < 0;
+    if (ms >= 0) H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
+    if (d >= 0) H5Dclose(d);
+    return bad ? -1 : 0;
+}
+
+/* A new file's skeleton: X (csr_matrix of n x n_genes, nnz entries), obs (index), var, empty dicts. */
+static int stream_skeleton(hid_t f, int64_t n, char *const *gene_names, char *const *gene_ids, int64_t n_genes,
+                           int64_t nnz) {
+    hid_t x = nbs_h5_new_group(f, "X");
+    if (x < 0) return -1;
+    int64_t shape[2] = {n, n_genes};
+    hsize_t two = 2, hn = (hsize_t)nnz, np = (hsize_t)n + 1;
+    hid_t sp = H5Screate_simple(1, &two, NULL);
+    hid_t a = H5Acreate2(x, "shape", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    int bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, shape) < 0;
+    if (a >= 0) H5Aclose(a);
+    H5Sclose(sp);
+    bad = bad || nbs_h5_set_encoding(x, "csr_matrix", "0.1.0") ||
+          nbs_h5_write_ds(x, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &hn, NULL, 1) ||
+          nbs_h5_write_ds(x, "indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &hn, NULL, 1) ||
+          nbs_h5_write_ds(x, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, NULL, 1);
+    H5Gclose(x);
+    hid_t obs = bad ? -1 : nbs_h5_new_group(f, "obs");
+    if (obs < 0) return -1;
+    hsize_t hrows = (hsize_t)n;
+    hid_t t = nbs_h5_vstr_type();
+    bad = nbs_h5_set_encoding(obs, "dataframe", "0.2.0") || nbs_h5_set_attr_str(obs, "_index", "_index") ||
+          nbs_h5_set_attr_strs(obs, "column-order", NULL, 0) ||
+          nbs_h5_write_ds(obs, "_index", t, t, 1, &hrows, NULL, 0);
+    H5Tclose(t);
+    if (!bad) {
+        hid_t d = H5Dopen2(obs, "_index", H5P_DEFAULT);
+        bad = d < 0 || nbs_h5_set_encoding(d, "string-array", "0.2.0");
+        if (d >= 0) H5Dclose(d);
+    }
+    H5Gclose(obs);
+    return bad || dataframe(f, "var", gene_names, n_genes, "gene_ids", gene_ids) || empty_dict(f, "layers") ||
+           empty_dict(f, "obsp") || empty_dict(f, "varm") || empty_dict(f, "varp");
+}
+
+int nbs_io_h5ad_stream_open(const char *path, const char *copy_from, int64_t n, int d, int kappa,
+                            const nbs_embedding_meta *meta, char *const *gene_names, char *const *gene_ids,
+                            int64_t n_genes, int64_t nnz, nbs_h5ad_stream **out, nbs_error *err) {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    *out = NULL;
+    nbs_h5ad_stream *s = nbs_calloc(1, sizeof *s, err);
+    if (!s) return err->code;
+    snprintf(s->path, sizeof s->path, "%s", path);
+    snprintf(s->key, sizeof s->key, "%s", meta->key && *meta->key ? meta->key : "X_nbsphere");
+    s->n = n, s->d = d, s->kappa = kappa, s->nnz = nnz, s->copy = copy_from != NULL, s->f = -1;
+    nbs_io_tmp_name(path, s->tmp);
+    int rc = NBS_OK, bad = 0;
+    char gz[NBS_PATH_MAX] = "";
+    double adds = 4.0 * (double)n * (d + 1) + (1 << 20); /* obsm, kappa and the metadata */
+    if (copy_from) {
+        const int g = nbs_io_gunzip_temp(copy_from, gz, err);
+        if (g < 0) rc = err->code;
+        else if (!g) gz[0] = '\0';
+        const int c = rc ? 0 : copy_bytes(gz[0] ? gz : copy_from, s->tmp);
+        if (gz[0]) remove(gz);
+        if (c) rc = nbs_error_set(err, NBS_ERR_IO, c == -1 ? "%s: cannot read it to copy" : "%s: cannot write the copy "
+                                  "(disk full?)", c == -1 ? copy_from : s->tmp);
+        if (!rc && reserve(s->tmp, adds))
+            rc = nbs_error_set(err, NBS_ERR_IO, "%s: no room on the disk for the embedding", s->tmp);
+        if (!rc && (s->f = H5Fopen(s->tmp, H5F_ACC_RDWR, H5P_DEFAULT)) < 0)
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot open the copy of %s as HDF5", s->tmp, copy_from);
+        hid_t obs = !rc ? H5Gopen2(s->f, "obs", H5P_DEFAULT) : -1;
+        char idx[256];
+        const int64_t rows = obs >= 0 ? nbs_h5_dataframe_rows(obs, idx, sizeof idx) : -1;
+        if (!rc && rows != n)
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: obs has %lld rows, the embedding %lld cells; a copy needs every "
+                               "cell of the file", copy_from, (long long)rows, (long long)n);
+        if (obs >= 0) {
+            bad = unlink_if(obs, "nbsphere_kappa");
+            H5Gclose(obs);
+        }
+    } else {
+        FILE *probe = fopen(s->tmp, "wb");
+        if (!probe) rc = nbs_error_set(err, NBS_ERR_IO, "%s: cannot create (folder missing or not writable?)", s->tmp);
+        else fclose(probe);
+        adds += 8.0 * (double)nnz + 48.0 * (double)n;
+        if (!rc && reserve(s->tmp, adds))
+            rc = nbs_error_set(err, NBS_ERR_IO, "%s: no room on the disk for the embedding", s->tmp);
+        hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
+        H5Pset_obj_track_times(fcpl, 0);
+        if (!rc && (s->f = H5Fcreate(s->tmp, H5F_ACC_TRUNC, fcpl, H5P_DEFAULT)) < 0)
+            rc = nbs_error_set(err, NBS_ERR_IO, "%s: cannot create", s->tmp);
+        H5Pclose(fcpl);
+        bad = !rc && (nbs_h5_set_encoding(s->f, "anndata", "0.1.0") ||
+                      stream_skeleton(s->f, n, gene_names, gene_ids, n_genes, nnz));
+    }
+    nbs_embedding_meta m = *meta; /* obsm (empty, written by rows) and uns/nbsphere */
+    m.obs_kappa = NULL, m.n_obs_columns = 0, m.trajectory = NULL;
+    if (!rc && !bad) bad = add_embedding(s->f, n, d, NULL, &m);
+    if (!rc && !bad && kappa) {
+        static const char *const col[] = {"nbsphere_kappa"};
+        hsize_t hn = (hsize_t)n;
+        hid_t obs = H5Gopen2(s->f, "obs", H5P_DEFAULT);
+        bad = obs < 0 || nbs_h5_write_array(obs, "nbsphere_kappa", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &hn, NULL, 0) ||
+              nbs_h5_append_column_order(obs, col, 1);
+        if (obs >= 0) H5Gclose(obs);
+    }
+    if (!rc && bad) rc = nbs_error_set(err, NBS_ERR_IO, "%s: writing the h5ad failed (an HDF5 error)", s->tmp);
+    if (rc) {
+        if (s->f >= 0) H5Fclose(s->f);
+        remove(s->tmp);
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return NBS_OK;
+}
+
+int nbs_io_h5ad_stream_rows(nbs_h5ad_stream *s, int64_t n, char *const *barcodes, const float *z, const float *kappa,
+                            const nbs_matrix *counts, nbs_error *err) {
+    if (s->rows_done + n > s->n || (!s->copy && (!counts || counts->n_cells != n || s->nnz_done + counts->nnz > s->nnz)))
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: more cells or counts than the file was made for", s->path);
+    hid_t obsm = H5Gopen2(s->f, "obsm", H5P_DEFAULT), obs = H5Gopen2(s->f, "obs", H5P_DEFAULT);
+    int bad = obsm < 0 || obs < 0 || write_rows(obsm, s->key, H5T_NATIVE_FLOAT, s->rows_done, n, s->d, z) ||
+              (s->kappa && write_rows(obs, "nbsphere_kappa", H5T_NATIVE_FLOAT, s->rows_done, n, 1, kappa));
+    if (!bad && !s->copy) {
+        hid_t t = nbs_h5_vstr_type(), x = H5Gopen2(s->f, "X", H5P_DEFAULT);
+        int64_t *ptr = malloc(sizeof *ptr * (size_t)(n + 1)); /* (n + 1) this block's offsets in the file */
+        bad = !ptr || x < 0 || write_rows(obs, "_index", t, s->rows_done, n, 1, barcodes);
+        for (int64_t i = 0; !bad && i <= n; i++) ptr[i] = s->nnz_done + counts->indptr[i];
+        /* indptr[rows_done] is written by the block before (the same value) or here for the first */
+        bad = bad || write_rows(x, "indptr", H5T_NATIVE_INT64, s->rows_done, n + 1, 1, ptr) ||
+              write_rows(x, "indices", H5T_NATIVE_INT32, s->nnz_done, counts->nnz, 1, counts->indices) ||
+              write_rows(x, "data", H5T_NATIVE_FLOAT, s->nnz_done, counts->nnz, 1, counts->data);
+        free(ptr);
+        if (x >= 0) H5Gclose(x);
+        H5Tclose(t);
+        if (!bad) s->nnz_done += counts->nnz;
+    }
+    if (obs >= 0) H5Gclose(obs);
+    if (obsm >= 0) H5Gclose(obsm);
+    if (bad) return nbs_error_set(err, NBS_ERR_IO, "%s: writing cells %lld to %lld failed (an HDF5 error)", s->tmp,
+                                  (long long)s->rows_done + 1, (long long)(s->rows_done + n));
+    s->rows_done += n;
+    return NBS_OK;
+}
+
+int nbs_io_h5ad_stream_close(nbs_h5ad_stream *s, int status, nbs_error *err) {
+    if (!s) return status;
+    if (!status && (s->rows_done != s->n || s->nnz_done != (s->copy ? 0 : s->nnz)))
+        status = nbs_error_set(err, NBS_ERR_INTERNAL, "%s: %lld of %lld cells written", s->path, (long long)s->rows_done,
+                               (long long)s->n);
+    if (H5Fclose(s->f) < 0 && !status)
+        status = nbs_error_set(err, NBS_ERR_IO, "%s: writing the h5ad failed (disk full, or an HDF5 error)", s->tmp);
+    struct stat st; /* the reservation's unused blocks past the end go back to the disk */
+    if (!status && !stat(s->tmp, &st) && truncate(s->tmp, st.st_size))
+        status = nbs_error_set(err, NBS_ERR_IO, "%s: cannot finish the file (%s)", s->tmp, strerror(errno));
+    status = nbs_io_commit_or_discard(s->tmp, s->path, status, err);
+    free(s);
+    return status;
 }
 
 /* ---- Cell Ranger v3 HDF5 ---- */

@@ -33,6 +33,7 @@ _Static_assert(offsetof(nbs_model_config, latent_layers) ==
                "layer widths follow their count");
 
 static const nbs_enum_word W_AUTO[] = {{"auto", NBS_AUTO}, {NULL, 0}}; /* integers that may be `auto` */
+static const nbs_enum_word W_BACKED[] = {{"auto", NBS_AUTO}, {"true", 1}, {"false", 0}, {NULL, 0}};
 
 #define F(sec, field) offsetof(nbs_config, sec.field), sizeof(((nbs_config *)0)->sec.field), \
                       alignof(__typeof__(((nbs_config *)0)->sec.field))
@@ -67,6 +68,14 @@ static const nbs_key_desc KEYS[] = {
      "a list of up to 16 column names, e.g. [donor, chemistry]"},
     {"input", "continuous_covariates", K_NAMES, F(input, continuous_covariates), 0, NBS_MAX_COVARIATES, 0, NULL,
      "a list of up to 16 numeric column names, e.g. [percent_mito]"},
+    {"input", "backed", K_INT, F(input, backed), 0, 1, 0, W_BACKED,
+     "true (read the counts from the file block by block), false, or auto (above input.memory_limit)"},
+    {"input", "memory_limit", K_INT, F(input, memory_limit), 1, 1e9, 0, W_AUTO,
+     "megabytes (an integer >= 1), or auto (half of the physical memory)"},
+    {"input", "backed_block", K_INT, F(input, backed_block), 1, 1e8, 0, NULL,
+     "an integer >= 1: consecutive cells read together out of core"},
+    {"input", "backed_shuffle_blocks", K_INT, F(input, backed_shuffle_blocks), 1, 1e8, 0, NULL,
+     "an integer >= 1: blocks mixed in one out-of-core buffer"},
 
     {"preprocess", "min_counts", K_DOUBLE, F(preprocess, min_counts), 0, BIG, 0, NULL,
      "a number >= 0"},

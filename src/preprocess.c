@@ -215,31 +215,27 @@ done:
 
 /* ---- Seurat v3 highly variable genes ---- */
 
-int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean_out, double *var_out,
-                             double *fit_out, double *norm_var, nbs_error *err) {
-    int64_t G = m->n_genes, N = m->n_cells;
-    double *mean = nbs_calloc((size_t)G + 1, sizeof *mean, err);
-    double *var = nbs_calloc((size_t)G + 1, sizeof *var, err);
-    double *fit = nbs_calloc((size_t)G + 1, sizeof *fit, err);
+/* Seurat v3 in two steps around the data, so the in-memory and the streamed (nbs_preprocess_stream)
+ * selections run the same arithmetic. Trend: mean and var hold each gene's sum and sum of squares
+ * over the N cells and become the mean and the variance (scanpy: float64, n/(n-1)); fit gets the
+ * loess of log10(var) on log10(mean) over the non-constant genes (0, sd 1, for constant ones) and
+ * clip the value at which a count is clipped, mean + sqrt(N) fitted sd. (G) each. */
+static int seurat_trend(int64_t G, int64_t N, double span, double *mean, double *var, double *fit, double *clip,
+                        nbs_error *err) {
     double *lx = nbs_malloc(((size_t)G + 1) * sizeof *lx, err);
     double *ly = nbs_malloc(((size_t)G + 1) * sizeof *ly, err);
     double *lf = nbs_malloc(((size_t)G + 1) * sizeof *lf, err);
     int64_t *idx = nbs_malloc(((size_t)G + 1) * sizeof *idx, err);
     int rc = NBS_OK;
-    if (!mean || !var || !fit || !lx || !ly || !lf || !idx) {
+    if (!lx || !ly || !lf || !idx) {
         rc = NBS_ERR_NOMEM;
         goto done;
-    }
-    /* scanpy: float64 mean and mean of squares, variance with the n/(n-1) correction */
-    for (int64_t k = 0; k < m->nnz; k++) {
-        double v = m->data[k];
-        mean[m->indices[k]] += v;
-        var[m->indices[k]] += v * v;
     }
     for (int64_t g = 0; g < G; g++) {
         mean[g] /= (double)N;
         var[g] = N > 1 ? (var[g] / (double)N - mean[g] * mean[g]) * ((double)N / (double)(N - 1))
                        : 0.0;
+        fit[g] = 0;
     }
     /* the trend is fitted on non-constant genes only; constant ones keep fit 0 (sd 1) */
     int64_t nfit = 0;
@@ -260,24 +256,55 @@ int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean_out,
     /* Standardise each count by the fitted sd, clipping outliers at sqrt(N) sd above the mean
      * so that one huge count cannot make a gene "variable". Zeros are never clipped (the clip
      * value is at least the mean), so only stored entries are visited. */
-    double *s1 = lx, *s2 = ly, vmax = sqrt((double)N);
-    for (int64_t g = 0; g < G; g++) {
-        s1[g] = 0;
-        s2[g] = 0;
-        lf[g] = sqrt(pow(10.0, fit[g])) * vmax + mean[g];
-    }
-    for (int64_t k = 0; k < m->nnz; k++) {
-        int32_t g = m->indices[k];
-        double v = fmin((double)m->data[k], lf[g]);
-        s1[g] += v;
-        s2[g] += v * v;
-    }
+    const double vmax = sqrt((double)N);
+    for (int64_t g = 0; g < G; g++) clip[g] = sqrt(pow(10.0, fit[g])) * vmax + mean[g];
+done:
+    free(lx);
+    free(ly);
+    free(lf);
+    free(idx);
+    return rc;
+}
+
+/* Score: s1 and s2, the sums of the clipped counts and of their squares (G), give the variance of
+ * the standardised counts. */
+static void seurat_score(int64_t G, int64_t N, const double *mean, const double *fit, const double *s1,
+                         const double *s2, double *norm_var) {
     for (int64_t g = 0; g < G; g++) {
         double sd2 = pow(10.0, fit[g]);
         norm_var[g] = N > 1 ? ((double)N * mean[g] * mean[g] + s2[g] - 2 * s1[g] * mean[g]) /
                                   ((double)(N - 1) * sd2)
                             : 0.0;
     }
+}
+
+int nbs_preprocess_seurat_v3(const nbs_matrix *m, double span, double *mean_out, double *var_out,
+                             double *fit_out, double *norm_var, nbs_error *err) {
+    int64_t G = m->n_genes, N = m->n_cells;
+    double *mean = nbs_calloc((size_t)G + 1, sizeof *mean, err);
+    double *var = nbs_calloc((size_t)G + 1, sizeof *var, err);
+    double *fit = nbs_calloc((size_t)G + 1, sizeof *fit, err);
+    double *clip = nbs_malloc(((size_t)G + 1) * sizeof *clip, err);
+    double *s1 = nbs_calloc((size_t)G + 1, sizeof *s1, err);
+    double *s2 = nbs_calloc((size_t)G + 1, sizeof *s2, err);
+    int rc = NBS_OK;
+    if (!mean || !var || !fit || !clip || !s1 || !s2) {
+        rc = NBS_ERR_NOMEM;
+        goto done;
+    }
+    for (int64_t k = 0; k < m->nnz; k++) {
+        double v = m->data[k];
+        mean[m->indices[k]] += v;
+        var[m->indices[k]] += v * v;
+    }
+    if ((rc = seurat_trend(G, N, span, mean, var, fit, clip, err))) goto done;
+    for (int64_t k = 0; k < m->nnz; k++) {
+        int32_t g = m->indices[k];
+        double v = fmin((double)m->data[k], clip[g]);
+        s1[g] += v;
+        s2[g] += v * v;
+    }
+    seurat_score(G, N, mean, fit, s1, s2, norm_var);
     if (mean_out) memcpy(mean_out, mean, (size_t)G * sizeof *mean);
     if (var_out) memcpy(var_out, var, (size_t)G * sizeof *var);
     if (fit_out) memcpy(fit_out, fit, (size_t)G * sizeof *fit);
@@ -285,10 +312,9 @@ done:
     free(mean);
     free(var);
     free(fit);
-    free(lx);
-    free(ly);
-    free(lf);
-    free(idx);
+    free(clip);
+    free(s1);
+    free(s2);
     return rc;
 }
 
@@ -442,47 +468,76 @@ void nbs_preprocess_result_free(nbs_preprocess_result *r) {
     free(r);
 }
 
+/* Cell c (its stored values data, len of them) against the cell filters: kept into r (and its total
+ * into totals) or counted as removed; the largest total and detected count so far, for messages. */
+static void judge_cell(nbs_preprocess_result *r, const nbs_preprocess_config *cfg, int64_t c, const float *data,
+                       int64_t len, double *totals, double *max_total, int64_t *max_detected) {
+    double t = 0;
+    int64_t detected = 0;
+    for (int64_t k = 0; k < len; k++) {
+        t += data[k];
+        detected += data[k] > 0;
+    }
+    *max_total = fmax(*max_total, t);
+    if (t < cfg->min_counts) {
+        r->removed_cells_min_counts++;
+        return;
+    }
+    if (detected > *max_detected) *max_detected = detected;
+    if (detected < cfg->min_genes) {
+        r->removed_cells_min_genes++;
+        return;
+    }
+    totals[r->n_cells] = t;
+    r->cells[r->n_cells++] = c;
+}
+
+static int cells_verdict(const nbs_preprocess_result *r, int64_t n_in, const nbs_preprocess_config *cfg,
+                         double max_total, int64_t max_detected, nbs_error *err) {
+    if (r->n_cells > 0) return NBS_OK;
+    if (r->removed_cells_min_counts == n_in)
+        return nbs_error_set(err, NBS_ERR_INPUT,
+                             "preprocess: the cell filter preprocess.min_counts = %g removed all "
+                             "%lld cells (the largest cell total is %g); lower min_counts",
+                             cfg->min_counts, (long long)n_in, max_total);
+    return nbs_error_set(err, NBS_ERR_INPUT,
+                         "preprocess: the cell filters removed all %lld cells (%lld below "
+                         "min_counts = %g, %lld below min_genes = %lld; the most genes detected "
+                         "in a remaining cell is %lld); lower preprocess.min_genes",
+                         (long long)n_in, (long long)r->removed_cells_min_counts,
+                         cfg->min_counts, (long long)r->removed_cells_min_genes,
+                         (long long)cfg->min_genes, (long long)max_detected);
+}
+
 /* Cells: total count and detected genes over all genes; keeps those passing both filters. */
 static int filter_cells(const nbs_matrix *m, const nbs_preprocess_config *cfg,
                         nbs_preprocess_result *r, double *totals, nbs_error *err) {
     double max_total = 0;
     int64_t max_detected = 0;
-    for (int64_t c = 0; c < m->n_cells; c++) {
-        double t = 0;
-        int64_t detected = 0;
-        for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++) {
-            t += m->data[k];
-            detected += m->data[k] > 0;
-        }
-        max_total = fmax(max_total, t);
-        if (t < cfg->min_counts) {
-            r->removed_cells_min_counts++;
-            continue;
-        }
-        if (detected > max_detected) max_detected = detected;
-        if (detected < cfg->min_genes) {
-            r->removed_cells_min_genes++;
-            continue;
-        }
-        totals[r->n_cells] = t;
-        r->cells[r->n_cells++] = c;
-    }
-    if (r->n_cells > 0) return NBS_OK;
-    if (r->removed_cells_min_counts == m->n_cells)
-        return nbs_error_set(err, NBS_ERR_INPUT,
-                             "preprocess: the cell filter preprocess.min_counts = %g removed all "
-                             "%lld cells (the largest cell total is %g); lower min_counts",
-                             cfg->min_counts, (long long)m->n_cells, max_total);
-    return nbs_error_set(err, NBS_ERR_INPUT,
-                         "preprocess: the cell filters removed all %lld cells (%lld below "
-                         "min_counts = %g, %lld below min_genes = %lld; the most genes detected "
-                         "in a remaining cell is %lld); lower preprocess.min_genes",
-                         (long long)m->n_cells, (long long)r->removed_cells_min_counts,
-                         cfg->min_counts, (long long)r->removed_cells_min_genes,
-                         (long long)cfg->min_genes, (long long)max_detected);
+    for (int64_t c = 0; c < m->n_cells; c++)
+        judge_cell(r, cfg, c, m->data + m->indptr[c], m->indptr[c + 1] - m->indptr[c], totals, &max_total,
+                   &max_detected);
+    return cells_verdict(r, m->n_cells, cfg, max_total, max_detected, err);
 }
 
-/* Genes: number of kept cells expressing each gene. */
+/* Genes: expressing[g] (n_genes), the kept cells expressing gene g, against min_cells. */
+static int genes_verdict(const int64_t *expressing, int64_t n_genes, const nbs_preprocess_config *cfg,
+                         nbs_preprocess_result *r, nbs_error *err) {
+    int64_t most = 0;
+    for (int64_t g = 0; g < n_genes; g++) {
+        if (expressing[g] > most) most = expressing[g];
+        if (expressing[g] >= cfg->min_cells) r->genes[r->n_genes++] = g;
+        else r->removed_genes_min_cells++;
+    }
+    if (r->n_genes > 0) return NBS_OK;
+    return nbs_error_set(err, NBS_ERR_INPUT,
+                         "preprocess: the gene filter preprocess.min_cells = %lld removed all %lld "
+                         "genes (the most cells expressing one gene, among the %lld kept cells, "
+                         "is %lld); lower min_cells",
+                         (long long)cfg->min_cells, (long long)n_genes, (long long)r->n_cells,
+                         (long long)most);
+}
+
 static int filter_genes(const nbs_matrix *m, const nbs_preprocess_config *cfg,
                         nbs_preprocess_result *r, nbs_error *err) {
     int64_t *expressing = nbs_calloc((size_t)m->n_genes + 1, sizeof *expressing, err);
@@ -492,25 +547,11 @@ static int filter_genes(const nbs_matrix *m, const nbs_preprocess_config *cfg,
         for (int64_t k = m->indptr[c]; k < m->indptr[c + 1]; k++)
             expressing[m->indices[k]] += m->data[k] > 0;
     }
-    int64_t most = 0;
-    for (int64_t g = 0; g < m->n_genes; g++) {
-        if (expressing[g] > most) most = expressing[g];
-        if (expressing[g] >= cfg->min_cells) r->genes[r->n_genes++] = g;
-        else r->removed_genes_min_cells++;
-    }
+    int rc = genes_verdict(expressing, m->n_genes, cfg, r, err);
     free(expressing);
-    if (r->n_genes > 0) return NBS_OK;
-    return nbs_error_set(err, NBS_ERR_INPUT,
-                         "preprocess: the gene filter preprocess.min_cells = %lld removed all %lld "
-                         "genes (the most cells expressing one gene, among the %lld kept cells, "
-                         "is %lld); lower min_cells",
-                         (long long)cfg->min_cells, (long long)m->n_genes, (long long)r->n_cells,
-                         (long long)most);
+    return rc;
 }
 
-/* Seurat v3 on the filtered cells and genes; narrows r->genes to the chosen ones. */
-/* x: the input restricted to the kept cells and genes. Narrows r->genes to the n_top_genes most
- * variable and x to them, in place. */
 static int select_hvg(nbs_matrix *x, const nbs_preprocess_config *cfg, const nbs_preprocess_batches *b,
                       nbs_preprocess_result *r, nbs_error *err) {
     double *score = nbs_malloc((size_t)r->n_genes * sizeof *score, err);
@@ -644,4 +685,161 @@ void nbs_preprocess_summary(const nbs_preprocess_result *r, const nbs_preprocess
     if (r->cells_zero_library > 0 && n > 0 && (size_t)n < size)
         snprintf(buf + n, size - (size_t)n,
                  "; %lld kept cells have no count in the kept genes", (long long)r->cells_zero_library);
+}
+
+/* ---- out of core: the same steps in passes over the rows ---- */
+
+/* One pass of nbs_preprocess_stream: 0 the cell filters over every row; then over the kept cells
+ * only, 1 the gene counts and sums, 2 the clipped sums of the Seurat v3 score, 3 the library sizes
+ * and row lengths over the chosen genes. */
+typedef struct {
+    int pass;
+    nbs_preprocess_result *r;
+    const nbs_preprocess_config *cfg;
+    int64_t next;                  /* the next kept cell the pass waits for */
+    double max_total;              /* pass 0: for the messages */
+    int64_t max_detected;
+    int64_t *expressing;           /* (input genes) kept cells expressing each gene */
+    double *sum, *sumsq;           /* (input genes) over the kept cells */
+    const int64_t *col;            /* (input genes) the gene's column among the chosen ones, or -1 */
+    const double *clip;            /* (chosen genes) Seurat v3's clip of each count */
+    double *s1, *s2;               /* (chosen genes) sums of the clipped counts and their squares */
+    int32_t *row_nnz;              /* (kept cells) entries in the chosen genes */
+} stream_pass;
+
+static int stream_visit(void *ctx, const nbs_matrix *b, int64_t first, nbs_error *err) {
+    (void)err;
+    stream_pass *x = ctx;
+    nbs_preprocess_result *r = x->r;
+    for (int64_t i = 0; i < b->n_cells; i++) {
+        const int64_t c = first + i, k0 = b->indptr[i], k1 = b->indptr[i + 1];
+        const float *v = b->data;
+        const int32_t *g = b->indices;
+        if (x->pass == 0) {
+            judge_cell(r, x->cfg, c, v + k0, k1 - k0, r->total_counts, &x->max_total, &x->max_detected);
+            continue;
+        }
+        if (x->next >= r->n_cells || r->cells[x->next] != c) continue;
+        const int64_t kc = x->next++;
+        if (x->pass == 1) {
+            for (int64_t k = k0; k < k1; k++) {
+                const double d = v[k];
+                x->expressing[g[k]] += v[k] > 0;
+                x->sum[g[k]] += d;
+                x->sumsq[g[k]] += d * d;
+            }
+        } else if (x->pass == 2) {
+            for (int64_t k = k0; k < k1; k++) {
+                const int64_t j = x->col[g[k]];
+                if (j < 0) continue;
+                const double d = fmin((double)v[k], x->clip[j]);
+                x->s1[j] += d;
+                x->s2[j] += d * d;
+            }
+        } else {
+            double l = 0;
+            int32_t nz = 0;
+            for (int64_t k = k0; k < k1; k++)
+                if (x->col[g[k]] >= 0) l += v[k], nz++;
+            r->library_size[kc] = l;
+            x->row_nnz[kc] = nz;
+            r->cells_zero_library += l == 0;
+        }
+    }
+    return NBS_OK;
+}
+
+static int stream_run(const nbs_row_source *src, stream_pass *x, int pass, nbs_error *err) {
+    x->pass = pass;
+    x->next = 0;
+    return src->scan(src->user, stream_visit, x, err);
+}
+
+int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
+                          int32_t **row_nnz, nbs_error *err) {
+    *out = NULL;
+    *row_nnz = NULL;
+    const nbs_matrix shape = {.n_cells = src->n_cells, .n_genes = src->n_genes};
+    int rc = check_input(&shape, cfg, err);
+    if (rc) return rc;
+    const int64_t N_in = src->n_cells, G_in = src->n_genes;
+    nbs_preprocess_result *r = nbs_calloc(1, sizeof *r, err);
+    stream_pass x = {.r = r, .cfg = cfg};
+    int64_t *col = NULL, *top = NULL;
+    double *mean = NULL, *var = NULL, *fit = NULL, *clip = NULL, *score = NULL;
+    rc = NBS_ERR_NOMEM;
+    if (!r) goto done;
+    r->n_cells_in = N_in;
+    r->n_genes_in = G_in;
+    r->cells = nbs_malloc((size_t)N_in * sizeof *r->cells, err);
+    r->genes = nbs_malloc((size_t)G_in * sizeof *r->genes, err);
+    r->total_counts = nbs_malloc((size_t)N_in * sizeof *r->total_counts, err);
+    x.expressing = nbs_calloc((size_t)G_in, sizeof *x.expressing, err);
+    x.sum = nbs_calloc((size_t)G_in, sizeof *x.sum, err);
+    x.sumsq = nbs_calloc((size_t)G_in, sizeof *x.sumsq, err);
+    col = nbs_malloc((size_t)G_in * sizeof *col, err);
+    if (!r->cells || !r->genes || !r->total_counts || !x.expressing || !x.sum || !x.sumsq || !col) goto done;
+    if ((rc = stream_run(src, &x, 0, err)) || (rc = cells_verdict(r, N_in, cfg, x.max_total, x.max_detected, err)))
+        goto done;
+    if ((rc = stream_run(src, &x, 1, err)) || (rc = genes_verdict(x.expressing, G_in, cfg, r, err))) goto done;
+    x.col = col;
+    const int64_t G = r->n_genes, N = r->n_cells;
+    if (cfg->n_top_genes > 0 && cfg->n_top_genes < G) { /* select_hvg's pooled Seurat v3 */
+        rc = NBS_ERR_NOMEM;
+        mean = nbs_malloc((size_t)G * sizeof *mean, err);
+        var = nbs_malloc((size_t)G * sizeof *var, err);
+        fit = nbs_malloc((size_t)G * sizeof *fit, err);
+        clip = nbs_malloc((size_t)G * sizeof *clip, err);
+        score = nbs_malloc((size_t)G * sizeof *score, err);
+        x.s1 = nbs_calloc((size_t)G, sizeof *x.s1, err);
+        x.s2 = nbs_calloc((size_t)G, sizeof *x.s2, err);
+        top = nbs_malloc((size_t)cfg->n_top_genes * sizeof *top, err);
+        if (!mean || !var || !fit || !clip || !score || !x.s1 || !x.s2 || !top) goto done;
+        for (int64_t g = 0; g < G_in; g++) col[g] = -1;
+        for (int64_t i = 0; i < G; i++) {
+            mean[i] = x.sum[r->genes[i]];
+            var[i] = x.sumsq[r->genes[i]];
+            col[r->genes[i]] = i;
+        }
+        if ((rc = seurat_trend(G, N, cfg->hvg_span, mean, var, fit, clip, err))) goto done;
+        x.clip = clip;
+        if ((rc = stream_run(src, &x, 2, err))) goto done;
+        seurat_score(G, N, mean, fit, x.s1, x.s2, score);
+        const int64_t k = nbs_preprocess_top_k(score, G, cfg->n_top_genes, top);
+        if (k < 0) {
+            rc = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory ranking genes");
+            goto done;
+        }
+        for (int64_t i = 0; i < k; i++) r->genes[i] = r->genes[top[i]]; /* top ascends: in place */
+        r->removed_genes_hvg = G - k;
+        r->n_genes = k;
+    }
+    rc = NBS_ERR_NOMEM;
+    r->library_size = nbs_malloc((size_t)N * sizeof *r->library_size, err);
+    x.row_nnz = nbs_malloc((size_t)N * sizeof *x.row_nnz, err);
+    if (!r->library_size || !x.row_nnz) goto done;
+    for (int64_t g = 0; g < G_in; g++) col[g] = -1;
+    for (int64_t i = 0; i < r->n_genes; i++) col[r->genes[i]] = i;
+    rc = stream_run(src, &x, 3, err);
+done:
+    free(x.expressing);
+    free(x.sum);
+    free(x.sumsq);
+    free(x.s1);
+    free(x.s2);
+    free(col);
+    free(top);
+    free(mean);
+    free(var);
+    free(fit);
+    free(clip);
+    free(score);
+    if (rc) {
+        free(x.row_nnz);
+        nbs_preprocess_result_free(r);
+        return rc;
+    }
+    *out = r;
+    *row_nnz = x.row_nnz;
+    return NBS_OK;
 }

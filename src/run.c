@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nbsphere/backed.h"
 #include "nbsphere/checkpoint.h"
 #include "nbsphere/covariates.h"
 #include "nbsphere/diagnose.h"
@@ -61,6 +62,15 @@ typedef struct {
     nbs_trajectory traj;         /* the trajectory stage's graphs, clusters and pseudotime */
     int have_traj;
     double t_stage;
+    /* out of core (input.backed): the file, the loader of its kept cells, and the diagnostics'
+     * subsample read from it; pre->matrix is NULL then */
+    int out_of_core;
+    nbs_backed *backed;
+    nbs_backed_loader *loader;
+    int32_t *row_nnz;            /* (kept cells) entries in the chosen genes */
+    char **backed_names, **backed_ids; /* (chosen genes) pointers into the file's gene names */
+    nbs_matrix *diag_X;          /* (n_diag, genes) the subsample's counts */
+    double *diag_lib;            /* (n_diag) */
 } run_state;
 
 static void stage_begin(run_state *s, const char *name) {
@@ -180,7 +190,7 @@ static int stage_preprocess(run_state *s, nbs_error *err) {
 
 /* A seeded subsample of at most diagnose.subsample cells, in row order, fixed for the run. */
 static int choose_diag_rows(run_state *s, nbs_error *err) {
-    const int64_t n = s->pre->matrix->n_cells, k = s->p->config.diagnose.subsample < n ? s->p->config.diagnose.subsample : n;
+    const int64_t n = s->pre->n_cells, k = s->p->config.diagnose.subsample < n ? s->p->config.diagnose.subsample : n;
     int64_t *all = nbs_malloc(sizeof(int64_t) * (size_t)(n ? n : 1), err);
     if (!all) return err->code;
     for (int64_t i = 0; i < n; i++) all[i] = i;
@@ -195,7 +205,7 @@ static int choose_diag_rows(run_state *s, nbs_error *err) {
     }
     s->diag_rows = all;
     s->n_diag = k;
-    return NBS_OK;
+    return s->loader ? nbs_backed_loader_read(s->loader, all, k, &s->diag_X, &s->diag_lib, err) : NBS_OK;
 }
 
 /* Every kept cell with its library size and covariates. */
@@ -209,9 +219,11 @@ static int diagnose_now(run_state *s, nbs_model *m, int epoch, nbs_collapse_repo
     memset(r, 0, sizeof *r); /* freeable whatever fails (nbs_diagnose clears it only once called) */
     gsl_rng *g = nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_DIAGNOSE, (uint64_t)epoch, err);
     if (!g) return err->code;
-    nbs_cells c = all_cells(s);
-    c.rows = s->diag_rows;
-    c.n = s->n_diag;
+    nbs_cells c = s->diag_X ? nbs_cells_all(s->diag_X, s->diag_lib) : all_cells(s);
+    if (!s->diag_X) {
+        c.rows = s->diag_rows;
+        c.n = s->n_diag;
+    }
     int st = nbs_diagnose(m, &c, &s->p->config.diagnose, g, r, err);
     gsl_rng_free(g);
     return st;
@@ -235,7 +247,7 @@ static int track_epoch(void *user, nbs_model *m, int epoch, nbs_error *err) {
 /* Labels for the kept cells, from a labels table or the h5ad's obs. */
 static int read_labels(run_state *s, nbs_error *err) {
     const nbs_input_config *in = &s->p->config.input;
-    if (!in->label_column[0] || s->labels) return NBS_OK;
+    if (!in->label_column[0] || s->labels || s->out_of_core) return NBS_OK; /* out of core: noted by decide_backed */
     if (in->labels_path[0])
         return nbs_io_read_labels_table(in->labels_path, in->label_column, s->pre->matrix, &s->labels, err);
     if (s->format == NBS_FMT_H5AD)
@@ -510,48 +522,53 @@ static int stage_trajectory(run_state *s, nbs_error *err) {
 
 /* ---- train ---- */
 
+/* The names and ids of the model's genes: the matrix's, or out of core the chosen ones of the file. */
+static char **model_gene_names(const run_state *s) { return s->backed ? s->backed_names : s->pre->matrix->gene_names; }
+static char **model_gene_ids(const run_state *s) { return s->backed ? s->backed_ids : s->pre->matrix->gene_ids; }
+
 static int save_checkpoint(void *user, nbs_model *m, const nbs_train_state *ts, const nbs_train_log *l,
                            nbs_error *err) {
     run_state *s = user;
     char path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_CHECKPOINT, path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    const nbs_matrix *X = s->pre->matrix;
-    return nbs_checkpoint_save(path, m, &s->p->config, &s->ck.covariates, X->gene_names, X->gene_ids, ts, l, err);
+    return nbs_checkpoint_save(path, m, &s->p->config, &s->ck.covariates, model_gene_names(s), model_gene_ids(s), ts,
+                               l, err);
 }
 
 /* A resumed run must see the genes its checkpoint was trained on, in the same order. */
-static int check_resume_genes(const nbs_checkpoint *ck, const nbs_matrix *X, const char *path,
+static int check_resume_genes(const nbs_checkpoint *ck, char *const *names, int64_t n_genes, const char *path,
                               nbs_error *err) {
-    int same = ck->n_genes == X->n_genes;
-    for (int64_t g = 0; same && g < X->n_genes; g++) same = !strcmp(ck->gene_names[g], X->gene_names[g]);
+    int same = ck->n_genes == n_genes;
+    for (int64_t g = 0; same && g < n_genes; g++) same = !strcmp(ck->gene_names[g], names[g]);
     if (!same)
         return nbs_error_set(err, NBS_ERR_INPUT,
                              "%s: the checkpoint was trained on %lld genes, but this input and "
                              "preprocessing give %lld other ones; resume with the same input and "
                              "preprocess section (they are in the checkpoint's configuration)",
-                             path, (long long)ck->n_genes, (long long)X->n_genes);
+                             path, (long long)ck->n_genes, (long long)n_genes);
     return NBS_OK;
 }
 
 static int stage_train(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
-    const nbs_matrix *X = s->pre->matrix;
+    const nbs_matrix *X = s->pre->matrix; /* NULL out of core */
+    const int64_t n_genes = s->pre->n_genes;
     stage_begin(s, "train");
     int st = NBS_OK;
     if (s->o->resume) {
         st = nbs_checkpoint_load(s->o->resume, &s->ck, err);
-        if (!st) st = check_resume_genes(&s->ck, X, s->o->resume, err);
+        if (!st) st = check_resume_genes(&s->ck, model_gene_names(s), n_genes, s->o->resume, err);
         /* the checkpoint's categories and standardisation, not the resumed data's own */
-        if (!st) st = nbs_covariates_encode(&s->ck.covariates, &c->input, s->format, X, &s->cov, err);
+        if (!st && X) st = nbs_covariates_encode(&s->ck.covariates, &c->input, s->format, X, &s->cov, err);
         if (st) return st;
         nbs_info("resuming from %s after epoch %d", s->o->resume, s->ck.state.epochs_done);
     } else {
-        if (X->n_genes > INT32_MAX) return nbs_error_set(err, NBS_ERR_INPUT, "too many genes");
-        if ((st = nbs_covariates_fit(&c->input, s->format, X, &s->ck.covariates, &s->cov, err))) return st;
+        if (n_genes > INT32_MAX) return nbs_error_set(err, NBS_ERR_INPUT, "too many genes");
+        if (X && (st = nbs_covariates_fit(&c->input, s->format, X, &s->ck.covariates, &s->cov, err))) return st;
         const nbs_covariate_layout layout = nbs_covariates_layout(&s->ck.covariates);
         gsl_rng *r = nbs_stream_rng(c->train.seed, NBS_STREAM_INIT, 0, err);
         if (!r) return err->code;
-        s->ck.model = nbs_model_new(&c->model, (int)X->n_genes, &layout, r, err);
+        s->ck.model = nbs_model_new(&c->model, (int)n_genes, &layout, r, err);
         gsl_rng_free(r);
         if (!s->ck.model) return err->code;
         if ((st = nbs_train_state_init(&s->ck.state, s->ck.model, c->train.seed, err))) return st;
@@ -568,15 +585,23 @@ static int stage_train(run_state *s, nbs_error *err) {
     nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
     const nbs_train_hooks peer = {0}; /* a data-parallel peer writes nothing */
     const int writer = !s->o->reduce || s->o->reduce->rank == 0;
-    const nbs_cells all = all_cells(s);
-    st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer, s->o->reduce, err);
+    if (s->backed) { /* positions of the kept cells; the minibatches come from the file */
+        const nbs_cells pos = {.n = s->pre->n_cells};
+        const nbs_batch_source src = nbs_backed_loader_source(s->loader);
+        st = nbs_train_from(s->ck.model, &pos, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer,
+                            s->o->reduce, &src, err);
+    } else {
+        const nbs_cells all = all_cells(s);
+        st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer, s->o->reduce,
+                       err);
+    }
     if (!writer) return st;
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_LOG, err);
     if (st) return st;
     char model_path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_MODEL, model_path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    st = nbs_checkpoint_save(model_path, s->ck.model, c, &s->ck.covariates, X->gene_names, X->gene_ids, &s->ck.state,
-                             &s->ck.log, err);
+    st = nbs_checkpoint_save(model_path, s->ck.model, c, &s->ck.covariates, model_gene_names(s), model_gene_ids(s),
+                             &s->ck.state, &s->ck.log, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_MODEL, err);
     if (st) return st;
     remove(ckpt_path); /* model.h5 holds everything the periodic checkpoint did, and more */
@@ -603,8 +628,8 @@ static int write_genes(run_state *s, nbs_error *err) {
     FILE *f;
     int st = nbs_io_atomic_open(path, tmp, &f, err);
     if (st) return st;
-    const nbs_matrix *X = s->pre->matrix;
-    for (int64_t g = 0; g < X->n_genes; g++) fprintf(f, "%s\t%s\n", X->gene_ids[g], X->gene_names[g]);
+    char **ids = model_gene_ids(s), **names = model_gene_names(s);
+    for (int64_t g = 0; g < s->pre->n_genes; g++) fprintf(f, "%s\t%s\n", ids[g], names[g]);
     st = nbs_io_atomic_close(f, tmp, path, err);
     return st ? st : nbs_manifest_add_output(s->manifest, NBS_OUT_GENES, err);
 }
@@ -761,6 +786,203 @@ static int stage_write(run_state *s, nbs_error *err) {
     return st ? st : stage_end(s, "write", msg, err);
 }
 
+/* ---- out of core (input.backed, backed.h) ---- */
+
+#define BACKED_WRITE_CELLS 4096 /* cells embedded and written at a time out of core */
+
+/* Whether this run reads its input out of core; the choice is logged either way. Out of core, the
+ * stages that need every cell's counts in memory are refused or left out with a note. */
+static int decide_backed(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const nbs_input_config *in = &c->input;
+    nbs_format f = in->format;
+    nbs_error scratch = {0};
+    if (!in->samples.n && f == NBS_FMT_AUTO && nbs_io_detect_format(in->path, &f, &scratch)) f = NBS_FMT_AUTO;
+    char why[256];
+    int backed = 0;
+    int st = nbs_backed_decide(in, f, &backed, why, err);
+    if (st) return st;
+    if (in->backed != 0 && why[0]) nbs_info("%s", why);
+    if (!backed) return NBS_OK;
+    const char *refused = in->batch_key[0] ? "input.batch_key"
+                          : in->categorical_covariates.n ? "input.categorical_covariates"
+                          : in->continuous_covariates.n ? "input.continuous_covariates"
+                          : c->trajectory.enabled ? "trajectory.enabled"
+                          : c->model.discrete ? "model.discrete" : NULL;
+    if (refused)
+        return nbs_error_set(err, NBS_ERR_USAGE, "%s: out of core (%s) a run takes no covariates, discrete latent or "
+                             "trajectory stage yet; leave %s out, or load the counts (input.backed: false)", refused,
+                             in->backed == 1 ? "input.backed: true" : "input.backed auto, above input.memory_limit",
+                             refused);
+    if (s->o->reduce && s->o->reduce->size > 1)
+        return nbs_error_set(err, NBS_ERR_USAGE, "%s under mpirun: every process of a data-parallel run holds the "
+                             "whole matrix; load the counts (input.backed: false), or train in one process out of "
+                             "core", in->backed == 1 ? "input.backed: true" : "input.backed auto, above input.memory_limit");
+    if (in->label_column[0])
+        nbs_info("out of core: the k-NN score of the '%s' labels and the integration metrics need every cell's "
+                 "embedding and counts in memory; they are not computed", in->label_column);
+    s->format = f;
+    s->out_of_core = 1;
+    return NBS_OK;
+}
+
+static int stage_load_backed(run_state *s, nbs_error *err) {
+    const nbs_input_config *in = &s->p->config.input;
+    stage_begin(s, "load");
+    int st = nbs_manifest_add_input(s->manifest, in->path, err);
+    if (!st) st = nbs_backed_open(in, s->format, &s->backed, err);
+    if (st) return st;
+    char msg[256];
+    snprintf(msg, sizeof msg, "%lld cells x %lld genes, %lld nonzeros, read from the file block by block",
+             (long long)nbs_backed_n_cells(s->backed), (long long)nbs_backed_n_genes(s->backed),
+             (long long)nbs_backed_nnz(s->backed));
+    return stage_end(s, "load", msg, err);
+}
+
+static int stage_preprocess_backed(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    stage_begin(s, "preprocess");
+    const nbs_row_source rows = nbs_backed_rows(s->backed);
+    int st = nbs_preprocess_stream(&rows, &c->preprocess, &s->pre, &s->row_nnz, err);
+    if (st) return st;
+    const int64_t G = s->pre->n_genes;
+    s->backed_names = nbs_malloc(sizeof *s->backed_names * (size_t)G, err);
+    s->backed_ids = nbs_malloc(sizeof *s->backed_ids * (size_t)G, err);
+    if (!s->backed_names || !s->backed_ids) return NBS_ERR_NOMEM;
+    for (int64_t g = 0; g < G; g++) {
+        s->backed_names[g] = nbs_backed_gene_names(s->backed)[s->pre->genes[g]];
+        s->backed_ids[g] = nbs_backed_gene_ids(s->backed)[s->pre->genes[g]];
+    }
+    const nbs_input_config *in = &c->input;
+    s->loader = nbs_backed_loader_new(s->backed, s->pre, s->row_nnz, in->backed_block, in->backed_shuffle_blocks,
+                                      c->train.batch_size, err);
+    if (!s->loader) return err->code;
+    nbs_info("out of core: minibatches from buffers of %d blocks of %d consecutive cells (input.backed_shuffle_blocks, "
+             "input.backed_block), shuffled within each buffer", in->backed_shuffle_blocks, in->backed_block);
+    char msg[512];
+    nbs_preprocess_summary(s->pre, &c->preprocess, msg, sizeof msg);
+    if (s->pre->cells_zero_library)
+        nbs_warn("%lld cells have no counts in the selected genes; they are kept and embedded from "
+                 "an empty profile", (long long)s->pre->cells_zero_library);
+    return stage_end(s, "preprocess", msg, err);
+}
+
+/* The embedding of kept cells [c0, c0 + n) read from the file: location (n, d), spread (n, spread
+ * dim), and their counts *X (n, genes; the caller frees it). */
+static int embed_backed(run_state *s, int64_t c0, int64_t n, int64_t *rows, float *z, float *spread, nbs_matrix **X,
+                        nbs_error *err) {
+    double *lib;
+    for (int64_t i = 0; i < n; i++) rows[i] = c0 + i;
+    int st = nbs_backed_loader_read(s->loader, rows, n, X, &lib, err);
+    if (st) return st;
+    const nbs_cells cells = nbs_cells_all(*X, lib);
+    st = nbs_model_embed(s->ck.model, &cells, z, spread, err);
+    free(lib);
+    return st;
+}
+
+/* embedding.h5ad out of core: a copy of an .h5ad input that kept every cell, else a new file with the
+ * counts the model saw (noted for an .h5ad input: a copy needs every cell). */
+static int open_h5ad_stream(run_state *s, nbs_h5ad_stream **out, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int gauss = !nbs_latent_on_sphere(L);
+    const int copy = s->format == NBS_FMT_H5AD && s->pre->n_cells == s->pre->n_cells_in;
+    if (s->format == NBS_FMT_H5AD && !copy)
+        nbs_info("embedding.h5ad: the filters kept %lld of the %lld cells; out of core it is a new file with their "
+                 "counts in the chosen genes, not a copy of %s", (long long)s->pre->n_cells,
+                 (long long)s->pre->n_cells_in, c->input.path);
+    int64_t nnz = 0;
+    for (int64_t i = 0; i < s->pre->n_cells; i++) nnz += s->row_nnz[i];
+    const nbs_embedding_meta meta = {c->output.embedding_key, nbs_latent_word(L->kind), gauss ? "euclidean" : "cosine",
+                                     NBS_VERSION, NULL, NULL, NULL, 0, NULL};
+    char path[NBS_PATH_MAX];
+    if (out_path(s, NBS_OUT_H5AD, path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    return nbs_io_h5ad_stream_open(path, copy ? c->input.path : NULL, s->pre->n_cells, L->dim, !gauss, &meta,
+                                   s->backed_names, s->backed_ids, s->pre->n_genes, nnz, out, err);
+}
+
+/* embedding.tsv a block of cells at a time into its temporary file, renamed when complete; the
+ * report shows the diagnostics' subsample. */
+static int stage_write_backed(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int d = L->dim, gauss = !nbs_latent_on_sphere(L), sd = nbs_latent_spread_dim(L);
+    const int n_extra = gauss ? (c->output.write_variances ? d : 0) : 1;
+    const int64_t n = s->pre->n_cells, B = BACKED_WRITE_CELLS;
+    stage_begin(s, "write");
+    char names_buf[NBS_MAX_KL_TERMS][16];
+    const char *names[NBS_MAX_KL_TERMS];
+    for (int j = 0; j < n_extra; j++) {
+        snprintf(names_buf[j], sizeof names_buf[j], gauss ? "var%d" : "kappa", j + 1);
+        names[j] = names_buf[j];
+    }
+    int64_t *rows = nbs_malloc(sizeof *rows * (size_t)B, err);          /* (B) */
+    float *z = nbs_malloc(sizeof *z * (size_t)(B * d), err);             /* (B, d) */
+    float *spread = nbs_malloc(sizeof *spread * (size_t)(B * sd), err);  /* (B, sd) */
+    char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
+    FILE *f = NULL;
+    nbs_h5ad_stream *h5 = NULL;
+    int st = rows && z && spread ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st && c->output.write_h5ad) st = open_h5ad_stream(s, &h5, err);
+    if (!st && out_path(s, NBS_OUT_EMBEDDING, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+    if (!st) st = nbs_io_atomic_open(path, tmp, &f, err);
+    int bad = !st && nbs_io_embedding_tsv_header(f, d, n_extra, names);
+    for (int64_t c0 = 0; !st && !bad && c0 < n; c0 += B) {
+        const int64_t m = c0 + B < n ? B : n - c0;
+        const int64_t r0 = s->pre->cells[c0], r1 = s->pre->cells[c0 + m - 1] + 1; /* file rows of the block */
+        char **file_names = nbs_calloc((size_t)(r1 - r0), sizeof *file_names, err);
+        char **bc = nbs_malloc(sizeof *bc * (size_t)m, err);
+        nbs_matrix *X = NULL;
+        st = file_names && bc ? embed_backed(s, c0, m, rows, z, spread, &X, err) : NBS_ERR_NOMEM;
+        if (!st) st = nbs_backed_barcodes(s->backed, r0, r1 - r0, file_names, err);
+        for (int64_t i = 0; !st && i < m; i++) bc[i] = file_names[s->pre->cells[c0 + i] - r0];
+        if (!st) bad = nbs_io_embedding_tsv_rows(f, bc, m, d, z, n_extra, spread);
+        if (!st && h5) st = nbs_io_h5ad_stream_rows(h5, m, bc, z, gauss ? NULL : spread, X, err);
+        nbs_matrix_free(X);
+        if (file_names) nbs_io_free_labels(file_names, r1 - r0);
+        free(bc);
+    }
+    if (f) {
+        if (st) {
+            fclose(f);
+            st = nbs_io_commit_or_discard(tmp, path, st, err);
+        } else {
+            st = nbs_io_atomic_close(f, tmp, path, err);
+        }
+    }
+    free(rows);
+    free(z);
+    free(spread);
+    if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
+    if (h5) {
+        st = nbs_io_h5ad_stream_close(h5, st, err);
+        if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
+    }
+    if (!st && s->trained) st = write_genes(s, err);
+    if (!st && c->output.write_report && s->have_report) { /* the figures: the diagnostics' subsample */
+        const int64_t nd = s->n_diag;
+        float *zd = nbs_malloc(sizeof *zd * (size_t)(nd * d + 1), err), *kd = nbs_malloc(sizeof *kd * (size_t)(nd * sd + 1), err);
+        const nbs_cells dc = nbs_cells_all(s->diag_X, s->diag_lib);
+        st = zd && kd ? nbs_model_embed(s->ck.model, &dc, zd, kd, err) : NBS_ERR_NOMEM;
+        nbs_report_input ri = {&s->report, &s->track, &s->ck.log, zd, nd, d, gauss ? NULL : kd, NULL, NULL,
+                               input_title(&c->input), NAN, NAN, KNN_K, NULL, NULL, NULL, NULL, NULL};
+        const char *reports[3] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML};
+        for (int i = 0; i < 3 && !st; i++) {
+            if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+            else if (i == 0) st = nbs_report_write_json(path, &ri, err);
+            else if (i == 1) st = nbs_report_write_tsv(path, &ri, err);
+            else st = nbs_report_write_html(path, &ri, err);
+            if (!st) st = nbs_manifest_add_output(s->manifest, reports[i], err);
+        }
+        free(zd);
+        free(kd);
+    }
+    char msg[256];
+    snprintf(msg, sizeof msg, "%lld cells embedded in %d dimensions, %lld at a time", (long long)n, d, (long long)B);
+    return st ? st : stage_end(s, "write", msg, err);
+}
+
 static int finish_manifest(run_state *s, int status, const nbs_error *failure, nbs_error *err) {
     char path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_MANIFEST, path))
@@ -780,6 +1002,8 @@ static int finish_manifest(run_state *s, int status, const nbs_error *failure, n
  * count zero, with a warning); the result stands in for the preprocessing stage's output. */
 static int load_model_and_data(run_state *s, const char *model_path, nbs_error *err) {
     const char *data = input_title(&s->p->config.input);
+    if (s->p->config.input.backed == 1)
+        nbs_info("input.backed: true is for run and train; this command loads %s into memory", data);
     int st = nbs_manifest_add_input(s->manifest, model_path, err);
     if (!st) {
         stage_begin(s, "load model");
@@ -947,7 +1171,14 @@ static int stage_adapt(run_state *s, const char *model_path, nbs_error *err) {
 }
 
 static void free_run(run_state *s) {
-    if (s->labels) nbs_io_free_labels(s->labels, s->pre->matrix->n_cells);
+    if (s->labels) nbs_io_free_labels(s->labels, s->pre->n_cells);
+    nbs_backed_loader_free(s->loader);
+    nbs_backed_close(s->backed);
+    free(s->row_nnz);
+    free(s->backed_names);
+    free(s->backed_ids);
+    nbs_matrix_free(s->diag_X);
+    free(s->diag_lib);
     nbs_matrix_free(s->counts);
     nbs_preprocess_result_free(s->pre);
     nbs_checkpoint_free(&s->ck);
@@ -1096,6 +1327,15 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     if (out_path(&s, NBS_OUT_CONFIG, cfg_path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     if (!st) st = nbs_pipeline_write_yaml(&p->config, cfg_path, err);
     if (!st) st = nbs_manifest_add_output(s.manifest, NBS_OUT_CONFIG, err);
+    if (!st) st = decide_backed(&s, err);
+    if (!st && s.out_of_core) { /* out of core: the counts stay in the file */
+        st = stage_load_backed(&s, err);
+        if (!st) st = stage_preprocess_backed(&s, err);
+        if (!st) st = stage_train(&s, err);
+        if (!st) st = stage_diagnose(&s, err);
+        if (!st) st = stage_write_backed(&s, err);
+        return finish_run(&s, st, err);
+    }
     if (!st) st = stage_load(&s, err);
     if (!st) st = stage_preprocess(&s, err);
     if (!st) st = read_labels(&s, err); /* a labels problem is reported before training, not after */

@@ -213,7 +213,8 @@ static int64_t global_batches(const peers *p, int64_t n, int batch) {
  * and identical in a resumed run; each process takes its share of each batch and the sums
  * of all are reduced. */
 static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, const int64_t *val, int64_t n_val,
-                    int batch, uint64_t seed, int epoch, const peers *p, double *recon, double *kl, nbs_error *err) {
+                    int batch, uint64_t seed, int epoch, const peers *p, const nbs_batch_source *src, double *recon,
+                    double *kl, nbs_error *err) {
     const int K = nbs_model_kl_terms(m);
     double klb[NBS_MAX_KL_TERMS], kl_terms[NBS_MAX_KL_TERMS] = {0};
     gsl_rng *r = nbs_stream_rng(seed, NBS_STREAM_VALIDATION, (uint64_t)epoch, err);
@@ -230,7 +231,8 @@ static int validate(nbs_model *m, nbs_workspace *w, const nbs_cells *cells, cons
         const int64_t s = b * g, mb = n_val - s < g ? n_val - s : g;
         int64_t lo, hi;
         share_of(p, mb, &lo, &hi);
-        const nbs_cells bc = nbs_cells_slice(&vc, s + lo, hi - lo);
+        nbs_cells bc = nbs_cells_slice(&vc, s + lo, hi - lo);
+        if (src && (st = src->fetch(src->user, val, n_val, s + lo, bc.n, &bc, err))) break;
         if (p->size > 1) nbs_workspace_set_share(w, lo, mb - hi, p->sphere);
         double rc;
         st = nbs_model_forward(m, w, &bc, NBS_PASS_EVAL_SAMPLE, r, &rc, klb, err);
@@ -341,6 +343,12 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
 
 int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_in, nbs_train_state *s,
               nbs_train_log *log, const nbs_train_hooks *h, const nbs_train_reduce *reduce, nbs_error *err) {
+    return nbs_train_from(m, cells, tc_in, s, log, h, reduce, NULL, err);
+}
+
+int nbs_train_from(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_in, nbs_train_state *s,
+                   nbs_train_log *log, const nbs_train_hooks *h, const nbs_train_reduce *reduce,
+                   const nbs_batch_source *src, nbs_error *err) {
     const nbs_matrix *X = cells->X;
     const int64_t n_cells = cells->n;
     nbs_train_config resolved = *tc_in;
@@ -366,6 +374,10 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     if (st) return st;
     for (int64_t i = 0; i < n_cells; i++) order[i] = nbs_cells_row(cells, order[i]); /* positions -> rows of X */
     int64_t *val = order, n_train = n_cells - n_val;
+    if (src && (st = src->order(src->user, val, n_val, NULL, err))) { /* the validation pass's order, once */
+        free(order);
+        return st;
+    }
     const int batch = tc->batch_size; /* this process's cells per step */
     peers pr = {0, 1, reduce, NULL};
     if (reduce && reduce->size > 1) pr.rank = reduce->rank, pr.size = reduce->size;
@@ -383,7 +395,8 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     if (train && (kappas || !sphere) && sphere && pr.size > 1 && !(pr.sphere = gsl_rng_alloc(gsl_rng_mt19937)))
         nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the random generator");
     nbs_workspace *w = train && (kappas || !sphere) && (pr.sphere || !sphere || pr.size == 1)
-                           ? nbs_workspace_new(m, batch, nbs_matrix_max_batch_nnz(X, batch), err) : NULL;
+                           ? nbs_workspace_new(m, batch, src ? src->max_nnz : nbs_matrix_max_batch_nnz(X, batch), err)
+                           : NULL;
     if (!w) {
         free(order), free(train), free(kappas);
         if (pr.sphere) gsl_rng_free(pr.sphere);
@@ -409,7 +422,8 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
     for (int epoch = s->epochs_done + 1; epoch <= tc->epochs && !st; epoch++) {
         const double t0 = nbs_progress_now();
         memcpy(train, order + n_val, sizeof(int64_t) * (size_t)n_train);
-        gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
+        if (!src) gsl_ran_shuffle(s->rng, train, (size_t)n_train, sizeof(int64_t));
+        else if ((st = src->order(src->user, train, n_train, s->rng, err))) break;
         double sum_recon = 0, sum_loss = 0, beta = 0, t_prod, t_lik;
         int64_t n_seen = 0; /* the cells the sums are over: every process's in a data-parallel run */
         int64_t n_kappa = 0; /* this process's cells so far */
@@ -419,7 +433,8 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
             const int64_t off = b * gbatch, mb = n_train - off < gbatch ? n_train - off : gbatch;
             int64_t lo, hi;
             share_of(&pr, mb, &lo, &hi);
-            const nbs_cells bc = nbs_cells_slice(&tcells, off + lo, hi - lo);
+            nbs_cells bc = nbs_cells_slice(&tcells, off + lo, hi - lo);
+            if (src && (st = src->fetch(src->user, train, n_train, off + lo, bc.n, &bc, err))) break;
             if (pr.size > 1) {
                 if (pr.sphere)
                     gsl_rng_set(pr.sphere, nbs_stream_seed(tc->seed, NBS_STREAM_TRAIN, (uint64_t)s->step + 1,
@@ -458,7 +473,7 @@ int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc_i
             r.kl += kl_epoch[t];
         }
         if (n_val > 0) {
-            st = validate(m, w, cells, val, n_val, batch, tc->seed, epoch, &pr, &r.val_recon, &r.val_kl, err);
+            st = validate(m, w, cells, val, n_val, batch, tc->seed, epoch, &pr, src, &r.val_recon, &r.val_kl, err);
             if (st) break;
             r.val_elbo = -(r.val_recon + r.val_kl);
             if (!isfinite(r.val_elbo)) {

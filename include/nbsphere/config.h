@@ -83,6 +83,14 @@ typedef struct {
     char batch_key[NBS_NAME_MAX];
     nbs_name_list categorical_covariates;
     nbs_name_list continuous_covariates;
+    /* Out of core (backed.h): 1 reads the counts from the file block by block, 0 loads them,
+     * NBS_AUTO decides by the in-memory estimate against memory_limit (megabytes; NBS_AUTO: a
+     * fraction of the physical memory). Minibatches come from buffers of backed_shuffle_blocks
+     * blocks of backed_block consecutive cells. */
+    int backed;
+    int memory_limit;
+    int backed_block;
+    int backed_shuffle_blocks;
 } nbs_input_config;
 
 typedef struct {

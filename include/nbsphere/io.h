@@ -97,6 +97,12 @@ int nbs_io_write_embedding_tsv(const char *path, char *const *barcodes, int64_t 
                                const float *embedding, int n_extra, const char *const *extra_names,
                                const float *extra, nbs_error *err);
 
+/* The same in pieces, for an embedding written a block of cells at a time into a stream of
+ * nbs_io_atomic_open: the header line, then rows. Non-zero when a write failed. */
+int nbs_io_embedding_tsv_header(FILE *f, int d, int n_extra, const char *const *extra_names);
+int nbs_io_embedding_tsv_rows(FILE *f, char *const *barcodes, int64_t n, int d, const float *embedding, int n_extra,
+                              const float *extra);
+
 /* A column written into obs: an anndata categorical (codes into categories), or numbers. */
 typedef struct {
     const char *name;
@@ -156,6 +162,22 @@ typedef struct {
  * time stamps: the same inputs give the same bytes. */
 int nbs_io_write_h5ad(const char *path, const char *copy_from, const nbs_matrix *m, int d,
                       const float *embedding, const nbs_embedding_meta *meta, nbs_error *err);
+
+/* Out of core: embedding.h5ad written a block of cells at a time into its temporary file on disk,
+ * renamed over path when complete (removed on failure). copy_from (an .h5ad whose obs has exactly
+ * n rows): a copy of it, made a MiB at a time, gains obsm[meta->key] (n x d) and uns/nbsphere
+ * (and obs/nbsphere_kappa with kappa); else a new file whose X (n x n_genes, nnz entries, CSR)
+ * comes with the rows. The disk space of what the rows add is reserved first. */
+typedef struct nbs_h5ad_stream nbs_h5ad_stream;
+int nbs_io_h5ad_stream_open(const char *path, const char *copy_from, int64_t n, int d, int kappa,
+                            const nbs_embedding_meta *meta, char *const *gene_names, char *const *gene_ids,
+                            int64_t n_genes, int64_t nnz, nbs_h5ad_stream **out, nbs_error *err);
+/* The next n cells: names (new file), embedding (n, d), kappa (n) with kappa, counts (new file: n
+ * rows of the chosen genes). */
+int nbs_io_h5ad_stream_rows(nbs_h5ad_stream *s, int64_t n, char *const *barcodes, const float *z, const float *kappa,
+                            const nbs_matrix *counts, nbs_error *err);
+/* Closes and renames (status NBS_OK and every cell written) or removes the file; returns the status. */
+int nbs_io_h5ad_stream_close(nbs_h5ad_stream *s, int status, nbs_error *err);
 
 /* Writers used by `nbsphere simulate` (and tests): Cell Ranger v3 HDF5 and a 10x MTX folder. */
 int nbs_io_write_10x_h5(const char *path, const nbs_matrix *m, nbs_error *err);

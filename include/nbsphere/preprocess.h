@@ -98,4 +98,26 @@ int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, in
  * k is clipped to n; returns the number written to out. */
 int64_t nbs_preprocess_top_k(const double *score, int64_t n, int64_t k, int64_t *out);
 
+
+/* ---- out of core (backed.h): the same steps in passes over the rows of a file ---- */
+
+/* Called with each block of rows of the input in order: a CSR view of block->n_cells rows over
+ * every input gene (indptr from 0), whose first row is row `first` of the input. */
+typedef int (*nbs_rows_visit)(void *ctx, const nbs_matrix *block, int64_t first, nbs_error *err);
+/* The input's rows, n_cells x n_genes, handed to visit in order, block by block, by scan; the
+ * values as nbs_io_read would validate them. */
+typedef struct {
+    void *user;
+    int64_t n_cells, n_genes;
+    int (*scan)(void *user, nbs_rows_visit visit, void *ctx, nbs_error *err);
+} nbs_row_source;
+
+/* nbs_preprocess_run without the matrix: the cell filters, the gene filter, pooled Seurat v3 and
+ * the library sizes in four passes over src (three without highly variable genes), with the same
+ * arithmetic in the same order, so the cells, genes and library sizes are bit-identical to
+ * nbs_preprocess_run's. (*out)->matrix is NULL; *row_nnz (kept cells) gets each kept cell's
+ * entries in the chosen genes (what sizes a minibatch). Memory: O(cells + genes). */
+int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
+                          int32_t **row_nnz, nbs_error *err);
+
 #endif

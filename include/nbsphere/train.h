@@ -128,10 +128,30 @@ int nbs_train_step(nbs_model *m, nbs_workspace *w, const nbs_cells *batch, const
                    double beta, gsl_rng *rng, const nbs_train_reduce *reduce, nbs_step_result *out,
                    nbs_error *err);
 
+/* Where the minibatches come from when the counts are not in memory (input.backed, backed.h).
+ * The cells are then positions 0 .. cells->n - 1 (cells->X unused) and:
+ *   order   arranges seq (n cells, in the split's order) for one pass: with rng, the training
+ *           epoch's order (in place of one shuffle of all of them); without, the validation
+ *           pass's (no draws)
+ *   fetch   loads the cells seq[pos .. pos + n) of seq (n_seq cells) into out (their counts, library sizes), valid
+ *           until the next call
+ *   max_nnz the most stored entries of any batch_size cells (the workspace's capacity) */
+typedef struct {
+    int (*order)(void *user, int64_t *seq, int64_t n, gsl_rng *rng, nbs_error *err);
+    int (*fetch)(void *user, const int64_t *seq, int64_t n_seq, int64_t pos, int64_t n, nbs_cells *out,
+                 nbs_error *err);
+    int64_t max_nnz;
+    void *user;
+} nbs_batch_source;
+
 /* Trains m on the cells of cells (their library sizes given; the split into training and
  * validation cells is over them) from s->epochs_done + 1 to tc->epochs; reduce may be NULL
  * (one process). Every process of a data-parallel run holds the same cells, model and state. */
 int nbs_train(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc, nbs_train_state *s,
               nbs_train_log *log, const nbs_train_hooks *hooks, const nbs_train_reduce *reduce, nbs_error *err);
+/* The same with the minibatches from src (NULL: the cells of cells, in memory). */
+int nbs_train_from(nbs_model *m, const nbs_cells *cells, const nbs_train_config *tc, nbs_train_state *s,
+                   nbs_train_log *log, const nbs_train_hooks *h, const nbs_train_reduce *reduce,
+                   const nbs_batch_source *src, nbs_error *err);
 
 #endif

@@ -1,0 +1,757 @@
+/* Out-of-core input (backed.h): rows of an .h5ad CSR matrix or a 10x HDF5 matrix read in
+ * contiguous runs with hyperslabs, and the loader that serves minibatches from shuffled blocks. */
+#include "nbsphere/backed.h"
+
+#include <gsl/gsl_randist.h>
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "io_h5_internal.h"
+#include "io_internal.h"
+#include "nbsphere/io.h"
+
+struct nbs_backed {
+    char path[NBS_PATH_MAX];
+    char loc[NBS_NAME_MAX + 16]; /* the matrix group, for messages: X, layers/counts, matrix */
+    hid_t f, g, d_idx, d_data;   /* the file, the matrix group, its indices and data */
+    hid_t names_loc;             /* the group holding the cell names, and their dataset */
+    char names_ds[NBS_NAME_MAX];
+    int64_t n_cells, n_file_genes, n_genes, nnz;
+    int64_t *indptr;             /* (n_cells + 1) */
+    int64_t *gene_of;            /* (n_file_genes) input gene of a file column, -1 dropped; NULL: same */
+    char **gene_names, **gene_ids; /* (n_genes) */
+    nbs_nonint_policy non_integer;
+    int peek;                    /* the layout only (nbs_backed_decide): no indptr, names or notes */
+    /* one block of rows as read: indptr (rows + 1, from 0), input-gene indices and values */
+    int64_t *blk_indptr, blk_rows_cap;
+    int32_t *blk_idx;
+    float *blk_data;
+    int64_t blk_cap;
+};
+
+/* ---- deciding ---- */
+
+double nbs_backed_estimate(int64_t n_cells, int64_t n_genes, int64_t nnz) {
+    /* the loaded CSR (8 bytes an entry, 8 a row) and names (about 64 bytes each) */
+    return 8.0 * (double)nnz + 72.0 * (double)n_cells + 64.0 * (double)n_genes;
+}
+
+/* The stored entries and shape of the matrix the input names, without reading it: NBS_OK, or the
+ * status (NBS_ERR_INPUT when the file is not of a layout out-of-core reading takes). */
+static int open_file(const nbs_input_config *in, nbs_format format, int peek, nbs_backed **out, nbs_error *err);
+
+static int peek_size(const nbs_input_config *in, nbs_format format, int64_t *n_cells, int64_t *n_genes, int64_t *nnz) {
+    nbs_error e = {0};
+    nbs_backed *b = NULL;
+    const int st = open_file(in, format, 1, &b, &e);
+    if (st) return st;
+    *n_cells = b->n_cells;
+    *n_genes = b->n_genes;
+    *nnz = b->nnz;
+    nbs_backed_close(b);
+    return NBS_OK;
+}
+
+int nbs_backed_decide(const nbs_input_config *in, nbs_format format, int *backed, char *why, nbs_error *err) {
+    const int readable = !in->samples.n && (format == NBS_FMT_H5AD || format == NBS_FMT_10X_H5);
+    if (in->backed == 1) {
+        if (!readable)
+            return nbs_error_set(err, NBS_ERR_USAGE, "input.backed: true reads an .h5ad (CSR X or layer) or a 10x .h5 "
+                                 "file out of core; %s is %s: set input.backed: false (or auto), or convert it to .h5ad",
+                                 in->samples.n ? "input.samples" : in->path,
+                                 in->samples.n ? "several files" : nbs_enum_word_of(nbs_format_words, format));
+        *backed = 1;
+        snprintf(why, 256, "input.backed: true");
+        return NBS_OK;
+    }
+    *backed = 0;
+    if (in->backed == 0) {
+        snprintf(why, 256, "input.backed: false");
+        return NBS_OK;
+    }
+    double limit = (double)in->memory_limit * 1048576.0;
+    const char *whose = "input.memory_limit";
+    if (in->memory_limit == NBS_AUTO) {
+        const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+        limit = pages > 0 && size > 0 ? NBS_BACKED_RAM_FRACTION * (double)pages * (double)size : INFINITY;
+        whose = "input.memory_limit auto, half of the physical memory";
+    }
+    why[0] = '\0';
+    if (!readable) return NBS_OK; /* nothing to choose: only out-of-core readable inputs are estimated */
+    int64_t n, g, nnz;
+    const size_t len = strlen(in->path);
+    const int gz = len > 3 && !strcmp(in->path + len - 3, ".gz");
+    const int st = !gz ? peek_size(in, format, &n, &g, &nnz) : NBS_ERR_INPUT;
+    if (st == NBS_ERR_NOMEM) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory opening %s", in->path);
+    if (st) {
+        snprintf(why, 256, "input.backed auto: in memory (%s)", gz ? "a gzip-compressed input is inflated to be read; "
+                 "input.backed: true reads it out of core" : "its matrix is not one out-of-core reading takes");
+        return NBS_OK;
+    }
+    const double need = nbs_backed_estimate(n, g, nnz);
+    *backed = need > limit;
+    snprintf(why, 256, "input.backed auto: %s (the counts need about %.0f MB in memory; %s: %.0f MB)",
+             *backed ? "out of core" : "in memory", need / 1048576.0, whose, limit / 1048576.0);
+    return NBS_OK;
+}
+
+/* ---- opening ---- */
+
+void nbs_backed_close(nbs_backed *b) {
+    if (!b) return;
+    if (b->d_idx >= 0) H5Dclose(b->d_idx);
+    if (b->d_data >= 0) H5Dclose(b->d_data);
+    if (b->names_loc >= 0) H5Oclose(b->names_loc);
+    if (b->g >= 0) H5Gclose(b->g);
+    if (b->f >= 0) H5Fclose(b->f);
+    free(b->indptr);
+    free(b->gene_of);
+    if (b->gene_names) nbs_io_free_labels(b->gene_names, b->n_genes);
+    if (b->gene_ids) nbs_io_free_labels(b->gene_ids, b->n_genes);
+    free(b->blk_indptr);
+    free(b->blk_idx);
+    free(b->blk_data);
+    free(b);
+}
+
+static int listed(const char *wanted, const char *type) {
+    const size_t tl = strlen(type);
+    for (const char *p = wanted; *p;) {
+        p += strspn(p, " \t");
+        size_t len = strcspn(p, ","), end = len;
+        while (end && (p[end - 1] == ' ' || p[end - 1] == '\t')) end--;
+        if (end == tl && !strncasecmp(p, type, tl)) return 1;
+        p += len + (p[len] == ',');
+    }
+    return 0;
+}
+
+/* Strings of a dataset, n of them (the file's genes). */
+static char **read_names(hid_t loc, const char *name, const char *path, const char *grp, int64_t n, nbs_error *err) {
+    char **s = nbs_calloc((size_t)(n ? n : 1), sizeof *s, err);
+    if (s && nbs_h5_read_strings(loc, name, path, grp, s, n, err)) {
+        nbs_io_free_labels(s, n);
+        s = NULL;
+    }
+    return s;
+}
+
+/* An .h5ad: the CSR group at X, raw/X or layers/<layer>, var's index (and gene_ids), obs's index. */
+static int open_h5ad(nbs_backed *b, const nbs_input_config *in, nbs_error *err) {
+    const char *layer = in->layer;
+    char var[16] = "var";
+    if (!*layer || !strcmp(layer, "X")) snprintf(b->loc, sizeof b->loc, "X");
+    else if (!strcmp(layer, "raw")) snprintf(b->loc, sizeof b->loc, "raw/X"), snprintf(var, sizeof var, "raw/var");
+    else snprintf(b->loc, sizeof b->loc, "layers/%s", layer);
+    const H5O_type_t t = nbs_h5_type(b->f, b->loc);
+    char enc[64] = "";
+    if (t == H5O_TYPE_UNKNOWN)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: there is no /%s in this file; choose input.layer", b->path, b->loc);
+    if (t == H5O_TYPE_DATASET)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s is a dense array; out-of-core reading (input.backed) needs a "
+                             "CSR matrix (anndata's csr_matrix, each cell's counts stored together): set "
+                             "input.backed: false, or write the file with X as scipy.sparse.csr_matrix", b->path, b->loc);
+    b->g = H5Gopen2(b->f, b->loc, H5P_DEFAULT);
+    if (b->g < 0 || (nbs_h5_attr_string(b->g, "encoding-type", enc, sizeof enc) &&
+                     nbs_h5_attr_string(b->g, "h5sparse_format", enc, sizeof enc)))
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s is not a sparse matrix written by anndata (no encoding-type)",
+                             b->path, b->loc);
+    if (strcmp(enc, "csr_matrix") && strcmp(enc, "csr"))
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s is stored as %s (genes together); out-of-core reading "
+                             "(input.backed) needs each cell's counts together (csr_matrix): set input.backed: false, "
+                             "or convert it (adata.X = adata.X.tocsr())", b->path, b->loc, enc);
+    int64_t shape[2];
+    hid_t a = H5Aexists(b->g, "shape") > 0 ? H5Aopen(b->g, "shape", H5P_DEFAULT)
+              : H5Aexists(b->g, "h5sparse_shape") > 0 ? H5Aopen(b->g, "h5sparse_shape", H5P_DEFAULT) : -1;
+    hid_t sp = a >= 0 ? H5Aget_space(a) : -1;
+    const int ok = a >= 0 && H5Sget_simple_extent_npoints(sp) == 2 && H5Aread(a, H5T_NATIVE_INT64, shape) >= 0;
+    if (sp >= 0) H5Sclose(sp);
+    if (a >= 0) H5Aclose(a);
+    if (!ok || shape[0] < 0 || shape[1] < 0 || shape[0] > INT32_MAX || shape[1] > INT32_MAX)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s has no valid 2-element 'shape' attribute", b->path, b->loc);
+    b->n_cells = shape[0];
+    b->n_file_genes = b->n_genes = shape[1];
+    if (b->peek) return NBS_OK;
+    char idx[256] = "_index";
+    hid_t vg = nbs_h5_type(b->f, var) == H5O_TYPE_GROUP ? H5Gopen2(b->f, var, H5P_DEFAULT) : -1;
+    if (vg < 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s is not a dataframe group (anndata >= 0.7); out-of-core reading "
+                             "needs one: set input.backed: false", b->path, var);
+    nbs_h5_attr_string(vg, "_index", idx, sizeof idx);
+    int rc = (b->gene_names = read_names(vg, idx, b->path, var, b->n_genes, err)) ? NBS_OK : (int)err->code;
+    if (!rc && nbs_h5_type(vg, "gene_ids") == H5O_TYPE_DATASET) {
+        nbs_error tmp = {0};
+        b->gene_ids = read_names(vg, "gene_ids", b->path, var, b->n_genes, &tmp);
+    }
+    H5Gclose(vg);
+    if (rc) return rc;
+    b->names_loc = nbs_h5_type(b->f, "obs") == H5O_TYPE_GROUP ? H5Oopen(b->f, "obs", H5P_DEFAULT) : -1;
+    if (b->names_loc < 0)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: /obs is not a dataframe group (anndata >= 0.7); out-of-core reading "
+                             "needs one: set input.backed: false", b->path);
+    snprintf(b->names_ds, sizeof b->names_ds, "_index");
+    nbs_h5_attr_string(b->names_loc, "_index", b->names_ds, sizeof b->names_ds);
+    return NBS_OK;
+}
+
+static herr_t find_genome(hid_t g, const char *name, const H5L_info_t *info, void *op) {
+    (void)info;
+    char p[NBS_NAME_MAX + 16];
+    snprintf(p, sizeof p, "%s/indptr", name);
+    if (H5Lexists(g, name, H5P_DEFAULT) > 0 && nbs_h5_type(g, name) == H5O_TYPE_GROUP && nbs_h5_has(g, p)) {
+        char *out = op;
+        if (out[0]) out[0] = '\n'; /* more than one */
+        else snprintf(out, NBS_NAME_MAX, "%s", name);
+    }
+    return 0;
+}
+
+/* A 10x HDF5: v3's /matrix (features with types), or a v2 genome group. */
+static int open_10x(nbs_backed *b, const nbs_input_config *in, nbs_error *err) {
+    const int v3 = nbs_h5_type(b->f, "matrix") == H5O_TYPE_GROUP;
+    if (v3) snprintf(b->loc, sizeof b->loc, "matrix");
+    else if (in->genome[0]) snprintf(b->loc, sizeof b->loc, "%s", in->genome);
+    else {
+        char found[NBS_NAME_MAX] = "";
+        H5Literate(b->f, H5_INDEX_NAME, H5_ITER_INC, NULL, find_genome, found);
+        if (!found[0] || found[0] == '\n')
+            return nbs_error_set(err, NBS_ERR_INPUT, "%s: %s; set input.genome", b->path,
+                                 found[0] ? "several genome groups" : "no matrix group");
+        snprintf(b->loc, sizeof b->loc, "%s", found);
+    }
+    if (nbs_h5_type(b->f, b->loc) != H5O_TYPE_GROUP)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: there is no group /%s", b->path, b->loc);
+    b->g = H5Gopen2(b->f, b->loc, H5P_DEFAULT);
+    int64_t len;
+    int64_t *shape = nbs_h5_read_1d(b->g, "shape", b->path, b->loc, H5T_NATIVE_INT64, sizeof *shape, 2, &len, err);
+    if (!shape) return err->code;
+    b->n_file_genes = shape[0];
+    b->n_cells = shape[1];
+    free(shape);
+    if (b->n_cells < 0 || b->n_file_genes < 0 || b->n_cells > INT32_MAX || b->n_file_genes > INT32_MAX)
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s/shape (%lld, %lld) is out of range", b->path, b->loc,
+                             (long long)b->n_file_genes, (long long)b->n_cells);
+    b->n_genes = b->n_file_genes;
+    if (b->peek) return NBS_OK;
+    char fgrp[NBS_NAME_MAX + 32];
+    snprintf(fgrp, sizeof fgrp, "%s/features", b->loc);
+    hid_t fl = v3 ? H5Gopen2(b->g, "features", H5P_DEFAULT) : b->g;
+    if (fl < 0) return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s is missing", b->path, fgrp);
+    const char *grp = v3 ? fgrp : b->loc;
+    char **names = read_names(fl, v3 ? "name" : "gene_names", b->path, grp, b->n_file_genes, err);
+    char **ids = names ? read_names(fl, v3 ? "id" : "genes", b->path, grp, b->n_file_genes, err) : NULL;
+    char **types = NULL;
+    if (ids && v3 && nbs_h5_has(fl, "feature_type")) types = read_names(fl, "feature_type", b->path, grp, b->n_file_genes, err);
+    if (v3) H5Gclose(fl);
+    int rc = !names || !ids || (v3 && nbs_h5_has(b->g, "features/feature_type") && !types) ? (int)err->code : NBS_OK;
+    const char *wanted = in->feature_types[0] ? in->feature_types : "Gene Expression";
+    if (!rc && types && !listed(wanted, "all")) { /* keep the wanted types, as nbs_io_read does */
+        if (!(b->gene_of = nbs_malloc(sizeof *b->gene_of * (size_t)(b->n_file_genes + 1), err))) rc = NBS_ERR_NOMEM;
+        b->n_genes = 0;
+        for (int64_t j = 0; !rc && j < b->n_file_genes; j++) {
+            if (!listed(wanted, types[j])) {
+                b->gene_of[j] = -1;
+                free(names[j]), free(ids[j]);
+                continue;
+            }
+            names[b->n_genes] = names[j];
+            ids[b->n_genes] = ids[j];
+            b->gene_of[j] = b->n_genes++;
+        }
+        if (!rc && b->n_genes < b->n_file_genes)
+            nbs_info("%s: kept %lld of %lld features (input.feature_types: %s)", b->path, (long long)b->n_genes,
+                     (long long)b->n_file_genes, wanted);
+        if (!rc && !b->n_genes)
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: no features of the types input.feature_types asks for (%s); set "
+                               "input.feature_types (e.g. all)", b->path, wanted);
+        for (int64_t j = b->n_genes; j < b->n_file_genes; j++) names[j] = ids[j] = NULL;
+    }
+    if (types) nbs_io_free_labels(types, b->n_file_genes);
+    b->gene_names = names;
+    b->gene_ids = ids;
+    if (rc) return rc;
+    b->names_loc = H5Oopen(b->g, ".", H5P_DEFAULT);
+    snprintf(b->names_ds, sizeof b->names_ds, "barcodes");
+    return NBS_OK;
+}
+
+int nbs_backed_open(const nbs_input_config *in, nbs_format format, nbs_backed **out, nbs_error *err) {
+    return open_file(in, format, 0, out, err);
+}
+
+static int open_file(const nbs_input_config *in, nbs_format format, int peek, nbs_backed **out, nbs_error *err) {
+    *out = NULL;
+    nbs_backed *b = nbs_calloc(1, sizeof *b, err);
+    if (!b) return err->code;
+    b->peek = peek;
+    b->f = b->g = b->d_idx = b->d_data = b->names_loc = -1;
+    snprintf(b->path, sizeof b->path, "%s", in->path);
+    b->non_integer = in->non_integer;
+    int rc = (b->f = nbs_h5_open_input(in->path, err)) < 0 ? (int)err->code : NBS_OK;
+    if (!rc) rc = format == NBS_FMT_H5AD ? open_h5ad(b, in, err) : open_10x(b, in, err);
+    int64_t n_idx = 0, len = 0;
+    if (!rc && peek) { /* the stored counts, for the estimate, in a layout that holds together */
+        int64_t n_ptr = -1;
+        hid_t d = nbs_h5_open_1d(b->g, "data", b->path, b->loc, &b->nnz, err);
+        hid_t p = d >= 0 ? nbs_h5_open_1d(b->g, "indptr", b->path, b->loc, &n_ptr, err) : -1;
+        if (d < 0 || p < 0) rc = err->code;
+        else if (n_ptr != b->n_cells + 1) rc = NBS_ERR_INPUT; /* the reader that loads it says what is wrong */
+        if (d >= 0) H5Dclose(d);
+        if (p >= 0) H5Dclose(p);
+        if (rc) nbs_backed_close(b);
+        else *out = b;
+        return rc;
+    }
+    if (!rc && !(b->indptr = nbs_h5_read_1d(b->g, "indptr", b->path, b->loc, H5T_NATIVE_INT64, sizeof *b->indptr,
+                                            b->n_cells + 1, &len, err)))
+        rc = err->code;
+    if (!rc && ((b->d_data = nbs_h5_open_1d(b->g, "data", b->path, b->loc, &b->nnz, err)) < 0 ||
+                (b->d_idx = nbs_h5_open_1d(b->g, "indices", b->path, b->loc, &n_idx, err)) < 0))
+        rc = err->code;
+    char what[NBS_PATH_MAX + 64];
+    snprintf(what, sizeof what, "%s/data", b->loc);
+    if (!rc && (nbs_h5_check_filters(b->d_data, b->path, what, err) ||
+                nbs_h5_check_filters(b->d_idx, b->path, b->loc, err)))
+        rc = err->code;
+    if (!rc && n_idx != b->nnz)
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s/data has %lld entries but indices has %lld", b->path, b->loc,
+                           (long long)b->nnz, (long long)n_idx);
+    if (!rc && (b->indptr[0] != 0 || b->indptr[b->n_cells] != b->nnz))
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s/indptr must start at 0 and end at the %lld stored entries",
+                           b->path, b->loc, (long long)b->nnz);
+    for (int64_t i = 0; !rc && i < b->n_cells; i++)
+        if (b->indptr[i + 1] < b->indptr[i])
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s/indptr decreases at position %lld; the file is corrupt",
+                               b->path, b->loc, (long long)i + 1);
+    if (!rc && !b->gene_ids) { /* no ids: the names stand in, as nbs_io_read does */
+        if (!(b->gene_ids = nbs_calloc((size_t)(b->n_genes + 1), sizeof *b->gene_ids, err))) rc = NBS_ERR_NOMEM;
+        for (int64_t g = 0; !rc && g < b->n_genes; g++)
+            if (!(b->gene_ids[g] = nbs_strdup(b->gene_names[g], err))) rc = NBS_ERR_NOMEM;
+    }
+    if (!rc) {
+        const int64_t changed = nbs_matrix_make_names_unique(b->gene_names, b->n_genes, err);
+        if (changed < 0) rc = err->code;
+        else if (changed > 0)
+            nbs_warn("%s: %lld duplicate gene names made unique (X, X-1, X-2, ...)", b->path, (long long)changed);
+    }
+    if (rc) {
+        nbs_backed_close(b);
+        return rc;
+    }
+    *out = b;
+    return NBS_OK;
+}
+
+int64_t nbs_backed_n_cells(const nbs_backed *b) { return b->n_cells; }
+int64_t nbs_backed_n_genes(const nbs_backed *b) { return b->n_genes; }
+int64_t nbs_backed_nnz(const nbs_backed *b) { return b->nnz; }
+char *const *nbs_backed_gene_names(const nbs_backed *b) { return b->gene_names; }
+char *const *nbs_backed_gene_ids(const nbs_backed *b) { return b->gene_ids; }
+
+/* ---- reading rows ---- */
+
+static int read_range(hid_t d, hid_t memtype, int64_t off, int64_t n, void *buf) {
+    if (n == 0) return 0;
+    hid_t fs = H5Dget_space(d);
+    hsize_t start = (hsize_t)off, count = (hsize_t)n;
+    hid_t ms = H5Screate_simple(1, &count, NULL);
+    int ok = fs >= 0 && ms >= 0 && H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL) >= 0 &&
+             H5Dread(d, memtype, ms, fs, H5P_DEFAULT, buf) >= 0;
+    if (ms >= 0) H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
+    return ok ? 0 : -1;
+}
+
+static void sort_row(int32_t *idx, float *val, int64_t n) { /* insertion sort: rows come nearly sorted */
+    for (int64_t i = 1; i < n; i++) {
+        const int32_t j = idx[i];
+        const float v = val[i];
+        int64_t k = i;
+        for (; k > 0 && idx[k - 1] > j; k--) idx[k] = idx[k - 1], val[k] = val[k - 1];
+        idx[k] = j, val[k] = v;
+    }
+}
+
+/* Rows [r0, r1) of the file into the block (input genes, sorted within each row), validated. */
+static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
+    const int64_t rows = r1 - r0, k0 = b->indptr[r0], len = b->indptr[r1] - k0;
+    if (rows + 1 > b->blk_rows_cap) {
+        int64_t *p = realloc(b->blk_indptr, sizeof *p * (size_t)(rows + 1));
+        if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->path);
+        b->blk_indptr = p, b->blk_rows_cap = rows + 1;
+    }
+    if (len > b->blk_cap) {
+        int32_t *i = realloc(b->blk_idx, sizeof *i * (size_t)len);
+        if (i) b->blk_idx = i;
+        float *v = i ? realloc(b->blk_data, sizeof *v * (size_t)len) : NULL;
+        if (v) b->blk_data = v;
+        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->path);
+        b->blk_cap = len;
+    }
+    if (read_range(b->d_idx, H5T_NATIVE_INT32, k0, len, b->blk_idx) ||
+        read_range(b->d_data, H5T_NATIVE_FLOAT, k0, len, b->blk_data))
+        return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read the entries of cells %lld to %lld of /%s (corrupt or "
+                             "truncated file?)", b->path, (long long)r0 + 1, (long long)r1, b->loc);
+    int64_t w = 0;
+    b->blk_indptr[0] = 0;
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t start = w;
+        int sorted = 1;
+        for (int64_t k = b->indptr[r0 + r] - k0; k < b->indptr[r0 + r + 1] - k0; k++) {
+            const int32_t j = b->blk_idx[k];
+            float x = b->blk_data[k];
+            if (j < 0 || j >= b->n_file_genes)
+                return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s/indices: cell %lld has gene index %d, outside 0..%lld",
+                                     b->path, b->loc, (long long)(r0 + r) + 1, j, (long long)b->n_file_genes - 1);
+            const int64_t g = b->gene_of ? b->gene_of[j] : j;
+            if (g < 0) continue;
+            if (!isfinite(x) || x < 0)
+                return nbs_error_set(err, NBS_ERR_INPUT, "%s: %s value %g at cell %lld, gene %lld (%s) of /%s; counts must "
+                                     "be finite and non-negative (give raw counts, e.g. input.layer: counts)", b->path,
+                                     x < 0 ? "negative" : "non-finite", x, (long long)(r0 + r) + 1, (long long)g + 1,
+                                     b->gene_names[g], b->loc);
+            if (x != floorf(x)) {
+                if (b->non_integer == NBS_NONINT_ERROR)
+                    return nbs_error_set(err, NBS_ERR_INPUT, "%s: non-integer value %g at cell %lld, gene %lld (%s) of /%s; "
+                                         "nbsphere models raw counts — give raw counts, or set input.non_integer to "
+                                         "'round' or 'accept'", b->path, x, (long long)(r0 + r) + 1, (long long)g + 1,
+                                         b->gene_names[g], b->loc);
+                if (b->non_integer == NBS_NONINT_ROUND) x = roundf(x);
+            }
+            if (w > start && b->blk_idx[w - 1] >= g) sorted = 0;
+            b->blk_idx[w] = (int32_t)g; /* w <= k: compacting in place */
+            b->blk_data[w++] = x;
+        }
+        if (!sorted) {
+            sort_row(b->blk_idx + start, b->blk_data + start, w - start);
+            for (int64_t k = start + 1; k < w; k++)
+                if (b->blk_idx[k] == b->blk_idx[k - 1])
+                    return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s: cell %lld stores gene %d twice", b->path, b->loc,
+                                         (long long)(r0 + r) + 1, b->blk_idx[k] + 1);
+        }
+        b->blk_indptr[r + 1] = w;
+    }
+    return NBS_OK;
+}
+
+static int scan_rows(void *user, nbs_rows_visit visit, void *ctx, nbs_error *err) {
+    nbs_backed *b = user;
+    for (int64_t r0 = 0; r0 < b->n_cells;) {
+        int64_t r1 = r0 + 1;
+        while (r1 < b->n_cells && b->indptr[r1 + 1] - b->indptr[r0] <= NBS_BACKED_SCAN_NNZ) r1++;
+        int st = read_rows(b, r0, r1, err);
+        const nbs_matrix view = {.n_cells = r1 - r0, .n_genes = b->n_genes, .nnz = b->blk_indptr[r1 - r0],
+                                 .indptr = b->blk_indptr, .indices = b->blk_idx, .data = b->blk_data};
+        if (!st) st = visit(ctx, &view, r0, err);
+        if (st) return st;
+        r0 = r1;
+    }
+    return NBS_OK;
+}
+
+nbs_row_source nbs_backed_rows(nbs_backed *b) {
+    return (nbs_row_source){b, b->n_cells, b->n_genes, scan_rows};
+}
+
+int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nbs_error *err) {
+    hid_t d = H5Dopen2(b->names_loc, b->names_ds, H5P_DEFAULT);
+    hid_t ty = d >= 0 ? H5Dget_type(d) : -1, fs = d >= 0 ? H5Dget_space(d) : -1;
+    hsize_t dims[1] = {0}, start = (hsize_t)row0, count = (hsize_t)n;
+    int rc = NBS_OK;
+    if (d < 0 || H5Tget_class(ty) != H5T_STRING || H5Sget_simple_extent_ndims(fs) != 1 ||
+        H5Sget_simple_extent_dims(fs, dims, NULL) < 0 || (int64_t)dims[0] != b->n_cells)
+        rc = nbs_error_set(err, NBS_ERR_INPUT, "%s: the cell names (%s) must be %lld strings", b->path, b->names_ds,
+                           (long long)b->n_cells);
+    hid_t ms = !rc ? H5Screate_simple(1, &count, NULL) : -1;
+    if (!rc && H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, NULL, &count, NULL) < 0) rc = NBS_ERR_INPUT;
+    hid_t mt = H5Tcopy(H5T_C_S1);
+    if (!rc && H5Tis_variable_str(ty) > 0) {
+        char **tmp = nbs_calloc((size_t)(n ? n : 1), sizeof *tmp, err);
+        H5Tset_cset(mt, H5Tget_cset(ty));
+        H5Tset_size(mt, H5T_VARIABLE);
+        if (!tmp || H5Dread(d, mt, ms, fs, H5P_DEFAULT, tmp) < 0) rc = tmp ? NBS_ERR_INPUT : NBS_ERR_NOMEM;
+        else {
+            for (int64_t i = 0; i < n && !rc; i++)
+                if (!(names[i] = nbs_strdup(tmp[i] ? tmp[i] : "", err))) rc = NBS_ERR_NOMEM;
+            H5Dvlen_reclaim(mt, ms, H5P_DEFAULT, tmp);
+        }
+        free(tmp);
+    } else if (!rc) {
+        const size_t w = H5Tget_size(ty);
+        char *buf = nbs_malloc((size_t)n * w + 1, err);
+        H5Tset_cset(mt, H5Tget_cset(ty));
+        H5Tset_size(mt, w);
+        H5Tset_strpad(mt, H5T_STR_NULLPAD);
+        if (!buf || H5Dread(d, mt, ms, fs, H5P_DEFAULT, buf) < 0) rc = buf ? NBS_ERR_INPUT : NBS_ERR_NOMEM;
+        for (int64_t i = 0; i < n && !rc; i++) {
+            if (!(names[i] = nbs_malloc(w + 1, err))) rc = NBS_ERR_NOMEM;
+            else memcpy(names[i], buf + (size_t)i * w, w), names[i][w] = '\0';
+        }
+        free(buf);
+    }
+    if (rc == NBS_ERR_INPUT && !err->msg[0])
+        nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read the names of cells %lld to %lld", b->path,
+                      (long long)row0 + 1, (long long)(row0 + n));
+    H5Tclose(mt);
+    if (ms >= 0) H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
+    if (ty >= 0) H5Tclose(ty);
+    if (d >= 0) H5Dclose(d);
+    return rc;
+}
+
+/* ---- the loader ---- */
+
+struct nbs_backed_loader {
+    nbs_backed *b;
+    const int64_t *cells;    /* (n) file row of each kept cell, ascending */
+    const double *library;   /* (n) */
+    const int32_t *row_nnz;  /* (n) entries in the chosen genes */
+    int64_t n, G;            /* kept cells, chosen genes */
+    int64_t *col;            /* (input genes) column among the chosen genes, or -1 */
+    int64_t block, k, n_blocks;
+    int32_t *slot_of_block;  /* (n_blocks) buffer slot holding the block, or -1 */
+    int32_t *group;          /* (n_blocks) scratch of order: the block's group */
+    int64_t *perm;           /* (n_blocks) scratch of order: the blocks shuffled */
+    int64_t *count;          /* (n_blocks + 1) scratch of order: cells per group */
+    int64_t *tmp;            /* (n) scratch of order */
+    /* the buffer: slot s holds block block_of_slot[s] as a CSR of its cells (block + 1 offsets) */
+    int64_t *block_of_slot;  /* (k) */
+    int64_t **s_indptr;      /* (k) x (block + 1) */
+    int32_t **s_idx;         /* (k) x cap */
+    float **s_data;
+    int64_t *s_cap;          /* (k) */
+    /* the minibatch handed to training */
+    nbs_matrix mb;           /* (batch, G), room for max_nnz entries */
+    double *mb_lib;          /* (batch) */
+    int batch;
+    int64_t max_nnz;
+};
+
+void nbs_backed_loader_free(nbs_backed_loader *l) {
+    if (!l) return;
+    for (int64_t s = 0; s < l->k; s++) {
+        if (l->s_indptr) free(l->s_indptr[s]);
+        if (l->s_idx) free(l->s_idx[s]);
+        if (l->s_data) free(l->s_data[s]);
+    }
+    free(l->s_indptr), free(l->s_idx), free(l->s_data), free(l->s_cap), free(l->block_of_slot);
+    free(l->col), free(l->slot_of_block), free(l->group), free(l->perm), free(l->count), free(l->tmp);
+    free(l->mb.indptr), free(l->mb.indices), free(l->mb.data), free(l->mb_lib);
+    free(l);
+}
+
+static int cmp_desc_i32(const void *a, const void *b) {
+    const int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x < y) - (x > y);
+}
+
+nbs_backed_loader *nbs_backed_loader_new(nbs_backed *b, const nbs_preprocess_result *pre, const int32_t *row_nnz,
+                                         int64_t block, int64_t shuffle_blocks, int batch, nbs_error *err) {
+    nbs_backed_loader *l = nbs_calloc(1, sizeof *l, err);
+    if (!l) return NULL;
+    l->b = b;
+    l->cells = pre->cells;
+    l->library = pre->library_size;
+    l->row_nnz = row_nnz;
+    l->n = pre->n_cells;
+    l->G = pre->n_genes;
+    l->block = block < 1 ? 1 : block;
+    l->n_blocks = (l->n + l->block - 1) / l->block;
+    l->k = shuffle_blocks < 1 ? 1 : shuffle_blocks > l->n_blocks ? l->n_blocks : shuffle_blocks;
+    l->batch = batch;
+    const size_t nb = (size_t)l->n_blocks + 1, k = (size_t)l->k;
+    l->col = nbs_malloc(sizeof *l->col * (size_t)(b->n_genes + 1), err);
+    l->slot_of_block = nbs_malloc(sizeof *l->slot_of_block * nb, err);
+    l->group = nbs_malloc(sizeof *l->group * nb, err);
+    l->perm = nbs_malloc(sizeof *l->perm * nb, err);
+    l->count = nbs_malloc(sizeof *l->count * (nb + 1), err);
+    l->tmp = nbs_malloc(sizeof *l->tmp * (size_t)(l->n + 1), err);
+    l->block_of_slot = nbs_malloc(sizeof *l->block_of_slot * k, err);
+    l->s_indptr = nbs_calloc(k, sizeof *l->s_indptr, err);
+    l->s_idx = nbs_calloc(k, sizeof *l->s_idx, err);
+    l->s_data = nbs_calloc(k, sizeof *l->s_data, err);
+    l->s_cap = nbs_calloc(k, sizeof *l->s_cap, err);
+    int32_t *sorted = nbs_malloc(sizeof *sorted * (size_t)(l->n + 1), err);
+    int ok = l->col && l->slot_of_block && l->group && l->perm && l->count && l->tmp && l->block_of_slot &&
+             l->s_indptr && l->s_idx && l->s_data && l->s_cap && sorted;
+    for (size_t s = 0; ok && s < k; s++)
+        ok = (l->s_indptr[s] = nbs_malloc(sizeof **l->s_indptr * (size_t)(l->block + 1), err)) != NULL;
+    if (ok) {
+        for (int64_t g = 0; g < b->n_genes; g++) l->col[g] = -1;
+        for (int64_t i = 0; i < l->G; i++) l->col[pre->genes[i]] = i;
+        for (int64_t j = 0; j < l->n_blocks; j++) l->slot_of_block[j] = -1;
+        for (size_t s = 0; s < k; s++) l->block_of_slot[s] = -1;
+        /* a minibatch's capacity: the batch longest rows, as nbs_matrix_max_batch_nnz */
+        memcpy(sorted, row_nnz, sizeof *sorted * (size_t)l->n);
+        qsort(sorted, (size_t)l->n, sizeof *sorted, cmp_desc_i32);
+        for (int64_t i = 0; i < l->n && i < batch; i++) l->max_nnz += sorted[i];
+        l->mb.n_genes = l->G;
+        l->mb.indptr = nbs_malloc(sizeof *l->mb.indptr * (size_t)(batch + 1), err);
+        l->mb.indices = nbs_malloc(sizeof *l->mb.indices * (size_t)(l->max_nnz + 1), err);
+        l->mb.data = nbs_malloc(sizeof *l->mb.data * (size_t)(l->max_nnz + 1), err);
+        l->mb.values_are_integer = 1;
+        l->mb_lib = nbs_malloc(sizeof *l->mb_lib * (size_t)(batch + 1), err);
+        ok = l->mb.indptr && l->mb.indices && l->mb.data && l->mb_lib;
+    }
+    free(sorted);
+    if (!ok) {
+        nbs_backed_loader_free(l);
+        return NULL;
+    }
+    return l;
+}
+
+/* Kept cells [c0, c1), or the n_want kept cells want (ascending, one block's), read in one run of
+ * file rows, their chosen genes' entries appended to idx/val from indptr[0] on (indptr: n + 1). */
+static int load_cells(nbs_backed_loader *l, int64_t c0, int64_t c1, int32_t *idx, float *val, int64_t *indptr,
+                      const int64_t *want, int64_t n_want, nbs_error *err) {
+    nbs_backed *b = l->b;
+    const int64_t r0 = l->cells[want ? want[0] : c0], r1 = l->cells[want ? want[n_want - 1] : c1 - 1] + 1;
+    int st = read_rows(b, r0, r1, err);
+    if (st) return st;
+    const int64_t n = want ? n_want : c1 - c0;
+    int64_t w = indptr[0];
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t r = l->cells[want ? want[i] : c0 + i] - r0;
+        for (int64_t k = b->blk_indptr[r]; k < b->blk_indptr[r + 1]; k++) {
+            const int64_t j = l->col[b->blk_idx[k]];
+            if (j >= 0) idx[w] = (int32_t)j, val[w++] = b->blk_data[k];
+        }
+        indptr[i + 1] = w;
+    }
+    return NBS_OK;
+}
+
+static int load_block(nbs_backed_loader *l, int64_t blk, int64_t s, nbs_error *err) {
+    const int64_t c0 = blk * l->block, c1 = c0 + l->block < l->n ? c0 + l->block : l->n;
+    int64_t need = 0;
+    for (int64_t c = c0; c < c1; c++) need += l->row_nnz[c];
+    if (need > l->s_cap[s]) {
+        int32_t *i = realloc(l->s_idx[s], sizeof *i * (size_t)need);
+        if (i) l->s_idx[s] = i;
+        float *v = i ? realloc(l->s_data[s], sizeof *v * (size_t)need) : NULL;
+        if (v) l->s_data[s] = v;
+        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the out-of-core buffer (input.backed_block "
+                                           "x input.backed_shuffle_blocks cells): lower them");
+        l->s_cap[s] = need;
+    }
+    l->s_indptr[s][0] = 0;
+    int st = load_cells(l, c0, c1, l->s_idx[s], l->s_data[s], l->s_indptr[s], NULL, 0, err);
+    if (st) return st;
+    if (l->block_of_slot[s] >= 0) l->slot_of_block[l->block_of_slot[s]] = -1;
+    l->block_of_slot[s] = blk;
+    l->slot_of_block[blk] = (int32_t)s;
+    return NBS_OK;
+}
+
+/* The buffer refilled with the blocks of the next k distinct blocks of seq from pos on: the rest
+ * of a group of the order (and, at a group's end, the start of the next). */
+static int refill(nbs_backed_loader *l, const int64_t *seq, int64_t n_seq, int64_t pos, nbs_error *err) {
+    for (int64_t s = 0; s < l->k; s++)
+        if (l->block_of_slot[s] >= 0) l->slot_of_block[l->block_of_slot[s]] = -1, l->block_of_slot[s] = -1;
+    int64_t used = 0;
+    for (int64_t p = pos; p < n_seq && used < l->k; p++) {
+        const int64_t blk = seq[p] / l->block;
+        if (l->slot_of_block[blk] >= 0) continue;
+        l->slot_of_block[blk] = (int32_t)used; /* claimed; loaded below in file order */
+        l->perm[used++] = blk;
+    }
+    for (int64_t i = 1; i < used; i++) { /* ascending: the file is read forwards */
+        const int64_t v = l->perm[i];
+        int64_t j = i;
+        for (; j > 0 && l->perm[j - 1] > v; j--) l->perm[j] = l->perm[j - 1];
+        l->perm[j] = v;
+    }
+    for (int64_t i = 0; i < used; i++) l->slot_of_block[l->perm[i]] = -1;
+    for (int64_t i = 0; i < used; i++) {
+        int st = load_block(l, l->perm[i], i, err);
+        if (st) return st;
+    }
+    return NBS_OK;
+}
+
+static int loader_fetch(void *user, const int64_t *seq, int64_t n_seq, int64_t pos, int64_t n, nbs_cells *out,
+                        nbs_error *err) {
+    nbs_backed_loader *l = user;
+    int64_t w = 0;
+    l->mb.indptr[0] = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t c = seq[pos + i], blk = c / l->block;
+        if (l->slot_of_block[blk] < 0) {
+            int st = refill(l, seq, n_seq, pos + i, err);
+            if (st) return st;
+        }
+        const int64_t s = l->slot_of_block[blk], r = c - blk * l->block;
+        const int64_t k0 = l->s_indptr[s][r], len = l->s_indptr[s][r + 1] - k0;
+        memcpy(l->mb.indices + w, l->s_idx[s] + k0, sizeof *l->mb.indices * (size_t)len);
+        memcpy(l->mb.data + w, l->s_data[s] + k0, sizeof *l->mb.data * (size_t)len);
+        w += len;
+        l->mb.indptr[i + 1] = w;
+        l->mb_lib[i] = l->library[c];
+    }
+    l->mb.n_cells = n;
+    l->mb.nnz = w;
+    *out = (nbs_cells){.X = &l->mb, .rows = NULL, .row0 = 0, .n = n, .library = l->mb_lib};
+    return NBS_OK;
+}
+
+static int loader_order(void *user, int64_t *seq, int64_t n, gsl_rng *rng, nbs_error *err) {
+    (void)err;
+    nbs_backed_loader *l = user;
+    const int64_t nb = l->n_blocks, k = l->k, n_groups = (nb + k - 1) / k;
+    if (rng && nb > k) { /* one group holding every block needs no block shuffle */
+        for (int64_t j = 0; j < nb; j++) l->perm[j] = j;
+        gsl_ran_shuffle(rng, l->perm, (size_t)nb, sizeof *l->perm);
+        for (int64_t i = 0; i < nb; i++) l->group[l->perm[i]] = (int32_t)(i / k);
+    } else {
+        for (int64_t j = 0; j < nb; j++) l->group[j] = (int32_t)(j / k);
+    }
+    /* a stable counting sort by group keeps the split's order within each group */
+    memset(l->count, 0, sizeof *l->count * (size_t)(n_groups + 1));
+    for (int64_t i = 0; i < n; i++) l->count[l->group[seq[i] / l->block] + 1]++;
+    for (int64_t g = 0; g < n_groups; g++) l->count[g + 1] += l->count[g];
+    for (int64_t i = 0; i < n; i++) l->tmp[l->count[l->group[seq[i] / l->block]]++] = seq[i];
+    memcpy(seq, l->tmp, sizeof *seq * (size_t)n);
+    if (rng) /* count[g] now ends group g */
+        for (int64_t g = 0, start = 0; g < n_groups; start = l->count[g++])
+            gsl_ran_shuffle(rng, seq + start, (size_t)(l->count[g] - start), sizeof *seq);
+    return NBS_OK;
+}
+
+nbs_batch_source nbs_backed_loader_source(nbs_backed_loader *l) {
+    return (nbs_batch_source){loader_order, loader_fetch, l->max_nnz, l};
+}
+
+int nbs_backed_loader_read(nbs_backed_loader *l, const int64_t *cells, int64_t n, nbs_matrix **out, double **library,
+                           nbs_error *err) {
+    *out = NULL;
+    *library = NULL;
+    int64_t nnz = 0;
+    for (int64_t i = 0; i < n; i++) nnz += l->row_nnz[cells[i]];
+    nbs_matrix *m = nbs_matrix_new(n, l->G, nnz, err);
+    double *lib = m ? nbs_malloc(sizeof *lib * (size_t)(n + 1), err) : NULL;
+    int st = lib ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st) m->values_are_integer = 1, m->indptr[0] = 0;
+    /* the cells a block holds, one read per block */
+    for (int64_t i = 0; !st && i < n;) {
+        int64_t j = i + 1;
+        while (j < n && cells[j] / l->block == cells[i] / l->block) j++;
+        st = load_cells(l, 0, 0, m->indices, m->data, m->indptr + i, cells + i, j - i, err);
+        for (int64_t t = i; t < j; t++) lib[t] = l->library[cells[t]];
+        i = j;
+    }
+    if (st) {
+        nbs_matrix_free(m);
+        free(lib);
+        return st;
+    }
+    *out = m;
+    *library = lib;
+    return NBS_OK;
+}

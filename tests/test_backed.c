@@ -1,0 +1,416 @@
+/* Out-of-core input (input.backed, backed.h): the streamed preprocessing against the in-memory
+ * one, the block-shuffled order, and training that equals the in-memory run bit for bit when the
+ * block is one cell and one buffer holds every block, and comes close otherwise. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <gsl/gsl_randist.h>
+#include <gsl/gsl_rng.h>
+
+#include "nbsphere/backed.h"
+#include "nbsphere/checkpoint.h"
+#include "nbsphere/io.h"
+#include "nbsphere/preprocess.h"
+#include "nbsphere/rng.h"
+#include "testutil.h"
+
+static char *dir;
+
+static int setup(void **state) {
+    (void)state;
+    dir = tu_tmpdir();
+    char args[1024];
+    snprintf(args, sizeof args, "--quiet simulate --out '%s' --cells 900 --genes 300 --seed 4 --format h5ad,10x-h5", dir);
+    char yaml[1024];
+    snprintf(yaml, sizeof yaml, "input:\n  path: %s/sim.h5ad\n", dir);
+    return tu_run_cli(args, NULL, NULL) || tu_write_file(tu_path(dir, "p.yaml"), yaml);
+}
+
+static int teardown(void **state) {
+    (void)state;
+    tu_rmtree(dir);
+    free(dir);
+    return 0;
+}
+
+static nbs_input_config input_of(const char *path, nbs_format f) {
+    nbs_config c;
+    nbs_config_defaults(&c);
+    snprintf(c.input.path, sizeof c.input.path, "%s", path);
+    c.input.format = f;
+    return c.input;
+}
+
+/* The streamed passes give the cells, genes, totals and library sizes of nbs_preprocess_run, bit
+ * for bit, with filters that remove cells and genes and an HVG step. */
+static void expect_stream_equals_memory(const char *file, nbs_format f) {
+    const nbs_input_config in = input_of(tu_path(dir, file), f);
+    nbs_preprocess_config pc;
+    nbs_config c;
+    nbs_config_defaults(&c);
+    pc = c.preprocess;
+    pc.min_counts = 300; /* the simulation's median depth is 600: removes cells */
+    pc.min_cells = 20;   /* removes rare genes */
+    pc.n_top_genes = 120;
+    nbs_error err = {0};
+    nbs_matrix *m = NULL;
+    assert_int_equal(nbs_io_read(&in, &m, &err), NBS_OK);
+    nbs_preprocess_result *a = NULL, *b = NULL;
+    assert_int_equal(nbs_preprocess_run(m, &pc, &a, &err), NBS_OK);
+    nbs_backed *bk = NULL;
+    assert_int_equal(nbs_backed_open(&in, f, &bk, &err), NBS_OK);
+    assert_int_equal(nbs_backed_n_cells(bk), m->n_cells);
+    assert_int_equal(nbs_backed_n_genes(bk), m->n_genes);
+    for (int64_t g = 0; g < m->n_genes; g++) assert_string_equal(nbs_backed_gene_names(bk)[g], m->gene_names[g]);
+    const nbs_row_source src = nbs_backed_rows(bk);
+    int32_t *row_nnz = NULL;
+    assert_int_equal(nbs_preprocess_stream(&src, &pc, &b, &row_nnz, &err), NBS_OK);
+    assert_null(b->matrix);
+    assert_true(a->removed_cells_min_counts > 0 && a->removed_genes_min_cells > 0 && a->removed_genes_hvg > 0);
+    assert_int_equal(b->n_cells, a->n_cells);
+    assert_int_equal(b->n_genes, a->n_genes);
+    assert_int_equal(b->removed_cells_min_counts, a->removed_cells_min_counts);
+    assert_int_equal(b->removed_cells_min_genes, a->removed_cells_min_genes);
+    assert_int_equal(b->removed_genes_min_cells, a->removed_genes_min_cells);
+    assert_int_equal(b->removed_genes_hvg, a->removed_genes_hvg);
+    assert_int_equal(b->cells_zero_library, a->cells_zero_library);
+    assert_memory_equal(b->cells, a->cells, sizeof *a->cells * (size_t)a->n_cells);
+    assert_memory_equal(b->genes, a->genes, sizeof *a->genes * (size_t)a->n_genes);
+    assert_memory_equal(b->total_counts, a->total_counts, sizeof(double) * (size_t)a->n_cells);
+    assert_memory_equal(b->library_size, a->library_size, sizeof(double) * (size_t)a->n_cells);
+    for (int64_t i = 0; i < a->n_cells; i++)
+        assert_int_equal(row_nnz[i], a->matrix->indptr[i + 1] - a->matrix->indptr[i]);
+
+    /* the loader's rows are the in-memory matrix's rows */
+    nbs_backed_loader *l = nbs_backed_loader_new(bk, b, row_nnz, 7, 3, 32, &err);
+    assert_non_null(l);
+    int64_t pick[5] = {0, 6, 7, 100, b->n_cells - 1};
+    nbs_matrix *x = NULL;
+    double *lib = NULL;
+    assert_int_equal(nbs_backed_loader_read(l, pick, 5, &x, &lib, &err), NBS_OK);
+    for (int i = 0; i < 5; i++) {
+        const int64_t r = pick[i], n = a->matrix->indptr[r + 1] - a->matrix->indptr[r];
+        assert_int_equal(x->indptr[i + 1] - x->indptr[i], n);
+        assert_memory_equal(x->indices + x->indptr[i], a->matrix->indices + a->matrix->indptr[r], sizeof(int32_t) * n);
+        assert_memory_equal(x->data + x->indptr[i], a->matrix->data + a->matrix->indptr[r], sizeof(float) * n);
+        assert_true(lib[i] == a->library_size[r]);
+    }
+    nbs_matrix_free(x);
+    free(lib);
+    nbs_backed_loader_free(l);
+    free(row_nnz);
+    nbs_backed_close(bk);
+    nbs_preprocess_result_free(a);
+    nbs_preprocess_result_free(b);
+    nbs_matrix_free(m);
+}
+
+static void test_stream_h5ad(void **state) {
+    (void)state;
+    expect_stream_equals_memory("sim.h5ad", NBS_FMT_H5AD);
+}
+
+static void test_stream_10x(void **state) {
+    (void)state;
+    expect_stream_equals_memory("sim_10x.h5", NBS_FMT_10X_H5);
+}
+
+static int cmp_i64(const void *a, const void *b) {
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The epoch's order: a permutation of the cells given, in runs that each touch at most
+ * shuffle_blocks blocks (one buffer); the validation order (no generator) keeps blocks in file
+ * order; one buffer holding every block gives exactly gsl_ran_shuffle's order. */
+static void test_block_order(void **state) {
+    (void)state;
+    const nbs_input_config in = input_of(tu_path(dir, "sim.h5ad"), NBS_FMT_H5AD);
+    nbs_config c;
+    nbs_config_defaults(&c);
+    nbs_error err = {0};
+    nbs_backed *bk = NULL;
+    assert_int_equal(nbs_backed_open(&in, NBS_FMT_H5AD, &bk, &err), NBS_OK);
+    const nbs_row_source src = nbs_backed_rows(bk);
+    nbs_preprocess_result *pre = NULL;
+    int32_t *row_nnz = NULL;
+    assert_int_equal(nbs_preprocess_stream(&src, &c.preprocess, &pre, &row_nnz, &err), NBS_OK);
+    const int64_t n = pre->n_cells, block = 10, k = 4;
+    int64_t *seq = malloc(sizeof *seq * (size_t)n), *ref = malloc(sizeof *ref * (size_t)n);
+    gsl_rng *r = nbs_stream_rng(1, NBS_STREAM_TRAIN, 0, &err);
+    for (int64_t i = 0; i < n; i++) seq[i] = (i * 37) % n; /* some split order */
+
+    nbs_backed_loader *l = nbs_backed_loader_new(bk, pre, row_nnz, block, k, 16, &err);
+    nbs_batch_source s = nbs_backed_loader_source(l);
+    memcpy(ref, seq, sizeof *seq * (size_t)n);
+    assert_int_equal(s.order(s.user, seq, n, r, &err), NBS_OK);
+    int64_t *sorted = malloc(sizeof *sorted * (size_t)n);
+    memcpy(sorted, seq, sizeof *seq * (size_t)n);
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_i64);
+    for (int64_t i = 0; i < n; i++) assert_int_equal(sorted[i], i);
+    /* runs of k * block cells (full groups) span k blocks exactly */
+    int64_t full = 0;
+    for (int64_t g0 = 0; g0 + k * block <= n; g0 += k * block, full++) {
+        int64_t blocks[4] = {-1, -1, -1, -1}, distinct = 0;
+        for (int64_t i = g0; i < g0 + k * block; i++) {
+            const int64_t b = seq[i] / block;
+            int seen = 0;
+            for (int j = 0; j < distinct; j++) seen |= blocks[j] == b;
+            if (!seen) {
+                assert_true(distinct < k);
+                blocks[distinct++] = b;
+            }
+        }
+        assert_int_equal(distinct, k);
+    }
+    assert_true(full >= 20);
+    /* validation: groups in file order, the split's order inside */
+    memcpy(seq, ref, sizeof *seq * (size_t)n);
+    assert_int_equal(s.order(s.user, seq, n, NULL, &err), NBS_OK);
+    for (int64_t i = 1; i < n; i++) assert_true(seq[i] / (block * k) >= seq[i - 1] / (block * k));
+    /* minibatches straddling buffers still hold the right cells */
+    nbs_cells mb;
+    assert_int_equal(s.fetch(s.user, seq, n, 35, 16, &mb, &err), NBS_OK);
+    assert_int_equal(mb.n, 16);
+    for (int i = 0; i < 16; i++) assert_true(mb.library[i] == pre->library_size[seq[35 + i]]);
+    nbs_backed_loader_free(l);
+
+    /* one buffer holding every block: exactly one shuffle of the given order */
+    l = nbs_backed_loader_new(bk, pre, row_nnz, 1, n, 16, &err);
+    s = nbs_backed_loader_source(l);
+    memcpy(seq, ref, sizeof *seq * (size_t)n);
+    gsl_rng *r2 = gsl_rng_clone(r);
+    assert_int_equal(s.order(s.user, seq, n, r, &err), NBS_OK);
+    gsl_ran_shuffle(r2, ref, (size_t)n, sizeof *ref);
+    assert_memory_equal(seq, ref, sizeof *seq * (size_t)n);
+    nbs_backed_loader_free(l);
+    gsl_rng_free(r);
+    gsl_rng_free(r2);
+    free(seq), free(ref), free(sorted), free(row_nnz);
+    nbs_preprocess_result_free(pre);
+    nbs_backed_close(bk);
+}
+
+/* A run's training: in memory, out of core with blocks of one cell and one buffer for all, and
+ * out of core with small blocks and buffers. */
+static void run(const char *name, const char *extra) {
+    char args[2048];
+    snprintf(args, sizeof args, "--quiet run '%s/p.yaml' --out '%s/%s' --set train.epochs=12 "
+             "--set train.batch_size=64 --set preprocess.n_top_genes=150 --set diagnose.subsample=300 "
+             "%s", dir, dir, name, extra);
+    char *out = NULL, *errout = NULL;
+    int rc = tu_run_cli(args, &out, &errout);
+    if (rc) print_message("%s\n", errout ? errout : "");
+    assert_int_equal(rc, 0);
+    free(out), free(errout);
+}
+
+/* The validation ELBO of a run's last epoch (column 5 of training_log.tsv). */
+static double last_val_elbo(const char *name) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s/training_log.tsv", dir, name);
+    char *t = tu_read_file(p, NULL);
+    assert_non_null(t);
+    char *last = t + strlen(t) - 1;
+    while (last > t && last[-1] != '\n') last--;
+    double v[5];
+    assert_int_equal(sscanf(last, "%*d\t%lf\t%lf\t%lf\t%lf\t%lf", &v[0], &v[1], &v[2], &v[3], &v[4]), 5);
+    free(t);
+    return v[3];
+}
+
+static void expect_same_params(const char *a, const char *b, int same) {
+    char pa[1024], pb[1024];
+    snprintf(pa, sizeof pa, "%s/%s/model.h5", dir, a);
+    snprintf(pb, sizeof pb, "%s/%s/model.h5", dir, b);
+    nbs_checkpoint ca, cb;
+    nbs_error err = {0};
+    assert_int_equal(nbs_checkpoint_load(pa, &ca, &err), NBS_OK);
+    assert_int_equal(nbs_checkpoint_load(pb, &cb, &err), NBS_OK);
+    float *x, *y;
+    int64_t nx, ny;
+    nbs_model_flat(ca.model, &x, NULL, NULL, NULL, &nx, NULL, NULL);
+    nbs_model_flat(cb.model, &y, NULL, NULL, NULL, &ny, NULL, NULL);
+    assert_int_equal(nx, ny);
+    assert_int_equal(!memcmp(x, y, sizeof *x * (size_t)nx), same);
+    nbs_checkpoint_free(&ca);
+    nbs_checkpoint_free(&cb);
+}
+
+static void test_training_equals_memory(void **state) {
+    (void)state;
+    run("mem", "--set input.backed=false");
+    run("one", "--set input.backed=true --set input.backed_block=1 --set input.backed_shuffle_blocks=100000");
+    run("blocks", "--set input.backed=true --set input.backed_block=16 --set input.backed_shuffle_blocks=4");
+    char a[1024], b[1024];
+    snprintf(a, sizeof a, "%s/mem/embedding.tsv", dir);
+    snprintf(b, sizeof b, "%s/one/embedding.tsv", dir);
+    assert_true(tu_same_bytes(a, b)); /* every minibatch and validation pass the same: bit-identical */
+    snprintf(a, sizeof a, "%s/mem/genes.tsv", dir);
+    snprintf(b, sizeof b, "%s/one/genes.tsv", dir);
+    assert_true(tu_same_bytes(a, b));
+    expect_same_params("mem", "one", 1);
+    /* embedding.h5ad, streamed out of core as a copy of the input: the same obsm and cells */
+    nbs_embedding_table ea, eb;
+    nbs_error err = {0};
+    snprintf(a, sizeof a, "%s/mem/embedding.h5ad", dir);
+    snprintf(b, sizeof b, "%s/one/embedding.h5ad", dir);
+    assert_int_equal(nbs_io_read_embedding(a, NULL, &ea, &err), NBS_OK);
+    assert_int_equal(nbs_io_read_embedding(b, NULL, &eb, &err), NBS_OK);
+    assert_int_equal(ea.n, eb.n);
+    assert_int_equal(ea.d, eb.d);
+    assert_memory_equal(ea.z, eb.z, sizeof(float) * (size_t)(ea.n * ea.d));
+    for (int64_t i = 0; i < ea.n; i++) assert_string_equal(ea.barcodes[i], eb.barcodes[i]);
+    nbs_embedding_table_free(&ea);
+    nbs_embedding_table_free(&eb);
+    assert_true(last_val_elbo("mem") == last_val_elbo("one"));
+    /* blocks of 16 cells, 4 per buffer (64 cells, one minibatch): another order, another model,
+     * a validation ELBO within 1 % of the in-memory run's */
+    expect_same_params("mem", "blocks", 0);
+    const double m = last_val_elbo("mem"), o = last_val_elbo("blocks");
+    print_message("validation ELBO: in memory %.4f, out of core (16-cell blocks, 4 per buffer) %.4f (%.3f %%)\n", m, o,
+                  100 * (o - m) / fabs(m));
+    assert_true(fabs(o - m) < 0.01 * fabs(m));
+}
+
+/* A 10x input out of core: embedding.h5ad is a new file, written a block of cells at a time, with
+ * the counts the model saw, as the in-memory writer makes it (blocks of 4096 cells: 5000 cells
+ * take two, the second partial). */
+static void test_new_h5ad_streamed(void **state) {
+    (void)state;
+    char args[2048];
+    snprintf(args, sizeof args, "--quiet simulate --out '%s/tenx' --cells 5000 --genes 200 --seed 2 --format 10x-h5",
+             dir);
+    assert_int_equal(tu_run_cli(args, NULL, NULL), 0);
+    const char *common = "--set train.epochs=2 --set preprocess.n_top_genes=100 --set preprocess.min_counts=300 "
+                         "--set model.latent=vmf";
+    for (int backed = 0; backed < 2; backed++) {
+        snprintf(args, sizeof args, "--quiet run '%s/p.yaml' --out '%s/tenx/%s' --set input.path='%s/tenx/sim_10x.h5' "
+                 "%s --set input.backed=%s --set input.backed_block=1 --set input.backed_shuffle_blocks=100000",
+                 dir, dir, backed ? "b" : "m", dir, common, backed ? "true" : "false");
+        assert_int_equal(tu_run_cli(args, NULL, NULL), 0);
+    }
+    nbs_config c;
+    nbs_config_defaults(&c);
+    nbs_error err = {0};
+    nbs_matrix *m[2];
+    nbs_embedding_table e[2];
+    for (int i = 0; i < 2; i++) {
+        snprintf(args, sizeof args, "%s/tenx/%s/embedding.h5ad", dir, i ? "b" : "m");
+        c.input = input_of(args, NBS_FMT_H5AD);
+        assert_int_equal(nbs_io_read(&c.input, &m[i], &err), NBS_OK);
+        assert_int_equal(nbs_io_read_embedding(args, NULL, &e[i], &err), NBS_OK);
+        assert_string_equal(e[i].metric, "cosine");
+    }
+    assert_true(m[0]->n_cells < 5000 && m[0]->n_cells > 4096); /* min_counts removed some */
+    tu_expect_same_matrix(m[0], m[1]);
+    assert_int_equal(e[0].n, e[1].n);
+    assert_memory_equal(e[0].z, e[1].z, sizeof(float) * (size_t)(e[0].n * e[0].d));
+    for (int i = 0; i < 2; i++) {
+        nbs_matrix_free(m[i]);
+        nbs_embedding_table_free(&e[i]);
+    }
+    snprintf(args, sizeof args, "%s/tenx/b", dir);
+    assert_int_equal(tu_count_files(args), 10); /* no temporary file left */
+}
+
+/* A CSR file written with the given rows (3 cells x 4 genes): its entries as stored. */
+static void write_csr(const char *path, const int64_t *indptr, const int32_t *idx, const float *val) {
+    nbs_error err = {0};
+    nbs_matrix *m = nbs_matrix_new(3, 4, indptr[3], &err);
+    memcpy(m->indptr, indptr, sizeof *indptr * 4);
+    memcpy(m->indices, idx, sizeof *idx * (size_t)indptr[3]);
+    memcpy(m->data, val, sizeof *val * (size_t)indptr[3]);
+    assert_int_equal(nbs_matrix_default_names(&m->barcodes, 3, "c", &err), NBS_OK);
+    assert_int_equal(nbs_matrix_default_names(&m->gene_names, 4, "g", &err), NBS_OK);
+    assert_int_equal(nbs_matrix_default_names(&m->gene_ids, 4, "g", &err), NBS_OK);
+    assert_int_equal(nbs_io_write_h5ad(path, NULL, m, 0, NULL, NULL, &err), NBS_OK);
+    nbs_matrix_free(m);
+}
+
+static int stream(const char *path, nbs_preprocess_result **pre, nbs_error *err) {
+    const nbs_input_config in = input_of(path, NBS_FMT_H5AD);
+    nbs_config c;
+    nbs_config_defaults(&c);
+    c.preprocess.n_top_genes = 0;
+    nbs_backed *bk = NULL;
+    int32_t *row_nnz = NULL;
+    int st = nbs_backed_open(&in, NBS_FMT_H5AD, &bk, err);
+    const nbs_row_source src = st ? (nbs_row_source){0} : nbs_backed_rows(bk);
+    if (!st) st = nbs_preprocess_stream(&src, &c.preprocess, pre, &row_nnz, err);
+    free(row_nnz);
+    nbs_backed_close(bk);
+    return st;
+}
+
+/* Rows whose indices are not ascending are sorted (the sums as the in-memory reader's, which
+ * sorts too); a gene stored twice, a negative count and a fraction are refused naming the cell. */
+static void test_bad_rows(void **state) {
+    (void)state;
+    const int64_t ptr[4] = {0, 2, 5, 6};
+    const int32_t unsorted[6] = {1, 0, 3, 2, 0, 1}, twice[6] = {0, 1, 2, 2, 3, 1};
+    const float ok[6] = {1, 2, 3, 4, 5, 6}, negative[6] = {1, 2, 3, -4, 5, 6}, fraction[6] = {1, 2, 3, 4, 5.5f, 6};
+    const char *p = tu_path(dir, "bad.h5ad");
+    nbs_preprocess_result *pre = NULL;
+    nbs_error err = {0};
+    write_csr(p, ptr, unsorted, ok);
+    assert_int_equal(stream(p, &pre, &err), NBS_OK);
+    const double lib[3] = {3, 12, 6};
+    assert_memory_equal(pre->library_size, lib, sizeof lib);
+    nbs_preprocess_result_free(pre);
+    write_csr(p, ptr, twice, ok);
+    assert_int_equal(stream(p, &pre, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "cell 2 stores gene 3 twice"));
+    write_csr(p, ptr, unsorted, negative);
+    assert_int_equal(stream(p, &pre, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "negative value -4 at cell 2"));
+    write_csr(p, ptr, unsorted, fraction);
+    assert_int_equal(stream(p, &pre, &err), NBS_ERR_INPUT);
+    assert_non_null(strstr(err.msg, "non-integer value 5.5 at cell 2"));
+}
+
+/* What out of core refuses, with the key to change. */
+static void test_refusals(void **state) {
+    (void)state;
+    char args[2048], *errout = NULL;
+    snprintf(args, sizeof args, "--quiet run '%s/p.yaml' --out '%s/x' --set input.backed=true "
+             "--set input.batch_key=batch", dir, dir);
+    assert_int_equal(tu_run_cli(args, NULL, &errout), 2);
+    assert_non_null(strstr(errout, "input.batch_key: out of core"));
+    free(errout);
+    nbs_config c;
+    nbs_config_defaults(&c);
+    c.input.backed = 1;
+    int backed = 0;
+    char why[256];
+    nbs_error err = {0};
+    assert_int_equal(nbs_backed_decide(&c.input, NBS_FMT_MTX, &backed, why, &err), NBS_ERR_USAGE);
+    assert_non_null(strstr(err.msg, "input.backed: false"));
+    /* auto: a limit of 1 MB sends a 3000-cell file (about 2.5 MB in memory) out of core */
+    snprintf(args, sizeof args, "--quiet simulate --out '%s/big' --cells 3000 --genes 300 --format h5ad", dir);
+    assert_int_equal(tu_run_cli(args, NULL, NULL), 0);
+    snprintf(args, sizeof args, "%s/big/sim.h5ad", dir);
+    c.input = input_of(args, NBS_FMT_H5AD);
+    c.input.memory_limit = 1;
+    assert_int_equal(nbs_backed_decide(&c.input, NBS_FMT_H5AD, &backed, why, &err), NBS_OK);
+    assert_int_equal(backed, 1);
+    assert_non_null(strstr(why, "out of core"));
+    c.input.memory_limit = 1000;
+    assert_int_equal(nbs_backed_decide(&c.input, NBS_FMT_H5AD, &backed, why, &err), NBS_OK);
+    assert_int_equal(backed, 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_stream_h5ad),
+        cmocka_unit_test(test_stream_10x),
+        cmocka_unit_test(test_block_order),
+        cmocka_unit_test(test_training_equals_memory),
+        cmocka_unit_test(test_new_h5ad_streamed),
+        cmocka_unit_test(test_bad_rows),
+        cmocka_unit_test(test_refusals),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
