@@ -406,6 +406,18 @@ static void layer_verdict(nbs_collapse_report *r, int l, int top) {
                  Y->n_inconsistent, Y->kl_total);
 }
 
+/* kappa at 5, 25, 50, 75 and 95 % of the n cells (kappa [n]) into q[5]. */
+static int kappa_quantiles(const float *kappa, int64_t n, double *q, nbs_error *err) {
+    double *kap = nbs_malloc(sizeof(double) * (size_t)(n ? n : 1), err);
+    if (!kap) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < n; i++) kap[i] = kappa[i];
+    qsort(kap, (size_t)n, sizeof(double), cmp_d);
+    const double ps[5] = {0.05, 0.25, 0.5, 0.75, 0.95};
+    for (int k = 0; k < 5; k++) q[k] = quantile_sorted(kap, n, ps[k]);
+    free(kap);
+    return NBS_OK;
+}
+
 /* The report's size, thresholds and per-dimension arrays [d] (zeroed; NULL where out of memory:
  * the caller checks them with its own buffers). */
 static void report_begin(nbs_collapse_report *r, const nbs_diagnose_config *dc, int d, int64_t n,
@@ -479,15 +491,7 @@ static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs
         if (!st && !sphere) st = nbs_diagnose_mi_gaussian(loc, spread, n, d, dc->mi_batch, rng, &Y->mi, err);
         if (sphere) {
             Y->mi = NAN;
-            double *kap = nbs_malloc(sizeof(double) * n, err);
-            if (!kap) st = NBS_ERR_NOMEM;
-            for (int64_t i = 0; kap && i < n; i++) kap[i] = spread[i];
-            if (kap) {
-                qsort(kap, (size_t)n, sizeof(double), cmp_d);
-                const double ps[5] = {0.05, 0.25, 0.5, 0.75, 0.95};
-                for (int q = 0; q < 5; q++) r->kappa_q[q] = quantile_sorted(kap, n, ps[q]);
-                free(kap);
-            }
+            if (kappa_quantiles(spread, n, r->kappa_q, err)) st = NBS_ERR_NOMEM;
         }
         /* the layer's columns of Z (locations), Zv (variances) and Zc (the constant: the mean, its
          * direction on the sphere) */
@@ -608,15 +612,7 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
             st = nbs_diagnose_mi_gaussian(loc, spread, n, d, dc->mi_batch, rng, &r->mi, err);
         } else {
             r->mi = NAN;
-            double *kap = nbs_malloc(sizeof(double) * n, err);
-            if (!kap) st = NBS_ERR_NOMEM;
-            for (int64_t i = 0; kap && i < n; i++) kap[i] = spread[i];
-            if (kap) {
-                qsort(kap, (size_t)n, sizeof(double), cmp_d);
-                const double ps[5] = {0.05, 0.25, 0.5, 0.75, 0.95};
-                for (int q = 0; q < 5; q++) r->kappa_q[q] = quantile_sorted(kap, n, ps[q]);
-                free(kap);
-            }
+            if (kappa_quantiles(spread, n, r->kappa_q, err)) st = NBS_ERR_NOMEM;
         }
     }
     if (!st) {

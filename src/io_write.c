@@ -268,22 +268,29 @@ static hid_t create_file(const char *tmp) {
     return f;
 }
 
-static int write_new_h5ad(hid_t f, const nbs_matrix *m) {
+/* X as anndata's csr_matrix of n x n_genes with nnz entries: data, indices and indptr written
+ * now, or (NULL) created to be filled later by blocks. */
+static int write_csr_x(hid_t f, int64_t n, int64_t n_genes, int64_t nnz, const float *data, const int32_t *indices,
+                       const int64_t *indptr) {
     hid_t x = nbs_h5_new_group(f, "X");
     if (x < 0) return -1;
-    int64_t shape[2] = {m->n_cells, m->n_genes};
-    hsize_t two = 2, nnz = (hsize_t)m->nnz, np = (hsize_t)m->n_cells + 1;
+    int64_t shape[2] = {n, n_genes};
+    hsize_t two = 2, hn = (hsize_t)nnz, np = (hsize_t)n + 1;
     hid_t sp = H5Screate_simple(1, &two, NULL);
     hid_t a = H5Acreate2(x, "shape", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
     int bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, shape) < 0;
     if (a >= 0) H5Aclose(a);
     H5Sclose(sp);
     bad = bad || nbs_h5_set_encoding(x, "csr_matrix", "0.1.0") ||
-          nbs_h5_write_ds(x, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &nnz, m->data, 1) ||
-          nbs_h5_write_ds(x, "indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &nnz, m->indices, 1) ||
-          nbs_h5_write_ds(x, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, m->indptr, 1);
+          nbs_h5_write_ds(x, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &hn, data, 1) ||
+          nbs_h5_write_ds(x, "indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &hn, indices, 1) ||
+          nbs_h5_write_ds(x, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, indptr, 1);
     H5Gclose(x);
-    return bad || dataframe(f, "obs", m->barcodes, m->n_cells, NULL, NULL) ||
+    return bad;
+}
+
+static int write_new_h5ad(hid_t f, const nbs_matrix *m) {
+    return write_csr_x(f, m->n_cells, m->n_genes, m->nnz, m->data, m->indices, m->indptr) || dataframe(f, "obs", m->barcodes, m->n_cells, NULL, NULL) ||
            dataframe(f, "var", m->gene_names, m->n_genes, "gene_ids", m->gene_ids) || empty_dict(f, "layers") ||
            empty_dict(f, "obsp") || empty_dict(f, "varm") || empty_dict(f, "varp");
 }
@@ -702,20 +709,7 @@ static int write_rows(hid_t loc, const char *name, hid_t mtype, int64_t row0, in
 /* A new file's skeleton: X (csr_matrix of n x n_genes, nnz entries), obs (index), var, empty dicts. */
 static int stream_skeleton(hid_t f, int64_t n, char *const *gene_names, char *const *gene_ids, int64_t n_genes,
                            int64_t nnz) {
-    hid_t x = nbs_h5_new_group(f, "X");
-    if (x < 0) return -1;
-    int64_t shape[2] = {n, n_genes};
-    hsize_t two = 2, hn = (hsize_t)nnz, np = (hsize_t)n + 1;
-    hid_t sp = H5Screate_simple(1, &two, NULL);
-    hid_t a = H5Acreate2(x, "shape", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
-    int bad = a < 0 || H5Awrite(a, H5T_NATIVE_INT64, shape) < 0;
-    if (a >= 0) H5Aclose(a);
-    H5Sclose(sp);
-    bad = bad || nbs_h5_set_encoding(x, "csr_matrix", "0.1.0") ||
-          nbs_h5_write_ds(x, "data", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, 1, &hn, NULL, 1) ||
-          nbs_h5_write_ds(x, "indices", H5T_STD_I32LE, H5T_NATIVE_INT32, 1, &hn, NULL, 1) ||
-          nbs_h5_write_ds(x, "indptr", H5T_STD_I64LE, H5T_NATIVE_INT64, 1, &np, NULL, 1);
-    H5Gclose(x);
+    int bad = write_csr_x(f, n, n_genes, nnz, NULL, NULL, NULL);
     hid_t obs = bad ? -1 : nbs_h5_new_group(f, "obs");
     if (obs < 0) return -1;
     hsize_t hrows = (hsize_t)n;
