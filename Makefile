@@ -8,7 +8,8 @@
 #   make bench     speed and memory against the PyTorch reference (make bench-deps first)
 #   make bench-knn recall and time of the approximate k-NN graph against the exact one (50k cells)
 #   make bench-scale   s/epoch and peak memory, in memory against out of core (input.backed), on
-#                  simulated .h5ad files of 100k, 500k and 2M cells (SIZES=..., EPOCHS=...)
+#                  simulated .h5ad files of 100k, 500k and 2M cells (SIZES=..., EPOCHS=...), then
+#                  1 against 2 MPI processes (MPI_SIZES=...) and the many-node projection
 #   make fuzz      libFuzzer harnesses (fuzz/*.c, clang) for FUZZ_TIME seconds each (default 60)
 #   make install   binary, static and shared library, headers, nbsphere.pc, man page into
 #                  $(DESTDIR)$(PREFIX) (default /usr/local); make uninstall removes them
