@@ -406,6 +406,18 @@ static void layer_verdict(nbs_collapse_report *r, int l, int top) {
                  Y->n_inconsistent, Y->kl_total);
 }
 
+/* The constant z the reconstruction gain compares with: the mean location of the n cells (loc
+ * [n x d]), on the sphere its direction (the first axis when the mean is 0), into c[d]. */
+static void constant_z(const float *loc, int64_t n, int d, int sphere, float *c) {
+    double mean[NBS_MAX_KL_TERMS] = {0}, norm = 0;
+    for (int j = 0; j < d; j++) {
+        for (int64_t i = 0; i < n; i++) mean[j] += loc[i * d + j];
+        mean[j] /= (double)n;
+        norm += mean[j] * mean[j];
+    }
+    for (int j = 0; j < d; j++) c[j] = (float)(sphere ? (norm > 0 ? mean[j] / sqrt(norm) : (j == 0)) : mean[j]);
+}
+
 /* kappa at 5, 25, 50, 75 and 95 % of the n cells (kappa [n]) into q[5]. */
 static int kappa_quantiles(const float *kappa, int64_t n, double *q, nbs_error *err) {
     double *kap = nbs_malloc(sizeof(double) * (size_t)(n ? n : 1), err);
@@ -495,17 +507,13 @@ static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs
         }
         /* the layer's columns of Z (locations), Zv (variances) and Zc (the constant: the mean, its
          * direction on the sphere) */
-        double c[NBS_MAX_KL_TERMS] = {0}, norm = 0;
-        for (int j = 0; j < d; j++) {
-            for (int64_t i = 0; i < n; i++) c[j] += loc[i * d + j];
-            c[j] /= (double)n;
-            norm += c[j] * c[j];
-        }
+        float c[NBS_MAX_KL_TERMS];
+        constant_z(loc, n, d, sphere, c);
         for (int64_t i = 0; i < n; i++)
             for (int j = 0; j < d; j++) {
                 Z[i * D + off + j] = loc[i * d + j];
                 Zv[i * D + off + j] = sphere ? 0 : spread[i * d + j];
-                Zc[i * D + off + j] = (float)(sphere ? (norm > 0 ? c[j] / sqrt(norm) : (j == 0)) : c[j]);
+                Zc[i * D + off + j] = c[j];
             }
     }
     if (!st) st = nbs_model_loglik(m, w, cells, Z, ll, err);
@@ -595,15 +603,9 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
     }
     if (!st) { /* how much the decoder uses z at all: z at the posterior vs one constant z */
         st = nbs_model_loglik(m, w, cells, loc, ll, err);
-        double c[NBS_MAX_KL_TERMS] = {0}, norm = 0;
-        for (int j = 0; j < d; j++) {
-            for (int64_t i = 0; i < n; i++) c[j] += loc[i * d + j];
-            c[j] /= (double)n;
-            norm += c[j] * c[j];
-        }
-        for (int64_t i = 0; i < n; i++)
-            for (int j = 0; j < d; j++) /* on the sphere the constant is the normalised mean direction */
-                zc[i * d + j] = (float)(sphere ? (norm > 0 ? c[j] / sqrt(norm) : (j == 0)) : c[j]);
+        float c[NBS_MAX_KL_TERMS];
+        constant_z(loc, n, d, sphere, c);
+        for (int64_t i = 0; i < n; i++) memcpy(zc + i * d, c, sizeof(float) * (size_t)d);
         if (!st) st = nbs_model_loglik(m, w, cells, zc, ll0, err);
         gain_of(r, ll, ll0, n);
     }
