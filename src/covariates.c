@@ -375,6 +375,21 @@ void nbs_covariates_attach(const nbs_covariate_values *values, nbs_cells *c) {
     c->n_continuous = values->n_continuous;
 }
 
+int nbs_covariate_values_gather(const nbs_covariate_values *v, const int64_t *rows, int64_t n,
+                                nbs_covariate_values *out, nbs_error *err) {
+    const int K = v->n_categorical, KC = v->n_continuous;
+    int st = alloc_values(out, n, K, KC, err);
+    for (int64_t i = 0; !st && i < n; i++) {
+        for (int k = 0; k < K; k++) out->codes[i * K + k] = v->codes[rows[i] * K + k];
+        for (int k = 0; k < KC; k++) {
+            out->standardised[i * KC + k] = v->standardised[rows[i] * KC + k];
+            out->raw[i * KC + k] = v->raw[rows[i] * KC + k];
+        }
+    }
+    if (st) nbs_covariate_values_free(out);
+    return st;
+}
+
 void nbs_covariates_describe(const nbs_covariates *cov, char *buf, size_t n) {
     size_t used = 0;
     buf[0] = '\0';

@@ -505,6 +505,35 @@ int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nb
     return rc;
 }
 
+int nbs_backed_cell_names(nbs_backed *b, const int64_t *rows, int64_t n, nbs_matrix **out, nbs_error *err) {
+    enum { CHUNK = 1 << 16 };
+    *out = NULL;
+    nbs_matrix *m = nbs_matrix_new(n, 0, 0, err);
+    char **tmp = m ? nbs_calloc(CHUNK, sizeof *tmp, err) : NULL; /* (CHUNK) the names of a run of file rows */
+    int st = tmp ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t i = 0; !st && i < n;) {
+        const int64_t r0 = rows ? rows[i] : i;
+        int64_t j = i + 1;
+        while (j < n && (rows ? rows[j] : j) < r0 + CHUNK) j++;
+        const int64_t len = (rows ? rows[j - 1] : j - 1) + 1 - r0;
+        st = nbs_backed_barcodes(b, r0, len, tmp, err);
+        for (int64_t t = i; !st && t < j; t++) {
+            const int64_t r = (rows ? rows[t] : t) - r0;
+            m->barcodes[t] = tmp[r];
+            tmp[r] = NULL;
+        }
+        for (int64_t r = 0; r < len; r++) free(tmp[r]), tmp[r] = NULL;
+        i = j;
+    }
+    free(tmp);
+    if (st) {
+        nbs_matrix_free(m);
+        return st;
+    }
+    *out = m;
+    return NBS_OK;
+}
+
 /* ---- the loader ---- */
 
 struct nbs_backed_loader {
@@ -529,6 +558,9 @@ struct nbs_backed_loader {
     /* the minibatch handed to training */
     nbs_matrix mb;           /* (batch, G), room for max_nnz entries */
     double *mb_lib;          /* (batch) */
+    const nbs_covariate_values *cov; /* (n cells) of the kept cells, or NULL */
+    int32_t *mb_codes;       /* (batch, n_categorical) the minibatch's rows of cov */
+    float *mb_cont;          /* (batch, n_continuous) */
     int batch;
     int64_t max_nnz;
 };
@@ -543,6 +575,7 @@ void nbs_backed_loader_free(nbs_backed_loader *l) {
     free(l->s_indptr), free(l->s_idx), free(l->s_data), free(l->s_cap), free(l->block_of_slot);
     free(l->col), free(l->slot_of_block), free(l->group), free(l->perm), free(l->count), free(l->tmp);
     free(l->mb.indptr), free(l->mb.indices), free(l->mb.data), free(l->mb_lib);
+    free(l->mb_codes), free(l->mb_cont);
     free(l);
 }
 
@@ -694,10 +727,35 @@ static int loader_fetch(void *user, const int64_t *seq, int64_t n_seq, int64_t p
         w += len;
         l->mb.indptr[i + 1] = w;
         l->mb_lib[i] = l->library[c];
+        if (!l->cov) continue;
+        const int nc = l->cov->n_categorical, nk = l->cov->n_continuous;
+        memcpy(l->mb_codes + i * nc, l->cov->codes + c * nc, sizeof *l->mb_codes * (size_t)nc);
+        memcpy(l->mb_cont + i * nk, l->cov->standardised + c * nk, sizeof *l->mb_cont * (size_t)nk);
     }
     l->mb.n_cells = n;
     l->mb.nnz = w;
     *out = (nbs_cells){.X = &l->mb, .rows = NULL, .row0 = 0, .n = n, .library = l->mb_lib};
+    if (l->cov) {
+        out->covariate_codes = l->cov->n_categorical ? l->mb_codes : NULL;
+        out->n_categorical = l->cov->n_categorical;
+        out->continuous = l->cov->n_continuous ? l->mb_cont : NULL;
+        out->n_continuous = l->cov->n_continuous;
+    }
+    return NBS_OK;
+}
+
+int nbs_backed_loader_covariates(nbs_backed_loader *l, const nbs_covariate_values *v, nbs_error *err) {
+    free(l->mb_codes), free(l->mb_cont);
+    l->mb_codes = NULL, l->mb_cont = NULL, l->cov = NULL;
+    if (!v || (!v->n_categorical && !v->n_continuous)) return NBS_OK;
+    if (v->n_cells != l->n)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "covariates of %lld cells for a loader of %lld", (long long)v->n_cells,
+                             (long long)l->n);
+    l->mb_codes = nbs_malloc(sizeof *l->mb_codes * (size_t)l->batch * (size_t)v->n_categorical + 1, err);
+    l->mb_cont = l->mb_codes ? nbs_malloc(sizeof *l->mb_cont * (size_t)l->batch * (size_t)v->n_continuous + 1, err)
+                             : NULL;
+    if (!l->mb_cont) return NBS_ERR_NOMEM;
+    l->cov = v;
     return NBS_OK;
 }
 

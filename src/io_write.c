@@ -830,6 +830,18 @@ int nbs_io_h5ad_stream_rows(nbs_h5ad_stream *s, int64_t n, char *const *barcodes
     return NBS_OK;
 }
 
+int nbs_io_h5ad_stream_obs(nbs_h5ad_stream *s, const nbs_embedding_meta *meta, nbs_error *err) {
+    if (s->rows_done != s->n)
+        return nbs_error_set(err, NBS_ERR_INTERNAL, "%s: obs columns before every cell was written", s->path);
+    nbs_embedding_meta m = *meta; /* kappa came with the rows */
+    m.obs_kappa = NULL;
+    out_of_memory = 0;
+    int bad = m.n_obs_columns && add_obs_columns(s->f, s->n, &m);
+    if (!bad && m.trajectory) bad = add_trajectory(s->f, s->n, m.trajectory);
+    if (bad && out_of_memory) return nbs_error_set(err, NBS_ERR_NOMEM, "%s: out of memory writing obs", s->tmp);
+    return bad ? nbs_error_set(err, NBS_ERR_IO, "%s: writing obs columns failed (an HDF5 error)", s->tmp) : NBS_OK;
+}
+
 int nbs_io_h5ad_stream_close(nbs_h5ad_stream *s, int status, nbs_error *err) {
     if (!s) return status;
     if (!status && (s->rows_done != s->n || s->nnz_done != (s->copy ? 0 : s->nnz)))

@@ -379,6 +379,41 @@ static int cmp_batch_order(const void *a, const void *b, void *ctx) {
     return (i > j) - (i < j);
 }
 
+/* One batch's scores (G) ranked (0 = most variable): each gene among the top k gets its rank in
+ * top_ranks (G, n_batches) at its nbatches-th place. order (G) is scratch. Shared by the in-memory
+ * and the streamed selections. */
+static void rank_in_batch(const double *score, int64_t G, int64_t k, int n_batches, int64_t *order, int *nbatches,
+                          float *top_ranks) {
+    for (int64_t g = 0; g < G; g++) order[g] = g;
+    qsort_r(order, (size_t)G, sizeof *order, cmp_score_desc, (void *)score); /* order[rank] = gene */
+    for (int64_t r = 0; r < k; r++) {
+        const int64_t g = order[r];
+        top_ranks[g * n_batches + nbatches[g]++] = (float)r;
+    }
+}
+
+/* The batches' ranks merged (median and count per gene, the flavor's order): the first k genes,
+ * ascending, into out (k). median and order (G) are scratch. */
+static void merge_batches(int64_t G, int64_t k, int n_batches, const int *nbatches, float *top_ranks, double *median,
+                          int64_t *order, nbs_hvg_flavor flavor, int64_t *out) {
+    for (int64_t g = 0; g < G; g++) {
+        float *r = top_ranks + g * n_batches;
+        const int c = nbatches[g];
+        for (int i = 1; i < c; i++) /* insertion sort: c <= n_batches */
+            for (int j = i; j > 0 && r[j - 1] > r[j]; j--) {
+                const float t = r[j];
+                r[j] = r[j - 1];
+                r[j - 1] = t;
+            }
+        median[g] = !c ? NAN : c % 2 ? r[c / 2] : 0.5 * ((double)r[c / 2 - 1] + r[c / 2]);
+        order[g] = g;
+    }
+    batch_order o = {nbatches, median, flavor};
+    qsort_r(order, (size_t)G, sizeof *order, cmp_batch_order, &o);
+    memcpy(out, order, sizeof *out * (size_t)k);
+    qsort(out, (size_t)k, sizeof *out, cmp_i64);
+}
+
 int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, int n_batches, double span, int64_t k,
                                    nbs_hvg_flavor flavor, int64_t *out, int *used, nbs_error *err) {
     const int64_t G = m->n_genes, N = m->n_cells;
@@ -408,32 +443,12 @@ int64_t nbs_preprocess_hvg_batched(const nbs_matrix *m, const int32_t *batch, in
             nbs_error_prefix(err, "batch %d: ", b + 1);
             break;
         }
-        for (int64_t g = 0; g < G; g++) order[g] = g;
-        qsort_r(order, (size_t)G, sizeof *order, cmp_score_desc, score); /* order[rank] = gene */
-        for (int64_t r = 0; r < k; r++) {
-            const int64_t g = order[r];
-            top_ranks[g * n_batches + nbatches[g]++] = (float)r;
-        }
+        rank_in_batch(score, G, k, n_batches, order, nbatches, top_ranks);
         (*used)++;
     }
     int64_t written = 0;
     if (!rc && *used) {
-        for (int64_t g = 0; g < G; g++) {
-            float *r = top_ranks + g * n_batches;
-            const int c = nbatches[g];
-            for (int i = 1; i < c; i++) /* insertion sort: c <= n_batches */
-                for (int j = i; j > 0 && r[j - 1] > r[j]; j--) {
-                    const float t = r[j];
-                    r[j] = r[j - 1];
-                    r[j - 1] = t;
-                }
-            median[g] = !c ? NAN : c % 2 ? r[c / 2] : 0.5 * ((double)r[c / 2 - 1] + r[c / 2]);
-            order[g] = g;
-        }
-        batch_order o = {nbatches, median, flavor};
-        qsort_r(order, (size_t)G, sizeof *order, cmp_batch_order, &o);
-        memcpy(out, order, sizeof *out * (size_t)k);
-        qsort(out, (size_t)k, sizeof *out, cmp_i64);
+        merge_batches(G, k, n_batches, nbatches, top_ranks, median, order, flavor, out);
         written = k;
     }
     free(rows);
@@ -705,6 +720,14 @@ typedef struct {
     const double *clip;            /* (chosen genes) Seurat v3's clip of each count */
     double *s1, *s2;               /* (chosen genes) sums of the clipped counts and their squares */
     int32_t *row_nnz;              /* (kept cells) entries in the chosen genes */
+    /* batch-aware Seurat v3 (stream_hvg_batched), over the genes the filter kept, per batch: 4 the
+     * sums and sums of squares, 5 the clipped sums; a batch of fewer than 2 kept cells is skipped */
+    const int32_t *batch;          /* (input cells) batch code */
+    const int64_t *batch_cells;    /* (batches) kept cells of each batch */
+    int64_t G;                     /* the genes the filter kept: the stride of the per-batch sums */
+    double *bsum, *bsumsq;         /* (batches, G) pass 4 */
+    const double *bclip;           /* (batches, G) */
+    double *bs1, *bs2;             /* (batches, G) pass 5 */
 } stream_pass;
 
 static int stream_visit(void *ctx, const nbs_matrix *b, int64_t first, nbs_error *err) {
@@ -736,6 +759,18 @@ static int stream_visit(void *ctx, const nbs_matrix *b, int64_t first, nbs_error
                 x->s1[j] += d;
                 x->s2[j] += d * d;
             }
+        } else if (x->pass >= 4) {
+            const int32_t bb = x->batch[c];
+            if (x->batch_cells[bb] < 2) continue;
+            double *u = (x->pass == 4 ? x->bsum : x->bs1) + bb * x->G, *w = (x->pass == 4 ? x->bsumsq : x->bs2) + bb * x->G;
+            const double *clip = x->pass == 5 ? x->bclip + bb * x->G : NULL;
+            for (int64_t k = k0; k < k1; k++) {
+                const int64_t j = x->col[g[k]];
+                if (j < 0) continue;
+                const double d = clip ? fmin((double)v[k], clip[j]) : v[k];
+                u[j] += d;
+                w[j] += d * d;
+            }
         } else {
             double l = 0;
             int32_t nz = 0;
@@ -755,8 +790,81 @@ static int stream_run(const nbs_row_source *src, stream_pass *x, int pass, nbs_e
     return src->scan(src->user, stream_visit, x, err);
 }
 
+/* select_hvg's batch-aware branch over the stream: nbs_preprocess_hvg_batched's per-batch Seurat v3
+ * with the same sums in the same order (passes 4 and 5), ranked and merged by the same code. The
+ * genes into top (n_top_genes); *used gets the batches ranked (0: none has 2 kept cells, nothing
+ * written). x->col maps the input genes to the G the filter kept. Memory: 6 doubles per gene and
+ * batch. */
+static int stream_hvg_batched(const nbs_row_source *src, stream_pass *x, const nbs_preprocess_config *cfg,
+                              const nbs_preprocess_batches *b, int64_t *top, int *used, nbs_error *err) {
+    nbs_preprocess_result *r = x->r;
+    const int64_t G = r->n_genes, N = r->n_cells, k = cfg->n_top_genes;
+    const int B = b->n_batches;
+    const size_t BG = (size_t)B * (size_t)G + 1;
+    *used = 0;
+    int64_t *bn = nbs_calloc((size_t)B + 1, sizeof *bn, err);
+    if (!bn) return NBS_ERR_NOMEM;
+    int rc = NBS_OK;
+    for (int64_t i = 0; i < N && !rc; i++) {
+        const int32_t code = b->codes[r->cells[i]];
+        if (code < 0 || code >= B)
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "preprocess: cell %lld of the input has no value in the batch column "
+                               "'%s'; every cell the filters keep needs one", (long long)r->cells[i] + 1, b->column);
+        else bn[code]++;
+    }
+    for (int i = 0; i < B && !rc; i++) {
+        if (bn[i] < 2)
+            nbs_info("highly variable genes: batch '%s' has %lld kept cell%s, too few to rank genes in; it is left "
+                     "out of the batch-aware selection", b->names[i], (long long)bn[i], bn[i] == 1 ? "" : "s");
+        else (*used)++;
+    }
+    if (!rc && !*used) nbs_info("highly variable genes: no batch has 2 kept cells; the genes are ranked over all cells");
+    if (rc || !*used) {
+        free(bn);
+        return rc;
+    }
+    double *fit = nbs_malloc(sizeof *fit * BG, err), *clip = nbs_malloc(sizeof *clip * BG, err);
+    double *score = nbs_malloc(sizeof *score * ((size_t)G + 1), err), *median = nbs_malloc(sizeof *median * ((size_t)G + 1), err);
+    int64_t *order = nbs_malloc(sizeof *order * ((size_t)G + 1), err);
+    int *nbatches = nbs_calloc((size_t)G + 1, sizeof *nbatches, err);
+    float *top_ranks = nbs_malloc(sizeof *top_ranks * BG, err); /* (G, B) */
+    x->bsum = nbs_calloc(BG, sizeof *x->bsum, err);
+    x->bsumsq = nbs_calloc(BG, sizeof *x->bsumsq, err);
+    x->bs1 = nbs_calloc(BG, sizeof *x->bs1, err);
+    x->bs2 = nbs_calloc(BG, sizeof *x->bs2, err);
+    rc = fit && clip && score && median && order && nbatches && top_ranks && x->bsum && x->bsumsq && x->bs1 && x->bs2
+             ? NBS_OK : NBS_ERR_NOMEM;
+    x->batch = b->codes;
+    x->batch_cells = bn;
+    x->G = G;
+    x->bclip = clip;
+    if (!rc) rc = stream_run(src, x, 4, err);
+    for (int i = 0; i < B && !rc; i++)
+        if (bn[i] >= 2 && (rc = seurat_trend(G, bn[i], cfg->hvg_span, x->bsum + (size_t)i * G, x->bsumsq + (size_t)i * G,
+                                              fit + (size_t)i * G, clip + (size_t)i * G, err)))
+            nbs_error_prefix(err, "batch %d: ", i + 1);
+    if (!rc) rc = stream_run(src, x, 5, err);
+    for (int i = 0; i < B && !rc; i++) {
+        if (bn[i] < 2) continue;
+        const size_t o = (size_t)i * G;
+        seurat_score(G, bn[i], x->bsum + o, fit + o, x->bs1 + o, x->bs2 + o, score);
+        rank_in_batch(score, G, k, B, order, nbatches, top_ranks);
+    }
+    if (!rc) merge_batches(G, k, B, nbatches, top_ranks, median, order, cfg->hvg_flavor, top);
+    free(x->bsum), free(x->bsumsq), free(x->bs1), free(x->bs2);
+    x->bsum = x->bsumsq = x->bs1 = x->bs2 = NULL;
+    free(bn), free(fit), free(clip), free(score), free(median), free(order), free(nbatches), free(top_ranks);
+    return rc;
+}
+
 int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                           int32_t **row_nnz, nbs_error *err) {
+    return nbs_preprocess_stream_batched(src, cfg, NULL, out, row_nnz, err);
+}
+
+int nbs_preprocess_stream_batched(const nbs_row_source *src, const nbs_preprocess_config *cfg,
+                                  const nbs_preprocess_batches *b, nbs_preprocess_result **out, int32_t **row_nnz,
+                                  nbs_error *err) {
     *out = NULL;
     *row_nnz = NULL;
     const nbs_matrix shape = {.n_cells = src->n_cells, .n_genes = src->n_genes};
@@ -801,11 +909,17 @@ int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config
             var[i] = x.sumsq[r->genes[i]];
             col[r->genes[i]] = i;
         }
-        if ((rc = seurat_trend(G, N, cfg->hvg_span, mean, var, fit, clip, err))) goto done;
-        x.clip = clip;
-        if ((rc = stream_run(src, &x, 2, err))) goto done;
-        seurat_score(G, N, mean, fit, x.s1, x.s2, score);
-        const int64_t k = nbs_preprocess_top_k(score, G, cfg->n_top_genes, top);
+        int used = 0;
+        if (b && b->codes && cfg->hvg_batch_aware && (rc = stream_hvg_batched(src, &x, cfg, b, top, &used, err)))
+            goto done;
+        r->hvg_batches = used;
+        if (!used) {
+            if ((rc = seurat_trend(G, N, cfg->hvg_span, mean, var, fit, clip, err))) goto done;
+            x.clip = clip;
+            if ((rc = stream_run(src, &x, 2, err))) goto done;
+            seurat_score(G, N, mean, fit, x.s1, x.s2, score);
+        }
+        const int64_t k = used ? cfg->n_top_genes : nbs_preprocess_top_k(score, G, cfg->n_top_genes, top);
         if (k < 0) {
             rc = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory ranking genes");
             goto done;

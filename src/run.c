@@ -71,6 +71,7 @@ typedef struct {
     char **backed_names, **backed_ids; /* (chosen genes) pointers into the file's gene names */
     nbs_matrix *diag_X;          /* (n_diag, genes) the subsample's counts */
     double *diag_lib;            /* (n_diag) */
+    nbs_covariate_values diag_cov; /* (n_diag) the subsample's covariates */
 } run_state;
 
 static void stage_begin(run_state *s, const char *name) {
@@ -145,6 +146,24 @@ static void log_kept_per_sample(const run_state *s) {
         nbs_info("sample '%s': %lld cells kept after the QC filters", smp->items[k].name, (long long)kept[k]);
 }
 
+/* Which Seurat v3 selection chose the genes, for the log (in memory and out of core alike). */
+static void log_hvg(const run_state *s, const char *column) {
+    const nbs_preprocess_config *pc = &s->p->config.preprocess;
+    if (*column && s->pre->removed_genes_hvg > 0) {
+        if (s->pre->hvg_batches)
+            nbs_info("highly variable genes: Seurat v3 ranked within each of %d batches of '%s', genes ordered by %s "
+                     "(preprocess.hvg_flavor: %s)", s->pre->hvg_batches, column,
+                     pc->hvg_flavor == NBS_HVG_SEURAT_V3_PAPER
+                         ? "the number of batches that rank them among the top n_top_genes, then by their median rank"
+                         : "their median rank over the batches that rank them among the top n_top_genes, then by "
+                           "the number of those batches",
+                     nbs_enum_word_of(nbs_hvg_flavor_words, pc->hvg_flavor));
+        else
+            nbs_info("highly variable genes: Seurat v3 over all cells pooled%s", pc->hvg_batch_aware ? ""
+                     : " (preprocess.hvg_batch_aware: false)");
+    }
+}
+
 static int stage_preprocess(run_state *s, nbs_error *err) {
     const nbs_preprocess_config *pc = &s->p->config.preprocess;
     const nbs_input_config *in = &s->p->config.input;
@@ -164,19 +183,7 @@ static int stage_preprocess(run_state *s, nbs_error *err) {
     free(codes);
     nbs_categorical_covariate_free(&batch);
     if (st) return st;
-    if (*column && s->pre->removed_genes_hvg > 0) {
-        if (s->pre->hvg_batches)
-            nbs_info("highly variable genes: Seurat v3 ranked within each of %d batches of '%s', genes ordered by %s "
-                     "(preprocess.hvg_flavor: %s)", s->pre->hvg_batches, column,
-                     pc->hvg_flavor == NBS_HVG_SEURAT_V3_PAPER
-                         ? "the number of batches that rank them among the top n_top_genes, then by their median rank"
-                         : "their median rank over the batches that rank them among the top n_top_genes, then by "
-                           "the number of those batches",
-                     nbs_enum_word_of(nbs_hvg_flavor_words, pc->hvg_flavor));
-        else
-            nbs_info("highly variable genes: Seurat v3 over all cells pooled%s", pc->hvg_batch_aware ? ""
-                     : " (preprocess.hvg_batch_aware: false)");
-    }
+    log_hvg(s, column);
     if (in->samples.n) log_kept_per_sample(s);
     char msg[512];
     nbs_preprocess_summary(s->pre, pc, msg, sizeof msg);
@@ -205,7 +212,9 @@ static int choose_diag_rows(run_state *s, nbs_error *err) {
     }
     s->diag_rows = all;
     s->n_diag = k;
-    return s->loader ? nbs_backed_loader_read(s->loader, all, k, &s->diag_X, &s->diag_lib, err) : NBS_OK;
+    if (!s->loader) return NBS_OK;
+    int st = nbs_backed_loader_read(s->loader, all, k, &s->diag_X, &s->diag_lib, err);
+    return st ? st : nbs_covariate_values_gather(&s->cov, all, k, &s->diag_cov, err);
 }
 
 /* Every kept cell with its library size and covariates. */
@@ -220,7 +229,8 @@ static int diagnose_now(run_state *s, nbs_model *m, int epoch, nbs_collapse_repo
     gsl_rng *g = nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_DIAGNOSE, (uint64_t)epoch, err);
     if (!g) return err->code;
     nbs_cells c = s->diag_X ? nbs_cells_all(s->diag_X, s->diag_lib) : all_cells(s);
-    if (!s->diag_X) {
+    if (s->diag_X) nbs_covariates_attach(&s->diag_cov, &c);
+    else {
         c.rows = s->diag_rows;
         c.n = s->n_diag;
     }
@@ -247,21 +257,26 @@ static int track_epoch(void *user, nbs_model *m, int epoch, nbs_error *err) {
 /* Labels for the kept cells, from a labels table or the h5ad's obs. */
 static int read_labels(run_state *s, nbs_error *err) {
     const nbs_input_config *in = &s->p->config.input;
-    if (!in->label_column[0] || s->labels || s->out_of_core) return NBS_OK; /* out of core: noted by decide_backed */
-    if (in->labels_path[0])
-        return nbs_io_read_labels_table(in->labels_path, in->label_column, s->pre->matrix, &s->labels, err);
-    if (s->format == NBS_FMT_H5AD)
-        return nbs_io_read_h5ad_obs(in->path, in->label_column, s->pre->matrix, &s->labels, err);
-    return nbs_error_set(err, NBS_ERR_USAGE, "input.label_column '%s' is set, but there is no labels table "
-                         "(input.labels_path) and the input is not an .h5ad with that obs column",
-                         in->label_column);
+    if (!in->label_column[0] || s->labels) return NBS_OK;
+    if (!in->labels_path[0] && s->format != NBS_FMT_H5AD)
+        return nbs_error_set(err, NBS_ERR_USAGE, "input.label_column '%s' is set, but there is no labels table "
+                             "(input.labels_path) and the input is not an .h5ad with that obs column",
+                             in->label_column);
+    /* out of core, the kept cells' names only while the labels are matched to them */
+    nbs_matrix *names = NULL;
+    int st = s->pre->matrix ? NBS_OK : nbs_backed_cell_names(s->backed, s->pre->cells, s->pre->n_cells, &names, err);
+    const nbs_matrix *X = names ? names : s->pre->matrix;
+    if (!st && in->labels_path[0]) st = nbs_io_read_labels_table(in->labels_path, in->label_column, X, &s->labels, err);
+    else if (!st) st = nbs_io_read_h5ad_obs(in->path, in->label_column, X, &s->labels, err);
+    nbs_matrix_free(names);
+    return st;
 }
 
 /* How well the embedding keeps the labels apart, next to PCA of log1p(CP10k) on the same genes:
  * k-NN label accuracy with k-fold cross-validation (the metric the issues quote). */
 static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_error *err) {
-    const nbs_matrix *X = s->pre->matrix;
-    const int64_t n = X->n_cells;
+    const nbs_matrix *X = s->pre->matrix; /* NULL out of core: no PCA baseline */
+    const int64_t n = s->pre->n_cells;
     int32_t *codes = nbs_malloc(sizeof(int32_t) * (size_t)n, err);
     float *pcs = codes ? nbs_malloc(sizeof(float) * (size_t)n * PCA_DIMS, err) : NULL;
     gsl_rng *r = pcs ? nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_EVALUATE, 0, err) : NULL;
@@ -275,22 +290,27 @@ static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_er
         st = nbs_eval_knn_accuracy(z, n, d, codes, KNN_K, KNN_FOLDS, cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
                                    nb, seed, r, &s->knn_embedding, NULL, &s->knn_info, err);
     }
-    const int k = X->n_genes < PCA_DIMS ? (int)X->n_genes : PCA_DIMS;
-    if (!st) st = nbs_eval_pca(X, k, 4, r, pcs, NULL, err);
-    if (!st) {
+    const int k = s->pre->n_genes < PCA_DIMS ? (int)s->pre->n_genes : PCA_DIMS;
+    if (!st && X) st = nbs_eval_pca(X, k, 4, r, pcs, NULL, err);
+    if (!st && X) {
         nbs_stream_set(r, s->p->config.train.seed, NBS_STREAM_EVALUATE, 0); /* the same folds as the embedding's */
         st = nbs_eval_knn_accuracy(pcs, n, k, codes, KNN_K, KNN_FOLDS, NBS_METRIC_EUCLIDEAN, nb, seed, r, &s->knn_pca,
                                    NULL, &pca_info, err);
     }
-    if (!st) {
+    if (!st && !X)
+        nbs_info("%d-NN accuracy of the '%s' labels (%d classes, %d-fold): embedding %.3f; out of core the PCA "
+                 "baseline is not computed (PCA of log1p CP10k needs every cell's counts in memory)", KNN_K,
+                 s->p->config.input.label_column, n_classes, KNN_FOLDS, s->knn_embedding);
+    else if (!st) {
         nbs_info("%d-NN accuracy of the '%s' labels (%d classes, %d-fold): embedding %.3f, PCA (%d components "
                  "of log1p CP10k) %.3f", KNN_K, s->p->config.input.label_column, n_classes, KNN_FOLDS,
                  s->knn_embedding, k, s->knn_pca);
         if (s->knn_info.method == NBS_KNN_APPROXIMATE) {
             char how[320];
             nbs_knn_describe(&s->knn_info, how, sizeof how);
-            nbs_info("%d-NN accuracy: each fold's neighbours %s; PCA's recall@%d %.4f", KNN_K, how, KNN_K,
-                     pca_info.recall);
+            if (X) nbs_info("%d-NN accuracy: each fold's neighbours %s; PCA's recall@%d %.4f", KNN_K, how, KNN_K,
+                            pca_info.recall);
+            else nbs_info("%d-NN accuracy: each fold's neighbours %s", KNN_K, how);
         }
     }
     free(codes);
@@ -299,9 +319,30 @@ static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_er
     return st;
 }
 
-/* The embedding of the kept cells, computed once for the label score and the outputs. */
+static int embed_all_backed(run_state *s, nbs_error *err);
+
+/* The discrete latent of cells c (n): each one's most probable category and its probability. */
+static int cluster_cells(const run_state *s, const nbs_cells *c, int32_t *cluster, double *cluster_p, nbs_error *err) {
+    const int K = nbs_model_discrete(s->ck.model);
+    const int64_t n = c->n;
+    float *prob = nbs_malloc(sizeof(float) * (size_t)(n * K + 1), err); /* (n, K) */
+    int st = prob ? nbs_model_cluster(s->ck.model, c, prob, NULL, err) : NBS_ERR_NOMEM;
+    for (int64_t i = 0; !st && i < n; i++) {
+        int best = 0;
+        for (int k = 1; k < K; k++)
+            if (prob[i * K + k] > prob[i * K + best]) best = k;
+        cluster[i] = best;
+        cluster_p[i] = prob[i * K + best];
+    }
+    free(prob);
+    return st;
+}
+
+/* The embedding of the kept cells, computed once for the label score and the outputs (out of core:
+ * read from the file a block at a time, kept in memory). */
 static int embed_cells(run_state *s, nbs_error *err) {
     if (s->z) return NBS_OK;
+    if (s->backed) return embed_all_backed(s, err);
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int64_t n = s->pre->matrix->n_cells;
     s->z = nbs_malloc(sizeof(float) * (size_t)(n * L->dim + 1), err);
@@ -312,22 +353,10 @@ static int embed_cells(run_state *s, nbs_error *err) {
     s->cosine = nbs_latent_on_sphere(L);
     const nbs_cells all = all_cells(s);
     int st = nbs_model_embed(s->ck.model, &all, s->z, s->spread, err);
-    const int K = nbs_model_discrete(s->ck.model);
-    if (st || !K) return st;
-    /* the discrete latent: each cell's most probable category and its probability */
-    float *prob = nbs_malloc(sizeof(float) * (size_t)(n * K + 1), err); /* (n, K) */
+    if (st || !nbs_model_discrete(s->ck.model)) return st;
     s->cluster = nbs_malloc(sizeof(int32_t) * (size_t)(n + 1), err);
     s->cluster_p = nbs_malloc(sizeof(double) * (size_t)(n + 1), err);
-    st = prob && s->cluster && s->cluster_p ? nbs_model_cluster(s->ck.model, &all, prob, NULL, err) : NBS_ERR_NOMEM;
-    for (int64_t i = 0; !st && i < n; i++) {
-        int best = 0;
-        for (int c = 1; c < K; c++)
-            if (prob[i * K + c] > prob[i * K + best]) best = c;
-        s->cluster[i] = best;
-        s->cluster_p[i] = prob[i * K + best];
-    }
-    free(prob);
-    return st;
+    return s->cluster && s->cluster_p ? cluster_cells(s, &all, s->cluster, s->cluster_p, err) : NBS_ERR_NOMEM;
 }
 
 static int cmp_barcode(const void *a, const void *b, void *names) {
@@ -395,7 +424,7 @@ static int load_embedding(run_state *s, const char *path, nbs_error *err) {
 static int integration_quality(run_state *s, const float *z, int d, int cosine, nbs_error *err) {
     const nbs_covariates *cov = &s->ck.covariates;
     if (!cov->has_batch && !s->labels) return NBS_OK;
-    const int64_t n = s->pre->matrix->n_cells;
+    const int64_t n = s->pre->n_cells;
     int32_t *batch = nbs_malloc(sizeof(int32_t) * (size_t)n, err);       /* [n] */
     int32_t *codes = nbs_malloc(sizeof(int32_t) * (size_t)n, err);       /* [n] */
     char **names = nbs_malloc(sizeof(char *) * (size_t)(n ? n : 1), err); /* [n_labels] */
@@ -504,13 +533,20 @@ static int stage_trajectory(run_state *s, nbs_error *err) {
     int st = read_labels(s, err);
     if (!st) st = embed_cells(s, err);
     if (st) return st;
-    const nbs_matrix *X = s->pre->matrix;
+    /* out of core, the kept cells' names (for trajectory.root and the messages) while the stage runs */
+    nbs_matrix *names = NULL;
+    if (!s->pre->matrix && (st = nbs_backed_cell_names(s->backed, s->pre->cells, s->pre->n_cells, &names, err))) return st;
+    const nbs_matrix *X = names ? names : s->pre->matrix;
     st = nbs_trajectory_compute(s->z, X->n_cells, s->d, s->cosine ? NBS_METRIC_COSINE : NBS_METRIC_EUCLIDEAN,
                                 &c->trajectory, &c->neighbors, X->barcodes, s->labels, c->input.label_column,
                                 c->train.seed, &s->traj, err);
+    nbs_matrix_free(names);
     if (st) return st;
     s->have_traj = 1;
-    if (c->trajectory.shortcut_hops > 0) st = wraparound(s, err);
+    if (c->trajectory.shortcut_hops > 0 && !s->pre->matrix)
+        nbs_info("wrap-around: out of core the diagnostic is not computed (its reference, PCA of log1p CP10k, needs "
+                 "every cell's counts in memory; trajectory.shortcut_hops: 0 leaves it out without this note)");
+    else if (c->trajectory.shortcut_hops > 0) st = wraparound(s, err);
     if (st) return st;
     const nbs_trajectory *t = &s->traj;
     char msg[768];
@@ -549,6 +585,22 @@ static int check_resume_genes(const nbs_checkpoint *ck, char *const *names, int6
     return NBS_OK;
 }
 
+/* Out of core, the covariates of the kept cells: their names are read from the file (for the readers
+ * that match cells by barcode) only while the columns are, then only the values stay. */
+static int backed_covariates(run_state *s, int fit, nbs_error *err) {
+    const nbs_input_config *in = &s->p->config.input;
+    const nbs_covariates *cov = &s->ck.covariates;
+    const int any = fit ? *nbs_covariates_batch_column(in) || in->categorical_covariates.n || in->continuous_covariates.n
+                        : cov->n_categorical || cov->n_continuous;
+    if (!any) return NBS_OK;
+    nbs_matrix *names = NULL;
+    int st = nbs_backed_cell_names(s->backed, s->pre->cells, s->pre->n_cells, &names, err);
+    if (!st) st = fit ? nbs_covariates_fit(in, s->format, names, &s->ck.covariates, &s->cov, err)
+                      : nbs_covariates_encode(cov, in, s->format, names, &s->cov, err);
+    nbs_matrix_free(names);
+    return st ? st : nbs_backed_loader_covariates(s->loader, &s->cov, err);
+}
+
 static int stage_train(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_matrix *X = s->pre->matrix; /* NULL out of core */
@@ -560,11 +612,13 @@ static int stage_train(run_state *s, nbs_error *err) {
         if (!st) st = check_resume_genes(&s->ck, model_gene_names(s), n_genes, s->o->resume, err);
         /* the checkpoint's categories and standardisation, not the resumed data's own */
         if (!st && X) st = nbs_covariates_encode(&s->ck.covariates, &c->input, s->format, X, &s->cov, err);
+        else if (!st && s->backed) st = backed_covariates(s, 0, err);
         if (st) return st;
         nbs_info("resuming from %s after epoch %d", s->o->resume, s->ck.state.epochs_done);
     } else {
         if (n_genes > INT32_MAX) return nbs_error_set(err, NBS_ERR_INPUT, "too many genes");
         if (X && (st = nbs_covariates_fit(&c->input, s->format, X, &s->ck.covariates, &s->cov, err))) return st;
+        if (!X && s->backed && (st = backed_covariates(s, 1, err))) return st;
         const nbs_covariate_layout layout = nbs_covariates_layout(&s->ck.covariates);
         gsl_rng *r = nbs_stream_rng(c->train.seed, NBS_STREAM_INIT, 0, err);
         if (!r) return err->code;
@@ -634,91 +688,152 @@ static int write_genes(run_state *s, nbs_error *err) {
     return st ? st : nbs_manifest_add_output(s->manifest, NBS_OUT_GENES, err);
 }
 
+/* What embedding.h5ad gets besides the embedding: the covariates as obs columns (unless they came
+ * from the obs being copied), the discrete latent's categories, the trajectory's results where scanpy
+ * keeps them. The names, columns and PAGA's sparse form live here (free with h5ad_extras_free). */
+typedef struct {
+    nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 5];
+    char names_k[NBS_MAX_DISCRETE][8], *category_names[NBS_MAX_DISCRETE];
+    char names_c[256][8], *cluster_names[256];
+    nbs_h5ad_trajectory ht;
+    int64_t *paga_ptr, *paga_idx; /* PAGA as a sparse matrix: the nonzero entries of the dense one */
+    double *paga_val;
+} h5ad_extras;
+
+static void h5ad_extras_free(h5ad_extras *x) {
+    free(x->paga_ptr);
+    free(x->paga_idx);
+    free(x->paga_val);
+}
+
+/* meta's obs columns and trajectory from the run (n kept cells); obs_copied: the input's obs is copied. */
+static int h5ad_extras_fill(run_state *s, int obs_copied, int64_t n, nbs_embedding_meta *meta, h5ad_extras *x,
+                            nbs_error *err) {
+    const nbs_covariates *cov = &s->ck.covariates;
+    const int gauss = !s->cosine;
+    nbs_obs_column *cols = x->cols;
+    int st = NBS_OK;
+    memset(x, 0, sizeof *x);
+    if (!obs_copied) {
+        for (int k = 0; k < cov->n_categorical; k++)
+            cols[meta->n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
+                                                           cov->categorical[k].categories, s->cov.codes + k, NULL,
+                                                           cov->n_categorical};
+        for (int k = 0; k < cov->n_continuous; k++)
+            cols[meta->n_obs_columns++] = (nbs_obs_column){cov->continuous[k].name, 0, NULL, NULL, s->cov.raw + k,
+                                                           cov->n_continuous};
+        meta->obs_columns = cols;
+    }
+    /* the discrete latent's categories ("0" .. "K-1") and their probabilities */
+    if (s->cluster) {
+        const int K = nbs_model_discrete(s->ck.model);
+        for (int k = 0; k < K; k++) {
+            snprintf(x->names_k[k], sizeof x->names_k[k], "%d", k);
+            x->category_names[k] = x->names_k[k];
+        }
+        cols[meta->n_obs_columns++] = (nbs_obs_column){"nbsphere_cluster", K, x->category_names, s->cluster, NULL, 1};
+        cols[meta->n_obs_columns++] = (nbs_obs_column){"nbsphere_cluster_probability", 0, NULL, NULL, s->cluster_p, 1};
+        meta->obs_columns = cols;
+    }
+    /* the trajectory stage's results where scanpy keeps them */
+    const nbs_trajectory *t = &s->traj;
+    if (s->have_traj) {
+        for (int k = 0; k < t->n_clusters && k < 256; k++) {
+            snprintf(x->names_c[k], sizeof x->names_c[k], "%d", k);
+            x->cluster_names[k] = x->names_c[k];
+        }
+        if (t->n_clusters > 256) st = nbs_error_set(err, NBS_ERR_INPUT, "trajectory: %d Leiden clusters are more "
+                                                    "than 256; lower trajectory.resolution", t->n_clusters);
+        cols[meta->n_obs_columns++] = (nbs_obs_column){"leiden", t->n_clusters, x->cluster_names, t->cluster, NULL, 1};
+        cols[meta->n_obs_columns++] = (nbs_obs_column){"dpt_pseudotime", 0, NULL, NULL, t->pseudotime, 1};
+        if (t->wrap.computed)
+            cols[meta->n_obs_columns++] = (nbs_obs_column){"shortcut_score", 0, NULL, NULL, t->wrap.score, 1};
+        meta->obs_columns = cols;
+        x->ht = (nbs_h5ad_trajectory){{n, n, t->knn.indptr, t->knn.indices, t->knn.weights},
+                                      {n, n, t->kernel.indptr, t->kernel.indices, t->kernel.weights},
+                                      t->k, "gauss", gauss ? "euclidean" : "cosine", t->n_dcs, t->diffmap,
+                                      t->evals, t->root, {0, 0, NULL, NULL, NULL}, "leiden"};
+        meta->trajectory = &x->ht;
+    }
+    int64_t paga_nnz = 0;
+    if (!st && s->have_traj) {
+        const int nc = t->n_clusters;
+        x->paga_ptr = nbs_calloc((size_t)nc + 1, sizeof *x->paga_ptr, err);
+        x->paga_idx = nbs_malloc(sizeof *x->paga_idx * (size_t)nc * (size_t)nc + 1, err);
+        x->paga_val = nbs_malloc(sizeof *x->paga_val * (size_t)nc * (size_t)nc + 1, err);
+        if (!x->paga_ptr || !x->paga_idx || !x->paga_val) st = NBS_ERR_NOMEM;
+        for (int a = 0; !st && a < nc; a++) {
+            for (int b = 0; b < nc; b++)
+                if (t->paga[a * nc + b] > 0) x->paga_idx[paga_nnz] = b, x->paga_val[paga_nnz++] = t->paga[a * nc + b];
+            x->paga_ptr[a + 1] = paga_nnz;
+        }
+        x->ht.paga = (nbs_h5ad_csr){nc, nc, x->paga_ptr, x->paga_idx, x->paga_val};
+    }
+    return st;
+}
+
 /* embedding.h5ad: the embedding (and the trajectory's entries) with the input's cells. An .h5ad input
  * is copied (only the kept cells), so all of its obs, var and layers stay; other inputs give a new
  * file with the counts the model saw. */
 static int write_h5ad(run_state *s, const float *spread, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_matrix *X = s->pre->matrix;
-    const int64_t n = X->n_cells;
     const int d = s->d, gauss = !s->cosine;
-    const float *z = s->z;
     char path[NBS_PATH_MAX];
-    int st = NBS_OK;
     const char *copy = s->format == NBS_FMT_H5AD ? s->p->config.input.path : NULL;
     const nbs_covariates *cov = &s->ck.covariates;
     nbs_embedding_meta meta = {c->output.embedding_key,
                                s->ck.model ? nbs_latent_word(nbs_model_latent(s->ck.model)->kind) : "given",
                                gauss ? "euclidean" : "cosine", NBS_VERSION, gauss ? NULL : spread,
                                cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0, NULL};
-    /* the covariates as obs columns, unless they came from the obs being copied */
-    nbs_obs_column cols[NBS_MAX_CATEGORICAL + NBS_MAX_COVARIATES + 5];
-    if (!(copy && !c->input.labels_path[0])) {
-        for (int k = 0; k < cov->n_categorical; k++)
-            cols[meta.n_obs_columns++] = (nbs_obs_column){cov->categorical[k].name, cov->categorical[k].n_categories,
-                                                          cov->categorical[k].categories, s->cov.codes + k, NULL,
-                                                          cov->n_categorical};
-        for (int k = 0; k < cov->n_continuous; k++)
-            cols[meta.n_obs_columns++] = (nbs_obs_column){cov->continuous[k].name, 0, NULL, NULL, s->cov.raw + k,
-                                                          cov->n_continuous};
-        meta.obs_columns = cols;
-    }
-    /* the discrete latent's categories ("0" .. "K-1") and their probabilities */
-    char names_k[NBS_MAX_DISCRETE][8], *category_names[NBS_MAX_DISCRETE];
-    if (s->cluster) {
-        const int K = nbs_model_discrete(s->ck.model);
-        for (int k = 0; k < K; k++) {
-            snprintf(names_k[k], sizeof names_k[k], "%d", k);
-            category_names[k] = names_k[k];
-        }
-        cols[meta.n_obs_columns++] = (nbs_obs_column){"nbsphere_cluster", K, category_names, s->cluster, NULL, 1};
-        cols[meta.n_obs_columns++] = (nbs_obs_column){"nbsphere_cluster_probability", 0, NULL, NULL, s->cluster_p, 1};
-        meta.obs_columns = cols;
-    }
-    /* the trajectory stage's results where scanpy keeps them */
-    const nbs_trajectory *t = &s->traj;
-    char names_c[256][8], *cluster_names[256];
-    nbs_h5ad_trajectory ht;
-    if (s->have_traj) {
-        for (int k = 0; k < t->n_clusters && k < 256; k++) {
-            snprintf(names_c[k], sizeof names_c[k], "%d", k);
-            cluster_names[k] = names_c[k];
-        }
-        if (t->n_clusters > 256) st = nbs_error_set(err, NBS_ERR_INPUT, "trajectory: %d Leiden clusters are more "
-                                                    "than 256; lower trajectory.resolution", t->n_clusters);
-        cols[meta.n_obs_columns++] = (nbs_obs_column){"leiden", t->n_clusters, cluster_names, t->cluster, NULL, 1};
-        cols[meta.n_obs_columns++] = (nbs_obs_column){"dpt_pseudotime", 0, NULL, NULL, t->pseudotime, 1};
-        if (t->wrap.computed)
-            cols[meta.n_obs_columns++] = (nbs_obs_column){"shortcut_score", 0, NULL, NULL, t->wrap.score, 1};
-        meta.obs_columns = cols;
-        ht = (nbs_h5ad_trajectory){{n, n, t->knn.indptr, t->knn.indices, t->knn.weights},
-                                   {n, n, t->kernel.indptr, t->kernel.indices, t->kernel.weights},
-                                   t->k, "gauss", gauss ? "euclidean" : "cosine", t->n_dcs, t->diffmap,
-                                   t->evals, t->root, {0, 0, NULL, NULL, NULL}, "leiden"};
-        meta.trajectory = &ht;
-    }
-    /* PAGA as a sparse matrix: the nonzero entries of the dense one */
-    int64_t paga_nnz = 0, *paga_ptr = NULL, *paga_idx = NULL;
-    double *paga_val = NULL;
-    if (!st && s->have_traj) {
-        const int nc = t->n_clusters;
-        paga_ptr = nbs_calloc((size_t)nc + 1, sizeof *paga_ptr, err);
-        paga_idx = nbs_malloc(sizeof *paga_idx * (size_t)nc * (size_t)nc + 1, err);
-        paga_val = nbs_malloc(sizeof *paga_val * (size_t)nc * (size_t)nc + 1, err);
-        if (!paga_ptr || !paga_idx || !paga_val) st = NBS_ERR_NOMEM;
-        for (int a = 0; !st && a < nc; a++) {
-            for (int b = 0; b < nc; b++)
-                if (t->paga[a * nc + b] > 0) paga_idx[paga_nnz] = b, paga_val[paga_nnz++] = t->paga[a * nc + b];
-            paga_ptr[a + 1] = paga_nnz;
-        }
-        ht.paga = (nbs_h5ad_csr){nc, nc, paga_ptr, paga_idx, paga_val};
-    }
+    h5ad_extras x;
+    int st = h5ad_extras_fill(s, copy && !c->input.labels_path[0], X->n_cells, &meta, &x, err);
     if (!st && out_path(s, NBS_OUT_H5AD, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    if (!st) st = nbs_io_write_h5ad(path, copy, X, d, z, &meta, err);
+    if (!st) st = nbs_io_write_h5ad(path, copy, X, d, s->z, &meta, err);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
-    free(paga_ptr);
-    free(paga_idx);
-    free(paga_val);
+    h5ad_extras_free(&x);
+    return st;
+}
+
+/* embedding.tsv's columns after the embedding for n cells: the n_extra of spread (variances on request,
+ * or kappa) and the discrete latent's category and probability, into extra (n, n_extra + 2). */
+static void cluster_columns(int64_t n, int n_extra, const float *spread, const int32_t *cluster, const double *cluster_p,
+                            float *extra) {
+    const int e = n_extra + 2;
+    for (int64_t i = 0; i < n; i++) {
+        for (int j = 0; j < n_extra; j++) extra[i * e + j] = spread[i * n_extra + j];
+        extra[i * e + n_extra] = (float)cluster[i];
+        extra[i * e + n_extra + 1] = (float)cluster_p[i];
+    }
+}
+
+/* The reports on the embedding z of n cells: every kept cell (all), with the labels, integration and
+ * trajectory; or out of core, when nothing needed every cell's embedding, the diagnostics' subsample. */
+static int write_reports(run_state *s, const float *z, int64_t n, const float *spread, int all, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int d = L->dim, gauss = !nbs_latent_on_sphere(L);
+    char path[NBS_PATH_MAX];
+    int st = NBS_OK;
+    nbs_report_input ri = {&s->report, &s->track, &s->ck.log, z, n, d, gauss ? NULL : spread,
+                           all ? s->labels : NULL, all && c->input.label_column[0] ? c->input.label_column : NULL,
+                           input_title(&c->input), s->knn_embedding, s->knn_pca, KNN_K,
+                           s->have_integration ? &s->integration : NULL,
+                           s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL,
+                           all ? s->batch_labels : NULL, all && s->have_traj ? &s->traj : NULL,
+                           isfinite(s->knn_embedding) ? &s->knn_info : NULL};
+    const char *reports[5] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV,
+                              NBS_OUT_CATEGORIES_TSV};
+    for (int i = 0; i < 5 && !st; i++) {
+        if ((i == 3 && !s->have_integration) || (i == 4 && !s->report.n_categories)) continue;
+        if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
+        else if (i == 0) st = nbs_report_write_json(path, &ri, err);
+        else if (i == 1) st = nbs_report_write_tsv(path, &ri, err);
+        else if (i == 2) st = nbs_report_write_html(path, &ri, err);
+        else if (i == 3) st = nbs_report_write_integration_tsv(path, &ri, err);
+        else st = nbs_report_write_categories_tsv(path, &ri, err);
+        if (!st) st = nbs_manifest_add_output(s->manifest, reports[i], err);
+    }
     return st;
 }
 
@@ -746,11 +861,7 @@ static int stage_write(run_state *s, nbs_error *err) {
     if (!st && s->cluster) {
         const int e = n_extra + 2;
         if (!(extra = nbs_malloc(sizeof(float) * (size_t)(n * e + 1), err))) st = NBS_ERR_NOMEM;
-        for (int64_t i = 0; extra && i < n; i++) {
-            for (int j = 0; j < n_extra; j++) extra[i * e + j] = spread[i * n_extra + j];
-            extra[i * e + n_extra] = (float)s->cluster[i];
-            extra[i * e + n_extra + 1] = (float)s->cluster_p[i];
-        }
+        else cluster_columns(n, n_extra, spread, s->cluster, s->cluster_p, extra);
         names[n_extra] = "nbsphere_cluster";
         names[n_extra + 1] = "nbsphere_cluster_probability";
         n_extra = e;
@@ -761,26 +872,7 @@ static int stage_write(run_state *s, nbs_error *err) {
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
     if (!st && s->trained) st = write_genes(s, err);
     if (!st && c->output.write_h5ad) st = write_h5ad(s, spread, err);
-    if (!st && c->output.write_report && s->have_report) {
-        nbs_report_input ri = {&s->report, &s->track, &s->ck.log, z, n, d, gauss ? NULL : spread,
-                               s->labels, c->input.label_column[0] ? c->input.label_column : NULL,
-                               input_title(&c->input), s->knn_embedding, s->knn_pca, KNN_K,
-                               s->have_integration ? &s->integration : NULL,
-                               s->ck.covariates.has_batch ? s->ck.covariates.categorical[0].name : NULL, s->batch_labels,
-                               s->have_traj ? &s->traj : NULL, isfinite(s->knn_embedding) ? &s->knn_info : NULL};
-        const char *reports[5] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML, NBS_OUT_INTEGRATION_TSV,
-                                  NBS_OUT_CATEGORIES_TSV};
-        for (int i = 0; i < 5 && !st; i++) {
-            if ((i == 3 && !s->have_integration) || (i == 4 && !s->report.n_categories)) continue;
-            if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-            else if (i == 0) st = nbs_report_write_json(path, &ri, err);
-            else if (i == 1) st = nbs_report_write_tsv(path, &ri, err);
-            else if (i == 2) st = nbs_report_write_html(path, &ri, err);
-            else if (i == 3) st = nbs_report_write_integration_tsv(path, &ri, err);
-            else st = nbs_report_write_categories_tsv(path, &ri, err);
-            if (!st) st = nbs_manifest_add_output(s->manifest, reports[i], err);
-        }
-    }
+    if (!st && c->output.write_report && s->have_report) st = write_reports(s, z, n, spread, 1, err);
     char msg[256];
     snprintf(msg, sizeof msg, "%lld cells embedded in %d dimensions", (long long)n, d);
     return st ? st : stage_end(s, "write", msg, err);
@@ -790,8 +882,9 @@ static int stage_write(run_state *s, nbs_error *err) {
 
 #define BACKED_WRITE_CELLS 4096 /* cells embedded and written at a time out of core */
 
-/* Whether this run reads its input out of core; the choice is logged either way. Out of core, the
- * stages that need every cell's counts in memory are refused or left out with a note. */
+/* Whether this run reads its input out of core; the choice is logged either way. Out of core, what
+ * needs every cell's counts in memory is left out with a note where it would run (label_quality,
+ * stage_trajectory); several processes are refused. */
 static int decide_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_input_config *in = &c->input;
@@ -804,23 +897,10 @@ static int decide_backed(run_state *s, nbs_error *err) {
     if (st) return st;
     if (in->backed != 0 && why[0]) nbs_info("%s", why);
     if (!backed) return NBS_OK;
-    const char *refused = in->batch_key[0] ? "input.batch_key"
-                          : in->categorical_covariates.n ? "input.categorical_covariates"
-                          : in->continuous_covariates.n ? "input.continuous_covariates"
-                          : c->trajectory.enabled ? "trajectory.enabled"
-                          : c->model.discrete ? "model.discrete" : NULL;
-    if (refused)
-        return nbs_error_set(err, NBS_ERR_USAGE, "%s: out of core (%s) a run takes no covariates, discrete latent or "
-                             "trajectory stage yet; leave %s out, or load the counts (input.backed: false)", refused,
-                             in->backed == 1 ? "input.backed: true" : "input.backed auto, above input.memory_limit",
-                             refused);
     if (s->o->reduce && s->o->reduce->size > 1)
         return nbs_error_set(err, NBS_ERR_USAGE, "%s under mpirun: every process of a data-parallel run holds the "
                              "whole matrix; load the counts (input.backed: false), or train in one process out of "
                              "core", in->backed == 1 ? "input.backed: true" : "input.backed auto, above input.memory_limit");
-    if (in->label_column[0])
-        nbs_info("out of core: the k-NN score of the '%s' labels and the integration metrics need every cell's "
-                 "embedding and counts in memory; they are not computed", in->label_column);
     s->format = f;
     s->out_of_core = 1;
     return NBS_OK;
@@ -839,12 +919,34 @@ static int stage_load_backed(run_state *s, nbs_error *err) {
     return stage_end(s, "load", msg, err);
 }
 
+/* The batch of every cell of the file, for batch-aware gene selection, as stage_preprocess reads it:
+ * the names of every cell are held while the column is read. */
+static int backed_batch_codes(run_state *s, const char *column, int32_t **codes, nbs_categorical_covariate *batch,
+                              nbs_error *err) {
+    const nbs_preprocess_config *pc = &s->p->config.preprocess;
+    if (!*column || !pc->hvg_batch_aware || pc->n_top_genes <= 0 || pc->n_top_genes >= nbs_backed_n_genes(s->backed))
+        return NBS_OK;
+    nbs_matrix *names = NULL;
+    int st = nbs_backed_cell_names(s->backed, NULL, nbs_backed_n_cells(s->backed), &names, err);
+    if (!st) st = nbs_covariates_batch_codes(&s->p->config.input, s->format, names, codes, batch, err);
+    nbs_matrix_free(names);
+    return st;
+}
+
 static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     stage_begin(s, "preprocess");
     const nbs_row_source rows = nbs_backed_rows(s->backed);
-    int st = nbs_preprocess_stream(&rows, &c->preprocess, &s->pre, &s->row_nnz, err);
+    const char *column = nbs_covariates_batch_column(&c->input);
+    int32_t *codes = NULL;
+    nbs_categorical_covariate batch = {0};
+    int st = backed_batch_codes(s, column, &codes, &batch, err);
+    const nbs_preprocess_batches b = {codes, batch.n_categories, batch.categories, column};
+    if (!st) st = nbs_preprocess_stream_batched(&rows, &c->preprocess, codes ? &b : NULL, &s->pre, &s->row_nnz, err);
+    free(codes);
+    nbs_categorical_covariate_free(&batch);
     if (st) return st;
+    log_hvg(s, column);
     const int64_t G = s->pre->n_genes;
     s->backed_names = nbs_malloc(sizeof *s->backed_names * (size_t)G, err);
     s->backed_ids = nbs_malloc(sizeof *s->backed_ids * (size_t)G, err);
@@ -868,26 +970,79 @@ static int stage_preprocess_backed(run_state *s, nbs_error *err) {
 }
 
 /* The embedding of kept cells [c0, c0 + n) read from the file: location (n, d), spread (n, spread
- * dim), and their counts *X (n, genes; the caller frees it). */
+ * dim), with the discrete latent their categories (into s->cluster, s->cluster_p at c0), and their
+ * counts *X (n, genes; the caller frees it). When every cell's embedding is in memory already
+ * (embed_all_backed), it is copied from there. */
 static int embed_backed(run_state *s, int64_t c0, int64_t n, int64_t *rows, float *z, float *spread, nbs_matrix **X,
                         nbs_error *err) {
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
     double *lib;
     for (int64_t i = 0; i < n; i++) rows[i] = c0 + i;
     int st = nbs_backed_loader_read(s->loader, rows, n, X, &lib, err);
     if (st) return st;
-    const nbs_cells cells = nbs_cells_all(*X, lib);
+    if (s->z) {
+        const int d = L->dim, sd = nbs_latent_spread_dim(L);
+        memcpy(z, s->z + c0 * d, sizeof *z * (size_t)(n * d));
+        memcpy(spread, s->spread + c0 * sd, sizeof *spread * (size_t)(n * sd));
+        free(lib);
+        return NBS_OK;
+    }
+    nbs_cells cells = nbs_cells_all(*X, lib);
+    const nbs_covariate_values *v = &s->cov; /* rows 0 .. n - 1 of *X are kept cells c0 .. c0 + n - 1 */
+    if (v->codes) cells.covariate_codes = v->codes + c0 * v->n_categorical, cells.n_categorical = v->n_categorical;
+    if (v->standardised) cells.continuous = v->standardised + c0 * v->n_continuous, cells.n_continuous = v->n_continuous;
     st = nbs_model_embed(s->ck.model, &cells, z, spread, err);
+    if (!st && s->cluster) st = cluster_cells(s, &cells, s->cluster + c0, s->cluster_p + c0, err);
     free(lib);
     return st;
 }
 
+/* With the discrete latent, room for every kept cell's category and its probability (12 bytes a cell). */
+static int backed_clusters(run_state *s, nbs_error *err) {
+    if (s->cluster || !nbs_model_discrete(s->ck.model)) return NBS_OK;
+    s->cluster = nbs_malloc(sizeof *s->cluster * (size_t)(s->pre->n_cells + 1), err);
+    s->cluster_p = s->cluster ? nbs_malloc(sizeof *s->cluster_p * (size_t)(s->pre->n_cells + 1), err) : NULL;
+    return s->cluster_p ? NBS_OK : NBS_ERR_NOMEM;
+}
+
+/* Out of core, every kept cell's embedding in memory, for what needs all of it at once (the labels'
+ * k-NN score, the integration metrics, the trajectory stage): read and embedded a block at a time. */
+static int embed_all_backed(run_state *s, nbs_error *err) {
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int64_t n = s->pre->n_cells, B = BACKED_WRITE_CELLS;
+    const int d = L->dim, sd = nbs_latent_spread_dim(L);
+    float *z = nbs_malloc(sizeof *z * (size_t)(n * d + 1), err);                       /* (n, d) */
+    float *spread = z ? nbs_malloc(sizeof *spread * (size_t)(n * sd + 1), err) : NULL; /* (n, sd) */
+    int64_t *rows = spread ? nbs_malloc(sizeof *rows * (size_t)B, err) : NULL;         /* (B) */
+    int st = rows ? backed_clusters(s, err) : NBS_ERR_NOMEM;
+    for (int64_t c0 = 0; !st && c0 < n; c0 += B) {
+        nbs_matrix *X = NULL;
+        st = embed_backed(s, c0, c0 + B < n ? B : n - c0, rows, z + c0 * d, spread + c0 * sd, &X, err);
+        nbs_matrix_free(X);
+    }
+    free(rows);
+    if (st) {
+        free(z);
+        free(spread);
+        return st;
+    }
+    s->z = z;
+    s->spread = spread;
+    s->d = d;
+    s->cosine = nbs_latent_on_sphere(L);
+    nbs_info("out of core: the embedding of the %lld cells is kept in memory (%.1f MB) for the label score, the "
+             "integration metrics and the trajectory stage", (long long)n, 4.0 * (double)n * (d + sd) / 1e6);
+    return NBS_OK;
+}
+
 /* embedding.h5ad out of core: a copy of an .h5ad input that kept every cell, else a new file with the
  * counts the model saw (noted for an .h5ad input: a copy needs every cell). */
-static int open_h5ad_stream(run_state *s, nbs_h5ad_stream **out, nbs_error *err) {
+static int open_h5ad_stream(run_state *s, nbs_h5ad_stream **out, int *copied, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int gauss = !nbs_latent_on_sphere(L);
-    const int copy = s->format == NBS_FMT_H5AD && s->pre->n_cells == s->pre->n_cells_in;
+    const int copy = *copied = s->format == NBS_FMT_H5AD && s->pre->n_cells == s->pre->n_cells_in;
+    const nbs_covariates *cov = &s->ck.covariates;
     if (s->format == NBS_FMT_H5AD && !copy)
         nbs_info("embedding.h5ad: the filters kept %lld of the %lld cells; out of core it is a new file with their "
                  "counts in the chosen genes, not a copy of %s", (long long)s->pre->n_cells,
@@ -895,11 +1050,21 @@ static int open_h5ad_stream(run_state *s, nbs_h5ad_stream **out, nbs_error *err)
     int64_t nnz = 0;
     for (int64_t i = 0; i < s->pre->n_cells; i++) nnz += s->row_nnz[i];
     const nbs_embedding_meta meta = {c->output.embedding_key, nbs_latent_word(L->kind), gauss ? "euclidean" : "cosine",
-                                     NBS_VERSION, NULL, NULL, NULL, 0, NULL};
+                                     NBS_VERSION, NULL, cov->has_batch ? cov->categorical[0].name : NULL, NULL, 0, NULL};
     char path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_H5AD, path)) return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     return nbs_io_h5ad_stream_open(path, copy ? c->input.path : NULL, s->pre->n_cells, L->dim, !gauss, &meta,
                                    s->backed_names, s->backed_ids, s->pre->n_genes, nnz, out, err);
+}
+
+/* embedding.h5ad's obs columns and trajectory entries, once every row is in (h5ad_extras_fill). */
+static int backed_h5ad_obs(run_state *s, nbs_h5ad_stream *h5, int copied, nbs_error *err) {
+    nbs_embedding_meta meta = {0};
+    h5ad_extras x;
+    int st = h5ad_extras_fill(s, copied && !s->p->config.input.labels_path[0], s->pre->n_cells, &meta, &x, err);
+    if (!st && (meta.n_obs_columns || meta.trajectory)) st = nbs_io_h5ad_stream_obs(h5, &meta, err);
+    h5ad_extras_free(&x);
+    return st;
 }
 
 /* embedding.tsv a block of cells at a time into its temporary file, renamed when complete; the
@@ -908,26 +1073,31 @@ static int stage_write_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int d = L->dim, gauss = !nbs_latent_on_sphere(L), sd = nbs_latent_spread_dim(L);
-    const int n_extra = gauss ? (c->output.write_variances ? d : 0) : 1;
+    const int n_extra = gauss ? (c->output.write_variances ? d : 0) : 1, K = nbs_model_discrete(s->ck.model);
+    const int e = n_extra + (K ? 2 : 0); /* the discrete latent: its category and probability */
     const int64_t n = s->pre->n_cells, B = BACKED_WRITE_CELLS;
     stage_begin(s, "write");
+    s->d = d;
+    s->cosine = !gauss;
     char names_buf[NBS_MAX_KL_TERMS][16];
-    const char *names[NBS_MAX_KL_TERMS];
+    const char *names[NBS_MAX_KL_TERMS + 2];
     for (int j = 0; j < n_extra; j++) {
         snprintf(names_buf[j], sizeof names_buf[j], gauss ? "var%d" : "kappa", j + 1);
         names[j] = names_buf[j];
     }
+    if (K) names[n_extra] = "nbsphere_cluster", names[n_extra + 1] = "nbsphere_cluster_probability";
     int64_t *rows = nbs_malloc(sizeof *rows * (size_t)B, err);          /* (B) */
     float *z = nbs_malloc(sizeof *z * (size_t)(B * d), err);             /* (B, d) */
     float *spread = nbs_malloc(sizeof *spread * (size_t)(B * sd), err);  /* (B, sd) */
+    float *extra = K ? nbs_malloc(sizeof *extra * (size_t)(B * e), err) : NULL; /* (B, e) */
     char path[NBS_PATH_MAX], tmp[NBS_PATH_MAX];
     FILE *f = NULL;
     nbs_h5ad_stream *h5 = NULL;
-    int st = rows && z && spread ? NBS_OK : NBS_ERR_NOMEM;
-    if (!st && c->output.write_h5ad) st = open_h5ad_stream(s, &h5, err);
+    int st = rows && z && spread && (extra || !K) ? backed_clusters(s, err) : NBS_ERR_NOMEM, copied = 0;
+    if (!st && c->output.write_h5ad) st = open_h5ad_stream(s, &h5, &copied, err);
     if (!st && out_path(s, NBS_OUT_EMBEDDING, path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     if (!st) st = nbs_io_atomic_open(path, tmp, &f, err);
-    int bad = !st && nbs_io_embedding_tsv_header(f, d, n_extra, names);
+    int bad = !st && nbs_io_embedding_tsv_header(f, d, e, names);
     for (int64_t c0 = 0; !st && !bad && c0 < n; c0 += B) {
         const int64_t m = c0 + B < n ? B : n - c0;
         const int64_t r0 = s->pre->cells[c0], r1 = s->pre->cells[c0 + m - 1] + 1; /* file rows of the block */
@@ -937,7 +1107,8 @@ static int stage_write_backed(run_state *s, nbs_error *err) {
         st = file_names && bc ? embed_backed(s, c0, m, rows, z, spread, &X, err) : NBS_ERR_NOMEM;
         if (!st) st = nbs_backed_barcodes(s->backed, r0, r1 - r0, file_names, err);
         for (int64_t i = 0; !st && i < m; i++) bc[i] = file_names[s->pre->cells[c0 + i] - r0];
-        if (!st) bad = nbs_io_embedding_tsv_rows(f, bc, m, d, z, n_extra, spread);
+        if (!st && K) cluster_columns(m, n_extra, spread, s->cluster + c0, s->cluster_p + c0, extra);
+        if (!st) bad = nbs_io_embedding_tsv_rows(f, bc, m, d, z, e, K ? extra : spread);
         if (!st && h5) st = nbs_io_h5ad_stream_rows(h5, m, bc, z, gauss ? NULL : spread, X, err);
         nbs_matrix_free(X);
         if (file_names) nbs_io_free_labels(file_names, r1 - r0);
@@ -954,27 +1125,22 @@ static int stage_write_backed(run_state *s, nbs_error *err) {
     free(rows);
     free(z);
     free(spread);
+    free(extra);
     if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_EMBEDDING, err);
     if (h5) {
+        if (!st) st = backed_h5ad_obs(s, h5, copied, err);
         st = nbs_io_h5ad_stream_close(h5, st, err);
         if (!st) st = nbs_manifest_add_output(s->manifest, NBS_OUT_H5AD, err);
     }
     if (!st && s->trained) st = write_genes(s, err);
-    if (!st && c->output.write_report && s->have_report) { /* the figures: the diagnostics' subsample */
+    if (!st && c->output.write_report && s->have_report && s->z) st = write_reports(s, s->z, n, s->spread, 1, err);
+    else if (!st && c->output.write_report && s->have_report) { /* the figures: the diagnostics' subsample */
         const int64_t nd = s->n_diag;
         float *zd = nbs_malloc(sizeof *zd * (size_t)(nd * d + 1), err), *kd = nbs_malloc(sizeof *kd * (size_t)(nd * sd + 1), err);
-        const nbs_cells dc = nbs_cells_all(s->diag_X, s->diag_lib);
+        nbs_cells dc = nbs_cells_all(s->diag_X, s->diag_lib);
+        nbs_covariates_attach(&s->diag_cov, &dc);
         st = zd && kd ? nbs_model_embed(s->ck.model, &dc, zd, kd, err) : NBS_ERR_NOMEM;
-        nbs_report_input ri = {&s->report, &s->track, &s->ck.log, zd, nd, d, gauss ? NULL : kd, NULL, NULL,
-                               input_title(&c->input), NAN, NAN, KNN_K, NULL, NULL, NULL, NULL, NULL};
-        const char *reports[3] = {NBS_OUT_REPORT_JSON, NBS_OUT_REPORT_TSV, NBS_OUT_REPORT_HTML};
-        for (int i = 0; i < 3 && !st; i++) {
-            if (out_path(s, reports[i], path)) st = nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-            else if (i == 0) st = nbs_report_write_json(path, &ri, err);
-            else if (i == 1) st = nbs_report_write_tsv(path, &ri, err);
-            else st = nbs_report_write_html(path, &ri, err);
-            if (!st) st = nbs_manifest_add_output(s->manifest, reports[i], err);
-        }
+        if (!st) st = write_reports(s, zd, nd, kd, 0, err);
         free(zd);
         free(kd);
     }
@@ -1179,6 +1345,7 @@ static void free_run(run_state *s) {
     free(s->backed_ids);
     nbs_matrix_free(s->diag_X);
     free(s->diag_lib);
+    nbs_covariate_values_free(&s->diag_cov);
     nbs_matrix_free(s->counts);
     nbs_preprocess_result_free(s->pre);
     nbs_checkpoint_free(&s->ck);
@@ -1331,8 +1498,10 @@ int nbs_run(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     if (!st && s.out_of_core) { /* out of core: the counts stay in the file */
         st = stage_load_backed(&s, err);
         if (!st) st = stage_preprocess_backed(&s, err);
+        if (!st) st = read_labels(&s, err);
         if (!st) st = stage_train(&s, err);
         if (!st) st = stage_diagnose(&s, err);
+        if (!st && p->config.trajectory.enabled) st = stage_trajectory(&s, err);
         if (!st) st = stage_write_backed(&s, err);
         return finish_run(&s, st, err);
     }

@@ -11,6 +11,7 @@
 
 #include "nbsphere/backed.h"
 #include "nbsphere/checkpoint.h"
+#include "nbsphere/covariates.h"
 #include "nbsphere/io.h"
 #include "nbsphere/preprocess.h"
 #include "nbsphere/rng.h"
@@ -25,7 +26,14 @@ static int setup(void **state) {
     snprintf(args, sizeof args, "--quiet simulate --out '%s' --cells 900 --genes 300 --seed 4 --format h5ad,10x-h5", dir);
     char yaml[1024];
     snprintf(yaml, sizeof yaml, "input:\n  path: %s/sim.h5ad\n", dir);
-    return tu_run_cli(args, NULL, NULL) || tu_write_file(tu_path(dir, "p.yaml"), yaml);
+    if (tu_run_cli(args, NULL, NULL) || tu_write_file(tu_path(dir, "p.yaml"), yaml)) return -1;
+    /* three batches (obs 'batch': batch1 .. batch3) with batch effects, and a fourth file with a batch more */
+    snprintf(args, sizeof args, "--quiet simulate --out '%s/batched' --cells 900 --genes 300 --seed 6 --batches 3 "
+             "--format h5ad", dir);
+    if (tu_run_cli(args, NULL, NULL)) return -1;
+    snprintf(args, sizeof args, "--quiet simulate --out '%s/batch4' --cells 200 --genes 300 --seed 7 --batches 4 "
+             "--format h5ad", dir);
+    return tu_run_cli(args, NULL, NULL);
 }
 
 static int teardown(void **state) {
@@ -125,6 +133,66 @@ static int cmp_i64(const void *a, const void *b) {
 /* The epoch's order: a permutation of the cells given, in runs that each touch at most
  * shuffle_blocks blocks (one buffer); the validation order (no generator) keeps blocks in file
  * order; one buffer holding every block gives exactly gsl_ran_shuffle's order. */
+/* Batch-aware Seurat v3 in the streamed passes: the genes nbs_preprocess_take_batched chooses within
+ * the three batches, bit for bit (and not the pooled selection's, so the batches count). */
+static void test_stream_batched(void **state) {
+    (void)state;
+    nbs_input_config in = input_of(tu_path(dir, "batched/sim.h5ad"), NBS_FMT_H5AD);
+    snprintf(in.batch_key, sizeof in.batch_key, "batch");
+    nbs_config c;
+    nbs_config_defaults(&c);
+    nbs_preprocess_config pc = c.preprocess;
+    pc.min_counts = 300;
+    pc.n_top_genes = 100;
+    nbs_error err = {0};
+    nbs_matrix *m = NULL, *copy = NULL;
+    assert_int_equal(nbs_io_read(&in, &m, &err), NBS_OK);
+    assert_int_equal(nbs_io_read(&in, &copy, &err), NBS_OK);
+    int32_t *codes = NULL;
+    nbs_categorical_covariate batch;
+    assert_int_equal(nbs_covariates_batch_codes(&in, NBS_FMT_H5AD, m, &codes, &batch, &err), NBS_OK);
+    assert_int_equal(batch.n_categories, 3);
+    const nbs_preprocess_batches b = {codes, batch.n_categories, batch.categories, "batch"};
+    nbs_preprocess_result *a = NULL, *pooled = NULL, *st = NULL;
+    assert_int_equal(nbs_preprocess_take_batched(m, &pc, &b, &a, &err), NBS_OK);
+    assert_int_equal(nbs_preprocess_take(copy, &pc, &pooled, &err), NBS_OK);
+    nbs_backed *bk = NULL;
+    assert_int_equal(nbs_backed_open(&in, NBS_FMT_H5AD, &bk, &err), NBS_OK);
+    const nbs_row_source src = nbs_backed_rows(bk);
+    int32_t *row_nnz = NULL;
+    assert_int_equal(nbs_preprocess_stream_batched(&src, &pc, &b, &st, &row_nnz, &err), NBS_OK);
+    assert_int_equal(a->hvg_batches, 3);
+    assert_int_equal(st->hvg_batches, 3);
+    assert_int_equal(st->n_cells, a->n_cells);
+    assert_int_equal(st->n_genes, 100);
+    assert_int_equal(a->n_genes, 100);
+    assert_memory_equal(st->cells, a->cells, sizeof *a->cells * (size_t)a->n_cells);
+    assert_memory_equal(st->genes, a->genes, sizeof *a->genes * (size_t)a->n_genes);
+    assert_memory_equal(st->library_size, a->library_size, sizeof(double) * (size_t)a->n_cells);
+    int differ = 0; /* chosen within the batches, not over all cells pooled (both ascending) */
+    for (int64_t g = 0, h = 0; g < 100; g++) {
+        while (h < 100 && pooled->genes[h] < a->genes[g]) h++;
+        differ += h == 100 || pooled->genes[h] != a->genes[g];
+    }
+    print_message("batch-aware selection: %d of its 100 genes are not among the pooled selection's\n", differ);
+    assert_true(differ > 0);
+    /* a kept cell without a batch is refused, naming it */
+    codes[a->cells[5]] = -1;
+    nbs_preprocess_result *bad = NULL;
+    int32_t *bad_nnz = NULL;
+    assert_int_equal(nbs_preprocess_stream_batched(&src, &pc, &b, &bad, &bad_nnz, &err), NBS_ERR_INPUT);
+    char want[128];
+    snprintf(want, sizeof want, "cell %lld of the input has no value in the batch column 'batch'", (long long)a->cells[5] + 1);
+    assert_non_null(strstr(err.msg, want));
+    free(codes);
+    free(row_nnz);
+    nbs_categorical_covariate_free(&batch);
+    nbs_backed_close(bk);
+    nbs_preprocess_result_free(a);
+    nbs_preprocess_result_free(pooled);
+    nbs_preprocess_result_free(st);
+}
+
 static void test_block_order(void **state) {
     (void)state;
     const nbs_input_config in = input_of(tu_path(dir, "sim.h5ad"), NBS_FMT_H5AD);
@@ -275,23 +343,111 @@ static void test_training_equals_memory(void **state) {
     assert_true(fabs(o - m) < 0.01 * fabs(m));
 }
 
+/* obs column `column` of dir/name/embedding.h5ad, as text, for the cells of m. */
+static char **obs_of(const char *name, const char *column, const nbs_matrix *m) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s/embedding.h5ad", dir, name);
+    char **v = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read_h5ad_obs(p, column, m, &v, &err), NBS_OK);
+    return v;
+}
+
+/* Out of core with a batch (batch-aware genes, batch dispersion, integration metrics), a continuous
+ * covariate, the discrete latent, labels and the trajectory stage, at block 1 and one buffer for all:
+ * the in-memory run's genes, model, embedding, categories, integration metrics, label score and
+ * trajectory, bit for bit. What needs every cell's counts (the PCA baseline of the label score, the
+ * wrap-around diagnostic) is left out. The model keeps the batches it saw: one it never saw is refused
+ * when embedding. */
+static void test_covariates_equal_memory(void **state) {
+    (void)state;
+    char common[1024];
+    snprintf(common, sizeof common, "--set input.path='%s/batched/sim.h5ad' --set input.batch_key=batch "
+             "--set input.continuous_covariates=[pseudotime] --set model.discrete=3 --set trajectory.enabled=true "
+             "--set input.label_column=branch", dir);
+    char extra[2048];
+    snprintf(extra, sizeof extra, "%s --set input.backed=false", common);
+    run("cmem", extra);
+    snprintf(extra, sizeof extra, "%s --set input.backed=true --set input.backed_block=1 "
+             "--set input.backed_shuffle_blocks=100000", common);
+    run("cone", extra);
+    const char *same[] = {"embedding.tsv", "genes.tsv", "integration.tsv", "collapse_categories.tsv"};
+    char a[1024], b[1024];
+    for (int i = 0; i < 4; i++) {
+        snprintf(a, sizeof a, "%s/cmem/%s", dir, same[i]);
+        snprintf(b, sizeof b, "%s/cone/%s", dir, same[i]);
+        assert_true(tu_same_bytes(a, b));
+    }
+    expect_same_params("cmem", "cone", 1);
+    assert_true(last_val_elbo("cmem") == last_val_elbo("cone"));
+    snprintf(a, sizeof a, "%s/cone/embedding.tsv", dir); /* with the discrete latent's columns */
+    char *t = tu_read_file(a, NULL);
+    assert_non_null(strstr(t, "\tnbsphere_cluster\tnbsphere_cluster_probability\n"));
+    free(t);
+    /* the label score of the embedding (PCA's not computed out of core) */
+    snprintf(a, sizeof a, "%s/cmem/collapse_report.json", dir);
+    snprintf(b, sizeof b, "%s/cone/collapse_report.json", dir);
+    char *ja = tu_read_file(a, NULL), *jb = tu_read_file(b, NULL);
+    const double ka = tu_json_number(strstr(ja, "\"quality\""), "embedding");
+    const double kb = tu_json_number(strstr(jb, "\"quality\""), "embedding");
+    print_message("15-NN accuracy of the branches: in memory %.4f, out of core %.4f\n", ka, kb);
+    assert_true(ka == kb && ka > 0.25);
+    assert_non_null(strstr(jb, "\"pca\": null"));
+    assert_non_null(strstr(ja, "\"wraparound\""));
+    assert_null(strstr(jb, "\"wraparound\""));
+    free(ja);
+    free(jb);
+    /* embedding.h5ad (a copy of the input: every cell kept) with the same obs columns */
+    nbs_config c;
+    nbs_config_defaults(&c);
+    snprintf(a, sizeof a, "%s/cmem/embedding.h5ad", dir);
+    c.input = input_of(a, NBS_FMT_H5AD);
+    nbs_matrix *m = NULL;
+    nbs_error err = {0};
+    assert_int_equal(nbs_io_read(&c.input, &m, &err), NBS_OK);
+    const char *cols[] = {"batch", "nbsphere_cluster", "nbsphere_cluster_probability", "leiden", "dpt_pseudotime"};
+    for (int k = 0; k < 5; k++) {
+        char **x = obs_of("cmem", cols[k], m), **y = obs_of("cone", cols[k], m);
+        for (int64_t i = 0; i < m->n_cells; i++) assert_string_equal(x[i], y[i]);
+        nbs_io_free_labels(x, m->n_cells);
+        nbs_io_free_labels(y, m->n_cells);
+    }
+    nbs_matrix_free(m);
+    /* a batch the model never saw */
+    char args[2048], *errout = NULL;
+    snprintf(args, sizeof args, "--quiet embed '%s/cone/model.h5' '%s/batch4/sim.h5ad' --out '%s/e4'", dir, dir, dir);
+    assert_int_equal(tu_run_cli(args, NULL, &errout), 3);
+    assert_non_null(strstr(errout, "has 'batch4' in column 'batch', a category the model was not trained with; it "
+                                   "knows 3: batch1, batch2, batch3"));
+    free(errout);
+}
+
 /* A 10x input out of core: embedding.h5ad is a new file, written a block of cells at a time, with
- * the counts the model saw, as the in-memory writer makes it (blocks of 4096 cells: 5000 cells
- * take two, the second partial). */
+ * the counts the model saw and the covariates (from the labels table) as obs columns, as the
+ * in-memory writer makes it (blocks of 4096 cells: 5000 cells take two, the second partial, so the
+ * second block's covariates and discrete categories come from their offset). */
 static void test_new_h5ad_streamed(void **state) {
     (void)state;
-    char args[2048];
+    char args[4096];
     snprintf(args, sizeof args, "--quiet simulate --out '%s/tenx' --cells 5000 --genes 200 --seed 2 --format 10x-h5",
              dir);
     assert_int_equal(tu_run_cli(args, NULL, NULL), 0);
-    const char *common = "--set train.epochs=2 --set preprocess.n_top_genes=100 --set preprocess.min_counts=300 "
-                         "--set model.latent=vmf";
-    for (int backed = 0; backed < 2; backed++) {
+    char common[1024];
+    snprintf(common, sizeof common, "--set train.epochs=2 --set preprocess.n_top_genes=100 --set preprocess.min_counts=300 "
+             "--set input.labels_path='%s/tenx/cell_labels.tsv' --set input.categorical_covariates=[branch] "
+             "--set input.continuous_covariates=[pseudotime]", dir);
+    for (int run = 0; run < 4; run++) { /* m, b: vMF; dm, db: Gaussian with the discrete latent */
+        const int backed = run % 2;
         snprintf(args, sizeof args, "--quiet run '%s/p.yaml' --out '%s/tenx/%s' --set input.path='%s/tenx/sim_10x.h5' "
-                 "%s --set input.backed=%s --set input.backed_block=1 --set input.backed_shuffle_blocks=100000",
-                 dir, dir, backed ? "b" : "m", dir, common, backed ? "true" : "false");
+                 "%s %s --set input.backed=%s --set input.backed_block=1 --set input.backed_shuffle_blocks=100000",
+                 dir, dir, (const char *[]){"m", "b", "dm", "db"}[run], dir, common,
+                 run < 2 ? "--set model.latent=vmf" : "--set model.discrete=3", backed ? "true" : "false");
         assert_int_equal(tu_run_cli(args, NULL, NULL), 0);
     }
+    char a[1024], b[1024];
+    snprintf(a, sizeof a, "%s/tenx/dm/embedding.tsv", dir);
+    snprintf(b, sizeof b, "%s/tenx/db/embedding.tsv", dir);
+    assert_true(tu_same_bytes(a, b)); /* with the category and its probability of every cell */
     nbs_config c;
     nbs_config_defaults(&c);
     nbs_error err = {0};
@@ -308,6 +464,13 @@ static void test_new_h5ad_streamed(void **state) {
     tu_expect_same_matrix(m[0], m[1]);
     assert_int_equal(e[0].n, e[1].n);
     assert_memory_equal(e[0].z, e[1].z, sizeof(float) * (size_t)(e[0].n * e[0].d));
+    const char *cols[] = {"branch", "pseudotime"};
+    for (int k = 0; k < 2; k++) {
+        char **x = obs_of("tenx/m", cols[k], m[0]), **y = obs_of("tenx/b", cols[k], m[0]);
+        for (int64_t i = 0; i < m[0]->n_cells; i++) assert_string_equal(x[i], y[i]);
+        nbs_io_free_labels(x, m[0]->n_cells);
+        nbs_io_free_labels(y, m[0]->n_cells);
+    }
     for (int i = 0; i < 2; i++) {
         nbs_matrix_free(m[i]);
         nbs_embedding_table_free(&e[i]);
@@ -371,14 +534,20 @@ static void test_bad_rows(void **state) {
     assert_non_null(strstr(err.msg, "non-integer value 5.5 at cell 2"));
 }
 
-/* What out of core refuses, with the key to change. */
+/* What out of core refuses, with the key to change; a batch column the file lacks is bad input. */
 static void test_refusals(void **state) {
     (void)state;
     char args[2048], *errout = NULL;
-    snprintf(args, sizeof args, "--quiet run '%s/p.yaml' --out '%s/x' --set input.backed=true "
-             "--set input.batch_key=batch", dir, dir);
+    snprintf(args, sizeof args, "--quiet run '%s/p.yaml' --out '%s/x' --set input.backed=true --set input.path= "
+             "--set 'input.samples={a: %s/sim.h5ad, b: %s/batched/sim.h5ad}'", dir, dir, dir, dir);
     assert_int_equal(tu_run_cli(args, NULL, &errout), 2);
-    assert_non_null(strstr(errout, "input.batch_key: out of core"));
+    assert_non_null(strstr(errout, "input.samples is several files: set input.backed: false (or auto)"));
+    free(errout);
+    snprintf(args, sizeof args, "--quiet run '%s/p.yaml' --out '%s/x' --set input.backed=true "
+             "--set input.batch_key=donor", dir, dir);
+    assert_int_equal(tu_run_cli(args, NULL, &errout), 3);
+    assert_non_null(strstr(errout, "input.batch_key 'donor': "));
+    assert_non_null(strstr(errout, "obs has no column 'donor'; it has: "));
     free(errout);
     nbs_config c;
     nbs_config_defaults(&c);
@@ -406,8 +575,10 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stream_h5ad),
         cmocka_unit_test(test_stream_10x),
+        cmocka_unit_test(test_stream_batched),
         cmocka_unit_test(test_block_order),
         cmocka_unit_test(test_training_equals_memory),
+        cmocka_unit_test(test_covariates_equal_memory),
         cmocka_unit_test(test_new_h5ad_streamed),
         cmocka_unit_test(test_bad_rows),
         cmocka_unit_test(test_refusals),

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "nbsphere/config.h"
+#include "nbsphere/covariates.h"
 #include "nbsphere/error.h"
 #include "nbsphere/matrix.h"
 #include "nbsphere/preprocess.h"
@@ -44,6 +45,11 @@ nbs_row_source nbs_backed_rows(nbs_backed *b);
 /* Cell names of rows [row0, row0 + n) of the file into names (n malloc'd strings). */
 int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nbs_error *err);
 
+/* The names of file rows rows[0..n) (ascending; NULL: every row, n = the file's cells) as a matrix
+ * of n cells and no genes: what the obs and labels-table readers match cells by (covariates,
+ * labels). Read 64 Ki rows at a time; the caller frees it as soon as the columns are read. */
+int nbs_backed_cell_names(nbs_backed *b, const int64_t *rows, int64_t n, nbs_matrix **out, nbs_error *err);
+
 /* The kept cells of a preprocessing result, read from b, with only the chosen genes' columns:
  * minibatches in shuffled blocks, and any set of cells as an in-memory matrix. Borrows b and pre
  * (and row_nnz, nbs_preprocess_stream's) for its life. Cells are positions 0 .. pre->n_cells - 1.
@@ -60,6 +66,9 @@ nbs_backed_loader *nbs_backed_loader_new(nbs_backed *b, const nbs_preprocess_res
                                          int64_t block, int64_t shuffle_blocks, int batch, nbs_error *err);
 void nbs_backed_loader_free(nbs_backed_loader *l);
 nbs_batch_source nbs_backed_loader_source(nbs_backed_loader *l);
+/* The covariates of the kept cells (v, by position; borrowed): each minibatch then carries its
+ * cells' rows of them, as nbs_covariates_attach gives the in-memory batches. */
+int nbs_backed_loader_covariates(nbs_backed_loader *l, const nbs_covariate_values *v, nbs_error *err);
 /* Kept cells cells[0..n) (ascending) as a new matrix (n x chosen genes, no names) and their
  * library sizes (*library, n, malloc'd). */
 int nbs_backed_loader_read(nbs_backed_loader *l, const int64_t *cells, int64_t n, nbs_matrix **out, double **library,

@@ -89,6 +89,11 @@ nbs_covariate_layout nbs_covariates_layout(const nbs_covariates *cov);
 /* c reads the covariates of values (whose rows are those of c->X). */
 void nbs_covariates_attach(const nbs_covariate_values *values, nbs_cells *c);
 
+/* The values of rows rows[0..n) of v into out (n cells, in that order): the covariates of a
+ * subsample read apart from the other cells (out of core, the diagnostics' cells). */
+int nbs_covariate_values_gather(const nbs_covariate_values *v, const int64_t *rows, int64_t n,
+                                nbs_covariate_values *out, nbs_error *err);
+
 /* One line for the log: "batch group_id (2 categories), ...". */
 void nbs_covariates_describe(const nbs_covariates *cov, char *buf, size_t n);
 

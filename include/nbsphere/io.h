@@ -176,6 +176,10 @@ int nbs_io_h5ad_stream_open(const char *path, const char *copy_from, int64_t n, 
  * rows of the chosen genes). */
 int nbs_io_h5ad_stream_rows(nbs_h5ad_stream *s, int64_t n, char *const *barcodes, const float *z, const float *kappa,
                             const nbs_matrix *counts, nbs_error *err);
+/* After the last rows: meta's obs columns (the covariates, the discrete latent's categories, the
+ * trajectory's clusters; of all n cells) and its trajectory entries, as nbs_io_write_h5ad writes
+ * them. */
+int nbs_io_h5ad_stream_obs(nbs_h5ad_stream *s, const nbs_embedding_meta *meta, nbs_error *err);
 /* Closes and renames (status NBS_OK and every cell written) or removes the file; returns the status. */
 int nbs_io_h5ad_stream_close(nbs_h5ad_stream *s, int status, nbs_error *err);
 

@@ -119,5 +119,11 @@ typedef struct {
  * entries in the chosen genes (what sizes a minibatch). Memory: O(cells + genes). */
 int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                           int32_t **row_nnz, nbs_error *err);
+/* The same with each input cell's batch (NULL: none), as nbs_preprocess_take_batched: with
+ * cfg->hvg_batch_aware the genes are ranked within each batch, two more passes summing per batch
+ * (6 doubles per kept gene and batch), bit-identical to the in-memory selection. */
+int nbs_preprocess_stream_batched(const nbs_row_source *src, const nbs_preprocess_config *cfg,
+                                  const nbs_preprocess_batches *b, nbs_preprocess_result **out, int32_t **row_nnz,
+                                  nbs_error *err);
 
 #endif
