@@ -549,6 +549,10 @@ static int check_resume_genes(const nbs_checkpoint *ck, char *const *names, int6
     return NBS_OK;
 }
 
+/* out of core under mpirun (below) */
+static const nbs_train_reduce *split_run(const run_state *s);
+static int log_rows_read(run_state *s, int64_t rows, int epochs, nbs_error *err);
+
 static int stage_train(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_matrix *X = s->pre->matrix; /* NULL out of core */
@@ -576,7 +580,8 @@ static int stage_train(run_state *s, nbs_error *err) {
     char log_path[NBS_PATH_MAX], ckpt_path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_LOG, log_path) || out_path(s, NBS_OUT_CHECKPOINT, ckpt_path))
         return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    if ((st = choose_diag_rows(s, err))) return st;
+    const int writer = !s->o->reduce || s->o->reduce->rank == 0;
+    if (writer && (st = choose_diag_rows(s, err))) return st; /* process 0 alone diagnoses */
     if (s->ck.covariates.n_categorical || s->ck.covariates.n_continuous) {
         char desc[1024];
         nbs_covariates_describe(&s->ck.covariates, desc, sizeof desc);
@@ -584,12 +589,15 @@ static int stage_train(run_state *s, nbs_error *err) {
     }
     nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
     const nbs_train_hooks peer = {0}; /* a data-parallel peer writes nothing */
-    const int writer = !s->o->reduce || s->o->reduce->rank == 0;
     if (s->backed) { /* positions of the kept cells; the minibatches come from the file */
         const nbs_cells pos = {.n = s->pre->n_cells};
         const nbs_batch_source src = nbs_backed_loader_source(s->loader);
+        const int64_t read0 = nbs_backed_rows_read(s->backed);
+        const int epoch0 = s->ck.state.epochs_done;
         st = nbs_train_from(s->ck.model, &pos, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer,
                             s->o->reduce, &src, err);
+        if (!st && split_run(s))
+            st = log_rows_read(s, nbs_backed_rows_read(s->backed) - read0, s->ck.state.epochs_done - epoch0, err);
     } else {
         const nbs_cells all = all_cells(s);
         st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer, s->o->reduce,
@@ -790,6 +798,125 @@ static int stage_write(run_state *s, nbs_error *err) {
 
 #define BACKED_WRITE_CELLS 4096 /* cells embedded and written at a time out of core */
 
+/* ---- out of core under mpirun: each process reads only its rows ----
+ * Preprocessing scans each process's contiguous range of the file's rows and sums the statistics
+ * (nbs_preprocess_stream_shared); training reads each process's share of every global batch
+ * (nbs_backed_loader_share); the embedding is computed by each process on its contiguous range of
+ * the kept cells and gathered block by block at process 0, which writes it. */
+
+static const nbs_train_reduce *split_run(const run_state *s) {
+    const nbs_train_reduce *r = s->o->reduce;
+    return r && r->size > 1 && r->sum && r->gather ? r : NULL;
+}
+
+/* This process's part [lo, hi) of n items: [rank n / size, (rank + 1) n / size). */
+static void my_range(const nbs_train_reduce *r, int64_t n, int64_t *lo, int64_t *hi) {
+    *lo = n * r->rank / r->size;
+    *hi = n * (r->rank + 1) / r->size;
+}
+
+/* Every process goes out of core, or none: process 0's choice (auto compares with each node's
+ * memory, which may differ). */
+static int follow_process_zero(const run_state *s, int *backed, nbs_error *err) {
+    const nbs_train_reduce *r = split_run(s);
+    if (!r) return NBS_OK;
+    double v = r->rank == 0 ? *backed : 0;
+    int st = r->sum(r->user, &v, 1, err);
+    *backed = v != 0;
+    return st;
+}
+
+/* The rows each process read in training, logged by process 0. */
+static int log_rows_read(run_state *s, int64_t rows, int epochs, nbs_error *err) {
+    const nbs_train_reduce *r = split_run(s);
+    double *k = nbs_calloc((size_t)r->size, sizeof *k, err); /* (processes) */
+    if (!k) return NBS_ERR_NOMEM;
+    k[r->rank] = (double)rows;
+    int st = r->sum(r->user, k, r->size, err);
+    for (int q = 0; !st && q < r->size; q++)
+        nbs_info("out of core: process %d of %d read %lld rows of the file in %d epochs of %lld kept cells (%.1f per "
+                 "epoch)", q, r->size, (long long)k[q], epochs, (long long)s->pre->n_cells,
+                 epochs > 0 ? k[q] / epochs : 0.0);
+    free(k);
+    return st;
+}
+
+/* Whether embedding.h5ad out of core is a copy of the input (an .h5ad that kept every cell), so
+ * that its rows need no counts. */
+static int h5ad_copies_input(const run_state *s) {
+    return s->format == NBS_FMT_H5AD && s->pre->n_cells == s->pre->n_cells_in;
+}
+
+static int embed_backed(run_state *s, int64_t c0, int64_t n, int64_t *rows, float *z, float *spread, nbs_matrix **X,
+                        nbs_error *err);
+
+/* The embedding of kept cells [c0, c0 + n) at process 0 (z, spread and, when with_X, the counts
+ * *X), each process embedding the cells of the block in its range and sending them; on the
+ * others z, spread and X are not written. One process: embed_backed. */
+static int embed_block(run_state *s, int64_t c0, int64_t n, int with_X, int64_t *rows, float *z, float *spread,
+                       nbs_matrix **X, nbs_error *err) {
+    const nbs_train_reduce *r = split_run(s);
+    if (!r) return embed_backed(s, c0, n, rows, z, spread, X, err);
+    const int d = nbs_model_latent(s->ck.model)->dim, sd = nbs_latent_spread_dim(nbs_model_latent(s->ck.model));
+    const int P = r->size;
+    int64_t *bz = nbs_malloc(sizeof *bz * (size_t)(3 * P), err); /* (3, P) bytes of z, spread, counts from each */
+    if (!bz) return NBS_ERR_NOMEM;
+    int64_t *bs = bz + P, *bx = bz + 2 * P, a = 0, b = 0;
+    for (int q = 0; q < P; q++) {
+        const int64_t lo = s->pre->n_cells * q / P, hi = s->pre->n_cells * (q + 1) / P;
+        const int64_t qa = lo > c0 ? lo : c0, qb = hi < c0 + n ? hi : c0 + n, m = qb > qa ? qb - qa : 0;
+        int64_t nnz = 0;
+        for (int64_t i = qa; i < qa + m; i++) nnz += s->row_nnz[i];
+        bz[q] = m * d * (int64_t)sizeof(float);
+        bs[q] = m * sd * (int64_t)sizeof(float);
+        bx[q] = nnz * (int64_t)sizeof(int32_t); /* indices; the values are as many floats */
+        if (q == r->rank) a = qa, b = qa + m;
+    }
+    nbs_matrix *mine = NULL; /* this process's cells of the block */
+    float *zl = nbs_malloc(sizeof *zl * (size_t)((b - a) * d + 1), err), *sl = nbs_malloc(sizeof *sl * (size_t)((b - a) * sd + 1), err);
+    int st = zl && sl ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st && b > a) st = embed_backed(s, a, b - a, rows, zl, sl, &mine, err);
+    nbs_matrix *all = NULL;
+    if (!st && with_X && r->rank == 0) {
+        int64_t nnz = 0;
+        for (int64_t i = c0; i < c0 + n; i++) nnz += s->row_nnz[i];
+        if ((all = nbs_matrix_new(n, s->pre->n_genes, nnz, err))) {
+            all->values_are_integer = 1;
+            all->indptr[0] = 0;
+            for (int64_t i = 0; i < n; i++) all->indptr[i + 1] = all->indptr[i] + s->row_nnz[c0 + i];
+        } else {
+            st = NBS_ERR_NOMEM;
+        }
+    }
+    /* a process that failed leaves the gathers: main ends the job (nbs_parallel_abort) */
+    const int32_t none_i = 0;
+    const float none_f = 0;
+    if (!st) st = r->gather(r->user, zl, bz, z, err);
+    if (!st) st = r->gather(r->user, sl, bs, spread, err);
+    if (!st && with_X) st = r->gather(r->user, mine ? (const void *)mine->indices : &none_i, bx, all ? all->indices : NULL, err);
+    if (!st && with_X) st = r->gather(r->user, mine ? (const void *)mine->data : &none_f, bx, all ? all->data : NULL, err);
+    nbs_matrix_free(mine);
+    free(zl), free(sl), free(bz);
+    if (st) {
+        nbs_matrix_free(all);
+        return st;
+    }
+    if (X) *X = all;
+    return NBS_OK;
+}
+
+/* A peer's part of stage_write_backed: its cells of every write block, sent to process 0. */
+static int peer_write_backed(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const int64_t n = s->pre->n_cells, B = BACKED_WRITE_CELLS;
+    const int with_X = c->output.write_h5ad && !h5ad_copies_input(s);
+    int64_t *rows = nbs_malloc(sizeof *rows * (size_t)B, err); /* (B) */
+    int st = rows ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t c0 = 0; !st && c0 < n; c0 += B) st = embed_block(s, c0, c0 + B < n ? B : n - c0, with_X, rows, NULL, NULL, NULL, err);
+    free(rows);
+    return st;
+}
+
 /* Whether this run reads its input out of core; the choice is logged either way. Out of core, the
  * stages that need every cell's counts in memory are refused or left out with a note. */
 static int decide_backed(run_state *s, nbs_error *err) {
@@ -801,6 +928,7 @@ static int decide_backed(run_state *s, nbs_error *err) {
     char why[256];
     int backed = 0;
     int st = nbs_backed_decide(in, f, &backed, why, err);
+    if (!st) st = follow_process_zero(s, &backed, err);
     if (st) return st;
     if (in->backed != 0 && why[0]) nbs_info("%s", why);
     if (!backed) return NBS_OK;
@@ -814,10 +942,6 @@ static int decide_backed(run_state *s, nbs_error *err) {
                              "trajectory stage yet; leave %s out, or load the counts (input.backed: false)", refused,
                              in->backed == 1 ? "input.backed: true" : "input.backed auto, above input.memory_limit",
                              refused);
-    if (s->o->reduce && s->o->reduce->size > 1)
-        return nbs_error_set(err, NBS_ERR_USAGE, "%s under mpirun: every process of a data-parallel run holds the "
-                             "whole matrix; load the counts (input.backed: false), or train in one process out of "
-                             "core", in->backed == 1 ? "input.backed: true" : "input.backed auto, above input.memory_limit");
     if (in->label_column[0])
         nbs_info("out of core: the k-NN score of the '%s' labels and the integration metrics need every cell's "
                  "embedding and counts in memory; they are not computed", in->label_column);
@@ -829,7 +953,8 @@ static int decide_backed(run_state *s, nbs_error *err) {
 static int stage_load_backed(run_state *s, nbs_error *err) {
     const nbs_input_config *in = &s->p->config.input;
     stage_begin(s, "load");
-    int st = nbs_manifest_add_input(s->manifest, in->path, err);
+    const int peer = split_run(s) && s->o->reduce->rank > 0; /* no manifest: no checksum of the whole file */
+    int st = peer ? NBS_OK : nbs_manifest_add_input(s->manifest, in->path, err);
     if (!st) st = nbs_backed_open(in, s->format, &s->backed, err);
     if (st) return st;
     char msg[256];
@@ -842,9 +967,17 @@ static int stage_load_backed(run_state *s, nbs_error *err) {
 static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     stage_begin(s, "preprocess");
-    const nbs_row_source rows = nbs_backed_rows(s->backed);
-    int st = nbs_preprocess_stream(&rows, &c->preprocess, &s->pre, &s->row_nnz, err);
+    const nbs_train_reduce *r = split_run(s);
+    int64_t lo = 0, hi = nbs_backed_n_cells(s->backed);
+    if (r) my_range(r, hi, &lo, &hi);
+    const nbs_row_source rows = r ? nbs_backed_rows_range(s->backed, lo, hi) : nbs_backed_rows(s->backed);
+    const nbs_sum_hook sum = {r ? r->sum : NULL, r ? r->user : NULL};
+    int st = nbs_preprocess_stream_shared(&rows, &c->preprocess, r ? &sum : NULL, &s->pre, &s->row_nnz, err);
     if (st) return st;
+    if (r)
+        nbs_info("out of core over %d processes: each scans its rows of the file in preprocessing (process 0: rows "
+                 "%lld to %lld) and reads only its share of each minibatch in training", r->size, (long long)lo + 1,
+                 (long long)hi);
     const int64_t G = s->pre->n_genes;
     s->backed_names = nbs_malloc(sizeof *s->backed_names * (size_t)G, err);
     s->backed_ids = nbs_malloc(sizeof *s->backed_ids * (size_t)G, err);
@@ -857,6 +990,7 @@ static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     s->loader = nbs_backed_loader_new(s->backed, s->pre, s->row_nnz, in->backed_block, in->backed_shuffle_blocks,
                                       c->train.batch_size, err);
     if (!s->loader) return err->code;
+    if (r && (st = nbs_backed_loader_share(s->loader, r->rank, r->size, err))) return st;
     nbs_info("out of core: minibatches from buffers of %d blocks of %d consecutive cells (input.backed_shuffle_blocks, "
              "input.backed_block), shuffled within each buffer", in->backed_shuffle_blocks, in->backed_block);
     char msg[512];
@@ -887,7 +1021,7 @@ static int open_h5ad_stream(run_state *s, nbs_h5ad_stream **out, nbs_error *err)
     const nbs_config *c = &s->p->config;
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int gauss = !nbs_latent_on_sphere(L);
-    const int copy = s->format == NBS_FMT_H5AD && s->pre->n_cells == s->pre->n_cells_in;
+    const int copy = h5ad_copies_input(s);
     if (s->format == NBS_FMT_H5AD && !copy)
         nbs_info("embedding.h5ad: the filters kept %lld of the %lld cells; out of core it is a new file with their "
                  "counts in the chosen genes, not a copy of %s", (long long)s->pre->n_cells,
@@ -934,7 +1068,8 @@ static int stage_write_backed(run_state *s, nbs_error *err) {
         char **file_names = nbs_calloc((size_t)(r1 - r0), sizeof *file_names, err);
         char **bc = nbs_malloc(sizeof *bc * (size_t)m, err);
         nbs_matrix *X = NULL;
-        st = file_names && bc ? embed_backed(s, c0, m, rows, z, spread, &X, err) : NBS_ERR_NOMEM;
+        st = file_names && bc ? embed_block(s, c0, m, h5 && !h5ad_copies_input(s), rows, z, spread, &X, err)
+                              : NBS_ERR_NOMEM;
         if (!st) st = nbs_backed_barcodes(s->backed, r0, r1 - r0, file_names, err);
         for (int64_t i = 0; !st && i < m; i++) bc[i] = file_names[s->pre->cells[c0 + i] - r0];
         if (!st) bad = nbs_io_embedding_tsv_rows(f, bc, m, d, z, n_extra, spread);
@@ -1311,6 +1446,15 @@ static int run_peer(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *
     nbs_sphere_gsl_init();
     nbs_nn_set_threads(p->config.train.threads);
     int st = (s.manifest = nbs_manifest_new(o->command_line, err)) ? NBS_OK : (int)err->code;
+    if (!st) st = decide_backed(&s, err);
+    if (!st && s.out_of_core) { /* its rows only; its part of the embedding goes to process 0 */
+        st = stage_load_backed(&s, err);
+        if (!st) st = stage_preprocess_backed(&s, err);
+        if (!st) st = stage_train(&s, err);
+        if (!st) st = peer_write_backed(&s, err);
+        free_run(&s);
+        return st;
+    }
     if (!st) st = stage_load(&s, err);
     if (!st) st = stage_preprocess(&s, err);
     if (!st) st = stage_train(&s, err);

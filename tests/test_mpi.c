@@ -2,7 +2,9 @@
  * 64 train the model one process trains with batch 128 (parameters, validation ELBO and
  * embedding within float tolerance), process 0 alone writes, commands other than train and run
  * refuse to run split, and a run whose process 1 is killed exits non-zero and resumes from its
- * last checkpoint, with another number of processes, to the uninterrupted run's model.
+ * last checkpoint, with another number of processes, to the uninterrupted run's model. Out of
+ * core (input.backed) each process reads only its rows: 2 x 64 equal 1 x 128 out of core within
+ * the same tolerances, with the same cells, genes and counts, and each reads n / 2 rows per epoch.
  *
  * Tolerances, from the measured differences (simulated 1500 cells x 200 genes, 4 epochs with
  * dropout 0.1): parameters differ by at most 6e-8 and the embedding by 1.2e-6 (the sums of 64 + 64
@@ -11,6 +13,7 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <hdf5.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -119,7 +122,7 @@ static int setup(void **state) {
     char args[4096];
     /* 1500 cells: 1350 training cells end in a partial global batch (70 of 128) and 150
      * validation cells too (22), which the processes split 35/35 and 11/11 */
-    snprintf(args, sizeof args, "simulate --out %s/sim --cells 1500 --genes 300 --seed 3", g_dir);
+    snprintf(args, sizeof args, "simulate --out %s/sim --cells 1500 --genes 300 --seed 3 --format mtx,h5ad", g_dir);
     return run_np(0, args, NULL);
 }
 
@@ -164,6 +167,99 @@ static void test_process_zero_writes_alone(void **state) {
     train_ok(0, "one_files", 128, "");
     assert_int_equal(tu_count_files(tu_path(g_dir, "two_loud")), tu_count_files(tu_path(g_dir, "one_files")));
     assert_true(tu_exists(tu_path(tu_path(g_dir, "two_loud"), "model.h5")));
+}
+
+/* ---- out of core: each process reads only its rows ---- */
+
+/* Out of core on the simulated .h5ad in small buffers (4 blocks of 16 cells), a cell filter that
+ * drops about a fifth of the cells (embedding.h5ad is then a new file with the counts, which the
+ * processes send to process 0) */
+static const char BACKED_OPTS[] = "--set input.backed=true --set input.backed_block=16 "
+                                  "--set input.backed_shuffle_blocks=4 --set preprocess.min_counts=400";
+
+static void train_backed(int np, const char *name, int batch, int quiet, char **errout) {
+    char args[8192];
+    snprintf(args, sizeof args, "%s train %s/sim/sim.h5ad --out %s/%s --batch-size %d %s %s", quiet ? "--quiet" : "",
+             g_dir, g_dir, name, batch, TRAIN_OPTS, BACKED_OPTS);
+    int rc = run_np(np, args, errout);
+    if (rc) fail_msg("%s: exit %d\n%s", args, rc, errout && *errout ? *errout : "");
+}
+
+/* One dataset of a run's embedding.h5ad as bytes (n elements of size bytes each). */
+static void *read_h5(const char *name, const char *ds, hid_t type, hsize_t *n) {
+    hid_t f = H5Fopen(tu_path(tu_path(g_dir, name), "embedding.h5ad"), H5F_ACC_RDONLY, H5P_DEFAULT);
+    assert_true(f >= 0);
+    hid_t d = H5Dopen2(f, ds, H5P_DEFAULT), sp = H5Dget_space(d);
+    assert_true(d >= 0 && H5Sget_simple_extent_dims(sp, n, NULL) == 1);
+    void *buf = malloc(H5Tget_size(type) * (size_t)(*n + 1));
+    assert_true(H5Dread(d, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0);
+    H5Sclose(sp), H5Dclose(d), H5Fclose(f);
+    return buf;
+}
+
+/* The kept cells' counts in the chosen genes (embedding.h5ad's X) equal in two runs. */
+static void expect_same_counts(const char *a, const char *b) {
+    const char *ds[3] = {"X/indptr", "X/indices", "X/data"};
+    const hid_t ty[3] = {H5T_NATIVE_INT64, H5T_NATIVE_INT32, H5T_NATIVE_FLOAT};
+    for (int i = 0; i < 3; i++) {
+        hsize_t na, nb;
+        void *x = read_h5(a, ds[i], ty[i], &na), *y = read_h5(b, ds[i], ty[i], &nb);
+        assert_int_equal(na, nb);
+        if (memcmp(x, y, H5Tget_size(ty[i]) * (size_t)na)) fail_msg("%s differs between %s and %s", ds[i], a, b);
+        free(x), free(y);
+    }
+}
+
+/* 2 processes with batch 64 out of core train the model 1 process trains with batch 128 out of
+ * core (same block shuffle, same global minibatches), keep the same cells and genes, write what
+ * one process writes (process 0 alone), and each reads about half the rows per epoch. */
+static void test_backed_two_processes_read_their_rows(void **state) {
+    (void)state;
+    char *errout = NULL;
+    train_backed(0, "b_one128", 128, 1, NULL);
+    train_backed(2, "b_two64", 64, 0, &errout);
+    const double dp = param_diff("b_one128", "b_two64"), de = embedding_diff("b_one128", "b_two64");
+    print_message("out of core, 2 x 64 vs 1 x 128: parameters differ by %.3g, embedding by %.3g\n", dp, de);
+    assert_true(dp <= PARAM_TOL);
+    assert_true(de <= EMB_TOL);
+    expect_same_val_elbo("b_one128", "b_two64");
+    /* the same genes, in the same order, and the same kept cells with the same counts */
+    char *ga = tu_read_file(tu_path(tu_path(g_dir, "b_one128"), "genes.tsv"), NULL);
+    char *gb = tu_read_file(tu_path(tu_path(g_dir, "b_two64"), "genes.tsv"), NULL);
+    assert_non_null(ga);
+    assert_non_null(gb);
+    assert_string_equal(ga, gb);
+    free(ga), free(gb);
+    expect_same_counts("b_one128", "b_two64");
+    /* process 0 alone writes: the same files as one process, its log alone shown */
+    assert_int_equal(tu_count_files(tu_path(g_dir, "b_two64")), tu_count_files(tu_path(g_dir, "b_one128")));
+    assert_non_null(errout);
+    const char *first = strstr(errout, "nbsphere: outputs in");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "nbsphere: outputs in"));
+    /* rows read in training: each process its share, n / 2 per epoch, not n */
+    int seen = 0;
+    for (const char *p = errout; (p = strstr(p, "out of core: process ")); p++) {
+        int rank, size, epochs;
+        long long rows, n;
+        if (sscanf(p, "out of core: process %d of %d read %lld rows of the file in %d epochs of %lld kept cells", &rank,
+                   &size, &rows, &epochs, &n) != 5)
+            continue;
+        const double per_epoch = (double)rows / epochs;
+        print_message("process %d of %d read %lld rows in %d epochs of %lld cells: %.1f per epoch\n", rank, size, rows,
+                      epochs, n, per_epoch);
+        assert_int_equal(size, 2);
+        assert_int_equal(epochs, 4);
+        assert_true(fabs(per_epoch - n / 2.0) <= 0.01 * n); /* the global batches' halves differ by one cell at most */
+        seen |= 1 << rank;
+    }
+    assert_int_equal(seen, 3);
+    free(errout);
+    /* the comparison can tell models apart: one process with batch 64 trains another model */
+    train_backed(0, "b_one64", 64, 1, NULL);
+    const double d64 = param_diff("b_one64", "b_two64");
+    print_message("out of core, 2 x 64 vs 1 x 64: parameters differ by %.3g\n", d64);
+    assert_true(d64 > 1000 * PARAM_TOL);
 }
 
 static void test_other_commands_refuse_to_split(void **state) {
@@ -267,6 +363,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_two_processes_train_the_doubled_batch),
         cmocka_unit_test(test_process_zero_writes_alone),
+        cmocka_unit_test(test_backed_two_processes_read_their_rows),
         cmocka_unit_test(test_other_commands_refuse_to_split),
         cmocka_unit_test(test_killed_process_stops_the_job_and_resume_completes),
     };

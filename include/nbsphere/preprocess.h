@@ -120,4 +120,19 @@ typedef struct {
 int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                           int32_t **row_nnz, nbs_error *err);
 
+/* A data-parallel run's sum over its processes: buf (n doubles) summed, the same bits on every
+ * process (nbs_train_reduce.sum). */
+typedef struct {
+    int (*sum)(void *user, double *buf, int64_t n, nbs_error *err);
+    void *user;
+} nbs_sum_hook;
+/* nbs_preprocess_stream by processes that each scan only their own rows (src visits a range of
+ * the input's rows; together the processes' ranges cover every row once): after each pass the
+ * per-cell values (pass 0: total and detected genes; pass 3: library size and row length) and
+ * the per-gene sums are summed through sum, so every process gets the same result as one process
+ * scanning every row. Counts are integers (unless input.non_integer: accept), so the gene sums of
+ * pass 1 are exact in any order; the clipped sums of pass 2 agree to rounding. */
+int nbs_preprocess_stream_shared(const nbs_row_source *src, const nbs_preprocess_config *cfg, const nbs_sum_hook *sum,
+                                 nbs_preprocess_result **out, int32_t **row_nnz, nbs_error *err);
+
 #endif
