@@ -826,18 +826,22 @@ static int follow_process_zero(const run_state *s, int *backed, nbs_error *err) 
     return st;
 }
 
-/* The rows each process read in training, logged by process 0. */
+/* The rows each process read in training, logged by process 0 and kept in the manifest. */
 static int log_rows_read(run_state *s, int64_t rows, int epochs, nbs_error *err) {
     const nbs_train_reduce *r = split_run(s);
     double *k = nbs_calloc((size_t)r->size, sizeof *k, err); /* (processes) */
-    if (!k) return NBS_ERR_NOMEM;
-    k[r->rank] = (double)rows;
-    int st = r->sum(r->user, k, r->size, err);
-    for (int q = 0; !st && q < r->size; q++)
+    int64_t *kr = k ? nbs_malloc(sizeof *kr * (size_t)r->size, err) : NULL; /* (processes) */
+    int st = kr ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st) k[r->rank] = (double)rows;
+    if (!st) st = r->sum(r->user, k, r->size, err);
+    for (int q = 0; !st && q < r->size; q++) {
+        kr[q] = (int64_t)k[q];
         nbs_info("out of core: process %d of %d read %lld rows of the file in %d epochs of %lld kept cells (%.1f per "
-                 "epoch)", q, r->size, (long long)k[q], epochs, (long long)s->pre->n_cells,
+                 "epoch)", q, r->size, (long long)kr[q], epochs, (long long)s->pre->n_cells,
                  epochs > 0 ? k[q] / epochs : 0.0);
-    free(k);
+    }
+    if (!st) st = nbs_manifest_set_rows_read(s->manifest, r->size, kr, epochs, err);
+    free(k), free(kr);
     return st;
 }
 
