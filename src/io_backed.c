@@ -32,6 +32,9 @@ struct nbs_backed {
     int32_t *blk_idx;
     float *blk_data;
     int64_t blk_cap;
+    int ranged;                  /* nbs_backed_rows_range: the scan visits rows [scan0, scan1) only */
+    int64_t scan0, scan1;
+    int64_t rows_read;           /* rows read from the file so far (nbs_backed_rows_read) */
 };
 
 /* ---- deciding ---- */
@@ -393,6 +396,7 @@ static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
         if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->path);
         b->blk_cap = len;
     }
+    b->rows_read += rows;
     if (read_range(b->d_idx, H5T_NATIVE_INT32, k0, len, b->blk_idx) ||
         read_range(b->d_data, H5T_NATIVE_FLOAT, k0, len, b->blk_data))
         return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read the entries of cells %lld to %lld of /%s (corrupt or "
@@ -441,9 +445,10 @@ static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
 
 static int scan_rows(void *user, nbs_rows_visit visit, void *ctx, nbs_error *err) {
     nbs_backed *b = user;
-    for (int64_t r0 = 0; r0 < b->n_cells;) {
+    const int64_t end = b->ranged ? b->scan1 : b->n_cells;
+    for (int64_t r0 = b->ranged ? b->scan0 : 0; r0 < end;) {
         int64_t r1 = r0 + 1;
-        while (r1 < b->n_cells && b->indptr[r1 + 1] - b->indptr[r0] <= NBS_BACKED_SCAN_NNZ) r1++;
+        while (r1 < end && b->indptr[r1 + 1] - b->indptr[r0] <= NBS_BACKED_SCAN_NNZ) r1++;
         int st = read_rows(b, r0, r1, err);
         const nbs_matrix view = {.n_cells = r1 - r0, .n_genes = b->n_genes, .nnz = b->blk_indptr[r1 - r0],
                                  .indptr = b->blk_indptr, .indices = b->blk_idx, .data = b->blk_data};
@@ -457,6 +462,15 @@ static int scan_rows(void *user, nbs_rows_visit visit, void *ctx, nbs_error *err
 nbs_row_source nbs_backed_rows(nbs_backed *b) {
     return (nbs_row_source){b, b->n_cells, b->n_genes, scan_rows};
 }
+
+nbs_row_source nbs_backed_rows_range(nbs_backed *b, int64_t row0, int64_t row1) {
+    b->ranged = 1;
+    b->scan0 = row0 < 0 ? 0 : row0 > b->n_cells ? b->n_cells : row0;
+    b->scan1 = row1 < b->scan0 ? b->scan0 : row1 > b->n_cells ? b->n_cells : row1;
+    return nbs_backed_rows(b);
+}
+
+int64_t nbs_backed_rows_read(const nbs_backed *b) { return b->rows_read; }
 
 int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nbs_error *err) {
     hid_t d = H5Dopen2(b->names_loc, b->names_ds, H5P_DEFAULT);
@@ -563,6 +577,10 @@ struct nbs_backed_loader {
     float *mb_cont;          /* (batch, n_continuous) */
     int batch;
     int64_t max_nnz;
+    /* nbs_backed_loader_share: this process's share of each global batch, and which kept cells
+     * of that share the buffer holds */
+    int rank, size;          /* size 0: one process, whole blocks */
+    uint8_t *loaded;         /* (n) */
 };
 
 void nbs_backed_loader_free(nbs_backed_loader *l) {
@@ -575,7 +593,7 @@ void nbs_backed_loader_free(nbs_backed_loader *l) {
     free(l->s_indptr), free(l->s_idx), free(l->s_data), free(l->s_cap), free(l->block_of_slot);
     free(l->col), free(l->slot_of_block), free(l->group), free(l->perm), free(l->count), free(l->tmp);
     free(l->mb.indptr), free(l->mb.indices), free(l->mb.data), free(l->mb_lib);
-    free(l->mb_codes), free(l->mb_cont);
+    free(l->mb_codes), free(l->mb_cont), free(l->loaded);
     free(l);
 }
 
@@ -709,6 +727,95 @@ static int refill(nbs_backed_loader *l, const int64_t *seq, int64_t n_seq, int64
     return NBS_OK;
 }
 
+/* ---- the loader of one process's share (nbs_backed_loader_share) ---- */
+
+int nbs_backed_loader_share(nbs_backed_loader *l, int rank, int size, nbs_error *err) {
+    if (size <= 1) return NBS_OK;
+    if (!(l->loaded = nbs_calloc((size_t)l->n + 1, 1, err))) return NBS_ERR_NOMEM;
+    l->rank = rank;
+    l->size = size;
+    return NBS_OK;
+}
+
+/* Whether position p of a pass over n_seq cells is this process's: train.c's share_of and
+ * global_batches (global batches of batch x size cells; a last one with fewer cells than
+ * processes is left out). */
+static int is_mine(const nbs_backed_loader *l, int64_t n_seq, int64_t p) {
+    const int64_t g = (int64_t)l->batch * l->size, off = p / g * g, mb = n_seq - off < g ? n_seq - off : g;
+    if (mb < l->size) return 0;
+    const int64_t lo = mb * l->rank / l->size, hi = mb * (l->rank + 1) / l->size;
+    return p - off >= lo && p - off < hi;
+}
+
+/* Block blk into slot s: only its cells marked loaded, each run of consecutive file rows one read;
+ * the others as empty rows. */
+static int load_block_share(nbs_backed_loader *l, int64_t blk, int64_t s, nbs_error *err) {
+    const int64_t c0 = blk * l->block, c1 = c0 + l->block < l->n ? c0 + l->block : l->n;
+    int64_t need = 0;
+    for (int64_t c = c0; c < c1; c++) need += l->loaded[c] ? l->row_nnz[c] : 0;
+    if (need > l->s_cap[s]) {
+        int32_t *i = realloc(l->s_idx[s], sizeof *i * (size_t)need);
+        if (i) l->s_idx[s] = i;
+        float *v = i ? realloc(l->s_data[s], sizeof *v * (size_t)need) : NULL;
+        if (v) l->s_data[s] = v;
+        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the out-of-core buffer (input.backed_block "
+                                           "x input.backed_shuffle_blocks cells): lower them");
+        l->s_cap[s] = need;
+    }
+    int64_t *ip = l->s_indptr[s]; /* (block + 1) */
+    ip[0] = 0;
+    for (int64_t c = c0; c < c1;) {
+        if (!l->loaded[c]) {
+            ip[c - c0 + 1] = ip[c - c0];
+            c++;
+            continue;
+        }
+        int64_t e = c + 1;
+        while (e < c1 && l->loaded[e] && l->cells[e] == l->cells[e - 1] + 1) e++;
+        int st = load_cells(l, c, e, l->s_idx[s], l->s_data[s], ip + (c - c0), NULL, 0, err);
+        if (st) return st;
+        c = e;
+    }
+    l->block_of_slot[s] = blk;
+    l->slot_of_block[blk] = (int32_t)s;
+    return NBS_OK;
+}
+
+/* refill for one process's share: this process's cells at its positions from pos on, up to the
+ * first that would need a (k + 1)-th block, read from at most k blocks in file order. */
+static int refill_share(nbs_backed_loader *l, const int64_t *seq, int64_t n_seq, int64_t pos, nbs_error *err) {
+    for (int64_t s = 0; s < l->k; s++) {
+        const int64_t blk = l->block_of_slot[s];
+        if (blk < 0) continue;
+        const int64_t c1 = (blk + 1) * l->block < l->n ? (blk + 1) * l->block : l->n;
+        for (int64_t c = blk * l->block; c < c1; c++) l->loaded[c] = 0;
+        l->slot_of_block[blk] = -1, l->block_of_slot[s] = -1;
+    }
+    int64_t used = 0;
+    for (int64_t p = pos; p < n_seq; p++) {
+        if (!is_mine(l, n_seq, p)) continue;
+        const int64_t blk = seq[p] / l->block;
+        if (l->slot_of_block[blk] < 0) {
+            if (used == l->k) break;
+            l->slot_of_block[blk] = (int32_t)used; /* claimed; loaded below in file order */
+            l->perm[used++] = blk;
+        }
+        l->loaded[seq[p]] = 1;
+    }
+    for (int64_t i = 1; i < used; i++) { /* ascending: the file is read forwards */
+        const int64_t v = l->perm[i];
+        int64_t j = i;
+        for (; j > 0 && l->perm[j - 1] > v; j--) l->perm[j] = l->perm[j - 1];
+        l->perm[j] = v;
+    }
+    for (int64_t i = 0; i < used; i++) l->slot_of_block[l->perm[i]] = -1;
+    for (int64_t i = 0; i < used; i++) {
+        int st = load_block_share(l, l->perm[i], i, err);
+        if (st) return st;
+    }
+    return NBS_OK;
+}
+
 static int loader_fetch(void *user, const int64_t *seq, int64_t n_seq, int64_t pos, int64_t n, nbs_cells *out,
                         nbs_error *err) {
     nbs_backed_loader *l = user;
@@ -716,7 +823,10 @@ static int loader_fetch(void *user, const int64_t *seq, int64_t n_seq, int64_t p
     l->mb.indptr[0] = 0;
     for (int64_t i = 0; i < n; i++) {
         const int64_t c = seq[pos + i], blk = c / l->block;
-        if (l->slot_of_block[blk] < 0) {
+        if (l->loaded && !l->loaded[c]) {
+            int st = refill_share(l, seq, n_seq, pos + i, err);
+            if (st) return st;
+        } else if (l->slot_of_block[blk] < 0) {
             int st = refill(l, seq, n_seq, pos + i, err);
             if (st) return st;
         }

@@ -119,6 +119,8 @@ struct nbs_manifest {
     int n_outputs, cap_outputs;
     char status[64];
     char *message;
+    int64_t *rows_read; /* (processes) rows of the file each process read in training, or NULL */
+    int processes, rows_epochs;
 };
 
 nbs_manifest *nbs_manifest_new(const char *command_line, nbs_error *err) {
@@ -142,6 +144,7 @@ void nbs_manifest_free(nbs_manifest *m) {
     free(m->outputs);
     free(m->command);
     free(m->message);
+    free(m->rows_read);
     free(m);
 }
 
@@ -211,6 +214,17 @@ int nbs_manifest_add_output(nbs_manifest *m, const char *name, nbs_error *err) {
     return NBS_OK;
 }
 
+int nbs_manifest_set_rows_read(nbs_manifest *m, int processes, const int64_t *rows, int epochs, nbs_error *err) {
+    int64_t *r = nbs_malloc(sizeof *r * (size_t)(processes > 0 ? processes : 1), err);
+    if (!r) return err->code;
+    memcpy(r, rows, sizeof *r * (size_t)processes);
+    free(m->rows_read);
+    m->rows_read = r;
+    m->processes = processes;
+    m->rows_epochs = epochs;
+    return NBS_OK;
+}
+
 void nbs_manifest_set_status(nbs_manifest *m, const char *status, const char *message) {
     snprintf(m->status, sizeof m->status, "%s", status);
     free(m->message);
@@ -255,7 +269,14 @@ static void write_body(const nbs_manifest *m, const nbs_config *c, FILE *f) {
         fprintf(f, ", \"seconds\": %.3f}", m->stages[i].seconds);
         total += m->stages[i].seconds;
     }
-    fprintf(f, "%s],\n  \"total_seconds\": %.3f,\n  \"outputs\": [", m->n_stages ? "\n  " : "", total);
+    fprintf(f, "%s],\n  \"total_seconds\": %.3f,\n", m->n_stages ? "\n  " : "", total);
+    if (m->rows_read) {
+        fprintf(f, "  \"training_rows_read\": {\"processes\": %d, \"epochs\": %d, \"rows\": [", m->processes,
+                m->rows_epochs);
+        for (int q = 0; q < m->processes; q++) fprintf(f, "%s%lld", q ? ", " : "", (long long)m->rows_read[q]);
+        fprintf(f, "]},\n");
+    }
+    fprintf(f, "  \"outputs\": [");
     for (int i = 0; i < m->n_outputs; i++) {
         fprintf(f, "%s", i ? ", " : "");
         nbs_json_string(f, m->outputs[i]);

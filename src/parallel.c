@@ -1,5 +1,6 @@
 #include "nbsphere/parallel.h"
 
+#include <limits.h>
 #include <mpi.h>
 #include <stdlib.h>
 
@@ -82,8 +83,42 @@ static int reduce_grads(void *user, float *grads, int64_t n_params, float *state
     return NBS_OK;
 }
 
+/* Out of core: per-cell and per-gene statistics of each process's rows, in messages of at most
+ * 2^27 doubles. */
+static int reduce_doubles(void *user, double *buf, int64_t n, nbs_error *err) {
+    (void)user;
+    const int64_t chunk = 1 << 27;
+    for (int64_t o = 0; o < n; o += chunk) {
+        int st = sum_everywhere(buf + o, (int)(n - o < chunk ? n - o : chunk), MPI_DOUBLE,
+                                "the sum of the out-of-core statistics", err);
+        if (st) return st;
+    }
+    return NBS_OK;
+}
+
+/* Out of core: a block of the embedding (or its counts) from every process to process 0. */
+static int gather_bytes(void *user, const void *send, const int64_t *bytes, void *recv, nbs_error *err) {
+    (void)user;
+    int *counts = malloc(sizeof *counts * (size_t)g_size), *displs = malloc(sizeof *displs * (size_t)g_size);
+    if (!counts || !displs) {
+        free(counts), free(displs);
+        return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory gathering the embedding at process 0");
+    }
+    int64_t total = 0;
+    for (int r = 0; r < g_size; r++) {
+        counts[r] = (int)bytes[r];
+        displs[r] = (int)total;
+        total += bytes[r];
+    }
+    int rc = MPI_SUCCESS;
+    if (total > INT_MAX) rc = MPI_ERR_COUNT;
+    else rc = MPI_Gatherv(send, counts[g_rank], MPI_BYTE, recv, counts, displs, MPI_BYTE, 0, MPI_COMM_WORLD);
+    free(counts), free(displs);
+    return rc == MPI_SUCCESS ? NBS_OK : mpi_failed(err, "the gather of the embedding at process 0", rc);
+}
+
 nbs_train_reduce nbs_parallel_reduce(void) {
-    return (nbs_train_reduce){reduce_sums, reduce_grads, NULL, g_rank, g_size};
+    return (nbs_train_reduce){reduce_sums, reduce_grads, NULL, g_rank, g_size, reduce_doubles, gather_bytes};
 }
 
 void nbs_parallel_abort(int code) {

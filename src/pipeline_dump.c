@@ -115,7 +115,10 @@ void nbs_pipeline_write_json(const nbs_config *c, FILE *f, int indent) {
                 continue;
             }
             format_key(c, k, buf, sizeof buf);
-            if (k->type == K_STRING || k->type == K_PATH || k->type == K_ENUM || k->type == K_UINT64)
+            /* an integer written as a word (auto) is a string in JSON; true and false stay literals */
+            const int word = k->type == K_INT && (buf[0] < '0' || buf[0] > '9') && buf[0] != '-' &&
+                             strcmp(buf, "true") && strcmp(buf, "false");
+            if (k->type == K_STRING || k->type == K_PATH || k->type == K_ENUM || k->type == K_UINT64 || word)
                 nbs_json_string(f, buf); /* uint64 seeds exceed a double's exact range */
             else
                 fputs(buf, f);

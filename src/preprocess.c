@@ -485,14 +485,21 @@ void nbs_preprocess_result_free(nbs_preprocess_result *r) {
 
 /* Cell c (its stored values data, len of them) against the cell filters: kept into r (and its total
  * into totals) or counted as removed; the largest total and detected count so far, for messages. */
-static void judge_cell(nbs_preprocess_result *r, const nbs_preprocess_config *cfg, int64_t c, const float *data,
-                       int64_t len, double *totals, double *max_total, int64_t *max_detected) {
+/* Cell c's total and detected genes over its stored values. */
+static void cell_sums(const float *data, int64_t len, double *total, int64_t *detected) {
     double t = 0;
-    int64_t detected = 0;
+    int64_t d = 0;
     for (int64_t k = 0; k < len; k++) {
         t += data[k];
-        detected += data[k] > 0;
+        d += data[k] > 0;
     }
+    *total = t;
+    *detected = d;
+}
+
+/* Keeps cell c (appended to r->cells, its total to totals) if it passes both filters. */
+static void judge_values(nbs_preprocess_result *r, const nbs_preprocess_config *cfg, int64_t c, double t,
+                         int64_t detected, double *totals, double *max_total, int64_t *max_detected) {
     *max_total = fmax(*max_total, t);
     if (t < cfg->min_counts) {
         r->removed_cells_min_counts++;
@@ -505,6 +512,14 @@ static void judge_cell(nbs_preprocess_result *r, const nbs_preprocess_config *cf
     }
     totals[r->n_cells] = t;
     r->cells[r->n_cells++] = c;
+}
+
+static void judge_cell(nbs_preprocess_result *r, const nbs_preprocess_config *cfg, int64_t c, const float *data,
+                       int64_t len, double *totals, double *max_total, int64_t *max_detected) {
+    double t;
+    int64_t detected;
+    cell_sums(data, len, &t, &detected);
+    judge_values(r, cfg, c, t, detected, totals, max_total, max_detected);
 }
 
 static int cells_verdict(const nbs_preprocess_result *r, int64_t n_in, const nbs_preprocess_config *cfg,
@@ -720,6 +735,7 @@ typedef struct {
     const double *clip;            /* (chosen genes) Seurat v3's clip of each count */
     double *s1, *s2;               /* (chosen genes) sums of the clipped counts and their squares */
     int32_t *row_nnz;              /* (kept cells) entries in the chosen genes */
+    double *cell_t, *cell_det;     /* shared, pass 0: (input cells) total and detected genes of the rows scanned */
     /* batch-aware Seurat v3 (stream_hvg_batched), over the genes the filter kept, per batch: 4 the
      * sums and sums of squares, 5 the clipped sums; a batch of fewer than 2 kept cells is skipped */
     const int32_t *batch;          /* (input cells) batch code */
@@ -738,10 +754,17 @@ static int stream_visit(void *ctx, const nbs_matrix *b, int64_t first, nbs_error
         const int64_t c = first + i, k0 = b->indptr[i], k1 = b->indptr[i + 1];
         const float *v = b->data;
         const int32_t *g = b->indices;
+        if (x->pass == 0 && x->cell_t) { /* judged once every process's rows are in */
+            int64_t det;
+            cell_sums(v + k0, k1 - k0, &x->cell_t[c], &det);
+            x->cell_det[c] = (double)det;
+            continue;
+        }
         if (x->pass == 0) {
             judge_cell(r, x->cfg, c, v + k0, k1 - k0, r->total_counts, &x->max_total, &x->max_detected);
             continue;
         }
+        while (x->next < r->n_cells && r->cells[x->next] < c) x->next++; /* a range of the rows starts past them */
         if (x->next >= r->n_cells || r->cells[x->next] != c) continue;
         const int64_t kc = x->next++;
         if (x->pass == 1) {
@@ -790,13 +813,69 @@ static int stream_run(const nbs_row_source *src, stream_pass *x, int pass, nbs_e
     return src->scan(src->user, stream_visit, x, err);
 }
 
+/* Shared: the n doubles of buf summed over the processes. */
+static int share_sum(const nbs_sum_hook *h, double *buf, int64_t n, nbs_error *err) {
+    return h ? h->sum(h->user, buf, n, err) : NBS_OK;
+}
+
+/* Shared pass 0: every row's total and detected genes summed over the processes (each filled its
+ * own rows), then judged in row order as one process judges them. */
+static int shared_cells(const nbs_row_source *src, const nbs_sum_hook *h, stream_pass *x, nbs_error *err) {
+    const int64_t N_in = src->n_cells;
+    double *buf = nbs_calloc((size_t)(2 * N_in), sizeof *buf, err); /* (2, input cells) */
+    if (!buf) return NBS_ERR_NOMEM;
+    x->cell_t = buf;
+    x->cell_det = buf + N_in;
+    int rc = stream_run(src, x, 0, err);
+    if (!rc) rc = share_sum(h, buf, 2 * N_in, err);
+    for (int64_t c = 0; !rc && c < N_in; c++)
+        judge_values(x->r, x->cfg, c, x->cell_t[c], (int64_t)x->cell_det[c], x->r->total_counts, &x->max_total,
+                     &x->max_detected);
+    x->cell_t = x->cell_det = NULL;
+    free(buf);
+    return rc;
+}
+
+/* Shared pass 1: the kept cells expressing each gene, and its sums. */
+static int shared_genes(const nbs_sum_hook *h, stream_pass *x, int64_t G_in, nbs_error *err) {
+    double *buf = nbs_malloc(sizeof *buf * (size_t)(G_in + 1), err); /* (input genes) */
+    if (!buf) return NBS_ERR_NOMEM;
+    for (int64_t g = 0; g < G_in; g++) buf[g] = (double)x->expressing[g];
+    int rc = share_sum(h, buf, G_in, err);
+    for (int64_t g = 0; !rc && g < G_in; g++) x->expressing[g] = (int64_t)buf[g];
+    free(buf);
+    if (!rc) rc = share_sum(h, x->sum, G_in, err);
+    if (!rc) rc = share_sum(h, x->sumsq, G_in, err);
+    return rc;
+}
+
+/* Shared pass 3: each kept cell's library size and row length, filled by the process that read it. */
+static int shared_library(const nbs_sum_hook *h, stream_pass *x, nbs_error *err) {
+    nbs_preprocess_result *r = x->r;
+    const int64_t N = r->n_cells;
+    double *len = nbs_malloc(sizeof *len * (size_t)(N + 1), err); /* (kept cells) */
+    if (!len) return NBS_ERR_NOMEM;
+    for (int64_t i = 0; i < N; i++) len[i] = (double)x->row_nnz[i];
+    int rc = share_sum(h, r->library_size, N, err);
+    if (!rc) rc = share_sum(h, len, N, err);
+    r->cells_zero_library = 0;
+    for (int64_t i = 0; !rc && i < N; i++) {
+        x->row_nnz[i] = (int32_t)len[i];
+        r->cells_zero_library += r->library_size[i] == 0;
+    }
+    free(len);
+    return rc;
+}
+
 /* select_hvg's batch-aware branch over the stream: nbs_preprocess_hvg_batched's per-batch Seurat v3
  * with the same sums in the same order (passes 4 and 5), ranked and merged by the same code. The
  * genes into top (n_top_genes); *used gets the batches ranked (0: none has 2 kept cells, nothing
- * written). x->col maps the input genes to the G the filter kept. Memory: 6 doubles per gene and
- * batch. */
-static int stream_hvg_batched(const nbs_row_source *src, stream_pass *x, const nbs_preprocess_config *cfg,
-                              const nbs_preprocess_batches *b, int64_t *top, int *used, nbs_error *err) {
+ * written). x->col maps the input genes to the G the filter kept. Shared (sum), each pass's per-batch
+ * sums are summed over the processes, so every one ranks the same genes. Memory: 6 doubles per gene
+ * and batch. */
+static int stream_hvg_batched(const nbs_row_source *src, const nbs_sum_hook *sum, stream_pass *x,
+                              const nbs_preprocess_config *cfg, const nbs_preprocess_batches *b, int64_t *top, int *used,
+                              nbs_error *err) {
     nbs_preprocess_result *r = x->r;
     const int64_t G = r->n_genes, N = r->n_cells, k = cfg->n_top_genes;
     const int B = b->n_batches;
@@ -839,11 +918,15 @@ static int stream_hvg_batched(const nbs_row_source *src, stream_pass *x, const n
     x->G = G;
     x->bclip = clip;
     if (!rc) rc = stream_run(src, x, 4, err);
+    if (!rc) rc = share_sum(sum, x->bsum, (int64_t)(BG - 1), err);
+    if (!rc) rc = share_sum(sum, x->bsumsq, (int64_t)(BG - 1), err);
     for (int i = 0; i < B && !rc; i++)
         if (bn[i] >= 2 && (rc = seurat_trend(G, bn[i], cfg->hvg_span, x->bsum + (size_t)i * G, x->bsumsq + (size_t)i * G,
                                               fit + (size_t)i * G, clip + (size_t)i * G, err)))
             nbs_error_prefix(err, "batch %d: ", i + 1);
     if (!rc) rc = stream_run(src, x, 5, err);
+    if (!rc) rc = share_sum(sum, x->bs1, (int64_t)(BG - 1), err);
+    if (!rc) rc = share_sum(sum, x->bs2, (int64_t)(BG - 1), err);
     for (int i = 0; i < B && !rc; i++) {
         if (bn[i] < 2) continue;
         const size_t o = (size_t)i * G;
@@ -859,12 +942,12 @@ static int stream_hvg_batched(const nbs_row_source *src, stream_pass *x, const n
 
 int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                           int32_t **row_nnz, nbs_error *err) {
-    return nbs_preprocess_stream_batched(src, cfg, NULL, out, row_nnz, err);
+    return nbs_preprocess_stream_shared(src, cfg, NULL, NULL, out, row_nnz, err);
 }
 
-int nbs_preprocess_stream_batched(const nbs_row_source *src, const nbs_preprocess_config *cfg,
-                                  const nbs_preprocess_batches *b, nbs_preprocess_result **out, int32_t **row_nnz,
-                                  nbs_error *err) {
+int nbs_preprocess_stream_shared(const nbs_row_source *src, const nbs_preprocess_config *cfg,
+                                 const nbs_preprocess_batches *b, const nbs_sum_hook *sum, nbs_preprocess_result **out,
+                                 int32_t **row_nnz, nbs_error *err) {
     *out = NULL;
     *row_nnz = NULL;
     const nbs_matrix shape = {.n_cells = src->n_cells, .n_genes = src->n_genes};
@@ -887,9 +970,12 @@ int nbs_preprocess_stream_batched(const nbs_row_source *src, const nbs_preproces
     x.sumsq = nbs_calloc((size_t)G_in, sizeof *x.sumsq, err);
     col = nbs_malloc((size_t)G_in * sizeof *col, err);
     if (!r->cells || !r->genes || !r->total_counts || !x.expressing || !x.sum || !x.sumsq || !col) goto done;
-    if ((rc = stream_run(src, &x, 0, err)) || (rc = cells_verdict(r, N_in, cfg, x.max_total, x.max_detected, err)))
+    if ((rc = sum ? shared_cells(src, sum, &x, err) : stream_run(src, &x, 0, err)) ||
+        (rc = cells_verdict(r, N_in, cfg, x.max_total, x.max_detected, err)))
         goto done;
-    if ((rc = stream_run(src, &x, 1, err)) || (rc = genes_verdict(x.expressing, G_in, cfg, r, err))) goto done;
+    if ((rc = stream_run(src, &x, 1, err)) || (sum && (rc = shared_genes(sum, &x, G_in, err))) ||
+        (rc = genes_verdict(x.expressing, G_in, cfg, r, err)))
+        goto done;
     x.col = col;
     const int64_t G = r->n_genes, N = r->n_cells;
     if (cfg->n_top_genes > 0 && cfg->n_top_genes < G) { /* select_hvg's pooled Seurat v3 */
@@ -910,13 +996,15 @@ int nbs_preprocess_stream_batched(const nbs_row_source *src, const nbs_preproces
             col[r->genes[i]] = i;
         }
         int used = 0;
-        if (b && b->codes && cfg->hvg_batch_aware && (rc = stream_hvg_batched(src, &x, cfg, b, top, &used, err)))
+        if (b && b->codes && cfg->hvg_batch_aware && (rc = stream_hvg_batched(src, sum, &x, cfg, b, top, &used, err)))
             goto done;
         r->hvg_batches = used;
         if (!used) {
             if ((rc = seurat_trend(G, N, cfg->hvg_span, mean, var, fit, clip, err))) goto done;
             x.clip = clip;
-            if ((rc = stream_run(src, &x, 2, err))) goto done;
+            if ((rc = stream_run(src, &x, 2, err)) || (rc = share_sum(sum, x.s1, G, err)) ||
+                (rc = share_sum(sum, x.s2, G, err)))
+                goto done;
             seurat_score(G, N, mean, fit, x.s1, x.s2, score);
         }
         const int64_t k = used ? cfg->n_top_genes : nbs_preprocess_top_k(score, G, cfg->n_top_genes, top);
@@ -929,12 +1017,14 @@ int nbs_preprocess_stream_batched(const nbs_row_source *src, const nbs_preproces
         r->n_genes = k;
     }
     rc = NBS_ERR_NOMEM;
-    r->library_size = nbs_malloc((size_t)N * sizeof *r->library_size, err);
-    x.row_nnz = nbs_malloc((size_t)N * sizeof *x.row_nnz, err);
+    /* zeroed: shared, each process fills its own cells' */
+    r->library_size = nbs_calloc((size_t)N, sizeof *r->library_size, err);
+    x.row_nnz = nbs_calloc((size_t)N, sizeof *x.row_nnz, err);
     if (!r->library_size || !x.row_nnz) goto done;
     for (int64_t g = 0; g < G_in; g++) col[g] = -1;
     for (int64_t i = 0; i < r->n_genes; i++) col[r->genes[i]] = i;
     rc = stream_run(src, &x, 3, err);
+    if (!rc && sum) rc = shared_library(sum, &x, err);
 done:
     free(x.expressing);
     free(x.sum);

@@ -72,6 +72,7 @@ typedef struct {
     nbs_matrix *diag_X;          /* (n_diag, genes) the subsample's counts */
     double *diag_lib;            /* (n_diag) */
     nbs_covariate_values diag_cov; /* (n_diag) the subsample's covariates */
+    int embedded;                /* every kept cell embedded (embed_all_backed): at process 0 in z, spread, cluster */
 } run_state;
 
 static void stage_begin(run_state *s, const char *name) {
@@ -601,6 +602,10 @@ static int backed_covariates(run_state *s, int fit, nbs_error *err) {
     return st ? st : nbs_backed_loader_covariates(s->loader, &s->cov, err);
 }
 
+/* out of core under mpirun (below) */
+static const nbs_train_reduce *split_run(const run_state *s);
+static int log_rows_read(run_state *s, int64_t rows, int epochs, nbs_error *err);
+
 static int stage_train(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_matrix *X = s->pre->matrix; /* NULL out of core */
@@ -630,7 +635,8 @@ static int stage_train(run_state *s, nbs_error *err) {
     char log_path[NBS_PATH_MAX], ckpt_path[NBS_PATH_MAX];
     if (out_path(s, NBS_OUT_LOG, log_path) || out_path(s, NBS_OUT_CHECKPOINT, ckpt_path))
         return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
-    if ((st = choose_diag_rows(s, err))) return st;
+    const int writer = !s->o->reduce || s->o->reduce->rank == 0;
+    if (writer && (st = choose_diag_rows(s, err))) return st; /* process 0 alone diagnoses */
     if (s->ck.covariates.n_categorical || s->ck.covariates.n_continuous) {
         char desc[1024];
         nbs_covariates_describe(&s->ck.covariates, desc, sizeof desc);
@@ -638,12 +644,15 @@ static int stage_train(run_state *s, nbs_error *err) {
     }
     nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
     const nbs_train_hooks peer = {0}; /* a data-parallel peer writes nothing */
-    const int writer = !s->o->reduce || s->o->reduce->rank == 0;
     if (s->backed) { /* positions of the kept cells; the minibatches come from the file */
         const nbs_cells pos = {.n = s->pre->n_cells};
         const nbs_batch_source src = nbs_backed_loader_source(s->loader);
+        const int64_t read0 = nbs_backed_rows_read(s->backed);
+        const int epoch0 = s->ck.state.epochs_done;
         st = nbs_train_from(s->ck.model, &pos, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer,
                             s->o->reduce, &src, err);
+        if (!st && split_run(s))
+            st = log_rows_read(s, nbs_backed_rows_read(s->backed) - read0, s->ck.state.epochs_done - epoch0, err);
     } else {
         const nbs_cells all = all_cells(s);
         st = nbs_train(s->ck.model, &all, &c->train, &s->ck.state, &s->ck.log, writer ? &h : &peer, s->o->reduce,
@@ -882,9 +891,170 @@ static int stage_write(run_state *s, nbs_error *err) {
 
 #define BACKED_WRITE_CELLS 4096 /* cells embedded and written at a time out of core */
 
+/* ---- out of core under mpirun: each process reads only its rows ----
+ * Preprocessing scans each process's contiguous range of the file's rows and sums the statistics,
+ * the per-batch ones of batch-aware genes too (nbs_preprocess_stream_shared); training reads each
+ * process's share of every global batch, with its covariates (nbs_backed_loader_share); the
+ * embedding, and the discrete latent's categories, are computed by each process on its contiguous
+ * range of the kept cells and gathered block by block at process 0 (embed_block): once for the
+ * label score, the integration metrics and the trajectory (embed_all_backed), and for the writing,
+ * which process 0 does. */
+
+static const nbs_train_reduce *split_run(const run_state *s) {
+    const nbs_train_reduce *r = s->o->reduce;
+    return r && r->size > 1 && r->sum && r->gather ? r : NULL;
+}
+
+/* This process's part [lo, hi) of n items: [rank n / size, (rank + 1) n / size). */
+static void my_range(const nbs_train_reduce *r, int64_t n, int64_t *lo, int64_t *hi) {
+    *lo = n * r->rank / r->size;
+    *hi = n * (r->rank + 1) / r->size;
+}
+
+/* Every process goes out of core, or none: process 0's choice (auto compares with each node's
+ * memory, which may differ). */
+static int follow_process_zero(const run_state *s, int *backed, nbs_error *err) {
+    const nbs_train_reduce *r = split_run(s);
+    if (!r) return NBS_OK;
+    double v = r->rank == 0 ? *backed : 0;
+    int st = r->sum(r->user, &v, 1, err);
+    *backed = v != 0;
+    return st;
+}
+
+/* The rows each process read in training, logged by process 0 and kept in the manifest. */
+static int log_rows_read(run_state *s, int64_t rows, int epochs, nbs_error *err) {
+    const nbs_train_reduce *r = split_run(s);
+    double *k = nbs_calloc((size_t)r->size, sizeof *k, err); /* (processes) */
+    int64_t *kr = k ? nbs_malloc(sizeof *kr * (size_t)r->size, err) : NULL; /* (processes) */
+    int st = kr ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st) k[r->rank] = (double)rows;
+    if (!st) st = r->sum(r->user, k, r->size, err);
+    for (int q = 0; !st && q < r->size; q++) {
+        kr[q] = (int64_t)k[q];
+        nbs_info("out of core: process %d of %d read %lld rows of the file in %d epochs of %lld kept cells (%.1f per "
+                 "epoch)", q, r->size, (long long)kr[q], epochs, (long long)s->pre->n_cells,
+                 epochs > 0 ? k[q] / epochs : 0.0);
+    }
+    if (!st) st = nbs_manifest_set_rows_read(s->manifest, r->size, kr, epochs, err);
+    free(k), free(kr);
+    return st;
+}
+
+/* Whether embedding.h5ad out of core is a copy of the input (an .h5ad that kept every cell), so
+ * that its rows need no counts. */
+static int h5ad_copies_input(const run_state *s) {
+    return s->format == NBS_FMT_H5AD && s->pre->n_cells == s->pre->n_cells_in;
+}
+
+static int embed_backed(run_state *s, int64_t c0, int64_t n, int64_t *rows, float *z, float *spread, int32_t *cluster,
+                        double *cluster_p, nbs_matrix **X, nbs_error *err);
+
+/* The embedding of kept cells [c0, c0 + n) at process 0 (z, spread, with the discrete latent the
+ * categories into s->cluster at c0 and, when with_X, the counts *X), each process embedding the
+ * cells of the block in its range and sending them; on the others z, spread and X are not written.
+ * Once every cell is embedded (s->embedded) only the counts are sent and process 0 copies the rest.
+ * One process: embed_backed. */
+static int embed_block(run_state *s, int64_t c0, int64_t n, int with_X, int64_t *rows, float *z, float *spread,
+                       nbs_matrix **X, nbs_error *err) {
+    const nbs_train_reduce *r = split_run(s);
+    if (!r) return embed_backed(s, c0, n, rows, z, spread, s->cluster ? s->cluster + c0 : NULL,
+                                s->cluster ? s->cluster_p + c0 : NULL, X, err);
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int d = L->dim, sd = nbs_latent_spread_dim(L), K = nbs_model_discrete(s->ck.model), P = r->size;
+    const int send_z = !s->embedded;
+    if (!send_z && r->rank == 0) {
+        memcpy(z, s->z + c0 * d, sizeof *z * (size_t)(n * d));
+        memcpy(spread, s->spread + c0 * sd, sizeof *spread * (size_t)(n * sd));
+    }
+    if (!send_z && !with_X) return NBS_OK;
+    /* (5, P) bytes from each process: z, spread, categories, their probabilities, counts */
+    int64_t *bz = nbs_malloc(sizeof *bz * (size_t)(5 * P), err);
+    if (!bz) return NBS_ERR_NOMEM;
+    int64_t *bs = bz + P, *bk = bz + 2 * P, *bp = bz + 3 * P, *bx = bz + 4 * P, a = 0, b = 0;
+    for (int q = 0; q < P; q++) {
+        const int64_t lo = s->pre->n_cells * q / P, hi = s->pre->n_cells * (q + 1) / P;
+        const int64_t qa = lo > c0 ? lo : c0, qb = hi < c0 + n ? hi : c0 + n, m = qb > qa ? qb - qa : 0;
+        int64_t nnz = 0;
+        for (int64_t i = qa; i < qa + m; i++) nnz += s->row_nnz[i];
+        bz[q] = m * d * (int64_t)sizeof(float);
+        bs[q] = m * sd * (int64_t)sizeof(float);
+        bk[q] = K ? m * (int64_t)sizeof(int32_t) : 0;
+        bp[q] = K ? m * (int64_t)sizeof(double) : 0;
+        bx[q] = nnz * (int64_t)sizeof(int32_t); /* indices; the values are as many floats */
+        if (q == r->rank) a = qa, b = qa + m;
+    }
+    nbs_matrix *mine = NULL; /* this process's cells of the block */
+    const size_t m = (size_t)(b - a);
+    float *zl = nbs_malloc(sizeof *zl * (m * (size_t)d + 1), err), *sl = nbs_malloc(sizeof *sl * (m * (size_t)sd + 1), err);
+    int32_t *kl = nbs_malloc(sizeof *kl * (m + 1), err); /* (m) this process's categories */
+    double *pl = nbs_malloc(sizeof *pl * (m + 1), err);  /* (m) */
+    int st = zl && sl && kl && pl ? NBS_OK : NBS_ERR_NOMEM;
+    if (!st && m && send_z) st = embed_backed(s, a, b - a, rows, zl, sl, K ? kl : NULL, K ? pl : NULL, &mine, err);
+    else if (!st && m) { /* the counts alone */
+        double *lib = NULL;
+        for (int64_t i = a; i < b; i++) rows[i - a] = i;
+        st = nbs_backed_loader_read(s->loader, rows, b - a, &mine, &lib, err);
+        free(lib);
+    }
+    nbs_matrix *all = NULL;
+    if (!st && with_X && r->rank == 0) {
+        int64_t nnz = 0;
+        for (int64_t i = c0; i < c0 + n; i++) nnz += s->row_nnz[i];
+        if ((all = nbs_matrix_new(n, s->pre->n_genes, nnz, err))) {
+            all->values_are_integer = 1;
+            all->indptr[0] = 0;
+            for (int64_t i = 0; i < n; i++) all->indptr[i + 1] = all->indptr[i] + s->row_nnz[c0 + i];
+        } else {
+            st = NBS_ERR_NOMEM;
+        }
+    }
+    /* a process that failed leaves the gathers: main ends the job (nbs_parallel_abort) */
+    const int32_t none_i = 0;
+    const float none_f = 0;
+    const int root = r->rank == 0;
+    if (!st && send_z) st = r->gather(r->user, zl, bz, z, err);
+    if (!st && send_z) st = r->gather(r->user, sl, bs, spread, err);
+    if (!st && send_z && K) st = r->gather(r->user, kl, bk, root ? s->cluster + c0 : NULL, err);
+    if (!st && send_z && K) st = r->gather(r->user, pl, bp, root ? s->cluster_p + c0 : NULL, err);
+    if (!st && with_X) st = r->gather(r->user, mine ? (const void *)mine->indices : &none_i, bx, all ? all->indices : NULL, err);
+    if (!st && with_X) st = r->gather(r->user, mine ? (const void *)mine->data : &none_f, bx, all ? all->data : NULL, err);
+    nbs_matrix_free(mine);
+    free(zl), free(sl), free(kl), free(pl), free(bz);
+    if (st) {
+        nbs_matrix_free(all);
+        return st;
+    }
+    if (X) *X = all;
+    return NBS_OK;
+}
+
+/* Whether process 0 embeds every kept cell before writing (embed_all_backed, for the label score,
+ * the integration metrics and the trajectory stage, as stage_diagnose and stage_trajectory ask):
+ * under mpirun the peers take part, so each process answers the same from the configuration and
+ * the model's covariates. */
+static int backed_embeds_all(const run_state *s) {
+    const nbs_config *c = &s->p->config;
+    return c->input.label_column[0] || s->ck.covariates.has_batch || c->trajectory.enabled;
+}
+
+/* A peer's part of the diagnostics (its cells of every kept cell's embedding, when process 0 embeds
+ * them all) and of stage_write_backed (its cells of every write block), sent to process 0. */
+static int peer_write_backed(run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const int64_t n = s->pre->n_cells, B = BACKED_WRITE_CELLS;
+    const int with_X = c->output.write_h5ad && !h5ad_copies_input(s);
+    int st = backed_embeds_all(s) ? embed_all_backed(s, err) : NBS_OK;
+    int64_t *rows = st ? NULL : nbs_malloc(sizeof *rows * (size_t)B, err); /* (B) */
+    if (!st && !rows) st = NBS_ERR_NOMEM;
+    for (int64_t c0 = 0; !st && c0 < n; c0 += B) st = embed_block(s, c0, c0 + B < n ? B : n - c0, with_X, rows, NULL, NULL, NULL, err);
+    free(rows);
+    return st;
+}
+
 /* Whether this run reads its input out of core; the choice is logged either way. Out of core, what
  * needs every cell's counts in memory is left out with a note where it would run (label_quality,
- * stage_trajectory); several processes are refused. */
+ * stage_trajectory). */
 static int decide_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_input_config *in = &c->input;
@@ -894,13 +1064,10 @@ static int decide_backed(run_state *s, nbs_error *err) {
     char why[256];
     int backed = 0;
     int st = nbs_backed_decide(in, f, &backed, why, err);
+    if (!st) st = follow_process_zero(s, &backed, err);
     if (st) return st;
     if (in->backed != 0 && why[0]) nbs_info("%s", why);
     if (!backed) return NBS_OK;
-    if (s->o->reduce && s->o->reduce->size > 1)
-        return nbs_error_set(err, NBS_ERR_USAGE, "%s under mpirun: every process of a data-parallel run holds the "
-                             "whole matrix; load the counts (input.backed: false), or train in one process out of "
-                             "core", in->backed == 1 ? "input.backed: true" : "input.backed auto, above input.memory_limit");
     s->format = f;
     s->out_of_core = 1;
     return NBS_OK;
@@ -909,7 +1076,8 @@ static int decide_backed(run_state *s, nbs_error *err) {
 static int stage_load_backed(run_state *s, nbs_error *err) {
     const nbs_input_config *in = &s->p->config.input;
     stage_begin(s, "load");
-    int st = nbs_manifest_add_input(s->manifest, in->path, err);
+    const int peer = split_run(s) && s->o->reduce->rank > 0; /* no manifest: no checksum of the whole file */
+    int st = peer ? NBS_OK : nbs_manifest_add_input(s->manifest, in->path, err);
     if (!st) st = nbs_backed_open(in, s->format, &s->backed, err);
     if (st) return st;
     char msg[256];
@@ -936,17 +1104,27 @@ static int backed_batch_codes(run_state *s, const char *column, int32_t **codes,
 static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     stage_begin(s, "preprocess");
-    const nbs_row_source rows = nbs_backed_rows(s->backed);
+    const nbs_train_reduce *r = split_run(s);
+    int64_t lo = 0, hi = nbs_backed_n_cells(s->backed);
+    if (r) my_range(r, hi, &lo, &hi);
+    const nbs_row_source rows = r ? nbs_backed_rows_range(s->backed, lo, hi) : nbs_backed_rows(s->backed);
+    const nbs_sum_hook sum = {r ? r->sum : NULL, r ? r->user : NULL};
     const char *column = nbs_covariates_batch_column(&c->input);
-    int32_t *codes = NULL;
+    int32_t *codes = NULL; /* (input cells): every process has every cell's batch */
     nbs_categorical_covariate batch = {0};
     int st = backed_batch_codes(s, column, &codes, &batch, err);
     const nbs_preprocess_batches b = {codes, batch.n_categories, batch.categories, column};
-    if (!st) st = nbs_preprocess_stream_batched(&rows, &c->preprocess, codes ? &b : NULL, &s->pre, &s->row_nnz, err);
+    if (!st)
+        st = nbs_preprocess_stream_shared(&rows, &c->preprocess, codes ? &b : NULL, r ? &sum : NULL, &s->pre,
+                                          &s->row_nnz, err);
     free(codes);
     nbs_categorical_covariate_free(&batch);
     if (st) return st;
     log_hvg(s, column);
+    if (r)
+        nbs_info("out of core over %d processes: each scans its rows of the file in preprocessing (process 0: rows "
+                 "%lld to %lld) and reads only its share of each minibatch in training", r->size, (long long)lo + 1,
+                 (long long)hi);
     const int64_t G = s->pre->n_genes;
     s->backed_names = nbs_malloc(sizeof *s->backed_names * (size_t)G, err);
     s->backed_ids = nbs_malloc(sizeof *s->backed_ids * (size_t)G, err);
@@ -959,6 +1137,7 @@ static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     s->loader = nbs_backed_loader_new(s->backed, s->pre, s->row_nnz, in->backed_block, in->backed_shuffle_blocks,
                                       c->train.batch_size, err);
     if (!s->loader) return err->code;
+    if (r && (st = nbs_backed_loader_share(s->loader, r->rank, r->size, err))) return st;
     nbs_info("out of core: minibatches from buffers of %d blocks of %d consecutive cells (input.backed_shuffle_blocks, "
              "input.backed_block), shuffled within each buffer", in->backed_shuffle_blocks, in->backed_block);
     char msg[512];
@@ -970,17 +1149,17 @@ static int stage_preprocess_backed(run_state *s, nbs_error *err) {
 }
 
 /* The embedding of kept cells [c0, c0 + n) read from the file: location (n, d), spread (n, spread
- * dim), with the discrete latent their categories (into s->cluster, s->cluster_p at c0), and their
- * counts *X (n, genes; the caller frees it). When every cell's embedding is in memory already
- * (embed_all_backed), it is copied from there. */
-static int embed_backed(run_state *s, int64_t c0, int64_t n, int64_t *rows, float *z, float *spread, nbs_matrix **X,
-                        nbs_error *err) {
+ * dim), with the discrete latent (cluster not NULL) their categories and probabilities (n each),
+ * and their counts *X (n, genes; the caller frees it). When every cell's embedding is in memory
+ * already (embed_all_backed), it is copied from there. */
+static int embed_backed(run_state *s, int64_t c0, int64_t n, int64_t *rows, float *z, float *spread, int32_t *cluster,
+                        double *cluster_p, nbs_matrix **X, nbs_error *err) {
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     double *lib;
     for (int64_t i = 0; i < n; i++) rows[i] = c0 + i;
     int st = nbs_backed_loader_read(s->loader, rows, n, X, &lib, err);
     if (st) return st;
-    if (s->z) {
+    if (s->embedded) {
         const int d = L->dim, sd = nbs_latent_spread_dim(L);
         memcpy(z, s->z + c0 * d, sizeof *z * (size_t)(n * d));
         memcpy(spread, s->spread + c0 * sd, sizeof *spread * (size_t)(n * sd));
@@ -992,12 +1171,13 @@ static int embed_backed(run_state *s, int64_t c0, int64_t n, int64_t *rows, floa
     if (v->codes) cells.covariate_codes = v->codes + c0 * v->n_categorical, cells.n_categorical = v->n_categorical;
     if (v->standardised) cells.continuous = v->standardised + c0 * v->n_continuous, cells.n_continuous = v->n_continuous;
     st = nbs_model_embed(s->ck.model, &cells, z, spread, err);
-    if (!st && s->cluster) st = cluster_cells(s, &cells, s->cluster + c0, s->cluster_p + c0, err);
+    if (!st && cluster) st = cluster_cells(s, &cells, cluster, cluster_p, err);
     free(lib);
     return st;
 }
 
-/* With the discrete latent, room for every kept cell's category and its probability (12 bytes a cell). */
+/* With the discrete latent, room for every kept cell's category and its probability (12 bytes a
+ * cell; at process 0 only under mpirun: the peers send theirs a block at a time, embed_block). */
 static int backed_clusters(run_state *s, nbs_error *err) {
     if (s->cluster || !nbs_model_discrete(s->ck.model)) return NBS_OK;
     s->cluster = nbs_malloc(sizeof *s->cluster * (size_t)(s->pre->n_cells + 1), err);
@@ -1006,18 +1186,22 @@ static int backed_clusters(run_state *s, nbs_error *err) {
 }
 
 /* Out of core, every kept cell's embedding in memory, for what needs all of it at once (the labels'
- * k-NN score, the integration metrics, the trajectory stage): read and embedded a block at a time. */
+ * k-NN score, the integration metrics, the trajectory stage): read and embedded a block at a time,
+ * under mpirun each process its range of every block, gathered at process 0 (embed_block), which
+ * alone holds it; the write stage then copies it from there. */
 static int embed_all_backed(run_state *s, nbs_error *err) {
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int64_t n = s->pre->n_cells, B = BACKED_WRITE_CELLS;
     const int d = L->dim, sd = nbs_latent_spread_dim(L);
-    float *z = nbs_malloc(sizeof *z * (size_t)(n * d + 1), err);                       /* (n, d) */
-    float *spread = z ? nbs_malloc(sizeof *spread * (size_t)(n * sd + 1), err) : NULL; /* (n, sd) */
-    int64_t *rows = spread ? nbs_malloc(sizeof *rows * (size_t)B, err) : NULL;         /* (B) */
-    int st = rows ? backed_clusters(s, err) : NBS_ERR_NOMEM;
+    const int root = !split_run(s) || s->o->reduce->rank == 0;
+    float *z = root ? nbs_malloc(sizeof *z * (size_t)(n * d + 1), err) : NULL;                  /* (n, d) */
+    float *spread = z ? nbs_malloc(sizeof *spread * (size_t)(n * sd + 1), err) : NULL;          /* (n, sd) */
+    int64_t *rows = spread || !root ? nbs_malloc(sizeof *rows * (size_t)B, err) : NULL;         /* (B) */
+    int st = rows ? (root ? backed_clusters(s, err) : NBS_OK) : NBS_ERR_NOMEM;
     for (int64_t c0 = 0; !st && c0 < n; c0 += B) {
         nbs_matrix *X = NULL;
-        st = embed_backed(s, c0, c0 + B < n ? B : n - c0, rows, z + c0 * d, spread + c0 * sd, &X, err);
+        st = embed_block(s, c0, c0 + B < n ? B : n - c0, 0, rows, z ? z + c0 * d : NULL, spread ? spread + c0 * sd : NULL,
+                         &X, err);
         nbs_matrix_free(X);
     }
     free(rows);
@@ -1026,12 +1210,14 @@ static int embed_all_backed(run_state *s, nbs_error *err) {
         free(spread);
         return st;
     }
+    s->embedded = 1;
     s->z = z;
     s->spread = spread;
     s->d = d;
     s->cosine = nbs_latent_on_sphere(L);
-    nbs_info("out of core: the embedding of the %lld cells is kept in memory (%.1f MB) for the label score, the "
-             "integration metrics and the trajectory stage", (long long)n, 4.0 * (double)n * (d + sd) / 1e6);
+    if (root)
+        nbs_info("out of core: the embedding of the %lld cells is kept in memory (%.1f MB) for the label score, the "
+                 "integration metrics and the trajectory stage", (long long)n, 4.0 * (double)n * (d + sd) / 1e6);
     return NBS_OK;
 }
 
@@ -1041,7 +1227,7 @@ static int open_h5ad_stream(run_state *s, nbs_h5ad_stream **out, int *copied, nb
     const nbs_config *c = &s->p->config;
     const nbs_latent *L = nbs_model_latent(s->ck.model);
     const int gauss = !nbs_latent_on_sphere(L);
-    const int copy = *copied = s->format == NBS_FMT_H5AD && s->pre->n_cells == s->pre->n_cells_in;
+    const int copy = *copied = h5ad_copies_input(s);
     const nbs_covariates *cov = &s->ck.covariates;
     if (s->format == NBS_FMT_H5AD && !copy)
         nbs_info("embedding.h5ad: the filters kept %lld of the %lld cells; out of core it is a new file with their "
@@ -1104,7 +1290,8 @@ static int stage_write_backed(run_state *s, nbs_error *err) {
         char **file_names = nbs_calloc((size_t)(r1 - r0), sizeof *file_names, err);
         char **bc = nbs_malloc(sizeof *bc * (size_t)m, err);
         nbs_matrix *X = NULL;
-        st = file_names && bc ? embed_backed(s, c0, m, rows, z, spread, &X, err) : NBS_ERR_NOMEM;
+        st = file_names && bc ? embed_block(s, c0, m, h5 && !h5ad_copies_input(s), rows, z, spread, &X, err)
+                              : NBS_ERR_NOMEM;
         if (!st) st = nbs_backed_barcodes(s->backed, r0, r1 - r0, file_names, err);
         for (int64_t i = 0; !st && i < m; i++) bc[i] = file_names[s->pre->cells[c0 + i] - r0];
         if (!st && K) cluster_columns(m, n_extra, spread, s->cluster + c0, s->cluster_p + c0, extra);
@@ -1478,6 +1665,15 @@ static int run_peer(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *
     nbs_sphere_gsl_init();
     nbs_nn_set_threads(p->config.train.threads);
     int st = (s.manifest = nbs_manifest_new(o->command_line, err)) ? NBS_OK : (int)err->code;
+    if (!st) st = decide_backed(&s, err);
+    if (!st && s.out_of_core) { /* its rows only; its part of the embedding goes to process 0 */
+        st = stage_load_backed(&s, err);
+        if (!st) st = stage_preprocess_backed(&s, err);
+        if (!st) st = stage_train(&s, err);
+        if (!st) st = peer_write_backed(&s, err);
+        free_run(&s);
+        return st;
+    }
     if (!st) st = stage_load(&s, err);
     if (!st) st = stage_preprocess(&s, err);
     if (!st) st = stage_train(&s, err);

@@ -160,7 +160,7 @@ static void test_stream_batched(void **state) {
     assert_int_equal(nbs_backed_open(&in, NBS_FMT_H5AD, &bk, &err), NBS_OK);
     const nbs_row_source src = nbs_backed_rows(bk);
     int32_t *row_nnz = NULL;
-    assert_int_equal(nbs_preprocess_stream_batched(&src, &pc, &b, &st, &row_nnz, &err), NBS_OK);
+    assert_int_equal(nbs_preprocess_stream_shared(&src, &pc, &b, NULL, &st, &row_nnz, &err), NBS_OK);
     assert_int_equal(a->hvg_batches, 3);
     assert_int_equal(st->hvg_batches, 3);
     assert_int_equal(st->n_cells, a->n_cells);
@@ -180,7 +180,7 @@ static void test_stream_batched(void **state) {
     codes[a->cells[5]] = -1;
     nbs_preprocess_result *bad = NULL;
     int32_t *bad_nnz = NULL;
-    assert_int_equal(nbs_preprocess_stream_batched(&src, &pc, &b, &bad, &bad_nnz, &err), NBS_ERR_INPUT);
+    assert_int_equal(nbs_preprocess_stream_shared(&src, &pc, &b, NULL, &bad, &bad_nnz, &err), NBS_ERR_INPUT);
     char want[128];
     snprintf(want, sizeof want, "cell %lld of the input has no value in the batch column 'batch'", (long long)a->cells[5] + 1);
     assert_non_null(strstr(err.msg, want));

@@ -492,6 +492,15 @@ static void test_json_dump(void **state) {
     assert_non_null(strstr(buf, "\"latent\": \"gaussian\""));
     assert_non_null(strstr(buf, "\"seed\": \"7\""));
     assert_non_null(strstr(buf, "\"learning_rate\": 0.001"));
+    /* an integer's word is a JSON string, true and false literals */
+    assert_non_null(strstr(buf, "\"backed\": \"auto\""));
+    assert_non_null(strstr(buf, "\"memory_limit\": \"auto\""));
+    free(buf);
+    c.input.backed = 1;
+    f = open_memstream(&buf, &n);
+    nbs_pipeline_write_json(&c, f, 0);
+    fclose(f);
+    assert_non_null(strstr(buf, "\"backed\": true"));
     free(buf);
     char v[64];
     assert_int_equal(nbs_pipeline_format_value(&c, "model.encoder_layers", v, sizeof v), 0);

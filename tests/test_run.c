@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int count_lines(const char *text) {
     int n = 0;
@@ -47,6 +48,11 @@ static void test_run_writes_outputs_and_embed_matches(void **state) {
     snprintf(path, sizeof path, "%s/run/manifest.json", dir);
     char *man = tu_read_file(path, NULL);
     assert_non_null(strstr(man, "\"ok\""));
+    if (access("/usr/bin/python3", X_OK) == 0) { /* JSON: words such as input.backed's auto quoted */
+        char cmd[8192];
+        snprintf(cmd, sizeof cmd, "/usr/bin/python3 -c \"import json,sys; json.load(open(sys.argv[1]))\" '%s'", path);
+        assert_int_equal(system(cmd), 0);
+    }
 
     /* The saved model gives the same coordinates for the same cells, to the bit: run's final
      * embedding and embed are one code path (nbs_model_embed on the same sorted CSR rows in the

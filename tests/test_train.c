@@ -560,12 +560,12 @@ static void test_reduction_hooks_split_a_batch(void **s) {
 
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
     peer alone = {NULL, NULL, whole, r, beta, 64, g_whole};
-    nbs_train_reduce capture = {NULL, peer_grads, &alone, 0, 0};
+    nbs_train_reduce capture = {NULL, peer_grads, &alone, 0, 0, NULL, NULL};
     assert_int_equal(nbs_train_step(m[0], w[0], &whole, &c.train, beta, r, &capture, &whole_r, &err), 0);
 
     gsl_rng_set(r, gsl_rng_default_seed);
     peer other = {m[2], w[2], second, r, beta, 0, g_split};
-    nbs_train_reduce two = {peer_sums, peer_grads, &other, 0, 0};
+    nbs_train_reduce two = {peer_sums, peer_grads, &other, 0, 0, NULL, NULL};
     assert_int_equal(nbs_train_step(m[1], w[1], &first, &c.train, beta, r, &two, &split_r, &err), 0);
 
     assert_int_equal(split_r.n_cells, 64);

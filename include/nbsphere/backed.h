@@ -42,6 +42,12 @@ char *const *nbs_backed_gene_ids(const nbs_backed *b);
  * NBS_BACKED_SCAN_NNZ stored counts), validated as nbs_io_read validates (input.non_integer). */
 #define NBS_BACKED_SCAN_NNZ (1 << 22)
 nbs_row_source nbs_backed_rows(nbs_backed *b);
+/* The same over rows [row0, row1) only (one process's rows of a data-parallel run, for
+ * nbs_preprocess_stream_shared); from then on nbs_backed_rows scans that range too. */
+nbs_row_source nbs_backed_rows_range(nbs_backed *b, int64_t row0, int64_t row1);
+/* Rows of the file read so far, for every purpose (scans, minibatches, subsets; a row read twice
+ * counts twice). */
+int64_t nbs_backed_rows_read(const nbs_backed *b);
 /* Cell names of rows [row0, row0 + n) of the file into names (n malloc'd strings). */
 int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nbs_error *err);
 
@@ -67,8 +73,15 @@ nbs_backed_loader *nbs_backed_loader_new(nbs_backed *b, const nbs_preprocess_res
 void nbs_backed_loader_free(nbs_backed_loader *l);
 nbs_batch_source nbs_backed_loader_source(nbs_backed_loader *l);
 /* The covariates of the kept cells (v, by position; borrowed): each minibatch then carries its
- * cells' rows of them, as nbs_covariates_attach gives the in-memory batches. */
+ * cells' rows of them, as nbs_covariates_attach gives the in-memory batches (in a process's share,
+ * below, too: the rows go by kept cell, not by what the buffer read). */
 int nbs_backed_loader_covariates(nbs_backed_loader *l, const nbs_covariate_values *v, nbs_error *err);
+/* A data-parallel run (size > 1 processes, this one rank): the loader reads only the cells of
+ * this process's share of each global batch (train.h, nbs_train_reduce: batch x size cells, the
+ * process taking positions [m rank / size, m (rank + 1) / size) of each of m cells), each run of
+ * consecutive file rows among them one read, at most shuffle_blocks blocks at a time; minibatches
+ * are those of one process taking the whole global batch. Call before training. */
+int nbs_backed_loader_share(nbs_backed_loader *l, int rank, int size, nbs_error *err);
 /* Kept cells cells[0..n) (ascending) as a new matrix (n x chosen genes, no names) and their
  * library sizes (*library, n, malloc'd). */
 int nbs_backed_loader_read(nbs_backed_loader *l, const int64_t *cells, int64_t n, nbs_matrix **out, double **library,

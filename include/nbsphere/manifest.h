@@ -37,6 +37,9 @@ int nbs_manifest_add_input(nbs_manifest *m, const char *path, nbs_error *err);
 int nbs_manifest_add_stage(nbs_manifest *m, const char *stage, double seconds, nbs_error *err);
 /* Records an output file name (relative to the output folder). */
 int nbs_manifest_add_output(nbs_manifest *m, const char *name, nbs_error *err);
+/* Records the rows of the input file each of `processes` processes read in training (rows:
+ * (processes)) over `epochs` epochs: an out-of-core run under mpirun. */
+int nbs_manifest_set_rows_read(nbs_manifest *m, int processes, const int64_t *rows, int epochs, nbs_error *err);
 /* Sets the run's status word ("ok", or the failure) and message for the record. */
 void nbs_manifest_set_status(nbs_manifest *m, const char *status, const char *message);
 /* Writes path (temporary name, then rename) with the end time taken now. */

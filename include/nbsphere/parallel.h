@@ -2,8 +2,10 @@
  * process of `mpirun -np N nbsphere train|run ...` loads the same data and model; in training each
  * takes its share of every global minibatch (N x train.batch_size cells), and the processes meet
  * twice per step through the reduce hooks of nbs_train (train.h): the batch's sums after the
- * forward, the gradient block and batch-norm statistics after the backward. Process 0 alone
- * writes logs, checkpoints and outputs (docs/design.md "Data-parallel training"). */
+ * forward, the gradient block and batch-norm statistics after the backward. Out of core
+ * (input.backed) each process reads only its rows, and two more hooks sum the preprocessing
+ * statistics and gather the embedding at process 0. Process 0 alone writes logs, checkpoints and
+ * outputs (docs/design.md "Data-parallel training"). */
 #ifndef NBSPHERE_PARALLEL_H
 #define NBSPHERE_PARALLEL_H
 

@@ -119,11 +119,25 @@ typedef struct {
  * entries in the chosen genes (what sizes a minibatch). Memory: O(cells + genes). */
 int nbs_preprocess_stream(const nbs_row_source *src, const nbs_preprocess_config *cfg, nbs_preprocess_result **out,
                           int32_t **row_nnz, nbs_error *err);
-/* The same with each input cell's batch (NULL: none), as nbs_preprocess_take_batched: with
- * cfg->hvg_batch_aware the genes are ranked within each batch, two more passes summing per batch
- * (6 doubles per kept gene and batch), bit-identical to the in-memory selection. */
-int nbs_preprocess_stream_batched(const nbs_row_source *src, const nbs_preprocess_config *cfg,
-                                  const nbs_preprocess_batches *b, nbs_preprocess_result **out, int32_t **row_nnz,
-                                  nbs_error *err);
+/* A data-parallel run's sum over its processes: buf (n doubles) summed, the same bits on every
+ * process (nbs_train_reduce.sum). */
+typedef struct {
+    int (*sum)(void *user, double *buf, int64_t n, nbs_error *err);
+    void *user;
+} nbs_sum_hook;
+/* nbs_preprocess_stream with each input cell's batch and by several processes.
+ * b (NULL: none), as nbs_preprocess_take_batched: with cfg->hvg_batch_aware the genes are ranked
+ * within each batch, two more passes summing per batch (6 doubles per kept gene and batch),
+ * bit-identical to the in-memory selection. b->codes covers every input cell on every process.
+ * sum (NULL: one process scanning every row): processes that each scan only their own rows (src
+ * visits a range of the input's rows; together the processes' ranges cover every row once); after
+ * each pass the per-cell values (pass 0: total and detected genes; pass 3: library size and row
+ * length) and the per-gene sums (per batch too) are summed through sum, so every process gets the
+ * same result as one process scanning every row. Counts are integers (unless input.non_integer:
+ * accept), so the gene sums of pass 1 and 4 are exact in any order; the clipped sums of passes 2
+ * and 5 agree to rounding. */
+int nbs_preprocess_stream_shared(const nbs_row_source *src, const nbs_preprocess_config *cfg,
+                                 const nbs_preprocess_batches *b, const nbs_sum_hook *sum, nbs_preprocess_result **out,
+                                 int32_t **row_nnz, nbs_error *err);
 
 #endif

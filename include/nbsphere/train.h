@@ -109,6 +109,13 @@ typedef struct {
      * share of each (nbs_workspace_set_share) and validating on its share of the validation
      * cells, whose sums go through `sums` too. */
     int rank, size;
+    /* Out of core, where each process reads only its rows (run.c, backed.h); NULL alone.
+     *   sum     buf (n doubles) summed over the processes, the same bits on every one (a value
+     *           only one process fills, the others leaving 0, reaches every process exactly)
+     *   gather  at process 0, every process's send (bytes[r] bytes from process r, bytes known to
+     *           all) into recv in rank order; recv is only process 0's */
+    int (*sum)(void *user, double *buf, int64_t n, nbs_error *err);
+    int (*gather)(void *user, const void *send, const int64_t *bytes, void *recv, nbs_error *err);
 } nbs_train_reduce;
 
 /* What one step did: sums over the batch's cells (every process's, after the sums hook). */
