@@ -69,6 +69,94 @@ int nbs_diagnose_mi_gaussian(const float *mean, const float *var, int64_t n, int
     return NBS_OK;
 }
 
+/* ---- the diagnosed cells split over the processes of a data-parallel run ----
+ * Each process computes the per-cell terms on its part of the diagnosed cells; their sums go
+ * through the sum hook (the same bits on every process) and a mean is the sum over N. What needs
+ * every cell at once (I(x;z), the quantiles of kappa) is computed at process 0 on the gathered
+ * posteriors, in the diagnosed order and with the rng one process draws from, and sent to the
+ * others through the sum hook. Alone r is NULL and the sums are this process's. */
+typedef struct {
+    const nbs_train_reduce *r; /* NULL alone */
+    int64_t N;                 /* the diagnosed cells over every process */
+    int64_t *counts;           /* [size] each process's cells, in rank order; NULL alone */
+} part;
+
+static int part_lead(const part *p) { return !p->r || p->r->rank == 0; }
+
+/* buf[n] summed over the processes. */
+static int part_sum(const part *p, double *buf, int64_t n, nbs_error *err) {
+    return p->r ? p->r->sum(p->r->user, buf, n, err) : NBS_OK;
+}
+
+/* Process 0's v[n] on every process. */
+static int part_share(const part *p, double *v, int n, nbs_error *err) {
+    for (int k = 0; k < n && !part_lead(p); k++) v[k] = 0;
+    return part_sum(p, v, n, err);
+}
+
+/* This process's part of n cells among reduce's processes (NULL or one: alone); every part must
+ * hold a cell, which every process checks alike. */
+static int part_begin(part *p, const nbs_train_reduce *reduce, int64_t n, nbs_error *err) {
+    memset(p, 0, sizeof *p);
+    p->N = n;
+    if (!reduce || reduce->size <= 1) return NBS_OK;
+    const int P = reduce->size;
+    double *k = nbs_calloc((size_t)P, sizeof *k, err); /* (processes) */
+    if (!k || !(p->counts = nbs_malloc(sizeof *p->counts * (size_t)P, err))) {
+        free(k);
+        return NBS_ERR_NOMEM;
+    }
+    p->r = reduce;
+    k[reduce->rank] = (double)n;
+    int st = part_sum(p, k, P, err);
+    p->N = 0;
+    for (int q = 0; q < P && !st; q++) p->N += p->counts[q] = (int64_t)k[q];
+    for (int q = 0; q < P && !st; q++)
+        if (!p->counts[q])
+            st = nbs_error_set(err, NBS_ERR_USAGE, "diagnostics over %d processes: process %d has none of the %lld "
+                               "diagnosed cells; run on at most %lld processes or raise diagnose.subsample", P, q,
+                               (long long)p->N, (long long)p->N);
+    free(k);
+    return st;
+}
+
+/* Every process's rows of mine ([n x width], this process's cells) at process 0 in rank order:
+ * *all [N x width], allocated into *own; alone *all is mine; elsewhere NULL. */
+static int part_gather(const part *p, const float *mine, int width, const float **all, float **own, nbs_error *err) {
+    *own = NULL;
+    *all = p->r ? NULL : mine;
+    if (!p->r) return NBS_OK;
+    const int P = p->r->size;
+    int64_t *bytes = nbs_malloc(sizeof *bytes * (size_t)P, err); /* (processes) */
+    if (!bytes) return NBS_ERR_NOMEM;
+    for (int q = 0; q < P; q++) bytes[q] = p->counts[q] * width * (int64_t)sizeof(float);
+    int st = NBS_OK;
+    if (part_lead(p) && !(*own = nbs_malloc(sizeof(float) * (size_t)(p->N * width), err))) st = NBS_ERR_NOMEM;
+    if (!st) st = p->r->gather(p->r->user, mine, bytes, *own, err);
+    free(bytes);
+    *all = *own;
+    return st;
+}
+
+/* The variance over the diagnosed cells (N - 1 in the denominator) of each column of x (this
+ * process's [n x d]) into var[d]: the mean, then the squared deviations from it, each summed. */
+static int variance_across(const part *p, const float *x, int64_t n, int d, double *var, nbs_error *err) {
+    double mean[NBS_MAX_KL_TERMS];
+    for (int j = 0; j < d; j++) {
+        mean[j] = 0;
+        for (int64_t i = 0; i < n; i++) mean[j] += x[i * d + j];
+    }
+    int st = part_sum(p, mean, d, err);
+    for (int j = 0; j < d && !st; j++) {
+        mean[j] /= (double)p->N;
+        var[j] = 0;
+        for (int64_t i = 0; i < n; i++) var[j] += (x[i * d + j] - mean[j]) * (x[i * d + j] - mean[j]);
+    }
+    if (!st) st = part_sum(p, var, d, err);
+    for (int j = 0; j < d && !st; j++) var[j] /= (double)(p->N - 1);
+    return st;
+}
+
 /* ---- the collapse report ---- */
 
 #define JAC_STEP 1e-2 /* central differences of the decoder, in units of z */
@@ -113,7 +201,8 @@ static void log_softmax_rows(float *a, int64_t n, int G) {
  * decoder that still responds to it loses about nats[j] per cell in expected likelihood, and
  * training drives it towards 0; a dimension in use carries the cell-to-cell differences, many
  * nats. The raw Jacobian has no such scale (it grows with the number of genes kept and knows
- * nothing of depth). Cells go through the decoder JAC_CHUNK at a time. */
+ * nothing of depth). Cells (this process's) go through the decoder JAC_CHUNK at a time; the sums
+ * over them are added over the processes and divided by the diagnosed cells. */
 #define JAC_CHUNK 128
 static int decode_at(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, int layer, const float *z, float *logits,
                      float *lt, nbs_error *err) {
@@ -123,7 +212,7 @@ static int decode_at(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, i
 
 /* layer < 0: z is the decoder's input; a ladder's layer: z is that layer's, the layers below
  * follow it through the top-down path (nbs_model_decode_layer). */
-static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, int layer,
+static int decoder_sensitivity(const part *p, const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, int layer,
                                const float *loc, const double *lib, int d, int sphere, double *sens, double *nats,
                                nbs_error *err) {
     const int G = nbs_model_n_genes(m);
@@ -176,8 +265,11 @@ static int decoder_sensitivity(const nbs_model *m, nbs_workspace *w, const nbs_c
             }
         }
     }
-    for (int j = 0; j < d; j++) sens[j] /= (double)n, nats[j] /= (double)n;
     free(zp), free(zm), free(lp), free(lm), free(info), free(lt);
+    double sum[2 * NBS_MAX_KL_TERMS]; /* sens, nats */
+    for (int j = 0; j < d && !st; j++) sum[j] = sens[j], sum[d + j] = nats[j];
+    if (!st) st = part_sum(p, sum, 2 * d, err);
+    for (int j = 0; j < d && !st; j++) sens[j] = sum[j] / (double)p->N, nats[j] = sum[d + j] / (double)p->N;
     return st;
 }
 
@@ -292,10 +384,11 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Stage s's posterior KL to its prior, the mean over the cells of each term (kl_mean, the stage's
+
+/* Stage s's posterior KL to its prior, the sum over the cells of each term (kl_sum, the stage's
  * kl_terms); its head (n, head_dim) into head when not NULL. The KL needs no sample. */
 static int stage_kl(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells, int s, float *head,
-                    double *kl_mean, nbs_error *err) {
+                    double *kl_sum, nbs_error *err) {
     const nbs_latent *L = nbs_model_stage_latent(m, s);
     const int64_t n = cells->n, hd = nbs_latent_head_dim(L), K = nbs_latent_kl_terms(L);
     float *own = head ? NULL : nbs_malloc(sizeof(float) * n * hd, err), *z = nbs_malloc(sizeof(float) * n * L->dim, err);
@@ -306,47 +399,56 @@ static int stage_kl(const nbs_model *m, nbs_workspace *w, const nbs_cells *cells
     if (!st) st = nbs_model_encode(m, w, cells, s, head, err);
     if (!st) st = nbs_latent_forward(L, head, (int)n, NULL, z, kl, cache, err);
     for (int t = 0; t < K && !st; t++) {
-        double sum = 0;
-        for (int64_t i = 0; i < n; i++) sum += kl[i * K + t];
-        kl_mean[t] = sum / (double)n;
+        kl_sum[t] = 0;
+        for (int64_t i = 0; i < n; i++) kl_sum[t] += kl[i * K + t];
     }
     free(own), free(z), free(kl);
     nbs_latent_cache_free(cache);
     return st;
 }
 
-/* The discrete latent: the mixture's KL_j (into r->kl) and KL_c, and the category usage. */
-static int categories(const nbs_model *m, const nbs_cells *cells, nbs_collapse_report *r, nbs_error *err) {
+/* The discrete latent: the mixture's KL_j (into r->kl) and KL_c, and the category usage, over the
+ * diagnosed cells (cells: this process's). */
+static int categories(const part *p, const nbs_model *m, const nbs_cells *cells, nbs_collapse_report *r,
+                      nbs_error *err) {
     const int K = nbs_model_discrete(m), d = r->d;
-    const int64_t n = cells->n;
+    const int64_t n = cells->n, N = p->N;
     float *prob = nbs_malloc(sizeof(float) * (size_t)(n * K), err);      /* (n, K) */
     double *kl = nbs_malloc(sizeof(double) * (size_t)(n * (d + 1)), err); /* (n, d + 1) */
     r->category_mass = nbs_calloc((size_t)K, sizeof(double), err);
     r->category_cells = nbs_calloc((size_t)K, sizeof(int64_t), err);
-    int st = prob && kl && r->category_mass && r->category_cells ? NBS_OK : NBS_ERR_NOMEM;
+    double *sum = nbs_calloc((size_t)(d + 1 + 2 * K), sizeof(double), err); /* (d + 1 KL terms, K masses, K cells) */
+    int st = prob && kl && r->category_mass && r->category_cells && sum ? NBS_OK : NBS_ERR_NOMEM;
     if (!st) st = nbs_model_cluster(m, cells, prob, kl, err);
     if (!st) {
-        r->n_categories = K;
-        double sum[NBS_MAX_KL_TERMS + 1] = {0};
+        double *mass = sum + d + 1, *cells_of = mass + K; /* the counts exact as doubles */
         for (int64_t i = 0; i < n; i++) {
             for (int t = 0; t <= d; t++) sum[t] += kl[i * (d + 1) + t];
             int best = 0;
             for (int c = 0; c < K; c++) {
-                r->category_mass[c] += prob[i * K + c];
+                mass[c] += prob[i * K + c];
                 if (prob[i * K + c] > prob[i * K + best]) best = c;
             }
-            r->category_cells[best]++;
+            cells_of[best]++;
         }
+        st = part_sum(p, sum, d + 1 + 2 * K, err);
+        for (int c = 0; c < K && !st; c++) {
+            r->category_mass[c] = mass[c];
+            r->category_cells[c] = (int64_t)cells_of[c];
+        }
+    }
+    if (!st) {
+        r->n_categories = K;
         for (int t = 0; t <= d; t++) {
-            if (t < d) r->kl[t] = sum[t] / (double)n;
-            r->kl_total += sum[t] / (double)n;
+            if (t < d) r->kl[t] = sum[t] / (double)N;
+            r->kl_total += sum[t] / (double)N;
         }
-        r->kl_category = sum[d] / (double)n;
+        r->kl_category = sum[d] / (double)N;
         r->category_entropy = 0;
         for (int c = 0; c < K; c++) {
-            r->category_mass[c] /= (double)n;
+            r->category_mass[c] /= (double)N;
             if (r->category_mass[c] > 0) r->category_entropy -= r->category_mass[c] * log(r->category_mass[c]);
-            r->n_dead_categories += r->category_cells[c] < NBS_DEAD_CATEGORY_SHARE * (double)n;
+            r->n_dead_categories += r->category_cells[c] < NBS_DEAD_CATEGORY_SHARE * (double)N;
         }
         if (r->n_dead_categories)
             snprintf(r->category_summary, sizeof r->category_summary,
@@ -358,17 +460,23 @@ static int categories(const nbs_model *m, const nbs_cells *cells, nbs_collapse_r
                      "all %d categories used (entropy of the mean q(c|x) %.3g of log K = %.3g nats, KL of c %.3g "
                      "nats)", K, r->category_entropy, log((double)K), r->kl_category);
     }
-    free(prob), free(kl);
+    free(prob), free(kl), free(sum);
     return st;
 }
 
-/* The reconstruction gain of z at the posterior (ll) over a constant z (ll0), (n) cells. */
-static void gain_of(nbs_collapse_report *r, const double *ll, const double *ll0, int64_t n) {
+/* The reconstruction gain of z at the posterior (ll) over a constant z (ll0), this process's (n)
+ * cells, and its standard error, over the diagnosed cells. */
+static int gain_of(const part *p, nbs_collapse_report *r, const double *ll, const double *ll0, int64_t n,
+                   nbs_error *err) {
     double g = 0, g2 = 0;
     for (int64_t i = 0; i < n; i++) g += ll[i] - ll0[i];
-    r->recon_gain = g / (double)n;
+    int st = part_sum(p, &g, 1, err);
+    if (st) return st;
+    r->recon_gain = g / (double)p->N;
     for (int64_t i = 0; i < n; i++) g2 += (ll[i] - ll0[i] - r->recon_gain) * (ll[i] - ll0[i] - r->recon_gain);
-    r->recon_gain_se = sqrt(g2 / (double)(n - 1) / (double)n);
+    if ((st = part_sum(p, &g2, 1, err))) return st;
+    r->recon_gain_se = sqrt(g2 / (double)(p->N - 1) / (double)p->N);
+    return NBS_OK;
 }
 
 int nbs_report_dim_layer(const nbs_collapse_report *r, int j) {
@@ -406,16 +514,21 @@ static void layer_verdict(nbs_collapse_report *r, int l, int top) {
                  Y->n_inconsistent, Y->kl_total);
 }
 
-/* The constant z the reconstruction gain compares with: the mean location of the n cells (loc
- * [n x d]), on the sphere its direction (the first axis when the mean is 0), into c[d]. */
-static void constant_z(const float *loc, int64_t n, int d, int sphere, float *c) {
+/* The constant z the reconstruction gain compares with: the mean location of the diagnosed cells
+ * (loc [n x d], this process's), on the sphere its direction (the first axis when the mean is
+ * 0), into c[d]. */
+static int constant_z(const part *p, const float *loc, int64_t n, int d, int sphere, float *c, nbs_error *err) {
     double mean[NBS_MAX_KL_TERMS] = {0}, norm = 0;
-    for (int j = 0; j < d; j++) {
+    for (int j = 0; j < d; j++)
         for (int64_t i = 0; i < n; i++) mean[j] += loc[i * d + j];
-        mean[j] /= (double)n;
+    int st = part_sum(p, mean, d, err);
+    if (st) return st;
+    for (int j = 0; j < d; j++) {
+        mean[j] /= (double)p->N;
         norm += mean[j] * mean[j];
     }
     for (int j = 0; j < d; j++) c[j] = (float)(sphere ? (norm > 0 ? mean[j] / sqrt(norm) : (j == 0)) : mean[j]);
+    return NBS_OK;
 }
 
 /* kappa at 5, 25, 50, 75 and 95 % of the n cells (kappa [n]) into q[5]. */
@@ -428,6 +541,33 @@ static int kappa_quantiles(const float *kappa, int64_t n, double *q, nbs_error *
     for (int k = 0; k < 5; k++) q[k] = quantile_sorted(kap, n, ps[k]);
     free(kap);
     return NBS_OK;
+}
+
+/* kappa's quantiles over the diagnosed cells (kappa [n], this process's) on every process. */
+static int kappa_across(const part *p, const float *kappa, double *q, nbs_error *err) {
+    const float *all;
+    float *own;
+    int st = part_gather(p, kappa, 1, &all, &own, err);
+    for (int k = 0; k < 5; k++) q[k] = 0;
+    if (!st && part_lead(p)) st = kappa_quantiles(all, p->N, q, err);
+    if (!st) st = part_share(p, q, 5, err);
+    free(own);
+    return st;
+}
+
+/* I(x;z) of the diagnosed cells (mean, var: this process's [n x d]) on every process: process 0
+ * estimates it on all of them, drawing from rng as one process does. */
+static int mi_across(const part *p, const float *mean, const float *var, int d, int batch, gsl_rng *rng, double *mi,
+                     nbs_error *err) {
+    const float *M, *V = NULL;
+    float *own_m, *own_v = NULL;
+    int st = part_gather(p, mean, d, &M, &own_m, err);
+    if (!st) st = part_gather(p, var, d, &V, &own_v, err);
+    *mi = 0;
+    if (!st && part_lead(p)) st = nbs_diagnose_mi_gaussian(M, V, p->N, d, batch, rng, mi, err);
+    if (!st) st = part_share(p, mi, 1, err);
+    free(own_m), free(own_v);
+    return st;
 }
 
 /* The report's size, thresholds and per-dimension arrays [d] (zeroed; NULL where out of memory:
@@ -457,11 +597,11 @@ static void report_begin(nbs_collapse_report *r, const nbs_diagnose_config *dc, 
  * decoder reads only through the priors of the layers below still counts as listened to; the
  * reconstruction gain of every layer at its location over every layer constant; a verdict per
  * layer, and I(x; z) per Gaussian layer and over all of them. */
-static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
-                           nbs_collapse_report *r, nbs_error *err) {
-    const int64_t n = cells->n;
+static int diagnose_ladder(const part *p, const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc,
+                           gsl_rng *rng, nbs_collapse_report *r, nbs_error *err) {
+    const int64_t n = cells->n; /* this process's */
     const int L = nbs_model_n_stages(m), D = nbs_model_decoder_dim(m);
-    report_begin(r, dc, D, n, nbs_model_latent(m)->kind, err);
+    report_begin(r, dc, D, p->N, nbs_model_latent(m)->kind, err);
     r->n_layers = L;
     double *lib = nbs_malloc(sizeof(double) * n, err), *kl = nbs_malloc(sizeof(double) * n * D, err); /* (n, <= D) */
     double *ll = nbs_malloc(sizeof(double) * n, err), *ll0 = nbs_malloc(sizeof(double) * n, err);
@@ -483,33 +623,32 @@ static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs
         Y->latent = Ll->kind;
         all_gauss &= !sphere;
         if ((st = nbs_model_layer_posterior(m, cells, l, loc, spread, ez, kl, err))) break;
+        double kl_sum[NBS_MAX_KL_TERMS];
         for (int t = 0; t < K; t++) {
-            double sum = 0;
-            for (int64_t i = 0; i < n; i++) sum += kl[i * K + t];
-            Y->kl_total += sum / (double)n;
-            if (!sphere) r->kl[off + t] = sum / (double)n;
+            kl_sum[t] = 0;
+            for (int64_t i = 0; i < n; i++) kl_sum[t] += kl[i * K + t];
+        }
+        if ((st = part_sum(p, kl_sum, K, err))) break;
+        for (int t = 0; t < K; t++) {
+            Y->kl_total += kl_sum[t] / (double)p->N;
+            if (!sphere) r->kl[off + t] = kl_sum[t] / (double)p->N;
         }
         r->kl_total += Y->kl_total;
+        if ((st = variance_across(p, ez, n, d, r->activity + off, err))) break;
         for (int j = 0; j < d; j++) {
-            double mean = 0, var = 0;
-            for (int64_t i = 0; i < n; i++) mean += ez[i * d + j];
-            mean /= (double)n;
-            for (int64_t i = 0; i < n; i++) var += (ez[i * d + j] - mean) * (ez[i * d + j] - mean);
-            r->activity[off + j] = var / (double)(n - 1);
             if (sphere) r->kl[off + j] = NAN;
             r->sens_weight[off + j] = nbs_model_latent_weight_rms(m, l, j);
         }
-        st = decoder_sensitivity(m, w, cells, l, loc, lib, d, sphere, r->sens_jacobian + off, r->decoder_nats + off, err);
-        if (!st && !sphere) st = nbs_diagnose_mi_gaussian(loc, spread, n, d, dc->mi_batch, rng, &Y->mi, err);
-        if (sphere) {
-            Y->mi = NAN;
-            if (kappa_quantiles(spread, n, r->kappa_q, err)) st = NBS_ERR_NOMEM;
-        }
+        st = decoder_sensitivity(p, m, w, cells, l, loc, lib, d, sphere, r->sens_jacobian + off, r->decoder_nats + off,
+                                 err);
+        if (!st && !sphere) st = mi_across(p, loc, spread, d, dc->mi_batch, rng, &Y->mi, err);
+        if (sphere) Y->mi = NAN;
+        if (!st && sphere) st = kappa_across(p, spread, r->kappa_q, err);
         /* the layer's columns of Z (locations), Zv (variances) and Zc (the constant: the mean, its
          * direction on the sphere) */
         float c[NBS_MAX_KL_TERMS];
-        constant_z(loc, n, d, sphere, c);
-        for (int64_t i = 0; i < n; i++)
+        if (!st) st = constant_z(p, loc, n, d, sphere, c, err);
+        for (int64_t i = 0; i < n && !st; i++)
             for (int j = 0; j < d; j++) {
                 Z[i * D + off + j] = loc[i * d + j];
                 Zv[i * D + off + j] = sphere ? 0 : spread[i * d + j];
@@ -518,9 +657,9 @@ static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs
     }
     if (!st) st = nbs_model_loglik(m, w, cells, Z, ll, err);
     if (!st) st = nbs_model_loglik(m, w, cells, Zc, ll0, err);
-    if (!st) gain_of(r, ll, ll0, n);
+    if (!st) st = gain_of(p, r, ll, ll0, n, err);
     r->mi = NAN;
-    if (!st && all_gauss) st = nbs_diagnose_mi_gaussian(Z, Zv, n, D, dc->mi_batch, rng, &r->mi, err);
+    if (!st && all_gauss) st = mi_across(p, Z, Zv, D, dc->mi_batch, rng, &r->mi, err);
     if (!st) {
         r->z_unused = !(r->recon_gain > GAIN_Z * r->recon_gain_se && r->recon_gain > GAIN_MIN);
         for (int l = 0; l < L; l++)
@@ -536,26 +675,17 @@ static int diagnose_ladder(const nbs_model *m, const nbs_cells *cells, const nbs
     }
     free(lib), free(kl), free(ll), free(ll0), free(loc), free(spread), free(ez), free(Z), free(Zv), free(Zc);
     nbs_workspace_free(w);
-    if (st) {
-        if (st == NBS_ERR_NOMEM && !err->msg[0]) nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics");
-        nbs_collapse_report_free(r);
-    }
     return st;
 }
 
-int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
-                 nbs_collapse_report *r, nbs_error *err) {
-    memset(r, 0, sizeof *r);
-    const int64_t n = cells->n;
-    if (nbs_model_ladder(m)) {
-        if (n < 2) return nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)n);
-        return diagnose_ladder(m, cells, dc, rng, r, err);
-    }
+/* A single latent (and its stages' KL). */
+static int diagnose_one(const part *p, const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc,
+                        gsl_rng *rng, nbs_collapse_report *r, nbs_error *err) {
+    const int64_t n = cells->n; /* this process's */
     const nbs_latent *L = nbs_model_latent(m);
     const int d = L->dim, hd = nbs_latent_head_dim(L);
     const int sphere = nbs_latent_on_sphere(L);
-    if (n < 2) return nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)n);
-    report_begin(r, dc, d, n, L->kind, err);
+    report_begin(r, dc, d, p->N, L->kind, err);
     double *lib = nbs_malloc(sizeof(double) * n, err); /* (n) in diagnosed order: the decoder's mu is l softmax */
     for (int64_t i = 0; lib && i < n; i++) lib[i] = cells->library[nbs_cells_row(cells, i)];
     nbs_workspace *w = nbs_workspace_eval(m, cells->X, err);
@@ -572,26 +702,22 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
     /* the KL of every stage counts in the total; the per-dimension measures are of stage 0, the
      * embedding, whose head is kept */
     for (int s = 0; s < nbs_model_n_stages(m) && !st; s++) {
-        double kl_mean[NBS_MAX_KL_TERMS];
-        st = stage_kl(m, w, cells, s, s ? NULL : head, kl_mean, err);
+        double kl_sum[NBS_MAX_KL_TERMS];
+        const int K = nbs_latent_kl_terms(nbs_model_stage_latent(m, s));
+        st = stage_kl(m, w, cells, s, s ? NULL : head, kl_sum, err);
+        if (!st) st = part_sum(p, kl_sum, K, err);
         const int mixture = s == 0 && nbs_model_discrete(m); /* categories() gives its KL */
-        for (int t = 0; t < nbs_latent_kl_terms(nbs_model_stage_latent(m, s)) && !st && !mixture; t++) {
-            if (s == 0 && !sphere) r->kl[t] = kl_mean[t];
-            r->kl_total += kl_mean[t];
+        for (int t = 0; t < K && !st && !mixture; t++) {
+            if (s == 0 && !sphere) r->kl[t] = kl_sum[t] / (double)p->N;
+            r->kl_total += kl_sum[t] / (double)p->N;
         }
     }
-    if (!st && nbs_model_discrete(m)) st = categories(m, cells, r, err); /* stage 0's KL is the mixture's */
+    if (!st && nbs_model_discrete(m)) st = categories(p, m, cells, r, err); /* stage 0's KL is the mixture's */
     if (!st) {
         nbs_latent_posterior(L, head, (int)n, loc, spread);
         nbs_latent_expectation(L, head, (int)n, ez);
-        for (int j = 0; j < d; j++) {
-            double mean = 0, var = 0;
-            for (int64_t i = 0; i < n; i++) mean += ez[i * d + j];
-            mean /= (double)n;
-            for (int64_t i = 0; i < n; i++) var += (ez[i * d + j] - mean) * (ez[i * d + j] - mean);
-            r->activity[j] = var / (double)(n - 1);
-            if (sphere) r->kl[j] = NAN;
-        }
+        st = variance_across(p, ez, n, d, r->activity, err);
+        for (int j = 0; j < d && sphere; j++) r->kl[j] = NAN;
         int dd, width;
         const float *W = nbs_model_decoder_first_weights(m, &dd, &width);
         for (int j = 0; j < d; j++) {
@@ -599,22 +725,21 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
             for (int k = 0; k < width; k++) s += (double)W[(int64_t)j * width + k] * W[(int64_t)j * width + k];
             r->sens_weight[j] = sqrt(s / width);
         }
-        st = decoder_sensitivity(m, w, cells, -1, loc, lib, d, sphere, r->sens_jacobian, r->decoder_nats, err);
+        if (!st) st = decoder_sensitivity(p, m, w, cells, -1, loc, lib, d, sphere, r->sens_jacobian, r->decoder_nats, err);
     }
-    if (!st) { /* how much the decoder uses z at all: z at the posterior vs one constant z */
-        st = nbs_model_loglik(m, w, cells, loc, ll, err);
-        float c[NBS_MAX_KL_TERMS];
-        constant_z(loc, n, d, sphere, c);
-        for (int64_t i = 0; i < n; i++) memcpy(zc + i * d, c, sizeof(float) * (size_t)d);
-        if (!st) st = nbs_model_loglik(m, w, cells, zc, ll0, err);
-        gain_of(r, ll, ll0, n);
-    }
+    /* how much the decoder uses z at all: z at the posterior vs one constant z */
+    if (!st) st = nbs_model_loglik(m, w, cells, loc, ll, err);
+    float c[NBS_MAX_KL_TERMS];
+    if (!st) st = constant_z(p, loc, n, d, sphere, c, err);
+    for (int64_t i = 0; i < n && !st; i++) memcpy(zc + i * d, c, sizeof(float) * (size_t)d);
+    if (!st) st = nbs_model_loglik(m, w, cells, zc, ll0, err);
+    if (!st) st = gain_of(p, r, ll, ll0, n, err);
     if (!st) {
         if (!sphere) {
-            st = nbs_diagnose_mi_gaussian(loc, spread, n, d, dc->mi_batch, rng, &r->mi, err);
+            st = mi_across(p, loc, spread, d, dc->mi_batch, rng, &r->mi, err);
         } else {
             r->mi = NAN;
-            if (kappa_quantiles(spread, n, r->kappa_q, err)) st = NBS_ERR_NOMEM;
+            st = kappa_across(p, spread, r->kappa_q, err);
         }
     }
     if (!st) {
@@ -628,11 +753,30 @@ int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_
     }
     free(head), free(loc), free(spread), free(ez), free(ll), free(ll0), free(zc), free(lib);
     nbs_workspace_free(w);
+    return st;
+}
+
+int nbs_diagnose_shared(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
+                        const nbs_train_reduce *reduce, nbs_collapse_report *r, nbs_error *err) {
+    memset(r, 0, sizeof *r);
+    part p;
+    int st = part_begin(&p, reduce, cells->n, err);
+    if (!st && p.N < 2)
+        st = nbs_error_set(err, NBS_ERR_INPUT, "diagnostics need at least 2 cells, got %lld", (long long)p.N);
+    if (!st)
+        st = nbs_model_ladder(m) ? diagnose_ladder(&p, m, cells, dc, rng, r, err)
+                                 : diagnose_one(&p, m, cells, dc, rng, r, err);
+    free(p.counts);
     if (st) {
         if (st == NBS_ERR_NOMEM && !err->msg[0]) nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for diagnostics");
         nbs_collapse_report_free(r);
     }
     return st;
+}
+
+int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
+                 nbs_collapse_report *r, nbs_error *err) {
+    return nbs_diagnose_shared(m, cells, dc, rng, NULL, r, err);
 }
 
 int nbs_diagnose_track_add(nbs_diagnose_track *t, int epoch, const nbs_collapse_report *r, nbs_error *err) {

@@ -196,9 +196,25 @@ static int stage_preprocess(run_state *s, nbs_error *err) {
 
 /* ---- diagnose ---- */
 
-/* A seeded subsample of at most diagnose.subsample cells, in row order, fixed for the run. */
+static const nbs_train_reduce *split_run(const run_state *s);
+static void my_range(const nbs_train_reduce *r, int64_t n, int64_t *lo, int64_t *hi);
+
+/* This process's part [lo, hi) of the diagnosed cells (s->diag_rows): under mpirun each process
+ * diagnoses a contiguous part, in rank order (nbs_diagnose_shared); alone all of them. */
+static void diag_part(const run_state *s, int64_t *lo, int64_t *hi) {
+    *lo = 0, *hi = s->n_diag;
+    if (split_run(s)) my_range(split_run(s), s->n_diag, lo, hi);
+}
+
+/* A seeded subsample of at most diagnose.subsample cells, in row order, fixed for the run; every
+ * process draws the same (out of core, each reads only its part's rows). */
 static int choose_diag_rows(run_state *s, nbs_error *err) {
     const int64_t n = s->pre->n_cells, k = s->p->config.diagnose.subsample < n ? s->p->config.diagnose.subsample : n;
+    const nbs_train_reduce *split = split_run(s);
+    if (split && k < split->size)
+        return nbs_error_set(err, NBS_ERR_USAGE, "diagnostics over %d processes need at least one cell on each, but "
+                             "%lld cells are diagnosed (diagnose.subsample, at most the kept cells); run on at most "
+                             "%lld processes", split->size, (long long)k, (long long)k);
     int64_t *all = nbs_malloc(sizeof(int64_t) * (size_t)(n ? n : 1), err);
     if (!all) return err->code;
     for (int64_t i = 0; i < n; i++) all[i] = i;
@@ -214,8 +230,10 @@ static int choose_diag_rows(run_state *s, nbs_error *err) {
     s->diag_rows = all;
     s->n_diag = k;
     if (!s->loader) return NBS_OK;
-    int st = nbs_backed_loader_read(s->loader, all, k, &s->diag_X, &s->diag_lib, err);
-    return st ? st : nbs_covariate_values_gather(&s->cov, all, k, &s->diag_cov, err);
+    int64_t lo, hi; /* out of core each process reads only its part of the diagnosed cells */
+    diag_part(s, &lo, &hi);
+    int st = nbs_backed_loader_read(s->loader, all + lo, hi - lo, &s->diag_X, &s->diag_lib, err);
+    return st ? st : nbs_covariate_values_gather(&s->cov, all + lo, hi - lo, &s->diag_cov, err);
 }
 
 /* Every kept cell with its library size and covariates. */
@@ -229,13 +247,15 @@ static int diagnose_now(run_state *s, nbs_model *m, int epoch, nbs_collapse_repo
     memset(r, 0, sizeof *r); /* freeable whatever fails (nbs_diagnose clears it only once called) */
     gsl_rng *g = nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_DIAGNOSE, (uint64_t)epoch, err);
     if (!g) return err->code;
-    nbs_cells c = s->diag_X ? nbs_cells_all(s->diag_X, s->diag_lib) : all_cells(s);
+    int64_t lo, hi;
+    diag_part(s, &lo, &hi);
+    nbs_cells c = s->diag_X ? nbs_cells_all(s->diag_X, s->diag_lib) : all_cells(s); /* this process's part */
     if (s->diag_X) nbs_covariates_attach(&s->diag_cov, &c);
     else {
-        c.rows = s->diag_rows;
-        c.n = s->n_diag;
+        c.rows = s->diag_rows + lo;
+        c.n = hi - lo;
     }
-    int st = nbs_diagnose(m, &c, &s->p->config.diagnose, g, r, err);
+    int st = nbs_diagnose_shared(m, &c, &s->p->config.diagnose, g, split_run(s), r, err);
     gsl_rng_free(g);
     return st;
 }
@@ -603,7 +623,6 @@ static int backed_covariates(run_state *s, int fit, nbs_error *err) {
 }
 
 /* out of core under mpirun (below) */
-static const nbs_train_reduce *split_run(const run_state *s);
 static int log_rows_read(run_state *s, int64_t rows, int epochs, nbs_error *err);
 
 static int stage_train(run_state *s, nbs_error *err) {
@@ -636,14 +655,14 @@ static int stage_train(run_state *s, nbs_error *err) {
     if (out_path(s, NBS_OUT_LOG, log_path) || out_path(s, NBS_OUT_CHECKPOINT, ckpt_path))
         return nbs_error_set(err, NBS_ERR_USAGE, "output.dir is too long");
     const int writer = !s->o->reduce || s->o->reduce->rank == 0;
-    if (writer && (st = choose_diag_rows(s, err))) return st; /* process 0 alone diagnoses */
+    if ((st = choose_diag_rows(s, err))) return st; /* every process diagnoses its part */
     if (s->ck.covariates.n_categorical || s->ck.covariates.n_continuous) {
         char desc[1024];
         nbs_covariates_describe(&s->ck.covariates, desc, sizeof desc);
         nbs_info("covariates: %s", desc);
     }
     nbs_train_hooks h = {s->o->progress, log_path, save_checkpoint, ckpt_path, track_epoch, s};
-    const nbs_train_hooks peer = {0}; /* a data-parallel peer writes nothing */
+    const nbs_train_hooks peer = {.on_epoch = track_epoch, .user = s}; /* a peer writes nothing, diagnoses its part */
     if (s->backed) { /* positions of the kept cells; the minibatches come from the file */
         const nbs_cells pos = {.n = s->pre->n_cells};
         const nbs_batch_source src = nbs_backed_loader_source(s->loader);
@@ -1655,8 +1674,14 @@ int nbs_run_trajectory_embedding(const char *embedding_path, const nbs_pipeline 
     return finish_run(&s, st, err);
 }
 
-/* A data-parallel peer (process > 0): the load, preprocessing and training of process 0, which
- * writes everything; its manifest stays in memory (the stages record into it). */
+/* A peer's part of stage_diagnose: the final report's measures on its part of the diagnosed
+ * cells, which process 0 combines and writes. */
+static int peer_diagnose(run_state *s, nbs_error *err) {
+    return diagnose_now(s, s->ck.model, 0, &s->report, err);
+}
+
+/* A data-parallel peer (process > 0): the load, preprocessing, training and diagnostics of process
+ * 0, which writes everything; its manifest stays in memory (the stages record into it). */
 static int run_peer(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *err) {
     run_state s;
     memset(&s, 0, sizeof s);
@@ -1670,6 +1695,7 @@ static int run_peer(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *
         st = stage_load_backed(&s, err);
         if (!st) st = stage_preprocess_backed(&s, err);
         if (!st) st = stage_train(&s, err);
+        if (!st) st = peer_diagnose(&s, err);
         if (!st) st = peer_write_backed(&s, err);
         free_run(&s);
         return st;
@@ -1677,6 +1703,7 @@ static int run_peer(const nbs_pipeline *p, const nbs_run_options *o, nbs_error *
     if (!st) st = stage_load(&s, err);
     if (!st) st = stage_preprocess(&s, err);
     if (!st) st = stage_train(&s, err);
+    if (!st) st = peer_diagnose(&s, err);
     free_run(&s);
     return st;
 }

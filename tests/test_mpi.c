@@ -9,6 +9,11 @@
  * core, to the uninterrupted out-of-core model. Out of core with a batch, the discrete latent and
  * labels, 2 x 64 choose the genes 1 x 128 chooses and train its model within the same tolerances.
  *
+ * The collapse diagnostics, tracked during training and final, are split over the processes
+ * (each its part of the diagnosed cells): collapse_report.json of 2 x 64 reads as 1 x 128's, in
+ * memory and out of core, its numbers within REPORT_RTOL, and 2 processes diagnose a Power
+ * Spherical model as one does.
+ *
  * Tolerances, from the measured differences (simulated 1500 cells x 200 genes, 4 epochs with
  * dropout 0.1): parameters differ by at most 6e-8 and the embedding by 1.2e-6 (the sums of 64 + 64
  * cells' gradients are added in another order than those of 128; out of core with a batch and 3
@@ -16,6 +21,7 @@
  * and 1e-6 relative on the validation ELBO. */
 #include "testutil.h"
 
+#include <ctype.h>
 #include <dirent.h>
 #include <hdf5.h>
 #include <math.h>
@@ -32,6 +38,7 @@
 #define PARAM_TOL 1e-5
 #define EMB_TOL 1e-4
 #define ELBO_RTOL 1e-6
+#define REPORT_RTOL 1e-4 /* of collapse_report.json's numbers, relative (to at least 1e-3) */
 
 static char *g_dir; /* the simulated data and every run's output */
 
@@ -361,6 +368,103 @@ static void test_backed_batches_two_processes(void **state) {
     free(ka), free(kb), free(pa), free(pb);
 }
 
+/* ---- the diagnostics split over the processes ---- */
+
+/* The largest relative difference |x - y| / max(|x|, 1e-3) of the numbers outside strings of two
+ * runs' collapse_report.json, which must otherwise read alike: the same keys, verdicts and words,
+ * numbers inside strings (the summaries' figures, printed to 3 digits) within 1 %. INFINITY
+ * where the text differs (printed). */
+static double report_diff(const char *a, const char *b) {
+    char *x = tu_read_file(tu_path(tu_path(g_dir, a), "collapse_report.json"), NULL);
+    char *y = tu_read_file(tu_path(tu_path(g_dir, b), "collapse_report.json"), NULL);
+    assert_non_null(x);
+    assert_non_null(y);
+    double worst = 0;
+    int in_string = 0;
+    const char *p = x, *q = y;
+    while (*p && *q && isfinite(worst)) {
+        const int num_p = isdigit((unsigned char)*p) || (*p == '-' && isdigit((unsigned char)p[1]));
+        const int num_q = isdigit((unsigned char)*q) || (*q == '-' && isdigit((unsigned char)q[1]));
+        if (num_p && num_q && (p == x || !isalnum((unsigned char)p[-1]))) {
+            char *pe, *qe;
+            const double u = strtod(p, &pe), v = strtod(q, &qe);
+            const double rel = fabs(u - v) / fmax(fabs(u), 1e-3);
+            if (!in_string) worst = fmax(worst, rel);
+            else if (rel > 0.01) worst = INFINITY;
+            if (!isfinite(worst)) print_message("%s vs %s: %.9g vs %.9g at \"%.60s\"\n", a, b, u, v, p);
+            p = pe, q = qe;
+            continue;
+        }
+        if (*p != *q) {
+            print_message("%s vs %s: the text differs at \"%.60s\" vs \"%.60s\"\n", a, b, p, q);
+            worst = INFINITY;
+        }
+        if (*p == '"' && (p == x || p[-1] != '\\')) in_string = !in_string;
+        p++, q++;
+    }
+    if (*p || *q) worst = INFINITY;
+    free(x), free(y);
+    return worst;
+}
+
+/* 2 x 64 diagnose the model 1 x 128 trains (each process its part of the 1000 diagnosed cells,
+ * every 2 epochs and at the end): the same report within REPORT_RTOL, in memory and out of core;
+ * 1 x 64's report differs by far more. A Power Spherical model (trained on 2 processes it would
+ * be the same only in distribution) is diagnosed by 1 and by 2 processes, resumed with no epoch
+ * left: the same report, the quantiles of kappa included. */
+static void test_diagnostics_split_over_processes(void **state) {
+    (void)state;
+    const char *track = "--set diagnose.interval=2 --set diagnose.subsample=1000";
+    char sphere[256];
+    snprintf(sphere, sizeof sphere, "%s --set model.latent=power_spherical", track);
+    train_ok(0, "d_one128", 128, track);
+    train_ok(2, "d_two64", 64, track);
+    train_backed(0, "d_b_one128", 128, 1, track, NULL);
+    train_backed(2, "d_b_two64", 64, 1, track, NULL);
+    train_ok(0, "d_sphere", 128, sphere);
+    for (int np = 0; np <= 2; np += 2) {
+        char args[8192], *errout = NULL;
+        snprintf(args, sizeof args, "--quiet train --resume %s/d_sphere/model.h5 --out %s/d_sphere_np%d "
+                 "--set train.batch_size=%d", g_dir, g_dir, np, np ? 64 : 128);
+        const int rc = run_np(np, args, &errout);
+        if (rc) fail_msg("%s: exit %d\n%s", args, rc, errout ? errout : "");
+        free(errout);
+    }
+    char *kq = tu_read_file(tu_path(tu_path(g_dir, "d_sphere_np2"), "collapse_report.json"), NULL);
+    assert_non_null(kq);
+    assert_non_null(strstr(kq, "\"kappa_quantiles\": {\"p05\": ")); /* gathered at process 0, sent to the others */
+    free(kq);
+    const char *pairs[3][2] = {{"d_one128", "d_two64"}, {"d_b_one128", "d_b_two64"}, {"d_sphere_np0", "d_sphere_np2"}};
+    for (int k = 0; k < 3; k++) {
+        const double d = report_diff(pairs[k][0], pairs[k][1]);
+        print_message("collapse_report.json, %s vs %s: numbers differ by %.3g relative\n", pairs[k][0], pairs[k][1], d);
+        assert_true(d <= REPORT_RTOL);
+    }
+    char *rep = tu_read_file(tu_path(tu_path(g_dir, "d_two64"), "collapse_report.json"), NULL);
+    assert_non_null(rep);
+    assert_non_null(strstr(rep, "\"epochs\": [2, 4]")); /* tracked every 2 epochs */
+    assert_non_null(strstr(rep, "\"diagnosed_cells\": 1000"));
+    free(rep);
+    /* the comparison can tell reports apart: one process with batch 64 trains another model */
+    train_ok(0, "d_one64", 64, track);
+    const double d64 = report_diff("d_one64", "d_two64");
+    print_message("collapse_report.json, 1 x 64 vs 2 x 64: numbers differ by %.3g relative\n", d64);
+    assert_true(d64 > 100 * REPORT_RTOL);
+}
+
+/* More processes than diagnosed cells: every process refuses alike, naming the key. */
+static void test_diagnostics_need_a_cell_per_process(void **state) {
+    (void)state;
+    char args[8192], *errout = NULL;
+    snprintf(args, sizeof args, "--quiet train %s/sim/sim_mtx --out %s/d_three --batch-size 64 %s --set "
+             "diagnose.subsample=2", g_dir, g_dir, TRAIN_OPTS);
+    assert_int_not_equal(run_np(3, args, &errout), 0);
+    assert_non_null(errout);
+    assert_non_null(strstr(errout, "diagnostics over 3 processes need at least one cell on each, but 2 cells are "
+                                   "diagnosed (diagnose.subsample"));
+    free(errout);
+}
+
 static void test_other_commands_refuse_to_split(void **state) {
     (void)state;
     char args[8192], *errout = NULL;
@@ -533,6 +637,8 @@ int main(void) {
         cmocka_unit_test(test_process_zero_writes_alone),
         cmocka_unit_test(test_backed_two_processes_read_their_rows),
         cmocka_unit_test(test_backed_batches_two_processes),
+        cmocka_unit_test(test_diagnostics_split_over_processes),
+        cmocka_unit_test(test_diagnostics_need_a_cell_per_process),
         cmocka_unit_test(test_other_commands_refuse_to_split),
         cmocka_unit_test(test_killed_process_stops_the_job_and_resume_completes),
         cmocka_unit_test(test_backed_killed_process_resumes_on_one_or_two),

@@ -10,6 +10,7 @@
 #include "nbsphere/config.h"
 #include "nbsphere/error.h"
 #include "nbsphere/matrix.h"
+#include "nbsphere/train.h"
 #include "nbsphere/vae.h"
 
 typedef enum { NBS_DIM_ACTIVE = 0, NBS_DIM_COLLAPSED, NBS_DIM_INCONSISTENT } nbs_dim_verdict;
@@ -72,6 +73,16 @@ typedef struct {
 /* Measures on the cells of c (X with the genes of the model, in its order). */
 int nbs_diagnose(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng, nbs_collapse_report *out,
                  nbs_error *err);
+/* The same measures with the diagnosed cells split over the processes of a data-parallel run:
+ * cells is this process's part, the parts in rank order making up the diagnosed cells, each
+ * holding at least one. Every process computes its part's terms and the parts meet through
+ * reduce's sum hook (means, variances, sensitivities, the gain and its standard error); I(x;z)
+ * and kappa's quantiles, which need every cell, are computed at process 0 on the posteriors
+ * gathered in the diagnosed order (the gather hook), drawing from rng as one process does. Every
+ * process gets the report, which equals one process's on all the cells within the rounding of
+ * the sums. reduce NULL or of one process: nbs_diagnose, with the same bits. */
+int nbs_diagnose_shared(const nbs_model *m, const nbs_cells *cells, const nbs_diagnose_config *dc, gsl_rng *rng,
+                        const nbs_train_reduce *reduce, nbs_collapse_report *out, nbs_error *err);
 void nbs_collapse_report_free(nbs_collapse_report *r);
 
 const char *nbs_dim_verdict_word(nbs_dim_verdict v);     /* "active", "collapsed", "inconsistent" */

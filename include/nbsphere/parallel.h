@@ -4,7 +4,8 @@
  * twice per step through the reduce hooks of nbs_train (train.h): the batch's sums after the
  * forward, the gradient block and batch-norm statistics after the backward. Out of core
  * (input.backed) each process reads only its rows, and two more hooks sum the preprocessing
- * statistics and gather the embedding at process 0. Process 0 alone writes logs, checkpoints and
+ * statistics and gather the embedding at process 0; the same two combine the diagnostics, which
+ * each process computes on its part of the diagnosed cells. Process 0 alone writes logs, checkpoints and
  * outputs (docs/design.md "Data-parallel training"). */
 #ifndef NBSPHERE_PARALLEL_H
 #define NBSPHERE_PARALLEL_H

@@ -109,7 +109,8 @@ typedef struct {
      * share of each (nbs_workspace_set_share) and validating on its share of the validation
      * cells, whose sums go through `sums` too. */
     int rank, size;
-    /* Out of core, where each process reads only its rows (run.c, backed.h); NULL alone.
+    /* Out of core, where each process reads only its rows (run.c, backed.h), and for the
+     * diagnostics, each process measuring its part of the cells (nbs_diagnose_shared); NULL alone.
      *   sum     buf (n doubles) summed over the processes, the same bits on every one (a value
      *           only one process fills, the others leaving 0, reaches every process exactly)
      *   gather  at process 0, every process's send (bytes[r] bytes from process r, bytes known to
