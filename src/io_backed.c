@@ -1,5 +1,6 @@
-/* Out-of-core input (backed.h): rows of an .h5ad CSR matrix or a 10x HDF5 matrix read in
- * contiguous runs with hyperslabs, and the loader that serves minibatches from shuffled blocks. */
+/* Out-of-core input (backed.h): rows of an .h5ad CSR matrix or a 10x HDF5 matrix (or of several,
+ * input.samples, one after the other) read in contiguous runs with hyperslabs, and the loader that
+ * serves minibatches from shuffled blocks. */
 #include "nbsphere/backed.h"
 
 #include <gsl/gsl_randist.h>
@@ -14,19 +15,34 @@
 #include "io_h5_internal.h"
 #include "io_internal.h"
 #include "nbsphere/io.h"
+#include "nbsphere/samples.h"
 
-struct nbs_backed {
+/* One file of the input: its matrix group and datasets, and how its columns map to the input's
+ * genes. */
+typedef struct {
     char path[NBS_PATH_MAX];
     char loc[NBS_NAME_MAX + 16]; /* the matrix group, for messages: X, layers/counts, matrix */
     hid_t f, g, d_idx, d_data;   /* the file, the matrix group, its indices and data */
     hid_t names_loc;             /* the group holding the cell names, and their dataset */
     char names_ds[NBS_NAME_MAX];
-    int64_t n_cells, n_file_genes, n_genes, nnz;
-    int64_t *indptr;             /* (n_cells + 1) */
-    int64_t *gene_of;            /* (n_file_genes) input gene of a file column, -1 dropped; NULL: same */
+    char sample[NBS_NAME_MAX];   /* input.samples: the name its barcodes are suffixed with; "": one file */
+    int64_t n_cells, n_file_genes, n_genes, nnz; /* n_genes: after input.feature_types */
+    int64_t row0, nnz0;          /* its first row and entry among the input's */
+    int64_t *indptr;             /* (n_cells + 1) while opening; then the input's indptr holds it */
+    int64_t *gene_of;            /* (n_file_genes) its gene of a file column, -1 dropped; NULL: same */
+    int64_t *to;                 /* (n_genes) input gene of its gene, -1 dropped (input.join inner); NULL: same */
     char **gene_names, **gene_ids; /* (n_genes) */
-    nbs_nonint_policy non_integer;
     int peek;                    /* the layout only (nbs_backed_decide): no indptr, names or notes */
+} backed_file;
+
+/* The input: its files' rows one after the other, as one matrix of the input's genes. */
+struct nbs_backed {
+    backed_file *file;           /* (n_files) */
+    int n_files;
+    int64_t n_cells, n_genes, nnz;
+    int64_t *indptr;             /* (n_cells + 1) over the files' rows, their entries one after the other */
+    char **gene_names, **gene_ids; /* (n_genes) the file's for one file (not owned), else the matched genes' */
+    nbs_nonint_policy non_integer;
     /* one block of rows as read: indptr (rows + 1, from 0), input-gene indices and values */
     int64_t *blk_indptr, blk_rows_cap;
     int32_t *blk_idx;
@@ -34,7 +50,7 @@ struct nbs_backed {
     int64_t blk_cap;
     int ranged;                  /* nbs_backed_rows_range: the scan visits rows [scan0, scan1) only */
     int64_t scan0, scan1;
-    int64_t rows_read;           /* rows read from the file so far (nbs_backed_rows_read) */
+    int64_t rows_read;           /* rows read from the files so far (nbs_backed_rows_read) */
 };
 
 /* ---- deciding ---- */
@@ -46,34 +62,71 @@ double nbs_backed_estimate(int64_t n_cells, int64_t n_genes, int64_t nnz) {
 
 /* The stored entries and shape of the matrix the input names, without reading it: NBS_OK, or the
  * status (NBS_ERR_INPUT when the file is not of a layout out-of-core reading takes). */
-static int open_file(const nbs_input_config *in, nbs_format format, int peek, nbs_backed **out, nbs_error *err);
+static int open_one(backed_file *b, const nbs_input_config *in, nbs_format format, nbs_error *err);
+static void close_file(backed_file *b);
+static backed_file *file_of(const nbs_backed *b, int64_t r);
 
 static int peek_size(const nbs_input_config *in, nbs_format format, int64_t *n_cells, int64_t *n_genes, int64_t *nnz) {
     nbs_error e = {0};
-    nbs_backed *b = NULL;
-    const int st = open_file(in, format, 1, &b, &e);
-    if (st) return st;
-    *n_cells = b->n_cells;
-    *n_genes = b->n_genes;
-    *nnz = b->nnz;
-    nbs_backed_close(b);
-    return NBS_OK;
+    backed_file b = {.peek = 1};
+    const int st = open_one(&b, in, format, &e);
+    *n_cells = b.n_cells;
+    *n_genes = b.n_genes;
+    *nnz = b.nnz;
+    close_file(&b);
+    return st;
 }
 
+/* File i of the input (0 of one; sample i of input.samples, into *one) as an input section of one
+ * file, and its format (detected when auto). */
+static int file_input(const nbs_input_config *in, nbs_format format, int i, nbs_input_config *one,
+                      const nbs_input_config **fi, nbs_format *ff, nbs_error *err) {
+    if (!in->samples.n) {
+        *fi = in;
+        *ff = format;
+        return NBS_OK;
+    }
+    *fi = one;
+    nbs_sample_input(in, i, one);
+    const int st = one->format == NBS_FMT_AUTO ? nbs_io_detect_format(one->path, &one->format, err) : NBS_OK;
+    if (st) nbs_error_prefix(err, "input.samples '%s': ", in->samples.items[i].name);
+    *ff = one->format;
+    return st;
+}
+
+static int readable(nbs_format f) { return f == NBS_FMT_H5AD || f == NBS_FMT_10X_H5; }
+
 int nbs_backed_decide(const nbs_input_config *in, nbs_format format, int *backed, char *why, nbs_error *err) {
-    const int readable = !in->samples.n && (format == NBS_FMT_H5AD || format == NBS_FMT_10X_H5);
+    const int n_files = in->samples.n ? in->samples.n : 1;
+    nbs_input_config *one = in->samples.n ? malloc(sizeof *one) : NULL; /* a sample's input section */
+    if (in->samples.n && !one) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory");
+    const nbs_input_config *fi;
+    nbs_format ff;
+    nbs_error scratch = {0};
+    int st = NBS_OK;
+    *backed = 0;
+    why[0] = '\0';
     if (in->backed == 1) {
-        if (!readable)
-            return nbs_error_set(err, NBS_ERR_USAGE, "input.backed: true reads an .h5ad (CSR X or layer) or a 10x .h5 "
-                                 "file out of core; %s is %s: set input.backed: false (or auto), or convert it to .h5ad",
-                                 in->samples.n ? "input.samples" : in->path,
-                                 in->samples.n ? "several files" : nbs_enum_word_of(nbs_format_words, format));
+        for (int i = 0; i < n_files && !st; i++) {
+            if ((st = file_input(in, format, i, one, &fi, &ff, err))) break;
+            if (!readable(ff) && !in->samples.n)
+                st = nbs_error_set(err, NBS_ERR_USAGE, "input.backed: true reads an .h5ad (CSR X or layer) or a 10x .h5 "
+                                   "file out of core; %s is %s: set input.backed: false (or auto), or convert it to .h5ad",
+                                   in->path, nbs_enum_word_of(nbs_format_words, ff));
+            else if (!readable(ff))
+                st = nbs_error_set(err, NBS_ERR_USAGE, "input.backed: true reads samples of .h5ad (CSR X or layer) or "
+                                   "10x .h5 files out of core; input.samples '%s' (%s) is %s: set input.backed: false "
+                                   "(or auto), or convert it to .h5ad", in->samples.items[i].name, fi->path,
+                                   nbs_enum_word_of(nbs_format_words, ff));
+        }
+        free(one);
+        if (st) return st;
         *backed = 1;
         snprintf(why, 256, "input.backed: true");
         return NBS_OK;
     }
-    *backed = 0;
     if (in->backed == 0) {
+        free(one);
         snprintf(why, 256, "input.backed: false");
         return NBS_OK;
     }
@@ -84,13 +137,27 @@ int nbs_backed_decide(const nbs_input_config *in, nbs_format format, int *backed
         limit = pages > 0 && size > 0 ? NBS_BACKED_RAM_FRACTION * (double)pages * (double)size : INFINITY;
         whose = "input.memory_limit auto, half of the physical memory";
     }
-    why[0] = '\0';
-    if (!readable) return NBS_OK; /* nothing to choose: only out-of-core readable inputs are estimated */
-    int64_t n, g, nnz;
-    const size_t len = strlen(in->path);
-    const int gz = len > 3 && !strcmp(in->path + len - 3, ".gz");
-    const int st = !gz ? peek_size(in, format, &n, &g, &nnz) : NBS_ERR_INPUT;
-    if (st == NBS_ERR_NOMEM) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory opening %s", in->path);
+    /* nothing to choose unless every file can be read out of core (the in-memory reader reports a
+     * file it cannot read) */
+    for (int i = 0; i < n_files && !st; i++)
+        if (file_input(in, format, i, one, &fi, &ff, &scratch) || !readable(ff)) st = NBS_ERR_INPUT;
+    if (st) {
+        free(one);
+        return NBS_OK;
+    }
+    int64_t n = 0, g = 0, nnz = 0;
+    int gz = 0;
+    for (int i = 0; i < n_files && !st; i++) {
+        int64_t fn = 0, fg = 0, fnnz = 0;
+        file_input(in, format, i, one, &fi, &ff, &scratch);
+        const size_t len = strlen(fi->path);
+        gz = len > 3 && !strcmp(fi->path + len - 3, ".gz");
+        st = !gz ? peek_size(fi, ff, &fn, &fg, &fnnz) : NBS_ERR_INPUT;
+        if (st == NBS_ERR_NOMEM) st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory opening %s", fi->path);
+        n += fn, nnz += fnnz, g = fg > g ? fg : g;
+    }
+    free(one);
+    if (st == NBS_ERR_NOMEM) return st;
     if (st) {
         snprintf(why, 256, "input.backed auto: in memory (%s)", gz ? "a gzip-compressed input is inflated to be read; "
                  "input.backed: true reads it out of core" : "its matrix is not one out-of-core reading takes");
@@ -105,17 +172,29 @@ int nbs_backed_decide(const nbs_input_config *in, nbs_format format, int *backed
 
 /* ---- opening ---- */
 
-void nbs_backed_close(nbs_backed *b) {
-    if (!b) return;
+static void close_file(backed_file *b) {
     if (b->d_idx >= 0) H5Dclose(b->d_idx);
     if (b->d_data >= 0) H5Dclose(b->d_data);
     if (b->names_loc >= 0) H5Oclose(b->names_loc);
     if (b->g >= 0) H5Gclose(b->g);
     if (b->f >= 0) H5Fclose(b->f);
+    b->d_idx = b->d_data = b->names_loc = b->g = b->f = -1;
     free(b->indptr);
     free(b->gene_of);
+    free(b->to);
     if (b->gene_names) nbs_io_free_labels(b->gene_names, b->n_genes);
     if (b->gene_ids) nbs_io_free_labels(b->gene_ids, b->n_genes);
+    b->indptr = b->gene_of = b->to = NULL;
+    b->gene_names = b->gene_ids = NULL;
+}
+
+void nbs_backed_close(nbs_backed *b) {
+    if (!b) return;
+    for (int i = 0; b->file && i < b->n_files; i++) close_file(&b->file[i]);
+    free(b->file);
+    if (b->n_files > 1 && b->gene_names) nbs_io_free_labels(b->gene_names, b->n_genes);
+    if (b->n_files > 1 && b->gene_ids) nbs_io_free_labels(b->gene_ids, b->n_genes);
+    free(b->indptr);
     free(b->blk_indptr);
     free(b->blk_idx);
     free(b->blk_data);
@@ -145,7 +224,7 @@ static char **read_names(hid_t loc, const char *name, const char *path, const ch
 }
 
 /* An .h5ad: the CSR group at X, raw/X or layers/<layer>, var's index (and gene_ids), obs's index. */
-static int open_h5ad(nbs_backed *b, const nbs_input_config *in, nbs_error *err) {
+static int open_h5ad(backed_file *b, const nbs_input_config *in, nbs_error *err) {
     const char *layer = in->layer;
     char var[16] = "var";
     if (!*layer || !strcmp(layer, "X")) snprintf(b->loc, sizeof b->loc, "X");
@@ -215,7 +294,7 @@ static herr_t find_genome(hid_t g, const char *name, const H5L_info_t *info, voi
 }
 
 /* A 10x HDF5: v3's /matrix (features with types), or a v2 genome group. */
-static int open_10x(nbs_backed *b, const nbs_input_config *in, nbs_error *err) {
+static int open_10x(backed_file *b, const nbs_input_config *in, nbs_error *err) {
     const int v3 = nbs_h5_type(b->f, "matrix") == H5O_TYPE_GROUP;
     if (v3) snprintf(b->loc, sizeof b->loc, "matrix");
     else if (in->genome[0]) snprintf(b->loc, sizeof b->loc, "%s", in->genome);
@@ -283,22 +362,15 @@ static int open_10x(nbs_backed *b, const nbs_input_config *in, nbs_error *err) {
     return NBS_OK;
 }
 
-int nbs_backed_open(const nbs_input_config *in, nbs_format format, nbs_backed **out, nbs_error *err) {
-    return open_file(in, format, 0, out, err);
-}
-
-static int open_file(const nbs_input_config *in, nbs_format format, int peek, nbs_backed **out, nbs_error *err) {
-    *out = NULL;
-    nbs_backed *b = nbs_calloc(1, sizeof *b, err);
-    if (!b) return err->code;
-    b->peek = peek;
+/* Opens file b of the input (its layout; with b->peek only the shape and stored entries): on
+ * failure the caller closes it. */
+static int open_one(backed_file *b, const nbs_input_config *in, nbs_format format, nbs_error *err) {
     b->f = b->g = b->d_idx = b->d_data = b->names_loc = -1;
     snprintf(b->path, sizeof b->path, "%s", in->path);
-    b->non_integer = in->non_integer;
     int rc = (b->f = nbs_h5_open_input(in->path, err)) < 0 ? (int)err->code : NBS_OK;
     if (!rc) rc = format == NBS_FMT_H5AD ? open_h5ad(b, in, err) : open_10x(b, in, err);
     int64_t n_idx = 0, len = 0;
-    if (!rc && peek) { /* the stored counts, for the estimate, in a layout that holds together */
+    if (!rc && b->peek) { /* the stored counts, for the estimate, in a layout that holds together */
         int64_t n_ptr = -1;
         hid_t d = nbs_h5_open_1d(b->g, "data", b->path, b->loc, &b->nnz, err);
         hid_t p = d >= 0 ? nbs_h5_open_1d(b->g, "indptr", b->path, b->loc, &n_ptr, err) : -1;
@@ -306,8 +378,6 @@ static int open_file(const nbs_input_config *in, nbs_format format, int peek, nb
         else if (n_ptr != b->n_cells + 1) rc = NBS_ERR_INPUT; /* the reader that loads it says what is wrong */
         if (d >= 0) H5Dclose(d);
         if (p >= 0) H5Dclose(p);
-        if (rc) nbs_backed_close(b);
-        else *out = b;
         return rc;
     }
     if (!rc && !(b->indptr = nbs_h5_read_1d(b->g, "indptr", b->path, b->loc, H5T_NATIVE_INT64, sizeof *b->indptr,
@@ -342,6 +412,89 @@ static int open_file(const nbs_input_config *in, nbs_format format, int peek, nb
         else if (changed > 0)
             nbs_warn("%s: %lld duplicate gene names made unique (X, X-1, X-2, ...)", b->path, (long long)changed);
     }
+    return rc;
+}
+
+/* input.samples: the genes of the files matched as nbs_samples_concat matches them (each file's
+ * map to the input genes, file->to), logged as nbs_samples_read logs them. */
+static int match_files(nbs_backed *b, nbs_join join, nbs_error *err) {
+    const int n = b->n_files;
+    nbs_sample_genes parts[NBS_MAX_SAMPLES] = {{0}};
+    const char *names[NBS_MAX_SAMPLES] = {0}, *paths[NBS_MAX_SAMPLES] = {0};
+    int64_t *maps[NBS_MAX_SAMPLES] = {0}, lacked[NBS_MAX_SAMPLES], dropped = 0, G = 0;
+    char **ids = NULL, **gnames = NULL; /* (G) into the files' strings */
+    for (int i = 0; i < n && i < NBS_MAX_SAMPLES; i++) {
+        const backed_file *f = &b->file[i];
+        parts[i] = (nbs_sample_genes){f->n_cells, f->n_genes, f->gene_ids, f->gene_names};
+        names[i] = f->sample;
+        paths[i] = f->path;
+    }
+    int st = nbs_samples_match_genes(parts, names, paths, n, join, maps, &G, &ids, &gnames, lacked, &dropped, err);
+    if (st) return st;
+    for (int i = 0; i < n; i++) b->file[i].to = maps[i];
+    b->n_genes = G;
+    if (!(b->gene_names = nbs_calloc((size_t)G + 1, sizeof *b->gene_names, err)) ||
+        !(b->gene_ids = nbs_calloc((size_t)G + 1, sizeof *b->gene_ids, err)))
+        st = NBS_ERR_NOMEM;
+    for (int64_t g = 0; !st && g < G; g++)
+        if (!(b->gene_names[g] = nbs_strdup(gnames[g], err)) || !(b->gene_ids[g] = nbs_strdup(ids[g], err)))
+            st = NBS_ERR_NOMEM;
+    free(ids);
+    free(gnames);
+    if (!st) nbs_samples_log_genes(names, n, join, lacked, G, dropped);
+    return st;
+}
+
+int nbs_backed_open(const nbs_input_config *in, nbs_format format, nbs_backed **out, nbs_error *err) {
+    *out = NULL;
+    const int n = in->samples.n ? in->samples.n : 1;
+    nbs_backed *b = nbs_calloc(1, sizeof *b, err);
+    if (!b) return err->code;
+    b->non_integer = in->non_integer;
+    nbs_input_config *one = in->samples.n ? nbs_malloc(sizeof *one, err) : NULL; /* a sample's input section */
+    int rc = (!in->samples.n || one) && (b->file = nbs_calloc((size_t)n, sizeof *b->file, err)) ? NBS_OK : NBS_ERR_NOMEM;
+    for (int i = 0; !rc && i < n; i++) {
+        backed_file *f = &b->file[i];
+        const nbs_input_config *fi;
+        nbs_format ff;
+        f->f = f->g = f->d_idx = f->d_data = f->names_loc = -1;
+        b->n_files = i + 1;
+        if ((rc = file_input(in, format, i, one, &fi, &ff, err))) break;
+        if (in->samples.n && !readable(ff)) {
+            rc = nbs_error_set(err, NBS_ERR_INPUT, "input.samples '%s' (%s) is %s; out-of-core reading (input.backed) "
+                               "takes .h5ad and 10x .h5 files: set input.backed: false, or convert it to .h5ad",
+                               in->samples.items[i].name, fi->path, nbs_enum_word_of(nbs_format_words, ff));
+            break;
+        }
+        if ((rc = open_one(f, fi, ff, err))) {
+            if (in->samples.n) nbs_error_prefix(err, "input.samples '%s': ", in->samples.items[i].name);
+            break;
+        }
+        /* the file's rows after the ones before: its indptr into the input's */
+        int64_t *p = realloc(b->indptr, sizeof *p * (size_t)(b->n_cells + f->n_cells + 1));
+        if (!p) {
+            rc = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory opening %s", f->path);
+            break;
+        }
+        b->indptr = p;
+        f->row0 = b->n_cells, f->nnz0 = b->nnz;
+        for (int64_t r = 0; r <= f->n_cells; r++) b->indptr[f->row0 + r] = f->nnz0 + f->indptr[r];
+        free(f->indptr);
+        f->indptr = NULL;
+        b->n_cells += f->n_cells, b->nnz += f->nnz;
+        if (in->samples.n) {
+            snprintf(f->sample, sizeof f->sample, "%s", in->samples.items[i].name);
+            nbs_info("sample '%s' (%s, %s): %lld cells x %lld genes, read out of core", f->sample, f->path,
+                     nbs_format_name(ff), (long long)f->n_cells, (long long)f->n_genes);
+        }
+    }
+    free(one);
+    if (!rc && in->samples.n) rc = match_files(b, in->join, err);
+    else if (!rc) {
+        b->n_genes = b->file[0].n_genes;
+        b->gene_names = b->file[0].gene_names;
+        b->gene_ids = b->file[0].gene_ids;
+    }
     if (rc) {
         nbs_backed_close(b);
         return rc;
@@ -353,6 +506,7 @@ static int open_file(const nbs_input_config *in, nbs_format format, int peek, nb
 int64_t nbs_backed_n_cells(const nbs_backed *b) { return b->n_cells; }
 int64_t nbs_backed_n_genes(const nbs_backed *b) { return b->n_genes; }
 int64_t nbs_backed_nnz(const nbs_backed *b) { return b->nnz; }
+int nbs_backed_file_of_row(const nbs_backed *b, int64_t r) { return (int)(file_of(b, r) - b->file); }
 char *const *nbs_backed_gene_names(const nbs_backed *b) { return b->gene_names; }
 char *const *nbs_backed_gene_ids(const nbs_backed *b) { return b->gene_ids; }
 
@@ -380,12 +534,24 @@ static void sort_row(int32_t *idx, float *val, int64_t n) { /* insertion sort: r
     }
 }
 
-/* Rows [r0, r1) of the file into the block (input genes, sorted within each row), validated. */
+/* The file holding row r of the input. */
+static backed_file *file_of(const nbs_backed *b, int64_t r) {
+    int lo = 0, hi = b->n_files - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (b->file[mid].row0 <= r) lo = mid;
+        else hi = mid - 1;
+    }
+    return &b->file[lo];
+}
+
+/* Rows [r0, r1) of the input (across files) into the block (input genes, sorted within each row),
+ * validated; messages name the file and its own row and gene. */
 static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
     const int64_t rows = r1 - r0, k0 = b->indptr[r0], len = b->indptr[r1] - k0;
     if (rows + 1 > b->blk_rows_cap) {
         int64_t *p = realloc(b->blk_indptr, sizeof *p * (size_t)(rows + 1));
-        if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->path);
+        if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->file[0].path);
         b->blk_indptr = p, b->blk_rows_cap = rows + 1;
     }
     if (len > b->blk_cap) {
@@ -393,40 +559,52 @@ static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
         if (i) b->blk_idx = i;
         float *v = i ? realloc(b->blk_data, sizeof *v * (size_t)len) : NULL;
         if (v) b->blk_data = v;
-        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->path);
+        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->file[0].path);
         b->blk_cap = len;
     }
     b->rows_read += rows;
-    if (read_range(b->d_idx, H5T_NATIVE_INT32, k0, len, b->blk_idx) ||
-        read_range(b->d_data, H5T_NATIVE_FLOAT, k0, len, b->blk_data))
-        return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read the entries of cells %lld to %lld of /%s (corrupt or "
-                             "truncated file?)", b->path, (long long)r0 + 1, (long long)r1, b->loc);
+    /* each file's part of the rows, one read of its indices and of its data */
+    for (int64_t r = r0; r < r1;) {
+        const backed_file *f = file_of(b, r);
+        const int64_t e = f->row0 + f->n_cells < r1 ? f->row0 + f->n_cells : r1;
+        const int64_t at = b->indptr[r] - k0, n = b->indptr[e] - b->indptr[r];
+        if (read_range(f->d_idx, H5T_NATIVE_INT32, b->indptr[r] - f->nnz0, n, b->blk_idx + at) ||
+            read_range(f->d_data, H5T_NATIVE_FLOAT, b->indptr[r] - f->nnz0, n, b->blk_data + at))
+            return nbs_error_set(err, NBS_ERR_INPUT, "%s: cannot read the entries of cells %lld to %lld of /%s (corrupt "
+                                 "or truncated file?)", f->path, (long long)(r - f->row0) + 1,
+                                 (long long)(e - f->row0), f->loc);
+        r = e;
+    }
     int64_t w = 0;
     b->blk_indptr[0] = 0;
+    const backed_file *f = file_of(b, r0);
     for (int64_t r = 0; r < rows; r++) {
-        const int64_t start = w;
+        if (r0 + r >= f->row0 + f->n_cells) f = file_of(b, r0 + r);
+        const int64_t start = w, cell = r0 + r - f->row0 + 1; /* the file's own row, for messages */
         int sorted = 1;
         for (int64_t k = b->indptr[r0 + r] - k0; k < b->indptr[r0 + r + 1] - k0; k++) {
             const int32_t j = b->blk_idx[k];
             float x = b->blk_data[k];
-            if (j < 0 || j >= b->n_file_genes)
+            if (j < 0 || j >= f->n_file_genes)
                 return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s/indices: cell %lld has gene index %d, outside 0..%lld",
-                                     b->path, b->loc, (long long)(r0 + r) + 1, j, (long long)b->n_file_genes - 1);
-            const int64_t g = b->gene_of ? b->gene_of[j] : j;
-            if (g < 0) continue;
+                                     f->path, f->loc, (long long)cell, j, (long long)f->n_file_genes - 1);
+            const int64_t fg = f->gene_of ? f->gene_of[j] : j; /* the file's gene */
+            if (fg < 0) continue;
             if (!isfinite(x) || x < 0)
                 return nbs_error_set(err, NBS_ERR_INPUT, "%s: %s value %g at cell %lld, gene %lld (%s) of /%s; counts must "
-                                     "be finite and non-negative (give raw counts, e.g. input.layer: counts)", b->path,
-                                     x < 0 ? "negative" : "non-finite", x, (long long)(r0 + r) + 1, (long long)g + 1,
-                                     b->gene_names[g], b->loc);
+                                     "be finite and non-negative (give raw counts, e.g. input.layer: counts)", f->path,
+                                     x < 0 ? "negative" : "non-finite", x, (long long)cell, (long long)fg + 1,
+                                     f->gene_names[fg], f->loc);
             if (x != floorf(x)) {
                 if (b->non_integer == NBS_NONINT_ERROR)
                     return nbs_error_set(err, NBS_ERR_INPUT, "%s: non-integer value %g at cell %lld, gene %lld (%s) of /%s; "
                                          "nbsphere models raw counts — give raw counts, or set input.non_integer to "
-                                         "'round' or 'accept'", b->path, x, (long long)(r0 + r) + 1, (long long)g + 1,
-                                         b->gene_names[g], b->loc);
+                                         "'round' or 'accept'", f->path, x, (long long)cell, (long long)fg + 1,
+                                         f->gene_names[fg], f->loc);
                 if (b->non_integer == NBS_NONINT_ROUND) x = roundf(x);
             }
+            const int64_t g = f->to ? f->to[fg] : fg; /* the input's gene; -1: not in every sample */
+            if (g < 0) continue;
             if (w > start && b->blk_idx[w - 1] >= g) sorted = 0;
             b->blk_idx[w] = (int32_t)g; /* w <= k: compacting in place */
             b->blk_data[w++] = x;
@@ -435,8 +613,8 @@ static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
             sort_row(b->blk_idx + start, b->blk_data + start, w - start);
             for (int64_t k = start + 1; k < w; k++)
                 if (b->blk_idx[k] == b->blk_idx[k - 1])
-                    return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s: cell %lld stores gene %d twice", b->path, b->loc,
-                                         (long long)(r0 + r) + 1, b->blk_idx[k] + 1);
+                    return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s: cell %lld stores gene %d twice", f->path, f->loc,
+                                         (long long)cell, b->blk_idx[k] + 1);
         }
         b->blk_indptr[r + 1] = w;
     }
@@ -472,7 +650,8 @@ nbs_row_source nbs_backed_rows_range(nbs_backed *b, int64_t row0, int64_t row1) 
 
 int64_t nbs_backed_rows_read(const nbs_backed *b) { return b->rows_read; }
 
-int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nbs_error *err) {
+/* Cell names of rows [row0, row0 + n) of one file. */
+static int file_barcodes(backed_file *b, int64_t row0, int64_t n, char **names, nbs_error *err) {
     hid_t d = H5Dopen2(b->names_loc, b->names_ds, H5P_DEFAULT);
     hid_t ty = d >= 0 ? H5Dget_type(d) : -1, fs = d >= 0 ? H5Dget_space(d) : -1;
     hsize_t dims[1] = {0}, start = (hsize_t)row0, count = (hsize_t)n;
@@ -517,6 +696,26 @@ int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nb
     if (ty >= 0) H5Tclose(ty);
     if (d >= 0) H5Dclose(d);
     return rc;
+}
+
+int nbs_backed_barcodes(nbs_backed *b, int64_t row0, int64_t n, char **names, nbs_error *err) {
+    for (int64_t r = row0; r < row0 + n;) {
+        backed_file *f = file_of(b, r);
+        const int64_t e = f->row0 + f->n_cells < row0 + n ? f->row0 + f->n_cells : row0 + n;
+        int st = file_barcodes(f, r - f->row0, e - r, names + (r - row0), err);
+        for (int64_t i = r - row0; !st && f->sample[0] && i < e - row0; i++) { /* "<barcode>-<sample>", as in memory */
+            const size_t size = strlen(names[i]) + strlen(f->sample) + 2;
+            char *v = realloc(names[i], size);
+            if (!v) st = nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading the cell names of %s", f->path);
+            else snprintf(v + strlen(v), size - strlen(v), "-%s", f->sample), names[i] = v;
+        }
+        if (st) {
+            for (int64_t i = 0; i < e - row0; i++) free(names[i]), names[i] = NULL;
+            return st;
+        }
+        r = e;
+    }
+    return NBS_OK;
 }
 
 int nbs_backed_cell_names(nbs_backed *b, const int64_t *rows, int64_t n, nbs_matrix **out, nbs_error *err) {

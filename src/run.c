@@ -138,9 +138,9 @@ static int stage_load(run_state *s, nbs_error *err) {
 static void log_kept_per_sample(const run_state *s) {
     const nbs_sample_list *smp = &s->p->config.input.samples;
     int64_t kept[NBS_MAX_SAMPLES] = {0};
-    const nbs_matrix *X = s->pre->matrix;
-    for (int64_t i = 0; i < X->n_cells; i++) {
-        const int k = nbs_sample_of_barcode(smp, X->barcodes[i]);
+    const nbs_matrix *X = s->pre->matrix; /* NULL out of core: the file of each kept row */
+    for (int64_t i = 0; i < s->pre->n_cells; i++) {
+        const int k = X ? nbs_sample_of_barcode(smp, X->barcodes[i]) : nbs_backed_file_of_row(s->backed, s->pre->cells[i]);
         if (k >= 0) kept[k]++;
     }
     for (int k = 0; k < smp->n; k++)
@@ -1096,7 +1096,9 @@ static int stage_load_backed(run_state *s, nbs_error *err) {
     const nbs_input_config *in = &s->p->config.input;
     stage_begin(s, "load");
     const int peer = split_run(s) && s->o->reduce->rank > 0; /* no manifest: no checksum of the whole file */
-    int st = peer ? NBS_OK : nbs_manifest_add_input(s->manifest, in->path, err);
+    int st = NBS_OK;
+    for (int i = 0; !peer && i < (in->samples.n ? in->samples.n : 1) && !st; i++)
+        st = nbs_manifest_add_input(s->manifest, in->samples.n ? in->samples.items[i].path : in->path, err);
     if (!st) st = nbs_backed_open(in, s->format, &s->backed, err);
     if (st) return st;
     char msg[256];
@@ -1140,6 +1142,7 @@ static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     nbs_categorical_covariate_free(&batch);
     if (st) return st;
     log_hvg(s, column);
+    if (c->input.samples.n) log_kept_per_sample(s);
     if (r)
         nbs_info("out of core over %d processes: each scans its rows of the file in preprocessing (process 0: rows "
                  "%lld to %lld) and reads only its share of each minibatch in training", r->size, (long long)lo + 1,

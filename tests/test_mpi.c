@@ -7,7 +7,8 @@
  * the same tolerances, with the same cells, genes and counts, and each reads n / 2 rows per epoch
  * (logged and in the manifest); killed out of core, the run resumes on 1 or 2 processes, out of
  * core, to the uninterrupted out-of-core model. Out of core with a batch, the discrete latent and
- * labels, 2 x 64 choose the genes 1 x 128 chooses and train its model within the same tolerances.
+ * labels, 2 x 64 choose the genes 1 x 128 chooses and train its model within the same tolerances;
+ * so do they with input.samples out of core (three files read as one, the sample as the batch).
  *
  * The collapse diagnostics, tracked during training and final, are split over the processes
  * (each its part of the diagnosed cells): collapse_report.json of 2 x 64 reads as 1 x 128's, in
@@ -368,6 +369,48 @@ static void test_backed_batches_two_processes(void **state) {
     free(ka), free(kb), free(pa), free(pb);
 }
 
+/* input.samples out of core over 2 processes: three files of 500 cells (.h5ad, 10x .h5, .h5ad),
+ * read as one run of 1500 rows, so process 0's preprocessing range (rows 1 to 750) ends inside the
+ * second file and blocks of 16 cells span both file boundaries; the sample is the batch. 2 x 64
+ * choose the genes 1 x 128 chooses, see the same counts and train its model within the tolerances. */
+static void test_backed_samples_two_processes(void **state) {
+    (void)state;
+    char args[8192], yaml[4096], *errout = NULL;
+    for (int i = 1; i <= 3; i++) {
+        snprintf(args, sizeof args, "--quiet simulate --out %s/smp%d --cells 500 --genes 300 --seed %d --format "
+                 "h5ad,10x-h5", g_dir, i, 10 + i);
+        assert_int_equal(run_np(0, args, NULL), 0);
+    }
+    snprintf(yaml, sizeof yaml, "input:\n  samples:\n    a: %s/smp1/sim.h5ad\n    b: %s/smp2/sim_10x.h5\n"
+             "    c: %s/smp3/sim.h5ad\n", g_dir, g_dir, g_dir);
+    assert_int_equal(tu_write_file(tu_path(g_dir, "samples.yaml"), yaml), 0);
+    const char *names[2] = {"s_one128", "s_two64"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(args, sizeof args, "%s run %s/samples.yaml --out %s/%s --set train.batch_size=%d %s %s",
+                 k ? "" : "--quiet", g_dir, g_dir, names[k], k ? 64 : 128, TRAIN_OPTS, BACKED_OPTS);
+        const int rc = run_np(k ? 2 : 0, args, k ? &errout : NULL);
+        if (rc) fail_msg("%s: exit %d\n%s", args, rc, errout ? errout : "");
+    }
+    assert_non_null(errout);
+    assert_non_null(strstr(errout, "ranked within each of 3 batches of 'sample'"));
+    assert_non_null(strstr(errout, "(process 0: rows 1 to 750)"));
+    assert_non_null(strstr(errout, "out of core: process 1 of 2 read"));
+    free(errout);
+    char *ga = tu_read_file(tu_path(tu_path(g_dir, names[0]), "genes.tsv"), NULL);
+    char *gb = tu_read_file(tu_path(tu_path(g_dir, names[1]), "genes.tsv"), NULL);
+    assert_non_null(ga);
+    assert_non_null(gb);
+    assert_string_equal(ga, gb);
+    free(ga), free(gb);
+    expect_same_counts(names[0], names[1]);
+    const double dp = param_diff(names[0], names[1]), de = embedding_diff(names[0], names[1]);
+    print_message("out of core, 3 samples as the batch, 2 x 64 vs 1 x 128: parameters differ by %.3g, embedding by "
+                  "%.3g\n", dp, de);
+    assert_true(dp <= PARAM_TOL);
+    assert_true(de <= EMB_TOL);
+    expect_same_val_elbo(names[0], names[1]);
+}
+
 /* ---- the diagnostics split over the processes ---- */
 
 /* The largest relative difference |x - y| / max(|x|, 1e-3) of the numbers outside strings of two
@@ -637,6 +680,7 @@ int main(void) {
         cmocka_unit_test(test_process_zero_writes_alone),
         cmocka_unit_test(test_backed_two_processes_read_their_rows),
         cmocka_unit_test(test_backed_batches_two_processes),
+        cmocka_unit_test(test_backed_samples_two_processes),
         cmocka_unit_test(test_diagnostics_split_over_processes),
         cmocka_unit_test(test_diagnostics_need_a_cell_per_process),
         cmocka_unit_test(test_other_commands_refuse_to_split),

@@ -30,12 +30,19 @@ double nbs_backed_estimate(int64_t n_cells, int64_t n_genes, int64_t nnz);
 /* Opens in->path (format NBS_FMT_H5AD with in->layer, or NBS_FMT_10X_H5 with in->genome and
  * in->feature_types): reads the shape, indptr (8 bytes per cell) and the gene names, checks the
  * layout; a dense X, a CSC matrix or a gzip-compressed file is NBS_ERR_INPUT saying to leave
- * input.backed off (or to convert the file). */
+ * input.backed off (or to convert the file).
+ * With in->samples (format unused: each sample's, as nbs_samples_read resolves it) every sample's
+ * file is opened so, and the handle is one matrix of rows: sample 1's, then sample 2's, ...; the
+ * genes matched as nbs_samples_concat matches them (same order, input.join, same refusals), each
+ * row's entries in the matched genes' order, and the cell names suffixed "-<sample>". Every
+ * function below works across the files (a run of rows may span two). */
 int nbs_backed_open(const nbs_input_config *in, nbs_format format, nbs_backed **out, nbs_error *err);
 void nbs_backed_close(nbs_backed *b);
 int64_t nbs_backed_n_cells(const nbs_backed *b);
 int64_t nbs_backed_n_genes(const nbs_backed *b); /* the input genes (after input.feature_types) */
-int64_t nbs_backed_nnz(const nbs_backed *b);
+int64_t nbs_backed_nnz(const nbs_backed *b); /* stored in the files (genes a join drops included) */
+/* The sample (index in input.samples) of row r; 0 for one file. */
+int nbs_backed_file_of_row(const nbs_backed *b, int64_t r);
 char *const *nbs_backed_gene_names(const nbs_backed *b);
 char *const *nbs_backed_gene_ids(const nbs_backed *b);
 /* The rows of the file as nbs_preprocess_stream reads them (blocks of at most
