@@ -900,6 +900,24 @@ static int load_block(nbs_backed_loader *l, int64_t blk, int64_t s, nbs_error *e
     return NBS_OK;
 }
 
+/* The used blocks claimed in perm[0..used) loaded into slots 0..used-1 by load, in ascending block
+ * order so that the file is read forwards. */
+static int load_claimed(nbs_backed_loader *l, int64_t used,
+                        int (*load)(nbs_backed_loader *, int64_t, int64_t, nbs_error *), nbs_error *err) {
+    for (int64_t i = 1; i < used; i++) {
+        const int64_t v = l->perm[i];
+        int64_t j = i;
+        for (; j > 0 && l->perm[j - 1] > v; j--) l->perm[j] = l->perm[j - 1];
+        l->perm[j] = v;
+    }
+    for (int64_t i = 0; i < used; i++) l->slot_of_block[l->perm[i]] = -1;
+    for (int64_t i = 0; i < used; i++) {
+        int st = load(l, l->perm[i], i, err);
+        if (st) return st;
+    }
+    return NBS_OK;
+}
+
 /* The buffer refilled with the blocks of the next k distinct blocks of seq from pos on: the rest
  * of a group of the order (and, at a group's end, the start of the next). */
 static int refill(nbs_backed_loader *l, const int64_t *seq, int64_t n_seq, int64_t pos, nbs_error *err) {
@@ -912,18 +930,7 @@ static int refill(nbs_backed_loader *l, const int64_t *seq, int64_t n_seq, int64
         l->slot_of_block[blk] = (int32_t)used; /* claimed; loaded below in file order */
         l->perm[used++] = blk;
     }
-    for (int64_t i = 1; i < used; i++) { /* ascending: the file is read forwards */
-        const int64_t v = l->perm[i];
-        int64_t j = i;
-        for (; j > 0 && l->perm[j - 1] > v; j--) l->perm[j] = l->perm[j - 1];
-        l->perm[j] = v;
-    }
-    for (int64_t i = 0; i < used; i++) l->slot_of_block[l->perm[i]] = -1;
-    for (int64_t i = 0; i < used; i++) {
-        int st = load_block(l, l->perm[i], i, err);
-        if (st) return st;
-    }
-    return NBS_OK;
+    return load_claimed(l, used, load_block, err);
 }
 
 /* ---- the loader of one process's share (nbs_backed_loader_share) ---- */
@@ -1001,18 +1008,7 @@ static int refill_share(nbs_backed_loader *l, const int64_t *seq, int64_t n_seq,
         }
         l->loaded[seq[p]] = 1;
     }
-    for (int64_t i = 1; i < used; i++) { /* ascending: the file is read forwards */
-        const int64_t v = l->perm[i];
-        int64_t j = i;
-        for (; j > 0 && l->perm[j - 1] > v; j--) l->perm[j] = l->perm[j - 1];
-        l->perm[j] = v;
-    }
-    for (int64_t i = 0; i < used; i++) l->slot_of_block[l->perm[i]] = -1;
-    for (int64_t i = 0; i < used; i++) {
-        int st = load_block_share(l, l->perm[i], i, err);
-        if (st) return st;
-    }
-    return NBS_OK;
+    return load_claimed(l, used, load_block_share, err);
 }
 
 static int loader_fetch(void *user, const int64_t *seq, int64_t n_seq, int64_t pos, int64_t n, nbs_cells *out,
