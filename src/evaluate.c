@@ -1,5 +1,6 @@
 #include "nbsphere/evaluate.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,17 +86,22 @@ static int orthonormalise(double *a, int64_t rows, int cols, double *thin, nbs_e
     return NBS_OK;
 }
 
+/* log1p(CP10k) of cell i of m, the library being the cell's counts in m's genes: val[j] for its
+ * j-th stored entry (a cell without counts stays at zero). Both PCAs transform with this. */
+static void row_log1p_cp10k(const nbs_matrix *m, int64_t i, double *val) {
+    double lib = 0;
+    for (int64_t k = m->indptr[i]; k < m->indptr[i + 1]; k++) lib += m->data[k];
+    for (int64_t k = m->indptr[i]; k < m->indptr[i + 1]; k++)
+        val[k - m->indptr[i]] = lib > 0 ? log1p(1e4 * m->data[k] / lib) : 0.0;
+}
+
 static int log1p_cp10k(const nbs_matrix *m, centred_op *op, nbs_error *err) {
     op->val = nbs_malloc((size_t)(m->nnz ? m->nnz : 1) * sizeof *op->val, err);
     op->mu = nbs_calloc((size_t)m->n_genes, sizeof *op->mu, err);
     if (!op->val || !op->mu) return NBS_ERR_NOMEM;
     for (int64_t i = 0; i < m->n_cells; i++) {
-        double lib = 0;
-        for (int64_t k = m->indptr[i]; k < m->indptr[i + 1]; k++) lib += m->data[k];
-        for (int64_t k = m->indptr[i]; k < m->indptr[i + 1]; k++) {
-            op->val[k] = lib > 0 ? log1p(1e4 * m->data[k] / lib) : 0.0;
-            op->mu[m->indices[k]] += op->val[k];
-        }
+        row_log1p_cp10k(m, i, op->val + m->indptr[i]);
+        for (int64_t k = m->indptr[i]; k < m->indptr[i + 1]; k++) op->mu[m->indices[k]] += op->val[k];
     }
     for (int64_t g = 0; g < m->n_genes; g++) op->mu[g] /= (double)m->n_cells;
     return NBS_OK;
@@ -168,6 +174,161 @@ done:
     free(tmp);
     free(v);
     free(s);
+    return rc;
+}
+
+/* ---- PCA streamed over the rows: covariance and its eigenvectors ---- */
+
+/* LAPACK's symmetric eigensolver (MRRR), from OpenBLAS, which bundles LAPACK: Fortran calling
+ * convention, the three character arguments' lengths passed last (gfortran's hidden arguments). */
+extern void dsyevr_(const char *jobz, const char *range, const char *uplo, const int *n, double *a, const int *lda,
+                    const double *vl, const double *vu, const int *il, const int *iu, const double *abstol, int *m,
+                    double *w, double *z, const int *ldz, int *isuppz, double *work, const int *lwork, int *iwork,
+                    const int *liwork, int *info, size_t jobz_len, size_t range_len, size_t uplo_len);
+
+#define PCA_STREAM_ROWS 256 /* rows densified at a time for the covariance's rank update */
+
+typedef struct {
+    int64_t g;       /* genes */
+    int pass;        /* 1: sums; 2: projection */
+    double *sums;    /* [g*g + g + 1]: X^T X (lower triangle, row-major), then the gene sums, then the rows */
+    double *dense;   /* [PCA_STREAM_ROWS x g] rows of log1p(CP10k), zeros included */
+    double *val;     /* [g] one row's stored values */
+    const double *v; /* [g x k] loadings (pass 2) */
+    double *shift;   /* [k] mu^T V: the centring of every score */
+    int k;
+    float *scores;   /* [rows visited x k] */
+    int64_t done;    /* rows projected so far */
+} pca_stream;
+
+static int pca_stream_visit(void *ctx, const nbs_matrix *block, int64_t first, nbs_error *err) {
+    (void)first;
+    (void)err;
+    pca_stream *p = ctx;
+    const int64_t g = p->g, n = block->n_cells;
+    if (p->pass == 2) {
+        for (int64_t i = 0; i < n; i++, p->done++) {
+            row_log1p_cp10k(block, i, p->val);
+            float *out = p->scores + p->done * p->k;
+            double acc[NBS_PCA_STREAM_MAX_K];
+            for (int c = 0; c < p->k; c++) acc[c] = -p->shift[c];
+            for (int64_t e = block->indptr[i]; e < block->indptr[i + 1]; e++) {
+                const double x = p->val[e - block->indptr[i]], *vg = p->v + (int64_t)block->indices[e] * p->k;
+                for (int c = 0; c < p->k; c++) acc[c] += x * vg[c];
+            }
+            for (int c = 0; c < p->k; c++) out[c] = (float)acc[c];
+        }
+        return NBS_OK;
+    }
+    double *mu = p->sums + g * g;
+    for (int64_t r0 = 0; r0 < n; r0 += PCA_STREAM_ROWS) {
+        const int64_t m = n - r0 < PCA_STREAM_ROWS ? n - r0 : PCA_STREAM_ROWS;
+        memset(p->dense, 0, sizeof *p->dense * (size_t)(m * g));
+        for (int64_t i = 0; i < m; i++) {
+            const int64_t row = r0 + i, at = block->indptr[row];
+            row_log1p_cp10k(block, row, p->val);
+            for (int64_t e = at; e < block->indptr[row + 1]; e++) {
+                p->dense[i * g + block->indices[e]] = p->val[e - at];
+                mu[block->indices[e]] += p->val[e - at];
+            }
+        }
+        /* lower triangle of sums += D^T D */
+        cblas_dsyrk(CblasRowMajor, CblasLower, CblasTrans, (int)g, (int)m, 1.0, p->dense, (int)g, 1.0, p->sums, (int)g);
+    }
+    p->sums[g * g + g] += (double)n;
+    return NBS_OK;
+}
+
+/* The top k eigenvectors of the symmetric g x g matrix a (lower triangle, row-major; destroyed)
+ * into v [g x k] (column c: the c-th largest eigenvalue's) and the eigenvalues, largest first,
+ * into w (k). */
+static int top_eigen(double *a, int g, int k, double *v, double *w, nbs_error *err) {
+    /* a row-major lower triangle is the column-major upper one */
+    const int il = g - k + 1, iu = g, ldz = g;
+    const double unused = 0, abstol = DBL_MIN; /* DBL_MIN: LAPACK's choice for the most accurate eigenvalues */
+    int found = 0, info = 0, lwork = -1, liwork = -1, iw_query = 0;
+    double w_query = 0;
+    double *z = nbs_malloc(sizeof *z * (size_t)g * (size_t)k, err); /* [k columns of g], column-major */
+    double *wa = nbs_malloc(sizeof *wa * (size_t)g, err);              /* [g] */
+    int *isuppz = nbs_malloc(sizeof *isuppz * (size_t)(2 * k), err);
+    if (!z || !wa || !isuppz) {
+        free(z), free(wa), free(isuppz);
+        return NBS_ERR_NOMEM;
+    }
+    dsyevr_("V", "I", "U", &g, a, &g, &unused, &unused, &il, &iu, &abstol, &found, wa, z, &ldz, isuppz, &w_query,
+            &lwork, &iw_query, &liwork, &info, 1, 1, 1);
+    lwork = (int)w_query;
+    liwork = iw_query;
+    double *work = info ? NULL : nbs_malloc(sizeof *work * (size_t)(lwork > 1 ? lwork : 1), err);
+    int *iwork = work ? nbs_malloc(sizeof *iwork * (size_t)(liwork > 1 ? liwork : 1), err) : NULL;
+    int rc = info ? NBS_ERR_NUMERIC : iwork ? NBS_OK : NBS_ERR_NOMEM;
+    if (!rc) {
+        dsyevr_("V", "I", "U", &g, a, &g, &unused, &unused, &il, &iu, &abstol, &found, wa, z, &ldz, isuppz, work,
+                &lwork, iwork, &liwork, &info, 1, 1, 1);
+        if (info || found != k) rc = NBS_ERR_NUMERIC;
+    }
+    if (rc == NBS_ERR_NUMERIC)
+        nbs_error_set(err, NBS_ERR_NUMERIC, "PCA: the eigendecomposition of the %d x %d gene covariance failed (LAPACK "
+                      "dsyevr info %d, %d of %d eigenvalues found)", g, g, info, found, k);
+    for (int c = 0; !rc && c < k; c++) { /* ascending from LAPACK: component c is column k - 1 - c */
+        const double *col = z + (int64_t)(k - 1 - c) * g;
+        w[c] = wa[k - 1 - c];
+        for (int64_t j = 0; j < g; j++) v[j * k + c] = col[j];
+    }
+    free(z), free(wa), free(isuppz), free(work), free(iwork);
+    return rc;
+}
+
+int nbs_eval_pca_stream(const nbs_row_source *src, int k, const nbs_sum_hook *sum, float *scores, double *variance,
+                        nbs_error *err) {
+    nbs_nn_blas_serial();
+    const int64_t g = src->n_genes;
+    if (k < 1 || k > g || k > NBS_PCA_STREAM_MAX_K)
+        return nbs_error_set(err, NBS_ERR_USAGE, "PCA: %d components asked of %lld genes; give between 1 and %lld", k,
+                             (long long)g, (long long)(g < NBS_PCA_STREAM_MAX_K ? g : NBS_PCA_STREAM_MAX_K));
+    if (g > INT32_MAX / 2)
+        return nbs_error_set(err, NBS_ERR_USAGE, "PCA: %lld genes are more than the eigensolver takes; select highly "
+                             "variable genes (preprocess.n_top_genes)", (long long)g);
+    pca_stream p = {.g = g, .pass = 1, .k = k, .scores = scores};
+    p.sums = nbs_calloc((size_t)(g * g + g + 1), sizeof *p.sums, err);
+    p.dense = p.sums ? nbs_malloc(sizeof *p.dense * (size_t)(PCA_STREAM_ROWS * g), err) : NULL;
+    p.val = p.dense ? nbs_malloc(sizeof *p.val * (size_t)g, err) : NULL;
+    double *v = p.val ? nbs_malloc(sizeof *v * (size_t)(g * k), err) : NULL; /* [g x k] */
+    double *w = v ? nbs_malloc(sizeof *w * (size_t)k, err) : NULL;             /* [k] */
+    p.shift = w ? nbs_calloc((size_t)k, sizeof *p.shift, err) : NULL;
+    int rc = p.shift ? NBS_OK : NBS_ERR_NOMEM;
+    if (!rc) rc = src->scan(src->user, pca_stream_visit, &p, err);
+    if (!rc && sum) rc = sum->sum(sum->user, p.sums, g * g + g + 1, err);
+    const double n = p.sums ? p.sums[g * g + g] : 0;
+    if (!rc && (n < 1 || k > n))
+        rc = nbs_error_set(err, NBS_ERR_USAGE, "PCA: %d components asked of %.0f cells; give between 1 and %.0f", k, n,
+                           n < g ? n : (double)g);
+    if (!rc) { /* centred covariance, lower triangle: (X^T X - n mu mu^T) / (n - 1) */
+        double *mu = p.sums + g * g;
+        for (int64_t j = 0; j < g; j++) mu[j] /= n;
+        const double dof = n > 1 ? n - 1 : 1;
+        for (int64_t i = 0; i < g; i++)
+            for (int64_t j = 0; j <= i; j++) p.sums[i * g + j] = (p.sums[i * g + j] - n * mu[i] * mu[j]) / dof;
+        rc = top_eigen(p.sums, (int)g, k, v, w, err);
+    }
+    if (!rc) {
+        const double *mu = p.sums + g * g; /* top_eigen kept it: only the g x g part is overwritten */
+        for (int c = 0; c < k; c++) {
+            int64_t big = 0; /* the largest-magnitude loading positive (the first of equals) */
+            for (int64_t j = 1; j < g; j++)
+                if (fabs(v[j * k + c]) > fabs(v[big * k + c])) big = j;
+            const double sign = v[big * k + c] < 0 ? -1.0 : 1.0;
+            for (int64_t j = 0; j < g; j++) {
+                v[j * k + c] *= sign;
+                p.shift[c] += mu[j] * v[j * k + c];
+            }
+            if (variance) variance[c] = n > 1 && w[c] > 0 ? w[c] : 0.0;
+        }
+        p.pass = 2;
+        p.v = v;
+        rc = src->scan(src->user, pca_stream_visit, &p, err);
+    }
+    free(p.sums), free(p.dense), free(p.val), free(v), free(w), free(p.shift);
     return rc;
 }
 

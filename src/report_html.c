@@ -1180,13 +1180,9 @@ static void banner(nbs_svg_buf *b, const nbs_report_input *in) {
         nbs_svg_buf_text(b, nbs_report_confounded_warning);
         nbs_svg_buf_printf(b, " (see Integration below)</td></tr>\n");
     }
-    if (isfinite(in->knn_embedding) || isfinite(in->knn_pca)) {
-        if (isfinite(in->knn_pca))
-            nbs_svg_buf_printf(b, "<tr><th>%d-NN label accuracy</th><td>embedding %.3f, PCA of the counts "
-                                  "%.3f", in->knn_k, in->knn_embedding, in->knn_pca);
-        else /* out of core: PCA of the counts needs every cell's counts in memory */
-            nbs_svg_buf_printf(b, "<tr><th>%d-NN label accuracy</th><td>embedding %.3f, PCA of the counts not "
-                                  "computed (out of core)", in->knn_k, in->knn_embedding);
+    if (isfinite(in->knn_embedding) || isfinite(in->knn_pca)) { /* both or neither (label_quality) */
+        nbs_svg_buf_printf(b, "<tr><th>%d-NN label accuracy</th><td>embedding %.3f, PCA of the counts %.3f",
+                           in->knn_k, in->knn_embedding, in->knn_pca);
         if (in->label_column) {
             nbs_svg_buf_printf(b, " (labels: ");
             nbs_svg_buf_text(b, in->label_column);

@@ -295,8 +295,10 @@ static int read_labels(run_state *s, nbs_error *err) {
 
 /* How well the embedding keeps the labels apart, next to PCA of log1p(CP10k) on the same genes:
  * k-NN label accuracy with k-fold cross-validation (the metric the issues quote). */
+static int backed_pca(run_state *s, int k, float *pcs, nbs_error *err);
+
 static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_error *err) {
-    const nbs_matrix *X = s->pre->matrix; /* NULL out of core: no PCA baseline */
+    const nbs_matrix *X = s->pre->matrix; /* NULL out of core: the PCA streamed from the file */
     const int64_t n = s->pre->n_cells;
     int32_t *codes = nbs_malloc(sizeof(int32_t) * (size_t)n, err);
     float *pcs = codes ? nbs_malloc(sizeof(float) * (size_t)n * PCA_DIMS, err) : NULL;
@@ -312,26 +314,21 @@ static int label_quality(run_state *s, const float *z, int d, int cosine, nbs_er
                                    nb, seed, r, &s->knn_embedding, NULL, &s->knn_info, err);
     }
     const int k = s->pre->n_genes < PCA_DIMS ? (int)s->pre->n_genes : PCA_DIMS;
-    if (!st && X) st = nbs_eval_pca(X, k, 4, r, pcs, NULL, err);
-    if (!st && X) {
+    if (!st) st = X ? nbs_eval_pca(X, k, 4, r, pcs, NULL, err) : backed_pca(s, k, pcs, err);
+    if (!st) {
         nbs_stream_set(r, s->p->config.train.seed, NBS_STREAM_EVALUATE, 0); /* the same folds as the embedding's */
         st = nbs_eval_knn_accuracy(pcs, n, k, codes, KNN_K, KNN_FOLDS, NBS_METRIC_EUCLIDEAN, nb, seed, r, &s->knn_pca,
                                    NULL, &pca_info, err);
     }
-    if (!st && !X)
-        nbs_info("%d-NN accuracy of the '%s' labels (%d classes, %d-fold): embedding %.3f; out of core the PCA "
-                 "baseline is not computed (PCA of log1p CP10k needs every cell's counts in memory)", KNN_K,
-                 s->p->config.input.label_column, n_classes, KNN_FOLDS, s->knn_embedding);
-    else if (!st) {
+    if (!st) {
         nbs_info("%d-NN accuracy of the '%s' labels (%d classes, %d-fold): embedding %.3f, PCA (%d components "
                  "of log1p CP10k) %.3f", KNN_K, s->p->config.input.label_column, n_classes, KNN_FOLDS,
                  s->knn_embedding, k, s->knn_pca);
         if (s->knn_info.method == NBS_KNN_APPROXIMATE) {
             char how[320];
             nbs_knn_describe(&s->knn_info, how, sizeof how);
-            if (X) nbs_info("%d-NN accuracy: each fold's neighbours %s; PCA's recall@%d %.4f", KNN_K, how, KNN_K,
-                            pca_info.recall);
-            else nbs_info("%d-NN accuracy: each fold's neighbours %s", KNN_K, how);
+            nbs_info("%d-NN accuracy: each fold's neighbours %s; PCA's recall@%d %.4f", KNN_K, how, KNN_K,
+                     pca_info.recall);
         }
     }
     free(codes);
@@ -523,16 +520,16 @@ static int stage_diagnose(run_state *s, nbs_error *err) {
 /* ---- trajectory ---- */
 
 /* The wrap-around diagnostic against PCA of log1p(CP10k) of the model's genes (REF_DIMS
- * components, fewer with fewer genes or cells). */
+ * components, fewer with fewer genes or cells; out of core streamed from the file). */
 static int wraparound(run_state *s, nbs_error *err) {
-    const nbs_matrix *X = s->pre->matrix;
-    const int64_t n = X->n_cells;
+    const nbs_matrix *X = s->pre->matrix; /* NULL out of core */
+    const int64_t n = s->pre->n_cells;
     int dims = REF_DIMS;
-    if (X->n_genes < dims) dims = (int)X->n_genes;
+    if (s->pre->n_genes < dims) dims = (int)s->pre->n_genes;
     if (n < dims) dims = (int)n;
     float *pcs = nbs_malloc(sizeof *pcs * (size_t)n * (size_t)dims, err); /* [n x dims] */
     gsl_rng *r = pcs ? nbs_stream_rng(s->p->config.train.seed, NBS_STREAM_REFERENCE, 0, err) : NULL;
-    int st = r ? nbs_eval_pca(X, dims, 4, r, pcs, NULL, err) : (int)err->code;
+    int st = !r ? (int)err->code : X ? nbs_eval_pca(X, dims, 4, r, pcs, NULL, err) : backed_pca(s, dims, pcs, err);
     if (!st) st = nbs_traj_wraparound(&s->traj, pcs, dims, &s->p->config.trajectory, s->labels, err);
     free(pcs);
     if (r) gsl_rng_free(r);
@@ -564,10 +561,7 @@ static int stage_trajectory(run_state *s, nbs_error *err) {
     nbs_matrix_free(names);
     if (st) return st;
     s->have_traj = 1;
-    if (c->trajectory.shortcut_hops > 0 && !s->pre->matrix)
-        nbs_info("wrap-around: out of core the diagnostic is not computed (its reference, PCA of log1p CP10k, needs "
-                 "every cell's counts in memory; trajectory.shortcut_hops: 0 leaves it out without this note)");
-    else if (c->trajectory.shortcut_hops > 0) st = wraparound(s, err);
+    if (c->trajectory.shortcut_hops > 0) st = wraparound(s, err);
     if (st) return st;
     const nbs_trajectory *t = &s->traj;
     char msg[768];
@@ -1071,9 +1065,7 @@ static int peer_write_backed(run_state *s, nbs_error *err) {
     return st;
 }
 
-/* Whether this run reads its input out of core; the choice is logged either way. Out of core, what
- * needs every cell's counts in memory is left out with a note where it would run (label_quality,
- * stage_trajectory). */
+/* Whether this run reads its input out of core; the choice is logged either way. */
 static int decide_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     const nbs_input_config *in = &c->input;
@@ -1241,6 +1233,45 @@ static int embed_all_backed(run_state *s, nbs_error *err) {
         nbs_info("out of core: the embedding of the %lld cells is kept in memory (%.1f MB) for the label score, the "
                  "integration metrics and the trajectory stage", (long long)n, 4.0 * (double)n * (d + sd) / 1e6);
     return NBS_OK;
+}
+
+/* The kept cells [c0, c1) in the chosen genes, read from the file BACKED_WRITE_CELLS at a time: the
+ * rows the out-of-core PCA streams (each read twice). */
+typedef struct {
+    run_state *s;
+    int64_t c0, c1;
+} kept_rows;
+
+static int scan_kept(void *user, nbs_rows_visit visit, void *ctx, nbs_error *err) {
+    const kept_rows *k = user;
+    int64_t *rows = nbs_malloc(sizeof *rows * BACKED_WRITE_CELLS, err); /* (BACKED_WRITE_CELLS) */
+    int st = rows ? NBS_OK : NBS_ERR_NOMEM;
+    for (int64_t c0 = k->c0; !st && c0 < k->c1; c0 += BACKED_WRITE_CELLS) {
+        const int64_t n = k->c1 - c0 < BACKED_WRITE_CELLS ? k->c1 - c0 : BACKED_WRITE_CELLS;
+        for (int64_t i = 0; i < n; i++) rows[i] = c0 + i;
+        nbs_matrix *X = NULL;
+        double *lib = NULL; /* unused: the PCA's library is the cell's counts in these genes, as in memory */
+        st = nbs_backed_loader_read(k->s->loader, rows, n, &X, &lib, err);
+        if (!st) st = visit(ctx, X, c0, err);
+        nbs_matrix_free(X);
+        free(lib);
+    }
+    free(rows);
+    return st;
+}
+
+/* Out of core, PCA of log1p(CP10k) of the kept cells in the chosen genes, the in-memory PCA's
+ * transform and centring (nbs_eval_pca_stream: two passes over the file, the G x G covariance in
+ * memory): pcs [kept cells x k]. It runs where the label score and the trajectory do, at process 0,
+ * which reads every kept cell under mpirun too. */
+static int backed_pca(run_state *s, int k, float *pcs, nbs_error *err) {
+    kept_rows rows = {s, 0, s->pre->n_cells};
+    const nbs_row_source src = {&rows, s->pre->n_cells, s->pre->n_genes, scan_kept};
+    const double G = (double)s->pre->n_genes;
+    nbs_info("out of core: PCA of log1p CP10k (%d components) from the gene covariance, two passes over the file "
+             "(%.1f MB for the covariance, %.1f MB for the scores)", k, 8.0 * G * (G + 258 + k) / 1e6,
+             4.0 * (double)s->pre->n_cells * k / 1e6);
+    return nbs_eval_pca_stream(&src, k, NULL, pcs, NULL, err);
 }
 
 /* embedding.h5ad out of core: a copy of an .h5ad input that kept every cell, else a new file with the

@@ -319,7 +319,8 @@ static void test_backed_two_processes_read_their_rows(void **state) {
  * summed over the processes (the same genes.tsv, ranked within the 3 batches), the covariates ride
  * with each process's share of the minibatches (the model within the tolerances above), and every
  * cell's embedding and category is gathered at process 0 for the label score, the integration
- * metrics and the outputs (the same categories, probabilities within the embedding's tolerance). */
+ * metrics and the outputs (the same categories, probabilities within the embedding's tolerance); the
+ * label score's PCA baseline, streamed from the file, equals one process's. */
 static void test_backed_batches_two_processes(void **state) {
     (void)state;
     static const char opts[] = "--set input.batch_key=batch --set model.discrete=3 --set input.label_column=branch";
@@ -339,6 +340,16 @@ static void test_backed_batches_two_processes(void **state) {
     assert_string_equal(ga, gb);
     free(ga), free(gb);
     expect_same_counts("bb_one128", "bb_two64");
+    /* the label score's PCA baseline, streamed from the file (at process 0 under mpirun) */
+    char *ja = tu_read_file(tu_path(tu_path(g_dir, "bb_one128"), "collapse_report.json"), NULL);
+    char *jb = tu_read_file(tu_path(tu_path(g_dir, "bb_two64"), "collapse_report.json"), NULL);
+    assert_non_null(ja);
+    assert_non_null(jb);
+    const double pca1 = tu_json_number(strstr(ja, "\"quality\""), "pca");
+    const double pca2 = tu_json_number(strstr(jb, "\"quality\""), "pca");
+    print_message("15-NN accuracy of PCA-10 out of core: 1 process %.6f, 2 processes %.6f\n", pca1, pca2);
+    assert_true(pca1 > 0.25 && fabs(pca1 - pca2) <= 1e-6);
+    free(ja), free(jb);
     const double dp = param_diff("bb_one128", "bb_two64"), de = embedding_diff("bb_one128", "bb_two64");
     print_message("out of core with a batch and 3 categories, 2 x 64 vs 1 x 128: parameters differ by %.3g, "
                   "embedding by %.3g\n", dp, de);

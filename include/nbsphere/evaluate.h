@@ -12,6 +12,7 @@
 #include "nbsphere/config.h"
 #include "nbsphere/error.h"
 #include "nbsphere/matrix.h"
+#include "nbsphere/preprocess.h"
 
 /* Top-k principal components of log1p(CP10k) of m (every column is used; cells are rows),
  * each gene centred. Randomized SVD (Halko, Martinsson & Tropp 2011): a Gaussian test matrix
@@ -24,6 +25,25 @@
  * iterations are plenty for single-cell data. */
 int nbs_eval_pca(const nbs_matrix *m, int k, int power_iters, gsl_rng *rng, float *scores,
                  double *variance, nbs_error *err);
+
+/* The same PCA out of core (input.backed): the rows of src (cells x genes; the library of each
+ * cell is its counts in src's genes, as above) streamed twice, a block at a time. Pass 1 sums
+ * X^T X (densified 256 rows at a time, a BLAS rank-k update), the gene sums and the
+ * rows; then the covariance (X^T X - n mu mu^T) / (n - 1), each gene centred as above, and its
+ * top k eigenpairs (LAPACK dsyevr). Pass 2 projects each row: scores [rows visited x k], in the
+ * order src visits them, (x - mu)^T V; variance (may be NULL) gets the k eigenvalues, which are
+ * the explained variances. Each component's largest-magnitude loading is made positive (a
+ * convention of the loadings, not of the scores as above: the two agree up to sign).
+ * Exact where the randomized PCA is approximate: on data whose top eigenvalues are well apart
+ * the two agree to the randomized PCA's accuracy (tests/test_evaluate.c).
+ * sum (NULL: src visits every row): src visits this process's rows only, and pass 1's sums are
+ * summed over the processes through sum before the eigenvectors, so every process gets the same
+ * components and projects its own rows.
+ * Memory: 8 (g^2 + (258 + k) g) bytes whatever the number of rows, plus the scores (4 k bytes a row).
+ * k is at most NBS_PCA_STREAM_MAX_K. */
+#define NBS_PCA_STREAM_MAX_K 128
+int nbs_eval_pca_stream(const nbs_row_source *src, int k, const nbs_sum_hook *sum, float *scores, double *variance,
+                        nbs_error *err);
 
 typedef enum { NBS_METRIC_EUCLIDEAN = 0, NBS_METRIC_COSINE } nbs_metric;
 
