@@ -580,7 +580,7 @@ static int ended(pid_t pid) {
 /* Runs `mpirun -np 2` on args, whose output folder is g_dir/out, and kills process 1 once
  * out/checkpoint.h5 exists: mpirun must exit non-zero naming rank 1, process 0 must have ended
  * too, and no model.h5 may have been written. */
-static void kill_process_one_after_checkpoint(const char *args, const char *out) {
+static int kill_process_one_after_checkpoint(const char *args, const char *out) {
     char cmd[16384], err_path[4096], ckpt_path[4096];
     snprintf(err_path, sizeof err_path, "%s/%s_stderr", g_dir, out);
     snprintf(ckpt_path, sizeof ckpt_path, "%s", tu_path(tu_path(g_dir, out), "checkpoint.h5"));
@@ -616,13 +616,32 @@ static void kill_process_one_after_checkpoint(const char *args, const char *out)
     free(errout);
     assert_true(tu_exists(ckpt_path));
     assert_false(tu_exists(tu_path(tu_path(g_dir, out), "model.h5")));
+    nbs_checkpoint ck;
+    nbs_error err = {0};
+    if (nbs_checkpoint_load(ckpt_path, &ck, &err)) fail_msg("%s", err.msg);
+    const int done = ck.state.epochs_done;
+    nbs_checkpoint_free(&ck);
+    print_message("%s: killed after epoch %d of 30\n", out, done);
+    assert_true(done >= 2 && done < 30);
+    return done;
+}
+
+/* The length the resumed and the uninterrupted runs are compared at: 4 epochs past the kill.
+ * Over 30 epochs N x B and one process with N·B drift apart by themselves (a nearly dead hidden
+ * unit whose rare activations Adam scales to full steps switches on for a cell in one run and not
+ * the other: 9e-4 after 30 epochs, docs/design.md), so where the kill lands, which depends on the
+ * machine's load, must not decide whether the comparison holds. With a constant KL weight the
+ * length only says where training stops. */
+static const char *compare_epochs(int done, char *buf, size_t size) {
+    snprintf(buf, size, "--set train.epochs=%d", done + 4 < 30 ? done + 4 : 30);
+    return buf;
 }
 
 /* np processes (0: none) resume g_dir/from/checkpoint.h5 into g_dir/out with batch size batch. */
-static void resume_ok(int np, const char *from, const char *out, int batch) {
+static void resume_ok(int np, const char *from, const char *out, int batch, const char *extra) {
     char args[8192], *errout = NULL;
-    snprintf(args, sizeof args, "--quiet train --resume %s/%s/checkpoint.h5 --out %s/%s --set train.batch_size=%d",
-             g_dir, from, g_dir, out, batch);
+    snprintf(args, sizeof args, "--quiet train --resume %s/%s/checkpoint.h5 --out %s/%s --set train.batch_size=%d %s",
+             g_dir, from, g_dir, out, batch, extra);
     int rc = run_np(np, args, &errout);
     if (rc) fail_msg("%s: exit %d\n%s", args, rc, errout ? errout : "");
     free(errout);
@@ -635,10 +654,12 @@ static void test_killed_process_stops_the_job_and_resume_completes(void **state)
     char args[8192];
     snprintf(args, sizeof args, "--quiet train %s/sim/sim_mtx --out %s/killed --batch-size 64 %s %s", g_dir, g_dir,
              TRAIN_OPTS, KILL_EPOCHS);
-    kill_process_one_after_checkpoint(args, "killed");
+    char len[64], opts[512];
+    compare_epochs(kill_process_one_after_checkpoint(args, "killed"), len, sizeof len);
     /* resumed by one process with the doubled batch: every cell of each global batch, as before */
-    resume_ok(0, "killed", "killed", 128);
-    train_ok(0, "uninterrupted", 128, KILL_EPOCHS);
+    resume_ok(0, "killed", "killed", 128, len);
+    snprintf(opts, sizeof opts, "%s %s", KILL_EPOCHS, len);
+    train_ok(0, "uninterrupted", 128, opts);
     const double dp = param_diff("uninterrupted", "killed");
     print_message("killed at a checkpoint and resumed vs uninterrupted: parameters differ by %.3g\n", dp);
     assert_true(dp <= PARAM_TOL);
@@ -657,18 +678,14 @@ static void test_backed_killed_process_resumes_on_one_or_two(void **state) {
     char args[8192];
     snprintf(args, sizeof args, "--quiet train %s/sim/sim.h5ad --out %s/b_killed --batch-size 64 %s %s %s", g_dir,
              g_dir, TRAIN_OPTS, BACKED_OPTS, KILL_EPOCHS);
-    kill_process_one_after_checkpoint(args, "b_killed");
-    nbs_checkpoint ck;
-    nbs_error err = {0};
-    if (nbs_checkpoint_load(tu_path(tu_path(g_dir, "b_killed"), "checkpoint.h5"), &ck, &err)) fail_msg("%s", err.msg);
-    const int done = ck.state.epochs_done;
-    nbs_checkpoint_free(&ck);
-    print_message("out of core: killed after epoch %d of 30\n", done);
-    assert_true(done >= 2 && done < 30);
-    resume_ok(0, "b_killed", "b_resumed1", 128);
-    resume_ok(2, "b_killed", "b_resumed2", 64);
-    train_backed(0, "b_uninterrupted1", 128, 1, KILL_EPOCHS, NULL);
-    train_backed(2, "b_uninterrupted2", 64, 1, KILL_EPOCHS, NULL);
+    const int done = kill_process_one_after_checkpoint(args, "b_killed");
+    char len[64], opts[512];
+    compare_epochs(done, len, sizeof len);
+    snprintf(opts, sizeof opts, "%s %s", KILL_EPOCHS, len);
+    resume_ok(0, "b_killed", "b_resumed1", 128, len);
+    resume_ok(2, "b_killed", "b_resumed2", 64, len);
+    train_backed(0, "b_uninterrupted1", 128, 1, opts, NULL);
+    train_backed(2, "b_uninterrupted2", 64, 1, opts, NULL);
     const char *resumed[2] = {"b_resumed1", "b_resumed2"}, *whole[2] = {"b_uninterrupted1", "b_uninterrupted2"};
     for (int i = 0; i < 2; i++) {
         const double dp = param_diff(whole[i], resumed[i]), de = embedding_diff(whole[i], resumed[i]);
@@ -682,7 +699,7 @@ static void test_backed_killed_process_resumes_on_one_or_two(void **state) {
     long long rows[2];
     assert_int_equal(manifest_rows_read("b_resumed2", &processes, &epochs, rows), 1);
     assert_int_equal(processes, 2);
-    assert_int_equal(epochs, 30 - done);
+    assert_int_equal(epochs, (done + 4 < 30 ? done + 4 : 30) - done);
 }
 
 int main(void) {
