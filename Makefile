@@ -5,7 +5,8 @@
 #   make test      build and run every test; ends with "N passed, N failed"
 #   make test SANITIZE=address,undefined   the same under sanitizers (separate build folder)
 #   make test SKIP_SLOW=1                   without the long training tests (tests/*slow*.c)
-#   make bench     speed and memory against the PyTorch reference (make bench-deps first)
+#   make bench     speed and memory against the PyTorch reference (make bench-deps first), and
+#                  the floor: the machine's sgemm peak and vector exp/log cost, native and AVX2 builds
 #   make bench-knn recall and time of the approximate k-NN graph against the exact one (50k cells)
 #   make bench-scale   s/epoch and peak memory, in memory against out of core (input.backed), on
 #                  simulated .h5ad files of 100k, 500k and 2M cells (SIZES=..., EPOCHS=...), then
@@ -107,7 +108,7 @@ SOVERSION := 0
 SONAME := libnbsphere.so.$(SOVERSION)
 SHLIB := $(BUILD)/libnbsphere.so.$(VERSION)
 
-.PHONY: all deps test bench bench-knn bench-scale bench-deps clean check-deps fuzz fuzz-bin install install-only uninstall FORCE
+.PHONY: all deps test bench bench-bins print-build bench-knn bench-scale bench-deps clean check-deps fuzz fuzz-bin install install-only uninstall FORCE
 all: $(BIN) $(LIB) $(SHLIB)
 
 # The full compile and link lines of this folder. Every object depends on this file, and it
@@ -253,8 +254,25 @@ bench-deps:
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq python3-torch python3-numpy python3-scipy \
 	  python3-sklearn python3-igraph; }
 
-bench: $(BIN)
-	BIN=$(abspath $(BIN)) bench/run_bench.sh
+# make bench also builds the AVX2-limited flavour (ARCH=-march=x86-64-v3, its own folder) for
+# the floor table's second row, and in each folder the probes of the floor: vecmath_probe (the
+# vector exp/log at that folder's ARCH) and layers_probe (ways to compute the output layer).
+AVX2_ARCH := -march=x86-64-v3
+bench: bench-bins
+	$(MAKE) --no-print-directory ARCH=$(AVX2_ARCH) bench-bins
+	BIN=$(abspath $(BIN)) BUILD_DIR=$(abspath $(BUILD)) \
+	  AVX2_DIR=$$($(MAKE) -s --no-print-directory ARCH=$(AVX2_ARCH) print-build) bench/run_bench.sh
+
+bench-bins: $(BIN) $(BUILD)/vecmath_probe $(BUILD)/layers_probe
+print-build:
+	@echo $(abspath $(BUILD)) $(abspath $(BIN))
+
+# with this folder's compiler and flags, so that it calls the libmvec variant src/likelihood.c calls
+$(BUILD)/vecmath_probe: bench/vecmath_probe.c $(BUILD)/flags | $(BUILD)
+	$(CC) $(CFLAGS) $(CPPFLAGS) $(LDFLAGS) -o $@ $< -lm
+
+$(BUILD)/layers_probe: bench/layers_probe.c $(LIB) | $(BUILD)
+	$(CC) $(CFLAGS) $(CPPFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)
 
 $(BUILD)/knn_recall: bench/knn_recall.c $(LIB) | $(BUILD)
 	$(CC) $(CFLAGS) $(CPPFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)

@@ -2,7 +2,13 @@
 # make bench: nbsphere against the PyTorch scVI-default reference (bench/reference.py) on the same
 # data, model, loss, optimiser and thread count, in one run; then the vMF cost and the scaling
 # table. Run from the repository root after the binary is built (make bench does).
+# First the floor table: what this machine could do at best for the model (dense products at the
+# sgemm peak, the likelihood's entries at the vector exp + log cost, both measured in the same
+# run) against nbsphere's time, for the native and the AVX2-limited build at 1 and 2 threads.
 # Env: BIN (default ./nbsphere), THREADS (2), EPOCHS (6: 1 warm-up + 5 timed),
+#      BUILD_DIR, AVX2_DIR (the build folders whose probes and likelihood.o the floor table uses,
+#      AVX2_DIR "folder binary" as `make print-build` prints it; make bench sets both; FLOOR=0 skips
+#      the table, FLOOR_ONLY=1 stops after it), FLOOR_REPEATS (2: runs per row, the median is shown),
 #      BENCH_DIR (scratch, default build-bench), PBMC (../shared/data/pbmc3k),
 #      SCALING ("10000 50000 200000"; empty to skip the scaling table), SEEDS ("0 1 2 3 4 5":
 #      the seeds of the nbsphere/pytorch runs; the validation ELBO is compared as a mean over
@@ -24,6 +30,7 @@ export OMP_NUM_THREADS=$THREADS MKL_NUM_THREADS=1
 cc -O2 -o "$DIR/sgemm_probe" bench/sgemm_probe.c $(pkg-config --cflags --libs openblas)
 PEAK=$(OPENBLAS_NUM_THREADS=$THREADS "$DIR/sgemm_probe" | awk '$1=="peak"{print $2}')
 echo "sgemm peak at $THREADS threads: $PEAK GFLOP/s (OpenBLAS, 2048^3)"
+
 TORCH_OK=1
 $PY -c 'import torch' 2>/dev/null || { echo "python3-torch is missing: the reference is skipped (run make bench-deps)" >&2; TORCH_OK=0; }
 
@@ -54,8 +61,84 @@ run_ref() { # data [--genes file]
 seeds_nbs() { local sep="[" s; for s in $SEEDS; do printf '%s' "$sep"; run_nbs "$1" "$2-s$s" "$3" "$4" "$s"; sep=","; done; echo "]"; }
 seeds_ref() { local sep="[" s; for s in $SEEDS; do printf '%s' "$sep"; run_ref "$@" --seed "$s"; sep=","; done; echo "]"; }
 
+# The floor table. Its rows run one after another, each row's sgemm peak measured just before it,
+# so a change of the machine's load (it may be shared) moves the peak and the runs together.
+FLOOR=${FLOOR:-1}
+FLOOR_REPEATS=${FLOOR_REPEATS:-2}
 SIM="$DIR/sim10k"
 [ -e "$SIM/sim_mtx" ] || "$BIN" -q simulate --out "$SIM" --cells 10000 --genes 2000 --depth 600 --seed 1
+floor_rows() { # label folder binary: one row per thread count, JSON lines
+  local label=$1 dir=$2 bin=$3 t lat r
+  local vm; vm=$("$dir/vecmath_probe" | tr '\n' ' ')
+  local mvec; mvec=$(objdump -dr "$dir/likelihood.o" | grep -o '_ZGV[A-Za-z0-9_]*' | sort | uniq -c | awk '{printf "%s%sx%s", s, $2, $1; s=","}')
+  for t in 1 2; do
+    local peak; peak=$(OPENBLAS_NUM_THREADS=$t "$DIR/sgemm_probe" | awk '$1=="peak"{print $2}')
+    # passive waiting, as the CLI runs (main.c: prefer_passive_waiting)
+    local layers; layers=$(OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$t "$dir/layers_probe" | tr '\n' ' ')
+    printf '{"build": "%s", "threads": %d, "peak": %s, "vecmath": "%s", "mvec": "%s", "layers": "%s"' \
+        "$label" "$t" "$peak" "$vm" "$mvec" "$layers"
+    for lat in gaussian vmf; do
+      printf ', "%s": [' "$lat"
+      for r in $(seq "$FLOOR_REPEATS"); do
+        [ "$r" = 1 ] || printf ','
+        BIN=$bin THREADS=$t OMP_NUM_THREADS=$t run_nbs "$SIM/sim_mtx" "$DIR/floor-$label-$lat-t$t-r$r" "$lat" 0 | tr -d '\n'
+      done
+      printf ']'
+    done
+    echo '}'
+  done
+}
+if [ "$FLOOR" != 0 ] && [ -n "${BUILD_DIR:-}" ]; then
+  FLOOR_JSON=$(floor_rows native "$BUILD_DIR" "$BIN"
+               if [ -n "${AVX2_DIR:-}" ]; then set -- $AVX2_DIR; floor_rows avx2 "$1" "$2"; fi)
+  FLOOR_JSON=$FLOOR_JSON $PY - "$SIM/sim_mtx" "$(uptime)" <<'PY'
+import gzip, json, os, statistics, sys
+with gzip.open(sys.argv[1] + "/matrix.mtx.gz", "rt") as f:
+    line = f.readline()
+    while line.startswith("%"):
+        line = f.readline()
+    G, n, nnz = map(int, line.split())
+# the scVI default's dense products per cell (the encoder's sparse first layer is not counted):
+# head 128 x 20, decoder 10 x 128 and 128 x G; training cells (90 %) run forward and two backward
+# products per layer, validation cells (10 %) the forward one. The likelihood: one exp (softmax)
+# and one log (log(theta + mu)) per entry at the least, over every cell's G entries.
+per_cell = 2 * (128 * 20 + 10 * 128 + 128 * G)
+n_train = round(0.9 * n)
+flops = 3 * per_cell * n_train + per_cell * (n - n_train)
+entries = n * G
+print("\nfloor of one epoch on simulated %d cells x %d genes: %.1f GFLOP of dense products, %.1f M likelihood entries;"
+      % (n, G, flops / 1e9, entries / 1e6))
+cpu = {}
+for line in open("/proc/cpuinfo"):
+    k, _, v = line.partition(":")
+    cpu.setdefault(k.strip(), v.strip())
+ext = [f for f in cpu.get("flags", "").split() if f.startswith(("avx", "fma", "sse4"))]
+print("processor: %s, %d logical CPUs; vector extensions: %s" % (cpu.get("model name", "?"), os.cpu_count(), " ".join(ext)))
+print("floor = FLOPs / sgemm peak + entries x (exp + log ns) / threads; load average at the start: %s" % sys.argv[2].split("average:")[-1].strip())
+print("%-6s %3s %7s %6s %6s %8s | %9s %7s %7s %8s | %9s %7s %6s" % ("build", "thr", "peak", "exp", "log", "floor s",
+      "Gauss s", "xfloor", "layers", "%peak", "vMF s", "xfloor", "vMF/G"))
+rows = [json.loads(l) for l in os.environ["FLOOR_JSON"].splitlines() if l.strip()]
+notes = []
+for r in rows:
+    vm = dict(zip(r["vecmath"].split()[::2], map(float, r["vecmath"].split()[1::2])))
+    t = r["threads"]
+    floor = flops / (r["peak"] * 1e9) + entries * (vm["exp"] + vm["log"]) * 1e-9 / t
+    med = lambda runs, k: statistics.median(x[k] for x in runs if x) if any(runs) else float("nan")
+    g, v = med(r["gaussian"], "sec_per_epoch"), med(r["vmf"], "sec_per_epoch")
+    gp = med(r["gaussian"], "sec_products")
+    lay = flops / gp / 1e9
+    print("%-6s %3d %7.1f %6.3f %6.3f %8.3f | %9.3f %7.2f %7.1f %7.0f%% | %9.3f %7.2f %6.2f" % (r["build"], t, r["peak"],
+          vm["exp"], vm["log"], floor, g, g / floor, lay, 100 * lay / r["peak"], v, v / floor, v / g))
+    notes.append("%-6s %d thr: libmvec calls in likelihood.o: %s; output layer 128 x %d (GFLOP/s): %s"
+                 % (r["build"], t, r["mvec"] or "none", G, r["layers"]))
+print("(s: median s/epoch over %s runs; layers: the dense FLOPs over the time in the network, which also holds the sparse"
+      " encoder input, norms and the latent)" % (len(rows[0]["gaussian"]) if rows else 0))
+for l in notes:
+    print(l)
+PY
+fi
+[ "${FLOOR_ONLY:-0}" = 0 ] || exit 0
+
 declare -A R
 R[sim,nbs]=$(seeds_nbs "$SIM/sim_mtx" "$DIR/nbs-sim" gaussian 0)
 R[sim,vmf]=$(seeds_nbs "$SIM/sim_mtx" "$DIR/vmf-sim" vmf 0)

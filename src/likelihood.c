@@ -21,9 +21,20 @@ static double lgamma_x1(double x) {
     return (x <= SMALL_COUNT && x == (int)x) ? LGAMMA_X1[(int)x] : lgamma(x + 1);
 }
 
-/* lgamma(x + t) - lgamma(t) and psi(x + t) - psi(t); lg_t, psi_t: lgamma(t), psi(t) if known (NAN otherwise). */
-static void gamma_diffs(double x, double t, double lg_t, double psi_t, double *dlg, double *dpsi) {
+/* The scratch of a row of per-gene theta (nbs_lik_batch.work): NBS_LIK_WORK rows of G values. */
+enum { W_LGAMMA, W_PSI, W_THETA, W_LOG, W_INV };
+
+/* lgamma(x + t) - lgamma(t) and psi(x + t) - psi(t). c: the gene's column of its work rows
+ * (stride G), or NULL; each value there is NaN where not computed: lgamma(t), psi(t) for large
+ * counts, and log(t), 1 / t, which are the product and the sum below for x = 1 (the commonest
+ * count) bit for bit. */
+static void gamma_diffs(double x, double t, const double *c, int64_t G, double *dlg, double *dpsi) {
     if (x <= SMALL_COUNT && x == (int)x && t < 1e15) { /* the product stays finite */
+        if (x == 1 && c && !isnan(c[W_LOG * G])) {
+            *dlg = c[W_LOG * G];
+            *dpsi = c[W_INV * G];
+            return;
+        }
         double prod = 1, sum = 0;
         for (int k = 0; k < (int)x; k++) {
             prod *= t + k;
@@ -33,8 +44,8 @@ static void gamma_diffs(double x, double t, double lg_t, double psi_t, double *d
         *dpsi = sum;
         return;
     }
-    if (isnan(lg_t)) lg_t = lgamma(t);
-    if (isnan(psi_t)) psi_t = gsl_sf_psi(t);
+    const double lg_t = c && !isnan(c[W_LGAMMA * G]) ? c[W_LGAMMA * G] : lgamma(t);
+    const double psi_t = c && !isnan(c[W_PSI * G]) ? c[W_PSI * G] : gsl_sf_psi(t);
     *dlg = lgamma(x + t) - lg_t;
     *dpsi = gsl_sf_psi(x + t) - psi_t;
 }
@@ -88,8 +99,8 @@ static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double l
     const float *a = b->logits + (int64_t)i * G;
     const int64_t row = per_cell ? i : theta_row(b, i);
     const float *lt = b->log_theta + row * G;
-    const double *work = per_cell ? NULL : b->work + row * 3 * G; /* lgamma, psi, theta of the row */
-    const double *th_gene = per_cell ? NULL : work + 2 * (int64_t)G;
+    const double *work = per_cell ? NULL : b->work + row * NBS_LIK_WORK * G; /* the row's W_* */
+    const double *th_gene = per_cell ? NULL : work + W_THETA * (int64_t)G;
     const double *th_row = per_cell ? t : th_gene; /* theta per entry: t holds it until overwritten */
     if (per_cell)
 #pragma omp simd
@@ -115,7 +126,7 @@ static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double l
         const double th = per_cell ? exp((double)lt[g]) : th_gene[g], mu = l * rho[g];
         const double log_thmu = lthmu[g], w = th / (th + mu);
         double dlg, dpsi;
-        gamma_diffs(x, th, per_cell ? NAN : work[g], per_cell ? NAN : work[G + g], &dlg, &dpsi);
+        gamma_diffs(x, th, per_cell ? NULL : work + g, G, &dlg, &dpsi);
         ll += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
         s[g] += w * x;
         t[g] += th * dpsi - w * x;
@@ -131,8 +142,8 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
     const int per_cell = b->theta_per_cell;
     const int64_t row = per_cell ? i : theta_row(b, i);
     const float *lt_row = b->log_theta ? b->log_theta + row * G : NULL;
-    const double *work = b->log_theta && !per_cell ? b->work + row * 3 * G : NULL; /* lgamma, psi, theta */
-    const double *th_gene = work ? work + 2 * (int64_t)G : NULL;
+    const double *work = b->log_theta && !per_cell ? b->work + row * NBS_LIK_WORK * G : NULL; /* the row's W_* */
+    const double *th_gene = work ? work + W_THETA * (int64_t)G : NULL;
     const float *zl = b->zi_logits ? b->zi_logits + (int64_t)i * G : NULL;
     const nbs_matrix *X = b->X;
     const int64_t r = b->rows ? b->rows[i] : i;
@@ -158,7 +169,7 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
         double nb = nb0;
         if (x > 0) {
             double dlg, dpsi;
-            gamma_diffs(x, th, per_cell ? NAN : work[g], per_cell ? NAN : work[G + g], &dlg, &dpsi);
+            gamma_diffs(x, th, work ? work + g : NULL, G, &dlg, &dpsi);
             nb += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
             dnb_dlt += th * dpsi;
         }
@@ -210,15 +221,34 @@ double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *
                     float *dlog_theta, float *dzi_logits) {
     const int64_t G = b->G;
     pthread_once(&table_once, fill_table);
-    if (b->kind != NBS_LIK_POISSON && !b->theta_per_cell)
-        for (int64_t r = 0; r < b->theta_rows; r++) /* per row and gene: lgamma and psi of theta (large counts), theta */
+    if (b->kind != NBS_LIK_POISSON && !b->theta_per_cell) {
+        /* Per row and gene: theta, and what gamma_diffs can reuse for the genes a count of this
+         * batch asks for: lgamma and psi of theta (a count not a small integer), log theta and
+         * 1 / theta (a count of 1). The others stay NaN, which gamma_diffs reads as "compute it". */
+        for (int64_t r = 0; r < b->theta_rows; r++) {
+            double *work = b->work + r * NBS_LIK_WORK * G;
             for (int64_t g = 0; g < G; g++) {
-                const double th = exp(b->log_theta[r * G + g]);
-                double *work = b->work + r * 3 * G;
-                work[g] = lgamma(th);
-                work[G + g] = gsl_sf_psi(th);
-                work[2 * G + g] = th;
+                work[W_LGAMMA * G + g] = work[W_PSI * G + g] = work[W_LOG * G + g] = work[W_INV * G + g] = NAN;
+                work[W_THETA * G + g] = exp(b->log_theta[r * G + g]);
             }
+        }
+        const nbs_matrix *X = b->X;
+        for (int i = 0; i < b->n; i++) {
+            const int64_t r = b->rows ? b->rows[i] : i;
+            double *work = b->work + theta_row(b, i) * NBS_LIK_WORK * G;
+            for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++) {
+                const double x = X->data[p], th = work[W_THETA * G + X->indices[p]];
+                double *c = work + X->indices[p];
+                if (x == 1 && isnan(c[W_LOG * G])) {
+                    c[W_LOG * G] = log(th);
+                    c[W_INV * G] = 1 / th;
+                } else if (!(x <= SMALL_COUNT && x == (int)x) && isnan(c[W_LGAMMA * G])) {
+                    c[W_LGAMMA * G] = lgamma(th);
+                    c[W_PSI * G] = gsl_sf_psi(th);
+                }
+            }
+        }
+    }
     const int threads = omp_get_max_threads() < b->n_threads ? omp_get_max_threads() : b->n_threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int i = 0; i < b->n; i++)

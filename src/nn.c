@@ -7,7 +7,10 @@
 #include <string.h>
 
 /* One thread pool: OpenBLAS runs single-threaded inside OpenMP regions, so there is no second
- * pool to oversubscribe the cores and each product is computed by one known kernel call. */
+ * pool to oversubscribe the cores and each product is computed by one known kernel call. (One
+ * sgemm per backward product with OpenBLAS's own threads was measured too, bench/layers_probe.c
+ * and bench/RESULTS.md: its threads spin on after each call and slowed the likelihood that
+ * follows by half, on an otherwise idle machine.) */
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static void blas_serial_now(void) { openblas_set_num_threads(1); }
 void nbs_nn_blas_serial(void) { pthread_once(&blas_once, blas_serial_now); }
@@ -72,24 +75,93 @@ void nbs_dense_backward(const nbs_dense *L, const float *x, const float *dy, int
     add_colsum(L->db, dy, n, out);
 }
 
+/* nbs_dense_forward_sparse keeps a block of 64 output sums in eight 8-float vectors (registers,
+ * with AVX or AVX2; pairs of SSE registers otherwise) over all of a row's nonzeros, instead of
+ * loading and storing the row for each nonzero. Every sum is formed in the same order either way. */
+typedef float v8sf __attribute__((vector_size(32)));
+enum { SPARSE_VECS = 8, SPARSE_COLS = 8 * SPARSE_VECS };
+
 void nbs_dense_forward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, float *y) {
     const int out = L->out;
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < x->n; i++) {
         float *yi = y + (int64_t)i * out;
-        memcpy(yi, L->b, sizeof(float) * out);
-        for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++) { /* inline: a call per nonzero costs more */
+        const int64_t p0 = x->indptr[i], p1 = x->indptr[i + 1];
+        int c0 = 0;
+        for (; c0 + SPARSE_COLS <= out; c0 += SPARSE_COLS) {
+            v8sf acc[SPARSE_VECS];
+            memcpy(acc, L->b + c0, sizeof acc);
+            for (int64_t p = p0; p < p1; p++) {
+                const float v = x->values[p], *w = L->W + (int64_t)x->indices[p] * out + c0;
+                for (int k = 0; k < SPARSE_VECS; k++) {
+                    v8sf wk;
+                    memcpy(&wk, w + 8 * k, sizeof wk);
+                    acc[k] += v * wk;
+                }
+            }
+            memcpy(yi + c0, acc, sizeof acc);
+        }
+        if (c0 == out) continue;
+        memcpy(yi + c0, L->b + c0, sizeof(float) * (out - c0));
+        for (int64_t p = p0; p < p1; p++) { /* inline: a call per nonzero costs more */
             const float v = x->values[p], *w = L->W + (int64_t)x->indices[p] * out;
 #pragma omp simd
-            for (int j = 0; j < out; j++) yi[j] += v * w[j];
+            for (int j = c0; j < out; j++) yi[j] += v * w[j];
         }
     }
 }
 
+void nbs_sparse_transpose(const nbs_sparse_rows *x, int in, int64_t *colptr, int32_t *cell, float *value) {
+    memset(colptr, 0, sizeof(int64_t) * ((size_t)in + 1));
+    const int64_t nnz = x->indptr[x->n];
+    for (int64_t p = 0; p < nnz; p++) colptr[x->indices[p] + 1]++;
+    for (int g = 0; g < in; g++) colptr[g + 1] += colptr[g];
+    /* colptr[g] serves as column g's cursor, ending at the start of g + 1; shifted back after */
+    for (int i = 0; i < x->n; i++)
+        for (int64_t p = x->indptr[i]; p < x->indptr[i + 1]; p++) {
+            const int64_t q = colptr[x->indices[p]]++;
+            cell[q] = i;
+            value[q] = x->values[p];
+        }
+    for (int g = in; g > 0; g--) colptr[g] = colptr[g - 1];
+    colptr[0] = 0;
+}
+
 void nbs_dense_backward_sparse(const nbs_dense *L, const nbs_sparse_rows *x, const float *dy) {
     const int out = L->out;
-    /* Rows of dW are shared between cells, so threads split the columns instead: each adds
-     * into its own block of every touched row, in the same order on every run. */
+    if (x->colptr) {
+        /* Each row of dW is its column's sum over cells: threads split the rows, and a block of
+         * SPARSE_COLS outputs stays in registers over the column's entries, in cell order. */
+#pragma omp parallel for schedule(static)
+        for (int g = 0; g < L->in; g++) {
+            const int64_t q0 = x->colptr[g], q1 = x->colptr[g + 1];
+            if (q0 == q1) continue;
+            float *dw = L->dW + (int64_t)g * out;
+            int c0 = 0;
+            for (; c0 + SPARSE_COLS <= out; c0 += SPARSE_COLS) {
+                v8sf acc[SPARSE_VECS];
+                memcpy(acc, dw + c0, sizeof acc);
+                for (int64_t q = q0; q < q1; q++) {
+                    const float v = x->colvalue[q], *d = dy + (int64_t)x->colcell[q] * out + c0;
+                    for (int k = 0; k < SPARSE_VECS; k++) {
+                        v8sf dk;
+                        memcpy(&dk, d + 8 * k, sizeof dk);
+                        acc[k] += v * dk;
+                    }
+                }
+                memcpy(dw + c0, acc, sizeof acc);
+            }
+            for (int64_t q = q0; c0 < out && q < q1; q++) {
+                const float v = x->colvalue[q], *d = dy + (int64_t)x->colcell[q] * out;
+#pragma omp simd
+                for (int j = c0; j < out; j++) dw[j] += v * d[j];
+            }
+        }
+        add_colsum(L->db, dy, x->n, out);
+        return;
+    }
+    /* Without the column view: rows of dW are shared between cells, so threads split the columns
+     * instead: each adds into its own block of every touched row, in the same order on every run. */
 #pragma omp parallel
     {
         int64_t lo, hi;
@@ -178,6 +250,7 @@ void nbs_mul_inplace(float *y, const float *mask, int64_t n) {
 }
 
 #define NORM_EPS 1e-5 /* layer norm */
+#define NORM_COLS 64 /* batch norm: columns per block */
 
 int nbs_norm_uses_batch(const nbs_norm *N, int n, int training) {
     return N->batch ? (training && n > 1) : 1;
@@ -201,31 +274,49 @@ void nbs_norm_forward(const nbs_norm *N, float *y, int n, int training, float *x
         }
         return;
     }
+    /* Batch norm: columns in blocks of NORM_COLS, each column's sums over the cells in cell order
+     * (as one column at a time would take them) but the cells' rows read in turn, contiguously. */
     const int use_batch = nbs_norm_uses_batch(N, n, training);
-    for (int j = 0; j < w; j++) {
-        double mean, var;
+    for (int j0 = 0; j0 < w; j0 += NORM_COLS) {
+        const int jn = w - j0 < NORM_COLS ? w - j0 : NORM_COLS;
+        double mean[NORM_COLS], var[NORM_COLS], is[NORM_COLS];
         if (use_batch) {
-            mean = 0;
-            var = 0;
-            for (int i = 0; i < n; i++) mean += y[(int64_t)i * w + j];
-            mean /= n;
+            for (int c = 0; c < jn; c++) mean[c] = var[c] = 0;
             for (int i = 0; i < n; i++) {
-                const double d = y[(int64_t)i * w + j] - mean;
-                var += d * d;
+                const float *r = y + (int64_t)i * w + j0;
+                for (int c = 0; c < jn; c++) mean[c] += r[c];
             }
-            var /= n;
-            N->run_mean[j] = (float)((1 - N->momentum) * N->run_mean[j] + N->momentum * mean);
-            N->run_var[j] = (float)((1 - N->momentum) * N->run_var[j] + N->momentum * var * n / (n - 1));
+            for (int c = 0; c < jn; c++) mean[c] /= n;
+            for (int i = 0; i < n; i++) {
+                const float *r = y + (int64_t)i * w + j0;
+                for (int c = 0; c < jn; c++) {
+                    const double d = r[c] - mean[c];
+                    var[c] += d * d;
+                }
+            }
+            for (int c = 0; c < jn; c++) {
+                const int j = j0 + c;
+                var[c] /= n;
+                N->run_mean[j] = (float)((1 - N->momentum) * N->run_mean[j] + N->momentum * mean[c]);
+                N->run_var[j] = (float)((1 - N->momentum) * N->run_var[j] + N->momentum * var[c] * n / (n - 1));
+            }
         } else {
-            mean = N->run_mean[j];
-            var = N->run_var[j];
+            for (int c = 0; c < jn; c++) {
+                mean[c] = N->run_mean[j0 + c];
+                var[c] = N->run_var[j0 + c];
+            }
         }
-        const double is = 1.0 / sqrt(var + N->eps);
-        inv_std[j] = (float)is;
+        for (int c = 0; c < jn; c++) {
+            is[c] = 1.0 / sqrt(var[c] + N->eps);
+            inv_std[j0 + c] = (float)is[c];
+        }
         for (int i = 0; i < n; i++) {
-            float *v = y + (int64_t)i * w + j;
-            xhat[(int64_t)i * w + j] = (float)((*v - mean) * is);
-            *v = N->gain[j] * xhat[(int64_t)i * w + j] + N->bias[j];
+            float *v = y + (int64_t)i * w + j0, *xh = xhat + (int64_t)i * w + j0;
+            const float *gain = N->gain + j0, *bias = N->bias + j0;
+            for (int c = 0; c < jn; c++) {
+                xh[c] = (float)((v[c] - mean[c]) * is[c]);
+                v[c] = gain[c] * xh[c] + bias[c];
+            }
         }
     }
 }
@@ -254,22 +345,34 @@ void nbs_norm_backward(const nbs_norm *N, float *dy, int n, const float *xhat, c
         }
         return;
     }
-    for (int j = 0; j < w; j++) {
+    for (int j0 = 0; j0 < w; j0 += NORM_COLS) { /* in blocks of columns, as the forward */
+        const int jn = w - j0 < NORM_COLS ? w - j0 : NORM_COLS;
+        const float *gain = N->gain + j0, *is = inv_std + j0;
         if (!used_batch_stats) { /* running statistics are constants */
-            for (int i = 0; i < n; i++) dy[(int64_t)i * w + j] *= N->gain[j] * inv_std[j];
+            for (int i = 0; i < n; i++) {
+                float *d = dy + (int64_t)i * w + j0;
+                for (int c = 0; c < jn; c++) d[c] *= gain[c] * is[c];
+            }
             continue;
         }
-        double m1 = 0, m2 = 0;
+        double m1[NORM_COLS], m2[NORM_COLS];
+        for (int c = 0; c < jn; c++) m1[c] = m2[c] = 0;
         for (int i = 0; i < n; i++) {
-            const double g = dy[(int64_t)i * w + j] * N->gain[j];
-            m1 += g;
-            m2 += g * xhat[(int64_t)i * w + j];
+            const float *d = dy + (int64_t)i * w + j0, *xh = xhat + (int64_t)i * w + j0;
+            for (int c = 0; c < jn; c++) {
+                const double g = d[c] * gain[c];
+                m1[c] += g;
+                m2[c] += g * xh[c];
+            }
         }
-        m1 /= n;
-        m2 /= n;
+        for (int c = 0; c < jn; c++) {
+            m1[c] /= n;
+            m2[c] /= n;
+        }
         for (int i = 0; i < n; i++) {
-            float *d = dy + (int64_t)i * w + j;
-            *d = (float)(inv_std[j] * (*d * N->gain[j] - m1 - xhat[(int64_t)i * w + j] * m2));
+            float *d = dy + (int64_t)i * w + j0;
+            const float *xh = xhat + (int64_t)i * w + j0;
+            for (int c = 0; c < jn; c++) d[c] = (float)(is[c] * (d[c] * gain[c] - m1[c] - xh[c] * m2[c]));
         }
     }
 }

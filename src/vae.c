@@ -9,6 +9,7 @@
 #include <gsl/gsl_randist.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,6 +132,9 @@ struct nbs_workspace {
     int64_t *bptr;        /* (B + 1) */
     int32_t *bidx;        /* (nnz_cap) */
     float *bval;          /* (nnz_cap) */
+    int64_t *cptr;        /* training: (G + 1) the same batch by gene (CSC), for the first layer's backward */
+    int32_t *ccell;       /* (nnz_cap) */
+    float *cval;          /* (nnz_cap) */
     int64_t *rows;        /* (B) row of X of each batch cell */
     double *lib;          /* (B) observed library sizes */
     int32_t *cov_rows;    /* (B, n_categorical) each cell's categories as rows of covariates.W (one-hot)
@@ -145,7 +149,7 @@ struct nbs_workspace {
     float *dlt;              /* (B, G) d loss / d log theta per entry */
     float *zi, *dzi;         /* (B, G) ZINB zero-inflation logits */
     float *disp;             /* (B, G) per-cell log theta */
-    double *likwork;         /* (n_batches, 3, G) per batch and gene: lgamma, psi and value of theta */
+    double *likwork;         /* (n_batches, NBS_LIK_WORK, G) the likelihood's per batch and gene scratch */
     double *lik_rows;        /* (n_threads, 4, G) the likelihood's per-thread rows */
     float *dbuf[2], *dtmp;   /* (B, widest layer) backward scratch */
     int batch_n, grads_ready;
@@ -621,6 +625,7 @@ void nbs_workspace_free(nbs_workspace *w) {
         nbs_latent_cache_free(S->cache);
     }
     free(w->bptr), free(w->bidx), free(w->bval), free(w->rows), free(w->lib), free(w->loglik), free(w->kl);
+    free(w->cptr), free(w->ccell), free(w->cval);
     free(w->cov_rows), free(w->cov_emb), free(w->dcov_emb), free(w->cov_values), free(w->batch);
     free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp);
     free(w->likwork), free(w->lik_rows), free(w->dbuf[0]), free(w->dbuf[1]), free(w->dtmp);
@@ -683,6 +688,9 @@ static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz,
     ALLOC(w->bptr, n + 1, int64_t);
     ALLOC(w->bidx, w->nnz_cap, int32_t);
     ALLOC(w->bval, w->nnz_cap, float);
+    if (training) ALLOC(w->cptr, (int64_t)m->enc[0].lin.in + 1, int64_t);
+    if (training) ALLOC(w->ccell, w->nnz_cap, int32_t);
+    if (training) ALLOC(w->cval, w->nnz_cap, float);
     ALLOC(w->rows, n, int64_t);
     ALLOC(w->lib, n, double);
     if (m->cov.n_categorical) ALLOC(w->cov_rows, (int64_t)n * m->cov.n_categorical, int32_t);
@@ -698,7 +706,7 @@ static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz,
     if (m->has_zi) ALLOC(w->zi, nG, float);
     if (m->has_zi && training) ALLOC(w->dzi, nG, float);
     if (m->has_disp) ALLOC(w->disp, nG, float);
-    ALLOC(w->likwork, 3 * (int64_t)m->n_batches * m->G, double);
+    ALLOC(w->likwork, NBS_LIK_WORK * (int64_t)m->n_batches * m->G, double);
     ALLOC(w->lik_rows, (int64_t)w->n_threads * 4 * m->G, double);
     if (training) {
         ALLOC(w->dbuf[0], (int64_t)n * widest, float);
@@ -793,6 +801,15 @@ static int gather_covariates(const nbs_model *m, nbs_workspace *w, const nbs_cel
     return NBS_OK;
 }
 
+/* log1p of the small counts, the usual input under `input_transform: log1p`: a table lookup
+ * instead of a log1p per stored entry of every minibatch, with the same values. */
+#define LOG1P_TABLE 256
+static float LOG1P_SMALL[LOG1P_TABLE];
+static pthread_once_t log1p_once = PTHREAD_ONCE_INIT;
+static void fill_log1p(void) {
+    for (int k = 0; k < LOG1P_TABLE; k++) LOG1P_SMALL[k] = (float)log1p((double)k);
+}
+
 /* Copies the batch's rows into the workspace's CSR with the encoder's input transform applied,
  * with each cell's row of X, observed library size and covariates. */
 static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_error *err) {
@@ -804,6 +821,7 @@ static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_
                              (long long)c->n, w->cap, c->library ? "" : ", without library sizes");
     int st = gather_covariates(m, w, c, err);
     if (st) return st;
+    pthread_once(&log1p_once, fill_log1p);
     int64_t q = 0;
     w->bptr[0] = 0;
     for (int i = 0; i < c->n; i++) {
@@ -814,8 +832,10 @@ static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_
         const double l = c->library[r];
         const double f = m->cfg.input_transform == NBS_INPUT_LOG1P_CP10K && l > 0 ? 1e4 / l : 1.0;
         for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++, q++) {
+            const double x = X->data[p];
             w->bidx[q] = X->indices[p];
-            w->bval[q] = (float)log1p(f * X->data[p]);
+            w->bval[q] = f == 1.0 && x >= 0 && x < LOG1P_TABLE && x == (int)x ? LOG1P_SMALL[(int)x]
+                                                                              : (float)log1p(f * x);
         }
         w->bptr[i + 1] = q;
         w->rows[i] = r;
@@ -962,7 +982,7 @@ int nbs_model_decoder_dim(const nbs_model *m) {
 /* The gathered batch -> each stage's head (n, head_dim). Training updates batch-norm running
  * statistics, the only write to the model in a forward. */
 static void encode_gathered(const nbs_model *m, nbs_workspace *w, int n, int training, gsl_rng *rng) {
-    nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
+    nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval, NULL, NULL, NULL};
     for (int i = 0; i < m->n_enc; i++)
         hidden_forward(m, &m->enc[i], &w->enc[i], w, i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, training,
                        dropout_of(m), rng);
@@ -1248,7 +1268,8 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
         nbs_dense_backward(&m->cluster, henc, w->dcl_logits, n, w->dtmp);
         add_into(d, w->dtmp, esz);
     }
-    nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval};
+    nbs_sparse_rows sx = {n, w->bptr, w->bidx, w->bval, w->cptr, w->ccell, w->cval};
+    nbs_sparse_transpose(&sx, m->enc[0].lin.in, w->cptr, w->ccell, w->cval);
     const int drop = dropout_of(m) > 0;
     for (int i = m->n_enc - 1; i >= 0; i--) {
         hidden_backward(m, &m->enc[i], &w->enc[i], w, i ? w->enc[i - 1].act : NULL, i ? NULL : &sx, n, drop, d,
@@ -1290,8 +1311,12 @@ const char *nbs_model_nonfinite_grad(const nbs_model *m) {
         const block *B = &m->blocks[b];
         if (B->is_state) continue;
         const float *g = m->grads + B->offset;
-        for (int64_t k = 0; k < (int64_t)B->rows * B->cols; k++)
-            if (!isfinite(g[k])) return B->name;
+        /* g * 0 is 0 for a finite g and NaN otherwise, so the sum says whether any is not
+         * finite, in one vectorised pass instead of a test per gradient */
+        float probe = 0;
+#pragma omp simd reduction(+ : probe)
+        for (int64_t k = 0; k < (int64_t)B->rows * B->cols; k++) probe += g[k] * 0.0f;
+        if (probe != 0) return B->name;
     }
     return NULL;
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "nbsphere/likelihood.h"
+#include "nbsphere/nn.h"
 #include "nbsphere/train.h"
 #include "nbsphere/vae.h"
 
@@ -73,7 +74,7 @@ typedef struct {
     int n, G;
     double *lib;
     float *logits, *lt, *zi;
-    double *work, *rows; /* (3, G); (threads, 4, G) */
+    double *work, *rows; /* (NBS_LIK_WORK, G); (threads, 4, G) */
 } lik_fixture;
 
 static lik_fixture make_lik(int per_cell) {
@@ -89,7 +90,7 @@ static lik_fixture make_lik(int per_cell) {
     f.logits = malloc(sizeof(float) * nG);
     f.lt = malloc(sizeof(float) * nG);
     f.zi = malloc(sizeof(float) * nG);
-    f.work = malloc(sizeof(double) * 3 * f.G);
+    f.work = malloc(sizeof(double) * NBS_LIK_WORK * f.G);
     f.rows = malloc(sizeof(double) * 4 * f.G * omp_get_max_threads());
     for (int64_t k = 0; k < nG; k++) {
         f.logits[k] = (float)gsl_ran_gaussian(r, 1.0);
@@ -160,6 +161,112 @@ static void check_likelihood(nbs_likelihood_kind kind, int per_cell) {
 static void test_nb_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_NB, 0); check_likelihood(NBS_LIK_NB, 1); }
 static void test_zinb_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_ZINB, 0); }
 static void test_poisson_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_POISSON, 0); }
+
+/* Per-gene theta in two rows (a batch's each), with the counts whose terms come from the work rows'
+ * caches: 1 (log theta, 1 / theta), 2.5, 17 and 5000 (lgamma and psi of theta), and small counts
+ * (the product). Each cell's value equals lgamma on every
+ * entry, and a second batch with other theta through the same work rows, left filled by the
+ * first, gives what it gives with fresh ones: nothing cached for one batch is read by the next. */
+static void test_nb_likelihood_theta_rows(void **s) {
+    (void)s;
+    enum { n = 4, G = 6 };
+    const int32_t ci[] = {0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3};
+    const int32_t gi[] = {0, 1, 2, 0, 3, 5, 1, 4, 0, 2, 5};
+    const float v[] = {1, 2.5f, 17, 1, 5000, 1, 1, 3, 17, 1, 2};
+    nbs_error err = {0};
+    nbs_matrix *X = nbs_matrix_from_triplets(n, G, 11, ci, gi, v, "rows", &err);
+    assert_non_null(X);
+    double lib[n];
+    nbs_matrix_row_sums(X, lib);
+    float logits[n * G], lt[2 * G];
+    for (int k = 0; k < n * G; k++) logits[k] = (float)(0.3 * sin(k + 1.0));
+    for (int k = 0; k < 2 * G; k++) lt[k] = (float)(0.5 * cos(k + 2.0));
+    const int32_t trow[n] = {0, 1, 0, 1};
+    double *work = malloc(sizeof(double) * NBS_LIK_WORK * 2 * G), *fresh = malloc(sizeof(double) * NBS_LIK_WORK * 2 * G);
+    double *rows = malloc(sizeof(double) * 4 * G * omp_get_max_threads());
+    nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, 2, trow, NULL, work, rows, omp_get_max_threads()};
+    double ll[n], ll2[2];
+    nbs_lik_eval(&b, ll, 1.0f, NULL, NULL, NULL);
+    for (int i = 0; i < n; i++) {
+        const float *a = logits + i * G;
+        double mx = -INFINITY, z = 0, want = 0;
+        for (int g = 0; g < G; g++) mx = fmax(mx, a[g]);
+        for (int g = 0; g < G; g++) z += exp(a[g] - mx);
+        for (int g = 0; g < G; g++) {
+            double x = 0;
+            for (int64_t p = X->indptr[i]; p < X->indptr[i + 1]; p++)
+                if (X->indices[p] == g) x = X->data[p];
+            const double th = exp((double)lt[trow[i] * G + g]);
+            want += dense_nb(x, lib[i] * exp(a[g] - mx) / z, th);
+        }
+        assert_true(fabs(ll[i] - want) < 1e-9 * fmax(1.0, fabs(want)));
+    }
+    /* a second batch (cells 2, 3 as cells 0, 1) after a step has moved theta: through the work rows
+     * the first batch filled, and through fresh ones */
+    float lt2[2 * G];
+    for (int k = 0; k < 2 * G; k++) lt2[k] = lt[k] + 0.25f;
+    const int64_t sub[2] = {2, 3};
+    const int32_t trow2[2] = {0, 1};
+    nbs_lik_batch b2 = {NBS_LIK_NB, 2, G, X, sub, lib + 2, logits + 2 * G, lt2, 0, 2, trow2, NULL, work, rows,
+                        omp_get_max_threads()};
+    nbs_lik_eval(&b2, ll2, 1.0f, NULL, NULL, NULL);
+    b2.work = fresh;
+    double ll3[2];
+    nbs_lik_eval(&b2, ll3, 1.0f, NULL, NULL, NULL);
+    assert_true(ll2[0] == ll3[0] && ll2[1] == ll3[1]);
+    assert_true(ll2[0] != ll[2] && ll2[1] != ll[3]); /* theta did move them */
+    free(work), free(fresh), free(rows);
+    nbs_matrix_free(X);
+}
+
+/* The sparse first layer at a width of two register blocks of 64 outputs and a remainder of 22:
+ * the forward equals the plain sum over each row's entries, and the backward through the column
+ * view (nbs_sparse_transpose) gives the row path's dW bit for bit (the same sums in the same order). */
+static void test_sparse_layer_paths(void **s) {
+    (void)s;
+    enum { n = 7, in = 50, out = 150 };
+    gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
+    gsl_rng_set(r, 5);
+    int64_t indptr[n + 1] = {0};
+    int32_t idx[n * in];
+    float val[n * in];
+    for (int i = 0, q = 0; i < n; i++, indptr[i] = q)
+        for (int g = 0; g < in; g++)
+            if (i != 3 && gsl_rng_uniform(r) < 0.3) idx[q] = g, val[q++] = (float)gsl_rng_uniform(r); /* cell 3 empty */
+    float *W = malloc(sizeof(float) * in * out), *b = malloc(sizeof(float) * out);
+    float *dW1 = calloc(in * out, sizeof(float)), *dW2 = calloc(in * out, sizeof(float));
+    float *db1 = calloc(out, sizeof(float)), *db2 = calloc(out, sizeof(float));
+    float *y = malloc(sizeof(float) * n * out), *dy = malloc(sizeof(float) * n * out);
+    for (int k = 0; k < in * out; k++) W[k] = (float)gsl_ran_gaussian(r, 1.0), dW1[k] = dW2[k] = 0.5f;
+    for (int k = 0; k < out; k++) b[k] = (float)gsl_ran_gaussian(r, 1.0);
+    for (int k = 0; k < n * out; k++) dy[k] = (float)gsl_ran_gaussian(r, 1.0);
+    nbs_dense L1 = {in, out, W, b, dW1, db1}, L2 = {in, out, W, b, dW2, db2};
+    nbs_sparse_rows rows = {n, indptr, idx, val, NULL, NULL, NULL};
+    nbs_dense_forward_sparse(&L1, &rows, y);
+    double worst = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < out; j++) {
+            double want = b[j];
+            for (int64_t p = indptr[i]; p < indptr[i + 1]; p++) want += (double)val[p] * W[(int64_t)idx[p] * out + j];
+            worst = fmax(worst, fabs(y[(int64_t)i * out + j] - want) / fmax(1.0, fabs(want)));
+        }
+    assert_true(worst < 1e-5);
+    int64_t colptr[in + 1];
+    int32_t cell[n * in];
+    float cval[n * in];
+    nbs_sparse_transpose(&rows, in, colptr, cell, cval);
+    assert_int_equal(colptr[in], indptr[n]);
+    nbs_sparse_rows cols = {n, indptr, idx, val, colptr, cell, cval};
+    nbs_dense_backward_sparse(&L1, &rows, dy);
+    nbs_dense_backward_sparse(&L2, &cols, dy);
+    assert_memory_equal(dW1, dW2, sizeof(float) * in * out);
+    assert_memory_equal(db1, db2, sizeof(float) * out);
+    int changed = 0; /* and the backward did add something */
+    for (int k = 0; k < in * out; k++) changed += dW1[k] != 0.5f;
+    assert_true(changed > in * out / 4);
+    free(W), free(b), free(dW1), free(dW2), free(db1), free(db2), free(y), free(dy);
+    gsl_rng_free(r);
+}
 
 /* ---- whole model ---- */
 
@@ -662,6 +769,8 @@ static void test_single_cell_batch(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nb_likelihood),
+        cmocka_unit_test(test_nb_likelihood_theta_rows),
+        cmocka_unit_test(test_sparse_layer_paths),
         cmocka_unit_test(test_zinb_likelihood),
         cmocka_unit_test(test_poisson_likelihood),
         cmocka_unit_test(test_model_gradients_nb),

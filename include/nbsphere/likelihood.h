@@ -11,6 +11,10 @@
 #include "nbsphere/error.h"
 #include "nbsphere/matrix.h"
 
+/* Rows of nbs_lik_batch.work per row of per-gene theta (theta, and lgamma, psi, log and inverse of
+ * it where a count of the batch needs them). */
+#define NBS_LIK_WORK 5
+
 typedef struct {
     nbs_likelihood_kind kind;
     int n, G;
@@ -23,7 +27,7 @@ typedef struct {
     int theta_rows;           /* per gene: rows of log_theta, 1 or one per batch category */
     const int32_t *theta_row; /* (n) the row of log_theta of each batch cell, or NULL: row 0 */
     const float *zi_logits;   /* ZINB: [n x G] logit of the zero-inflation probability */
-    double *work;             /* (theta_rows, 3, G) scratch: per row and gene lgamma, psi and value of theta */
+    double *work;             /* (theta_rows, NBS_LIK_WORK, G) scratch: per row and gene values of theta */
     double *thread_rows;      /* (n_threads, 4, G) scratch rows of each thread */
     int n_threads;            /* the parallel loop uses at most this many threads */
 } nbs_lik_batch;
