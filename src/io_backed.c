@@ -96,6 +96,16 @@ static int file_input(const nbs_input_config *in, nbs_format format, int i, nbs_
 
 static int readable(nbs_format f) { return f == NBS_FMT_H5AD || f == NBS_FMT_10X_H5; }
 
+double nbs_backed_memory_limit(const nbs_input_config *in, const char **whose) {
+    if (in->memory_limit != NBS_AUTO) {
+        *whose = "input.memory_limit";
+        return (double)in->memory_limit * 1048576.0;
+    }
+    const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    *whose = "input.memory_limit auto, half of the physical memory";
+    return pages > 0 && size > 0 ? NBS_BACKED_RAM_FRACTION * (double)pages * (double)size : INFINITY;
+}
+
 int nbs_backed_decide(const nbs_input_config *in, nbs_format format, int *backed, char *why, nbs_error *err) {
     const int n_files = in->samples.n ? in->samples.n : 1;
     nbs_input_config *one = in->samples.n ? malloc(sizeof *one) : NULL; /* a sample's input section */
@@ -130,13 +140,8 @@ int nbs_backed_decide(const nbs_input_config *in, nbs_format format, int *backed
         snprintf(why, 256, "input.backed: false");
         return NBS_OK;
     }
-    double limit = (double)in->memory_limit * 1048576.0;
-    const char *whose = "input.memory_limit";
-    if (in->memory_limit == NBS_AUTO) {
-        const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
-        limit = pages > 0 && size > 0 ? NBS_BACKED_RAM_FRACTION * (double)pages * (double)size : INFINITY;
-        whose = "input.memory_limit auto, half of the physical memory";
-    }
+    const char *whose;
+    const double limit = nbs_backed_memory_limit(in, &whose);
     /* nothing to choose unless every file can be read out of core (the in-memory reader reports a
      * file it cannot read) */
     for (int i = 0; i < n_files && !st; i++)

@@ -1114,6 +1114,24 @@ static int backed_batch_codes(run_state *s, const char *column, int32_t **codes,
     return st;
 }
 
+/* Out of core the PCA of the counts (the label score's baseline, the wrap-around check) holds a gene
+ * x gene covariance (nbs_eval_pca_stream): refused before training, naming the genes, when it
+ * would not fit in input.memory_limit, rather than failing after it. */
+static int check_pca_memory(const run_state *s, nbs_error *err) {
+    const nbs_config *c = &s->p->config;
+    const int k = c->trajectory.enabled ? REF_DIMS : PCA_DIMS;
+    if (!c->input.label_column[0] && !c->trajectory.enabled) return NBS_OK;
+    const double G = (double)s->pre->n_genes, need = 8.0 * G * (G + 258 + k);
+    const char *whose;
+    const double limit = nbs_backed_memory_limit(&c->input, &whose);
+    if (need <= limit) return NBS_OK;
+    return nbs_error_set(err, NBS_ERR_USAGE, "out of core, the PCA of the counts that %s needs takes %.1f MB for "
+                         "the covariance of the %lld chosen genes, more than %s (%.0f MB); choose fewer genes "
+                         "(preprocess.n_top_genes, e.g. 2000) or raise input.memory_limit",
+                         c->input.label_column[0] ? "the label score (input.label_column)" : "the trajectory's "
+                         "wrap-around check", need / 1048576.0, (long long)s->pre->n_genes, whose, limit / 1048576.0);
+}
+
 static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     const nbs_config *c = &s->p->config;
     stage_begin(s, "preprocess");
@@ -1135,6 +1153,7 @@ static int stage_preprocess_backed(run_state *s, nbs_error *err) {
     if (st) return st;
     log_hvg(s, column);
     if (c->input.samples.n) log_kept_per_sample(s);
+    if ((st = check_pca_memory(s, err))) return st;
     if (r)
         nbs_info("out of core over %d processes: each scans its rows of the file in preprocessing (process 0: rows "
                  "%lld to %lld) and reads only its share of each minibatch in training", r->size, (long long)lo + 1,

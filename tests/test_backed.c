@@ -775,6 +775,19 @@ static void test_refusals(void **state) {
     c.input.memory_limit = 1000;
     assert_int_equal(nbs_backed_decide(&c.input, NBS_FMT_H5AD, &backed, why, &err), NBS_OK);
     assert_int_equal(backed, 0);
+    /* the label score's PCA holds a gene x gene covariance out of core: 300 genes take 1.3 MB, more
+     * than a 1 MB limit, refused before training (no training log), naming the genes and the key */
+    snprintf(args, sizeof args, "--quiet train '%s/big/sim.h5ad' --out '%s/pca_mem' --set input.backed=true "
+             "--set input.memory_limit=1 --set input.labels_path='%s/big/cell_labels.tsv' "
+             "--set input.label_column=branch --set preprocess.n_top_genes=0", dir, dir, dir);
+    errout = NULL;
+    assert_int_equal(tu_run_cli(args, NULL, &errout), 2);
+    assert_non_null(errout);
+    assert_non_null(strstr(errout, "the PCA of the counts that the label score (input.label_column) needs takes 1.3 MB "
+                                   "for the covariance of the 300 chosen genes, more than input.memory_limit (1 MB)"));
+    free(errout);
+    snprintf(args, sizeof args, "%s/pca_mem/training_log.tsv", dir);
+    assert_false(tu_exists(args));
 }
 
 int main(void) {

@@ -17,6 +17,10 @@
 
 typedef struct nbs_backed nbs_backed;
 
+/* input.memory_limit in bytes (auto: NBS_BACKED_RAM_FRACTION of the physical memory); *whose names
+ * where the figure comes from, for messages. */
+double nbs_backed_memory_limit(const nbs_input_config *in, const char **whose);
+
 /* Whether a run reads its input out of core: input.backed true or false as given; auto when the
  * in-memory estimate of the input (nbs_backed_estimate) exceeds input.memory_limit (megabytes;
  * auto: NBS_BACKED_RAM_FRACTION of the physical memory) and the format can be read so. The
