@@ -1039,8 +1039,8 @@ static int loader_fetch(void *user, const int64_t *seq, int64_t n_seq, int64_t p
         l->mb_lib[i] = l->library[c];
         if (!l->cov) continue;
         const int nc = l->cov->n_categorical, nk = l->cov->n_continuous;
-        memcpy(l->mb_codes + i * nc, l->cov->codes + c * nc, sizeof *l->mb_codes * (size_t)nc);
-        memcpy(l->mb_cont + i * nk, l->cov->standardised + c * nk, sizeof *l->mb_cont * (size_t)nk);
+        if (nc) memcpy(l->mb_codes + i * nc, l->cov->codes + c * nc, sizeof *l->mb_codes * (size_t)nc);
+        if (nk) memcpy(l->mb_cont + i * nk, l->cov->standardised + c * nk, sizeof *l->mb_cont * (size_t)nk);
     }
     l->mb.n_cells = n;
     l->mb.nnz = w;
