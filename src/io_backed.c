@@ -195,10 +195,12 @@ static void close_file(backed_file *b) {
 
 void nbs_backed_close(nbs_backed *b) {
     if (!b) return;
+    /* input.samples (even of one file) matched the genes into arrays of their own */
+    const int owned = b->gene_names && !(b->file && b->n_files && b->gene_names == b->file[0].gene_names);
     for (int i = 0; b->file && i < b->n_files; i++) close_file(&b->file[i]);
     free(b->file);
-    if (b->n_files > 1 && b->gene_names) nbs_io_free_labels(b->gene_names, b->n_genes);
-    if (b->n_files > 1 && b->gene_ids) nbs_io_free_labels(b->gene_ids, b->n_genes);
+    if (owned) nbs_io_free_labels(b->gene_names, b->n_genes);
+    if (owned && b->gene_ids) nbs_io_free_labels(b->gene_ids, b->n_genes);
     free(b->indptr);
     free(b->blk_indptr);
     free(b->blk_idx);
@@ -556,7 +558,7 @@ static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
     const int64_t rows = r1 - r0, k0 = b->indptr[r0], len = b->indptr[r1] - k0;
     if (rows + 1 > b->blk_rows_cap) {
         int64_t *p = realloc(b->blk_indptr, sizeof *p * (size_t)(rows + 1));
-        if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->file[0].path);
+        if (!p) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", file_of(b, r0)->path);
         b->blk_indptr = p, b->blk_rows_cap = rows + 1;
     }
     if (len > b->blk_cap) {
@@ -564,7 +566,7 @@ static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
         if (i) b->blk_idx = i;
         float *v = i ? realloc(b->blk_data, sizeof *v * (size_t)len) : NULL;
         if (v) b->blk_data = v;
-        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", b->file[0].path);
+        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory reading %s", file_of(b, r0)->path);
         b->blk_cap = len;
     }
     b->rows_read += rows;
@@ -618,8 +620,8 @@ static int read_rows(nbs_backed *b, int64_t r0, int64_t r1, nbs_error *err) {
             sort_row(b->blk_idx + start, b->blk_data + start, w - start);
             for (int64_t k = start + 1; k < w; k++)
                 if (b->blk_idx[k] == b->blk_idx[k - 1])
-                    return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s: cell %lld stores gene %d twice", f->path, f->loc,
-                                         (long long)cell, b->blk_idx[k] + 1);
+                    return nbs_error_set(err, NBS_ERR_INPUT, "%s: /%s: cell %lld stores gene '%s' twice", f->path, f->loc,
+                                         (long long)cell, b->gene_names[b->blk_idx[k]]);
         }
         b->blk_indptr[r + 1] = w;
     }
@@ -1032,8 +1034,10 @@ static int loader_fetch(void *user, const int64_t *seq, int64_t n_seq, int64_t p
         }
         const int64_t s = l->slot_of_block[blk], r = c - blk * l->block;
         const int64_t k0 = l->s_indptr[s][r], len = l->s_indptr[s][r + 1] - k0;
-        memcpy(l->mb.indices + w, l->s_idx[s] + k0, sizeof *l->mb.indices * (size_t)len);
-        memcpy(l->mb.data + w, l->s_data[s] + k0, sizeof *l->mb.data * (size_t)len);
+        if (len) { /* a slot whose cells have no counts in the chosen genes has no arrays yet */
+            memcpy(l->mb.indices + w, l->s_idx[s] + k0, sizeof *l->mb.indices * (size_t)len);
+            memcpy(l->mb.data + w, l->s_data[s] + k0, sizeof *l->mb.data * (size_t)len);
+        }
         w += len;
         l->mb.indptr[i + 1] = w;
         l->mb_lib[i] = l->library[c];

@@ -871,7 +871,7 @@ static int stage_write(run_state *s, nbs_error *err) {
     char path[NBS_PATH_MAX];
     /* extra TSV columns: variances (Gaussian, on request) or kappa (spheres, always) */
     char names_buf[NBS_MAX_KL_TERMS][16];
-    const char *names[NBS_MAX_KL_TERMS];
+    const char *names[NBS_MAX_KL_TERMS + 2]; /* + the discrete latent's two */
     int n_extra = gauss ? (c->output.write_variances ? d : 0) : 1;
     for (int j = 0; j < n_extra; j++) {
         if (gauss) snprintf(names_buf[j], sizeof names_buf[j], "var%d", j + 1);
@@ -1042,6 +1042,32 @@ static int embed_block(run_state *s, int64_t c0, int64_t n, int with_X, int64_t 
     return NBS_OK;
 }
 
+/* The report's figures out of core without every cell's embedding: the diagnosed cells' locations
+ * zd (n_diag, d) and spreads kd (n_diag, spread dim) at process 0. Each process embeds the part it
+ * read (diag_X) and, under mpirun, sends it to process 0 in rank order (peers pass NULL). */
+static int embed_diag_cells(run_state *s, float *zd, float *kd, nbs_error *err) {
+    const nbs_latent *L = nbs_model_latent(s->ck.model);
+    const int d = L->dim, sd = nbs_latent_spread_dim(L);
+    nbs_cells dc = nbs_cells_all(s->diag_X, s->diag_lib);
+    nbs_covariates_attach(&s->diag_cov, &dc);
+    const nbs_train_reduce *r = split_run(s);
+    if (!r) return nbs_model_embed(s->ck.model, &dc, zd, kd, err);
+    const int64_t m = s->diag_X->n_cells, P = r->size;
+    float *zl = nbs_malloc(sizeof *zl * (size_t)(m * d + 1), err), *kl = nbs_malloc(sizeof *kl * (size_t)(m * sd + 1), err);
+    int64_t *bz = nbs_malloc(sizeof *bz * (size_t)(2 * P), err); /* (2, P) bytes of locations, spreads */
+    int st = zl && kl && bz ? nbs_model_embed(s->ck.model, &dc, zl, kl, err) : NBS_ERR_NOMEM;
+    for (int64_t q = 0; !st && q < P; q++) {
+        const int64_t cells = s->n_diag * (q + 1) / P - s->n_diag * q / P; /* diag_part of process q */
+        bz[q] = cells * d * (int64_t)sizeof(float);
+        bz[P + q] = cells * sd * (int64_t)sizeof(float);
+    }
+    /* a process that failed leaves the gathers: main ends the job (nbs_parallel_abort) */
+    if (!st) st = r->gather(r->user, zl, bz, zd, err);
+    if (!st) st = r->gather(r->user, kl, bz + P, kd, err);
+    free(zl), free(kl), free(bz);
+    return st;
+}
+
 /* Whether process 0 embeds every kept cell before writing (embed_all_backed, for the label score,
  * the integration metrics and the trajectory stage, as stage_diagnose and stage_trajectory ask):
  * under mpirun the peers take part, so each process answers the same from the configuration and
@@ -1062,6 +1088,8 @@ static int peer_write_backed(run_state *s, nbs_error *err) {
     if (!st && !rows) st = NBS_ERR_NOMEM;
     for (int64_t c0 = 0; !st && c0 < n; c0 += B) st = embed_block(s, c0, c0 + B < n ? B : n - c0, with_X, rows, NULL, NULL, NULL, err);
     free(rows);
+    /* the report's figures from the diagnosed cells, as process 0 draws them (stage_write_backed) */
+    if (!st && c->output.write_report && !backed_embeds_all(s)) st = embed_diag_cells(s, NULL, NULL, err);
     return st;
 }
 
@@ -1079,7 +1107,7 @@ static int decide_backed(run_state *s, nbs_error *err) {
     if (st) return st;
     if (in->backed != 0 && why[0]) nbs_info("%s", why);
     if (!backed) return NBS_OK;
-    s->format = f;
+    s->format = in->samples.n ? NBS_FMT_AUTO : f; /* several files: each sample has its own format */
     s->out_of_core = 1;
     return NBS_OK;
 }
@@ -1396,9 +1424,7 @@ static int stage_write_backed(run_state *s, nbs_error *err) {
     else if (!st && c->output.write_report && s->have_report) { /* the figures: the diagnostics' subsample */
         const int64_t nd = s->n_diag;
         float *zd = nbs_malloc(sizeof *zd * (size_t)(nd * d + 1), err), *kd = nbs_malloc(sizeof *kd * (size_t)(nd * sd + 1), err);
-        nbs_cells dc = nbs_cells_all(s->diag_X, s->diag_lib);
-        nbs_covariates_attach(&s->diag_cov, &dc);
-        st = zd && kd ? nbs_model_embed(s->ck.model, &dc, zd, kd, err) : NBS_ERR_NOMEM;
+        st = zd && kd ? embed_diag_cells(s, zd, kd, err) : NBS_ERR_NOMEM;
         if (!st) st = write_reports(s, zd, nd, kd, 0, err);
         free(zd);
         free(kd);

@@ -543,7 +543,7 @@ static void test_bad_rows(void **state) {
     nbs_preprocess_result_free(pre);
     write_csr(p, ptr, twice, ok);
     assert_int_equal(stream(p, &pre, &err), NBS_ERR_INPUT);
-    assert_non_null(strstr(err.msg, "cell 2 stores gene 3 twice"));
+    assert_non_null(strstr(err.msg, "cell 2 stores gene 'g3' twice"));
     write_csr(p, ptr, unsorted, negative);
     assert_int_equal(stream(p, &pre, &err), NBS_ERR_INPUT);
     assert_non_null(strstr(err.msg, "negative value -4 at cell 2"));

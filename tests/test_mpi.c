@@ -272,6 +272,17 @@ static void test_backed_two_processes_read_their_rows(void **state) {
     assert_string_equal(ga, gb);
     free(ga), free(gb);
     expect_same_counts("b_one128", "b_two64");
+    /* the report's figures come from the diagnosed cells' embedding, each process's part gathered at
+     * process 0: the same page as one process's (its figures printed to 3 digits) */
+    char *ra = tu_read_file(tu_path(tu_path(g_dir, "b_one128"), "report.html"), NULL);
+    char *rb = tu_read_file(tu_path(tu_path(g_dir, "b_two64"), "report.html"), NULL);
+    assert_non_null(ra);
+    assert_non_null(rb);
+    const char *ta = strstr(ra, "<svg"), *tb = strstr(rb, "<svg"); /* past the run's own paths and times */
+    assert_non_null(ta);
+    assert_non_null(tb);
+    assert_string_equal(ta, tb);
+    free(ra), free(rb);
     /* process 0 alone writes: the same files as one process, its log alone shown */
     assert_int_equal(tu_count_files(tu_path(g_dir, "b_two64")), tu_count_files(tu_path(g_dir, "b_one128")));
     assert_non_null(errout);
