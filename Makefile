@@ -57,6 +57,7 @@ PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lgsl -lcsv -lflann
 # gcc warns that error messages may be cut at their buffer size; that is intended.
 IS_CLANG := $(findstring clang,$(shell $(CC) --version 2>/dev/null))
 NOTRUNC := $(if $(IS_CLANG),,-Wno-format-truncation)
+CLANG_VECLIB := $(if $(and $(IS_CLANG),$(findstring x86_64,$(shell $(CC) -dumpmachine 2>/dev/null))),-fveclib=libmvec)
 # MPI=1 compiles with OpenMPI's wrapper around the compiler chosen (OMPI_CC: cc, or CC=clang);
 # src/parallel.c and the mpirun tests exist only in that build, and main.c's MPI calls with NBS_MPI.
 ifneq ($(MPI),)
@@ -114,7 +115,7 @@ all: $(BIN) $(LIB) $(SHLIB)
 # The full compile and link lines of this folder. Every object depends on this file, and it
 # is rewritten only when they change, so `make CFLAGS=...` or `make CPPFLAGS=...` on an
 # existing folder recompiles everything instead of linking old objects with new ones.
-BUILD_FLAGS := $(CC) $(CFLAGS) $(CPPFLAGS) | $(LDFLAGS) $(LDLIBS)
+BUILD_FLAGS := $(CC) $(CFLAGS) $(CPPFLAGS) $(CLANG_VECLIB) | $(LDFLAGS) $(LDLIBS)
 ifneq ($(file <$(BUILD)/flags),$(BUILD_FLAGS))
 $(BUILD)/flags: FORCE
 endif
@@ -136,6 +137,13 @@ deps:
 
 $(BUILD)/%.o: src/%.c $(wildcard include/nbsphere/*.h) $(wildcard src/*.h) $(BUILD)/flags | $(BUILD)
 	$(CC) $(CFLAGS) $(CPPFLAGS) -c $< -o $@
+
+# The likelihood's `omp simd` loops over exp and log call glibc's vector variants (libmvec): gcc
+# does from the `declare simd` declarations in src/likelihood.c, clang only when told which
+# vector library to use (clang 14 maps them to the AVX2 variants, _ZGVdN4v_*, on any x86-64
+# with AVX2). Only there, as with gcc, so that no other loop changes its results (CLANG_VECLIB,
+# with the compiler above).
+$(BUILD)/likelihood.o $(BUILD)/vecmath_probe: override CFLAGS += $(CLANG_VECLIB)
 
 $(BUILD):
 	mkdir -p $(BUILD)/tests

@@ -5,6 +5,9 @@
 # First the floor table: what this machine could do at best for the model (dense products at the
 # sgemm peak, the likelihood's entries at the vector exp + log cost, both measured in the same
 # run) against nbsphere's time, for the native and the AVX2-limited build at 1 and 2 threads.
+# The Gaussian and the vMF latent always run in turn (same seed, one after the other), and the
+# vMF / Gaussian figures are the median of those pairs' ratios: on a shared machine, two
+# stretches of runs would compare the load as much as the latents.
 # Env: BIN (default ./nbsphere), THREADS (2), EPOCHS (6: 1 warm-up + 5 timed),
 #      BUILD_DIR, AVX2_DIR (the build folders whose probes and likelihood.o the floor table uses,
 #      AVX2_DIR "folder binary" as `make print-build` prints it; make bench sets both; FLOOR=0 skips
@@ -57,8 +60,18 @@ PY
 run_ref() { # data [--genes file]
   if [ $TORCH_OK = 1 ]; then $PY bench/reference.py "$@" --threads "$THREADS" --epochs "$EPOCHS" | tail -1; else echo '{}'; fi
 }
-# One JSON list of the runs over SEEDS: seeds data out latent n_top_genes / seeds ref-args...
-seeds_nbs() { local sep="[" s; for s in $SEEDS; do printf '%s' "$sep"; run_nbs "$1" "$2-s$s" "$3" "$4" "$s"; sep=","; done; echo "]"; }
+# The Gaussian and the vMF latent over SEEDS, interleaved (Gaussian seed s, vMF seed s, then the
+# next seed), so that their ratio compares the latents and not two stretches of the machine's load:
+# data out-prefix n_top_genes; sets GAUSS_JSON and VMF_JSON (JSON lists of the runs).
+seeds_pair() {
+  local s sep="" g="" v=""
+  for s in $SEEDS; do
+    g="$g$sep$(run_nbs "$1" "$2-s$s" gaussian "$3" "$s" | tr -d '\n')"
+    v="$v$sep$(run_nbs "$1" "$2-vmf-s$s" vmf "$3" "$s" | tr -d '\n')"
+    sep=","
+  done
+  GAUSS_JSON="[$g]" VMF_JSON="[$v]"
+}
 seeds_ref() { local sep="[" s; for s in $SEEDS; do printf '%s' "$sep"; run_ref "$@" --seed "$s"; sep=","; done; echo "]"; }
 
 # The floor table. Its rows run one after another, each row's sgemm peak measured just before it,
@@ -68,7 +81,7 @@ FLOOR_REPEATS=${FLOOR_REPEATS:-2}
 SIM="$DIR/sim10k"
 [ -e "$SIM/sim_mtx" ] || "$BIN" -q simulate --out "$SIM" --cells 10000 --genes 2000 --depth 600 --seed 1
 floor_rows() { # label folder binary: one row per thread count, JSON lines
-  local label=$1 dir=$2 bin=$3 t lat r
+  local label=$1 dir=$2 bin=$3 t
   local vm; vm=$("$dir/vecmath_probe" | tr '\n' ' ')
   local mvec; mvec=$(objdump -dr "$dir/likelihood.o" | grep -o '_ZGV[A-Za-z0-9_]*' | sort | uniq -c | awk '{printf "%s%sx%s", s, $2, $1; s=","}')
   for t in 1 2; do
@@ -77,15 +90,15 @@ floor_rows() { # label folder binary: one row per thread count, JSON lines
     local layers; layers=$(OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$t "$dir/layers_probe" | tr '\n' ' ')
     printf '{"build": "%s", "threads": %d, "peak": %s, "vecmath": "%s", "mvec": "%s", "layers": "%s"' \
         "$label" "$t" "$peak" "$vm" "$mvec" "$layers"
-    for lat in gaussian vmf; do
-      printf ', "%s": [' "$lat"
-      for r in $(seq "$FLOOR_REPEATS"); do
-        [ "$r" = 1 ] || printf ','
-        BIN=$bin THREADS=$t OMP_NUM_THREADS=$t run_nbs "$SIM/sim_mtx" "$DIR/floor-$label-$lat-t$t-r$r" "$lat" 0 | tr -d '\n'
-      done
-      printf ']'
+    # the two latents alternately (Gaussian, vMF, Gaussian, ...): their ratio, the vMF cost, then
+    # compares runs under the same load
+    local r sep="" g="" v=""
+    for r in $(seq "$FLOOR_REPEATS"); do
+      g="$g$sep$(BIN=$bin THREADS=$t OMP_NUM_THREADS=$t run_nbs "$SIM/sim_mtx" "$DIR/floor-$label-gaussian-t$t-r$r" gaussian 0 | tr -d '\n')"
+      v="$v$sep$(BIN=$bin THREADS=$t OMP_NUM_THREADS=$t run_nbs "$SIM/sim_mtx" "$DIR/floor-$label-vmf-t$t-r$r" vmf 0 | tr -d '\n')"
+      sep=","
     done
-    echo '}'
+    printf ', "gaussian": [%s], "vmf": [%s]}\n' "$g" "$v"
   done
 }
 if [ "$FLOOR" != 0 ] && [ -n "${BUILD_DIR:-}" ]; then
@@ -127,11 +140,14 @@ for r in rows:
     g, v = med(r["gaussian"], "sec_per_epoch"), med(r["vmf"], "sec_per_epoch")
     gp = med(r["gaussian"], "sec_products")
     lay = flops / gp / 1e9
+    # vMF / Gaussian: the median of the ratios of the runs made one after the other
+    pairs = [b["sec_per_epoch"] / a["sec_per_epoch"] for a, b in zip(r["gaussian"], r["vmf"]) if a and b]
+    vg = statistics.median(pairs) if pairs else float("nan")
     print("%-6s %3d %7.1f %6.3f %6.3f %8.3f | %9.3f %7.2f %7.1f %7.0f%% | %9.3f %7.2f %6.2f" % (r["build"], t, r["peak"],
-          vm["exp"], vm["log"], floor, g, g / floor, lay, 100 * lay / r["peak"], v, v / floor, v / g))
+          vm["exp"], vm["log"], floor, g, g / floor, lay, 100 * lay / r["peak"], v, v / floor, vg))
     notes.append("%-6s %d thr: libmvec calls in likelihood.o: %s; output layer 128 x %d (GFLOP/s): %s"
                  % (r["build"], t, r["mvec"] or "none", G, r["layers"]))
-print("(s: median s/epoch over %s runs; layers: the dense FLOPs over the time in the network, which also holds the sparse"
+print("(s: median s/epoch over %s runs; vMF/G: median of the ratios of runs made in turn; layers: the dense FLOPs over the time in the network, which also holds the sparse"
       " encoder input, norms and the latent)" % (len(rows[0]["gaussian"]) if rows else 0))
 for l in notes:
     print(l)
@@ -140,12 +156,12 @@ fi
 [ "${FLOOR_ONLY:-0}" = 0 ] || exit 0
 
 declare -A R
-R[sim,nbs]=$(seeds_nbs "$SIM/sim_mtx" "$DIR/nbs-sim" gaussian 0)
-R[sim,vmf]=$(seeds_nbs "$SIM/sim_mtx" "$DIR/vmf-sim" vmf 0)
+seeds_pair "$SIM/sim_mtx" "$DIR/nbs-sim" 0
+R[sim,nbs]=$GAUSS_JSON R[sim,vmf]=$VMF_JSON
 R[sim,ref]=$(seeds_ref "$SIM/sim_mtx")
 if [ -e "$PBMC" ]; then
-  R[pbmc,nbs]=$(seeds_nbs "$PBMC" "$DIR/nbs-pbmc" gaussian 2000)
-  R[pbmc,vmf]=$(seeds_nbs "$PBMC" "$DIR/vmf-pbmc" vmf 2000)
+  seeds_pair "$PBMC" "$DIR/nbs-pbmc" 2000
+  R[pbmc,nbs]=$GAUSS_JSON R[pbmc,vmf]=$VMF_JSON
   first=(${SEEDS})
   R[pbmc,ref]=$(seeds_ref "$PBMC" --genes "$DIR/nbs-pbmc-s${first[0]}/genes.tsv")  # the same 2,000 HVGs
 else
@@ -187,7 +203,11 @@ def summary(runs):  # runs over seeds -> medians of the timings, mean and sd of 
     d["val_elbo"], d["elbo_sd"], d["seeds"] = statistics.mean(e), statistics.stdev(e) if len(e) > 1 else 0.0, len(e)
     return d
 
-v = [summary(json.loads(s or "[]")) for s in sys.argv[4:10]]
+lists = [json.loads(s or "[]") for s in sys.argv[4:10]]
+v = [summary(l) for l in lists]
+def pair_ratio(g, m):  # median of vMF / Gaussian over the seeds, each pair run one after the other
+    p = [b["sec_per_epoch"] / a["sec_per_epoch"] for a, b in zip(g, m) if a and b]
+    return statistics.median(p) if p else float("nan")
 G, n, nnz = mtx_shape(sim)
 print("\nsimulated: %d cells x %d genes, %.1f %% zeros; threads: %s" % (n, G, 100 * (1 - nnz / (n * G)), threads))
 f = lambda d, k, fmt: (fmt % d[k]) if k in d else "-"
@@ -204,7 +224,8 @@ for i, ds in enumerate(["sim10k", "pbmc3k"]):
               min(nbs["seeds"], ref["seeds"]), 100 * abs(nbs["val_elbo"] - ref["val_elbo"]) / abs(ref["val_elbo"]),
               100 * se / abs(ref["val_elbo"])))
     if nbs and vmf:
-        print("%-8s vMF / Gaussian time per epoch: %.2f" % (ds, vmf["sec_per_epoch"] / nbs["sec_per_epoch"]))
+        print("%-8s vMF / Gaussian time per epoch: %.2f (median over the seeds of the ratio, each seed's two runs one after the other)"
+              % (ds, pair_ratio(lists[3 * i], lists[3 * i + 1])))
     if nbs and ds == "sim10k":
         # dense products of one epoch (forward + two backward products per layer; the encoder's
         # first layer is sparse and not counted): decoder 10x128 and 128xG, head 128x20

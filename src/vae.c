@@ -132,10 +132,12 @@ struct nbs_workspace {
     int64_t *bptr;        /* (B + 1) */
     int32_t *bidx;        /* (nnz_cap) */
     float *bval;          /* (nnz_cap) */
+    float *bcount;        /* (nnz_cap) the same entries' raw counts, for the likelihood */
+    nbs_matrix bX;        /* the batch's rows of X as a CSR of its own (bptr, bidx, bcount): the
+                             likelihood reads them in order, not scattered over X */
     int64_t *cptr;        /* training: (G + 1) the same batch by gene (CSC), for the first layer's backward */
     int32_t *ccell;       /* (nnz_cap) */
     float *cval;          /* (nnz_cap) */
-    int64_t *rows;        /* (B) row of X of each batch cell */
     double *lib;          /* (B) observed library sizes */
     int32_t *cov_rows;    /* (B, n_categorical) each cell's categories as rows of covariates.W (one-hot)
                            * or of the tables (embedding) */
@@ -624,7 +626,7 @@ void nbs_workspace_free(nbs_workspace *w) {
         free(S->mu), free(S->lv), free(S->eps);
         nbs_latent_cache_free(S->cache);
     }
-    free(w->bptr), free(w->bidx), free(w->bval), free(w->rows), free(w->lib), free(w->loglik), free(w->kl);
+    free(w->bptr), free(w->bidx), free(w->bval), free(w->bcount), free(w->lib), free(w->loglik), free(w->kl);
     free(w->cptr), free(w->ccell), free(w->cval);
     free(w->cov_rows), free(w->cov_emb), free(w->dcov_emb), free(w->cov_values), free(w->batch);
     free(w->logits), free(w->dlogits), free(w->dlt), free(w->zi), free(w->dzi), free(w->disp);
@@ -688,10 +690,10 @@ static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz,
     ALLOC(w->bptr, n + 1, int64_t);
     ALLOC(w->bidx, w->nnz_cap, int32_t);
     ALLOC(w->bval, w->nnz_cap, float);
+    ALLOC(w->bcount, w->nnz_cap, float);
     if (training) ALLOC(w->cptr, (int64_t)m->enc[0].lin.in + 1, int64_t);
     if (training) ALLOC(w->ccell, w->nnz_cap, int32_t);
     if (training) ALLOC(w->cval, w->nnz_cap, float);
-    ALLOC(w->rows, n, int64_t);
     ALLOC(w->lib, n, double);
     if (m->cov.n_categorical) ALLOC(w->cov_rows, (int64_t)n * m->cov.n_categorical, int32_t);
     if (m->emb) ALLOC(w->cov_emb, (int64_t)n * m->n_cat_in, float);
@@ -834,13 +836,15 @@ static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_
         for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++, q++) {
             const double x = X->data[p];
             w->bidx[q] = X->indices[p];
+            w->bcount[q] = X->data[p];
             w->bval[q] = f == 1.0 && x >= 0 && x < LOG1P_TABLE && x == (int)x ? LOG1P_SMALL[(int)x]
                                                                               : (float)log1p(f * x);
         }
         w->bptr[i + 1] = q;
-        w->rows[i] = r;
         w->lib[i] = l;
     }
+    w->bX = (nbs_matrix){.n_cells = c->n, .n_genes = m->G, .nnz = q, .indptr = w->bptr, .indices = w->bidx,
+                         .data = w->bcount, .values_are_integer = X->values_are_integer};
     return NBS_OK;
 }
 
@@ -1015,8 +1019,9 @@ static void decode(const nbs_model *m, nbs_workspace *w, const float *z, int n, 
     if (m->has_disp) nbs_dense_forward(&m->out_disp, h, n, w->disp);
 }
 
-static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_workspace *w, const nbs_matrix *X, int n) {
-    return (nbs_lik_batch){m->cfg.likelihood, n, m->G, X, w->rows, w->lib, w->logits,
+/* The likelihood of the gathered batch (its cell i is row i of w->bX). */
+static nbs_lik_batch lik_batch(const nbs_model *m, const nbs_workspace *w, int n) {
+    return (nbs_lik_batch){m->cfg.likelihood, n, m->G, &w->bX, NULL, w->lib, w->logits,
                            m->has_disp ? w->disp : m->log_theta, m->has_disp, m->n_batches, w->batch, w->zi,
                            w->likwork, w->lik_rows, w->n_threads};
 }
@@ -1065,7 +1070,7 @@ int nbs_model_forward(nbs_model *m, nbs_workspace *w, const nbs_cells *c, int mo
     double t1 = omp_get_wtime();
     decode(m, w, w->stages[0].z, n, training);
     double t2 = omp_get_wtime();
-    nbs_lik_batch b = lik_batch(m, w, c->X, n);
+    nbs_lik_batch b = lik_batch(m, w, n);
     const float scale = (float)(-1.0 / n);
     double ll = nbs_lik_eval(&b, w->loglik, scale, training ? w->dlogits : NULL,
                              training && m->cfg.likelihood != NBS_LIK_POISSON ? w->dlt : NULL,
@@ -1442,7 +1447,7 @@ int nbs_model_loglik(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, c
         int st = gather(m, w, &part, err);
         if (st) return st;
         decode(m, w, decoder_input(m, w, z + s * d, (int)part.n), (int)part.n, 0);
-        nbs_lik_batch b = lik_batch(m, w, c->X, (int)part.n);
+        nbs_lik_batch b = lik_batch(m, w, (int)part.n);
         nbs_lik_eval(&b, loglik + s, 1.0f, NULL, NULL, NULL);
     }
     return NBS_OK;

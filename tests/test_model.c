@@ -162,29 +162,32 @@ static void test_nb_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_NB,
 static void test_zinb_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_ZINB, 0); }
 static void test_poisson_likelihood(void **s) { (void)s; check_likelihood(NBS_LIK_POISSON, 0); }
 
-/* Per-gene theta in two rows (a batch's each), with the counts whose terms come from the work rows'
- * caches: 1 (log theta, 1 / theta), 2.5, 17 and 5000 (lgamma and psi of theta), and small counts
- * (the product). Each cell's value equals lgamma on every
- * entry, and a second batch with other theta through the same work rows, left filled by the
- * first, gives what it gives with fresh ones: nothing cached for one batch is read by the next. */
+/* Per-gene theta in three rows (a batch's each; no cell uses the third), with the counts whose
+ * terms come from the work rows' caches: 1 to 4 (Gamma's recurrence; 3 twice in row 0 at gene 4,
+ * 4 twice in row 1 at gene 2, so that the second reads the first's), 2.5, 17 and 5000 (lgamma and
+ * psi of theta). Each cell's value equals lgamma on every entry, and equals, bit for bit, the cell
+ * evaluated alone (where nothing is cached by another cell); and a second batch with other theta
+ * through the same work rows, left filled by the first, gives what it gives with fresh ones:
+ * nothing cached for one batch is read by the next. */
 static void test_nb_likelihood_theta_rows(void **s) {
     (void)s;
-    enum { n = 4, G = 6 };
-    const int32_t ci[] = {0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3};
-    const int32_t gi[] = {0, 1, 2, 0, 3, 5, 1, 4, 0, 2, 5};
-    const float v[] = {1, 2.5f, 17, 1, 5000, 1, 1, 3, 17, 1, 2};
+    enum { n = 4, G = 6, R = 3 };
+    const int32_t ci[] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 3, 3, 3};
+    const int32_t gi[] = {0, 1, 2, 4, 0, 2, 3, 5, 1, 4, 0, 2, 5};
+    const float v[] = {1, 2.5f, 17, 3, 1, 4, 5000, 1, 1, 3, 17, 4, 2};
     nbs_error err = {0};
-    nbs_matrix *X = nbs_matrix_from_triplets(n, G, 11, ci, gi, v, "rows", &err);
+    nbs_matrix *X = nbs_matrix_from_triplets(n, G, 13, ci, gi, v, "rows", &err);
     assert_non_null(X);
     double lib[n];
     nbs_matrix_row_sums(X, lib);
-    float logits[n * G], lt[2 * G];
+    float logits[n * G], lt[R * G];
     for (int k = 0; k < n * G; k++) logits[k] = (float)(0.3 * sin(k + 1.0));
-    for (int k = 0; k < 2 * G; k++) lt[k] = (float)(0.5 * cos(k + 2.0));
+    for (int k = 0; k < R * G; k++) lt[k] = (float)(0.5 * cos(k + 2.0));
     const int32_t trow[n] = {0, 1, 0, 1};
-    double *work = malloc(sizeof(double) * NBS_LIK_WORK * 2 * G), *fresh = malloc(sizeof(double) * NBS_LIK_WORK * 2 * G);
+    double *work = malloc(sizeof(double) * NBS_LIK_WORK * R * G), *fresh = malloc(sizeof(double) * NBS_LIK_WORK * R * G);
+    double *solo = malloc(sizeof(double) * NBS_LIK_WORK * R * G);
     double *rows = malloc(sizeof(double) * 4 * G * omp_get_max_threads());
-    nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, 2, trow, NULL, work, rows, omp_get_max_threads()};
+    nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, R, trow, NULL, work, rows, omp_get_max_threads()};
     double ll[n], ll2[2];
     nbs_lik_eval(&b, ll, 1.0f, NULL, NULL, NULL);
     for (int i = 0; i < n; i++) {
@@ -200,14 +203,20 @@ static void test_nb_likelihood_theta_rows(void **s) {
             want += dense_nb(x, lib[i] * exp(a[g] - mx) / z, th);
         }
         assert_true(fabs(ll[i] - want) < 1e-9 * fmax(1.0, fabs(want)));
+        /* alone: the same arithmetic on the same values, whatever another cell cached */
+        const int64_t row_i = i;
+        double alone;
+        nbs_lik_batch bi = {NBS_LIK_NB, 1, G, X, &row_i, lib + i, a, lt, 0, R, trow + i, NULL, solo, rows, 1};
+        nbs_lik_eval(&bi, &alone, 1.0f, NULL, NULL, NULL);
+        assert_true(alone == ll[i]);
     }
     /* a second batch (cells 2, 3 as cells 0, 1) after a step has moved theta: through the work rows
      * the first batch filled, and through fresh ones */
-    float lt2[2 * G];
-    for (int k = 0; k < 2 * G; k++) lt2[k] = lt[k] + 0.25f;
+    float lt2[R * G];
+    for (int k = 0; k < R * G; k++) lt2[k] = lt[k] + 0.25f;
     const int64_t sub[2] = {2, 3};
     const int32_t trow2[2] = {0, 1};
-    nbs_lik_batch b2 = {NBS_LIK_NB, 2, G, X, sub, lib + 2, logits + 2 * G, lt2, 0, 2, trow2, NULL, work, rows,
+    nbs_lik_batch b2 = {NBS_LIK_NB, 2, G, X, sub, lib + 2, logits + 2 * G, lt2, 0, R, trow2, NULL, work, rows,
                         omp_get_max_threads()};
     nbs_lik_eval(&b2, ll2, 1.0f, NULL, NULL, NULL);
     b2.work = fresh;
@@ -215,7 +224,7 @@ static void test_nb_likelihood_theta_rows(void **s) {
     nbs_lik_eval(&b2, ll3, 1.0f, NULL, NULL, NULL);
     assert_true(ll2[0] == ll3[0] && ll2[1] == ll3[1]);
     assert_true(ll2[0] != ll[2] && ll2[1] != ll[3]); /* theta did move them */
-    free(work), free(fresh), free(rows);
+    free(work), free(fresh), free(solo), free(rows);
     nbs_matrix_free(X);
 }
 

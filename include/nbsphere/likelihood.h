@@ -11,9 +11,11 @@
 #include "nbsphere/error.h"
 #include "nbsphere/matrix.h"
 
-/* Rows of nbs_lik_batch.work per row of per-gene theta (theta, and lgamma, psi, log and inverse of
- * it where a count of the batch needs them). */
-#define NBS_LIK_WORK 5
+/* Rows of nbs_lik_batch.work per row of per-gene theta: theta, lgamma and psi of it, and for the
+ * counts x = 1..NBS_LIK_SMALL_CACHED the two sums of Gamma's recurrence (lgamma(x + theta) -
+ * lgamma(theta), psi(x + theta) - psi(theta)), each where a count of the batch needs them. */
+#define NBS_LIK_SMALL_CACHED 4
+#define NBS_LIK_WORK (3 + 2 * NBS_LIK_SMALL_CACHED)
 
 typedef struct {
     nbs_likelihood_kind kind;
