@@ -885,21 +885,27 @@ static int load_cells(nbs_backed_loader *l, int64_t c0, int64_t c1, int32_t *idx
     return NBS_OK;
 }
 
+/* Room for need entries in slot s's arrays. */
+static int slot_room(nbs_backed_loader *l, int64_t s, int64_t need, nbs_error *err) {
+    if (need <= l->s_cap[s]) return NBS_OK;
+    int32_t *i = realloc(l->s_idx[s], sizeof *i * (size_t)need);
+    if (i) l->s_idx[s] = i;
+    float *v = i ? realloc(l->s_data[s], sizeof *v * (size_t)need) : NULL;
+    if (v) l->s_data[s] = v;
+    if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the out-of-core buffer (input.backed_block "
+                                       "x input.backed_shuffle_blocks cells): lower them");
+    l->s_cap[s] = need;
+    return NBS_OK;
+}
+
 static int load_block(nbs_backed_loader *l, int64_t blk, int64_t s, nbs_error *err) {
     const int64_t c0 = blk * l->block, c1 = c0 + l->block < l->n ? c0 + l->block : l->n;
     int64_t need = 0;
     for (int64_t c = c0; c < c1; c++) need += l->row_nnz[c];
-    if (need > l->s_cap[s]) {
-        int32_t *i = realloc(l->s_idx[s], sizeof *i * (size_t)need);
-        if (i) l->s_idx[s] = i;
-        float *v = i ? realloc(l->s_data[s], sizeof *v * (size_t)need) : NULL;
-        if (v) l->s_data[s] = v;
-        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the out-of-core buffer (input.backed_block "
-                                           "x input.backed_shuffle_blocks cells): lower them");
-        l->s_cap[s] = need;
-    }
+    int st = slot_room(l, s, need, err);
+    if (st) return st;
     l->s_indptr[s][0] = 0;
-    int st = load_cells(l, c0, c1, l->s_idx[s], l->s_data[s], l->s_indptr[s], NULL, 0, err);
+    st = load_cells(l, c0, c1, l->s_idx[s], l->s_data[s], l->s_indptr[s], NULL, 0, err);
     if (st) return st;
     if (l->block_of_slot[s] >= 0) l->slot_of_block[l->block_of_slot[s]] = -1;
     l->block_of_slot[s] = blk;
@@ -966,15 +972,8 @@ static int load_block_share(nbs_backed_loader *l, int64_t blk, int64_t s, nbs_er
     const int64_t c0 = blk * l->block, c1 = c0 + l->block < l->n ? c0 + l->block : l->n;
     int64_t need = 0;
     for (int64_t c = c0; c < c1; c++) need += l->loaded[c] ? l->row_nnz[c] : 0;
-    if (need > l->s_cap[s]) {
-        int32_t *i = realloc(l->s_idx[s], sizeof *i * (size_t)need);
-        if (i) l->s_idx[s] = i;
-        float *v = i ? realloc(l->s_data[s], sizeof *v * (size_t)need) : NULL;
-        if (v) l->s_data[s] = v;
-        if (!i || !v) return nbs_error_set(err, NBS_ERR_NOMEM, "out of memory for the out-of-core buffer (input.backed_block "
-                                           "x input.backed_shuffle_blocks cells): lower them");
-        l->s_cap[s] = need;
-    }
+    int st = slot_room(l, s, need, err);
+    if (st) return st;
     int64_t *ip = l->s_indptr[s]; /* (block + 1) */
     ip[0] = 0;
     for (int64_t c = c0; c < c1;) {
@@ -985,7 +984,7 @@ static int load_block_share(nbs_backed_loader *l, int64_t blk, int64_t s, nbs_er
         }
         int64_t e = c + 1;
         while (e < c1 && l->loaded[e] && l->cells[e] == l->cells[e - 1] + 1) e++;
-        int st = load_cells(l, c, e, l->s_idx[s], l->s_data[s], ip + (c - c0), NULL, 0, err);
+        st = load_cells(l, c, e, l->s_idx[s], l->s_data[s], ip + (c - c0), NULL, 0, err);
         if (st) return st;
         c = e;
     }
