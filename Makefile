@@ -276,8 +276,8 @@ print-build:
 	@echo $(abspath $(BUILD)) $(abspath $(BIN))
 
 # with this folder's compiler and flags, so that it calls the libmvec variant src/likelihood.c calls
-$(BUILD)/vecmath_probe: bench/vecmath_probe.c $(BUILD)/flags | $(BUILD)
-	$(CC) $(CFLAGS) $(CPPFLAGS) $(LDFLAGS) -o $@ $< -lm
+$(BUILD)/vecmath_probe: bench/vecmath_probe.c src/vecmath_internal.h $(BUILD)/flags | $(BUILD)
+	$(CC) $(CFLAGS) $(CPPFLAGS) -Isrc $(LDFLAGS) -o $@ $< -lm
 
 $(BUILD)/layers_probe: bench/layers_probe.c $(LIB) | $(BUILD)
 	$(CC) $(CFLAGS) $(CPPFLAGS) $(LDFLAGS) -o $@ $< $(LIB) $(LDLIBS)

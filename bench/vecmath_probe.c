@@ -4,16 +4,10 @@
  * (make bench compiles it with the build's ARCH). Prints "exp NS", "log NS" and "div NS" (the
  * division th / (th + mu) each entry also needs), one thread. */
 #define _POSIX_C_SOURCE 199309L
-#include <math.h>
 #include <stdio.h>
 #include <time.h>
 
-#if defined __x86_64__ && defined __GLIBC__
-#pragma omp declare simd notinbranch
-extern double exp(double);
-#pragma omp declare simd notinbranch
-extern double log(double);
-#endif
+#include "vecmath_internal.h" /* the likelihood's declarations of libmvec's exp and log */
 
 enum { G = 2000 };
 static float in[G]; /* float inputs in double arithmetic, as the likelihood's logits and log theta */

@@ -7,6 +7,8 @@
 #include <pthread.h>
 #include <stdlib.h>
 
+#include "vecmath_internal.h" /* libmvec's vector exp and log for the simd loops */
+
 /* Most counts are small integers: for those, lgamma(x + t) - lgamma(t) and psi(x + t) - psi(t)
  * are a short product and sum (Gamma's recurrence), and lgamma(x + 1) is a table. This keeps
  * the special functions, the costliest part of the likelihood, off the common path. */
@@ -61,14 +63,6 @@ static void gamma_diffs(double x, double t, const double *c, int64_t G, double *
     *dpsi = gsl_sf_psi(x + t) - psi_t;
 }
 
-/* Vector variants of exp and log from glibc's libmvec (reached through -lm), declared as math.h
- * does only under -ffast-math, so that the simd loops below call them: within 4 ulp. */
-#if defined __x86_64__ && defined __GLIBC__
-#pragma omp declare simd notinbranch
-extern double exp(double);
-#pragma omp declare simd notinbranch
-extern double log(double);
-#endif
 
 /* rho = softmax(a) into rho[G]; returns log-sum-exp. */
 static double softmax(const float *a, int G, double *rho) {

@@ -290,6 +290,16 @@ static double last_val_elbo(const char *name) {
     return v[3];
 }
 
+/* The files names (NULL-terminated) of runs a and b (folders in dir) byte-identical. */
+static void expect_same_files(const char *a, const char *b, const char *const *names) {
+    char x[1024], y[1024];
+    for (int i = 0; names[i]; i++) {
+        snprintf(x, sizeof x, "%s/%s/%s", dir, a, names[i]);
+        snprintf(y, sizeof y, "%s/%s/%s", dir, b, names[i]);
+        assert_true(tu_same_bytes(x, y));
+    }
+}
+
 static void expect_same_params(const char *a, const char *b, int same) {
     char pa[1024], pb[1024];
     snprintf(pa, sizeof pa, "%s/%s/model.h5", dir, a);
@@ -373,13 +383,9 @@ static void test_covariates_equal_memory(void **state) {
     snprintf(extra, sizeof extra, "%s --set input.backed=true --set input.backed_block=1 "
              "--set input.backed_shuffle_blocks=100000", common);
     run("cone", extra);
-    const char *same[] = {"embedding.tsv", "genes.tsv", "integration.tsv", "collapse_categories.tsv"};
+    const char *same[] = {"embedding.tsv", "genes.tsv", "integration.tsv", "collapse_categories.tsv", NULL};
+    expect_same_files("cmem", "cone", same);
     char a[1024], b[1024];
-    for (int i = 0; i < 4; i++) {
-        snprintf(a, sizeof a, "%s/cmem/%s", dir, same[i]);
-        snprintf(b, sizeof b, "%s/cone/%s", dir, same[i]);
-        assert_true(tu_same_bytes(a, b));
-    }
     expect_same_params("cmem", "cone", 1);
     assert_true(last_val_elbo("cmem") == last_val_elbo("cone"));
     snprintf(a, sizeof a, "%s/cone/embedding.tsv", dir); /* with the discrete latent's columns */
@@ -693,13 +699,9 @@ static void test_samples_equal_memory(void **state) {
     snprintf(extra, sizeof extra, "%s --set input.backed=true --set input.backed_block=7 "
              "--set input.backed_shuffle_blocks=3", common);
     run("sblk", extra);
-    const char *same[] = {"embedding.tsv", "genes.tsv", "integration.tsv"};
-    char a[1024], b[1024];
-    for (int i = 0; i < 3; i++) {
-        snprintf(a, sizeof a, "%s/smem/%s", dir, same[i]);
-        snprintf(b, sizeof b, "%s/sone/%s", dir, same[i]);
-        assert_true(tu_same_bytes(a, b));
-    }
+    const char *same[] = {"embedding.tsv", "genes.tsv", "integration.tsv", NULL};
+    expect_same_files("smem", "sone", same);
+    char a[1024];
     expect_same_params("smem", "sone", 1);
     assert_true(last_val_elbo("smem") == last_val_elbo("sone"));
     /* the union of the genes (300: sample c's 270 are among them), the sample as the model's batch */

@@ -219,6 +219,20 @@ static void *read_h5(const char *name, const char *ds, hid_t type, hsize_t *n) {
     return buf;
 }
 
+/* The same text in runs a's and b's file name, from the first occurrence of from on (NULL: all
+ * of it; from skips what names the run itself, such as its paths and times). */
+static void expect_same_text(const char *a, const char *b, const char *name, const char *from) {
+    char *x = tu_read_file(tu_path(tu_path(g_dir, a), name), NULL);
+    char *y = tu_read_file(tu_path(tu_path(g_dir, b), name), NULL);
+    assert_non_null(x);
+    assert_non_null(y);
+    const char *tx = from ? strstr(x, from) : x, *ty = from ? strstr(y, from) : y;
+    assert_non_null(tx);
+    assert_non_null(ty);
+    assert_string_equal(tx, ty);
+    free(x), free(y);
+}
+
 /* The kept cells' counts in the chosen genes (embedding.h5ad's X) equal in two runs. */
 static void expect_same_counts(const char *a, const char *b) {
     const char *ds[3] = {"X/indptr", "X/indices", "X/data"};
@@ -265,24 +279,11 @@ static void test_backed_two_processes_read_their_rows(void **state) {
     assert_true(de <= EMB_TOL);
     expect_same_val_elbo("b_one128", "b_two64");
     /* the same genes, in the same order, and the same kept cells with the same counts */
-    char *ga = tu_read_file(tu_path(tu_path(g_dir, "b_one128"), "genes.tsv"), NULL);
-    char *gb = tu_read_file(tu_path(tu_path(g_dir, "b_two64"), "genes.tsv"), NULL);
-    assert_non_null(ga);
-    assert_non_null(gb);
-    assert_string_equal(ga, gb);
-    free(ga), free(gb);
+    expect_same_text("b_one128", "b_two64", "genes.tsv", NULL);
     expect_same_counts("b_one128", "b_two64");
     /* the report's figures come from the diagnosed cells' embedding, each process's part gathered at
      * process 0: the same page as one process's (its figures printed to 3 digits) */
-    char *ra = tu_read_file(tu_path(tu_path(g_dir, "b_one128"), "report.html"), NULL);
-    char *rb = tu_read_file(tu_path(tu_path(g_dir, "b_two64"), "report.html"), NULL);
-    assert_non_null(ra);
-    assert_non_null(rb);
-    const char *ta = strstr(ra, "<svg"), *tb = strstr(rb, "<svg"); /* past the run's own paths and times */
-    assert_non_null(ta);
-    assert_non_null(tb);
-    assert_string_equal(ta, tb);
-    free(ra), free(rb);
+    expect_same_text("b_one128", "b_two64", "report.html", "<svg"); /* past its paths and times */
     /* process 0 alone writes: the same files as one process, its log alone shown */
     assert_int_equal(tu_count_files(tu_path(g_dir, "b_two64")), tu_count_files(tu_path(g_dir, "b_one128")));
     assert_non_null(errout);
@@ -344,12 +345,7 @@ static void test_backed_batches_two_processes(void **state) {
     assert_non_null(strstr(errout, "integration (scIB"));
     assert_non_null(strstr(errout, "out of core: process 1 of 2 read"));
     free(errout);
-    char *ga = tu_read_file(tu_path(tu_path(g_dir, "bb_one128"), "genes.tsv"), NULL);
-    char *gb = tu_read_file(tu_path(tu_path(g_dir, "bb_two64"), "genes.tsv"), NULL);
-    assert_non_null(ga);
-    assert_non_null(gb);
-    assert_string_equal(ga, gb);
-    free(ga), free(gb);
+    expect_same_text("bb_one128", "bb_two64", "genes.tsv", NULL);
     expect_same_counts("bb_one128", "bb_two64");
     /* the label score's PCA baseline, streamed from the file (at process 0 under mpirun) */
     char *ja = tu_read_file(tu_path(tu_path(g_dir, "bb_one128"), "collapse_report.json"), NULL);
@@ -418,12 +414,7 @@ static void test_backed_samples_two_processes(void **state) {
     assert_non_null(strstr(errout, "(process 0: rows 1 to 750)"));
     assert_non_null(strstr(errout, "out of core: process 1 of 2 read"));
     free(errout);
-    char *ga = tu_read_file(tu_path(tu_path(g_dir, names[0]), "genes.tsv"), NULL);
-    char *gb = tu_read_file(tu_path(tu_path(g_dir, names[1]), "genes.tsv"), NULL);
-    assert_non_null(ga);
-    assert_non_null(gb);
-    assert_string_equal(ga, gb);
-    free(ga), free(gb);
+    expect_same_text(names[0], names[1], "genes.tsv", NULL);
     expect_same_counts(names[0], names[1]);
     const double dp = param_diff(names[0], names[1]), de = embedding_diff(names[0], names[1]);
     print_message("out of core, 3 samples as the batch, 2 x 64 vs 1 x 128: parameters differ by %.3g, embedding by "
@@ -590,7 +581,7 @@ static int ended(pid_t pid) {
 
 /* Runs `mpirun -np 2` on args, whose output folder is g_dir/out, and kills process 1 once
  * out/checkpoint.h5 exists: mpirun must exit non-zero naming rank 1, process 0 must have ended
- * too, and no model.h5 may have been written. */
+ * too, and no model.h5 may have been written. Returns the epochs its checkpoint holds. */
 static int kill_process_one_after_checkpoint(const char *args, const char *out) {
     char cmd[16384], err_path[4096], ckpt_path[4096];
     snprintf(err_path, sizeof err_path, "%s/%s_stderr", g_dir, out);
