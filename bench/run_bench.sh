@@ -86,8 +86,8 @@ floor_rows() { # label folder binary: one row per thread count, JSON lines
   local mvec; mvec=$(objdump -dr "$dir/likelihood.o" | grep -o '_ZGV[A-Za-z0-9_]*' | sort | uniq -c | awk '{printf "%s%sx%s", s, $2, $1; s=","}')
   for t in 1 2; do
     local peak; peak=$(OPENBLAS_NUM_THREADS=$t "$DIR/sgemm_probe" | awk '$1=="peak"{print $2}')
-    # passive waiting, as the CLI runs (main.c: prefer_passive_waiting)
-    local layers; layers=$(OMP_WAIT_POLICY=passive OMP_NUM_THREADS=$t "$dir/layers_probe" | tr '\n' ' ')
+    # workers wait as the CLI's on an idle machine (main.c: choose_omp_waiting)
+    local layers; layers=$(GOMP_SPINCOUNT=10000 OMP_NUM_THREADS=$t "$dir/layers_probe" | tr '\n' ' ')
     printf '{"build": "%s", "threads": %d, "peak": %s, "vecmath": "%s", "mvec": "%s", "layers": "%s"' \
         "$label" "$t" "$peak" "$vm" "$mvec" "$layers"
     # the two latents alternately (Gaussian, vMF, Gaussian, ...): their ratio, the vMF cost, then

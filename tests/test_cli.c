@@ -257,6 +257,57 @@ static void test_run_default_pipeline(void **state) {
     free(dir);
 }
 
+/* How libgomp's idle workers wait is the user's if they set it, else main's choice (a short spin
+ * or passive), and manifest.json says which; the outputs are the same bits under each. */
+static void test_openmp_waiting(void **state) {
+    (void)state;
+    static const char *const names[2] = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"};
+    char *saved[2];
+    for (int i = 0; i < 2; i++) {
+        const char *v = getenv(names[i]);
+        saved[i] = v ? strdup(v) : NULL;
+        unsetenv(names[i]);
+    }
+    /* as the user sets them; {NULL, NULL}: main chooses */
+    const char *const settings[3][2] = {{NULL, NULL}, {"passive", NULL}, {NULL, "10000"}};
+    char *dir = tu_tmpdir(), *embedding[3];
+    for (int r = 0; r < 3; r++) {
+        for (int i = 0; i < 2; i++)
+            if (settings[r][i]) setenv(names[i], settings[r][i], 1);
+            else unsetenv(names[i]);
+        char out[4200], args[4600], name[16];
+        snprintf(name, sizeof name, "out%d", r);
+        snprintf(out, sizeof out, "%s", tu_path(dir, name));
+        snprintf(args, sizeof args,
+                 "-q train example_data/sim_mtx --out '%s' --set train.epochs=3 --set train.threads=2 "
+                 "--set output.write_report=false",
+                 out);
+        free(run_expect(args, 0));
+        char *m = tu_read_file(tu_path(out, "manifest.json"), NULL);
+        assert_non_null(m);
+        const char *want = r == 1   ? "\"openmp_waiting\": {\"OMP_WAIT_POLICY\": \"passive\", \"GOMP_SPINCOUNT\": null}"
+                           : r == 2 ? "\"openmp_waiting\": {\"OMP_WAIT_POLICY\": null, \"GOMP_SPINCOUNT\": \"10000\"}"
+                                    : NULL;
+        if (want) assert_non_null(strstr(m, want));
+        else /* main's choice: one of the two, never libgomp's long default spin */
+            assert_true(strstr(m, "{\"OMP_WAIT_POLICY\": \"passive\", \"GOMP_SPINCOUNT\": null}") ||
+                        strstr(m, "{\"OMP_WAIT_POLICY\": null, \"GOMP_SPINCOUNT\": \"10000\"}"));
+        free(m);
+        embedding[r] = tu_read_file(tu_path(out, "embedding.tsv"), NULL);
+        assert_non_null(embedding[r]);
+    }
+    assert_string_equal(embedding[0], embedding[1]);
+    assert_string_equal(embedding[0], embedding[2]);
+    for (int r = 0; r < 3; r++) free(embedding[r]);
+    for (int i = 0; i < 2; i++) {
+        if (saved[i]) setenv(names[i], saved[i], 1);
+        else unsetenv(names[i]);
+        free(saved[i]);
+    }
+    tu_rmtree(dir);
+    free(dir);
+}
+
 /* inspect on every real file its README describes: cells x genes and nonzeros as listed there. */
 static void test_inspect_real_files(void **state) {
     (void)state;
@@ -431,6 +482,7 @@ int main(void) {
         cmocka_unit_test(test_progress_lines),
         cmocka_unit_test(test_simulate_reproduces_example_data),
         cmocka_unit_test(test_run_default_pipeline),
+        cmocka_unit_test(test_openmp_waiting),
         cmocka_unit_test(test_inspect_real_files),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
