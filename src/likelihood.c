@@ -226,39 +226,50 @@ double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *
                     float *dlog_theta, float *dzi_logits) {
     const int64_t G = b->G;
     pthread_once(&table_once, fill_table);
+    const int threads = omp_get_max_threads() < b->n_threads ? omp_get_max_threads() : b->n_threads;
     if (b->kind != NBS_LIK_POISSON && !b->theta_per_cell) {
         /* Per row and gene: theta, and what gamma_diffs can reuse for the genes a count of this
          * batch asks for: lgamma and psi of theta (a count not a small integer), small_diffs (a
          * count up to NBS_LIK_SMALL_CACHED). The others stay NaN, which gamma_diffs reads as
-         * "compute it". Only the rows the batch's cells use are prepared: a NaN first theta
-         * marks a row not prepared yet (one that is NaN is prepared again, to the same values). */
-        for (int64_t r = 0; r < b->theta_rows; r++) b->work[(r * NBS_LIK_WORK + W_THETA) * G] = NAN;
-        const nbs_matrix *X = b->X;
-        for (int i = 0; i < b->n; i++) {
-            const int64_t r = b->rows ? b->rows[i] : i, tr = theta_row(b, i);
-            double *work = b->work + tr * NBS_LIK_WORK * G;
-            if (isnan(work[W_THETA * G])) {
-                for (int64_t g = 0; g < G; g++) work[W_THETA * G + g] = exp(b->log_theta[tr * G + g]);
-                for (int64_t k = 0; k < NBS_LIK_WORK; k++)
-                    if (k != W_THETA)
-                        for (int64_t g = 0; g < G; g++) work[k * G + g] = NAN;
-            }
-            for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++) {
-                const double x = X->data[p];
-                double *c = work + X->indices[p];
-                const double th = c[W_THETA * G];
-                if (x <= SMALL_COUNT && x == (int)x) {
-                    const int k = (int)x;
-                    if (k >= 1 && k <= NBS_LIK_SMALL_CACHED && th < 1e15 && isnan(c[W_DLG(k) * G]))
-                        small_diffs(k, th, &c[W_DLG(k) * G], &c[W_DPSI(k) * G]);
-                } else if (isnan(c[W_LGAMMA * G])) {
-                    c[W_LGAMMA * G] = lgamma(th);
-                    c[W_PSI * G] = gsl_sf_psi(th);
+         * "compute it". Only the rows the batch's cells use are prepared: a NaN first theta of
+         * a thread's genes marks the row not prepared yet (one that is NaN is prepared again, to
+         * the same values). Threads split the genes and each reads every stored count: what a
+         * (row, gene) holds depends on that pair alone, the same for any number of threads. */
+#pragma omp parallel num_threads(threads)
+        {
+            /* in blocks of 64 genes, so that every thread's loops vectorise the genes a single
+             * thread's would (libmvec's exp and glibc's scalar one differ in the last bit) */
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int64_t blocks = (G + 63) / 64, g0 = blocks * t / T * 64 < G ? blocks * t / T * 64 : G;
+            const int64_t g1 = t == T - 1 ? G : (blocks * (t + 1) / T * 64 < G ? blocks * (t + 1) / T * 64 : G);
+            for (int64_t r = 0; g1 > g0 && r < b->theta_rows; r++) b->work[(r * NBS_LIK_WORK + W_THETA) * G + g0] = NAN;
+            const nbs_matrix *X = b->X;
+            for (int i = 0; g1 > g0 && i < b->n; i++) {
+                const int64_t r = b->rows ? b->rows[i] : i, tr = theta_row(b, i);
+                double *work = b->work + tr * NBS_LIK_WORK * G;
+                if (isnan(work[W_THETA * G + g0])) {
+                    for (int64_t g = g0; g < g1; g++) work[W_THETA * G + g] = exp(b->log_theta[tr * G + g]);
+                    for (int64_t k = 0; k < NBS_LIK_WORK; k++)
+                        if (k != W_THETA)
+                            for (int64_t g = g0; g < g1; g++) work[k * G + g] = NAN;
+                }
+                for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++) {
+                    if (X->indices[p] < g0 || X->indices[p] >= g1) continue;
+                    const double x = X->data[p];
+                    double *c = work + X->indices[p];
+                    const double th = c[W_THETA * G];
+                    if (x <= SMALL_COUNT && x == (int)x) {
+                        const int k = (int)x;
+                        if (k >= 1 && k <= NBS_LIK_SMALL_CACHED && th < 1e15 && isnan(c[W_DLG(k) * G]))
+                            small_diffs(k, th, &c[W_DLG(k) * G], &c[W_DPSI(k) * G]);
+                    } else if (isnan(c[W_LGAMMA * G])) {
+                        c[W_LGAMMA * G] = lgamma(th);
+                        c[W_PSI * G] = gsl_sf_psi(th);
+                    }
                 }
             }
         }
     }
-    const int threads = omp_get_max_threads() < b->n_threads ? omp_get_max_threads() : b->n_threads;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int i = 0; i < b->n; i++)
         loglik[i] = cell_eval(b, i, scale, dlogits ? dlogits + i * G : NULL,

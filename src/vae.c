@@ -824,23 +824,27 @@ static int gather(const nbs_model *m, nbs_workspace *w, const nbs_cells *c, nbs_
     int st = gather_covariates(m, w, c, err);
     if (st) return st;
     pthread_once(&log1p_once, fill_log1p);
-    int64_t q = 0;
-    w->bptr[0] = 0;
+    w->bptr[0] = 0; /* where each row goes, then the rows in parallel */
     for (int i = 0; i < c->n; i++) {
         const int64_t r = nbs_cells_row(c, i);
-        if (q + X->indptr[r + 1] - X->indptr[r] > w->nnz_cap)
+        w->bptr[i + 1] = w->bptr[i] + X->indptr[r + 1] - X->indptr[r];
+        if (w->bptr[i + 1] > w->nnz_cap)
             return nbs_error_set(err, NBS_ERR_INTERNAL, "a batch with more than the workspace's %lld counts",
                                  (long long)w->nnz_cap);
+    }
+    const int64_t q = w->bptr[c->n];
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < c->n; i++) {
+        const int64_t r = nbs_cells_row(c, i);
         const double l = c->library[r];
         const double f = m->cfg.input_transform == NBS_INPUT_LOG1P_CP10K && l > 0 ? 1e4 / l : 1.0;
-        for (int64_t p = X->indptr[r]; p < X->indptr[r + 1]; p++, q++) {
+        for (int64_t p = X->indptr[r], o = w->bptr[i]; p < X->indptr[r + 1]; p++, o++) {
             const double x = X->data[p];
-            w->bidx[q] = X->indices[p];
-            w->bcount[q] = X->data[p];
-            w->bval[q] = f == 1.0 && x >= 0 && x < LOG1P_TABLE && x == (int)x ? LOG1P_SMALL[(int)x]
+            w->bidx[o] = X->indices[p];
+            w->bcount[o] = X->data[p];
+            w->bval[o] = f == 1.0 && x >= 0 && x < LOG1P_TABLE && x == (int)x ? LOG1P_SMALL[(int)x]
                                                                               : (float)log1p(f * x);
         }
-        w->bptr[i + 1] = q;
         w->lib[i] = l;
     }
     w->bX = (nbs_matrix){.n_cells = c->n, .n_genes = m->G, .nnz = q, .indptr = w->bptr, .indices = w->bidx,
@@ -1298,7 +1302,14 @@ void nbs_model_backward(nbs_model *m, nbs_workspace *w, float recon_weight, cons
 
 float *nbs_model_grad_block(nbs_model *m) { return m->grads; }
 
-void nbs_model_zero_grad(nbs_model *m) { memset(m->grads, 0, sizeof(float) * m->n_params); }
+void nbs_model_zero_grad(nbs_model *m) {
+#pragma omp parallel
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        const int64_t lo = m->n_params * t / T, hi = m->n_params * (t + 1) / T;
+        memset(m->grads + lo, 0, sizeof(float) * (size_t)(hi - lo));
+    }
+}
 
 double nbs_model_grad_norm(const nbs_model *m) {
     double s = 0;
@@ -1317,9 +1328,9 @@ const char *nbs_model_nonfinite_grad(const nbs_model *m) {
         if (B->is_state) continue;
         const float *g = m->grads + B->offset;
         /* g * 0 is 0 for a finite g and NaN otherwise, so the sum says whether any is not
-         * finite, in one vectorised pass instead of a test per gradient */
+         * finite, in one vectorised pass instead of a test per gradient (any order) */
         float probe = 0;
-#pragma omp simd reduction(+ : probe)
+#pragma omp parallel for simd reduction(+ : probe) schedule(static) if ((int64_t)B->rows * B->cols > 65536)
         for (int64_t k = 0; k < (int64_t)B->rows * B->cols; k++) probe += g[k] * 0.0f;
         if (probe != 0) return B->name;
     }

@@ -169,6 +169,45 @@ static void test_poisson_likelihood(void **s) { (void)s; check_likelihood(NBS_LI
  * evaluated alone (where nothing is cached by another cell); and a second batch with other theta
  * through the same work rows, left filled by the first, gives what it gives with fresh ones:
  * nothing cached for one batch is read by the next. */
+/* Threads share the likelihood's preparation by genes: 1 and 2 threads give the same bits, on
+ * enough genes (1000, not a multiple of the vector width) that each thread gets a share. */
+static void test_nb_likelihood_threads(void **s) {
+    (void)s;
+    enum { n = 8, G = 1003, R = 2 };
+    int32_t ci[n * 40], gi[n * 40];
+    float v[n * 40];
+    int nnz = 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 40; k++) { /* counts 1 to 6 and a few large ones, at spread genes */
+            ci[nnz] = i;
+            gi[nnz] = (int32_t)((k * 25 + i * 7) % G);
+            v[nnz++] = k % 9 == 8 ? 300.0f + k : (float)(1 + (k + i) % 6);
+        }
+    nbs_error err = {0};
+    nbs_matrix *X = nbs_matrix_from_triplets(n, G, nnz, ci, gi, v, "threads", &err);
+    assert_non_null(X);
+    double lib[n];
+    nbs_matrix_row_sums(X, lib);
+    float *logits = malloc(sizeof(float) * n * G), *lt = malloc(sizeof(float) * R * G);
+    for (int k = 0; k < n * G; k++) logits[k] = (float)(0.3 * sin(k + 1.0));
+    for (int k = 0; k < R * G; k++) lt[k] = (float)(0.7 * cos(k + 2.0));
+    const int32_t trow[n] = {0, 1, 0, 1, 1, 0, 0, 1};
+    double ll[2][n];
+    for (int t = 1; t <= 2; t++) {
+        double *work = malloc(sizeof(double) * NBS_LIK_WORK * R * G), *rows = malloc(sizeof(double) * 4 * G * t);
+        nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, R, trow, NULL, work, rows, t};
+        omp_set_num_threads(t);
+        nbs_lik_eval(&b, ll[t - 1], 1.0f, NULL, NULL, NULL);
+        free(work);
+        free(rows);
+    }
+    omp_set_num_threads(omp_get_num_procs());
+    for (int i = 0; i < n; i++) assert_true(ll[0][i] == ll[1][i] && isfinite(ll[0][i]));
+    free(logits);
+    free(lt);
+    nbs_matrix_free(X);
+}
+
 static void test_nb_likelihood_theta_rows(void **s) {
     (void)s;
     enum { n = 4, G = 6, R = 3 };
@@ -778,7 +817,7 @@ static void test_single_cell_batch(void **s) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_nb_likelihood),
-        cmocka_unit_test(test_nb_likelihood_theta_rows),
+        cmocka_unit_test(test_nb_likelihood_theta_rows), cmocka_unit_test(test_nb_likelihood_threads),
         cmocka_unit_test(test_sparse_layer_paths),
         cmocka_unit_test(test_zinb_likelihood),
         cmocka_unit_test(test_poisson_likelihood),
