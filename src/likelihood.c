@@ -99,7 +99,7 @@ static double softmax(const float *a, int G, double *rho) {
 static int64_t theta_row(const nbs_lik_batch *b, int i) { return b->theta_row ? b->theta_row[i] : 0; }
 
 static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double lse, double *s, double *t,
-                      double *lthmu) {
+                      double *lthmu, double *wrow) {
     const int G = b->G, per_cell = b->theta_per_cell;
     const float *a = b->logits + (int64_t)i * G;
     const int64_t row = per_cell ? i : theta_row(b, i);
@@ -117,6 +117,7 @@ static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double l
         const double th = th_row[g], mu = l * rho[g];
         const double log_thmu = log(th + mu), w = th / (th + mu);
         lthmu[g] = log_thmu;
+        wrow[g] = w;
         ll += th * (lt[g] - log_thmu); /* log NB(0 | mu, theta) */
         s[g] = -w * mu;
         t[g] = th * (lt[g] - log_thmu + 1 - w);
@@ -128,8 +129,9 @@ static double cell_nb(const nbs_lik_batch *b, int i, const double *rho, double l
         const int g = (int)X->indices[p];
         const double x = X->data[p];
         if (x == 0) continue;
-        const double th = per_cell ? exp((double)lt[g]) : th_gene[g], mu = l * rho[g];
-        const double log_thmu = lthmu[g], w = th / (th + mu);
+        /* per gene, theta and w are the dense pass's; per cell, theta is computed again here */
+        const double th = per_cell ? exp((double)lt[g]) : th_gene[g];
+        const double log_thmu = lthmu[g], w = per_cell ? th / (th + l * rho[g]) : wrow[g];
         double dlg, dpsi;
         gamma_diffs(x, th, per_cell ? NULL : work + g, G, &dlg, &dpsi);
         ll += dlg - lgamma_x1(x) + x * (log_l + a[g] - lse - log_thmu);
@@ -204,19 +206,25 @@ static double cell_general(const nbs_lik_batch *b, int i, const double *rho, dou
 /* One cell: returns its log-likelihood; gradients (if asked) into the row pointers. */
 static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, float *dlt, float *dzi) {
     const int G = b->G;
-    double *rho = b->thread_rows + (int64_t)omp_get_thread_num() * 4 * G;
-    double *s = rho + G, *t = rho + 2 * (int64_t)G, *lthmu = rho + 3 * (int64_t)G;
+    double *rho = b->thread_rows + (int64_t)omp_get_thread_num() * NBS_LIK_THREAD_ROWS * G;
+    double *s = rho + G, *t = rho + 2 * (int64_t)G, *lthmu = rho + 3 * (int64_t)G, *wrow = rho + 4 * (int64_t)G;
     const double lse = softmax(b->logits + (int64_t)i * G, G, rho);
-    const double ll = b->kind == NBS_LIK_NB ? cell_nb(b, i, rho, lse, s, t, lthmu)
+    const double ll = b->kind == NBS_LIK_NB ? cell_nb(b, i, rho, lse, s, t, lthmu, wrow)
                                             : cell_general(b, i, rho, lse, s, t, scale, dzi);
-    if (da) { /* d ll / d a_g = s_g - rho_g * sum_h s_h */
-        double ssum = 0;
+    double ssum = 0; /* d ll / d a_g = s_g - rho_g * sum_h s_h */
+    if (da)
 #pragma omp simd reduction(+ : ssum)
         for (int g = 0; g < G; g++) ssum += s[g];
+    if (da && dlt) /* both rows in one pass */
+#pragma omp simd
+        for (int g = 0; g < G; g++) {
+            da[g] = (float)(scale * (s[g] - rho[g] * ssum));
+            dlt[g] = (float)(scale * t[g]);
+        }
+    else if (da)
 #pragma omp simd
         for (int g = 0; g < G; g++) da[g] = (float)(scale * (s[g] - rho[g] * ssum));
-    }
-    if (dlt)
+    else if (dlt)
 #pragma omp simd
         for (int g = 0; g < G; g++) dlt[g] = (float)(scale * t[g]);
     return ll;

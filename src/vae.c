@@ -152,7 +152,7 @@ struct nbs_workspace {
     float *zi, *dzi;         /* (B, G) ZINB zero-inflation logits */
     float *disp;             /* (B, G) per-cell log theta */
     double *likwork;         /* (n_batches, NBS_LIK_WORK, G) the likelihood's per batch and gene scratch */
-    double *lik_rows;        /* (n_threads, 4, G) the likelihood's per-thread rows */
+    double *lik_rows;        /* (n_threads, NBS_LIK_THREAD_ROWS, G) the likelihood's per-thread rows */
     float *dbuf[2], *dtmp;   /* (B, widest layer) backward scratch */
     int batch_n, grads_ready;
     double t_products, t_likelihood; /* seconds in layers (products) and likelihood, since taken */
@@ -709,7 +709,7 @@ static nbs_workspace *workspace_make(const nbs_model *m, int n, int64_t max_nnz,
     if (m->has_zi && training) ALLOC(w->dzi, nG, float);
     if (m->has_disp) ALLOC(w->disp, nG, float);
     ALLOC(w->likwork, NBS_LIK_WORK * (int64_t)m->n_batches * m->G, double);
-    ALLOC(w->lik_rows, (int64_t)w->n_threads * 4 * m->G, double);
+    ALLOC(w->lik_rows, (int64_t)w->n_threads * NBS_LIK_THREAD_ROWS * m->G, double);
     if (training) {
         ALLOC(w->dbuf[0], (int64_t)n * widest, float);
         ALLOC(w->dbuf[1], (int64_t)n * widest, float);

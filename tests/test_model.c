@@ -91,7 +91,7 @@ static lik_fixture make_lik(int per_cell) {
     f.lt = malloc(sizeof(float) * nG);
     f.zi = malloc(sizeof(float) * nG);
     f.work = malloc(sizeof(double) * NBS_LIK_WORK * f.G);
-    f.rows = malloc(sizeof(double) * 4 * f.G * omp_get_max_threads());
+    f.rows = malloc(sizeof(double) * NBS_LIK_THREAD_ROWS * f.G * omp_get_max_threads());
     for (int64_t k = 0; k < nG; k++) {
         f.logits[k] = (float)gsl_ran_gaussian(r, 1.0);
         f.lt[k] = (float)gsl_ran_gaussian(r, 1.0);
@@ -194,7 +194,7 @@ static void test_nb_likelihood_threads(void **s) {
     const int32_t trow[n] = {0, 1, 0, 1, 1, 0, 0, 1};
     double ll[2][n];
     for (int t = 1; t <= 2; t++) {
-        double *work = malloc(sizeof(double) * NBS_LIK_WORK * R * G), *rows = malloc(sizeof(double) * 4 * G * t);
+        double *work = malloc(sizeof(double) * NBS_LIK_WORK * R * G), *rows = malloc(sizeof(double) * NBS_LIK_THREAD_ROWS * G * t);
         nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, R, trow, NULL, work, rows, t};
         omp_set_num_threads(t);
         nbs_lik_eval(&b, ll[t - 1], 1.0f, NULL, NULL, NULL);
@@ -225,7 +225,7 @@ static void test_nb_likelihood_theta_rows(void **s) {
     const int32_t trow[n] = {0, 1, 0, 1};
     double *work = malloc(sizeof(double) * NBS_LIK_WORK * R * G), *fresh = malloc(sizeof(double) * NBS_LIK_WORK * R * G);
     double *solo = malloc(sizeof(double) * NBS_LIK_WORK * R * G);
-    double *rows = malloc(sizeof(double) * 4 * G * omp_get_max_threads());
+    double *rows = malloc(sizeof(double) * NBS_LIK_THREAD_ROWS * G * omp_get_max_threads());
     nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, R, trow, NULL, work, rows, omp_get_max_threads()};
     double ll[n], ll2[2];
     nbs_lik_eval(&b, ll, 1.0f, NULL, NULL, NULL);

@@ -17,6 +17,9 @@
 #define NBS_LIK_SMALL_CACHED 4
 #define NBS_LIK_WORK (3 + 2 * NBS_LIK_SMALL_CACHED)
 
+/* Scratch rows of G doubles each thread of nbs_lik_eval uses (nbs_lik_batch.thread_rows). */
+#define NBS_LIK_THREAD_ROWS 5
+
 typedef struct {
     nbs_likelihood_kind kind;
     int n, G;
@@ -30,7 +33,7 @@ typedef struct {
     const int32_t *theta_row; /* (n) the row of log_theta of each batch cell, or NULL: row 0 */
     const float *zi_logits;   /* ZINB: [n x G] logit of the zero-inflation probability */
     double *work;             /* (theta_rows, NBS_LIK_WORK, G) scratch: per row and gene values of theta */
-    double *thread_rows;      /* (n_threads, 4, G) scratch rows of each thread */
+    double *thread_rows;      /* (n_threads, NBS_LIK_THREAD_ROWS, G) scratch rows of each thread */
     int n_threads;            /* the parallel loop uses at most this many threads */
 } nbs_lik_batch;
 
