@@ -2,6 +2,7 @@
  * Only this file prints to stdout and chooses exit codes; the exit code is the nbs_status of
  * the failure (error.h): 0 ok, 1 internal, 2 usage, 3 bad input, 4 numerical, 5 I/O, 6 memory. */
 #include <dirent.h>
+#include <sched.h>
 #include <errno.h>
 #include <gsl/gsl_rng.h>
 #include <stdio.h>
@@ -777,13 +778,16 @@ static int own_runnable_threads(void) {
     DIR *d = opendir("/proc/self/task");
     int n = 0;
     for (struct dirent *e; d && (e = readdir(d));) {
-        char path[300], state = 0;
+        char path[300], line[512];
         if (e->d_name[0] == '.') continue;
         snprintf(path, sizeof path, "/proc/self/task/%s/stat", e->d_name);
         FILE *f = fopen(path, "r");
-        /* the state follows the command's closing parenthesis */
-        if (f && fscanf(f, "%*d (%*[^)]) %c", &state) == 1 && state == 'R') n++;
-        if (f) fclose(f);
+        if (!f) continue;
+        /* the state follows the command name's last ')': the name may hold spaces and ')' */
+        const char *close = fgets(line, sizeof line, f) ? strrchr(line, ')') : NULL;
+        char state = 0;
+        if (close && sscanf(close + 1, " %c", &state) == 1 && state == 'R') n++;
+        fclose(f);
     }
     if (d) closedir(d);
     return n;
@@ -808,21 +812,50 @@ static int other_runnable_tasks(void) {
     return fewest;
 }
 
-/* libgomp reads its waiting policy once, when the program loads, so nbsphere restarts itself
- * once with one chosen, unless the user chose (OMP_WAIT_POLICY or GOMP_SPINCOUNT). Workers that
- * sleep at once between the many short parallel regions of a step (passive) make an epoch about
- * 20 % slower at 2 threads on an idle 2-core machine than workers that spin 10,000 rounds
- * first (0.30 against 0.24 s per epoch, simulated 10k; the same bits either way); spinning
- * workers wait for descheduled ones when other programs want the cores too (6-20x slower
- * there with libgomp's default spin). So: a short spin when at least two cores (the default
- * train.threads) are idle as nbsphere starts, passive waiting otherwise. */
+/* A positive integer environment variable, or fallback. */
+static long env_count(const char *name, long fallback) {
+    const char *v = getenv(name);
+    char *end;
+    const long n = v ? strtol(v, &end, 10) : 0;
+    return v && end != v && n > 0 ? n : fallback;
+}
+
+/* How idle OpenMP workers wait is read once, when the program loads: OMP_WAIT_POLICY by every
+ * runtime, GOMP_SPINCOUNT by libgomp (gcc builds), KMP_BLOCKTIME by LLVM's libomp (clang's). */
+static const char *const OMP_WAIT_VARS[] = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"};
+enum { N_OMP_WAIT_VARS = 3 };
+
+/* So unless the user chose (one of those variables), nbsphere restarts itself once with a choice.
+ * Workers that sleep at once between the many short parallel regions of a step (passive) make an
+ * epoch about 17 % slower at 2 threads on an idle 2-core machine than workers that spin 10,000
+ * rounds first (0.30 against 0.25 s, simulated 10k; the same bits either way); spinning workers
+ * wait for descheduled ones when other programs want the cores too (6-20x slower there with
+ * libgomp's default spin). So: a short spin (libomp: 1 ms) when the cores this process may run on,
+ * less other programs' running tasks, leave room for its threads (OMP_NUM_THREADS, else 2, the
+ * default train.threads) times the MPI processes on this node; passive waiting otherwise. */
 static void choose_omp_waiting(char **argv) {
-    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
-    const long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    for (int i = 0; i < N_OMP_WAIT_VARS; i++)
+        if (getenv(OMP_WAIT_VARS[i])) return;
+    cpu_set_t set;
+    const long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
+    const long ranks = env_count("OMPI_COMM_WORLD_LOCAL_SIZE", env_count("MPI_LOCALNRANKS", 1));
+    const long wanted = env_count("OMP_NUM_THREADS", 2) * ranks;
     const int others = other_runnable_tasks();
-    const int spin = others >= 0 && cores - others >= 2;
-    if ((spin ? setenv("GOMP_SPINCOUNT", "10000", 1) : setenv("OMP_WAIT_POLICY", "passive", 1)) != 0) return;
-    execv("/proc/self/exe", argv); /* returns only on failure: then go on as we are */
+    const int spin = others >= 0 && cores - others >= wanted;
+    int set_ok = spin ? !setenv("GOMP_SPINCOUNT", "10000", 1) && !setenv("KMP_BLOCKTIME", "1", 1)
+                      : !setenv("OMP_WAIT_POLICY", "passive", 1);
+    if (set_ok) {
+        /* the binary's own path, so that ps and pgrep still show nbsphere, not exe */
+        char self[4096];
+        const ssize_t len = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (len > 0) {
+            self[len] = '\0';
+            execv(self, argv);
+        }
+        execv("/proc/self/exe", argv);
+    }
+    /* not restarted: the runtime keeps what it read at load, and the manifest must not say otherwise */
+    for (int i = 0; i < N_OMP_WAIT_VARS; i++) unsetenv(OMP_WAIT_VARS[i]);
 }
 
 #ifdef NBS_MPI

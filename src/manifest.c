@@ -276,10 +276,11 @@ static void write_body(const nbs_manifest *m, const nbs_config *c, FILE *f) {
         for (int q = 0; q < m->processes; q++) fprintf(f, "%s%lld", q ? ", " : "", (long long)m->rows_read[q]);
         fprintf(f, "]},\n");
     }
-    /* how libgomp's idle workers waited (main.c, choose_omp_waiting): the speed, never the bits */
-    const char *names[2] = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"};
+    /* how the OpenMP runtime's idle workers waited (main.c, choose_omp_waiting): the speed, never
+     * the bits */
+    const char *names[3] = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"};
     fprintf(f, "  \"openmp_waiting\": {");
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         const char *v = getenv(names[i]);
         fprintf(f, "%s\"%s\": ", i ? ", " : "", names[i]);
         if (v) nbs_json_string(f, v);

@@ -169,45 +169,6 @@ static void test_poisson_likelihood(void **s) { (void)s; check_likelihood(NBS_LI
  * evaluated alone (where nothing is cached by another cell); and a second batch with other theta
  * through the same work rows, left filled by the first, gives what it gives with fresh ones:
  * nothing cached for one batch is read by the next. */
-/* Threads share the likelihood's preparation by genes: 1 and 2 threads give the same bits, on
- * enough genes (1000, not a multiple of the vector width) that each thread gets a share. */
-static void test_nb_likelihood_threads(void **s) {
-    (void)s;
-    enum { n = 8, G = 1003, R = 2 };
-    int32_t ci[n * 40], gi[n * 40];
-    float v[n * 40];
-    int nnz = 0;
-    for (int i = 0; i < n; i++)
-        for (int k = 0; k < 40; k++) { /* counts 1 to 6 and a few large ones, at spread genes */
-            ci[nnz] = i;
-            gi[nnz] = (int32_t)((k * 25 + i * 7) % G);
-            v[nnz++] = k % 9 == 8 ? 300.0f + k : (float)(1 + (k + i) % 6);
-        }
-    nbs_error err = {0};
-    nbs_matrix *X = nbs_matrix_from_triplets(n, G, nnz, ci, gi, v, "threads", &err);
-    assert_non_null(X);
-    double lib[n];
-    nbs_matrix_row_sums(X, lib);
-    float *logits = malloc(sizeof(float) * n * G), *lt = malloc(sizeof(float) * R * G);
-    for (int k = 0; k < n * G; k++) logits[k] = (float)(0.3 * sin(k + 1.0));
-    for (int k = 0; k < R * G; k++) lt[k] = (float)(0.7 * cos(k + 2.0));
-    const int32_t trow[n] = {0, 1, 0, 1, 1, 0, 0, 1};
-    double ll[2][n];
-    for (int t = 1; t <= 2; t++) {
-        double *work = malloc(sizeof(double) * NBS_LIK_WORK * R * G), *rows = malloc(sizeof(double) * NBS_LIK_THREAD_ROWS * G * t);
-        nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, R, trow, NULL, work, rows, t};
-        omp_set_num_threads(t);
-        nbs_lik_eval(&b, ll[t - 1], 1.0f, NULL, NULL, NULL);
-        free(work);
-        free(rows);
-    }
-    omp_set_num_threads(omp_get_num_procs());
-    for (int i = 0; i < n; i++) assert_true(ll[0][i] == ll[1][i] && isfinite(ll[0][i]));
-    free(logits);
-    free(lt);
-    nbs_matrix_free(X);
-}
-
 static void test_nb_likelihood_theta_rows(void **s) {
     (void)s;
     enum { n = 4, G = 6, R = 3 };
@@ -265,6 +226,66 @@ static void test_nb_likelihood_theta_rows(void **s) {
     assert_true(ll2[0] != ll[2] && ll2[1] != ll[3]); /* theta did move them */
     free(work), free(fresh), free(solo), free(rows);
     nbs_matrix_free(X);
+}
+
+/* Threads share the likelihood's preparation by genes (blocks of 64): 1, 2 and 3 threads give the
+ * same bits, in the log-likelihood and both gradients, on 1003 genes (16 blocks, not a multiple of
+ * the vector width: shares of 5 and 6 blocks, the last one short) and on 40 (one block, so the
+ * other threads have no genes). */
+static void check_likelihood_threads(int G) {
+    enum { n = 8, R = 2, PER = 40 };
+    int32_t ci[n * PER], gi[n * PER];
+    float v[n * PER];
+    int nnz = 0;
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < PER; k++) { /* counts 1 to 6 and a few large ones, at spread genes */
+            const int32_t g = (int32_t)((k * 25 + i * 7) % G);
+            int seen = 0;
+            for (int q = nnz - k; q < nnz; q++) seen |= gi[q] == g;
+            if (seen) continue;
+            ci[nnz] = i;
+            gi[nnz] = g;
+            v[nnz++] = k % 9 == 8 ? 300.0f + k : (float)(1 + (k + i) % 6);
+        }
+    nbs_error err = {0};
+    nbs_matrix *X = nbs_matrix_from_triplets(n, G, nnz, ci, gi, v, "threads", &err);
+    assert_non_null(X);
+    double lib[n];
+    nbs_matrix_row_sums(X, lib);
+    float *logits = malloc(sizeof(float) * n * G), *lt = malloc(sizeof(float) * R * G);
+    for (int k = 0; k < n * G; k++) logits[k] = (float)(0.3 * sin(k + 1.0));
+    for (int k = 0; k < R * G; k++) lt[k] = (float)(0.7 * cos(k + 2.0));
+    const int32_t trow[n] = {0, 1, 0, 1, 1, 0, 0, 1};
+    const int before = omp_get_max_threads();
+    double ll[3][n];
+    float *da[3], *dlt[3];
+    for (int t = 1; t <= 3; t++) {
+        double *work = malloc(sizeof(double) * NBS_LIK_WORK * R * G);
+        double *rows = malloc(sizeof(double) * NBS_LIK_THREAD_ROWS * G * t);
+        da[t - 1] = malloc(sizeof(float) * n * G);
+        dlt[t - 1] = malloc(sizeof(float) * n * G);
+        nbs_lik_batch b = {NBS_LIK_NB, n, G, X, NULL, lib, logits, lt, 0, R, trow, NULL, work, rows, t};
+        omp_set_num_threads(t);
+        nbs_lik_eval(&b, ll[t - 1], 1.0f, da[t - 1], dlt[t - 1], NULL);
+        free(work);
+        free(rows);
+    }
+    omp_set_num_threads(before);
+    for (int t = 1; t < 3; t++) {
+        for (int i = 0; i < n; i++) assert_true(ll[0][i] == ll[t][i] && isfinite(ll[0][i]));
+        assert_memory_equal(da[0], da[t], sizeof(float) * n * G);
+        assert_memory_equal(dlt[0], dlt[t], sizeof(float) * n * G);
+    }
+    for (int t = 0; t < 3; t++) free(da[t]), free(dlt[t]);
+    free(logits);
+    free(lt);
+    nbs_matrix_free(X);
+}
+
+static void test_nb_likelihood_threads(void **s) {
+    (void)s;
+    check_likelihood_threads(1003);
+    check_likelihood_threads(40);
 }
 
 /* The sparse first layer at a width of two register blocks of 64 outputs and a remainder of 22:
