@@ -208,21 +208,35 @@ static void sphere_cache_release(nbs_latent_cache *c) {
     free(c->draw), free(c->u), free(c->v), free(c->dkl), free(c->kappa), free(c->rows), free(c->work);
 }
 
-/* Serial in cell order: the samples are drawn from the one generator. */
+/* The KL terms in parallel (each depends on its cell alone: the same bits with any number of
+ * threads), then the samples serially in cell order: they are drawn from the one generator. */
 static int sphere_forward(const nbs_latent *L, const float *head, int n, gsl_rng *rng, float *z,
                           double *kl, nbs_latent_cache *c, nbs_error *err) {
     const struct nbs_latent_sphere *M = c->ops->sphere;
     const int d = L->dim, hd = d + 1;
+    int failed = n; /* the first cell whose KL failed, and its error */
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < n; i++) {
+        double kappa, kli;
+        read_head(L, head + (int64_t)i * hd, c->u + (int64_t)i * d, &kappa);
+        c->kappa[i] = (float)kappa;
+        nbs_error e;
+        const int st = M->kl(d, kappa, &kli, &c->dkl[i], &e);
+        if (kl) kl[i] = kli;
+        if (st)
+#pragma omp critical(sphere_kl_failed)
+            if (i < failed) {
+                failed = i;
+                *err = e;
+            }
+    }
+    if (failed < n) return err->code;
     double *zi = c->rows; /* (d): the first thread's row */
     for (int i = 0; i < n; i++) {
-        double *u = c->u + (int64_t)i * d, kappa, kli;
+        double *u = c->u + (int64_t)i * d, kappa;
         read_head(L, head + (int64_t)i * hd, u, &kappa);
-        c->kappa[i] = (float)kappa;
-        int st = M->kl(d, kappa, &kli, &c->dkl[i], err);
-        if (st) return st;
-        if (kl) kl[i] = kli;
         if (rng) {
-            st = M->sample(d, u, kappa, rng, zi, c->v + (int64_t)i * (d - 1), &c->draw[i], &c->work[0], err);
+            const int st = M->sample(d, u, kappa, rng, zi, c->v + (int64_t)i * (d - 1), &c->draw[i], &c->work[0], err);
             if (st) return st;
             if (c->ops->has_acceptance) {
                 c->proposals += c->draw[i].proposals;
