@@ -237,16 +237,18 @@ static void check_likelihood_threads(int G) {
     int32_t ci[n * PER], gi[n * PER];
     float v[n * PER];
     int nnz = 0;
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        const int first = nnz; /* the cell's entries so far: a gene appears once in a row */
         for (int k = 0; k < PER; k++) { /* counts 1 to 6 and a few large ones, at spread genes */
             const int32_t g = (int32_t)((k * 25 + i * 7) % G);
             int seen = 0;
-            for (int q = nnz - k; q < nnz; q++) seen |= gi[q] == g;
+            for (int q = first; q < nnz; q++) seen |= gi[q] == g;
             if (seen) continue;
             ci[nnz] = i;
             gi[nnz] = g;
             v[nnz++] = k % 9 == 8 ? 300.0f + k : (float)(1 + (k + i) % 6);
         }
+    }
     nbs_error err = {0};
     nbs_matrix *X = nbs_matrix_from_triplets(n, G, nnz, ci, gi, v, "threads", &err);
     assert_non_null(X);
