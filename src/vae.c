@@ -1328,9 +1328,9 @@ const char *nbs_model_nonfinite_grad(const nbs_model *m) {
         if (B->is_state) continue;
         const float *g = m->grads + B->offset;
         /* g * 0 is 0 for a finite g and NaN otherwise, so the sum says whether any is not
-         * finite, in one vectorised pass instead of a test per gradient (any order) */
+         * finite, in one vectorised pass instead of a test per gradient */
         float probe = 0;
-#pragma omp parallel for simd reduction(+ : probe) schedule(static) if ((int64_t)B->rows * B->cols > 65536)
+#pragma omp simd reduction(+ : probe)
         for (int64_t k = 0; k < (int64_t)B->rows * B->cols; k++) probe += g[k] * 0.0f;
         if (probe != 0) return B->name;
     }
