@@ -211,20 +211,14 @@ static double cell_eval(const nbs_lik_batch *b, int i, float scale, float *da, f
     const double lse = softmax(b->logits + (int64_t)i * G, G, rho);
     const double ll = b->kind == NBS_LIK_NB ? cell_nb(b, i, rho, lse, s, t, lthmu, wrow)
                                             : cell_general(b, i, rho, lse, s, t, scale, dzi);
-    double ssum = 0; /* d ll / d a_g = s_g - rho_g * sum_h s_h */
-    if (da)
+    if (da) { /* d ll / d a_g = s_g - rho_g * sum_h s_h */
+        double ssum = 0;
 #pragma omp simd reduction(+ : ssum)
         for (int g = 0; g < G; g++) ssum += s[g];
-    if (da && dlt) /* both rows in one pass */
-#pragma omp simd
-        for (int g = 0; g < G; g++) {
-            da[g] = (float)(scale * (s[g] - rho[g] * ssum));
-            dlt[g] = (float)(scale * t[g]);
-        }
-    else if (da)
 #pragma omp simd
         for (int g = 0; g < G; g++) da[g] = (float)(scale * (s[g] - rho[g] * ssum));
-    else if (dlt)
+    }
+    if (dlt)
 #pragma omp simd
         for (int g = 0; g < G; g++) dlt[g] = (float)(scale * t[g]);
     return ll;
@@ -248,8 +242,8 @@ double nbs_lik_eval(const nbs_lik_batch *b, double *loglik, float scale, float *
             /* in blocks of 64 genes, so that every thread's loops vectorise the genes a single
              * thread's would (libmvec's exp and glibc's scalar one differ in the last bit) */
             const int t = omp_get_thread_num(), T = omp_get_num_threads();
-            const int64_t blocks = (G + 63) / 64, g0 = blocks * t / T * 64 < G ? blocks * t / T * 64 : G;
-            const int64_t g1 = t == T - 1 ? G : (blocks * (t + 1) / T * 64 < G ? blocks * (t + 1) / T * 64 : G);
+            const int64_t blocks = (G + 63) / 64, b0 = blocks * t / T * 64, b1 = blocks * (t + 1) / T * 64;
+            const int64_t g0 = b0 < G ? b0 : G, g1 = t == T - 1 || b1 > G ? G : b1;
             for (int64_t r = 0; g1 > g0 && r < b->theta_rows; r++) b->work[(r * NBS_LIK_WORK + W_THETA) * G + g0] = NAN;
             const nbs_matrix *X = b->X;
             for (int i = 0; g1 > g0 && i < b->n; i++) {

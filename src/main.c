@@ -820,12 +820,8 @@ static long env_count(const char *name, long fallback) {
     return v && end != v && n > 0 ? n : fallback;
 }
 
-/* How idle OpenMP workers wait is read once, when the program loads: OMP_WAIT_POLICY by every
- * runtime, GOMP_SPINCOUNT by libgomp (gcc builds), KMP_BLOCKTIME by LLVM's libomp (clang's). */
-static const char *const OMP_WAIT_VARS[] = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"};
-enum { N_OMP_WAIT_VARS = 3 };
-
-/* So unless the user chose (one of those variables), nbsphere restarts itself once with a choice.
+/* How idle OpenMP workers wait is read once, when the program loads (nbs_omp_wait_vars). So
+ * unless the user chose (one of those variables), nbsphere restarts itself once with a choice.
  * Workers that sleep at once between the many short parallel regions of a step (passive) make an
  * epoch about 17 % slower at 2 threads on an idle 2-core machine than workers that spin 10,000
  * rounds first (0.30 against 0.25 s, simulated 10k; the same bits either way); spinning workers
@@ -834,8 +830,8 @@ enum { N_OMP_WAIT_VARS = 3 };
  * less other programs' running tasks, leave room for its threads (OMP_NUM_THREADS, else 2, the
  * default train.threads) times the MPI processes on this node; passive waiting otherwise. */
 static void choose_omp_waiting(char **argv) {
-    for (int i = 0; i < N_OMP_WAIT_VARS; i++)
-        if (getenv(OMP_WAIT_VARS[i])) return;
+    for (int i = 0; i < NBS_N_OMP_WAIT_VARS; i++)
+        if (getenv(nbs_omp_wait_vars[i])) return;
     cpu_set_t set;
     const long cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : sysconf(_SC_NPROCESSORS_ONLN);
     const long ranks = env_count("OMPI_COMM_WORLD_LOCAL_SIZE", env_count("MPI_LOCALNRANKS", 1));
@@ -855,7 +851,7 @@ static void choose_omp_waiting(char **argv) {
         execv("/proc/self/exe", argv);
     }
     /* not restarted: the runtime keeps what it read at load, and the manifest must not say otherwise */
-    for (int i = 0; i < N_OMP_WAIT_VARS; i++) unsetenv(OMP_WAIT_VARS[i]);
+    for (int i = 0; i < NBS_N_OMP_WAIT_VARS; i++) unsetenv(nbs_omp_wait_vars[i]);
 }
 
 #ifdef NBS_MPI

@@ -108,6 +108,8 @@ typedef struct {
     double seconds;
 } stage_rec;
 
+const char *const nbs_omp_wait_vars[NBS_N_OMP_WAIT_VARS] = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"};
+
 struct nbs_manifest {
     char *command;
     time_t start;
@@ -278,11 +280,10 @@ static void write_body(const nbs_manifest *m, const nbs_config *c, FILE *f) {
     }
     /* how the OpenMP runtime's idle workers waited (main.c, choose_omp_waiting): the speed, never
      * the bits */
-    const char *names[3] = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"};
     fprintf(f, "  \"openmp_waiting\": {");
-    for (int i = 0; i < 3; i++) {
-        const char *v = getenv(names[i]);
-        fprintf(f, "%s\"%s\": ", i ? ", " : "", names[i]);
+    for (int i = 0; i < NBS_N_OMP_WAIT_VARS; i++) {
+        const char *v = getenv(nbs_omp_wait_vars[i]);
+        fprintf(f, "%s\"%s\": ", i ? ", " : "", nbs_omp_wait_vars[i]);
         if (v) nbs_json_string(f, v);
         else fprintf(f, "null");
     }

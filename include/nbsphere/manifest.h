@@ -29,6 +29,11 @@ void nbs_versions_print(FILE *f);
 void nbs_versions_json(FILE *f, int indent);
 
 typedef struct nbs_manifest nbs_manifest;
+/* The environment variables that set how the OpenMP runtime's idle workers wait (OMP_WAIT_POLICY:
+ * every runtime; GOMP_SPINCOUNT: libgomp; KMP_BLOCKTIME: libomp), which manifest.json records. */
+#define NBS_N_OMP_WAIT_VARS 3
+extern const char *const nbs_omp_wait_vars[NBS_N_OMP_WAIT_VARS];
+
 nbs_manifest *nbs_manifest_new(const char *command_line, nbs_error *err);
 void nbs_manifest_free(nbs_manifest *m);
 /* Records an input: a file, or every regular file of a folder (10x MTX folders), hashed. */
